@@ -1,0 +1,26 @@
+/* confdefs.h */
+#define PACKAGE_NAME "eq"
+#define PACKAGE_TARNAME "eq"
+#define PACKAGE_VERSION "0.1.0"
+#define PACKAGE_STRING "eq 0.1.0"
+#define PACKAGE_BUGREPORT ""
+#define PACKAGE_URL ""
+#define PACKAGE "eq"
+#define VERSION "0.1.0"
+#define HAVE_STDIO_H 1
+#define HAVE_STDLIB_H 1
+#define HAVE_STRING_H 1
+#define HAVE_INTTYPES_H 1
+#define HAVE_STDINT_H 1
+#define HAVE_STRINGS_H 1
+#define HAVE_SYS_STAT_H 1
+#define HAVE_SYS_TYPES_H 1
+#define HAVE_UNISTD_H 1
+#define STDC_HEADERS 1
+#define HAVE_DLFCN_H 1
+#define LT_OBJDIR ".libs/"
+#define HAVE_LIBM 1
+#define EQ_HAVE_CUDA 1
+#define EQ_HAVE_CUBLAS 1
+#define EQ_HAVE_CUDNN 1
+#define EQ_HAVE_NCCL 1
