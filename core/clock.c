@@ -1,0 +1,29 @@
+/* core/clock.c -- monotonic and wall clocks. */
+#include "core/clock.h"
+
+#include <errno.h>
+#include <time.h>
+
+uint64_t eq_clock_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+uint64_t eq_clock_ms(void) { return eq_clock_ns() / 1000000ull; }
+double eq_clock_sec(void) { return (double)eq_clock_ns() * 1e-9; }
+
+uint64_t eq_wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000ull + (uint64_t)ts.tv_nsec / 1000000ull;
+}
+
+void eq_sleep_ms(uint64_t ms)
+{
+    struct timespec ts = { (time_t)(ms / 1000), (long)(ms % 1000) * 1000000L };
+    while (nanosleep(&ts, &ts) == -1 && errno == EINTR) {
+    }
+}

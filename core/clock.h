@@ -1,0 +1,16 @@
+/*
+ * core/clock.h -- clocks.  Durations and deadlines use the monotonic clock
+ * (never jumps); timestamps for humans use the wall clock.
+ */
+#ifndef EQ_CLOCK_H
+#define EQ_CLOCK_H
+
+#include <stdint.h>
+
+uint64_t eq_clock_ns(void);     /* CLOCK_MONOTONIC, nanoseconds */
+uint64_t eq_clock_ms(void);     /* CLOCK_MONOTONIC, milliseconds */
+double eq_clock_sec(void);      /* CLOCK_MONOTONIC, seconds */
+uint64_t eq_wall_ms(void);      /* CLOCK_REALTIME, ms since the Unix epoch */
+void eq_sleep_ms(uint64_t ms);  /* sleeps the whole duration despite signals */
+
+#endif
