@@ -28,14 +28,16 @@ static bool s_is_ws(char c) { return c == ' ' || c == '\t'; }
 
 static void s_trim(const char **s, size_t *n)
 {
-    while (*n && s_is_ws(**s)) (*s)++, (*n)--;
-    while (*n && s_is_ws((*s)[*n - 1])) (*n)--;
+    while (*n && s_is_ws(**s))
+        (*s)++, (*n)--;
+    while (*n && s_is_ws((*s)[*n - 1]))
+        (*n)--;
 }
 
 static bool s_is_name_char(char c, bool dot)
 {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           c == '_' || c == '-' || (dot && c == '.');
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+           c == '-' || (dot && c == '.');
 }
 
 static bool s_valid_name(const char *s, size_t n, bool dot)
@@ -89,7 +91,8 @@ static void s_add(s_buf *b, const char *s, size_t n)
     if (b->failed) return;
     if (b->len + n + 1 > b->cap) {
         size_t cap = b->cap ? b->cap : 1024;
-        while (cap < b->len + n + 1) cap *= 2;
+        while (cap < b->len + n + 1)
+            cap *= 2;
         char *p = realloc(b->p, cap);
         if (!p) {
             b->failed = true;
@@ -156,7 +159,8 @@ static size_t s_distance(const char *s, size_t n, const char *cand)
     size_t m = strlen(cand);
     if (m > 64 || (n > m ? n - m : m - n) > 2) return SIZE_MAX;
     size_t row[65];
-    for (size_t j = 0; j <= m; j++) row[j] = j;
+    for (size_t j = 0; j <= m; j++)
+        row[j] = j;
     for (size_t i = 1; i <= n; i++) {
         size_t diag = row[0];
         row[0] = i;
@@ -190,10 +194,14 @@ static void s_closer(const char *cand, const char *s, size_t n, const char **bes
 const char *eq_config_type_str(eq_config_type t)
 {
     static const char *const names[EQ_CONFIG_TYPE_COUNT] = {
-        [EQ_CONFIG_BOOL] = "bool",         [EQ_CONFIG_INT] = "int",
-        [EQ_CONFIG_FLOAT] = "float",       [EQ_CONFIG_STRING] = "string",
-        [EQ_CONFIG_ENUM] = "enum",         [EQ_CONFIG_INT_LIST] = "int list",
-        [EQ_CONFIG_FLOAT_LIST] = "float list", [EQ_CONFIG_STRING_LIST] = "string list",
+        [EQ_CONFIG_BOOL] = "bool",
+        [EQ_CONFIG_INT] = "int",
+        [EQ_CONFIG_FLOAT] = "float",
+        [EQ_CONFIG_STRING] = "string",
+        [EQ_CONFIG_ENUM] = "enum",
+        [EQ_CONFIG_INT_LIST] = "int list",
+        [EQ_CONFIG_FLOAT_LIST] = "float list",
+        [EQ_CONFIG_STRING_LIST] = "string list",
     };
     if ((unsigned)t >= EQ_CONFIG_TYPE_COUNT) return "unknown";
     return names[t];
@@ -241,8 +249,7 @@ static void s_choices(const eq_config_key *k, char *buf, size_t cap, const char 
     size_t o = 0;
     buf[0] = '\0';
     for (size_t i = 0; k->choices && k->choices[i] && o < cap; i++)
-        o += (size_t)snprintf(buf + o, cap - o, "%s%s%s%s", i ? ", " : "", quote, k->choices[i],
-                              quote);
+        o += (size_t)snprintf(buf + o, cap - o, "%s%s%s%s", i ? ", " : "", quote, k->choices[i], quote);
 }
 
 /* What a valid value looks like, for "(expected ...)". */
@@ -257,7 +264,10 @@ static void s_form(const eq_config_key *k, char *buf, size_t cap)
     case EQ_CONFIG_INT:
     case EQ_CONFIG_FLOAT:
         snprintf(buf, cap, "%s%s%s", k->type == EQ_CONFIG_INT ? "int" : "float",
-                 !*r ? "" : r[0] == '[' ? " in " : " ", r);
+                 !*r           ? ""
+                 : r[0] == '[' ? " in "
+                               : " ",
+                 r);
         break;
     case EQ_CONFIG_STRING:
         snprintf(buf, cap, "string of at most %zu bytes", k->size - 1);
@@ -271,12 +281,14 @@ static void s_form(const eq_config_key *k, char *buf, size_t cap)
         s_count_text(k, c, sizeof c);
         snprintf(buf, cap, "comma-separated list of %s, each %s%s%s", c,
                  k->type == EQ_CONFIG_INT_LIST ? "an int" : "a float",
-                 !*r ? "" : r[0] == '[' ? " in " : " ", r);
+                 !*r           ? ""
+                 : r[0] == '[' ? " in "
+                               : " ",
+                 r);
         break;
     case EQ_CONFIG_STRING_LIST:
         s_count_text(k, c, sizeof c);
-        snprintf(buf, cap, "comma-separated list of %s, each of at most %zu bytes", c,
-                 k->size - 1);
+        snprintf(buf, cap, "comma-separated list of %s, each of at most %zu bytes", c, k->size - 1);
         break;
     default:
         snprintf(buf, cap, "a valid key type");
@@ -297,8 +309,7 @@ __attribute__((format(printf, 2, 3))) static int s_what(char *what, const char *
 }
 #define WHAT(...) s_what(what, __VA_ARGS__)
 
-static eq_status s_parse_int(const eq_config_key *k, const char *s, size_t n, int64_t *out,
-                             char *what)
+static eq_status s_parse_int(const eq_config_key *k, const char *s, size_t n, int64_t *out, char *what)
 {
     char tmp[32], sn[SNIP_MAX * 4 + 8];
     s_snip(sn, sizeof sn, s, n, true);
@@ -318,21 +329,20 @@ static eq_status s_parse_int(const eq_config_key *k, const char *s, size_t n, in
     return EQ_OK;
 }
 
-static eq_status s_parse_float(const eq_config_key *k, const char *s, size_t n, double *out,
-                               char *what)
+static eq_status s_parse_float(const eq_config_key *k, const char *s, size_t n, double *out, char *what)
 {
     char tmp[72], sn[SNIP_MAX * 4 + 8];
     s_snip(sn, sizeof sn, s, n, true);
     if (n == 0 || n >= sizeof tmp) return WHAT("%s is not a number", sn), EQ_ERR_INVALID;
     memcpy(tmp, s, n);
     tmp[n] = '\0';
+    /* decimal only: strtod alone would also take "nan", "inf", hex and leading spaces */
+    if (strspn(tmp, "0123456789+-.eE") != n) return WHAT("%s is not a number", sn), EQ_ERR_INVALID;
     char *end;
-    errno = 0;
     double v = strtod(tmp, &end);
-    if (end != tmp + n || s_is_ws(tmp[0])) return WHAT("%s is not a number", sn), EQ_ERR_INVALID;
-    if (!isfinite(v)) return WHAT("%s is not a finite number", sn), EQ_ERR_INVALID;
-    if (!(v >= k->float_min && v <= k->float_max))
-        return WHAT("%s is out of range", tmp), EQ_ERR_INVALID;
+    if (end != tmp + n) return WHAT("%s is not a number", sn), EQ_ERR_INVALID;
+    if (!isfinite(v)) return WHAT("%s is too large", sn), EQ_ERR_INVALID;
+    if (!(v >= k->float_min && v <= k->float_max)) return WHAT("%s is out of range", tmp), EQ_ERR_INVALID;
     *out = v;
     return EQ_OK;
 }
@@ -358,8 +368,8 @@ static int s_hex(char c)
 /* Decode the quoted string at s (s[0] == '"') into dst[cap] (cut at cap-1
  * bytes, always terminated when cap > 0).  *used: bytes consumed with both
  * quotes; *outlen: decoded length, also when it exceeds cap-1. */
-static eq_status s_unquote(const char *s, size_t n, size_t *used, char *dst, size_t cap,
-                           size_t *outlen, char *what)
+static eq_status s_unquote(const char *s, size_t n, size_t *used, char *dst, size_t cap, size_t *outlen,
+                           char *what)
 {
     size_t i = 1, o = 0;
     while (i < n && s[i] != '"') {
@@ -369,16 +379,25 @@ static eq_status s_unquote(const char *s, size_t n, size_t *used, char *dst, siz
             char e = s[i + 1];
             i += 2;
             switch (e) {
-            case '\\': c = '\\'; break;
-            case '"': c = '"'; break;
-            case 'n': c = '\n'; break;
-            case 't': c = '\t'; break;
-            case 'r': c = '\r'; break;
+            case '\\':
+                c = '\\';
+                break;
+            case '"':
+                c = '"';
+                break;
+            case 'n':
+                c = '\n';
+                break;
+            case 't':
+                c = '\t';
+                break;
+            case 'r':
+                c = '\r';
+                break;
             case 'x': {
                 int h = i + 1 < n ? s_hex(s[i]) : -1, l = i + 1 < n ? s_hex(s[i + 1]) : -1;
                 if (h < 0 || l < 0)
-                    return WHAT("bad escape \\x in quoted string, want two hex digits"),
-                           EQ_ERR_PARSE;
+                    return WHAT("bad escape \\x in quoted string, want two hex digits"), EQ_ERR_PARSE;
                 c = (char)(h * 16 + l);
                 if (c == '\0') return WHAT("\\x00 in quoted string: strings cannot hold NUL"), EQ_ERR_INVALID;
                 i += 2;
@@ -387,7 +406,7 @@ static eq_status s_unquote(const char *s, size_t n, size_t *used, char *dst, siz
             default: {
                 char sn[16];
                 return WHAT("bad escape \\%s in quoted string, want \\\\ \\\" \\n \\t \\r or \\xHH",
-                            s_snip(sn, sizeof sn, &e, 1, false) ),
+                            s_snip(sn, sizeof sn, &e, 1, false)),
                        EQ_ERR_PARSE;
             }
             }
@@ -405,8 +424,7 @@ static eq_status s_unquote(const char *s, size_t n, size_t *used, char *dst, siz
 }
 
 /* Scalar string value: quoted, or the trimmed text verbatim. */
-static eq_status s_parse_string(const eq_config_key *k, const char *s, size_t n, char *dst,
-                                char *what)
+static eq_status s_parse_string(const eq_config_key *k, const char *s, size_t n, char *dst, char *what)
 {
     size_t len = n;
     if (n && s[0] == '"') {
@@ -422,8 +440,7 @@ static eq_status s_parse_string(const eq_config_key *k, const char *s, size_t n,
     return EQ_OK;
 }
 
-static eq_status s_parse_enum(const eq_config_key *k, const char *s, size_t n, int *out,
-                              char *what)
+static eq_status s_parse_enum(const eq_config_key *k, const char *s, size_t n, int *out, char *what)
 {
     const char *best = NULL;
     size_t bestd = SIZE_MAX;
@@ -443,18 +460,43 @@ static eq_status s_parse_enum(const eq_config_key *k, const char *s, size_t n, i
     return EQ_ERR_INVALID;
 }
 
+/* Bytes of the key's value storage (the whole array for lists). */
+static size_t s_storage(const eq_config_key *k)
+{
+    switch (k->type) {
+    case EQ_CONFIG_BOOL:
+        return sizeof(bool);
+    case EQ_CONFIG_INT:
+        return sizeof(int64_t);
+    case EQ_CONFIG_FLOAT:
+        return sizeof(double);
+    case EQ_CONFIG_STRING:
+        return k->size;
+    case EQ_CONFIG_ENUM:
+        return sizeof(int);
+    case EQ_CONFIG_INT_LIST:
+        return k->max_count * sizeof(int64_t);
+    case EQ_CONFIG_FLOAT_LIST:
+        return k->max_count * sizeof(double);
+    default:
+        return k->max_count * k->size;
+    }
+}
+
 /* Lists: items separated by commas; string items may be quoted. */
-static eq_status s_parse_list(const eq_config_key *k, const char *s, size_t n,
-                              unsigned char *base, char *what)
+static eq_status s_parse_list(const eq_config_key *k, const char *s, size_t n, unsigned char *base,
+                              char *what)
 {
     unsigned char *arr = base + k->offset;
     size_t count = 0;
+    memset(arr, 0, s_storage(k)); /* unused items read as zero, not as stale values */
     const char *p = s, *end = s + n;
     eq_status st = EQ_OK;
     while (n) {
         const char *item = p;
         size_t len;
-        while (item < end && s_is_ws(*item)) item++;
+        while (item < end && s_is_ws(*item))
+            item++;
         if (count == k->max_count) {
             WHAT("more than %zu item%s", k->max_count, k->max_count == 1 ? "" : "s");
             return EQ_ERR_INVALID;
@@ -465,7 +507,8 @@ static eq_status s_parse_list(const eq_config_key *k, const char *s, size_t n,
             st = s_unquote(item, (size_t)(end - item), &used, dst, k->size, &outlen, what);
             if (st) goto item_error;
             p = item + used;
-            while (p < end && s_is_ws(*p)) p++;
+            while (p < end && s_is_ws(*p))
+                p++;
             if (p < end && *p != ',') {
                 WHAT("text after the closing quote");
                 st = EQ_ERR_PARSE;
@@ -519,15 +562,15 @@ item_error : {
     char inner[WHAT_MAX];
     memcpy(inner, what, WHAT_MAX);
     inner[WHAT_MAX - 1] = '\0';
-    WHAT("item %zu: %s", count + 1, inner);  /* e.g. item 2: "x" is not an integer */
+    WHAT("item %zu: %s", count + 1, inner); /* e.g. item 2: "x" is not an integer */
     return st;
 }
 }
 
 /* Parse value text s[0..n) (already trimmed) for key k into the struct at
  * base.  On failure writes what went wrong into what[WHAT_MAX]. */
-static eq_status s_assign_value(const eq_config_key *k, unsigned char *base, const char *s,
-                                size_t n, char *what)
+static eq_status s_assign_value(const eq_config_key *k, unsigned char *base, const char *s, size_t n,
+                                char *what)
 {
     char sn[SNIP_MAX * 4 + 8];
     switch (k->type) {
@@ -568,8 +611,8 @@ static eq_status s_assign_value(const eq_config_key *k, unsigned char *base, con
 }
 
 /* Same, with the full "[sec] key: what (expected form)" message. */
-static eq_status s_assign(const eq_config_section *sec, const eq_config_key *k,
-                          unsigned char *base, const char *s, size_t n, eq_err *err)
+static eq_status s_assign(const eq_config_section *sec, const eq_config_key *k, unsigned char *base,
+                          const char *s, size_t n, eq_err *err)
 {
     char what[WHAT_MAX], form[FORM_MAX];
     eq_status st = s_assign_value(k, base, s, n, what);
@@ -579,21 +622,6 @@ static eq_status s_assign(const eq_config_section *sec, const eq_config_key *k,
 }
 
 /* ------------------------------------------------------------- schema */
-
-/* Bytes of the key's value storage (the whole array for lists). */
-static size_t s_storage(const eq_config_key *k)
-{
-    switch (k->type) {
-    case EQ_CONFIG_BOOL: return sizeof(bool);
-    case EQ_CONFIG_INT: return sizeof(int64_t);
-    case EQ_CONFIG_FLOAT: return sizeof(double);
-    case EQ_CONFIG_STRING: return k->size;
-    case EQ_CONFIG_ENUM: return sizeof(int);
-    case EQ_CONFIG_INT_LIST: return k->max_count * sizeof(int64_t);
-    case EQ_CONFIG_FLOAT_LIST: return k->max_count * sizeof(double);
-    default: return k->max_count * k->size;
-    }
-}
 
 /* Bytes from the start of the struct to the end of the key's storage,
  * count field included. */
@@ -612,10 +640,11 @@ static bool s_valid_section_name(const char *s)
     return true;
 }
 
-static eq_status s_check_key(const eq_config_section *sec, const eq_config_key *k,
-                             unsigned char *scratch, eq_err *err)
+static eq_status s_check_key(const eq_config_section *sec, const eq_config_key *k, unsigned char *scratch,
+                             eq_err *err)
 {
-#define BAD(...) eq_err_set(err, EQ_ERR_INTERNAL, "config schema [%s] %s: %s", sec->name, k->name, __VA_ARGS__)
+#define BAD(...)                                                                                             \
+    eq_err_set(err, EQ_ERR_INTERNAL, "config schema [%s] %s: %s", sec->name, k->name, __VA_ARGS__)
     if ((unsigned)k->type >= EQ_CONFIG_TYPE_COUNT) return BAD("unknown type");
     if (!k->doc) return BAD("no doc line");
     bool list = k->type >= EQ_CONFIG_INT_LIST;
@@ -623,18 +652,15 @@ static eq_status s_check_key(const eq_config_section *sec, const eq_config_key *
         return BAD("list bounds are inconsistent");
     if ((k->type == EQ_CONFIG_STRING || k->type == EQ_CONFIG_STRING_LIST) && k->size == 0)
         return BAD("string capacity is 0");
-    if (list && k->max_count > SIZE_MAX / 2 / (k->size > 8 ? k->size : 8))
-        return BAD("list is too large");
+    if (list && k->max_count > SIZE_MAX / 2 / (k->size > 8 ? k->size : 8)) return BAD("list is too large");
     if ((k->type == EQ_CONFIG_INT || k->type == EQ_CONFIG_INT_LIST) && k->int_min > k->int_max)
         return BAD("empty range");
-    if ((k->type == EQ_CONFIG_FLOAT || k->type == EQ_CONFIG_FLOAT_LIST) &&
-        !(k->float_min <= k->float_max))
+    if ((k->type == EQ_CONFIG_FLOAT || k->type == EQ_CONFIG_FLOAT_LIST) && !(k->float_min <= k->float_max))
         return BAD("empty range");
     if (k->type == EQ_CONFIG_ENUM) {
         if (!k->choices || !k->choices[0]) return BAD("enum without choices");
         for (size_t i = 0; k->choices[i]; i++) {
-            if (!s_valid_name(k->choices[i], strlen(k->choices[i]), true))
-                return BAD("bad choice name");
+            if (!s_valid_name(k->choices[i], strlen(k->choices[i]), true)) return BAD("bad choice name");
             for (size_t j = 0; j < i; j++)
                 if (!strcmp(k->choices[i], k->choices[j])) return BAD("duplicate choice");
         }
@@ -645,8 +671,8 @@ static eq_status s_check_key(const eq_config_section *sec, const eq_config_key *
         size_t n = strlen(d);
         s_trim(&d, &n);
         if (s_assign_value(k, scratch, d, n, what) != EQ_OK)
-            return eq_err_set(err, EQ_ERR_INTERNAL, "config schema [%s] %s: bad default: %s",
-                              sec->name, k->name, what);
+            return eq_err_set(err, EQ_ERR_INTERNAL, "config schema [%s] %s: bad default: %s", sec->name,
+                              k->name, what);
     }
     return EQ_OK;
 #undef BAD
@@ -665,8 +691,7 @@ static eq_status s_check(const eq_config_section *secs, size_t nsecs, unsigned c
             return eq_err_set(err, EQ_ERR_INTERNAL, "config schema: section %zu has a bad name", i);
         for (size_t j = 0; j < i; j++)
             if (!strcmp(secs[j].name, sec->name))
-                return eq_err_set(err, EQ_ERR_INTERNAL, "config schema: duplicate section [%s]",
-                                  sec->name);
+                return eq_err_set(err, EQ_ERR_INTERNAL, "config schema: duplicate section [%s]", sec->name);
         if (sec->nkeys && !sec->keys)
             return eq_err_set(err, EQ_ERR_INTERNAL, "config schema [%s]: no keys", sec->name);
         for (size_t k = 0; k < sec->nkeys; k++) {
@@ -676,8 +701,8 @@ static eq_status s_check(const eq_config_section *secs, size_t nsecs, unsigned c
                                   sec->name, k);
             for (size_t j = 0; j < k; j++)
                 if (!strcmp(sec->keys[j].name, key->name))
-                    return eq_err_set(err, EQ_ERR_INTERNAL, "config schema [%s]: duplicate key %s",
-                                      sec->name, key->name);
+                    return eq_err_set(err, EQ_ERR_INTERNAL, "config schema [%s]: duplicate key %s", sec->name,
+                                      key->name);
             eq_status st = s_check_key(sec, key, scratch, err);
             if (st) return st;
             size_t e = s_extent(key);
@@ -788,15 +813,13 @@ static size_t s_find_key(const eq_config_section *sec, const char *s, size_t n, 
     s_snip(sn, sizeof sn, s, n, true);
     s_name_list(list, sizeof list, NULL, 0, sec);
     if (best)
-        WHAT("[%s] unknown key %s, did you mean \"%s\"? (expected one of: %s)", sec->name, sn, best,
-             list);
+        WHAT("[%s] unknown key %s, did you mean \"%s\"? (expected one of: %s)", sec->name, sn, best, list);
     else
         WHAT("[%s] unknown key %s (expected one of: %s)", sec->name, sn, list);
     return SIZE_MAX;
 }
 
-static eq_status s_parse_text(s_ctx *c, const char *name, const char *text, size_t len,
-                              eq_err *err)
+static eq_status s_parse_text(s_ctx *c, const char *name, const char *text, size_t len, eq_err *err)
 {
     const char *p = text, *end = text + len;
     size_t lineno = 0, cur = SIZE_MAX;
@@ -810,11 +833,10 @@ static eq_status s_parse_text(s_ctx *c, const char *name, const char *text, size
         p = nl ? nl + 1 : end;
         if (n && s[n - 1] == '\r') n--;
         if (n > EQ_CONFIG_MAX_LINE)
-            return eq_err_set(err, EQ_ERR_PARSE, "%s:%zu: line is %zu bytes long (expected at most %d)",
-                              name, lineno, n, EQ_CONFIG_MAX_LINE);
+            return eq_err_set(err, EQ_ERR_PARSE, "%s:%zu: line is %zu bytes long (expected at most %d)", name,
+                              lineno, n, EQ_CONFIG_MAX_LINE);
         if (memchr(s, '\0', n))
-            return eq_err_set(err, EQ_ERR_PARSE, "%s:%zu: NUL byte in line (expected text)", name,
-                              lineno);
+            return eq_err_set(err, EQ_ERR_PARSE, "%s:%zu: NUL byte in line (expected text)", name, lineno);
         s_trim(&s, &n);
         if (n == 0 || s[0] == '#' || s[0] == ';') continue;
         if (s[0] == '[') {
@@ -824,19 +846,20 @@ static eq_status s_parse_text(s_ctx *c, const char *name, const char *text, size
                                   "%s:%zu: syntax error: unterminated section header %s (expected [name])",
                                   name, lineno, s_snip(sn, sizeof sn, s, n, true));
             if (close != s + n - 1)
-                return eq_err_set(err, EQ_ERR_PARSE,
-                                  "%s:%zu: syntax error: text after ] in %s (expected [name] alone on its line)",
-                                  name, lineno, s_snip(sn, sizeof sn, s, n, true));
+                return eq_err_set(
+                    err, EQ_ERR_PARSE,
+                    "%s:%zu: syntax error: text after ] in %s (expected [name] alone on its line)", name,
+                    lineno, s_snip(sn, sizeof sn, s, n, true));
             const char *sec = s + 1;
             size_t sn_len = n - 2;
             s_trim(&sec, &sn_len);
             if (!s_valid_name(sec, sn_len, true))
-                return eq_err_set(err, EQ_ERR_PARSE,
-                                  "%s:%zu: syntax error: bad section name %s (expected letters, digits, '_', '-' and '.')",
-                                  name, lineno, s_snip(sn, sizeof sn, sec, sn_len, true));
+                return eq_err_set(
+                    err, EQ_ERR_PARSE,
+                    "%s:%zu: syntax error: bad section name %s (expected letters, digits, '_', '-' and '.')",
+                    name, lineno, s_snip(sn, sizeof sn, sec, sn_len, true));
             cur = s_find_section(c, sec, sn_len, what);
-            if (cur == SIZE_MAX)
-                return eq_err_set(err, EQ_ERR_INVALID, "%s:%zu: %s", name, lineno, what);
+            if (cur == SIZE_MAX) return eq_err_set(err, EQ_ERR_INVALID, "%s:%zu: %s", name, lineno, what);
             if (!c->header[cur]) c->header[cur] = lineno;
             continue;
         }
@@ -850,21 +873,23 @@ static eq_status s_parse_text(s_ctx *c, const char *name, const char *text, size
         s_trim(&key, &kn);
         s_trim(&val, &vn);
         if (!s_valid_name(key, kn, false))
-            return eq_err_set(err, EQ_ERR_PARSE,
-                              "%s:%zu: syntax error: bad key %s (expected letters, digits, '_' and '-' before '=')",
-                              name, lineno, s_snip(sn, sizeof sn, key, kn, true));
+            return eq_err_set(
+                err, EQ_ERR_PARSE,
+                "%s:%zu: syntax error: bad key %s (expected letters, digits, '_' and '-' before '=')", name,
+                lineno, s_snip(sn, sizeof sn, key, kn, true));
         if (cur == SIZE_MAX)
             return eq_err_set(err, EQ_ERR_PARSE,
-                              "%s:%zu: key %s is outside any section (expected a [section] line first)",
-                              name, lineno, s_snip(sn, sizeof sn, key, kn, true));
+                              "%s:%zu: key %s is outside any section (expected a [section] line first)", name,
+                              lineno, s_snip(sn, sizeof sn, key, kn, true));
         const eq_config_section *sec = &c->secs[cur];
         size_t k = s_find_key(sec, key, kn, what);
         if (k == SIZE_MAX) return eq_err_set(err, EQ_ERR_INVALID, "%s:%zu: %s", name, lineno, what);
         size_t *set = &c->line[c->first[cur] + k];
         if (*set && *set != SIZE_MAX)
-            return eq_err_set(err, EQ_ERR_INVALID,
-                              "%s:%zu: [%s] %s: duplicate key, first set on line %zu (expected each key once per section)",
-                              name, lineno, sec->name, sec->keys[k].name, *set);
+            return eq_err_set(
+                err, EQ_ERR_INVALID,
+                "%s:%zu: [%s] %s: duplicate key, first set on line %zu (expected each key once per section)",
+                name, lineno, sec->name, sec->keys[k].name, *set);
         eq_status st = s_assign(sec, &sec->keys[k], s_base(c, cur), val, vn, err);
         if (st) {
             eq_err_prefix(err, "%s:%zu: ", name, lineno);
@@ -938,7 +963,8 @@ static eq_status s_ctx_init(s_ctx *c, const eq_config_section *secs, size_t nsec
     size_t ext = 1, total = 0;
     eq_status st = s_check(secs, nsecs, NULL, &ext, err);
     if (st) return st;
-    for (size_t i = 0; i < nsecs; i++) total += secs[i].nkeys;
+    for (size_t i = 0; i < nsecs; i++)
+        total += secs[i].nkeys;
     c->first = eq_calloc_array(nsecs, sizeof(size_t));
     c->header = eq_calloc_array(nsecs, sizeof(size_t));
     c->line = eq_calloc_array(total, sizeof(size_t));
@@ -947,7 +973,8 @@ static eq_status s_ctx_init(s_ctx *c, const eq_config_section *secs, size_t nsec
         s_ctx_free(c);
         return eq_err_set(err, EQ_ERR_NOMEM, "config: out of memory");
     }
-    for (size_t i = 1; i < nsecs; i++) c->first[i] = c->first[i - 1] + secs[i - 1].nkeys;
+    for (size_t i = 1; i < nsecs; i++)
+        c->first[i] = c->first[i - 1] + secs[i - 1].nkeys;
     /* Check defaults (into scratch) and apply them to the real structs. */
     st = s_check(secs, nsecs, c->scratch, NULL, err);
     if (!st) st = s_defaults(secs, nsecs, err);
@@ -956,8 +983,8 @@ static eq_status s_ctx_init(s_ctx *c, const eq_config_section *secs, size_t nsec
 }
 
 eq_status eq_config_parse_buffer(const eq_config_section *secs, size_t nsecs, const char *name,
-                                 const char *text, size_t len, const char *const *sets,
-                                 size_t nsets, eq_err *err)
+                                 const char *text, size_t len, const char *const *sets, size_t nsets,
+                                 eq_err *err)
 {
     if (!name) name = "config";
     if (!text && len) return eq_err_set(err, EQ_ERR_INVALID, "%s: no text", name);
@@ -1020,8 +1047,7 @@ eq_status eq_config_load(const eq_config_section *secs, size_t nsecs, const char
         len += got;
         if (got == 0) {
             if (ferror(f))
-                st = eq_err_set(err, EQ_ERR_IO, "%s: cannot read config file: %s", path,
-                                strerror(errno));
+                st = eq_err_set(err, EQ_ERR_IO, "%s: cannot read config file: %s", path, strerror(errno));
             break;
         }
     }
@@ -1059,11 +1085,21 @@ static void s_put_string(s_buf *b, const char *s, bool list_item)
     for (const char *p = s; *p; p++) {
         unsigned char c = (unsigned char)*p;
         switch (c) {
-        case '\\': s_add(b, "\\\\", 2); break;
-        case '"': s_add(b, "\\\"", 2); break;
-        case '\n': s_add(b, "\\n", 2); break;
-        case '\t': s_add(b, "\\t", 2); break;
-        case '\r': s_add(b, "\\r", 2); break;
+        case '\\':
+            s_add(b, "\\\\", 2);
+            break;
+        case '"':
+            s_add(b, "\\\"", 2);
+            break;
+        case '\n':
+            s_add(b, "\\n", 2);
+            break;
+        case '\t':
+            s_add(b, "\\t", 2);
+            break;
+        case '\r':
+            s_add(b, "\\r", 2);
+            break;
         default:
             if (c < 0x20 || c == 0x7f)
                 s_addf(b, "\\x%02x", c);
@@ -1075,8 +1111,7 @@ static void s_put_string(s_buf *b, const char *s, bool list_item)
 }
 
 /* Append key k's value from base, or explain why it cannot be written. */
-static eq_status s_put_value(s_buf *b, const eq_config_key *k, const unsigned char *base,
-                             char *what)
+static eq_status s_put_value(s_buf *b, const eq_config_key *k, const unsigned char *base, char *what)
 {
     char num[40];
     size_t count = 0;
@@ -1096,7 +1131,8 @@ static eq_status s_put_value(s_buf *b, const eq_config_key *k, const unsigned ch
         for (size_t i = 0; i < (k->type == EQ_CONFIG_INT ? 1 : count); i++) {
             int64_t v;
             memcpy(&v, base + k->offset + i * sizeof v, sizeof v);
-            if (v < k->int_min || v > k->int_max) return WHAT("value %" PRId64 " is out of range", v), EQ_ERR_INVALID;
+            if (v < k->int_min || v > k->int_max)
+                return WHAT("value %" PRId64 " is out of range", v), EQ_ERR_INVALID;
             s_addf(b, "%s%" PRId64, i ? ", " : "", v);
         }
         return EQ_OK;
@@ -1123,7 +1159,8 @@ static eq_status s_put_value(s_buf *b, const eq_config_key *k, const unsigned ch
     case EQ_CONFIG_ENUM: {
         int v, n = 0;
         memcpy(&v, base + k->offset, sizeof v);
-        while (k->choices[n]) n++;
+        while (k->choices[n])
+            n++;
         if (v < 0 || v >= n) return WHAT("enum index %d is out of range", v), EQ_ERR_INVALID;
         s_adds(b, k->choices[v]);
         return EQ_OK;
@@ -1133,8 +1170,7 @@ static eq_status s_put_value(s_buf *b, const eq_config_key *k, const unsigned ch
     }
 }
 
-eq_status eq_config_dump(const eq_config_section *secs, size_t nsecs, char **out, size_t *len,
-                         eq_err *err)
+eq_status eq_config_dump(const eq_config_section *secs, size_t nsecs, char **out, size_t *len, eq_err *err)
 {
     if (!out) return eq_err_set(err, EQ_ERR_INVALID, "config dump: no output pointer");
     *out = NULL;
@@ -1178,8 +1214,7 @@ static void s_cell(s_buf *b, const char *s)
     }
 }
 
-eq_status eq_config_doc(const eq_config_section *secs, size_t nsecs, char **out, size_t *len,
-                        eq_err *err)
+eq_status eq_config_doc(const eq_config_section *secs, size_t nsecs, char **out, size_t *len, eq_err *err)
 {
     if (!out) return eq_err_set(err, EQ_ERR_INVALID, "config doc: no output pointer");
     *out = NULL;
@@ -1211,18 +1246,30 @@ eq_status eq_config_doc(const eq_config_section *secs, size_t nsecs, char **out,
             s_adds(&b, " | ");
             s_range(k, r, sizeof r);
             switch (k->type) {
-            case EQ_CONFIG_BOOL: snprintf(cell, sizeof cell, "true, false"); break;
+            case EQ_CONFIG_BOOL:
+                snprintf(cell, sizeof cell, "true, false");
+                break;
             case EQ_CONFIG_INT:
-            case EQ_CONFIG_FLOAT: snprintf(cell, sizeof cell, "%s", *r ? r : "any"); break;
-            case EQ_CONFIG_STRING: snprintf(cell, sizeof cell, "at most %zu bytes", k->size - 1); break;
-            case EQ_CONFIG_ENUM: s_choices(k, cell, sizeof cell, "`"); break;
+            case EQ_CONFIG_FLOAT:
+                snprintf(cell, sizeof cell, "%s", *r ? r : "any");
+                break;
+            case EQ_CONFIG_STRING:
+                snprintf(cell, sizeof cell, "at most %zu bytes", k->size - 1);
+                break;
+            case EQ_CONFIG_ENUM:
+                s_choices(k, cell, sizeof cell, "`");
+                break;
             case EQ_CONFIG_STRING_LIST:
                 s_count_text(k, c, sizeof c);
                 snprintf(cell, sizeof cell, "%s of at most %zu bytes", c, k->size - 1);
                 break;
             default:
                 s_count_text(k, c, sizeof c);
-                snprintf(cell, sizeof cell, "%s%s%s", c, !*r ? "" : r[0] == '[' ? ", each in " : ", each ", r);
+                snprintf(cell, sizeof cell, "%s%s%s", c,
+                         !*r           ? ""
+                         : r[0] == '[' ? ", each in "
+                                       : ", each ",
+                         r);
             }
             s_cell(&b, cell);
             s_adds(&b, " | ");
