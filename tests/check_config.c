@@ -487,6 +487,14 @@ START_TEST(test_nul_byte_and_missing_file)
     ck_assert_int_eq(eq_config_load(c.secs, 4, dir, NULL, 0, &err), EQ_ERR_IO);
     ck_assert_ptr_nonnull(strstr(err.msg, dir));
 
+    /* a file over EQ_CONFIG_MAX_FILE is refused (sparse, so cheap to make) */
+    char *big = s_write(dir, "big.cfg", "", 0);
+    ck_assert_int_eq(truncate(big, (off_t)EQ_CONFIG_MAX_FILE + 1), 0);
+    ck_assert_int_eq(eq_config_load(c.secs, 4, big, NULL, 0, &err), EQ_ERR_LIMIT);
+    snprintf(want, sizeof want, "%s: config file is larger than 16777216 bytes", big);
+    ck_assert_str_eq(err.msg, want);
+    free(big);
+
     /* errors in a real file name the path as given */
     char *p = s_write(dir, "bad.cfg", "[data]\npath = x\nbatch = -3\n", 27);
     ck_assert_int_eq(eq_config_load(c.secs, 4, p, NULL, 0, &err), EQ_ERR_INVALID);
