@@ -1,0 +1,942 @@
+/*
+ * tests/check_backend.c -- the trainer's backend interface and CPU backend.
+ *
+ * 1. Parity: every op against PyTorch reference values (float64 references
+ *    from float32 inputs, made by tests/fixtures/trainer/gen_backend.py and
+ *    committed under tests/fixtures/trainer/backend/), tolerance 1e-5
+ *    relative, norm-wise: ||ours - ref|| / ||ref||.
+ * 2. Every backward against central finite differences of the forward,
+ *    with the loss L = sum(g * y) accumulated in double (small shapes).
+ * 3. Determinism, argument validation, memory and event calls.
+ * The parity tests move data with upload/download as a device backend
+ * would; the finite-difference tests use the CPU backend's property that
+ * device memory is host memory and perturb inputs in place.
+ */
+#include "trainer/backend.h"
+#include "tests/testutil.h"
+
+#include <math.h>
+#include <stdint.h>
+
+#define PARITY_TOL 1e-5
+
+/* ---- helpers ----------------------------------------------------------- */
+
+static eq_backend *s_cpu(int nthreads)
+{
+    eq_err err = {0};
+    eq_backend *be = eq_backend_cpu_new(nthreads, &err);
+    ck_assert_msg(be != NULL, "eq_backend_cpu_new: %s", err.msg);
+    return be;
+}
+
+/* Read tests/fixtures/trainer/backend/<c>/<name>.<ext> holding exactly
+ * `n` 4-byte elements.  Caller frees. */
+static void *s_load(const char *c, const char *name, const char *ext, size_t n)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/tests/fixtures/trainer/backend/%s/%s.%s", eq_test_srcdir(), c,
+             name, ext);
+    FILE *f = fopen(path, "rb");
+    ck_assert_msg(f != NULL, "cannot open fixture %s", path);
+    fseek(f, 0, SEEK_END);
+    long len = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    ck_assert_msg(len == (long)(n * 4), "fixture %s has %ld bytes, expected %zu elements", path,
+                  len, n);
+    void *p = malloc(n * 4 + 4);
+    ck_assert_ptr_nonnull(p);
+    ck_assert_uint_eq(fread(p, 4, n, f), n);
+    fclose(f);
+    return p;
+}
+
+static float *s_f32(const char *c, const char *name, size_t n)
+{
+    return s_load(c, name, "f32", n);
+}
+
+static int32_t *s_i32(const char *c, const char *name, size_t n)
+{
+    return s_load(c, name, "i32", n);
+}
+
+static double s_relerr(const float *a, const float *ref, size_t n)
+{
+    double num = 0.0, den = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        double d = (double)a[i] - (double)ref[i];
+        num += d * d;
+        den += (double)ref[i] * (double)ref[i];
+    }
+    if (den == 0.0) return sqrt(num);
+    return sqrt(num / den);
+}
+
+#define CHECK_CLOSE(what, a, ref, n, tol)                                                  \
+    do {                                                                                   \
+        double e_ = s_relerr((a), (ref), (n));                                             \
+        ck_assert_msg(e_ <= (tol), "%s: relative error %.3g > %.3g", (what), e_, (double)(tol)); \
+    } while (0)
+
+/* Device copies through the memory API. */
+static void *s_up(eq_backend *be, const void *host, size_t nbytes)
+{
+    eq_err err = {0};
+    void *d = eq_backend_alloc(be, nbytes, &err);
+    ck_assert_msg(d != NULL, "alloc: %s", err.msg);
+    ck_assert_int_eq(eq_backend_upload(be, d, host, nbytes, &err), EQ_OK);
+    return d;
+}
+
+static void *s_dev(eq_backend *be, size_t nbytes)
+{
+    eq_err err = {0};
+    void *d = eq_backend_alloc(be, nbytes, &err);
+    ck_assert_msg(d != NULL, "alloc: %s", err.msg);
+    /* poison: ops must overwrite their outputs */
+    float nanv = NAN;
+    float *h = malloc(nbytes);
+    for (size_t i = 0; i < nbytes / 4; i++) h[i] = nanv;
+    ck_assert_int_eq(eq_backend_upload(be, d, h, nbytes, &err), EQ_OK);
+    free(h);
+    return d;
+}
+
+static float *s_down(eq_backend *be, const void *dev, size_t n)
+{
+    eq_err err = {0};
+    float *h = malloc(n * 4 + 4);
+    ck_assert_int_eq(eq_backend_download(be, h, dev, n * 4, &err), EQ_OK);
+    return h;
+}
+
+/* `call` fills the local `err` */
+#define OK(call)                                                              \
+    do {                                                                      \
+        eq_status s_ = (call);                                                \
+        ck_assert_msg(s_ == EQ_OK, "%s failed: %s", #call, err.msg);          \
+    } while (0)
+
+/* deterministic pseudo-random floats in [-1, 1) */
+static uint64_t s_rng = 88172645463325252ull;
+static float s_rand(void)
+{
+    s_rng ^= s_rng << 13;
+    s_rng ^= s_rng >> 7;
+    s_rng ^= s_rng << 17;
+    return (float)((double)(s_rng >> 11) / 9007199254740992.0 * 2.0 - 1.0);
+}
+
+static float *s_randv(size_t n, float scale)
+{
+    float *v = malloc(n * 4 + 4);
+    for (size_t i = 0; i < n; i++) v[i] = s_rand() * scale;
+    return v;
+}
+
+/* ---- finite differences ------------------------------------------------- */
+
+/* Loss of the op's forward at the current inputs (double). */
+typedef double (*s_loss_fn)(void *ctx);
+
+static double s_dot(const float *g, const float *y, size_t n)
+{
+    double s = 0.0;
+    for (size_t i = 0; i < n; i++) s += (double)g[i] * (double)y[i];
+    return s;
+}
+
+/* Relative norm-wise error between `analytic` and central differences of
+ * f w.r.t. each element of `param` (perturbed in place and restored). */
+static double s_fd(s_loss_fn f, void *ctx, float *param, size_t n, const float *analytic, float h)
+{
+    double num = 0.0, den = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        float v = param[i];
+        float up = v + h, dn = v - h;
+        param[i] = up;
+        double lp = f(ctx);
+        param[i] = dn;
+        double lm = f(ctx);
+        param[i] = v;
+        double fd = (lp - lm) / ((double)up - (double)dn);
+        double d = fd - analytic[i];
+        num += d * d;
+        den += fd * fd;
+    }
+    return den > 0.0 ? sqrt(num / den) : sqrt(num);
+}
+
+#define CHECK_FD(what, f, ctx, param, n, an, h, tol)                                       \
+    do {                                                                                   \
+        double e_ = s_fd((f), (ctx), (param), (n), (an), (h));                             \
+        ck_assert_msg(e_ <= (tol), "%s: finite-difference error %.3g > %.3g", (what), e_,   \
+                      (double)(tol));                                                      \
+    } while (0)
+
+/* ---- convolution -------------------------------------------------------- */
+
+typedef struct conv_case {
+    const char *name;
+    int64_t n, h, w, c, k, r, s, sh, sw, ph, pw, dh, dw, g;
+} conv_case;
+
+static const conv_case CONV[] = {
+    {"conv_3x3", 2, 7, 6, 4, 6, 3, 3, 1, 1, 1, 1, 1, 1, 1},
+    {"conv_s2_g2", 2, 9, 8, 6, 4, 3, 3, 2, 2, 1, 1, 1, 1, 2},
+    {"conv_dil_rect", 1, 10, 9, 3, 5, 3, 2, 1, 2, 2, 1, 2, 3, 1},
+    {"conv_dw", 2, 8, 8, 6, 6, 3, 3, 2, 2, 1, 1, 1, 1, 6},
+    {"conv_dw_mult", 1, 6, 5, 3, 6, 3, 3, 1, 1, 1, 1, 1, 1, 3},
+    {"conv_1x1", 3, 5, 4, 8, 5, 1, 1, 1, 1, 0, 0, 1, 1, 1},
+    {"conv_1x1_s2", 2, 7, 7, 4, 8, 1, 1, 2, 2, 0, 0, 1, 1, 1},
+    {"conv_stem", 1, 16, 14, 3, 8, 7, 7, 2, 2, 3, 3, 1, 1, 1},
+};
+#define NCONV (sizeof CONV / sizeof CONV[0])
+
+static eq_conv2d_desc s_conv_desc(const conv_case *t)
+{
+    eq_conv2d_desc d = {.n = t->n, .h = t->h, .w = t->w, .c = t->c, .k = t->k, .r = t->r,
+                        .s = t->s, .stride_h = t->sh, .stride_w = t->sw, .pad_h = t->ph,
+                        .pad_w = t->pw, .dil_h = t->dh, .dil_w = t->dw, .groups = t->g};
+    eq_err err = {0};
+    ck_assert_msg(eq_conv2d_desc_init(&d, &err) == EQ_OK, "%s: %s", t->name, err.msg);
+    return d;
+}
+
+START_TEST(test_conv_parity)
+{
+    const conv_case *t = &CONV[_i];
+    eq_backend *be = s_cpu(1);
+    eq_err err = {0};
+    eq_conv2d_desc d = s_conv_desc(t);
+    size_t nx = d.n * d.h * d.w * d.c, ny = d.n * d.p * d.q * d.k, nw = d.k * (d.c / d.groups) * d.r * d.s;
+    float *x = s_f32(t->name, "x", nx), *w = s_f32(t->name, "w", nw), *y = s_f32(t->name, "y", ny);
+    float *dy = s_f32(t->name, "dy", ny), *dx = s_f32(t->name, "dx", nx), *dw = s_f32(t->name, "dw", nw);
+    float *xd = s_up(be, x, nx * 4), *wd = s_up(be, w, nw * 4), *dyd = s_up(be, dy, ny * 4);
+    float *yd = s_dev(be, ny * 4), *dxd = s_dev(be, nx * 4), *dwd = s_dev(be, nw * 4);
+    OK(eq_backend_conv2d_fwd(be, &d, xd, wd, yd, &err));
+    OK(eq_backend_conv2d_bwd_data(be, &d, dyd, wd, dxd, &err));
+    OK(eq_backend_conv2d_bwd_filter(be, &d, xd, dyd, dwd, &err));
+    float *yo = s_down(be, yd, ny), *dxo = s_down(be, dxd, nx), *dwo = s_down(be, dwd, nw);
+    char what[128];
+    snprintf(what, sizeof what, "%s y", t->name);
+    CHECK_CLOSE(what, yo, y, ny, PARITY_TOL);
+    snprintf(what, sizeof what, "%s dx", t->name);
+    CHECK_CLOSE(what, dxo, dx, nx, PARITY_TOL);
+    snprintf(what, sizeof what, "%s dw", t->name);
+    CHECK_CLOSE(what, dwo, dw, nw, PARITY_TOL);
+    void *all[] = {x, w, y, dy, dx, dw, yo, dxo, dwo};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) free(all[i]);
+    void *dev[] = {xd, wd, dyd, yd, dxd, dwd};
+    for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) eq_backend_release(be, dev[i]);
+    eq_backend_destroy(&be);
+    ck_assert_ptr_null(be);
+}
+END_TEST
+
+typedef struct conv_fd {
+    eq_backend *be;
+    eq_conv2d_desc d;
+    float *x, *w, *y, *g;
+    size_t ny;
+} conv_fd;
+
+static double s_conv_loss(void *vctx)
+{
+    conv_fd *c = vctx;
+    eq_err err = {0};
+    OK(eq_backend_conv2d_fwd(c->be, &c->d, c->x, c->w, c->y, &err));
+    return s_dot(c->g, c->y, c->ny);
+}
+
+START_TEST(test_conv_fd)
+{
+    const conv_case *t = &CONV[_i];
+    eq_err err = {0};
+    conv_fd c = {.be = s_cpu(1), .d = s_conv_desc(t)};
+    size_t nx = c.d.n * c.d.h * c.d.w * c.d.c, nw = c.d.k * (c.d.c / c.d.groups) * c.d.r * c.d.s;
+    c.ny = c.d.n * c.d.p * c.d.q * c.d.k;
+    c.x = s_randv(nx, 1.0f);
+    c.w = s_randv(nw, 0.5f);
+    c.g = s_randv(c.ny, 1.0f);
+    c.y = malloc(c.ny * 4);
+    float *dx = malloc(nx * 4), *dw = malloc(nw * 4);
+    OK(eq_backend_conv2d_bwd_data(c.be, &c.d, c.g, c.w, dx, &err));
+    OK(eq_backend_conv2d_bwd_filter(c.be, &c.d, c.x, c.g, dw, &err));
+    /* the loss is linear in x and in w: a large step has no truncation error */
+    CHECK_FD(t->name, s_conv_loss, &c, c.x, nx, dx, 0.25f, 1e-5);
+    CHECK_FD(t->name, s_conv_loss, &c, c.w, nw, dw, 0.25f, 1e-5);
+    free(c.x), free(c.w), free(c.g), free(c.y), free(dx), free(dw);
+    eq_backend_destroy(&c.be);
+}
+END_TEST
+
+/* ---- batch norm --------------------------------------------------------- */
+
+typedef struct bn_case {
+    const char *name;
+    int64_t n, h, w, c;
+} bn_case;
+static const bn_case BN[] = {{"bn_a", 2, 3, 4, 5}, {"bn_b", 4, 1, 1, 3}};
+
+START_TEST(test_bn_parity)
+{
+    const bn_case *t = &BN[_i];
+    eq_backend *be = s_cpu(1);
+    eq_err err = {0};
+    eq_bn_desc d;
+    size_t m = t->n * t->h * t->w, c = t->c, nx = m * c;
+    OK(eq_bn_desc_init(&d, m, c, 1e-5f, 0.1f, &err));
+    float *x = s_f32(t->name, "x", nx), *ga = s_f32(t->name, "gamma", c), *be_ = s_f32(t->name, "beta", c);
+    float *rm = s_f32(t->name, "rm", c), *rv = s_f32(t->name, "rv", c), *dy = s_f32(t->name, "dy", nx);
+    float *xd = s_up(be, x, nx * 4), *gd = s_up(be, ga, c * 4), *bd = s_up(be, be_, c * 4);
+    float *rmd = s_up(be, rm, c * 4), *rvd = s_up(be, rv, c * 4), *dyd = s_up(be, dy, nx * 4);
+    float *yd = s_dev(be, nx * 4), *smd = s_dev(be, c * 4), *sid = s_dev(be, c * 4);
+    float *dxd = s_dev(be, nx * 4), *dgd = s_dev(be, c * 4), *dbd = s_dev(be, c * 4);
+    float *yed = s_dev(be, nx * 4);
+    /* eval first: it reads the running stats before the train step moves them */
+    OK(eq_backend_bn_fwd_eval(be, &d, xd, gd, bd, rmd, rvd, yed, &err));
+    OK(eq_backend_bn_fwd_train(be, &d, xd, gd, bd, rmd, rvd, yd, smd, sid, &err));
+    OK(eq_backend_bn_bwd(be, &d, xd, dyd, gd, smd, sid, dxd, dgd, dbd, &err));
+    struct { const char *name; float *dev; size_t n; } outs[] = {
+        {"y", yd, nx}, {"y_eval", yed, nx}, {"rm_out", rmd, c}, {"rv_out", rvd, c},
+        {"dx", dxd, nx}, {"dgamma", dgd, c}, {"dbeta", dbd, c}};
+    for (size_t i = 0; i < sizeof outs / sizeof outs[0]; i++) {
+        float *ref = s_f32(t->name, outs[i].name, outs[i].n), *got = s_down(be, outs[i].dev, outs[i].n);
+        char what[128];
+        snprintf(what, sizeof what, "%s %s", t->name, outs[i].name);
+        CHECK_CLOSE(what, got, ref, outs[i].n, PARITY_TOL);
+        free(ref), free(got);
+    }
+    float *all[] = {x, ga, be_, rm, rv, dy};
+    for (size_t i = 0; i < 6; i++) free(all[i]);
+    float *dev[] = {xd, gd, bd, rmd, rvd, dyd, yd, smd, sid, dxd, dgd, dbd, yed};
+    for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) eq_backend_release(be, dev[i]);
+    eq_backend_destroy(&be);
+}
+END_TEST
+
+typedef struct bn_fd {
+    eq_backend *be;
+    eq_bn_desc d;
+    float *x, *gamma, *beta, *rm, *rv, *y, *sm, *si, *g;
+} bn_fd;
+
+static double s_bn_loss(void *vctx)
+{
+    bn_fd *b = vctx;
+    eq_err err = {0};
+    OK(eq_backend_bn_fwd_train(b->be, &b->d, b->x, b->gamma, b->beta, b->rm, b->rv, b->y, b->sm,
+                               b->si, &err));
+    return s_dot(b->g, b->y, b->d.m * b->d.c);
+}
+
+START_TEST(test_bn_fd)
+{
+    eq_err err = {0};
+    bn_fd b = {.be = s_cpu(1)};
+    const int64_t m = 12, c = 3;
+    OK(eq_bn_desc_init(&b.d, m, c, 1e-5f, 0.1f, &err));
+    b.x = s_randv(m * c, 2.0f);
+    b.gamma = s_randv(c, 1.0f);
+    b.beta = s_randv(c, 1.0f);
+    b.rm = calloc(c, 4);
+    b.rv = calloc(c, 4);
+    b.y = malloc(m * c * 4);
+    b.sm = malloc(c * 4);
+    b.si = malloc(c * 4);
+    b.g = s_randv(m * c, 1.0f);
+    float *dx = malloc(m * c * 4), *dg = malloc(c * 4), *db = malloc(c * 4);
+    s_bn_loss(&b);
+    OK(eq_backend_bn_bwd(b.be, &b.d, b.x, b.g, b.gamma, b.sm, b.si, dx, dg, db, &err));
+    CHECK_FD("bn dx", s_bn_loss, &b, b.x, m * c, dx, 1e-2f, 1e-4);
+    CHECK_FD("bn dgamma", s_bn_loss, &b, b.gamma, c, dg, 1e-2f, 1e-4);
+    CHECK_FD("bn dbeta", s_bn_loss, &b, b.beta, c, db, 1e-2f, 1e-4);
+    /* affine=False: gamma/beta NULL mean 1/0 */
+    float *ones = malloc(c * 4), *zeros = calloc(c, 4), *y1 = malloc(m * c * 4);
+    for (int64_t j = 0; j < c; j++) ones[j] = 1.0f;
+    OK(eq_backend_bn_fwd_train(b.be, &b.d, b.x, NULL, NULL, b.rm, b.rv, b.y, b.sm, b.si, &err));
+    OK(eq_backend_bn_fwd_train(b.be, &b.d, b.x, ones, zeros, b.rm, b.rv, y1, b.sm, b.si, &err));
+    ck_assert_mem_eq(b.y, y1, m * c * 4);
+    float *dx1 = malloc(m * c * 4);
+    OK(eq_backend_bn_bwd(b.be, &b.d, b.x, b.g, NULL, b.sm, b.si, dx, NULL, NULL, &err));
+    OK(eq_backend_bn_bwd(b.be, &b.d, b.x, b.g, ones, b.sm, b.si, dx1, dg, db, &err));
+    ck_assert_mem_eq(dx, dx1, m * c * 4);
+    float *all[] = {b.x, b.gamma, b.beta, b.rm, b.rv, b.y, b.sm, b.si, b.g, dx, dg, db, ones, zeros, y1, dx1};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) free(all[i]);
+    eq_backend_destroy(&b.be);
+}
+END_TEST
+
+/* ---- activations, add ---------------------------------------------------- */
+
+START_TEST(test_relu_parity)
+{
+    eq_backend *be = s_cpu(1);
+    eq_err err = {0};
+    size_t n = 2 * 3 * 4 * 5;
+    float *x = s_f32("relu", "x", n), *y = s_f32("relu", "y", n), *dy = s_f32("relu", "dy", n),
+          *dx = s_f32("relu", "dx", n);
+    float *yo = malloc(n * 4), *dxo = malloc(n * 4);
+    OK(eq_backend_relu_fwd(be, n, x, yo, &err));
+    OK(eq_backend_relu_bwd(be, n, yo, dy, dxo, &err));
+    ck_assert_mem_eq(yo, y, n * 4);
+    ck_assert_mem_eq(dxo, dx, n * 4);
+    /* in place */
+    OK(eq_backend_relu_fwd(be, n, x, x, &err));
+    ck_assert_mem_eq(x, y, n * 4);
+    free(x), free(y), free(dy), free(dx), free(yo), free(dxo);
+    eq_backend_destroy(&be);
+}
+END_TEST
+
+typedef struct act_fd {
+    eq_backend *be;
+    int64_t m, c, ns;
+    float *x, *a, *y, *g;
+} act_fd;
+
+static double s_relu_loss(void *vctx)
+{
+    act_fd *t = vctx;
+    eq_err err = {0};
+    OK(eq_backend_relu_fwd(t->be, t->m * t->c, t->x, t->y, &err));
+    return s_dot(t->g, t->y, t->m * t->c);
+}
+
+static double s_prelu_loss(void *vctx)
+{
+    act_fd *t = vctx;
+    eq_err err = {0};
+    OK(eq_backend_prelu_fwd(t->be, t->m, t->c, t->ns, t->x, t->a, t->y, &err));
+    return s_dot(t->g, t->y, t->m * t->c);
+}
+
+/* Inputs kept at least 0.05 away from the kink at 0. */
+static float *s_away_from_zero(size_t n)
+{
+    float *v = s_randv(n, 1.0f);
+    for (size_t i = 0; i < n; i++) v[i] = v[i] >= 0 ? v[i] + 0.05f : v[i] - 0.05f;
+    return v;
+}
+
+START_TEST(test_act_fd)
+{
+    eq_err err = {0};
+    act_fd t = {.be = s_cpu(1), .m = 10, .c = 4};
+    size_t n = t.m * t.c;
+    t.x = s_away_from_zero(n);
+    t.y = malloc(n * 4);
+    t.g = s_randv(n, 1.0f);
+    float *dx = malloc(n * 4), *da = malloc(4 * 4);
+    s_relu_loss(&t);
+    OK(eq_backend_relu_bwd(t.be, n, t.y, t.g, dx, &err));
+    CHECK_FD("relu dx", s_relu_loss, &t, t.x, n, dx, 1e-2f, 1e-5);
+    for (t.ns = 1; t.ns <= t.c; t.ns += t.c - 1) {
+        t.a = s_randv(t.ns, 0.5f);
+        OK(eq_backend_prelu_bwd(t.be, t.m, t.c, t.ns, t.x, t.a, t.g, dx, da, &err));
+        CHECK_FD("prelu dx", s_prelu_loss, &t, t.x, n, dx, 1e-2f, 1e-5);
+        CHECK_FD("prelu dslope", s_prelu_loss, &t, t.a, t.ns, da, 1e-2f, 1e-5);
+        free(t.a);
+    }
+    free(t.x), free(t.y), free(t.g), free(dx), free(da);
+    eq_backend_destroy(&t.be);
+}
+END_TEST
+
+typedef struct prelu_case {
+    const char *name;
+    int64_t n, h, w, c, ns;
+} prelu_case;
+static const prelu_case PRELU[] = {{"prelu_1", 2, 3, 3, 4, 1}, {"prelu_c", 2, 3, 3, 4, 4}};
+
+START_TEST(test_prelu_parity)
+{
+    const prelu_case *t = &PRELU[_i];
+    eq_backend *be = s_cpu(1);
+    eq_err err = {0};
+    int64_t m = t->n * t->h * t->w;
+    size_t n = m * t->c;
+    float *x = s_f32(t->name, "x", n), *a = s_f32(t->name, "a", t->ns), *dy = s_f32(t->name, "dy", n);
+    float *y = s_f32(t->name, "y", n), *dx = s_f32(t->name, "dx", n), *da = s_f32(t->name, "da", t->ns);
+    float *yo = malloc(n * 4), *dxo = malloc(n * 4), *dao = malloc(t->ns * 4);
+    OK(eq_backend_prelu_fwd(be, m, t->c, t->ns, x, a, yo, &err));
+    OK(eq_backend_prelu_bwd(be, m, t->c, t->ns, x, a, dy, dxo, dao, &err));
+    CHECK_CLOSE("prelu y", yo, y, n, PARITY_TOL);
+    CHECK_CLOSE("prelu dx", dxo, dx, n, PARITY_TOL);
+    CHECK_CLOSE("prelu da", dao, da, t->ns, PARITY_TOL);
+    free(x), free(a), free(dy), free(y), free(dx), free(da), free(yo), free(dxo), free(dao);
+    eq_backend_destroy(&be);
+}
+END_TEST
+
+START_TEST(test_add)
+{
+    eq_backend *be = s_cpu(1);
+    eq_err err = {0};
+    float a[5] = {1, 2, 3, 4, 5}, b[5] = {0.5f, -2, 0, 1e-3f, -7}, y[5];
+    OK(eq_backend_add(be, 5, a, b, y, &err));
+    for (int i = 0; i < 5; i++) ck_assert_float_eq(y[i], a[i] + b[i]);
+    OK(eq_backend_add(be, 5, a, b, a, &err)); /* in place */
+    ck_assert_mem_eq(a, y, sizeof y);
+    eq_backend_destroy(&be);
+}
+END_TEST
+
+/* ---- pooling ------------------------------------------------------------ */
+
+typedef struct pool_case {
+    const char *name;
+    int max;
+    int64_t n, h, w, c, kh, kw, sh, sw, ph, pw;
+    int ceil, cip;
+} pool_case;
+
+static const pool_case POOL[] = {
+    {"maxpool_3s2p1", 1, 2, 9, 8, 3, 3, 3, 2, 2, 1, 1, 0, 1},
+    {"maxpool_2s2_ceil", 1, 1, 7, 5, 4, 2, 2, 2, 2, 0, 0, 1, 1},
+    {"avgpool_3s2p1", 0, 2, 9, 8, 3, 3, 3, 2, 2, 1, 1, 0, 1},
+    {"avgpool_3s2p1_nopad", 0, 2, 9, 8, 3, 3, 3, 2, 2, 1, 1, 0, 0},
+    {"avgpool_2s2_ceil", 0, 1, 7, 5, 4, 2, 2, 2, 2, 0, 0, 1, 0},
+    {"avgpool_3s2p1_ceil_pad", 0, 1, 8, 6, 2, 3, 3, 2, 2, 1, 1, 1, 1},
+};
+#define NPOOL (sizeof POOL / sizeof POOL[0])
+
+static eq_pool2d_desc s_pool_desc(const pool_case *t)
+{
+    eq_pool2d_desc d = {.n = t->n, .h = t->h, .w = t->w, .c = t->c, .kh = t->kh, .kw = t->kw,
+                        .stride_h = t->sh, .stride_w = t->sw, .pad_h = t->ph, .pad_w = t->pw,
+                        .ceil_mode = t->ceil, .count_include_pad = t->cip};
+    eq_err err = {0};
+    ck_assert_msg(eq_pool2d_desc_init(&d, &err) == EQ_OK, "%s: %s", t->name, err.msg);
+    return d;
+}
+
+START_TEST(test_pool_parity)
+{
+    const pool_case *t = &POOL[_i];
+    eq_backend *be = s_cpu(1);
+    eq_err err = {0};
+    eq_pool2d_desc d = s_pool_desc(t);
+    size_t nx = d.n * d.h * d.w * d.c, ny = d.n * d.p * d.q * d.c;
+    float *x = s_f32(t->name, "x", nx), *y = s_f32(t->name, "y", ny), *dy = s_f32(t->name, "dy", ny);
+    float *dx = s_f32(t->name, "dx", nx);
+    float *yo = malloc(ny * 4), *dxo = malloc(nx * 4);
+    if (t->max) {
+        int32_t *am = s_i32(t->name, "argmax", ny), *amo = malloc(ny * 4);
+        OK(eq_backend_maxpool_fwd(be, &d, x, yo, amo, &err));
+        OK(eq_backend_maxpool_bwd(be, &d, amo, dy, dxo, &err));
+        ck_assert_mem_eq(amo, am, ny * 4);
+        free(am), free(amo);
+    } else {
+        OK(eq_backend_avgpool_fwd(be, &d, x, yo, &err));
+        OK(eq_backend_avgpool_bwd(be, &d, dy, dxo, &err));
+    }
+    char what[128];
+    snprintf(what, sizeof what, "%s y", t->name);
+    CHECK_CLOSE(what, yo, y, ny, PARITY_TOL);
+    snprintf(what, sizeof what, "%s dx", t->name);
+    CHECK_CLOSE(what, dxo, dx, nx, PARITY_TOL);
+    free(x), free(y), free(dy), free(dx), free(yo), free(dxo);
+    eq_backend_destroy(&be);
+}
+END_TEST
+
+typedef struct pool_fd {
+    eq_backend *be;
+    eq_pool2d_desc d;
+    int max;
+    float *x, *y, *g;
+    int32_t *am;
+} pool_fd;
+
+static double s_pool_loss(void *vctx)
+{
+    pool_fd *t = vctx;
+    eq_err err = {0};
+    if (t->max)
+        OK(eq_backend_maxpool_fwd(t->be, &t->d, t->x, t->y, t->am, &err));
+    else
+        OK(eq_backend_avgpool_fwd(t->be, &t->d, t->x, t->y, &err));
+    return s_dot(t->g, t->y, t->d.n * t->d.p * t->d.q * t->d.c);
+}
+
+START_TEST(test_pool_fd)
+{
+    const pool_case *pc = &POOL[_i];
+    eq_err err = {0};
+    pool_fd t = {.be = s_cpu(1), .d = s_pool_desc(pc), .max = pc->max};
+    size_t nx = t.d.n * t.d.h * t.d.w * t.d.c, ny = t.d.n * t.d.p * t.d.q * t.d.c;
+    /* distinct values 0.01 apart (a shuffled grid): no max ties within 2h */
+    t.x = malloc(nx * 4);
+    for (size_t i = 0; i < nx; i++) t.x[i] = 0.01f * (float)i - 0.005f * (float)nx;
+    for (size_t i = nx - 1; i > 0; i--) {
+        size_t j = (size_t)((s_rand() + 1.0f) * 0.5f * (float)(i + 1)) % (i + 1);
+        float tmp = t.x[i];
+        t.x[i] = t.x[j];
+        t.x[j] = tmp;
+    }
+    t.y = malloc(ny * 4);
+    t.am = malloc(ny * 4);
+    t.g = s_randv(ny, 1.0f);
+    float *dx = malloc(nx * 4);
+    s_pool_loss(&t);
+    if (t.max)
+        OK(eq_backend_maxpool_bwd(t.be, &t.d, t.am, t.g, dx, &err));
+    else
+        OK(eq_backend_avgpool_bwd(t.be, &t.d, t.g, dx, &err));
+    /* max: small steps stay inside one argmax; avg is linear */
+    CHECK_FD(pc->name, s_pool_loss, &t, t.x, nx, dx, t.max ? 1e-3f : 0.25f, 1e-5);
+    free(t.x), free(t.y), free(t.am), free(t.g), free(dx);
+    eq_backend_destroy(&t.be);
+}
+END_TEST
+
+typedef struct gap_fd {
+    eq_backend *be;
+    float *x, *y, *g;
+} gap_fd;
+
+static double s_gap_loss(void *vctx)
+{
+    gap_fd *t = vctx;
+    eq_err err = {0};
+    OK(eq_backend_gap_fwd(t->be, 3, 20, 6, t->x, t->y, &err));
+    return s_dot(t->g, t->y, 18);
+}
+
+START_TEST(test_gap)
+{
+    eq_backend *be = s_cpu(1);
+    eq_err err = {0};
+    size_t nx = 3 * 4 * 5 * 6, ny = 3 * 6;
+    float *x = s_f32("gap", "x", nx), *y = s_f32("gap", "y", ny), *dy = s_f32("gap", "dy", ny);
+    float *dx = s_f32("gap", "dx", nx), *yo = malloc(ny * 4), *dxo = malloc(nx * 4);
+    OK(eq_backend_gap_fwd(be, 3, 20, 6, x, yo, &err));
+    OK(eq_backend_gap_bwd(be, 3, 20, 6, dy, dxo, &err));
+    CHECK_CLOSE("gap y", yo, y, ny, PARITY_TOL);
+    CHECK_CLOSE("gap dx", dxo, dx, nx, PARITY_TOL);
+    gap_fd t = {.be = be, .x = x, .y = yo, .g = dy};
+    CHECK_FD("gap", s_gap_loss, &t, x, nx, dxo, 0.25f, 1e-5);
+    free(x), free(y), free(dy), free(dx), free(yo), free(dxo);
+    eq_backend_destroy(&be);
+}
+END_TEST
+
+/* ---- linear --------------------------------------------------------------- */
+
+typedef struct lin_fd {
+    eq_backend *be;
+    float *x, *w, *b, *y, *g;
+} lin_fd;
+
+static double s_lin_loss(void *vctx)
+{
+    lin_fd *t = vctx;
+    eq_err err = {0};
+    OK(eq_backend_linear_fwd(t->be, 4, 7, 5, t->x, t->w, t->b, t->y, &err));
+    return s_dot(t->g, t->y, 20);
+}
+
+START_TEST(test_linear)
+{
+    eq_backend *be = s_cpu(1);
+    eq_err err = {0};
+    const int64_t n = 4, in = 7, out = 5;
+    float *x = s_f32("linear", "x", n * in), *w = s_f32("linear", "w", out * in);
+    float *b = s_f32("linear", "b", out), *dy = s_f32("linear", "dy", n * out);
+    float *y = s_f32("linear", "y", n * out), *dx = s_f32("linear", "dx", n * in);
+    float *dw = s_f32("linear", "dw", out * in), *db = s_f32("linear", "db", out);
+    float *yo = malloc(n * out * 4), *dxo = malloc(n * in * 4), *dwo = malloc(out * in * 4),
+          *dbo = malloc(out * 4);
+    OK(eq_backend_linear_fwd(be, n, in, out, x, w, b, yo, &err));
+    OK(eq_backend_linear_bwd_data(be, n, in, out, dy, w, dxo, &err));
+    OK(eq_backend_linear_bwd_weight(be, n, in, out, x, dy, dwo, dbo, &err));
+    CHECK_CLOSE("linear y", yo, y, n * out, PARITY_TOL);
+    CHECK_CLOSE("linear dx", dxo, dx, n * in, PARITY_TOL);
+    CHECK_CLOSE("linear dw", dwo, dw, out * in, PARITY_TOL);
+    CHECK_CLOSE("linear db", dbo, db, out, PARITY_TOL);
+    lin_fd t = {.be = be, .x = x, .w = w, .b = b, .y = yo, .g = dy};
+    CHECK_FD("linear dx", s_lin_loss, &t, x, n * in, dxo, 0.25f, 1e-5);
+    CHECK_FD("linear dw", s_lin_loss, &t, w, out * in, dwo, 0.25f, 1e-5);
+    CHECK_FD("linear db", s_lin_loss, &t, b, out, dbo, 0.25f, 1e-5);
+    /* no bias */
+    OK(eq_backend_linear_fwd(be, n, in, out, x, w, NULL, yo, &err));
+    OK(eq_backend_linear_bwd_weight(be, n, in, out, x, dy, dwo, NULL, &err));
+    for (int64_t i = 0; i < n * out; i++) ck_assert(fabsf(yo[i] + b[i % out] - y[i]) < 1e-4f);
+    float *all[] = {x, w, b, dy, y, dx, dw, db, yo, dxo, dwo, dbo};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) free(all[i]);
+    eq_backend_destroy(&be);
+}
+END_TEST
+
+/* ---- cross-entropy ---------------------------------------------------------- */
+
+typedef struct xent_case {
+    const char *name;
+    int64_t n, k;
+    float eps;
+    int mix;
+} xent_case;
+static const xent_case XENT[] = {
+    {"xent_plain", 5, 7, 0.0f, 0},
+    {"xent_smooth", 5, 7, 0.1f, 0},
+    {"xent_mixup", 6, 4, 0.0f, 1},
+    {"xent_mixup_smooth", 6, 4, 0.2f, 1},
+};
+#define NXENT (sizeof XENT / sizeof XENT[0])
+
+typedef struct xent_fd {
+    eq_backend *be;
+    eq_xent_desc d;
+    float *z, *lam;
+    int32_t *ya, *yb;
+} xent_fd;
+
+static double s_xent_loss(void *vctx)
+{
+    xent_fd *t = vctx;
+    eq_err err = {0};
+    float loss;
+    OK(eq_backend_xent_fwd(t->be, &t->d, t->z, t->ya, t->yb, t->lam, &loss, &err));
+    return loss;
+}
+
+START_TEST(test_xent)
+{
+    const xent_case *t = &XENT[_i];
+    eq_backend *be = s_cpu(1);
+    eq_err err = {0};
+    eq_xent_desc d;
+    OK(eq_xent_desc_init(&d, t->n, t->k, t->eps, &err));
+    size_t nz = t->n * t->k;
+    float *z = s_f32(t->name, "z", nz), *loss = s_f32(t->name, "loss", 1), *dz = s_f32(t->name, "dz", nz);
+    int32_t *ya = s_i32(t->name, "ya", t->n), *yb = t->mix ? s_i32(t->name, "yb", t->n) : NULL;
+    float *lam = t->mix ? s_f32(t->name, "lambda", t->n) : NULL;
+    float lo, *dzo = malloc(nz * 4);
+    OK(eq_backend_xent_fwd(be, &d, z, ya, yb, lam, &lo, &err));
+    OK(eq_backend_xent_bwd(be, &d, z, ya, yb, lam, 1.0f, dzo, &err));
+    CHECK_CLOSE("xent loss", &lo, loss, 1, PARITY_TOL);
+    CHECK_CLOSE("xent dz", dzo, dz, nz, PARITY_TOL);
+    /* dloss scales the gradient */
+    float *dz2 = malloc(nz * 4);
+    OK(eq_backend_xent_bwd(be, &d, z, ya, yb, lam, 2.0f, dz2, &err));
+    for (size_t i = 0; i < nz; i++) ck_assert(fabsf(dz2[i] - 2.0f * dzo[i]) <= 1e-6f);
+    xent_fd f = {.be = be, .d = d, .z = z, .lam = lam, .ya = ya, .yb = yb};
+    CHECK_FD(t->name, s_xent_loss, &f, z, nz, dzo, 1e-2f, 5e-4);
+    free(z), free(loss), free(dz), free(ya), free(yb), free(lam), free(dzo), free(dz2);
+    eq_backend_destroy(&be);
+}
+END_TEST
+
+/* ---- determinism, threads ---------------------------------------------------- */
+
+START_TEST(test_deterministic)
+{
+    /* a layer big enough to tile and to thread inside OpenBLAS */
+    eq_conv2d_desc d = {.n = 4, .h = 14, .w = 14, .c = 32, .k = 48, .r = 3, .s = 3,
+                        .stride_h = 1, .stride_w = 1, .pad_h = 1, .pad_w = 1,
+                        .dil_h = 1, .dil_w = 1, .groups = 1};
+    eq_err err = {0};
+    OK(eq_conv2d_desc_init(&d, &err));
+    size_t nx = d.n * d.h * d.w * d.c, ny = d.n * d.p * d.q * d.k, nw = d.k * d.c * 9;
+    float *x = s_randv(nx, 1.0f), *w = s_randv(nw, 0.1f), *dy = s_randv(ny, 1.0f);
+    float *out[2][3][2];
+    for (int th = 0; th < 2; th++) {
+        eq_backend *be = s_cpu(th + 1);
+        for (int rep = 0; rep < 2; rep++) {
+            float *y = malloc(ny * 4), *dx = malloc(nx * 4), *dw = malloc(nw * 4);
+            OK(eq_backend_conv2d_fwd(be, &d, x, w, y, &err));
+            OK(eq_backend_conv2d_bwd_data(be, &d, dy, w, dx, &err));
+            OK(eq_backend_conv2d_bwd_filter(be, &d, x, dy, dw, &err));
+            out[th][0][rep] = y, out[th][1][rep] = dx, out[th][2][rep] = dw;
+        }
+        eq_backend_destroy(&be);
+    }
+    size_t sz[3] = {ny, nx, nw};
+    for (int th = 0; th < 2; th++)
+        for (int k = 0; k < 3; k++) {
+            ck_assert_mem_eq(out[th][k][0], out[th][k][1], sz[k] * 4);
+            CHECK_CLOSE("threads", out[1][k][0], out[0][k][0], sz[k], 1e-6);
+        }
+    for (int th = 0; th < 2; th++)
+        for (int k = 0; k < 3; k++) free(out[th][k][0]), free(out[th][k][1]);
+    free(x), free(w), free(dy);
+}
+END_TEST
+
+/* ---- validation and the non-op members ----------------------------------- */
+
+START_TEST(test_validation)
+{
+    eq_backend *be = s_cpu(1);
+    eq_err err = {0};
+    float buf[64] = {0};
+    eq_conv2d_desc d = {.n = 1, .h = 4, .w = 4, .c = 6, .k = 4, .r = 3, .s = 3, .stride_h = 1,
+                        .stride_w = 1, .pad_h = 0, .pad_w = 0, .dil_h = 1, .dil_w = 1, .groups = 4};
+    ck_assert_int_eq(eq_conv2d_desc_init(&d, &err), EQ_ERR_INVALID);
+    ck_assert_msg(strstr(err.msg, "groups = 4 does not divide c = 6"), "%s", err.msg);
+    d.groups = 2;
+    d.r = 6;
+    ck_assert_int_eq(eq_conv2d_desc_init(&d, &err), EQ_ERR_INVALID);
+    ck_assert_msg(strstr(err.msg, "kernel height 6"), "%s", err.msg);
+    d.r = 3;
+    d.stride_w = 0;
+    ck_assert_int_eq(eq_conv2d_desc_init(&d, &err), EQ_ERR_INVALID);
+    ck_assert_msg(strstr(err.msg, "stride_w"), "%s", err.msg);
+    d.stride_w = 1;
+    OK(eq_conv2d_desc_init(&d, &err));
+    ck_assert_int_eq(d.p, 2);
+    ck_assert_int_eq(d.q, 2);
+    /* an edited descriptor is caught */
+    d.h = 5;
+    ck_assert_int_eq(eq_backend_conv2d_fwd(be, &d, buf, buf, buf, &err), EQ_ERR_INVALID);
+    ck_assert_msg(strstr(err.msg, "conv2d_fwd") && strstr(err.msg, "eq_conv2d_desc_init"), "%s",
+                  err.msg);
+    d.h = 4;
+    ck_assert_int_eq(eq_backend_conv2d_fwd(be, &d, buf, NULL, buf, &err), EQ_ERR_INVALID);
+    ck_assert_msg(strstr(err.msg, "conv2d_fwd: w is NULL"), "%s", err.msg);
+
+    eq_bn_desc bd;
+    ck_assert_int_eq(eq_bn_desc_init(&bd, 4, 2, 0.0f, 0.1f, &err), EQ_ERR_INVALID);
+    ck_assert_msg(strstr(err.msg, "eps"), "%s", err.msg);
+    ck_assert_int_eq(eq_bn_desc_init(&bd, 4, 2, 1e-5f, 1.5f, &err), EQ_ERR_INVALID);
+    OK(eq_bn_desc_init(&bd, 1, 2, 1e-5f, 0.1f, &err));
+    ck_assert_int_eq(eq_backend_bn_fwd_train(be, &bd, buf, NULL, NULL, buf, buf, buf, buf, buf, &err),
+                     EQ_ERR_INVALID);
+    ck_assert_msg(strstr(err.msg, "more than one value"), "%s", err.msg);
+
+    eq_pool2d_desc pd = {.n = 1, .h = 4, .w = 4, .c = 1, .kh = 2, .kw = 2, .stride_h = 2,
+                         .stride_w = 2, .pad_h = 2, .pad_w = 0};
+    ck_assert_int_eq(eq_pool2d_desc_init(&pd, &err), EQ_ERR_INVALID);
+    ck_assert_msg(strstr(err.msg, "half the kernel"), "%s", err.msg);
+
+    ck_assert_int_eq(eq_backend_prelu_fwd(be, 2, 3, 2, buf, buf, buf, &err), EQ_ERR_INVALID);
+    ck_assert_msg(strstr(err.msg, "nslope = 2"), "%s", err.msg);
+
+    eq_xent_desc xd;
+    ck_assert_int_eq(eq_xent_desc_init(&xd, 2, 3, 1.5f, &err), EQ_ERR_INVALID);
+    OK(eq_xent_desc_init(&xd, 3, 4, 0.0f, &err));
+    int32_t lab[3] = {0, 3, 4};
+    float loss;
+    ck_assert_int_eq(eq_backend_xent_fwd(be, &xd, buf, lab, NULL, NULL, &loss, &err),
+                     EQ_ERR_INVALID);
+    ck_assert_msg(strstr(err.msg, "labels_a[2] = 4 outside [0, 4)"), "%s", err.msg);
+    lab[2] = 1;
+    ck_assert_int_eq(eq_backend_xent_fwd(be, &xd, buf, lab, lab, NULL, &loss, &err),
+                     EQ_ERR_INVALID);
+    ck_assert_msg(strstr(err.msg, "mixup"), "%s", err.msg);
+    int32_t labb[3] = {0, -1, 0};
+    ck_assert_int_eq(eq_backend_xent_bwd(be, &xd, buf, lab, labb, buf, 1.0f, buf, &err),
+                     EQ_ERR_INVALID);
+    ck_assert_msg(strstr(err.msg, "labels_b[1] = -1"), "%s", err.msg);
+
+    int32_t bad[1] = {99};
+    pd.pad_h = 0;
+    OK(eq_pool2d_desc_init(&pd, &err));
+    pd.h = pd.w = 2;
+    pd.p = pd.q = 1;
+    ck_assert_int_eq(eq_backend_maxpool_bwd(be, &pd, bad, buf, buf, &err), EQ_ERR_INVALID);
+    ck_assert_msg(strstr(err.msg, "argmax[0] = 99"), "%s", err.msg);
+    ck_assert_int_eq(eq_backend_linear_fwd(be, 0, 1, 1, buf, buf, NULL, buf, &err), EQ_ERR_INVALID);
+    ck_assert_int_eq(eq_backend_relu_fwd(NULL, 1, buf, buf, &err), EQ_ERR_INVALID);
+    eq_backend_destroy(&be);
+    eq_backend_destroy(&be); /* NULL-safe */
+}
+END_TEST
+
+START_TEST(test_missing_member)
+{
+    /* A backend that implements memory only: ops answer "unsupported". */
+    eq_backend *cpu = s_cpu(1);
+    struct eq_backend_i partial = {.name = "partial", .alloc = cpu->iface->alloc,
+                                   .release = cpu->iface->release};
+    eq_backend be = {.iface = &partial, .context = cpu->context};
+    eq_err err = {0};
+    eq_conv2d_desc d = {.n = 1, .h = 3, .w = 3, .c = 1, .k = 1, .r = 1, .s = 1, .stride_h = 1,
+                        .stride_w = 1, .dil_h = 1, .dil_w = 1, .groups = 1};
+    OK(eq_conv2d_desc_init(&d, &err));
+    float buf[16];
+    ck_assert_int_eq(eq_backend_conv2d_fwd(&be, &d, buf, buf, buf, &err), EQ_ERR_UNSUPPORTED);
+    ck_assert_str_eq(err.msg, "conv2d_fwd: not implemented by the partial backend");
+    ck_assert_int_eq(eq_backend_synchronize(&be, &err), EQ_ERR_UNSUPPORTED);
+    ck_assert_ptr_null(eq_backend_event_new(&be, &err));
+    /* optional member: workspace_reserve defaults to growing on use */
+    OK(eq_backend_workspace_reserve(&be, 100, &err));
+    ck_assert_uint_eq(eq_backend_workspace_size(&be), 0);
+    eq_backend_destroy(&cpu);
+}
+END_TEST
+
+START_TEST(test_memory_events)
+{
+    eq_backend *be = s_cpu(2);
+    eq_err err = {0};
+    ck_assert_str_eq(eq_backend_name(be), "cpu");
+    ck_assert_ptr_null(eq_backend_alloc(be, 0, &err));
+    float h[8] = {1, 2, 3, 4, 5, 6, 7, 8}, back[8];
+    float *d = eq_backend_alloc(be, sizeof h, &err), *d2 = eq_backend_alloc(be, sizeof h, &err);
+    ck_assert_ptr_nonnull(d);
+    ck_assert_uint_eq((uintptr_t)d % 64, 0);
+    OK(eq_backend_upload(be, d, h, sizeof h, &err));
+    OK(eq_backend_copy(be, d2, d, sizeof h, &err));
+    OK(eq_backend_zero(be, d, sizeof h, &err));
+    OK(eq_backend_download(be, back, d2, sizeof h, &err));
+    ck_assert_mem_eq(back, h, sizeof h);
+    OK(eq_backend_download(be, back, d, sizeof h, &err));
+    for (int i = 0; i < 8; i++) ck_assert_float_eq(back[i], 0.0f);
+    ck_assert_int_eq(eq_backend_upload(be, NULL, h, 4, &err), EQ_ERR_INVALID);
+    eq_backend_release(be, d);
+    eq_backend_release(be, d2);
+
+    OK(eq_backend_workspace_reserve(be, 1 << 20, &err));
+    ck_assert_uint_ge(eq_backend_workspace_size(be), 1 << 20);
+
+    eq_backend_event *ev = eq_backend_event_new(be, &err);
+    ck_assert_ptr_nonnull(ev);
+    OK(eq_backend_event_record(be, ev, &err));
+    OK(eq_backend_event_wait(be, ev, &err));
+    OK(eq_backend_event_synchronize(be, ev, &err));
+    OK(eq_backend_synchronize(be, &err));
+    ck_assert_int_eq(eq_backend_event_record(be, NULL, &err), EQ_ERR_INVALID);
+    eq_backend_event_destroy(be, &ev);
+    ck_assert_ptr_null(ev);
+    eq_backend_event_destroy(be, &ev);
+    eq_backend_destroy(&be);
+}
+END_TEST
+
+static Suite *s_suite(void)
+{
+    Suite *s = suite_create("backend");
+    TCase *tc = tcase_create("parity");
+    tcase_add_loop_test(tc, test_conv_parity, 0, NCONV);
+    tcase_add_loop_test(tc, test_bn_parity, 0, 2);
+    tcase_add_test(tc, test_relu_parity);
+    tcase_add_loop_test(tc, test_prelu_parity, 0, 2);
+    tcase_add_test(tc, test_add);
+    tcase_add_loop_test(tc, test_pool_parity, 0, NPOOL);
+    tcase_add_test(tc, test_gap);
+    tcase_add_test(tc, test_linear);
+    tcase_add_loop_test(tc, test_xent, 0, NXENT);
+    suite_add_tcase(s, tc);
+    TCase *fd = tcase_create("finite_differences");
+    tcase_add_loop_test(fd, test_conv_fd, 0, NCONV);
+    tcase_add_test(fd, test_bn_fd);
+    tcase_add_test(fd, test_act_fd);
+    tcase_add_loop_test(fd, test_pool_fd, 0, NPOOL);
+    suite_add_tcase(s, fd);
+    TCase *misc = tcase_create("misc");
+    tcase_add_test(misc, test_deterministic);
+    tcase_add_test(misc, test_validation);
+    tcase_add_test(misc, test_missing_member);
+    tcase_add_test(misc, test_memory_events);
+    suite_add_tcase(s, misc);
+    return s;
+}
+
+int main(void)
+{
+    return eq_test_run(s_suite());
+}

@@ -1,0 +1,352 @@
+/*
+ * trainer/backend.h -- the compute backend interface of eq-trainer.
+ *
+ * The trainer runs a static graph of layers with explicit forward and
+ * backward functions; every number it computes goes through a backend.  A
+ * backend is an object { iface, context } (ggml style): `iface` is a table of
+ * function pointers, `context` the backend's private state.  The CPU backend
+ * (trainer/cpu/, C + OpenBLAS) is the reference implementation; the CUDA
+ * backend implements the same table and is tested against it.
+ *
+ * Callers use the eq_backend_* functions below, never `iface` directly: they
+ * validate arguments once for every backend (shapes, NULL pointers, missing
+ * optional members) and give errors that name the op and the field, so a
+ * backend's members may assume valid arguments.
+ *
+ * Memory.  Device memory comes from eq_backend_alloc (host memory on the CPU
+ * backend, GPU memory on CUDA) and moves with upload/download/copy.  The
+ * `float *` / `int32_t *` arguments of every op are DEVICE pointers from
+ * alloc (or offsets into such a block).  Ops that need scratch memory take
+ * it from the backend's workspace, which grows to the high-water mark of
+ * the first step (eq_backend_workspace_reserve preallocates it), so a
+ * steady-state training step allocates nothing.
+ *
+ * Layouts.  Activations are NHWC (eq's native layout; DESIGN.md "Tensors"),
+ * 2-D activations NC.  Weights are kept in PyTorch's checkpoint layouts:
+ * conv weights OIHW = [K][C/groups][R][S], linear weights OI.  A backend may
+ * repack them internally (the CPU backend repacks conv weights to
+ * [K][R][S][C/groups] into its workspace on every call: O(weights), small
+ * next to the O(N*P*Q*K*R*S*C/groups) GEMM).  Letters: N batch, H/W input
+ * height/width, C input channels, K output channels, R/S kernel height/width,
+ * P/Q output height/width, G groups.  Data type: fp32 everywhere in this
+ * version.
+ *
+ * Streams and synchronisation.  A backend executes ops on one compute stream
+ * in issue order; an op may return before its results exist (CUDA).  The
+ * host sees results only after eq_backend_download (which waits for the
+ * stream) or eq_backend_synchronize.  Events mark points in the stream:
+ * eq_backend_event_record after the last op that writes a gradient bucket,
+ * eq_backend_event_wait to order later work after it, and
+ * eq_backend_event_synchronize to block the host.  The CPU backend runs
+ * every op synchronously, so for it events are complete as soon as they are
+ * recorded and synchronize returns at once.
+ *
+ * Room for what comes next (deliberately not in the table yet, since an
+ * unimplemented member would be a stub):
+ *  - fused epilogues: conv2d_fwd_fused(desc, x, w, epilogue, y, aux) where
+ *    `epilogue` lists BN (eval or frozen affine) + activation + an output
+ *    quantizer (quant/'s parameter struct and group descriptor) applied in
+ *    the GEMM's store; the backward twin takes the saved aux (activation
+ *    mask, quantizer clip flags).  The unfused ops below stay the reference
+ *    that the fused ones are tested against.
+ *  - asynchronous bucketed collectives: allreduce_start(bucket, event) runs
+ *    on the backend's own communication stream after waiting on the event
+ *    recorded behind the bucket's last gradient, and allreduce_wait(bucket)
+ *    orders the optimiser after it (NCCL on CUDA, a ring over ZeroMQ on the
+ *    CPU backend).  The events below are what those calls will take.
+ *
+ * Thread safety: one backend object is used by one thread at a time; the
+ * backend may use threads of its own inside an op.
+ */
+#ifndef EQ_TRAINER_BACKEND_H
+#define EQ_TRAINER_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/status.h"
+
+/* ---- op descriptors (plain data, validated by the *_init functions) ----- */
+
+/* 2-D convolution, no bias (every conv of the ResNet family has none).
+ * x: [N][H][W][C], w: [K][C/G][R][S] (OIHW), y: [N][P][Q][K], with
+ * P = (H + 2*pad_h - dil_h*(R-1) - 1) / stride_h + 1 (same for Q), as
+ * torch.nn.Conv2d.  Depthwise: groups == C (K a multiple of C). */
+typedef struct eq_conv2d_desc {
+    int64_t n, h, w, c; /* input */
+    int64_t k;          /* output channels */
+    int64_t r, s;       /* kernel height, width */
+    int64_t stride_h, stride_w;
+    int64_t pad_h, pad_w;
+    int64_t dil_h, dil_w;
+    int64_t groups;
+    int64_t p, q;       /* output height, width: set by eq_conv2d_desc_init */
+} eq_conv2d_desc;
+
+/* Check every field of a filled descriptor (all > 0 except pads >= 0;
+ * groups divides c and k; the kernel fits the padded input; all sizes fit in
+ * int for BLAS) and compute p and q.  EQ_ERR_INVALID names the bad field. */
+eq_status eq_conv2d_desc_init(eq_conv2d_desc *d, eq_err *err);
+
+/* Batch normalisation over the rows of an [M][C] matrix (M = N*H*W for NHWC
+ * activations, M = N for NC), as torch.nn.BatchNorm2d/1d: eps (1e-5) and
+ * momentum (0.1) as PyTorch; the running variance is updated with the
+ * UNBIASED batch variance (M/(M-1) times the biased one), normalisation uses
+ * the biased one. */
+typedef struct eq_bn_desc {
+    int64_t m, c;
+    float eps, momentum;
+} eq_bn_desc;
+/* Requires m >= 1 (train mode needs m >= 2, as PyTorch), c >= 1, eps > 0,
+ * momentum in [0, 1]. */
+eq_status eq_bn_desc_init(eq_bn_desc *d, int64_t m, int64_t c, float eps, float momentum,
+                          eq_err *err);
+
+/* Max/average pooling, NHWC, as torch.nn.MaxPool2d / AvgPool2d (dilation 1).
+ * Output size: floor or (ceil_mode) ceil of (H + 2*pad_h - kh)/stride_h + 1,
+ * with PyTorch's rule that the last window must start inside the input or
+ * left padding.  Average pooling divides by the window clipped to the
+ * padded input when count_include_pad (PyTorch's default), else by the
+ * window clipped to the input. */
+typedef struct eq_pool2d_desc {
+    int64_t n, h, w, c;
+    int64_t kh, kw, stride_h, stride_w, pad_h, pad_w;
+    int ceil_mode, count_include_pad;
+    int64_t p, q; /* set by eq_pool2d_desc_init */
+} eq_pool2d_desc;
+/* pad must be <= kernel/2 (as PyTorch requires). */
+eq_status eq_pool2d_desc_init(eq_pool2d_desc *d, eq_err *err);
+
+/* Softmax cross-entropy over [N][K] logits with hard int32 labels, mean over
+ * the batch.  With label smoothing eps the target is (1-eps)*onehot + eps/K
+ * (torch.nn.CrossEntropyLoss(label_smoothing=eps)).  With mixup pairs
+ * (labels_b and lambda given, lambda per sample) the loss is
+ *     mean_i lambda_i * CE_i(labels_a) + mean_i (1 - lambda_i) * CE_i(labels_b). */
+typedef struct eq_xent_desc {
+    int64_t n, k;
+    float smoothing; /* in [0, 1] */
+} eq_xent_desc;
+eq_status eq_xent_desc_init(eq_xent_desc *d, int64_t n, int64_t k, float smoothing, eq_err *err);
+
+/* ---- the interface ------------------------------------------------------ */
+
+typedef struct eq_backend eq_backend;
+typedef struct eq_backend_event eq_backend_event; /* owned by its backend's implementation */
+
+/* Bump when members change meaning or order (out-of-tree backends check it). */
+#define EQ_BACKEND_IFACE_VERSION 1
+
+/* Each member receives the backend's `context`.  Members marked (optional)
+ * may be NULL: the eq_backend_* wrapper then answers EQ_ERR_UNSUPPORTED
+ * naming the backend and the op, unless a default is stated.  All pointers
+ * are device pointers unless marked host.  Arguments are already validated
+ * by the wrappers. */
+struct eq_backend_i {
+    const char *name; /* "cpu", "cuda" */
+
+    /* Release everything the context owns (buffers still allocated are the
+     * caller's bug; the CPU backend frees them anyway by not tracking them). */
+    void (*free)(void *ctx);
+
+    /* -- memory -- */
+    /* Device memory of `nbytes` (> 0), 64-byte aligned, uninitialised. */
+    void *(*alloc)(void *ctx, size_t nbytes, eq_err *err);
+    void (*release)(void *ctx, void *ptr); /* ptr may be NULL */
+    /* Host -> device / device -> host / device -> device, `nbytes` bytes.
+     * download waits until the stream has produced the source. */
+    eq_status (*upload)(void *ctx, void *dst, const void *host_src, size_t nbytes, eq_err *err);
+    eq_status (*download)(void *ctx, void *host_dst, const void *src, size_t nbytes, eq_err *err);
+    eq_status (*copy)(void *ctx, void *dst, const void *src, size_t nbytes, eq_err *err);
+    eq_status (*zero)(void *ctx, void *dst, size_t nbytes, eq_err *err);
+    /* (optional; default: the workspace grows on first use) Grow the
+     * workspace to at least `nbytes` now. */
+    eq_status (*workspace_reserve)(void *ctx, size_t nbytes, eq_err *err);
+    /* Current workspace size in bytes (the high-water mark so far). */
+    size_t (*workspace_size)(void *ctx);
+
+    /* -- synchronisation -- */
+    eq_status (*synchronize)(void *ctx, eq_err *err);
+    eq_backend_event *(*event_new)(void *ctx, eq_err *err);
+    void (*event_free)(void *ctx, eq_backend_event *ev);
+    eq_status (*event_record)(void *ctx, eq_backend_event *ev, eq_err *err);
+    eq_status (*event_wait)(void *ctx, eq_backend_event *ev, eq_err *err);
+    eq_status (*event_synchronize)(void *ctx, eq_backend_event *ev, eq_err *err);
+
+    /* -- convolution (see eq_conv2d_desc) -- */
+    eq_status (*conv2d_fwd)(void *ctx, const eq_conv2d_desc *d, const float *x, const float *w,
+                            float *y, eq_err *err);
+    /* dx = conv2d_fwd's gradient w.r.t. x (overwritten). */
+    eq_status (*conv2d_bwd_data)(void *ctx, const eq_conv2d_desc *d, const float *dy,
+                                 const float *w, float *dx, eq_err *err);
+    /* dw (OIHW) = gradient w.r.t. w (overwritten). */
+    eq_status (*conv2d_bwd_filter)(void *ctx, const eq_conv2d_desc *d, const float *x,
+                                   const float *dy, float *dw, eq_err *err);
+
+    /* -- batch norm (see eq_bn_desc); gamma/beta NULL mean 1/0 (affine=False) -- */
+    /* Normalise with batch statistics; save_mean/save_invstd [C] keep the
+     * batch mean and 1/sqrt(biased var + eps) for the backward; running
+     * mean/var [C] are updated in place. */
+    eq_status (*bn_fwd_train)(void *ctx, const eq_bn_desc *d, const float *x, const float *gamma,
+                              const float *beta, float *running_mean, float *running_var,
+                              float *y, float *save_mean, float *save_invstd, eq_err *err);
+    eq_status (*bn_fwd_eval)(void *ctx, const eq_bn_desc *d, const float *x, const float *gamma,
+                             const float *beta, const float *running_mean,
+                             const float *running_var, float *y, eq_err *err);
+    /* Backward of bn_fwd_train.  dgamma/dbeta may be NULL (not wanted). */
+    eq_status (*bn_bwd)(void *ctx, const eq_bn_desc *d, const float *x, const float *dy,
+                        const float *gamma, const float *save_mean, const float *save_invstd,
+                        float *dx, float *dgamma, float *dbeta, eq_err *err);
+
+    /* -- elementwise; n elements; outputs may alias inputs -- */
+    eq_status (*relu_fwd)(void *ctx, size_t n, const float *x, float *y, eq_err *err);
+    /* dx = dy where y > 0, else 0 (y is the forward output). */
+    eq_status (*relu_bwd)(void *ctx, size_t n, const float *y, const float *dy, float *dx,
+                          eq_err *err);
+    /* x: [M][C]; slope: [nslope] with nslope 1 or C (torch.nn.PReLU). */
+    eq_status (*prelu_fwd)(void *ctx, int64_t m, int64_t c, int64_t nslope, const float *x,
+                           const float *slope, float *y, eq_err *err);
+    eq_status (*prelu_bwd)(void *ctx, int64_t m, int64_t c, int64_t nslope, const float *x,
+                           const float *slope, const float *dy, float *dx, float *dslope,
+                           eq_err *err);
+    /* y = a + b (residual add; also sums the two gradients reaching a fork). */
+    eq_status (*add)(void *ctx, size_t n, const float *a, const float *b, float *y, eq_err *err);
+
+    /* -- pooling (see eq_pool2d_desc) -- */
+    /* argmax: [N][P][Q][C] int32, the input position h*W+w of each maximum
+     * (first one in scan order on ties, as PyTorch), kept for the backward. */
+    eq_status (*maxpool_fwd)(void *ctx, const eq_pool2d_desc *d, const float *x, float *y,
+                             int32_t *argmax, eq_err *err);
+    eq_status (*maxpool_bwd)(void *ctx, const eq_pool2d_desc *d, const int32_t *argmax,
+                             const float *dy, float *dx, eq_err *err);
+    eq_status (*avgpool_fwd)(void *ctx, const eq_pool2d_desc *d, const float *x, float *y,
+                             eq_err *err);
+    eq_status (*avgpool_bwd)(void *ctx, const eq_pool2d_desc *d, const float *dy, float *dx,
+                             eq_err *err);
+    /* Global average pool: x [N][HW][C] -> y [N][C]. */
+    eq_status (*gap_fwd)(void *ctx, int64_t n, int64_t hw, int64_t c, const float *x, float *y,
+                         eq_err *err);
+    eq_status (*gap_bwd)(void *ctx, int64_t n, int64_t hw, int64_t c, const float *dy,
+                         float *dx, eq_err *err);
+
+    /* -- linear: x [N][I], w [O][I], b [O] (may be NULL), y [N][O] -- */
+    eq_status (*linear_fwd)(void *ctx, int64_t n, int64_t in, int64_t out, const float *x,
+                            const float *w, const float *b, float *y, eq_err *err);
+    eq_status (*linear_bwd_data)(void *ctx, int64_t n, int64_t in, int64_t out, const float *dy,
+                                 const float *w, float *dx, eq_err *err);
+    /* dw [O][I] and db [O] (db may be NULL) overwritten. */
+    eq_status (*linear_bwd_weight)(void *ctx, int64_t n, int64_t in, int64_t out,
+                                   const float *x, const float *dy, float *dw, float *db,
+                                   eq_err *err);
+
+    /* -- loss (see eq_xent_desc); labels_b and lambda both NULL or both set -- */
+    /* loss: one device float.  A label outside [0, K) is EQ_ERR_INVALID
+     * (backends that cannot check on the host may report it later). */
+    eq_status (*xent_fwd)(void *ctx, const eq_xent_desc *d, const float *logits,
+                          const int32_t *labels_a, const int32_t *labels_b, const float *lambda,
+                          float *loss, eq_err *err);
+    /* dlogits = dloss (host value) * d loss / d logits. */
+    eq_status (*xent_bwd)(void *ctx, const eq_xent_desc *d, const float *logits,
+                          const int32_t *labels_a, const int32_t *labels_b, const float *lambda,
+                          float dloss, float *dlogits, eq_err *err);
+};
+
+struct eq_backend {
+    const struct eq_backend_i *iface;
+    void *context;
+};
+
+/* ---- creating backends -------------------------------------------------- */
+
+/* The CPU backend with `nthreads` threads (<= 0: one per online CPU).  Its
+ * GEMMs use OpenBLAS with exactly that many threads: the OpenBLAS thread
+ * count is process-wide, so it is set before every GEMM if another user
+ * changed it.  Results are bit-identical between runs for a fixed thread
+ * count.  Caller owns the result (eq_backend_destroy). */
+eq_backend *eq_backend_cpu_new(int nthreads, eq_err *err);
+
+/* Free the backend and its context.  NULL-safe; NULLs *be_p. */
+void eq_backend_destroy(eq_backend **be_p);
+const char *eq_backend_name(const eq_backend *be);
+
+/* ---- calling backends: validate, then dispatch to the iface ------------- */
+
+void *eq_backend_alloc(eq_backend *be, size_t nbytes, eq_err *err);
+void eq_backend_release(eq_backend *be, void *ptr);
+eq_status eq_backend_upload(eq_backend *be, void *dst, const void *host_src, size_t nbytes,
+                            eq_err *err);
+eq_status eq_backend_download(eq_backend *be, void *host_dst, const void *src, size_t nbytes,
+                              eq_err *err);
+eq_status eq_backend_copy(eq_backend *be, void *dst, const void *src, size_t nbytes, eq_err *err);
+eq_status eq_backend_zero(eq_backend *be, void *dst, size_t nbytes, eq_err *err);
+eq_status eq_backend_workspace_reserve(eq_backend *be, size_t nbytes, eq_err *err);
+size_t eq_backend_workspace_size(eq_backend *be);
+
+eq_status eq_backend_synchronize(eq_backend *be, eq_err *err);
+/* Caller owns the event (eq_backend_event_destroy with the same backend). */
+eq_backend_event *eq_backend_event_new(eq_backend *be, eq_err *err);
+void eq_backend_event_destroy(eq_backend *be, eq_backend_event **ev_p);
+eq_status eq_backend_event_record(eq_backend *be, eq_backend_event *ev, eq_err *err);
+eq_status eq_backend_event_wait(eq_backend *be, eq_backend_event *ev, eq_err *err);
+eq_status eq_backend_event_synchronize(eq_backend *be, eq_backend_event *ev, eq_err *err);
+
+/* The descriptor must have been through eq_conv2d_desc_init (checked again). */
+eq_status eq_backend_conv2d_fwd(eq_backend *be, const eq_conv2d_desc *d, const float *x,
+                                const float *w, float *y, eq_err *err);
+eq_status eq_backend_conv2d_bwd_data(eq_backend *be, const eq_conv2d_desc *d, const float *dy,
+                                     const float *w, float *dx, eq_err *err);
+eq_status eq_backend_conv2d_bwd_filter(eq_backend *be, const eq_conv2d_desc *d, const float *x,
+                                       const float *dy, float *dw, eq_err *err);
+
+eq_status eq_backend_bn_fwd_train(eq_backend *be, const eq_bn_desc *d, const float *x,
+                                  const float *gamma, const float *beta, float *running_mean,
+                                  float *running_var, float *y, float *save_mean,
+                                  float *save_invstd, eq_err *err);
+eq_status eq_backend_bn_fwd_eval(eq_backend *be, const eq_bn_desc *d, const float *x,
+                                 const float *gamma, const float *beta,
+                                 const float *running_mean, const float *running_var, float *y,
+                                 eq_err *err);
+eq_status eq_backend_bn_bwd(eq_backend *be, const eq_bn_desc *d, const float *x, const float *dy,
+                            const float *gamma, const float *save_mean, const float *save_invstd,
+                            float *dx, float *dgamma, float *dbeta, eq_err *err);
+
+eq_status eq_backend_relu_fwd(eq_backend *be, size_t n, const float *x, float *y, eq_err *err);
+eq_status eq_backend_relu_bwd(eq_backend *be, size_t n, const float *y, const float *dy,
+                              float *dx, eq_err *err);
+eq_status eq_backend_prelu_fwd(eq_backend *be, int64_t m, int64_t c, int64_t nslope,
+                               const float *x, const float *slope, float *y, eq_err *err);
+eq_status eq_backend_prelu_bwd(eq_backend *be, int64_t m, int64_t c, int64_t nslope,
+                               const float *x, const float *slope, const float *dy, float *dx,
+                               float *dslope, eq_err *err);
+eq_status eq_backend_add(eq_backend *be, size_t n, const float *a, const float *b, float *y,
+                         eq_err *err);
+
+eq_status eq_backend_maxpool_fwd(eq_backend *be, const eq_pool2d_desc *d, const float *x,
+                                 float *y, int32_t *argmax, eq_err *err);
+eq_status eq_backend_maxpool_bwd(eq_backend *be, const eq_pool2d_desc *d, const int32_t *argmax,
+                                 const float *dy, float *dx, eq_err *err);
+eq_status eq_backend_avgpool_fwd(eq_backend *be, const eq_pool2d_desc *d, const float *x,
+                                 float *y, eq_err *err);
+eq_status eq_backend_avgpool_bwd(eq_backend *be, const eq_pool2d_desc *d, const float *dy,
+                                 float *dx, eq_err *err);
+eq_status eq_backend_gap_fwd(eq_backend *be, int64_t n, int64_t hw, int64_t c, const float *x,
+                             float *y, eq_err *err);
+eq_status eq_backend_gap_bwd(eq_backend *be, int64_t n, int64_t hw, int64_t c, const float *dy,
+                             float *dx, eq_err *err);
+
+eq_status eq_backend_linear_fwd(eq_backend *be, int64_t n, int64_t in, int64_t out,
+                                const float *x, const float *w, const float *b, float *y,
+                                eq_err *err);
+eq_status eq_backend_linear_bwd_data(eq_backend *be, int64_t n, int64_t in, int64_t out,
+                                     const float *dy, const float *w, float *dx, eq_err *err);
+eq_status eq_backend_linear_bwd_weight(eq_backend *be, int64_t n, int64_t in, int64_t out,
+                                       const float *x, const float *dy, float *dw, float *db,
+                                       eq_err *err);
+
+eq_status eq_backend_xent_fwd(eq_backend *be, const eq_xent_desc *d, const float *logits,
+                              const int32_t *labels_a, const int32_t *labels_b,
+                              const float *lambda, float *loss, eq_err *err);
+eq_status eq_backend_xent_bwd(eq_backend *be, const eq_xent_desc *d, const float *logits,
+                              const int32_t *labels_a, const int32_t *labels_b,
+                              const float *lambda, float dloss, float *dlogits, eq_err *err);
+
+#endif

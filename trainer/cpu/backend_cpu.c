@@ -1,0 +1,227 @@
+/*
+ * trainer/cpu/backend_cpu.c -- the CPU backend: context, memory, events and
+ * the interface table.  "Device" memory is host memory; every op runs
+ * synchronously on the calling thread (plus OpenBLAS's threads inside
+ * GEMMs), so events are complete when recorded.
+ */
+#include "trainer/cpu/cpu_internal.h"
+
+#include <cblas.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define S_ALIGN 64
+#define S_EVENT_TAG 0xe9e7e001u
+
+struct eq_backend_event {
+    uint32_t tag;       /* S_EVENT_TAG while alive: catches events of another backend */
+    uint64_t recorded;  /* how often recorded (diagnostics) */
+};
+
+static void *s_aligned(size_t nbytes)
+{
+    void *p = NULL;
+    size_t rounded = (nbytes + S_ALIGN - 1) / S_ALIGN * S_ALIGN;
+    if (rounded < nbytes) return NULL;
+    if (posix_memalign(&p, S_ALIGN, rounded ? rounded : S_ALIGN) != 0) return NULL;
+    return p;
+}
+
+float *eq_cpu_workspace(eq_cpu *cpu, size_t nbytes, const char *op, eq_err *err)
+{
+    if (nbytes <= cpu->ws_bytes && cpu->ws) return cpu->ws;
+    float *p = s_aligned(nbytes);
+    if (!p) {
+        eq_err_set(err, EQ_ERR_NOMEM, "%s: cannot allocate a workspace of %zu bytes", op, nbytes);
+        return NULL;
+    }
+    free(cpu->ws);
+    cpu->ws = p;
+    cpu->ws_bytes = nbytes;
+    return p;
+}
+
+void eq_cpu_for(eq_cpu *cpu, size_t n, eq_cpu_fn fn, void *ctx)
+{
+    (void)cpu;
+    for (size_t i = 0; i < n; i++) fn(ctx, i);
+}
+
+void eq_cpu_sgemm(eq_cpu *cpu, int trans_a, int trans_b, int m, int n, int k, float alpha,
+                  const float *a, int lda, const float *b, int ldb, float beta, float *c, int ldc)
+{
+    /* The OpenBLAS thread count is process-wide: pin it to ours (cheap
+     * when already right). */
+    if (openblas_get_num_threads() != cpu->nthreads) openblas_set_num_threads(cpu->nthreads);
+    cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
+                trans_b ? CblasTrans : CblasNoTrans, m, n, k, alpha, a, lda, b, ldb, beta, c,
+                ldc);
+}
+
+static void s_free(void *ctx)
+{
+    eq_cpu *cpu = ctx;
+    if (!cpu) return;
+    free(cpu->ws);
+    free(cpu);
+}
+
+static void *s_alloc(void *ctx, size_t nbytes, eq_err *err)
+{
+    (void)ctx;
+    void *p = s_aligned(nbytes);
+    if (!p) eq_err_set(err, EQ_ERR_NOMEM, "cpu backend: cannot allocate %zu bytes", nbytes);
+    return p;
+}
+
+static void s_release(void *ctx, void *ptr)
+{
+    (void)ctx;
+    free(ptr);
+}
+
+static eq_status s_copy(void *ctx, void *dst, const void *src, size_t nbytes, eq_err *err)
+{
+    (void)ctx;
+    (void)err;
+    if (dst != src) memmove(dst, src, nbytes);
+    return EQ_OK;
+}
+
+static eq_status s_zero(void *ctx, void *dst, size_t nbytes, eq_err *err)
+{
+    (void)ctx;
+    (void)err;
+    memset(dst, 0, nbytes);
+    return EQ_OK;
+}
+
+static eq_status s_ws_reserve(void *ctx, size_t nbytes, eq_err *err)
+{
+    if (nbytes == 0) return EQ_OK;
+    return eq_cpu_workspace(ctx, nbytes, "workspace_reserve", err) ? EQ_OK : EQ_ERR_NOMEM;
+}
+
+static size_t s_ws_size(void *ctx)
+{
+    return ((eq_cpu *)ctx)->ws_bytes;
+}
+
+static eq_status s_sync(void *ctx, eq_err *err)
+{
+    (void)ctx;
+    (void)err;
+    return EQ_OK; /* every op has finished when it returns */
+}
+
+static eq_backend_event *s_event_new(void *ctx, eq_err *err)
+{
+    (void)ctx;
+    eq_backend_event *ev = calloc(1, sizeof *ev);
+    if (!ev) {
+        eq_err_set(err, EQ_ERR_NOMEM, "event_new: out of memory");
+        return NULL;
+    }
+    ev->tag = S_EVENT_TAG;
+    return ev;
+}
+
+static void s_event_free(void *ctx, eq_backend_event *ev)
+{
+    (void)ctx;
+    if (!ev) return;
+    EQ_ASSERT(ev->tag == S_EVENT_TAG);
+    ev->tag = 0xdeadbeefu;
+    free(ev);
+}
+
+static eq_status s_event_check(eq_backend_event *ev, const char *op, eq_err *err)
+{
+    if (ev->tag != S_EVENT_TAG)
+        return eq_err_set(err, EQ_ERR_INVALID, "%s: not an event of the cpu backend", op);
+    return EQ_OK;
+}
+
+static eq_status s_event_record(void *ctx, eq_backend_event *ev, eq_err *err)
+{
+    (void)ctx;
+    eq_status st = s_event_check(ev, "event_record", err);
+    if (st == EQ_OK) ev->recorded++;
+    return st;
+}
+
+/* Work before the record point is complete already: nothing to wait for. */
+static eq_status s_event_wait(void *ctx, eq_backend_event *ev, eq_err *err)
+{
+    (void)ctx;
+    return s_event_check(ev, "event_wait", err);
+}
+
+static eq_status s_event_sync(void *ctx, eq_backend_event *ev, eq_err *err)
+{
+    (void)ctx;
+    return s_event_check(ev, "event_synchronize", err);
+}
+
+static const struct eq_backend_i s_cpu_iface = {
+    .name = "cpu",
+    .free = s_free,
+    .alloc = s_alloc,
+    .release = s_release,
+    .upload = s_copy,
+    .download = s_copy,
+    .copy = s_copy,
+    .zero = s_zero,
+    .workspace_reserve = s_ws_reserve,
+    .workspace_size = s_ws_size,
+    .synchronize = s_sync,
+    .event_new = s_event_new,
+    .event_free = s_event_free,
+    .event_record = s_event_record,
+    .event_wait = s_event_wait,
+    .event_synchronize = s_event_sync,
+    .conv2d_fwd = eq_cpu_conv2d_fwd,
+    .conv2d_bwd_data = eq_cpu_conv2d_bwd_data,
+    .conv2d_bwd_filter = eq_cpu_conv2d_bwd_filter,
+    .bn_fwd_train = eq_cpu_bn_fwd_train,
+    .bn_fwd_eval = eq_cpu_bn_fwd_eval,
+    .bn_bwd = eq_cpu_bn_bwd,
+    .relu_fwd = eq_cpu_relu_fwd,
+    .relu_bwd = eq_cpu_relu_bwd,
+    .prelu_fwd = eq_cpu_prelu_fwd,
+    .prelu_bwd = eq_cpu_prelu_bwd,
+    .add = eq_cpu_add,
+    .maxpool_fwd = eq_cpu_maxpool_fwd,
+    .maxpool_bwd = eq_cpu_maxpool_bwd,
+    .avgpool_fwd = eq_cpu_avgpool_fwd,
+    .avgpool_bwd = eq_cpu_avgpool_bwd,
+    .gap_fwd = eq_cpu_gap_fwd,
+    .gap_bwd = eq_cpu_gap_bwd,
+    .linear_fwd = eq_cpu_linear_fwd,
+    .linear_bwd_data = eq_cpu_linear_bwd_data,
+    .linear_bwd_weight = eq_cpu_linear_bwd_weight,
+    .xent_fwd = eq_cpu_xent_fwd,
+    .xent_bwd = eq_cpu_xent_bwd,
+};
+
+eq_backend *eq_backend_cpu_new(int nthreads, eq_err *err)
+{
+    if (nthreads <= 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        nthreads = n > 0 ? (int)n : 1;
+    }
+    eq_backend *be = calloc(1, sizeof *be);
+    eq_cpu *cpu = calloc(1, sizeof *cpu);
+    if (!be || !cpu) {
+        free(be);
+        free(cpu);
+        eq_err_set(err, EQ_ERR_NOMEM, "cpu backend: out of memory");
+        return NULL;
+    }
+    cpu->nthreads = nthreads;
+    be->iface = &s_cpu_iface;
+    be->context = cpu;
+    openblas_set_num_threads(nthreads);
+    return be;
+}

@@ -1,0 +1,242 @@
+/*
+ * trainer/cpu/conv.c -- 2-D convolution, NHWC activations, OIHW weights,
+ * as im2col + SGEMM (OpenBLAS).
+ *
+ * Per group g (Cg = C/G input and Kg = K/G output channels, RSC = R*S*Cg):
+ *   weights are repacked to wr = [K][R][S][Cg], so group g is the Kg x RSC
+ *   matrix at wr + g*Kg*RSC;
+ *   col = im2col(x) is [rows = n*P*Q][R][S][Cg] (each (r, s) a contiguous
+ *   run of Cg input channels, the natural copy unit of NHWC);
+ *   forward      y[:, g]  = col * wr_g^T             (M x Kg)
+ *   bwd data     dcol     = dy[:, g] * wr_g          (M x RSC), col2im-added to dx
+ *   bwd filter   dwr_g   += dy[:, g]^T * col         (Kg x RSC), unpacked to OIHW
+ * 1x1 kernels with stride 1 and no padding skip im2col: x itself is the
+ * [N*H*W][C] matrix (leading dimension C).
+ *
+ * The batch is processed in tiles of whole images so the col buffer stays
+ * under S_COL_BUDGET bytes (at least one image per tile); a tile's rows are
+ * im2col'ed/col2im'ed one image per index of eq_cpu_for (images are
+ * disjoint in x), and bwd filter accumulates tiles in order: the result
+ * depends only on the shapes and the thread count.
+ */
+#include "trainer/cpu/cpu_internal.h"
+
+#include <string.h>
+
+#define S_COL_BUDGET ((size_t)16 << 20)
+
+typedef struct s_geom {
+    const eq_conv2d_desc *d;
+    int64_t cg, kg, rsc, pq, hwc;
+    int fast; /* 1x1, stride 1, no padding: no im2col */
+    int64_t tile; /* images per tile */
+} s_geom;
+
+static void s_geom_init(s_geom *g, const eq_conv2d_desc *d)
+{
+    g->d = d;
+    g->cg = d->c / d->groups;
+    g->kg = d->k / d->groups;
+    g->rsc = d->r * d->s * g->cg;
+    g->pq = d->p * d->q;
+    g->hwc = d->h * d->w * d->c;
+    g->fast = d->r == 1 && d->s == 1 && d->stride_h == 1 && d->stride_w == 1 && d->pad_h == 0 &&
+              d->pad_w == 0;
+    size_t per_image = (size_t)g->pq * (size_t)g->rsc * sizeof(float);
+    int64_t t = (int64_t)(S_COL_BUDGET / (per_image ? per_image : 1));
+    if (t < 1) t = 1;
+    if (t > d->n) t = d->n;
+    g->tile = t;
+}
+
+static size_t s_round16(size_t n)
+{
+    return (n + 15) / 16 * 16;
+}
+
+/* Workspace: [wr or dwr: K*RSC][col: tile*PQ*RSC] floats. */
+static eq_status s_workspace(eq_cpu *cpu, const s_geom *g, const char *op, float **wr,
+                             float **col, eq_err *err)
+{
+    size_t nw = s_round16((size_t)g->d->k * (size_t)g->rsc);
+    size_t nc = g->fast ? 0 : (size_t)g->tile * (size_t)g->pq * (size_t)g->rsc;
+    float *ws = eq_cpu_workspace(cpu, (nw + nc) * sizeof(float), op, err);
+    if (!ws) return EQ_ERR_NOMEM;
+    *wr = ws;
+    *col = g->fast ? NULL : ws + nw;
+    return EQ_OK;
+}
+
+/* OIHW [K][Cg][R][S] -> [K][R][S][Cg] */
+static void s_pack_weights(const s_geom *g, const float *w, float *wr)
+{
+    int64_t rs = g->d->r * g->d->s;
+    for (int64_t k = 0; k < g->d->k; k++)
+        for (int64_t c = 0; c < g->cg; c++)
+            for (int64_t t = 0; t < rs; t++)
+                wr[k * g->rsc + t * g->cg + c] = w[(k * g->cg + c) * rs + t];
+}
+
+static void s_unpack_weights(const s_geom *g, const float *wr, float *w)
+{
+    int64_t rs = g->d->r * g->d->s;
+    for (int64_t k = 0; k < g->d->k; k++)
+        for (int64_t c = 0; c < g->cg; c++)
+            for (int64_t t = 0; t < rs; t++)
+                w[(k * g->cg + c) * rs + t] = wr[k * g->rsc + t * g->cg + c];
+}
+
+typedef struct s_colctx {
+    const s_geom *g;
+    const float *x; /* im2col source */
+    float *dx;      /* col2im destination */
+    float *col;
+    int64_t n0, grp;
+} s_colctx;
+
+/* col rows of image n0 + i. */
+static void s_im2col_image(void *vctx, size_t i)
+{
+    const s_colctx *c = vctx;
+    const eq_conv2d_desc *d = c->g->d;
+    const int64_t cg = c->g->cg, rsc = c->g->rsc, n = c->n0 + (int64_t)i;
+    const float *xn = c->x + n * c->g->hwc + c->grp * cg;
+    float *dst = c->col + (int64_t)i * c->g->pq * rsc;
+    for (int64_t p = 0; p < d->p; p++) {
+        for (int64_t q = 0; q < d->q; q++, dst += rsc) {
+            for (int64_t r = 0; r < d->r; r++) {
+                int64_t ih = p * d->stride_h - d->pad_h + r * d->dil_h;
+                float *dr = dst + r * d->s * cg;
+                if (ih < 0 || ih >= d->h) {
+                    memset(dr, 0, (size_t)(d->s * cg) * sizeof(float));
+                    continue;
+                }
+                for (int64_t s = 0; s < d->s; s++) {
+                    int64_t iw = q * d->stride_w - d->pad_w + s * d->dil_w;
+                    if (iw < 0 || iw >= d->w)
+                        memset(dr + s * cg, 0, (size_t)cg * sizeof(float));
+                    else
+                        memcpy(dr + s * cg, xn + (ih * d->w + iw) * d->c, (size_t)cg * sizeof(float));
+                }
+            }
+        }
+    }
+}
+
+/* dx of image n0 + i += col2im(col rows of that image). */
+static void s_col2im_image(void *vctx, size_t i)
+{
+    const s_colctx *c = vctx;
+    const eq_conv2d_desc *d = c->g->d;
+    const int64_t cg = c->g->cg, rsc = c->g->rsc, n = c->n0 + (int64_t)i;
+    float *dxn = c->dx + n * c->g->hwc + c->grp * cg;
+    const float *src = c->col + (int64_t)i * c->g->pq * rsc;
+    for (int64_t p = 0; p < d->p; p++) {
+        for (int64_t q = 0; q < d->q; q++, src += rsc) {
+            for (int64_t r = 0; r < d->r; r++) {
+                int64_t ih = p * d->stride_h - d->pad_h + r * d->dil_h;
+                if (ih < 0 || ih >= d->h) continue;
+                for (int64_t s = 0; s < d->s; s++) {
+                    int64_t iw = q * d->stride_w - d->pad_w + s * d->dil_w;
+                    if (iw < 0 || iw >= d->w) continue;
+                    const float *sr = src + (r * d->s + s) * cg;
+                    float *o = dxn + (ih * d->w + iw) * d->c;
+                    for (int64_t k = 0; k < cg; k++) o[k] += sr[k];
+                }
+            }
+        }
+    }
+}
+
+/* Left operand for group `grp` of the tile starting at image n0: x itself
+ * (fast path) or its im2col. */
+static const float *s_cols(eq_cpu *cpu, const s_geom *g, const float *x, float *col, int64_t n0,
+                           int64_t tn, int64_t grp, int *ld)
+{
+    if (g->fast) {
+        *ld = (int)g->d->c;
+        return x + n0 * g->hwc + grp * g->cg;
+    }
+    s_colctx c = {.g = g, .x = x, .col = col, .n0 = n0, .grp = grp};
+    eq_cpu_for(cpu, (size_t)tn, s_im2col_image, &c);
+    *ld = (int)g->rsc;
+    return col;
+}
+
+eq_status eq_cpu_conv2d_fwd(void *ctx, const eq_conv2d_desc *d, const float *x, const float *w,
+                            float *y, eq_err *err)
+{
+    eq_cpu *cpu = ctx;
+    s_geom g;
+    s_geom_init(&g, d);
+    float *wr, *col;
+    eq_status st = s_workspace(cpu, &g, "conv2d_fwd", &wr, &col, err);
+    if (st != EQ_OK) return st;
+    s_pack_weights(&g, w, wr);
+    for (int64_t n0 = 0; n0 < d->n; n0 += g.tile) {
+        int64_t tn = d->n - n0 < g.tile ? d->n - n0 : g.tile;
+        int m = (int)(tn * g.pq);
+        for (int64_t grp = 0; grp < d->groups; grp++) {
+            int lda;
+            const float *a = s_cols(cpu, &g, x, col, n0, tn, grp, &lda);
+            eq_cpu_sgemm(cpu, 0, 1, m, (int)g.kg, (int)g.rsc, 1.0f, a, lda, wr + grp * g.kg * g.rsc,
+                         (int)g.rsc, 0.0f, y + n0 * g.pq * d->k + grp * g.kg, (int)d->k);
+        }
+    }
+    return EQ_OK;
+}
+
+eq_status eq_cpu_conv2d_bwd_data(void *ctx, const eq_conv2d_desc *d, const float *dy,
+                                 const float *w, float *dx, eq_err *err)
+{
+    eq_cpu *cpu = ctx;
+    s_geom g;
+    s_geom_init(&g, d);
+    float *wr, *col;
+    eq_status st = s_workspace(cpu, &g, "conv2d_bwd_data", &wr, &col, err);
+    if (st != EQ_OK) return st;
+    s_pack_weights(&g, w, wr);
+    if (!g.fast) memset(dx, 0, (size_t)(d->n * g.hwc) * sizeof(float));
+    for (int64_t n0 = 0; n0 < d->n; n0 += g.tile) {
+        int64_t tn = d->n - n0 < g.tile ? d->n - n0 : g.tile;
+        int m = (int)(tn * g.pq);
+        for (int64_t grp = 0; grp < d->groups; grp++) {
+            const float *a = dy + n0 * g.pq * d->k + grp * g.kg;
+            const float *b = wr + grp * g.kg * g.rsc;
+            if (g.fast) {
+                eq_cpu_sgemm(cpu, 0, 0, m, (int)g.cg, (int)g.kg, 1.0f, a, (int)d->k, b, (int)g.rsc,
+                             0.0f, dx + n0 * g.hwc + grp * g.cg, (int)d->c);
+                continue;
+            }
+            eq_cpu_sgemm(cpu, 0, 0, m, (int)g.rsc, (int)g.kg, 1.0f, a, (int)d->k, b, (int)g.rsc,
+                         0.0f, col, (int)g.rsc);
+            s_colctx c = {.g = &g, .dx = dx, .col = col, .n0 = n0, .grp = grp};
+            eq_cpu_for(cpu, (size_t)tn, s_col2im_image, &c);
+        }
+    }
+    return EQ_OK;
+}
+
+eq_status eq_cpu_conv2d_bwd_filter(void *ctx, const eq_conv2d_desc *d, const float *x,
+                                   const float *dy, float *dw, eq_err *err)
+{
+    eq_cpu *cpu = ctx;
+    s_geom g;
+    s_geom_init(&g, d);
+    float *dwr, *col;
+    eq_status st = s_workspace(cpu, &g, "conv2d_bwd_filter", &dwr, &col, err);
+    if (st != EQ_OK) return st;
+    for (int64_t n0 = 0; n0 < d->n; n0 += g.tile) {
+        int64_t tn = d->n - n0 < g.tile ? d->n - n0 : g.tile;
+        int m = (int)(tn * g.pq);
+        for (int64_t grp = 0; grp < d->groups; grp++) {
+            int ldb;
+            const float *b = s_cols(cpu, &g, x, col, n0, tn, grp, &ldb);
+            eq_cpu_sgemm(cpu, 1, 0, (int)g.kg, (int)g.rsc, m, 1.0f,
+                         dy + n0 * g.pq * d->k + grp * g.kg, (int)d->k, b, ldb,
+                         n0 == 0 ? 0.0f : 1.0f, dwr + grp * g.kg * g.rsc, (int)g.rsc);
+        }
+    }
+    s_unpack_weights(&g, dwr, dw);
+    return EQ_OK;
+}

@@ -1,0 +1,95 @@
+/*
+ * trainer/cpu/cpu_internal.h -- shared by the CPU backend's files only.
+ *
+ * The context, its workspace, the parallel-for and the GEMM wrapper that
+ * pins OpenBLAS to the backend's thread count.  Op files (conv.c, norm.c,
+ * ops.c) implement the members of struct eq_backend_i declared below; the
+ * wrappers in trainer/backend.c have validated their arguments.
+ */
+#ifndef EQ_TRAINER_CPU_INTERNAL_H
+#define EQ_TRAINER_CPU_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/status.h"
+#include "trainer/backend.h"
+
+typedef struct eq_cpu {
+    int nthreads;     /* threads for OpenBLAS and for our own loops */
+    float *ws;        /* workspace, 64-byte aligned */
+    size_t ws_bytes;  /* its size: the high-water mark of all ops so far */
+} eq_cpu;
+
+/* Workspace of at least `nbytes`, grown (and its old contents dropped) when
+ * too small.  NULL with EQ_ERR_NOMEM naming `op` on failure. */
+float *eq_cpu_workspace(eq_cpu *cpu, size_t nbytes, const char *op, eq_err *err);
+
+/* Call fn(ctx, i) for i in [0, n).  Results must not depend on the order
+ * (each i writes its own outputs). */
+typedef void (*eq_cpu_fn)(void *ctx, size_t i);
+void eq_cpu_for(eq_cpu *cpu, size_t n, eq_cpu_fn fn, void *ctx);
+
+/* Row-major C = alpha * op(A) * op(B) + beta * C through cblas_sgemm with
+ * OpenBLAS set to cpu->nthreads threads. */
+void eq_cpu_sgemm(eq_cpu *cpu, int trans_a, int trans_b, int m, int n, int k, float alpha,
+                  const float *a, int lda, const float *b, int ldb, float beta, float *c, int ldc);
+
+/* conv.c */
+eq_status eq_cpu_conv2d_fwd(void *ctx, const eq_conv2d_desc *d, const float *x, const float *w,
+                            float *y, eq_err *err);
+eq_status eq_cpu_conv2d_bwd_data(void *ctx, const eq_conv2d_desc *d, const float *dy,
+                                 const float *w, float *dx, eq_err *err);
+eq_status eq_cpu_conv2d_bwd_filter(void *ctx, const eq_conv2d_desc *d, const float *x,
+                                   const float *dy, float *dw, eq_err *err);
+
+/* norm.c */
+eq_status eq_cpu_bn_fwd_train(void *ctx, const eq_bn_desc *d, const float *x, const float *gamma,
+                              const float *beta, float *running_mean, float *running_var,
+                              float *y, float *save_mean, float *save_invstd, eq_err *err);
+eq_status eq_cpu_bn_fwd_eval(void *ctx, const eq_bn_desc *d, const float *x, const float *gamma,
+                             const float *beta, const float *running_mean,
+                             const float *running_var, float *y, eq_err *err);
+eq_status eq_cpu_bn_bwd(void *ctx, const eq_bn_desc *d, const float *x, const float *dy,
+                        const float *gamma, const float *save_mean, const float *save_invstd,
+                        float *dx, float *dgamma, float *dbeta, eq_err *err);
+
+/* ops.c */
+eq_status eq_cpu_relu_fwd(void *ctx, size_t n, const float *x, float *y, eq_err *err);
+eq_status eq_cpu_relu_bwd(void *ctx, size_t n, const float *y, const float *dy, float *dx,
+                          eq_err *err);
+eq_status eq_cpu_prelu_fwd(void *ctx, int64_t m, int64_t c, int64_t nslope, const float *x,
+                           const float *slope, float *y, eq_err *err);
+eq_status eq_cpu_prelu_bwd(void *ctx, int64_t m, int64_t c, int64_t nslope, const float *x,
+                           const float *slope, const float *dy, float *dx, float *dslope,
+                           eq_err *err);
+eq_status eq_cpu_add(void *ctx, size_t n, const float *a, const float *b, float *y, eq_err *err);
+eq_status eq_cpu_gap_fwd(void *ctx, int64_t n, int64_t hw, int64_t c, const float *x, float *y,
+                         eq_err *err);
+eq_status eq_cpu_gap_bwd(void *ctx, int64_t n, int64_t hw, int64_t c, const float *dy, float *dx,
+                         eq_err *err);
+eq_status eq_cpu_linear_fwd(void *ctx, int64_t n, int64_t in, int64_t out, const float *x,
+                            const float *w, const float *b, float *y, eq_err *err);
+eq_status eq_cpu_linear_bwd_data(void *ctx, int64_t n, int64_t in, int64_t out, const float *dy,
+                                 const float *w, float *dx, eq_err *err);
+eq_status eq_cpu_linear_bwd_weight(void *ctx, int64_t n, int64_t in, int64_t out,
+                                   const float *x, const float *dy, float *dw, float *db,
+                                   eq_err *err);
+eq_status eq_cpu_xent_fwd(void *ctx, const eq_xent_desc *d, const float *logits,
+                          const int32_t *labels_a, const int32_t *labels_b, const float *lambda,
+                          float *loss, eq_err *err);
+eq_status eq_cpu_xent_bwd(void *ctx, const eq_xent_desc *d, const float *logits,
+                          const int32_t *labels_a, const int32_t *labels_b, const float *lambda,
+                          float dloss, float *dlogits, eq_err *err);
+
+/* pool.c */
+eq_status eq_cpu_maxpool_fwd(void *ctx, const eq_pool2d_desc *d, const float *x, float *y,
+                             int32_t *argmax, eq_err *err);
+eq_status eq_cpu_maxpool_bwd(void *ctx, const eq_pool2d_desc *d, const int32_t *argmax,
+                             const float *dy, float *dx, eq_err *err);
+eq_status eq_cpu_avgpool_fwd(void *ctx, const eq_pool2d_desc *d, const float *x, float *y,
+                             eq_err *err);
+eq_status eq_cpu_avgpool_bwd(void *ctx, const eq_pool2d_desc *d, const float *dy, float *dx,
+                             eq_err *err);
+
+#endif
