@@ -1,0 +1,147 @@
+/*
+ * quant/lsq.c -- the original's "LSQ": a learnable clip value (TET-style
+ * re-parameterisation of LSQ), ORIGINAL.md §2.8.
+ *
+ * c = GradientScale(|clip_val|, f) per group, n = level_num - 1, r = x/c:
+ *   half range (fm/ot default): y = c * q_n(clip_[0,1](r))
+ *   full range (always for wt): y = c * (2 q_n((clip_[-1,1](r) + 1)/2) - 1)
+ * q_n(u) = R(u n)/n with STE.  The clamp is ClampWithScale when grad_type is
+ * STE-scale (gradient times sqrt(N/p), p = elements inside the range).
+ * dL/dclip_val = f' sign(clip_val) sum_group G dy/dc with dy/dc = q - r
+ * inside (half) or (2q - 1) - r (full), the clamp bound's value outside;
+ * f' = f unless the original's int(f) == 1 quirk skips it.
+ */
+#include "quant/quant_internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct s_lsq {
+    float fe;      /* effective grad factor on the clip value */
+    float sc;      /* effective STE-scale factor of the clamp (1: none) */
+    double *acc;   /* [g] */
+} s_lsq;
+
+static int s_half(const eq_quant *q) { return q->o.tag != EQ_QTAG_WT && q->o.half_range; }
+
+static eq_status s_init(eq_quant *q, eq_err *err)
+{
+    if (q->o.tag != EQ_QTAG_WT && q->g != 1 && q->g != q->channels)
+        return eq_err_set(err, EQ_ERR_INVALID,
+                          "quant option quant_group: lsq on %s needs 1 or %lld groups (a clip of "
+                          "shape (1,%lld,1,1) does not broadcast)",
+                          eq_quant_tag_name(q->o.tag), (long long)q->channels, (long long)q->g);
+    if (q->o.grad_type != EQ_QGRAD_NONE && q->o.grad_type != EQ_QGRAD_STE_SCALE)
+        return eq_err_set(err, EQ_ERR_INVALID,
+                          "quant option grad_type: lsq supports none or STE-scale");
+    s_lsq *p = calloc(1, sizeof *p);
+    if (p) p->acc = calloc((size_t)q->g, sizeof(double));
+    q->priv = p;
+    if (!p || !p->acc) return eq_err_set(err, EQ_ERR_NOMEM, "lsq: out of memory");
+    int64_t shp[4];
+    int nd = eq_quant_param_shape(q, q->g, shp);
+    if (!eq_quant_add_tensor(q, "clip_val", nd, shp, (float)q->o.boundary, 1, err))
+        return err ? err->code : EQ_ERR_NOMEM;
+    return EQ_OK;
+}
+
+static void s_destroy(eq_quant *q)
+{
+    s_lsq *p = q->priv;
+    if (p) free(p->acc);
+    free(p);
+    q->priv = NULL;
+}
+
+static inline float s_clip(const eq_quant *q, int64_t k, float fe)
+{
+    const eq_quant_tensor *c = q->clip;
+    return eq_quant_gs_value(fabsf(c->data[c->numel == 1 ? 0 : k]), fe);
+}
+
+static eq_status s_forward(eq_quant *q, const float *x, float *y, eq_err *err)
+{
+    (void)err;
+    s_lsq *p = q->priv;
+    int half = s_half(q);
+    float lo = half ? 0.0f : -1.0f;
+    float n = (float)eq_quant_steps(q);
+    p->fe = (float)eq_quant_gs_factor(q, eq_quant_grad_factor(q));
+    p->sc = 1.0f;
+    if (q->o.grad_type == EQ_QGRAD_STE_SCALE) {
+        int64_t in = 0;
+        EQ_QFOR_RUNS(q, s0, len, k) {
+            float c = s_clip(q, k, p->fe);
+            for (int64_t i = s0; i < s0 + len; i++) {
+                float r = x[i] / c;
+                in += (r >= lo && r <= 1.0f);
+            }
+        }
+        if (in > 0) p->sc = (float)eq_quant_gs_factor(q, sqrt((double)q->n / (double)in));
+    }
+    float sc = p->sc;
+    EQ_QFOR_RUNS(q, s0, len, k) {
+        float c = s_clip(q, k, p->fe);
+        for (int64_t i = s0; i < s0 + len; i++) {
+            float u = eq_quant_gs_value(eq_qclamp(x[i] / c, lo, 1.0f), sc);
+            if (half) {
+                y[i] = c * (eq_qround(u * n) / n);
+            } else {
+                u = (u + 1.0f) / 2.0f;
+                y[i] = c * (2.0f * (eq_qround(u * n) / n) - 1.0f);
+            }
+        }
+    }
+    return EQ_OK;
+}
+
+static void s_backward(eq_quant *q, const float *x, const float *gy, float *gx)
+{
+    s_lsq *p = q->priv;
+    int half = s_half(q);
+    float lo = half ? 0.0f : -1.0f;
+    float n = (float)eq_quant_steps(q);
+    float sc = p->sc;
+    memset(p->acc, 0, (size_t)q->g * sizeof(double));
+    EQ_QFOR_RUNS(q, s0, len, k) {
+        float c = s_clip(q, k, p->fe);
+        double acc = 0;
+        for (int64_t i = s0; i < s0 + len; i++) {
+            float r = x[i] / c;
+            int in = r >= lo && r <= 1.0f;
+            float u = eq_quant_gs_value(eq_qclamp(r, lo, 1.0f), sc);
+            float dydc;
+            if (half) {
+                dydc = eq_qround(u * n) / n - (in ? sc * r : 0.0f);
+            } else {
+                u = (u + 1.0f) / 2.0f;
+                dydc = (2.0f * (eq_qround(u * n) / n) - 1.0f) - (in ? sc * r : 0.0f);
+            }
+            float g = gy[i];
+            acc += (double)g * dydc;
+            gx[i] = in ? g * sc : 0.0f;
+        }
+        p->acc[k] += acc;
+    }
+    eq_quant_tensor *c = q->clip;
+    for (int64_t k = 0; k < c->numel; k++) {
+        double tot = 0;
+        if (c->numel == 1)
+            for (int64_t j = 0; j < q->g; j++) tot += p->acc[j];
+        else
+            tot = p->acc[k];
+        c->grad[k] = (float)((double)p->fe * eq_qsign(c->data[k]) * tot);
+    }
+}
+
+const eq_quant_method eq_quant_lsq_method = {
+    .name = "lsq",
+    .tags = (1u << EQ_QTAG_WT) | (1u << EQ_QTAG_FM) | (1u << EQ_QTAG_OT),
+    .family = EQ_QFAM_DOREFA,
+    .fixed_levels = 0,
+    .uses_var_mean = 1,
+    .init = s_init,
+    .forward = s_forward,
+    .backward = s_backward,
+    .destroy = s_destroy,
+};

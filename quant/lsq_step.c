@@ -1,0 +1,156 @@
+/*
+ * quant/lsq_step.c -- LSQ as its paper defines it (Esser et al., "Learned
+ * Step Size Quantization"); the original does not have this form.
+ *
+ * Parameter step_size s per group (shapes as the original's clip_val).
+ * Unsigned (half_range): Qn = 0, Qp = L - 1; signed: Qn = -floor(L/2),
+ * Qp = L - 1 - floor(L/2) (2 bits: -2..1).  r = x/s:
+ *   y = R(clip_[Qn,Qp](r)) * s
+ *   dy/dx = 1[Qn <= r <= Qp]
+ *   dy/ds = R(r) - r inside, Qn below, Qp above
+ *   dL/ds = g * sum_group G dy/ds, g = 1/sqrt(N Qp), N = elements of the
+ *   group per sample (weights: per tensor group).
+ * A step of exactly 0 (the initial value) is initialised on the first
+ * forward from the data: s = 2 mean|x| / sqrt(Qp) over the group.
+ */
+#include "quant/quant_internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct s_step {
+    double *acc; /* [g] */
+} s_step;
+
+static void s_bounds(const eq_quant *q, float *qn, float *qp)
+{
+    int L = eq_quant_levels(q);
+    if (q->o.half_range) {
+        *qn = 0.0f;
+        *qp = (float)(L - 1);
+    } else {
+        *qn = (float)-(L / 2);
+        *qp = (float)(L - 1 - L / 2);
+    }
+}
+
+static eq_status s_init(eq_quant *q, eq_err *err)
+{
+    if (q->o.tag != EQ_QTAG_WT && q->g != 1 && q->g != q->channels)
+        return eq_err_set(err, EQ_ERR_INVALID,
+                          "quant option quant_group: lsq-step on %s needs 1 or %lld groups",
+                          eq_quant_tag_name(q->o.tag), (long long)q->channels);
+    if (q->o.grad_type != EQ_QGRAD_NONE)
+        return eq_err_set(err, EQ_ERR_INVALID, "quant option grad_type: lsq-step supports only none");
+    if (q->o.grad_scale != EQ_QGS_NONE)
+        return eq_err_set(err, EQ_ERR_INVALID,
+                          "quant option grad_scale: lsq-step always uses the paper's 1/sqrt(N*Qp)");
+    float qn, qp;
+    s_bounds(q, &qn, &qp);
+    if (qp < 1.0f)
+        return eq_err_set(err, EQ_ERR_INVALID,
+                          "quant lsq-step: signed quantization needs at least 3 levels, got %d",
+                          eq_quant_levels(q));
+    s_step *p = calloc(1, sizeof *p);
+    if (p) p->acc = calloc((size_t)q->g, sizeof(double));
+    q->priv = p;
+    if (!p || !p->acc) return eq_err_set(err, EQ_ERR_NOMEM, "lsq-step: out of memory");
+    int64_t shp[4];
+    int nd = eq_quant_param_shape(q, q->g, shp);
+    if (!eq_quant_add_tensor(q, "step_size", nd, shp, 0.0f, 1, err)) return err ? err->code : EQ_ERR_NOMEM;
+    return EQ_OK;
+}
+
+static void s_destroy(eq_quant *q)
+{
+    s_step *p = q->priv;
+    if (p) free(p->acc);
+    free(p);
+    q->priv = NULL;
+}
+
+static eq_status s_forward(eq_quant *q, const float *x, float *y, eq_err *err)
+{
+    s_step *p = q->priv;
+    eq_quant_tensor *st = eq_quant_find(q, "step_size");
+    float qn, qp;
+    s_bounds(q, &qn, &qp);
+    int need = 0;
+    for (int64_t k = 0; k < st->numel; k++) need |= st->data[k] == 0.0f;
+    if (need) {
+        memset(p->acc, 0, (size_t)q->g * sizeof(double));
+        EQ_QFOR_RUNS(q, s0, len, k) {
+            for (int64_t i = s0; i < s0 + len; i++) p->acc[k] += fabsf(x[i]);
+        }
+        double per = (double)q->n / (double)q->g, tot = 0;
+        for (int64_t k = 0; k < q->g; k++) tot += p->acc[k];
+        for (int64_t k = 0; k < st->numel; k++) {
+            if (st->data[k] != 0.0f) continue;
+            double mean = st->numel == 1 ? tot / (double)q->n : p->acc[k] / per;
+            st->data[k] = (float)(2.0 * mean / sqrt((double)qp));
+            if (!(st->data[k] > 0.0f))
+                return eq_err_set(err, EQ_ERR_INVALID,
+                                  "quant lsq-step: cannot initialise step_size[%lld] from an "
+                                  "all-zero group",
+                                  (long long)k);
+        }
+    }
+    EQ_QFOR_RUNS(q, s0, len, k) {
+        float s = st->data[st->numel == 1 ? 0 : k];
+        for (int64_t i = s0; i < s0 + len; i++) y[i] = eq_qround(eq_qclamp(x[i] / s, qn, qp)) * s;
+    }
+    return EQ_OK;
+}
+
+static void s_backward(eq_quant *q, const float *x, const float *gy, float *gx)
+{
+    s_step *p = q->priv;
+    eq_quant_tensor *st = eq_quant_find(q, "step_size");
+    float qn, qp;
+    s_bounds(q, &qn, &qp);
+    memset(p->acc, 0, (size_t)q->g * sizeof(double));
+    EQ_QFOR_RUNS(q, s0, len, k) {
+        float s = st->data[st->numel == 1 ? 0 : k];
+        double acc = 0;
+        for (int64_t i = s0; i < s0 + len; i++) {
+            float r = x[i] / s, g = gy[i];
+            float d;
+            if (r < qn) {
+                d = qn;
+                gx[i] = 0.0f;
+            } else if (r > qp) {
+                d = qp;
+                gx[i] = 0.0f;
+            } else {
+                d = eq_qround(r) - r;
+                gx[i] = g;
+            }
+            acc += (double)g * d;
+        }
+        p->acc[k] += acc;
+    }
+    /* elements per group per sample */
+    double npg = (double)q->n / (double)q->g / (double)q->batch;
+    if (st->numel == 1) npg = (double)q->n / (double)q->batch;
+    double gs = 1.0 / sqrt(npg * (double)qp);
+    for (int64_t k = 0; k < st->numel; k++) {
+        double tot = 0;
+        if (st->numel == 1)
+            for (int64_t j = 0; j < q->g; j++) tot += p->acc[j];
+        else
+            tot = p->acc[k];
+        st->grad[k] = (float)(gs * tot);
+    }
+}
+
+const eq_quant_method eq_quant_lsq_step_method = {
+    .name = "lsq-step",
+    .tags = (1u << EQ_QTAG_WT) | (1u << EQ_QTAG_FM) | (1u << EQ_QTAG_OT),
+    .family = EQ_QFAM_DOREFA,
+    .fixed_levels = 0,
+    .uses_var_mean = 1,
+    .init = s_init,
+    .forward = s_forward,
+    .backward = s_backward,
+    .destroy = s_destroy,
+};

@@ -1,0 +1,120 @@
+/*
+ * quant/quant_internal.h -- what the method files share: the object layout,
+ * the method vtable and small numeric helpers.  Not installed; only quant/
+ * includes it.
+ */
+#ifndef EQ_QUANT_INTERNAL_H
+#define EQ_QUANT_INTERNAL_H
+
+#include <math.h>
+
+#include "quant/quant.h"
+
+#define EQ_QUANT_MAX_TENSORS 12
+
+/* How the generic layer wraps a method (ORIGINAL.md §2.2). */
+typedef enum eq_quant_family {
+    EQ_QFAM_DOREFA = 0, /* counter +1 per forward (train and eval), warm-up, gamma */
+    EQ_QFAM_LQNET,      /* method owns counters and warm-up */
+    EQ_QFAM_XNOR,       /* no counter, no warm-up (the intended behaviour) */
+} eq_quant_family;
+
+typedef struct eq_quant_method {
+    const char *name;
+    unsigned tags;           /* bit (1 << tag) per supported tag */
+    eq_quant_family family;
+    int fixed_levels;        /* 1: refuses eq_quant_set_levels */
+    int uses_var_mean;       /* 1: wt adaptive var-mean handled by the generic layer */
+    /* Validate options, create parameters/buffers (eq_quant_add_tensor). */
+    eq_status (*init)(eq_quant *q, eq_err *err);
+    /* y = Q(x) over q->n elements grouped by q->grp (x already normalized). */
+    eq_status (*forward)(eq_quant *q, const float *x, float *y, eq_err *err);
+    /* gx from gy; writes parameter gradients. x as given to forward. */
+    void (*backward)(eq_quant *q, const float *x, const float *gy, float *gx);
+    void (*destroy)(eq_quant *q); /* frees q->priv; may be NULL */
+} eq_quant_method;
+
+struct eq_quant {
+    eq_quant_opts o;
+    const eq_quant_method *m;
+    /* resolved at construction (§2.1) */
+    int bit;              /* int(bit) */
+    int64_t g;            /* quant groups */
+    int64_t norm_g;       /* var-mean groups */
+    int64_t fan;          /* prod of PyTorch shape[1:] */
+    int64_t channels;     /* C (fm/ot) or O (wt; 1 for linear) */
+    int linear;           /* OI weight or NC activation */
+    eq_layout layout;
+    eq_tensor_desc shape0; /* descriptor given at construction */
+    /* state */
+    eq_quant_tensor t[EQ_QUANT_MAX_TENSORS];
+    size_t nt;
+    float *iteration;     /* -> data of "iteration" */
+    float *level_num;     /* -> data of "level_num" */
+    eq_quant_tensor *gamma;
+    eq_quant_tensor *clip;  /* "clip_val" when the method owns one (warm-up init) */
+    /* per call */
+    eq_tensor_desc xd;
+    int64_t n;
+    int64_t batch;        /* B of fm/ot (1 for wt) */
+    eq_group_desc grp;    /* element -> quant group */
+    int train;
+    int have_fwd;
+    int passthrough;      /* warm-up: y = x, backward identity */
+    int normed;           /* var-mean applied */
+    float *nmean, *nstd;  /* [norm_g] */
+    float *xn;            /* normalized x [cap] */
+    float *ypre;          /* y before gamma [cap] */
+    float *gtmp;          /* scratch gradient [cap] */
+    int64_t cap;
+    void *priv;
+};
+
+/* Registered methods (one per file). */
+extern const eq_quant_method eq_quant_dorefa_method;
+extern const eq_quant_method eq_quant_bin_method;
+extern const eq_quant_method eq_quant_pact_method;
+extern const eq_quant_method eq_quant_lsq_method;
+extern const eq_quant_method eq_quant_lsq_step_method;
+extern const eq_quant_method eq_quant_nonuniform_method;
+extern const eq_quant_method eq_quant_xnor_method;
+extern const eq_quant_method eq_quant_lqnet_method;
+
+/* Add a state tensor filled with `fill`; learnable tensors get a zeroed
+ * gradient.  Returns NULL (err set) when out of room or memory. */
+eq_quant_tensor *eq_quant_add_tensor(eq_quant *q, const char *name, int ndim,
+                                     const int64_t *shape, float fill, int learnable, eq_err *err);
+/* Shape of a per-group parameter as the original makes it: wt (g,1,1,1);
+ * fm/ot [1] if g == 1 else (1,g,1,1).  Returns ndim. */
+int eq_quant_param_shape(const eq_quant *q, int64_t g, int64_t shape[4]);
+
+/* Steps n = level_num - 1. */
+static inline int eq_quant_steps(const eq_quant *q) { return (int)*q->level_num - 1; }
+
+/* PyTorch round(): half to even. */
+static inline float eq_qround(float v) { return rintf(v); }
+static inline float eq_qclamp(float v, float lo, float hi) { return v < lo ? lo : (v > hi ? hi : v); }
+static inline float eq_qsgn(float v) { return v < 0.0f ? -1.0f : 1.0f; } /* sgn+ */
+static inline float eq_qsign(float v) { return v > 0.0f ? 1.0f : (v < 0.0f ? -1.0f : 0.0f); }
+
+/* GradientScale's effective factor (§2.3): returns 1 when the original
+ * skips the scaling (int(f) == 1 unless exact_grad_scale), else f. */
+double eq_quant_gs_factor(const eq_quant *q, double f);
+/* The value GradientScale produces in the forward pass: v*f + (v - v*f)
+ * in float32 (not always exactly v). */
+static inline float eq_quant_gs_value(float v, float f)
+{
+    if (f == 1.0f) return v;
+    float vf = v * f;
+    return vf + (v - vf);
+}
+/* LSQ grad factor f of the clip parameter (§2.8 table). */
+double eq_quant_grad_factor(const eq_quant *q);
+
+/* Iterate runs of elements sharing one group: for each run, [start, start+len)
+ * all belong to group k. */
+#define EQ_QFOR_RUNS(q, start, len, k)                                                  \
+    for (int64_t start = 0, len = (q)->grp.inner, k = 0, _j = 0; start < (q)->n;      \
+         start += len, _j++, k = (_j % (q)->grp.period) / (q)->grp.block)
+
+#endif
