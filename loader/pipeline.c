@@ -1,0 +1,591 @@
+/*
+ * loader/pipeline.c -- sample = f(config, split, seed, epoch, index) and
+ * batch assembly over a thread pool.
+ *
+ * Encoded images (ImageFolder): read the file, parse the header, draw the
+ * geometry (RandomResizedCrop box or Resize+CenterCrop window) in full-
+ * resolution coordinates, pick the smallest DCT scale M/8 at which the crop
+ * still has at least the output's resolution, decode only the rows and
+ * columns the resampler reads (eq_resize_taps), resample with PIL's
+ * bilinear filter, flip.  With M = 8 (dct_scale off, or a crop that needs
+ * full resolution) the result equals torchvision + PIL on the same decoded
+ * pixels; with M < 8 the source is libjpeg's scaled IDCT of the image
+ * instead of the full image (see doc/loader.md for the measured difference).
+ */
+#include "loader/loader.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/log.h"
+#include "core/pool.h"
+#include "loader/loader_internal.h"
+
+/* Largest image file read (bigger files are substituted). */
+#define S_MAX_FILE (256u << 20)
+
+typedef struct s_worker {
+    eq_decoder *dec;
+    uint8_t *file;
+    size_t file_cap;
+    void *tmp;
+    size_t tmp_cap;
+    uint8_t *pad; /* PADCROP scratch */
+    size_t pad_cap;
+} s_worker;
+
+struct eq_pipeline {
+    const eq_dataset *ds;
+    eq_pipeline_cfg cfg;
+    uint32_t H, W, C;
+    eq_pool *pool;
+    int nworkers;
+    s_worker *w;
+    eq_sampler *sampler;
+    pthread_mutex_t mu;
+    /* batch scratch (under mu) */
+    eq_mix_entry *plan;
+    size_t plan_cap;
+    uint8_t *orig;
+    size_t orig_cap;
+    uint8_t *extra;
+    size_t extra_cap;
+    uint32_t *extra_pos, *extra_idx;
+    size_t extra_n_cap;
+    uint64_t n_samples, n_replaced, n_bytes; /* atomics */
+};
+
+void eq_pipeline_cfg_default(eq_pipeline_cfg *cfg, const char *split, uint32_t size,
+                             uint32_t global_batch, uint64_t seed)
+{
+    memset(cfg, 0, sizeof *cfg);
+    int train = !split || !strcmp(split, "train");
+    cfg->aug = train ? EQ_AUG_RRC : EQ_AUG_CENTER;
+    cfg->out_h = cfg->out_w = size;
+    cfg->resize = 0;
+    cfg->scale[0] = 0.08;
+    cfg->scale[1] = 1.0;
+    cfg->ratio[0] = 3.0 / 4.0;
+    cfg->ratio[1] = 4.0 / 3.0;
+    cfg->hflip = train;
+    cfg->pad = 4;
+    cfg->dct_scale = 1;
+    cfg->sampler.seed = seed;
+    cfg->sampler.split = train ? 0 : 1;
+    cfg->sampler.global_batch = global_batch;
+    cfg->sampler.shuffle = train;
+    cfg->sampler.last = train ? EQ_LAST_DROP : EQ_LAST_PARTIAL;
+    cfg->mix.prob = 1.0f;
+    cfg->mix.switch_prob = 0.5f;
+}
+
+static void s_workers_free(eq_pipeline *p)
+{
+    if (!p->w) return;
+    for (int i = 0; i < p->nworkers; i++) {
+        eq_decoder_destroy(&p->w[i].dec);
+        free(p->w[i].file);
+        free(p->w[i].tmp);
+        free(p->w[i].pad);
+    }
+    free(p->w);
+    p->w = NULL;
+}
+
+void eq_pipeline_destroy(eq_pipeline **self_p)
+{
+    if (!self_p || !*self_p) return;
+    eq_pipeline *p = *self_p;
+    eq_pool_destroy(&p->pool);
+    s_workers_free(p);
+    eq_sampler_destroy(&p->sampler);
+    pthread_mutex_destroy(&p->mu);
+    free(p->plan);
+    free(p->orig);
+    free(p->extra);
+    free(p->extra_pos);
+    free(p->extra_idx);
+    free(p);
+    *self_p = NULL;
+}
+
+eq_pipeline *eq_pipeline_new(const eq_dataset *ds, const eq_pipeline_cfg *cfg, int nthreads,
+                             eq_err *err)
+{
+    if (!ds || !cfg) {
+        eq_err_set(err, EQ_ERR_INVALID, "pipeline: dataset and config are required");
+        return NULL;
+    }
+    eq_pipeline *p = calloc(1, sizeof *p);
+    if (!p) {
+        eq_err_set(err, EQ_ERR_NOMEM, "pipeline: out of memory");
+        return NULL;
+    }
+    pthread_mutex_init(&p->mu, NULL);
+    p->ds = ds;
+    p->cfg = *cfg;
+    eq_pipeline_cfg *c = &p->cfg;
+    const int encoded = eq_dataset_kind(ds) == EQ_DS_IMAGEFOLDER;
+    uint32_t sh = 0, sw = 0, sc = 3;
+    if (!encoded) {
+        const uint8_t *px;
+        if (eq_dataset_pixels(ds, 0, &px, &sh, &sw, &sc, err) != EQ_OK) goto fail;
+    }
+    if ((unsigned)c->aug > EQ_AUG_PADCROP) {
+        eq_err_set(err, EQ_ERR_INVALID, "pipeline: unknown aug %d", (int)c->aug);
+        goto fail;
+    }
+    if (c->out_h == 0 || c->out_w == 0) {
+        if (encoded || c->aug == EQ_AUG_RRC || c->aug == EQ_AUG_CENTER) {
+            eq_err_set(err, EQ_ERR_INVALID, "pipeline: out_h and out_w must be > 0");
+            goto fail;
+        }
+        c->out_h = sh;
+        c->out_w = sw;
+    }
+    if (c->out_h > 4096 || c->out_w > 4096) {
+        eq_err_set(err, EQ_ERR_INVALID, "pipeline: output %ux%u larger than 4096", c->out_h,
+                   c->out_w);
+        goto fail;
+    }
+    if (c->aug == EQ_AUG_PADCROP && (encoded || c->out_h != sh || c->out_w != sw || c->pad > 64)) {
+        eq_err_set(err, EQ_ERR_INVALID,
+                   "pipeline: padcrop needs an in-memory set, output = stored size and pad <= 64");
+        goto fail;
+    }
+    if (c->aug == EQ_AUG_CENTER) {
+        if (c->resize == 0) c->resize = (uint32_t)(c->out_h / 0.875 + 0.5);
+        if (c->resize < c->out_h || c->resize < c->out_w) {
+            eq_err_set(err, EQ_ERR_INVALID, "pipeline: resize %u smaller than the crop %ux%u",
+                       c->resize, c->out_h, c->out_w);
+            goto fail;
+        }
+    }
+    if (c->aug == EQ_AUG_RRC &&
+        !(c->scale[0] > 0 && c->scale[0] <= c->scale[1] && c->scale[1] <= 1 && c->ratio[0] > 0 &&
+          c->ratio[0] <= c->ratio[1])) {
+        eq_err_set(err, EQ_ERR_INVALID, "pipeline: bad scale (%g, %g) or ratio (%g, %g)",
+                   c->scale[0], c->scale[1], c->ratio[0], c->ratio[1]);
+        goto fail;
+    }
+    p->H = c->out_h;
+    p->W = c->out_w;
+    p->C = encoded ? 3 : sc;
+    if (!(p->sampler = eq_sampler_new(&c->sampler, eq_dataset_size(ds), err))) goto fail;
+    if (c->mix.mixup_alpha > 0 || c->mix.cutmix_alpha > 0) {
+        eq_mix_entry probe;
+        eq_mix_cfg one = c->mix;
+        if (eq_mix_plan(&one, 0, 0, 0, 0, 1, p->H, p->W, &probe, err) != EQ_OK) goto fail;
+    }
+    p->nworkers = nthreads > 1 ? nthreads : 1;
+    if (nthreads > 1 && !(p->pool = eq_pool_new(nthreads, err))) goto fail;
+    if (p->pool) p->nworkers = eq_pool_size(p->pool);
+    p->w = calloc((size_t)p->nworkers, sizeof *p->w);
+    if (!p->w) {
+        eq_err_set(err, EQ_ERR_NOMEM, "pipeline: out of memory");
+        goto fail;
+    }
+    for (int i = 0; i < p->nworkers; i++)
+        if (!(p->w[i].dec = eq_decoder_new(c->max_pixels, err))) goto fail;
+    return p;
+fail:
+    eq_pipeline_destroy(&p);
+    return NULL;
+}
+
+void eq_pipeline_geometry(const eq_pipeline *p, uint32_t *h, uint32_t *w, uint32_t *c)
+{
+    *h = p->H;
+    *w = p->W;
+    *c = p->C;
+}
+
+uint64_t eq_pipeline_steps(const eq_pipeline *p)
+{
+    return eq_sampler_steps(&p->cfg.sampler, eq_dataset_size(p->ds));
+}
+
+void eq_pipeline_get_stats(eq_pipeline *p, eq_pipeline_stats *st)
+{
+    st->samples = __atomic_load_n(&p->n_samples, __ATOMIC_RELAXED);
+    st->replaced = __atomic_load_n(&p->n_replaced, __ATOMIC_RELAXED);
+    st->bytes_read = __atomic_load_n(&p->n_bytes, __ATOMIC_RELAXED);
+}
+
+/* ------------------------------------------------------------ samples */
+
+static void s_substitute(const eq_pipeline *p, uint8_t *out)
+{
+    static const uint8_t mean[3] = {124, 116, 104};
+    size_t n = (size_t)p->H * p->W;
+    if (p->C == 3)
+        for (size_t i = 0; i < n; i++) memcpy(out + 3 * i, mean, 3);
+    else
+        memset(out, 0, n * p->C);
+}
+
+static uint32_t s_scale_for(uint32_t have, uint32_t need)
+{
+    /* smallest m with have * m / 8 >= need (libjpeg rounds sizes up, but the
+     * box scales exactly by sw / W, so compare on the exact product). */
+    uint64_t m = ((uint64_t)need * 8 + have - 1) / have;
+    return m < 1 ? 1 : m > 8 ? 8 : (uint32_t)m;
+}
+
+void eq_crop_geometry(uint32_t W, uint32_t H, eq_box b, uint32_t out_w, uint32_t out_h,
+                      int dct_scale, uint32_t *num, eq_resize_geom *g)
+{
+    uint32_t m = 8;
+    if (dct_scale) {
+        uint32_t mw = s_scale_for((uint32_t)b.width, out_w);
+        uint32_t mh = s_scale_for((uint32_t)b.height, out_h);
+        m = mw > mh ? mw : mh;
+    }
+    uint32_t sw = eq_decode_scaled(W, m), sh = eq_decode_scaled(H, m);
+    double fx = (double)sw / W, fy = (double)sh / H;
+    double x0 = b.left * fx, x1 = (b.left + b.width) * fx;
+    double y0 = b.top * fy, y1 = (b.top + b.height) * fy;
+    uint32_t ix0 = (uint32_t)floor(x0), iy0 = (uint32_t)floor(y0);
+    uint32_t ix1 = (uint32_t)ceil(x1), iy1 = (uint32_t)ceil(y1);
+    if (ix1 > sw) ix1 = sw;
+    if (iy1 > sh) iy1 = sh;
+    g->ix0 = ix0;
+    g->iy0 = iy0;
+    g->iw = ix1 - ix0;
+    g->ih = iy1 - iy0;
+    g->bx0 = (float)(x0 - ix0);
+    g->by0 = (float)(y0 - iy0);
+    g->bx1 = (float)(x1 - ix0);
+    g->by1 = (float)(y1 - iy0);
+    g->out_w = out_w;
+    g->out_h = out_h;
+    g->wx = g->wy = 0;
+    g->ww = out_w;
+    g->wh = out_h;
+    *num = m;
+}
+
+eq_status eq_render_crop(eq_decoder *d, const uint8_t *data, size_t len, eq_box b, uint32_t out_w,
+                         uint32_t out_h, int dct_scale, uint8_t *out, void **tmp, size_t *tmp_cap,
+                         eq_err *err)
+{
+    eq_img_format fmt;
+    uint32_t W, H, num, sx0, sy0, sx1, sy1;
+    if (eq_decode_info(d, data, len, &fmt, &W, &H, err) != EQ_OK) return err ? err->code : EQ_ERR_CORRUPT;
+    if (b.top < 0 || b.left < 0 || b.height <= 0 || b.width <= 0 ||
+        (uint64_t)b.top + b.height > H || (uint64_t)b.left + b.width > W)
+        return eq_err_set(err, EQ_ERR_INVALID, "crop box %d,%d+%dx%d outside the %ux%u image",
+                          b.left, b.top, b.width, b.height, W, H);
+    eq_resize_geom g;
+    eq_crop_geometry(W, H, b, out_w, out_h, dct_scale && fmt == EQ_IMG_JPEG, &num, &g);
+    eq_resize_taps(&g, &sx0, &sy0, &sx1, &sy1);
+    eq_decoded dd;
+    if (eq_decode_region(d, data, len, num, sx0, sy0, sx1, sy1, &dd, err) != EQ_OK)
+        return err ? err->code : EQ_ERR_CORRUPT;
+    eq_resize_src src = {dd.pix, dd.x0, dd.y0, dd.w, dd.h, 3};
+    return eq_resize_bilinear(&src, &g, out, tmp, tmp_cap, err);
+}
+
+/* Geometry for an image of W x H: PIL input rect + box in the image scaled
+ * by num/8, output size and window. */
+static void s_geometry(const eq_pipeline *p, eq_rng *r, uint32_t W, uint32_t H, int can_scale,
+                       uint32_t *num, eq_resize_geom *g, int *flip)
+{
+    const eq_pipeline_cfg *c = &p->cfg;
+    *flip = 0;
+    uint32_t m = 8;
+    if (c->aug == EQ_AUG_CENTER) {
+        uint32_t rw, rh;
+        eq_resize_shorter(W, H, c->resize, &rw, &rh);
+        if (can_scale && c->dct_scale) {
+            uint32_t mw = s_scale_for(W, rw), mh = s_scale_for(H, rh);
+            m = mw > mh ? mw : mh;
+        }
+        uint32_t sw = eq_decode_scaled(W, m), sh = eq_decode_scaled(H, m);
+        g->ix0 = g->iy0 = 0;
+        g->iw = sw;
+        g->ih = sh;
+        g->bx0 = g->by0 = 0;
+        g->bx1 = (float)sw;
+        g->by1 = (float)sh;
+        g->out_w = rw;
+        g->out_h = rh;
+        g->wx = (uint32_t)eq_center_offset(rw, c->out_w);
+        g->wy = (uint32_t)eq_center_offset(rh, c->out_h);
+        g->ww = c->out_w;
+        g->wh = c->out_h;
+        *num = m;
+        return;
+    }
+    eq_box b = {0, 0, (int32_t)H, (int32_t)W};
+    if (c->aug == EQ_AUG_RRC)
+        b = eq_rrc_params(r, W, H, c->scale[0], c->scale[1], c->ratio[0], c->ratio[1]);
+    eq_crop_geometry(W, H, b, c->out_w, c->out_h, can_scale && c->dct_scale, &m, g);
+    *num = m;
+    if (c->aug == EQ_AUG_RRC && c->hflip) *flip = eq_rng_uniform(r) < 0.5f;
+}
+
+/* Encoded file -> out.  Returns EQ_OK or the reason in err. */
+static eq_status s_encoded(eq_pipeline *p, s_worker *w, eq_rng *r, size_t index, uint8_t *out,
+                           eq_err *err)
+{
+    char path[4096];
+    uint64_t size = 0;
+    const char *rel = eq_dataset_relpath(p->ds, index, &size);
+    if ((size_t)snprintf(path, sizeof path, "%s/%s", eq_dataset_root(p->ds), rel) >= sizeof path)
+        return eq_err_set(err, EQ_ERR_LIMIT, "path too long: %s/%s", eq_dataset_root(p->ds), rel);
+    size_t len = 0;
+    if (eq_read_file(path, &w->file, &w->file_cap, &len, S_MAX_FILE, err) != EQ_OK)
+        return err->code;
+    __atomic_fetch_add(&p->n_bytes, len, __ATOMIC_RELAXED);
+    eq_img_format fmt;
+    uint32_t W, H;
+    if (eq_decode_info(w->dec, w->file, len, &fmt, &W, &H, err) != EQ_OK) return err->code;
+    uint32_t num;
+    eq_resize_geom g;
+    int flip;
+    s_geometry(p, r, W, H, fmt == EQ_IMG_JPEG, &num, &g, &flip);
+    uint32_t sx0, sy0, sx1, sy1;
+    eq_resize_taps(&g, &sx0, &sy0, &sx1, &sy1);
+    eq_decoded dd;
+    if (eq_decode_region(w->dec, w->file, len, num, sx0, sy0, sx1, sy1, &dd, err) != EQ_OK)
+        return err->code;
+    if (dd.sw != eq_decode_scaled(W, num) || dd.sh != eq_decode_scaled(H, num))
+        return eq_err_set(err, EQ_ERR_INTERNAL, "decoder scaled %ux%u by %u/8 to %ux%u", W, H,
+                          num, dd.sw, dd.sh);
+    eq_resize_src src = {dd.pix, dd.x0, dd.y0, dd.w, dd.h, 3};
+    if (eq_resize_bilinear(&src, &g, out, &w->tmp, &w->tmp_cap, err) != EQ_OK) return err->code;
+    if (flip) eq_hflip(out, p->W, p->H, 3);
+    return EQ_OK;
+}
+
+/* In-memory sample -> out. */
+static eq_status s_memory(eq_pipeline *p, s_worker *w, eq_rng *r, size_t index, uint8_t *out,
+                          eq_err *err)
+{
+    const uint8_t *px;
+    uint32_t h, wd, c;
+    if (eq_dataset_pixels(p->ds, index, &px, &h, &wd, &c, err) != EQ_OK) return err->code;
+    const eq_pipeline_cfg *cf = &p->cfg;
+    if (cf->aug == EQ_AUG_PADCROP) {
+        uint32_t pad = cf->pad, ph = h + 2 * pad, pw = wd + 2 * pad;
+        uint32_t top = eq_rng_below(r, 2 * pad + 1), left = eq_rng_below(r, 2 * pad + 1);
+        int flip = cf->hflip && eq_rng_uniform(r) < 0.5f;
+        (void)ph;
+        (void)pw;
+        for (uint32_t y = 0; y < h; y++) {
+            int64_t sy = (int64_t)y + top - pad;
+            uint8_t *drow = out + (size_t)y * wd * c;
+            for (uint32_t x = 0; x < wd; x++) {
+                int64_t sx = (int64_t)x + left - pad;
+                if (sy < 0 || sy >= h || sx < 0 || sx >= wd)
+                    memset(drow + (size_t)x * c, 0, c);
+                else
+                    memcpy(drow + (size_t)x * c, px + ((size_t)sy * wd + (size_t)sx) * c, c);
+            }
+        }
+        if (flip) eq_hflip(out, wd, h, c);
+        return EQ_OK;
+    }
+    if (cf->aug == EQ_AUG_NONE && p->H == h && p->W == wd) {
+        memcpy(out, px, (size_t)h * wd * c);
+        return EQ_OK;
+    }
+    uint32_t num;
+    eq_resize_geom g;
+    int flip;
+    s_geometry(p, r, wd, h, 0, &num, &g, &flip);
+    eq_resize_src src = {px, 0, 0, wd, h, c};
+    if (eq_resize_bilinear(&src, &g, out, &w->tmp, &w->tmp_cap, err) != EQ_OK) return err->code;
+    if (flip) eq_hflip(out, p->W, p->H, c);
+    return EQ_OK;
+}
+
+static void s_make(eq_pipeline *p, s_worker *w, uint64_t epoch, size_t index, uint8_t *out,
+                   int *replaced)
+{
+    eq_rng r;
+    const eq_pipeline_cfg *c = &p->cfg;
+    eq_rng_init(&r, c->sampler.seed,
+                eq_rng_mix(eq_rng_mix(eq_rng_mix(EQ_TAG_AUG, c->sampler.split), epoch), index));
+    eq_err e = {0};
+    eq_status st = eq_dataset_kind(p->ds) == EQ_DS_IMAGEFOLDER ? s_encoded(p, w, &r, index, out, &e)
+                                                                : s_memory(p, w, &r, index, out, &e);
+    *replaced = st != EQ_OK;
+    __atomic_fetch_add(&p->n_samples, 1, __ATOMIC_RELAXED);
+    if (st != EQ_OK) {
+        __atomic_fetch_add(&p->n_replaced, 1, __ATOMIC_RELAXED);
+        const char *rel = eq_dataset_relpath(p->ds, index, NULL);
+        eq_warn("loader: sample %zu (%s/%s) replaced by a substitute: %s", index,
+                eq_dataset_root(p->ds), rel ? rel : "", e.msg);
+        s_substitute(p, out);
+    }
+}
+
+eq_status eq_pipeline_sample(eq_pipeline *p, eq_decoder *d, uint64_t epoch, size_t index,
+                             uint8_t *out, int32_t *label, int *replaced, eq_err *err)
+{
+    if (index >= eq_dataset_size(p->ds))
+        return eq_err_set(err, EQ_ERR_INVALID, "pipeline: index %zu out of range [0, %zu)", index,
+                          eq_dataset_size(p->ds));
+    int rep = 0;
+    if (d) {
+        s_worker w = {.dec = d};
+        s_make(p, &w, epoch, index, out, &rep);
+        free(w.file);
+        free(w.tmp);
+        free(w.pad);
+    } else {
+        s_make(p, &p->w[0], epoch, index, out, &rep);
+    }
+    if (label) *label = eq_dataset_label(p->ds, index);
+    if (replaced) *replaced = rep;
+    return EQ_OK;
+}
+
+/* -------------------------------------------------------------- batch */
+
+typedef struct s_job {
+    eq_pipeline *p;
+    uint64_t epoch;
+    uint32_t n_own, n_extra;
+    const uint32_t *own_idx, *extra_idx;
+    uint8_t *own_out, *extra_out;
+    uint8_t *rep; /* n_own + n_extra flags */
+} s_job;
+
+static void s_job_fn(void *ctx, size_t i, int worker)
+{
+    s_job *j = ctx;
+    eq_pipeline *p = j->p;
+    size_t per = (size_t)p->H * p->W * p->C;
+    int rep = 0;
+    if (i < j->n_own)
+        s_make(p, &p->w[worker], j->epoch, j->own_idx[i], j->own_out + i * per, &rep);
+    else
+        s_make(p, &p->w[worker], j->epoch, j->extra_idx[i - j->n_own],
+               j->extra_out + (i - j->n_own) * per, &rep);
+    j->rep[i] = (uint8_t)rep;
+}
+
+static int s_grow(void **buf, size_t *cap, size_t need)
+{
+    if (need <= *cap) return 0;
+    void *nb = realloc(*buf, need);
+    if (!nb) return -1;
+    *buf = nb;
+    *cap = need;
+    return 0;
+}
+
+eq_status eq_pipeline_batch(eq_pipeline *p, uint64_t epoch, uint64_t step, uint32_t offset,
+                            uint32_t count, eq_batch *out, eq_err *err)
+{
+    out->n = out->n_replaced = 0;
+    if (count == 0) return EQ_OK;
+    pthread_mutex_lock(&p->mu);
+    eq_status st;
+    uint32_t n = 0;
+    uint8_t *rep = NULL;
+    if ((st = eq_sampler_range(p->sampler, epoch, step, offset, count, out->indices, &n, err)) !=
+        EQ_OK)
+        goto out;
+    const eq_pipeline_cfg *c = &p->cfg;
+    const size_t per = (size_t)p->H * p->W * p->C;
+    const uint32_t G = c->sampler.global_batch;
+    const int mixing = c->mix.mixup_alpha > 0 || c->mix.cutmix_alpha > 0;
+    uint32_t g = G, n_extra = 0, n_cut = 0;
+    if (mixing) {
+        size_t N = eq_dataset_size(p->ds);
+        if (c->sampler.last == EQ_LAST_PARTIAL && (uint64_t)(step + 1) * G > N)
+            g = (uint32_t)(N - step * G);
+        if (s_grow((void **)&p->plan, &p->plan_cap, (size_t)g * sizeof *p->plan) != 0) {
+            st = eq_err_set(err, EQ_ERR_NOMEM, "pipeline: out of memory for the mix plan");
+            goto out;
+        }
+        if ((st = eq_mix_plan(&c->mix, c->sampler.seed, c->sampler.split, epoch, step, g, p->H,
+                              p->W, p->plan, err)) != EQ_OK)
+            goto out;
+        size_t ecap = p->extra_n_cap;
+        if (s_grow((void **)&p->extra_pos, &ecap, (size_t)n * sizeof(uint32_t)) != 0 ||
+            s_grow((void **)&p->extra_idx, &p->extra_n_cap, (size_t)n * sizeof(uint32_t)) != 0) {
+            st = eq_err_set(err, EQ_ERR_NOMEM, "pipeline: out of memory");
+            goto out;
+        }
+        /* Partners outside the range that CutMix needs: computed too. */
+        for (uint32_t i = 0; i < n; i++) {
+            const eq_mix_entry *e = &p->plan[offset + i];
+            if (e->mode != EQ_MIX_CUTMIX) continue;
+            n_cut++;
+            if (e->partner >= offset && e->partner < offset + n) continue;
+            uint32_t k;
+            for (k = 0; k < n_extra && p->extra_pos[k] != e->partner; k++) {
+            }
+            if (k < n_extra) continue;
+            uint32_t got;
+            if ((st = eq_sampler_range(p->sampler, epoch, step, e->partner, 1,
+                                       &p->extra_idx[n_extra], &got, err)) != EQ_OK)
+                goto out;
+            p->extra_pos[n_extra++] = e->partner;
+        }
+        if (s_grow((void **)&p->extra, &p->extra_cap, (size_t)n_extra * per) != 0 ||
+            (n_cut && s_grow((void **)&p->orig, &p->orig_cap, (size_t)n * per) != 0)) {
+            st = eq_err_set(err, EQ_ERR_NOMEM, "pipeline: out of memory for CutMix partners");
+            goto out;
+        }
+    }
+    rep = malloc((size_t)n + n_extra);
+    if (!rep) {
+        st = eq_err_set(err, EQ_ERR_NOMEM, "pipeline: out of memory");
+        goto out;
+    }
+    s_job job = {p, epoch, n, n_extra, out->indices, p->extra_idx, out->images, p->extra, rep};
+    eq_pool_for(p->pool, (size_t)n + n_extra, s_job_fn, &job);
+
+    if (n_cut) memcpy(p->orig, out->images, (size_t)n * per);
+    for (uint32_t i = 0; i < n; i++) {
+        int32_t ya = eq_dataset_label(p->ds, out->indices[i]);
+        if (out->label_a) out->label_a[i] = ya;
+        if (out->label_b) out->label_b[i] = ya;
+        if (out->lambda) out->lambda[i] = 1.0f;
+        if (out->mix_mode) out->mix_mode[i] = EQ_MIX_NONE;
+        if (out->partner) out->partner[i] = offset + i;
+        if (rep[i] && out->replaced) out->replaced[out->n_replaced++] = i;
+        if (!mixing) continue;
+        const eq_mix_entry *e = &p->plan[offset + i];
+        if (e->mode == EQ_MIX_NONE) continue;
+        uint32_t pidx;
+        const uint8_t *psrc = NULL;
+        if (e->partner >= offset && e->partner < offset + n) {
+            pidx = out->indices[e->partner - offset];
+            if (n_cut) psrc = p->orig + (size_t)(e->partner - offset) * per;
+        } else {
+            uint32_t got = 0;
+            if ((st = eq_sampler_range(p->sampler, epoch, step, e->partner, 1, &pidx, &got,
+                                       err)) != EQ_OK)
+                goto out;
+            for (uint32_t k = 0; k < n_extra; k++)
+                if (p->extra_pos[k] == e->partner) psrc = p->extra + (size_t)k * per;
+        }
+        if (out->label_b) out->label_b[i] = eq_dataset_label(p->ds, pidx);
+        if (out->lambda) out->lambda[i] = e->lambda;
+        if (out->mix_mode) out->mix_mode[i] = e->mode;
+        if (out->partner) out->partner[i] = e->partner;
+        if (e->mode == EQ_MIX_CUTMIX && psrc) {
+            size_t row = (size_t)p->W * p->C, x0 = (size_t)e->x0 * p->C,
+                   bw = (size_t)(e->x1 - e->x0) * p->C;
+            uint8_t *dimg = out->images + (size_t)i * per;
+            for (uint32_t y = e->y0; y < e->y1; y++)
+                memcpy(dimg + y * row + x0, psrc + y * row + x0, bw);
+        }
+    }
+    out->n = n;
+    st = EQ_OK;
+out:
+    free(rep);
+    pthread_mutex_unlock(&p->mu);
+    return st;
+}

@@ -1,0 +1,351 @@
+/*
+ * loader/transform.c -- geometry of the torchvision transforms eq mirrors,
+ * and PIL's bilinear resampling.
+ *
+ * Resampling follows Pillow's libImaging/Resample.c (precompute_coeffs,
+ * normalize_coeffs_8bpc, ImagingResampleHorizontal/Vertical_8bpc): same
+ * filter support, same float/double types in the coefficient computation,
+ * same 22-bit fixed point, same pass order and uint8 rounding between the
+ * passes.  The only difference is that we compute a window of the output
+ * (CenterCrop after Resize), which is exact because every output pixel has
+ * its own coefficients.
+ */
+#include "loader/loader.h"
+
+#include <math.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "loader/loader_internal.h"
+
+#define S_PREC 22 /* PIL: PRECISION_BITS = 32 - 8 - 2 */
+
+typedef struct s_axis {
+    int ksize;
+    int *bounds; /* per output in window: xmin, xmax (count) relative to in */
+    int32_t *k;  /* per output: ksize coefficients */
+    int lo, hi;  /* union of taps, relative to in */
+} s_axis;
+
+static double s_bilinear(double x)
+{
+    if (x < 0.0) x = -x;
+    if (x < 1.0) return 1.0 - x;
+    return 0.0;
+}
+
+static int s_ksize(int in_size, float in0, float in1, int out_size)
+{
+    (void)in_size;
+    double filterscale = (double)(in1 - in0) / out_size;
+    if (filterscale < 1.0) filterscale = 1.0;
+    return (int)ceil(1.0 * filterscale) * 2 + 1;
+}
+
+/* Coefficients of outputs [w0, w0+wn) (PIL precompute_coeffs +
+ * normalize_coeffs_8bpc).  `dk` is double scratch of wn*ksize. */
+static void s_coeffs(int in_size, float in0, float in1, int out_size, int w0, int wn, s_axis *ax,
+                     double *dk)
+{
+    double scale, filterscale, support, center, ww, ss;
+    filterscale = scale = (double)(in1 - in0) / out_size;
+    if (filterscale < 1.0) filterscale = 1.0;
+    support = 1.0 * filterscale;
+    int ksize = ax->ksize;
+    ax->lo = in_size;
+    ax->hi = 0;
+    for (int i = 0; i < wn; i++) {
+        int xx = w0 + i;
+        center = in0 + (xx + 0.5) * scale;
+        ww = 0.0;
+        ss = 1.0 / filterscale;
+        int xmin = (int)(center - support + 0.5);
+        if (xmin < 0) xmin = 0;
+        int xmax = (int)(center + support + 0.5);
+        if (xmax > in_size) xmax = in_size;
+        xmax -= xmin;
+        double *k = &dk[(size_t)i * ksize];
+        int x;
+        for (x = 0; x < xmax; x++) {
+            double w = s_bilinear((x + xmin - center + 0.5) * ss);
+            k[x] = w;
+            ww += w;
+        }
+        for (x = 0; x < xmax; x++)
+            if (ww != 0.0) k[x] /= ww;
+        for (; x < ksize; x++) k[x] = 0;
+        ax->bounds[2 * i] = xmin;
+        ax->bounds[2 * i + 1] = xmax;
+        if (xmax > 0) {
+            if (xmin < ax->lo) ax->lo = xmin;
+            if (xmin + xmax > ax->hi) ax->hi = xmin + xmax;
+        }
+        int32_t *kk = &ax->k[(size_t)i * ksize];
+        for (x = 0; x < ksize; x++) {
+            double v = k[x];
+            kk[x] = v < 0 ? (int32_t)(-0.5 + v * (1 << S_PREC)) : (int32_t)(0.5 + v * (1 << S_PREC));
+        }
+    }
+    if (ax->lo > ax->hi) ax->lo = ax->hi = 0;
+}
+
+static inline uint8_t s_clip8(int v)
+{
+    if (v >= (1 << S_PREC << 8)) return 255;
+    if (v <= 0) return 0;
+    return (uint8_t)(v >> S_PREC);
+}
+
+static eq_status s_check_geom(const eq_resize_geom *g, eq_err *err)
+{
+    if (g->iw == 0 || g->ih == 0 || g->out_w == 0 || g->out_h == 0 || g->ww == 0 || g->wh == 0 ||
+        (uint64_t)g->wx + g->ww > g->out_w || (uint64_t)g->wy + g->wh > g->out_h ||
+        !(g->bx1 > g->bx0) || !(g->by1 > g->by0) || g->out_w > 65536 || g->out_h > 65536)
+        return eq_err_set(err, EQ_ERR_INVALID,
+                          "resize: bad geometry (in %ux%u box %.3f,%.3f-%.3f,%.3f out %ux%u "
+                          "window %u,%u+%ux%u)",
+                          g->iw, g->ih, (double)g->bx0, (double)g->by0, (double)g->bx1,
+                          (double)g->by1, g->out_w, g->out_h, g->wx, g->wy, g->ww, g->wh);
+    return EQ_OK;
+}
+
+/* Carve the scratch buffer: coefficients for both axes + intermediate. */
+typedef struct s_plan {
+    s_axis h, v;
+    double *dk;
+    uint8_t *mid;
+} s_plan;
+
+static eq_status s_plan_make(const eq_resize_geom *g, uint32_t c, s_plan *p, void **tmp,
+                             size_t *tmp_cap, eq_err *err)
+{
+    p->h.ksize = s_ksize((int)g->iw, g->bx0, g->bx1, (int)g->out_w);
+    p->v.ksize = s_ksize((int)g->ih, g->by0, g->by1, (int)g->out_h);
+    size_t kh = (size_t)g->ww * p->h.ksize, kv = (size_t)g->wh * p->v.ksize;
+    size_t kmax = kh > kv ? kh : kv;
+    /* rows of the intermediate: at most ih */
+    size_t need = kmax * sizeof(double) + (kh + kv) * sizeof(int32_t) +
+                  2 * ((size_t)g->ww + g->wh) * sizeof(int) + (size_t)g->ih * g->ww * c + 64;
+    if (*tmp_cap < need) {
+        void *nt = realloc(*tmp, need);
+        if (!nt) return eq_err_set(err, EQ_ERR_NOMEM, "resize: cannot allocate %zu bytes", need);
+        *tmp = nt;
+        *tmp_cap = need;
+    }
+    uint8_t *b = *tmp;
+    p->dk = (double *)b;
+    b += kmax * sizeof(double);
+    p->h.k = (int32_t *)b;
+    b += kh * sizeof(int32_t);
+    p->v.k = (int32_t *)b;
+    b += kv * sizeof(int32_t);
+    p->h.bounds = (int *)b;
+    b += 2 * (size_t)g->ww * sizeof(int);
+    p->v.bounds = (int *)b;
+    b += 2 * (size_t)g->wh * sizeof(int);
+    p->mid = b;
+    s_coeffs((int)g->iw, g->bx0, g->bx1, (int)g->out_w, (int)g->wx, (int)g->ww, &p->h, p->dk);
+    s_coeffs((int)g->ih, g->by0, g->by1, (int)g->out_h, (int)g->wy, (int)g->wh, &p->v, p->dk);
+    return EQ_OK;
+}
+
+void eq_resize_taps(const eq_resize_geom *g, uint32_t *sx0, uint32_t *sy0, uint32_t *sx1,
+                    uint32_t *sy1)
+{
+    /* Same computation as the resize, bounds only. */
+    int64_t lo[2], hi[2];
+    for (int a = 0; a < 2; a++) {
+        int in_size = (int)(a ? g->ih : g->iw);
+        float in0 = a ? g->by0 : g->bx0, in1 = a ? g->by1 : g->bx1;
+        int out_size = (int)(a ? g->out_h : g->out_w);
+        int w0 = (int)(a ? g->wy : g->wx), wn = (int)(a ? g->wh : g->ww);
+        double scale, filterscale, support;
+        filterscale = scale = (double)(in1 - in0) / out_size;
+        if (filterscale < 1.0) filterscale = 1.0;
+        support = filterscale;
+        lo[a] = in_size;
+        hi[a] = 0;
+        for (int i = 0; i < wn; i++) {
+            double center = in0 + (w0 + i + 0.5) * scale;
+            int xmin = (int)(center - support + 0.5);
+            if (xmin < 0) xmin = 0;
+            int xmax = (int)(center + support + 0.5);
+            if (xmax > in_size) xmax = in_size;
+            if (xmax > xmin) {
+                if (xmin < lo[a]) lo[a] = xmin;
+                if (xmax > hi[a]) hi[a] = xmax;
+            }
+        }
+        if (lo[a] > hi[a]) lo[a] = hi[a] = 0;
+    }
+    *sx0 = g->ix0 + (uint32_t)lo[0];
+    *sx1 = g->ix0 + (uint32_t)hi[0];
+    *sy0 = g->iy0 + (uint32_t)lo[1];
+    *sy1 = g->iy0 + (uint32_t)hi[1];
+}
+
+eq_status eq_resize_bilinear(const eq_resize_src *src, const eq_resize_geom *g, uint8_t *dst,
+                             void **tmp, size_t *tmp_cap, eq_err *err)
+{
+    if (s_check_geom(g, err) != EQ_OK) return EQ_ERR_INVALID;
+    const uint32_t c = src->c;
+    if (c == 0 || c > 4) return eq_err_set(err, EQ_ERR_INVALID, "resize: %u channels", c);
+    s_plan p;
+    if (s_plan_make(g, c, &p, tmp, tmp_cap, err) != EQ_OK) return EQ_ERR_NOMEM;
+    /* Taps in picture coordinates must lie in the source region. */
+    int64_t ax0 = (int64_t)g->ix0 + p.h.lo, ax1 = (int64_t)g->ix0 + p.h.hi;
+    int64_t ay0 = (int64_t)g->iy0 + p.v.lo, ay1 = (int64_t)g->iy0 + p.v.hi;
+    if (ax0 < src->x0 || ax1 > (int64_t)src->x0 + src->w || ay0 < src->y0 ||
+        ay1 > (int64_t)src->y0 + src->h)
+        return eq_err_set(err, EQ_ERR_INVALID,
+                          "resize: taps [%lld,%lld)x[%lld,%lld) outside the source region "
+                          "[%u,%u)x[%u,%u)",
+                          (long long)ax0, (long long)ax1, (long long)ay0, (long long)ay1, src->x0,
+                          src->x0 + src->w, src->y0, src->y0 + src->h);
+    const size_t sstride = (size_t)src->w * c;
+    const int rows = p.v.hi - p.v.lo;
+    const size_t mstride = (size_t)g->ww * c;
+    /* Horizontal pass over rows [v.lo, v.hi) of `in`. */
+    const int kh = p.h.ksize;
+    for (int r = 0; r < rows; r++) {
+        /* in (ix0, iy0) may start left of / above the region held: signed */
+        ptrdiff_t sy = (ptrdiff_t)g->iy0 + p.v.lo + r - (ptrdiff_t)src->y0;
+        ptrdiff_t sx = (ptrdiff_t)g->ix0 - (ptrdiff_t)src->x0;
+        const uint8_t *srow = src->pix + sy * (ptrdiff_t)sstride + sx * (ptrdiff_t)c;
+        uint8_t *mrow = p.mid + (size_t)r * mstride;
+        for (uint32_t xx = 0; xx < g->ww; xx++) {
+            int xmin = p.h.bounds[2 * xx], xmax = p.h.bounds[2 * xx + 1];
+            const int32_t *k = &p.h.k[(size_t)xx * kh];
+            const uint8_t *s = srow + (size_t)xmin * c;
+            if (c == 3) {
+                int s0 = 1 << (S_PREC - 1), s1 = s0, s2 = s0;
+                for (int x = 0; x < xmax; x++, s += 3) {
+                    s0 += s[0] * k[x];
+                    s1 += s[1] * k[x];
+                    s2 += s[2] * k[x];
+                }
+                mrow[3 * xx] = s_clip8(s0);
+                mrow[3 * xx + 1] = s_clip8(s1);
+                mrow[3 * xx + 2] = s_clip8(s2);
+            } else {
+                for (uint32_t ch = 0; ch < c; ch++) {
+                    int acc = 1 << (S_PREC - 1);
+                    for (int x = 0; x < xmax; x++) acc += s[(size_t)x * c + ch] * k[x];
+                    mrow[xx * c + ch] = s_clip8(acc);
+                }
+            }
+        }
+    }
+    /* Vertical pass. */
+    const int kv = p.v.ksize;
+    for (uint32_t yy = 0; yy < g->wh; yy++) {
+        int ymin = p.v.bounds[2 * yy] - p.v.lo, ymax = p.v.bounds[2 * yy + 1];
+        const int32_t *k = &p.v.k[(size_t)yy * kv];
+        uint8_t *drow = dst + (size_t)yy * mstride;
+        for (size_t x = 0; x < mstride; x++) {
+            int acc = 1 << (S_PREC - 1);
+            const uint8_t *m = p.mid + (size_t)ymin * mstride + x;
+            for (int y = 0; y < ymax; y++) acc += m[(size_t)y * mstride] * k[y];
+            drow[x] = s_clip8(acc);
+        }
+    }
+    return EQ_OK;
+}
+
+/* ------------------------------------------------------------ geometry */
+
+eq_box eq_rrc_params_draws(const eq_draws *d, uint32_t width, uint32_t height, double s0,
+                           double s1, double r0, double r1)
+{
+    /* torchvision 0.14 RandomResizedCrop.get_params, line by line:
+     *   area = height * width
+     *   log_ratio = torch.log(torch.tensor(ratio))             float32
+     *   target_area = area * torch.empty(1).uniform_(*scale)    float32 draw
+     *   aspect_ratio = torch.exp(torch.empty(1).uniform_(*log_ratio))
+     *   w = int(round(math.sqrt(target_area * aspect_ratio)))
+     *   h = int(round(math.sqrt(target_area / aspect_ratio)))
+     * torch's uniform_(a, b) on float computes u * (b - a) + a in float with
+     * a, b converted to float. */
+    eq_box b = {0, 0, (int32_t)height, (int32_t)width};
+    const double area = (double)height * (double)width;
+    const float fs0 = (float)s0, fs1 = (float)s1;
+    const float lr0 = logf((float)r0), lr1 = logf((float)r1);
+    for (int attempt = 0; attempt < 10; attempt++) {
+        float u = d->uniform(d->ctx);
+        float sc = u * (fs1 - fs0) + fs0;
+        double target_area = area * (double)sc;
+        float u2 = d->uniform(d->ctx);
+        float lr = u2 * (lr1 - lr0) + lr0;
+        double ar = (double)expf(lr);
+        double wf = rint(sqrt(target_area * ar)), hf = rint(sqrt(target_area / ar));
+        if (wf > 0 && wf <= width && hf > 0 && hf <= height) {
+            int32_t w = (int32_t)wf, h = (int32_t)hf;
+            b.top = (int32_t)d->below(d->ctx, height - (uint32_t)h + 1);
+            b.left = (int32_t)d->below(d->ctx, width - (uint32_t)w + 1);
+            b.height = h;
+            b.width = w;
+            return b;
+        }
+    }
+    /* Central fallback (Python doubles). */
+    double in_ratio = (double)width / (double)height;
+    double rmin = r0 < r1 ? r0 : r1, rmax = r0 < r1 ? r1 : r0;
+    int32_t w, h;
+    if (in_ratio < rmin) {
+        w = (int32_t)width;
+        h = (int32_t)rint(w / rmin);
+    } else if (in_ratio > rmax) {
+        h = (int32_t)height;
+        w = (int32_t)rint(h * rmax);
+    } else {
+        w = (int32_t)width;
+        h = (int32_t)height;
+    }
+    /* Python's // floors: (height - h) is >= 0 here except by rounding. */
+    b.top = (int32_t)floor(((int64_t)height - h) / 2.0);
+    b.left = (int32_t)floor(((int64_t)width - w) / 2.0);
+    b.height = h;
+    b.width = w;
+    return b;
+}
+
+static float s_rng_uniform(void *ctx) { return eq_rng_uniform(ctx); }
+static uint32_t s_rng_below(void *ctx, uint32_t n) { return eq_rng_below(ctx, n); }
+
+eq_box eq_rrc_params(eq_rng *rng, uint32_t width, uint32_t height, double s0, double s1,
+                     double r0, double r1)
+{
+    eq_draws d = {s_rng_uniform, s_rng_below, rng};
+    return eq_rrc_params_draws(&d, width, height, s0, s1, r0, r1);
+}
+
+void eq_resize_shorter(uint32_t w, uint32_t h, uint32_t size, uint32_t *ow, uint32_t *oh)
+{
+    /* torchvision _compute_resized_output_size: new_long = int(size * long / short) */
+    if (w <= h) {
+        *ow = size;
+        *oh = (uint32_t)((double)size * h / w);
+    } else {
+        *oh = size;
+        *ow = (uint32_t)((double)size * w / h);
+    }
+}
+
+int32_t eq_center_offset(uint32_t n, uint32_t crop)
+{
+    return (int32_t)rint(((double)n - (double)crop) / 2.0);
+}
+
+void eq_hflip(uint8_t *img, uint32_t w, uint32_t h, uint32_t c)
+{
+    for (uint32_t y = 0; y < h; y++) {
+        uint8_t *row = img + (size_t)y * w * c;
+        for (uint32_t a = 0, b = w - 1; a < b; a++, b--)
+            for (uint32_t ch = 0; ch < c; ch++) {
+                uint8_t t = row[a * c + ch];
+                row[a * c + ch] = row[b * c + ch];
+                row[b * c + ch] = t;
+            }
+    }
+}
