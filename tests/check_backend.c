@@ -766,6 +766,79 @@ START_TEST(test_deterministic)
 }
 END_TEST
 
+/* Ops without GEMMs split work so that no sum depends on the thread count:
+ * 1 and 3 threads must agree bit for bit. */
+typedef struct thr_out {
+    float *y[12];
+    size_t n[12];
+    int count;
+} thr_out;
+
+static void s_keep(thr_out *o, const float *v, size_t n)
+{
+    o->y[o->count] = malloc(n * 4);
+    memcpy(o->y[o->count], v, n * 4);
+    o->n[o->count++] = n;
+}
+
+static void s_run_all(int nthreads, const float *x, const float *g, thr_out *o)
+{
+    eq_backend *be = s_cpu(nthreads);
+    eq_err err = {0};
+    const int64_t n = 4, h = 20, w = 20, c = 40, m = n * h * w;
+    const size_t nx = m * c;
+    float *y = malloc(nx * 4), *dx = malloc(nx * 4), st[6 * 40];
+    float *gamma = st, *beta = st + c, *rm = st + 2 * c, *rv = st + 3 * c, *sm = st + 4 * c,
+          *si = st + 5 * c;
+    for (int64_t j = 0; j < c; j++) gamma[j] = 1.0f + 0.01f * j, beta[j] = 0.1f * j, rm[j] = 0, rv[j] = 1;
+    eq_bn_desc bd;
+    OK(eq_bn_desc_init(&bd, m, c, 1e-5f, 0.1f, &err));
+    OK(eq_backend_bn_fwd_train(be, &bd, x, gamma, beta, rm, rv, y, sm, si, &err));
+    s_keep(o, y, nx);
+    s_keep(o, rv, c);
+    float dg[40], db[40];
+    OK(eq_backend_bn_bwd(be, &bd, x, g, gamma, sm, si, dx, dg, db, &err));
+    s_keep(o, dx, nx);
+    s_keep(o, dg, c);
+    OK(eq_backend_relu_fwd(be, nx, x, y, &err));
+    OK(eq_backend_relu_bwd(be, nx, y, g, dx, &err));
+    s_keep(o, dx, nx);
+    float slope[1] = {0.25f}, ds[1];
+    OK(eq_backend_prelu_bwd(be, m, c, 1, x, slope, g, dx, ds, &err));
+    s_keep(o, ds, 1);
+    eq_pool2d_desc pd = {.n = n, .h = h, .w = w, .c = c, .kh = 3, .kw = 3, .stride_h = 2,
+                         .stride_w = 2, .pad_h = 1, .pad_w = 1, .count_include_pad = 1};
+    OK(eq_pool2d_desc_init(&pd, &err));
+    int32_t *am = malloc(nx * 4);
+    OK(eq_backend_maxpool_fwd(be, &pd, x, y, am, &err));
+    OK(eq_backend_maxpool_bwd(be, &pd, am, g, dx, &err));
+    s_keep(o, dx, nx);
+    OK(eq_backend_avgpool_fwd(be, &pd, x, y, &err));
+    s_keep(o, y, n * pd.p * pd.q * c);
+    OK(eq_backend_avgpool_bwd(be, &pd, g, dx, &err));
+    s_keep(o, dx, nx);
+    OK(eq_backend_gap_fwd(be, n, h * w, c, x, y, &err));
+    s_keep(o, y, n * c);
+    free(y), free(dx), free(am);
+    eq_backend_destroy(&be);
+}
+
+START_TEST(test_threads_bitwise)
+{
+    const size_t nx = 4 * 20 * 20 * 40;
+    float *x = s_randv(nx, 2.0f), *g = s_randv(nx, 1.0f);
+    thr_out a = {0}, b = {0};
+    s_run_all(1, x, g, &a);
+    s_run_all(3, x, g, &b);
+    ck_assert_int_eq(a.count, b.count);
+    for (int i = 0; i < a.count; i++) {
+        ck_assert_msg(memcmp(a.y[i], b.y[i], a.n[i] * 4) == 0, "output %d differs with 3 threads", i);
+        free(a.y[i]), free(b.y[i]);
+    }
+    free(x), free(g);
+}
+END_TEST
+
 /* ---- validation and the non-op members ----------------------------------- */
 
 START_TEST(test_validation)
@@ -929,6 +1002,7 @@ static Suite *s_suite(void)
     suite_add_tcase(s, fd);
     TCase *misc = tcase_create("misc");
     tcase_add_test(misc, test_deterministic);
+    tcase_add_test(misc, test_threads_bitwise);
     tcase_add_test(misc, test_validation);
     tcase_add_test(misc, test_missing_member);
     tcase_add_test(misc, test_memory_events);

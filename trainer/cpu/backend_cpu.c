@@ -9,7 +9,6 @@
 #include <cblas.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #define S_ALIGN 64
 #define S_EVENT_TAG 0xe9e7e001u
@@ -42,10 +41,27 @@ float *eq_cpu_workspace(eq_cpu *cpu, size_t nbytes, const char *op, eq_err *err)
     return p;
 }
 
+typedef struct s_for {
+    eq_cpu_fn fn;
+    void *ctx;
+} s_for;
+
+static void s_for_one(void *vctx, size_t i, int worker)
+{
+    (void)worker;
+    const s_for *f = vctx;
+    f->fn(f->ctx, i);
+}
+
 void eq_cpu_for(eq_cpu *cpu, size_t n, eq_cpu_fn fn, void *ctx)
 {
-    (void)cpu;
-    for (size_t i = 0; i < n; i++) fn(ctx, i);
+    if (n == 0) return;
+    if (n == 1 || !cpu->pool) {
+        for (size_t i = 0; i < n; i++) fn(ctx, i);
+        return;
+    }
+    s_for f = {fn, ctx};
+    eq_pool_for(cpu->pool, n, s_for_one, &f);
 }
 
 void eq_cpu_sgemm(eq_cpu *cpu, int trans_a, int trans_b, int m, int n, int k, float alpha,
@@ -63,6 +79,7 @@ static void s_free(void *ctx)
 {
     eq_cpu *cpu = ctx;
     if (!cpu) return;
+    eq_pool_destroy(&cpu->pool);
     free(cpu->ws);
     free(cpu);
 }
@@ -207,10 +224,7 @@ static const struct eq_backend_i s_cpu_iface = {
 
 eq_backend *eq_backend_cpu_new(int nthreads, eq_err *err)
 {
-    if (nthreads <= 0) {
-        long n = sysconf(_SC_NPROCESSORS_ONLN);
-        nthreads = n > 0 ? (int)n : 1;
-    }
+    if (nthreads <= 0) nthreads = eq_cpu_count();
     eq_backend *be = calloc(1, sizeof *be);
     eq_cpu *cpu = calloc(1, sizeof *cpu);
     if (!be || !cpu) {
@@ -220,6 +234,14 @@ eq_backend *eq_backend_cpu_new(int nthreads, eq_err *err)
         return NULL;
     }
     cpu->nthreads = nthreads;
+    if (nthreads > 1) {
+        cpu->pool = eq_pool_new(nthreads, err);
+        if (!cpu->pool) {
+            free(be);
+            free(cpu);
+            return NULL;
+        }
+    }
     be->iface = &s_cpu_iface;
     be->context = cpu;
     openblas_set_num_threads(nthreads);

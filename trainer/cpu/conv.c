@@ -14,10 +14,11 @@
  * [N*H*W][C] matrix (leading dimension C).
  *
  * The batch is processed in tiles of whole images so the col buffer stays
- * under S_COL_BUDGET bytes (at least one image per tile); a tile's rows are
- * im2col'ed/col2im'ed one image per index of eq_cpu_for (images are
- * disjoint in x), and bwd filter accumulates tiles in order: the result
- * depends only on the shapes and the thread count.
+ * under S_COL_BUDGET bytes (at least one image per tile).  im2col runs one
+ * output row per index of eq_cpu_for, col2im one input row (a gather, so
+ * rows are independent); GEMMs run on OpenBLAS's threads; bwd filter
+ * accumulates tiles in order.  The result depends only on the shapes and
+ * the thread count.
  */
 #include "trainer/cpu/cpu_internal.h"
 
@@ -94,55 +95,59 @@ typedef struct s_colctx {
     int64_t n0, grp;
 } s_colctx;
 
-/* col rows of image n0 + i. */
-static void s_im2col_image(void *vctx, size_t i)
+/* col rows of output row p = i % P of image n0 + i / P. */
+static void s_im2col_row(void *vctx, size_t i)
 {
     const s_colctx *c = vctx;
     const eq_conv2d_desc *d = c->g->d;
-    const int64_t cg = c->g->cg, rsc = c->g->rsc, n = c->n0 + (int64_t)i;
-    const float *xn = c->x + n * c->g->hwc + c->grp * cg;
-    float *dst = c->col + (int64_t)i * c->g->pq * rsc;
-    for (int64_t p = 0; p < d->p; p++) {
-        for (int64_t q = 0; q < d->q; q++, dst += rsc) {
-            for (int64_t r = 0; r < d->r; r++) {
-                int64_t ih = p * d->stride_h - d->pad_h + r * d->dil_h;
-                float *dr = dst + r * d->s * cg;
-                if (ih < 0 || ih >= d->h) {
-                    memset(dr, 0, (size_t)(d->s * cg) * sizeof(float));
-                    continue;
-                }
-                for (int64_t s = 0; s < d->s; s++) {
-                    int64_t iw = q * d->stride_w - d->pad_w + s * d->dil_w;
-                    if (iw < 0 || iw >= d->w)
-                        memset(dr + s * cg, 0, (size_t)cg * sizeof(float));
-                    else
-                        memcpy(dr + s * cg, xn + (ih * d->w + iw) * d->c, (size_t)cg * sizeof(float));
-                }
+    const int64_t cg = c->g->cg, rsc = c->g->rsc;
+    const int64_t ni = (int64_t)i / d->p, p = (int64_t)i % d->p;
+    const float *xn = c->x + (c->n0 + ni) * c->g->hwc + c->grp * cg;
+    float *dst = c->col + (ni * c->g->pq + p * d->q) * rsc;
+    for (int64_t q = 0; q < d->q; q++, dst += rsc) {
+        for (int64_t r = 0; r < d->r; r++) {
+            int64_t ih = p * d->stride_h - d->pad_h + r * d->dil_h;
+            float *dr = dst + r * d->s * cg;
+            if (ih < 0 || ih >= d->h) {
+                memset(dr, 0, (size_t)(d->s * cg) * sizeof(float));
+                continue;
+            }
+            for (int64_t s = 0; s < d->s; s++) {
+                int64_t iw = q * d->stride_w - d->pad_w + s * d->dil_w;
+                if (iw < 0 || iw >= d->w)
+                    memset(dr + s * cg, 0, (size_t)cg * sizeof(float));
+                else
+                    memcpy(dr + s * cg, xn + (ih * d->w + iw) * d->c, (size_t)cg * sizeof(float));
             }
         }
     }
 }
 
-/* dx of image n0 + i += col2im(col rows of that image). */
-static void s_col2im_image(void *vctx, size_t i)
+/* col2im as a gather: input row ih = i % H of image n0 + i / H adds every
+ * col entry that im2col copied from it, in the fixed order (r, q, s), so
+ * rows are independent and the sums reproducible.  dx must be zero or hold
+ * the previous groups' disjoint channels. */
+static void s_col2im_row(void *vctx, size_t i)
 {
     const s_colctx *c = vctx;
     const eq_conv2d_desc *d = c->g->d;
-    const int64_t cg = c->g->cg, rsc = c->g->rsc, n = c->n0 + (int64_t)i;
-    float *dxn = c->dx + n * c->g->hwc + c->grp * cg;
-    const float *src = c->col + (int64_t)i * c->g->pq * rsc;
-    for (int64_t p = 0; p < d->p; p++) {
-        for (int64_t q = 0; q < d->q; q++, src += rsc) {
-            for (int64_t r = 0; r < d->r; r++) {
-                int64_t ih = p * d->stride_h - d->pad_h + r * d->dil_h;
-                if (ih < 0 || ih >= d->h) continue;
-                for (int64_t s = 0; s < d->s; s++) {
-                    int64_t iw = q * d->stride_w - d->pad_w + s * d->dil_w;
-                    if (iw < 0 || iw >= d->w) continue;
-                    const float *sr = src + (r * d->s + s) * cg;
-                    float *o = dxn + (ih * d->w + iw) * d->c;
-                    for (int64_t k = 0; k < cg; k++) o[k] += sr[k];
-                }
+    const int64_t cg = c->g->cg, rsc = c->g->rsc;
+    const int64_t ni = (int64_t)i / d->h, ih = (int64_t)i % d->h;
+    float *dxr = c->dx + (c->n0 + ni) * c->g->hwc + ih * d->w * d->c + c->grp * cg;
+    const float *coln = c->col + ni * c->g->pq * rsc;
+    for (int64_t r = 0; r < d->r; r++) {
+        int64_t t = ih + d->pad_h - r * d->dil_h;
+        if (t < 0 || t % d->stride_h != 0) continue;
+        int64_t p = t / d->stride_h;
+        if (p >= d->p) continue;
+        for (int64_t q = 0; q < d->q; q++) {
+            const float *src = coln + (p * d->q + q) * rsc + r * d->s * cg;
+            for (int64_t s = 0; s < d->s; s++) {
+                int64_t iw = q * d->stride_w - d->pad_w + s * d->dil_w;
+                if (iw < 0 || iw >= d->w) continue;
+                const float *sr = src + s * cg;
+                float *o = dxr + iw * d->c;
+                for (int64_t k = 0; k < cg; k++) o[k] += sr[k];
             }
         }
     }
@@ -158,7 +163,7 @@ static const float *s_cols(eq_cpu *cpu, const s_geom *g, const float *x, float *
         return x + n0 * g->hwc + grp * g->cg;
     }
     s_colctx c = {.g = g, .x = x, .col = col, .n0 = n0, .grp = grp};
-    eq_cpu_for(cpu, (size_t)tn, s_im2col_image, &c);
+    eq_cpu_for(cpu, (size_t)(tn * g->d->p), s_im2col_row, &c);
     *ld = (int)g->rsc;
     return col;
 }
@@ -211,7 +216,7 @@ eq_status eq_cpu_conv2d_bwd_data(void *ctx, const eq_conv2d_desc *d, const float
             eq_cpu_sgemm(cpu, 0, 0, m, (int)g.rsc, (int)g.kg, 1.0f, a, (int)d->k, b, (int)g.rsc,
                          0.0f, col, (int)g.rsc);
             s_colctx c = {.g = &g, .dx = dx, .col = col, .n0 = n0, .grp = grp};
-            eq_cpu_for(cpu, (size_t)tn, s_col2im_image, &c);
+            eq_cpu_for(cpu, (size_t)(tn * d->h), s_col2im_row, &c);
         }
     }
     return EQ_OK;

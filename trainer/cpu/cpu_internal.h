@@ -12,11 +12,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "core/pool.h"
 #include "core/status.h"
 #include "trainer/backend.h"
 
 typedef struct eq_cpu {
     int nthreads;     /* threads for OpenBLAS and for our own loops */
+    eq_pool *pool;    /* nthreads workers (the caller is one); NULL when 1 */
     float *ws;        /* workspace, 64-byte aligned */
     size_t ws_bytes;  /* its size: the high-water mark of all ops so far */
 } eq_cpu;
@@ -25,8 +27,10 @@ typedef struct eq_cpu {
  * too small.  NULL with EQ_ERR_NOMEM naming `op` on failure. */
 float *eq_cpu_workspace(eq_cpu *cpu, size_t nbytes, const char *op, eq_err *err);
 
-/* Call fn(ctx, i) for i in [0, n).  Results must not depend on the order
- * (each i writes its own outputs). */
+/* Call fn(ctx, i) for i in [0, n) on the backend's pool.  Each i must write
+ * its own outputs and reduce in a fixed order, so results do not depend on
+ * which thread ran it.  Our pool and OpenBLAS's threads never run at the
+ * same time: GEMMs are called from the calling thread between loops. */
 typedef void (*eq_cpu_fn)(void *ctx, size_t i);
 void eq_cpu_for(eq_cpu *cpu, size_t n, eq_cpu_fn fn, void *ctx);
 

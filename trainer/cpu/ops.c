@@ -1,35 +1,128 @@
 /*
  * trainer/cpu/ops.c -- elementwise ops, global average pooling, linear
  * layers and the softmax cross-entropy loss on the CPU backend.
- * Reductions accumulate in double, in index order (reproducible).
+ * Reductions accumulate in double, in index order, and work is split so
+ * that no sum depends on the thread count (reproducible).
  */
 #include "trainer/cpu/cpu_internal.h"
 
 #include <math.h>
 #include <string.h>
 
+/* Elementwise ops run in chunks of S_CHUNK elements, one per index. */
+#define S_CHUNK ((size_t)1 << 14)
+
+typedef struct s_ew {
+    size_t n;
+    int64_t c, nslope;
+    const float *a, *b, *slope;
+    float *y;
+} s_ew;
+
+static size_t s_chunks(size_t n)
+{
+    return (n + S_CHUNK - 1) / S_CHUNK;
+}
+
+#define S_CHUNK_BOUNDS(e, i, lo, hi)                       \
+    size_t lo = (i) * S_CHUNK;                             \
+    size_t hi = lo + S_CHUNK < (e)->n ? lo + S_CHUNK : (e)->n
+
+static void s_relu_chunk(void *vctx, size_t i)
+{
+    const s_ew *e = vctx;
+    S_CHUNK_BOUNDS(e, i, lo, hi);
+    for (size_t k = lo; k < hi; k++) e->y[k] = e->a[k] > 0.0f ? e->a[k] : 0.0f;
+}
+
 eq_status eq_cpu_relu_fwd(void *ctx, size_t n, const float *x, float *y, eq_err *err)
 {
-    for (size_t i = 0; i < n; i++) y[i] = x[i] > 0.0f ? x[i] : 0.0f;
+    s_ew e = {.n = n, .a = x, .y = y};
+    eq_cpu_for(ctx, s_chunks(n), s_relu_chunk, &e);
     return EQ_OK;
+}
+
+/* a = forward output, b = dy */
+static void s_relu_bwd_chunk(void *vctx, size_t i)
+{
+    const s_ew *e = vctx;
+    S_CHUNK_BOUNDS(e, i, lo, hi);
+    for (size_t k = lo; k < hi; k++) e->y[k] = e->a[k] > 0.0f ? e->b[k] : 0.0f;
 }
 
 eq_status eq_cpu_relu_bwd(void *ctx, size_t n, const float *y, const float *dy, float *dx,
                           eq_err *err)
 {
-    for (size_t i = 0; i < n; i++) dx[i] = y[i] > 0.0f ? dy[i] : 0.0f;
+    s_ew e = {.n = n, .a = y, .b = dy, .y = dx};
+    eq_cpu_for(ctx, s_chunks(n), s_relu_bwd_chunk, &e);
     return EQ_OK;
+}
+
+static void s_add_chunk(void *vctx, size_t i)
+{
+    const s_ew *e = vctx;
+    S_CHUNK_BOUNDS(e, i, lo, hi);
+    for (size_t k = lo; k < hi; k++) e->y[k] = e->a[k] + e->b[k];
+}
+
+eq_status eq_cpu_add(void *ctx, size_t n, const float *a, const float *b, float *y, eq_err *err)
+{
+    s_ew e = {.n = n, .a = a, .b = b, .y = y};
+    eq_cpu_for(ctx, s_chunks(n), s_add_chunk, &e);
+    return EQ_OK;
+}
+
+static void s_prelu_chunk(void *vctx, size_t i)
+{
+    const s_ew *e = vctx;
+    S_CHUNK_BOUNDS(e, i, lo, hi);
+    for (size_t k = lo; k < hi; k++) {
+        float v = e->a[k], a = e->slope[e->nslope == 1 ? 0 : (int64_t)(k % (size_t)e->c)];
+        e->y[k] = v > 0.0f ? v : a * v;
+    }
 }
 
 eq_status eq_cpu_prelu_fwd(void *ctx, int64_t m, int64_t c, int64_t nslope, const float *x,
                            const float *slope, float *y, eq_err *err)
 {
-    for (int64_t i = 0; i < m; i++)
-        for (int64_t j = 0; j < c; j++) {
-            float v = x[i * c + j], a = slope[nslope == 1 ? 0 : j];
-            y[i * c + j] = v > 0.0f ? v : a * v;
-        }
+    s_ew e = {.n = (size_t)(m * c), .c = c, .nslope = nslope, .a = x, .slope = slope, .y = y};
+    eq_cpu_for(ctx, s_chunks(e.n), s_prelu_chunk, &e);
     return EQ_OK;
+}
+
+/* PReLU backward by blocks of S_CB channels (each walks all rows, in
+ * order); per-channel sums land in acc, summed over channels afterwards
+ * when one slope is shared. */
+#define S_CB 16
+
+typedef struct s_prelu_bwd {
+    int64_t m, c, nslope;
+    const float *x, *slope, *dy;
+    float *dx;
+    double *acc;
+} s_prelu_bwd;
+
+static void s_prelu_bwd_block(void *vctx, size_t blk)
+{
+    const s_prelu_bwd *p = vctx;
+    const int64_t c = p->c, j0 = (int64_t)blk * S_CB, nb = c - j0 < S_CB ? c - j0 : S_CB;
+    double acc[S_CB] = {0};
+    float a[S_CB];
+    for (int64_t j = 0; j < nb; j++) a[j] = p->slope[p->nslope == 1 ? 0 : j0 + j];
+    for (int64_t i = 0; i < p->m; i++) {
+        const float *xr = p->x + i * c + j0, *gr = p->dy + i * c + j0;
+        float *o = p->dx + i * c + j0;
+        for (int64_t j = 0; j < nb; j++) {
+            float v = xr[j], g = gr[j];
+            if (v > 0.0f) {
+                o[j] = g;
+            } else {
+                o[j] = a[j] * g;
+                acc[j] += (double)g * (double)v;
+            }
+        }
+    }
+    for (int64_t j = 0; j < nb; j++) p->acc[j0 + j] = acc[j];
 }
 
 eq_status eq_cpu_prelu_bwd(void *ctx, int64_t m, int64_t c, int64_t nslope, const float *x,
@@ -38,17 +131,9 @@ eq_status eq_cpu_prelu_bwd(void *ctx, int64_t m, int64_t c, int64_t nslope, cons
 {
     double *acc = (double *)eq_cpu_workspace(ctx, (size_t)c * sizeof(double), "prelu_bwd", err);
     if (!acc) return EQ_ERR_NOMEM;
-    memset(acc, 0, (size_t)c * sizeof(double));
-    for (int64_t i = 0; i < m; i++)
-        for (int64_t j = 0; j < c; j++) {
-            float v = x[i * c + j], g = dy[i * c + j], a = slope[nslope == 1 ? 0 : j];
-            if (v > 0.0f) {
-                dx[i * c + j] = g;
-            } else {
-                dx[i * c + j] = a * g;
-                acc[j] += (double)g * (double)v;
-            }
-        }
+    s_prelu_bwd p = {.m = m, .c = c, .nslope = nslope, .x = x, .slope = slope, .dy = dy,
+                     .dx = dx, .acc = acc};
+    eq_cpu_for(ctx, (size_t)((c + S_CB - 1) / S_CB), s_prelu_bwd_block, &p);
     if (nslope == 1) {
         double t = 0.0;
         for (int64_t j = 0; j < c; j++) t += acc[j];
@@ -59,34 +144,48 @@ eq_status eq_cpu_prelu_bwd(void *ctx, int64_t m, int64_t c, int64_t nslope, cons
     return EQ_OK;
 }
 
-eq_status eq_cpu_add(void *ctx, size_t n, const float *a, const float *b, float *y, eq_err *err)
+/* Global average pooling: one (image, channel block) per index. */
+typedef struct s_gap {
+    int64_t hw, c;
+    const float *in;
+    float *out;
+} s_gap;
+
+static void s_gap_fwd_block(void *vctx, size_t i)
 {
-    for (size_t i = 0; i < n; i++) y[i] = a[i] + b[i];
-    return EQ_OK;
+    const s_gap *g = vctx;
+    const int64_t nblk = (g->c + S_CB - 1) / S_CB, b = (int64_t)i / nblk;
+    const int64_t j0 = ((int64_t)i % nblk) * S_CB, nb = g->c - j0 < S_CB ? g->c - j0 : S_CB;
+    double acc[S_CB] = {0};
+    const float *xb = g->in + b * g->hw * g->c + j0;
+    for (int64_t r = 0; r < g->hw; r++)
+        for (int64_t j = 0; j < nb; j++) acc[j] += xb[r * g->c + j];
+    for (int64_t j = 0; j < nb; j++) g->out[b * g->c + j0 + j] = (float)(acc[j] / (double)g->hw);
 }
 
 eq_status eq_cpu_gap_fwd(void *ctx, int64_t n, int64_t hw, int64_t c, const float *x, float *y,
                          eq_err *err)
 {
-    double *acc = (double *)eq_cpu_workspace(ctx, (size_t)c * sizeof(double), "gap_fwd", err);
-    if (!acc) return EQ_ERR_NOMEM;
-    for (int64_t b = 0; b < n; b++) {
-        memset(acc, 0, (size_t)c * sizeof(double));
-        const float *xb = x + b * hw * c;
-        for (int64_t i = 0; i < hw; i++)
-            for (int64_t j = 0; j < c; j++) acc[j] += xb[i * c + j];
-        for (int64_t j = 0; j < c; j++) y[b * c + j] = (float)(acc[j] / (double)hw);
-    }
+    s_gap g = {.hw = hw, .c = c, .in = x, .out = y};
+    eq_cpu_for(ctx, (size_t)(n * ((c + S_CB - 1) / S_CB)), s_gap_fwd_block, &g);
     return EQ_OK;
+}
+
+static void s_gap_bwd_image(void *vctx, size_t i)
+{
+    const s_gap *g = vctx;
+    const float inv = (float)(1.0 / (double)g->hw);
+    const float *gy = g->in + (int64_t)i * g->c;
+    float *o = g->out + (int64_t)i * g->hw * g->c;
+    for (int64_t r = 0; r < g->hw; r++)
+        for (int64_t j = 0; j < g->c; j++) o[r * g->c + j] = gy[j] * inv;
 }
 
 eq_status eq_cpu_gap_bwd(void *ctx, int64_t n, int64_t hw, int64_t c, const float *dy, float *dx,
                          eq_err *err)
 {
-    const float inv = (float)(1.0 / (double)hw);
-    for (int64_t b = 0; b < n; b++)
-        for (int64_t i = 0; i < hw; i++)
-            for (int64_t j = 0; j < c; j++) dx[(b * hw + i) * c + j] = dy[b * c + j] * inv;
+    s_gap g = {.hw = hw, .c = c, .in = dy, .out = dx};
+    eq_cpu_for(ctx, (size_t)n, s_gap_bwd_image, &g);
     return EQ_OK;
 }
 
