@@ -324,7 +324,7 @@ static eq_status s_forward(eq_quant *q, const float *x, float *y, eq_err *err)
         *q->iteration += 1.0f;
     }
     /* warm-up (§2.11.6, §2.13): return x for the first `stable` steps */
-    if (*q->iteration <= (float)q->o.stable) {
+    if (*q->iteration <= (float)q->o.stable && (q->train || !q->o.warmup_train_only)) {
         memcpy(y, x, (size_t)q->n * sizeof(float));
         q->passthrough = 1;
     }

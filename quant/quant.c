@@ -201,6 +201,8 @@ eq_status eq_quant_opts_set(eq_quant_opts *o, const char *key, const char *value
         st = s_parse_long(key, value, 0, 1L << 20, &n.input_size, err);
     } else if (strcmp(key, "exact_grad_scale") == 0) {
         st = s_parse_bool(key, value, &n.exact_grad_scale, err);
+    } else if (strcmp(key, "warmup_train_only") == 0) {
+        st = s_parse_bool(key, value, &n.warmup_train_only, err);
     } else if (strcmp(key, "norm_eps") == 0) {
         st = s_parse_double(key, value, &n.norm_eps, err);
         if (!st && n.norm_eps < 0)
@@ -211,7 +213,8 @@ eq_status eq_quant_opts_set(eq_quant_opts *o, const char *key, const char *value
                           "unknown quant option '%s' (known: method, bit, level, half_range, "
                           "boundary, scale, quant_group, adaptive, grad_type, grad_scale, custom, "
                           "gamma, custom_update, closed_form, stable, correlate, progressive, "
-                          "independent_norm, batch_size, input_size, exact_grad_scale, norm_eps)",
+                          "independent_norm, batch_size, input_size, exact_grad_scale, norm_eps, "
+                          "warmup_train_only)",
                           key);
     }
     if (st) return st;
@@ -619,7 +622,7 @@ eq_status eq_quant_forward(eq_quant *q, const eq_tensor_desc *xd, const float *x
             for (int64_t i = s0; i < s0 + len; i++) y[i] = q->ypre[i] * gk;
         }
     }
-    if (q->m->family == EQ_QFAM_DOREFA) {
+    if (q->m->family == EQ_QFAM_DOREFA && (train || !q->o.warmup_train_only)) {
         *q->iteration += 1.0f;
         if (*q->iteration <= (float)q->o.stable) {
             s_warmup_clip(q, src);

@@ -111,6 +111,7 @@ typedef struct eq_quant_opts {
     /* corrections of the original's quirks (defaults reproduce the original) */
     int exact_grad_scale;     /* 0: a factor f with int(f) == 1 is skipped (original) */
     double norm_eps;          /* var-mean epsilon, 0 in the original */
+    int warmup_train_only;    /* 1: eval forwards never count, warm up or return x */
 } eq_quant_opts;
 
 /* Fill `o` with the original's defaults for `tag`. */

@@ -582,6 +582,29 @@ START_TEST(test_warmup_stable)
     ck_assert(memcmp(x2, y, sizeof y) != 0);
     ck_assert_float_eq(*eq_quant_find(q, "iteration")->data, 2.0f);
     eq_quant_destroy(&q);
+
+    /* the original returns x when a fresh LQ-Net is evaluated (0 <= stable 0);
+     * warmup_train_only makes evaluation always quantize */
+    const char *kl0[] = {"method=lqnet", "bit=2", NULL};
+    const char *kl1[] = {"method=lqnet", "bit=2", "warmup_train_only=true", NULL};
+    q = s_make(EQ_QTAG_FM, EQ_LAYOUT_NC, 2, S, kl0);
+    s_fwd(q, EQ_LAYOUT_NC, 2, S, x2, y, 0);
+    ck_assert(memcmp(x2, y, sizeof y) == 0);
+    eq_quant_destroy(&q);
+    q = s_make(EQ_QTAG_FM, EQ_LAYOUT_NC, 2, S, kl1);
+    s_fwd(q, EQ_LAYOUT_NC, 2, S, x2, y, 0);
+    ck_assert(memcmp(x2, y, sizeof y) != 0);
+    eq_quant_destroy(&q);
+    /* dorefa family: with warmup_train_only an eval forward neither counts nor warms up */
+    const char *kw[] = {"method=lsq", "bit=2", "stable=1", "warmup_train_only=true", NULL};
+    q = s_make(EQ_QTAG_FM, EQ_LAYOUT_NC, 2, S, kw);
+    s_fwd(q, EQ_LAYOUT_NC, 2, S, x2, y, 0);
+    ck_assert(memcmp(x2, y, sizeof y) != 0);
+    ck_assert_float_eq(*eq_quant_find(q, "iteration")->data, 0.0f);
+    ck_assert_float_eq(eq_quant_find(q, "clip_val")->data[0], 1.0f);
+    s_fwd(q, EQ_LAYOUT_NC, 2, S, x2, y, 1);
+    ck_assert(memcmp(x2, y, sizeof y) == 0);
+    eq_quant_destroy(&q);
 }
 END_TEST
 
