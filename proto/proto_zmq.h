@@ -104,8 +104,9 @@ typedef struct eq_proto_recvd {
 void eq_proto_recvd_init(eq_proto_recvd *r);
 void eq_proto_recvd_close(eq_proto_recvd *r);
 /* Payload frame i (0-based, after the header); NULL if out of range.  The
- * bytes stay valid until eq_proto_recvd_close; zmq does not guarantee any
- * alignment beyond that of its allocator (malloc) for large frames. */
+ * bytes stay valid until eq_proto_recvd_close.  No alignment is guaranteed:
+ * over TCP, libzmq may leave a frame at any offset of its receive buffer,
+ * so read multi-byte elements with memcpy (or check the alignment first). */
 const void *eq_proto_recvd_frame(const eq_proto_recvd *r, size_t i, size_t *size);
 
 /* Receive one whole multipart message from `sock` and decode it (ROUTER
