@@ -437,6 +437,12 @@ static eq_status s_check_frames_desc(const eq_msg *m, eq_err *err)
         for (uint32_t j = 0; j < i; j++)
             if (strcmp(m->frames[j].name, fd->name) == 0)
                 return eq_err_set(err, EQ_ERR_PROTO, "%s: frames[%u]: duplicate frame name '%s'", tn, i, fd->name);
+        /* Checked again here for messages built by hand rather than by
+         * eq_proto_add_frame or the decoder. */
+        size_t es = eq_dtype_size(fd->dtype);
+        if (!es || fd->ndim < 0 || fd->ndim > EQ_TENSOR_MAX_DIMS ||
+            eq_shape_numel(fd->ndim, fd->shape, INT64_MAX / (int64_t)es) < 0)
+            return eq_err_set(err, EQ_ERR_PROTO, "%s: frames[%u] '%s': bad dtype, rank or shape", tn, i, fd->name);
     }
     return EQ_OK;
 }
@@ -530,7 +536,10 @@ static bool s_field_present(const s_field *f, const void *base)
         double v = *(const double *)s_cat(base, f->off);
         return memcmp(&v, &f->fdef, sizeof v) != 0;
     }
-    case K_STR: return strcmp(s_cat(base, f->off), f->sdef ? f->sdef : "") != 0;
+    case K_STR: { /* "" also means the default */
+        const char *v = s_cat(base, f->off);
+        return v[0] && strcmp(v, f->sdef ? f->sdef : "") != 0;
+    }
     case K_ENUM: return true;
     default: return s_count(base, f) > 0;
     }
@@ -859,7 +868,10 @@ static eq_status s_decode_field(s_dec *d, const s_field *f, void *base)
         *(double *)s_at(base, f->off) = v;
         return EQ_OK;
     }
-    case K_STR: return s_read_str(d, s_at(base, f->off), f->cap, f->key);
+    case K_STR:
+        if ((st = s_read_str(d, s_at(base, f->off), f->cap, f->key))) return st;
+        if (!*(char *)s_at(base, f->off) && f->sdef) snprintf(s_at(base, f->off), f->cap, "%s", f->sdef);
+        return EQ_OK;
     case K_ENUM: {
         char buf[EQ_PROTO_NAME_CAP];
         if ((st = s_read_str(d, buf, sizeof buf, f->key))) return st;

@@ -131,7 +131,8 @@ typedef struct eq_msg_job {
     double cutmix_alpha;      /* 0 (off) */
     double mix_prob;          /* 1 */
     double mix_switch_prob;   /* 0.5 */
-    char mix_mode[EQ_PROTO_NAME_CAP]; /* "batch" | "pair" | "elem"; default "batch" */
+    char mix_mode[EQ_PROTO_NAME_CAP]; /* "batch" | "pair" | "elem"; default
+                                       * (also for "") "batch" */
 } eq_msg_job;
 
 /* JOB_OK (loader -> trainer). */

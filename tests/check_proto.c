@@ -214,6 +214,14 @@ START_TEST(test_roundtrip_job)
     ck_assert_str_eq(b.u.job.mix_mode, "batch");
     ck_assert_uint_eq(b.u.job.ntransforms, 0);
     ck_assert_int_eq(b.u.job.last, EQ_PROTO_LAST_PARTIAL);
+    /* An empty optional name means its default, on both sides. */
+    c.u.job.mix_mode[0] = '\0';
+    s_roundtrip(&c, &b);
+    ck_assert_str_eq(b.u.job.mix_mode, "batch");
+    char id1[EQ_PROTO_ID_CAP], id2[EQ_PROTO_ID_CAP];
+    ck_assert_int_eq(eq_proto_job_id(&c, id1, NULL), EQ_OK);
+    ck_assert_int_eq(eq_proto_job_id(&b, id2, NULL), EQ_OK);
+    ck_assert_str_eq(id1, id2);
 }
 END_TEST
 
@@ -848,6 +856,15 @@ START_TEST(test_bad_semantics)
     ck_assert_int_eq(eq_proto_add_frame(&a, "x", EQ_DT_COUNT, 1, &one, NULL), EQ_ERR_INVALID);
     for (int i = 0; i < EQ_PROTO_MAX_FRAMES; i++) eq_proto_add_frame(&a, "x", EQ_DT_U8, 1, &one, NULL);
     ck_assert_int_eq(eq_proto_add_frame(&a, "x", EQ_DT_U8, 1, &one, NULL), EQ_ERR_LIMIT);
+    /* Frame descriptions filled by hand are checked too. */
+    s_batch(&a, 2, 1, 1, 1, false);
+    a.frames[1].dtype = EQ_DT_COUNT;
+    ck_assert_int_eq(eq_proto_encode(&a, &buf, &len, &e), EQ_ERR_INVALID);
+    ck_assert_ptr_nonnull(strstr(e.msg, "frames[1] 'labels': bad dtype, rank or shape"));
+    a.frames[1].dtype = EQ_DT_I32;
+    a.frames[0].shape[1] = -1;
+    ck_assert_int_eq(eq_proto_encode(&a, &buf, &len, &e), EQ_ERR_INVALID);
+    eq_proto_msg_reset(&a);
 }
 END_TEST
 
