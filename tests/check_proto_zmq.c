@@ -189,6 +189,15 @@ START_TEST(test_bad_on_wire)
     ck_assert_ptr_nonnull(strstr(e.msg, "unreachable"));
     /* Nothing to receive: timeout. */
     ck_assert_int_eq(eq_proto_recv(router, r, NULL, ZMQ_DONTWAIT, &e), EQ_ERR_TIMEOUT);
+    /* Nobody to send to: timeout, and the payloads are still released once. */
+    void *lonely = eq_proto_socket(ctx, ZMQ_DEALER, NULL, &e);
+    ck_assert_ptr_nonnull(lonely);
+    atomic_store(&s_freed, 0);
+    eq_proto_payload pay2[2] = { { malloc(1), 1, s_free_cb, (void *)0x5eed }, { malloc(8), 8, s_free_cb, (void *)0x5eed } };
+    ck_assert_int_eq(eq_proto_send(lonely, NULL, &b, pay2, 2, ZMQ_DONTWAIT, &e), EQ_ERR_TIMEOUT);
+    ck_assert_ptr_nonnull(strstr(e.msg, "BATCH: send:"));
+    ck_assert_int_eq(atomic_load(&s_freed), 2);
+    eq_proto_socket_close(&lonely);
 
     eq_proto_recvd_close(r);
     eq_proto_recvd_close(d);
