@@ -730,6 +730,80 @@ START_TEST(test_xent)
 }
 END_TEST
 
+/* ---- optimisers --------------------------------------------------------------- */
+
+typedef struct optim_case {
+    const char *name;
+    int adam;
+    eq_sgd_params sgd;
+    eq_adam_params ad;
+} optim_case;
+static const optim_case OPTIM[] = {
+    {"sgd_plain", 0, {.lr = 0.1f}, {.lr = 0}},
+    {"sgd_momentum_wd", 0, {.lr = 0.1f, .momentum = 0.9f, .weight_decay = 0.05f}, {.lr = 0}},
+    {"sgd_nesterov", 0, {.lr = 0.05f, .momentum = 0.9f, .nesterov = 1, .weight_decay = 0.01f}, {.lr = 0}},
+    {"sgd_dampening", 0, {.lr = 0.1f, .momentum = 0.8f, .dampening = 0.3f}, {.lr = 0}},
+    {"adam", 1, {.lr = 0}, {.lr = 0.01f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f}},
+    {"adam_wd", 1, {.lr = 0}, {.lr = 0.003f, .beta1 = 0.8f, .beta2 = 0.99f, .eps = 1e-6f, .weight_decay = 0.02f}},
+};
+#define NOPTIM (sizeof OPTIM / sizeof OPTIM[0])
+
+START_TEST(test_optim)
+{
+    const optim_case *t = &OPTIM[_i];
+    eq_backend *be = s_cpu(1);
+    eq_err err = {0};
+    const size_t n = 37;
+    float *p = s_f32(t->name, "p0", n), *s1 = calloc(n, 4), *s2 = calloc(n, 4);
+    for (int step = 0; step < 3; step++) {
+        char gname[8], pname[8];
+        snprintf(gname, sizeof gname, "g%d", step);
+        snprintf(pname, sizeof pname, "p%d", step + 1);
+        float *g = s_f32(t->name, gname, n), *ref = s_f32(t->name, pname, n);
+        if (t->adam) {
+            eq_adam_params hp = t->ad;
+            hp.step = step + 1;
+            OK(eq_backend_adam_step(be, n, &hp, p, g, s1, s2, &err));
+        } else {
+            eq_sgd_params hp = t->sgd;
+            hp.first = step == 0;
+            OK(eq_backend_sgd_step(be, n, &hp, p, g, hp.momentum > 0 ? s1 : NULL, &err));
+        }
+        char what[64];
+        snprintf(what, sizeof what, "%s step %d", t->name, step + 1);
+        CHECK_CLOSE(what, p, ref, n, PARITY_TOL);
+        free(g), free(ref);
+    }
+    free(p), free(s1), free(s2);
+    eq_backend_destroy(&be);
+}
+END_TEST
+
+START_TEST(test_optim_validation)
+{
+    eq_backend *be = s_cpu(1);
+    eq_err err = {0};
+    float p[2] = {0}, g[2] = {0};
+    eq_sgd_params sp = {.lr = 0.1f, .nesterov = 1};
+    ck_assert_int_eq(eq_backend_sgd_step(be, 2, &sp, p, g, NULL, &err), EQ_ERR_INVALID);
+    ck_assert_msg(strstr(err.msg, "nesterov needs momentum > 0"), "%s", err.msg);
+    sp = (eq_sgd_params){.lr = 0.1f, .momentum = 0.9f};
+    ck_assert_int_eq(eq_backend_sgd_step(be, 2, &sp, p, g, NULL, &err), EQ_ERR_INVALID);
+    ck_assert_msg(strstr(err.msg, "buf is NULL"), "%s", err.msg);
+    sp.lr = -1.0f;
+    ck_assert_int_eq(eq_backend_sgd_step(be, 2, &sp, p, g, p, &err), EQ_ERR_INVALID);
+    ck_assert_msg(strstr(err.msg, "lr = -1"), "%s", err.msg);
+    eq_adam_params ap = {.lr = 0.1f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f, .step = 0};
+    ck_assert_int_eq(eq_backend_adam_step(be, 2, &ap, p, g, p, p, &err), EQ_ERR_INVALID);
+    ck_assert_msg(strstr(err.msg, "step = 0"), "%s", err.msg);
+    ap.step = 1;
+    ap.beta2 = 1.0f;
+    ck_assert_int_eq(eq_backend_adam_step(be, 2, &ap, p, g, p, p, &err), EQ_ERR_INVALID);
+    ck_assert_msg(strstr(err.msg, "betas"), "%s", err.msg);
+    eq_backend_destroy(&be);
+}
+END_TEST
+
 /* ---- determinism, threads ---------------------------------------------------- */
 
 START_TEST(test_deterministic)
@@ -993,6 +1067,7 @@ static Suite *s_suite(void)
     tcase_add_test(tc, test_gap);
     tcase_add_test(tc, test_linear);
     tcase_add_loop_test(tc, test_xent, 0, NXENT);
+    tcase_add_loop_test(tc, test_optim, 0, NOPTIM);
     suite_add_tcase(s, tc);
     TCase *fd = tcase_create("finite_differences");
     tcase_add_loop_test(fd, test_conv_fd, 0, NCONV);
@@ -1004,6 +1079,7 @@ static Suite *s_suite(void)
     tcase_add_test(misc, test_deterministic);
     tcase_add_test(misc, test_threads_bitwise);
     tcase_add_test(misc, test_validation);
+    tcase_add_test(misc, test_optim_validation);
     tcase_add_test(misc, test_missing_member);
     tcase_add_test(misc, test_memory_events);
     suite_add_tcase(s, misc);

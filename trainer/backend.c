@@ -6,6 +6,7 @@
 #include "trainer/backend.h"
 
 #include <limits.h>
+#include <math.h>
 #include <stdlib.h>
 
 /* BLAS takes int dimensions: every matrix side must fit. */
@@ -699,4 +700,59 @@ eq_status eq_backend_xent_bwd(eq_backend *be, const eq_xent_desc *d, const float
     S_NEED(dlogits, op);
     return be->iface->xent_bwd(be->context, d, logits, labels_a, labels_b, lambda, dloss,
                                dlogits, err);
+}
+
+eq_status eq_backend_sgd_step(eq_backend *be, size_t n, const eq_sgd_params *hp, float *param,
+                              const float *grad, float *buf, eq_err *err)
+{
+    static const char *op = "sgd_step";
+    S_ENTER(be, sgd_step, op);
+    S_NEED(hp, op);
+    if (!(hp->lr >= 0.0f) || !isfinite(hp->lr))
+        return eq_err_set(err, EQ_ERR_INVALID, "%s: lr = %g must be finite and >= 0", op, (double)hp->lr);
+    if (!(hp->momentum >= 0.0f && hp->momentum < 1.0f))
+        return eq_err_set(err, EQ_ERR_INVALID, "%s: momentum = %g must be in [0, 1)", op,
+                          (double)hp->momentum);
+    if (!(hp->dampening >= 0.0f && hp->dampening <= 1.0f))
+        return eq_err_set(err, EQ_ERR_INVALID, "%s: dampening = %g must be in [0, 1]", op,
+                          (double)hp->dampening);
+    if (!(hp->weight_decay >= 0.0f) || !isfinite(hp->weight_decay))
+        return eq_err_set(err, EQ_ERR_INVALID, "%s: weight_decay = %g must be finite and >= 0", op,
+                          (double)hp->weight_decay);
+    if (hp->nesterov && (hp->momentum <= 0.0f || hp->dampening != 0.0f))
+        return eq_err_set(err, EQ_ERR_INVALID,
+                          "%s: nesterov needs momentum > 0 and dampening 0 (got %g, %g)", op,
+                          (double)hp->momentum, (double)hp->dampening);
+    if (n == 0) return EQ_OK;
+    S_NEED(param, op);
+    S_NEED(grad, op);
+    if (hp->momentum > 0.0f) S_NEED(buf, op);
+    return be->iface->sgd_step(be->context, n, hp, param, grad, buf, err);
+}
+
+eq_status eq_backend_adam_step(eq_backend *be, size_t n, const eq_adam_params *hp, float *param,
+                               const float *grad, float *mu, float *nu, eq_err *err)
+{
+    static const char *op = "adam_step";
+    S_ENTER(be, adam_step, op);
+    S_NEED(hp, op);
+    if (!(hp->lr >= 0.0f) || !isfinite(hp->lr))
+        return eq_err_set(err, EQ_ERR_INVALID, "%s: lr = %g must be finite and >= 0", op, (double)hp->lr);
+    if (!(hp->beta1 >= 0.0f && hp->beta1 < 1.0f) || !(hp->beta2 >= 0.0f && hp->beta2 < 1.0f))
+        return eq_err_set(err, EQ_ERR_INVALID, "%s: betas (%g, %g) must be in [0, 1)", op,
+                          (double)hp->beta1, (double)hp->beta2);
+    if (!(hp->eps > 0.0f))
+        return eq_err_set(err, EQ_ERR_INVALID, "%s: eps = %g must be > 0", op, (double)hp->eps);
+    if (!(hp->weight_decay >= 0.0f) || !isfinite(hp->weight_decay))
+        return eq_err_set(err, EQ_ERR_INVALID, "%s: weight_decay = %g must be finite and >= 0", op,
+                          (double)hp->weight_decay);
+    if (hp->step < 1)
+        return eq_err_set(err, EQ_ERR_INVALID, "%s: step = %lld must be >= 1", op,
+                          (long long)hp->step);
+    if (n == 0) return EQ_OK;
+    S_NEED(param, op);
+    S_NEED(grad, op);
+    S_NEED(mu, op);
+    S_NEED(nu, op);
+    return be->iface->adam_step(be->context, n, hp, param, grad, mu, nu, err);
 }

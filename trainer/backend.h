@@ -128,6 +128,26 @@ typedef struct eq_xent_desc {
 } eq_xent_desc;
 eq_status eq_xent_desc_init(eq_xent_desc *d, int64_t n, int64_t k, float smoothing, eq_err *err);
 
+/* Optimiser updates, elementwise over one parameter tensor, exactly as
+ * torch.optim.SGD and torch.optim.Adam (amsgrad=False, L2 weight decay
+ * added to the gradient).  SGD with momentum m, dampening d, decay wd:
+ *     g' = g + wd*p;  buf = first ? g' : m*buf + (1-d)*g'
+ *     step = nesterov ? g' + m*buf : buf  (m == 0: step = g', buf unused)
+ *     p -= lr * step
+ * Adam at step t >= 1:
+ *     g' = g + wd*p;  mu = b1*mu + (1-b1)*g';  nu = b2*nu + (1-b2)*g'^2
+ *     p -= lr/(1-b1^t) * mu / (sqrt(nu)/sqrt(1-b2^t) + eps) */
+typedef struct eq_sgd_params {
+    float lr, momentum, dampening, weight_decay;
+    int nesterov; /* requires momentum > 0 and dampening == 0, as PyTorch */
+    int first;    /* first step for this buffer: buf = g' (PyTorch's lazy init) */
+} eq_sgd_params;
+
+typedef struct eq_adam_params {
+    float lr, beta1, beta2, eps, weight_decay;
+    int64_t step; /* t, counting from 1 */
+} eq_adam_params;
+
 /* ---- the interface ------------------------------------------------------ */
 
 typedef struct eq_backend eq_backend;
@@ -248,6 +268,14 @@ struct eq_backend_i {
     eq_status (*xent_bwd)(void *ctx, const eq_xent_desc *d, const float *logits,
                           const int32_t *labels_a, const int32_t *labels_b, const float *lambda,
                           float dloss, float *dlogits, eq_err *err);
+
+    /* -- optimiser updates (see eq_sgd_params / eq_adam_params), in place -- */
+    /* buf: momentum buffer [n], unused (may be NULL) when momentum == 0. */
+    eq_status (*sgd_step)(void *ctx, size_t n, const eq_sgd_params *hp, float *param,
+                          const float *grad, float *buf, eq_err *err);
+    /* mu, nu: first and second moment buffers [n] (zero before step 1). */
+    eq_status (*adam_step)(void *ctx, size_t n, const eq_adam_params *hp, float *param,
+                           const float *grad, float *mu, float *nu, eq_err *err);
 };
 
 struct eq_backend {
@@ -348,5 +376,13 @@ eq_status eq_backend_xent_fwd(eq_backend *be, const eq_xent_desc *d, const float
 eq_status eq_backend_xent_bwd(eq_backend *be, const eq_xent_desc *d, const float *logits,
                               const int32_t *labels_a, const int32_t *labels_b,
                               const float *lambda, float dloss, float *dlogits, eq_err *err);
+
+/* Hyper-parameters are checked: lr >= 0, momentum/dampening/betas in [0, 1)
+ * ([0, 1] for dampening), weight decay >= 0, eps > 0, step >= 1, nesterov
+ * only with momentum > 0 and dampening 0. */
+eq_status eq_backend_sgd_step(eq_backend *be, size_t n, const eq_sgd_params *hp, float *param,
+                              const float *grad, float *buf, eq_err *err);
+eq_status eq_backend_adam_step(eq_backend *be, size_t n, const eq_adam_params *hp, float *param,
+                               const float *grad, float *mu, float *nu, eq_err *err);
 
 #endif

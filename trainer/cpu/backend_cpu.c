@@ -220,6 +220,8 @@ static const struct eq_backend_i s_cpu_iface = {
     .linear_bwd_weight = eq_cpu_linear_bwd_weight,
     .xent_fwd = eq_cpu_xent_fwd,
     .xent_bwd = eq_cpu_xent_bwd,
+    .sgd_step = eq_cpu_sgd_step,
+    .adam_step = eq_cpu_adam_step,
 };
 
 eq_backend *eq_backend_cpu_new(int nthreads, eq_err *err)

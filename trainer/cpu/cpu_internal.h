@@ -86,6 +86,11 @@ eq_status eq_cpu_xent_bwd(void *ctx, const eq_xent_desc *d, const float *logits,
                           const int32_t *labels_a, const int32_t *labels_b, const float *lambda,
                           float dloss, float *dlogits, eq_err *err);
 
+eq_status eq_cpu_sgd_step(void *ctx, size_t n, const eq_sgd_params *hp, float *param,
+                          const float *grad, float *buf, eq_err *err);
+eq_status eq_cpu_adam_step(void *ctx, size_t n, const eq_adam_params *hp, float *param,
+                           const float *grad, float *mu, float *nu, eq_err *err);
+
 /* pool.c */
 eq_status eq_cpu_maxpool_fwd(void *ctx, const eq_pool2d_desc *d, const float *x, float *y,
                              int32_t *argmax, eq_err *err);

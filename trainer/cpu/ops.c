@@ -307,3 +307,70 @@ eq_status eq_cpu_xent_bwd(void *ctx, const eq_xent_desc *d, const float *logits,
     }
     return EQ_OK;
 }
+
+/* ---- optimiser updates ---------------------------------------------------
+ * Float arithmetic in PyTorch's operation order (its CPU kernels work in
+ * the parameter's dtype), chunked like the elementwise ops. */
+
+typedef struct s_opt {
+    size_t n;
+    const eq_sgd_params *sgd;
+    const eq_adam_params *adam;
+    float *p, *buf, *mu, *nu;
+    const float *g;
+    float c1, c2s; /* Adam: lr / (1 - b1^t), sqrt(1 - b2^t) */
+} s_opt;
+
+static void s_sgd_chunk(void *vctx, size_t i)
+{
+    const s_opt *o = vctx;
+    const eq_sgd_params *h = o->sgd;
+    S_CHUNK_BOUNDS(o, i, lo, hi);
+    for (size_t k = lo; k < hi; k++) {
+        float g = o->g[k];
+        if (h->weight_decay != 0.0f) g = g + h->weight_decay * o->p[k];
+        float step = g;
+        if (h->momentum != 0.0f) {
+            float b = h->first ? g : h->momentum * o->buf[k] + (1.0f - h->dampening) * g;
+            o->buf[k] = b;
+            step = h->nesterov ? g + h->momentum * b : b;
+        }
+        o->p[k] = o->p[k] - h->lr * step;
+    }
+}
+
+eq_status eq_cpu_sgd_step(void *ctx, size_t n, const eq_sgd_params *hp, float *param,
+                          const float *grad, float *buf, eq_err *err)
+{
+    s_opt o = {.n = n, .sgd = hp, .p = param, .g = grad, .buf = buf};
+    eq_cpu_for(ctx, s_chunks(n), s_sgd_chunk, &o);
+    return EQ_OK;
+}
+
+static void s_adam_chunk(void *vctx, size_t i)
+{
+    const s_opt *o = vctx;
+    const eq_adam_params *h = o->adam;
+    S_CHUNK_BOUNDS(o, i, lo, hi);
+    for (size_t k = lo; k < hi; k++) {
+        float g = o->g[k];
+        if (h->weight_decay != 0.0f) g = g + h->weight_decay * o->p[k];
+        float m = o->mu[k] * h->beta1 + (1.0f - h->beta1) * g;
+        float v = o->nu[k] * h->beta2 + (1.0f - h->beta2) * g * g;
+        o->mu[k] = m;
+        o->nu[k] = v;
+        float denom = sqrtf(v) / o->c2s + h->eps;
+        o->p[k] = o->p[k] - o->c1 * (m / denom);
+    }
+}
+
+eq_status eq_cpu_adam_step(void *ctx, size_t n, const eq_adam_params *hp, float *param,
+                           const float *grad, float *mu, float *nu, eq_err *err)
+{
+    double t = (double)hp->step;
+    s_opt o = {.n = n, .adam = hp, .p = param, .g = grad, .mu = mu, .nu = nu};
+    o.c1 = (float)((double)hp->lr / (1.0 - pow((double)hp->beta1, t)));
+    o.c2s = (float)sqrt(1.0 - pow((double)hp->beta2, t));
+    eq_cpu_for(ctx, s_chunks(n), s_adam_chunk, &o);
+    return EQ_OK;
+}
