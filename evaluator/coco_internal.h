@@ -12,6 +12,9 @@
  * but cannot be used; the reason is reported when (and only when) the
  * evaluation needs it, since pycocotools only fails then. */
 #define S_SEG_INVALID 100
+/* A box result without a segmentation: loadRes's polygon
+ * [x1,y1, x1,y2, x2,y2, x2,y1], built from bbox when segm needs it. */
+#define S_SEG_FROM_BOX 101
 
 /* Bits for fields given with an unusable type (reported on use). */
 enum {

@@ -55,10 +55,9 @@ eq_status eq_coco_grow(void **p, size_t *cap, size_t need, size_t size, eq_err *
     if (need <= *cap) return EQ_OK;
     size_t n = *cap ? *cap : 16;
     while (n < need) n *= 2;
-    void *q = eq_malloc_array(n, size);
+    if (n > SIZE_MAX / size) return eq_err_set(err, EQ_ERR_NOMEM, "out of memory (%zu elements)", n);
+    void *q = realloc(*p, n * size);
     if (!q) return eq_err_set(err, EQ_ERR_NOMEM, "out of memory (%zu elements)", n);
-    if (*cap) memcpy(q, *p, *cap * size);
-    free(*p);
     *p = q;
     *cap = n;
     return EQ_OK;
@@ -215,9 +214,17 @@ static long s_find(const int64_t *v, size_t n, int64_t x)
     return lo < n && v[lo] == x ? (long)lo : -1;
 }
 
+static const char *s_where_str(const eq_coco *c, size_t i, char *buf, size_t cap)
+{
+    s_where(c, i, &c->anns[i], buf, cap);
+    return buf;
+}
+
 eq_status eq_coco_load_res_finish(eq_coco *res, const eq_coco *gt, eq_err *err)
 {
-    char where[400];
+    char where_buf[400];
+/* the entry's name, formatted only on the error paths */
+#define S_AT s_where_str(res, i, where_buf, sizeof where_buf)
     res->is_res = 1;
     /* res.dataset['images'] = gt images; categories copied too. */
     res->n_img = 0;
@@ -238,19 +245,20 @@ eq_status eq_coco_load_res_finish(eq_coco *res, const eq_coco *gt, eq_err *err)
         eq_coco_rec *r = &res->anns[i];
         if (s_find(ids, nid, r->image_id) < 0) {
             free(ids);
-            s_where(res, i, r, where, sizeof where);
+            s_where(res, i, r, where_buf, sizeof where_buf);
             return eq_err_set(err, EQ_ERR_INVALID,
                               "%s: image_id %lld is not an image of the ground truth "
                               "(pycocotools: \"Results do not correspond to current coco set\")",
-                              where, (long long)r->image_id);
+                              where_buf, (long long)r->image_id);
         }
     }
     free(ids);
     const eq_coco_rec *first = &res->anns[0];
     enum { BOX, MASK, KPS } branch;
     if (first->has & EQ_COCO_F_CAPTION) {
-        s_where(res, 0, first, where, sizeof where);
-        return eq_err_set(err, EQ_ERR_UNSUPPORTED, "%s: caption results are not supported", where);
+        s_where(res, 0, first, where_buf, sizeof where_buf);
+        return eq_err_set(err, EQ_ERR_UNSUPPORTED, "%s: caption results are not supported",
+                          where_buf);
     } else if ((first->has & EQ_COCO_F_BBOX) || (first->bad & S_BAD_BBOX))
         branch = BOX;
     else if (first->has & EQ_COCO_F_SEGM)
@@ -258,38 +266,26 @@ eq_status eq_coco_load_res_finish(eq_coco *res, const eq_coco *gt, eq_err *err)
     else if (first->has & EQ_COCO_F_KEYPOINTS)
         branch = KPS;
     else {
-        s_where(res, 0, first, where, sizeof where);
+        s_where(res, 0, first, where_buf, sizeof where_buf);
         return eq_err_set(err, EQ_ERR_INVALID,
                           "%s: the first result has none of 'bbox', 'segmentation', 'keypoints' "
-                          "(it decides how all results are read)", where);
+                          "(it decides how all results are read)", where_buf);
     }
     for (size_t i = 0; i < res->n_ann; i++) {
         eq_coco_rec *r = &res->anns[i];
-        s_where(res, i, r, where, sizeof where);
         if (branch == BOX) {
             if (!(r->has & EQ_COCO_F_BBOX) || (r->bad & S_BAD_BBOX))
                 return eq_err_set(err, EQ_ERR_INVALID,
                                   "%s: 'bbox' must be 4 numbers (the first result has a bbox, so "
-                                  "every result needs one)", where);
+                                  "every result needs one)", S_AT);
             const double *b = r->bbox;
             if (!(b[2] >= 0 && b[3] >= 0))
                 return eq_err_set(err, EQ_ERR_INVALID, "%s: bbox [%g, %g, %g, %g] has a negative size",
-                                  where, b[0], b[1], b[2], b[3]);
+                                  S_AT, b[0], b[1], b[2], b[3]);
             if (r->seg_kind == EQ_COCO_SEG_NONE && !(r->has & EQ_COCO_F_SEGM)) {
-                double x1 = b[0], x2 = b[0] + b[2], y1 = b[1], y2 = b[1] + b[3];
-                double poly[8] = {x1, y1, x1, y2, x2, y2, x2, y1};
-                size_t len = 8;
-                if (S_GROW(res->dpool, res->cap_d, res->n_d + 8, err)) return EQ_ERR_NOMEM;
-                if (S_GROW(res->rpool, res->cap_r, res->n_r + 1, err)) return EQ_ERR_NOMEM;
-                r = &res->anns[i];
-                r->seg_kind = EQ_COCO_SEG_POLY;
-                r->seg_doff = res->n_d;
-                r->seg_off = res->n_r;
-                r->seg_n = 1;
-                memcpy(res->dpool + res->n_d, poly, sizeof poly);
-                res->rpool[res->n_r] = len;
-                res->n_d += 8;
-                res->n_r += 1;
+                /* the polygon [x1,y1, x1,y2, x2,y2, x2,y1] is made from the
+                 * box when a segm evaluation needs it */
+                r->seg_kind = S_SEG_FROM_BOX;
                 r->has |= EQ_COCO_F_SEGM;
             }
             r->area = b[2] * b[3];
@@ -300,11 +296,11 @@ eq_status eq_coco_load_res_finish(eq_coco *res, const eq_coco *gt, eq_err *err)
             if (r->seg_kind != EQ_COCO_SEG_STRING)
                 return eq_err_set(err, EQ_ERR_INVALID,
                                   "%s: 'segmentation' must be a compressed RLE ({\"size\": [h, w], "
-                                  "\"counts\": \"...\"}) since the first result is a mask", where);
+                                  "\"counts\": \"...\"}) since the first result is a mask", S_AT);
             eq_rle rle = {r->seg_h, r->seg_w, r->seg_n, res->upool + r->seg_off};
             eq_err e2;
             if (eq_rle_check(&rle, &e2))
-                return eq_err_set(err, EQ_ERR_INVALID, "%s: segmentation: %s", where, e2.msg);
+                return eq_err_set(err, EQ_ERR_INVALID, "%s: segmentation: %s", S_AT, e2.msg);
             r->area = eq_rle_area(&rle);
             if (!(r->has & EQ_COCO_F_BBOX) && !(r->bad & S_BAD_BBOX) &&
                 !(r->has & EQ_COCO_F_BBOX_EMPTY)) {
@@ -317,7 +313,7 @@ eq_status eq_coco_load_res_finish(eq_coco *res, const eq_coco *gt, eq_err *err)
         } else {
             if (!(r->has & EQ_COCO_F_KEYPOINTS) || (r->bad & S_BAD_KEYPOINTS) || r->n_kp < 2)
                 return eq_err_set(err, EQ_ERR_INVALID,
-                                  "%s: 'keypoints' must be a list of x, y, v numbers", where);
+                                  "%s: 'keypoints' must be a list of x, y, v numbers", S_AT);
             const double *s = res->dpool + r->kp_off;
             double x0 = INFINITY, x1 = -INFINITY, y0 = INFINITY, y1 = -INFINITY;
             for (size_t j = 0; j < r->n_kp; j += 3) {
@@ -339,6 +335,7 @@ eq_status eq_coco_load_res_finish(eq_coco *res, const eq_coco *gt, eq_err *err)
         r->id = (int64_t)i + 1;
         r->has |= EQ_COCO_F_ID;
     }
+#undef S_AT
     return EQ_OK;
 }
 
@@ -699,7 +696,7 @@ static eq_status s_convert_one(s_ctx *x, const eq_coco *c, size_t rec, eq_rle *o
 {
     const eq_coco_rec *r = &c->anns[rec];
     eq_status st;
-    if (r->seg_kind == EQ_COCO_SEG_POLY) {
+    if (r->seg_kind == EQ_COCO_SEG_POLY || r->seg_kind == S_SEG_FROM_BOX) {
         long ii = s_find(img_sorted, nimg, r->image_id);
         if (ii < 0)
             return eq_err_set(err, EQ_ERR_INVALID,
@@ -714,7 +711,14 @@ static eq_status s_convert_one(s_ctx *x, const eq_coco *c, size_t rec, eq_rle *o
         if (h > UINT32_MAX || w > UINT32_MAX || (uint64_t)h * (uint64_t)w > UINT32_MAX)
             return eq_err_set(err, EQ_ERR_INVALID, "image %lld: size %lldx%lld is too large",
                               (long long)r->image_id, (long long)h, (long long)w);
-        st = s_poly_to_rle(c, rec, (uint32_t)h, (uint32_t)w, out, err);
+        if (r->seg_kind == S_SEG_FROM_BOX) {
+            const double *b = r->bbox;
+            double x1 = b[0], x2 = b[0] + b[2], y1 = b[1], y2 = b[1] + b[3];
+            double poly[8] = {x1, y1, x1, y2, x2, y2, x2, y1};
+            st = eq_rle_fr_poly(poly, 4, (uint32_t)h, (uint32_t)w, out, err);
+            if (st) eq_err_prefix(err, "segmentation from bbox: ");
+        } else
+            st = s_poly_to_rle(c, rec, (uint32_t)h, (uint32_t)w, out, err);
     } else {
         st = s_to_rle(c, rec, out, err);
     }
@@ -916,13 +920,14 @@ static void s_phase_accumulate(void *vctx, size_t k, int worker)
     s_ctx *x = vctx;
     size_t b0 = x->cat_b0[k], b1 = x->cat_b0[k + 1];
     if (b0 == b1) return; /* no entry for any image: stays -1 */
-    size_t A = x->A, M = x->M, K = x->K;
+    size_t A = x->A, M = x->M, K = x->K, AT = A * T_;
     size_t n = 0;
     for (size_t i = b0; i < b1; i++) n += x->b[x->cat_bucket[i]].D;
     s_accent *e = eq_malloc_array(n + 1, sizeof *e);
-    s_accent *f = eq_malloc_array(n + 1, sizeof *f);
+    uint32_t *fl = eq_malloc_array(n + 1, sizeof *fl);
+    uint8_t *ls = eq_malloc_array(n * AT + 1, 1);
     double *rc = eq_malloc_array(n + 1, sizeof *rc), *pr = eq_malloc_array(n + 1, sizeof *pr);
-    if (!e || !f || !rc || !pr) {
+    if (!e || !fl || !ls || !rc || !pr) {
         x->scr[worker].nomem = 1;
         goto done;
     }
@@ -940,47 +945,73 @@ static void s_phase_accumulate(void *vctx, size_t k, int worker)
     /* One stable sort serves every cap: taking the first m of each image
      * and sorting equals filtering this order by rank < m. */
     qsort(e, n, sizeof *e, s_accent_cmp);
-    for (size_t a = 0; a < A; a++) {
-        uint64_t npig = 0;
-        for (size_t i = b0; i < b1; i++) npig += x->npos[x->cat_bucket[i] * A + a];
-        if (npig == 0) continue;
-        for (size_t m = 0; m < M; m++) {
-            size_t nd = 0;
-            for (size_t i = 0; i < n; i++)
-                if (e[i].rank < (uint32_t)x->maxdets[m]) f[nd++] = e[i];
+    /* states in sorted order, one contiguous row per (area, threshold) */
+    for (size_t i = 0; i < n; i++) {
+        const uint8_t *st = x->state + e[i].pos * AT;
+        for (size_t j = 0; j < AT; j++) ls[j * n + i] = st[j];
+    }
+    size_t prev_nd = (size_t)-1;
+    for (size_t m = 0; m < M; m++) {
+        size_t nd = 0;
+        for (size_t i = 0; i < n; i++)
+            if (e[i].rank < (uint32_t)x->maxdets[m]) fl[nd++] = (uint32_t)i;
+        if (nd == prev_nd) {
+            /* the caps are sorted, so the same count means the same list:
+             * copy the previous cap's results */
+            for (size_t a = 0; a < A; a++)
+                for (size_t t = 0; t < T_; t++) {
+                    size_t at = ((t * K + k) * A + a) * M + m;
+                    x->recall[at] = x->recall[at - 1];
+                    for (size_t r = 0; r < R_; r++) {
+                        at = (((t * R_ + r) * K + k) * A + a) * M + m;
+                        x->precision[at] = x->precision[at - 1];
+                        x->scores[at] = x->scores[at - 1];
+                    }
+                }
+            continue;
+        }
+        prev_nd = nd;
+        for (size_t a = 0; a < A; a++) {
+            uint64_t npig = 0;
+            for (size_t i = b0; i < b1; i++) npig += x->npos[x->cat_bucket[i] * A + a];
+            if (npig == 0) continue; /* stays -1 */
             for (size_t t = 0; t < T_; t++) {
+                const uint8_t *row = ls + (a * T_ + t) * n;
                 double tp = 0, fp = 0;
                 for (size_t i = 0; i < nd; i++) {
-                    uint8_t st = x->state[f[i].pos * A * T_ + a * T_ + t];
-                    if (st == S_TP) tp += 1;
-                    else if (st == S_FP) fp += 1;
+                    uint8_t st = row[fl[i]];
+                    if (st == S_TP)
+                        tp += 1;
+                    else if (st == S_FP)
+                        fp += 1;
                     rc[i] = tp / (double)npig;
                     pr[i] = tp / (fp + tp + S_NPSPACING1);
                 }
                 x->recall[((t * K + k) * A + a) * M + m] = nd ? rc[nd - 1] : 0;
                 for (size_t i = nd; i-- > 1;)
                     if (pr[i] > pr[i - 1]) pr[i - 1] = pr[i];
-                size_t i = 0;
-                for (size_t r = 0; r < R_; r++) {
+                /* searchsorted(rc, recThrs, 'left'); the first point past
+                 * the end stops the filling (the rest stay 0) */
+                size_t i = 0, r = 0;
+                for (; r < R_; r++) {
                     while (i < nd && rc[i] < x->rec_thrs[r]) i++;
+                    if (i >= nd) break;
                     size_t at = (((t * R_ + r) * K + k) * A + a) * M + m;
-                    if (i >= nd) {
-                        for (; r < R_; r++) {
-                            at = (((t * R_ + r) * K + k) * A + a) * M + m;
-                            x->precision[at] = 0;
-                            x->scores[at] = 0;
-                        }
-                        break;
-                    }
                     x->precision[at] = pr[i];
-                    x->scores[at] = -f[i].negscore;
+                    x->scores[at] = -e[fl[i]].negscore;
+                }
+                for (; r < R_; r++) {
+                    size_t at = (((t * R_ + r) * K + k) * A + a) * M + m;
+                    x->precision[at] = 0;
+                    x->scores[at] = 0;
                 }
             }
         }
     }
 done:
     free(e);
-    free(f);
+    free(fl);
+    free(ls);
     free(rc);
     free(pr);
 }
