@@ -1,0 +1,858 @@
+/*
+ * ctl/eqctl.c -- eqctl, the command-line tool for eq: talks to a daemon's
+ * data or control socket, makes keys and datasets, prints config docs.
+ *
+ * Subcommands live in one table of {name, fn, help}; each parses its own
+ * flags with getopt_long and prints data as text or, with --json, as one
+ * JSON object.  Exit status: 0 ok, 1 the operation failed, 2 bad usage.
+ * doc/eqctl.md is the user's reference.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <math.h>
+#include <png.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "core/config.h"
+#include "core/json.h"
+#include "core/log.h"
+#include "core/pool.h"
+#include "core/safetensors.h"
+#include "loader/loader.h"
+#include "loader/server.h"
+#include "proto/proto_zmq.h"
+
+typedef int (*s_cmd_fn)(int argc, char **argv);
+
+typedef struct s_cmd {
+    const char *name; /* one or two words */
+    s_cmd_fn fn;
+    const char *help;
+    const char *usage; /* flags, for --help */
+} s_cmd;
+
+#define S_U_VERSION "[--json]"
+#define S_U_KEYGEN "NAME"
+#define S_U_CONTROL "ENDPOINT [--json] [--timeout-ms N] [--server-key FILE --key FILE]"
+#define S_U_BATCH                                                                                          \
+    "--loader ENDPOINT [--config FILE] [--set SECTION.KEY=VALUE] [--dataset NAME] [--split train|val]\n"  \
+    "       [--epoch E] [--step S] [--offset O] [--count N] [--batch G] [--size HxW] [--channels C]\n"     \
+    "       [--seed S] [--aug none|rrc|center|padcrop] [--png FILE] [--out FILE.safetensors]\n"           \
+    "       [--raw FILE] [--json] [--timeout-ms N] [--server-key FILE --key FILE]"
+#define S_U_SYNTH                                                                                          \
+    "OUT --classes K --per-class N [--val-per-class M] [--mean-pixels P] [--quality Q] [--seed S] [--threads T]"
+#define S_U_INFO "PATH [--json] [--threads N]"
+#define S_U_DOC "[--out FILE]"
+
+/* ------------------------------------------------------------ helpers */
+
+static int s_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int s_fail(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("eqctl: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    return 1;
+}
+
+static int s_usage_err(const char *cmd, const char *usage)
+{
+    fprintf(stderr, "usage: eqctl %s %s\n", cmd, usage);
+    return 2;
+}
+
+/* Strict unsigned number: decimal, in [lo, hi]. */
+static int s_u64(const char *flag, const char *v, uint64_t lo, uint64_t hi, uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    if (!v || !*v || *v == '-') goto bad;
+    unsigned long long x = strtoull(v, &end, 10);
+    if (errno || *end || x < lo || x > hi) goto bad;
+    *out = x;
+    return 0;
+bad:
+    fprintf(stderr, "eqctl: %s '%s': expected an integer in [%" PRIu64 ", %" PRIu64 "]\n", flag, v ? v : "", lo,
+            hi);
+    return -1;
+}
+
+/* CURVE client keys: --server-key FILE (the server's public key) and
+ * --key FILE (our secret key; the public half is derived). */
+typedef struct s_curve {
+    const char *server_key, *key;
+} s_curve;
+
+static void *s_connect(void *ctx, int type, const char *ep, const s_curve *cv, int timeout_ms, eq_err *e)
+{
+    eq_proto_sockopts o;
+    eq_proto_sockopts_default(&o, NULL);
+    o.rcvtimeo_ms = timeout_ms;
+    o.sndtimeo_ms = timeout_ms;
+    void *s = eq_proto_socket(ctx, type, &o, e);
+    if (!s) return NULL;
+    if (cv && (cv->server_key || cv->key)) {
+        char sp[EQ_PROTO_KEY_Z85], sec[EQ_PROTO_KEY_Z85], pub[EQ_PROTO_KEY_Z85];
+        if (!cv->server_key || !cv->key) {
+            eq_err_set(e, EQ_ERR_INVALID, "--server-key and --key go together");
+            goto fail;
+        }
+        if (eq_proto_curve_load(cv->server_key, false, sp, e) || eq_proto_curve_load(cv->key, true, sec, e) ||
+            eq_proto_curve_public(sec, pub, e) || eq_proto_curve_client(s, pub, sec, sp, e))
+            goto fail;
+    }
+    if (eq_proto_connect(s, ep, e) == EQ_OK) return s;
+fail:
+    eq_proto_socket_close(&s);
+    return NULL;
+}
+
+/* ------------------------------------------------------------ version */
+
+static int s_version(int argc, char **argv)
+{
+    static const struct option o[] = {{"json", no_argument, 0, 'j'}, {0, 0, 0, 0}};
+    int json = 0, c;
+    while ((c = getopt_long(argc, argv, "", o, NULL)) != -1) {
+        if (c == 'j')
+            json = 1;
+        else
+            return s_usage_err("version", S_U_VERSION);
+    }
+    int a, b, d;
+    zmq_version(&a, &b, &d);
+    if (json)
+        printf("{\"eq\":\"%s\",\"protocol\":%d,\"libzmq\":\"%d.%d.%d\",\"curve\":%s}\n", PACKAGE_VERSION,
+               EQ_PROTO_VERSION, a, b, d, zmq_has("curve") ? "true" : "false");
+    else
+        printf("eqctl (eq) %s, protocol %d, libzmq %d.%d.%d%s\n", PACKAGE_VERSION, EQ_PROTO_VERSION, a, b, d,
+               zmq_has("curve") ? ", curve" : "");
+    return 0;
+}
+
+/* ------------------------------------------------------------- keygen */
+
+static int s_keygen(int argc, char **argv)
+{
+    static const struct option o[] = {{0, 0, 0, 0}};
+    if (getopt_long(argc, argv, "", o, NULL) != -1 || optind != argc - 1) return s_usage_err("keygen", S_U_KEYGEN);
+    const char *name = argv[optind];
+    size_t n = strlen(name);
+    if (!n || n > 4000) return s_fail("keygen: bad NAME");
+    char pub[4096 + 8], sec[4096 + 8];
+    snprintf(pub, sizeof pub, "%s.pub", name);
+    snprintf(sec, sizeof sec, "%s.key", name);
+    eq_err e = {0};
+    if (eq_proto_curve_keygen(pub, sec, &e) != EQ_OK) return s_fail("keygen: %s", e.msg);
+    printf("wrote %s (public, give it to peers) and %s (secret, mode 0600)\n", pub, sec);
+    return 0;
+}
+
+/* ---------------------------------------------------- control: status, stop */
+
+static int s_control(const char *cmdname, const char *command, int argc, char **argv, int json_default)
+{
+    static const struct option o[] = {{"json", no_argument, 0, 'j'},
+                                      {"timeout-ms", required_argument, 0, 't'},
+                                      {"server-key", required_argument, 0, 's'},
+                                      {"key", required_argument, 0, 'k'},
+                                      {0, 0, 0, 0}};
+    int json = json_default, c;
+    uint64_t timeout = 5000;
+    s_curve cv = {0};
+    static const char *usage = S_U_CONTROL;
+    while ((c = getopt_long(argc, argv, "", o, NULL)) != -1) {
+        switch (c) {
+        case 'j': json = 1; break;
+        case 't':
+            if (s_u64("--timeout-ms", optarg, 1, 3600000, &timeout)) return 2;
+            break;
+        case 's': cv.server_key = optarg; break;
+        case 'k': cv.key = optarg; break;
+        default: return s_usage_err(cmdname, usage);
+        }
+    }
+    if (optind != argc - 1) return s_usage_err(cmdname, usage);
+    const char *ep = argv[optind];
+    eq_err e = {0};
+    void *ctx = zmq_ctx_new();
+    void *s = s_connect(ctx, ZMQ_DEALER, ep, &cv, (int)timeout, &e);
+    int rc = 1;
+    char *buf = NULL;
+    if (!s) {
+        s_fail("%s: %s", ep, e.msg);
+        goto out;
+    }
+    if (zmq_send(s, command, strlen(command), 0) < 0) {
+        s_fail("%s: send: %s", ep, zmq_strerror(zmq_errno()));
+        goto out;
+    }
+    zmq_msg_t m;
+    zmq_msg_init(&m);
+    if (zmq_msg_recv(&m, s, 0) < 0) {
+        s_fail("%s: no answer within %" PRIu64 " ms (%s)", ep, timeout, zmq_strerror(zmq_errno()));
+        zmq_msg_close(&m);
+        goto out;
+    }
+    size_t n = zmq_msg_size(&m);
+    buf = malloc(n + 1);
+    if (!buf) {
+        zmq_msg_close(&m);
+        goto out;
+    }
+    memcpy(buf, zmq_msg_data(&m), n);
+    buf[n] = 0;
+    zmq_msg_close(&m);
+    eq_json_doc *doc = eq_json_parse(buf, n, NULL, &e);
+    if (!doc) {
+        s_fail("%s: answer is not JSON: %s", ep, e.msg);
+        goto out;
+    }
+    const eq_json *root = eq_json_root(doc);
+    const eq_json *ok = eq_json_get(root, "ok");
+    int good = ok && eq_json_typeof(ok) == EQ_JSON_TRUE;
+    if (json) {
+        printf("%s\n", buf);
+    } else if (!good) {
+        const eq_json *er = eq_json_get(root, "error");
+        s_fail("%s: %s", ep, er && eq_json_str(er, NULL) ? eq_json_str(er, NULL) : buf);
+    } else if (!strcmp(command, "stop")) {
+        printf("%s: stopping\n", ep);
+    } else {
+        /* A readable summary of the status object. */
+        for (size_t i = 0; i < eq_json_len(root); i++) {
+            size_t kl;
+            const char *k = eq_json_key_at(root, i, &kl);
+            const eq_json *v = eq_json_at(root, i);
+            if (eq_json_typeof(v) == EQ_JSON_NUMBER)
+                printf("%-16.*s %g\n", (int)kl, k, eq_json_num(v));
+            else if (eq_json_typeof(v) == EQ_JSON_STRING)
+                printf("%-16.*s %s\n", (int)kl, k, eq_json_str(v, NULL));
+            else if (eq_json_typeof(v) == EQ_JSON_ARRAY) {
+                printf("%-16.*s %zu\n", (int)kl, k, eq_json_len(v));
+                for (size_t j = 0; j < eq_json_len(v); j++) {
+                    const eq_json *it = eq_json_at(v, j);
+                    printf("  -");
+                    for (size_t f = 0; f < eq_json_len(it); f++) {
+                        size_t fl;
+                        const char *fk = eq_json_key_at(it, f, &fl);
+                        const eq_json *fv = eq_json_at(it, f);
+                        if (eq_json_typeof(fv) == EQ_JSON_STRING)
+                            printf(" %.*s=%s", (int)fl, fk, eq_json_str(fv, NULL));
+                        else if (eq_json_typeof(fv) == EQ_JSON_NUMBER)
+                            printf(" %.*s=%g", (int)fl, fk, eq_json_num(fv));
+                    }
+                    printf("\n");
+                }
+            }
+        }
+    }
+    eq_json_doc_destroy(&doc);
+    rc = good ? 0 : 1;
+out:
+    free(buf);
+    eq_proto_socket_close(&s);
+    zmq_ctx_term(ctx);
+    return rc;
+}
+
+static int s_status(int argc, char **argv)
+{
+    return s_control("status", "status", argc, argv, 0);
+}
+
+static int s_stop(int argc, char **argv)
+{
+    return s_control("stop", "stop", argc, argv, 0);
+}
+
+/* ------------------------------------------------------------ batch get */
+
+/* One request and its answer of the expected type (an ERROR is reported). */
+static eq_status s_call(void *sock, eq_msg *m, eq_msg_type want, eq_proto_recvd *r, eq_err *e)
+{
+    eq_status st = eq_proto_send(sock, NULL, m, NULL, 0, 0, e);
+    if (st) return st;
+    for (;;) {
+        st = eq_proto_recv(sock, r, NULL, 0, e);
+        if (st == EQ_ERR_TIMEOUT) return eq_err_set(e, st, "no answer to %s (timeout)", eq_msg_type_name(m->type));
+        if (st) return st;
+        /* Replies to earlier requests (there are none here) would be skipped. */
+        if (m->has_req && (!r->msg.has_req || r->msg.req != m->req)) continue;
+        break;
+    }
+    if (r->msg.type == EQ_MSG_ERROR)
+        return eq_err_set(e, (eq_status)(r->msg.u.error.code < EQ_STATUS_COUNT ? r->msg.u.error.code : EQ_ERR_PROTO),
+                          "loader answered %s with ERROR %s: %s", eq_msg_type_name(m->type), r->msg.u.error.name,
+                          r->msg.u.error.message);
+    if (r->msg.type != want)
+        return eq_err_set(e, EQ_ERR_PROTO, "loader answered %s with %s, expected %s", eq_msg_type_name(m->type),
+                          eq_msg_type_name(r->msg.type), eq_msg_type_name(want));
+    return EQ_OK;
+}
+
+static void s_png_err(png_structp p, png_const_charp msg)
+{
+    eq_err *e = png_get_error_ptr(p);
+    eq_err_set(e, EQ_ERR_IO, "png: %s", msg);
+    png_longjmp(p, 1);
+}
+
+static void s_png_warn(png_structp p, png_const_charp msg)
+{
+    (void)p;
+    (void)msg;
+}
+
+/* n images (h x w x c, c = 1 or 3) as a grid PNG, each scaled up by an
+ * integer factor so that small images (28 x 28) stay visible. */
+static eq_status s_write_grid(const char *path, const uint8_t *img, uint32_t n, uint32_t h, uint32_t w, uint32_t c,
+                              eq_err *e)
+{
+    if (c != 1 && c != 3) return eq_err_set(e, EQ_ERR_UNSUPPORTED, "--png: %u channels (only 1 or 3)", c);
+    uint32_t cols = (uint32_t)ceil(sqrt((double)n)), rows = (n + cols - 1) / cols;
+    uint32_t big = h > w ? h : w, sc = big >= 64 ? 1 : (64 + big - 1) / big;
+    if (sc > 8) sc = 8;
+    const uint32_t gap = 2;
+    uint64_t W = (uint64_t)cols * (w * sc + gap) + gap, H = (uint64_t)rows * (h * sc + gap) + gap;
+    if (W > 32768 || H > 32768) return eq_err_set(e, EQ_ERR_LIMIT, "--png: grid of %" PRIu64 "x%" PRIu64 " too large", W, H);
+    uint8_t *pix = calloc((size_t)W * H, c);
+    png_bytep *rowp = malloc(sizeof *rowp * H);
+    FILE *f = NULL;
+    png_structp png = NULL;
+    png_infop info = NULL;
+    eq_status st = EQ_OK;
+    if (!pix || !rowp) {
+        st = eq_err_set(e, EQ_ERR_NOMEM, "--png: out of memory");
+        goto out;
+    }
+    memset(pix, 64, (size_t)W * H * c); /* dark grey gaps */
+    for (uint32_t k = 0; k < n; k++) {
+        uint32_t gx = k % cols, gy = k / cols;
+        for (uint32_t y = 0; y < h * sc; y++) {
+            uint8_t *dst = pix + (((size_t)gy * (h * sc + gap) + gap + y) * W + (size_t)gx * (w * sc + gap) + gap) * c;
+            const uint8_t *src = img + (((size_t)k * h + y / sc) * w) * c;
+            for (uint32_t x = 0; x < w * sc; x++) memcpy(dst + (size_t)x * c, src + (size_t)(x / sc) * c, c);
+        }
+    }
+    for (uint64_t y = 0; y < H; y++) rowp[y] = pix + y * W * c;
+    if (!(f = fopen(path, "wb"))) {
+        st = eq_err_set(e, EQ_ERR_IO, "--png %s: %s", path, strerror(errno));
+        goto out;
+    }
+    png = png_create_write_struct(PNG_LIBPNG_VER_STRING, e, s_png_err, s_png_warn);
+    info = png ? png_create_info_struct(png) : NULL;
+    if (!png || !info) {
+        st = eq_err_set(e, EQ_ERR_NOMEM, "--png: libpng init failed");
+        goto out;
+    }
+    if (setjmp(png_jmpbuf(png))) {
+        st = e->code ? e->code : EQ_ERR_IO;
+        goto out;
+    }
+    png_init_io(png, f);
+    png_set_IHDR(png, info, (png_uint_32)W, (png_uint_32)H, 8, c == 1 ? PNG_COLOR_TYPE_GRAY : PNG_COLOR_TYPE_RGB,
+                 PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
+    png_write_info(png, info);
+    png_write_image(png, rowp);
+    png_write_end(png, NULL);
+out:
+    if (png) png_destroy_write_struct(&png, info ? &info : NULL);
+    if (f && fclose(f) != 0 && st == EQ_OK) st = eq_err_set(e, EQ_ERR_IO, "--png %s: %s", path, strerror(errno));
+    free(pix);
+    free(rowp);
+    return st;
+}
+
+static int s_parse_size(const char *v, eq_loader_data_cfg *dc)
+{
+    uint64_t h, w;
+    char buf[64], *x;
+    snprintf(buf, sizeof buf, "%s", v);
+    if (!(x = strchr(buf, 'x'))) {
+        if (s_u64("--size", buf, 1, 4096, &h)) return -1;
+        w = h;
+    } else {
+        *x = 0;
+        if (s_u64("--size (height)", buf, 1, 4096, &h) || s_u64("--size (width)", x + 1, 1, 4096, &w)) return -1;
+    }
+    dc->height = (int64_t)h;
+    dc->width = (int64_t)w;
+    return 0;
+}
+
+static int s_batch_get(int argc, char **argv)
+{
+    static const char *usage = S_U_BATCH;
+    enum {
+        O_LOADER = 256, O_CONFIG, O_SET, O_DATASET, O_SPLIT, O_EPOCH, O_STEP, O_OFFSET, O_COUNT, O_BATCH, O_SIZE,
+        O_CHANNELS, O_SEED, O_AUG, O_PNG, O_OUT, O_RAW, O_JSON, O_TIMEOUT, O_SKEY, O_KEY
+    };
+    static const struct option o[] = {
+        {"loader", required_argument, 0, O_LOADER}, {"config", required_argument, 0, O_CONFIG},
+        {"set", required_argument, 0, O_SET},       {"dataset", required_argument, 0, O_DATASET},
+        {"split", required_argument, 0, O_SPLIT},   {"epoch", required_argument, 0, O_EPOCH},
+        {"step", required_argument, 0, O_STEP},     {"offset", required_argument, 0, O_OFFSET},
+        {"count", required_argument, 0, O_COUNT},   {"batch", required_argument, 0, O_BATCH},
+        {"size", required_argument, 0, O_SIZE},     {"channels", required_argument, 0, O_CHANNELS},
+        {"seed", required_argument, 0, O_SEED},     {"aug", required_argument, 0, O_AUG},
+        {"png", required_argument, 0, O_PNG},       {"out", required_argument, 0, O_OUT},
+        {"raw", required_argument, 0, O_RAW},       {"json", no_argument, 0, O_JSON},
+        {"timeout-ms", required_argument, 0, O_TIMEOUT}, {"server-key", required_argument, 0, O_SKEY},
+        {"key", required_argument, 0, O_KEY},       {0, 0, 0, 0},
+    };
+    const char *loader = NULL, *config = NULL, *split = "train", *png = NULL, *out = NULL, *raw = NULL, *aug = NULL;
+    const char *sets[64];
+    size_t nsets = 0;
+    /* Flags that change [data] become --set overrides, after the user's. */
+    char fsets[8][128];
+    size_t nf = 0;
+    uint64_t epoch = 0, step = 0, offset = 0, count = 0, timeout = 30000, tmp;
+    int json = 0, c, have_count = 0;
+    s_curve cv = {0};
+    while ((c = getopt_long(argc, argv, "", o, NULL)) != -1) {
+        switch (c) {
+        case O_LOADER: loader = optarg; break;
+        case O_CONFIG: config = optarg; break;
+        case O_SET:
+            if (nsets == 64) return s_fail("at most 64 --set");
+            sets[nsets++] = optarg;
+            break;
+        case O_DATASET: snprintf(fsets[nf++], sizeof fsets[0], "data.dataset=%.100s", optarg); break;
+        case O_SPLIT: split = optarg; break;
+        case O_EPOCH:
+            if (s_u64("--epoch", optarg, 0, UINT64_MAX, &epoch)) return 2;
+            break;
+        case O_STEP:
+            if (s_u64("--step", optarg, 0, UINT64_MAX, &step)) return 2;
+            break;
+        case O_OFFSET:
+            if (s_u64("--offset", optarg, 0, UINT32_MAX, &offset)) return 2;
+            break;
+        case O_COUNT:
+            if (s_u64("--count", optarg, 1, UINT32_MAX, &count)) return 2;
+            have_count = 1;
+            break;
+        case O_BATCH:
+            if (s_u64("--batch", optarg, 1, 1u << 24, &tmp)) return 2;
+            snprintf(fsets[nf++], sizeof fsets[0], "data.global_batch=%" PRIu64, tmp);
+            break;
+        case O_SIZE: {
+            eq_loader_data_cfg d;
+            if (s_parse_size(optarg, &d)) return 2;
+            snprintf(fsets[nf++], sizeof fsets[0], "data.height=%" PRId64, d.height);
+            snprintf(fsets[nf++], sizeof fsets[0], "data.width=%" PRId64, d.width);
+            break;
+        }
+        case O_CHANNELS: snprintf(fsets[nf++], sizeof fsets[0], "data.channels=%.40s", optarg); break;
+        case O_SEED: snprintf(fsets[nf++], sizeof fsets[0], "data.seed=%.40s", optarg); break;
+        case O_AUG: aug = optarg; break;
+        case O_PNG: png = optarg; break;
+        case O_OUT: out = optarg; break;
+        case O_RAW: raw = optarg; break;
+        case O_JSON: json = 1; break;
+        case O_TIMEOUT:
+            if (s_u64("--timeout-ms", optarg, 1, 3600000, &timeout)) return 2;
+            break;
+        case O_SKEY: cv.server_key = optarg; break;
+        case O_KEY: cv.key = optarg; break;
+        default: return s_usage_err("batch get", usage);
+        }
+        if (nf > 6) return s_fail("too many pipeline flags");
+    }
+    if (optind != argc || !loader) return s_usage_err("batch get", usage);
+    int train = !strcmp(split, "train");
+    if (aug) snprintf(fsets[nf++], sizeof fsets[0], "data.%s=%.40s", train ? "aug_train" : "aug_val", aug);
+    static eq_loader_data_cfg dc;
+    eq_config_section secs[2];
+    eq_loader_config_sections(NULL, &dc, secs);
+    eq_err e = {0};
+    const char *all[64 + 8];
+    size_t nall = 0;
+    for (size_t i = 0; i < nsets; i++) all[nall++] = sets[i];
+    for (size_t i = 0; i < nf; i++) all[nall++] = fsets[i];
+    eq_status st = config ? eq_config_load(secs, 2, config, all, nall, &e)
+                          : eq_config_parse_buffer(secs, 2, "(defaults)", "", 0, all, nall, &e);
+    if (st) {
+        fprintf(stderr, "eqctl: %s\n", e.msg);
+        return 2;
+    }
+    if (!have_count) count = (uint64_t)dc.global_batch > offset ? (uint64_t)dc.global_batch - offset : 1;
+
+    eq_msg job;
+    if (eq_loader_data_job(&dc, split, &job, &e)) return s_fail("%s", e.msg);
+    job.has_req = true;
+    job.req = 2;
+
+    void *ctx = zmq_ctx_new();
+    int rc = 1;
+    eq_proto_recvd *r = malloc(sizeof *r);
+    eq_proto_recvd_init(r);
+    void *sock = s_connect(ctx, ZMQ_DEALER, loader, &cv, (int)timeout, &e);
+    eq_st_writer *w = NULL;
+    if (!sock) {
+        s_fail("%s: %s", loader, e.msg);
+        goto done;
+    }
+    eq_msg m;
+    eq_proto_msg_init(&m, EQ_MSG_HELLO);
+    m.has_req = true;
+    m.req = 1;
+    char host[64] = "host";
+    gethostname(host, sizeof host - 1);
+    host[sizeof host - 1] = 0;
+    for (char *p = host; *p; p++)
+        if (!strchr("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-", *p)) *p = '_';
+    snprintf(m.u.hello.role, sizeof m.u.hello.role, "ctl");
+    snprintf(m.u.hello.name, sizeof m.u.hello.name, "%.40s:%ld", host, (long)getpid());
+    m.u.hello.versions[0] = EQ_PROTO_VERSION;
+    m.u.hello.nversions = 1;
+    snprintf(m.u.hello.software, sizeof m.u.hello.software, "eqctl %s", PACKAGE_VERSION);
+    if (s_call(sock, &m, EQ_MSG_HELLO, r, &e)) {
+        s_fail("%s: %s", loader, e.msg);
+        goto done;
+    }
+    char peer[EQ_PROTO_NAME_CAP + EQ_PROTO_TEXT_CAP + 8];
+    snprintf(peer, sizeof peer, "%s (%s)", r->msg.u.hello.name, r->msg.u.hello.software);
+    if (s_call(sock, &job, EQ_MSG_JOB_OK, r, &e)) {
+        s_fail("%s: %s", loader, e.msg);
+        goto done;
+    }
+    eq_msg_job_ok ok = r->msg.u.job_ok;
+    eq_proto_msg_init(&m, EQ_MSG_BATCH_REQ);
+    m.has_req = true;
+    m.req = 3;
+    snprintf(m.u.batch_req.job, sizeof m.u.batch_req.job, "%s", ok.job);
+    m.u.batch_req.epoch = epoch;
+    m.u.batch_req.step = step;
+    m.u.batch_req.offset = (uint32_t)offset;
+    m.u.batch_req.count = (uint32_t)count;
+    if (s_call(sock, &m, EQ_MSG_BATCH, r, &e)) {
+        s_fail("%s: %s", loader, e.msg);
+        goto done;
+    }
+    const eq_msg_batch *b = &r->msg.u.batch;
+    size_t isz, lsz;
+    const uint8_t *img = eq_proto_recvd_frame(r, (size_t)b->frame_images, &isz);
+    const void *lab = eq_proto_recvd_frame(r, (size_t)b->frame_labels, &lsz);
+    const eq_proto_frame_desc *fi = &r->msg.frames[b->frame_images], *fl = &r->msg.frames[b->frame_labels];
+    uint32_t n = b->count, H = (uint32_t)fi->shape[1], W = (uint32_t)fi->shape[2], C = (uint32_t)fi->shape[3];
+    int64_t *labels = malloc(sizeof *labels * (n ? n : 1));
+    if (!labels) {
+        s_fail("out of memory");
+        goto done;
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        if (fl->dtype == EQ_DT_I64) {
+            int64_t v;
+            memcpy(&v, (const uint8_t *)lab + 8 * (size_t)i, 8);
+            labels[i] = v;
+        } else {
+            int32_t v;
+            memcpy(&v, (const uint8_t *)lab + 4 * (size_t)i, 4);
+            labels[i] = v;
+        }
+    }
+    uint64_t hist_n = ok.classes ? ok.classes : 1;
+    if (hist_n > 100000) hist_n = 100000;
+    uint64_t *hist = calloc(hist_n, sizeof *hist), other = 0;
+    for (uint32_t i = 0; i < n && hist; i++) {
+        if (labels[i] >= 0 && (uint64_t)labels[i] < hist_n)
+            hist[labels[i]]++;
+        else
+            other++;
+    }
+    uint64_t sum = eq_proto_hash64(img, isz);
+    if (json) {
+        printf("{\"loader\":\"%s\",\"job\":\"%s\",\"dataset\":\"%s\",\"split\":\"%s\",\"size\":%" PRIu64
+               ",\"classes\":%u,\"data_hash\":\"%s\",\"pipeline\":\"%s\",\"epoch\":%" PRIu64 ",\"step\":%" PRIu64
+               ",\"offset\":%u,\"count\":%u,\"shape\":[%u,%u,%u,%u],\"labels\":[",
+               loader, ok.job, dc.dataset, split, ok.size, ok.classes, ok.data_hash, ok.pipeline, b->epoch, b->step,
+               b->offset, n, n, H, W, C);
+        for (uint32_t i = 0; i < n; i++) printf("%s%" PRId64, i ? "," : "", labels[i]);
+        printf("],\"histogram\":[");
+        for (uint64_t k = 0; hist && k < hist_n; k++) printf("%s%" PRIu64, k ? "," : "", hist[k]);
+        printf("],\"replaced\":[");
+        for (uint32_t i = 0; i < b->nreplaced; i++) printf("%s%u", i ? "," : "", b->replaced[i]);
+        printf("],\"checksum\":\"%016" PRIx64 "\"}\n", sum);
+    } else {
+        printf("loader     %s  %s\n", loader, peer);
+        printf("job        %s  %s/%s, %" PRIu64 " samples, %u classes, data %s\n", ok.job, dc.dataset, split,
+               ok.size, ok.classes, ok.data_hash);
+        printf("pipeline   %s\n", ok.pipeline);
+        printf("batch      epoch %" PRIu64 " step %" PRIu64 " offset %u count %u: images u8 [%u, %u, %u, %u], labels %s\n",
+               b->epoch, b->step, b->offset, n, n, H, W, C, fl->dtype == EQ_DT_I64 ? "i64" : "i32");
+        printf("histogram ");
+        for (uint64_t k = 0; hist && k < hist_n; k++) printf(" %" PRIu64 ":%" PRIu64, k, hist[k]);
+        if (other) printf(" other:%" PRIu64, other);
+        printf("\nreplaced   %u", b->nreplaced);
+        for (uint32_t i = 0; i < b->nreplaced && i < 32; i++) printf("%s%u", i ? "," : " [", b->replaced[i]);
+        printf("%s\n", b->nreplaced ? (b->nreplaced > 32 ? ",...]" : "]") : "");
+        printf("checksum   %016" PRIx64 " (FNV-1a 64 of the image bytes)\n", sum);
+    }
+    free(hist);
+    rc = 0;
+    if (png) {
+        if (s_write_grid(png, img, n, H, W, C, &e) != EQ_OK)
+            rc = s_fail("%s", e.msg);
+        else if (!json)
+            printf("wrote      %s\n", png);
+    }
+    if (raw) {
+        FILE *f = fopen(raw, "wb");
+        if (!f || fwrite(img, 1, isz, f) != isz || fclose(f) != 0) {
+            rc = s_fail("--raw %s: %s", raw, strerror(errno));
+        } else if (!json)
+            printf("wrote      %s (%zu image bytes)\n", raw, isz);
+    }
+    if (out) {
+        w = eq_st_writer_new();
+        int64_t ish[4] = {n, H, W, C}, lsh[1] = {n};
+        char num[32];
+        eq_status ws = w ? EQ_OK : eq_err_set(&e, EQ_ERR_NOMEM, "out of memory");
+        if (!ws) ws = eq_st_writer_add(w, "images", EQ_DT_U8, 4, ish, img, &e);
+        if (!ws) ws = eq_st_writer_add(w, "labels", fl->dtype, 1, lsh, lab, &e);
+        if (!ws) ws = eq_st_writer_meta(w, "job", ok.job, &e);
+        if (!ws) ws = eq_st_writer_meta(w, "dataset", dc.dataset, &e);
+        if (!ws) ws = eq_st_writer_meta(w, "split", split, &e);
+        snprintf(num, sizeof num, "%" PRIu64, b->epoch);
+        if (!ws) ws = eq_st_writer_meta(w, "epoch", num, &e);
+        snprintf(num, sizeof num, "%" PRIu64, b->step);
+        if (!ws) ws = eq_st_writer_meta(w, "step", num, &e);
+        snprintf(num, sizeof num, "%u", b->offset);
+        if (!ws) ws = eq_st_writer_meta(w, "offset", num, &e);
+        if (!ws) ws = eq_st_writer_save(w, out, &e);
+        if (ws)
+            rc = s_fail("--out %s: %s", out, e.msg);
+        else if (!json)
+            printf("wrote      %s\n", out);
+    }
+    free(labels);
+done:
+    eq_st_writer_destroy(&w);
+    eq_proto_recvd_close(r);
+    free(r);
+    eq_proto_socket_close(&sock);
+    zmq_ctx_term(ctx);
+    return rc;
+}
+
+/* -------------------------------------------------------------- dataset */
+
+static int s_dataset_synth(int argc, char **argv)
+{
+    static const char *usage = S_U_SYNTH;
+    static const struct option o[] = {{"classes", required_argument, 0, 'k'},
+                                      {"per-class", required_argument, 0, 'n'},
+                                      {"val-per-class", required_argument, 0, 'v'},
+                                      {"mean-pixels", required_argument, 0, 'p'},
+                                      {"quality", required_argument, 0, 'q'},
+                                      {"seed", required_argument, 0, 's'},
+                                      {"threads", required_argument, 0, 't'},
+                                      {0, 0, 0, 0}};
+    eq_synth_cfg cfg = {0};
+    uint64_t v;
+    int c, have_val = 0;
+    while ((c = getopt_long(argc, argv, "", o, NULL)) != -1) {
+        switch (c) {
+        case 'k':
+            if (s_u64("--classes", optarg, 1, 100000, &v)) return 2;
+            cfg.classes = (uint32_t)v;
+            break;
+        case 'n':
+            if (s_u64("--per-class", optarg, 0, 10000000, &v)) return 2;
+            cfg.train_per_class = (uint32_t)v;
+            break;
+        case 'v':
+            if (s_u64("--val-per-class", optarg, 0, 10000000, &v)) return 2;
+            cfg.val_per_class = (uint32_t)v;
+            have_val = 1;
+            break;
+        case 'p':
+            if (s_u64("--mean-pixels", optarg, 64, 100000000, &v)) return 2;
+            cfg.mean_pixels = (uint32_t)v;
+            break;
+        case 'q':
+            if (s_u64("--quality", optarg, 1, 100, &v)) return 2;
+            cfg.quality = (int)v;
+            break;
+        case 's':
+            if (s_u64("--seed", optarg, 0, UINT64_MAX, &v)) return 2;
+            cfg.seed = v;
+            break;
+        case 't':
+            if (s_u64("--threads", optarg, 0, 1024, &v)) return 2;
+            cfg.nthreads = (int)v;
+            break;
+        default: return s_usage_err("dataset synth", usage);
+        }
+    }
+    if (optind != argc - 1 || !cfg.classes || (!cfg.train_per_class && !have_val))
+        return s_usage_err("dataset synth", usage);
+    if (!have_val) cfg.val_per_class = cfg.train_per_class / 5 ? cfg.train_per_class / 5 : 1;
+    eq_err e = {0};
+    if (eq_synth_imagefolder(argv[optind], &cfg, &e) != EQ_OK) return s_fail("dataset synth: %s", e.msg);
+    printf("wrote %s: %u classes, %u train and %u val images per class\n", argv[optind], cfg.classes,
+           cfg.train_per_class, cfg.val_per_class);
+    return 0;
+}
+
+static int s_dataset_info(int argc, char **argv)
+{
+    static const struct option o[] = {
+        {"json", no_argument, 0, 'j'}, {"threads", required_argument, 0, 't'}, {0, 0, 0, 0}};
+    int json = 0, c;
+    uint64_t threads = 0;
+    while ((c = getopt_long(argc, argv, "", o, NULL)) != -1) {
+        if (c == 'j')
+            json = 1;
+        else if (c == 't') {
+            if (s_u64("--threads", optarg, 0, 1024, &threads)) return 2;
+        } else
+            return s_usage_err("dataset info", S_U_INFO);
+    }
+    if (optind != argc - 1) return s_usage_err("dataset info", S_U_INFO);
+    const char *path = argv[optind];
+    eq_err e = {0};
+    eq_ds_kind kind;
+    if (eq_loader_detect(path, &kind, &e)) return s_fail("%s", e.msg);
+    static const char *const splits[] = {"train", "val"};
+    int found = 0;
+    if (json) printf("{\"path\":\"%s\",\"kind\":\"%s\",\"splits\":{", path, eq_loader_kind_name(kind));
+    else
+        printf("%s: %s\n", path, eq_loader_kind_name(kind));
+    char first_err[EQ_ERR_MSG_LEN] = "";
+    for (int i = 0; i < 2; i++) {
+        eq_err se = {0};
+        eq_dataset *ds = eq_loader_open(path, kind, splits[i], threads ? (int)threads : eq_cpu_count(), &se);
+        if (!ds) {
+            if (!first_err[0]) snprintf(first_err, sizeof first_err, "%s", se.msg);
+            if (!json) printf("  %-5s  not available: %s\n", splits[i], se.msg);
+            continue;
+        }
+        eq_ds_fingerprint fp = eq_dataset_fingerprint(ds);
+        uint32_t k = eq_dataset_num_classes(ds);
+        if (json) {
+            printf("%s\"%s\":{\"size\":%zu,\"classes\":%u,\"fingerprint\":{\"count\":%" PRIu64 ",\"hash\":\"%016" PRIx64
+                   "\"},\"class_names\":[",
+                   found ? "," : "", splits[i], eq_dataset_size(ds), k, fp.count, fp.hash);
+            for (uint32_t j = 0; j < k && j < 1000; j++) {
+                printf("%s\"", j ? "," : "");
+                for (const char *p = eq_dataset_class_name(ds, j); p && *p; p++)
+                    printf(*p == '"' || *p == '\\' ? "\\%c" : (unsigned char)*p < 0x20 ? "?" : "%c", *p);
+                printf("\"");
+            }
+            printf("]}");
+        } else {
+            printf("  %-5s  %zu samples, %u classes, fingerprint %" PRIu64 "/%016" PRIx64 "\n", splits[i],
+                   eq_dataset_size(ds), k, fp.count, fp.hash);
+            printf("         classes:");
+            for (uint32_t j = 0; j < k && j < 10; j++) printf(" %s", eq_dataset_class_name(ds, j));
+            printf("%s\n", k > 10 ? " ..." : "");
+        }
+        found++;
+        eq_dataset_destroy(&ds);
+    }
+    if (json) printf("}}\n");
+    if (!found) return s_fail("%s: no split could be opened: %s", path, first_err);
+    return 0;
+}
+
+/* --------------------------------------------------------------- config */
+
+static int s_config_doc(int argc, char **argv)
+{
+    static const struct option o[] = {{"out", required_argument, 0, 'o'}, {0, 0, 0, 0}};
+    const char *out = NULL;
+    int c;
+    while ((c = getopt_long(argc, argv, "", o, NULL)) != -1) {
+        if (c == 'o')
+            out = optarg;
+        else
+            return s_usage_err("config doc", S_U_DOC);
+    }
+    if (optind != argc) return s_usage_err("config doc", S_U_DOC);
+    eq_config_section secs[2];
+    eq_loader_config_sections(NULL, NULL, secs);
+    char *md = NULL;
+    size_t len = 0;
+    eq_err e = {0};
+    if (eq_config_doc(secs, 2, &md, &len, &e)) return s_fail("config doc: %s", e.msg);
+    FILE *f = out ? fopen(out, "w") : stdout;
+    int rc = 0;
+    if (!f || fwrite(md, 1, len, f) != len) rc = s_fail("config doc: %s: %s", out ? out : "stdout", strerror(errno));
+    if (out && f && fclose(f) != 0) rc = s_fail("config doc: %s: %s", out, strerror(errno));
+    free(md);
+    return rc;
+}
+
+/* ----------------------------------------------------------------- main */
+
+static int s_help(int argc, char **argv);
+
+static const s_cmd s_cmds[] = {
+    {"version", s_version, "print versions", S_U_VERSION},
+    {"keygen", s_keygen, "write a CURVE key pair NAME.pub and NAME.key", S_U_KEYGEN},
+    {"status", s_status, "a daemon's status from its control socket", S_U_CONTROL},
+    {"stop", s_stop, "ask a daemon to stop (control socket)", S_U_CONTROL},
+    {"batch get", s_batch_get, "fetch one batch from a loader, print a summary, write PNG/safetensors", S_U_BATCH},
+    {"dataset synth", s_dataset_synth, "write a synthetic JPEG ImageFolder", S_U_SYNTH},
+    {"dataset info", s_dataset_info, "kind, size, classes and fingerprint of a dataset directory", S_U_INFO},
+    {"config doc", s_config_doc, "markdown reference of the config sections the programs define", S_U_DOC},
+    {"help", s_help, "this list", ""},
+};
+#define S_NCMDS (sizeof s_cmds / sizeof s_cmds[0])
+
+static int s_help(int argc, char **argv)
+{
+    (void)argc;
+    (void)argv;
+    printf("usage: eqctl COMMAND [options]   (eqctl COMMAND --help for its flags)\n\n");
+    for (size_t i = 0; i < S_NCMDS; i++) printf("  %-14s %s\n", s_cmds[i].name, s_cmds[i].help);
+    printf("\nlog level: EQ_LOG_LEVEL=debug|info|warn|error (default warn)\n");
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    eq_log_set_role("ctl", -1);
+    eq_log_set_level(EQ_LOG_WARN);
+    const char *lv = getenv("EQ_LOG_LEVEL");
+    eq_log_level level;
+    if (lv && eq_log_level_parse(lv, &level) == 0) eq_log_set_level(level);
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+        s_help(0, NULL);
+        return argc < 2 ? 2 : 0;
+    }
+    if (!strcmp(argv[1], "--version")) return s_version(1, argv);
+    for (size_t i = 0; i < S_NCMDS; i++) {
+        const char *name = s_cmds[i].name, *sp = strchr(name, ' ');
+        int words = sp ? 2 : 1;
+        if (sp) {
+            if (argc < 3 || strncmp(argv[1], name, (size_t)(sp - name)) || argv[1][sp - name] ||
+                strcmp(argv[2], sp + 1))
+                continue;
+        } else if (strcmp(argv[1], name)) {
+            continue;
+        }
+        if (argc > words + 1 && (!strcmp(argv[words + 1], "--help") || !strcmp(argv[words + 1], "-h"))) {
+            printf("eqctl %s: %s\nusage: eqctl %s %s\n", name, s_cmds[i].help, name, s_cmds[i].usage);
+            return 0;
+        }
+        /* getopt_long sees argv[0] = "eqctl NAME" and the rest. */
+        optind = 1;
+        return s_cmds[i].fn(argc - words, argv + words);
+    }
+    fprintf(stderr, "eqctl: unknown command '%s'%s%s\n", argv[1], argc > 2 ? " " : "", argc > 2 ? argv[2] : "");
+    s_help(0, NULL);
+    return 2;
+}

@@ -1,0 +1,204 @@
+/*
+ * loader/server.h -- the serving half of eq-loader: declared datasets, the
+ * JOB -> pipeline mapping, the [loader] and [data] config sections, and the
+ * server object (ROUTER data socket, control socket, worker threads).
+ *
+ * The eq-loader program (loader/eq_loader_main.c) is a thin main() around
+ * eq_loader_server; tests drive the same object over inproc sockets.
+ *
+ * Serving model (actor style, DESIGN.md "Daemons as actors"):
+ *   - one main thread (eq_loader_server_run) owns every socket it polls:
+ *     the data ROUTER, the control ROUTER, and an inproc PULL on which the
+ *     workers report finished requests; it answers HELLO and JOB itself,
+ *     checks each BATCH_REQ (job known, range valid, bytes-in-flight
+ *     budget), computes its dataset indices with the job's sampler and
+ *     queues it;
+ *   - N worker threads take samples from the queued requests a few at a
+ *     time, round-robin across requests (so a large request does not hold
+ *     up a small one), each with its own decoder; the worker that finishes
+ *     a request's last sample hands it to the main thread over its own
+ *     inproc PUSH socket;
+ *   - the main thread sends the BATCH with the image and label buffers
+ *     given to ZeroMQ without a copy (freed by ZeroMQ's callback).
+ * Nothing a peer sends can stop the server: every malformed or refused
+ * message is answered with an ERROR (or dropped and counted when it cannot
+ * be answered), and the loop goes on.
+ *
+ * The control socket speaks plain text commands (one frame: "status" or
+ * "stop") and answers one frame of JSON; doc/eq-loader.md documents it.
+ */
+#ifndef EQ_LOADER_SERVER_H
+#define EQ_LOADER_SERVER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/config.h"
+#include "core/status.h"
+#include "loader/loader.h"
+#include "proto/proto.h"
+
+/* ======================================================================
+ * Datasets by path
+ * ====================================================================== */
+
+/* Kind of the dataset at `path`, from what the directory holds:
+ * train-/t10k-images-idx3-ubyte[.gz] -> EQ_DS_IDX; data_batch_1.bin or
+ * test_batch.bin -> EQ_DS_CIFAR10; train.bin or test.bin -> EQ_DS_CIFAR100;
+ * any other directory -> EQ_DS_IMAGEFOLDER.  EQ_ERR_NOTFOUND (missing) or
+ * EQ_ERR_INVALID (not a directory), naming the path. */
+eq_status eq_loader_detect(const char *path, eq_ds_kind *kind, eq_err *err);
+
+/* "idx", "cifar10", "cifar100", "imagefolder"; "?" if invalid. */
+const char *eq_loader_kind_name(eq_ds_kind kind);
+
+/* Open `split` of the dataset of `kind` at `path` ("train"; "val" or
+ * "test" for IDX and CIFAR's test files; ImageFolder: the folder
+ * path/split, walked with `nthreads`).  Caller owns the result. */
+eq_dataset *eq_loader_open(const char *path, eq_ds_kind kind, const char *split, int nthreads,
+                           eq_err *err);
+
+/* ======================================================================
+ * JOB <-> pipeline
+ * ====================================================================== */
+
+/* The pipeline a JOB asks for.  Starts from eq_pipeline_cfg_default(split,
+ * height, global_batch, seed) with out_w = width, sampler.last from `last`,
+ * then applies the JOB's `transforms`, each optional:
+ *   aug        str   "none" | "rrc" | "center" | "padcrop"
+ *   hflip      bool  random horizontal flip (rrc, padcrop)
+ *   scale_min, scale_max, ratio_min, ratio_max   float (rrc)
+ *   resize     int   shorter side before the centre crop (0 = size/0.875)
+ *   pad        int   padcrop padding
+ *   shuffle    bool  shuffle the epoch order (default: split == "train")
+ *   dct_scale  bool  JPEG DCT-domain downscaling
+ *   max_pixels int   decompression-bomb limit (0 = default)
+ * An unknown key, a value of the wrong type or out of range is
+ * EQ_ERR_INVALID naming the key.  Mixup and CutMix are not served yet:
+ * mixup_alpha or cutmix_alpha > 0 is EQ_ERR_UNSUPPORTED. */
+eq_status eq_loader_job_pipeline(const eq_msg_job *job, eq_pipeline_cfg *cfg, eq_err *err);
+
+/* The pipeline fingerprint sent in JOB_OK: library versions and the decode
+ * options that change bytes.  `out` gets at most `cap` bytes. */
+void eq_loader_pipeline_fingerprint(const eq_pipeline_cfg *cfg, char *out, size_t cap);
+
+/* ======================================================================
+ * Config sections
+ * ====================================================================== */
+
+#define EQ_LOADER_MAX_DATASETS 16
+#define EQ_LOADER_PATH_CAP 1024
+
+/* [loader]: the daemon's own settings (command-line flags override them). */
+typedef struct eq_loader_cfg {
+    char bind[256];
+    char control[256];
+    int64_t threads;
+    char datasets[EQ_LOADER_MAX_DATASETS][EQ_LOADER_PATH_CAP + EQ_PROTO_NAME_CAP];
+    size_t ndatasets;
+    int64_t max_inflight_mb;
+    int64_t max_jobs;
+    char curve_secret[EQ_LOADER_PATH_CAP];
+    char curve_allow[EQ_LOADER_PATH_CAP];
+    bool insecure;
+} eq_loader_cfg;
+
+/* [data]: the pipeline a job asks a loader for (what a JOB carries). */
+typedef struct eq_loader_data_cfg {
+    char dataset[EQ_PROTO_NAME_CAP];
+    int64_t height, width, channels;
+    int64_t global_batch;
+    int64_t seed;
+    int aug_train, aug_val; /* index into "none", "rrc", "center", "padcrop" */
+    bool hflip;
+    double scale[2];
+    size_t nscale;
+    double ratio[2];
+    size_t nratio;
+    int64_t resize;
+    int64_t pad;
+    int last_train; /* "drop", "wrap" */
+    bool dct_scale;
+} eq_loader_data_cfg;
+
+/* Section tables bound to the given structs (either may be NULL: that
+ * section is then validated and discarded).  `secs` receives 2 entries:
+ * [loader] then [data]. */
+void eq_loader_config_sections(eq_loader_cfg *lc, eq_loader_data_cfg *dc, eq_config_section secs[2]);
+
+/* Fill a JOB from [data] for `split` ("train" uses aug_train and
+ * last_train; other splits aug_val and "partial").  `m` is initialised. */
+eq_status eq_loader_data_job(const eq_loader_data_cfg *dc, const char *split, eq_msg *m, eq_err *err);
+
+/* ======================================================================
+ * The server
+ * ====================================================================== */
+
+typedef struct eq_proto_zap eq_proto_zap;
+
+typedef struct eq_loader_server_cfg {
+    const char *bind;             /* data endpoint (required): "tcp://127.0.0.1:5555",
+                                   * "tcp://127.0.0.1:*", "inproc://x" */
+    const char *control;          /* control endpoint, NULL or "" for none */
+    const char *const *datasets;  /* "NAME=PATH" declarations (>= 1) */
+    size_t ndatasets;
+    int threads;                  /* workers; <= 0: one per CPU */
+    uint64_t max_inflight_bytes;  /* budget of image bytes being made or sent;
+                                   * 0: 1 GiB */
+    uint32_t max_jobs;            /* jobs remembered (least recently used
+                                   * evicted first); 0: 64 */
+    /* CURVE (both or neither): the server's secret key (z85) and the running
+     * ZAP handler holding the allow-list of client keys. */
+    const char *curve_secret;
+    const eq_proto_zap *zap;
+    bool insecure;                /* allow non-loopback binds without CURVE */
+} eq_loader_server_cfg;
+
+typedef struct eq_loader_server eq_loader_server;
+
+/* Check the declarations (names unique and valid, paths exist, kinds
+ * detected), create and bind the sockets in `zctx` and start the workers.
+ * Binding a non-loopback TCP endpoint without CURVE is EQ_ERR_INVALID
+ * unless cfg->insecure.  Datasets are opened on the first JOB that needs
+ * them (one eq_dataset per dataset and split, shared by all its jobs).
+ * Caller owns the result; call eq_loader_server_run from one thread. */
+eq_loader_server *eq_loader_server_new(void *zctx, const eq_loader_server_cfg *cfg, eq_err *err);
+
+/* The endpoints as bound (with the real port for "tcp://...:*"); "" for
+ * no control socket. */
+const char *eq_loader_server_endpoint(const eq_loader_server *s);
+const char *eq_loader_server_control_endpoint(const eq_loader_server *s);
+
+/* Serve until a stop (control "stop" or eq_loader_server_stop): then the
+ * requests already being made are finished and sent (for at most 5 s) and
+ * the function returns EQ_OK.  Errors only for a broken context
+ * (EQ_ERR_NET). */
+eq_status eq_loader_server_run(eq_loader_server *s, eq_err *err);
+
+/* Ask the run loop to stop.  Async-signal-safe (one write(2) to a pipe),
+ * callable from any thread. */
+void eq_loader_server_stop(eq_loader_server *s);
+
+/* Stops the workers, frees everything, closes the sockets (linger 0).
+ * Call after eq_loader_server_run has returned (or was never called).
+ * NULL-safe; NULLs *self_p. */
+void eq_loader_server_destroy(eq_loader_server **self_p);
+
+typedef struct eq_loader_stats {
+    uint64_t received;      /* messages received on the data socket */
+    uint64_t hello, job, batch_req;
+    uint64_t batches_sent, samples_sent, bytes_sent;
+    uint64_t replaced;      /* substituted samples */
+    uint64_t errors_sent;   /* ERROR replies */
+    uint64_t dropped;       /* messages that could not be answered, replies
+                             * that could not be sent */
+    uint64_t expired;       /* requests past their deadline, not sent */
+    uint64_t jobs;          /* jobs in the table */
+    uint64_t inflight_bytes;
+} eq_loader_stats;
+
+/* Counters so far; callable from any thread while the server runs. */
+void eq_loader_server_stats(const eq_loader_server *s, eq_loader_stats *st);
+
+#endif
