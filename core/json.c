@@ -81,6 +81,7 @@ typedef struct s_block {
 
 struct eq_json_doc {
     s_block *blocks; /* head is the block being filled */
+    size_t first_cap; /* size of the first block: small documents stay small */
     eq_json root;
 };
 
@@ -136,7 +137,7 @@ static void *s_alloc(eq_json_doc *doc, size_t n)
         b->used += n;
         return r;
     }
-    size_t cap = b ? b->cap * 2 : S_BLOCK_MIN;
+    size_t cap = b ? b->cap * 2 : doc->first_cap;
     if (cap > S_BLOCK_MAX) cap = S_BLOCK_MAX;
     if (n > cap / 4) {
         /* big request: a block of its own, behind the current one */
@@ -245,7 +246,7 @@ static const char *s_what(const s_parser *ps, const unsigned char *p, char buf[3
 static inline eq_json *s_push(s_parser *ps)
 {
     if (ps->ntop == ps->cap) {
-        size_t ncap = ps->cap ? ps->cap * 2 : 1024;
+        size_t ncap = ps->cap ? ps->cap * 2 : 64;
         if (ncap > SIZE_MAX / sizeof(eq_json)) return NULL;
         eq_json *n = realloc(ps->stk, ncap * sizeof *n); /* big ones move by mremap */
         if (!n) return NULL;
@@ -741,6 +742,8 @@ static eq_json_doc *s_parse_padded(const char *text, size_t len, const eq_json_o
         eq_err_set(err, EQ_ERR_NOMEM, "out of memory while parsing JSON");
         return NULL;
     }
+    /* nodes take at most ~16 bytes per 2 bytes of text ("0,") */
+    doc->first_cap = len < S_BLOCK_MIN / 8 ? (len * 8 + 1023) & ~(size_t)1023 : S_BLOCK_MIN;
     s_parser ps = { 0 };
     ps.end = (const unsigned char *)text + len;
     ps.ls = (const unsigned char *)text;
