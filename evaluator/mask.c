@@ -11,8 +11,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Largest number of traced boundary points a polygon may produce (the
- * reference allocates one int pair per point); 2^28 points = 2 GiB. */
+/* Largest number of boundary points (at 1/5 pixel) a polygon may have: the
+ * reference allocates an int pair per point (2^28 points = 2 GiB); eq walks
+ * them without storing, but still bounds the work. */
 #define S_POLY_MAX_POINTS ((uint64_t)1 << 28)
 
 void eq_rle_free(eq_rle *r)
@@ -228,12 +229,102 @@ eq_status eq_rle_merge(const eq_rle *rs, size_t n, int intersect, eq_rle *out, e
     return EQ_OK;
 }
 
-static int s_uint_cmp(const void *a, const void *b)
+/* One polygon edge as rleFrPoly traces it: endpoints swapped so that the
+ * major coordinate increases, points t = 0..major. */
+typedef struct s_edge {
+    int xs, ys, dx, dy, xmaj, flip;
+    double s;
+} s_edge;
+
+static inline void s_edge_pt(const s_edge *e, int t, int *u, int *v)
 {
-    uint32_t c = *(const uint32_t *)a, d = *(const uint32_t *)b;
-    return c > d ? 1 : c < d ? -1 : 0;
+    if (e->dx == 0 && e->dy == 0) {
+        /* a repeated vertex: the reference computes 0/0 here and converts
+         * NaN to int; that row is never used (see eq_rle_fr_poly), so the
+         * vertex itself will do */
+        *u = e->xs;
+        *v = e->ys;
+    } else if (e->xmaj) {
+        *u = t + e->xs;
+        *v = (int)(e->ys + e->s * t + .5);
+    } else {
+        *v = t + e->ys;
+        *u = (int)(e->xs + e->s * t + .5);
+    }
 }
 
+/* The reference's crossing test for consecutive traced points p, q. */
+static inline void s_cross(int pu, int pv, int qu, int qv, uint32_t h, uint32_t w, uint32_t *a,
+                           size_t *nc)
+{
+    if (pu == qu) return;
+    double xd = (double)(qu < pu ? qu : qu - 1);
+    xd = (xd + .5) / 5 - .5;
+    if (floor(xd) != xd || xd < 0 || xd > (double)(w - 1)) return;
+    double yd = (double)(qv < pv ? qv : pv);
+    yd = (yd + .5) / 5 - .5;
+    if (yd < 0)
+        yd = 0;
+    else if (yd > h)
+        yd = h;
+    yd = ceil(yd);
+    a[(*nc)++] = (uint32_t)((uint64_t)(int)xd * h + (uint64_t)(int)yd);
+}
+
+/* Pairs (t, t+1) of one edge, in traversal order. */
+static inline void s_edge_pair(const s_edge *e, int t, uint32_t h, uint32_t w, uint32_t *a,
+                               size_t *nc)
+{
+    int u0, v0, u1, v1;
+    s_edge_pt(e, t, &u0, &v0);
+    s_edge_pt(e, t + 1, &u1, &v1);
+    if (e->flip)
+        s_cross(u1, v1, u0, v0, h, w, a, nc);
+    else
+        s_cross(u0, v0, u1, v1, h, w, a, nc);
+}
+
+static void s_sort_u32(uint32_t *a, size_t n, uint32_t *tmp)
+{
+    if (n <= 48) {
+        for (size_t i = 1; i < n; i++) {
+            uint32_t x = a[i];
+            size_t j = i;
+            while (j > 0 && a[j - 1] > x) {
+                a[j] = a[j - 1];
+                j--;
+            }
+            a[j] = x;
+        }
+        return;
+    }
+    /* LSD radix sort, 8-bit digits, only as many as the largest value has */
+    uint32_t mx = 0;
+    for (size_t i = 0; i < n; i++)
+        if (a[i] > mx) mx = a[i];
+    for (int shift = 0; shift < 32 && (mx >> shift) != 0; shift += 8) {
+        size_t cnt[257];
+        memset(cnt, 0, sizeof cnt);
+        for (size_t i = 0; i < n; i++) cnt[((a[i] >> shift) & 0xff) + 1]++;
+        for (size_t d = 1; d <= 256; d++) cnt[d] += cnt[d - 1];
+        for (size_t i = 0; i < n; i++) tmp[cnt[(a[i] >> shift) & 0xff]++] = a[i];
+        memcpy(a, tmp, n * sizeof *a);
+    }
+}
+
+/*
+ * rleFrPoly without materialising the traced boundary.  The reference
+ * traces every edge into 1/5-pixel points, then scans consecutive points
+ * for a change of column whose lower column index xd satisfies
+ * (xd + .5)/5 - .5 integral and inside the image.  Here each consecutive
+ * pair is visited exactly as there (same formulas, same order within the
+ * pair, edge junctions included), but along an x-major edge only the pairs
+ * whose column test can pass are computed: there the columns are xs + t
+ * and xs + t + 1, and (xd + .5)/5 - .5 is integral exactly when
+ * xd = 2 (mod 5) (for |xd| < 2^30 the division is exact at k + .5 and at
+ * least 0.1 away from it otherwise).  The crossings are the same set, so
+ * after sorting the runs are bit-identical.
+ */
 eq_status eq_rle_fr_poly(const double *xy, size_t k, uint32_t h, uint32_t w, eq_rle *out,
                          eq_err *err)
 {
@@ -254,40 +345,32 @@ eq_status eq_rle_fr_poly(const double *xy, size_t k, uint32_t h, uint32_t w, eq_
         uint32_t zero = 0;
         return eq_rle_init(out, h, w, &zero, 1, err);
     }
-    int *x = eq_malloc_array(k + 1, sizeof *x), *y = eq_malloc_array(k + 1, sizeof *y);
-    int *u = NULL, *v = NULL;
-    uint32_t *a = NULL, *b = NULL;
-    st = EQ_ERR_NOMEM;
-    if (!x || !y) goto done;
-    /* upsample and get discrete points densely along the entire boundary */
-    for (size_t j = 0; j < k; j++) x[j] = (int)(scale * xy[j * 2 + 0] + .5);
-    for (size_t j = 0; j < k; j++) y[j] = (int)(scale * xy[j * 2 + 1] + .5);
-    if (k > 0) {
-        x[k] = x[0];
-        y[k] = y[0];
-    }
-    uint64_t m = 0;
-    for (size_t j = 0; j < k; j++) {
-        uint32_t dx = (uint32_t)abs(x[j] - x[j + 1]), dy = (uint32_t)abs(y[j] - y[j + 1]);
-        m += (dx > dy ? dx : dy) + 1;
-    }
-    if (m > S_POLY_MAX_POINTS) {
-        st = eq_err_set(err, EQ_ERR_LIMIT, "polygon boundary too long (%llu points)",
-                        (unsigned long long)m);
-        goto done;
-    }
-    u = eq_malloc_array(m ? m : 1, sizeof *u);
-    v = eq_malloc_array(m ? m : 1, sizeof *v);
-    if (!u || !v) goto done;
-    m = 0;
-    for (size_t j = 0; j < k; j++) {
-        int xs = x[j], xe = x[j + 1], ys = y[j], ye = y[j + 1], dx, dy, t, d;
-        int flip;
-        double s;
-        dx = abs(xe - xs);
-        dy = abs(ys - ye);
-        flip = (dx >= dy && xs > xe) || (dx < dy && ys > ye);
-        if (flip) {
+    s_edge ebuf[64];
+    s_edge *E = k <= 64 ? ebuf : eq_malloc_array(k, sizeof *E);
+    uint32_t abuf[1024], tbuf[1024], *a = abuf, *tmp = tbuf, *b = NULL;
+    if (!E) goto nomem;
+    /* upsample and round (truncating conversions, as the reference) */
+    uint64_t cap = 2, npts = 0; /* crossings bound; points the reference traces */
+    int x0 = 0, y0 = 0, xp = 0, yp = 0;
+    for (size_t j = 0; j <= k && k > 0; j++) {
+        int x, y;
+        if (j < k) {
+            x = (int)(scale * xy[j * 2 + 0] + .5);
+            y = (int)(scale * xy[j * 2 + 1] + .5);
+        } else {
+            x = x0;
+            y = y0;
+        }
+        if (j == 0) {
+            x0 = xp = x;
+            y0 = yp = y;
+            continue;
+        }
+        s_edge *e = &E[j - 1];
+        int xs = xp, xe = x, ys = yp, ye = y, t;
+        int dx = abs(xe - xs), dy = abs(ys - ye);
+        e->flip = (dx >= dy && xs > xe) || (dx < dy && ys > ye);
+        if (e->flip) {
             t = xs;
             xs = xe;
             xe = t;
@@ -295,55 +378,60 @@ eq_status eq_rle_fr_poly(const double *xy, size_t k, uint32_t h, uint32_t w, eq_
             ys = ye;
             ye = t;
         }
-        if (dx == 0 && dy == 0) {
-            /* A repeated vertex: the reference computes 0/0 here and converts
-             * NaN to int; that point's row is never used (its column equals
-             * its neighbours'), so any value will do. */
-            u[m] = xs;
-            v[m] = ys;
-            m++;
-            continue;
-        }
-        s = dx >= dy ? (double)(ye - ys) / dx : (double)(xe - xs) / dy;
-        if (dx >= dy)
-            for (d = 0; d <= dx; d++) {
-                t = flip ? dx - d : d;
-                u[m] = t + xs;
-                v[m] = (int)(ys + s * t + .5);
-                m++;
-            }
-        else
-            for (d = 0; d <= dy; d++) {
-                t = flip ? dy - d : d;
-                v[m] = t + ys;
-                u[m] = (int)(xs + s * t + .5);
-                m++;
-            }
+        e->xs = xs;
+        e->ys = ys;
+        e->dx = dx;
+        e->dy = dy;
+        e->xmaj = dx >= dy;
+        e->s = (dx == 0 && dy == 0) ? 0 : dx >= dy ? (double)(ye - ys) / dx : (double)(xe - xs) / dy;
+        cap += (uint64_t)dx / 5 + 3;
+        npts += (uint64_t)(dx > dy ? dx : dy) + 1;
+        xp = x;
+        yp = y;
     }
-    /* get points along the y-boundary and downsample */
-    free(x);
-    free(y);
-    x = y = NULL;
-    size_t np = (size_t)m, nc = 0;
-    a = eq_malloc_array(np + 1, sizeof *a);
-    if (!a) goto done;
-    for (size_t j = 1; j < np; j++) {
-        if (u[j] == u[j - 1]) continue;
-        double xd = (double)(u[j] < u[j - 1] ? u[j] : u[j] - 1);
-        xd = (xd + .5) / scale - .5;
-        if (floor(xd) != xd || xd < 0 || xd > (double)(w - 1)) continue;
-        double yd = (double)(v[j] < v[j - 1] ? v[j] : v[j - 1]);
-        yd = (yd + .5) / scale - .5;
-        if (yd < 0)
-            yd = 0;
-        else if (yd > h)
-            yd = h;
-        yd = ceil(yd);
-        a[nc++] = (uint32_t)((uint64_t)(int)xd * h + (uint64_t)(int)yd);
+    if (npts > S_POLY_MAX_POINTS) {
+        if (E != ebuf) free(E);
+        return eq_err_set(err, EQ_ERR_LIMIT, "polygon boundary too long (%llu points)",
+                          (unsigned long long)npts);
+    }
+    if (cap > sizeof abuf / sizeof *abuf) {
+        a = eq_malloc_array((size_t)cap, sizeof *a);
+        if (!a) goto nomem;
+    }
+    size_t nc = 0;
+    const int64_t lo_col = 2, hi_col = 5 * (int64_t)(w - 1) + 2;
+    for (size_t j = 0; j < k; j++) {
+        const s_edge *e = &E[j];
+        if (j > 0) {
+            /* junction: last point of the previous edge, first of this one */
+            const s_edge *f = &E[j - 1];
+            int pu, pv, qu, qv;
+            s_edge_pt(f, f->flip ? 0 : (f->xmaj ? f->dx : f->dy), &pu, &pv);
+            s_edge_pt(e, e->flip ? (e->xmaj ? e->dx : e->dy) : 0, &qu, &qv);
+            s_cross(pu, pv, qu, qv, h, w, a, &nc);
+        }
+        if (e->dx == 0 && e->dy == 0) continue;
+        if (e->xmaj) {
+            /* columns xs+t, xs+t+1: only xs+t = 2 (mod 5) inside the image */
+            int64_t t0 = lo_col - e->xs;
+            if (t0 < 0) t0 = 0;
+            int64_t r = ((int64_t)e->xs + t0 - 2) % 5;
+            if (r < 0) r += 5;
+            if (r) t0 += 5 - r;
+            int64_t t1 = hi_col - e->xs;
+            if (t1 > e->dx - 1) t1 = e->dx - 1;
+            for (int64_t t = t0; t <= t1; t += 5) s_edge_pair(e, (int)t, h, w, a, &nc);
+        } else {
+            for (int t = 0; t < e->dy; t++) s_edge_pair(e, t, h, w, a, &nc);
+        }
     }
     /* compute the rle encoding given the y-boundary points */
     a[nc++] = h * w;
-    qsort(a, nc, sizeof *a, s_uint_cmp);
+    if (nc > sizeof tbuf / sizeof *tbuf) {
+        tmp = eq_malloc_array(nc, sizeof *tmp);
+        if (!tmp) goto nomem;
+    }
+    s_sort_u32(a, nc, tmp);
     uint32_t p = 0;
     for (size_t j = 0; j < nc; j++) {
         uint32_t t = a[j];
@@ -351,7 +439,7 @@ eq_status eq_rle_fr_poly(const double *xy, size_t k, uint32_t h, uint32_t w, eq_
         p = t;
     }
     b = eq_malloc_array(nc, sizeof *b);
-    if (!b) goto done;
+    if (!b) goto nomem;
     size_t j = 0, bm = 0;
     b[bm++] = a[j++];
     while (j < nc) {
@@ -364,17 +452,16 @@ eq_status eq_rle_fr_poly(const double *xy, size_t k, uint32_t h, uint32_t w, eq_
     }
     uint32_t *shrunk = realloc(b, bm * sizeof *b);
     s_rle_set(out, h, w, shrunk ? shrunk : b, bm);
-    b = NULL;
-    st = EQ_OK;
-done:
-    if (st == EQ_ERR_NOMEM) eq_err_set(err, st, "out of memory rasterising a polygon");
-    free(x);
-    free(y);
-    free(u);
-    free(v);
-    free(a);
+    if (E != ebuf) free(E);
+    if (a != abuf) free(a);
+    if (tmp != tbuf) free(tmp);
+    return EQ_OK;
+nomem:
+    if (E != ebuf) free(E);
+    if (a != abuf) free(a);
+    if (tmp != tbuf) free(tmp);
     free(b);
-    return st;
+    return eq_err_set(err, EQ_ERR_NOMEM, "out of memory rasterising a polygon");
 }
 
 eq_status eq_rle_fr_bbox(const double bb[4], uint32_t h, uint32_t w, eq_rle *out, eq_err *err)

@@ -181,6 +181,196 @@ START_TEST(test_reference_cases)
 }
 END_TEST
 
+/* ---- the literal port of maskApi.c rleFrPoly (the library's version
+ * skips the traced points that cannot cross a pixel centre; this one keeps
+ * them all), for differential testing --------------------------------- */
+
+static int s_ref_uint_cmp(const void *a, const void *b)
+{
+    uint32_t c = *(const uint32_t *)a, d = *(const uint32_t *)b;
+    return c > d ? 1 : c < d ? -1 : 0;
+}
+
+static eq_status s_ref_fr_poly(const double *xy, size_t k, uint32_t h, uint32_t w, eq_rle *out,
+                         eq_err *err)
+{
+    memset(out, 0, sizeof *out);
+    eq_status st;
+    const double scale = 5;
+    const double lim = (double)(1 << 30);
+    for (size_t j = 0; j < 2 * k; j++) {
+        double v = scale * xy[j] + .5;
+        if (!(v > -lim && v < lim))
+            return eq_err_set(err, EQ_ERR_INVALID,
+                              "polygon coordinate %zu (%g) is not finite or too large", j, xy[j]);
+    }
+    if (h == 0 || w == 0) {
+        /* The reference's column test compares against w-1 computed in
+         * unsigned arithmetic; a 0-pixel mask is defined here as [0]. */
+        uint32_t zero = 0;
+        return eq_rle_init(out, h, w, &zero, 1, err);
+    }
+    int *x = eq_malloc_array(k + 1, sizeof *x), *y = eq_malloc_array(k + 1, sizeof *y);
+    int *u = NULL, *v = NULL;
+    uint32_t *a = NULL, *b = NULL;
+    st = EQ_ERR_NOMEM;
+    if (!x || !y) goto done;
+    /* upsample and get discrete points densely along the entire boundary */
+    for (size_t j = 0; j < k; j++) x[j] = (int)(scale * xy[j * 2 + 0] + .5);
+    for (size_t j = 0; j < k; j++) y[j] = (int)(scale * xy[j * 2 + 1] + .5);
+    if (k > 0) {
+        x[k] = x[0];
+        y[k] = y[0];
+    }
+    uint64_t m = 0;
+    for (size_t j = 0; j < k; j++) {
+        uint32_t dx = (uint32_t)abs(x[j] - x[j + 1]), dy = (uint32_t)abs(y[j] - y[j + 1]);
+        m += (dx > dy ? dx : dy) + 1;
+    }
+    if (m > ((uint64_t)1 << 28)) {
+        st = eq_err_set(err, EQ_ERR_LIMIT, "polygon boundary too long (%llu points)",
+                        (unsigned long long)m);
+        goto done;
+    }
+    u = eq_malloc_array(m ? m : 1, sizeof *u);
+    v = eq_malloc_array(m ? m : 1, sizeof *v);
+    if (!u || !v) goto done;
+    m = 0;
+    for (size_t j = 0; j < k; j++) {
+        int xs = x[j], xe = x[j + 1], ys = y[j], ye = y[j + 1], dx, dy, t, d;
+        int flip;
+        double s;
+        dx = abs(xe - xs);
+        dy = abs(ys - ye);
+        flip = (dx >= dy && xs > xe) || (dx < dy && ys > ye);
+        if (flip) {
+            t = xs;
+            xs = xe;
+            xe = t;
+            t = ys;
+            ys = ye;
+            ye = t;
+        }
+        if (dx == 0 && dy == 0) {
+            /* A repeated vertex: the reference computes 0/0 here and converts
+             * NaN to int; that point's row is never used (its column equals
+             * its neighbours'), so any value will do. */
+            u[m] = xs;
+            v[m] = ys;
+            m++;
+            continue;
+        }
+        s = dx >= dy ? (double)(ye - ys) / dx : (double)(xe - xs) / dy;
+        if (dx >= dy)
+            for (d = 0; d <= dx; d++) {
+                t = flip ? dx - d : d;
+                u[m] = t + xs;
+                v[m] = (int)(ys + s * t + .5);
+                m++;
+            }
+        else
+            for (d = 0; d <= dy; d++) {
+                t = flip ? dy - d : d;
+                v[m] = t + ys;
+                u[m] = (int)(xs + s * t + .5);
+                m++;
+            }
+    }
+    /* get points along the y-boundary and downsample */
+    free(x);
+    free(y);
+    x = y = NULL;
+    size_t np = (size_t)m, nc = 0;
+    a = eq_malloc_array(np + 1, sizeof *a);
+    if (!a) goto done;
+    for (size_t j = 1; j < np; j++) {
+        if (u[j] == u[j - 1]) continue;
+        double xd = (double)(u[j] < u[j - 1] ? u[j] : u[j] - 1);
+        xd = (xd + .5) / scale - .5;
+        if (floor(xd) != xd || xd < 0 || xd > (double)(w - 1)) continue;
+        double yd = (double)(v[j] < v[j - 1] ? v[j] : v[j - 1]);
+        yd = (yd + .5) / scale - .5;
+        if (yd < 0)
+            yd = 0;
+        else if (yd > h)
+            yd = h;
+        yd = ceil(yd);
+        a[nc++] = (uint32_t)((uint64_t)(int)xd * h + (uint64_t)(int)yd);
+    }
+    /* compute the rle encoding given the y-boundary points */
+    a[nc++] = h * w;
+    qsort(a, nc, sizeof *a, s_ref_uint_cmp);
+    uint32_t p = 0;
+    for (size_t j = 0; j < nc; j++) {
+        uint32_t t = a[j];
+        a[j] -= p;
+        p = t;
+    }
+    b = eq_malloc_array(nc, sizeof *b);
+    if (!b) goto done;
+    size_t j = 0, bm = 0;
+    b[bm++] = a[j++];
+    while (j < nc) {
+        if (a[j] > 0)
+            b[bm++] = a[j++];
+        else {
+            j++;
+            if (j < nc) b[bm - 1] += a[j++];
+        }
+    }
+    uint32_t *shrunk = realloc(b, bm * sizeof *b);
+    out->h = h;
+    out->w = w;
+    out->m = bm;
+    out->cnts = shrunk ? shrunk : b;
+    b = NULL;
+    st = EQ_OK;
+done:
+    if (st == EQ_ERR_NOMEM) eq_err_set(err, st, "out of memory rasterising a polygon");
+    free(x);
+    free(y);
+    free(u);
+    free(v);
+    free(a);
+    free(b);
+    return st;
+}
+
+START_TEST(test_fr_poly_vs_literal_port)
+{
+    /* random polygons on random grids, with negative, off-image, repeated
+     * and grid-aligned vertices */
+    uint64_t st = 0x9e3779b97f4a7c15ull;
+#define RND() (st ^= st << 13, st ^= st >> 7, st ^= st << 17, st)
+    for (int it = 0; it < 20000; it++) {
+        uint32_t h = 1 + (uint32_t)(RND() % 50), w = 1 + (uint32_t)(RND() % 50);
+        size_t k = 1 + (size_t)(RND() % 9);
+        double xy[20];
+        for (size_t j = 0; j < 2 * k; j++) {
+            int64_t lim = j % 2 ? h : w;
+            uint64_t r = RND();
+            switch (r % 4) {
+            case 0: xy[j] = (double)((int64_t)((r >> 8) % (uint64_t)(lim + 20)) - 10); break;
+            case 1:
+                xy[j] = (double)((int64_t)((r >> 8) % (uint64_t)(5 * lim + 60)) - 30) / 5.0 +
+                        0.1 * (double)((r >> 40) % 3);
+                break;
+            case 2: xy[j] = (double)(r >> 11) / 9007199254740992.0 * (double)(lim + 10) - 5; break;
+            default: xy[j] = j >= 2 ? xy[j - 2] : 0; break;
+            }
+        }
+        eq_rle r1, r2;
+        ck_assert_int_eq(eq_rle_fr_poly(xy, k, h, w, &r1, NULL), EQ_OK);
+        ck_assert_int_eq(s_ref_fr_poly(xy, k, h, w, &r2, NULL), EQ_OK);
+        ck_assert_uint_eq(r1.m, r2.m);
+        ck_assert_mem_eq(r1.cnts, r2.cnts, r1.m * sizeof *r1.cnts);
+        eq_rle_free(&r1);
+        eq_rle_free(&r2);
+    }
+#undef RND
+}
+END_TEST
+
 /* ---- unit tests ---------------------------------------------------------- */
 
 START_TEST(test_encode_decode)
@@ -348,6 +538,7 @@ static Suite *s_suite(void)
     TCase *tc = tcase_create("reference");
     tcase_set_timeout(tc, 20);
     tcase_add_test(tc, test_reference_cases);
+    tcase_add_test(tc, test_fr_poly_vs_literal_port);
     suite_add_tcase(s, tc);
     tc = tcase_create("unit");
     tcase_add_test(tc, test_encode_decode);
