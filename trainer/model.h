@@ -1,0 +1,146 @@
+/*
+ * trainer/model.h -- a network built from the [model], [quant.wt] and
+ * [quant.fm] config sections, trained with explicit forward and backward
+ * on a backend (trainer/backend.h).  This is the trainer daemon's view of a
+ * model; doc/models.md lists the architectures and keywords.
+ *
+ * A training step (all pointers are device pointers of the model's
+ * backend; the CPU backend's device memory is host memory):
+ *     eq_model_forward(m, x, 1)            x: NHWC float [N][H][W][C]
+ *     eq_model_loss(m, labels, ..., &loss) softmax cross-entropy, seeds d/dlogits
+ *       (or write your own d/dlogits and pass it to eq_model_backward)
+ *     eq_model_backward(m, NULL)           every trainable tensor's grad
+ *     optimiser over eq_model_tensor_at(m, i) with grad != NULL (trainer/optim.h)
+ * Nothing in a step allocates after the first one.
+ *
+ * Tensors.  Every parameter and buffer has a name and a layout exactly as
+ * PyTorch would name it in the state dict of the same network (torchvision's
+ * names for torch-resnetNN: "conv1.weight" OIHW, "layer1.0.bn1.running_mean",
+ * "fc.weight" [out][in], "bn1.num_batches_tracked" I64 [] ...), in the
+ * state dict's order.  Quantizer state follows the original's module names:
+ * "<conv>.quant_weight.<name>" and "<conv>.quant_activation.<name>" (e.g.
+ * "layer1.0.conv1.quant_activation.clip_val").  Parameters, gradients and
+ * the model's buffers each live in one block (llm.c style); quantizer state
+ * is owned by its quantizer (quant/quant.h).  Gradients are overwritten by
+ * every backward, never accumulated.
+ *
+ * Threads: a model is used by one thread at a time.  Errors: every function
+ * returns an eq_status and fills `err` (may be NULL) naming the layer.
+ */
+#ifndef EQ_TRAINER_MODEL_H
+#define EQ_TRAINER_MODEL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/config.h"
+#include "core/status.h"
+#include "core/tensor.h"
+#include "trainer/backend.h"
+
+/* ---- configuration ------------------------------------------------------- */
+
+#define EQ_MODEL_MAX_KEYWORDS 48
+
+/* [model] */
+typedef struct eq_model_cfg {
+    char arch[32];   /* torch-resnet18/34/50, resnet18/34/50, resnet20/32/44/56 */
+    char keyword[EQ_MODEL_MAX_KEYWORDS][32]; /* ORIGINAL.md §3 structure keywords */
+    size_t nkeyword;
+    int64_t num_classes;
+    int64_t in_channels;       /* 3 (RGB), 1 (Fashion-MNIST) */
+    double width_alpha;        /* first stage width = int(64 * width_alpha) (16 for resnet20..) */
+    bool quant_first_last;     /* also quantize the stem conv and the classifier */
+    bool padding_after_quant;  /* zero-pad after the fm quantizer (binary configs) */
+    int64_t seed;              /* initialisation seed (core/rng.h) */
+} eq_model_cfg;
+
+/* [quant.wt] / [quant.fm]: one quantizer per quantized conv/linear; the keys
+ * are quant/quant.h's option names (doc/quantizers.md). */
+typedef struct eq_model_quant_cfg {
+    bool enable;
+    char method[16];
+    double bit;
+    int64_t level;
+    int half_range;            /* 0 "default" (fm: on, wt: off), 1 "true", 2 "false" */
+    double boundary;
+    double scale;
+    int64_t quant_group;
+    int adaptive, grad_type, grad_scale, custom; /* indices into quant's choice names */
+    bool gamma, custom_update, closed_form, progressive, independent_norm;
+    int64_t stable;
+    double correlate;
+    bool exact_grad_scale, warmup_train_only;
+    double norm_eps;
+} eq_model_quant_cfg;
+
+/* Fill secs[0..2] with the [model], [quant.wt], [quant.fm] sections writing
+ * into m, wt, fm (any may be NULL: that section is validated and
+ * discarded).  The tables are static; use the result with core/config.h's
+ * eq_config_load / eq_config_doc. */
+#define EQ_MODEL_CONFIG_NSECTIONS 3
+void eq_model_config_sections(eq_model_cfg *m, eq_model_quant_cfg *wt, eq_model_quant_cfg *fm,
+                              eq_config_section secs[EQ_MODEL_CONFIG_NSECTIONS]);
+
+/* ---- the model ------------------------------------------------------------ */
+
+typedef struct eq_model eq_model;
+
+/* Build the network for inputs of [batch][h][w][cfg->in_channels] on `be`
+ * (borrowed; must outlive the model), initialise its parameters from
+ * cfg->seed as the original does (doc/models.md).  wt/fm may be NULL (full
+ * precision).  Errors: EQ_ERR_INVALID naming the unknown arch or keyword,
+ * a keyword combination not implemented, or a layer whose shapes do not
+ * fit (input too small); EQ_ERR_NOMEM.  Caller owns the result. */
+eq_model *eq_model_new(eq_backend *be, const eq_model_cfg *cfg, const eq_model_quant_cfg *wt,
+                       const eq_model_quant_cfg *fm, int64_t batch, int64_t h, int64_t w,
+                       eq_err *err);
+void eq_model_destroy(eq_model **m_p);
+
+/* Forward on x (device, NHWC [batch][h][w][c] as given to eq_model_new; read
+ * again by the backward, so keep it unchanged until then).  train: BN uses
+ * and updates batch statistics, quantizers run in training mode. */
+eq_status eq_model_forward(eq_model *m, const float *x, bool train, eq_err *err);
+/* The last forward's logits (device, [batch][classes]). */
+const float *eq_model_logits(const eq_model *m, int64_t *batch, int64_t *classes);
+/* Mean softmax cross-entropy of the logits (backend xent: labels device
+ * int32 [batch]; labels_b/lambda NULL or a mixup pair; label smoothing):
+ * writes the host loss and keeps d loss/d logits for eq_model_backward. */
+eq_status eq_model_loss(eq_model *m, const int32_t *labels_a, const int32_t *labels_b,
+                        const float *lambda, float smoothing, float *loss, eq_err *err);
+/* Backward of the last training forward from dlogits (device
+ * [batch][classes]; NULL: the gradient eq_model_loss kept).  Writes the
+ * grad of every trainable tensor. */
+eq_status eq_model_backward(eq_model *m, const float *dlogits, eq_err *err);
+
+/* ---- tensors --------------------------------------------------------------- */
+
+typedef enum eq_model_tensor_kind {
+    EQ_MT_PARAM = 0, /* trainable, has grad */
+    EQ_MT_BUFFER,    /* running statistics, num_batches_tracked, quantizer buffers */
+} eq_model_tensor_kind;
+
+typedef struct eq_model_tensor {
+    const char *name;      /* PyTorch state-dict name; owned by the model */
+    eq_model_tensor_kind kind;
+    eq_dtype dtype;        /* F32, or I64 for num_batches_tracked */
+    int ndim;              /* 0 for scalars */
+    int64_t shape[4];
+    size_t numel;
+    void *data;            /* device (F32) / host (I64, and quantizer state) */
+    float *grad;           /* device; NULL unless EQ_MT_PARAM */
+    bool no_decay;         /* a BN/PReLU/bias/quantizer parameter ("decay_small") */
+    bool quant;            /* quantizer state (checkpoints put it under "quant.") */
+} eq_model_tensor;
+
+size_t eq_model_tensor_count(const eq_model *m);
+/* i-th tensor in state-dict order; NULL when out of range.  Valid until the
+ * model is destroyed. */
+const eq_model_tensor *eq_model_tensor_at(const eq_model *m, size_t i);
+const eq_model_tensor *eq_model_tensor_find(const eq_model *m, const char *name);
+eq_backend *eq_model_backend(const eq_model *m);
+/* A one-line summary: "torch-resnet18: 11689512 parameters, 62 tensors, ...". */
+const char *eq_model_summary(const eq_model *m);
+
+#endif
