@@ -47,8 +47,10 @@ struct eq_decoder {
     uint64_t max_pixels;
     uint8_t *pix; /* decoded region, RGB */
     size_t pix_cap;
-    uint8_t *row; /* one CMYK row */
+    uint8_t *row; /* CMYK rows */
     size_t row_cap;
+    JSAMPROW *rowp; /* row pointers */
+    size_t rowp_cap;
 };
 
 static void s_error_exit(j_common_ptr c)
@@ -112,6 +114,7 @@ void eq_decoder_destroy(eq_decoder **self_p)
     jpeg_destroy_decompress(&d->cinfo);
     free(d->pix);
     free(d->row);
+    free(d->rowp);
     free(d);
     *self_p = NULL;
 }
@@ -187,11 +190,16 @@ static eq_status s_jpeg_body(eq_decoder *d, const uint8_t *data, size_t len, int
     if (xoff > 0 || cw < sw) jpeg_crop_scanline(c, &xoff, &cw);
     uint32_t rows = ry1 - ry0;
     size_t stride = (size_t)cw * 3;
+    /* CMYK rows land in d->row (4 bytes per pixel) and are converted after. */
+    size_t rstride = cmyk ? (size_t)cw * 4 : stride;
     if (s_grow(&d->pix, &d->pix_cap, stride * rows, err) != EQ_OK ||
-        (cmyk && s_grow(&d->row, &d->row_cap, (size_t)cw * 4, err) != EQ_OK)) {
+        (cmyk && s_grow(&d->row, &d->row_cap, rstride * rows, err) != EQ_OK) ||
+        s_grow((uint8_t **)&d->rowp, &d->rowp_cap, sizeof(JSAMPROW) * rows, err) != EQ_OK) {
         jpeg_abort_decompress(c);
         return err ? err->code : EQ_ERR_NOMEM;
     }
+    uint8_t *base = cmyk ? d->row : d->pix;
+    for (uint32_t r = 0; r < rows; r++) d->rowp[r] = base + rstride * r;
     if (ry0 > 0) {
         JDIMENSION skipped = jpeg_skip_scanlines(c, ry0);
         if (skipped != ry0) {
@@ -199,19 +207,24 @@ static eq_status s_jpeg_body(eq_decoder *d, const uint8_t *data, size_t len, int
             longjmp(d->jerr.jb, 1);
         }
     }
-    for (uint32_t r = 0; r < rows; r++) {
-        uint8_t *dst = d->pix + stride * r;
-        JSAMPROW rp = cmyk ? d->row : dst;
-        if (jpeg_read_scanlines(c, &rp, 1) != 1) {
-            snprintf(d->jerr.msg, sizeof d->jerr.msg, "short read at row %u", ry0 + r);
+    /* Many rows per call: libjpeg then writes upsampled row groups straight
+     * into our rows instead of through its spare-row buffer. */
+    for (uint32_t done = 0; done < rows;) {
+        JDIMENSION got = jpeg_read_scanlines(c, d->rowp + done, rows - done);
+        if (got == 0) {
+            snprintf(d->jerr.msg, sizeof d->jerr.msg, "short read at row %u", ry0 + done);
             longjmp(d->jerr.jb, 1);
         }
-        if (cmyk) {
-            /* PIL's CMYK -> RGB: (255 - c) * (255 - k) / 255 on ink values;
-             * Adobe files store inverted ink. */
-            const uint8_t *s = d->row;
-            for (uint32_t x = 0; x < cw; x++, s += 4) {
-                unsigned cc = s[0], mm = s[1], yy = s[2], kk = s[3];
+        done += got;
+    }
+    if (cmyk) {
+        /* PIL's CMYK -> RGB: (255 - c) * (255 - k) / 255 on ink values;
+         * Adobe files store inverted ink. */
+        for (uint32_t r = 0; r < rows; r++) {
+            const uint8_t *sp = d->row + rstride * r;
+            uint8_t *dst = d->pix + stride * r;
+            for (uint32_t x = 0; x < cw; x++, sp += 4) {
+                unsigned cc = sp[0], mm = sp[1], yy = sp[2], kk = sp[3];
                 if (!adobe_inverted) {
                     cc = 255 - cc;
                     mm = 255 - mm;

@@ -329,6 +329,14 @@ typedef enum eq_aug {
     EQ_AUG_PADCROP,    /* CIFAR train: pad `pad` zeros, random crop, flip */
 } eq_aug;
 
+/* DCT-domain scaling modes.  libjpeg-turbo has SIMD inverse DCTs only for
+ * the 8x8, 4x4, 2x2 and 1x1 outputs (scales 8/8, 4/8, 2/8, 1/8); the other
+ * M/8 use plain C IDCTs (and 4:2:0 chroma then needs 2M x 2M ones, e.g.
+ * 12x12 for 6/8), which measured slower than decoding at the next power of
+ * two.  So the default picks the smallest power-of-two scale that keeps the
+ * crop at least the output size; EQ_DCT_ANY picks the smallest M/8. */
+enum { EQ_DCT_OFF = 0, EQ_DCT_POW2 = 1, EQ_DCT_ANY = 2 };
+
 typedef struct eq_pipeline_cfg {
     eq_aug aug;
     uint32_t out_h, out_w;  /* output size (in-memory, NONE: must equal the
@@ -338,7 +346,9 @@ typedef struct eq_pipeline_cfg {
     double ratio[2];        /* RRC: (3/4, 4/3) */
     int hflip;              /* RRC / PADCROP: flip with probability 1/2 */
     uint32_t pad;           /* PADCROP: 4 */
-    int dct_scale;          /* JPEG: use M/8 DCT scaling (1 = default on) */
+    int dct_scale;          /* JPEG DCT-domain scaling: EQ_DCT_OFF, EQ_DCT_POW2
+                               (default; any nonzero value but EQ_DCT_ANY) or
+                               EQ_DCT_ANY */
     uint64_t max_pixels;    /* decompression-bomb limit (0 = default) */
     eq_sampler_cfg sampler;
     eq_mix_cfg mix;

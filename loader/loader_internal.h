@@ -44,8 +44,8 @@ eq_box eq_rrc_params_draws(const eq_draws *d, uint32_t width, uint32_t height, d
                            double s1, double r0, double r1);
 
 /* Geometry of "crop box b (full-resolution), resize to out_w x out_h" on
- * the image scaled by the smallest M/8 (dct_scale) keeping the crop at
- * least out_w x out_h; *num = M. */
+ * the image scaled by the smallest M/8 keeping the crop at least
+ * out_w x out_h (dct_scale: EQ_DCT_OFF / POW2 / ANY); *num = M. */
 void eq_crop_geometry(uint32_t W, uint32_t H, eq_box b, uint32_t out_w, uint32_t out_h,
                       int dct_scale, uint32_t *num, eq_resize_geom *g);
 

@@ -72,7 +72,7 @@ void eq_pipeline_cfg_default(eq_pipeline_cfg *cfg, const char *split, uint32_t s
     cfg->ratio[1] = 4.0 / 3.0;
     cfg->hflip = train;
     cfg->pad = 4;
-    cfg->dct_scale = 1;
+    cfg->dct_scale = EQ_DCT_POW2;
     cfg->sampler.seed = seed;
     cfg->sampler.split = train ? 0 : 1;
     cfg->sampler.global_batch = global_batch;
@@ -227,12 +227,16 @@ static void s_substitute(const eq_pipeline *p, uint8_t *out)
         memset(out, 0, n * p->C);
 }
 
-static uint32_t s_scale_for(uint32_t have, uint32_t need)
+/* Smallest M (1..8) with have * M / 8 >= need; with mode EQ_DCT_POW2 M is
+ * rounded up to 1, 2, 4 or 8.  (The box scales exactly by sw / W; libjpeg
+ * rounds the scaled image size up, which only adds room.) */
+static uint32_t s_scale_for(uint32_t have, uint32_t need, int mode)
 {
-    /* smallest m with have * m / 8 >= need (libjpeg rounds sizes up, but the
-     * box scales exactly by sw / W, so compare on the exact product). */
     uint64_t m = ((uint64_t)need * 8 + have - 1) / have;
-    return m < 1 ? 1 : m > 8 ? 8 : (uint32_t)m;
+    if (m < 1) m = 1;
+    if (m > 8) m = 8;
+    if (mode == EQ_DCT_POW2) m = m <= 1 ? 1 : m <= 2 ? 2 : m <= 4 ? 4 : 8;
+    return (uint32_t)m;
 }
 
 void eq_crop_geometry(uint32_t W, uint32_t H, eq_box b, uint32_t out_w, uint32_t out_h,
@@ -240,8 +244,8 @@ void eq_crop_geometry(uint32_t W, uint32_t H, eq_box b, uint32_t out_w, uint32_t
 {
     uint32_t m = 8;
     if (dct_scale) {
-        uint32_t mw = s_scale_for((uint32_t)b.width, out_w);
-        uint32_t mh = s_scale_for((uint32_t)b.height, out_h);
+        uint32_t mw = s_scale_for((uint32_t)b.width, out_w, dct_scale);
+        uint32_t mh = s_scale_for((uint32_t)b.height, out_h, dct_scale);
         m = mw > mh ? mw : mh;
     }
     uint32_t sw = eq_decode_scaled(W, m), sh = eq_decode_scaled(H, m);
@@ -280,7 +284,7 @@ eq_status eq_render_crop(eq_decoder *d, const uint8_t *data, size_t len, eq_box 
         return eq_err_set(err, EQ_ERR_INVALID, "crop box %d,%d+%dx%d outside the %ux%u image",
                           b.left, b.top, b.width, b.height, W, H);
     eq_resize_geom g;
-    eq_crop_geometry(W, H, b, out_w, out_h, dct_scale && fmt == EQ_IMG_JPEG, &num, &g);
+    eq_crop_geometry(W, H, b, out_w, out_h, fmt == EQ_IMG_JPEG ? dct_scale : EQ_DCT_OFF, &num, &g);
     eq_resize_taps(&g, &sx0, &sy0, &sx1, &sy1);
     eq_decoded dd;
     if (eq_decode_region(d, data, len, num, sx0, sy0, sx1, sy1, &dd, err) != EQ_OK)
@@ -301,7 +305,7 @@ static void s_geometry(const eq_pipeline *p, eq_rng *r, uint32_t W, uint32_t H, 
         uint32_t rw, rh;
         eq_resize_shorter(W, H, c->resize, &rw, &rh);
         if (can_scale && c->dct_scale) {
-            uint32_t mw = s_scale_for(W, rw), mh = s_scale_for(H, rh);
+            uint32_t mw = s_scale_for(W, rw, c->dct_scale), mh = s_scale_for(H, rh, c->dct_scale);
             m = mw > mh ? mw : mh;
         }
         uint32_t sw = eq_decode_scaled(W, m), sh = eq_decode_scaled(H, m);
@@ -323,7 +327,7 @@ static void s_geometry(const eq_pipeline *p, eq_rng *r, uint32_t W, uint32_t H, 
     eq_box b = {0, 0, (int32_t)H, (int32_t)W};
     if (c->aug == EQ_AUG_RRC)
         b = eq_rrc_params(r, W, H, c->scale[0], c->scale[1], c->ratio[0], c->ratio[1]);
-    eq_crop_geometry(W, H, b, c->out_w, c->out_h, can_scale && c->dct_scale, &m, g);
+    eq_crop_geometry(W, H, b, c->out_w, c->out_h, can_scale ? c->dct_scale : EQ_DCT_OFF, &m, g);
     *num = m;
     if (c->aug == EQ_AUG_RRC && c->hflip) *flip = eq_rng_uniform(r) < 0.5f;
 }

@@ -61,7 +61,7 @@ eq_status eq_synth_image(uint64_t seed, uint32_t cls, uint32_t nclasses, uint64_
     uint64_t xs = eq_rng_u64(&r) | 1; /* xorshift for pixel noise */
     /* Luma noise (shared by the channels: JPEG keeps luma at full
      * resolution) plus a little chroma noise. */
-    const double amp = 64.0, camp = 12.0;
+    const double amp = 130.0, camp = 12.0;
     for (uint32_t y = 0; y < h; y++) {
         uint8_t *row = img + (size_t)y * w * 3;
         for (uint32_t x = 0; x < w; x++) {

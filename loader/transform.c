@@ -10,6 +10,15 @@
  * (CenterCrop after Resize), which is exact because every output pixel has
  * its own coefficients.
  */
+/* The resampling loops are the hottest code of the loader after libjpeg's
+ * Huffman decoder.  -O2 (the default CFLAGS) leaves the row-at-a-time
+ * vertical pass scalar; -O3 vectorises it and halves the resize time
+ * (measured 2.0 -> 0.95 ms for 320x300 -> 224x224).  Integer arithmetic
+ * only, so the result is the same bytes either way.  clang: no pragma. */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("O3")
+#endif
+
 #include "loader/loader.h"
 
 #include <math.h>
@@ -114,6 +123,7 @@ static eq_status s_check_geom(const eq_resize_geom *g, eq_err *err)
 typedef struct s_plan {
     s_axis h, v;
     double *dk;
+    int32_t *acc; /* one output row of accumulators */
     uint8_t *mid;
 } s_plan;
 
@@ -126,7 +136,8 @@ static eq_status s_plan_make(const eq_resize_geom *g, uint32_t c, s_plan *p, voi
     size_t kmax = kh > kv ? kh : kv;
     /* rows of the intermediate: at most ih */
     size_t need = kmax * sizeof(double) + (kh + kv) * sizeof(int32_t) +
-                  2 * ((size_t)g->ww + g->wh) * sizeof(int) + (size_t)g->ih * g->ww * c + 64;
+                  2 * ((size_t)g->ww + g->wh) * sizeof(int) + (size_t)g->ww * c * sizeof(int32_t) +
+                  (size_t)g->ih * g->ww * c + 64;
     if (*tmp_cap < need) {
         void *nt = realloc(*tmp, need);
         if (!nt) return eq_err_set(err, EQ_ERR_NOMEM, "resize: cannot allocate %zu bytes", need);
@@ -144,6 +155,8 @@ static eq_status s_plan_make(const eq_resize_geom *g, uint32_t c, s_plan *p, voi
     b += 2 * (size_t)g->ww * sizeof(int);
     p->v.bounds = (int *)b;
     b += 2 * (size_t)g->wh * sizeof(int);
+    p->acc = (int32_t *)b;
+    b += (size_t)g->ww * c * sizeof(int32_t);
     p->mid = b;
     s_coeffs((int)g->iw, g->bx0, g->bx1, (int)g->out_w, (int)g->wx, (int)g->ww, &p->h, p->dk);
     s_coeffs((int)g->ih, g->by0, g->by1, (int)g->out_h, (int)g->wy, (int)g->wh, &p->v, p->dk);
@@ -237,18 +250,22 @@ eq_status eq_resize_bilinear(const eq_resize_src *src, const eq_resize_geom *g, 
             }
         }
     }
-    /* Vertical pass. */
+    /* Vertical pass, a row at a time: acc[x] += mid[y][x] * k[y] runs over
+     * contiguous memory, which the compiler vectorises.  Same sums in the
+     * same order as PIL's per-pixel loop (integer adds), so the same bytes. */
     const int kv = p.v.ksize;
+    int32_t *acc = p.acc;
     for (uint32_t yy = 0; yy < g->wh; yy++) {
         int ymin = p.v.bounds[2 * yy] - p.v.lo, ymax = p.v.bounds[2 * yy + 1];
         const int32_t *k = &p.v.k[(size_t)yy * kv];
-        uint8_t *drow = dst + (size_t)yy * mstride;
-        for (size_t x = 0; x < mstride; x++) {
-            int acc = 1 << (S_PREC - 1);
-            const uint8_t *m = p.mid + (size_t)ymin * mstride + x;
-            for (int y = 0; y < ymax; y++) acc += m[(size_t)y * mstride] * k[y];
-            drow[x] = s_clip8(acc);
+        for (size_t x = 0; x < mstride; x++) acc[x] = 1 << (S_PREC - 1);
+        for (int y = 0; y < ymax; y++) {
+            const uint8_t *m = p.mid + (size_t)(ymin + y) * mstride;
+            const int32_t ky = k[y];
+            for (size_t x = 0; x < mstride; x++) acc[x] += m[x] * ky;
         }
+        uint8_t *drow = dst + (size_t)yy * mstride;
+        for (size_t x = 0; x < mstride; x++) drow[x] = s_clip8(acc[x]);
     }
     return EQ_OK;
 }
