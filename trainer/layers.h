@@ -1,0 +1,87 @@
+/*
+ * trainer/layers.h -- the static layer graph under trainer/model.h: layers
+ * with explicit forward and backward on a backend (no general autograd),
+ * including convolutions and linear layers wrapped with quant/ quantizers.
+ *
+ * Build node by node (each builder returns the new node's id, or -1 with err
+ * set; after a failed builder the graph can only be destroyed), then
+ * eq_layers_finalize allocates everything once: parameters (and buffers) in
+ * one block, their gradients in another, one activation and one gradient
+ * buffer per node plus the state the backward needs (BN batch statistics,
+ * max-pool argmax, quantized weights and activations), and initialises the
+ * parameters.  Forward walks the nodes in order, backward in reverse; a
+ * node's gradient is the sum of its consumers' contributions.  Activations
+ * are NHWC.
+ *
+ * Quantized conv (the original's custom_conv, ORIGINAL.md §2.14):
+ *     Wq = Qw(W);  a = pad_after_quant ? pad(Qf(x)) : Qf(pad(x));  y = conv(a, Wq)
+ * Qw/Qf are eq_quant objects built from the given option records (NULL: no
+ * quantizer).  Quantizers run on host memory (quant/quant.h), so a graph
+ * with quantizers needs a backend whose device memory is host memory (the
+ * CPU backend); finalize refuses others.
+ *
+ * Not thread-safe: one thread per graph.
+ */
+#ifndef EQ_TRAINER_LAYERS_H
+#define EQ_TRAINER_LAYERS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/status.h"
+#include "quant/quant.h"
+#include "trainer/backend.h"
+#include "trainer/model.h"
+
+typedef struct eq_layers eq_layers;
+
+/* `be` is borrowed.  Caller owns the result. */
+eq_layers *eq_layers_new(eq_backend *be, eq_err *err);
+void eq_layers_destroy(eq_layers **g_p);
+
+/* The input, NHWC; exactly one, first. */
+int eq_layers_input(eq_layers *g, int64_t n, int64_t h, int64_t w, int64_t c, eq_err *err);
+/* Conv without bias, "<name>.weight" [k][c/groups][r][r]; wq/fq: quantizer
+ * options for the weight and the input (NULL: none), state under
+ * "<name>.quant_activation.*" and "<name>.quant_weight.*". */
+int eq_layers_conv(eq_layers *g, const char *name, int in, int64_t k, int64_t r, int64_t stride,
+                   int64_t pad, int64_t groups, const eq_quant_opts *wq, const eq_quant_opts *fq,
+                   bool pad_after_quant, eq_err *err);
+/* BatchNorm2d (eps 1e-5, momentum 0.1): weight, bias, running_mean,
+ * running_var, num_batches_tracked (I64 scalar). */
+int eq_layers_bn(eq_layers *g, const char *name, int in, eq_err *err);
+int eq_layers_relu(eq_layers *g, int in, eq_err *err);
+/* PReLU with one learnable slope "<name>.weight" [1], initialised to 0.25. */
+int eq_layers_prelu(eq_layers *g, const char *name, int in, eq_err *err);
+int eq_layers_maxpool(eq_layers *g, int in, int64_t k, int64_t stride, int64_t pad, eq_err *err);
+/* AvgPool2d(k, stride, pad), count_include_pad as PyTorch's default. */
+int eq_layers_avgpool(eq_layers *g, int in, int64_t k, int64_t stride, int64_t pad, eq_err *err);
+int eq_layers_add(eq_layers *g, int a, int b, eq_err *err);
+/* Global average pool to [n][1][1][c]. */
+int eq_layers_gap(eq_layers *g, int in, eq_err *err);
+/* Linear on the flattened node (NHWC order; equals PyTorch's flatten when
+ * h == w == 1): "<name>.weight" [out][in], "<name>.bias" [out]; optional
+ * quantizers as for conv (weight quantized as one [1][1][out][in] tensor,
+ * input as [n][in], as the original's custom_linear). */
+int eq_layers_linear(eq_layers *g, const char *name, int in, int64_t out,
+                     const eq_quant_opts *wq, const eq_quant_opts *fq, eq_err *err);
+/* Shape of a node's output (NHWC); returns 0 or -1 for a bad id. */
+int eq_layers_shape(const eq_layers *g, int node, int64_t shape[4]);
+
+/* Allocate and initialise as the original/torchvision do, from `seed`: conv
+ * weights kaiming-normal (fan_out, ReLU gain), linear weight and bias
+ * U(+-1/sqrt(in)), BN 1/0, running stats 0/1, PReLU 0.25; quantizer state as
+ * its quantizer initialises it.  The last node added is the output. */
+eq_status eq_layers_finalize(eq_layers *g, uint64_t seed, eq_err *err);
+
+eq_status eq_layers_forward(eq_layers *g, const float *x, bool train, eq_err *err);
+/* Output node: activation, its gradient buffer, and its shape. */
+float *eq_layers_output(const eq_layers *g, float **dy, int64_t shape[4]);
+/* Backward from the output gradient (its dy buffer, filled by the caller). */
+eq_status eq_layers_backward(eq_layers *g, eq_err *err);
+
+size_t eq_layers_tensor_count(const eq_layers *g);
+const eq_model_tensor *eq_layers_tensor_at(const eq_layers *g, size_t i);
+
+#endif
