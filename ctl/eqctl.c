@@ -41,7 +41,7 @@ typedef struct s_cmd {
 #define S_U_KEYGEN "NAME"
 #define S_U_CONTROL "ENDPOINT [--json] [--timeout-ms N] [--server-key FILE --key FILE]"
 #define S_U_BATCH                                                                                          \
-    "--loader ENDPOINT [--config FILE] [--set SECTION.KEY=VALUE] [--dataset NAME] [--split train|val]\n"  \
+    "[--loader ENDPOINT] [--config FILE] [--set SECTION.KEY=VALUE] [--dataset NAME] [--split train|val]\n"  \
     "       [--epoch E] [--step S] [--offset O] [--count N] [--batch G] [--size HxW] [--channels C]\n"     \
     "       [--seed S] [--aug none|rrc|center|padcrop] [--png FILE] [--out FILE.safetensors]\n"           \
     "       [--raw FILE] [--json] [--timeout-ms N] [--server-key FILE --key FILE]"
@@ -469,12 +469,13 @@ static int s_batch_get(int argc, char **argv)
         }
         if (nf > 6) return s_fail("too many pipeline flags");
     }
-    if (optind != argc || !loader) return s_usage_err("batch get", usage);
+    if (optind != argc) return s_usage_err("batch get", usage);
     int train = !strcmp(split, "train");
     if (aug) snprintf(fsets[nf++], sizeof fsets[0], "data.%s=%.40s", train ? "aug_train" : "aug_val", aug);
     static eq_loader_data_cfg dc;
+    static eq_loader_cfg lc; /* [loader].bind is the default --loader */
     eq_config_section secs[2];
-    eq_loader_config_sections(NULL, &dc, secs);
+    eq_loader_config_sections(&lc, &dc, secs);
     eq_err e = {0};
     const char *all[64 + 8];
     size_t nall = 0;
@@ -486,6 +487,7 @@ static int s_batch_get(int argc, char **argv)
         fprintf(stderr, "eqctl: %s\n", e.msg);
         return 2;
     }
+    if (!loader) loader = lc.bind;
     if (!have_count) count = (uint64_t)dc.global_batch > offset ? (uint64_t)dc.global_batch - offset : 1;
 
     eq_msg job;

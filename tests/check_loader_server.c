@@ -177,6 +177,29 @@ START_TEST(test_schema_and_mapping)
 }
 END_TEST
 
+/* The committed example config parses, with the expected values. */
+START_TEST(test_example_config)
+{
+    eq_loader_cfg lc;
+    eq_loader_data_cfg dc;
+    eq_config_section secs[2];
+    eq_loader_config_sections(&lc, &dc, secs);
+    char path[4200];
+    snprintf(path, sizeof path, "%s/configs/fashion-mnist.cfg", eq_test_srcdir());
+    eq_err e = {0};
+    const char *sets[] = {"data.seed=3"};
+    ck_assert_msg(eq_config_load(secs, 2, path, sets, 1, &e) == EQ_OK, "%s", e.msg);
+    ck_assert_str_eq(lc.bind, "tcp://127.0.0.1:5555");
+    ck_assert_uint_eq(lc.ndatasets, 1);
+    ck_assert_str_eq(lc.datasets[0], "fashion-mnist=" EQ_FASHION_MNIST_DIR);
+    ck_assert_str_eq(dc.dataset, "fashion-mnist");
+    ck_assert_int_eq(dc.height, 28);
+    ck_assert_int_eq(dc.channels, 1);
+    ck_assert_int_eq(dc.seed, 3);
+    ck_assert_int_eq(dc.aug_train, EQ_AUG_RRC);
+}
+END_TEST
+
 /* ------------------------------------------------------------ server */
 
 typedef struct s_fixture {
@@ -237,6 +260,17 @@ static void s_finish(s_fixture *f)
     ck_assert_ptr_null(f->srv);
     zmq_ctx_term(f->ctx);
     eq_test_scratch_rm(f->root);
+}
+
+/* Counters are updated by the server thread just after it sends: wait (at
+ * most 2 s) until `sent` batches are counted and nothing is in flight. */
+static void s_settle(s_fixture *f, uint64_t sent, eq_loader_stats *st)
+{
+    for (int i = 0; i < 200; i++) {
+        eq_loader_server_stats(f->srv, st);
+        if (st->batches_sent >= sent && st->inflight_bytes == 0) return;
+        usleep(10000);
+    }
 }
 
 static void s_send(s_fixture *f, eq_msg *m)
@@ -391,7 +425,7 @@ START_TEST(test_roundtrip_equals_library)
     eq_dataset_destroy(&ds);
 
     eq_loader_stats st;
-    eq_loader_server_stats(f.srv, &st);
+    s_settle(&f, 8, &st);
     ck_assert_uint_eq(st.batches_sent, 8);
     ck_assert_uint_eq(st.jobs, 1);
     ck_assert_uint_eq(st.errors_sent, 0);
@@ -562,7 +596,7 @@ START_TEST(test_bad_requests)
     size_t sz;
     free(s_fetch(&f, id, 0, 1, 0, 16, &sz, NULL));
     eq_loader_stats st;
-    eq_loader_server_stats(f.srv, &st);
+    s_settle(&f, (uint64_t)served + 1, &st);
     ck_assert_uint_ge(st.errors_sent, 10);
     ck_assert_uint_eq(st.inflight_bytes, 0);
     eq_proto_recvd_close(r);
@@ -756,6 +790,7 @@ static Suite *s_suite(void)
     tcase_set_timeout(tc, 20);
     tcase_add_test(tc, test_detect);
     tcase_add_test(tc, test_schema_and_mapping);
+    tcase_add_test(tc, test_example_config);
     tcase_add_test(tc, test_roundtrip_equals_library);
     tcase_add_test(tc, test_threads_identical);
     tcase_add_test(tc, test_many_in_flight);

@@ -156,9 +156,9 @@ check "status (text)" "$CTL" status "$CEP"
 check "stop" "$CTL" stop "$CEP"
 if wait_exit && [ "$RC" = 0 ]; then ok "stopped cleanly"; else bad "loader did not stop (rc $RC)"; fi
 
-# ---- SIGTERM
+# ---- SIGTERM (this one reads the example config; the flags win)
 # shellcheck disable=SC2086
-start_loader "$T/loader2.log" $DS || exit 1
+start_loader "$T/loader2.log" --config "${EQ_SRCDIR:-.}/configs/fashion-mnist.cfg" $DS || exit 1
 kill -TERM "$PID"
 if wait_exit && [ "$RC" = 0 ]; then ok "SIGTERM: clean exit"; else bad "SIGTERM: rc $RC"; fi
 
