@@ -5,6 +5,8 @@
  */
 #include "quant/quant_internal.h"
 
+#include <string.h>
+
 static eq_status s_init(eq_quant *q, eq_err *err)
 {
     if (eq_quant_levels(q) != 2)
@@ -16,20 +18,53 @@ static eq_status s_init(eq_quant *q, eq_err *err)
     return EQ_OK;
 }
 
+typedef struct s_io {
+    const float *x, *gy;
+    float *y, *gx;
+    float e;
+    double *acc;
+} s_io;
+
+static void s_abs_chunk(eq_quant *q, void *vc, int64_t ch, int64_t lo, int64_t hi)
+{
+    (void)q;
+    s_io *io = vc;
+    double a = 0;
+    for (int64_t i = lo; i < hi; i++) a += fabsf(io->x[i]);
+    io->acc[ch] = a;
+}
+
+static void s_fwd_chunk(eq_quant *q, void *vc, int64_t ch, int64_t lo, int64_t hi)
+{
+    (void)q, (void)ch;
+    const s_io *io = vc;
+    for (int64_t i = lo; i < hi; i++) io->y[i] = io->e * eq_qsgn(io->x[i]);
+}
+
 static eq_status s_forward(eq_quant *q, const float *x, float *y, eq_err *err)
 {
     (void)err;
+    s_io io = {.x = x, .y = y};
+    io.acc = eq_quant_chunk_acc(q, 1);
+    eq_quant_for_chunks(q, s_abs_chunk, &io);
     double acc = 0;
-    for (int64_t i = 0; i < q->n; i++) acc += fabsf(x[i]);
-    float e = (float)(acc / (double)q->n);
-    for (int64_t i = 0; i < q->n; i++) y[i] = e * eq_qsgn(x[i]);
+    for (int64_t c = 0; c < q->nchunks; c++) acc += io.acc[c];
+    io.e = (float)(acc / (double)q->n);
+    eq_quant_for_chunks(q, s_fwd_chunk, &io);
     return EQ_OK;
+}
+
+static void s_bwd_chunk(eq_quant *q, void *vc, int64_t ch, int64_t lo, int64_t hi)
+{
+    (void)q, (void)ch;
+    const s_io *io = vc;
+    if (io->gx != io->gy) memcpy(io->gx + lo, io->gy + lo, (size_t)(hi - lo) * sizeof(float));
 }
 
 static void s_backward(eq_quant *q, const float *x, const float *gy, float *gx)
 {
-    (void)x;
-    for (int64_t i = 0; i < q->n; i++) gx[i] = gy[i];
+    s_io io = {.x = x, .gy = gy, .gx = gx};
+    eq_quant_for_chunks(q, s_bwd_chunk, &io);
 }
 
 const eq_quant_method eq_quant_bin_method = {

@@ -12,7 +12,9 @@
 #include <stdlib.h>
 
 typedef struct s_wt_state {
-    float m; /* max |tanh(w)| of the last forward */
+    float m;     /* max |tanh(w)| of the last forward */
+    float *t;    /* tanh(w) of the last forward [n] */
+    int64_t cap;
 } s_wt_state;
 
 static eq_status s_init(eq_quant *q, eq_err *err)
@@ -32,56 +34,135 @@ static eq_status s_init(eq_quant *q, eq_err *err)
 
 static void s_destroy(eq_quant *q)
 {
+    s_wt_state *st = q->priv;
+    if (st) free(st->t);
     free(q->priv);
     q->priv = NULL;
 }
 
+typedef struct s_io {
+    const float *x, *gy;
+    float *y, *gx;
+    float c, s, m, dm;
+    s_wt_state *st;
+    double *acc;
+} s_io;
+
+static void s_fm_fwd(eq_quant *q, void *vc, int64_t ch, int64_t lo, int64_t hi)
+{
+    (void)q, (void)ch;
+    const s_io *io = vc;
+    float c = io->c, s = io->s;
+    for (int64_t i = lo; i < hi; i++) io->y[i] = eq_qround(eq_qclamp(io->x[i], 0.0f, c) * s) / s;
+}
+
+static void s_wt_tanh(eq_quant *q, void *vc, int64_t ch, int64_t lo, int64_t hi)
+{
+    (void)q;
+    s_io *io = vc;
+    float m = 0.0f, *t = io->st->t;
+    for (int64_t i = lo; i < hi; i++) {
+        float v = tanhf(io->x[i]);
+        t[i] = v;
+        float a = fabsf(v);
+        if (a > m || isnan(a)) m = a;
+    }
+    io->acc[ch] = m;
+}
+
+static void s_wt_fwd(eq_quant *q, void *vc, int64_t ch, int64_t lo, int64_t hi)
+{
+    (void)q, (void)ch;
+    const s_io *io = vc;
+    float m2 = 2.0f * io->m, s = io->s;
+    const float *t = io->st->t;
+    for (int64_t i = lo; i < hi; i++) {
+        float u = t[i] / m2 + 0.5f;
+        io->y[i] = 2.0f * (eq_qround(u * s) / s) - 1.0f;
+    }
+}
+
 static eq_status s_forward(eq_quant *q, const float *x, float *y, eq_err *err)
 {
-    (void)err;
     float n = (float)eq_quant_steps(q);
-    float c = (float)q->o.boundary;
-    float s = n / c;
+    s_io io = {.x = x, .y = y, .c = (float)q->o.boundary};
+    io.s = n / io.c;
     if (q->o.tag != EQ_QTAG_WT) {
-        for (int64_t i = 0; i < q->n; i++) y[i] = eq_qround(eq_qclamp(x[i], 0.0f, c) * s) / s;
+        eq_quant_for_chunks(q, s_fm_fwd, &io);
         return EQ_OK;
     }
     s_wt_state *st = q->priv;
+    if (st->cap < q->n) {
+        float *t = realloc(st->t, (size_t)q->n * sizeof(float));
+        if (!t) return eq_err_set(err, EQ_ERR_NOMEM, "dorefa: out of memory");
+        st->t = t;
+        st->cap = q->n;
+    }
+    io.st = st;
+    io.acc = eq_quant_chunk_acc(q, 1);
+    eq_quant_for_chunks(q, s_wt_tanh, &io);
     float m = 0.0f;
-    for (int64_t i = 0; i < q->n; i++) {
-        float t = tanhf(x[i]);
-        y[i] = t;
-        float a = fabsf(t);
+    for (int64_t c = 0; c < q->nchunks; c++) {
+        float a = (float)io.acc[c];
         if (a > m || isnan(a)) m = a;
     }
-    st->m = m;
-    float m2 = 2.0f * m;
-    for (int64_t i = 0; i < q->n; i++) {
-        float u = y[i] / m2 + 0.5f;
-        y[i] = 2.0f * (eq_qround(u * s) / s) - 1.0f;
-    }
+    st->m = io.m = m;
+    eq_quant_for_chunks(q, s_wt_fwd, &io);
     return EQ_OK;
+}
+
+static void s_fm_bwd(eq_quant *q, void *vc, int64_t ch, int64_t lo, int64_t hi)
+{
+    (void)q, (void)ch;
+    const s_io *io = vc;
+    float c = io->c;
+    for (int64_t i = lo; i < hi; i++) {
+        float v = io->x[i];
+        io->gx[i] = (v >= 0.0f && v <= c) ? io->gy[i] : 0.0f;
+    }
+}
+
+static void s_wt_dot(eq_quant *q, void *vc, int64_t ch, int64_t lo, int64_t hi)
+{
+    (void)q;
+    s_io *io = vc;
+    const float *t = io->st->t;
+    double a = 0;
+    for (int64_t i = lo; i < hi; i++) a += (double)io->gy[i] * t[i];
+    io->acc[ch] = a;
+}
+
+static void s_wt_bwd(eq_quant *q, void *vc, int64_t ch, int64_t lo, int64_t hi)
+{
+    (void)q, (void)ch;
+    const s_io *io = vc;
+    const float *t = io->st->t;
+    float m = io->m, dm = io->dm;
+    for (int64_t i = lo; i < hi; i++) {
+        float v = t[i];
+        float gt = io->gy[i] / m;
+        if (fabsf(v) == m) gt += dm * eq_qsign(v);
+        io->gx[i] = gt * (1.0f - v * v);
+    }
 }
 
 static void s_backward(eq_quant *q, const float *x, const float *gy, float *gx)
 {
+    s_io io = {.x = x, .gy = gy, .gx = gx, .c = (float)q->o.boundary};
     if (q->o.tag != EQ_QTAG_WT) {
-        float c = (float)q->o.boundary;
-        for (int64_t i = 0; i < q->n; i++) gx[i] = (x[i] >= 0.0f && x[i] <= c) ? gy[i] : 0.0f;
+        eq_quant_for_chunks(q, s_fm_bwd, &io);
         return;
     }
-    const s_wt_state *st = q->priv;
-    float m = st->m;
-    /* dL/dm = -sum_j G_j t_j / m^2, routed to every arg-max element of |t|. */
+    /* tanh(x) was kept by the forward.  dL/dm = -sum_j G_j t_j / m^2,
+     * routed to every arg-max element of |t|. */
+    io.st = q->priv;
+    io.m = io.st->m;
+    io.acc = eq_quant_chunk_acc(q, 1);
+    eq_quant_for_chunks(q, s_wt_dot, &io);
     double acc = 0;
-    for (int64_t i = 0; i < q->n; i++) acc += (double)gy[i] * tanhf(x[i]);
-    float dm = (float)(-acc / ((double)m * (double)m));
-    for (int64_t i = 0; i < q->n; i++) {
-        float t = tanhf(x[i]);
-        float gt = gy[i] / m;
-        if (fabsf(t) == m) gt += dm * eq_qsign(t);
-        gx[i] = gt * (1.0f - t * t);
-    }
+    for (int64_t c = 0; c < q->nchunks; c++) acc += io.acc[c];
+    io.dm = (float)(-acc / ((double)io.m * (double)io.m));
+    eq_quant_for_chunks(q, s_wt_bwd, &io);
 }
 
 const eq_quant_method eq_quant_dorefa_method = {

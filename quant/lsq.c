@@ -59,57 +59,87 @@ static inline float s_clip(const eq_quant *q, int64_t k, float fe)
     return eq_quant_gs_value(fabsf(c->data[c->numel == 1 ? 0 : k]), fe);
 }
 
+typedef struct s_io {
+    const float *x, *gy;
+    float *y, *gx;
+    float lo, n;
+    int half;
+    double *acc; /* per chunk: [g] sums (backward) or [1] count (STE-scale) */
+} s_io;
+
+static void s_count_chunk(eq_quant *q, void *vc, int64_t c, int64_t lo, int64_t hi)
+{
+    s_io *io = vc;
+    const s_lsq *p = q->priv;
+    int64_t in = 0;
+    EQ_QFOR_RUNS_IN(q, lo, hi, s0, len, k) {
+        float cl = s_clip(q, k, p->fe);
+        for (int64_t i = s0; i < s0 + len; i++) {
+            float r = io->x[i] / cl;
+            in += (r >= io->lo && r <= 1.0f);
+        }
+    }
+    io->acc[c] = (double)in;
+}
+
+static void s_fwd_chunk(eq_quant *q, void *vc, int64_t c, int64_t lo, int64_t hi)
+{
+    (void)c;
+    s_io *io = vc;
+    const s_lsq *p = q->priv;
+    float sc = p->sc, n = io->n, lb = io->lo;
+    const float *x = io->x;
+    float *y = io->y;
+    EQ_QFOR_RUNS_IN(q, lo, hi, s0, len, k) {
+        float cl = s_clip(q, k, p->fe);
+        if (io->half) {
+            for (int64_t i = s0; i < s0 + len; i++) {
+                float u = eq_quant_gs_value(eq_qclamp(x[i] / cl, lb, 1.0f), sc);
+                y[i] = cl * (eq_qround(u * n) / n);
+            }
+        } else {
+            for (int64_t i = s0; i < s0 + len; i++) {
+                float u = eq_quant_gs_value(eq_qclamp(x[i] / cl, lb, 1.0f), sc);
+                u = (u + 1.0f) / 2.0f;
+                y[i] = cl * (2.0f * (eq_qround(u * n) / n) - 1.0f);
+            }
+        }
+    }
+}
+
 static eq_status s_forward(eq_quant *q, const float *x, float *y, eq_err *err)
 {
     (void)err;
     s_lsq *p = q->priv;
-    int half = s_half(q);
-    float lo = half ? 0.0f : -1.0f;
-    float n = (float)eq_quant_steps(q);
+    s_io io = {.x = x, .y = y, .half = s_half(q), .n = (float)eq_quant_steps(q)};
+    io.lo = io.half ? 0.0f : -1.0f;
     p->fe = (float)eq_quant_gs_factor(q, eq_quant_grad_factor(q));
     p->sc = 1.0f;
     if (q->o.grad_type == EQ_QGRAD_STE_SCALE) {
-        int64_t in = 0;
-        EQ_QFOR_RUNS(q, s0, len, k) {
-            float c = s_clip(q, k, p->fe);
-            for (int64_t i = s0; i < s0 + len; i++) {
-                float r = x[i] / c;
-                in += (r >= lo && r <= 1.0f);
-            }
-        }
-        if (in > 0) p->sc = (float)eq_quant_gs_factor(q, sqrt((double)q->n / (double)in));
+        io.acc = eq_quant_chunk_acc(q, 1);
+        eq_quant_for_chunks(q, s_count_chunk, &io);
+        double in = 0;
+        for (int64_t c = 0; c < q->nchunks; c++) in += io.acc[c];
+        if (in > 0) p->sc = (float)eq_quant_gs_factor(q, sqrt((double)q->n / in));
     }
-    float sc = p->sc;
-    EQ_QFOR_RUNS(q, s0, len, k) {
-        float c = s_clip(q, k, p->fe);
-        for (int64_t i = s0; i < s0 + len; i++) {
-            float u = eq_quant_gs_value(eq_qclamp(x[i] / c, lo, 1.0f), sc);
-            if (half) {
-                y[i] = c * (eq_qround(u * n) / n);
-            } else {
-                u = (u + 1.0f) / 2.0f;
-                y[i] = c * (2.0f * (eq_qround(u * n) / n) - 1.0f);
-            }
-        }
-    }
+    eq_quant_for_chunks(q, s_fwd_chunk, &io);
     return EQ_OK;
 }
 
-static void s_backward(eq_quant *q, const float *x, const float *gy, float *gx)
+static void s_bwd_chunk(eq_quant *q, void *vc, int64_t c, int64_t lo, int64_t hi)
 {
-    s_lsq *p = q->priv;
-    int half = s_half(q);
-    float lo = half ? 0.0f : -1.0f;
-    float n = (float)eq_quant_steps(q);
-    float sc = p->sc;
-    memset(p->acc, 0, (size_t)q->g * sizeof(double));
-    EQ_QFOR_RUNS(q, s0, len, k) {
-        float c = s_clip(q, k, p->fe);
-        double acc = 0;
+    s_io *io = vc;
+    const s_lsq *p = q->priv;
+    float sc = p->sc, n = io->n, lb = io->lo;
+    int half = io->half;
+    double *acc = io->acc + c * q->g;
+    EQ_QFOR_RUNS_IN(q, lo, hi, s0, len, k) {
+        float cl = s_clip(q, k, p->fe);
+        double a = 0;
         for (int64_t i = s0; i < s0 + len; i++) {
-            float r = x[i] / c;
-            int in = r >= lo && r <= 1.0f;
-            float u = eq_quant_gs_value(eq_qclamp(r, lo, 1.0f), sc);
+            float r = io->x[i] / cl;
+            int in = r >= lb && r <= 1.0f;
+            float u = eq_quant_gs_value(eq_qclamp(r, lb, 1.0f), sc);
             float dydc;
             if (half) {
                 dydc = eq_qround(u * n) / n - (in ? sc * r : 0.0f);
@@ -117,20 +147,32 @@ static void s_backward(eq_quant *q, const float *x, const float *gy, float *gx)
                 u = (u + 1.0f) / 2.0f;
                 dydc = (2.0f * (eq_qround(u * n) / n) - 1.0f) - (in ? sc * r : 0.0f);
             }
-            float g = gy[i];
-            acc += (double)g * dydc;
-            gx[i] = in ? g * sc : 0.0f;
+            float g = io->gy[i];
+            a += (double)g * dydc;
+            io->gx[i] = in ? g * sc : 0.0f;
         }
-        p->acc[k] += acc;
+        acc[k] += a;
     }
-    eq_quant_tensor *c = q->clip;
-    for (int64_t k = 0; k < c->numel; k++) {
+}
+
+static void s_backward(eq_quant *q, const float *x, const float *gy, float *gx)
+{
+    s_lsq *p = q->priv;
+    s_io io = {.x = x, .gy = gy, .gx = gx, .half = s_half(q), .n = (float)eq_quant_steps(q)};
+    io.lo = io.half ? 0.0f : -1.0f;
+    io.acc = eq_quant_chunk_acc(q, q->g);
+    eq_quant_for_chunks(q, s_bwd_chunk, &io);
+    memset(p->acc, 0, (size_t)q->g * sizeof(double));
+    for (int64_t c = 0; c < q->nchunks; c++)
+        for (int64_t k = 0; k < q->g; k++) p->acc[k] += io.acc[c * q->g + k];
+    eq_quant_tensor *t = q->clip;
+    for (int64_t k = 0; k < t->numel; k++) {
         double tot = 0;
-        if (c->numel == 1)
+        if (t->numel == 1)
             for (int64_t j = 0; j < q->g; j++) tot += p->acc[j];
         else
             tot = p->acc[k];
-        c->grad[k] = (float)((double)p->fe * eq_qsign(c->data[k]) * tot);
+        t->grad[k] = (float)((double)p->fe * eq_qsign(t->data[k]) * tot);
     }
 }
 

@@ -69,25 +69,58 @@ static void s_destroy(eq_quant *q)
     q->priv = NULL;
 }
 
+typedef struct s_io {
+    const float *x, *gy;
+    float *y, *gx;
+    const eq_quant_tensor *st;
+    float qn, qp;
+    double *acc;
+} s_io;
+
+static inline float s_step_of(const eq_quant_tensor *st, int64_t k) { return st->data[st->numel == 1 ? 0 : k]; }
+
+static void s_abs_chunk(eq_quant *q, void *vc, int64_t ch, int64_t lo, int64_t hi)
+{
+    s_io *io = vc;
+    double *acc = io->acc + ch * q->g;
+    EQ_QFOR_RUNS_IN(q, lo, hi, s0, len, k) {
+        double a = 0;
+        for (int64_t i = s0; i < s0 + len; i++) a += fabsf(io->x[i]);
+        acc[k] += a;
+    }
+}
+
+static void s_fwd_chunk(eq_quant *q, void *vc, int64_t ch, int64_t lo, int64_t hi)
+{
+    (void)ch;
+    const s_io *io = vc;
+    float qn = io->qn, qp = io->qp;
+    EQ_QFOR_RUNS_IN(q, lo, hi, s0, len, k) {
+        float s = s_step_of(io->st, k);
+        for (int64_t i = s0; i < s0 + len; i++) io->y[i] = eq_qround(eq_qclamp(io->x[i] / s, qn, qp)) * s;
+    }
+}
+
 static eq_status s_forward(eq_quant *q, const float *x, float *y, eq_err *err)
 {
     s_step *p = q->priv;
     eq_quant_tensor *st = eq_quant_find(q, "step_size");
-    float qn, qp;
-    s_bounds(q, &qn, &qp);
+    s_io io = {.x = x, .y = y, .st = st};
+    s_bounds(q, &io.qn, &io.qp);
     int need = 0;
     for (int64_t k = 0; k < st->numel; k++) need |= st->data[k] == 0.0f;
     if (need) {
+        io.acc = eq_quant_chunk_acc(q, q->g);
+        eq_quant_for_chunks(q, s_abs_chunk, &io);
         memset(p->acc, 0, (size_t)q->g * sizeof(double));
-        EQ_QFOR_RUNS(q, s0, len, k) {
-            for (int64_t i = s0; i < s0 + len; i++) p->acc[k] += fabsf(x[i]);
-        }
+        for (int64_t c = 0; c < q->nchunks; c++)
+            for (int64_t k = 0; k < q->g; k++) p->acc[k] += io.acc[c * q->g + k];
         double per = (double)q->n / (double)q->g, tot = 0;
         for (int64_t k = 0; k < q->g; k++) tot += p->acc[k];
         for (int64_t k = 0; k < st->numel; k++) {
             if (st->data[k] != 0.0f) continue;
             double mean = st->numel == 1 ? tot / (double)q->n : p->acc[k] / per;
-            st->data[k] = (float)(2.0 * mean / sqrt((double)qp));
+            st->data[k] = (float)(2.0 * mean / sqrt((double)io.qp));
             if (!(st->data[k] > 0.0f))
                 return eq_err_set(err, EQ_ERR_INVALID,
                                   "quant lsq-step: cannot initialise step_size[%lld] from an "
@@ -95,44 +128,51 @@ static eq_status s_forward(eq_quant *q, const float *x, float *y, eq_err *err)
                                   (long long)k);
         }
     }
-    EQ_QFOR_RUNS(q, s0, len, k) {
-        float s = st->data[st->numel == 1 ? 0 : k];
-        for (int64_t i = s0; i < s0 + len; i++) y[i] = eq_qround(eq_qclamp(x[i] / s, qn, qp)) * s;
-    }
+    eq_quant_for_chunks(q, s_fwd_chunk, &io);
     return EQ_OK;
+}
+
+static void s_bwd_chunk(eq_quant *q, void *vc, int64_t ch, int64_t lo, int64_t hi)
+{
+    s_io *io = vc;
+    float qn = io->qn, qp = io->qp;
+    double *acc = io->acc + ch * q->g;
+    EQ_QFOR_RUNS_IN(q, lo, hi, s0, len, k) {
+        float s = s_step_of(io->st, k);
+        double a = 0;
+        for (int64_t i = s0; i < s0 + len; i++) {
+            float r = io->x[i] / s, g = io->gy[i];
+            float d;
+            if (r < qn) {
+                d = qn;
+                io->gx[i] = 0.0f;
+            } else if (r > qp) {
+                d = qp;
+                io->gx[i] = 0.0f;
+            } else {
+                d = eq_qround(r) - r;
+                io->gx[i] = g;
+            }
+            a += (double)g * d;
+        }
+        acc[k] += a;
+    }
 }
 
 static void s_backward(eq_quant *q, const float *x, const float *gy, float *gx)
 {
     s_step *p = q->priv;
     eq_quant_tensor *st = eq_quant_find(q, "step_size");
-    float qn, qp;
-    s_bounds(q, &qn, &qp);
+    s_io io = {.x = x, .gy = gy, .gx = gx, .st = st};
+    s_bounds(q, &io.qn, &io.qp);
+    io.acc = eq_quant_chunk_acc(q, q->g);
+    eq_quant_for_chunks(q, s_bwd_chunk, &io);
     memset(p->acc, 0, (size_t)q->g * sizeof(double));
-    EQ_QFOR_RUNS(q, s0, len, k) {
-        float s = st->data[st->numel == 1 ? 0 : k];
-        double acc = 0;
-        for (int64_t i = s0; i < s0 + len; i++) {
-            float r = x[i] / s, g = gy[i];
-            float d;
-            if (r < qn) {
-                d = qn;
-                gx[i] = 0.0f;
-            } else if (r > qp) {
-                d = qp;
-                gx[i] = 0.0f;
-            } else {
-                d = eq_qround(r) - r;
-                gx[i] = g;
-            }
-            acc += (double)g * d;
-        }
-        p->acc[k] += acc;
-    }
+    for (int64_t c = 0; c < q->nchunks; c++)
+        for (int64_t k = 0; k < q->g; k++) p->acc[k] += io.acc[c * q->g + k];
     /* elements per group per sample */
     double npg = (double)q->n / (double)q->g / (double)q->batch;
-    if (st->numel == 1) npg = (double)q->n / (double)q->batch;
-    double gs = 1.0 / sqrt(npg * (double)qp);
+    double gs = 1.0 / sqrt(npg * (double)io.qp);
     for (int64_t k = 0; k < st->numel; k++) {
         double tot = 0;
         if (st->numel == 1)

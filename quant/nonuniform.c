@@ -104,14 +104,18 @@ static eq_status s_forward(eq_quant *q, const float *x, float *y, eq_err *err)
     if (q->o.grad_type == EQ_QGRAD_STE_SCALE) {
         int64_t cnt[S_MAXA] = {0};
         EQ_QFOR_RUNS(q, s0, len, k) {
+            float a[S_MAXA], inv[S_MAXA], lo[S_MAXA], hi[S_MAXA];
+            for (int i = 0; i < p->na; i++) {
+                a[i] = s_a(p->alpha[i], k);
+                inv[i] = 1.0f / a[i];
+                s_range(p, i, &lo[i], &hi[i]);
+            }
             for (int64_t e = s0; e < s0 + len; e++) {
                 float t = x[e];
                 for (int i = 0; i < p->na; i++) {
-                    float a = s_a(p->alpha[i], k), lo, hi;
-                    s_range(p, i, &lo, &hi);
-                    float v = (p->full ? x[e] : t) * a;
-                    cnt[i] += v >= lo && v <= hi;
-                    t = t - 1.0f / a;
+                    float v = (p->full ? x[e] : t) * a[i];
+                    cnt[i] += v >= lo[i] && v <= hi[i];
+                    t = t - inv[i];
                 }
             }
         }
@@ -119,14 +123,18 @@ static eq_status s_forward(eq_quant *q, const float *x, float *y, eq_err *err)
             if (cnt[i] > 0) p->sc[i] = (float)eq_quant_gs_factor(q, sqrt((double)q->n / (double)cnt[i]));
     }
     EQ_QFOR_RUNS(q, s0, len, k) {
+        float a[S_MAXA], inv[S_MAXA], lo[S_MAXA], hi[S_MAXA];
+        for (int i = 0; i < p->na; i++) {
+            a[i] = s_a(p->alpha[i], k);
+            inv[i] = 1.0f / a[i];
+            s_range(p, i, &lo[i], &hi[i]);
+        }
         for (int64_t e = s0; e < s0 + len; e++) {
             float t = x[e], acc = 0.0f;
             for (int i = 0; i < p->na; i++) {
-                float a = s_a(p->alpha[i], k), lo, hi;
-                s_range(p, i, &lo, &hi);
-                float v = (p->full ? x[e] : t) * a;
-                acc += eq_qround(eq_quant_gs_value(eq_qclamp(v, lo, hi), p->sc[i]));
-                t = t - 1.0f / a;
+                float v = (p->full ? x[e] : t) * a[i];
+                acc += eq_qround(eq_quant_gs_value(eq_qclamp(v, lo[i], hi[i]), p->sc[i]));
+                t = t - inv[i];
             }
             y[e] = acc;
         }
@@ -167,7 +175,9 @@ static void s_backward(eq_quant *q, const float *x, const float *gy, float *gx)
             a[i] = s_a(p->alpha[i], k);
             inv[i] = 1.0f / a[i];
         }
-        double ga[S_MAXA] = {0};
+        double ga[S_MAXA] = {0}, cf[S_MAXA][S_MAXA] = {{0}};
+        for (int i = 0; i < na; i++)
+            for (int j = 0; j < i; j++) cf[i][j] = (double)a[i] / ((double)a[j] * a[j]);
         for (int64_t e = s0; e < s0 + len; e++) {
             float g = p->basis ? gy[e] * b : gy[e];
             float t = x[e], gxe = 0.0f;
@@ -181,7 +191,7 @@ static void s_backward(eq_quant *q, const float *x, const float *gy, float *gx)
                     gxe += d * a[i];
                     ga[i] += (double)d * base;
                     if (!p->full)
-                        for (int j = 0; j < i; j++) ga[j] += (double)d * a[i] / ((double)a[j] * a[j]);
+                        for (int j = 0; j < i; j++) ga[j] += (double)d * cf[i][j];
                 }
                 t = t - inv[i];
             }

@@ -18,29 +18,56 @@ static eq_status s_init(eq_quant *q, eq_err *err)
     return EQ_OK;
 }
 
+typedef struct s_io {
+    const float *x, *gy;
+    float *y, *gx;
+    float a, s;
+    double *acc;
+} s_io;
+
+static void s_fwd_chunk(eq_quant *q, void *vc, int64_t ch, int64_t lo, int64_t hi)
+{
+    (void)q, (void)ch;
+    const s_io *io = vc;
+    float a = io->a, s = io->s;
+    for (int64_t i = lo; i < hi; i++) {
+        float z = io->x[i] > 0.0f ? io->x[i] : 0.0f;
+        if (!(z < a)) z = a;
+        io->y[i] = eq_qround(z * s) / s;
+    }
+}
+
 static eq_status s_forward(eq_quant *q, const float *x, float *y, eq_err *err)
 {
     (void)err;
-    float a = q->clip->data[0];
-    float s = (float)eq_quant_steps(q) / a;
-    for (int64_t i = 0; i < q->n; i++) {
-        float z = x[i] > 0.0f ? x[i] : 0.0f;
-        if (!(z < a)) z = a;
-        y[i] = eq_qround(z * s) / s;
-    }
+    s_io io = {.x = x, .y = y, .a = q->clip->data[0]};
+    io.s = (float)eq_quant_steps(q) / io.a;
+    eq_quant_for_chunks(q, s_fwd_chunk, &io);
     return EQ_OK;
+}
+
+static void s_bwd_chunk(eq_quant *q, void *vc, int64_t ch, int64_t lo, int64_t hi)
+{
+    (void)q;
+    s_io *io = vc;
+    float a = io->a;
+    double acc = 0;
+    for (int64_t i = lo; i < hi; i++) {
+        float v = io->x[i], g = io->gy[i];
+        float z = v > 0.0f ? v : 0.0f;
+        if (z >= a) acc += g;
+        io->gx[i] = (v >= 0.0f && v < a) ? g : 0.0f;
+    }
+    io->acc[ch] = acc;
 }
 
 static void s_backward(eq_quant *q, const float *x, const float *gy, float *gx)
 {
-    float a = q->clip->data[0];
+    s_io io = {.x = x, .gy = gy, .gx = gx, .a = q->clip->data[0]};
+    io.acc = eq_quant_chunk_acc(q, 1);
+    eq_quant_for_chunks(q, s_bwd_chunk, &io);
     double acc = 0;
-    for (int64_t i = 0; i < q->n; i++) {
-        float z = x[i] > 0.0f ? x[i] : 0.0f;
-        float g = gy[i];
-        if (z >= a) acc += g;
-        gx[i] = (x[i] >= 0.0f && x[i] < a) ? g : 0.0f;
-    }
+    for (int64_t c = 0; c < q->nchunks; c++) acc += io.acc[c];
     q->clip->grad[0] = (float)acc;
 }
 

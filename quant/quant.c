@@ -478,6 +478,7 @@ void eq_quant_destroy(eq_quant **q_p)
     free(q->xn);
     free(q->ypre);
     free(q->gtmp);
+    free(q->cacc);
     free(q);
     *q_p = NULL;
 }
@@ -493,6 +494,45 @@ eq_quant_tensor *eq_quant_find(eq_quant *q, const char *name)
 int eq_quant_levels(const eq_quant *q) { return (int)*q->level_num; }
 const eq_quant_opts *eq_quant_options(const eq_quant *q) { return &q->o; }
 int64_t eq_quant_groups(const eq_quant *q) { return q->g; }
+void eq_quant_set_pool(eq_quant *q, eq_pool *pool) { q->pool = pool; }
+
+/* ---- chunked parallel loops --------------------------------------------- */
+
+#define S_CHUNK_TARGET 32768
+
+typedef struct s_chunk_ctx {
+    eq_quant *q;
+    eq_qchunk_fn fn;
+    void *ctx;
+} s_chunk_ctx;
+
+static void s_chunk_tramp(void *vc, size_t i, int worker)
+{
+    (void)worker;
+    s_chunk_ctx *c = vc;
+    int64_t lo = (int64_t)i * c->q->chunk, hi = lo + c->q->chunk;
+    if (hi > c->q->n) hi = c->q->n;
+    c->fn(c->q, c->ctx, (int64_t)i, lo, hi);
+}
+
+void eq_quant_for_chunks(eq_quant *q, eq_qchunk_fn fn, void *ctx)
+{
+    s_chunk_ctx c = {q, fn, ctx};
+    if (q->pool && q->nchunks > 1) {
+        eq_pool_for(q->pool, (size_t)q->nchunks, s_chunk_tramp, &c);
+    } else {
+        for (int64_t i = 0; i < q->nchunks; i++) s_chunk_tramp(&c, (size_t)i, 0);
+    }
+}
+
+double *eq_quant_chunk_acc(eq_quant *q, int64_t per_chunk)
+{
+    int64_t need = q->nchunks * per_chunk;
+    EQ_ASSERT(per_chunk <= EQ_QUANT_ACC_PER_GROUP * q->g + EQ_QUANT_ACC_PER_GROUP &&
+              need <= q->cacc_cap); /* reserved by eq_quant_forward */
+    memset(q->cacc, 0, (size_t)need * sizeof(double));
+    return q->cacc;
+}
 
 eq_status eq_quant_set_levels(eq_quant *q, int v, eq_err *err)
 {
@@ -595,6 +635,24 @@ eq_status eq_quant_forward(eq_quant *q, const eq_tensor_desc *xd, const float *x
         q->batch = xd->shape[0];
         eq_status st = eq_group_along(xd, ax, q->g, &q->grp, err);
         if (st) return st;
+    }
+    if (q->grp.period / q->grp.block == 1) { /* one group: a single run */
+        q->grp.inner = n;
+        q->grp.period = q->grp.block = 1;
+        q->chunk = S_CHUNK_TARGET;
+    } else {
+        int64_t run = q->grp.inner * q->grp.block;
+        q->chunk = run >= S_CHUNK_TARGET ? run : (S_CHUNK_TARGET / run) * run;
+    }
+    q->nchunks = (n + q->chunk - 1) / q->chunk;
+    {
+        int64_t need = q->nchunks * (EQ_QUANT_ACC_PER_GROUP * q->g + EQ_QUANT_ACC_PER_GROUP);
+        if (need > q->cacc_cap) {
+            double *a = realloc(q->cacc, (size_t)need * sizeof(double));
+            if (!a) return eq_err_set(err, EQ_ERR_NOMEM, "quantizer: out of memory for accumulators");
+            q->cacc = a;
+            q->cacc_cap = need;
+        }
     }
     eq_status st = s_reserve(q, n, err);
     if (st) return st;

@@ -176,6 +176,12 @@ eq_status eq_quant_set_levels(eq_quant *q, int v, eq_err *err);
 const eq_quant_opts *eq_quant_options(const eq_quant *q);
 /* Number of parameter groups (clip values / scales) in use. */
 int64_t eq_quant_groups(const eq_quant *q);
+/* Split large tensors across `pool` (not owned; NULL: calling thread only).
+ * Results do not depend on the pool size.  Methods dorefa, pact, lsq,
+ * lsq-step, bin and xnor run in parallel; nonuniform, lqnet, var-mean and
+ * gamma bookkeeping run on the calling thread. */
+struct eq_pool;
+void eq_quant_set_pool(eq_quant *q, struct eq_pool *pool);
 
 /* ---- inspection: one step over safetensors files ------------------------- */
 

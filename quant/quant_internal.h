@@ -8,6 +8,7 @@
 
 #include <math.h>
 
+#include "core/pool.h"
 #include "quant/quant.h"
 
 #define EQ_QUANT_MAX_TENSORS 12
@@ -68,6 +69,14 @@ struct eq_quant {
     float *gtmp;          /* scratch gradient [cap] */
     int64_t cap;
     void *priv;
+    /* threading: the element range is cut into fixed chunks of whole runs
+     * (a function of n and the grouping only, never of the thread count),
+     * so results are identical for any pool size */
+    eq_pool *pool;
+    int64_t chunk;        /* elements per chunk (multiple of the run length) */
+    int64_t nchunks;
+    double *cacc;         /* per-chunk accumulators */
+    int64_t cacc_cap;
 };
 
 /* Registered methods (one per file). */
@@ -92,7 +101,15 @@ int eq_quant_param_shape(const eq_quant *q, int64_t g, int64_t shape[4]);
 static inline int eq_quant_steps(const eq_quant *q) { return (int)*q->level_num - 1; }
 
 /* PyTorch round(): half to even. */
-static inline float eq_qround(float v) { return rintf(v); }
+static inline float eq_qround(float v)
+{
+    /* rintf under the default rounding mode, without a libm call: adding
+     * 1.5 * 2^23 leaves no fraction bits, so the FPU rounds half to even.
+     * |v| >= 2^22 is already an integer (or NaN/inf) and is returned. */
+    float a = fabsf(v);
+    float r = copysignf((a + 12582912.0f) - 12582912.0f, v);
+    return a < 4194304.0f ? r : v;
+}
 static inline float eq_qclamp(float v, float lo, float hi) { return v < lo ? lo : (v > hi ? hi : v); }
 static inline float eq_qsgn(float v) { return v < 0.0f ? -1.0f : 1.0f; } /* sgn+ */
 static inline float eq_qsign(float v) { return v > 0.0f ? 1.0f : (v < 0.0f ? -1.0f : 0.0f); }
@@ -112,9 +129,29 @@ static inline float eq_quant_gs_value(float v, float f)
 double eq_quant_grad_factor(const eq_quant *q);
 
 /* Iterate runs of elements sharing one group: for each run, [start, start+len)
- * all belong to group k. */
-#define EQ_QFOR_RUNS(q, start, len, k)                                                  \
-    for (int64_t start = 0, len = (q)->grp.inner, k = 0, _j = 0; start < (q)->n;      \
-         start += len, _j++, k = (_j % (q)->grp.period) / (q)->grp.block)
+ * all belong to group k.  A run is `inner * block` consecutive elements
+ * (eq_quant_forward makes a single-group tensor one run). */
+#define EQ_QFOR_RUNS(q, start, len, k) EQ_QFOR_RUNS_IN(q, 0, (q)->n, start, len, k)
+
+/* Call fn(q, ctx, c, lo, hi) for every chunk c = [lo, hi) of the last
+ * forward's element range, on the pool when one is set.  fn must only write
+ * elements of its own chunk and its own accumulator slots. */
+typedef void (*eq_qchunk_fn)(eq_quant *q, void *ctx, int64_t c, int64_t lo, int64_t hi);
+void eq_quant_for_chunks(eq_quant *q, eq_qchunk_fn fn, void *ctx);
+/* Zeroed per-chunk accumulators: nchunks * per_chunk doubles (chunk c at
+ * c * per_chunk), per_chunk <= EQ_QUANT_ACC_PER_GROUP * (groups + 1);
+ * reserved by eq_quant_forward, so it does not fail.  Valid until the next
+ * call. */
+#define EQ_QUANT_ACC_PER_GROUP 4
+double *eq_quant_chunk_acc(eq_quant *q, int64_t per_chunk);
+
+/* Runs within [lo, hi) (lo a multiple of the run length, or any lo when
+ * there is one group); the last run is cut at hi. */
+#define EQ_QFOR_RUNS_IN(q, lo, hi, start, len, k)                                            \
+    for (int64_t _rl = (q)->grp.inner * (q)->grp.block, _j = (lo) / _rl,                     \
+                 _ng = (q)->grp.period / (q)->grp.block, start = (lo),                       \
+                 len = _rl < (hi) - (lo) ? _rl : (hi) - (lo), k = _j % _ng;                  \
+         start < (hi); start += len, _j++, len = _rl < (hi) - start ? _rl : (hi) - start,    \
+                 k = _j % _ng)
 
 #endif

@@ -75,6 +75,39 @@ static void s_dims(const eq_quant *q, int64_t *B, int64_t *C, int64_t *HW, int64
     }
 }
 
+typedef struct s_io {
+    const float *x, *gy;
+    float *y, *gx;
+    const float *e; /* per group, or NULL for 1 */
+    double *acc;
+    eq_quant_grad_type gt;
+} s_io;
+
+static void s_abs_chunk(eq_quant *q, void *vc, int64_t ch, int64_t lo, int64_t hi)
+{
+    s_io *io = vc;
+    double *acc = io->acc + ch * q->g;
+    EQ_QFOR_RUNS_IN(q, lo, hi, s0, len, k) {
+        double a = 0;
+        for (int64_t i = s0; i < s0 + len; i++) a += fabsf(io->x[i]);
+        acc[k] += a;
+    }
+}
+
+static void s_sgn_chunk(eq_quant *q, void *vc, int64_t ch, int64_t lo, int64_t hi)
+{
+    (void)ch;
+    const s_io *io = vc;
+    if (!io->e) {
+        for (int64_t i = lo; i < hi; i++) io->y[i] = eq_qsgn(io->x[i]);
+        return;
+    }
+    EQ_QFOR_RUNS_IN(q, lo, hi, s0, len, k) {
+        float e = io->e[k];
+        for (int64_t i = s0; i < s0 + len; i++) io->y[i] = e * eq_qsgn(io->x[i]);
+    }
+}
+
 static eq_status s_forward(eq_quant *q, const float *x, float *y, eq_err *err)
 {
     s_xnor *p = q->priv;
@@ -86,17 +119,20 @@ static eq_status s_forward(eq_quant *q, const float *x, float *y, eq_err *err)
             p->e = e;
             p->ecap = q->g;
         }
+        s_io io = {.x = x, .y = y, .e = p->e};
+        io.acc = eq_quant_chunk_acc(q, q->g);
+        eq_quant_for_chunks(q, s_abs_chunk, &io);
         for (int64_t k = 0; k < q->g; k++) {
             double acc = 0;
-            for (int64_t i = k * per; i < (k + 1) * per; i++) acc += fabsf(x[i]);
-            float e = (float)(acc / (double)per);
-            p->e[k] = e;
-            for (int64_t i = k * per; i < (k + 1) * per; i++) y[i] = e * eq_qsgn(x[i]);
+            for (int64_t c = 0; c < q->nchunks; c++) acc += io.acc[c * q->g + k];
+            p->e[k] = (float)(acc / (double)per);
         }
+        eq_quant_for_chunks(q, s_sgn_chunk, &io);
         return EQ_OK;
     }
     if (q->o.custom == EQ_QCUSTOM_NONE) {
-        for (int64_t i = 0; i < q->n; i++) y[i] = eq_qsgn(x[i]);
+        s_io io = {.x = x, .y = y, .e = NULL};
+        eq_quant_for_chunks(q, s_sgn_chunk, &io);
         return EQ_OK;
     }
     int64_t B, C, HW, cs, ss;
@@ -120,20 +156,30 @@ static eq_status s_forward(eq_quant *q, const float *x, float *y, eq_err *err)
     return EQ_OK;
 }
 
-static void s_backward(eq_quant *q, const float *x, const float *gy, float *gx)
+static void s_bwd_chunk(eq_quant *q, void *vc, int64_t ch, int64_t lo, int64_t hi)
 {
-    switch (q->o.grad_type) {
+    (void)q, (void)ch;
+    const s_io *io = vc;
+    const float *x = io->x, *gy = io->gy;
+    float *gx = io->gx;
+    switch (io->gt) {
     case EQ_QGRAD_STE:
-        for (int64_t i = 0; i < q->n; i++) gx[i] = (x[i] > -1.0f && x[i] < 1.0f) ? gy[i] : 0.0f;
+        for (int64_t i = lo; i < hi; i++) gx[i] = (x[i] > -1.0f && x[i] < 1.0f) ? gy[i] : 0.0f;
         break;
     case EQ_QGRAD_TRIANGLE:
-        for (int64_t i = 0; i < q->n; i++)
+        for (int64_t i = lo; i < hi; i++)
             gx[i] = (x[i] > -1.0f && x[i] < 1.0f) ? gy[i] * (2.0f - 2.0f * fabsf(x[i])) : 0.0f;
         break;
     default:
-        for (int64_t i = 0; i < q->n; i++) gx[i] = gy[i];
+        for (int64_t i = lo; i < hi; i++) gx[i] = gy[i];
         break;
     }
+}
+
+static void s_backward(eq_quant *q, const float *x, const float *gy, float *gx)
+{
+    s_io io = {.x = x, .gy = gy, .gx = gx, .gt = q->o.grad_type};
+    eq_quant_for_chunks(q, s_bwd_chunk, &io);
 }
 
 const eq_quant_method eq_quant_xnor_method = {

@@ -2,6 +2,7 @@
  * rounding ties, properties (levels, range, idempotence, per-channel
  * independence, NCHW == NHWC), finite-difference gradients, warm-up,
  * progressive levels.  The reference fixtures are in check_quant_fixtures.c. */
+#include "core/pool.h"
 #include "quant/quant.h"
 #include "tests/testutil.h"
 
@@ -700,6 +701,67 @@ START_TEST(test_quirk_options)
 }
 END_TEST
 
+/* A thread pool gives bit-identical results (fixed chunking). */
+static void s_thread_case(eq_quant_tag tag, eq_layout lay, const int64_t *S, const char *const *kv,
+                          eq_pool *pool)
+{
+    int64_t n = S[0] * S[1] * S[2] * S[3];
+    float *x = malloc(n * sizeof(float)), *g = malloc(n * sizeof(float));
+    float *y1 = malloc(n * sizeof(float)), *y2 = malloc(n * sizeof(float));
+    float *g1 = malloc(n * sizeof(float)), *g2 = malloc(n * sizeof(float));
+    s_fill(x, n, 1.0f, 0.2f);
+    s_fill(g, n, 1.0f, 0.0f);
+    eq_quant *a = s_make(tag, lay, 4, S, kv), *b = s_make(tag, lay, 4, S, kv);
+    eq_quant_set_pool(b, pool);
+    s_fwd(a, lay, 4, S, x, y1, 1);
+    s_fwd(b, lay, 4, S, x, y2, 1);
+    s_bwd(a, x, g, g1);
+    s_bwd(b, x, g, g2);
+    ck_assert_msg(memcmp(y1, y2, n * sizeof(float)) == 0, "%s: y differs with threads", kv[0]);
+    ck_assert_msg(memcmp(g1, g2, n * sizeof(float)) == 0, "%s: grad_x differs with threads", kv[0]);
+    for (size_t t = 0; t < eq_quant_tensor_count(a); t++) {
+        eq_quant_tensor *ta = eq_quant_tensor_at(a, t), *tb = eq_quant_tensor_at(b, t);
+        ck_assert(memcmp(ta->data, tb->data, ta->numel * sizeof(float)) == 0);
+        if (ta->grad) ck_assert_msg(memcmp(ta->grad, tb->grad, ta->numel * sizeof(float)) == 0, "%s: %s grad", kv[0], ta->name);
+    }
+    eq_quant_destroy(&a);
+    eq_quant_destroy(&b);
+    free(x), free(g), free(y1), free(y2), free(g1), free(g2);
+}
+
+START_TEST(test_threads_match)
+{
+    eq_err e = {0};
+    eq_pool *pool = eq_pool_new(3, &e);
+    ck_assert_ptr_nonnull(pool);
+    const int64_t A[4] = {8, 16, 16, 64}, W[4] = {64, 64, 3, 3};
+    const char *f1[] = {"method=dorefa", "bit=2", NULL};
+    const char *f2[] = {"method=pact", "bit=3", NULL};
+    const char *f3[] = {"method=lsq", "bit=2", "quant_group=64", "grad_type=STE-scale", "boundary=0.3", NULL};
+    const char *f4[] = {"method=lsq-step", "bit=2", NULL};
+    const char *f5[] = {"method=xnor", "bit=1", "grad_type=Triangle", NULL};
+    const char *w1[] = {"method=dorefa", "bit=2", "gamma=true", NULL};
+    const char *w2[] = {"method=lsq", "bit=2", "adaptive=var-mean", NULL};
+    const char *w3[] = {"method=bin", "bit=1", NULL};
+    const char *w4[] = {"method=xnor", "bit=1", "grad_type=STE", NULL};
+    const char *w5[] = {"method=lsq-step", "bit=3", NULL};
+    const char *w6[] = {"method=lsq", "bit=2", "quant_group=1", NULL};
+    s_thread_case(EQ_QTAG_FM, EQ_LAYOUT_NHWC, A, f1, pool);
+    s_thread_case(EQ_QTAG_FM, EQ_LAYOUT_NHWC, A, f2, pool);
+    s_thread_case(EQ_QTAG_FM, EQ_LAYOUT_NHWC, A, f3, pool);
+    s_thread_case(EQ_QTAG_FM, EQ_LAYOUT_NCHW, (const int64_t[]){8, 64, 16, 16}, f3, pool);
+    s_thread_case(EQ_QTAG_FM, EQ_LAYOUT_NHWC, A, f4, pool);
+    s_thread_case(EQ_QTAG_FM, EQ_LAYOUT_NHWC, A, f5, pool);
+    s_thread_case(EQ_QTAG_WT, EQ_LAYOUT_OIHW, W, w1, pool);
+    s_thread_case(EQ_QTAG_WT, EQ_LAYOUT_OIHW, W, w2, pool);
+    s_thread_case(EQ_QTAG_WT, EQ_LAYOUT_OIHW, W, w3, pool);
+    s_thread_case(EQ_QTAG_WT, EQ_LAYOUT_OIHW, W, w4, pool);
+    s_thread_case(EQ_QTAG_WT, EQ_LAYOUT_OIHW, W, w5, pool);
+    s_thread_case(EQ_QTAG_WT, EQ_LAYOUT_OIHW, W, w6, pool);
+    eq_pool_destroy(&pool);
+}
+END_TEST
+
 static Suite *s_suite(void)
 {
     Suite *s = suite_create("quant");
@@ -717,6 +779,7 @@ static Suite *s_suite(void)
     tcase_add_test(tc, test_lq_custom_update_and_closed_form);
     tcase_add_test(tc, test_progressive_levels);
     tcase_add_test(tc, test_quirk_options);
+    tcase_add_test(tc, test_threads_match);
     suite_add_tcase(s, tc);
     return s;
 }
