@@ -5,7 +5,7 @@
 # determinism (the same (epoch, step, offset, count) twice gives the same
 # bytes; two halves of a request equal the whole), PNG/safetensors output,
 # errors for bad requests, status and stop over the control socket, SIGTERM,
-# and the refusal of a public bind without keys.  Every wait is bounded.
+# the refusal of a public bind without keys, and CURVE with eqctl's keys.  Every wait is bounded.
 set -u
 
 B=${EQ_BUILDDIR:-.}
@@ -161,6 +161,31 @@ if wait_exit && [ "$RC" = 0 ]; then ok "stopped cleanly"; else bad "loader did n
 start_loader "$T/loader2.log" --config "${EQ_SRCDIR:-.}/configs/fashion-mnist.cfg" $DS || exit 1
 kill -TERM "$PID"
 if wait_exit && [ "$RC" = 0 ]; then ok "SIGTERM: clean exit"; else bad "SIGTERM: rc $RC"; fi
+
+# ---- CURVE: keys from eqctl keygen, an allow-list directory
+mkdir -p "$T/keys/allowed"
+check "keygen server" "$CTL" keygen "$T/keys/server"
+check "keygen client" "$CTL" keygen "$T/keys/alice"
+check "keygen other" "$CTL" keygen "$T/keys/mallory"
+cp "$T/keys/alice.pub" "$T/keys/allowed/"
+if "$CTL" keygen "$T/keys/alice" >"$T/out" 2>&1; then bad "keygen overwrote a key"; else ok "keygen refuses to overwrite"; fi
+start_loader "$T/loader3.log" --dataset "synth=$T/synth" \
+    --curve-secret "$T/keys/server.key" --curve-allow "$T/keys/allowed" || exit 1
+# shellcheck disable=SC2086
+check "CURVE: allowed client served" "$CTL" batch get $G --loader "$LEP" --count 2 \
+    --server-key "$T/keys/server.pub" --key "$T/keys/alice.key"
+# shellcheck disable=SC2086
+if "$CTL" batch get $G --loader "$LEP" --count 2 --timeout-ms 1000 \
+    --server-key "$T/keys/server.pub" --key "$T/keys/mallory.key" >"$T/out" 2>&1; then
+    bad "CURVE: a key not on the allow-list was served"
+else ok "CURVE: a key not on the allow-list is not served"; fi
+# shellcheck disable=SC2086
+if "$CTL" batch get $G --loader "$LEP" --count 2 --timeout-ms 1000 >"$T/out" 2>&1; then
+    bad "CURVE: a plain client was served"
+else ok "CURVE: a plain client is not served"; fi
+check "CURVE: status with keys" "$CTL" status "$CEP" --server-key "$T/keys/server.pub" --key "$T/keys/alice.key"
+kill -TERM "$PID"
+if wait_exit && [ "$RC" = 0 ]; then ok "CURVE loader stopped"; else bad "CURVE loader: rc $RC"; fi
 
 echo "$passes passed, $fails failed"
 [ $fails = 0 ]
