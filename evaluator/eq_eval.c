@@ -13,6 +13,7 @@
 
 #include "core/clock.h"
 #include "core/status.h"
+#include "evaluator/classify.h"
 #include "evaluator/cocoeval.h"
 
 #include <errno.h>
@@ -365,10 +366,12 @@ int main(int argc, char **argv)
     if (argc < 2 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0) {
         fprintf(argc < 2 ? stderr : stdout,
                 "usage: eq-eval coco --gt ANNOTATIONS.json --dt RESULTS.json [options]\n"
-                "       eq-eval coco --help\n");
+                "       eq-eval coco --help\n"
+                "       eq-eval serve [--pull EP] [--pub EP] [--control EP] [--metrics FILE] (see --help)\n");
         return argc < 2 ? 2 : 0;
     }
     if (strcmp(argv[1], "coco") == 0) return s_coco(argc - 1, argv + 1);
+    if (strcmp(argv[1], "serve") == 0) return eq_eval_serve_main(argc - 1, argv + 1);
     fprintf(stderr, "eq-eval: unknown command '%s' (try 'eq-eval coco --help')\n", argv[1]);
     return 2;
 }

@@ -171,7 +171,37 @@ static const s_field s_error_fields[] = {
       .cnt_off = OFF(eq_msg_error, nversions), .cap = EQ_PROTO_MAX_VERSIONS },
 };
 
+/* PRED */
+static const s_field s_pred_fields[] = {
+    STRF(eq_msg_pred, job, F_REQ, CS_NAME),
+    { .key = "epoch", .kind = K_U64, .flags = F_REQ, .off = OFF(eq_msg_pred, epoch), .hi = UINT64_MAX },
+    { .key = "total", .kind = K_U64, .flags = F_REQ, .off = OFF(eq_msg_pred, total), .lo = 1,
+      .hi = (uint64_t)1 << 40 },
+    { .key = "rank", .kind = K_U32, .flags = F_REQ, .off = OFF(eq_msg_pred, rank), .hi = 65535 },
+    { .key = "world", .kind = K_U32, .flags = F_REQ, .off = OFF(eq_msg_pred, world), .lo = 1, .hi = 65536 },
+    { .key = "count", .kind = K_U32, .flags = F_REQ, .off = OFF(eq_msg_pred, count), .hi = UINT32_MAX },
+    { .key = "final", .kind = K_U32, .off = OFF(eq_msg_pred, final), .hi = 1 },
+};
+
+/* METRICS */
+static const char *const s_metrics_kinds[] = { "train", "epoch", "eval", "done", NULL };
+#define MF64(f) { .key = #f, .kind = K_F64, .off = OFF(eq_msg_metrics, f), .flo = -1e300, .fhi = 1e300 }
+static const s_field s_metrics_fields[] = {
+    STRF(eq_msg_metrics, job, F_REQ, CS_NAME),
+    STRF(eq_msg_metrics, source, F_REQ, CS_NAME),
+    { .key = "kind", .kind = K_STR, .flags = F_REQ, .off = OFF(eq_msg_metrics, kind),
+      .cap = sizeof(((eq_msg_metrics *)0)->kind), .names = s_metrics_kinds, .cs = CS_NAME },
+    { .key = "epoch", .kind = K_U64, .flags = F_REQ, .off = OFF(eq_msg_metrics, epoch), .hi = UINT64_MAX },
+    { .key = "step", .kind = K_U64, .flags = F_REQ, .off = OFF(eq_msg_metrics, step), .hi = UINT64_MAX },
+    { .key = "steps", .kind = K_U64, .off = OFF(eq_msg_metrics, steps), .hi = UINT64_MAX },
+    { .key = "samples", .kind = K_U64, .off = OFF(eq_msg_metrics, samples), .hi = UINT64_MAX },
+    { .key = "status", .kind = K_U32, .off = OFF(eq_msg_metrics, status), .hi = UINT32_MAX },
+    MF64(loss), MF64(lr), MF64(img_s), MF64(wait_pct), MF64(eta_s), MF64(top1), MF64(top5), MF64(elapsed_s),
+};
+#undef MF64
+
 static eq_status s_validate_batch(eq_msg *m, eq_err *err);
+static eq_status s_validate_pred(eq_msg *m, eq_err *err);
 
 #define NF(a) (sizeof(a) / sizeof((a)[0]))
 static const s_msgdef s_defs[EQ_MSG_TYPE_COUNT] = {
@@ -181,6 +211,8 @@ static const s_msgdef s_defs[EQ_MSG_TYPE_COUNT] = {
     [EQ_MSG_BATCH_REQ] = { "BATCH_REQ", s_batch_req_fields, NF(s_batch_req_fields), true, false, NULL },
     [EQ_MSG_BATCH] = { "BATCH", s_batch_fields, NF(s_batch_fields), true, true, s_validate_batch },
     [EQ_MSG_ERROR] = { "ERROR", s_error_fields, NF(s_error_fields), false, false, NULL },
+    [EQ_MSG_PRED] = { "PRED", s_pred_fields, NF(s_pred_fields), false, true, s_validate_pred },
+    [EQ_MSG_METRICS] = { "METRICS", s_metrics_fields, NF(s_metrics_fields), false, false, NULL },
 };
 _Static_assert(NF(s_hello_fields) <= 64 && NF(s_job_fields) <= 64, "seen-bitmask is 64 bits");
 
@@ -225,6 +257,7 @@ void eq_proto_msg_init(eq_msg *m, eq_msg_type type)
         default: break;
         }
     }
+    if (type == EQ_MSG_PRED) m->u.pred.frame_ids = m->u.pred.frame_labels = m->u.pred.frame_topk = -1;
     if (type == EQ_MSG_BATCH)
         m->u.batch.frame_images = m->u.batch.frame_labels = m->u.batch.frame_mix_index =
             m->u.batch.frame_mix_lambda = -1;
@@ -453,17 +486,17 @@ static eq_status s_want_frame(eq_msg *m, const char *name, bool required, eq_dty
 {
     int i = eq_proto_find_frame(m, name);
     *index = i;
-    if (i < 0) return required ? eq_err_set(err, EQ_ERR_PROTO, "BATCH: missing frame '%s'", name) : EQ_OK;
+    if (i < 0) return required ? eq_err_set(err, EQ_ERR_PROTO, "%s: missing frame '%s'", eq_msg_type_name(m->type), name) : EQ_OK;
     const eq_proto_frame_desc *fd = &m->frames[i];
     if (fd->dtype != dt1 && fd->dtype != dt2)
-        return eq_err_set(err, EQ_ERR_PROTO, "BATCH: frame '%s': dtype %s, expected %s%s%s", name,
+        return eq_err_set(err, EQ_ERR_PROTO, "%s: frame '%s': dtype %s, expected %s%s%s", eq_msg_type_name(m->type), name,
                           eq_dtype_name(fd->dtype), eq_dtype_name(dt1), dt2 != dt1 ? " or " : "",
                           dt2 != dt1 ? eq_dtype_name(dt2) : "");
     if (fd->ndim != ndim)
-        return eq_err_set(err, EQ_ERR_PROTO, "BATCH: frame '%s': rank %d, expected %d", name, fd->ndim, ndim);
+        return eq_err_set(err, EQ_ERR_PROTO, "%s: frame '%s': rank %d, expected %d", eq_msg_type_name(m->type), name, fd->ndim, ndim);
     if ((uint64_t)fd->shape[0] != n)
-        return eq_err_set(err, EQ_ERR_PROTO, "BATCH: frame '%s': first dimension %" PRId64 ", expected count %" PRIu64,
-                          name, fd->shape[0], n);
+        return eq_err_set(err, EQ_ERR_PROTO, "%s: frame '%s': first dimension %" PRId64 ", expected count %" PRIu64,
+                          eq_msg_type_name(m->type), name, fd->shape[0], n);
     return EQ_OK;
 }
 
@@ -491,6 +524,29 @@ static eq_status s_validate_batch(eq_msg *m, eq_err *err)
         return st;
     if (!mix && (b->frame_mix_index >= 0 || b->frame_mix_lambda >= 0))
         return eq_err_set(err, EQ_ERR_PROTO, "BATCH: mix_index/mix_lambda frames without field 'mix'");
+    return EQ_OK;
+}
+
+static eq_status s_validate_pred(eq_msg *m, eq_err *err)
+{
+    eq_msg_pred *p = &m->u.pred;
+    if (p->rank >= p->world)
+        return eq_err_set(err, EQ_ERR_PROTO, "PRED: field 'rank': %u not below world %u", p->rank, p->world);
+    if (p->count == 0 && !p->final)
+        return eq_err_set(err, EQ_ERR_PROTO, "PRED: field 'count': 0 is allowed only with final = 1");
+    if ((uint64_t)p->count > p->total)
+        return eq_err_set(err, EQ_ERR_PROTO, "PRED: field 'count': %u over total %" PRIu64, p->count, p->total);
+    eq_status st;
+    if ((st = s_want_frame(m, "ids", true, EQ_DT_I64, EQ_DT_I64, 1, p->count, &p->frame_ids, err))) return st;
+    if ((st = s_want_frame(m, "labels", true, EQ_DT_I32, EQ_DT_I32, 1, p->count, &p->frame_labels, err)))
+        return st;
+    if ((st = s_want_frame(m, "topk", true, EQ_DT_I32, EQ_DT_I32, 2, p->count, &p->frame_topk, err))) return st;
+    int64_t k = m->frames[p->frame_topk].shape[1];
+    if (k < 1 || k > EQ_PROTO_MAX_TOPK)
+        return eq_err_set(err, EQ_ERR_PROTO, "PRED: frame 'topk': width %" PRId64 ", expected 1..%d", k,
+                          EQ_PROTO_MAX_TOPK);
+    if (m->nframes != 3)
+        return eq_err_set(err, EQ_ERR_PROTO, "PRED: %u frames, expected ids, labels, topk", m->nframes);
     return EQ_OK;
 }
 

@@ -70,6 +70,8 @@ typedef enum eq_msg_type {
     EQ_MSG_BATCH_REQ,
     EQ_MSG_BATCH,
     EQ_MSG_ERROR,
+    EQ_MSG_PRED,    /* trainer -> eq-eval: top-k predictions of val samples */
+    EQ_MSG_METRICS, /* trainer, eq-eval -> PUB subscribers: progress and results */
     EQ_MSG_TYPE_COUNT
 } eq_msg_type;
 
@@ -183,6 +185,45 @@ typedef struct eq_msg_error {
     uint32_t nversions;
 } eq_msg_error;
 
+/* Most predictions a PRED carries per sample (the `topk` frame's width). */
+#define EQ_PROTO_MAX_TOPK 16
+
+/* PRED (trainer -> eq-eval, PUSH/PULL): predictions for `count` samples of
+ * the val pass `epoch`.  Frames: "ids" I64 [count] (the samples' dataset
+ * indices, each in [0, total)), "labels" I32 [count] (true class), "topk"
+ * I32 [count][k] (class indices by decreasing score, 1 <= k <=
+ * EQ_PROTO_MAX_TOPK).  `total` is the val split's size, the same in every
+ * PRED of an epoch; `final` = 1 says the sender has sent all its
+ * predictions of the epoch (a final PRED may have count 0; it still carries
+ * the three frames, with first dimension 0).  The frame_* members are
+ * filled by decode (and encode's validation) as for BATCH. */
+typedef struct eq_msg_pred {
+    char job[EQ_PROTO_NAME_CAP];  /* required: run name (one eq-eval may serve several) */
+    uint64_t epoch;               /* required */
+    uint64_t total;               /* required: val samples in the epoch, >= 1 */
+    uint32_t rank, world;         /* required: sender's rank in [0, world), world >= 1 */
+    uint32_t count;               /* required: samples in this message (0 only with final) */
+    uint32_t final;               /* optional, 0 or 1 (default 0) */
+    int frame_ids, frame_labels, frame_topk;
+} eq_msg_pred;
+
+/* METRICS (PUB): one record of progress or results.  `kind` says which
+ * optional numbers are meaningful: "train" (step progress: loss, lr, img_s,
+ * wait_pct, eta_s), "epoch" (end of a train epoch: loss = epoch mean),
+ * "eval" (eq-eval's result: top1, top5 in percent, samples), "done" (the
+ * sender finished; status 0 ok or an eq_status code).  Unset numbers are
+ * sent only when nonzero. */
+typedef struct eq_msg_metrics {
+    char job[EQ_PROTO_NAME_CAP];  /* required */
+    char source[EQ_PROTO_NAME_CAP]; /* required: "trainer", "eval" */
+    char kind[EQ_PROTO_NAME_CAP];   /* required: "train" | "epoch" | "eval" | "done" */
+    uint64_t epoch, step;           /* required: step within the epoch (0-based) */
+    uint64_t steps;                 /* optional: steps per epoch */
+    uint64_t samples;               /* optional */
+    uint32_t status;                /* optional: "done" */
+    double loss, lr, img_s, wait_pct, eta_s, top1, top5, elapsed_s; /* optional, finite */
+} eq_msg_metrics;
+
 /* One payload frame as the header describes it. */
 typedef struct eq_proto_frame_desc {
     char name[EQ_PROTO_NAME_CAP];
@@ -208,6 +249,8 @@ typedef struct eq_msg {
         eq_msg_batch_req batch_req;
         eq_msg_batch batch;
         eq_msg_error error;
+        eq_msg_pred pred;
+        eq_msg_metrics metrics;
     } u;
 } eq_msg;
 
