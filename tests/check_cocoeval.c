@@ -508,6 +508,82 @@ START_TEST(test_keypoints_oks)
 }
 END_TEST
 
+START_TEST(test_in_memory_matches_json)
+{
+    /* The daemon builds datasets in memory: same numbers as from JSON. */
+    const char *gt_json =
+        "{\"images\": [{\"id\": 1, \"height\": 30, \"width\": 40}, {\"id\": 2, \"height\": 30, "
+        "\"width\": 40}], \"categories\": [{\"id\": 3}, {\"id\": 5}], \"annotations\": ["
+        "{\"id\": 1, \"image_id\": 1, \"category_id\": 3, \"bbox\": [2, 2, 10, 8], \"area\": 70, "
+        "\"iscrowd\": 0, \"segmentation\": [[2, 2, 12, 2, 12, 10, 2, 10]]},"
+        "{\"id\": 2, \"image_id\": 1, \"category_id\": 5, \"bbox\": [20, 5, 15, 20], \"area\": 250, "
+        "\"iscrowd\": 0, \"segmentation\": [[20, 5, 35, 5, 27, 25]]},"
+        "{\"id\": 3, \"image_id\": 2, \"category_id\": 3, \"bbox\": [0, 0, 40, 30], \"area\": 1200, "
+        "\"iscrowd\": 1, \"segmentation\": {\"size\": [30, 40], \"counts\": [0, 600, 600]}}]}";
+    const char *dt_json =
+        "[{\"image_id\": 1, \"category_id\": 3, \"bbox\": [3, 2, 10, 8], \"score\": 0.9},"
+        " {\"image_id\": 1, \"category_id\": 5, \"bbox\": [21, 6, 14, 18], \"score\": 0.6},"
+        " {\"image_id\": 2, \"category_id\": 3, \"bbox\": [5, 5, 10, 10], \"score\": 0.7},"
+        " {\"image_id\": 1, \"category_id\": 3, \"bbox\": [25, 2, 5, 5], \"score\": 0.8}]";
+    eq_err err;
+    eq_coco *gt = eq_coco_new("gt-mem", &err), *dt = eq_coco_new("dt-mem", &err);
+    ck_assert_ptr_nonnull(gt);
+    ck_assert_ptr_nonnull(dt);
+    ck_assert_int_eq(eq_coco_add_image(gt, 1, 30, 40, &err), EQ_OK);
+    ck_assert_int_eq(eq_coco_add_image(gt, 2, 30, 40, &err), EQ_OK);
+    ck_assert_int_eq(eq_coco_add_category(gt, 3, &err), EQ_OK);
+    ck_assert_int_eq(eq_coco_add_category(gt, 5, &err), EQ_OK);
+    const uint32_t F = EQ_COCO_F_ID | EQ_COCO_F_BBOX | EQ_COCO_F_AREA | EQ_COCO_F_ISCROWD |
+                       EQ_COCO_F_SEGM;
+    double p1[8] = {2, 2, 12, 2, 12, 10, 2, 10}, p2[6] = {20, 5, 35, 5, 27, 25};
+    size_t r1 = 8, r2 = 6;
+    uint32_t counts[3] = {0, 600, 600};
+    eq_coco_ann a;
+    memset(&a, 0, sizeof a);
+    a = (eq_coco_ann){.has = F, .id = 1, .image_id = 1, .category_id = 3, .area = 70,
+                      .bbox = {2, 2, 10, 8}, .seg_kind = EQ_COCO_SEG_POLY, .poly = p1,
+                      .ring_len = &r1, .n_rings = 1};
+    ck_assert_int_eq(eq_coco_add_ann(gt, &a, &err), EQ_OK);
+    a = (eq_coco_ann){.has = F, .id = 2, .image_id = 1, .category_id = 5, .area = 250,
+                      .bbox = {20, 5, 15, 20}, .seg_kind = EQ_COCO_SEG_POLY, .poly = p2,
+                      .ring_len = &r2, .n_rings = 1};
+    ck_assert_int_eq(eq_coco_add_ann(gt, &a, &err), EQ_OK);
+    a = (eq_coco_ann){.has = F, .id = 3, .image_id = 2, .category_id = 3, .area = 1200,
+                      .iscrowd = 1, .bbox = {0, 0, 40, 30}, .seg_kind = EQ_COCO_SEG_COUNTS,
+                      .counts = counts, .n_counts = 3, .seg_h = 30, .seg_w = 40};
+    ck_assert_int_eq(eq_coco_add_ann(gt, &a, &err), EQ_OK);
+    const double boxes[4][4] = {{3, 2, 10, 8}, {21, 6, 14, 18}, {5, 5, 10, 10}, {25, 2, 5, 5}};
+    const int64_t img[4] = {1, 1, 2, 1}, cat[4] = {3, 5, 3, 3};
+    const double score[4] = {0.9, 0.6, 0.7, 0.8};
+    for (int i = 0; i < 4; i++) {
+        a = (eq_coco_ann){.has = EQ_COCO_F_BBOX | EQ_COCO_F_SCORE, .image_id = img[i],
+                          .category_id = cat[i], .score = score[i]};
+        memcpy(a.bbox, boxes[i], sizeof a.bbox);
+        ck_assert_int_eq(eq_coco_add_ann(dt, &a, &err), EQ_OK);
+    }
+    ck_assert_msg(eq_coco_load_res_finish(dt, gt, &err) == EQ_OK, "%s", err.msg);
+    ck_assert_uint_eq(eq_coco_num_anns(dt), 4);
+    ck_assert_uint_eq(eq_coco_num_images(dt), 2);
+    for (int type = EQ_COCO_BBOX; type <= EQ_COCO_SEGM; type++) {
+        eq_coco_params p;
+        memset(&p, 0, sizeof p);
+        p.iou_type = (eq_coco_iou)type;
+        p.threads = 1;
+        eq_coco_eval *e = NULL;
+        ck_assert_msg(eq_coco_evaluate(gt, dt, &p, &e, &err) == EQ_OK, "%s", err.msg);
+        eq_coco_eval *j = s_eval(gt_json, dt_json, (eq_coco_iou)type, NULL, 0);
+        for (size_t i = 0; i < e->n_stats; i++) ck_assert(e->stats[i] == j->stats[i]);
+        ck_assert(e->stats[1] > 0); /* the case is not trivially -1 */
+        eq_coco_eval_destroy(&e);
+        eq_coco_eval_destroy(&j);
+    }
+    eq_coco_destroy(&gt);
+    eq_coco_destroy(&dt);
+    ck_assert_ptr_null(gt);
+    eq_coco_destroy(&gt); /* NULL-safe */
+}
+END_TEST
+
 /* ---- 3. bad input ------------------------------------------------------- */
 
 #define GT_OK                                                                                  \
@@ -637,6 +713,7 @@ static Suite *s_suite(void)
     tcase_add_test(tc, test_mask_results_bbox_and_area);
     tcase_add_test(tc, test_keypoints_oks);
     tcase_add_test(tc, test_np_sum_blocks);
+    tcase_add_test(tc, test_in_memory_matches_json);
     suite_add_tcase(s, tc);
     tc = tcase_create("errors");
     tcase_add_test(tc, test_errors);
