@@ -465,7 +465,10 @@ static void s_send_error(eq_loader_server *s, const eq_proto_peer *to, const eq_
     eq_err e = {0};
     S_ADD(s, errors_sent, 1);
     eq_debug("loader: ERROR to peer: %s", msg);
-    if (eq_proto_send_error(s->data, to, req ? req->has_req : false, req ? req->req : 0, code, msg, &e) != EQ_OK) {
+    /* Never block the loop on a peer that does not read its replies. */
+    eq_msg m;
+    eq_proto_make_error(&m, req ? req->has_req : false, req ? req->req : 0, code, msg);
+    if (eq_proto_send(s->data, to, &m, NULL, 0, ZMQ_DONTWAIT, &e) != EQ_OK) {
         S_ADD(s, dropped, 1);
         eq_debug("loader: cannot send ERROR: %s", e.msg);
     }

@@ -592,11 +592,42 @@ START_TEST(test_bad_requests)
     }
     ck_assert_int_eq(served + limited, 8);
     ck_assert_int_ge(served, 1);
+    /* random multipart messages: each answered or dropped, never fatal */
+    uint64_t x = 0x9e3779b97f4a7c15ull;
+    for (int i = 0; i < 300; i++) {
+        int parts = 1 + (int)(x % 3);
+        for (int k = 0; k < parts; k++) {
+            uint8_t junk[64];
+            size_t len = (size_t)((x >> 7) % sizeof junk);
+            for (size_t j = 0; j < len; j++) {
+                x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+                junk[j] = (uint8_t)x;
+            }
+            if (i % 4 == 0 && len) junk[0] = 0x80 | (uint8_t)(x & 15); /* a small map: deeper parsing */
+            zmq_send(f.dealer, junk, len, k + 1 < parts ? ZMQ_SNDMORE : 0);
+            x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        }
+    }
+    s_breq(&f, id, 0, 2, 0, 16, 999);
+    int got = 0;
+    for (int i = 0; i < 301 && !got; i++) {
+        eq_err e = {0};
+        ck_assert_msg(eq_proto_recv(f.dealer, r, NULL, 0, &e) == EQ_OK, "reply %d: %s", i, e.msg);
+        if (r->msg.type == EQ_MSG_BATCH) {
+            ck_assert_uint_eq(r->msg.req, 999);
+            got = 1;
+        } else {
+            ck_assert_int_eq(r->msg.type, EQ_MSG_ERROR);
+        }
+    }
+    ck_assert_int_eq(got, 1);
     /* after all that, it still serves */
     size_t sz;
     free(s_fetch(&f, id, 0, 1, 0, 16, &sz, NULL));
+    served++;
     eq_loader_stats st;
     s_settle(&f, (uint64_t)served + 1, &st);
+    ck_assert_uint_eq(st.batches_sent, (uint64_t)served + 1);
     ck_assert_uint_ge(st.errors_sent, 10);
     ck_assert_uint_eq(st.inflight_bytes, 0);
     eq_proto_recvd_close(r);
