@@ -51,6 +51,7 @@ struct eq_decoder {
     size_t row_cap;
     JSAMPROW *rowp; /* row pointers */
     size_t rowp_cap;
+    eq_scratch scratch;
 };
 
 static void s_error_exit(j_common_ptr c)
@@ -115,11 +116,15 @@ void eq_decoder_destroy(eq_decoder **self_p)
     free(d->pix);
     free(d->row);
     free(d->rowp);
+    free(d->scratch.file);
+    free(d->scratch.tmp);
     free(d);
     *self_p = NULL;
 }
 
 int eq_decoder_is_cmyk(const eq_decoder *d) { return d->cmyk_last; }
+
+eq_scratch *eq_decoder_scratch(eq_decoder *d) { return &d->scratch; }
 
 eq_img_format eq_image_sniff(const uint8_t *data, size_t len)
 {

@@ -374,7 +374,8 @@ void eq_pipeline_geometry(const eq_pipeline *p, uint32_t *h, uint32_t *w, uint32
 uint64_t eq_pipeline_steps(const eq_pipeline *p);
 
 /* One sample, computed on the calling thread with decoder d (NULL: the
- * pipeline's first decoder; then not thread-safe).  out holds H*W*C bytes.
+ * pipeline's first decoder; then not thread-safe).  The decoder's scratch
+ * buffers are reused, so nothing is allocated per sample.  out holds H*W*C bytes.
  * *replaced = 1 when the file could not be decoded and a substitute (a
  * constant image of the ImageNet mean colour, 124/116/104, or 0 for gray)
  * was written; the path and reason are logged at WARN.  Never fails for
@@ -403,6 +404,18 @@ typedef struct eq_batch {
  * are serialised.  Bad files never fail the call (see eq_pipeline_sample). */
 eq_status eq_pipeline_batch(eq_pipeline *p, uint64_t epoch, uint64_t step, uint32_t offset,
                             uint32_t count, eq_batch *out, eq_err *err);
+
+/* For callers that make the samples of a range themselves (the daemon's
+ * workers, with eq_pipeline_sample): given b->n, b->indices and the unmixed
+ * b->images of positions [offset, offset + b->n) of (epoch, step), apply
+ * the mixup/CutMix plan: CutMix boxes are pasted from the partners' images
+ * (partners outside the range are computed here with decoder d, or the
+ * pipeline's first decoder when d is NULL), and label_a, label_b, lambda,
+ * mix_mode, partner are filled (those left NULL are skipped).  Without
+ * mixing configured it only fills the labels.  Thread-safe with distinct
+ * decoders; allocates per call (batch-sized), never per sample. */
+eq_status eq_pipeline_mix(eq_pipeline *p, eq_decoder *d, uint64_t epoch, uint64_t step,
+                          uint32_t offset, eq_batch *b, eq_err *err);
 
 /* Counters since creation. */
 typedef struct eq_pipeline_stats {

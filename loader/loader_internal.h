@@ -55,6 +55,16 @@ eq_status eq_render_crop(eq_decoder *d, const uint8_t *data, size_t len, eq_box 
                          uint32_t out_h, int dct_scale, uint8_t *out, void **tmp, size_t *tmp_cap,
                          eq_err *err);
 
+/* Per-thread scratch owned by a decoder (freed with it), so that the
+ * per-sample path allocates nothing once buffers have grown. */
+typedef struct eq_scratch {
+    uint8_t *file; /* file contents */
+    size_t file_cap;
+    void *tmp;     /* resampler scratch */
+    size_t tmp_cap;
+} eq_scratch;
+eq_scratch *eq_decoder_scratch(eq_decoder *d);
+
 /* JPEG header access for the pipeline (format-specific decode plan). */
 int eq_decoder_is_cmyk(const eq_decoder *d);
 

@@ -27,15 +27,6 @@
 /* Largest image file read (bigger files are substituted). */
 #define S_MAX_FILE (256u << 20)
 
-typedef struct s_worker {
-    eq_decoder *dec;
-    uint8_t *file;
-    size_t file_cap;
-    void *tmp;
-    size_t tmp_cap;
-    uint8_t *pad; /* PADCROP scratch */
-    size_t pad_cap;
-} s_worker;
 
 struct eq_pipeline {
     const eq_dataset *ds;
@@ -43,18 +34,9 @@ struct eq_pipeline {
     uint32_t H, W, C;
     eq_pool *pool;
     int nworkers;
-    s_worker *w;
+    eq_decoder **dec; /* one per worker (owns that worker's scratch) */
     eq_sampler *sampler;
     pthread_mutex_t mu;
-    /* batch scratch (under mu) */
-    eq_mix_entry *plan;
-    size_t plan_cap;
-    uint8_t *orig;
-    size_t orig_cap;
-    uint8_t *extra;
-    size_t extra_cap;
-    uint32_t *extra_pos, *extra_idx;
-    size_t extra_n_cap;
     uint64_t n_samples, n_replaced, n_bytes; /* atomics */
 };
 
@@ -84,15 +66,10 @@ void eq_pipeline_cfg_default(eq_pipeline_cfg *cfg, const char *split, uint32_t s
 
 static void s_workers_free(eq_pipeline *p)
 {
-    if (!p->w) return;
-    for (int i = 0; i < p->nworkers; i++) {
-        eq_decoder_destroy(&p->w[i].dec);
-        free(p->w[i].file);
-        free(p->w[i].tmp);
-        free(p->w[i].pad);
-    }
-    free(p->w);
-    p->w = NULL;
+    if (!p->dec) return;
+    for (int i = 0; i < p->nworkers; i++) eq_decoder_destroy(&p->dec[i]);
+    free(p->dec);
+    p->dec = NULL;
 }
 
 void eq_pipeline_destroy(eq_pipeline **self_p)
@@ -103,11 +80,6 @@ void eq_pipeline_destroy(eq_pipeline **self_p)
     s_workers_free(p);
     eq_sampler_destroy(&p->sampler);
     pthread_mutex_destroy(&p->mu);
-    free(p->plan);
-    free(p->orig);
-    free(p->extra);
-    free(p->extra_pos);
-    free(p->extra_idx);
     free(p);
     *self_p = NULL;
 }
@@ -183,13 +155,13 @@ eq_pipeline *eq_pipeline_new(const eq_dataset *ds, const eq_pipeline_cfg *cfg, i
     p->nworkers = nthreads > 1 ? nthreads : 1;
     if (nthreads > 1 && !(p->pool = eq_pool_new(nthreads, err))) goto fail;
     if (p->pool) p->nworkers = eq_pool_size(p->pool);
-    p->w = calloc((size_t)p->nworkers, sizeof *p->w);
-    if (!p->w) {
+    p->dec = calloc((size_t)p->nworkers, sizeof *p->dec);
+    if (!p->dec) {
         eq_err_set(err, EQ_ERR_NOMEM, "pipeline: out of memory");
         goto fail;
     }
     for (int i = 0; i < p->nworkers; i++)
-        if (!(p->w[i].dec = eq_decoder_new(c->max_pixels, err))) goto fail;
+        if (!(p->dec[i] = eq_decoder_new(c->max_pixels, err))) goto fail;
     return p;
 fail:
     eq_pipeline_destroy(&p);
@@ -333,9 +305,10 @@ static void s_geometry(const eq_pipeline *p, eq_rng *r, uint32_t W, uint32_t H, 
 }
 
 /* Encoded file -> out.  Returns EQ_OK or the reason in err. */
-static eq_status s_encoded(eq_pipeline *p, s_worker *w, eq_rng *r, size_t index, uint8_t *out,
+static eq_status s_encoded(eq_pipeline *p, eq_decoder *d, eq_rng *r, size_t index, uint8_t *out,
                            eq_err *err)
 {
+    eq_scratch *w = eq_decoder_scratch(d);
     char path[4096];
     uint64_t size = 0;
     const char *rel = eq_dataset_relpath(p->ds, index, &size);
@@ -347,7 +320,7 @@ static eq_status s_encoded(eq_pipeline *p, s_worker *w, eq_rng *r, size_t index,
     __atomic_fetch_add(&p->n_bytes, len, __ATOMIC_RELAXED);
     eq_img_format fmt;
     uint32_t W, H;
-    if (eq_decode_info(w->dec, w->file, len, &fmt, &W, &H, err) != EQ_OK) return err->code;
+    if (eq_decode_info(d, w->file, len, &fmt, &W, &H, err) != EQ_OK) return err->code;
     uint32_t num;
     eq_resize_geom g;
     int flip;
@@ -355,7 +328,7 @@ static eq_status s_encoded(eq_pipeline *p, s_worker *w, eq_rng *r, size_t index,
     uint32_t sx0, sy0, sx1, sy1;
     eq_resize_taps(&g, &sx0, &sy0, &sx1, &sy1);
     eq_decoded dd;
-    if (eq_decode_region(w->dec, w->file, len, num, sx0, sy0, sx1, sy1, &dd, err) != EQ_OK)
+    if (eq_decode_region(d, w->file, len, num, sx0, sy0, sx1, sy1, &dd, err) != EQ_OK)
         return err->code;
     if (dd.sw != eq_decode_scaled(W, num) || dd.sh != eq_decode_scaled(H, num))
         return eq_err_set(err, EQ_ERR_INTERNAL, "decoder scaled %ux%u by %u/8 to %ux%u", W, H,
@@ -367,9 +340,10 @@ static eq_status s_encoded(eq_pipeline *p, s_worker *w, eq_rng *r, size_t index,
 }
 
 /* In-memory sample -> out. */
-static eq_status s_memory(eq_pipeline *p, s_worker *w, eq_rng *r, size_t index, uint8_t *out,
+static eq_status s_memory(eq_pipeline *p, eq_decoder *d, eq_rng *r, size_t index, uint8_t *out,
                           eq_err *err)
 {
+    eq_scratch *w = eq_decoder_scratch(d);
     const uint8_t *px;
     uint32_t h, wd, c;
     if (eq_dataset_pixels(p->ds, index, &px, &h, &wd, &c, err) != EQ_OK) return err->code;
@@ -408,7 +382,7 @@ static eq_status s_memory(eq_pipeline *p, s_worker *w, eq_rng *r, size_t index, 
     return EQ_OK;
 }
 
-static void s_make(eq_pipeline *p, s_worker *w, uint64_t epoch, size_t index, uint8_t *out,
+static void s_make(eq_pipeline *p, eq_decoder *w, uint64_t epoch, size_t index, uint8_t *out,
                    int *replaced)
 {
     eq_rng r;
@@ -436,15 +410,7 @@ eq_status eq_pipeline_sample(eq_pipeline *p, eq_decoder *d, uint64_t epoch, size
         return eq_err_set(err, EQ_ERR_INVALID, "pipeline: index %zu out of range [0, %zu)", index,
                           eq_dataset_size(p->ds));
     int rep = 0;
-    if (d) {
-        s_worker w = {.dec = d};
-        s_make(p, &w, epoch, index, out, &rep);
-        free(w.file);
-        free(w.tmp);
-        free(w.pad);
-    } else {
-        s_make(p, &p->w[0], epoch, index, out, &rep);
-    }
+    s_make(p, d ? d : p->dec[0], epoch, index, out, &rep);
     if (label) *label = eq_dataset_label(p->ds, index);
     if (replaced) *replaced = rep;
     return EQ_OK;
@@ -468,21 +434,145 @@ static void s_job_fn(void *ctx, size_t i, int worker)
     size_t per = (size_t)p->H * p->W * p->C;
     int rep = 0;
     if (i < j->n_own)
-        s_make(p, &p->w[worker], j->epoch, j->own_idx[i], j->own_out + i * per, &rep);
+        s_make(p, p->dec[worker], j->epoch, j->own_idx[i], j->own_out + i * per, &rep);
     else
-        s_make(p, &p->w[worker], j->epoch, j->extra_idx[i - j->n_own],
+        s_make(p, p->dec[worker], j->epoch, j->extra_idx[i - j->n_own],
                j->extra_out + (i - j->n_own) * per, &rep);
     j->rep[i] = (uint8_t)rep;
 }
 
-static int s_grow(void **buf, size_t *cap, size_t need)
+static int s_mixing(const eq_pipeline *p)
 {
-    if (need <= *cap) return 0;
-    void *nb = realloc(*buf, need);
-    if (!nb) return -1;
-    *buf = nb;
-    *cap = need;
-    return 0;
+    return p->cfg.mix.mixup_alpha > 0 || p->cfg.mix.cutmix_alpha > 0;
+}
+
+/* The state of one mix application: the plan of the global batch and the
+ * partners outside [offset, offset+n) that CutMix needs.  Heap memory per
+ * batch (not per sample); freed by s_mixwork_free. */
+typedef struct s_mixwork {
+    eq_mix_entry *plan; /* g entries */
+    uint32_t g;
+    uint32_t n_extra, n_cut;
+    uint32_t *extra_pos, *extra_idx;
+    uint8_t *extra; /* n_extra images */
+    uint8_t *orig;  /* n own images before pasting (when n_cut) */
+} s_mixwork;
+
+static void s_mixwork_free(s_mixwork *m)
+{
+    free(m->plan);
+    free(m->extra_pos);
+    free(m->extra_idx);
+    free(m->extra);
+    free(m->orig);
+    memset(m, 0, sizeof *m);
+}
+
+/* Plan + list of outside partners for positions [offset, offset+n). */
+static eq_status s_mix_prepare(eq_pipeline *p, uint64_t epoch, uint64_t step, uint32_t offset,
+                               uint32_t n, s_mixwork *m, eq_err *err)
+{
+    const eq_pipeline_cfg *c = &p->cfg;
+    const uint32_t G = c->sampler.global_batch;
+    const size_t per = (size_t)p->H * p->W * p->C, N = eq_dataset_size(p->ds);
+    memset(m, 0, sizeof *m);
+    m->g = G;
+    if (c->sampler.last == EQ_LAST_PARTIAL && (uint64_t)(step + 1) * G > N)
+        m->g = (uint32_t)(N - step * G);
+    if (offset + n > m->g)
+        return eq_err_set(err, EQ_ERR_INVALID, "mix: positions [%u, %u) outside the batch of %u",
+                          offset, offset + n, m->g);
+    m->plan = eq_malloc_array(m->g, sizeof *m->plan);
+    m->extra_pos = eq_malloc_array(n ? n : 1, sizeof(uint32_t));
+    m->extra_idx = eq_malloc_array(n ? n : 1, sizeof(uint32_t));
+    if (!m->plan || !m->extra_pos || !m->extra_idx)
+        return eq_err_set(err, EQ_ERR_NOMEM, "mix: out of memory for a plan of %u", m->g);
+    eq_status st = eq_mix_plan(&c->mix, c->sampler.seed, c->sampler.split, epoch, step, m->g,
+                               p->H, p->W, m->plan, err);
+    if (st != EQ_OK) return st;
+    for (uint32_t i = 0; i < n; i++) {
+        const eq_mix_entry *e = &m->plan[offset + i];
+        if (e->mode != EQ_MIX_CUTMIX) continue;
+        m->n_cut++;
+        if (e->partner >= offset && e->partner < offset + n) continue;
+        uint32_t k;
+        for (k = 0; k < m->n_extra && m->extra_pos[k] != e->partner; k++) {
+        }
+        if (k < m->n_extra) continue;
+        uint32_t got;
+        if ((st = eq_sampler_range(p->sampler, epoch, step, e->partner, 1,
+                                   &m->extra_idx[m->n_extra], &got, err)) != EQ_OK)
+            return st;
+        m->extra_pos[m->n_extra++] = e->partner;
+    }
+    if ((m->n_extra && !(m->extra = eq_malloc_array(m->n_extra, per))) ||
+        (m->n_cut && !(m->orig = eq_malloc_array(n, per))))
+        return eq_err_set(err, EQ_ERR_NOMEM, "mix: out of memory for CutMix partners");
+    return EQ_OK;
+}
+
+/* Labels, plan fields and CutMix pastes, once own and outside-partner
+ * images are made. */
+static eq_status s_mix_finish(eq_pipeline *p, uint64_t epoch, uint64_t step, uint32_t offset,
+                              eq_batch *b, s_mixwork *m, eq_err *err)
+{
+    const size_t per = (size_t)p->H * p->W * p->C;
+    const uint32_t n = b->n;
+    if (m->n_cut) memcpy(m->orig, b->images, (size_t)n * per);
+    for (uint32_t i = 0; i < n; i++) {
+        int32_t ya = eq_dataset_label(p->ds, b->indices[i]);
+        if (b->label_a) b->label_a[i] = ya;
+        if (b->label_b) b->label_b[i] = ya;
+        if (b->lambda) b->lambda[i] = 1.0f;
+        if (b->mix_mode) b->mix_mode[i] = EQ_MIX_NONE;
+        if (b->partner) b->partner[i] = offset + i;
+        if (!m->plan) continue;
+        const eq_mix_entry *e = &m->plan[offset + i];
+        if (e->mode == EQ_MIX_NONE) continue;
+        uint32_t pidx = 0;
+        const uint8_t *psrc = NULL;
+        if (e->partner >= offset && e->partner < offset + n) {
+            pidx = b->indices[e->partner - offset];
+            if (m->orig) psrc = m->orig + (size_t)(e->partner - offset) * per;
+        } else {
+            uint32_t got = 0;
+            eq_status st = eq_sampler_range(p->sampler, epoch, step, e->partner, 1, &pidx, &got, err);
+            if (st != EQ_OK) return st;
+            for (uint32_t k = 0; k < m->n_extra; k++)
+                if (m->extra_pos[k] == e->partner) psrc = m->extra + (size_t)k * per;
+        }
+        if (b->label_b) b->label_b[i] = eq_dataset_label(p->ds, pidx);
+        if (b->lambda) b->lambda[i] = e->lambda;
+        if (b->mix_mode) b->mix_mode[i] = e->mode;
+        if (b->partner) b->partner[i] = e->partner;
+        if (e->mode == EQ_MIX_CUTMIX && psrc) {
+            size_t row = (size_t)p->W * p->C, x0 = (size_t)e->x0 * p->C,
+                   bw = (size_t)(e->x1 - e->x0) * p->C;
+            uint8_t *dimg = b->images + (size_t)i * per;
+            for (uint32_t y = e->y0; y < e->y1; y++)
+                memcpy(dimg + y * row + x0, psrc + y * row + x0, bw);
+        }
+    }
+    return EQ_OK;
+}
+
+eq_status eq_pipeline_mix(eq_pipeline *p, eq_decoder *d, uint64_t epoch, uint64_t step,
+                          uint32_t offset, eq_batch *b, eq_err *err)
+{
+    s_mixwork m = {0};
+    eq_status st = EQ_OK;
+    if (s_mixing(p)) {
+        if ((st = s_mix_prepare(p, epoch, step, offset, b->n, &m, err)) != EQ_OK) goto out;
+        const size_t per = (size_t)p->H * p->W * p->C;
+        for (uint32_t k = 0; k < m.n_extra; k++) {
+            int rep;
+            s_make(p, d ? d : p->dec[0], epoch, m.extra_idx[k], m.extra + k * per, &rep);
+        }
+    }
+    st = s_mix_finish(p, epoch, step, offset, b, &m, err);
+out:
+    s_mixwork_free(&m);
+    return st;
 }
 
 eq_status eq_pipeline_batch(eq_pipeline *p, uint64_t epoch, uint64_t step, uint32_t offset,
@@ -494,101 +584,25 @@ eq_status eq_pipeline_batch(eq_pipeline *p, uint64_t epoch, uint64_t step, uint3
     eq_status st;
     uint32_t n = 0;
     uint8_t *rep = NULL;
+    s_mixwork m = {0};
     if ((st = eq_sampler_range(p->sampler, epoch, step, offset, count, out->indices, &n, err)) !=
         EQ_OK)
         goto out;
-    const eq_pipeline_cfg *c = &p->cfg;
-    const size_t per = (size_t)p->H * p->W * p->C;
-    const uint32_t G = c->sampler.global_batch;
-    const int mixing = c->mix.mixup_alpha > 0 || c->mix.cutmix_alpha > 0;
-    uint32_t g = G, n_extra = 0, n_cut = 0;
-    if (mixing) {
-        size_t N = eq_dataset_size(p->ds);
-        if (c->sampler.last == EQ_LAST_PARTIAL && (uint64_t)(step + 1) * G > N)
-            g = (uint32_t)(N - step * G);
-        if (s_grow((void **)&p->plan, &p->plan_cap, (size_t)g * sizeof *p->plan) != 0) {
-            st = eq_err_set(err, EQ_ERR_NOMEM, "pipeline: out of memory for the mix plan");
-            goto out;
-        }
-        if ((st = eq_mix_plan(&c->mix, c->sampler.seed, c->sampler.split, epoch, step, g, p->H,
-                              p->W, p->plan, err)) != EQ_OK)
-            goto out;
-        size_t ecap = p->extra_n_cap;
-        if (s_grow((void **)&p->extra_pos, &ecap, (size_t)n * sizeof(uint32_t)) != 0 ||
-            s_grow((void **)&p->extra_idx, &p->extra_n_cap, (size_t)n * sizeof(uint32_t)) != 0) {
-            st = eq_err_set(err, EQ_ERR_NOMEM, "pipeline: out of memory");
-            goto out;
-        }
-        /* Partners outside the range that CutMix needs: computed too. */
-        for (uint32_t i = 0; i < n; i++) {
-            const eq_mix_entry *e = &p->plan[offset + i];
-            if (e->mode != EQ_MIX_CUTMIX) continue;
-            n_cut++;
-            if (e->partner >= offset && e->partner < offset + n) continue;
-            uint32_t k;
-            for (k = 0; k < n_extra && p->extra_pos[k] != e->partner; k++) {
-            }
-            if (k < n_extra) continue;
-            uint32_t got;
-            if ((st = eq_sampler_range(p->sampler, epoch, step, e->partner, 1,
-                                       &p->extra_idx[n_extra], &got, err)) != EQ_OK)
-                goto out;
-            p->extra_pos[n_extra++] = e->partner;
-        }
-        if (s_grow((void **)&p->extra, &p->extra_cap, (size_t)n_extra * per) != 0 ||
-            (n_cut && s_grow((void **)&p->orig, &p->orig_cap, (size_t)n * per) != 0)) {
-            st = eq_err_set(err, EQ_ERR_NOMEM, "pipeline: out of memory for CutMix partners");
-            goto out;
-        }
-    }
-    rep = malloc((size_t)n + n_extra);
+    if (s_mixing(p) && (st = s_mix_prepare(p, epoch, step, offset, n, &m, err)) != EQ_OK) goto out;
+    rep = malloc((size_t)n + m.n_extra + 1);
     if (!rep) {
         st = eq_err_set(err, EQ_ERR_NOMEM, "pipeline: out of memory");
         goto out;
     }
-    s_job job = {p, epoch, n, n_extra, out->indices, p->extra_idx, out->images, p->extra, rep};
-    eq_pool_for(p->pool, (size_t)n + n_extra, s_job_fn, &job);
-
-    if (n_cut) memcpy(p->orig, out->images, (size_t)n * per);
-    for (uint32_t i = 0; i < n; i++) {
-        int32_t ya = eq_dataset_label(p->ds, out->indices[i]);
-        if (out->label_a) out->label_a[i] = ya;
-        if (out->label_b) out->label_b[i] = ya;
-        if (out->lambda) out->lambda[i] = 1.0f;
-        if (out->mix_mode) out->mix_mode[i] = EQ_MIX_NONE;
-        if (out->partner) out->partner[i] = offset + i;
-        if (rep[i] && out->replaced) out->replaced[out->n_replaced++] = i;
-        if (!mixing) continue;
-        const eq_mix_entry *e = &p->plan[offset + i];
-        if (e->mode == EQ_MIX_NONE) continue;
-        uint32_t pidx;
-        const uint8_t *psrc = NULL;
-        if (e->partner >= offset && e->partner < offset + n) {
-            pidx = out->indices[e->partner - offset];
-            if (n_cut) psrc = p->orig + (size_t)(e->partner - offset) * per;
-        } else {
-            uint32_t got = 0;
-            if ((st = eq_sampler_range(p->sampler, epoch, step, e->partner, 1, &pidx, &got,
-                                       err)) != EQ_OK)
-                goto out;
-            for (uint32_t k = 0; k < n_extra; k++)
-                if (p->extra_pos[k] == e->partner) psrc = p->extra + (size_t)k * per;
-        }
-        if (out->label_b) out->label_b[i] = eq_dataset_label(p->ds, pidx);
-        if (out->lambda) out->lambda[i] = e->lambda;
-        if (out->mix_mode) out->mix_mode[i] = e->mode;
-        if (out->partner) out->partner[i] = e->partner;
-        if (e->mode == EQ_MIX_CUTMIX && psrc) {
-            size_t row = (size_t)p->W * p->C, x0 = (size_t)e->x0 * p->C,
-                   bw = (size_t)(e->x1 - e->x0) * p->C;
-            uint8_t *dimg = out->images + (size_t)i * per;
-            for (uint32_t y = e->y0; y < e->y1; y++)
-                memcpy(dimg + y * row + x0, psrc + y * row + x0, bw);
-        }
-    }
+    /* own samples and outside CutMix partners, all in parallel */
+    s_job job = {p, epoch, n, m.n_extra, out->indices, m.extra_idx, out->images, m.extra, rep};
+    eq_pool_for(p->pool, (size_t)n + m.n_extra, s_job_fn, &job);
     out->n = n;
-    st = EQ_OK;
+    for (uint32_t i = 0; i < n; i++)
+        if (rep[i] && out->replaced) out->replaced[out->n_replaced++] = i;
+    st = s_mix_finish(p, epoch, step, offset, out, &m, err);
 out:
+    s_mixwork_free(&m);
     free(rep);
     pthread_mutex_unlock(&p->mu);
     return st;

@@ -1012,6 +1012,27 @@ START_TEST(test_pipeline_determinism)
         free(one);
         free(partner);
     }
+    /* the daemon's way: samples one by one with its own decoder, then
+     * eq_pipeline_mix: identical to eq_pipeline_batch */
+    {
+        eq_decoder *dd = eq_decoder_new(0, NULL);
+        ck_assert_int_eq(eq_pipeline_batch(p4, 1, 1, 2, 5, &a, &e), EQ_OK);
+        ck_assert_int_eq(eq_pipeline_batch(p4, 1, 1, 2, 5, &c, &e), EQ_OK); /* indices */
+        c.n = 5;
+        for (uint32_t i = 0; i < 5; i++)
+            ck_assert_int_eq(eq_pipeline_sample(p1, dd, 1, c.indices[i], c.images + i * per, NULL,
+                                                NULL, NULL), EQ_OK);
+        ck_assert_int_eq(eq_pipeline_mix(p1, dd, 1, 1, 2, &c, &e), EQ_OK);
+        ck_assert(!memcmp(a.images, c.images, 5 * per));
+        ck_assert(!memcmp(a.label_a, c.label_a, 5 * 4));
+        ck_assert(!memcmp(a.label_b, c.label_b, 5 * 4));
+        ck_assert(!memcmp(a.lambda, c.lambda, 5 * 4));
+        ck_assert(!memcmp(a.partner, c.partner, 5 * 4));
+        int mixed = 0;
+        for (uint32_t i = 0; i < 5; i++) mixed += a.mix_mode[i] != EQ_MIX_NONE;
+        ck_assert_int_gt(mixed, 0);
+        eq_decoder_destroy(&dd);
+    }
     /* a different epoch gives different samples */
     ck_assert_int_eq(eq_pipeline_batch(p1, 0, 0, 0, 8, &a, &e), EQ_OK);
     ck_assert_int_eq(eq_pipeline_batch(p1, 5, 0, 0, 8, &b, &e), EQ_OK);
