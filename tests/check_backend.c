@@ -272,6 +272,58 @@ START_TEST(test_conv_fd)
 }
 END_TEST
 
+/* Several tiles: one image's im2col (96*96 rows x 576) exceeds half the
+ * 16 MiB col budget, so each image is its own tile; checked against a
+ * naive double-precision convolution written here. */
+START_TEST(test_conv_tiles)
+{
+    eq_conv2d_desc d = {.n = 3, .h = 96, .w = 96, .c = 64, .k = 4, .r = 3, .s = 3,
+                        .stride_h = 1, .stride_w = 1, .pad_h = 1, .pad_w = 1,
+                        .dil_h = 1, .dil_w = 1, .groups = 1};
+    eq_err err = {0};
+    OK(eq_conv2d_desc_init(&d, &err));
+    const int64_t N = d.n, H = d.h, W = d.w, C = d.c, K = d.k;
+    size_t nx = N * H * W * C, ny = N * H * W * K, nw = K * C * 9;
+    float *x = s_randv(nx, 1.0f), *w = s_randv(nw, 0.2f), *dy = s_randv(ny, 1.0f);
+    float *y = malloc(ny * 4), *dx = malloc(nx * 4), *dw = malloc(nw * 4);
+    eq_backend *be = s_cpu(2);
+    OK(eq_backend_conv2d_fwd(be, &d, x, w, y, &err));
+    OK(eq_backend_conv2d_bwd_data(be, &d, dy, w, dx, &err));
+    OK(eq_backend_conv2d_bwd_filter(be, &d, x, dy, dw, &err));
+    double *ry = calloc(ny, 8), *rdx = calloc(nx, 8), *rdw = calloc(nw, 8);
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t p = 0; p < H; p++)
+            for (int64_t q = 0; q < W; q++)
+                for (int64_t r = 0; r < 3; r++)
+                    for (int64_t s2 = 0; s2 < 3; s2++) {
+                        int64_t ih = p - 1 + r, iw = q - 1 + s2;
+                        if (ih < 0 || ih >= H || iw < 0 || iw >= W) continue;
+                        const float *xr = x + ((n * H + ih) * W + iw) * C;
+                        for (int64_t k = 0; k < K; k++) {
+                            size_t o = ((n * H + p) * W + q) * K + k;
+                            double acc = 0.0, g = dy[o];
+                            for (int64_t c = 0; c < C; c++) {
+                                size_t wi = ((k * C + c) * 3 + r) * 3 + s2;
+                                acc += (double)xr[c] * w[wi];
+                                rdx[((n * H + ih) * W + iw) * C + c] += g * w[wi];
+                                rdw[wi] += g * xr[c];
+                            }
+                            ry[o] += acc;
+                        }
+                    }
+    float *fy = malloc(ny * 4), *fdx = malloc(nx * 4), *fdw = malloc(nw * 4);
+    for (size_t i = 0; i < ny; i++) fy[i] = (float)ry[i];
+    for (size_t i = 0; i < nx; i++) fdx[i] = (float)rdx[i];
+    for (size_t i = 0; i < nw; i++) fdw[i] = (float)rdw[i];
+    CHECK_CLOSE("tiled y", y, fy, ny, PARITY_TOL);
+    CHECK_CLOSE("tiled dx", dx, fdx, nx, PARITY_TOL);
+    CHECK_CLOSE("tiled dw", dw, fdw, nw, PARITY_TOL);
+    void *all[] = {x, w, dy, y, dx, dw, ry, rdx, rdw, fy, fdx, fdw};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) free(all[i]);
+    eq_backend_destroy(&be);
+}
+END_TEST
+
 /* ---- batch norm --------------------------------------------------------- */
 
 typedef struct bn_case {
@@ -1076,7 +1128,9 @@ static Suite *s_suite(void)
     tcase_add_loop_test(fd, test_pool_fd, 0, NPOOL);
     suite_add_tcase(s, fd);
     TCase *misc = tcase_create("misc");
+    tcase_set_timeout(misc, 20); /* test_conv_tiles: ~1 s of CPU, the machine is shared */
     tcase_add_test(misc, test_deterministic);
+    tcase_add_test(misc, test_conv_tiles);
     tcase_add_test(misc, test_threads_bitwise);
     tcase_add_test(misc, test_validation);
     tcase_add_test(misc, test_optim_validation);
