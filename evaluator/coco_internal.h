@@ -59,6 +59,25 @@ struct eq_coco {
     size_t n_u, cap_u;
 };
 
+/* loadRes in steps, so a loader can fix each result while it is hot in
+ * the cache: begin (after the first result is added: it picks the branch),
+ * step for every result in order, end (reports the first error, an image
+ * not in the GT taking precedence as in pycocotools; frees the context).
+ * eq_coco_load_res_finish() is the three in a row. */
+enum { S_RES_BOX = 1, S_RES_MASK, S_RES_KPS };
+typedef struct eq_coco_res_ctx {
+    int64_t *ids; /* sorted unique GT image ids */
+    size_t nid;
+    int branch;
+    size_t bad_img; /* index + 1 of the first result on an unknown image */
+    eq_err img_err;
+    int have_err;
+    eq_err err;
+} eq_coco_res_ctx;
+eq_status eq_coco_res_begin(eq_coco *res, const eq_coco *gt, eq_coco_res_ctx *x, eq_err *err);
+void eq_coco_res_step(eq_coco *res, size_t i, eq_coco_res_ctx *x);
+eq_status eq_coco_res_end(eq_coco_res_ctx *x, eq_err *err);
+
 /* Grow *p (elements of `size`) to hold at least `need`. */
 eq_status eq_coco_grow(void **p, size_t *cap, size_t need, size_t size, eq_err *err);
 

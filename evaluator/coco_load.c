@@ -396,6 +396,8 @@ eq_status eq_coco_load_res_json(const eq_coco *gt, const eq_json *root, const ch
         st = EQ_ERR_NOMEM;
         goto done;
     }
+    eq_coco_res_ctx x;
+    memset(&x, 0, sizeof x);
     for (size_t i = 0; i < n; i++) {
         const eq_json *o = eq_json_at(root, i);
         eq_coco_ann a;
@@ -403,9 +405,16 @@ eq_status eq_coco_load_res_json(const eq_coco *gt, const eq_json *root, const ch
         const char *why;
         if ((st = s_parse_ann(o, name, "result", i, &a, &bad, &why, &b, err))) goto done;
         if ((st = s_add_parsed(c, &a, bad, why, err))) goto done;
+        /* loadRes's work on this result while it is in the cache */
+        if (i == 0 && (st = eq_coco_res_begin(c, gt, &x, err))) goto done;
+        eq_coco_res_step(c, i, &x);
     }
-    st = eq_coco_load_res_finish(c, gt, err);
+    if (n == 0)
+        st = eq_coco_load_res_finish(c, gt, err);
+    else
+        st = eq_coco_res_end(&x, err);
 done:
+    free(x.ids);
     s_buf_free(&b);
     if (st)
         eq_coco_destroy(&c);

@@ -220,16 +220,15 @@ static const char *s_where_str(const eq_coco *c, size_t i, char *buf, size_t cap
     return buf;
 }
 
-eq_status eq_coco_load_res_finish(eq_coco *res, const eq_coco *gt, eq_err *err)
+eq_status eq_coco_res_begin(eq_coco *res, const eq_coco *gt, eq_coco_res_ctx *x, eq_err *err)
 {
-    char where_buf[400];
-/* the entry's name, formatted only on the error paths */
-#define S_AT s_where_str(res, i, where_buf, sizeof where_buf)
+    memset(x, 0, sizeof *x);
     res->is_res = 1;
     /* res.dataset['images'] = gt images; categories copied too. */
     res->n_img = 0;
     for (size_t i = 0; i < gt->n_img; i++)
-        if (eq_coco_add_image(res, gt->img_id[i], gt->img_h[i], gt->img_w[i], err)) return err ? err->code : EQ_ERR_NOMEM;
+        if (eq_coco_add_image(res, gt->img_id[i], gt->img_h[i], gt->img_w[i], err))
+            return EQ_ERR_NOMEM;
     res->n_cat = 0;
     for (size_t i = 0; i < gt->n_cat; i++)
         if (eq_coco_add_category(res, gt->cat_id[i], err)) return EQ_ERR_NOMEM;
@@ -237,106 +236,150 @@ eq_status eq_coco_load_res_finish(eq_coco *res, const eq_coco *gt, eq_err *err)
         return eq_err_set(err, EQ_ERR_INVALID,
                           "%s: the results list is empty (pycocotools fails with IndexError); "
                           "there is nothing to evaluate", res->name);
-    int64_t *ids = eq_malloc_array(gt->n_img + 1, sizeof *ids);
-    if (!ids) return eq_err_set(err, EQ_ERR_NOMEM, "out of memory");
-    memcpy(ids, gt->img_id, gt->n_img * sizeof *ids);
-    size_t nid = s_unique(ids, gt->n_img);
-    for (size_t i = 0; i < res->n_ann; i++) {
-        eq_coco_rec *r = &res->anns[i];
-        if (s_find(ids, nid, r->image_id) < 0) {
-            free(ids);
-            s_where(res, i, r, where_buf, sizeof where_buf);
-            return eq_err_set(err, EQ_ERR_INVALID,
-                              "%s: image_id %lld is not an image of the ground truth "
-                              "(pycocotools: \"Results do not correspond to current coco set\")",
-                              where_buf, (long long)r->image_id);
-        }
-    }
-    free(ids);
+    x->ids = eq_malloc_array(gt->n_img + 1, sizeof *x->ids);
+    if (!x->ids) return eq_err_set(err, EQ_ERR_NOMEM, "out of memory");
+    memcpy(x->ids, gt->img_id, gt->n_img * sizeof *x->ids);
+    x->nid = s_unique(x->ids, gt->n_img);
+    /* the first result picks the branch for all (quirk Q9) */
     const eq_coco_rec *first = &res->anns[0];
-    enum { BOX, MASK, KPS } branch;
+    char where[400];
     if (first->has & EQ_COCO_F_CAPTION) {
-        s_where(res, 0, first, where_buf, sizeof where_buf);
-        return eq_err_set(err, EQ_ERR_UNSUPPORTED, "%s: caption results are not supported",
-                          where_buf);
+        s_where(res, 0, first, where, sizeof where);
+        return eq_err_set(err, EQ_ERR_UNSUPPORTED, "%s: caption results are not supported", where);
     } else if ((first->has & EQ_COCO_F_BBOX) || (first->bad & S_BAD_BBOX))
-        branch = BOX;
+        x->branch = S_RES_BOX;
     else if (first->has & EQ_COCO_F_SEGM)
-        branch = MASK;
+        x->branch = S_RES_MASK;
     else if (first->has & EQ_COCO_F_KEYPOINTS)
-        branch = KPS;
+        x->branch = S_RES_KPS;
     else {
-        s_where(res, 0, first, where_buf, sizeof where_buf);
+        s_where(res, 0, first, where, sizeof where);
         return eq_err_set(err, EQ_ERR_INVALID,
                           "%s: the first result has none of 'bbox', 'segmentation', 'keypoints' "
-                          "(it decides how all results are read)", where_buf);
+                          "(it decides how all results are read)", where);
     }
-    for (size_t i = 0; i < res->n_ann; i++) {
-        eq_coco_rec *r = &res->anns[i];
-        if (branch == BOX) {
-            if (!(r->has & EQ_COCO_F_BBOX) || (r->bad & S_BAD_BBOX))
-                return eq_err_set(err, EQ_ERR_INVALID,
-                                  "%s: 'bbox' must be 4 numbers (the first result has a bbox, so "
-                                  "every result needs one)", S_AT);
-            const double *b = r->bbox;
-            if (!(b[2] >= 0 && b[3] >= 0))
-                return eq_err_set(err, EQ_ERR_INVALID, "%s: bbox [%g, %g, %g, %g] has a negative size",
-                                  S_AT, b[0], b[1], b[2], b[3]);
-            if (r->seg_kind == EQ_COCO_SEG_NONE && !(r->has & EQ_COCO_F_SEGM)) {
-                /* the polygon [x1,y1, x1,y2, x2,y2, x2,y1] is made from the
-                 * box when a segm evaluation needs it */
-                r->seg_kind = S_SEG_FROM_BOX;
-                r->has |= EQ_COCO_F_SEGM;
-            }
-            r->area = b[2] * b[3];
-            r->iscrowd = 0;
-            r->has |= EQ_COCO_F_AREA | EQ_COCO_F_ISCROWD;
-            r->bad &= ~(S_BAD_AREA | S_BAD_ISCROWD);
-        } else if (branch == MASK) {
-            if (r->seg_kind != EQ_COCO_SEG_STRING)
-                return eq_err_set(err, EQ_ERR_INVALID,
-                                  "%s: 'segmentation' must be a compressed RLE ({\"size\": [h, w], "
-                                  "\"counts\": \"...\"}) since the first result is a mask", S_AT);
-            eq_rle rle = {r->seg_h, r->seg_w, r->seg_n, res->upool + r->seg_off};
-            eq_err e2;
-            if (eq_rle_check(&rle, &e2))
-                return eq_err_set(err, EQ_ERR_INVALID, "%s: segmentation: %s", S_AT, e2.msg);
-            r->area = eq_rle_area(&rle);
-            if (!(r->has & EQ_COCO_F_BBOX) && !(r->bad & S_BAD_BBOX) &&
-                !(r->has & EQ_COCO_F_BBOX_EMPTY)) {
-                eq_rle_to_bbox(&rle, r->bbox);
-                r->has |= EQ_COCO_F_BBOX;
-            }
-            r->iscrowd = 0;
-            r->has |= EQ_COCO_F_AREA | EQ_COCO_F_ISCROWD;
-            r->bad &= ~(S_BAD_AREA | S_BAD_ISCROWD);
-        } else {
-            if (!(r->has & EQ_COCO_F_KEYPOINTS) || (r->bad & S_BAD_KEYPOINTS) || r->n_kp < 2)
-                return eq_err_set(err, EQ_ERR_INVALID,
-                                  "%s: 'keypoints' must be a list of x, y, v numbers", S_AT);
-            const double *s = res->dpool + r->kp_off;
-            double x0 = INFINITY, x1 = -INFINITY, y0 = INFINITY, y1 = -INFINITY;
-            for (size_t j = 0; j < r->n_kp; j += 3) {
-                x0 = fmin(x0, s[j]);
-                x1 = fmax(x1, s[j]);
-            }
-            for (size_t j = 1; j < r->n_kp; j += 3) {
-                y0 = fmin(y0, s[j]);
-                y1 = fmax(y1, s[j]);
-            }
-            r->area = (x1 - x0) * (y1 - y0);
-            r->bbox[0] = x0;
-            r->bbox[1] = y0;
-            r->bbox[2] = x1 - x0;
-            r->bbox[3] = y1 - y0;
-            r->has |= EQ_COCO_F_AREA | EQ_COCO_F_BBOX;
-            r->bad &= ~(S_BAD_AREA | S_BAD_BBOX);
-        }
-        r->id = (int64_t)i + 1;
-        r->has |= EQ_COCO_F_ID;
-    }
-#undef S_AT
     return EQ_OK;
+}
+
+void eq_coco_res_step(eq_coco *res, size_t i, eq_coco_res_ctx *x)
+{
+    eq_coco_rec *r = &res->anns[i];
+    char where_buf[400];
+/* the entry's name, formatted only on the error paths */
+#define S_AT s_where_str(res, i, where_buf, sizeof where_buf)
+    if (!x->bad_img && s_find(x->ids, x->nid, r->image_id) < 0) {
+        /* loadRes asserts this before anything else: remembered apart */
+        x->bad_img = i + 1;
+        eq_err_set(&x->img_err, EQ_ERR_INVALID,
+                   "%s: image_id %lld is not an image of the ground truth "
+                   "(pycocotools: \"Results do not correspond to current coco set\")",
+                   S_AT, (long long)r->image_id);
+    }
+    if (x->have_err) return;
+    eq_err *err = &x->err;
+    if (x->branch == S_RES_BOX) {
+        if (!(r->has & EQ_COCO_F_BBOX) || (r->bad & S_BAD_BBOX)) {
+            x->have_err = 1;
+            eq_err_set(err, EQ_ERR_INVALID,
+                       "%s: 'bbox' must be 4 numbers (the first result has a bbox, so every "
+                       "result needs one)", S_AT);
+            return;
+        }
+        const double *b = r->bbox;
+        if (!(b[2] >= 0 && b[3] >= 0)) {
+            x->have_err = 1;
+            eq_err_set(err, EQ_ERR_INVALID, "%s: bbox [%g, %g, %g, %g] has a negative size", S_AT,
+                       b[0], b[1], b[2], b[3]);
+            return;
+        }
+        if (r->seg_kind == EQ_COCO_SEG_NONE && !(r->has & EQ_COCO_F_SEGM)) {
+            /* the polygon [x1,y1, x1,y2, x2,y2, x2,y1] is made from the
+             * box when a segm evaluation needs it */
+            r->seg_kind = S_SEG_FROM_BOX;
+            r->has |= EQ_COCO_F_SEGM;
+        }
+        r->area = b[2] * b[3];
+        r->iscrowd = 0;
+        r->has |= EQ_COCO_F_AREA | EQ_COCO_F_ISCROWD;
+        r->bad &= ~(S_BAD_AREA | S_BAD_ISCROWD);
+    } else if (x->branch == S_RES_MASK) {
+        if (r->seg_kind != EQ_COCO_SEG_STRING) {
+            x->have_err = 1;
+            eq_err_set(err, EQ_ERR_INVALID,
+                       "%s: 'segmentation' must be a compressed RLE ({\"size\": [h, w], "
+                       "\"counts\": \"...\"}) since the first result is a mask", S_AT);
+            return;
+        }
+        eq_rle rle = {r->seg_h, r->seg_w, r->seg_n, res->upool + r->seg_off};
+        eq_err e2;
+        if (eq_rle_check(&rle, &e2)) {
+            x->have_err = 1;
+            eq_err_set(err, EQ_ERR_INVALID, "%s: segmentation: %s", S_AT, e2.msg);
+            return;
+        }
+        r->area = eq_rle_area(&rle);
+        if (!(r->has & (EQ_COCO_F_BBOX | EQ_COCO_F_BBOX_EMPTY)) && !(r->bad & S_BAD_BBOX)) {
+            eq_rle_to_bbox(&rle, r->bbox);
+            r->has |= EQ_COCO_F_BBOX;
+        }
+        r->iscrowd = 0;
+        r->has |= EQ_COCO_F_AREA | EQ_COCO_F_ISCROWD;
+        r->bad &= ~(S_BAD_AREA | S_BAD_ISCROWD);
+    } else {
+        if (!(r->has & EQ_COCO_F_KEYPOINTS) || (r->bad & S_BAD_KEYPOINTS) || r->n_kp < 2) {
+            x->have_err = 1;
+            eq_err_set(err, EQ_ERR_INVALID, "%s: 'keypoints' must be a list of x, y, v numbers",
+                       S_AT);
+            return;
+        }
+        const double *s = res->dpool + r->kp_off;
+        double x0 = INFINITY, x1 = -INFINITY, y0 = INFINITY, y1 = -INFINITY;
+        for (size_t j = 0; j < r->n_kp; j += 3) {
+            x0 = fmin(x0, s[j]);
+            x1 = fmax(x1, s[j]);
+        }
+        for (size_t j = 1; j < r->n_kp; j += 3) {
+            y0 = fmin(y0, s[j]);
+            y1 = fmax(y1, s[j]);
+        }
+        r->area = (x1 - x0) * (y1 - y0);
+        r->bbox[0] = x0;
+        r->bbox[1] = y0;
+        r->bbox[2] = x1 - x0;
+        r->bbox[3] = y1 - y0;
+        r->has |= EQ_COCO_F_AREA | EQ_COCO_F_BBOX;
+        r->bad &= ~(S_BAD_AREA | S_BAD_BBOX);
+    }
+    r->id = (int64_t)i + 1;
+    r->has |= EQ_COCO_F_ID;
+#undef S_AT
+}
+
+eq_status eq_coco_res_end(eq_coco_res_ctx *x, eq_err *err)
+{
+    eq_status st = EQ_OK;
+    if (x->bad_img) {
+        st = x->img_err.code;
+        if (err) *err = x->img_err;
+    } else if (x->have_err) {
+        st = x->err.code;
+        if (err) *err = x->err;
+    }
+    free(x->ids);
+    x->ids = NULL;
+    return st;
+}
+
+eq_status eq_coco_load_res_finish(eq_coco *res, const eq_coco *gt, eq_err *err)
+{
+    eq_coco_res_ctx x;
+    eq_status st = eq_coco_res_begin(res, gt, &x, err);
+    if (st) {
+        free(x.ids);
+        return st;
+    }
+    for (size_t i = 0; i < res->n_ann; i++) eq_coco_res_step(res, i, &x);
+    return eq_coco_res_end(&x, err);
 }
 
 /* ---- numpy-compatible helpers ------------------------------------------ */

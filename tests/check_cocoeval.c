@@ -13,6 +13,7 @@
 #include "tests/testutil.h"
 
 #include <math.h>
+#include <sys/wait.h>
 
 /* ---- helpers ----------------------------------------------------------- */
 
@@ -689,6 +690,83 @@ START_TEST(test_np_sum_blocks)
 }
 END_TEST
 
+/* ---- 4. the command line ------------------------------------------------ */
+
+/* Run a command, capture stdout; returns the exit status. */
+static int s_run(const char *cmd, char *out, size_t cap)
+{
+    FILE *p = popen(cmd, "r");
+    ck_assert_ptr_nonnull(p);
+    size_t n = fread(out, 1, cap - 1, p);
+    out[n] = 0;
+    int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+START_TEST(test_cli)
+{
+    const char *bd = getenv("EQ_BUILDDIR");
+    char bin[4096], cmd[16384], *out = malloc(1 << 16);
+    ck_assert_ptr_nonnull(out);
+    snprintf(bin, sizeof bin, "%s/eq-eval", bd && *bd ? bd : ".");
+    if (access(bin, X_OK) != 0) {
+        /* the test binary may run before eq-eval is built outside make check */
+        free(out);
+        return;
+    }
+    char *gt = s_path("basic_small/gt.json"), *dt = s_path("basic_small/dt_segm.json");
+    char *ex = s_path("basic_small/expected.segm.json");
+    /* the summary exactly as pycocotools prints it */
+    snprintf(cmd, sizeof cmd, "'%s' coco --gt '%s' --dt '%s' --iou segm --threads 2", bin, gt, dt);
+    ck_assert_int_eq(s_run(cmd, out, 1 << 16), 0);
+    eq_err err;
+    eq_json_doc *exp = eq_json_parse_file(ex, NULL, &err);
+    ck_assert_ptr_nonnull(exp);
+    const eq_json *lines = eq_json_get(eq_json_root(exp), "summary_lines");
+    char want[4096];
+    size_t o = 0;
+    for (size_t i = 0; i < eq_json_len(lines); i++)
+        o += (size_t)snprintf(want + o, sizeof want - o, "%s\n",
+                              eq_json_str(eq_json_at(lines, i), NULL));
+    ck_assert_str_eq(out, want);
+    /* --json: stats at full precision read back to the same doubles */
+    snprintf(cmd, sizeof cmd, "'%s' coco --gt '%s' --dt '%s' --iou segm --json", bin, gt, dt);
+    ck_assert_int_eq(s_run(cmd, out, 1 << 16), 0);
+    eq_json_doc *got = eq_json_parse(out, strlen(out), NULL, &err);
+    ck_assert_msg(got != NULL, "--json output is not JSON: %s", err.msg);
+    const eq_json *gs = eq_json_get(eq_json_root(got), "stats");
+    const eq_json *es = eq_json_get(eq_json_root(exp), "stats");
+    ck_assert_uint_eq(eq_json_len(gs), 12);
+    for (size_t i = 0; i < 12; i++)
+        ck_assert(eq_json_num(eq_json_at(gs, i)) == eq_json_num(eq_json_at(es, i)));
+    ck_assert_ptr_nonnull(eq_json_get(eq_json_get(eq_json_root(got), "per_category_ap"), "2"));
+    ck_assert_ptr_nonnull(eq_json_get(eq_json_root(got), "params"));
+    eq_json_doc_destroy(&got);
+    /* restricted ids and caps are accepted; bad input exits 1, usage 2 */
+    snprintf(cmd, sizeof cmd,
+             "'%s' coco --gt '%s' --dt '%s' --img-ids 1,2,3 --cat-ids 1 --max-dets 1,5,50 "
+             "--per-category",
+             bin, gt, dt);
+    ck_assert_int_eq(s_run(cmd, out, 1 << 16), 0);
+    ck_assert_ptr_nonnull(strstr(out, "maxDets= 50"));
+    ck_assert_ptr_nonnull(strstr(out, "category"));
+    char *empty = s_path("err_empty_results/dt_bbox.json");
+    snprintf(cmd, sizeof cmd, "'%s' coco --gt '%s' --dt '%s' 2>/dev/null", bin, gt, empty);
+    ck_assert_int_eq(s_run(cmd, out, 1 << 16), 1);
+    snprintf(cmd, sizeof cmd, "'%s' coco --gt '%s' --iou nope 2>/dev/null", bin, gt);
+    ck_assert_int_eq(s_run(cmd, out, 1 << 16), 2);
+    snprintf(cmd, sizeof cmd, "'%s' coco --gt '%s' --dt '%s' --max-dets 1,x 2>/dev/null", bin, gt,
+             dt);
+    ck_assert_int_eq(s_run(cmd, out, 1 << 16), 2);
+    eq_json_doc_destroy(&exp);
+    free(empty);
+    free(gt);
+    free(dt);
+    free(ex);
+    free(out);
+}
+END_TEST
+
 static Suite *s_suite(void)
 {
     Suite *s = suite_create("cocoeval");
@@ -718,6 +796,10 @@ static Suite *s_suite(void)
     tc = tcase_create("errors");
     tcase_add_test(tc, test_errors);
     tcase_add_test(tc, test_bad_json_file);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("cli");
+    tcase_set_timeout(tc, 20);
+    tcase_add_test(tc, test_cli);
     suite_add_tcase(s, tc);
     return s;
 }
