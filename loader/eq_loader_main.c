@@ -243,7 +243,11 @@ int main(int argc, char **argv)
         .insecure = lc.insecure,
     };
     if (!(s_server = eq_loader_server_new(ctx, &cfg, &e))) {
-        eq_error("eq-loader: %s", e.msg);
+        int dflt = !ndatasets && ndecl == 1 && !strcmp(decl[0], "fashion-mnist=" EQ_FASHION_MNIST_DIR);
+        eq_error("eq-loader: %s%s", e.msg,
+                 dflt && e.code == EQ_ERR_NOTFOUND
+                     ? " (the default dataset: install Debian's dataset-fashion-mnist, or give --dataset NAME=PATH)"
+                     : "");
         goto out;
     }
     struct sigaction sa;
