@@ -114,6 +114,23 @@ static inline float eq_qclamp(float v, float lo, float hi) { return v < lo ? lo 
 static inline float eq_qsgn(float v) { return v < 0.0f ? -1.0f : 1.0f; } /* sgn+ */
 static inline float eq_qsign(float v) { return v > 0.0f ? 1.0f : (v < 0.0f ? -1.0f : 0.0f); }
 
+/* Sum of v[0..n) in double over four interleaved lanes: a fixed order that
+ * keeps the float loops producing v vectorizable. */
+static inline double eq_qsum(const float *v, int64_t n)
+{
+    double a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        a0 += v[i];
+        a1 += v[i + 1];
+        a2 += v[i + 2];
+        a3 += v[i + 3];
+    }
+    for (; i < n; i++) a0 += v[i];
+    return (a0 + a1) + (a2 + a3);
+}
+#define EQ_QBLOCK 256 /* elements per stack block of products */
+
 /* GradientScale's effective factor (§2.3): returns 1 when the original
  * skips the scaling (int(f) == 1 unless exact_grad_scale), else f. */
 double eq_quant_gs_factor(const eq_quant *q, double f);
