@@ -756,6 +756,233 @@ fail:
     return NULL;
 }
 
+/* ------------------------------------------------ flat folder + labels -- */
+
+typedef struct s_flat_rec {
+    char *path;  /* relative to dir */
+    char *label; /* as written */
+    uint64_t size;
+    int32_t y;
+} s_flat_rec;
+
+static int s_flat_cmp(const void *a, const void *b)
+{
+    return strcmp(((const s_flat_rec *)a)->path, ((const s_flat_rec *)b)->path);
+}
+
+static int s_parse_index(const char *s, int32_t *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < 0 || v > INT32_MAX) return -1;
+    *out = (int32_t)v;
+    return 0;
+}
+
+eq_dataset *eq_dataset_open_flat(const char *dir, const char *labels_path,
+                                 const eq_dataset *classes_from, eq_err *err)
+{
+    if (!dir || !labels_path) {
+        eq_err_set(err, EQ_ERR_INVALID, "flat: a directory and a labels file are required");
+        return NULL;
+    }
+    FILE *f = fopen(labels_path, "r");
+    if (!f) {
+        eq_err_set(err, errno == ENOENT ? EQ_ERR_NOTFOUND : EQ_ERR_IO, "%s: %s", labels_path,
+                   strerror(errno));
+        return NULL;
+    }
+    eq_dataset *ds = s_ds_alloc(EQ_DS_IMAGEFOLDER, dir, err);
+    s_flat_rec *r = NULL;
+    size_t n = 0, cap = 0, lineno = 0;
+    char **names = NULL;
+    size_t nnames = 0;
+    char line[8192];
+    if (!ds) goto fail;
+    while (fgets(line, sizeof line, f)) {
+        lineno++;
+        size_t l = strlen(line);
+        if (l == sizeof line - 1 && line[l - 1] != '\n') {
+            eq_err_set(err, EQ_ERR_PARSE, "%s:%zu: line longer than %zu bytes", labels_path,
+                       lineno, sizeof line - 2);
+            goto fail;
+        }
+        while (l && (line[l - 1] == '\n' || line[l - 1] == '\r' || line[l - 1] == ' ' ||
+                     line[l - 1] == '\t'))
+            line[--l] = '\0';
+        char *p = line;
+        while (*p == ' ' || *p == '\t') p++;
+        if (!*p || *p == '#') continue;
+        char *sep = p + strcspn(p, ",\t ");
+        if (!*sep) {
+            eq_err_set(err, EQ_ERR_PARSE, "%s:%zu: want 'file label' (separated by a comma, tab or "
+                                          "space)", labels_path, lineno);
+            goto fail;
+        }
+        *sep++ = '\0';
+        while (*sep == ' ' || *sep == '\t' || *sep == ',') sep++;
+        if (!*sep || strstr(p, "..") || *p == '/') {
+            eq_err_set(err, EQ_ERR_PARSE, "%s:%zu: missing label, or a path outside the folder",
+                       labels_path, lineno);
+            goto fail;
+        }
+        if (n == cap) {
+            cap = cap ? cap * 2 : 1024;
+            s_flat_rec *nr = realloc(r, cap * sizeof *nr);
+            if (!nr) goto nomem;
+            r = nr;
+        }
+        s_flat_rec *e = &r[n];
+        memset(e, 0, sizeof *e);
+        if (!(e->path = strdup(p)) || !(e->label = strdup(sep))) {
+            free(e->path);
+            free(e->label);
+            goto nomem;
+        }
+        n++;
+        char full[4096];
+        struct stat st;
+        if ((size_t)snprintf(full, sizeof full, "%s/%s", dir, p) >= sizeof full ||
+            stat(full, &st) != 0 || !S_ISREG(st.st_mode)) {
+            eq_err_set(err, EQ_ERR_NOTFOUND, "%s:%zu: %s: no such file", labels_path, lineno, full);
+            goto fail;
+        }
+        e->size = (uint64_t)st.st_size;
+    }
+    if (ferror(f)) {
+        eq_err_set(err, EQ_ERR_IO, "%s: read error", labels_path);
+        goto fail;
+    }
+    if (n == 0) {
+        eq_err_set(err, EQ_ERR_NOTFOUND, "%s: no samples listed", labels_path);
+        goto fail;
+    }
+    /* Labels: integers are class indices; otherwise names, mapped through
+     * classes_from's class names, or numbered in sorted order. */
+    int numeric = 1;
+    for (size_t i = 0; i < n && numeric; i++) numeric = s_parse_index(r[i].label, &r[i].y) == 0;
+    if (numeric && !classes_from) {
+        int32_t maxy = 0;
+        for (size_t i = 0; i < n; i++)
+            if (r[i].y > maxy) maxy = r[i].y;
+        if (maxy >= 100000) {
+            eq_err_set(err, EQ_ERR_LIMIT, "%s: class index %d too large", labels_path, maxy);
+            goto fail;
+        }
+        if (s_numeric_classes(ds, (uint32_t)maxy + 1, err) != EQ_OK) goto fail;
+    } else {
+        if (classes_from) {
+            nnames = eq_dataset_num_classes(classes_from);
+            names = calloc(nnames ? nnames : 1, sizeof *names);
+            if (!names) goto nomem;
+            for (size_t c = 0; c < nnames; c++)
+                if (!(names[c] = strdup(eq_dataset_class_name(classes_from, (uint32_t)c)))) goto nomem;
+        } else {
+            names = calloc(n, sizeof *names);
+            if (!names) goto nomem;
+            for (size_t i = 0; i < n; i++) names[i] = r[i].label;
+            qsort(names, n, sizeof *names, s_strptr_cmp);
+            for (size_t i = 0; i < n; i++)
+                if (nnames == 0 || strcmp(names[nnames - 1], names[i])) names[nnames++] = names[i];
+            for (size_t i = 0; i < nnames; i++)
+                if (!(names[i] = strdup(names[i]))) {
+                    nnames = i;
+                    goto nomem;
+                }
+        }
+        for (size_t i = 0; i < n; i++) {
+            const char *lab = r[i].label;
+            size_t lo = 0, hi = nnames;
+            int found = 0;
+            if (classes_from) {
+                for (size_t c = 0; c < nnames && !found; c++)
+                    if (!strcmp(names[c], lab)) {
+                        r[i].y = (int32_t)c;
+                        found = 1;
+                    }
+            } else {
+                while (lo < hi) { /* binary search in the sorted names */
+                    size_t mid = (lo + hi) / 2;
+                    int c = strcmp(names[mid], lab);
+                    if (!c) {
+                        r[i].y = (int32_t)mid;
+                        found = 1;
+                        break;
+                    }
+                    if (c < 0) lo = mid + 1;
+                    else hi = mid;
+                }
+            }
+            if (!found) {
+                if (!numeric || s_parse_index(lab, &r[i].y) != 0 || (size_t)r[i].y >= nnames) {
+                    eq_err_set(err, EQ_ERR_INVALID, "%s: label '%s' of %s is not a class of %s",
+                               labels_path, lab, r[i].path,
+                               classes_from ? eq_dataset_root(classes_from) : "this file");
+                    goto fail;
+                }
+            }
+        }
+        ds->class_names = names;
+        ds->nclasses = (uint32_t)nnames;
+        names = NULL;
+    }
+    qsort(r, n, sizeof *r, s_flat_cmp);
+    size_t bytes = 0;
+    for (size_t i = 0; i < n; i++) bytes += strlen(r[i].path) + 1;
+    ds->n = n;
+    ds->labels = malloc(n * sizeof *ds->labels);
+    ds->path_off = malloc(n * sizeof *ds->path_off);
+    ds->sizes = malloc(n * sizeof *ds->sizes);
+    ds->arena = malloc(bytes + 1);
+    if (!ds->labels || !ds->path_off || !ds->sizes || !ds->arena) goto nomem;
+    eq_hash64 h;
+    eq_hash64_init(&h);
+    eq_hash64_u64(&h, EQ_DS_IMAGEFOLDER);
+    eq_hash64_u64(&h, n);
+    size_t pos = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (i && !strcmp(r[i].path, r[i - 1].path)) {
+            eq_err_set(err, EQ_ERR_INVALID, "%s: %s is listed twice", labels_path, r[i].path);
+            goto fail;
+        }
+        size_t l = strlen(r[i].path) + 1;
+        memcpy(ds->arena + pos, r[i].path, l);
+        ds->path_off[i] = pos;
+        ds->labels[i] = r[i].y;
+        ds->sizes[i] = r[i].size;
+        eq_hash64_u64(&h, (uint64_t)r[i].y);
+        eq_hash64_bytes(&h, r[i].path, l);
+        eq_hash64_u64(&h, r[i].size);
+        pos += l;
+    }
+    ds->fp.count = n;
+    ds->fp.hash = eq_hash64_final(&h);
+    for (size_t i = 0; i < n; i++) {
+        free(r[i].path);
+        free(r[i].label);
+    }
+    free(r);
+    fclose(f);
+    return ds;
+nomem:
+    eq_err_set(err, EQ_ERR_NOMEM, "%s: out of memory", labels_path);
+fail:
+    if (names) {
+        if (classes_from || nnames) /* strdup'd copies */
+            for (size_t i = 0; i < nnames; i++) free(names[i]);
+        free(names);
+    }
+    for (size_t i = 0; i < n; i++) {
+        free(r[i].path);
+        free(r[i].label);
+    }
+    free(r);
+    fclose(f);
+    eq_dataset_destroy(&ds);
+    return NULL;
+}
+
 /* ----------------------------------------------------------- accessors -- */
 
 eq_ds_kind eq_dataset_kind(const eq_dataset *ds) { return ds->kind; }

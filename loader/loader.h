@@ -101,6 +101,18 @@ eq_dataset *eq_dataset_open_cifar_dir(eq_ds_kind kind, const char *dir, const ch
 eq_dataset *eq_dataset_open_imagefolder(const char *root, const char *split, int nthreads,
                                         eq_err *err);
 
+/* A flat folder with a labels file (validation sets kept that way): each
+ * non-blank, non-'#' line is "relative/path LABEL" (separated by a comma,
+ * tab or space).  LABEL is a class index, or a class name: names map to
+ * the classes of `classes_from` when given (e.g. the train ImageFolder, so
+ * val labels use the same indices), otherwise to the sorted distinct names
+ * of the file.  Samples are ordered by path.  Errors name file:line: a
+ * malformed line, a listed file that does not exist (EQ_ERR_NOTFOUND), a
+ * path with ".." or a leading '/', a duplicate, an unknown class.  The
+ * result behaves as an ImageFolder (kind EQ_DS_IMAGEFOLDER, root = dir). */
+eq_dataset *eq_dataset_open_flat(const char *dir, const char *labels_path,
+                                 const eq_dataset *classes_from, eq_err *err);
+
 void eq_dataset_destroy(eq_dataset **self_p);
 
 eq_ds_kind eq_dataset_kind(const eq_dataset *ds);

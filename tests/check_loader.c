@@ -339,6 +339,84 @@ START_TEST(test_imagefolder_walk)
 }
 END_TEST
 
+START_TEST(test_flat_labels)
+{
+    char *dir = eq_test_scratch("flat");
+    char p[4200], lp[4200];
+    snprintf(p, sizeof p, "%s/v", dir);
+    s_mkdir(p);
+    snprintf(p, sizeof p, "%s/v/sub", dir);
+    s_mkdir(p);
+    const char *files[] = {"v/b.JPEG", "v/a.JPEG", "v/sub/c.png"};
+    for (int i = 0; i < 3; i++) {
+        snprintf(p, sizeof p, "%s/%s", dir, files[i]);
+        s_write(p, files[i], (size_t)i + 3);
+    }
+    snprintf(lp, sizeof lp, "%s/labels.txt", dir);
+    const char *txt = "# val labels\nb.JPEG n02\n\na.JPEG,n01\nsub/c.png\tn02\n";
+    s_write(lp, txt, strlen(txt));
+    snprintf(p, sizeof p, "%s/v", dir);
+    eq_err e = {0};
+    eq_dataset *ds = eq_dataset_open_flat(p, lp, NULL, &e);
+    ck_assert_msg(ds != NULL, "%s", e.msg);
+    ck_assert_uint_eq(eq_dataset_size(ds), 3);
+    ck_assert_uint_eq(eq_dataset_num_classes(ds), 2);
+    ck_assert_str_eq(eq_dataset_class_name(ds, 1), "n02");
+    ck_assert_str_eq(eq_dataset_relpath(ds, 0, NULL), "a.JPEG");
+    ck_assert_str_eq(eq_dataset_relpath(ds, 2, NULL), "sub/c.png");
+    ck_assert_int_eq(eq_dataset_label(ds, 0), 0);
+    ck_assert_int_eq(eq_dataset_label(ds, 1), 1);
+    ck_assert_int_eq(eq_dataset_label(ds, 2), 1);
+    /* names mapped through another dataset's classes (train folders) */
+    char tp[4200];
+    const char *cls[] = {"n00", "n01", "n02"};
+    snprintf(tp, sizeof tp, "%s/t", dir);
+    s_mkdir(tp);
+    for (int i = 0; i < 3; i++) {
+        snprintf(tp, sizeof tp, "%s/t/%s", dir, cls[i]);
+        s_mkdir(tp);
+        snprintf(tp, sizeof tp, "%s/t/%s/x.jpg", dir, cls[i]);
+        s_write(tp, "x", 1);
+    }
+    snprintf(tp, sizeof tp, "%s/t", dir);
+    eq_dataset *train = eq_dataset_open_imagefolder(tp, NULL, 1, &e);
+    ck_assert_ptr_nonnull(train);
+    eq_dataset *ds2 = eq_dataset_open_flat(p, lp, train, &e);
+    ck_assert_msg(ds2 != NULL, "%s", e.msg);
+    ck_assert_uint_eq(eq_dataset_num_classes(ds2), 3);
+    ck_assert_int_eq(eq_dataset_label(ds2, 0), 1);
+    ck_assert_int_eq(eq_dataset_label(ds2, 1), 2);
+    ck_assert(eq_dataset_fingerprint(ds2).hash != eq_dataset_fingerprint(ds).hash);
+    eq_dataset_destroy(&ds2);
+    /* numeric labels */
+    const char *num = "a.JPEG 4\nb.JPEG 0\nsub/c.png 2\n";
+    s_write(lp, num, strlen(num));
+    ds2 = eq_dataset_open_flat(p, lp, NULL, &e);
+    ck_assert_ptr_nonnull(ds2);
+    ck_assert_uint_eq(eq_dataset_num_classes(ds2), 5);
+    ck_assert_int_eq(eq_dataset_label(ds2, 0), 4);
+    eq_dataset_destroy(&ds2);
+    /* errors name file:line */
+    const char *bad[] = {"a.JPEG n01\nmissing.JPEG n01\n", "a.JPEG\n", "a.JPEG x\na.JPEG y\n",
+                         "../etc/passwd 1\n", "a.JPEG n09\n"};
+    const eq_status want[] = {EQ_ERR_NOTFOUND, EQ_ERR_PARSE, EQ_ERR_INVALID, EQ_ERR_PARSE,
+                              EQ_ERR_INVALID};
+    for (int i = 0; i < 5; i++) {
+        s_write(lp, bad[i], strlen(bad[i]));
+        ck_assert_ptr_null(eq_dataset_open_flat(p, lp, i == 4 ? train : NULL, &e));
+        ck_assert_msg(e.code == want[i], "case %d: %s", i, e.msg);
+        ck_assert_msg(strstr(e.msg, lp) != NULL, "case %d: %s", i, e.msg);
+    }
+    ck_assert_ptr_nonnull(strstr(eq_dataset_open_flat(p, lp, train, &e) ? "" : e.msg, "n09"));
+    s_write(lp, bad[0], strlen(bad[0]));
+    eq_dataset_open_flat(p, lp, NULL, &e);
+    ck_assert_msg(strstr(e.msg, ":2:") != NULL, "%s", e.msg);
+    eq_dataset_destroy(&train);
+    eq_dataset_destroy(&ds);
+    eq_test_scratch_rm(dir);
+}
+END_TEST
+
 /* --------------------------------------------------------- transforms */
 
 typedef struct s_tab_draws {
@@ -1224,6 +1302,7 @@ static Suite *s_suite(void)
     tcase_add_test(t, test_fashion_mnist_default);
     tcase_add_test(t, test_cifar);
     tcase_add_test(t, test_imagefolder_walk);
+    tcase_add_test(t, test_flat_labels);
     suite_add_tcase(s, t);
     t = tcase_create("transforms");
     tcase_add_test(t, test_rrc_matches_torchvision);
