@@ -238,7 +238,7 @@ eq_status eq_coco_res_begin(eq_coco *res, const eq_coco *gt, eq_coco_res_ctx *x,
                           "there is nothing to evaluate", res->name);
     x->ids = eq_malloc_array(gt->n_img + 1, sizeof *x->ids);
     if (!x->ids) return eq_err_set(err, EQ_ERR_NOMEM, "out of memory");
-    memcpy(x->ids, gt->img_id, gt->n_img * sizeof *x->ids);
+    if (gt->n_img) memcpy(x->ids, gt->img_id, gt->n_img * sizeof *x->ids);
     x->nid = s_unique(x->ids, gt->n_img);
     /* the first result picks the branch for all (quirk Q9) */
     const eq_coco_rec *first = &res->anns[0];

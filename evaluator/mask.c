@@ -103,11 +103,11 @@ eq_status eq_rle_decode(const eq_rle *r, uint8_t *mask, eq_err *err)
     size_t a = (size_t)r->h * r->w, p = 0;
     uint8_t v = 0;
     for (size_t j = 0; j < r->m; j++) {
-        memset(mask + p, v, r->cnts[j]);
+        if (r->cnts[j]) memset(mask + p, v, r->cnts[j]);
         p += r->cnts[j];
         v = !v;
     }
-    if (r->m == 0) memset(mask, 0, a);
+    if (r->m == 0 && a) memset(mask, 0, a);
     return EQ_OK;
 }
 
