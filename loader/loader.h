@@ -257,6 +257,25 @@ void eq_resize_shorter(uint32_t w, uint32_t h, uint32_t size, uint32_t *ow, uint
 /* torchvision CenterCrop offsets: int(round((n - crop) / 2.0)). */
 int32_t eq_center_offset(uint32_t n, uint32_t crop);
 
+/* torchvision ColorJitter(brightness, contrast, saturation) on PIL images:
+ * eq_color_jitter_params draws the order (a permutation of 0 brightness,
+ * 1 contrast, 2 saturation) and a factor uniform in [max(0, 1 - s), 1 + s]
+ * per adjustment whose strength s > 0 (1 otherwise);
+ * eq_color_jitter_apply runs them on an RGB image in place exactly as PIL's
+ * ImageEnhance does (blend with black / the mean grey / the L image, float
+ * alpha, truncation), bit-identical to torchvision on PIL. */
+void eq_color_jitter_params(eq_rng *r, const float strength[3], uint8_t order[3], float factor[3]);
+void eq_color_jitter_apply(uint8_t *img, uint32_t w, uint32_t h, const uint8_t order[3],
+                           const float factor[3]);
+
+/* AlexNet PCA lighting noise (the original's Lighting(sigma), fb.resnet
+ * eigenvalues/vectors): the per-channel offset, in [0, 1] image units, that
+ * the trainer adds in fp32 before normalising (after ToTensor, like the
+ * original; uint8 would lose it).  Keyed by (seed, split, epoch, index) on
+ * its own stream, so it does not change the other draws. */
+void eq_lighting_offset(uint64_t seed, uint32_t split, uint64_t epoch, uint64_t index, float sigma,
+                        float rgb[3]);
+
 /* Mirror an image left-right in place. */
 void eq_hflip(uint8_t *img, uint32_t w, uint32_t h, uint32_t c);
 
@@ -364,6 +383,9 @@ typedef struct eq_pipeline_cfg {
     uint64_t max_pixels;    /* decompression-bomb limit (0 = default) */
     eq_sampler_cfg sampler;
     eq_mix_cfg mix;
+    float jitter[3];        /* RRC: ColorJitter brightness, contrast,
+                               saturation strengths (0 = off; the original's
+                               --aa uses 0.4 each), applied after the flip */
 } eq_pipeline_cfg;
 
 /* Fill the defaults for a split: "train" (RRC 224, flip, shuffle, drop)

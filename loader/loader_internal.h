@@ -16,6 +16,7 @@
 #define EQ_TAG_ORDER 0x4f52444552ull /* "ORDER" */
 #define EQ_TAG_AUG 0x415547ull       /* "AUG" */
 #define EQ_TAG_MIX 0x4d4958ull       /* "MIX" */
+#define EQ_TAG_LIGHT 0x4c49474854ull /* "LIGHT" */
 
 /* Streaming 64-bit hash (FNV-1a over bytes, finalised with eq_rng_mix).
  * Used for fingerprints; stable across hosts (byte order independent). */

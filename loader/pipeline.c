@@ -143,6 +143,12 @@ eq_pipeline *eq_pipeline_new(const eq_dataset *ds, const eq_pipeline_cfg *cfg, i
                    c->scale[0], c->scale[1], c->ratio[0], c->ratio[1]);
         goto fail;
     }
+    for (int k = 0; k < 3; k++)
+        if (!(c->jitter[k] >= 0 && c->jitter[k] <= 10)) {
+            eq_err_set(err, EQ_ERR_INVALID, "pipeline: jitter[%d] = %g outside [0, 10]", k,
+                       (double)c->jitter[k]);
+            goto fail;
+        }
     p->H = c->out_h;
     p->W = c->out_w;
     p->C = encoded ? 3 : sc;
@@ -304,6 +310,22 @@ static void s_geometry(const eq_pipeline *p, eq_rng *r, uint32_t W, uint32_t H, 
     if (c->aug == EQ_AUG_RRC && c->hflip) *flip = eq_rng_uniform(r) < 0.5f;
 }
 
+/* Colour jitter (after the flip, as torchvision's Compose order): draws in
+ * the sample's stream, applied to the resized RGB output. */
+typedef struct s_jit {
+    int on;
+    uint8_t order[3];
+    float factor[3];
+} s_jit;
+
+static void s_jitter_draw(const eq_pipeline *p, eq_rng *r, s_jit *j)
+{
+    const eq_pipeline_cfg *c = &p->cfg;
+    j->on = c->aug == EQ_AUG_RRC && p->C == 3 &&
+            (c->jitter[0] > 0 || c->jitter[1] > 0 || c->jitter[2] > 0);
+    if (j->on) eq_color_jitter_params(r, c->jitter, j->order, j->factor);
+}
+
 /* Encoded file -> out.  Returns EQ_OK or the reason in err. */
 static eq_status s_encoded(eq_pipeline *p, eq_decoder *d, eq_rng *r, size_t index, uint8_t *out,
                            eq_err *err)
@@ -324,7 +346,9 @@ static eq_status s_encoded(eq_pipeline *p, eq_decoder *d, eq_rng *r, size_t inde
     uint32_t num;
     eq_resize_geom g;
     int flip;
+    s_jit jit;
     s_geometry(p, r, W, H, fmt == EQ_IMG_JPEG, &num, &g, &flip);
+    s_jitter_draw(p, r, &jit);
     uint32_t sx0, sy0, sx1, sy1;
     eq_resize_taps(&g, &sx0, &sy0, &sx1, &sy1);
     eq_decoded dd;
@@ -336,6 +360,7 @@ static eq_status s_encoded(eq_pipeline *p, eq_decoder *d, eq_rng *r, size_t inde
     eq_resize_src src = {dd.pix, dd.x0, dd.y0, dd.w, dd.h, 3};
     if (eq_resize_bilinear(&src, &g, out, &w->tmp, &w->tmp_cap, err) != EQ_OK) return err->code;
     if (flip) eq_hflip(out, p->W, p->H, 3);
+    if (jit.on) eq_color_jitter_apply(out, p->W, p->H, jit.order, jit.factor);
     return EQ_OK;
 }
 
@@ -375,10 +400,13 @@ static eq_status s_memory(eq_pipeline *p, eq_decoder *d, eq_rng *r, size_t index
     uint32_t num;
     eq_resize_geom g;
     int flip;
+    s_jit jit;
     s_geometry(p, r, wd, h, 0, &num, &g, &flip);
+    s_jitter_draw(p, r, &jit);
     eq_resize_src src = {px, 0, 0, wd, h, c};
     if (eq_resize_bilinear(&src, &g, out, &w->tmp, &w->tmp_cap, err) != EQ_OK) return err->code;
     if (flip) eq_hflip(out, p->W, p->H, c);
+    if (jit.on) eq_color_jitter_apply(out, p->W, p->H, jit.order, jit.factor);
     return EQ_OK;
 }
 

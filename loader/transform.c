@@ -366,3 +366,85 @@ void eq_hflip(uint8_t *img, uint32_t w, uint32_t h, uint32_t c)
             }
     }
 }
+
+/* ------------------------------------------------------- colour jitter */
+
+/* PIL's RGB -> L (Convert.c: L24). */
+static inline unsigned s_luma(const uint8_t *px)
+{
+    return (px[0] * 19595u + px[1] * 38470u + px[2] * 7471u + 0x8000u) >> 16;
+}
+
+/* PIL Image.blend(a, b, alpha) per channel value, alpha a C float:
+ * a + alpha * (b - a) in float, truncated; clipped when alpha is outside
+ * [0, 1] (Blend.c). */
+static inline uint8_t s_blend(int a, int b, float alpha)
+{
+    if (alpha >= 0 && alpha <= 1.0f) return (uint8_t)((float)a + alpha * (float)(b - a));
+    float t = (float)a + alpha * (float)(b - a);
+    if (t <= 0.0f) return 0;
+    if (t >= 255.0f) return 255;
+    return (uint8_t)t;
+}
+
+void eq_color_jitter_apply(uint8_t *img, uint32_t w, uint32_t h, const uint8_t order[3],
+                           const float factor[3])
+{
+    const size_t n = (size_t)w * h;
+    for (int k = 0; k < 3; k++) {
+        const int op = order[k];
+        const float f = factor[op];
+        if (op == 0) { /* ImageEnhance.Brightness: blend(black, img, f) */
+            for (size_t i = 0; i < 3 * n; i++) img[i] = s_blend(0, img[i], f);
+        } else if (op == 1) { /* Contrast: blend(mean grey, img, f) */
+            uint64_t sum = 0;
+            for (size_t i = 0; i < n; i++) sum += s_luma(img + 3 * i);
+            int mean = (int)((double)sum / (double)n + 0.5);
+            for (size_t i = 0; i < 3 * n; i++) img[i] = s_blend(mean, img[i], f);
+        } else if (op == 2) { /* Color: blend(img as L as RGB, img, f) */
+            for (size_t i = 0; i < n; i++) {
+                uint8_t *px = img + 3 * i;
+                int l = (int)s_luma(px);
+                px[0] = s_blend(l, px[0], f);
+                px[1] = s_blend(l, px[1], f);
+                px[2] = s_blend(l, px[2], f);
+            }
+        }
+    }
+}
+
+void eq_color_jitter_params(eq_rng *r, const float strength[3], uint8_t order[3], float factor[3])
+{
+    /* torchvision ColorJitter.get_params: fn_idx = randperm(4) (hue is
+     * never on here, so a permutation of the three), then one uniform
+     * factor in [1 - s, 1 + s] per enabled adjustment. */
+    uint32_t perm[3] = {0, 1, 2};
+    eq_rng_permute(r, perm, 3);
+    for (int k = 0; k < 3; k++) {
+        order[k] = (uint8_t)perm[k];
+        factor[k] = 1.0f;
+        if (strength[k] > 0) {
+            float lo = 1.0f - strength[k] < 0 ? 0 : 1.0f - strength[k], hi = 1.0f + strength[k];
+            factor[k] = eq_rng_uniform(r) * (hi - lo) + lo;
+        }
+    }
+}
+
+/* AlexNet PCA lighting (the original's Lighting(0.1, eigval, eigvec)). */
+void eq_lighting_offset(uint64_t seed, uint32_t split, uint64_t epoch, uint64_t index, float sigma,
+                        float rgb[3])
+{
+    static const double eigval[3] = {0.2175, 0.0188, 0.0045};
+    static const double eigvec[3][3] = {{-0.5675, 0.7192, 0.4009},
+                                        {-0.5808, -0.0045, -0.8140},
+                                        {-0.5836, -0.6948, 0.4203}};
+    eq_rng r;
+    eq_rng_init(&r, seed, eq_rng_mix(eq_rng_mix(eq_rng_mix(EQ_TAG_LIGHT, split), epoch), index));
+    double alpha[3];
+    for (int j = 0; j < 3; j++) alpha[j] = sigma * eq_rng_normal(&r);
+    for (int i = 0; i < 3; i++) {
+        double v = 0;
+        for (int j = 0; j < 3; j++) v += eigvec[i][j] * alpha[j] * eigval[j];
+        rgb[i] = (float)v;
+    }
+}

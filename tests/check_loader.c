@@ -555,6 +555,59 @@ START_TEST(test_resize_matches_pil)
 }
 END_TEST
 
+START_TEST(test_color_jitter_matches_torchvision)
+{
+    char p[4200];
+    snprintf(p, sizeof p, "%s/tests/fixtures/loader/jitter.txt", eq_test_srcdir());
+    FILE *f = fopen(p, "r");
+    ck_assert_msg(f != NULL, "%s", p);
+    char ord[8];
+    double fb, fc, fs;
+    static char hex[8192];
+    int cases = 0;
+    while (fscanf(f, "%7s %lf %lf %lf %8191s", ord, &fb, &fc, &fs, hex) == 5) {
+        const uint32_t W = 23, H = 17;
+        uint8_t img[23 * 17 * 3];
+        for (uint32_t y = 0; y < H; y++)
+            for (uint32_t x = 0; x < W; x++)
+                for (uint32_t k = 0; k < 3; k++)
+                    img[(y * W + x) * 3 + k] =
+                        (uint8_t)((x * x * 7 + y * y * 3 + x * y * 5 + k * 91 + ((x * 131) ^ (y * 71))) % 256);
+        uint8_t order[3] = {(uint8_t)(ord[0] - '0'), (uint8_t)(ord[1] - '0'), (uint8_t)(ord[2] - '0')};
+        float fac[3] = {(float)fb, (float)fc, (float)fs};
+        eq_color_jitter_apply(img, W, H, order, fac);
+        ck_assert_uint_eq(strlen(hex), sizeof img * 2);
+        size_t diff = 0;
+        for (size_t i = 0; i < sizeof img; i++)
+            diff += img[i] != s_hexval(hex[2 * i]) * 16 + s_hexval(hex[2 * i + 1]);
+        ck_assert_msg(diff == 0, "case %d (%s): %zu bytes differ from torchvision", cases, ord, diff);
+        cases++;
+    }
+    fclose(f);
+    ck_assert_int_eq(cases, 6);
+    /* parameters: a permutation and factors in range */
+    eq_rng r;
+    eq_rng_init(&r, 3, 4);
+    const float st[3] = {0.4f, 0.4f, 0.0f};
+    for (int k = 0; k < 200; k++) {
+        uint8_t o[3];
+        float fa[3];
+        eq_color_jitter_params(&r, st, o, fa);
+        ck_assert_uint_eq((1u << o[0]) | (1u << o[1]) | (1u << o[2]), 7);
+        ck_assert(fa[0] >= 0.6f && fa[0] <= 1.4f && fa[1] >= 0.6f && fa[1] <= 1.4f);
+        ck_assert(fa[2] == 1.0f);
+    }
+    /* lighting: deterministic, small, not constant */
+    float a[3], b[3];
+    eq_lighting_offset(1, 0, 2, 3, 0.1f, a);
+    eq_lighting_offset(1, 0, 2, 3, 0.1f, b);
+    ck_assert(!memcmp(a, b, sizeof a));
+    eq_lighting_offset(1, 0, 2, 4, 0.1f, b);
+    ck_assert(memcmp(a, b, sizeof a) != 0);
+    for (int k = 0; k < 3; k++) ck_assert(fabsf(a[k]) < 0.2f);
+}
+END_TEST
+
 START_TEST(test_resize_geometry_errors)
 {
     uint8_t img[12] = {0}, out[64];
@@ -1034,6 +1087,7 @@ START_TEST(test_pipeline_determinism)
     ck_assert_uint_eq(eq_dataset_size(ds), 18);
     eq_pipeline_cfg cfg;
     eq_pipeline_cfg_default(&cfg, "train", 40, 8, 42);
+    cfg.jitter[0] = cfg.jitter[1] = cfg.jitter[2] = 0.4f;
     cfg.mix.cutmix_alpha = 1.0f;
     cfg.mix.mixup_alpha = 0.4f;
     cfg.mix.prob = 0.9f;
@@ -1309,6 +1363,7 @@ static Suite *s_suite(void)
     tcase_add_test(t, test_rrc_range);
     tcase_add_test(t, test_resize_matches_pil);
     tcase_add_test(t, test_resize_geometry_errors);
+    tcase_add_test(t, test_color_jitter_matches_torchvision);
     suite_add_tcase(s, t);
     t = tcase_create("decode");
     tcase_set_timeout(t, 20);
