@@ -327,6 +327,10 @@ typedef struct eq_mix_cfg {
     uint32_t block;     /* partners are drawn inside aligned blocks of this
                            many positions (0 = the whole global batch); set it
                            to the per-rank share so mixup partners are local */
+    int batch_lambda;   /* 1: one decision, lambda (and CutMix box) per block,
+                           shared by its samples (the original's mixup_data:
+                           one lambda per batch, x' = l x + (1 - l) x[perm]);
+                           0: drawn per sample */
 } eq_mix_cfg;
 
 typedef enum eq_mix_mode { EQ_MIX_NONE = 0, EQ_MIX_MIXUP = 1, EQ_MIX_CUTMIX = 2 } eq_mix_mode;

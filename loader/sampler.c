@@ -160,6 +160,18 @@ eq_status eq_mix_plan(const eq_mix_cfg *cfg, uint64_t seed, uint32_t split, uint
         e->mode = EQ_MIX_NONE;
         e->lambda = 1.0f;
         e->y0 = e->x0 = e->y1 = e->x1 = 0;
+        if (cfg->batch_lambda && i % block != 0) {
+            /* the block's decision, lambda and box, drawn at its start */
+            const eq_mix_entry *s0 = &out[i - i % block];
+            e->mode = s0->mode;
+            e->lambda = s0->lambda;
+            e->y0 = s0->y0;
+            e->x0 = s0->x0;
+            e->y1 = s0->y1;
+            e->x1 = s0->x1;
+            if (e->mode == EQ_MIX_NONE) e->partner = i;
+            continue;
+        }
         float u = eq_rng_uniform(&r);
         if ((!mixup && !cutmix) || !(u < cfg->prob)) {
             e->partner = i;

@@ -1032,6 +1032,15 @@ START_TEST(test_mix_plan)
     /* each block's partners form a permutation */
     uint32_t cnt[32] = {0};
     for (uint32_t i = 0; i < 32; i++) cnt[a[i].partner]++;
+    /* one lambda per block (the original's mixup_data) */
+    eq_mix_cfg per = {.mixup_alpha = 0.7f, .prob = 1.0f, .block = 8, .batch_lambda = 1};
+    ck_assert_int_eq(eq_mix_plan(&per, 1, 0, 3, 1, 32, 40, 50, a, NULL), EQ_OK);
+    for (uint32_t i = 0; i < 32; i++) {
+        ck_assert_int_eq(a[i].mode, EQ_MIX_MIXUP);
+        ck_assert(a[i].lambda == a[i - i % 8].lambda);
+        ck_assert_uint_eq(a[i].partner / 8, i / 8);
+    }
+    ck_assert(a[0].lambda != a[8].lambda);
     eq_mix_cfg off = {0};
     ck_assert_int_eq(eq_mix_plan(&off, 1, 0, 0, 0, 4, 8, 8, b, NULL), EQ_OK);
     for (int i = 0; i < 4; i++) ck_assert_int_eq(b[i].mode, EQ_MIX_NONE);
