@@ -144,6 +144,11 @@ eq_status eq_quant_apply_file(eq_quant_tag tag, const char *in_path, const char 
         memcpy(t->data, src, (size_t)t->numel * sizeof(float));
     }
 
+    st = eq_quant_check_state(q, err);
+    if (st) {
+        eq_err_prefix(err, "%s: ", in_path);
+        goto out;
+    }
     st = eq_quant_forward(q, &xd, x, y, train, err);
     if (st) goto out;
     if (g) {

@@ -374,6 +374,7 @@ eq_quant *eq_quant_new(const eq_quant_opts *o, const eq_tensor_desc *xd, eq_err 
     }
     int L = (int)Ld;
     q->bit = (int)bit;
+    q->L0 = L;
 
     /* PyTorch shapes: fm [1, C, 1, 1]; conv wt [O, I, k, k]; linear wt [1, 1, out, in] */
     int64_t P;
@@ -532,6 +533,25 @@ double *eq_quant_chunk_acc(eq_quant *q, int64_t per_chunk)
               need <= q->cacc_cap); /* reserved by eq_quant_forward */
     memset(q->cacc, 0, (size_t)need * sizeof(double));
     return q->cacc;
+}
+
+eq_status eq_quant_check_state(const eq_quant *q, eq_err *err)
+{
+    float ln = *q->level_num, it = *q->iteration;
+    if (!(ln >= 2.0f && ln <= 16777216.0f) || ln != floorf(ln))
+        return eq_err_set(err, EQ_ERR_INVALID, "quantizer state level_num: %g is not a level count >= 2", ln);
+    if (q->m->fixed_levels && (int)ln != q->L0)
+        return eq_err_set(err, EQ_ERR_INVALID,
+                          "quantizer state level_num: %g, but method %s was built for %d levels", ln,
+                          q->m->name, q->L0);
+    if (!(it >= 0.0f) || !isfinite(it))
+        return eq_err_set(err, EQ_ERR_INVALID, "quantizer state iteration: %g is not a count", it);
+    for (size_t i = 0; i < q->nt; i++)
+        for (int64_t j = 0; j < q->t[i].numel; j++)
+            if (!isfinite(q->t[i].data[j]))
+                return eq_err_set(err, EQ_ERR_INVALID, "quantizer state %s[%lld] is not finite",
+                                  q->t[i].name, (long long)j);
+    return EQ_OK;
 }
 
 eq_status eq_quant_set_levels(eq_quant *q, int v, eq_err *err)

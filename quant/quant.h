@@ -166,6 +166,11 @@ size_t eq_quant_tensor_count(const eq_quant *q);
 eq_quant_tensor *eq_quant_tensor_at(eq_quant *q, size_t i);
 eq_quant_tensor *eq_quant_find(eq_quant *q, const char *name); /* NULL if absent */
 
+/* Check state written from outside (a checkpoint, the apply tool's IN):
+ * level_num an integer >= 2 (and, for nonuniform, lqnet, xnor and bin, the
+ * count the quantizer was built for), iteration a count, every value
+ * finite.  EQ_ERR_INVALID naming the tensor. */
+eq_status eq_quant_check_state(const eq_quant *q, eq_err *err);
 /* Number of levels in use (the `level_num` buffer). */
 int eq_quant_levels(const eq_quant *q);
 /* Policy-driven level change (ORIGINAL.md §2.8): v > 0 sets level_num := v,

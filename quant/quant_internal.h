@@ -40,6 +40,7 @@ struct eq_quant {
     const eq_quant_method *m;
     /* resolved at construction (§2.1) */
     int bit;              /* int(bit) */
+    int L0;               /* level count at construction */
     int64_t g;            /* quant groups */
     int64_t norm_g;       /* var-mean groups */
     int64_t fan;          /* prod of PyTorch shape[1:] */

@@ -664,6 +664,14 @@ START_TEST(test_progressive_levels)
     const char *kl[] = {"method=lqnet", "bit=2", NULL};
     q = s_make(EQ_QTAG_FM, EQ_LAYOUT_NC, 2, S, kl);
     ck_assert_int_eq(eq_quant_set_levels(q, 3, &e), EQ_ERR_UNSUPPORTED);
+    ck_assert_int_eq(eq_quant_check_state(q, &e), EQ_OK);
+    *eq_quant_find(q, "level_num")->data = 3.0f; /* as a stray checkpoint would */
+    ck_assert_int_eq(eq_quant_check_state(q, &e), EQ_ERR_INVALID);
+    ck_assert_ptr_nonnull(strstr(e.msg, "built for 4 levels"));
+    *eq_quant_find(q, "level_num")->data = 4.0f;
+    eq_quant_find(q, "basis")->data[1] = NAN;
+    ck_assert_int_eq(eq_quant_check_state(q, &e), EQ_ERR_INVALID);
+    ck_assert_ptr_nonnull(strstr(e.msg, "basis[1]"));
     eq_quant_destroy(&q);
 }
 END_TEST

@@ -209,6 +209,11 @@ START_TEST(test_apply_errors)
     in = s_write_in(scratch, 0, 1, "alpha0");
     ck_assert_int_ne(eq_quant_apply_file(EQ_QTAG_FM, in, out, 1, 0, ok, 2, &err), EQ_OK);
     ck_assert_ptr_nonnull(strstr(err.msg, "alpha0"));
+    /* state that contradicts the method */
+    free(in);
+    in = s_write_in(scratch, 0, 1, "level_num"); /* level_num = 1 */
+    ck_assert_int_eq(eq_quant_apply_file(EQ_QTAG_FM, in, out, 1, 0, ok, 2, &err), EQ_ERR_INVALID);
+    ck_assert_ptr_nonnull(strstr(err.msg, "level_num"));
     /* a missing file names itself */
     ck_assert_int_ne(eq_quant_apply_file(EQ_QTAG_FM, "/nonexistent/in.safetensors", out, 1, 0, ok, 2, &err),
                      EQ_OK);
