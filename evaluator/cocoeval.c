@@ -98,13 +98,14 @@ size_t eq_coco_num_anns(const eq_coco *c) { return c->n_ann; }
 
 eq_status eq_coco_add_image(eq_coco *c, int64_t id, int64_t height, int64_t width, eq_err *err)
 {
-    size_t need = c->n_img + 1, cap = c->cap_img;
-    if (S_GROW(c->img_id, cap, need, err)) return EQ_ERR_NOMEM;
-    cap = c->cap_img;
-    if (S_GROW(c->img_h, cap, need, err)) return EQ_ERR_NOMEM;
-    cap = c->cap_img;
-    if (S_GROW(c->img_w, cap, need, err)) return EQ_ERR_NOMEM;
-    c->cap_img = cap;
+    if (c->n_img == c->cap_img) {
+        /* three parallel arrays share one capacity */
+        size_t cap = c->cap_img, cap2 = c->cap_img, cap3 = c->cap_img;
+        if (S_GROW(c->img_id, cap, c->n_img + 1, err) || S_GROW(c->img_h, cap2, c->n_img + 1, err) ||
+            S_GROW(c->img_w, cap3, c->n_img + 1, err))
+            return EQ_ERR_NOMEM;
+        c->cap_img = cap; /* all three grew to the same size */
+    }
     c->img_id[c->n_img] = id;
     c->img_h[c->n_img] = height;
     c->img_w[c->n_img] = width;

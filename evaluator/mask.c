@@ -271,13 +271,21 @@ static inline void s_cross(int pu, int pv, int qu, int qv, uint32_t h, uint32_t 
     a[(*nc)++] = (uint32_t)((uint64_t)(int)xd * h + (uint64_t)(int)yd);
 }
 
-/* Pairs (t, t+1) of one edge, in traversal order. */
-static inline void s_edge_pair(const s_edge *e, int t, uint32_t h, uint32_t w, uint32_t *a,
-                               size_t *nc)
+/* Pairs (t, t+1) of one edge, in traversal order.  Within an edge the
+ * columns of consecutive points differ by at most 1, so the crossing column
+ * is their minimum and the reference's test (xd + .5)/5 - .5 integral and
+ * inside the image is the integer test xd = 2 (mod 5), 2 <= xd <= hi_col
+ * (see eq_rle_fr_poly); only pairs that pass it reach s_cross, which then
+ * computes exactly what the reference does. */
+static inline void s_edge_pair(const s_edge *e, int t, int64_t hi_col, uint32_t h, uint32_t w,
+                               uint32_t *a, size_t *nc)
 {
     int u0, v0, u1, v1;
     s_edge_pt(e, t, &u0, &v0);
     s_edge_pt(e, t + 1, &u1, &v1);
+    if (u0 == u1) return;
+    int64_t xd = u0 < u1 ? u0 : u1;
+    if (xd < 2 || xd > hi_col || (xd - 2) % 5 != 0) return;
     if (e->flip)
         s_cross(u1, v1, u0, v0, h, w, a, nc);
     else
@@ -420,9 +428,9 @@ eq_status eq_rle_fr_poly(const double *xy, size_t k, uint32_t h, uint32_t w, eq_
             if (r) t0 += 5 - r;
             int64_t t1 = hi_col - e->xs;
             if (t1 > e->dx - 1) t1 = e->dx - 1;
-            for (int64_t t = t0; t <= t1; t += 5) s_edge_pair(e, (int)t, h, w, a, &nc);
+            for (int64_t t = t0; t <= t1; t += 5) s_edge_pair(e, (int)t, hi_col, h, w, a, &nc);
         } else {
-            for (int t = 0; t < e->dy; t++) s_edge_pair(e, t, h, w, a, &nc);
+            for (int t = 0; t < e->dy; t++) s_edge_pair(e, t, hi_col, h, w, a, &nc);
         }
     }
     /* compute the rle encoding given the y-boundary points */
@@ -438,20 +446,22 @@ eq_status eq_rle_fr_poly(const double *xy, size_t k, uint32_t h, uint32_t w, eq_
         a[j] -= p;
         p = t;
     }
-    b = eq_malloc_array(nc, sizeof *b);
-    if (!b) goto nomem;
+    /* drop zero runs by merging, in place (the write index never passes
+     * the read index), then one allocation of the exact size */
     size_t j = 0, bm = 0;
-    b[bm++] = a[j++];
+    a[bm++] = a[j++];
     while (j < nc) {
         if (a[j] > 0)
-            b[bm++] = a[j++];
+            a[bm++] = a[j++];
         else {
             j++;
-            if (j < nc) b[bm - 1] += a[j++];
+            if (j < nc) a[bm - 1] += a[j++];
         }
     }
-    uint32_t *shrunk = realloc(b, bm * sizeof *b);
-    s_rle_set(out, h, w, shrunk ? shrunk : b, bm);
+    b = eq_malloc_array(bm, sizeof *b);
+    if (!b) goto nomem;
+    memcpy(b, a, bm * sizeof *b);
+    s_rle_set(out, h, w, b, bm);
     if (E != ebuf) free(E);
     if (a != abuf) free(a);
     if (tmp != tbuf) free(tmp);
