@@ -1,0 +1,794 @@
+/*
+ * tests/check_model.c -- trainer/model.h, layers.h, optim.h and
+ * checkpoint.h on the CPU backend.
+ *
+ * 1. Parity with PyTorch (tests/fixtures/models/gen_models.py, float64
+ *    references): torchvision ResNet-18 (thin), the original's ResNet-20
+ *    (origin,cbsa,fix,real_skip...), a Bi-Real ResNet-20 with PReLU on one
+ *    input channel, a pre-activation ResNet-18 (preBN,bacs): weights loaded
+ *    by PyTorch name from safetensors, then logits, loss, every gradient
+ *    and the BN running statistics within 1e-4 relative (norm-wise).
+ * 2. torchvision names and shapes of torch-resnet18/50 at full width.
+ * 3. Quantized conv: the layer equals conv(Qf(pad(x)), Qw(W)) computed from
+ *    the quantizers directly, for padding before and after quantization;
+ *    its input gradient and the quantizer parameter gradient are non-zero
+ *    and match finite differences of the loss through the clip value where
+ *    the quantizer is differentiable.
+ * 4. Checkpoints: save/load round trip, errors that name the tensor, keep
+ *    last N and best, and bit-exact resume of SGD training.
+ * 5. Config schemas, lr schedules, decay groups.
+ */
+#include "trainer/checkpoint.h"
+#include "trainer/layers.h"
+#include "trainer/model.h"
+#include "trainer/optim.h"
+#include "tests/testutil.h"
+
+#include <math.h>
+#include <sys/stat.h>
+
+#define TOL 1e-4
+
+#define OK(call)                                                              \
+    do {                                                                      \
+        eq_status s_ = (call);                                                \
+        ck_assert_msg(s_ == EQ_OK, "%s failed: %s", #call, err.msg);          \
+    } while (0)
+
+static double s_relerr(const float *a, const float *ref, size_t n)
+{
+    double num = 0.0, den = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        double d = (double)a[i] - (double)ref[i];
+        num += d * d;
+        den += (double)ref[i] * (double)ref[i];
+    }
+    return den > 0.0 ? sqrt(num / den) : sqrt(num);
+}
+
+static eq_st_file *s_fixture(const char *name)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/tests/fixtures/models/%s", eq_test_srcdir(), name);
+    eq_err err = {0};
+    eq_st_file *f = eq_st_open(path, NULL, &err);
+    ck_assert_msg(f != NULL, "fixture %s: %s", path, err.msg);
+    return f;
+}
+
+/* Model config from the fixture's metadata. */
+static void s_cfg_from(const eq_st_file *f, eq_model_cfg *c)
+{
+    eq_err err = {0};
+    eq_config_section secs[EQ_MODEL_CONFIG_NSECTIONS];
+    eq_model_config_sections(c, NULL, NULL, secs);
+    OK(eq_config_defaults(secs, EQ_MODEL_CONFIG_NSECTIONS, &err));
+    snprintf(c->arch, sizeof c->arch, "%s", eq_st_meta_get(f, "arch"));
+    c->width_alpha = atof(eq_st_meta_get(f, "width_alpha"));
+    c->num_classes = atoi(eq_st_meta_get(f, "num_classes"));
+    c->in_channels = atoi(eq_st_meta_get(f, "in_channels"));
+    const char *kw = eq_st_meta_get(f, "keyword");
+    c->nkeyword = 0;
+    while (kw && *kw) {
+        const char *e = strchr(kw, ',');
+        size_t len = e ? (size_t)(e - kw) : strlen(kw);
+        snprintf(c->keyword[c->nkeyword++], sizeof c->keyword[0], "%.*s", (int)len, kw);
+        kw = e ? e + 1 : kw + len;
+    }
+}
+
+static const float *s_get(const eq_st_file *f, const char *name, size_t numel)
+{
+    eq_err err = {0};
+    const float *p = eq_st_get_f32(f, name, (int64_t)numel, &err);
+    ck_assert_msg(p != NULL, "%s", err.msg);
+    return p;
+}
+
+static void s_parity(const char *fixture)
+{
+    eq_err err = {0};
+    eq_st_file *f = s_fixture(fixture);
+    eq_model_cfg cfg;
+    s_cfg_from(f, &cfg);
+    long xi = eq_st_find(f, "x");
+    ck_assert(xi >= 0);
+    const eq_tensor_desc *xd = eq_st_desc(f, (size_t)xi);
+    int64_t n = xd->shape[0], h = xd->shape[1], w = xd->shape[2], c = xd->shape[3];
+    eq_backend *be = eq_backend_cpu_new(2, &err);
+    ck_assert_msg(be != NULL, "%s", err.msg);
+    eq_model *m = eq_model_new(be, &cfg, NULL, NULL, n, h, w, &err);
+    ck_assert_msg(m != NULL, "%s: %s", fixture, err.msg);
+    /* exactly the fixture's tensors, by name, dtype and shape */
+    size_t missing = 9;
+    OK(eq_checkpoint_load_tensors(m, f, "param.", false, false, &missing, &err));
+    ck_assert_uint_eq(missing, 0);
+
+    const float *x = s_get(f, "x", (size_t)(n * h * w * c));
+    long yi = eq_st_find(f, "y");
+    const int32_t *y = eq_st_data(f, (size_t)yi, NULL);
+    OK(eq_model_forward(m, x, true, &err));
+    int64_t bn, k;
+    const float *logits = eq_model_logits(m, &bn, &k);
+    ck_assert_int_eq(bn, n);
+    double e = s_relerr(logits, s_get(f, "logits", (size_t)(n * k)), (size_t)(n * k));
+    ck_assert_msg(e < TOL, "%s: logits rel err %g", fixture, e);
+    float loss;
+    OK(eq_model_loss(m, y, NULL, NULL, 0.0f, &loss, &err));
+    const float *ref_loss = s_get(f, "loss", 1);
+    ck_assert_msg(fabs(loss - ref_loss[0]) <= TOL * fabs(ref_loss[0]), "%s: loss %g vs %g", fixture,
+                  loss, ref_loss[0]);
+    OK(eq_model_backward(m, NULL, &err));
+    size_t ngrad = 0, nstats = 0;
+    for (size_t i = 0; i < eq_model_tensor_count(m); i++) {
+        const eq_model_tensor *t = eq_model_tensor_at(m, i);
+        char name[512];
+        if (t->kind == EQ_MT_PARAM) {
+            snprintf(name, sizeof name, "grad.%s", t->name);
+            e = s_relerr(t->grad, s_get(f, name, t->numel), t->numel);
+            ck_assert_msg(e < TOL, "%s: %s rel err %g", fixture, name, e);
+            ngrad++;
+        } else if (t->dtype == EQ_DT_F32) {
+            snprintf(name, sizeof name, "stats.%s", t->name);
+            e = s_relerr(t->data, s_get(f, name, t->numel), t->numel);
+            ck_assert_msg(e < TOL, "%s: %s rel err %g", fixture, name, e);
+            nstats++;
+        } else {
+            snprintf(name, sizeof name, "stats.%s", t->name);
+            long si = eq_st_find(f, name);
+            ck_assert(si >= 0);
+            ck_assert_int_eq(*(const int64_t *)eq_st_data(f, (size_t)si, NULL), *(int64_t *)t->data);
+        }
+    }
+    ck_assert_uint_gt(ngrad, 10);
+    ck_assert_uint_gt(nstats, 4);
+    eq_model_destroy(&m);
+    ck_assert_ptr_null(m);
+    eq_backend_destroy(&be);
+    eq_st_close(&f);
+}
+
+START_TEST(test_parity_torch_resnet18)
+{
+    s_parity("torch_resnet18.safetensors");
+}
+END_TEST
+
+START_TEST(test_parity_resnet20)
+{
+    s_parity("resnet20.safetensors");
+}
+END_TEST
+
+START_TEST(test_parity_resnet20_bireal)
+{
+    s_parity("resnet20_bireal.safetensors");
+}
+END_TEST
+
+START_TEST(test_parity_resnet18_prebn)
+{
+    s_parity("resnet18_prebn.safetensors");
+}
+END_TEST
+
+/* ---- helpers for the remaining tests ---------------------------------------- */
+
+static void s_defaults(eq_model_cfg *m, eq_model_quant_cfg *wt, eq_model_quant_cfg *fm)
+{
+    eq_err err = {0};
+    eq_config_section secs[EQ_MODEL_CONFIG_NSECTIONS];
+    eq_model_config_sections(m, wt, fm, secs);
+    OK(eq_config_defaults(secs, EQ_MODEL_CONFIG_NSECTIONS, &err));
+}
+
+static void s_kw(eq_model_cfg *c, const char *list)
+{
+    c->nkeyword = 0;
+    while (*list) {
+        const char *e = strchr(list, ',');
+        size_t len = e ? (size_t)(e - list) : strlen(list);
+        snprintf(c->keyword[c->nkeyword++], sizeof c->keyword[0], "%.*s", (int)len, list);
+        list = e ? e + 1 : list + len;
+    }
+}
+
+START_TEST(test_torchvision_names)
+{
+    eq_err err = {0};
+    eq_backend *be = eq_backend_cpu_new(1, &err);
+    eq_model_cfg cfg;
+    s_defaults(&cfg, NULL, NULL);
+    snprintf(cfg.arch, sizeof cfg.arch, "torch-resnet18");
+    cfg.num_classes = 1000;
+    /* at full width: 62 weights/biases/buffers + 20 num_batches_tracked,
+     * 11689512 parameters as torchvision's resnet18 */
+    eq_model *m = eq_model_new(be, &cfg, NULL, NULL, 1, 32, 32, &err);
+    ck_assert_msg(m != NULL, "%s", err.msg);
+    size_t np = 0, nt = eq_model_tensor_count(m);
+    for (size_t i = 0; i < nt; i++)
+        if (eq_model_tensor_at(m, i)->kind == EQ_MT_PARAM) np += eq_model_tensor_at(m, i)->numel;
+    ck_assert_uint_eq(np, 11689512);
+    ck_assert_uint_eq(nt, 122);
+    ck_assert_str_eq(eq_model_tensor_at(m, 0)->name, "conv1.weight");
+    ck_assert_str_eq(eq_model_tensor_at(m, 5)->name, "bn1.num_batches_tracked");
+    ck_assert_int_eq(eq_model_tensor_at(m, 5)->dtype, EQ_DT_I64);
+    ck_assert_int_eq(eq_model_tensor_at(m, 5)->ndim, 0);
+    const eq_model_tensor *t = eq_model_tensor_find(m, "layer2.0.downsample.0.weight");
+    ck_assert_ptr_nonnull(t);
+    ck_assert_int_eq(t->shape[0], 128);
+    ck_assert_int_eq(t->shape[1], 64);
+    ck_assert_str_eq(eq_model_tensor_at(m, nt - 1)->name, "fc.bias");
+    eq_model_destroy(&m);
+    /* resnet50: 25557032 parameters */
+    snprintf(cfg.arch, sizeof cfg.arch, "torch-resnet50");
+    m = eq_model_new(be, &cfg, NULL, NULL, 1, 32, 32, &err);
+    ck_assert_msg(m != NULL, "%s", err.msg);
+    np = 0;
+    for (size_t i = 0; i < eq_model_tensor_count(m); i++)
+        if (eq_model_tensor_at(m, i)->kind == EQ_MT_PARAM) np += eq_model_tensor_at(m, i)->numel;
+    ck_assert_uint_eq(np, 25557032);
+    ck_assert_ptr_nonnull(eq_model_tensor_find(m, "layer4.2.bn3.running_var"));
+    eq_model_destroy(&m);
+    eq_backend_destroy(&be);
+}
+END_TEST
+
+START_TEST(test_model_errors)
+{
+    eq_err err = {0};
+    eq_backend *be = eq_backend_cpu_new(1, &err);
+    eq_model_cfg cfg;
+    s_defaults(&cfg, NULL, NULL);
+    snprintf(cfg.arch, sizeof cfg.arch, "resnet7");
+    ck_assert_ptr_null(eq_model_new(be, &cfg, NULL, NULL, 2, 32, 32, &err));
+    ck_assert_ptr_nonnull(strstr(err.msg, "resnet7"));
+    snprintf(cfg.arch, sizeof cfg.arch, "resnet20");
+    s_kw(&cfg, "origin,cbsa,prone");
+    ck_assert_ptr_null(eq_model_new(be, &cfg, NULL, NULL, 2, 32, 32, &err));
+    ck_assert_ptr_nonnull(strstr(err.msg, "'prone'"));
+    s_kw(&cfg, "origin");
+    ck_assert_ptr_null(eq_model_new(be, &cfg, NULL, NULL, 2, 32, 32, &err));
+    ck_assert_ptr_nonnull(strstr(err.msg, "order"));
+    /* a bad input shape */
+    snprintf(cfg.arch, sizeof cfg.arch, "torch-resnet18");
+    s_kw(&cfg, "");
+    ck_assert_ptr_null(eq_model_new(be, &cfg, NULL, NULL, 0, 32, 32, &err));
+    ck_assert_ptr_nonnull(strstr(err.msg, "input"));
+    /* PReLU cannot follow torchvision's shared activation module */
+    s_kw(&cfg, "PReLU");
+    ck_assert_ptr_null(eq_model_new(be, &cfg, NULL, NULL, 2, 32, 32, &err));
+    ck_assert_ptr_nonnull(strstr(err.msg, "PReLU"));
+    /* a Bi-Real bottleneck does not exist */
+    snprintf(cfg.arch, sizeof cfg.arch, "resnet50");
+    s_kw(&cfg, "cbsa");
+    ck_assert_ptr_null(eq_model_new(be, &cfg, NULL, NULL, 2, 32, 32, &err));
+    ck_assert_ptr_nonnull(strstr(err.msg, "origin"));
+    eq_backend_destroy(&be);
+}
+END_TEST
+
+/* ---- quantized conv ---------------------------------------------------------- */
+
+static const eq_model_tensor *s_ltensor(const eq_layers *g, const char *name)
+{
+    for (size_t i = 0; i < eq_layers_tensor_count(g); i++)
+        if (!strcmp(eq_layers_tensor_at(g, i)->name, name)) return eq_layers_tensor_at(g, i);
+    ck_abort_msg("no tensor %s", name);
+    return NULL;
+}
+
+/* One quantized 3x3 conv (pad 1) + GAP + linear; compares with a graph
+ * without quantizers fed Qf(pad(x)) by hand and weights Qw(W). */
+static void s_quant_conv_case(bool pad_after)
+{
+    eq_err err = {0};
+    eq_backend *be = eq_backend_cpu_new(1, &err);
+    eq_quant_opts wq, fq;
+    eq_quant_opts_init(&wq, EQ_QTAG_WT);
+    eq_quant_opts_init(&fq, EQ_QTAG_FM);
+    OK(eq_quant_opts_set(&wq, "method", "lsq", &err));
+    OK(eq_quant_opts_set(&wq, "bit", "2", &err));
+    OK(eq_quant_opts_set(&fq, "method", "lsq", &err));
+    OK(eq_quant_opts_set(&fq, "bit", "2", &err));
+    OK(eq_quant_opts_set(&fq, "half_range", "false", &err)); /* padded zeros move to a level */
+    const int64_t N = 2, H = 5, W = 5, C = 3, K = 4;
+    eq_layers *g = eq_layers_new(be, &err);
+    int x = eq_layers_input(g, N, H, W, C, &err);
+    x = eq_layers_conv(g, "conv", x, K, 3, 1, 1, 1, &wq, &fq, pad_after, &err);
+    ck_assert_msg(x >= 0, "%s", err.msg);
+    OK(eq_layers_finalize(g, 7, &err));
+    ck_assert_uint_eq(eq_layers_tensor_count(g), 1 + 3 + 3); /* weight, 2 x (clip_val, iteration, level_num) */
+    float xin[2 * 5 * 5 * 3];
+    for (size_t i = 0; i < sizeof xin / sizeof xin[0]; i++) xin[i] = (float)sin(0.7 * (double)i) * 1.3f;
+    OK(eq_layers_forward(g, xin, true, &err));
+    int64_t sh[4];
+    float *dy;
+    float *y = eq_layers_output(g, &dy, sh);
+
+    /* the reference: quantizers on their own + a plain conv */
+    const eq_model_tensor *wt = eq_layers_tensor_at(g, 0);
+    ck_assert_str_eq(wt->name, "conv.weight");
+    int64_t ps = pad_after ? H : H + 2;
+    int64_t xs[4] = {N, ps, pad_after ? W : W + 2, C};
+    eq_tensor_desc xd, wd;
+    OK(eq_tensor_desc_init(&xd, EQ_DT_F32, EQ_LAYOUT_NHWC, 4, xs, &err));
+    OK(eq_tensor_desc_init(&wd, EQ_DT_F32, EQ_LAYOUT_OIHW, 4, wt->shape, &err));
+    eq_quant *rq = eq_quant_new(&fq, &xd, &err), *rw = eq_quant_new(&wq, &wd, &err);
+    ck_assert(rq && rw);
+    float xp[2 * 7 * 7 * 3] = {0}, a[2 * 7 * 7 * 3], a2[2 * 7 * 7 * 3] = {0}, wq_[4 * 3 * 9];
+    const float *src = xin;
+    if (!pad_after) {
+        for (int64_t n = 0; n < N; n++)
+            for (int64_t i = 0; i < H; i++)
+                memcpy(&xp[((n * 7 + i + 1) * 7 + 1) * C], &xin[(n * H + i) * W * C], (size_t)(W * C) * 4);
+        src = xp;
+    }
+    OK(eq_quant_forward(rq, &xd, src, a, true, &err));
+    OK(eq_quant_forward(rw, &wd, wt->data, wq_, true, &err));
+    if (pad_after) { /* pad the quantized tensor with true zeros */
+        for (int64_t n = 0; n < N; n++)
+            for (int64_t i = 0; i < H; i++)
+                memcpy(&a2[((n * 7 + i + 1) * 7 + 1) * C], &a[(n * H + i) * W * C], (size_t)(W * C) * 4);
+    } else {
+        memcpy(a2, a, sizeof a);
+    }
+    eq_conv2d_desc cd = {.n = N, .h = 7, .w = 7, .c = C, .k = K, .r = 3, .s = 3, .stride_h = 1,
+                         .stride_w = 1, .dil_h = 1, .dil_w = 1, .groups = 1};
+    OK(eq_conv2d_desc_init(&cd, &err));
+    float yref[2 * 5 * 5 * 4];
+    OK(eq_backend_conv2d_fwd(be, &cd, a2, wq_, yref, &err));
+    ck_assert_msg(s_relerr(y, yref, (size_t)(N * H * W * K)) < 1e-6, "quantized conv output differs");
+    /* some quantization actually happened: the output is not the FP conv */
+    float yfp[2 * 5 * 5 * 4];
+    eq_conv2d_desc fd = cd;
+    fd.h = H, fd.w = W, fd.pad_h = fd.pad_w = 1;
+    OK(eq_conv2d_desc_init(&fd, &err));
+    OK(eq_backend_conv2d_fwd(be, &fd, xin, wt->data, yfp, &err));
+    ck_assert(s_relerr(yfp, yref, (size_t)(N * H * W * K)) > 1e-2);
+
+    /* backward: dy = 1 everywhere; quantizer parameter gradients appear */
+    for (size_t i = 0; i < (size_t)(N * H * W * K); i++) dy[i] = 1.0f;
+    OK(eq_layers_backward(g, &err));
+    const eq_model_tensor *cv = s_ltensor(g, "conv.quant_activation.clip_val");
+    const eq_model_tensor *cw = s_ltensor(g, "conv.quant_weight.clip_val");
+    ck_assert_int_eq(cv->kind, EQ_MT_PARAM);
+    ck_assert_ptr_nonnull(cv->grad);
+    double gsum = 0;
+    for (size_t i = 0; i < cw->numel; i++) gsum += fabs(cw->grad[i]);
+    ck_assert(gsum > 0);
+    double wsum = 0;
+    for (size_t i = 0; i < wt->numel; i++) wsum += fabs(wt->grad[i]);
+    ck_assert(wsum > 0);
+    /* the weight gradient equals Qw's backward of the conv's filter gradient */
+    float dwq[4 * 3 * 9], dwref[4 * 3 * 9];
+    float ones[2 * 5 * 5 * 4];
+    for (size_t i = 0; i < sizeof ones / 4; i++) ones[i] = 1.0f;
+    OK(eq_backend_conv2d_bwd_filter(be, &cd, a2, ones, dwq, &err));
+    OK(eq_quant_backward(rw, wt->data, dwq, dwref, &err));
+    ck_assert(s_relerr(wt->grad, dwref, wt->numel) < 1e-6);
+    eq_quant_destroy(&rq);
+    eq_quant_destroy(&rw);
+    eq_layers_destroy(&g);
+    eq_backend_destroy(&be);
+}
+
+START_TEST(test_quant_conv_pad_before)
+{
+    s_quant_conv_case(false);
+}
+END_TEST
+
+START_TEST(test_quant_conv_pad_after)
+{
+    s_quant_conv_case(true);
+}
+END_TEST
+
+/* A quantized ResNet-20 from config: first and last layers stay FP, every
+ * other conv has both quantizers, training reduces the loss. */
+START_TEST(test_quant_resnet20_config)
+{
+    eq_err err = {0};
+    eq_backend *be = eq_backend_cpu_new(1, &err);
+    eq_model_cfg cfg;
+    eq_model_quant_cfg wt, fm;
+    eq_config_section secs[EQ_MODEL_CONFIG_NSECTIONS];
+    eq_model_config_sections(&cfg, &wt, &fm, secs);
+    const char *text = "[model]\narch = resnet20\nkeyword = origin, cbsa, fix_pooling, singleconv, fix, real_skip\n"
+                       "width_alpha = 0.0625\nin_channels = 1\n"
+                       "[quant.wt]\nenable = true\nmethod = lsq\nbit = 2\n"
+                       "[quant.fm]\nenable = true\nmethod = lsq\nbit = 2\n";
+    OK(eq_config_parse_buffer(secs, EQ_MODEL_CONFIG_NSECTIONS, "t.cfg", text, strlen(text), NULL, 0, &err));
+    eq_model *m = eq_model_new(be, &cfg, &wt, &fm, 4, 12, 12, &err);
+    ck_assert_msg(m != NULL, "%s", err.msg);
+    ck_assert_ptr_null(eq_model_tensor_find(m, "conv1.quant_weight.clip_val"));
+    ck_assert_ptr_null(eq_model_tensor_find(m, "fc.quant_weight.clip_val"));
+    ck_assert_ptr_null(eq_model_tensor_find(m, "layer2.0.downsample.0.quant_weight.clip_val")); /* real_skip */
+    ck_assert_ptr_nonnull(eq_model_tensor_find(m, "layer1.0.conv1.quant_weight.clip_val"));
+    const eq_model_tensor *cv = eq_model_tensor_find(m, "layer3.2.conv2.quant_activation.clip_val");
+    ck_assert_ptr_nonnull(cv);
+    ck_assert(cv->quant && cv->kind == EQ_MT_PARAM && cv->no_decay);
+    eq_optim_cfg oc;
+    eq_schedule_cfg sc;
+    eq_config_section os[EQ_OPTIM_CONFIG_NSECTIONS];
+    eq_optim_config_sections(&oc, &sc, os);
+    OK(eq_config_defaults(os, EQ_OPTIM_CONFIG_NSECTIONS, &err));
+    oc.lr = 0.05;
+    eq_optim *o = eq_optim_new(m, &oc, &err);
+    ck_assert_ptr_nonnull(o);
+    float x[4 * 12 * 12];
+    int32_t y[4] = {1, 2, 3, 4};
+    for (size_t i = 0; i < sizeof x / 4; i++) x[i] = (float)cos(0.37 * (double)i + (double)(i / 144));
+    float first = 0, last = 0;
+    for (int step = 0; step < 8; step++) {
+        OK(eq_model_forward(m, x, true, &err));
+        OK(eq_model_loss(m, y, NULL, NULL, 0.0f, &last, &err));
+        if (step == 0) first = last;
+        OK(eq_model_backward(m, NULL, &err));
+        OK(eq_optim_step(o, oc.lr, &err));
+    }
+    ck_assert_msg(isfinite(last) && last < first, "loss %g -> %g", first, last);
+    OK(eq_model_forward(m, x, false, &err));
+    eq_optim_destroy(&o);
+    eq_model_destroy(&m);
+    eq_backend_destroy(&be);
+}
+END_TEST
+
+/* ---- checkpoints ---------------------------------------------------------------- */
+
+static eq_model *s_small(eq_backend *be, const char *kw, bool quant)
+{
+    eq_err err = {0};
+    eq_model_cfg cfg;
+    eq_model_quant_cfg wt, fm;
+    s_defaults(&cfg, &wt, &fm);
+    snprintf(cfg.arch, sizeof cfg.arch, "resnet20");
+    s_kw(&cfg, kw);
+    cfg.width_alpha = 0.0625;
+    cfg.seed = 5;
+    wt.enable = fm.enable = quant;
+    snprintf(wt.method, sizeof wt.method, "lsq");
+    snprintf(fm.method, sizeof fm.method, "lsq");
+    wt.bit = fm.bit = 2;
+    eq_model *m = eq_model_new(be, &cfg, &wt, &fm, 2, 8, 8, &err);
+    ck_assert_msg(m != NULL, "%s", err.msg);
+    return m;
+}
+
+static void s_train(eq_model *m, eq_optim *o, int steps, int first_step)
+{
+    eq_err err = {0};
+    float x[2 * 8 * 8 * 3];
+    int32_t y[2];
+    for (int s = first_step; s < first_step + steps; s++) {
+        for (size_t i = 0; i < sizeof x / 4; i++) x[i] = (float)sin(0.1 * (double)i + 0.77 * s);
+        y[0] = s % 10, y[1] = (3 * s + 1) % 10;
+        float loss;
+        OK(eq_model_forward(m, x, true, &err));
+        OK(eq_model_loss(m, y, NULL, NULL, 0.1f, &loss, &err));
+        OK(eq_model_backward(m, NULL, &err));
+        OK(eq_optim_step(o, 0.05, &err));
+    }
+}
+
+static eq_optim *s_sgd(eq_model *m)
+{
+    eq_err err = {0};
+    eq_optim_cfg oc;
+    eq_config_section os[EQ_OPTIM_CONFIG_NSECTIONS];
+    eq_optim_config_sections(&oc, NULL, os);
+    OK(eq_config_defaults(os, 1, &err));
+    oc.nesterov = true;
+    eq_optim *o = eq_optim_new(m, &oc, &err);
+    ck_assert_msg(o != NULL, "%s", err.msg);
+    return o;
+}
+
+/* Bytes of every model and optimiser tensor are identical. */
+static void s_same(const eq_model *a, const eq_model *b, const eq_optim *oa, const eq_optim *ob)
+{
+    ck_assert_uint_eq(eq_model_tensor_count(a), eq_model_tensor_count(b));
+    for (size_t i = 0; i < eq_model_tensor_count(a); i++) {
+        const eq_model_tensor *x = eq_model_tensor_at(a, i), *y = eq_model_tensor_at(b, i);
+        ck_assert_msg(!memcmp(x->data, y->data, x->numel * (x->dtype == EQ_DT_I64 ? 8 : 4)),
+                      "tensor %s differs", x->name);
+    }
+    for (size_t i = 0; oa && i < eq_optim_state_count(oa); i++) {
+        const eq_model_tensor *x = eq_optim_state_at(oa, i), *y = eq_optim_state_at(ob, i);
+        ck_assert_msg(!memcmp(x->data, y->data, x->numel * 4), "optimiser state %s differs", x->name);
+    }
+}
+
+static void s_resume_case(bool quant)
+{
+    eq_err err = {0};
+    char *dir = eq_test_scratch("ckpt");
+    eq_backend *be = eq_backend_cpu_new(2, &err);
+    const char *kw = "origin,cbsa,fix_pooling,singleconv,fix";
+    /* uninterrupted: 6 steps */
+    eq_model *a = s_small(be, kw, quant);
+    eq_optim *oa = s_sgd(a);
+    s_train(a, oa, 6, 0);
+    /* interrupted after 3, saved, loaded into fresh objects, 3 more */
+    eq_model *b = s_small(be, kw, quant);
+    eq_optim *ob = s_sgd(b);
+    s_train(b, ob, 3, 0);
+    char path[4200];
+    snprintf(path, sizeof path, "%s/c.safetensors", dir);
+    eq_ckpt_run run = {.epoch = 1, .step = 3, .rng = {1, 2, 3, 0xfedcba9876543210ull}, .metric = 0.5,
+                       .config = "[model]\narch = resnet20\n"};
+    OK(eq_checkpoint_save(path, b, ob, &run, &err));
+    eq_optim_destroy(&ob);
+    eq_model_destroy(&b);
+    eq_model *c = s_small(be, kw, quant);
+    eq_optim *oc = s_sgd(c);
+    eq_ckpt_run r2;
+    char *cfgtext = NULL;
+    OK(eq_checkpoint_load(path, c, oc, &r2, &cfgtext, &err));
+    ck_assert_int_eq(r2.step, 3);
+    ck_assert_int_eq(r2.epoch, 1);
+    ck_assert(r2.rng[3] == 0xfedcba9876543210ull);
+    ck_assert(r2.metric == 0.5);
+    ck_assert_str_eq(cfgtext, "[model]\narch = resnet20\n");
+    free(cfgtext);
+    ck_assert_int_eq(eq_optim_steps(oc), 3);
+    s_train(c, oc, 3, 3);
+    s_same(a, c, oa, oc);
+    eq_optim_destroy(&oa);
+    eq_optim_destroy(&oc);
+    eq_model_destroy(&a);
+    eq_model_destroy(&c);
+    eq_backend_destroy(&be);
+    eq_test_scratch_rm(dir);
+}
+
+START_TEST(test_resume_bit_exact)
+{
+    s_resume_case(false);
+}
+END_TEST
+
+START_TEST(test_resume_bit_exact_quant)
+{
+    s_resume_case(true);
+}
+END_TEST
+
+START_TEST(test_checkpoint_errors)
+{
+    eq_err err = {0};
+    char *dir = eq_test_scratch("ckpterr");
+    eq_backend *be = eq_backend_cpu_new(1, &err);
+    eq_model *a = s_small(be, "origin,cbsa", false);
+    eq_model *b = s_small(be, "origin,cbsa,fix", false); /* no layer*.act2 ... same tensors? */
+    eq_model *pre = s_small(be, "origin,preBN,bacs", false);
+    char path[4200];
+    snprintf(path, sizeof path, "%s/a.safetensors", dir);
+    eq_ckpt_run run = {.metric = NAN};
+    OK(eq_checkpoint_save(path, a, NULL, &run, &err));
+    /* a different architecture: the first mismatch is named */
+    ck_assert_int_ne(eq_checkpoint_load(path, pre, NULL, NULL, NULL, &err), EQ_OK);
+    ck_assert_msg(strstr(err.msg, "tensor '") != NULL, "%s", err.msg);
+    /* an optimiser asked for but not saved */
+    eq_optim *o = s_sgd(b);
+    ck_assert_int_eq(eq_checkpoint_load(path, b, o, NULL, NULL, &err), EQ_ERR_NOTFOUND);
+    ck_assert_ptr_nonnull(strstr(err.msg, "optimiser"));
+    eq_optim_destroy(&o);
+    /* a shape mismatch names the tensor and both shapes */
+    eq_st_file *f = eq_st_open(path, NULL, &err);
+    ck_assert_ptr_nonnull(f);
+    eq_model_cfg cfg;
+    s_defaults(&cfg, NULL, NULL);
+    s_kw(&cfg, "origin,cbsa");
+    cfg.width_alpha = 0.125;
+    eq_model *wide = eq_model_new(be, &cfg, NULL, NULL, 2, 8, 8, &err);
+    ck_assert_ptr_nonnull(wide);
+    ck_assert_int_eq(eq_checkpoint_load_tensors(wide, f, "", false, false, NULL, &err), EQ_ERR_INVALID);
+    ck_assert_msg(strstr(err.msg, "'conv1.weight'") && strstr(err.msg, "[4,3,3,3]") && strstr(err.msg, "[8,3,3,3]"),
+                  "%s", err.msg);
+    /* pretrained FP weights into a quantized model: quantizer state missing */
+    eq_model *q = s_small(be, "origin,cbsa", true);
+    size_t missing = 0;
+    ck_assert_int_eq(eq_checkpoint_load_tensors(q, f, "", false, false, NULL, &err), EQ_ERR_NOTFOUND);
+    ck_assert_ptr_nonnull(strstr(err.msg, "quant."));
+    OK(eq_checkpoint_load_tensors(q, f, "", true, false, &missing, &err));
+    ck_assert_uint_gt(missing, 0);
+    const eq_model_tensor *w1 = eq_model_tensor_find(q, "layer1.0.conv1.weight");
+    const eq_model_tensor *w0 = eq_model_tensor_find(a, "layer1.0.conv1.weight");
+    ck_assert(!memcmp(w1->data, w0->data, w0->numel * 4));
+    eq_st_close(&f);
+    /* not a checkpoint */
+    snprintf(path, sizeof path, "%s/tests/fixtures/models/resnet20.safetensors", eq_test_srcdir());
+    ck_assert_int_eq(eq_checkpoint_load(path, a, NULL, NULL, NULL, &err), EQ_ERR_VERSION);
+    eq_model_destroy(&q);
+    eq_model_destroy(&wide);
+    eq_model_destroy(&pre);
+    eq_model_destroy(&b);
+    eq_model_destroy(&a);
+    eq_backend_destroy(&be);
+    eq_test_scratch_rm(dir);
+}
+END_TEST
+
+START_TEST(test_checkpoint_rotation)
+{
+    eq_err err = {0};
+    char *dir = eq_test_scratch("rot");
+    eq_backend *be = eq_backend_cpu_new(1, &err);
+    eq_model *m = s_small(be, "origin,cbsa", false);
+    double best = NAN;
+    double metrics[5] = {0.1, 0.4, 0.3, NAN, 0.2};
+    for (int s = 0; s < 5; s++) {
+        eq_ckpt_run run = {.step = 10 * (s + 1), .metric = metrics[s]};
+        char out[4200];
+        OK(eq_checkpoint_save_rotating(dir, 2, m, NULL, &run, &best, out, sizeof out, &err));
+        ck_assert_ptr_nonnull(strstr(out, "ckpt-"));
+    }
+    ck_assert(best == 0.4);
+    char p[4300];
+    struct stat sb;
+    for (int s = 1; s <= 5; s++) {
+        snprintf(p, sizeof p, "%s/ckpt-%d.safetensors", dir, 10 * s);
+        ck_assert_int_eq(stat(p, &sb) == 0, s >= 4);
+    }
+    snprintf(p, sizeof p, "%s/best.safetensors", dir);
+    eq_ckpt_run r;
+    OK(eq_checkpoint_load(p, m, NULL, &r, NULL, &err));
+    ck_assert_int_eq(r.step, 20);
+    eq_model_destroy(&m);
+    eq_backend_destroy(&be);
+    eq_test_scratch_rm(dir);
+}
+END_TEST
+
+/* ---- config, schedules, decay ---------------------------------------------------- */
+
+START_TEST(test_config_schemas)
+{
+    eq_err err = {0};
+    eq_config_section secs[EQ_MODEL_CONFIG_NSECTIONS + EQ_OPTIM_CONFIG_NSECTIONS];
+    eq_model_cfg m;
+    eq_model_quant_cfg wt, fm;
+    eq_optim_cfg o;
+    eq_schedule_cfg s;
+    eq_model_config_sections(&m, &wt, &fm, secs);
+    eq_optim_config_sections(&o, &s, secs + EQ_MODEL_CONFIG_NSECTIONS);
+    size_t ns = EQ_MODEL_CONFIG_NSECTIONS + EQ_OPTIM_CONFIG_NSECTIONS;
+    OK(eq_config_check_schema(secs, ns, &err));
+    const char *bad = "[quant.fm]\nadaptive = sideways\n";
+    ck_assert_int_eq(eq_config_parse_buffer(secs, ns, "b.cfg", bad, strlen(bad), NULL, 0, &err), EQ_ERR_INVALID);
+    ck_assert_ptr_nonnull(strstr(err.msg, "b.cfg:2"));
+    /* a method quant/ does not know is caught when the model is built */
+    const char *t = "[quant.wt]\nenable = true\nmethod = ternary\n";
+    OK(eq_config_parse_buffer(secs, ns, "t.cfg", t, strlen(t), NULL, 0, &err));
+    eq_backend *be = eq_backend_cpu_new(1, &err);
+    s_kw(&m, "origin,cbsa");
+    ck_assert_ptr_null(eq_model_new(be, &m, &wt, &fm, 2, 8, 8, &err));
+    ck_assert_ptr_nonnull(strstr(err.msg, "[quant.wt]"));
+    eq_backend_destroy(&be);
+    char *doc = NULL;
+    OK(eq_config_doc(secs, ns, &doc, NULL, &err));
+    ck_assert_ptr_nonnull(strstr(doc, "padding_after_quant"));
+    free(doc);
+}
+END_TEST
+
+START_TEST(test_schedules)
+{
+    eq_err err = {0};
+    eq_schedule_cfg s;
+    eq_config_section secs[EQ_OPTIM_CONFIG_NSECTIONS];
+    eq_optim_config_sections(NULL, &s, secs);
+    OK(eq_config_defaults(secs, EQ_OPTIM_CONFIG_NSECTIONS, &err));
+    double lr;
+    s.epochs = 90;
+    s.nlr_custom_step = 2, s.lr_custom_step[0] = 30, s.lr_custom_step[1] = 60;
+    s.policy = EQ_LR_CUSTOM_STEP, s.lr_decay = 0.1;
+    OK(eq_schedule_lr(&s, 0.1, 29, 0, 100, &lr, &err));
+    ck_assert_double_eq_tol(lr, 0.1, 1e-15);
+    OK(eq_schedule_lr(&s, 0.1, 30, 0, 100, &lr, &err));
+    ck_assert_double_eq_tol(lr, 0.01, 1e-15);
+    OK(eq_schedule_lr(&s, 0.1, 95, 0, 100, &lr, &err)); /* extra epochs keep the last lr */
+    ck_assert_double_eq_tol(lr, 0.001, 1e-15);
+    s.policy = EQ_LR_COS, s.nlr_custom_step = 0, s.eta_min = 0;
+    OK(eq_schedule_lr(&s, 0.1, 45, 0, 100, &lr, &err));
+    ck_assert_double_eq_tol(lr, 0.05, 1e-12);
+    s.policy = EQ_LR_SGDR;
+    OK(eq_schedule_lr(&s, 0.1, 45, 0, 100, &lr, &err));
+    ck_assert_double_eq_tol(lr, 0.05, 1e-12);
+    OK(eq_schedule_lr(&s, 0.1, 0, 50, 100, &lr, &err));
+    ck_assert_double_eq_tol(lr, 0.05 * (1 + cos(M_PI * 50.0 / 9000.0)), 1e-12);
+    s.policy = EQ_LR_POLY, s.lr_decay = 2.0;
+    OK(eq_schedule_lr(&s, 0.1, 45, 0, 100, &lr, &err));
+    ck_assert_double_eq_tol(lr, 0.1 * 0.25, 1e-12);
+    s.policy = EQ_LR_DECAY, s.lr_decay = 0.98;
+    OK(eq_schedule_lr(&s, 0.1, 3, 0, 100, &lr, &err));
+    ck_assert_double_eq_tol(lr, 0.1 * pow(0.98, 3), 1e-15);
+    s.policy = EQ_LR_FIX_STEP, s.lr_fix_step = 30, s.lr_decay = 0.1;
+    OK(eq_schedule_lr(&s, 0.1, 61, 0, 100, &lr, &err));
+    ck_assert_double_eq_tol(lr, 0.001, 1e-15);
+    s.policy = EQ_LR_FIX, s.warmup_epochs = 2;
+    OK(eq_schedule_lr(&s, 0.1, 0, 0, 100, &lr, &err));
+    ck_assert_double_eq_tol(lr, 0.1 / 200, 1e-15);
+    OK(eq_schedule_lr(&s, 0.1, 1, 99, 100, &lr, &err));
+    ck_assert_double_eq_tol(lr, 0.1, 1e-15);
+    s.nlr_custom_step = 2, s.lr_custom_step[0] = 60, s.lr_custom_step[1] = 30;
+    ck_assert_int_eq(eq_schedule_lr(&s, 0.1, 0, 0, 100, &lr, &err), EQ_ERR_INVALID);
+    ck_assert_ptr_nonnull(strstr(err.msg, "lr_custom_step"));
+}
+END_TEST
+
+START_TEST(test_decay_groups)
+{
+    eq_err err = {0};
+    eq_backend *be = eq_backend_cpu_new(1, &err);
+    eq_model *m = s_small(be, "origin,cbsa,PReLU", true);
+    eq_optim_cfg oc;
+    eq_config_section os[EQ_OPTIM_CONFIG_NSECTIONS];
+    eq_optim_config_sections(&oc, NULL, os);
+    OK(eq_config_defaults(os, 1, &err));
+    eq_optim *o = eq_optim_new(m, &oc, &err);
+    ck_assert_double_eq(eq_optim_decay_of(o, "layer1.0.conv1.weight"), (float)1e-4);
+    ck_assert_double_eq(eq_optim_decay_of(o, "fc.weight"), (float)1e-4);
+    ck_assert_double_eq(eq_optim_decay_of(o, "fc.bias"), 0);
+    ck_assert_double_eq(eq_optim_decay_of(o, "layer1.0.bn1.weight"), 0);
+    ck_assert_double_eq(eq_optim_decay_of(o, "layer1.0.act1.weight"), 0);
+    ck_assert_double_eq(eq_optim_decay_of(o, "layer1.0.conv1.quant_activation.clip_val"), 0);
+    ck_assert(eq_optim_decay_of(o, "layer1.0.bn1.running_mean") < 0);
+    eq_optim_destroy(&o);
+    oc.decay_small = true;
+    oc.ncustom_decay_list = 1;
+    snprintf(oc.custom_decay_list[0], sizeof oc.custom_decay_list[0], "clip_val");
+    o = eq_optim_new(m, &oc, &err);
+    ck_assert_double_eq(eq_optim_decay_of(o, "fc.bias"), (float)1e-4);
+    ck_assert_double_eq(eq_optim_decay_of(o, "layer1.0.conv1.quant_activation.clip_val"), (float)0.02);
+    /* SGD state names follow torch.optim */
+    ck_assert_ptr_nonnull(strstr(eq_optim_state_at(o, 0)->name, ".momentum_buffer"));
+    eq_optim_destroy(&o);
+    eq_model_destroy(&m);
+    eq_backend_destroy(&be);
+}
+END_TEST
+
+static Suite *s_suite(void)
+{
+    Suite *s = suite_create("model");
+    TCase *tc = tcase_create("parity");
+    tcase_set_timeout(tc, 30);
+    tcase_add_test(tc, test_parity_torch_resnet18);
+    tcase_add_test(tc, test_parity_resnet20);
+    tcase_add_test(tc, test_parity_resnet20_bireal);
+    tcase_add_test(tc, test_parity_resnet18_prebn);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("build");
+    tcase_set_timeout(tc, 30);
+    tcase_add_test(tc, test_torchvision_names);
+    tcase_add_test(tc, test_model_errors);
+    tcase_add_test(tc, test_config_schemas);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("quant");
+    tcase_set_timeout(tc, 30);
+    tcase_add_test(tc, test_quant_conv_pad_before);
+    tcase_add_test(tc, test_quant_conv_pad_after);
+    tcase_add_test(tc, test_quant_resnet20_config);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("checkpoint");
+    tcase_set_timeout(tc, 30);
+    tcase_add_test(tc, test_resume_bit_exact);
+    tcase_add_test(tc, test_resume_bit_exact_quant);
+    tcase_add_test(tc, test_checkpoint_errors);
+    tcase_add_test(tc, test_checkpoint_rotation);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("optim");
+    tcase_add_test(tc, test_schedules);
+    tcase_add_test(tc, test_decay_groups);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    return eq_test_run(s_suite());
+}

@@ -1,0 +1,837 @@
+/*
+ * trainer/layers.c -- the layer graph of trainer/layers.h.
+ *
+ * Nodes are stored in topological order (a node's inputs come before it).
+ * Gradients: a node's dy receives the sum of its consumers' contributions;
+ * the first contribution is written straight into it, later ones go through
+ * the scratch buffer `tmp` and an add (residual forks).  Tensors (the
+ * state-dict table) are registered while building; their data pointers are
+ * set by finalize (quantizer state: at once, the quantizer owns it).
+ */
+#include "trainer/layers.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/rng.h"
+
+typedef enum s_kind { S_INPUT, S_CONV, S_BN, S_RELU, S_PRELU, S_MAXPOOL, S_AVGPOOL, S_ADD, S_GAP, S_LINEAR } s_kind;
+
+static const char *const S_KIND_NAME[] = {"input", "conv",    "bn",  "relu", "prelu",
+                                          "maxpool", "avgpool", "add", "gap",  "linear"};
+
+/* How finalize initialises a tensor. */
+enum s_init { I_ZEROS, I_ONES, I_KAIMING, I_LINEAR, I_PRELU, I_OWNED };
+
+typedef struct s_node {
+    s_kind kind;
+    int in0, in1;
+    int64_t n, h, w, c; /* output shape, NHWC */
+    char *name;         /* layer name (parameter prefix) or NULL */
+    eq_conv2d_desc conv;
+    eq_pool2d_desc pool;
+    eq_bn_desc bn;
+    int64_t lin_in;
+    int pw, pb, prm, prv, pnbt; /* tensor indices, -1 if none */
+    float *y, *dy;
+    float *save;     /* BN: mean [c], invstd [c] */
+    int32_t *argmax; /* max pool */
+    int dy_set;
+    /* quantized conv / linear */
+    eq_quant *qw, *qf;
+    int pad_before;     /* conv: pad explicitly before Qf (conv then runs with pad 0) */
+    int64_t pad;        /* the requested padding */
+    int64_t ph, pw_;    /* padded input height/width when pad_before */
+    float *wq, *dwq;    /* quantized weight and its gradient */
+    float *xp;          /* padded input (pad_before) */
+    float *a, *da;      /* the conv/linear input after Qf, and its gradient */
+    size_t a_numel;
+} s_node;
+
+struct eq_layers {
+    eq_backend *be;
+    s_node *nodes;
+    int nnodes, ncap;
+    eq_model_tensor *t;
+    unsigned char *tinit; /* s_init per tensor */
+    size_t nt, tcap;
+    float *pdata, *pgrad; /* parameters + F32 buffers; gradients */
+    int64_t *i64;         /* num_batches_tracked counters (host) */
+    float *tmp;
+    void *block;
+    int finalized, broken;
+};
+
+static size_t s_numel(const s_node *nd)
+{
+    return (size_t)(nd->n * nd->h * nd->w * nd->c);
+}
+
+static size_t s_round16(size_t n)
+{
+    return (n + 15) / 16 * 16;
+}
+
+eq_layers *eq_layers_new(eq_backend *be, eq_err *err)
+{
+    if (!be) {
+        eq_err_set(err, EQ_ERR_INVALID, "layers: backend is NULL");
+        return NULL;
+    }
+    eq_layers *g = calloc(1, sizeof *g);
+    if (!g) {
+        eq_err_set(err, EQ_ERR_NOMEM, "layers: out of memory");
+        return NULL;
+    }
+    g->be = be;
+    return g;
+}
+
+void eq_layers_destroy(eq_layers **g_p)
+{
+    if (!g_p || !*g_p) return;
+    eq_layers *g = *g_p;
+    for (size_t i = 0; i < g->nt; i++) free((char *)g->t[i].name);
+    for (int i = 0; i < g->nnodes; i++) {
+        free(g->nodes[i].name);
+        eq_quant_destroy(&g->nodes[i].qw);
+        eq_quant_destroy(&g->nodes[i].qf);
+    }
+    eq_backend_release(g->be, g->pdata);
+    eq_backend_release(g->be, g->pgrad);
+    eq_backend_release(g->be, g->block);
+    free(g->i64);
+    free(g->t);
+    free(g->tinit);
+    free(g->nodes);
+    free(g);
+    *g_p = NULL;
+}
+
+/* ---- building ------------------------------------------------------------ */
+
+static int s_fail(eq_layers *g)
+{
+    if (g) g->broken = 1;
+    return -1;
+}
+
+static s_node *s_add_node(eq_layers *g, s_kind kind, int in0, int in1, const char *name,
+                          eq_err *err)
+{
+    const char *what = name ? name : S_KIND_NAME[kind];
+    if (!g) {
+        eq_err_set(err, EQ_ERR_INVALID, "%s: graph is NULL", what);
+        return NULL;
+    }
+    if (g->broken) {
+        eq_err_set(err, EQ_ERR_INVALID, "%s: an earlier builder call failed", what);
+        return NULL;
+    }
+    if (g->finalized) {
+        eq_err_set(err, EQ_ERR_INVALID, "%s: the graph is finalized", what);
+        return NULL;
+    }
+    if ((kind == S_INPUT) != (g->nnodes == 0)) {
+        eq_err_set(err, EQ_ERR_INVALID, "%s: the input must be the first node, and only it",
+                   what);
+        return NULL;
+    }
+    if (kind != S_INPUT &&
+        (in0 < 0 || in0 >= g->nnodes || (kind == S_ADD && (in1 < 0 || in1 >= g->nnodes)))) {
+        eq_err_set(err, EQ_ERR_INVALID, "%s: input node %d does not exist (graph has %d)", what,
+                   in0 < 0 || in0 >= g->nnodes ? in0 : in1, g->nnodes);
+        return NULL;
+    }
+    if (g->nnodes == g->ncap) {
+        int cap = g->ncap ? g->ncap * 2 : 64;
+        s_node *p = realloc(g->nodes, (size_t)cap * sizeof *p);
+        if (!p) {
+            eq_err_set(err, EQ_ERR_NOMEM, "%s: out of memory", what);
+            return NULL;
+        }
+        g->nodes = p;
+        g->ncap = cap;
+    }
+    s_node *nd = &g->nodes[g->nnodes];
+    memset(nd, 0, sizeof *nd);
+    nd->kind = kind;
+    nd->in0 = in0;
+    nd->in1 = in1;
+    nd->pw = nd->pb = nd->prm = nd->prv = nd->pnbt = -1;
+    if (name && !(nd->name = strdup(name))) {
+        eq_err_set(err, EQ_ERR_NOMEM, "%s: out of memory", what);
+        return NULL;
+    }
+    if (kind != S_INPUT) {
+        const s_node *a = &g->nodes[in0];
+        nd->n = a->n, nd->h = a->h, nd->w = a->w, nd->c = a->c;
+    }
+    g->nnodes++;
+    return nd;
+}
+
+/* Register tensor "<prefix>.<suffix>"; returns its index or -1. */
+static int s_tensor(eq_layers *g, const char *prefix, const char *suffix, eq_model_tensor_kind kind,
+                    eq_dtype dt, int ndim, const int64_t *shape, bool no_decay, int init,
+                    eq_err *err)
+{
+    char name[256];
+    int len = snprintf(name, sizeof name, "%s.%s", prefix, suffix);
+    if (len < 0 || (size_t)len >= sizeof name) {
+        eq_err_set(err, EQ_ERR_INVALID, "tensor name '%s.%s' is too long", prefix, suffix);
+        return -1;
+    }
+    for (size_t i = 0; i < g->nt; i++)
+        if (!strcmp(g->t[i].name, name)) {
+            eq_err_set(err, EQ_ERR_INVALID, "tensor '%s' defined twice", name);
+            return -1;
+        }
+    if (g->nt == g->tcap) {
+        size_t cap = g->tcap ? g->tcap * 2 : 128;
+        eq_model_tensor *p = realloc(g->t, cap * sizeof *p);
+        if (p) g->t = p;
+        unsigned char *pi = p ? realloc(g->tinit, cap) : NULL;
+        if (!pi) {
+            eq_err_set(err, EQ_ERR_NOMEM, "out of memory adding '%s'", name);
+            return -1;
+        }
+        g->tinit = pi;
+        g->tcap = cap;
+    }
+    eq_model_tensor *t = &g->t[g->nt];
+    memset(t, 0, sizeof *t);
+    if (!(t->name = strdup(name))) {
+        eq_err_set(err, EQ_ERR_NOMEM, "out of memory adding '%s'", name);
+        return -1;
+    }
+    t->kind = kind;
+    t->dtype = dt;
+    t->ndim = ndim;
+    t->numel = 1;
+    for (int i = 0; i < ndim; i++) {
+        t->shape[i] = shape[i];
+        t->numel *= (size_t)shape[i];
+    }
+    t->no_decay = no_decay;
+    g->tinit[g->nt] = (unsigned char)init;
+    return (int)g->nt++;
+}
+
+/* Build a quantizer for `xd` and register its state as "<name>.<sub>.*". */
+static eq_quant *s_quant(eq_layers *g, const char *name, const char *sub, const eq_quant_opts *o,
+                         const eq_tensor_desc *xd, eq_err *err)
+{
+    eq_quant *q = eq_quant_new(o, xd, err);
+    if (!q) {
+        eq_err_prefix(err, "%s.%s: ", name, sub);
+        return NULL;
+    }
+    char prefix[200];
+    snprintf(prefix, sizeof prefix, "%s.%s", name, sub);
+    for (size_t i = 0; i < eq_quant_tensor_count(q); i++) {
+        eq_quant_tensor *qt = eq_quant_tensor_at(q, i);
+        int64_t shape[4];
+        int nd = qt->ndim > 4 ? 4 : qt->ndim;
+        for (int k = 0; k < nd; k++) shape[k] = qt->shape[k];
+        int ti = s_tensor(g, prefix, qt->name, qt->grad ? EQ_MT_PARAM : EQ_MT_BUFFER, EQ_DT_F32,
+                          nd, shape, true, I_OWNED, err);
+        if (ti < 0) {
+            eq_quant_destroy(&q);
+            return NULL;
+        }
+        g->t[ti].data = qt->data;
+        g->t[ti].grad = qt->grad;
+        g->t[ti].numel = (size_t)qt->numel;
+        g->t[ti].quant = true;
+    }
+    return q;
+}
+
+int eq_layers_input(eq_layers *g, int64_t n, int64_t h, int64_t w, int64_t c, eq_err *err)
+{
+    s_node *nd = s_add_node(g, S_INPUT, -1, -1, NULL, err);
+    if (!nd) return s_fail(g);
+    if (n < 1 || h < 1 || w < 1 || c < 1) {
+        eq_err_set(err, EQ_ERR_INVALID, "input: shape [%lld][%lld][%lld][%lld] must be positive",
+                   (long long)n, (long long)h, (long long)w, (long long)c);
+        return s_fail(g);
+    }
+    nd->n = n, nd->h = h, nd->w = w, nd->c = c;
+    return g->nnodes - 1;
+}
+
+static int s_name_ok(eq_layers *g, const char *name, const char *what, eq_err *err)
+{
+    if (!name || !*name) {
+        eq_err_set(err, EQ_ERR_INVALID, "%s: empty layer name", what);
+        s_fail(g);
+        return -1;
+    }
+    return 0;
+}
+
+int eq_layers_conv(eq_layers *g, const char *name, int in, int64_t k, int64_t r, int64_t stride,
+                   int64_t pad, int64_t groups, const eq_quant_opts *wq, const eq_quant_opts *fq,
+                   bool pad_after_quant, eq_err *err)
+{
+    if (s_name_ok(g, name, "conv", err)) return -1;
+    s_node *nd = s_add_node(g, S_CONV, in, -1, name, err);
+    if (!nd) return s_fail(g);
+    nd->pad = pad;
+    nd->pad_before = fq && !pad_after_quant && pad > 0;
+    int64_t cpad = nd->pad_before ? 0 : pad;
+    nd->ph = nd->h + 2 * pad;
+    nd->pw_ = nd->w + 2 * pad;
+    eq_conv2d_desc *d = &nd->conv;
+    *d = (eq_conv2d_desc){.n = nd->n, .h = nd->pad_before ? nd->ph : nd->h,
+                          .w = nd->pad_before ? nd->pw_ : nd->w, .c = nd->c, .k = k, .r = r,
+                          .s = r, .stride_h = stride, .stride_w = stride, .pad_h = cpad,
+                          .pad_w = cpad, .dil_h = 1, .dil_w = 1, .groups = groups};
+    if (eq_conv2d_desc_init(d, err) != EQ_OK) {
+        eq_err_prefix(err, "%s: ", name);
+        return s_fail(g);
+    }
+    int64_t cin = nd->c;
+    nd->h = d->p, nd->w = d->q, nd->c = k;
+    int64_t shape[4] = {k, cin / groups, r, r};
+    nd->pw = s_tensor(g, name, "weight", EQ_MT_PARAM, EQ_DT_F32, 4, shape, false, I_KAIMING, err);
+    if (nd->pw < 0) return s_fail(g);
+    if (fq) {
+        int64_t xs[4] = {nd->n, d->h, d->w, cin};
+        eq_tensor_desc xd;
+        if (eq_tensor_desc_init(&xd, EQ_DT_F32, EQ_LAYOUT_NHWC, 4, xs, err) != EQ_OK ||
+            !(nd->qf = s_quant(g, name, "quant_activation", fq, &xd, err)))
+            return s_fail(g);
+    }
+    if (wq) {
+        eq_tensor_desc wd;
+        if (eq_tensor_desc_init(&wd, EQ_DT_F32, EQ_LAYOUT_OIHW, 4, shape, err) != EQ_OK ||
+            !(nd->qw = s_quant(g, name, "quant_weight", wq, &wd, err)))
+            return s_fail(g);
+    }
+    return g->nnodes - 1;
+}
+
+int eq_layers_bn(eq_layers *g, const char *name, int in, eq_err *err)
+{
+    if (s_name_ok(g, name, "bn", err)) return -1;
+    s_node *nd = s_add_node(g, S_BN, in, -1, name, err);
+    if (!nd) return s_fail(g);
+    if (eq_bn_desc_init(&nd->bn, nd->n * nd->h * nd->w, nd->c, 1e-5f, 0.1f, err) != EQ_OK) {
+        eq_err_prefix(err, "%s: ", name);
+        return s_fail(g);
+    }
+    int64_t shape[1] = {nd->c};
+    if ((nd->pw = s_tensor(g, name, "weight", EQ_MT_PARAM, EQ_DT_F32, 1, shape, true, I_ONES, err)) < 0 ||
+        (nd->pb = s_tensor(g, name, "bias", EQ_MT_PARAM, EQ_DT_F32, 1, shape, true, I_ZEROS, err)) < 0 ||
+        (nd->prm = s_tensor(g, name, "running_mean", EQ_MT_BUFFER, EQ_DT_F32, 1, shape, true, I_ZEROS, err)) < 0 ||
+        (nd->prv = s_tensor(g, name, "running_var", EQ_MT_BUFFER, EQ_DT_F32, 1, shape, true, I_ONES, err)) < 0 ||
+        (nd->pnbt = s_tensor(g, name, "num_batches_tracked", EQ_MT_BUFFER, EQ_DT_I64, 0, NULL, true, I_ZEROS, err)) < 0)
+        return s_fail(g);
+    return g->nnodes - 1;
+}
+
+int eq_layers_relu(eq_layers *g, int in, eq_err *err)
+{
+    return s_add_node(g, S_RELU, in, -1, NULL, err) ? g->nnodes - 1 : s_fail(g);
+}
+
+int eq_layers_prelu(eq_layers *g, const char *name, int in, eq_err *err)
+{
+    if (s_name_ok(g, name, "prelu", err)) return -1;
+    s_node *nd = s_add_node(g, S_PRELU, in, -1, name, err);
+    if (!nd) return s_fail(g);
+    int64_t shape[1] = {1};
+    nd->pw = s_tensor(g, name, "weight", EQ_MT_PARAM, EQ_DT_F32, 1, shape, true, I_PRELU, err);
+    return nd->pw < 0 ? s_fail(g) : g->nnodes - 1;
+}
+
+static int s_pool(eq_layers *g, s_kind kind, int in, int64_t k, int64_t stride, int64_t pad,
+                  eq_err *err)
+{
+    s_node *nd = s_add_node(g, kind, in, -1, NULL, err);
+    if (!nd) return s_fail(g);
+    nd->pool = (eq_pool2d_desc){.n = nd->n, .h = nd->h, .w = nd->w, .c = nd->c, .kh = k, .kw = k,
+                                .stride_h = stride, .stride_w = stride, .pad_h = pad,
+                                .pad_w = pad, .count_include_pad = 1};
+    if (eq_pool2d_desc_init(&nd->pool, err) != EQ_OK) {
+        eq_err_prefix(err, "%s (node %d): ", S_KIND_NAME[kind], g->nnodes - 1);
+        return s_fail(g);
+    }
+    nd->h = nd->pool.p, nd->w = nd->pool.q;
+    return g->nnodes - 1;
+}
+
+int eq_layers_maxpool(eq_layers *g, int in, int64_t k, int64_t stride, int64_t pad, eq_err *err)
+{
+    return s_pool(g, S_MAXPOOL, in, k, stride, pad, err);
+}
+
+int eq_layers_avgpool(eq_layers *g, int in, int64_t k, int64_t stride, int64_t pad, eq_err *err)
+{
+    return s_pool(g, S_AVGPOOL, in, k, stride, pad, err);
+}
+
+int eq_layers_add(eq_layers *g, int a, int b, eq_err *err)
+{
+    s_node *nd = s_add_node(g, S_ADD, a, b, NULL, err);
+    if (!nd) return s_fail(g);
+    const s_node *x = &g->nodes[a], *y = &g->nodes[b];
+    if (x->n != y->n || x->h != y->h || x->w != y->w || x->c != y->c) {
+        eq_err_set(err, EQ_ERR_INVALID,
+                   "add: node %d [%lld][%lld][%lld][%lld] and node %d [%lld][%lld][%lld][%lld] differ",
+                   a, (long long)x->n, (long long)x->h, (long long)x->w, (long long)x->c, b,
+                   (long long)y->n, (long long)y->h, (long long)y->w, (long long)y->c);
+        return s_fail(g);
+    }
+    return g->nnodes - 1;
+}
+
+int eq_layers_gap(eq_layers *g, int in, eq_err *err)
+{
+    s_node *nd = s_add_node(g, S_GAP, in, -1, NULL, err);
+    if (!nd) return s_fail(g);
+    nd->h = nd->w = 1;
+    return g->nnodes - 1;
+}
+
+int eq_layers_linear(eq_layers *g, const char *name, int in, int64_t out,
+                     const eq_quant_opts *wq, const eq_quant_opts *fq, eq_err *err)
+{
+    if (s_name_ok(g, name, "linear", err)) return -1;
+    s_node *nd = s_add_node(g, S_LINEAR, in, -1, name, err);
+    if (!nd) return s_fail(g);
+    if (out < 1) {
+        eq_err_set(err, EQ_ERR_INVALID, "%s: out = %lld must be positive", name, (long long)out);
+        return s_fail(g);
+    }
+    nd->lin_in = nd->h * nd->w * nd->c;
+    int64_t n = nd->n;
+    nd->h = nd->w = 1;
+    nd->c = out;
+    int64_t ws[2] = {out, nd->lin_in}, bs[1] = {out};
+    if ((nd->pw = s_tensor(g, name, "weight", EQ_MT_PARAM, EQ_DT_F32, 2, ws, false, I_LINEAR, err)) < 0 ||
+        (nd->pb = s_tensor(g, name, "bias", EQ_MT_PARAM, EQ_DT_F32, 1, bs, true, I_LINEAR, err)) < 0)
+        return s_fail(g);
+    if (fq) {
+        int64_t xs[2] = {n, nd->lin_in};
+        eq_tensor_desc xd;
+        if (eq_tensor_desc_init(&xd, EQ_DT_F32, EQ_LAYOUT_NC, 2, xs, err) != EQ_OK ||
+            !(nd->qf = s_quant(g, name, "quant_activation", fq, &xd, err)))
+            return s_fail(g);
+    }
+    if (wq) {
+        int64_t w4[4] = {1, 1, out, nd->lin_in};
+        eq_tensor_desc wd;
+        if (eq_tensor_desc_init(&wd, EQ_DT_F32, EQ_LAYOUT_OIHW, 4, w4, err) != EQ_OK ||
+            !(nd->qw = s_quant(g, name, "quant_weight", wq, &wd, err)))
+            return s_fail(g);
+    }
+    return g->nnodes - 1;
+}
+
+int eq_layers_shape(const eq_layers *g, int node, int64_t shape[4])
+{
+    if (!g || node < 0 || node >= g->nnodes) return -1;
+    const s_node *nd = &g->nodes[node];
+    shape[0] = nd->n, shape[1] = nd->h, shape[2] = nd->w, shape[3] = nd->c;
+    return 0;
+}
+
+/* ---- finalize ------------------------------------------------------------ */
+
+/* Host-side initial values of tensor i. */
+static void s_init_tensor(const eq_layers *g, size_t i, uint64_t seed, float *v)
+{
+    const eq_model_tensor *t = &g->t[i];
+    eq_rng r;
+    eq_rng_init(&r, seed, eq_rng_mix(0x6c61796572696e69ull, i));
+    switch (g->tinit[i]) {
+    case I_ONES:
+        for (size_t k = 0; k < t->numel; k++) v[k] = 1.0f;
+        break;
+    case I_PRELU:
+        for (size_t k = 0; k < t->numel; k++) v[k] = 0.25f;
+        break;
+    case I_KAIMING: { /* normal, fan_out, ReLU gain */
+        double std = sqrt(2.0 / (double)(t->shape[0] * t->shape[2] * t->shape[3]));
+        for (size_t k = 0; k < t->numel; k++) v[k] = (float)(eq_rng_normal(&r) * std);
+        break;
+    }
+    case I_LINEAR: { /* U(+-1/sqrt(in)) for the weight and its bias */
+        int64_t fan_in = t->ndim == 2 ? t->shape[1] : g->t[i - 1].shape[1];
+        double b = 1.0 / sqrt((double)fan_in);
+        for (size_t k = 0; k < t->numel; k++)
+            v[k] = (float)((eq_rng_uniform_double(&r) * 2.0 - 1.0) * b);
+        break;
+    }
+    default: memset(v, 0, t->numel * sizeof *v); break;
+    }
+}
+
+eq_status eq_layers_finalize(eq_layers *g, uint64_t seed, eq_err *err)
+{
+    if (!g) return eq_err_set(err, EQ_ERR_INVALID, "finalize: graph is NULL");
+    if (g->broken) return eq_err_set(err, EQ_ERR_INVALID, "finalize: an earlier builder call failed");
+    if (g->finalized) return eq_err_set(err, EQ_ERR_INVALID, "finalize: already finalized");
+    if (g->nnodes < 2) return eq_err_set(err, EQ_ERR_INVALID, "finalize: the graph has no layers");
+    int has_quant = 0;
+    for (int i = 0; i < g->nnodes; i++) has_quant |= g->nodes[i].qw || g->nodes[i].qf;
+    if (has_quant && strcmp(eq_backend_name(g->be), "cpu") != 0)
+        return eq_err_set(err, EQ_ERR_UNSUPPORTED,
+                          "finalize: quantizers run on host memory; backend '%s' is not supported",
+                          eq_backend_name(g->be));
+    /* F32 model tensors in one block, gradients in another, I64 on the host */
+    size_t total = 0, gtotal = 0, ni64 = 0, maxp = 1;
+    for (size_t i = 0; i < g->nt; i++) {
+        const eq_model_tensor *t = &g->t[i];
+        if (t->quant) continue;
+        if (t->dtype == EQ_DT_I64) {
+            ni64++;
+            continue;
+        }
+        total += s_round16(t->numel);
+        if (t->kind == EQ_MT_PARAM) gtotal += s_round16(t->numel);
+        if (t->numel > maxp) maxp = t->numel;
+    }
+    g->pdata = eq_backend_alloc(g->be, total * sizeof(float), err);
+    if (!g->pdata) return eq_err_prefix(err, "finalize: parameters: ");
+    if (gtotal && !(g->pgrad = eq_backend_alloc(g->be, gtotal * sizeof(float), err)))
+        return eq_err_prefix(err, "finalize: gradients: ");
+    if (!(g->i64 = calloc(ni64 ? ni64 : 1, sizeof *g->i64)))
+        return eq_err_set(err, EQ_ERR_NOMEM, "finalize: out of memory");
+    size_t off = 0, goff = 0, ioff = 0;
+    for (size_t i = 0; i < g->nt; i++) {
+        eq_model_tensor *t = &g->t[i];
+        if (t->quant) continue;
+        if (t->dtype == EQ_DT_I64) {
+            t->data = &g->i64[ioff++];
+            continue;
+        }
+        t->data = g->pdata + off;
+        off += s_round16(t->numel);
+        if (t->kind == EQ_MT_PARAM) {
+            t->grad = g->pgrad + goff;
+            goff += s_round16(t->numel);
+        }
+    }
+    float *host = malloc(maxp * sizeof *host);
+    if (!host) return eq_err_set(err, EQ_ERR_NOMEM, "finalize: out of memory");
+    eq_status st = EQ_OK;
+    for (size_t i = 0; i < g->nt && st == EQ_OK; i++) {
+        if (g->t[i].quant || g->t[i].dtype != EQ_DT_F32) continue;
+        s_init_tensor(g, i, seed, host);
+        st = eq_backend_upload(g->be, g->t[i].data, host, g->t[i].numel * sizeof *host, err);
+    }
+    free(host);
+    if (st != EQ_OK) return st;
+
+    /* activations, gradients and saved state: one block */
+    size_t need = 0, maxact = 1;
+    for (int pass = 0; pass < 2; pass++) {
+        float *b = pass ? g->block : NULL;
+        for (int i = 0; i < g->nnodes; i++) {
+            s_node *nd = &g->nodes[i];
+            size_t a = s_round16(s_numel(nd));
+#define S_TAKE(ptr, count)                              \
+    do {                                                \
+        size_t c_ = s_round16(count);                   \
+        if (pass) (ptr) = (void *)b, b += c_;           \
+        else need += c_;                                \
+    } while (0)
+            if (nd->kind != S_INPUT) S_TAKE(nd->y, a);
+            S_TAKE(nd->dy, a);
+            if (s_numel(nd) > maxact) maxact = s_numel(nd);
+            if (nd->kind == S_BN) S_TAKE(nd->save, 2 * (size_t)nd->c);
+            if (nd->kind == S_MAXPOOL) S_TAKE(nd->argmax, a); /* int32: same size as float */
+            if (nd->qw) {
+                size_t wn = g->t[nd->pw].numel;
+                S_TAKE(nd->wq, wn);
+                S_TAKE(nd->dwq, wn);
+            }
+            if (nd->qf) {
+                const s_node *in = &g->nodes[nd->in0];
+                nd->a_numel = nd->pad_before ? (size_t)(in->n * nd->ph * nd->pw_ * in->c) : s_numel(in);
+                if (nd->pad_before) S_TAKE(nd->xp, nd->a_numel);
+                S_TAKE(nd->a, nd->a_numel);
+                S_TAKE(nd->da, nd->a_numel);
+                if (nd->a_numel > maxact) maxact = nd->a_numel;
+            }
+#undef S_TAKE
+        }
+        if (pass) {
+            g->tmp = b;
+        } else {
+            need += s_round16(maxact);
+            if (!(g->block = eq_backend_alloc(g->be, need * sizeof(float), err)))
+                return eq_err_prefix(err, "finalize: activations: ");
+        }
+    }
+    g->finalized = 1;
+    return EQ_OK;
+}
+
+/* ---- running ------------------------------------------------------------- */
+
+static float *s_p(const eq_layers *g, int i)
+{
+    return i < 0 ? NULL : (float *)g->t[i].data;
+}
+
+static float *s_g(const eq_layers *g, int i)
+{
+    return i < 0 ? NULL : g->t[i].grad;
+}
+
+/* xp[n][h+2p][w+2p][c] = zero-padded x[n][h][w][c] (dir 0), or the inverse
+ * crop dx = interior of dxp (dir 1). */
+static eq_status s_pad(eq_backend *be, const s_node *in, int64_t p, const float *src, float *dst,
+                       int dir, eq_err *err)
+{
+    int64_t h = in->h, w = in->w, c = in->c, ph = h + 2 * p, pw = w + 2 * p;
+    eq_status st = EQ_OK;
+    if (dir == 0) st = eq_backend_zero(be, dst, (size_t)(in->n * ph * pw * c) * sizeof(float), err);
+    size_t row = (size_t)(w * c) * sizeof(float);
+    for (int64_t n = 0; n < in->n && st == EQ_OK; n++)
+        for (int64_t y = 0; y < h && st == EQ_OK; y++) {
+            size_t xi = (size_t)((n * h + y) * w * c);
+            size_t pi = (size_t)(((n * ph + y + p) * pw + p) * c);
+            st = dir == 0 ? eq_backend_copy(be, dst + pi, src + xi, row, err)
+                          : eq_backend_copy(be, dst + xi, src + pi, row, err);
+        }
+    return st;
+}
+
+static eq_tensor_desc s_desc_of(const s_node *nd, const s_node *in)
+{
+    eq_tensor_desc d;
+    int64_t s[4] = {in->n, nd->pad_before ? nd->ph : in->h, nd->pad_before ? nd->pw_ : in->w, in->c};
+    if (nd->kind == S_LINEAR) {
+        int64_t s2[2] = {in->n, nd->lin_in};
+        eq_tensor_desc_init(&d, EQ_DT_F32, EQ_LAYOUT_NC, 2, s2, NULL);
+    } else {
+        eq_tensor_desc_init(&d, EQ_DT_F32, EQ_LAYOUT_NHWC, 4, s, NULL);
+    }
+    return d;
+}
+
+/* Quantized weight and input of a conv/linear node: sets *w and *x to what
+ * the GEMM reads. */
+static eq_status s_quant_fwd(eq_layers *g, s_node *nd, const s_node *in, bool train,
+                             const float **w, const float **x, eq_err *err)
+{
+    eq_status st = EQ_OK;
+    *w = s_p(g, nd->pw);
+    *x = in->y;
+    if (nd->qw) {
+        const eq_model_tensor *t = &g->t[nd->pw];
+        eq_tensor_desc wd;
+        int64_t w4[4] = {1, 1, t->shape[0], t->shape[1]};
+        st = t->ndim == 4 ? eq_tensor_desc_init(&wd, EQ_DT_F32, EQ_LAYOUT_OIHW, 4, t->shape, err)
+                          : eq_tensor_desc_init(&wd, EQ_DT_F32, EQ_LAYOUT_OIHW, 4, w4, err);
+        if (st == EQ_OK) st = eq_quant_forward(nd->qw, &wd, t->data, nd->wq, train, err);
+        if (st != EQ_OK) return eq_err_prefix(err, "quant_weight: ");
+        *w = nd->wq;
+    }
+    if (nd->qf) {
+        const float *src = in->y;
+        if (nd->pad_before) {
+            if ((st = s_pad(g->be, in, nd->pad, in->y, nd->xp, 0, err)) != EQ_OK) return st;
+            src = nd->xp;
+        }
+        eq_tensor_desc xd = s_desc_of(nd, in);
+        st = eq_quant_forward(nd->qf, &xd, src, nd->a, train, err);
+        if (st != EQ_OK) return eq_err_prefix(err, "quant_activation: ");
+        *x = nd->a;
+    }
+    return EQ_OK;
+}
+
+eq_status eq_layers_forward(eq_layers *g, const float *x, bool train, eq_err *err)
+{
+    if (!g || !g->finalized) return eq_err_set(err, EQ_ERR_INVALID, "forward: graph not finalized");
+    if (!x) return eq_err_set(err, EQ_ERR_INVALID, "forward: input is NULL");
+    eq_backend *be = g->be;
+    g->nodes[0].y = (float *)x; /* borrowed until the backward */
+    eq_status st = EQ_OK;
+    for (int i = 1; i < g->nnodes && st == EQ_OK; i++) {
+        s_node *nd = &g->nodes[i];
+        const s_node *a = &g->nodes[nd->in0];
+        const float *wp, *xp;
+        switch (nd->kind) {
+        case S_CONV:
+            st = s_quant_fwd(g, nd, a, train, &wp, &xp, err);
+            if (st == EQ_OK) st = eq_backend_conv2d_fwd(be, &nd->conv, xp, wp, nd->y, err);
+            break;
+        case S_BN:
+            if (train) {
+                st = eq_backend_bn_fwd_train(be, &nd->bn, a->y, s_p(g, nd->pw), s_p(g, nd->pb),
+                                             s_p(g, nd->prm), s_p(g, nd->prv), nd->y, nd->save,
+                                             nd->save + nd->c, err);
+                if (st == EQ_OK) (*(int64_t *)g->t[nd->pnbt].data)++;
+            } else {
+                st = eq_backend_bn_fwd_eval(be, &nd->bn, a->y, s_p(g, nd->pw), s_p(g, nd->pb),
+                                            s_p(g, nd->prm), s_p(g, nd->prv), nd->y, err);
+            }
+            break;
+        case S_RELU: st = eq_backend_relu_fwd(be, s_numel(nd), a->y, nd->y, err); break;
+        case S_PRELU:
+            st = eq_backend_prelu_fwd(be, (int64_t)(s_numel(nd) / (size_t)nd->c), nd->c, 1, a->y,
+                                      s_p(g, nd->pw), nd->y, err);
+            break;
+        case S_MAXPOOL: st = eq_backend_maxpool_fwd(be, &nd->pool, a->y, nd->y, nd->argmax, err); break;
+        case S_AVGPOOL: st = eq_backend_avgpool_fwd(be, &nd->pool, a->y, nd->y, err); break;
+        case S_ADD: st = eq_backend_add(be, s_numel(nd), a->y, g->nodes[nd->in1].y, nd->y, err); break;
+        case S_GAP: st = eq_backend_gap_fwd(be, a->n, a->h * a->w, a->c, a->y, nd->y, err); break;
+        case S_LINEAR:
+            st = s_quant_fwd(g, nd, a, train, &wp, &xp, err);
+            if (st == EQ_OK)
+                st = eq_backend_linear_fwd(be, nd->n, nd->lin_in, nd->c, xp, wp, s_p(g, nd->pb),
+                                           nd->y, err);
+            break;
+        case S_INPUT: break;
+        }
+        if (st != EQ_OK)
+            eq_err_prefix(err, "forward: %s (node %d, %s): ", nd->name ? nd->name : "-", i,
+                          S_KIND_NAME[nd->kind]);
+    }
+    return st;
+}
+
+float *eq_layers_output(const eq_layers *g, float **dy, int64_t shape[4])
+{
+    if (!g || !g->finalized) return NULL;
+    const s_node *o = &g->nodes[g->nnodes - 1];
+    if (dy) *dy = o->dy;
+    if (shape) shape[0] = o->n, shape[1] = o->h, shape[2] = o->w, shape[3] = o->c;
+    return o->y;
+}
+
+static float *s_target(eq_layers *g, int in)
+{
+    return g->nodes[in].dy_set ? g->tmp : g->nodes[in].dy;
+}
+
+static eq_status s_commit(eq_layers *g, int in, eq_err *err)
+{
+    s_node *nd = &g->nodes[in];
+    if (!nd->dy_set) {
+        nd->dy_set = 1;
+        return EQ_OK;
+    }
+    return eq_backend_add(g->be, s_numel(nd), nd->dy, g->tmp, nd->dy, err);
+}
+
+/* Backward of a conv/linear node's quantizers, given the GEMM's gradient
+ * w.r.t. its (quantized) input in nd->da (when qf) and weight in nd->dwq
+ * (when qw).  dx: where the gradient w.r.t. the node's input goes (NULL:
+ * not needed). */
+static eq_status s_quant_bwd(eq_layers *g, s_node *nd, const s_node *in, float *dx, eq_err *err)
+{
+    eq_status st = EQ_OK;
+    if (nd->qw) {
+        const eq_model_tensor *t = &g->t[nd->pw];
+        st = eq_quant_backward(nd->qw, t->data, nd->dwq, t->grad, err);
+        if (st != EQ_OK) return eq_err_prefix(err, "quant_weight: ");
+    }
+    if (nd->qf) {
+        /* the quantizer's parameter gradients are wanted even when dx is not */
+        st = eq_quant_backward(nd->qf, nd->pad_before ? nd->xp : in->y, nd->da, nd->da, err);
+        if (st != EQ_OK) return eq_err_prefix(err, "quant_activation: ");
+        if (dx) {
+            if (nd->pad_before) st = s_pad(g->be, in, nd->pad, nd->da, dx, 1, err);
+            else st = eq_backend_copy(g->be, dx, nd->da, nd->a_numel * sizeof(float), err);
+        }
+    }
+    return st;
+}
+
+eq_status eq_layers_backward(eq_layers *g, eq_err *err)
+{
+    if (!g || !g->finalized) return eq_err_set(err, EQ_ERR_INVALID, "backward: graph not finalized");
+    eq_backend *be = g->be;
+    for (int i = 0; i < g->nnodes; i++) g->nodes[i].dy_set = 0;
+    g->nodes[g->nnodes - 1].dy_set = 1;
+    eq_status st = EQ_OK;
+    for (int i = g->nnodes - 1; i > 0 && st == EQ_OK; i--) {
+        s_node *nd = &g->nodes[i];
+        if (!nd->dy_set) continue; /* does not reach the output */
+        s_node *a = &g->nodes[nd->in0];
+        int need_dx = a->kind != S_INPUT;
+        float *dx = need_dx ? s_target(g, nd->in0) : NULL;
+        switch (nd->kind) {
+        case S_CONV:
+        case S_LINEAR: {
+            const float *xin = nd->qf ? nd->a : a->y;
+            const float *w = nd->qw ? nd->wq : s_p(g, nd->pw);
+            float *dw = nd->qw ? nd->dwq : s_g(g, nd->pw);
+            /* with qf the GEMM's input gradient goes to da, then through Qf */
+            float *gx = nd->qf ? nd->da : dx;
+            if (nd->kind == S_CONV) {
+                st = eq_backend_conv2d_bwd_filter(be, &nd->conv, xin, nd->dy, dw, err);
+                if (st == EQ_OK && gx) st = eq_backend_conv2d_bwd_data(be, &nd->conv, nd->dy, w, gx, err);
+            } else {
+                st = eq_backend_linear_bwd_weight(be, nd->n, nd->lin_in, nd->c, xin, nd->dy, dw,
+                                                  s_g(g, nd->pb), err);
+                if (st == EQ_OK && gx)
+                    st = eq_backend_linear_bwd_data(be, nd->n, nd->lin_in, nd->c, nd->dy, w, gx, err);
+            }
+            if (st == EQ_OK) st = s_quant_bwd(g, nd, a, dx, err);
+            break;
+        }
+        case S_BN:
+            st = eq_backend_bn_bwd(be, &nd->bn, a->y, nd->dy, s_p(g, nd->pw), nd->save,
+                                   nd->save + nd->c, need_dx ? dx : g->tmp, s_g(g, nd->pw),
+                                   s_g(g, nd->pb), err);
+            break;
+        case S_RELU:
+            if (need_dx) st = eq_backend_relu_bwd(be, s_numel(nd), nd->y, nd->dy, dx, err);
+            break;
+        case S_PRELU:
+            st = eq_backend_prelu_bwd(be, (int64_t)(s_numel(nd) / (size_t)nd->c), nd->c, 1, a->y,
+                                      s_p(g, nd->pw), nd->dy, need_dx ? dx : g->tmp,
+                                      s_g(g, nd->pw), err);
+            break;
+        case S_MAXPOOL:
+            if (need_dx) st = eq_backend_maxpool_bwd(be, &nd->pool, nd->argmax, nd->dy, dx, err);
+            break;
+        case S_AVGPOOL:
+            if (need_dx) st = eq_backend_avgpool_bwd(be, &nd->pool, nd->dy, dx, err);
+            break;
+        case S_ADD:
+            if (need_dx) {
+                st = eq_backend_copy(be, dx, nd->dy, s_numel(nd) * sizeof(float), err);
+                if (st == EQ_OK) st = s_commit(g, nd->in0, err);
+            }
+            need_dx = 0; /* committed */
+            if (st == EQ_OK && g->nodes[nd->in1].kind != S_INPUT) {
+                float *dx1 = s_target(g, nd->in1);
+                st = eq_backend_copy(be, dx1, nd->dy, s_numel(nd) * sizeof(float), err);
+                if (st == EQ_OK) st = s_commit(g, nd->in1, err);
+            }
+            break;
+        case S_GAP:
+            if (need_dx) st = eq_backend_gap_bwd(be, a->n, a->h * a->w, a->c, nd->dy, dx, err);
+            break;
+        case S_INPUT: break;
+        }
+        if (st == EQ_OK && need_dx) st = s_commit(g, nd->in0, err);
+        if (st != EQ_OK)
+            eq_err_prefix(err, "backward: %s (node %d, %s): ", nd->name ? nd->name : "-", i,
+                          S_KIND_NAME[nd->kind]);
+    }
+    return st;
+}
+
+size_t eq_layers_tensor_count(const eq_layers *g)
+{
+    return g ? g->nt : 0;
+}
+
+const eq_model_tensor *eq_layers_tensor_at(const eq_layers *g, size_t i)
+{
+    return g && i < g->nt ? &g->t[i] : NULL;
+}

@@ -1,0 +1,577 @@
+/*
+ * trainer/model.c -- the [model] / [quant.*] config schemas and the model
+ * builders: torchvision's ResNets (torch-resnetNN, the original's
+ * models/resnet.py) and the original's flexible ResNet (resnetNN,
+ * models/resnet_.py, ORIGINAL.md §3.2) with its structure keywords.
+ */
+#include "trainer/model.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "quant/quant.h"
+#include "trainer/layers.h"
+
+/* ---- config schemas ------------------------------------------------------ */
+
+static const eq_config_key s_model_keys[] = {
+    EQ_CONFIG_STRING_KEY(eq_model_cfg, arch, "resnet20",
+                         "torch-resnet18/34/50 (torchvision names), resnet18/34/50/101, resnet20/32/44/56"),
+    EQ_CONFIG_STRING_LIST_KEY(eq_model_cfg, keyword, nkeyword, "", 0,
+                              "structure keywords (origin, preBN, cbsa, fix, ...; doc/models.md)"),
+    EQ_CONFIG_INT_KEY(eq_model_cfg, num_classes, "10", 1, 1000000, "classifier outputs"),
+    EQ_CONFIG_INT_KEY(eq_model_cfg, in_channels, "3", 1, 64, "input image channels (1 for Fashion-MNIST)"),
+    EQ_CONFIG_FLOAT_KEY(eq_model_cfg, width_alpha, "1.0", 0.01, 16.0,
+                        "first stage width = int(64 * width_alpha) (the CIFAR ResNet-20 configs use 0.25)"),
+    EQ_CONFIG_BOOL_KEY(eq_model_cfg, quant_first_last, "false",
+                       "quantize the stem conv and the classifier too (keyword first-last does the same)"),
+    EQ_CONFIG_BOOL_KEY(eq_model_cfg, padding_after_quant, "false",
+                       "zero-pad after the activation quantizer instead of before"),
+    EQ_CONFIG_INT_KEY(eq_model_cfg, seed, "0", 0, INT64_MAX, "parameter initialisation seed"),
+};
+
+static const char *const s_half_range_choices[] = {"default", "true", "false", NULL};
+static const char *const s_adaptive_choices[] = {"none", "var", "mean", "mean-var", "var-mean", "min", NULL};
+static const char *const s_grad_type_choices[] = {"none", "STE", "Triangle", "STE-scale", NULL};
+static const char *const s_grad_scale_choices[] = {"none",          "fan-scale",     "scale-fan",
+                                                   "element-scale", "scale-element", NULL};
+static const char *const s_custom_choices[] = {"none", "channel", "resolution", NULL};
+
+#define Q eq_model_quant_cfg
+static const eq_config_key s_quant_keys[] = {
+    EQ_CONFIG_BOOL_KEY(Q, enable, "false", "quantize this tag (otherwise it is the identity)"),
+    EQ_CONFIG_STRING_KEY(Q, method, "dorefa", "dorefa, bin, pact, lsq, lsq-step, nonuniform, xnor, lqnet"),
+    EQ_CONFIG_FLOAT_KEY(Q, bit, "32", 1.0, 32.0, "bit width (levels 2^bit unless level is set)"),
+    EQ_CONFIG_INT_KEY(Q, level, "0", 0, 65536, "explicit level count (0: from bit)"),
+    EQ_CONFIG_ENUM_KEY(Q, half_range, "default", s_half_range_choices,
+                       "unsigned range [0, c] (default: on for fm, off for wt)"),
+    EQ_CONFIG_FLOAT_KEY(Q, boundary, "1.0", 0.0, 1e6, "initial / fixed clip value"),
+    EQ_CONFIG_FLOAT_KEY(Q, scale, "0.5", -1e6, 1e6, "multi-use multiplier (doc/quantizers.md)"),
+    EQ_CONFIG_INT_KEY(Q, quant_group, "0", -1000000, 1000000, "parameter groups (0: the method's default)"),
+    EQ_CONFIG_ENUM_KEY(Q, adaptive, "none", s_adaptive_choices, "pre-normalisation of the tensor"),
+    EQ_CONFIG_ENUM_KEY(Q, grad_type, "none", s_grad_type_choices, "surrogate gradient"),
+    EQ_CONFIG_ENUM_KEY(Q, grad_scale, "none", s_grad_scale_choices, "gradient scaling of the clip parameter"),
+    EQ_CONFIG_ENUM_KEY(Q, custom, "none", s_custom_choices, "XNOR activation scale type"),
+    EQ_CONFIG_BOOL_KEY(Q, gamma, "false", "learnable output scale"),
+    EQ_CONFIG_BOOL_KEY(Q, custom_update, "false", "cumulative mean instead of EMA (LQ-Net, closed form)"),
+    EQ_CONFIG_BOOL_KEY(Q, closed_form, "false", "nonuniform fm: least-squares output scale"),
+    EQ_CONFIG_BOOL_KEY(Q, progressive, "false", "a level change rescales clip_val"),
+    EQ_CONFIG_BOOL_KEY(Q, independent_norm, "false", "var-mean statistics per layer even if grouped"),
+    EQ_CONFIG_INT_KEY(Q, stable, "0", 0, INT64_MAX, "warm-up iterations returning x and initialising clips"),
+    EQ_CONFIG_FLOAT_KEY(Q, correlate, "-1", -1e6, 1e6, "> 0: multiplies max|x| in the warm-up clip init"),
+    EQ_CONFIG_BOOL_KEY(Q, exact_grad_scale, "false", "apply grad-scale factors f with int(f) == 1 (the original skips them)"),
+    EQ_CONFIG_BOOL_KEY(Q, warmup_train_only, "false", "eval forwards never count, warm up or return x"),
+    EQ_CONFIG_FLOAT_KEY(Q, norm_eps, "0", 0.0, 1.0, "var-mean epsilon (0 in the original)"),
+};
+#undef Q
+
+void eq_model_config_sections(eq_model_cfg *m, eq_model_quant_cfg *wt, eq_model_quant_cfg *fm,
+                              eq_config_section secs[EQ_MODEL_CONFIG_NSECTIONS])
+{
+    secs[0] = (eq_config_section){"model", "the network (doc/models.md)", s_model_keys,
+                                  EQ_CONFIG_NKEYS(s_model_keys), m};
+    secs[1] = (eq_config_section){"quant.wt", "weight quantizer of every quantized conv/linear",
+                                  s_quant_keys, EQ_CONFIG_NKEYS(s_quant_keys), wt};
+    secs[2] = (eq_config_section){"quant.fm", "input (activation) quantizer of every quantized conv/linear",
+                                  s_quant_keys, EQ_CONFIG_NKEYS(s_quant_keys), fm};
+}
+
+/* Translate a [quant.*] section into quant's option record, through
+ * eq_quant_opts_set so quant/ stays the authority on values. */
+static eq_status s_quant_opts(const eq_model_quant_cfg *c, eq_quant_tag tag, eq_quant_opts *o,
+                              eq_err *err)
+{
+    eq_quant_opts_init(o, tag);
+    char v[64];
+    const char *sec = tag == EQ_QTAG_WT ? "quant.wt" : "quant.fm";
+#define SET(key, ...)                                                                      \
+    do {                                                                                   \
+        snprintf(v, sizeof v, __VA_ARGS__);                                                \
+        if (eq_quant_opts_set(o, key, v, err) != EQ_OK) return eq_err_prefix(err, "[%s] ", sec); \
+    } while (0)
+#define B(x) ((x) ? "true" : "false")
+    SET("method", "%s", c->method);
+    SET("bit", "%.17g", c->bit);
+    SET("level", "%lld", (long long)c->level);
+    if (c->half_range) SET("half_range", "%s", c->half_range == 1 ? "true" : "false");
+    SET("boundary", "%.17g", c->boundary);
+    SET("scale", "%.17g", c->scale);
+    SET("quant_group", "%lld", (long long)c->quant_group);
+    SET("adaptive", "%s", s_adaptive_choices[c->adaptive]);
+    SET("grad_type", "%s", s_grad_type_choices[c->grad_type]);
+    SET("grad_scale", "%s", s_grad_scale_choices[c->grad_scale]);
+    SET("custom", "%s", s_custom_choices[c->custom]);
+    SET("gamma", "%s", B(c->gamma));
+    SET("custom_update", "%s", B(c->custom_update));
+    SET("closed_form", "%s", B(c->closed_form));
+    SET("progressive", "%s", B(c->progressive));
+    SET("independent_norm", "%s", B(c->independent_norm));
+    SET("stable", "%lld", (long long)c->stable);
+    SET("correlate", "%.17g", c->correlate);
+    SET("exact_grad_scale", "%s", B(c->exact_grad_scale));
+    SET("warmup_train_only", "%s", B(c->warmup_train_only));
+    SET("norm_eps", "%.17g", c->norm_eps);
+#undef SET
+#undef B
+    return EQ_OK;
+}
+
+/* ---- builder context ------------------------------------------------------ */
+
+enum s_order { O_CBAS, O_CBSA, O_CABS, O_BACS, O_BCAS, O_NONE };
+
+typedef struct s_build {
+    eq_layers *g;
+    const eq_model_cfg *cfg;
+    eq_quant_opts wq, fq;
+    int has_wq, has_fq;
+    int origin, prebn, fix, fix_pooling, singleconv, real_skip, prelu, nrelu, cifar, first_last;
+    enum s_order order;
+    eq_err *err;
+} s_build;
+
+static int s_has(const eq_model_cfg *c, const char *kw)
+{
+    for (size_t i = 0; i < c->nkeyword; i++)
+        if (!strcmp(c->keyword[i], kw)) return 1;
+    return 0;
+}
+
+static const char *const s_supported_kw[] = {
+    "origin", "preBN", "cbas", "cbsa", "cabs", "bacs", "bcas", "fix", "fix_pooling", "singleconv",
+    "real_skip", "PReLU", "NReLU", "cifar10", "cifar100", "first-last", NULL};
+
+static eq_status s_check_keywords(const eq_model_cfg *c, eq_err *err)
+{
+    for (size_t i = 0; i < c->nkeyword; i++) {
+        int ok = 0;
+        for (size_t k = 0; s_supported_kw[k]; k++) ok |= !strcmp(c->keyword[i], s_supported_kw[k]);
+        if (!ok)
+            return eq_err_set(err, EQ_ERR_INVALID,
+                              "[model] keyword: '%s' (item %zu) is unknown or not implemented; "
+                              "supported: origin, preBN, cbas, cbsa, cabs, bacs, bcas, fix, "
+                              "fix_pooling, singleconv, real_skip, PReLU, NReLU, cifar10, cifar100, "
+                              "first-last (quantizer methods go in [quant.wt]/[quant.fm] method)",
+                              c->keyword[i], i + 1);
+    }
+    return EQ_OK;
+}
+
+/* Activation A per the actv() factory: ReLU, PReLU (named), or identity
+ * for NReLU. */
+static int s_act(s_build *b, const char *name, int x)
+{
+    if (x < 0) return x;
+    if (b->nrelu) return x;
+    if (b->prelu) return eq_layers_prelu(b->g, name, x, b->err);
+    return eq_layers_relu(b->g, x, b->err);
+}
+
+/* Quantized conv unless fp. */
+static int s_conv(s_build *b, const char *name, int x, int64_t k, int64_t r, int64_t s, int64_t p,
+                  int fp)
+{
+    if (x < 0) return x;
+    return eq_layers_conv(b->g, name, x, k, r, s, p, 1, fp || !b->has_wq ? NULL : &b->wq,
+                          fp || !b->has_fq ? NULL : &b->fq, b->cfg->padding_after_quant, b->err);
+}
+
+static int64_t s_chan(s_build *b, int x)
+{
+    int64_t sh[4] = {0, 0, 0, 0};
+    eq_layers_shape(b->g, x, sh);
+    return sh[3];
+}
+
+#define NM(buf, ...) snprintf(buf, sizeof buf, __VA_ARGS__)
+
+/* ---- torchvision ResNet (torch-resnetNN) ---------------------------------- */
+
+static int s_tv_block(s_build *b, const char *pfx, int x, int64_t planes, int64_t stride,
+                      int bottleneck)
+{
+    char n[160];
+    int64_t inplanes = s_chan(b, x), out = bottleneck ? planes * 4 : planes;
+    int h = x;
+    if (bottleneck) {
+        NM(n, "%s.conv1", pfx), h = s_conv(b, n, h, planes, 1, 1, 0, 0);
+        if (h >= 0) NM(n, "%s.bn1", pfx), h = eq_layers_bn(b->g, n, h, b->err);
+        h = s_act(b, NULL, h);
+        NM(n, "%s.conv2", pfx), h = s_conv(b, n, h, planes, 3, stride, 1, 0);
+        if (h >= 0) NM(n, "%s.bn2", pfx), h = eq_layers_bn(b->g, n, h, b->err);
+        h = s_act(b, NULL, h);
+        NM(n, "%s.conv3", pfx), h = s_conv(b, n, h, out, 1, 1, 0, 0);
+        if (h >= 0) NM(n, "%s.bn3", pfx), h = eq_layers_bn(b->g, n, h, b->err);
+    } else {
+        NM(n, "%s.conv1", pfx), h = s_conv(b, n, h, planes, 3, stride, 1, 0);
+        if (h >= 0) NM(n, "%s.bn1", pfx), h = eq_layers_bn(b->g, n, h, b->err);
+        h = s_act(b, NULL, h);
+        NM(n, "%s.conv2", pfx), h = s_conv(b, n, h, planes, 3, 1, 1, 0);
+        if (h >= 0) NM(n, "%s.bn2", pfx), h = eq_layers_bn(b->g, n, h, b->err);
+    }
+    int skip = x;
+    if (h >= 0 && (stride != 1 || inplanes != out)) {
+        NM(n, "%s.downsample.0", pfx), skip = s_conv(b, n, x, out, 1, stride, 0, b->real_skip);
+        if (skip >= 0) NM(n, "%s.downsample.1", pfx), skip = eq_layers_bn(b->g, n, skip, b->err);
+    }
+    if (h < 0 || skip < 0) return -1;
+    h = eq_layers_add(b->g, h, skip, b->err);
+    return s_act(b, NULL, h);
+}
+
+static int s_build_torch_resnet(s_build *b, const int blocks[4], int bottleneck, int64_t w0,
+                                int x)
+{
+    if (b->prelu)
+        return eq_err_set(b->err, EQ_ERR_INVALID,
+                          "[model] keyword PReLU: torch-resnet shares one activation module per "
+                          "block; use the resnetNN family for PReLU"),
+               -1;
+    int fp = !b->first_last;
+    x = s_conv(b, "conv1", x, w0, 7, 2, 3, fp);
+    if (x >= 0) x = eq_layers_bn(b->g, "bn1", x, b->err);
+    x = s_act(b, NULL, x);
+    if (x >= 0) x = eq_layers_maxpool(b->g, x, 3, 2, 1, b->err);
+    for (int st = 0; st < 4 && x >= 0; st++)
+        for (int i = 0; i < blocks[st] && x >= 0; i++) {
+            char pfx[64];
+            NM(pfx, "layer%d.%d", st + 1, i);
+            x = s_tv_block(b, pfx, x, w0 << st, i == 0 && st > 0 ? 2 : 1, bottleneck);
+        }
+    if (x >= 0) x = eq_layers_gap(b->g, x, b->err);
+    if (x >= 0)
+        x = eq_layers_linear(b->g, "fc", x, b->cfg->num_classes, fp || !b->has_wq ? NULL : &b->wq,
+                             fp || !b->has_fq ? NULL : &b->fq, b->err);
+    return x;
+}
+
+/* ---- the original's flexible ResNet (resnetNN) ----------------------------- */
+
+/* One step of a layer-order helper (ORIGINAL.md §3.1): conv, act, bn in the
+ * block's order, then +skip (skip >= 0), then for cbsa the activation. */
+static int s_seq(s_build *b, int x, const char *conv, int64_t k, int64_t r, int64_t s,
+                 const char *bn, const char *act, int use_act, int skip)
+{
+    int p = r / 2;
+    switch (b->order) {
+    case O_CBAS:
+        x = s_conv(b, conv, x, k, r, s, p, 0);
+        if (x >= 0) x = eq_layers_bn(b->g, bn, x, b->err);
+        if (use_act) x = s_act(b, act, x);
+        break;
+    case O_CBSA:
+        x = s_conv(b, conv, x, k, r, s, p, 0);
+        if (x >= 0) x = eq_layers_bn(b->g, bn, x, b->err);
+        if (x >= 0 && skip >= 0) x = eq_layers_add(b->g, x, skip, b->err);
+        skip = -1;
+        if (use_act) x = s_act(b, act, x);
+        break;
+    case O_CABS:
+        x = s_conv(b, conv, x, k, r, s, p, 0);
+        if (use_act) x = s_act(b, act, x);
+        if (x >= 0) x = eq_layers_bn(b->g, bn, x, b->err);
+        break;
+    case O_BCAS:
+        x = eq_layers_bn(b->g, bn, x, b->err);
+        x = s_conv(b, conv, x, k, r, s, p, 0);
+        if (use_act) x = s_act(b, act, x);
+        break;
+    case O_BACS:
+    default:
+        x = eq_layers_bn(b->g, bn, x, b->err);
+        if (use_act) x = s_act(b, act, x);
+        x = s_conv(b, conv, x, k, r, s, p, 0);
+        break;
+    }
+    if (x >= 0 && skip >= 0) x = eq_layers_add(b->g, x, skip, b->err);
+    return x;
+}
+
+/* The shortcut (ORIGINAL.md §3.2.3): returns x itself when none is needed. */
+static int s_skip(s_build *b, const char *pfx, int x, int64_t out, int64_t s)
+{
+    int64_t in = s_chan(b, x);
+    if (s == 1 && in == out) return x;
+    char n[160];
+    int idx = 0;
+    int pre = b->order == O_BACS || b->order == O_BCAS;
+    int conv_s = b->singleconv ? s : 1;
+    if (s != 1 && !(b->singleconv && in != out)) {
+        x = eq_layers_avgpool(b->g, x, s, s, 0, b->err);
+        idx++;
+    }
+    if (in == out || x < 0) return x;
+    if (pre) {
+        NM(n, "%s.downsample.%d", pfx, idx++), x = eq_layers_bn(b->g, n, x, b->err);
+        if (b->order == O_BACS) NM(n, "%s.downsample.%d", pfx, idx++), x = s_act(b, n, x);
+        NM(n, "%s.downsample.%d", pfx, idx++), x = s_conv(b, n, x, out, 1, conv_s, 0, b->real_skip);
+        if (b->order == O_BCAS) NM(n, "%s.downsample.%d", pfx, idx++), x = s_act(b, n, x);
+        if (b->fix && x >= 0) NM(n, "%s.downsample.%d", pfx, idx++), x = eq_layers_bn(b->g, n, x, b->err);
+    } else {
+        NM(n, "%s.downsample.%d", pfx, idx++), x = s_conv(b, n, x, out, 1, conv_s, 0, b->real_skip);
+        if (x >= 0) NM(n, "%s.downsample.%d", pfx, idx++), x = eq_layers_bn(b->g, n, x, b->err);
+        if (!b->fix) NM(n, "%s.downsample.%d", pfx, idx++), x = s_act(b, n, x);
+    }
+    return x;
+}
+
+static int s_xx_block(s_build *b, const char *pfx, int x, int64_t planes, int64_t s, int bottleneck)
+{
+    char c1[160], c2[160], c3[160], b1[160], b2[160], b3[160], a1[160], a2[160], a3[160], n[160];
+    NM(c1, "%s.conv1", pfx), NM(c2, "%s.conv2", pfx), NM(c3, "%s.conv3", pfx);
+    NM(b1, "%s.bn1", pfx), NM(b2, "%s.bn2", pfx), NM(b3, "%s.bn3", pfx);
+    NM(a1, "%s.act1", pfx), NM(a2, "%s.act2", pfx), NM(a3, "%s.act3", pfx);
+    int post = b->order == O_CBAS || b->order == O_CBSA;
+    int pre = b->order == O_BACS || b->order == O_BCAS;
+    int64_t out = bottleneck ? 4 * planes : planes;
+    int r = s_skip(b, pfx, x, out, s);
+    if (r < 0) return -1;
+    int last_act = !(b->fix && post);
+    int o;
+    if (bottleneck) {
+        if (!b->origin)
+            return eq_err_set(b->err, EQ_ERR_INVALID,
+                              "%s: the bottleneck block needs keyword origin (layer-wise "
+                              "residuals do not fit its channel counts)", pfx),
+                   -1;
+        int h = s_seq(b, x, c1, planes, 1, 1, b1, a1, 1, -1);
+        h = s_seq(b, h, c2, planes, 3, s, b2, a2, 1, -1);
+        o = s_seq(b, h, c3, out, 1, 1, b3, a3, last_act, -1);
+    } else if (b->origin) {
+        int h = s_seq(b, x, c1, planes, 3, s, b1, a1, 1, -1);
+        o = s_seq(b, h, c2, planes, 3, 1, b2, a2, last_act, -1);
+    } else { /* Bi-Real: a residual around every conv */
+        int h = s_seq(b, x, c1, planes, 3, s, b1, a1, 1, r);
+        o = s_seq(b, h, c2, planes, 3, 1, b2, a2, last_act, h);
+        return o;
+    }
+    if (o >= 0 && b->fix && pre) NM(n, "%s.fix_bn", pfx), o = eq_layers_bn(b->g, n, o, b->err);
+    if (o >= 0) o = eq_layers_add(b->g, o, r, b->err);
+    if (o >= 0 && b->fix && post) NM(n, "%s.fix_relu", pfx), o = s_act(b, n, o);
+    return o;
+}
+
+static int s_build_resnetxx(s_build *b, const int *blocks, int nstages, int bottleneck, int64_t w0,
+                            int x)
+{
+    if (b->order == O_NONE)
+        return eq_err_set(b->err, EQ_ERR_INVALID,
+                          "[model] keyword: %s needs a layer order keyword (cbas, cbsa, cabs, "
+                          "bacs or bcas)", b->cfg->arch),
+               -1;
+    /* BN widths of the blocks: the pre-activation orders normalise the
+     * block input, so a block's bn1 has I channels (handled by s_seq). */
+    int fp = !b->first_last;
+    if (b->cifar) x = s_conv(b, "conv1", x, w0, 3, 1, 1, fp);
+    else x = s_conv(b, "conv1", x, w0, 7, 2, 3, fp);
+    int stem_bn = !b->prebn;
+    if (x >= 0 && b->fix_pooling) {
+        if (stem_bn) x = eq_layers_bn(b->g, "bn1", x, b->err), x = s_act(b, "relu", x);
+        if (x >= 0 && !b->cifar) x = eq_layers_maxpool(b->g, x, 3, 2, 1, b->err);
+    } else if (x >= 0) {
+        if (!b->cifar) x = eq_layers_maxpool(b->g, x, 3, 2, 1, b->err);
+        if (x >= 0 && stem_bn) x = eq_layers_bn(b->g, "bn1", x, b->err), x = s_act(b, "relu", x);
+    }
+    for (int st = 0; st < nstages && x >= 0; st++)
+        for (int i = 0; i < blocks[st] && x >= 0; i++) {
+            char pfx[64];
+            NM(pfx, "layer%d.%d", st + 1, i);
+            x = s_xx_block(b, pfx, x, w0 << st, i == 0 && st > 0 ? 2 : 1, bottleneck);
+        }
+    if (x >= 0 && b->prebn) x = eq_layers_bn(b->g, "bn2", x, b->err);
+    if (x >= 0) x = eq_layers_gap(b->g, x, b->err);
+    if (x >= 0)
+        x = eq_layers_linear(b->g, "fc", x, b->cfg->num_classes, fp || !b->has_wq ? NULL : &b->wq,
+                             fp || !b->has_fq ? NULL : &b->fq, b->err);
+    return x;
+}
+
+/* ---- the model ------------------------------------------------------------- */
+
+struct eq_model {
+    eq_backend *be;
+    eq_layers *g;
+    float *dev_loss;
+    int have_dlogits;
+    char summary[256];
+};
+
+typedef struct s_arch {
+    const char *name;
+    int torch, bottleneck, nstages, cifar;
+    int blocks[4];
+} s_arch;
+
+static const s_arch s_archs[] = {
+    {"torch-resnet18", 1, 0, 4, 0, {2, 2, 2, 2}}, {"torch-resnet34", 1, 0, 4, 0, {3, 4, 6, 3}},
+    {"torch-resnet50", 1, 1, 4, 0, {3, 4, 6, 3}}, {"resnet18", 0, 0, 4, 0, {2, 2, 2, 2}},
+    {"resnet34", 0, 0, 4, 0, {3, 4, 6, 3}},       {"resnet50", 0, 1, 4, 0, {3, 4, 6, 3}},
+    {"resnet101", 0, 1, 4, 0, {3, 4, 23, 3}},     {"resnet20", 0, 0, 3, 1, {3, 3, 3, 0}},
+    {"resnet32", 0, 0, 3, 1, {5, 5, 5, 0}},       {"resnet44", 0, 0, 3, 1, {7, 7, 7, 0}},
+    {"resnet56", 0, 0, 3, 1, {9, 9, 9, 0}},
+};
+
+eq_model *eq_model_new(eq_backend *be, const eq_model_cfg *cfg, const eq_model_quant_cfg *wt,
+                       const eq_model_quant_cfg *fm, int64_t batch, int64_t h, int64_t w,
+                       eq_err *err)
+{
+    if (!be || !cfg) {
+        eq_err_set(err, EQ_ERR_INVALID, "model: backend and config are required");
+        return NULL;
+    }
+    const s_arch *arch = NULL;
+    for (size_t i = 0; i < sizeof s_archs / sizeof s_archs[0]; i++)
+        if (!strcmp(s_archs[i].name, cfg->arch)) arch = &s_archs[i];
+    if (!arch) {
+        eq_err_set(err, EQ_ERR_INVALID,
+                   "[model] arch: unknown architecture '%s' (torch-resnet18/34/50, "
+                   "resnet18/34/50/101, resnet20/32/44/56)", cfg->arch);
+        return NULL;
+    }
+    if (s_check_keywords(cfg, err) != EQ_OK) return NULL;
+    s_build b = {.cfg = cfg, .err = err};
+    if (wt && wt->enable) {
+        if (s_quant_opts(wt, EQ_QTAG_WT, &b.wq, err) != EQ_OK) return NULL;
+        b.has_wq = 1;
+    }
+    if (fm && fm->enable) {
+        if (s_quant_opts(fm, EQ_QTAG_FM, &b.fq, err) != EQ_OK) return NULL;
+        b.has_fq = 1;
+    }
+    b.origin = s_has(cfg, "origin"), b.prebn = s_has(cfg, "preBN"), b.fix = s_has(cfg, "fix");
+    b.fix_pooling = s_has(cfg, "fix_pooling"), b.singleconv = s_has(cfg, "singleconv");
+    b.real_skip = s_has(cfg, "real_skip"), b.prelu = s_has(cfg, "PReLU");
+    b.nrelu = s_has(cfg, "NReLU");
+    b.cifar = arch->cifar || s_has(cfg, "cifar10") || s_has(cfg, "cifar100");
+    b.first_last = cfg->quant_first_last || s_has(cfg, "first-last");
+    static const char *const orders[] = {"cbas", "cbsa", "cabs", "bacs", "bcas"};
+    b.order = O_NONE;
+    for (int i = 0; i < 5 && b.order == O_NONE; i++) /* the original's priority order */
+        if (s_has(cfg, orders[i])) b.order = (enum s_order)i;
+    int64_t w0 = (int64_t)(64.0 * cfg->width_alpha);
+    if (w0 < 1) {
+        eq_err_set(err, EQ_ERR_INVALID, "[model] width_alpha: %g gives no channels", cfg->width_alpha);
+        return NULL;
+    }
+    eq_model *m = calloc(1, sizeof *m);
+    if (!m) {
+        eq_err_set(err, EQ_ERR_NOMEM, "model: out of memory");
+        return NULL;
+    }
+    m->be = be;
+    if (!(m->g = b.g = eq_layers_new(be, err))) goto fail;
+    int x = eq_layers_input(b.g, batch, h, w, cfg->in_channels, err);
+    if (x >= 0)
+        x = arch->torch ? s_build_torch_resnet(&b, arch->blocks, arch->bottleneck, w0, x)
+                        : s_build_resnetxx(&b, arch->blocks, arch->nstages, arch->bottleneck, w0, x);
+    if (x < 0) {
+        eq_err_prefix(err, "model %s: ", cfg->arch);
+        goto fail;
+    }
+    if (eq_layers_finalize(b.g, (uint64_t)cfg->seed, err) != EQ_OK) goto fail;
+    if (!(m->dev_loss = eq_backend_alloc(be, 16 * sizeof(float), err))) goto fail;
+    size_t np = 0, nt = eq_layers_tensor_count(b.g);
+    for (size_t i = 0; i < nt; i++) {
+        const eq_model_tensor *t = eq_layers_tensor_at(b.g, i);
+        if (t->kind == EQ_MT_PARAM) np += t->numel;
+    }
+    snprintf(m->summary, sizeof m->summary, "%s: %zu parameters in %zu tensors, input %lldx%lldx%lldx%lld%s%s",
+             cfg->arch, np, nt, (long long)batch, (long long)h, (long long)w,
+             (long long)cfg->in_channels, b.has_wq ? ", wt quantized" : "",
+             b.has_fq ? ", fm quantized" : "");
+    return m;
+fail:
+    eq_model_destroy(&m);
+    return NULL;
+}
+
+void eq_model_destroy(eq_model **m_p)
+{
+    if (!m_p || !*m_p) return;
+    eq_model *m = *m_p;
+    if (m->dev_loss) eq_backend_release(m->be, m->dev_loss);
+    eq_layers_destroy(&m->g);
+    free(m);
+    *m_p = NULL;
+}
+
+eq_status eq_model_forward(eq_model *m, const float *x, bool train, eq_err *err)
+{
+    if (!m) return eq_err_set(err, EQ_ERR_INVALID, "model forward: model is NULL");
+    m->have_dlogits = 0;
+    return eq_layers_forward(m->g, x, train, err);
+}
+
+const float *eq_model_logits(const eq_model *m, int64_t *batch, int64_t *classes)
+{
+    int64_t sh[4];
+    const float *y = m ? eq_layers_output(m->g, NULL, sh) : NULL;
+    if (y && batch) *batch = sh[0];
+    if (y && classes) *classes = sh[3];
+    return y;
+}
+
+eq_status eq_model_loss(eq_model *m, const int32_t *labels_a, const int32_t *labels_b,
+                        const float *lambda, float smoothing, float *loss, eq_err *err)
+{
+    if (!m) return eq_err_set(err, EQ_ERR_INVALID, "model loss: model is NULL");
+    int64_t sh[4];
+    float *dy = NULL;
+    const float *y = eq_layers_output(m->g, &dy, sh);
+    eq_xent_desc d;
+    eq_status st = eq_xent_desc_init(&d, sh[0], sh[3], smoothing, err);
+    if (st == EQ_OK) st = eq_backend_xent_fwd(m->be, &d, y, labels_a, labels_b, lambda, m->dev_loss, err);
+    if (st == EQ_OK && loss) st = eq_backend_download(m->be, loss, m->dev_loss, sizeof *loss, err);
+    if (st == EQ_OK) st = eq_backend_xent_bwd(m->be, &d, y, labels_a, labels_b, lambda, 1.0f, dy, err);
+    if (st != EQ_OK) return eq_err_prefix(err, "model loss: ");
+    m->have_dlogits = 1;
+    return EQ_OK;
+}
+
+eq_status eq_model_backward(eq_model *m, const float *dlogits, eq_err *err)
+{
+    if (!m) return eq_err_set(err, EQ_ERR_INVALID, "model backward: model is NULL");
+    int64_t sh[4];
+    float *dy = NULL;
+    eq_layers_output(m->g, &dy, sh);
+    if (dlogits) {
+        eq_status st = eq_backend_copy(m->be, dy, dlogits, (size_t)(sh[0] * sh[3]) * sizeof(float), err);
+        if (st != EQ_OK) return eq_err_prefix(err, "model backward: ");
+    } else if (!m->have_dlogits) {
+        return eq_err_set(err, EQ_ERR_INVALID, "model backward: no dlogits given and no eq_model_loss since the forward");
+    }
+    m->have_dlogits = 0;
+    return eq_layers_backward(m->g, err);
+}
+
+size_t eq_model_tensor_count(const eq_model *m)
+{
+    return m ? eq_layers_tensor_count(m->g) : 0;
+}
+
+const eq_model_tensor *eq_model_tensor_at(const eq_model *m, size_t i)
+{
+    return m ? eq_layers_tensor_at(m->g, i) : NULL;
+}
+
+const eq_model_tensor *eq_model_tensor_find(const eq_model *m, const char *name)
+{
+    if (!m || !name) return NULL;
+    for (size_t i = 0; i < eq_layers_tensor_count(m->g); i++) {
+        const eq_model_tensor *t = eq_layers_tensor_at(m->g, i);
+        if (!strcmp(t->name, name)) return t;
+    }
+    return NULL;
+}
+
+eq_backend *eq_model_backend(const eq_model *m)
+{
+    return m ? m->be : NULL;
+}
+
+const char *eq_model_summary(const eq_model *m)
+{
+    return m ? m->summary : "";
+}
