@@ -2,9 +2,11 @@
  * tests/check_layers.c -- the layer graph (trainer/net.h) on the CPU
  * backend.
  *
- * 1. A thin torchvision ResNet-18 (BasicBlocks [2,2,2,2], width 4, batch 2
- *    at 48x48) against PyTorch (tests/fixtures/trainer/gen_layers.py, which
- *    also checks the thin model's names and shapes equal resnet18's):
+ * 1. Thin torchvision ResNets -- resnet18 (BasicBlocks [2,2,2,2], width 4)
+ *    and a Bottleneck net ([2,2,2,2], width 4; the generator says why not
+ *    resnet50's depth), batch 2 at 48x48 --
+ *    against PyTorch (tests/fixtures/trainer/gen_layers.py, which also
+ *    checks the thin models' names and shapes equal torchvision's):
  *    logits, loss, every gradient and the BN running statistics within 1e-4
  *    relative (norm-wise), then three SGD steps (momentum, nesterov, weight
  *    decay): losses and final parameters.
@@ -25,10 +27,13 @@
         ck_assert_msg(s_ == EQ_OK, "%s failed: %s", #call, err.msg);          \
     } while (0)
 
+/* The fixture set being read (a directory under tests/fixtures/trainer/). */
+static const char *s_fixture = "resnet18_w4";
+
 static void *s_load(const char *rel, const char *ext, size_t n)
 {
     char path[4096];
-    snprintf(path, sizeof path, "%s/tests/fixtures/trainer/resnet18_w4/%s.%s", eq_test_srcdir(),
+    snprintf(path, sizeof path, "%s/tests/fixtures/trainer/%s/%s.%s", eq_test_srcdir(), s_fixture,
              rel, ext);
     FILE *f = fopen(path, "rb");
     ck_assert_msg(f != NULL, "cannot open fixture %s", path);
@@ -66,13 +71,29 @@ static void s_expect(eq_backend *be, const float *dev, const char *rel, size_t n
 }
 
 static const int R18[4] = {2, 2, 2, 2};
+static const int R50[4] = {3, 4, 6, 3};
 
-static eq_net *s_thin_resnet(eq_backend *be)
+typedef struct model_case {
+    const char *dir;
+    int bottleneck;
+    const int *blocks;
+    int64_t width;
+    size_t ntensors, ngrad; /* state dict less num_batches_tracked; parameters */
+    int steps;              /* check three SGD steps (gen_layers.py says why not always) */
+} model_case;
+static const model_case MODELS[] = {
+    {"resnet18_w4", 0, R18, 4, 102, 62, 1},
+    {"bottleneck_w4", 1, R18, 4, 147, 89, 0},
+};
+
+static eq_net *s_thin_resnet(eq_backend *be, const model_case *mc)
 {
     eq_err err = {0};
     eq_net *net = eq_net_new(be, &err);
     ck_assert_ptr_nonnull(net);
-    ck_assert_msg(eq_net_build_torch_resnet(net, R18, 4, 10, 2, 48, 48, &err) >= 0, "%s", err.msg);
+    ck_assert_msg(eq_net_build_torch_resnet(net, mc->bottleneck, mc->blocks, mc->width, 10, 2, 48,
+                                            48, &err) >= 0,
+                  "%s", err.msg);
     OK(eq_net_finalize(net, 1, &err));
     /* load the fixture's parameters by PyTorch name */
     for (size_t i = 0; i < eq_net_param_count(net); i++) {
@@ -86,14 +107,49 @@ static eq_net *s_thin_resnet(eq_backend *be)
     return net;
 }
 
-START_TEST(test_resnet18_parity)
+/* Three SGD steps on the same batch (the first one's gradients are in
+ * place; `loss` is its loss): each step's loss and the final parameters. */
+static void s_sgd_steps(eq_backend *be, eq_net *net, const float *x, const int32_t *y, float loss)
 {
+    eq_err err = {0};
+    float *ref_losses = s_load("loss_steps", "f32", 3);
+    float **bufs = calloc(eq_net_param_count(net), sizeof *bufs);
+    for (int step = 0; step < 3; step++) {
+        if (step > 0) {
+            OK(eq_net_forward(net, x, 1, &err));
+            OK(eq_net_loss(net, y, NULL, NULL, 0.0f, &loss, &err));
+            OK(eq_net_backward(net, &err));
+        }
+        ck_assert_msg(fabs(loss - ref_losses[step]) <= TOL * fabs(ref_losses[step]),
+                      "step %d loss %.8g vs %.8g", step, loss, ref_losses[step]);
+        for (size_t i = 0; i < eq_net_param_count(net); i++) {
+            const eq_net_tensor *t = eq_net_param(net, i);
+            if (!t->trainable) continue;
+            if (!bufs[i]) bufs[i] = eq_backend_alloc(be, t->numel * 4, &err);
+            eq_sgd_params hp = {.lr = 0.1f, .momentum = 0.9f, .weight_decay = 1e-4f,
+                                .nesterov = 1, .first = step == 0};
+            OK(eq_backend_sgd_step(be, t->numel, &hp, t->data, t->grad, bufs[i], &err));
+        }
+    }
+    for (size_t i = 0; i < eq_net_param_count(net); i++) {
+        const eq_net_tensor *t = eq_net_param(net, i);
+        char rel[300];
+        snprintf(rel, sizeof rel, "param3/%s", t->name);
+        s_expect(be, t->data, rel, t->numel, TOL);
+        eq_backend_release(be, bufs[i]);
+    }
+    free(bufs), free(ref_losses);
+}
+
+START_TEST(test_resnet_parity)
+{
+    const model_case *mc = &MODELS[_i];
+    s_fixture = mc->dir;
     eq_err err = {0};
     eq_backend *be = eq_backend_cpu_new(1, &err);
     ck_assert_ptr_nonnull(be);
-    eq_net *net = s_thin_resnet(be);
-    /* 41 tensors with gradients + 40 BN buffers, as resnet18's state dict less num_batches_tracked */
-    ck_assert_uint_eq(eq_net_param_count(net), 102);
+    eq_net *net = s_thin_resnet(be, mc);
+    ck_assert_uint_eq(eq_net_param_count(net), mc->ntensors);
     const size_t nx = 2 * 48 * 48 * 3;
     float *xh = s_load("x", "f32", nx);
     int32_t *yh = s_load("y", "i32", 2);
@@ -126,37 +182,11 @@ START_TEST(test_resnet18_parity)
             s_expect(be, t->data, rel, t->numel, TOL);
         }
     }
-    ck_assert_uint_eq(ngrad, 62);
+    ck_assert_uint_eq(ngrad, mc->ngrad);
     ck_assert_int_eq(eq_net_bn_batches(net), 1);
 
-    /* three SGD steps on the same batch (the first one's gradients are in place) */
-    float *ref_losses = s_load("loss_steps", "f32", 3);
-    float **bufs = calloc(eq_net_param_count(net), sizeof *bufs);
-    for (int step = 0; step < 3; step++) {
-        if (step > 0) {
-            OK(eq_net_forward(net, x, 1, &err));
-            OK(eq_net_loss(net, y, NULL, NULL, 0.0f, &loss, &err));
-            OK(eq_net_backward(net, &err));
-        }
-        ck_assert_msg(fabs(loss - ref_losses[step]) <= TOL * fabs(ref_losses[step]),
-                      "step %d loss %.8g vs %.8g", step, loss, ref_losses[step]);
-        for (size_t i = 0; i < eq_net_param_count(net); i++) {
-            const eq_net_tensor *t = eq_net_param(net, i);
-            if (!t->trainable) continue;
-            if (!bufs[i]) bufs[i] = eq_backend_alloc(be, t->numel * 4, &err);
-            eq_sgd_params hp = {.lr = 0.1f, .momentum = 0.9f, .weight_decay = 1e-4f,
-                                .nesterov = 1, .first = step == 0};
-            OK(eq_backend_sgd_step(be, t->numel, &hp, t->data, t->grad, bufs[i], &err));
-        }
-    }
-    for (size_t i = 0; i < eq_net_param_count(net); i++) {
-        const eq_net_tensor *t = eq_net_param(net, i);
-        char rel[300];
-        snprintf(rel, sizeof rel, "param3/%s", t->name);
-        s_expect(be, t->data, rel, t->numel, TOL);
-        eq_backend_release(be, bufs[i]);
-    }
-    free(bufs), free(xh), free(yh), free(ref_loss), free(ref_losses);
+    if (mc->steps) s_sgd_steps(be, net, x, y, loss);
+    free(xh), free(yh), free(ref_loss);
     eq_backend_release(be, x);
     eq_backend_release(be, y);
     eq_net_destroy(&net);
@@ -311,12 +341,12 @@ START_TEST(test_resnet_names_and_init)
     eq_err err = {0};
     eq_backend *be = eq_backend_cpu_new(1, &err);
     static const int r34[4] = {3, 4, 6, 3};
-    const int *cfg[2] = {R18, r34};
-    const size_t expect_params[2] = {11689512, 21797672}; /* torchvision, 1000 classes */
-    for (int m = 0; m < 2; m++) {
+    const int *cfg[3] = {R18, r34, R50};
+    const size_t expect_params[3] = {11689512, 21797672, 25557032}; /* torchvision, 1000 classes */
+    for (int m = 0; m < 3; m++) {
         eq_net *net = eq_net_new(be, &err);
         /* 32x32 keeps the activations small; parameters do not depend on it */
-        ck_assert_int_ge(eq_net_build_torch_resnet(net, cfg[m], 64, 1000, 1, 32, 32, &err), 0);
+        ck_assert_int_ge(eq_net_build_torch_resnet(net, m == 2, cfg[m], 64, 1000, 1, 32, 32, &err), 0);
         if (m == 0) {
             ck_assert_ptr_null(eq_net_param(net, 0)->data); /* inspectable before finalize */
             OK(eq_net_finalize(net, 3, &err));
@@ -330,13 +360,17 @@ START_TEST(test_resnet_names_and_init)
         const eq_net_tensor *t = eq_net_param_find(net, "layer2.0.downsample.0.weight");
         ck_assert_ptr_nonnull(t);
         ck_assert_int_eq(t->ndim, 4);
-        ck_assert_int_eq(t->shape[0], 128);
-        ck_assert_int_eq(t->shape[1], 64);
+        ck_assert_int_eq(t->shape[0], m == 2 ? 512 : 128);
+        ck_assert_int_eq(t->shape[1], m == 2 ? 256 : 64);
         ck_assert_ptr_nonnull(eq_net_param_find(net, "layer4.1.bn2.running_var"));
-        ck_assert_ptr_null(eq_net_param_find(net, "layer1.0.downsample.0.weight"));
+        /* resnet50's first block widens 64 -> 256: it has a downsample */
+        if (m == 2)
+            ck_assert_ptr_nonnull(eq_net_param_find(net, "layer1.0.downsample.0.weight"));
+        else
+            ck_assert_ptr_null(eq_net_param_find(net, "layer1.0.downsample.0.weight"));
         ck_assert_str_eq(eq_net_param(net, 0)->name, "conv1.weight");
         ck_assert_str_eq(eq_net_param(net, eq_net_param_count(net) - 1)->name, "fc.bias");
-        if (m == 1) {
+        if (m > 0) {
             eq_net_destroy(&net);
             continue;
         }
@@ -359,9 +393,9 @@ END_TEST
 static Suite *s_suite(void)
 {
     Suite *s = suite_create("layers");
-    TCase *tc = tcase_create("resnet18");
+    TCase *tc = tcase_create("resnet");
     tcase_set_timeout(tc, 30); /* ~1 s of CPU; the machine is shared */
-    tcase_add_test(tc, test_resnet18_parity);
+    tcase_add_loop_test(tc, test_resnet_parity, 0, sizeof MODELS / sizeof MODELS[0]);
     suite_add_tcase(s, tc);
     TCase *g = tcase_create("graph");
     tcase_set_timeout(g, 30);

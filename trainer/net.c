@@ -628,8 +628,37 @@ static int s_basic_block(eq_net *net, const char *pfx, int in, int64_t planes, i
     return x >= 0 && skip >= 0 ? x : -1;
 }
 
-int eq_net_build_torch_resnet(eq_net *net, const int blocks[4], int64_t width, int64_t classes,
-                              int64_t n, int64_t h, int64_t w, eq_err *err)
+/* torchvision Bottleneck: conv1x1-bn-relu-conv3x3(stride)-bn-relu-
+ * conv1x1(x4)-bn (+ downsample conv1x1(stride)-bn when the shape changes),
+ * add, relu. */
+static int s_bottleneck(eq_net *net, const char *pfx, int in, int64_t planes, int64_t stride,
+                        eq_err *err)
+{
+    char nm[8][128];
+    static const char *const suffix[8] = {"conv1", "bn1", "conv2", "bn2", "conv3", "bn3",
+                                          "downsample.0", "downsample.1"};
+    for (int i = 0; i < 8; i++) snprintf(nm[i], sizeof nm[i], "%s.%s", pfx, suffix[i]);
+    int64_t inplanes = net->nodes[in].c, out = planes * 4;
+    int x = eq_net_conv(net, nm[0], in, planes, 1, 1, 0, 1, err);
+    if (x >= 0) x = eq_net_bn(net, nm[1], x, err);
+    if (x >= 0) x = eq_net_relu(net, x, err);
+    if (x >= 0) x = eq_net_conv(net, nm[2], x, planes, 3, stride, 1, 1, err);
+    if (x >= 0) x = eq_net_bn(net, nm[3], x, err);
+    if (x >= 0) x = eq_net_relu(net, x, err);
+    if (x >= 0) x = eq_net_conv(net, nm[4], x, out, 1, 1, 0, 1, err);
+    if (x >= 0) x = eq_net_bn(net, nm[5], x, err);
+    int skip = in;
+    if (x >= 0 && (stride != 1 || inplanes != out)) {
+        skip = eq_net_conv(net, nm[6], in, out, 1, stride, 0, 1, err);
+        if (skip >= 0) skip = eq_net_bn(net, nm[7], skip, err);
+    }
+    if (x >= 0 && skip >= 0) x = eq_net_add(net, x, skip, err);
+    if (x >= 0 && skip >= 0) x = eq_net_relu(net, x, err);
+    return x >= 0 && skip >= 0 ? x : -1;
+}
+
+int eq_net_build_torch_resnet(eq_net *net, int bottleneck, const int blocks[4], int64_t width,
+                              int64_t classes, int64_t n, int64_t h, int64_t w, eq_err *err)
 {
     if (!blocks || width < 1 || classes < 1) {
         eq_err_set(err, EQ_ERR_INVALID, "torch_resnet: blocks, width and classes must be given");
@@ -649,7 +678,9 @@ int eq_net_build_torch_resnet(eq_net *net, const int blocks[4], int64_t width, i
         for (int b = 0; b < blocks[stage] && x >= 0; b++) {
             char pfx[64];
             snprintf(pfx, sizeof pfx, "layer%d.%d", stage + 1, b);
-            x = s_basic_block(net, pfx, x, width << stage, b == 0 && stage > 0 ? 2 : 1, err);
+            int64_t stride = b == 0 && stage > 0 ? 2 : 1;
+            x = bottleneck ? s_bottleneck(net, pfx, x, width << stage, stride, err)
+                           : s_basic_block(net, pfx, x, width << stage, stride, err);
         }
     }
     if (x >= 0) x = eq_net_gap(net, x, err);

@@ -106,12 +106,14 @@ eq_status eq_net_backward(eq_net *net, eq_err *err);
 
 /* ---- models ---------------------------------------------------------------- */
 
-/* torchvision's ResNet with BasicBlocks (resnet18: blocks {2,2,2,2},
- * resnet34: {3,4,6,3}) and its exact tensor names, on an input of
- * [n][h][w][3].  `width` is the first stage's channels (64 in torchvision;
- * smaller values give the same graph, thinner, for tests).  Returns the
- * output node; call eq_net_finalize after. */
-int eq_net_build_torch_resnet(eq_net *net, const int blocks[4], int64_t width, int64_t classes,
-                              int64_t n, int64_t h, int64_t w, eq_err *err);
+/* torchvision's ResNet and its exact tensor names, on an input of
+ * [n][h][w][3]: BasicBlocks (bottleneck = 0; resnet18: blocks {2,2,2,2},
+ * resnet34: {3,4,6,3}) or Bottlenecks (bottleneck = 1, expansion 4, stride
+ * on the 3x3 ("v1.5"); resnet50: {3,4,6,3}, resnet101: {3,4,23,3}).
+ * `width` is the first stage's channels (64 in torchvision; smaller values
+ * give the same graph, thinner, for tests).  Returns the output node; call
+ * eq_net_finalize after. */
+int eq_net_build_torch_resnet(eq_net *net, int bottleneck, const int blocks[4], int64_t width,
+                              int64_t classes, int64_t n, int64_t h, int64_t w, eq_err *err);
 
 #endif

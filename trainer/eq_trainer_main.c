@@ -1,0 +1,157 @@
+/*
+ * trainer/eq_trainer_main.c -- the eq-trainer daemon: flags, the
+ * experiment config, signals; trainer/train.h does the work.
+ * doc/eq-trainer.md is the user's reference.
+ *
+ * Exit status: 0 trained to the end; 1 failed (the log names why); 2 bad
+ * usage or config; 3 stopped by a signal or the control socket (a
+ * checkpoint to resume from was written).
+ */
+#include "config.h"
+
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "core/log.h"
+#include "trainer/feeder.h"
+#include "trainer/train.h"
+
+#define S_MAX_SETS 128
+
+static eq_train *s_train; /* for the signal handler only */
+
+static void s_on_signal(int sig)
+{
+    (void)sig;
+    if (s_train) eq_train_stop(s_train);
+}
+
+static void s_usage(FILE *f)
+{
+    fprintf(f, "usage: eq-trainer --config FILE --loaders EP[,EP...] [options]\n"
+               "Train the experiment of FILE on batches from eq-loaders; val predictions go to eq-eval.\n"
+               "\n"
+               "  --config FILE          experiment config ([loader] [data] [model] [quant.wt] [quant.fm]\n"
+               "                         [optim] [schedule] [train]; `eqctl config doc` lists every key)\n"
+               "  --set SECTION.KEY=VAL  override a config key (repeatable)\n"
+               "  --loaders EP[,EP...]   data endpoints of the eq-loaders\n"
+               "  --eval EP              eq-eval's PRED endpoint (default: no evaluation)\n"
+               "  --pub EP               bind a METRICS publisher here (e.g. tcp://127.0.0.1:*)\n"
+               "  --control EP           bind the control socket here (status, stop)\n"
+               "  --resume CKPT          continue from a checkpoint (same config)\n"
+               "  --log-level LEVEL      debug, info, warn, error (default info)\n"
+               "  --log-json             log JSON lines\n"
+               "  --help\n"
+               "Exit status: 0 done, 1 failed, 2 bad usage or config, 3 stopped (checkpoint written).\n");
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option o[] = { { "config", required_argument, 0, 'c' },
+                                       { "set", required_argument, 0, 's' },
+                                       { "loaders", required_argument, 0, 'L' },
+                                       { "eval", required_argument, 0, 'e' },
+                                       { "pub", required_argument, 0, 'p' },
+                                       { "control", required_argument, 0, 'C' },
+                                       { "resume", required_argument, 0, 'r' },
+                                       { "log-level", required_argument, 0, 'l' },
+                                       { "log-json", no_argument, 0, 'j' },
+                                       { "help", no_argument, 0, 'h' },
+                                       { 0, 0, 0, 0 } };
+    const char *config = NULL, *sets[S_MAX_SETS];
+    size_t nsets = 0;
+    char *loaders_arg = NULL;
+    eq_train_opts to = { 0 };
+    int c;
+    eq_log_set_role("trainer", 0);
+    while ((c = getopt_long(argc, argv, "", o, NULL)) != -1) {
+        switch (c) {
+        case 'c': config = optarg; break;
+        case 's':
+            if (nsets == S_MAX_SETS) {
+                fprintf(stderr, "eq-trainer: more than %d --set\n", S_MAX_SETS);
+                return 2;
+            }
+            sets[nsets++] = optarg;
+            break;
+        case 'L': loaders_arg = optarg; break;
+        case 'e': to.eval = optarg; break;
+        case 'p': to.pub = optarg; break;
+        case 'C': to.control = optarg; break;
+        case 'r': to.resume = optarg; break;
+        case 'l': {
+            eq_log_level lv;
+            if (eq_log_level_parse(optarg, &lv)) {
+                fprintf(stderr, "eq-trainer: --log-level '%s': expected debug, info, warn or error\n", optarg);
+                return 2;
+            }
+            eq_log_set_level(lv);
+            break;
+        }
+        case 'j': eq_log_set_json(1); break;
+        case 'h': s_usage(stdout); return 0;
+        default: s_usage(stderr); return 2;
+        }
+    }
+    if (optind != argc || !config || !loaders_arg) {
+        if (optind == argc) fprintf(stderr, "eq-trainer: --config and --loaders are required\n");
+        s_usage(stderr);
+        return 2;
+    }
+    /* --loaders a,b,c */
+    const char *eps[EQ_FEEDER_MAX_LOADERS];
+    size_t neps = 0;
+    char *save = NULL;
+    for (char *tok = strtok_r(loaders_arg, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        if (neps == EQ_FEEDER_MAX_LOADERS) {
+            fprintf(stderr, "eq-trainer: more than %d loaders\n", EQ_FEEDER_MAX_LOADERS);
+            return 2;
+        }
+        eps[neps++] = tok;
+    }
+    if (!neps) {
+        fprintf(stderr, "eq-trainer: --loaders: no endpoint\n");
+        return 2;
+    }
+    to.loaders = eps;
+    to.nloaders = neps;
+    eq_experiment x;
+    eq_err e = { 0 };
+    char *text = NULL;
+    if (eq_experiment_load(&x, config, sets, nsets, &text, &e) != EQ_OK) {
+        fprintf(stderr, "eq-trainer: %s\n", e.msg);
+        return 2;
+    }
+    to.config_text = text;
+    s_train = eq_train_new(&x, &to, &e);
+    free(text);
+    if (!s_train) {
+        eq_error("%s", e.msg);
+        return 1;
+    }
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = s_on_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    eq_info("started (pid %ld): %zu loader(s), eval %s, pub on %s, control on %s", (long)getpid(), neps,
+            to.eval ? to.eval : "-", *eq_train_pub_endpoint(s_train) ? eq_train_pub_endpoint(s_train) : "-",
+            *eq_train_control_endpoint(s_train) ? eq_train_control_endpoint(s_train) : "-");
+    eq_status st = eq_train_run(s_train, &e);
+    int rc = 0;
+    if (st == EQ_ERR_INTERRUPTED) {
+        eq_warn("%s", e.msg);
+        rc = 3;
+    } else if (st != EQ_OK) {
+        eq_error("%s", e.msg);
+        rc = 1;
+    }
+    eq_train *t = s_train;
+    s_train = NULL;
+    eq_train_destroy(&t);
+    return rc;
+}

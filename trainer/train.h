@@ -1,0 +1,125 @@
+/*
+ * trainer/train.h -- the experiment config as the trainer reads it, and
+ * the training loop of eq-trainer: batches from the loaders (feeder.h),
+ * normalisation, forward/backward/optimiser on the model (model.h,
+ * optim.h), val predictions to eq-eval (PRED), progress to a PUB socket and
+ * a JSONL file (METRICS), checkpoints (checkpoint.h).
+ *
+ * The experiment config is one file with the sections [loader] and [data]
+ * (loader/server.h), [model], [quant.wt], [quant.fm] (model.h), [optim],
+ * [schedule] (optim.h), and [train] (below).  Its defaults are the
+ * embedded Fashion-MNIST run (a file with only [loader] and [data] is a
+ * complete experiment): where the trainer's default differs from the
+ * owning module's, eq_experiment_sections says so in the key's doc line
+ * (ResNet-20 at width 16 on 1 channel, 1 epoch, cosine lr per iteration,
+ * weights and activations quantized with LSQ).
+ *
+ * The loop (one rank):
+ *   for each epoch e (from the resume point):
+ *     train pass: steps [s0, S) with S = floor(train size / G) (or
+ *       max_steps); each step: uint8 NHWC -> fp32 (x/255 - mean)/std,
+ *       forward, loss (a NaN/inf loss stops the run naming the step; the
+ *       last good checkpoint is kept), backward, lr from the schedule,
+ *       optimiser step; progress every log_every steps;
+ *     val pass (every eval_every epochs): forward in eval mode on every val
+ *       sample (positions [0, N) of the unshuffled val order, the last batch
+ *       padded), top-k indices sent to eq-eval as PRED with the samples'
+ *       positions as ids and a final PRED; no accuracy is computed here;
+ *     checkpoint (atomic) at the epoch end, and every ckpt_every steps.
+ *   A stop (eq_train_stop, from SIGTERM/SIGINT or the control socket)
+ *   finishes the current step, writes a checkpoint that resumes at the next
+ *   step, and returns EQ_ERR_INTERRUPTED.
+ *
+ * Resume: eq_train_opts.resume names a checkpoint; training continues at
+ * its (epoch, step) with exactly the batches the uninterrupted run would
+ * have seen (they are pure functions of (job, epoch, position)).
+ *
+ * Thread safety: one thread runs eq_train_run; eq_train_stop may be called
+ * from a signal handler or any thread.
+ */
+#ifndef EQ_TRAINER_TRAIN_H
+#define EQ_TRAINER_TRAIN_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/config.h"
+#include "core/status.h"
+#include "loader/server.h"
+#include "trainer/model.h"
+#include "trainer/optim.h"
+
+/* [train] */
+typedef struct eq_train_cfg {
+    char name[64];          /* job name in PRED/METRICS */
+    int64_t max_steps;      /* per epoch; 0 = the whole epoch */
+    int64_t eval_every;     /* epochs; 0 = never */
+    int64_t eval_max;       /* val samples evaluated; 0 = all */
+    int64_t log_every;      /* steps */
+    char out_dir[1024];     /* checkpoints and metrics.jsonl */
+    int64_t ckpt_every;     /* steps; 0 = epoch ends only */
+    int64_t keep_last;      /* checkpoints kept */
+    int64_t threads;        /* CPU backend threads; 0 = one per CPU */
+    double mean[16], std[16]; /* per channel, on x/255 */
+    size_t nmean, nstd;
+    int64_t inflight;       /* batch requests in flight over all loaders */
+    int64_t timeout_ms;     /* request deadline before asking again */
+    double smoothing;       /* label smoothing */
+} eq_train_cfg;
+
+typedef struct eq_experiment {
+    eq_loader_cfg loader;
+    eq_loader_data_cfg data;
+    eq_model_cfg model;
+    eq_model_quant_cfg wt, fm;
+    eq_optim_cfg optim;
+    eq_schedule_cfg sched;
+    eq_train_cfg train;
+} eq_experiment;
+
+#define EQ_EXPERIMENT_NSECTIONS 8
+
+/* Every section of an experiment config, bound to `x` (NULL: validate and
+ * discard), with the trainer's defaults.  The tables are static (one set
+ * per process; the first call builds them).  Not thread-safe on the first
+ * call. */
+void eq_experiment_sections(eq_experiment *x, eq_config_section secs[EQ_EXPERIMENT_NSECTIONS]);
+
+/* Load the experiment at `path` with `sets` overrides, and check the
+ * cross-section rules (mean/std per channel, model input channels equal to
+ * [data] channels).  *text_out (may be NULL) receives the effective config
+ * as text (eq_config_dump; caller frees).  Errors as eq_config_load. */
+eq_status eq_experiment_load(eq_experiment *x, const char *path, const char *const *sets, size_t nsets,
+                             char **text_out, eq_err *err);
+
+typedef struct eq_train_opts {
+    const char *const *loaders; /* data endpoints of the eq-loaders, >= 1 */
+    size_t nloaders;
+    const char *eval;       /* eq-eval PULL endpoint; NULL: no evaluation */
+    const char *pub;        /* METRICS PUB endpoint to bind; NULL: none */
+    const char *control;    /* control ROUTER to bind ("status", "stop"); NULL: none */
+    const char *resume;     /* checkpoint to resume from; NULL: start fresh */
+    const char *config_text; /* saved in checkpoints; may be NULL */
+} eq_train_opts;
+
+typedef struct eq_train eq_train;
+
+/* Validate, build the backend and model, connect; nothing is trained yet.
+ * Caller owns the result. */
+eq_train *eq_train_new(const eq_experiment *x, const eq_train_opts *o, eq_err *err);
+void eq_train_destroy(eq_train **self_p);
+
+/* Train to the end (EQ_OK), until stopped (EQ_ERR_INTERRUPTED, after the
+ * stop checkpoint), or until an error (NaN/inf loss: EQ_ERR_INVALID naming
+ * epoch and step; loader errors; I/O). */
+eq_status eq_train_run(eq_train *self, eq_err *err);
+
+/* Ask the loop to stop after the current step.  Async-signal-safe. */
+void eq_train_stop(eq_train *self);
+
+/* Bound endpoints ("" when not bound). */
+const char *eq_train_pub_endpoint(const eq_train *self);
+const char *eq_train_control_endpoint(const eq_train *self);
+
+#endif
