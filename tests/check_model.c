@@ -142,6 +142,35 @@ static void s_parity(const char *fixture)
     }
     ck_assert_uint_gt(ngrad, 10);
     ck_assert_uint_gt(nstats, 4);
+    long li = eq_st_find(f, "steps.loss");
+    if (li >= 0) { /* SGD steps against torch.optim.SGD with the original's decay groups */
+        const eq_tensor_desc *ld = eq_st_desc(f, (size_t)li);
+        const float *ref = s_get(f, "steps.loss", (size_t)ld->shape[0]);
+        eq_optim_cfg oc;
+        eq_config_section os[EQ_OPTIM_CONFIG_NSECTIONS];
+        eq_optim_config_sections(&oc, NULL, os);
+        OK(eq_config_defaults(os, 1, &err));
+        oc.lr = 0.1, oc.nesterov = true;
+        eq_optim *o = eq_optim_new(m, &oc, &err);
+        ck_assert_msg(o != NULL, "%s", err.msg);
+        OK(eq_optim_step(o, oc.lr, &err));
+        for (int64_t s = 1; s < ld->shape[0]; s++) {
+            OK(eq_model_forward(m, x, true, &err));
+            OK(eq_model_loss(m, y, NULL, NULL, 0.0f, &loss, &err));
+            ck_assert_msg(fabs(loss - ref[s]) <= TOL * fabs(ref[s]), "step %d: loss %g vs %g", (int)s, loss, ref[s]);
+            OK(eq_model_backward(m, NULL, &err));
+            OK(eq_optim_step(o, oc.lr, &err));
+        }
+        for (size_t i = 0; i < eq_model_tensor_count(m); i++) {
+            const eq_model_tensor *t = eq_model_tensor_at(m, i);
+            char name[512];
+            snprintf(name, sizeof name, "steps.%s", t->name);
+            if (t->dtype != EQ_DT_F32) continue;
+            e = s_relerr(t->data, s_get(f, name, t->numel), t->numel);
+            ck_assert_msg(e < TOL, "%s: %s after SGD: rel err %g", fixture, name, e);
+        }
+        eq_optim_destroy(&o);
+    }
     eq_model_destroy(&m);
     ck_assert_ptr_null(m);
     eq_backend_destroy(&be);
