@@ -10,6 +10,10 @@
  * Duplicate object keys are kept in order; eq_json_get returns the last one
  * (Python's json semantics).  Nesting depth is limited (default 512).
  * Thread-safety: a parsed document may be read from many threads.
+ * Notes: numbers beyond the double range become +-inf, as in Python;
+ * integer literals beyond int64 are only available as (rounded) doubles;
+ * a UTF-8 byte order mark is rejected; eq_json_get is a linear scan.
+ * Memory: ~16 bytes per value plus string bytes (see json.c).
  */
 #ifndef EQ_JSON_H
 #define EQ_JSON_H
@@ -67,7 +71,8 @@ int eq_json_int(const eq_json *v, int64_t *out);
 /* String contents (unescaped, UTF-8, NUL-terminated); NULL if not a string. */
 const char *eq_json_str(const eq_json *v, size_t *len);
 /* 1-based position of the value's first character in the text, for error
- * messages that name an entry. */
+ * messages that name an entry.  The column counts bytes; lines count '\n'.
+ * (Positions saturate at 2^28-1 lines and 2^32-1 columns.) */
 uint32_t eq_json_line(const eq_json *v);
 uint32_t eq_json_col(const eq_json *v);
 
