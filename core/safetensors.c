@@ -178,17 +178,16 @@ static int s_by_offset(const void *a, const void *b)
     return strcmp(x->name, y->name);
 }
 
-/* Sort the indices of f->t by name: a bottom-up merge sort (qsort has no
- * context argument, and globals are out). */
-static void s_index_names(eq_st_file *f, size_t *tmp)
+/* Sort a[0..n) (indices into names[]) by name: a bottom-up merge sort
+ * (qsort has no context argument, and globals are out).  tmp: n slots. */
+static void s_sort_idx(size_t *a, size_t *tmp, size_t n, const char *const *names)
 {
-    size_t n = f->n, *a = f->by_name;
     for (size_t i = 0; i < n; i++) a[i] = i;
     for (size_t w = 1; w < n; w *= 2) {
         for (size_t lo = 0; lo < n; lo += 2 * w) {
             size_t mid = lo + w < n ? lo + w : n, hi = lo + 2 * w < n ? lo + 2 * w : n;
             size_t i = lo, j = mid, k = lo;
-            while (i < mid && j < hi) tmp[k++] = strcmp(f->t[a[j]].name, f->t[a[i]].name) < 0 ? a[j++] : a[i++];
+            while (i < mid && j < hi) tmp[k++] = strcmp(names[a[j]], names[a[i]]) < 0 ? a[j++] : a[i++];
             while (i < mid) tmp[k++] = a[i++];
             while (j < hi) tmp[k++] = a[j++];
         }
@@ -216,14 +215,24 @@ static eq_status s_metadata(eq_st_file *f, const eq_json *m, eq_err *err)
                           eq_json_type_name(eq_json_typeof(v)));
         if (strlen(k) != kl || strlen(s) != vl)
             return s_fail(f, err, EQ_ERR_UNSUPPORTED, "metadata '%s': contains a NUL character", k);
-        for (size_t j = 0; j < i; j++)
-            if (strcmp(f->meta_k[j], k) == 0)
-                return s_fail(f, err, EQ_ERR_CORRUPT, "metadata '%s': duplicate key", k);
         f->meta_k[i] = k;
         f->meta_v[i] = s;
     }
     f->nmeta = n;
-    return EQ_OK;
+    /* duplicate keys, in O(n log n): headers come from untrusted files */
+    size_t *idx = eq_calloc_array(n, sizeof *idx), *tmp = eq_calloc_array(n, sizeof *tmp);
+    eq_status rc = EQ_OK;
+    if (!idx || !tmp)
+        rc = s_fail(f, err, EQ_ERR_NOMEM, "out of memory");
+    else {
+        s_sort_idx(idx, tmp, n, f->meta_k);
+        for (size_t i = 1; i < n && rc == EQ_OK; i++)
+            if (strcmp(f->meta_k[idx[i - 1]], f->meta_k[idx[i]]) == 0)
+                rc = s_fail(f, err, EQ_ERR_CORRUPT, "metadata '%s': duplicate key", f->meta_k[idx[i]]);
+    }
+    free(idx);
+    free(tmp);
+    return rc;
 }
 
 /* Validate the header of the file image `img` (f->buf, f->buf_len set). */
@@ -267,7 +276,14 @@ static eq_status s_validate(eq_st_file *f, const unsigned char *img, eq_err *err
     if (rc == EQ_OK) {
         /* file order, then names */
         qsort(f->t, nt, sizeof *f->t, s_by_offset);
-        s_index_names(f, tmp);
+        const char **names = eq_calloc_array(nt, sizeof *names);
+        if (!names) {
+            free(tmp);
+            return s_fail(f, err, EQ_ERR_NOMEM, "out of memory");
+        }
+        for (size_t i = 0; i < nt; i++) names[i] = f->t[i].name;
+        s_sort_idx(f->by_name, tmp, nt, names);
+        free(names);
         for (size_t i = 1; i < nt; i++)
             if (strcmp(f->t[f->by_name[i - 1]].name, f->t[f->by_name[i]].name) == 0) {
                 rc = s_fail(f, err, EQ_ERR_CORRUPT, "tensor '%s': duplicate name", f->t[f->by_name[i]].name);

@@ -485,6 +485,25 @@ START_TEST(test_valid_edge_cases)
     }
     eq_st_close(&f);
     free(b);
+    /* 100k metadata entries: duplicate detection is not quadratic */
+    size_t cap = 3000000, m = 0;
+    char *big = malloc(cap);
+    ck_assert_ptr_nonnull(big);
+    m += (size_t)snprintf(big + m, cap - m, "{\"__metadata__\":{");
+    for (int i = 0; i < 100000; i++) m += (size_t)snprintf(big + m, cap - m, "%s\"k%d\":\"v\"", i ? "," : "", i);
+    snprintf(big + m, cap - m, "}}");
+    b = mk(big, 0, &len);
+    f = eq_st_parse(b, len, NULL, &err);
+    ck_assert_msg(f != NULL, "%s", err.msg);
+    ck_assert_uint_eq(eq_st_meta_count(f), 100000);
+    ck_assert_str_eq(eq_st_meta_get(f, "k99999"), "v");
+    eq_st_close(&f);
+    free(b);
+    snprintf(big + m, cap - m, ",\"k777\":\"w\"}}");
+    b = mk(big, 0, &len);
+    bad_bytes(b, len, NULL, EQ_ERR_CORRUPT, "<memory>: metadata 'k777': duplicate key");
+    free(b);
+    free(big);
 }
 END_TEST
 
