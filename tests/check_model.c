@@ -77,6 +77,22 @@ static void s_cfg_from(const eq_st_file *f, eq_model_cfg *c)
     }
 }
 
+/* Quantizers from the fixture's "quant" metadata ("lsq2": LSQ 2 bits). */
+static void s_quant_from(const eq_st_file *f, eq_model_quant_cfg *wt, eq_model_quant_cfg *fm)
+{
+    eq_err err = {0};
+    eq_config_section secs[EQ_MODEL_CONFIG_NSECTIONS];
+    eq_model_config_sections(NULL, wt, fm, secs);
+    OK(eq_config_defaults(secs, EQ_MODEL_CONFIG_NSECTIONS, &err));
+    const char *q = eq_st_meta_get(f, "quant");
+    if (!q) return;
+    ck_assert_str_eq(q, "lsq2");
+    wt->enable = fm->enable = true;
+    snprintf(wt->method, sizeof wt->method, "lsq");
+    snprintf(fm->method, sizeof fm->method, "lsq");
+    wt->bit = fm->bit = 2;
+}
+
 static const float *s_get(const eq_st_file *f, const char *name, size_t numel)
 {
     eq_err err = {0};
@@ -97,7 +113,9 @@ static void s_parity(const char *fixture)
     int64_t n = xd->shape[0], h = xd->shape[1], w = xd->shape[2], c = xd->shape[3];
     eq_backend *be = eq_backend_cpu_new(2, &err);
     ck_assert_msg(be != NULL, "%s", err.msg);
-    eq_model *m = eq_model_new(be, &cfg, NULL, NULL, n, h, w, &err);
+    eq_model_quant_cfg wt, fm;
+    s_quant_from(f, &wt, &fm);
+    eq_model *m = eq_model_new(be, &cfg, &wt, &fm, n, h, w, &err);
     ck_assert_msg(m != NULL, "%s: %s", fixture, err.msg);
     /* exactly the fixture's tensors, by name, dtype and shape */
     size_t missing = 9;
@@ -123,13 +141,14 @@ static void s_parity(const char *fixture)
     for (size_t i = 0; i < eq_model_tensor_count(m); i++) {
         const eq_model_tensor *t = eq_model_tensor_at(m, i);
         char name[512];
+        const char *qp = t->quant ? "quant." : "";
         if (t->kind == EQ_MT_PARAM) {
-            snprintf(name, sizeof name, "grad.%s", t->name);
+            snprintf(name, sizeof name, "grad.%s%s", qp, t->name);
             e = s_relerr(t->grad, s_get(f, name, t->numel), t->numel);
             ck_assert_msg(e < TOL, "%s: %s rel err %g", fixture, name, e);
             ngrad++;
         } else if (t->dtype == EQ_DT_F32) {
-            snprintf(name, sizeof name, "stats.%s", t->name);
+            snprintf(name, sizeof name, "stats.%s%s", qp, t->name);
             e = s_relerr(t->data, s_get(f, name, t->numel), t->numel);
             ck_assert_msg(e < TOL, "%s: %s rel err %g", fixture, name, e);
             nstats++;
@@ -192,6 +211,12 @@ END_TEST
 START_TEST(test_parity_resnet20_bireal)
 {
     s_parity("resnet20_bireal.safetensors");
+}
+END_TEST
+
+START_TEST(test_parity_resnet20_lsq)
+{
+    s_parity("resnet20_lsq.safetensors");
 }
 END_TEST
 
@@ -790,6 +815,7 @@ static Suite *s_suite(void)
     tcase_add_test(tc, test_parity_resnet20);
     tcase_add_test(tc, test_parity_resnet20_bireal);
     tcase_add_test(tc, test_parity_resnet18_prebn);
+    tcase_add_test(tc, test_parity_resnet20_lsq);
     suite_add_tcase(s, tc);
     tc = tcase_create("build");
     tcase_set_timeout(tc, 30);
