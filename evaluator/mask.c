@@ -429,8 +429,35 @@ eq_status eq_rle_fr_poly(const double *xy, size_t k, uint32_t h, uint32_t w, eq_
             int64_t t1 = hi_col - e->xs;
             if (t1 > e->dx - 1) t1 = e->dx - 1;
             for (int64_t t = t0; t <= t1; t += 5) s_edge_pair(e, (int)t, hi_col, h, w, a, &nc);
-        } else {
-            for (int t = 0; t < e->dy; t++) s_edge_pair(e, t, hi_col, h, w, a, &nc);
+        } else if (e->dx != 0) {
+            /* y-major: the column u(t) is monotone in t and moves by at most
+             * one per step, so each candidate column c (c = 2 mod 5) is
+             * crossed at most once, between t* - 1 and t*, where t* is the
+             * first step whose column is past c.  t* is estimated from the
+             * slope, then corrected by evaluating u exactly (monotonicity
+             * makes the correction exact); the pair goes through the same
+             * test as every other. */
+            int us, ue, v;
+            s_edge_pt(e, 0, &us, &v);
+            s_edge_pt(e, e->dy, &ue, &v);
+            int up = ue > us;
+            int64_t clo = up ? us : ue, chi = (up ? ue : us) - 1;
+            if (clo < lo_col) clo = lo_col;
+            if (chi > hi_col) chi = hi_col;
+            int64_t r = (clo - 2) % 5;
+            if (r < 0) r += 5;
+            if (r) clo += 5 - r;
+            for (int64_t c = clo; c <= chi; c += 5) {
+                /* first t with u(t) >= c + 1 (up) or u(t) <= c (down) */
+                double est = ((double)(up ? c + 1 : c) - .5 - e->xs) / e->s;
+                int64_t t = est < 0 ? 0 : est > e->dy ? e->dy : (int64_t)ceil(est);
+                int u;
+#define S_PAST(tt) (s_edge_pt(e, (int)(tt), &u, &v), up ? u >= c + 1 : u <= c)
+                while (t > 0 && S_PAST(t - 1)) t--;
+                while (t <= e->dy && !S_PAST(t)) t++;
+#undef S_PAST
+                if (t >= 1 && t <= e->dy) s_edge_pair(e, (int)t - 1, hi_col, h, w, a, &nc);
+            }
         }
     }
     /* compute the rle encoding given the y-boundary points */
