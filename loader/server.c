@@ -31,6 +31,7 @@
 #define S_CHUNK 4           /* samples a worker takes at a time */
 #define S_DRAIN_MS 5000     /* stop: time to finish the requests in hand */
 #define S_CTL_MAX 4096      /* largest control command */
+#define S_MAX_WAITERS 16    /* peers waiting for the same job to open */
 
 typedef struct s_decl {
     char name[EQ_PROTO_NAME_CAP];
@@ -75,6 +76,29 @@ typedef struct s_req {
     int expired;             /* atomic */
 } s_req;
 
+/* A JOB being set up by the opener thread (dataset walk, pipeline), and
+ * the peers waiting for its JOB_OK. */
+typedef struct s_pending {
+    struct s_pending *next;  /* s->pending (main thread), which owns it */
+    struct s_pending *qnext; /* s->open_head (under mu) */
+    char id[EQ_PROTO_ID_CAP];
+    eq_msg msg;
+    struct {
+        eq_proto_peer peer;
+        bool has_req;
+        uint64_t req;
+    } waiters[S_MAX_WAITERS];
+    int nwait;
+    s_job *job; /* result, or NULL and err */
+    eq_err err;
+} s_pending;
+
+/* What workers and the opener hand back to the main thread. */
+typedef struct s_note {
+    char tag; /* 'R': a finished s_req, 'J': an s_pending with its result */
+    void *ptr;
+} s_note;
+
 typedef struct s_worker {
     struct eq_loader_server *s;
     pthread_t thread;
@@ -103,6 +127,12 @@ struct eq_loader_server {
     int mu_ok;
     s_worker *workers;
     int nworkers;
+    s_pending *pending;       /* main thread: jobs being opened */
+    s_pending *open_head;     /* opener queue (under mu) */
+    pthread_cond_t open_cv;
+    pthread_t opener;
+    int opener_started;
+    pthread_mutex_t ds_mu;    /* decls[].open lists: opener writes, status reads */
     int ready;  /* workers started (under mu) */
     int failed; /* of which could not connect or make a decoder */
 
@@ -229,7 +259,8 @@ static void *s_worker_main(void *arg)
         }
         if (__atomic_add_fetch(&r->done, take, __ATOMIC_ACQ_REL) == r->n) {
             /* Hand the finished request to the main thread. */
-            while (zmq_send(push, &r, sizeof r, 0) < 0 && zmq_errno() == EINTR) {
+            s_note nt = {'R', r};
+            while (zmq_send(push, &nt, sizeof nt, 0) < 0 && zmq_errno() == EINTR) {
             }
         }
     }
@@ -240,17 +271,60 @@ static void *s_worker_main(void *arg)
 
 static void s_workers_stop(eq_loader_server *s)
 {
-    if (!s->workers) return;
     if (s->mu_ok) {
         pthread_mutex_lock(&s->mu);
         s->quit = 1;
         pthread_cond_broadcast(&s->cv);
+        pthread_cond_broadcast(&s->open_cv);
         pthread_mutex_unlock(&s->mu);
     }
+    if (s->opener_started) pthread_join(s->opener, NULL);
+    s->opener_started = 0;
+    if (!s->workers) return;
     for (int i = 0; i < s->nworkers; i++)
         if (s->workers[i].started) pthread_join(s->workers[i].thread, NULL);
     free(s->workers);
     s->workers = NULL;
+}
+
+static eq_status s_make_job(eq_loader_server *s, const eq_msg *m, const char *id, s_job **out, eq_err *err);
+
+/* The opener: sets up new jobs (opening a dataset can mean walking a
+ * million files) so that the main thread keeps serving meanwhile.  One
+ * thread, so datasets are opened one at a time and exactly once. */
+static void *s_opener_main(void *arg)
+{
+    eq_loader_server *s = arg;
+    void *push = zmq_socket(s->zctx, ZMQ_PUSH);
+    int zero = 0;
+    if (push) zmq_setsockopt(push, ZMQ_LINGER, &zero, sizeof zero);
+    if (push && zmq_connect(push, s->done_endpoint) != 0) {
+        zmq_close(push);
+        push = NULL;
+    }
+    pthread_mutex_lock(&s->mu);
+    s->ready++;
+    s->failed += !push;
+    pthread_cond_broadcast(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+    if (!push) {
+        eq_error("loader: job opener cannot start: %s", zmq_strerror(zmq_errno()));
+        return NULL;
+    }
+    for (;;) {
+        pthread_mutex_lock(&s->mu);
+        while (!s->quit && !s->open_head) pthread_cond_wait(&s->open_cv, &s->mu);
+        s_pending *p = s->quit ? NULL : s->open_head;
+        if (p) s->open_head = p->qnext;
+        pthread_mutex_unlock(&s->mu);
+        if (!p) break;
+        s_make_job(s, &p->msg, p->id, &p->job, &p->err);
+        s_note nt = {'J', p};
+        while (zmq_send(push, &nt, sizeof nt, 0) < 0 && zmq_errno() == EINTR) {
+        }
+    }
+    zmq_close(push);
+    return NULL;
 }
 
 /* ------------------------------------------------------------ lifecycle */
@@ -328,7 +402,9 @@ eq_loader_server *eq_loader_server_new(void *zctx, const eq_loader_server_cfg *c
     eq_proto_limits_default(&s->lim);
     s->lim.max_frames = 0; /* requests carry no payload */
     pthread_mutex_init(&s->mu, NULL);
+    pthread_mutex_init(&s->ds_mu, NULL);
     pthread_cond_init(&s->cv, NULL);
+    pthread_cond_init(&s->open_cv, NULL);
     s->mu_ok = 1;
 
     if (!(s->decls = calloc(cfg->ndatasets, sizeof *s->decls)) ||
@@ -385,14 +461,22 @@ eq_loader_server *eq_loader_server_new(void *zctx, const eq_loader_server_cfg *c
         }
         s->workers[i].started = 1;
     }
-    /* Synchronous start: every worker is connected when we return. */
+    {
+        int rc = pthread_create(&s->opener, NULL, s_opener_main, s);
+        if (rc != 0) {
+            eq_err_set(err, EQ_ERR_INTERNAL, "loader: cannot start the job opener: %s", strerror(rc));
+            goto fail;
+        }
+        s->opener_started = 1;
+    }
+    /* Synchronous start: every thread is connected when we return. */
     pthread_mutex_lock(&s->mu);
-    while (s->ready < s->nworkers) pthread_cond_wait(&s->cv, &s->mu);
+    while (s->ready < s->nworkers + 1) pthread_cond_wait(&s->cv, &s->mu);
     int failed = s->failed;
     pthread_mutex_unlock(&s->mu);
     if (failed) {
-        eq_err_set(err, EQ_ERR_INTERNAL, "loader: %d of %d workers could not start (see the log)", failed,
-                   s->nworkers);
+        eq_err_set(err, EQ_ERR_INTERNAL, "loader: %d of %d threads could not start (see the log)", failed,
+                   s->nworkers + 1);
         goto fail;
     }
     eq_info("loader: serving on %s%s%s with %d workers", s->endpoint, ctl ? ", control on " : "",
@@ -432,6 +516,17 @@ void eq_loader_server_destroy(eq_loader_server **self_p)
         nx = r->next;
         s_req_free(r);
     }
+    /* Notes not read (the threads are stopped): requests are freed here,
+     * jobs being opened below through s->pending, which owns them. */
+    s_note nt;
+    while (s->done && zmq_recv(s->done, &nt, sizeof nt, ZMQ_DONTWAIT) == (int)sizeof nt)
+        if (nt.tag == 'R') s_req_free(nt.ptr);
+    s->open_head = NULL;
+    for (s_pending *p = s->pending, *nx; p; p = nx) {
+        nx = p->next;
+        s_job_free(p->job);
+        free(p);
+    }
     eq_proto_socket_close(&s->data);
     eq_proto_socket_close(&s->ctl);
     eq_proto_socket_close(&s->done);
@@ -444,7 +539,9 @@ void eq_loader_server_destroy(eq_loader_server **self_p)
         if (s->pipe_fd[i] >= 0) close(s->pipe_fd[i]);
     if (s->mu_ok) {
         pthread_mutex_destroy(&s->mu);
+        pthread_mutex_destroy(&s->ds_mu);
         pthread_cond_destroy(&s->cv);
+        pthread_cond_destroy(&s->open_cv);
     }
     free(s);
     *self_p = NULL;
@@ -459,19 +556,25 @@ void eq_loader_server_stats(const eq_loader_server *s, eq_loader_stats *out)
 
 /* --------------------------------------------------------------- replies */
 
-static void s_send_error(eq_loader_server *s, const eq_proto_peer *to, const eq_msg *req, eq_status code,
-                         const char *msg)
+static void s_send_error_req(eq_loader_server *s, const eq_proto_peer *to, bool has_req, uint64_t req,
+                             eq_status code, const char *msg)
 {
     eq_err e = {0};
     S_ADD(s, errors_sent, 1);
     eq_debug("loader: ERROR to peer: %s", msg);
     /* Never block the loop on a peer that does not read its replies. */
     eq_msg m;
-    eq_proto_make_error(&m, req ? req->has_req : false, req ? req->req : 0, code, msg);
+    eq_proto_make_error(&m, has_req, req, code, msg);
     if (eq_proto_send(s->data, to, &m, NULL, 0, ZMQ_DONTWAIT, &e) != EQ_OK) {
         S_ADD(s, dropped, 1);
         eq_debug("loader: cannot send ERROR: %s", e.msg);
     }
+}
+
+static void s_send_error(eq_loader_server *s, const eq_proto_peer *to, const eq_msg *req, eq_status code,
+                         const char *msg)
+{
+    s_send_error_req(s, to, req ? req->has_req : false, req ? req->req : 0, code, msg);
 }
 
 static void s_reply(eq_loader_server *s, const eq_proto_peer *to, const eq_msg *m)
@@ -524,8 +627,11 @@ static const eq_dataset *s_dataset(eq_loader_server *s, s_decl *d, const char *s
     }
     eq_info("loader: opened %s/%s: %zu samples, %u classes in %" PRIu64 " ms", d->name, split,
             eq_dataset_size(ds), eq_dataset_num_classes(ds), eq_clock_ms() - t0);
+    pthread_mutex_lock(&s->ds_mu);
     snprintf(d->open[d->nopen].split, sizeof d->open[0].split, "%s", split);
-    d->open[d->nopen++].ds = ds;
+    d->open[d->nopen].ds = ds;
+    d->nopen++;
+    pthread_mutex_unlock(&s->ds_mu);
     return ds;
 }
 
@@ -602,12 +708,12 @@ fail:
     return st;
 }
 
-static void s_job_ok(eq_loader_server *s, const eq_proto_recvd *r, const s_job *j)
+static void s_job_ok(eq_loader_server *s, const eq_proto_peer *to, bool has_req, uint64_t req, const s_job *j)
 {
     eq_msg m;
     eq_proto_msg_init(&m, EQ_MSG_JOB_OK);
-    m.has_req = r->msg.has_req;
-    m.req = r->msg.req;
+    m.has_req = has_req;
+    m.req = req;
     eq_msg_job_ok *ok = &m.u.job_ok;
     eq_ds_fingerprint fp = eq_dataset_fingerprint(j->ds);
     snprintf(ok->job, sizeof ok->job, "%s", j->id);
@@ -616,7 +722,7 @@ static void s_job_ok(eq_loader_server *s, const eq_proto_recvd *r, const s_job *
     ok->data_count = fp.count;
     snprintf(ok->data_hash, sizeof ok->data_hash, "%016" PRIx64, fp.hash);
     snprintf(ok->pipeline, sizeof ok->pipeline, "%s", j->fingerprint);
-    s_reply(s, &r->from, &m);
+    s_reply(s, to, &m);
     eq_proto_msg_reset(&m);
 }
 
@@ -629,25 +735,71 @@ static void s_on_job(eq_loader_server *s, const eq_proto_recvd *r)
         return;
     }
     s_job *j = s_find_job(s, id);
-    if (!j) {
-        if (s->njobs == s->max_jobs && s_evict(s) != 0) {
-            s_send_error(s, &r->from, &r->msg, EQ_ERR_LIMIT,
-                         "JOB: job table full and every job has requests in flight; retry later");
+    if (j) {
+        s_job_ok(s, &r->from, r->msg.has_req, r->msg.req, j);
+        return;
+    }
+    /* New: the opener sets it up; the reply goes out when it is done (the
+     * same job asked again meanwhile waits for the same result). */
+    s_pending *p;
+    for (p = s->pending; p && strcmp(p->id, id); p = p->next) {
+    }
+    if (!p) {
+        if (!(p = calloc(1, sizeof *p))) {
+            s_send_error(s, &r->from, &r->msg, EQ_ERR_NOMEM, "JOB: out of memory");
             return;
         }
-        if (s_make_job(s, &r->msg, id, &j, &e) != EQ_OK) {
-            eq_warn("loader: JOB refused: %s", e.msg);
-            s_send_error(s, &r->from, &r->msg, e.code, e.msg);
-            return;
-        }
+        snprintf(p->id, sizeof p->id, "%s", id);
+        p->msg = r->msg;
+        p->next = s->pending;
+        s->pending = p;
+        pthread_mutex_lock(&s->mu);
+        s_pending **tail = &s->open_head;
+        while (*tail) tail = &(*tail)->qnext;
+        *tail = p;
+        pthread_cond_signal(&s->open_cv);
+        pthread_mutex_unlock(&s->mu);
+    }
+    if (p->nwait == S_MAX_WAITERS) {
+        s_send_error(s, &r->from, &r->msg, EQ_ERR_LIMIT, "JOB: this job is being opened; retry later");
+        return;
+    }
+    p->waiters[p->nwait].peer = r->from;
+    p->waiters[p->nwait].has_req = r->msg.has_req;
+    p->waiters[p->nwait++].req = r->msg.req;
+}
+
+/* The opener's result for a pending job: into the table, then the replies. */
+static void s_job_opened(eq_loader_server *s, s_pending *p)
+{
+    s_pending **pp = &s->pending;
+    while (*pp && *pp != p) pp = &(*pp)->next;
+    if (*pp) *pp = p->next;
+    s_job *j = p->job;
+    p->job = NULL;
+    if (j && s->njobs == s->max_jobs && s_evict(s) != 0) {
+        s_job_free(j);
+        j = NULL;
+        eq_err_set(&p->err, EQ_ERR_LIMIT, "JOB: job table full and every job has requests in flight; retry later");
+    }
+    if (j) {
         j->used = ++s->tick;
         s->jobs[s->njobs++] = j;
         S_SET(s, jobs, s->njobs);
         eq_info("loader: job %s: %s/%s %ux%ux%u G=%u seed=%" PRIu64 ", %" PRIu64 " steps per epoch", j->id,
                 j->job.dataset, j->job.split, j->H, j->W, j->C, j->job.global_batch, j->job.seed,
                 eq_pipeline_steps(j->pipe));
+    } else {
+        eq_warn("loader: JOB refused: %s", p->err.msg);
     }
-    s_job_ok(s, r, j);
+    for (int i = 0; i < p->nwait; i++) {
+        if (j)
+            s_job_ok(s, &p->waiters[i].peer, p->waiters[i].has_req, p->waiters[i].req, j);
+        else
+            s_send_error_req(s, &p->waiters[i].peer, p->waiters[i].has_req, p->waiters[i].req,
+                             p->err.code ? p->err.code : EQ_ERR_INTERNAL, p->err.msg);
+    }
+    free(p);
 }
 
 /* ------------------------------------------------------------ BATCH_REQ */
@@ -839,10 +991,14 @@ static void s_on_data(eq_loader_server *s, eq_proto_recvd *r)
 static void s_on_done(eq_loader_server *s)
 {
     for (;;) {
-        s_req *rq = NULL;
-        int n = zmq_recv(s->done, &rq, sizeof rq, ZMQ_DONTWAIT);
+        s_note nt;
+        int n = zmq_recv(s->done, &nt, sizeof nt, ZMQ_DONTWAIT);
         if (n < 0) return;
-        if (n == (int)sizeof rq && rq) s_finish(s, rq);
+        if (n != (int)sizeof nt || !nt.ptr) continue;
+        if (nt.tag == 'R')
+            s_finish(s, nt.ptr);
+        else if (nt.tag == 'J')
+            s_job_opened(s, nt.ptr);
     }
 }
 
@@ -883,6 +1039,7 @@ static size_t s_status_json(eq_loader_server *s, char *b, size_t cap)
     o = s_cat_str(b, cap, o, s->endpoint);
     o = s_cat(b, cap, o, ",\"uptime_s\":%.3f,\"workers\":%d,\"datasets\":[",
               (double)(eq_clock_ms() - s->started_ms) / 1000.0, s->nworkers);
+    pthread_mutex_lock(&s->ds_mu);
     for (size_t i = 0; i < s->ndecls; i++) {
         const s_decl *d = &s->decls[i];
         o = s_cat(b, cap, o, "%s{\"name\":", i ? "," : "");
@@ -897,7 +1054,10 @@ static size_t s_status_json(eq_loader_server *s, char *b, size_t cap)
         }
         o = s_cat(b, cap, o, "}}");
     }
-    o = s_cat(b, cap, o, "],\"jobs\":[");
+    pthread_mutex_unlock(&s->ds_mu);
+    size_t opening = 0;
+    for (const s_pending *p = s->pending; p; p = p->next) opening++;
+    o = s_cat(b, cap, o, "],\"opening\":%zu,\"jobs\":[", opening);
     for (size_t i = 0; i < s->njobs; i++) {
         const s_job *j = s->jobs[i];
         o = s_cat(b, cap, o, "%s{\"id\":\"%s\",\"dataset\":", i ? "," : "", j->id);

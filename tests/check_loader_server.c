@@ -485,6 +485,25 @@ START_TEST(test_many_in_flight)
         ck_assert_str_eq(r->msg.u.batch.job, k % 2 ? id2 : id1);
         ck_assert_uint_eq(r->msg.u.batch.step, (uint64_t)(k / 2 % 3));
     }
+    /* The same new job asked twice before it is set up: both get JOB_OK. */
+    eq_msg jm;
+    s_tiny_job(&jm, "train", "center");
+    jm.has_req = true;
+    for (uint64_t q = 501; q <= 503; q++) {
+        jm.req = q;
+        s_send(&f, &jm);
+    }
+    int okseen = 0;
+    char id3[EQ_PROTO_ID_CAP];
+    ck_assert_int_eq(eq_proto_job_id(&jm, id3, NULL), EQ_OK);
+    for (int i = 0; i < 3; i++) {
+        s_recv(&f, r, EQ_MSG_JOB_OK);
+        ck_assert_uint_ge(r->msg.req, 501);
+        ck_assert_uint_le(r->msg.req, 503);
+        okseen |= 1 << (r->msg.req - 501);
+        ck_assert_str_eq(r->msg.u.job_ok.job, id3);
+    }
+    ck_assert_int_eq(okseen, 7);
     /* val: the last global batch of 50 samples at G = 16 is short (2). */
     s_breq(&f, id2, 0, 3, 0, 16, 77);
     s_recv(&f, r, EQ_MSG_BATCH);
