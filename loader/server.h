@@ -9,10 +9,13 @@
  * Serving model (actor style, DESIGN.md "Daemons as actors"):
  *   - one main thread (eq_loader_server_run) owns every socket it polls:
  *     the data ROUTER, the control ROUTER, and an inproc PULL on which the
- *     workers report finished requests; it answers HELLO and JOB itself,
+ *     other threads report; it answers HELLO and known JOBs itself,
  *     checks each BATCH_REQ (job known, range valid, bytes-in-flight
  *     budget), computes its dataset indices with the job's sampler and
  *     queues it;
+ *   - one opener thread sets up new jobs (opening a dataset split may
+ *     walk a million files) and hands them back; the JOB_OK goes out then,
+ *     to every peer that asked for that job meanwhile;
  *   - N worker threads take samples from the queued requests a few at a
  *     time, round-robin across requests (so a large request does not hold
  *     up a small one), each with its own decoder; the worker that finishes
@@ -158,7 +161,8 @@ typedef struct eq_loader_server_cfg {
 typedef struct eq_loader_server eq_loader_server;
 
 /* Check the declarations (names unique and valid, paths exist, kinds
- * detected), create and bind the sockets in `zctx` and start the workers.
+ * detected), create and bind the sockets in `zctx` and start the workers
+ * and the job opener.
  * Binding a non-loopback TCP endpoint without CURVE is EQ_ERR_INVALID
  * unless cfg->insecure.  Datasets are opened on the first JOB that needs
  * them (one eq_dataset per dataset and split, shared by all its jobs).
