@@ -322,6 +322,84 @@ START_TEST(test_model_errors)
 }
 END_TEST
 
+/* ---- finite differences ------------------------------------------------------ */
+
+/* L = sum(logits * r) through conv, BN (training), PReLU, max-pool,
+ * avg-pool, ReLU, 1x1 conv, add, GAP and linear: every parameter's gradient
+ * against central differences (float32: eps 2e-3, 2% norm-wise; the errors are below 0.5%). */
+static double s_fd_loss(eq_layers *g, const float *x, const float *r)
+{
+    eq_err err = {0};
+    OK(eq_layers_forward(g, x, true, &err));
+    int64_t sh[4];
+    const float *y = eq_layers_output(g, NULL, sh);
+    double l = 0;
+    for (int64_t i = 0; i < sh[0] * sh[3]; i++) l += (double)y[i] * r[i];
+    return l;
+}
+
+START_TEST(test_finite_differences)
+{
+    eq_err err = {0};
+    eq_backend *be = eq_backend_cpu_new(1, &err);
+    eq_layers *g = eq_layers_new(be, &err);
+    int x = eq_layers_input(g, 2, 6, 6, 3, &err);
+    int c1 = eq_layers_conv(g, "c1", x, 4, 3, 1, 1, 1, NULL, NULL, false, &err);
+    int b1 = eq_layers_bn(g, "b1", c1, &err);
+    int p1 = eq_layers_prelu(g, "p1", b1, &err);
+    int mp = eq_layers_maxpool(g, p1, 2, 2, 0, &err);
+    int c2 = eq_layers_conv(g, "c2", mp, 4, 1, 1, 0, 1, NULL, NULL, false, &err);
+    int r2 = eq_layers_relu(g, c2, &err);
+    int ap = eq_layers_avgpool(g, p1, 3, 2, 1, &err);
+    int ad = eq_layers_add(g, r2, ap, &err);
+    int gp = eq_layers_gap(g, ad, &err);
+    int fc = eq_layers_linear(g, "fc", gp, 3, NULL, NULL, &err);
+    ck_assert_msg(fc >= 0, "%s", err.msg);
+    OK(eq_layers_finalize(g, 11, &err));
+    /* non-trivial BN affine and PReLU slope */
+    for (size_t i = 0; i < eq_layers_tensor_count(g); i++) {
+        const eq_model_tensor *t = eq_layers_tensor_at(g, i);
+        if (t->dtype != EQ_DT_F32 || t->kind != EQ_MT_PARAM) continue;
+        float *d = t->data;
+        if (strstr(t->name, "b1.") || strstr(t->name, "p1."))
+            for (size_t k = 0; k < t->numel; k++) d[k] += 0.3f * (float)sin(1.0 + 2.0 * (double)k);
+    }
+    float xin[2 * 6 * 6 * 3], r[2 * 3];
+    for (size_t i = 0; i < sizeof xin / 4; i++) xin[i] = (float)sin(0.91 * (double)i + 0.2);
+    for (size_t i = 0; i < 6; i++) r[i] = (float)cos(1.3 * (double)i);
+    s_fd_loss(g, xin, r);
+    float *dy;
+    eq_layers_output(g, &dy, NULL);
+    memcpy(dy, r, sizeof r);
+    OK(eq_layers_backward(g, &err));
+    size_t checked = 0;
+    for (size_t i = 0; i < eq_layers_tensor_count(g); i++) {
+        const eq_model_tensor *t = eq_layers_tensor_at(g, i);
+        if (t->kind != EQ_MT_PARAM) continue;
+        float *an = malloc(t->numel * sizeof *an), *fd = malloc(t->numel * sizeof *fd);
+        memcpy(an, t->grad, t->numel * sizeof *an);
+        float *d = t->data;
+        for (size_t k = 0; k < t->numel; k++) {
+            const float e = 2e-3f, v = d[k];
+            d[k] = v + e;
+            double lp = s_fd_loss(g, xin, r);
+            d[k] = v - e;
+            double lm = s_fd_loss(g, xin, r);
+            d[k] = v;
+            fd[k] = (float)((lp - lm) / (2.0 * (double)e));
+        }
+        double rel = s_relerr(an, fd, t->numel);
+        ck_assert_msg(rel < 2e-2, "%s: analytic vs finite differences rel err %g", t->name, rel);
+        checked++;
+        free(an);
+        free(fd);
+    }
+    ck_assert_uint_eq(checked, 7); /* c1, b1 w/b, p1, c2, fc w/b */
+    eq_layers_destroy(&g);
+    eq_backend_destroy(&be);
+}
+END_TEST
+
 /* ---- quantized conv ---------------------------------------------------------- */
 
 static const eq_model_tensor *s_ltensor(const eq_layers *g, const char *name)
@@ -822,6 +900,7 @@ static Suite *s_suite(void)
     tcase_add_test(tc, test_torchvision_names);
     tcase_add_test(tc, test_model_errors);
     tcase_add_test(tc, test_config_schemas);
+    tcase_add_test(tc, test_finite_differences);
     suite_add_tcase(s, tc);
     tc = tcase_create("quant");
     tcase_set_timeout(tc, 30);
