@@ -43,9 +43,14 @@ static void s_be32(uint8_t *p, uint32_t v)
 }
 
 /* A JPEG of a synthetic picture, made with tjCompress2. */
+/* samp may be or'ed with S_PROGRESSIVE for a progressive JPEG. */
+#define S_PROGRESSIVE 0x100
+
 static unsigned char *s_jpeg(uint32_t w, uint32_t h, int samp, int pf, int quality,
                              unsigned long *len, uint8_t **pix_out)
 {
+    int flags = samp & S_PROGRESSIVE ? TJFLAG_PROGRESSIVE : 0;
+    samp &= ~S_PROGRESSIVE;
     uint8_t *pix = NULL;
     ck_assert_int_eq(eq_synth_image(99, 2, 5, w * 31 + h, w, h, &pix, NULL), EQ_OK);
     uint8_t *src = pix;
@@ -58,7 +63,7 @@ static unsigned char *s_jpeg(uint32_t w, uint32_t h, int samp, int pf, int quali
     tjhandle tj = tjInitCompress();
     ck_assert_ptr_nonnull(tj);
     unsigned char *jpg = NULL;
-    ck_assert_msg(tjCompress2(tj, src, (int)w, 0, (int)h, pf, &jpg, len, samp, quality, 0) == 0,
+    ck_assert_msg(tjCompress2(tj, src, (int)w, 0, (int)h, pf, &jpg, len, samp, quality, flags) == 0,
                   "%s", tjGetErrorStr2(tj));
     tjDestroy(tj);
     if (src != pix) free(src);
@@ -659,11 +664,12 @@ START_TEST(test_crop_decode_equals_full)
 {
     eq_decoder *d = eq_decoder_new(0, NULL);
     ck_assert_ptr_nonnull(d);
-    const int samps[] = {TJSAMP_420, TJSAMP_444, TJSAMP_422, TJSAMP_GRAY};
+    const int samps[] = {TJSAMP_420, TJSAMP_444, TJSAMP_422, TJSAMP_GRAY,
+                         TJSAMP_420 | S_PROGRESSIVE};
     const uint32_t rects[][4] = {{0, 0, 40, 30}, {37, 21, 150, 97}, {100, 70, 203, 151},
                                  {1, 150, 202, 151}, {17, 3, 18, 140}};
     int worst = 0;
-    for (size_t s = 0; s < 4; s++) {
+    for (size_t s = 0; s < 5; s++) {
         unsigned long len;
         unsigned char *jpg = s_jpeg(203, 151, samps[s], TJPF_RGB, 85, &len, NULL);
         for (uint32_t num = 1; num <= 8; num++) {
