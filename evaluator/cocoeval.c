@@ -7,10 +7,11 @@
  *   1. gather: the GT and results of the evaluated images and categories,
  *      bucketed by (image, category) in pycocotools' order (one sort);
  *   2. per bucket, in parallel: stable score sort and cap of the results;
- *   3. segm only, in parallel: every gathered segmentation to an RLE;
- *   4. per bucket, in parallel: IoU/OKS matrix, then greedy matching for
- *      every area range and threshold; each kept result gets a TP / FP /
- *      ignored state per (area, threshold);
+ *   3. segm only: image sizes by id;
+ *   4. per bucket, in parallel: (segm) the bucket's masks, made and freed
+ *      on the spot, IoU/OKS matrix, then greedy matching for every area
+ *      range and threshold; each kept result gets a TP / FP / ignored
+ *      state per (area, threshold);
  *   5. per category, in parallel: one stable score sort of its results,
  *      then precision/recall for every (area, cap, threshold);
  *   6. summarize with numpy's pairwise summation.
@@ -449,9 +450,9 @@ typedef struct s_ctx {
     size_t max_ng, max_nd;
     /* per category: its buckets in image order */
     size_t *cat_b0, *cat_bucket; /* cat_b0[K+1] offsets into cat_bucket */
-    /* segm: masks for gt_list / dt_list positions */
-    eq_rle *gt_rle, *dt_rle;
-    double *gt_rbb, *dt_rbb;
+    /* segm: GT image id -> index of its last entry, for image sizes */
+    int64_t *img_sorted;
+    size_t *img_last, nimg;
     /* results */
     uint8_t *state;      /* [dt_list position][A][T] */
     uint32_t *npos;      /* [bucket][A]: non-ignored GTs */
@@ -467,7 +468,12 @@ typedef struct s_scratch {
     double *iou;         /* [max_nd * max_ng] */
     size_t *perm;        /* [max_ng] */
     uint8_t *gtig, *crowd, *gtm, *dtig, *dtnz;
+    /* segm: the bucket's masks and their boxes, converted on the spot */
+    eq_rle *grle, *drle;
+    double *gbb, *dbb;
     int nomem;
+    size_t err_bucket; /* bucket index + 1 of this worker's first error */
+    eq_err err;
 } s_scratch;
 
 static const char *s_area_lbl_det[4] = {"all", "small", "medium", "large"};
@@ -732,12 +738,12 @@ static eq_status s_poly_to_rle(const eq_coco *c, size_t rec, uint32_t h, uint32_
     return st;
 }
 
-#define S_CHUNK 256
-
 static eq_status s_convert_one(s_ctx *x, const eq_coco *c, size_t rec, eq_rle *out, double *bb,
-                               const int64_t *img_sorted, const size_t *img_last, size_t nimg,
                                eq_err *err)
 {
+    const int64_t *img_sorted = x->img_sorted;
+    const size_t *img_last = x->img_last;
+    size_t nimg = x->nimg;
     const eq_coco_rec *r = &c->anns[rec];
     eq_status st;
     if (r->seg_kind == EQ_COCO_SEG_POLY || r->seg_kind == S_SEG_FROM_BOX) {
@@ -770,43 +776,9 @@ static eq_status s_convert_one(s_ctx *x, const eq_coco *c, size_t rec, eq_rle *o
     return st;
 }
 
-typedef struct s_conv_ctx {
-    s_ctx *x;
-    int64_t *img_sorted;
-    size_t *img_last;
-    size_t nimg;
-    eq_err *errs;  /* per chunk */
-    size_t *erri;  /* per chunk: failing item + 1, 0 = none */
-} s_conv_ctx;
-
-static void s_phase_convert(void *vctx, size_t chunk, int worker)
-{
-    (void)worker;
-    s_conv_ctx *cc = vctx;
-    s_ctx *x = cc->x;
-    size_t total = x->n_gt + x->n_dt;
-    size_t lo = chunk * S_CHUNK, hi = lo + S_CHUNK < total ? lo + S_CHUNK : total;
-    for (size_t i = lo; i < hi; i++) {
-        int is_gt = i < x->n_gt;
-        size_t p = is_gt ? i : i - x->n_gt;
-        const eq_coco *c = is_gt ? x->gt : x->dt;
-        size_t rec = is_gt ? x->gt_list[p] : x->dt_list[p];
-        eq_rle *out = is_gt ? &x->gt_rle[p] : &x->dt_rle[p];
-        double *bb = is_gt ? &x->gt_rbb[4 * p] : &x->dt_rbb[4 * p];
-        if (s_convert_one(x, c, rec, out, bb, cc->img_sorted, cc->img_last, cc->nimg,
-                          &cc->errs[chunk])) {
-            char where[400];
-            s_where(c, rec, &c->anns[rec], where, sizeof where);
-            eq_err_prefix(&cc->errs[chunk], "%s: ", where);
-            cc->erri[chunk] = i + 1;
-            return;
-        }
-    }
-}
-
 /* ---- phase 4: IoU and matching (computeIoU/computeOks + evaluateImg) --- */
 
-static void s_compute_iou(s_ctx *x, const s_bucket *b, double *iou)
+static void s_compute_iou(s_ctx *x, const s_bucket *b, s_scratch *sc, double *iou)
 {
     size_t D = b->D, G = b->ng;
     const eq_coco *gt = x->gt, *dt = x->dt;
@@ -821,13 +793,11 @@ static void s_compute_iou(s_ctx *x, const s_bucket *b, double *iou)
         }
     } else if (x->type == EQ_COCO_SEGM) {
         for (size_t d = 0; d < D; d++) {
-            size_t dp = b->d0 + d;
             for (size_t g = 0; g < G; g++) {
-                size_t gp = b->g0 + g;
-                const eq_coco_rec *gr = &gt->anns[x->gt_list[gp]];
+                const eq_coco_rec *gr = &gt->anns[x->gt_list[b->g0 + g]];
                 int crowd = ((uint8_t)(int64_t)gr->iscrowd) != 0;
-                iou[d * G + g] = eq_rle_iou(&x->dt_rle[dp], &x->gt_rle[gp], crowd,
-                                            &x->dt_rbb[4 * dp], &x->gt_rbb[4 * gp]);
+                iou[d * G + g] = eq_rle_iou(&sc->drle[d], &sc->grle[g], crowd, &sc->dbb[4 * d],
+                                            &sc->gbb[4 * g]);
             }
         }
     } else {
@@ -879,7 +849,40 @@ static void s_phase_match(void *vctx, size_t bi, int worker)
     size_t D = b->D, G = b->ng, A = x->A;
     const eq_coco *gt = x->gt, *dt = x->dt;
     int have_iou = D > 0 && G > 0;
-    if (have_iou) s_compute_iou(x, b, s->iou);
+    if (x->type == EQ_COCO_SEGM) {
+        /* annToRLE for every gathered GT and result of the bucket (also the
+         * results beyond the cap, which pycocotools converts too) */
+        size_t ng = 0, nd = 0;
+        eq_err e1;
+        const eq_coco *c = gt;
+        size_t rec = 0;
+        eq_status st = EQ_OK;
+        for (; ng < G && !st; ng++) {
+            rec = x->gt_list[b->g0 + ng];
+            st = s_convert_one(x, gt, rec, &s->grle[ng], &s->gbb[4 * ng], &e1);
+        }
+        for (; nd < b->nd && !st; nd++) {
+            c = dt;
+            rec = x->dt_list[b->d0 + nd];
+            st = s_convert_one(x, dt, rec, &s->drle[nd], &s->dbb[4 * nd], &e1);
+        }
+        if (!st && have_iou) s_compute_iou(x, b, s, s->iou);
+        for (size_t g = 0; g < ng; g++) eq_rle_free(&s->grle[g]);
+        for (size_t d = 0; d < nd; d++) eq_rle_free(&s->drle[d]);
+        if (st) {
+            /* a worker takes indices in increasing order: its first error
+             * is its lowest bucket */
+            if (!s->err_bucket) {
+                char where[400];
+                s_where(c, rec, &c->anns[rec], where, sizeof where);
+                s->err = e1;
+                eq_err_prefix(&s->err, "%s: ", where);
+                s->err_bucket = bi + 1;
+            }
+            return;
+        }
+    } else if (have_iou)
+        s_compute_iou(x, b, s, s->iou);
     for (size_t g = 0; g < G; g++) {
         const eq_coco_rec *gr = &gt->anns[x->gt_list[b->g0 + g]];
         s->crowd[g] = (int64_t)gr->iscrowd != 0;
@@ -1180,14 +1183,8 @@ static void s_ctx_free(s_ctx *x)
     free(x->b);
     free(x->cat_b0);
     free(x->cat_bucket);
-    if (x->gt_rle)
-        for (size_t i = 0; i < x->n_gt; i++) eq_rle_free(&x->gt_rle[i]);
-    if (x->dt_rle)
-        for (size_t i = 0; i < x->n_dt; i++) eq_rle_free(&x->dt_rle[i]);
-    free(x->gt_rle);
-    free(x->dt_rle);
-    free(x->gt_rbb);
-    free(x->dt_rbb);
+    free(x->img_sorted);
+    free(x->img_last);
     free(x->state);
     free(x->npos);
     if (x->scr)
@@ -1199,6 +1196,10 @@ static void s_ctx_free(s_ctx *x)
             free(x->scr[w].gtm);
             free(x->scr[w].dtig);
             free(x->scr[w].dtnz);
+            free(x->scr[w].grle);
+            free(x->scr[w].drle);
+            free(x->scr[w].gbb);
+            free(x->scr[w].dbb);
         }
     free(x->scr);
 }
@@ -1391,36 +1392,14 @@ eq_status eq_coco_evaluate(const eq_coco *gt, const eq_coco *dt, const eq_coco_p
     /* 2. sort results per bucket */
     eq_pool_for(pool, x.nb, s_phase_sort, &x);
     if (s_any_nomem(&x)) goto nomem;
-    /* 3. segmentations */
+    /* 3. segm: image sizes by id (the dict keeps the last entry of an id);
+     * the masks themselves are made per bucket in phase 4 */
     if (x.type == EQ_COCO_SEGM) {
-        x.gt_rle = eq_calloc_array(x.n_gt + 1, sizeof *x.gt_rle);
-        x.dt_rle = eq_calloc_array(x.n_dt + 1, sizeof *x.dt_rle);
-        x.gt_rbb = eq_malloc_array(4 * x.n_gt + 1, sizeof *x.gt_rbb);
-        x.dt_rbb = eq_malloc_array(4 * x.n_dt + 1, sizeof *x.dt_rbb);
-        s_conv_ctx cc;
-        memset(&cc, 0, sizeof cc);
-        cc.x = &x;
-        size_t nchunks = (x.n_gt + x.n_dt + S_CHUNK - 1) / S_CHUNK;
-        cc.nimg = gt->n_img;
-        cc.img_sorted = eq_malloc_array(gt->n_img + 1, sizeof *cc.img_sorted);
-        cc.img_last = eq_malloc_array(gt->n_img + 1, sizeof *cc.img_last);
-        cc.errs = eq_calloc_array(nchunks + 1, sizeof *cc.errs);
-        cc.erri = eq_calloc_array(nchunks + 1, sizeof *cc.erri);
-        if (!x.gt_rle || !x.dt_rle || !x.gt_rbb || !x.dt_rbb || !cc.img_sorted || !cc.img_last ||
-            !cc.errs || !cc.erri) {
-            free(cc.img_sorted);
-            free(cc.img_last);
-            free(cc.errs);
-            free(cc.erri);
-            goto nomem;
-        }
-        /* image id -> index of its last entry (the dict keeps the last) */
+        x.img_sorted = eq_malloc_array(gt->n_img + 1, sizeof *x.img_sorted);
+        x.img_last = eq_malloc_array(gt->n_img + 1, sizeof *x.img_last);
         s_idpos *ip = eq_malloc_array(gt->n_img + 1, sizeof *ip);
-        if (!ip) {
-            free(cc.img_sorted);
-            free(cc.img_last);
-            free(cc.errs);
-            free(cc.erri);
+        if (!x.img_sorted || !x.img_last || !ip) {
+            free(ip);
             goto nomem;
         }
         for (size_t i = 0; i < gt->n_img; i++) {
@@ -1430,32 +1409,24 @@ eq_status eq_coco_evaluate(const eq_coco *gt, const eq_coco *dt, const eq_coco_p
         qsort(ip, gt->n_img, sizeof *ip, s_idpos_cmp);
         size_t nu = 0;
         for (size_t i = 0; i < gt->n_img; i++) {
-            if (nu && cc.img_sorted[nu - 1] == ip[i].id)
-                cc.img_last[nu - 1] = ip[i].rec;
+            if (nu && x.img_sorted[nu - 1] == ip[i].id)
+                x.img_last[nu - 1] = ip[i].rec;
             else {
-                cc.img_sorted[nu] = ip[i].id;
-                cc.img_last[nu] = ip[i].rec;
+                x.img_sorted[nu] = ip[i].id;
+                x.img_last[nu] = ip[i].rec;
                 nu++;
             }
         }
-        cc.nimg = nu;
+        x.nimg = nu;
         free(ip);
-        eq_pool_for(pool, nchunks, s_phase_convert, &cc);
-        size_t best = 0, bestc = 0;
-        for (size_t c = 0; c < nchunks; c++)
-            if (cc.erri[c] && (!best || cc.erri[c] < best)) {
-                best = cc.erri[c];
-                bestc = c;
-            }
-        if (best) {
-            if (err) *err = cc.errs[bestc];
-            st = cc.errs[bestc].code ? cc.errs[bestc].code : EQ_ERR_INVALID;
+        for (int w = 0; w < x.nworkers; w++) {
+            s_scratch *sc = &x.scr[w];
+            sc->grle = eq_calloc_array(x.max_ng + 1, sizeof *sc->grle);
+            sc->drle = eq_calloc_array(x.max_nd + 1, sizeof *sc->drle);
+            sc->gbb = eq_malloc_array(4 * x.max_ng + 1, sizeof *sc->gbb);
+            sc->dbb = eq_malloc_array(4 * x.max_nd + 1, sizeof *sc->dbb);
+            if (!sc->grle || !sc->drle || !sc->gbb || !sc->dbb) goto nomem;
         }
-        free(cc.img_sorted);
-        free(cc.img_last);
-        free(cc.errs);
-        free(cc.erri);
-        if (st) goto fail;
     }
     e->t_prepare = eq_clock_sec() - t0;
     t0 = eq_clock_sec();
@@ -1464,6 +1435,19 @@ eq_status eq_coco_evaluate(const eq_coco *gt, const eq_coco *dt, const eq_coco_p
     x.npos = eq_calloc_array(x.nb * x.A + 1, sizeof *x.npos);
     if (!x.state || !x.npos) goto nomem;
     eq_pool_for(pool, x.nb, s_phase_match, &x);
+    {
+        /* the error of the lowest bucket, whichever worker met it */
+        int wbest = -1;
+        for (int w = 0; w < x.nworkers; w++)
+            if (x.scr[w].err_bucket &&
+                (wbest < 0 || x.scr[w].err_bucket < x.scr[wbest].err_bucket))
+                wbest = w;
+        if (wbest >= 0) {
+            st = x.scr[wbest].err.code ? x.scr[wbest].err.code : EQ_ERR_INVALID;
+            if (err) *err = x.scr[wbest].err;
+            goto fail;
+        }
+    }
     e->t_evaluate = eq_clock_sec() - t0;
     t0 = eq_clock_sec();
     /* 5. accumulate */
