@@ -116,6 +116,21 @@ fail:
     return NULL;
 }
 
+/* A JSON string (quotes included) on stdout. */
+static void s_jstr(const char *v)
+{
+    putchar('"');
+    for (const unsigned char *p = (const unsigned char *)(v ? v : ""); *p; p++) {
+        if (*p == '"' || *p == '\\')
+            printf("\\%c", *p);
+        else if (*p < 0x20)
+            printf("\\u%04x", *p);
+        else
+            putchar(*p);
+    }
+    putchar('"');
+}
+
 /* ------------------------------------------------------------ version */
 
 static int s_version(int argc, char **argv)
@@ -284,7 +299,9 @@ static eq_status s_call(void *sock, eq_msg *m, eq_msg_type want, eq_proto_recvd 
     if (st) return st;
     for (;;) {
         st = eq_proto_recv(sock, r, NULL, 0, e);
-        if (st == EQ_ERR_TIMEOUT) return eq_err_set(e, st, "no answer to %s (timeout)", eq_msg_type_name(m->type));
+        if (st == EQ_ERR_TIMEOUT)
+            return eq_err_set(e, st, "no answer to %s within the timeout (is an eq-loader serving there? --timeout-ms)",
+                              eq_msg_type_name(m->type));
         if (st) return st;
         /* Replies to earlier requests (there are none here) would be skipped. */
         if (m->has_req && (!r->msg.has_req || r->msg.req != m->req)) continue;
@@ -575,11 +592,21 @@ static int s_batch_get(int argc, char **argv)
     }
     uint64_t sum = eq_proto_hash64(img, isz);
     if (json) {
-        printf("{\"loader\":\"%s\",\"job\":\"%s\",\"dataset\":\"%s\",\"split\":\"%s\",\"size\":%" PRIu64
-               ",\"classes\":%u,\"data_hash\":\"%s\",\"pipeline\":\"%s\",\"epoch\":%" PRIu64 ",\"step\":%" PRIu64
-               ",\"offset\":%u,\"count\":%u,\"shape\":[%u,%u,%u,%u],\"labels\":[",
-               loader, ok.job, dc.dataset, split, ok.size, ok.classes, ok.data_hash, ok.pipeline, b->epoch, b->step,
-               b->offset, n, n, H, W, C);
+        printf("{\"loader\":");
+        s_jstr(loader);
+        printf(",\"job\":");
+        s_jstr(ok.job);
+        printf(",\"dataset\":");
+        s_jstr(dc.dataset);
+        printf(",\"split\":");
+        s_jstr(split);
+        printf(",\"size\":%" PRIu64 ",\"classes\":%u,\"data_hash\":", ok.size, ok.classes);
+        s_jstr(ok.data_hash);
+        printf(",\"pipeline\":");
+        s_jstr(ok.pipeline);
+        printf(",\"epoch\":%" PRIu64 ",\"step\":%" PRIu64 ",\"offset\":%u,\"count\":%u,\"shape\":[%u,%u,%u,%u],"
+               "\"labels\":[",
+               b->epoch, b->step, b->offset, n, n, H, W, C);
         for (uint32_t i = 0; i < n; i++) printf("%s%" PRId64, i ? "," : "", labels[i]);
         printf("],\"histogram\":[");
         for (uint64_t k = 0; hist && k < hist_n; k++) printf("%s%" PRIu64, k ? "," : "", hist[k]);
@@ -729,8 +756,11 @@ static int s_dataset_info(int argc, char **argv)
     if (eq_loader_detect(path, &kind, &e)) return s_fail("%s", e.msg);
     static const char *const splits[] = {"train", "val"};
     int found = 0;
-    if (json) printf("{\"path\":\"%s\",\"kind\":\"%s\",\"splits\":{", path, eq_loader_kind_name(kind));
-    else
+    if (json) {
+        printf("{\"path\":");
+        s_jstr(path);
+        printf(",\"kind\":\"%s\",\"splits\":{", eq_loader_kind_name(kind));
+    } else
         printf("%s: %s\n", path, eq_loader_kind_name(kind));
     char first_err[EQ_ERR_MSG_LEN] = "";
     for (int i = 0; i < 2; i++) {
@@ -748,10 +778,8 @@ static int s_dataset_info(int argc, char **argv)
                    "\"},\"class_names\":[",
                    found ? "," : "", splits[i], eq_dataset_size(ds), k, fp.count, fp.hash);
             for (uint32_t j = 0; j < k && j < 1000; j++) {
-                printf("%s\"", j ? "," : "");
-                for (const char *p = eq_dataset_class_name(ds, j); p && *p; p++)
-                    printf(*p == '"' || *p == '\\' ? "\\%c" : (unsigned char)*p < 0x20 ? "?" : "%c", *p);
-                printf("\"");
+                printf("%s", j ? "," : "");
+                s_jstr(eq_dataset_class_name(ds, j));
             }
             printf("]}");
         } else {
