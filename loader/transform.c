@@ -106,6 +106,29 @@ static inline uint8_t s_clip8(int v)
     return (uint8_t)(v >> S_PREC);
 }
 
+#define S_KFIX 8 /* longest tap count of the fixed-length horizontal loop */
+
+/* One RGB row of the horizontal pass with K taps per output (K a constant
+ * at the call sites, so the tap loop unrolls). */
+static inline __attribute__((always_inline)) void s_hrow3(const uint8_t *row, uint8_t *mrow,
+                                                           uint32_t ww, const int *off,
+                                                           const int32_t *kf, const int K)
+{
+    for (uint32_t xx = 0; xx < ww; xx++) {
+        const uint8_t *s = row + off[xx];
+        const int32_t *k = kf + (size_t)xx * K;
+        int s0 = 1 << (S_PREC - 1), s1 = s0, s2 = s0;
+        for (int t = 0; t < K; t++) {
+            s0 += s[3 * t] * k[t];
+            s1 += s[3 * t + 1] * k[t];
+            s2 += s[3 * t + 2] * k[t];
+        }
+        mrow[3 * xx] = s_clip8(s0);
+        mrow[3 * xx + 1] = s_clip8(s1);
+        mrow[3 * xx + 2] = s_clip8(s2);
+    }
+}
+
 static eq_status s_check_geom(const eq_resize_geom *g, eq_err *err)
 {
     if (g->iw == 0 || g->ih == 0 || g->out_w == 0 || g->out_h == 0 || g->ww == 0 || g->wh == 0 ||
@@ -123,7 +146,9 @@ static eq_status s_check_geom(const eq_resize_geom *g, eq_err *err)
 typedef struct s_plan {
     s_axis h, v;
     double *dk;
-    int32_t *acc; /* one output row of accumulators */
+    int32_t *acc;  /* one output row of accumulators */
+    int32_t *kfix; /* fixed-length horizontal coefficients (ww x ksize) */
+    int *off;      /* their start byte offset in a region row */
     uint8_t *mid;
 } s_plan;
 
@@ -137,6 +162,7 @@ static eq_status s_plan_make(const eq_resize_geom *g, uint32_t c, s_plan *p, voi
     /* rows of the intermediate: at most ih */
     size_t need = kmax * sizeof(double) + (kh + kv) * sizeof(int32_t) +
                   2 * ((size_t)g->ww + g->wh) * sizeof(int) + (size_t)g->ww * c * sizeof(int32_t) +
+                  kh * sizeof(int32_t) + (size_t)g->ww * sizeof(int) +
                   (size_t)g->ih * g->ww * c + 64;
     if (*tmp_cap < need) {
         void *nt = realloc(*tmp, need);
@@ -157,6 +183,10 @@ static eq_status s_plan_make(const eq_resize_geom *g, uint32_t c, s_plan *p, voi
     b += 2 * (size_t)g->wh * sizeof(int);
     p->acc = (int32_t *)b;
     b += (size_t)g->ww * c * sizeof(int32_t);
+    p->kfix = (int32_t *)b;
+    b += kh * sizeof(int32_t);
+    p->off = (int *)b;
+    b += (size_t)g->ww * sizeof(int);
     p->mid = b;
     s_coeffs((int)g->iw, g->bx0, g->bx1, (int)g->out_w, (int)g->wx, (int)g->ww, &p->h, p->dk);
     s_coeffs((int)g->ih, g->by0, g->by1, (int)g->out_h, (int)g->wy, (int)g->wh, &p->v, p->dk);
@@ -219,14 +249,42 @@ eq_status eq_resize_bilinear(const eq_resize_src *src, const eq_resize_geom *g, 
     const size_t sstride = (size_t)src->w * c;
     const int rows = p.v.hi - p.v.lo;
     const size_t mstride = (size_t)g->ww * c;
-    /* Horizontal pass over rows [v.lo, v.hi) of `in`. */
+    /* Horizontal pass over rows [v.lo, v.hi) of `in`.  RGB with at most
+     * S_KFIX taps takes a fixed-length loop: each output's taps are moved
+     * to start at off[xx] (kept inside the region) with zero coefficients
+     * padding the shift, which adds exactly 0 to PIL's integer sums. */
     const int kh = p.h.ksize;
+    const ptrdiff_t sx = (ptrdiff_t)g->ix0 - (ptrdiff_t)src->x0; /* in's left edge in the region */
+    int fixed = c == 3 && kh <= S_KFIX && (int64_t)src->w >= kh;
+    if (fixed) {
+        for (uint32_t xx = 0; xx < g->ww; xx++) {
+            int xmin = p.h.bounds[2 * xx], xmax = p.h.bounds[2 * xx + 1];
+            ptrdiff_t start = sx + xmin; /* region column of the first tap */
+            ptrdiff_t shift = start + kh > (ptrdiff_t)src->w ? start + kh - (ptrdiff_t)src->w : 0;
+            const int32_t *k = &p.h.k[(size_t)xx * kh];
+            int32_t *kf = &p.kfix[(size_t)xx * kh];
+            p.off[xx] = (int)((start - shift) * 3);
+            for (int t = 0; t < kh; t++) {
+                ptrdiff_t x = t - shift; /* index into k */
+                kf[t] = x >= 0 && x < xmax ? k[x] : 0;
+            }
+        }
+    }
     for (int r = 0; r < rows; r++) {
         /* in (ix0, iy0) may start left of / above the region held: signed */
         ptrdiff_t sy = (ptrdiff_t)g->iy0 + p.v.lo + r - (ptrdiff_t)src->y0;
-        ptrdiff_t sx = (ptrdiff_t)g->ix0 - (ptrdiff_t)src->x0;
-        const uint8_t *srow = src->pix + sy * (ptrdiff_t)sstride + sx * (ptrdiff_t)c;
+        const uint8_t *rrow = src->pix + sy * (ptrdiff_t)sstride;
         uint8_t *mrow = p.mid + (size_t)r * mstride;
+        if (fixed) {
+            switch (kh) {
+            case 3: s_hrow3(rrow, mrow, g->ww, p.off, p.kfix, 3); break;
+            case 5: s_hrow3(rrow, mrow, g->ww, p.off, p.kfix, 5); break;
+            case 7: s_hrow3(rrow, mrow, g->ww, p.off, p.kfix, 7); break;
+            default: s_hrow3(rrow, mrow, g->ww, p.off, p.kfix, kh); break;
+            }
+            continue;
+        }
+        const uint8_t *srow = rrow + sx * (ptrdiff_t)c;
         for (uint32_t xx = 0; xx < g->ww; xx++) {
             int xmin = p.h.bounds[2 * xx], xmax = p.h.bounds[2 * xx + 1];
             const int32_t *k = &p.h.k[(size_t)xx * kh];
