@@ -187,16 +187,24 @@ int main(int argc, char **argv)
                           : eq_config_parse_buffer(secs, 2, "(defaults)", "", 0, sets, nsets, &e);
     /* Flags are applied as --set overrides so they get the same checks. */
     char fl[4][EQ_LOADER_PATH_CAP + 32];
+    const char *fname[4];
     size_t nfl = 0;
-    if (!st && bind) snprintf(fl[nfl++], sizeof fl[0], "loader.bind=%s", bind);
-    if (!st && control) snprintf(fl[nfl++], sizeof fl[0], "loader.control=%s", control);
-    if (!st && threads) snprintf(fl[nfl++], sizeof fl[0], "loader.threads=%s", threads);
-    if (!st && inflight) snprintf(fl[nfl++], sizeof fl[0], "loader.max_inflight_mb=%s", inflight);
-    for (size_t i = 0; !st && i < nfl; i++) st = eq_config_set(secs, 2, fl[i], &e);
+    if (bind) fname[nfl] = "--bind", snprintf(fl[nfl++], sizeof fl[0], "loader.bind=%s", bind);
+    if (control) fname[nfl] = "--control", snprintf(fl[nfl++], sizeof fl[0], "loader.control=%s", control);
+    if (threads) fname[nfl] = "--threads", snprintf(fl[nfl++], sizeof fl[0], "loader.threads=%s", threads);
+    if (inflight)
+        fname[nfl] = "--max-inflight-mb", snprintf(fl[nfl++], sizeof fl[0], "loader.max_inflight_mb=%s", inflight);
     if (st) {
         fprintf(stderr, "eq-loader: %s\n", e.msg);
         return 2;
     }
+    for (size_t i = 0; i < nfl; i++)
+        if (eq_config_set(secs, 2, fl[i], &e) != EQ_OK) {
+            /* Name the flag, not the --set it became. */
+            const char *why = strstr(e.msg, "]");
+            fprintf(stderr, "eq-loader: %s: %s\n", fname[i], why && why[1] ? why + 2 : e.msg);
+            return 2;
+        }
     if (secret) snprintf(lc.curve_secret, sizeof lc.curve_secret, "%s", secret);
     if (allow) snprintf(lc.curve_allow, sizeof lc.curve_allow, "%s", allow);
     if (insecure) lc.insecure = true;
