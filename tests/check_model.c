@@ -21,6 +21,7 @@
 #include "trainer/checkpoint.h"
 #include "trainer/layers.h"
 #include "trainer/model.h"
+#include "trainer/model_run.h"
 #include "trainer/optim.h"
 #include "tests/testutil.h"
 
@@ -775,6 +776,83 @@ START_TEST(test_checkpoint_rotation)
 }
 END_TEST
 
+/* ---- eq-model run ------------------------------------------------------------ */
+
+/* The ResNet-20 fixture through eq_model_run: weights from an eq checkpoint,
+ * x as NCHW, --train --step; the gradients equal PyTorch's. */
+START_TEST(test_model_run)
+{
+    eq_err err = {0};
+    char *dir = eq_test_scratch("mrun");
+    eq_st_file *f = s_fixture("resnet20.safetensors");
+    eq_model_cfg cfg;
+    s_cfg_from(f, &cfg);
+    eq_backend *be = eq_backend_cpu_new(1, &err);
+    eq_model *m = eq_model_new(be, &cfg, NULL, NULL, 2, 16, 16, &err);
+    ck_assert_ptr_nonnull(m);
+    OK(eq_checkpoint_load_tensors(m, f, "param.", false, false, NULL, &err));
+    char wpath[4200], xpath[4200], ypath[4200], cpath[4200];
+    snprintf(wpath, sizeof wpath, "%s/w.safetensors", dir);
+    snprintf(xpath, sizeof xpath, "%s/x.safetensors", dir);
+    snprintf(ypath, sizeof ypath, "%s/y.safetensors", dir);
+    snprintf(cpath, sizeof cpath, "%s/c.cfg", dir);
+    eq_ckpt_run run = {.metric = NAN};
+    OK(eq_checkpoint_save(wpath, m, NULL, &run, &err));
+    /* X: the fixture's NHWC input as NCHW */
+    const float *xh = s_get(f, "x", 2 * 16 * 16 * 3);
+    static float xc[2 * 3 * 16 * 16];
+    for (int n = 0; n < 2; n++)
+        for (int c = 0; c < 3; c++)
+            for (int i = 0; i < 256; i++) xc[(n * 3 + c) * 256 + i] = xh[(n * 256 + i) * 3 + c];
+    const int32_t *yv = eq_st_data(f, (size_t)eq_st_find(f, "y"), NULL);
+    eq_st_writer *w = eq_st_writer_new();
+    OK(eq_st_writer_add(w, "x", EQ_DT_F32, 4, (int64_t[]){2, 3, 16, 16}, xc, &err));
+    OK(eq_st_writer_add(w, "y", EQ_DT_I32, 1, (int64_t[]){2}, yv, &err));
+    OK(eq_st_writer_save(w, xpath, &err));
+    eq_st_writer_destroy(&w);
+    FILE *cf = fopen(cpath, "w");
+    fprintf(cf, "[data]\nwhatever = 1\n[model]\narch = resnet20\n"
+                "keyword = cifar100, origin, cbsa, fix_pooling, singleconv, fix, real_skip\n"
+                "width_alpha = 0.125\n[optim]\nlr = 0.1\n[train]\nx = 2\n");
+    fclose(cf);
+    eq_model_run_args a = {.config = cpath, .weights = wpath, .in = xpath, .out = ypath,
+                           .train = true, .step = true, .threads = 1};
+    OK(eq_model_run(&a, &err));
+    eq_st_file *out = eq_st_open(ypath, NULL, &err);
+    ck_assert_ptr_nonnull(out);
+    ck_assert(s_relerr(s_get(out, "logits", 20), s_get(f, "logits", 20), 20) < TOL);
+    ck_assert(fabs(s_get(out, "loss", 1)[0] - s_get(f, "loss", 1)[0]) < TOL * 3);
+    size_t ng = 0;
+    for (size_t i = 0; i < eq_model_tensor_count(m); i++) {
+        const eq_model_tensor *t = eq_model_tensor_at(m, i);
+        if (t->kind != EQ_MT_PARAM) continue;
+        char name[512];
+        snprintf(name, sizeof name, "grad.%s", t->name);
+        ck_assert_msg(s_relerr(s_get(out, name, t->numel), s_get(f, name, t->numel), t->numel) < TOL, "%s", name);
+        snprintf(name, sizeof name, "%s", t->name); /* updated by --step: moved */
+        ck_assert(s_relerr(s_get(out, name, t->numel), t->data, t->numel) > 0);
+        ng++;
+    }
+    ck_assert_uint_gt(ng, 20);
+    eq_st_close(&out);
+    /* errors name the file and line, or the option */
+    cf = fopen(cpath, "w");
+    fprintf(cf, "[model]\narch = resnet20\nwidht_alpha = 2\n");
+    fclose(cf);
+    ck_assert_int_ne(eq_model_run(&a, &err), EQ_OK);
+    ck_assert_msg(strstr(err.msg, "c.cfg:3"), "%s", err.msg);
+    a.train = false;
+    ck_assert_int_eq(eq_model_run(&a, &err), EQ_ERR_INVALID);
+    ck_assert_ptr_nonnull(strstr(err.msg, "--step"));
+    char *argv[] = {"run", "--config", cpath, "--bogus", NULL};
+    ck_assert_int_eq(eq_model_cli(4, argv), 2);
+    eq_model_destroy(&m);
+    eq_backend_destroy(&be);
+    eq_st_close(&f);
+    eq_test_scratch_rm(dir);
+}
+END_TEST
+
 /* ---- config, schedules, decay ---------------------------------------------------- */
 
 START_TEST(test_config_schemas)
@@ -914,6 +992,7 @@ static Suite *s_suite(void)
     tcase_add_test(tc, test_resume_bit_exact_quant);
     tcase_add_test(tc, test_checkpoint_errors);
     tcase_add_test(tc, test_checkpoint_rotation);
+    tcase_add_test(tc, test_model_run);
     suite_add_tcase(s, tc);
     tc = tcase_create("optim");
     tcase_add_test(tc, test_schedules);
