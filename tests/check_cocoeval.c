@@ -651,6 +651,41 @@ START_TEST(test_errors)
 }
 END_TEST
 
+START_TEST(test_error_independent_of_threads)
+{
+    /* Two bad polygons in different buckets: the first (lowest image id)
+     * is reported, whatever the number of threads. */
+    const char *gt = "{\"images\": [{\"id\": 1, \"height\": 9, \"width\": 9}, {\"id\": 2, "
+                     "\"height\": 9, \"width\": 9}], " CAT1 ", \"annotations\": ["
+                     "{\"id\": 7, \"image_id\": 2, \"category_id\": 1, \"area\": 1, \"iscrowd\": 0, "
+                     "\"segmentation\": [[0, 0, 1, 1]]},"
+                     "{\"id\": 8, \"image_id\": 1, \"category_id\": 1, \"area\": 1, \"iscrowd\": 0, "
+                     "\"segmentation\": [[0, 0, 1]]}]}";
+    const char *dt = "[{\"image_id\": 1, \"category_id\": 1, \"bbox\": [0, 0, 1, 1], \"score\": 1},"
+                     " {\"image_id\": 2, \"category_id\": 1, \"bbox\": [0, 0, 1, 1], \"score\": 1}]";
+    char first[EQ_ERR_MSG_LEN] = "";
+    for (int threads = 1; threads <= 4; threads++) {
+        eq_coco *g = NULL, *d = NULL;
+        s_load(gt, dt, &g, &d);
+        eq_coco_params p;
+        memset(&p, 0, sizeof p);
+        p.iou_type = EQ_COCO_SEGM;
+        p.threads = threads;
+        eq_coco_eval *e = NULL;
+        eq_err err;
+        ck_assert_int_ne(eq_coco_evaluate(g, d, &p, &e, &err), EQ_OK);
+        ck_assert_ptr_null(e);
+        ck_assert_msg(strstr(err.msg, "annotations[1]") != NULL, "%s", err.msg);
+        if (threads == 1)
+            snprintf(first, sizeof first, "%s", err.msg);
+        else
+            ck_assert_str_eq(err.msg, first);
+        eq_coco_destroy(&g);
+        eq_coco_destroy(&d);
+    }
+}
+END_TEST
+
 START_TEST(test_bad_json_file)
 {
     char *dir = eq_test_scratch("cocoeval");
@@ -797,6 +832,7 @@ static Suite *s_suite(void)
     tc = tcase_create("errors");
     tcase_add_test(tc, test_errors);
     tcase_add_test(tc, test_bad_json_file);
+    tcase_add_test(tc, test_error_independent_of_threads);
     suite_add_tcase(s, tc);
     tc = tcase_create("cli");
     tcase_set_timeout(tc, 20);
