@@ -1,0 +1,587 @@
+/*
+ * ctl/run.c -- `eqctl run` (ctl/run.h): start loaders, evaluator and
+ * trainer locally, follow their METRICS, stop them, summarise.
+ */
+#include "config.h"
+
+#include "ctl/run.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "core/clock.h"
+#include "core/log.h"
+#include "proto/proto_zmq.h"
+#include "trainer/train.h"
+
+#define S_MAX_LOADERS 16
+#define S_MAX_SETS 128
+#define S_MAX_ARGS (2 * S_MAX_SETS + 64)
+#define S_MAX_POINTS 100000
+
+typedef struct s_child {
+    const char *what; /* "eq-loader 0", "eq-eval", "eq-trainer" */
+    char label[32];
+    pid_t pid;
+    int status; /* waitpid status once exited */
+    bool exited;
+} s_child;
+
+typedef struct s_run {
+    s_child ch[S_MAX_LOADERS + 2];
+    int nch;
+    int trainer, evaluator; /* indices in ch */
+    char sock_dir[64];
+    char log_dir[1200];
+    /* what we learnt */
+    double *loss_x, *loss_y; /* global step, loss */
+    size_t npoints;
+    double top1[1024], top5[1024];
+    bool have_eval[1024];
+    uint64_t last_epoch_eval;
+    bool any_eval, eval_failed;
+    double last_loss, last_img_s, last_wait;
+    uint64_t epoch, step, steps;
+    bool trainer_done;
+    uint32_t trainer_status;
+} s_run;
+
+static volatile sig_atomic_t s_interrupted;
+
+static void s_on_sigint(int sig)
+{
+    (void)sig;
+    s_interrupted = 1;
+}
+
+/* The directory this eqctl lives in (the other programs are beside it). */
+static int s_bindir(char *out, size_t cap)
+{
+    char exe[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n <= 0) return -1;
+    exe[n] = 0;
+    char *slash = strrchr(exe, '/');
+    if (!slash) return -1;
+    *slash = 0;
+    snprintf(out, cap, "%s", exe);
+    return 0;
+}
+
+static pid_t s_spawn(const char *prog, char *const argv[], const char *log, char *errbuf, size_t cap)
+{
+    int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        snprintf(errbuf, cap, "%s: %s", log, strerror(errno));
+        return -1;
+    }
+    pid_t pid = fork();
+    if (pid < 0) {
+        snprintf(errbuf, cap, "fork: %s", strerror(errno));
+        close(fd);
+        return -1;
+    }
+    if (pid == 0) {
+        /* Own process group: a terminal's Ctrl-C reaches eqctl only, which
+         * then stops the parts in order. */
+        setpgid(0, 0);
+        dup2(fd, 1);
+        dup2(fd, 2);
+        int nul = open("/dev/null", O_RDONLY);
+        if (nul >= 0) dup2(nul, 0);
+        signal(SIGINT, SIG_DFL);
+        signal(SIGTERM, SIG_DFL);
+        execv(prog, argv);
+        fprintf(stderr, "eqctl run: cannot run %s: %s\n", prog, strerror(errno));
+        _exit(127);
+    }
+    close(fd);
+    return pid;
+}
+
+static void s_reap(s_run *r)
+{
+    for (int i = 0; i < r->nch; i++) {
+        s_child *c = &r->ch[i];
+        if (c->exited || c->pid <= 0) continue;
+        int st;
+        pid_t p = waitpid(c->pid, &st, WNOHANG);
+        if (p == c->pid) {
+            c->exited = true;
+            c->status = st;
+        }
+    }
+}
+
+static const char *s_status_str(int st, char *buf, size_t cap)
+{
+    if (WIFEXITED(st))
+        snprintf(buf, cap, "exit %d", WEXITSTATUS(st));
+    else if (WIFSIGNALED(st))
+        snprintf(buf, cap, "killed by signal %d", WTERMSIG(st));
+    else
+        snprintf(buf, cap, "status %d", st);
+    return buf;
+}
+
+/* SIGTERM the child and wait at most `ms`, then SIGKILL. */
+static void s_stop_child(s_run *r, int i, uint64_t ms)
+{
+    s_child *c = &r->ch[i];
+    if (c->pid <= 0) return;
+    s_reap(r);
+    if (c->exited) return;
+    kill(c->pid, SIGTERM);
+    uint64_t t0 = eq_clock_ms();
+    while (!c->exited && eq_clock_ms() - t0 < ms) {
+        eq_sleep_ms(20);
+        s_reap(r);
+    }
+    if (!c->exited) {
+        kill(c->pid, SIGKILL);
+        int st;
+        waitpid(c->pid, &st, 0);
+        c->exited = true;
+        c->status = st;
+    }
+}
+
+static void s_fmt_eta(double s, char *buf, size_t cap)
+{
+    if (!(s >= 0) || s > 1e7) {
+        snprintf(buf, cap, "?");
+        return;
+    }
+    long v = (long)(s + 0.5);
+    if (v >= 3600)
+        snprintf(buf, cap, "%ldh%02ldm", v / 3600, v / 60 % 60);
+    else
+        snprintf(buf, cap, "%ldm%02lds", v / 60, v % 60);
+}
+
+static void s_on_metrics(s_run *r, const eq_msg_metrics *m, bool tty, bool json)
+{
+    if (!strcmp(m->source, "trainer")) {
+        r->epoch = m->epoch;
+        r->step = m->step;
+        if (m->steps) r->steps = m->steps;
+        if (!strcmp(m->kind, "train")) {
+            r->last_loss = m->loss;
+            r->last_img_s = m->img_s;
+            r->last_wait = m->wait_pct;
+            if (r->npoints < S_MAX_POINTS) {
+                r->loss_x[r->npoints] = (double)(m->epoch * r->steps + m->step);
+                r->loss_y[r->npoints] = m->loss;
+                r->npoints++;
+            }
+            if (tty && !json) {
+                char eta[32];
+                s_fmt_eta(m->eta_s, eta, sizeof eta);
+                fprintf(stderr, "\r\033[Kepoch %" PRIu64 " step %" PRIu64 "/%" PRIu64 " loss %.4f lr %.4g %.0f img/s wait %.1f%% ETA %s",
+                        m->epoch, m->step, m->steps, m->loss, m->lr, m->img_s, m->wait_pct, eta);
+            }
+        } else if (!strcmp(m->kind, "epoch")) {
+            if (!json)
+                fprintf(tty ? stderr : stdout, "%sepoch %" PRIu64 ": %" PRIu64 " steps, mean loss %.4f, %.0f s%s\n",
+                        tty ? "\r\033[K" : "", m->epoch, m->step, m->loss, m->elapsed_s, "");
+        } else if (!strcmp(m->kind, "done")) {
+            r->trainer_done = true;
+            r->trainer_status = m->status;
+        }
+    } else if (!strcmp(m->source, "eval") && !strcmp(m->kind, "eval")) {
+        if (m->status) {
+            r->eval_failed = true;
+            if (!json)
+                fprintf(stderr, "%seq-eval: epoch %" PRIu64 ": %s (see the eval log)\n", tty ? "\r\033[K" : "",
+                        m->epoch, eq_status_str((eq_status)m->status));
+            return;
+        }
+        if (m->epoch < 1024) {
+            r->top1[m->epoch] = m->top1;
+            r->top5[m->epoch] = m->top5;
+            r->have_eval[m->epoch] = true;
+        }
+        r->any_eval = true;
+        r->last_epoch_eval = m->epoch;
+        if (!json)
+            fprintf(tty ? stderr : stdout, "%sepoch %" PRIu64 ": val Top-1 %.2f%%  Top-5 %.2f%%  (%" PRIu64 " samples, eq-eval)\n",
+                    tty ? "\r\033[K" : "", m->epoch, m->top1, m->top5, m->samples);
+    }
+    fflush(stdout);
+}
+
+/* OUT_DIR/metrics.svg: train loss per step (left axis) and val Top-1 per
+ * epoch (right axis, 0..100). */
+static void s_plot(const s_run *r, const char *path)
+{
+    FILE *f = fopen(path, "w");
+    if (!f) return;
+    const double W = 720, H = 400, L = 60, R = 60, T = 30, B = 50;
+    double xmax = 1, ymax = 0;
+    for (size_t i = 0; i < r->npoints; i++) {
+        if (r->loss_x[i] > xmax) xmax = r->loss_x[i];
+        if (r->loss_y[i] > ymax) ymax = r->loss_y[i];
+    }
+    if (r->steps && xmax < (double)r->steps) xmax = (double)r->steps;
+    if (ymax <= 0) ymax = 1;
+    fprintf(f,
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" font-family=\"sans-serif\" "
+            "font-size=\"12\">\n<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n",
+            W, H);
+    fprintf(f, "<rect x=\"%.0f\" y=\"%.0f\" width=\"%.0f\" height=\"%.0f\" fill=\"none\" stroke=\"#888\"/>\n", L, T,
+            W - L - R, H - T - B);
+    fprintf(f, "<text x=\"%.0f\" y=\"20\">train loss (blue, left) and val Top-1 %% (red, right) by step</text>\n", L);
+    fprintf(f, "<text x=\"%.0f\" y=\"%.0f\">0</text><text x=\"%.0f\" y=\"%.0f\" text-anchor=\"end\">%.0f</text>\n", L,
+            H - B + 15, W - R, H - B + 15, xmax);
+    fprintf(f, "<text x=\"%.0f\" y=\"%.0f\" text-anchor=\"end\">%.2f</text>\n", L - 4, T + 10, ymax);
+    fprintf(f, "<text x=\"%.0f\" y=\"%.0f\">100</text>\n", W - R + 4, T + 10);
+    fprintf(f, "<polyline fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"1.5\" points=\"");
+    for (size_t i = 0; i < r->npoints; i++)
+        fprintf(f, "%.1f,%.1f ", L + (W - L - R) * r->loss_x[i] / xmax, H - B - (H - T - B) * r->loss_y[i] / ymax);
+    fprintf(f, "\"/>\n");
+    for (int e = 0; e < 1024; e++) {
+        if (!r->have_eval[e]) continue;
+        double x = L + (W - L - R) * (double)((uint64_t)(e + 1) * r->steps) / xmax;
+        double y = H - B - (H - T - B) * r->top1[e] / 100.0;
+        fprintf(f, "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"4\" fill=\"#d62728\"/><text x=\"%.1f\" y=\"%.1f\" "
+                   "text-anchor=\"end\" fill=\"#d62728\">%.2f%%</text>\n",
+                x, y, x - 6, y - 6, r->top1[e]);
+    }
+    fprintf(f, "</svg>\n");
+    fclose(f);
+}
+
+static void *s_sub(void *ctx, const char *ep, eq_err *e)
+{
+    eq_proto_sockopts so;
+    eq_proto_sockopts_default(&so, NULL);
+    void *s = eq_proto_socket(ctx, ZMQ_SUB, &so, e);
+    if (!s) return NULL;
+    zmq_setsockopt(s, ZMQ_SUBSCRIBE, "", 0);
+    if (eq_proto_connect(s, ep, e) != EQ_OK) eq_proto_socket_close(&s);
+    return s;
+}
+
+int eq_ctl_run_main(int argc, char **argv)
+{
+    static const struct option o[] = { { "loaders", required_argument, 0, 'n' },
+                                       { "set", required_argument, 0, 's' },
+                                       { "resume", required_argument, 0, 'r' },
+                                       { "json", no_argument, 0, 'j' },
+                                       { 0, 0, 0, 0 } };
+    const char *sets[S_MAX_SETS], *resume = NULL;
+    size_t nsets = 0;
+    long nloaders = 1;
+    int json = 0, c;
+    while ((c = getopt_long(argc, argv, "", o, NULL)) != -1) {
+        switch (c) {
+        case 'n': {
+            char *end;
+            errno = 0;
+            nloaders = strtol(optarg, &end, 10);
+            if (errno || *end || nloaders < 1 || nloaders > S_MAX_LOADERS) {
+                fprintf(stderr, "eqctl run: --loaders '%s': expected 1..%d\n", optarg, S_MAX_LOADERS);
+                return 2;
+            }
+            break;
+        }
+        case 's':
+            if (nsets == S_MAX_SETS) {
+                fprintf(stderr, "eqctl run: more than %d --set\n", S_MAX_SETS);
+                return 2;
+            }
+            sets[nsets++] = optarg;
+            break;
+        case 'r': resume = optarg; break;
+        case 'j': json = 1; break;
+        default: fprintf(stderr, "usage: eqctl run %s\n", EQ_CTL_RUN_USAGE); return 2;
+        }
+    }
+    if (optind != argc - 1) {
+        fprintf(stderr, "usage: eqctl run %s\n", EQ_CTL_RUN_USAGE);
+        return 2;
+    }
+    const char *config = argv[optind];
+    eq_experiment x;
+    eq_err e = { 0 };
+    if (eq_experiment_load(&x, config, sets, nsets, NULL, &e) != EQ_OK) {
+        fprintf(stderr, "eqctl run: %s\n", e.msg);
+        return 2;
+    }
+    char bindir[PATH_MAX], prog[3][PATH_MAX + 16];
+    if (s_bindir(bindir, sizeof bindir)) {
+        fprintf(stderr, "eqctl run: cannot find my own directory (/proc/self/exe)\n");
+        return 1;
+    }
+    static const char *const names[3] = { "eq-loader", "eq-eval", "eq-trainer" };
+    for (int i = 0; i < 3; i++) {
+        snprintf(prog[i], sizeof prog[i], "%s/%s", bindir, names[i]);
+        if (access(prog[i], X_OK)) {
+            fprintf(stderr, "eqctl run: %s: %s (eq-loader, eq-eval and eq-trainer must be beside eqctl)\n", prog[i],
+                    strerror(errno));
+            return 1;
+        }
+    }
+    s_run *r = calloc(1, sizeof *r);
+    if (!r || !(r->loss_x = malloc(S_MAX_POINTS * sizeof(double))) ||
+        !(r->loss_y = malloc(S_MAX_POINTS * sizeof(double)))) {
+        fprintf(stderr, "eqctl run: out of memory\n");
+        if (r) free(r->loss_x);
+        free(r);
+        return 1;
+    }
+    int rc = 1;
+    void *ctx = zmq_ctx_new();
+    void *sub_t = NULL, *sub_e = NULL;
+    char errbuf[600] = "", st1[64];
+    double t0 = eq_clock_sec();
+    bool tty = isatty(2);
+    const char *failed = NULL; /* which part failed, for the summary */
+    char failed_buf[128];
+
+    /* Outputs and the socket directory. */
+    snprintf(r->log_dir, sizeof r->log_dir, "%s/logs", x.train.out_dir);
+    {
+        char cmd[1400];
+        snprintf(cmd, sizeof cmd, "%s", x.train.out_dir);
+        for (char *p = cmd + 1; *p; p++)
+            if (*p == '/') {
+                *p = 0;
+                mkdir(cmd, 0777);
+                *p = '/';
+            }
+        mkdir(cmd, 0777);
+        if (mkdir(r->log_dir, 0777) && errno != EEXIST) {
+            fprintf(stderr, "eqctl run: mkdir %s: %s\n", r->log_dir, strerror(errno));
+            goto out;
+        }
+    }
+    snprintf(r->sock_dir, sizeof r->sock_dir, "/tmp/eqctl-run-XXXXXX");
+    if (!mkdtemp(r->sock_dir)) {
+        fprintf(stderr, "eqctl run: mkdtemp: %s\n", strerror(errno));
+        goto out;
+    }
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = s_on_sigint;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+
+    char ep_eval[128], ep_eval_pub[128], ep_eval_ctl[128], ep_tr_pub[128], ep_tr_ctl[128];
+    char ep_ld[S_MAX_LOADERS][128], ep_ld_ctl[S_MAX_LOADERS][128];
+    snprintf(ep_eval, sizeof ep_eval, "ipc://%s/eval", r->sock_dir);
+    snprintf(ep_eval_pub, sizeof ep_eval_pub, "ipc://%s/eval.pub", r->sock_dir);
+    snprintf(ep_eval_ctl, sizeof ep_eval_ctl, "ipc://%s/eval.ctl", r->sock_dir);
+    snprintf(ep_tr_pub, sizeof ep_tr_pub, "ipc://%s/trainer.pub", r->sock_dir);
+    snprintf(ep_tr_ctl, sizeof ep_tr_ctl, "ipc://%s/trainer.ctl", r->sock_dir);
+    if (!(sub_t = s_sub(ctx, ep_tr_pub, &e)) || !(sub_e = s_sub(ctx, ep_eval_pub, &e))) {
+        fprintf(stderr, "eqctl run: %s\n", e.msg);
+        goto out;
+    }
+
+    /* Loaders. */
+    char threads[32], logp[1300], loaders_arg[S_MAX_LOADERS * 130] = "";
+    long lt = x.loader.threads;
+    if (lt == 0) {
+        long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+        lt = ncpu > 0 ? ncpu : 1;
+        if (nloaders > 1) lt = lt / nloaders > 0 ? lt / nloaders : 1;
+    }
+    snprintf(threads, sizeof threads, "%ld", lt);
+    for (long i = 0; i < nloaders; i++) {
+        snprintf(ep_ld[i], sizeof ep_ld[i], "ipc://%s/loader%ld", r->sock_dir, i);
+        snprintf(ep_ld_ctl[i], sizeof ep_ld_ctl[i], "ipc://%s/loader%ld.ctl", r->sock_dir, i);
+        char *av[S_MAX_ARGS];
+        int n = 0;
+        av[n++] = (char *)names[0];
+        av[n++] = "--bind";
+        av[n++] = ep_ld[i];
+        av[n++] = "--control";
+        av[n++] = ep_ld_ctl[i];
+        av[n++] = "--threads";
+        av[n++] = threads;
+        for (size_t d = 0; d < x.loader.ndatasets && n < S_MAX_ARGS - 2; d++) {
+            av[n++] = "--dataset";
+            av[n++] = x.loader.datasets[d];
+        }
+        av[n] = NULL;
+        snprintf(logp, sizeof logp, "%s/loader%ld.log", r->log_dir, i);
+        s_child *ch = &r->ch[r->nch];
+        snprintf(ch->label, sizeof ch->label, "eq-loader %ld", i);
+        ch->what = ch->label;
+        if ((ch->pid = s_spawn(prog[0], av, logp, errbuf, sizeof errbuf)) < 0) goto spawn_fail;
+        r->nch++;
+        snprintf(loaders_arg + strlen(loaders_arg), sizeof loaders_arg - strlen(loaders_arg), "%s%s", i ? "," : "",
+                 ep_ld[i]);
+    }
+    /* Evaluator. */
+    {
+        char metrics[1300];
+        snprintf(metrics, sizeof metrics, "%s/eval.jsonl", x.train.out_dir);
+        char *av[] = { (char *)names[1], "serve", "--pull", ep_eval, "--pub", ep_eval_pub, "--control", ep_eval_ctl,
+                       "--metrics", metrics, NULL };
+        snprintf(logp, sizeof logp, "%s/eval.log", r->log_dir);
+        s_child *ch = &r->ch[r->nch];
+        snprintf(ch->label, sizeof ch->label, "eq-eval");
+        ch->what = ch->label;
+        if ((ch->pid = s_spawn(prog[1], av, logp, errbuf, sizeof errbuf)) < 0) goto spawn_fail;
+        r->evaluator = r->nch++;
+    }
+    /* Trainer. */
+    {
+        char *av[S_MAX_ARGS];
+        int n = 0;
+        av[n++] = (char *)names[2];
+        av[n++] = "--config";
+        av[n++] = (char *)config;
+        for (size_t i = 0; i < nsets; i++) {
+            av[n++] = "--set";
+            av[n++] = (char *)sets[i];
+        }
+        av[n++] = "--loaders";
+        av[n++] = loaders_arg;
+        av[n++] = "--eval";
+        av[n++] = ep_eval;
+        av[n++] = "--pub";
+        av[n++] = ep_tr_pub;
+        av[n++] = "--control";
+        av[n++] = ep_tr_ctl;
+        if (resume) {
+            av[n++] = "--resume";
+            av[n++] = (char *)resume;
+        }
+        av[n] = NULL;
+        snprintf(logp, sizeof logp, "%s/trainer.log", r->log_dir);
+        s_child *ch = &r->ch[r->nch];
+        snprintf(ch->label, sizeof ch->label, "eq-trainer");
+        ch->what = ch->label;
+        if ((ch->pid = s_spawn(prog[2], av, logp, errbuf, sizeof errbuf)) < 0) goto spawn_fail;
+        r->trainer = r->nch++;
+    }
+    if (!json)
+        fprintf(stderr, "eqctl run: %s: %ld loader(s), eq-eval, eq-trainer started; logs in %s\n", config, nloaders,
+                r->log_dir);
+
+    /* Follow until the trainer exits (or a part fails, or Ctrl-C). */
+    bool stopping = false;
+    for (;;) {
+        zmq_pollitem_t it[2] = { { sub_t, 0, ZMQ_POLLIN, 0 }, { sub_e, 0, ZMQ_POLLIN, 0 } };
+        int np = zmq_poll(it, 2, 200);
+        eq_proto_recvd rv;
+        eq_proto_recvd_init(&rv);
+        for (int k = 0; np > 0 && k < 2; k++) {
+            if (!(it[k].revents & ZMQ_POLLIN)) continue;
+            while (eq_proto_recv(it[k].socket, &rv, NULL, ZMQ_DONTWAIT, NULL) != EQ_ERR_TIMEOUT) {
+                if (rv.msg.type == EQ_MSG_METRICS) s_on_metrics(r, &rv.msg.u.metrics, tty, json);
+                eq_proto_recvd_close(&rv);
+            }
+        }
+        eq_proto_recvd_close(&rv);
+        s_reap(r);
+        if (r->ch[r->trainer].exited) break;
+        if (s_interrupted && !stopping) {
+            stopping = true;
+            if (!json) fprintf(stderr, "%seqctl run: stopping (the trainer writes a checkpoint)\n", tty ? "\r\033[K" : "");
+            kill(r->ch[r->trainer].pid, SIGTERM);
+        }
+        for (int i = 0; i < r->nch && !stopping; i++) {
+            if (i == r->trainer || !r->ch[i].exited) continue;
+            snprintf(failed_buf, sizeof failed_buf, "%s %s", r->ch[i].what, s_status_str(r->ch[i].status, st1, sizeof st1));
+            failed = failed_buf;
+            if (!json) fprintf(stderr, "%seqctl run: %s; stopping the trainer\n", tty ? "\r\033[K" : "", failed);
+            stopping = true;
+            kill(r->ch[r->trainer].pid, SIGTERM);
+        }
+    }
+    int tst = r->ch[r->trainer].status;
+    bool trained = WIFEXITED(tst) && WEXITSTATUS(tst) == 0;
+    /* Wait (bounded) for eq-eval's result of the last epoch. */
+    if (trained && x.train.eval_every > 0) {
+        uint64_t last = (uint64_t)x.sched.epochs - 1, t1 = eq_clock_ms();
+        while (!(r->any_eval && r->last_epoch_eval == last) && !r->eval_failed && !s_interrupted &&
+               eq_clock_ms() - t1 < 120000) {
+            zmq_pollitem_t it[1] = { { sub_e, 0, ZMQ_POLLIN, 0 } };
+            if (zmq_poll(it, 1, 200) > 0) {
+                eq_proto_recvd rv;
+                eq_proto_recvd_init(&rv);
+                while (eq_proto_recv(sub_e, &rv, NULL, ZMQ_DONTWAIT, NULL) != EQ_ERR_TIMEOUT) {
+                    if (rv.msg.type == EQ_MSG_METRICS) s_on_metrics(r, &rv.msg.u.metrics, tty, json);
+                    eq_proto_recvd_close(&rv);
+                }
+                eq_proto_recvd_close(&rv);
+            }
+            s_reap(r);
+            if (r->ch[r->evaluator].exited) break;
+        }
+        if (!(r->any_eval && r->last_epoch_eval == last) && !failed) {
+            snprintf(failed_buf, sizeof failed_buf, "eq-eval %s",
+                     r->eval_failed ? "reported an accounting error" : "gave no result for the last epoch");
+            failed = failed_buf;
+        }
+    }
+    /* Stop the evaluator and the loaders. */
+    for (int i = 0; i < r->nch; i++)
+        if (i != r->trainer) s_stop_child(r, i, 10000);
+    if (!failed && !trained) {
+        snprintf(failed_buf, sizeof failed_buf, "eq-trainer %s", s_status_str(tst, st1, sizeof st1));
+        failed = failed_buf;
+    }
+    bool interrupted = WIFEXITED(tst) && WEXITSTATUS(tst) == 3;
+    rc = interrupted && s_interrupted ? 3 : failed ? 1 : 0;
+    char svg[1300];
+    snprintf(svg, sizeof svg, "%s/metrics.svg", x.train.out_dir);
+    s_plot(r, svg);
+    double elapsed = eq_clock_sec() - t0;
+    uint64_t le = r->last_epoch_eval;
+    if (json) {
+        printf("{\"ok\":%s,\"exit\":%d,\"config\":\"%s\",\"elapsed_s\":%.1f,\"epoch\":%" PRIu64 ",\"step\":%" PRIu64
+               ",\"loss\":%.6g,\"img_s\":%.1f",
+               rc == 0 ? "true" : "false", rc, config, elapsed, r->epoch, r->step, r->last_loss, r->last_img_s);
+        if (r->any_eval) printf(",\"top1\":%.4f,\"top5\":%.4f,\"eval_epoch\":%" PRIu64, r->top1[le < 1024 ? le : 0], r->top5[le < 1024 ? le : 0], le);
+        printf(",\"out_dir\":\"%s\",\"checkpoint\":\"%s/last.safetensors\",\"plot\":\"%s\"", x.train.out_dir,
+               x.train.out_dir, svg);
+        if (failed) printf(",\"failed\":\"%s\"", failed);
+        printf("}\n");
+    } else {
+        if (rc == 0)
+            printf("done in %.0f s: %" PRIu64 " epoch(s), last loss %.4f, %.0f img/s", elapsed, (uint64_t)x.sched.epochs,
+                   r->last_loss, r->last_img_s);
+        else if (rc == 3)
+            printf("interrupted after %.0f s at epoch %" PRIu64 " step %" PRIu64 " (resume with --resume %s/last.safetensors)",
+                   elapsed, r->epoch, r->step, x.train.out_dir);
+        else
+            printf("FAILED after %.0f s: %s (logs in %s)", elapsed, failed, r->log_dir);
+        if (r->any_eval && le < 1024) printf("; val Top-1 %.2f%% Top-5 %.2f%% (epoch %" PRIu64 ")", r->top1[le], r->top5[le], le);
+        printf("\ncheckpoint %s/last.safetensors, metrics %s/metrics.jsonl and eval.jsonl, plot %s\n", x.train.out_dir,
+               x.train.out_dir, svg);
+    }
+    goto out;
+spawn_fail:
+    fprintf(stderr, "eqctl run: %s\n", errbuf);
+    for (int i = 0; i < r->nch; i++) s_stop_child(r, i, 5000);
+    rc = 1;
+out:
+    eq_proto_socket_close(&sub_t);
+    eq_proto_socket_close(&sub_e);
+    zmq_ctx_term(ctx);
+    if (r->sock_dir[0]) {
+        char cmd[200];
+        snprintf(cmd, sizeof cmd, "rm -rf '%s'", r->sock_dir);
+        if (system(cmd) != 0) eq_debug("could not remove %s", r->sock_dir);
+    }
+    free(r->loss_x);
+    free(r->loss_y);
+    free(r);
+    return rc;
+}
