@@ -10,6 +10,7 @@
 #include <math.h>
 #include <png.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <turbojpeg.h>
 #include <zlib.h>
 
@@ -1200,6 +1201,62 @@ START_TEST(test_pipeline_determinism)
 }
 END_TEST
 
+/* The same range from a separate process (its own dataset walk, pipeline
+ * and 3 worker threads) and from this one (1 thread): identical bytes. */
+START_TEST(test_pipeline_two_processes)
+{
+    char *dir = s_synth_dir(2, 5);
+    const size_t per = 48 * 48 * 3;
+    uint8_t *mine = malloc(6 * per), *theirs = malloc(6 * per);
+    int fds[2];
+    ck_assert_int_eq(pipe(fds), 0);
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    for (int side = 0; side < 2; side++) {
+        if ((side == 0) != (pid == 0)) continue; /* child: side 0, parent: side 1 */
+        eq_dataset *ds = eq_dataset_open_imagefolder(dir, "train", side ? 1 : 3, NULL);
+        eq_pipeline_cfg cfg;
+        eq_pipeline_cfg_default(&cfg, "train", 48, 6, 77);
+        cfg.mix.cutmix_alpha = 1.0f;
+        eq_pipeline *pl = eq_pipeline_new(ds, &cfg, side ? 1 : 3, NULL);
+        eq_batch b;
+        s_batch_alloc(&b, 6, per);
+        eq_status st = pl ? eq_pipeline_batch(pl, 3, 0, 0, 6, &b, NULL) : EQ_ERR_INTERNAL;
+        if (side == 0) { /* child */
+            size_t off = 0;
+            if (st == EQ_OK)
+                while (off < 6 * per) {
+                    ssize_t w = write(fds[1], b.images + off, 6 * per - off);
+                    if (w <= 0) break;
+                    off += (size_t)w;
+                }
+            _exit(off == 6 * per ? 0 : 1);
+        }
+        ck_assert_int_eq(st, EQ_OK);
+        memcpy(mine, b.images, 6 * per);
+        s_batch_free(&b);
+        eq_pipeline_destroy(&pl);
+        eq_dataset_destroy(&ds);
+    }
+    close(fds[1]);
+    size_t got = 0;
+    while (got < 6 * per) {
+        ssize_t r = read(fds[0], theirs + got, 6 * per - got);
+        if (r <= 0) break;
+        got += (size_t)r;
+    }
+    close(fds[0]);
+    int status = 0;
+    ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+    ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    ck_assert_uint_eq(got, 6 * per);
+    ck_assert(!memcmp(mine, theirs, 6 * per));
+    free(mine);
+    free(theirs);
+    eq_test_scratch_rm(dir);
+}
+END_TEST
+
 static void s_quiet(eq_log_level l, const char *line, void *u)
 {
     (void)l;
@@ -1395,6 +1452,7 @@ static Suite *s_suite(void)
     t = tcase_create("pipeline");
     tcase_set_timeout(t, 20);
     tcase_add_test(t, test_pipeline_determinism);
+    tcase_add_test(t, test_pipeline_two_processes);
     tcase_add_test(t, test_pipeline_bad_files);
     tcase_add_test(t, test_pipeline_memory_sets);
     tcase_add_test(t, test_synth_properties);
