@@ -983,6 +983,186 @@ fail:
     return NULL;
 }
 
+/* ---------------------------------------------------------- index file -- */
+
+#define S_IDX_MAGIC "EQDSIDX\n"
+#define S_IDX_VERSION 1u
+
+static int s_put(FILE *f, const void *p, size_t n) { return fwrite(p, 1, n, f) == n ? 0 : -1; }
+
+static int s_put_u32(FILE *f, uint32_t v)
+{
+    uint8_t b[4];
+    for (int i = 0; i < 4; i++) b[i] = (uint8_t)(v >> (8 * i));
+    return s_put(f, b, 4);
+}
+
+static int s_put_u64(FILE *f, uint64_t v)
+{
+    uint8_t b[8];
+    for (int i = 0; i < 8; i++) b[i] = (uint8_t)(v >> (8 * i));
+    return s_put(f, b, 8);
+}
+
+static int s_put_str(FILE *f, const char *s)
+{
+    size_t l = strlen(s);
+    return s_put_u32(f, (uint32_t)l) || s_put(f, s, l);
+}
+
+eq_status eq_dataset_save_index(const eq_dataset *ds, const char *path, eq_err *err)
+{
+    if (ds->kind != EQ_DS_IMAGEFOLDER)
+        return eq_err_set(err, EQ_ERR_INVALID, "%s: only file-list datasets have an index", path);
+    char tmp[4200];
+    if ((size_t)snprintf(tmp, sizeof tmp, "%s.tmp", path) >= sizeof tmp)
+        return eq_err_set(err, EQ_ERR_INVALID, "%s: path too long", path);
+    FILE *f = fopen(tmp, "wb");
+    if (!f) return eq_err_set(err, EQ_ERR_IO, "%s: %s", tmp, strerror(errno));
+    int bad = s_put(f, S_IDX_MAGIC, 8) || s_put_u32(f, S_IDX_VERSION) ||
+              s_put_u64(f, ds->n) || s_put_u32(f, ds->nclasses) || s_put_u64(f, ds->fp.hash) ||
+              s_put_str(f, ds->root);
+    for (uint32_t c = 0; c < ds->nclasses && !bad; c++) bad = s_put_str(f, ds->class_names[c]);
+    for (size_t i = 0; i < ds->n && !bad; i++)
+        bad = s_put_u32(f, (uint32_t)ds->labels[i]) || s_put_u64(f, ds->sizes[i]) ||
+              s_put_str(f, ds->arena + ds->path_off[i]);
+    if (fflush(f) != 0 || fsync(fileno(f)) != 0) bad = 1;
+    if (fclose(f) != 0) bad = 1;
+    if (bad || rename(tmp, path) != 0) {
+        eq_status st = eq_err_set(err, EQ_ERR_IO, "%s: write failed: %s", path, strerror(errno));
+        unlink(tmp);
+        return st;
+    }
+    return EQ_OK;
+}
+
+typedef struct s_rd {
+    const uint8_t *p, *end;
+} s_rd;
+
+static int s_get(s_rd *r, void *dst, size_t n)
+{
+    if ((size_t)(r->end - r->p) < n) return -1;
+    memcpy(dst, r->p, n);
+    r->p += n;
+    return 0;
+}
+
+static int s_get_u32(s_rd *r, uint32_t *v)
+{
+    uint8_t b[4];
+    if (s_get(r, b, 4)) return -1;
+    *v = (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
+    return 0;
+}
+
+static int s_get_u64(s_rd *r, uint64_t *v)
+{
+    uint32_t lo, hi;
+    if (s_get_u32(r, &lo) || s_get_u32(r, &hi)) return -1;
+    *v = (uint64_t)hi << 32 | lo;
+    return 0;
+}
+
+/* A string: pointer into the buffer (not NUL-terminated) and length. */
+static int s_get_str(s_rd *r, const char **s, uint32_t *len)
+{
+    if (s_get_u32(r, len) || *len > 4095 || (size_t)(r->end - r->p) < *len) return -1;
+    *s = (const char *)r->p;
+    if (memchr(*s, '\0', *len)) return -1;
+    r->p += *len;
+    return 0;
+}
+
+eq_dataset *eq_dataset_open_index(const char *path, eq_err *err)
+{
+    uint8_t *buf = NULL;
+    size_t cap = 0, len = 0;
+    if (eq_read_file(path, &buf, &cap, &len, (size_t)1 << 34, err) != EQ_OK) return NULL;
+    s_rd r = {buf, buf + len};
+    eq_dataset *ds = NULL;
+    char magic[8];
+    uint32_t version = 0, ncls = 0, l;
+    uint64_t n = 0, hash = 0;
+    const char *str;
+    if (s_get(&r, magic, 8) || memcmp(magic, S_IDX_MAGIC, 8)) {
+        eq_err_set(err, EQ_ERR_PARSE, "%s: not an eq dataset index (bad magic)", path);
+        goto fail;
+    }
+    if (s_get_u32(&r, &version) || version != S_IDX_VERSION) {
+        eq_err_set(err, EQ_ERR_VERSION,
+                   "%s: index version %u, this build reads %u: delete it to rebuild", path,
+                   version, S_IDX_VERSION);
+        goto fail;
+    }
+    if (s_get_u64(&r, &n) || s_get_u32(&r, &ncls) || s_get_u64(&r, &hash) ||
+        s_get_str(&r, &str, &l)) {
+        eq_err_set(err, EQ_ERR_CORRUPT, "%s: truncated header", path);
+        goto fail;
+    }
+    /* every sample takes at least 16 bytes: bound n before allocating */
+    if (n == 0 || n > (uint64_t)(r.end - r.p) / 16 || ncls == 0 || ncls > n) {
+        eq_err_set(err, EQ_ERR_CORRUPT, "%s: %llu samples / %u classes do not fit the file", path,
+                   (unsigned long long)n, ncls);
+        goto fail;
+    }
+    char root[4096];
+    memcpy(root, str, l);
+    root[l] = '\0';
+    if (!(ds = s_ds_alloc(EQ_DS_IMAGEFOLDER, root, err))) goto fail;
+    ds->class_names = calloc(ncls, sizeof(char *));
+    ds->labels = malloc(n * sizeof *ds->labels);
+    ds->path_off = malloc(n * sizeof *ds->path_off);
+    ds->sizes = malloc(n * sizeof *ds->sizes);
+    ds->arena = malloc(len);
+    if (!ds->class_names || !ds->labels || !ds->path_off || !ds->sizes || !ds->arena) {
+        eq_err_set(err, EQ_ERR_NOMEM, "%s: out of memory", path);
+        goto fail;
+    }
+    ds->nclasses = ncls;
+    for (uint32_t c = 0; c < ncls; c++) {
+        if (s_get_str(&r, &str, &l) || !(ds->class_names[c] = strndup(str, l))) {
+            eq_err_set(err, EQ_ERR_CORRUPT, "%s: class %u: bad name", path, c);
+            goto fail;
+        }
+    }
+    ds->n = n;
+    eq_hash64 h;
+    eq_hash64_init(&h);
+    eq_hash64_u64(&h, EQ_DS_IMAGEFOLDER);
+    eq_hash64_u64(&h, n);
+    size_t pos = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t y;
+        if (s_get_u32(&r, &y) || s_get_u64(&r, &ds->sizes[i]) || s_get_str(&r, &str, &l) ||
+            y >= ncls || l == 0 || pos + l + 1 > len) {
+            eq_err_set(err, EQ_ERR_CORRUPT, "%s: sample %zu: truncated or out of range", path, i);
+            goto fail;
+        }
+        memcpy(ds->arena + pos, str, l);
+        ds->arena[pos + l] = '\0';
+        ds->path_off[i] = pos;
+        ds->labels[i] = (int32_t)y;
+        eq_hash64_u64(&h, y);
+        eq_hash64_bytes(&h, ds->arena + pos, (size_t)l + 1);
+        eq_hash64_u64(&h, ds->sizes[i]);
+        pos += l + 1;
+    }
+    ds->fp.count = n;
+    ds->fp.hash = eq_hash64_final(&h);
+    if (r.p != r.end || ds->fp.hash != hash) {
+        eq_err_set(err, EQ_ERR_CORRUPT, "%s: %s", path,
+                   r.p != r.end ? "trailing bytes" : "content does not match its fingerprint");
+        goto fail;
+    }
+    free(buf);
+    return ds;
+fail:
+    free(buf);
+    eq_dataset_destroy(&ds);
+    return NULL;
+}
+
 /* ----------------------------------------------------------- accessors -- */
 
 eq_ds_kind eq_dataset_kind(const eq_dataset *ds) { return ds->kind; }

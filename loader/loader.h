@@ -113,6 +113,20 @@ eq_dataset *eq_dataset_open_imagefolder(const char *root, const char *split, int
 eq_dataset *eq_dataset_open_flat(const char *dir, const char *labels_path,
                                  const eq_dataset *classes_from, eq_err *err);
 
+/* File-list index cache (ImageFolder / flat sets), so a restart need not
+ * walk a million files again.  Format (little endian): magic "EQDSIDX\n",
+ * u32 version (1), u64 count, u32 classes, u64 fingerprint hash, root,
+ * class names, then per sample u32 label, u64 size, path (strings: u32
+ * length + bytes).  Written to path.tmp, fsynced, renamed.  Opening checks
+ * the magic (EQ_ERR_PARSE), the version (EQ_ERR_VERSION, "delete it to
+ * rebuild"), every count and length against the file size, and that the
+ * content hashes to the stored fingerprint (EQ_ERR_CORRUPT).  The index is
+ * trusted about the files themselves: it does not re-stat them (a file
+ * changed since is read as it is now, a removed one becomes a substitute
+ * sample); delete the index after changing the dataset. */
+eq_status eq_dataset_save_index(const eq_dataset *ds, const char *path, eq_err *err);
+eq_dataset *eq_dataset_open_index(const char *path, eq_err *err);
+
 void eq_dataset_destroy(eq_dataset **self_p);
 
 eq_ds_kind eq_dataset_kind(const eq_dataset *ds);

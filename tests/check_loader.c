@@ -327,6 +327,47 @@ START_TEST(test_imagefolder_walk)
     for (size_t i = 0; i < 7; i++)
         ck_assert_str_eq(eq_dataset_relpath(ds4, i, NULL), eq_dataset_relpath(ds, i, NULL));
     eq_dataset_destroy(&ds4);
+    /* index file round trip and its checks */
+    char ip[4200];
+    snprintf(ip, sizeof ip, "%s/index.eqi", dir);
+    ck_assert_int_eq(eq_dataset_save_index(ds, ip, &e), EQ_OK);
+    eq_dataset *dx = eq_dataset_open_index(ip, &e);
+    ck_assert_msg(dx != NULL, "%s", e.msg);
+    ck_assert(eq_dataset_fingerprint(dx).hash == f1.hash);
+    ck_assert_uint_eq(eq_dataset_size(dx), 7);
+    ck_assert_uint_eq(eq_dataset_num_classes(dx), 4);
+    ck_assert_str_eq(eq_dataset_class_name(dx, 3), "empty");
+    ck_assert_str_eq(eq_dataset_root(dx), eq_dataset_root(ds));
+    for (size_t i = 0; i < 7; i++) {
+        uint64_t s1, s2;
+        ck_assert_str_eq(eq_dataset_relpath(dx, i, &s1), eq_dataset_relpath(ds, i, &s2));
+        ck_assert_uint_eq(s1, s2);
+        ck_assert_int_eq(eq_dataset_label(dx, i), eq_dataset_label(ds, i));
+    }
+    eq_dataset_destroy(&dx);
+    size_t ilen;
+    uint8_t *ib = s_read(ip, &ilen);
+    char bp[4200];
+    snprintf(bp, sizeof bp, "%s/bad.eqi", dir);
+    struct {
+        size_t at;
+        uint8_t val;
+        size_t cut;
+        eq_status want;
+    } bad[] = {{0, 'X', 0, EQ_ERR_PARSE},        {8, 2, 0, EQ_ERR_VERSION},
+               {ilen - 3, 'Q', 0, EQ_ERR_CORRUPT}, {0, 0, ilen - 5, EQ_ERR_CORRUPT},
+               {19, 0x7f, 0, EQ_ERR_CORRUPT},      {0, 0, 30, EQ_ERR_CORRUPT}};
+    for (size_t k = 0; k < sizeof bad / sizeof *bad; k++) {
+        uint8_t *cp = malloc(ilen);
+        memcpy(cp, ib, ilen);
+        if (!bad[k].cut) cp[bad[k].at] = bad[k].val;
+        s_write(bp, cp, bad[k].cut ? bad[k].cut : ilen);
+        free(cp);
+        ck_assert_ptr_null(eq_dataset_open_index(bp, &e));
+        ck_assert_msg(e.code == bad[k].want, "case %zu: %s", k, e.msg);
+        ck_assert_ptr_nonnull(strstr(e.msg, bp));
+    }
+    free(ib);
     /* a changed size changes the fingerprint */
     snprintf(p, sizeof p, "%s/train/a/x.jpeg", dir);
     s_write(p, "longer content", 14);
