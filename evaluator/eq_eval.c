@@ -377,8 +377,8 @@ static int s_coco(int argc, char **argv)
                          (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec * 1e-6;
             fprintf(stderr,
                     "eq-eval: load gt (results parsed meanwhile) %.3f s, load results %.3f s, "
-                    "prepare %.3f s, evaluate %.3f s, accumulate %.3f s, total %.3f s wall, %.3f s CPU, peak RSS %.1f "
-                    "MiB\n",
+                    "prepare %.3f s, evaluate %.3f s, accumulate %.3f s, total %.3f s wall, "
+                    "%.3f s CPU, peak RSS %.1f MiB\n",
                     t1 - t0, t2 - t1, e->t_prepare, e->t_evaluate, e->t_accumulate, t3 - t0, cpu,
                     ru.ru_maxrss / 1024.0);
         }
