@@ -29,9 +29,7 @@ static void s_abs_chunk(eq_quant *q, void *vc, int64_t ch, int64_t lo, int64_t h
 {
     (void)q;
     s_io *io = vc;
-    double a = 0;
-    for (int64_t i = lo; i < hi; i++) a += fabsf(io->x[i]);
-    io->acc[ch] = a;
+    io->acc[ch] = eq_qsum_abs(io->x + lo, hi - lo);
 }
 
 static void s_fwd_chunk(eq_quant *q, void *vc, int64_t ch, int64_t lo, int64_t hi)

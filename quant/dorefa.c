@@ -127,9 +127,7 @@ static void s_wt_dot(eq_quant *q, void *vc, int64_t ch, int64_t lo, int64_t hi)
     (void)q;
     s_io *io = vc;
     const float *t = io->st->t;
-    double a = 0;
-    for (int64_t i = lo; i < hi; i++) a += (double)io->gy[i] * t[i];
-    io->acc[ch] = a;
+    io->acc[ch] = eq_qdot(io->gy + lo, t + lo, hi - lo);
 }
 
 static void s_wt_bwd(eq_quant *q, void *vc, int64_t ch, int64_t lo, int64_t hi)

@@ -84,9 +84,7 @@ static void s_abs_chunk(eq_quant *q, void *vc, int64_t ch, int64_t lo, int64_t h
     s_io *io = vc;
     double *acc = io->acc + ch * q->g;
     EQ_QFOR_RUNS_IN(q, lo, hi, s0, len, k) {
-        double a = 0;
-        for (int64_t i = s0; i < s0 + len; i++) a += fabsf(io->x[i]);
-        acc[k] += a;
+        acc[k] += eq_qsum_abs(io->x + s0, len);
     }
 }
 
@@ -140,20 +138,19 @@ static void s_bwd_chunk(eq_quant *q, void *vc, int64_t ch, int64_t lo, int64_t h
     EQ_QFOR_RUNS_IN(q, lo, hi, s0, len, k) {
         float s = s_step_of(io->st, k);
         double a = 0;
-        for (int64_t i = s0; i < s0 + len; i++) {
-            float r = io->x[i] / s, g = io->gy[i];
-            float d;
-            if (r < qn) {
-                d = qn;
-                io->gx[i] = 0.0f;
-            } else if (r > qp) {
-                d = qp;
-                io->gx[i] = 0.0f;
-            } else {
-                d = eq_qround(r) - r;
-                io->gx[i] = g;
+        float t[EQ_QBLOCK];
+        for (int64_t b = s0; b < s0 + len; b += EQ_QBLOCK) {
+            int64_t m = s0 + len - b < EQ_QBLOCK ? s0 + len - b : EQ_QBLOCK;
+            const float *x = io->x + b, *gy = io->gy + b;
+            float *gx = io->gx + b;
+            for (int64_t j = 0; j < m; j++) {
+                float r = x[j] / s, g = gy[j];
+                int below = r < qn, above = r > qp;
+                float d = below ? qn : (above ? qp : eq_qround(r) - r);
+                gx[j] = (below || above) ? 0.0f : g;
+                t[j] = g * d;
             }
-            a += (double)g * d;
+            a += eq_qsum(t, m);
         }
         acc[k] += a;
     }

@@ -50,13 +50,19 @@ static void s_bwd_chunk(eq_quant *q, void *vc, int64_t ch, int64_t lo, int64_t h
 {
     (void)q;
     s_io *io = vc;
-    float a = io->a;
+    float a = io->a, t[EQ_QBLOCK];
     double acc = 0;
-    for (int64_t i = lo; i < hi; i++) {
-        float v = io->x[i], g = io->gy[i];
-        float z = v > 0.0f ? v : 0.0f;
-        if (z >= a) acc += g;
-        io->gx[i] = (v >= 0.0f && v < a) ? g : 0.0f;
+    for (int64_t b = lo; b < hi; b += EQ_QBLOCK) {
+        int64_t m = hi - b < EQ_QBLOCK ? hi - b : EQ_QBLOCK;
+        const float *x = io->x + b, *gy = io->gy + b;
+        float *gx = io->gx + b;
+        for (int64_t j = 0; j < m; j++) {
+            float v = x[j], g = gy[j];
+            float z = v > 0.0f ? v : 0.0f;
+            t[j] = z >= a ? g : 0.0f;
+            gx[j] = (v >= 0.0f && v < a) ? g : 0.0f;
+        }
+        acc += eq_qsum(t, m);
     }
     io->acc[ch] = acc;
 }

@@ -132,6 +132,30 @@ static inline double eq_qsum(const float *v, int64_t n)
 }
 #define EQ_QBLOCK 256 /* elements per stack block of products */
 
+/* sum |x| and sum a*b in double, through float blocks (vectorizable). */
+static inline double eq_qsum_abs(const float *x, int64_t n)
+{
+    double acc = 0;
+    float t[EQ_QBLOCK];
+    for (int64_t b = 0; b < n; b += EQ_QBLOCK) {
+        int64_t m = n - b < EQ_QBLOCK ? n - b : EQ_QBLOCK;
+        for (int64_t j = 0; j < m; j++) t[j] = fabsf(x[b + j]);
+        acc += eq_qsum(t, m);
+    }
+    return acc;
+}
+static inline double eq_qdot(const float *a, const float *b2, int64_t n)
+{
+    double acc = 0;
+    float t[EQ_QBLOCK];
+    for (int64_t b = 0; b < n; b += EQ_QBLOCK) {
+        int64_t m = n - b < EQ_QBLOCK ? n - b : EQ_QBLOCK;
+        for (int64_t j = 0; j < m; j++) t[j] = a[b + j] * b2[b + j];
+        acc += eq_qsum(t, m);
+    }
+    return acc;
+}
+
 /* GradientScale's effective factor (§2.3): returns 1 when the original
  * skips the scaling (int(f) == 1 unless exact_grad_scale), else f. */
 double eq_quant_gs_factor(const eq_quant *q, double f);

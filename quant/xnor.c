@@ -88,9 +88,7 @@ static void s_abs_chunk(eq_quant *q, void *vc, int64_t ch, int64_t lo, int64_t h
     s_io *io = vc;
     double *acc = io->acc + ch * q->g;
     EQ_QFOR_RUNS_IN(q, lo, hi, s0, len, k) {
-        double a = 0;
-        for (int64_t i = s0; i < s0 + len; i++) a += fabsf(io->x[i]);
-        acc[k] += a;
+        acc[k] += eq_qsum_abs(io->x + s0, len);
     }
 }
 
