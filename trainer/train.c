@@ -51,7 +51,7 @@ static const s_def s_defaults[] = {
     { "model", "arch", "resnet20" },
     { "model", "keyword", "origin, cbsa, fix_pooling, singleconv, fix, real_skip, cifar10" },
     { "model", "in_channels", "1" },
-    { "model", "width_alpha", "0.25" },
+    { "model", "width_alpha", "0.125" },
     { "quant.wt", "enable", "true" },
     { "quant.wt", "method", "lsq" },
     { "quant.wt", "bit", "4" },

@@ -1,0 +1,149 @@
+#!/bin/sh
+# tests/test_e2e_train.sh -- the whole system on this machine: `eqctl run`
+# starts a real eq-loader, eq-eval (serve) and eq-trainer on ipc endpoints
+# and trains a tiny quantized ResNet-20 on a synthetic JPEG ImageFolder made
+# here (no download, no Debian dataset needed).  Checks: a full run with
+# eval exits 0, eq-eval counted every val sample once, checkpoint, metrics
+# and plot written; resume continues from the checkpoint; a bad config
+# exits 2; a loader that cannot start makes the run fail with 1; Ctrl-C
+# (SIGINT) stops everything with exit 3 and a checkpoint.  Every wait is
+# bounded.
+set -u
+
+B=${EQ_BUILDDIR:-.}
+CTL=$B/eqctl
+for p in eqctl eq-loader eq-eval eq-trainer; do
+    if [ ! -x "$B/$p" ]; then
+        echo "FAIL: $B/$p not built"
+        exit 1
+    fi
+done
+T=$(mktemp -d "${TMPDIR:-/tmp}/eq-e2e-train-XXXXXX") || exit 1
+RUNPID=""
+cleanup() {
+    if [ -n "$RUNPID" ]; then
+        kill "$RUNPID" 2>/dev/null
+        wait "$RUNPID" 2>/dev/null
+    fi
+    rm -rf "$T"
+}
+trap cleanup EXIT
+trap 'exit 1' INT TERM
+
+fails=0
+passes=0
+ok() { passes=$((passes + 1)); echo "ok: $*"; }
+bad() { fails=$((fails + 1)); echo "FAIL: $*"; }
+dump() { for f in "$@"; do [ -f "$f" ] && { echo "--- $f"; tail -n 30 "$f"; }; done; }
+
+# A tiny 4-class ImageFolder: 24 train and 8 val images per class.
+if "$CTL" dataset synth "$T/ds" --classes 4 --per-class 24 --val-per-class 8 --mean-pixels 1024 --seed 3 \
+    >"$T/synth.out" 2>&1; then ok "synthetic dataset"; else
+    bad "eqctl dataset synth"
+    cat "$T/synth.out"
+    exit 1
+fi
+
+cat >"$T/tiny.cfg" <<EOF
+[loader]
+threads = 1
+datasets = tiny=$T/ds
+[data]
+dataset = tiny
+height = 16
+width = 16
+channels = 3
+global_batch = 16
+aug_train = center
+aug_val = center
+[model]
+num_classes = 4
+in_channels = 3
+width_alpha = 0.125
+[train]
+name = tiny
+mean = 0.5, 0.5, 0.5
+std = 0.25, 0.25, 0.25
+log_every = 2
+threads = 1
+out_dir = $T/out
+timeout_ms = 20000
+EOF
+
+# 1. A full run: 6 steps, val of 32 samples (two batches, the last one full).
+timeout 120 "$CTL" run "$T/tiny.cfg" --json >"$T/run1.json" 2>"$T/run1.err"
+rc=$?
+if [ $rc -eq 0 ]; then ok "eqctl run exits 0"; else
+    bad "eqctl run exit $rc"
+    cat "$T/run1.json" "$T/run1.err"
+    dump "$T/out/logs/trainer.log" "$T/out/logs/eval.log" "$T/out/logs/loader0.log"
+fi
+grep -q '"ok":true' "$T/run1.json" && grep -q '"top1":' "$T/run1.json" &&
+    ok "summary (--json) has the Top-1 from eq-eval" || bad "summary: $(cat "$T/run1.json")"
+grep -q '"samples":32,' "$T/out/eval.jsonl" && ok "eq-eval counted the 32 val samples" ||
+    bad "eval.jsonl: $(cat "$T/out/eval.jsonl" 2>/dev/null)"
+for f in last.safetensors epoch0.safetensors metrics.jsonl metrics.svg logs/trainer.log; do
+    [ -s "$T/out/$f" ] && ok "wrote $f" || bad "missing $T/out/$f"
+done
+grep -q '"kind":"train"' "$T/out/metrics.jsonl" && ok "metrics.jsonl has train records" ||
+    bad "metrics.jsonl: $(cat "$T/out/metrics.jsonl")"
+grep -q 'data-wait' "$T/out/logs/trainer.log" && ok "trainer logs progress with data-wait" ||
+    dump "$T/out/logs/trainer.log"
+
+# 2. Resume: two epochs from the first run's end-of-epoch checkpoint.
+timeout 120 "$CTL" run "$T/tiny.cfg" --set schedule.epochs=2 --resume "$T/out/last.safetensors" \
+    >"$T/run2.out" 2>"$T/run2.err"
+rc=$?
+if [ $rc -eq 0 ] && grep -q 'resumed from .* at epoch 1 step 0' "$T/out/logs/trainer.log" &&
+    grep -q '"epoch":1,"top1"' "$T/out/eval.jsonl"; then ok "resume continues at epoch 1 and evaluates it"; else
+    bad "resume (exit $rc)"
+    cat "$T/run2.out" "$T/run2.err"
+    dump "$T/out/logs/trainer.log" "$T/out/eval.jsonl"
+fi
+
+# 3. A bad config is refused before anything starts.
+timeout 20 "$CTL" run "$T/tiny.cfg" --set train.bogus=1 >"$T/run3.out" 2>&1
+rc=$?
+[ $rc -eq 2 ] && grep -q "bogus" "$T/run3.out" && ok "bad key: exit 2 naming it" ||
+    bad "bad key: exit $rc: $(cat "$T/run3.out")"
+
+# 4. A loader that cannot start (no such dataset directory): exit 1, bounded.
+timeout 60 "$CTL" run "$T/tiny.cfg" --set "loader.datasets=tiny=$T/nowhere" --set "train.out_dir=$T/out4" \
+    >"$T/run4.out" 2>"$T/run4.err"
+rc=$?
+[ $rc -eq 1 ] && grep -q "eq-loader 0" "$T/run4.out" && ok "failed loader: exit 1 naming it" ||
+    bad "failed loader: exit $rc: $(cat "$T/run4.out" "$T/run4.err")"
+
+# 5. Ctrl-C: a long run interrupted once training is under way: exit 3, checkpoint.
+"$CTL" run "$T/tiny.cfg" --set schedule.epochs=1000 --set "train.out_dir=$T/out5" >"$T/run5.out" 2>"$T/run5.err" &
+RUNPID=$!
+i=0
+while [ $i -lt 300 ] && ! grep -q '"kind":"train"' "$T/out5/metrics.jsonl" 2>/dev/null; do
+    sleep 0.1
+    i=$((i + 1))
+done
+kill -INT "$RUNPID"
+i=0
+while [ $i -lt 300 ] && kill -0 "$RUNPID" 2>/dev/null; do
+    sleep 0.1
+    i=$((i + 1))
+done
+if kill -0 "$RUNPID" 2>/dev/null; then
+    bad "eqctl run did not stop within 30 s of SIGINT"
+else
+    wait "$RUNPID"
+    rc=$?
+    RUNPID=""
+    [ $rc -eq 3 ] && [ -s "$T/out5/last.safetensors" ] && grep -q interrupted "$T/run5.out" &&
+        ok "SIGINT: exit 3 with a checkpoint" || {
+        bad "SIGINT: exit $rc"
+        cat "$T/run5.out" "$T/run5.err"
+        dump "$T/out5/logs/trainer.log"
+    }
+fi
+# No process of ours is left behind.
+sleep 0.2
+if pgrep -f "$T/" >/dev/null 2>&1; then bad "processes left: $(pgrep -af "$T/")"; else ok "no process left"; fi
+
+echo "$passes passed, $fails failed"
+[ $fails -eq 0 ]
