@@ -957,6 +957,27 @@ START_TEST(test_decay_groups)
     /* SGD state names follow torch.optim */
     ck_assert_ptr_nonnull(strstr(eq_optim_state_at(o, 0)->name, ".momentum_buffer"));
     eq_optim_destroy(&o);
+    /* Adam: two moments per parameter; a step moves every parameter by about
+     * lr (Adam's first step is lr * sign(g) where g != 0) */
+    oc.method = 1, oc.lr = 1e-3, oc.weight_decay = 0, oc.ncustom_decay_list = 0;
+    o = eq_optim_new(m, &oc, &err);
+    ck_assert_ptr_nonnull(o);
+    ck_assert_uint_eq(eq_optim_state_count(o) % 2, 0);
+    ck_assert_ptr_nonnull(strstr(eq_optim_state_at(o, 0)->name, ".exp_avg"));
+    ck_assert_ptr_nonnull(strstr(eq_optim_state_at(o, 1)->name, ".exp_avg_sq"));
+    const eq_model_tensor *fw = eq_model_tensor_find(m, "fc.weight");
+    float before = ((float *)fw->data)[0];
+    float x[2 * 8 * 8 * 3];
+    int32_t y[2] = {1, 2};
+    for (size_t i = 0; i < sizeof x / 4; i++) x[i] = (float)sin(0.3 * (double)i);
+    float loss;
+    OK(eq_model_forward(m, x, true, &err));
+    OK(eq_model_loss(m, y, NULL, NULL, 0.0f, &loss, &err));
+    OK(eq_model_backward(m, NULL, &err));
+    OK(eq_optim_step(o, oc.lr, &err));
+    ck_assert_int_eq(eq_optim_steps(o), 1);
+    ck_assert(fabs(fabs(((float *)fw->data)[0] - before) - 1e-3) < 1e-5);
+    eq_optim_destroy(&o);
     eq_model_destroy(&m);
     eq_backend_destroy(&be);
 }
