@@ -1373,6 +1373,51 @@ START_TEST(test_pipeline_bad_files)
 }
 END_TEST
 
+/* Degenerate shapes (1-2 pixel wide strips, 1x1) go through every pipeline
+ * and DCT mode (RandomResizedCrop's fallback, Resize of a strip to a very
+ * long side, scaled decodes of 1-pixel images). */
+START_TEST(test_pipeline_extreme_shapes)
+{
+    char *dir = eq_test_scratch("shapes");
+    char p[4200];
+    snprintf(p, sizeof p, "%s/c", dir);
+    s_mkdir(p);
+    const uint32_t shapes[][2] = {{1500, 2}, {2, 1500}, {1, 1}, {9, 7}};
+    for (int i = 0; i < 4; i++) {
+        unsigned long len;
+        unsigned char *jpg = s_jpeg(shapes[i][0], shapes[i][1], TJSAMP_420, TJPF_RGB, 80, &len, NULL);
+        snprintf(p, sizeof p, "%s/c/%d.jpg", dir, i);
+        s_write(p, jpg, len);
+        tjFree(jpg);
+    }
+    eq_dataset *ds = eq_dataset_open_imagefolder(dir, NULL, 1, NULL);
+    ck_assert_uint_eq(eq_dataset_size(ds), 4);
+    int logged = 0;
+    eq_log_set_sink(s_quiet, &logged);
+    for (int split = 0; split < 2; split++)
+        for (int dct = EQ_DCT_OFF; dct <= EQ_DCT_ANY; dct++) {
+            eq_pipeline_cfg cfg;
+            eq_pipeline_cfg_default(&cfg, split ? "val" : "train", 32, 4, 5);
+            cfg.dct_scale = dct;
+            eq_pipeline *pl = eq_pipeline_new(ds, &cfg, 2, NULL);
+            ck_assert_ptr_nonnull(pl);
+            eq_batch b;
+            s_batch_alloc(&b, 4, 32 * 32 * 3);
+            for (uint64_t ep = 0; ep < 3; ep++) {
+                ck_assert_int_eq(eq_pipeline_batch(pl, ep, 0, 0, 4, &b, NULL), EQ_OK);
+                ck_assert_uint_eq(b.n, 4);
+            }
+            s_batch_free(&b);
+            eq_pipeline_destroy(&pl);
+        }
+    eq_log_set_sink(NULL, NULL);
+    /* all of them are real images: none was substituted */
+    ck_assert_int_eq(logged, 0);
+    eq_dataset_destroy(&ds);
+    eq_test_scratch_rm(dir);
+}
+END_TEST
+
 START_TEST(test_pipeline_memory_sets)
 {
     /* a tiny IDX set: PADCROP keeps the stored size, NONE copies */
@@ -1496,6 +1541,7 @@ static Suite *s_suite(void)
     tcase_add_test(t, test_pipeline_two_processes);
     tcase_add_test(t, test_pipeline_bad_files);
     tcase_add_test(t, test_pipeline_memory_sets);
+    tcase_add_test(t, test_pipeline_extreme_shapes);
     tcase_add_test(t, test_synth_properties);
     suite_add_tcase(s, t);
     return s;
