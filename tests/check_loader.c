@@ -1271,6 +1271,15 @@ START_TEST(test_pipeline_two_processes)
                     if (w <= 0) break;
                     off += (size_t)w;
                 }
+            /* free everything: under valgrind the child is checked too */
+            s_batch_free(&b);
+            eq_pipeline_destroy(&pl);
+            eq_dataset_destroy(&ds);
+            free(mine);
+            free(theirs);
+            free(dir);
+            close(fds[0]);
+            close(fds[1]);
             _exit(off == 6 * per ? 0 : 1);
         }
         ck_assert_int_eq(st, EQ_OK);
