@@ -16,8 +16,10 @@
  * Tensors.  Every parameter and buffer has a name and a layout exactly as
  * PyTorch would name it in the state dict of the same network (torchvision's
  * names for torch-resnetNN: "conv1.weight" OIHW, "layer1.0.bn1.running_mean",
- * "fc.weight" [out][in], "bn1.num_batches_tracked" I64 [] ...), in the
- * state dict's order.  Quantizer state follows the original's module names:
+ * "fc.weight" [out][in], "bn1.num_batches_tracked" I64 [] ...); for
+ * torch-resnetNN also in torchvision's state-dict order (resnetNN registers a
+ * block's shortcut before its main path).  Quantizer state follows the
+ * original's module names:
  * "<conv>.quant_weight.<name>" and "<conv>.quant_activation.<name>" (e.g.
  * "layer1.0.conv1.quant_activation.clip_val").  Parameters, gradients and
  * the model's buffers each live in one block (llm.c style); quantizer state
@@ -135,7 +137,7 @@ typedef struct eq_model_tensor {
 } eq_model_tensor;
 
 size_t eq_model_tensor_count(const eq_model *m);
-/* i-th tensor in state-dict order; NULL when out of range.  Valid until the
+/* i-th tensor (order as above); NULL when out of range.  Valid until the
  * model is destroyed. */
 const eq_model_tensor *eq_model_tensor_at(const eq_model *m, size_t i);
 const eq_model_tensor *eq_model_tensor_find(const eq_model *m, const char *name);
