@@ -87,8 +87,15 @@ static void s_quant_from(const eq_st_file *f, eq_model_quant_cfg *wt, eq_model_q
     OK(eq_config_defaults(secs, EQ_MODEL_CONFIG_NSECTIONS, &err));
     const char *q = eq_st_meta_get(f, "quant");
     if (!q) return;
-    ck_assert_str_eq(q, "lsq2");
     wt->enable = fm->enable = true;
+    if (!strcmp(q, "xnor")) { /* Bi-Real: Triangle activation gradient */
+        snprintf(wt->method, sizeof wt->method, "xnor");
+        snprintf(fm->method, sizeof fm->method, "xnor");
+        wt->bit = fm->bit = 1;
+        fm->grad_type = 2; /* "Triangle" */
+        return;
+    }
+    ck_assert_str_eq(q, "lsq2");
     snprintf(wt->method, sizeof wt->method, "lsq");
     snprintf(fm->method, sizeof fm->method, "lsq");
     wt->bit = fm->bit = 2;
@@ -116,6 +123,8 @@ static void s_parity(const char *fixture)
     ck_assert_msg(be != NULL, "%s", err.msg);
     eq_model_quant_cfg wt, fm;
     s_quant_from(f, &wt, &fm);
+    const char *qm = eq_st_meta_get(f, "quant");
+    cfg.padding_after_quant = qm && !strcmp(qm, "xnor");
     eq_model *m = eq_model_new(be, &cfg, &wt, &fm, n, h, w, &err);
     ck_assert_msg(m != NULL, "%s: %s", fixture, err.msg);
     /* exactly the fixture's tensors, by name, dtype and shape */
@@ -218,6 +227,12 @@ END_TEST
 START_TEST(test_parity_resnet20_lsq)
 {
     s_parity("resnet20_lsq.safetensors");
+}
+END_TEST
+
+START_TEST(test_parity_resnet20_xnor_bireal)
+{
+    s_parity("resnet20_xnor_bireal.safetensors");
 }
 END_TEST
 
@@ -993,6 +1008,7 @@ static Suite *s_suite(void)
     tcase_add_test(tc, test_parity_resnet20_bireal);
     tcase_add_test(tc, test_parity_resnet18_prebn);
     tcase_add_test(tc, test_parity_resnet20_lsq);
+    tcase_add_test(tc, test_parity_resnet20_xnor_bireal);
     suite_add_tcase(s, tc);
     tc = tcase_create("build");
     tcase_set_timeout(tc, 30);
