@@ -36,6 +36,7 @@ typedef struct s_child {
     pid_t pid;
     int status; /* waitpid status once exited */
     bool exited;
+    bool reported; /* a loader's death was reported (others go on) */
 } s_child;
 
 typedef struct s_run {
@@ -495,9 +496,19 @@ int eq_ctl_run_main(int argc, char **argv)
             if (!json) fprintf(stderr, "%seqctl run: stopping (the trainer writes a checkpoint)\n", tty ? "\r\033[K" : "");
             kill(r->ch[r->trainer].pid, SIGTERM);
         }
+        int loaders_alive = 0;
+        for (int i = 0; i < r->nch; i++) loaders_alive += i != r->trainer && i != r->evaluator && !r->ch[i].exited;
         for (int i = 0; i < r->nch && !stopping; i++) {
             if (i == r->trainer || !r->ch[i].exited) continue;
             snprintf(failed_buf, sizeof failed_buf, "%s %s", r->ch[i].what, s_status_str(r->ch[i].status, st1, sizeof st1));
+            if (i != r->evaluator && loaders_alive > 0) {
+                /* The trainer re-issues its requests to the other loaders. */
+                if (!r->ch[i].reported && !json)
+                    fprintf(stderr, "%seqctl run: %s; going on with %d loader(s)\n", tty ? "\r\033[K" : "", failed_buf,
+                            loaders_alive);
+                r->ch[i].reported = true;
+                continue;
+            }
             failed = failed_buf;
             if (!json) fprintf(stderr, "%seqctl run: %s; stopping the trainer\n", tty ? "\r\033[K" : "", failed);
             stopping = true;

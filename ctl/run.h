@@ -5,7 +5,8 @@
  * follows the trainer's and the evaluator's METRICS, prints progress and a
  * summary, writes OUT_DIR/metrics.svg (train loss per step, val Top-1 per
  * epoch), and stops everything cleanly at the end, on Ctrl-C, or when a part
- * fails.  Logs of every process go to OUT_DIR/logs/.
+ * fails (eq-eval, the trainer, or the last loader: a loader that dies while
+ * others live is reported and the trainer goes on with the others).  Logs of every process go to OUT_DIR/logs/.
  *
  * Exit status: 0 trained and evaluated; 1 a part failed (the summary names
  * it); 2 bad usage or config; 3 interrupted (the trainer wrote a checkpoint

@@ -6,8 +6,9 @@
 # eval exits 0, eq-eval counted every val sample once, checkpoint, metrics
 # and plot written; resume continues from the checkpoint; a bad config
 # exits 2; a loader that cannot start makes the run fail with 1; Ctrl-C
-# (SIGINT) stops everything with exit 3 and a checkpoint.  Every wait is
-# bounded.
+# (SIGINT) stops everything with exit 3 and a checkpoint; with two loaders,
+# one killed by SIGKILL mid-run, training goes on and every val sample is
+# counted once.  Every wait is bounded.
 set -u
 
 B=${EQ_BUILDDIR:-.}
@@ -141,6 +142,53 @@ else
         dump "$T/out5/logs/trainer.log"
     }
 fi
+# 6. Two loaders, one frozen then killed with SIGKILL mid-run: the
+# trainer re-issues its requests to the other, every epoch's val samples are
+# counted exactly once, the run succeeds.
+"$CTL" run "$T/tiny.cfg" --loaders 2 --set schedule.epochs=3 --set train.timeout_ms=1500 \
+    --set "train.out_dir=$T/out6" >"$T/run6.out" 2>"$T/run6.err" &
+RUNPID=$!
+i=0
+while [ $i -lt 300 ] && ! grep -q '"kind":"train"' "$T/out6/metrics.jsonl" 2>/dev/null; do
+    sleep 0.1
+    i=$((i + 1))
+done
+# Freeze loader 1 first, so that requests are surely outstanding on it and
+# time out, then kill it.
+LPID=$(pgrep -f "loader1 --control .*tiny=$T/ds" | head -n 1)
+if [ -n "$LPID" ]; then
+    kill -STOP "$LPID"
+    i=0
+    while [ $i -lt 200 ] && ! grep -q "asking again elsewhere" "$T/out6/logs/trainer.log" 2>/dev/null; do
+        sleep 0.1
+        i=$((i + 1))
+    done
+    kill -KILL "$LPID"
+else
+    bad "loader 1 not found"
+fi
+i=0
+while [ $i -lt 900 ] && kill -0 "$RUNPID" 2>/dev/null; do
+    sleep 0.1
+    i=$((i + 1))
+done
+if kill -0 "$RUNPID" 2>/dev/null; then
+    bad "two-loader run did not finish within 90 s"
+else
+    wait "$RUNPID"
+    rc=$?
+    RUNPID=""
+    n=$(grep -c '"samples":32,' "$T/out6/eval.jsonl" 2>/dev/null)
+    if [ $rc -eq 0 ] && [ "$n" = 3 ] && grep -q "going on with 1 loader" "$T/run6.err" &&
+        grep -q "asking again elsewhere" "$T/out6/logs/trainer.log"; then
+        ok "a loader killed mid-run: training goes on, 3 epochs of 32 val samples counted once"
+    else
+        bad "kill a loader: exit $rc, $n complete evaluations"
+        cat "$T/run6.out" "$T/run6.err"
+        dump "$T/out6/logs/trainer.log" "$T/out6/eval.jsonl"
+    fi
+fi
+
 # No process of ours is left behind.
 sleep 0.2
 if pgrep -f "$T/" >/dev/null 2>&1; then bad "processes left: $(pgrep -af "$T/")"; else ok "no process left"; fi
