@@ -193,7 +193,7 @@ static void s_parity(const char *fixture)
         for (size_t i = 0; i < eq_model_tensor_count(m); i++) {
             const eq_model_tensor *t = eq_model_tensor_at(m, i);
             char name[512];
-            snprintf(name, sizeof name, "steps.%s", t->name);
+            snprintf(name, sizeof name, "steps.%s%s", t->quant ? "quant." : "", t->name);
             if (t->dtype != EQ_DT_F32) continue;
             e = s_relerr(t->data, s_get(f, name, t->numel), t->numel);
             ck_assert_msg(e < TOL, "%s: %s after SGD: rel err %g", fixture, name, e);
