@@ -26,6 +26,7 @@
 #include "core/safetensors.h"
 #include "loader/loader.h"
 #include "loader/server.h"
+#include "ctl/run.h"
 #include "proto/proto_zmq.h"
 
 typedef int (*s_cmd_fn)(int argc, char **argv);
@@ -838,6 +839,8 @@ static const s_cmd s_cmds[] = {
     {"dataset synth", s_dataset_synth, "write a synthetic JPEG ImageFolder", S_U_SYNTH},
     {"dataset info", s_dataset_info, "kind, size, classes and fingerprint of a dataset directory", S_U_INFO},
     {"config doc", s_config_doc, "markdown reference of the config sections the programs define", S_U_DOC},
+    {"run", eq_ctl_run_main, "train CONFIG: start loader(s), eq-eval and eq-trainer here, follow, summarise",
+     EQ_CTL_RUN_USAGE},
     {"help", s_help, "this list", ""},
 };
 #define S_NCMDS (sizeof s_cmds / sizeof s_cmds[0])
