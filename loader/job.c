@@ -137,10 +137,6 @@ static eq_status s_float_in(const eq_proto_kv *kv, double lo, double hi, double 
 
 eq_status eq_loader_job_pipeline(const eq_msg_job *job, eq_pipeline_cfg *cfg, eq_err *err)
 {
-    if (job->mixup_alpha > 0 || job->cutmix_alpha > 0)
-        return eq_err_set(err, EQ_ERR_UNSUPPORTED,
-                          "JOB: mixup/cutmix (mixup_alpha %g, cutmix_alpha %g) are not served by this loader yet",
-                          job->mixup_alpha, job->cutmix_alpha);
     eq_pipeline_cfg_default(cfg, job->split, job->height, job->global_batch, job->seed);
     cfg->out_w = job->width;
     switch (job->last) {
@@ -170,8 +166,20 @@ eq_status eq_loader_job_pipeline(const eq_msg_job *job, eq_pipeline_cfg *cfg, eq
             if ((st = s_want(kv, EQ_PROTO_VAL_BOOL, err))) return st;
             cfg->sampler.shuffle = kv->b;
         } else if (!strcmp(kv->key, "dct_scale")) {
-            if ((st = s_want(kv, EQ_PROTO_VAL_BOOL, err))) return st;
-            cfg->dct_scale = kv->b;
+            /* bool (false = off, true = power-of-two scales) or the mode 0..2 */
+            if (kv->type == EQ_PROTO_VAL_BOOL) {
+                cfg->dct_scale = kv->b ? EQ_DCT_POW2 : EQ_DCT_OFF;
+            } else {
+                if ((st = s_int_in(kv, EQ_DCT_OFF, EQ_DCT_ANY, &v, err))) return st;
+                cfg->dct_scale = (int)v;
+            }
+        } else if (!strcmp(kv->key, "jitter_brightness") || !strcmp(kv->key, "jitter_contrast") ||
+                   !strcmp(kv->key, "jitter_saturation")) {
+            if ((st = s_float_in(kv, 0, 100, &f, err))) return st;
+            cfg->jitter[kv->key[7] == 'b' ? 0 : kv->key[7] == 'c' ? 1 : 2] = (float)f;
+        } else if (!strcmp(kv->key, "mix_block")) {
+            if ((st = s_int_in(kv, 0, job->global_batch, &v, err))) return st;
+            cfg->mix.block = (uint32_t)v;
         } else if (!strcmp(kv->key, "scale_min")) {
             if ((st = s_float_in(kv, 1e-6, 1, &f, err))) return st;
             cfg->scale[0] = f;
@@ -196,9 +204,36 @@ eq_status eq_loader_job_pipeline(const eq_msg_job *job, eq_pipeline_cfg *cfg, eq
         } else {
             return eq_err_set(err, EQ_ERR_INVALID,
                               "JOB: transform '%s' unknown (expected aug, hflip, scale_min, scale_max, ratio_min, "
-                              "ratio_max, resize, pad, shuffle, dct_scale, max_pixels)",
+                              "ratio_max, resize, pad, shuffle, dct_scale, max_pixels, jitter_brightness, "
+                              "jitter_contrast, jitter_saturation, mix_block)",
                               kv->key);
         }
+    }
+    /* Mixup / CutMix (timm's meanings; the library checks the ranges). */
+    cfg->mix.mixup_alpha = (float)job->mixup_alpha;
+    cfg->mix.cutmix_alpha = (float)job->cutmix_alpha;
+    cfg->mix.prob = (float)job->mix_prob;
+    cfg->mix.switch_prob = (float)job->mix_switch_prob;
+    if (!job->mix_mode[0] || !strcmp(job->mix_mode, "batch"))
+        cfg->mix.batch_lambda = 1;
+    else if (!strcmp(job->mix_mode, "elem"))
+        cfg->mix.batch_lambda = 0;
+    else if (!strcmp(job->mix_mode, "pair"))
+        return eq_err_set(err, EQ_ERR_UNSUPPORTED, "JOB: mix_mode \"pair\" is not served (use batch or elem)");
+    else
+        return eq_err_set(err, EQ_ERR_INVALID, "JOB: mix_mode \"%s\" unknown (expected batch, pair, elem)",
+                          job->mix_mode);
+    if (cfg->mix.mixup_alpha > 0 || cfg->mix.cutmix_alpha > 0) {
+        uint32_t g = job->global_batch, b = cfg->mix.block ? cfg->mix.block : g;
+        if (g % b)
+            return eq_err_set(err, EQ_ERR_INVALID, "JOB: transform 'mix_block' = %u does not divide global_batch %u",
+                              b, g);
+        /* A BATCH says "mixup" or "cutmix" for all its samples, so one
+         * batch must never hold both kinds. */
+        if (cfg->mix.mixup_alpha > 0 && cfg->mix.cutmix_alpha > 0 && !cfg->mix.batch_lambda)
+            return eq_err_set(err, EQ_ERR_UNSUPPORTED,
+                              "JOB: mixup and cutmix both on need mix_mode \"batch\" (a BATCH carries one mix kind; "
+                              "mix_mode \"elem\" would mix both in one batch)");
     }
     return EQ_OK;
 }
@@ -208,10 +243,13 @@ eq_status eq_loader_job_pipeline(const eq_msg_job *job, eq_pipeline_cfg *cfg, eq
 
 void eq_loader_pipeline_fingerprint(const eq_pipeline_cfg *cfg, char *out, size_t cap)
 {
-    snprintf(out, cap, "eq %s; libjpeg-turbo %s; libpng %s; zlib %s; dct_scale=%d; max_pixels=%" PRIu64,
+    snprintf(out, cap, "eq %s; libjpeg-turbo %s; libpng %s; zlib %s; dct_scale=%d; max_pixels=%" PRIu64
+             "; jitter=%.9g,%.9g,%.9g; mix_block=%u; batch_lambda=%d",
              PACKAGE_VERSION, S_STR(LIBJPEG_TURBO_VERSION), png_get_libpng_ver(NULL), zlibVersion(),
-             cfg->dct_scale ? 1 : 0,
-             cfg->max_pixels ? cfg->max_pixels : (uint64_t)EQ_DECODE_MAX_PIXELS_DEFAULT);
+             /* the mode as the library reads it: any nonzero value but ANY is POW2 */
+             cfg->dct_scale == EQ_DCT_OFF ? EQ_DCT_OFF : cfg->dct_scale == EQ_DCT_ANY ? EQ_DCT_ANY : EQ_DCT_POW2,
+             cfg->max_pixels ? cfg->max_pixels : (uint64_t)EQ_DECODE_MAX_PIXELS_DEFAULT, (double)cfg->jitter[0],
+             (double)cfg->jitter[1], (double)cfg->jitter[2], cfg->mix.block, cfg->mix.batch_lambda ? 1 : 0);
 }
 
 /* --------------------------------------------------------------- config */

@@ -70,6 +70,13 @@ typedef struct s_req {
     int32_t *labels;         /* n */
     uint8_t *rep;            /* n */
     uint8_t *images;         /* n * per */
+    /* mixed jobs only (NULL otherwise): filled by the worker that makes
+     * the last sample, with eq_pipeline_mix */
+    int32_t *mix_index;      /* n: partner position within this batch */
+    float *mix_lambda;       /* n: weight of the sample itself */
+    uint8_t *mix_mode;       /* n: eq_mix_mode */
+    uint32_t *partner;       /* n: partner position in the global batch */
+    eq_err mix_err;          /* code != 0: the plan failed, answer ERROR */
     uint64_t deadline_ns;    /* 0: none */
     uint32_t next_i;         /* under the queue lock */
     uint32_t done;           /* atomic */
@@ -179,7 +186,42 @@ static void s_req_free(s_req *r)
     free(r->labels);
     free(r->rep);
     free(r->images);
+    free(r->mix_index);
+    free(r->mix_lambda);
+    free(r->mix_mode);
+    free(r->partner);
     free(r);
+}
+
+static int s_mixing(const s_job *j)
+{
+    return j->cfg.mix.mixup_alpha > 0 || j->cfg.mix.cutmix_alpha > 0;
+}
+
+/* Mixup/CutMix of a request whose samples are all made (partners are in
+ * the request: it covers whole blocks): pastes the CutMix boxes and fills
+ * the plan's fields.  Runs on the worker that made the last sample. */
+static void s_mix_req(s_req *r, eq_decoder *dec)
+{
+    eq_batch b = {.images = r->images,
+                  .indices = r->indices,
+                  .label_a = r->labels,
+                  .lambda = r->mix_lambda,
+                  .mix_mode = r->mix_mode,
+                  .partner = r->partner,
+                  .n = r->n};
+    if (eq_pipeline_mix(r->job->pipe, dec, r->epoch, r->step, r->offset, &b, &r->mix_err) != EQ_OK) {
+        if (!r->mix_err.code) r->mix_err.code = EQ_ERR_INTERNAL;
+        return;
+    }
+    for (uint32_t i = 0; i < r->n; i++) {
+        if (r->partner[i] < r->offset || r->partner[i] - r->offset >= r->n) {
+            eq_err_set(&r->mix_err, EQ_ERR_INTERNAL, "mix: partner %u of position %u outside the batch [%u, %u)",
+                       r->partner[i], r->offset + i, r->offset, r->offset + r->n);
+            return;
+        }
+        r->mix_index[i] = (int32_t)(r->partner[i] - r->offset);
+    }
 }
 
 static void s_job_free(s_job *j)
@@ -258,6 +300,7 @@ static void *s_worker_main(void *arg)
             }
         }
         if (__atomic_add_fetch(&r->done, take, __ATOMIC_ACQ_REL) == r->n) {
+            if (r->mix_index && !__atomic_load_n(&r->expired, __ATOMIC_RELAXED)) s_mix_req(r, dec);
             /* Hand the finished request to the main thread. */
             s_note nt = {'R', r};
             while (zmq_send(push, &nt, sizeof nt, 0) < 0 && zmq_errno() == EINTR) {
@@ -823,6 +866,28 @@ static void s_batch_req(eq_loader_server *s, const eq_proto_recvd *r)
         s_send_error(s, &r->from, &r->msg, EQ_ERR_INVALID, msg);
         return;
     }
+    if (s_mixing(j)) {
+        /* Partners are drawn inside blocks, and a BATCH names partners by
+         * position within itself: a request covers whole blocks. */
+        const eq_mix_cfg *mc = &j->cfg.mix;
+        uint32_t B = mc->block ? mc->block : j->job.global_batch;
+        if (q->offset % B || q->count % B) {
+            snprintf(msg, sizeof msg,
+                     "BATCH_REQ: job %s mixes inside blocks of %u positions: offset %u and count %u must be "
+                     "multiples of %u",
+                     j->id, B, q->offset, q->count, B);
+            s_send_error(s, &r->from, &r->msg, EQ_ERR_INVALID, msg);
+            return;
+        }
+        if (mc->mixup_alpha > 0 && mc->cutmix_alpha > 0 && q->count != B) {
+            snprintf(msg, sizeof msg,
+                     "BATCH_REQ: job %s has mixup and cutmix on (one kind per block): count %u must be one block "
+                     "(%u)",
+                     j->id, q->count, B);
+            s_send_error(s, &r->from, &r->msg, EQ_ERR_INVALID, msg);
+            return;
+        }
+    }
     uint64_t inflight = __atomic_load_n(&s->st.inflight_bytes, __ATOMIC_RELAXED);
     if (bytes > s->max_inflight || inflight + bytes > s->max_inflight) {
         snprintf(msg, sizeof msg,
@@ -863,6 +928,15 @@ static void s_batch_req(eq_loader_server *s, const eq_proto_recvd *r)
         s_send_error(s, &r->from, &r->msg, EQ_ERR_NOMEM, "BATCH_REQ: out of memory for the batch");
         return;
     }
+    if (s_mixing(j) &&
+        (!(rq->mix_index = eq_malloc_array(n, sizeof *rq->mix_index)) ||
+         !(rq->mix_lambda = eq_malloc_array(n, sizeof *rq->mix_lambda)) ||
+         !(rq->mix_mode = eq_malloc_array(n, sizeof *rq->mix_mode)) ||
+         !(rq->partner = eq_malloc_array(n, sizeof *rq->partner)))) {
+        s_req_free(rq);
+        s_send_error(s, &r->from, &r->msg, EQ_ERR_NOMEM, "BATCH_REQ: out of memory for the mix plan");
+        return;
+    }
     for (uint32_t i = 0; i < n; i++) rq->labels[i] = eq_dataset_label(j->ds, rq->indices[i]);
     rq->peer = r->from;
     rq->req = r->msg.req;
@@ -894,6 +968,26 @@ static void s_finish(eq_loader_server *s, s_req *rq)
         eq_debug("loader: request %" PRIu64 " of job %s expired", rq->req, j->id);
         goto out;
     }
+    /* The BATCH's `mix`: one kind for the whole batch (the JOB and request
+     * checks rule out both in one batch); absent when nothing is mixed. */
+    const char *mix = NULL;
+    if (rq->mix_index && !rq->mix_err.code) {
+        int kinds = 0;
+        for (uint32_t i = 0; i < rq->n; i++) kinds |= 1 << rq->mix_mode[i];
+        if ((kinds & (1 << EQ_MIX_MIXUP)) && (kinds & (1 << EQ_MIX_CUTMIX)))
+            eq_err_set(&rq->mix_err, EQ_ERR_INTERNAL, "mix: batch holds both mixup and cutmix samples");
+        else if (kinds & (1 << EQ_MIX_CUTMIX))
+            mix = "cutmix";
+        else if (kinds & (1 << EQ_MIX_MIXUP))
+            mix = "mixup";
+    }
+    if (rq->mix_err.code) {
+        char emsg[EQ_ERR_MSG_LEN + 64];
+        eq_error("loader: request %" PRIu64 " of job %s: %s", rq->req, j->id, rq->mix_err.msg);
+        snprintf(emsg, sizeof emsg, "BATCH_REQ: %s", rq->mix_err.msg);
+        s_send_error_req(s, &rq->peer, true, rq->req, rq->mix_err.code, emsg);
+        goto out;
+    }
     eq_msg m;
     eq_proto_msg_init(&m, EQ_MSG_BATCH);
     m.has_req = true;
@@ -923,11 +1017,26 @@ static void s_finish(eq_loader_server *s, s_req *rq)
         eq_proto_msg_reset(&m);
         goto out;
     }
-    eq_proto_payload pay[2] = {{rq->images, (size_t)rq->n * rq->per, s_free_cb, NULL},
-                               {rq->labels, (size_t)rq->n * sizeof(int32_t), s_free_cb, NULL}};
+    eq_proto_payload pay[4] = {{rq->images, (size_t)rq->n * rq->per, s_free_cb, NULL},
+                               {rq->labels, (size_t)rq->n * sizeof(int32_t), s_free_cb, NULL},
+                               {rq->mix_index, (size_t)rq->n * sizeof(int32_t), s_free_cb, NULL},
+                               {rq->mix_lambda, (size_t)rq->n * sizeof(float), s_free_cb, NULL}};
+    int npay = 2;
+    if (mix) {
+        snprintf(b->mix, sizeof b->mix, "%s", mix);
+        if (eq_proto_add_frame(&m, "mix_index", EQ_DT_I32, 1, lsh, &e) ||
+            eq_proto_add_frame(&m, "mix_lambda", EQ_DT_F32, 1, lsh, &e)) {
+            eq_error("loader: cannot describe a batch: %s", e.msg);
+            eq_proto_msg_reset(&m);
+            goto out;
+        }
+        npay = 4;
+        rq->mix_index = NULL;
+        rq->mix_lambda = NULL;
+    }
     rq->images = NULL; /* ZeroMQ owns them now, sent or not */
     rq->labels = NULL;
-    if (eq_proto_send(s->data, &rq->peer, &m, pay, 2, ZMQ_DONTWAIT, &e) != EQ_OK) {
+    if (eq_proto_send(s->data, &rq->peer, &m, pay, npay, ZMQ_DONTWAIT, &e) != EQ_OK) {
         S_ADD(s, dropped, 1);
         eq_debug("loader: BATCH for request %" PRIu64 " not sent: %s", rq->req, e.msg);
     } else {

@@ -75,15 +75,25 @@ eq_dataset *eq_loader_open(const char *path, eq_ds_kind kind, const char *split,
  *   resize     int   shorter side before the centre crop (0 = size/0.875)
  *   pad        int   padcrop padding
  *   shuffle    bool  shuffle the epoch order (default: split == "train")
- *   dct_scale  bool  JPEG DCT-domain downscaling
+ *   dct_scale  bool or int  JPEG DCT-domain downscaling: false/0 off,
+ *              true/1 power-of-two scales, 2 any M/8 (EQ_DCT_*)
  *   max_pixels int   decompression-bomb limit (0 = default)
+ *   jitter_brightness, jitter_contrast, jitter_saturation  float (rrc)
+ *   mix_block  int   mixup/CutMix partners are drawn inside aligned blocks
+ *              of this many positions (0 = the global batch); must
+ *              divide global_batch
  * An unknown key, a value of the wrong type or out of range is
- * EQ_ERR_INVALID naming the key.  Mixup and CutMix are not served yet:
- * mixup_alpha or cutmix_alpha > 0 is EQ_ERR_UNSUPPORTED. */
+ * EQ_ERR_INVALID naming the key.  The JOB's mixup_alpha, cutmix_alpha,
+ * mix_prob, mix_switch_prob go to cfg->mix; mix_mode "batch" (or "") is
+ * batch_lambda = 1 (one decision per block), "elem" 0, "pair" is
+ * EQ_ERR_UNSUPPORTED, and both alphas on with "elem" is EQ_ERR_UNSUPPORTED
+ * (a BATCH carries one mix kind). */
 eq_status eq_loader_job_pipeline(const eq_msg_job *job, eq_pipeline_cfg *cfg, eq_err *err);
 
-/* The pipeline fingerprint sent in JOB_OK: library versions and the decode
- * options that change bytes.  `out` gets at most `cap` bytes. */
+/* The pipeline fingerprint sent in JOB_OK: library versions and the
+ * options that change bytes without being visible in the sampler or the
+ * JOB's own fields: dct_scale (0, 1, 2), max_pixels, jitter[3], mix.block,
+ * mix.batch_lambda.  `out` gets at most `cap` bytes. */
 void eq_loader_pipeline_fingerprint(const eq_pipeline_cfg *cfg, char *out, size_t cap);
 
 /* ======================================================================

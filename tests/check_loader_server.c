@@ -167,13 +167,82 @@ START_TEST(test_schema_and_mapping)
     ck_assert_int_eq(eq_loader_job_pipeline(&m.u.job, &pc, &e), EQ_ERR_INVALID);
     ck_assert_ptr_nonnull(strstr(e.msg, "\"zoom\""));
     m.u.job.ntransforms--;
-    m.u.job.mixup_alpha = 0.2;
-    ck_assert_int_eq(eq_loader_job_pipeline(&m.u.job, &pc, &e), EQ_ERR_UNSUPPORTED);
 
-    char fp[256];
+    char fp[256], fp2[256];
+    ck_assert_int_eq(eq_loader_job_pipeline(&m.u.job, &pc, &e), EQ_OK);
     eq_loader_pipeline_fingerprint(&pc, fp, sizeof fp);
     ck_assert_ptr_nonnull(strstr(fp, "libjpeg-turbo"));
     ck_assert_ptr_nonnull(strstr(fp, "dct_scale=1"));
+
+    /* mixup/cutmix map to cfg->mix */
+    m.u.job.mixup_alpha = 0.2;
+    m.u.job.mix_prob = 0.5;
+    ck_assert_msg(eq_loader_job_pipeline(&m.u.job, &pc, &e) == EQ_OK, "%s", e.msg);
+    ck_assert(pc.mix.mixup_alpha == 0.2f && pc.mix.prob == 0.5f && pc.mix.batch_lambda == 1);
+    snprintf(m.u.job.mix_mode, sizeof m.u.job.mix_mode, "elem");
+    ck_assert_int_eq(eq_loader_job_pipeline(&m.u.job, &pc, &e), EQ_OK);
+    ck_assert_int_eq(pc.mix.batch_lambda, 0);
+    m.u.job.cutmix_alpha = 1.0; /* both on, per element: one batch would hold both kinds */
+    ck_assert_int_eq(eq_loader_job_pipeline(&m.u.job, &pc, &e), EQ_ERR_UNSUPPORTED);
+    ck_assert_ptr_nonnull(strstr(e.msg, "one mix kind"));
+    snprintf(m.u.job.mix_mode, sizeof m.u.job.mix_mode, "pair");
+    ck_assert_int_eq(eq_loader_job_pipeline(&m.u.job, &pc, &e), EQ_ERR_UNSUPPORTED);
+    ck_assert_ptr_nonnull(strstr(e.msg, "pair"));
+    snprintf(m.u.job.mix_mode, sizeof m.u.job.mix_mode, "batch");
+    kv = &m.u.job.transforms[m.u.job.ntransforms++];
+    snprintf(kv->key, sizeof kv->key, "mix_block");
+    kv->type = EQ_PROTO_VAL_INT;
+    kv->i = 100; /* G = 256: does not divide it */
+    ck_assert_int_eq(eq_loader_job_pipeline(&m.u.job, &pc, &e), EQ_ERR_INVALID);
+    ck_assert_ptr_nonnull(strstr(e.msg, "'mix_block' = 100 does not divide global_batch 256"));
+    kv->i = 64;
+    ck_assert_msg(eq_loader_job_pipeline(&m.u.job, &pc, &e) == EQ_OK, "%s", e.msg);
+    ck_assert_uint_eq(pc.mix.block, 64);
+
+    /* every option that changes bytes changes the fingerprint */
+    eq_pipeline_cfg base = pc, v;
+    eq_loader_pipeline_fingerprint(&base, fp, sizeof fp);
+    ck_assert_ptr_nonnull(strstr(fp, "mix_block=64; batch_lambda=1"));
+    v = base;
+    v.dct_scale = EQ_DCT_ANY;
+    eq_loader_pipeline_fingerprint(&v, fp2, sizeof fp2);
+    ck_assert_ptr_nonnull(strstr(fp2, "dct_scale=2"));
+    v.dct_scale = EQ_DCT_OFF;
+    eq_loader_pipeline_fingerprint(&v, fp2, sizeof fp2);
+    ck_assert_ptr_nonnull(strstr(fp2, "dct_scale=0"));
+    v.dct_scale = 7; /* read as POW2 by the library */
+    eq_loader_pipeline_fingerprint(&v, fp2, sizeof fp2);
+    ck_assert_str_eq(fp2, fp);
+    v = base;
+    v.jitter[2] = 0.4f;
+    eq_loader_pipeline_fingerprint(&v, fp2, sizeof fp2);
+    ck_assert_str_ne(fp2, fp);
+    v = base;
+    v.mix.block = 32;
+    eq_loader_pipeline_fingerprint(&v, fp2, sizeof fp2);
+    ck_assert_str_ne(fp2, fp);
+    v = base;
+    v.mix.batch_lambda = 0;
+    eq_loader_pipeline_fingerprint(&v, fp2, sizeof fp2);
+    ck_assert_str_ne(fp2, fp);
+    v = base;
+    v.max_pixels = 1000;
+    eq_loader_pipeline_fingerprint(&v, fp2, sizeof fp2);
+    ck_assert_str_ne(fp2, fp);
+
+    /* dct_scale as the mode number; jitter keys */
+    snprintf(kv->key, sizeof kv->key, "dct_scale");
+    kv->i = 2;
+    ck_assert_int_eq(eq_loader_job_pipeline(&m.u.job, &pc, &e), EQ_OK);
+    ck_assert_int_eq(pc.dct_scale, EQ_DCT_ANY);
+    kv->i = 3;
+    ck_assert_int_eq(eq_loader_job_pipeline(&m.u.job, &pc, &e), EQ_ERR_INVALID);
+    ck_assert_ptr_nonnull(strstr(e.msg, "'dct_scale' = 3 out of range"));
+    snprintf(kv->key, sizeof kv->key, "jitter_contrast");
+    kv->type = EQ_PROTO_VAL_FLOAT;
+    kv->f = 0.4;
+    ck_assert_int_eq(eq_loader_job_pipeline(&m.u.job, &pc, &e), EQ_OK);
+    ck_assert(pc.jitter[0] == 0 && pc.jitter[1] == 0.4f && pc.jitter[2] == 0);
 }
 END_TEST
 
@@ -573,13 +642,14 @@ START_TEST(test_bad_requests)
     s_send(&f, &m);
     s_recv(&f, r, EQ_MSG_ERROR);
     ck_assert_ptr_nonnull(strstr(r->msg.u.error.message, "extra"));
-    /* unsupported mixup */
+    /* unsupported mix mode */
     s_tiny_job(&m, "train", "rrc");
     m.u.job.cutmix_alpha = 1.0;
+    snprintf(m.u.job.mix_mode, sizeof m.u.job.mix_mode, "pair");
     m.has_req = true;
     m.req = 9;
     s_send(&f, &m);
-    s_expect_error(&f, r, EQ_ERR_UNSUPPORTED, "cutmix", 9);
+    s_expect_error(&f, r, EQ_ERR_UNSUPPORTED, "mix_mode \"pair\"", 9);
     /* a loader refuses BATCH / ERROR messages */
     eq_proto_make_error(&m, true, 10, EQ_ERR_IO, "hi");
     s_send(&f, &m);
@@ -833,6 +903,196 @@ START_TEST(test_curve)
 }
 END_TEST
 
+/* JOB with one transform added (key, int or float value). */
+static void s_add_kv(eq_msg *m, const char *key, eq_proto_val_type t, double v)
+{
+    eq_proto_kv *kv = &m->u.job.transforms[m->u.job.ntransforms++];
+    snprintf(kv->key, sizeof kv->key, "%s", key);
+    kv->type = t;
+    if (t == EQ_PROTO_VAL_INT)
+        kv->i = (int64_t)v;
+    else
+        kv->f = v;
+}
+
+/* Send a JOB, expect JOB_OK; the job id and the pipeline fingerprint. */
+static void s_job_ok_msg(s_fixture *f, eq_msg *m, char id[EQ_PROTO_ID_CAP], char fp[EQ_PROTO_TEXT_CAP],
+                         eq_proto_recvd *r)
+{
+    m->has_req = true;
+    m->req = ++f->req;
+    s_send(f, m);
+    s_recv(f, r, EQ_MSG_JOB_OK);
+    snprintf(id, EQ_PROTO_ID_CAP, "%s", r->msg.u.job_ok.job);
+    snprintf(fp, EQ_PROTO_TEXT_CAP, "%s", r->msg.u.job_ok.pipeline);
+}
+
+/* Two JOBs differing only in a byte-changing transform: different ids and
+ * fingerprints. */
+START_TEST(test_fingerprint_differs)
+{
+    s_fixture f;
+    s_start(&f, "inproc://data", 1, 0);
+    eq_proto_recvd *r = malloc(sizeof *r);
+    eq_proto_recvd_init(r);
+    char id0[EQ_PROTO_ID_CAP], id1[EQ_PROTO_ID_CAP], fp0[EQ_PROTO_TEXT_CAP], fp1[EQ_PROTO_TEXT_CAP];
+    const struct {
+        const char *key;
+        eq_proto_val_type t;
+        double v;
+    } opts[] = {{"jitter_brightness", EQ_PROTO_VAL_FLOAT, 0.4}, {"dct_scale", EQ_PROTO_VAL_INT, 2}};
+    eq_msg m;
+    s_tiny_job(&m, "train", "rrc");
+    s_job_ok_msg(&f, &m, id0, fp0, r);
+    for (size_t k = 0; k < sizeof opts / sizeof opts[0]; k++) {
+        s_tiny_job(&m, "train", "rrc");
+        s_add_kv(&m, opts[k].key, opts[k].t, opts[k].v);
+        s_job_ok_msg(&f, &m, id1, fp1, r);
+        ck_assert_str_ne(id0, id1);
+        ck_assert_msg(strcmp(fp0, fp1) != 0, "%s: same fingerprint '%s'", opts[k].key, fp0);
+    }
+    /* mixing on: mix_block 4 vs 8 */
+    s_tiny_job(&m, "train", "rrc");
+    m.u.job.mixup_alpha = 0.5;
+    s_add_kv(&m, "mix_block", EQ_PROTO_VAL_INT, 4);
+    s_job_ok_msg(&f, &m, id0, fp0, r);
+    m.u.job.transforms[m.u.job.ntransforms - 1].i = 8;
+    s_job_ok_msg(&f, &m, id1, fp1, r);
+    ck_assert_str_ne(id0, id1);
+    ck_assert_str_ne(fp0, fp1);
+    ck_assert_ptr_nonnull(strstr(fp1, "mix_block=8"));
+    eq_proto_recvd_close(r);
+    free(r);
+    s_finish(&f);
+}
+END_TEST
+
+/* Mixed jobs: the served batch equals eq_pipeline_batch bytes for bytes
+ * (CutMix pasted), mix frames match the plan, misaligned ranges refused. */
+START_TEST(test_mixed_batches)
+{
+    s_fixture f;
+    s_start(&f, "inproc://data", 3, 0);
+    eq_proto_recvd *r = malloc(sizeof *r);
+    eq_proto_recvd_init(r);
+    eq_err e = {0};
+    eq_dataset *ds = eq_loader_open(f.root, EQ_DS_IDX, "train", 1, &e);
+    ck_assert_msg(ds != NULL, "%s", e.msg);
+    for (int kind = 0; kind < 2; kind++) { /* 0 cutmix, per element; 1 mixup, per block */
+        eq_msg m;
+        s_tiny_job(&m, "train", "rrc");
+        if (kind == 0) {
+            m.u.job.cutmix_alpha = 1.0;
+            snprintf(m.u.job.mix_mode, sizeof m.u.job.mix_mode, "elem");
+        } else {
+            m.u.job.mixup_alpha = 0.4;
+        }
+        m.u.job.mix_prob = 0.8;
+        s_add_kv(&m, "mix_block", EQ_PROTO_VAL_INT, 8);
+        char id[EQ_PROTO_ID_CAP], fp[EQ_PROTO_TEXT_CAP];
+        s_job_ok_msg(&f, &m, id, fp, r);
+        eq_pipeline_cfg pc;
+        ck_assert_int_eq(eq_loader_job_pipeline(&m.u.job, &pc, &e), EQ_OK);
+        eq_pipeline *p = eq_pipeline_new(ds, &pc, 2, &e);
+        ck_assert_msg(p != NULL, "%s", e.msg);
+        uint8_t ref[16 * 100], plain[16 * 100];
+        uint32_t idx[16], rep[16], part[16];
+        int32_t la[16];
+        float lam[16];
+        uint8_t mode[16];
+        int mixed = 0, pasted = 0;
+        for (uint64_t step = 0; step < 3; step++)
+            for (uint32_t off = 0; off < 16; off += 8)
+                for (uint32_t cnt = 8; off + cnt <= 16; cnt += 8) {
+                    eq_batch b = {.images = ref, .indices = idx, .label_a = la, .lambda = lam, .mix_mode = mode,
+                                  .partner = part, .replaced = rep};
+                    ck_assert_int_eq(eq_pipeline_batch(p, 1, step, off, cnt, &b, &e), EQ_OK);
+                    uint64_t req = ++f.req;
+                    s_breq(&f, id, 1, step, off, cnt, req);
+                    s_recv(&f, r, EQ_MSG_BATCH);
+                    const eq_msg_batch *mb = &r->msg.u.batch;
+                    ck_assert_uint_eq(mb->count, cnt);
+                    size_t sz;
+                    const uint8_t *img = eq_proto_recvd_frame(r, (size_t)mb->frame_images, &sz);
+                    ck_assert_uint_eq(sz, cnt * 100u);
+                    ck_assert_msg(memcmp(img, ref, sz) == 0, "step %u [%u, +%u): bytes differ from eq_pipeline_batch",
+                                  (unsigned)step, off, cnt);
+                    const int32_t *lab = eq_proto_recvd_frame(r, (size_t)mb->frame_labels, &sz);
+                    ck_assert(memcmp(lab, la, cnt * 4) == 0);
+                    int any = 0, anycut = 0;
+                    for (uint32_t i = 0; i < cnt; i++) {
+                        any |= mode[i] != EQ_MIX_NONE;
+                        anycut |= mode[i] == EQ_MIX_CUTMIX;
+                    }
+                    if (!any) {
+                        ck_assert_str_eq(mb->mix, "");
+                        ck_assert_int_eq(mb->frame_mix_index, -1);
+                        continue;
+                    }
+                    mixed++;
+                    ck_assert_str_eq(mb->mix, kind == 0 ? "cutmix" : "mixup");
+                    ck_assert_int_eq(anycut, kind == 0);
+                    ck_assert_int_ge(mb->frame_mix_index, 0);
+                    ck_assert_int_ge(mb->frame_mix_lambda, 0);
+                    const int32_t *mi = eq_proto_recvd_frame(r, (size_t)mb->frame_mix_index, &sz);
+                    ck_assert_uint_eq(sz, cnt * 4u);
+                    const float *ml = eq_proto_recvd_frame(r, (size_t)mb->frame_mix_lambda, &sz);
+                    ck_assert_uint_eq(sz, cnt * 4u);
+                    for (uint32_t i = 0; i < cnt; i++) {
+                        ck_assert_int_eq(mi[i], (int32_t)(part[i] - off));
+                        ck_assert_int_ge(mi[i], 0);
+                        ck_assert_int_lt(mi[i], (int32_t)cnt);
+                        /* partners stay in the sample's block of 8 */
+                        ck_assert_uint_eq((off + (uint32_t)mi[i]) / 8, (off + i) / 8);
+                        ck_assert(ml[i] == lam[i] && ml[i] >= 0 && ml[i] <= 1);
+                        if (mode[i] == EQ_MIX_NONE) ck_assert(ml[i] == 1.0f && mi[i] == (int32_t)i);
+                    }
+                    if (kind == 0) {
+                        /* the pastes are real: the unmixed samples differ */
+                        eq_msg um;
+                        s_tiny_job(&um, "train", "rrc");
+                        eq_pipeline_cfg upc;
+                        ck_assert_int_eq(eq_loader_job_pipeline(&um.u.job, &upc, &e), EQ_OK);
+                        eq_pipeline *up = eq_pipeline_new(ds, &upc, 1, &e);
+                        ck_assert_msg(up != NULL, "%s", e.msg);
+                        uint32_t uidx[16];
+                        eq_batch ub = {.images = plain, .indices = uidx};
+                        ck_assert_int_eq(eq_pipeline_batch(up, 1, step, off, cnt, &ub, &e), EQ_OK);
+                        for (uint32_t i = 0; i < cnt; i++)
+                            if (mode[i] == EQ_MIX_CUTMIX && lam[i] < 1 && mi[i] != (int32_t)i &&
+                                memcmp(plain + i * 100, img + i * 100, 100) != 0)
+                                pasted++;
+                        eq_pipeline_destroy(&up);
+                    }
+                }
+        ck_assert_int_gt(mixed, 0);
+        if (kind == 0) ck_assert_int_gt(pasted, 0);
+        /* misaligned: offset or count not a multiple of the block of 8 */
+        s_breq(&f, id, 0, 0, 4, 8, 900);
+        s_expect_error(&f, r, EQ_ERR_INVALID, "offset 4 and count 8 must be multiples of 8", 900);
+        s_breq(&f, id, 0, 0, 0, 5, 901);
+        s_expect_error(&f, r, EQ_ERR_INVALID, "mixes inside blocks of 8 positions", 901);
+        eq_pipeline_destroy(&p);
+    }
+    /* both kinds on (per block): a request is exactly one block */
+    eq_msg m;
+    s_tiny_job(&m, "train", "rrc");
+    m.u.job.mixup_alpha = 0.4;
+    m.u.job.cutmix_alpha = 1.0;
+    s_add_kv(&m, "mix_block", EQ_PROTO_VAL_INT, 8);
+    char id[EQ_PROTO_ID_CAP], fp[EQ_PROTO_TEXT_CAP];
+    s_job_ok_msg(&f, &m, id, fp, r);
+    s_breq(&f, id, 0, 0, 0, 16, 902);
+    s_expect_error(&f, r, EQ_ERR_INVALID, "count 16 must be one block (8)", 902);
+    s_breq(&f, id, 0, 0, 8, 8, 903);
+    s_recv(&f, r, EQ_MSG_BATCH);
+    eq_dataset_destroy(&ds);
+    eq_proto_recvd_close(r);
+    free(r);
+    s_finish(&f);
+}
+END_TEST
+
 static Suite *s_suite(void)
 {
     Suite *s = suite_create("loader_server");
@@ -845,6 +1105,8 @@ static Suite *s_suite(void)
     tcase_add_test(tc, test_threads_identical);
     tcase_add_test(tc, test_many_in_flight);
     tcase_add_test(tc, test_bad_requests);
+    tcase_add_test(tc, test_fingerprint_differs);
+    tcase_add_test(tc, test_mixed_batches);
     tcase_add_test(tc, test_control);
     tcase_add_test(tc, test_stop_with_work);
     tcase_add_test(tc, test_refuse_public_bind);
