@@ -27,6 +27,8 @@
 #include "loader/loader.h"
 #include "loader/server.h"
 #include "ctl/run.h"
+#include "quant/quant.h"
+#include "trainer/model_run.h"
 #include "proto/proto_zmq.h"
 
 typedef int (*s_cmd_fn)(int argc, char **argv);
@@ -826,6 +828,14 @@ static int s_config_doc(int argc, char **argv)
     return rc;
 }
 
+/* ------------------------------------------------------- quant, model */
+
+/* The quantizer and model inspection tools live with their libraries
+ * (quant/quant.h eq_quant_cli, trainer/model_run.h eq_model_cli); eqctl
+ * hands them everything after its own command word. */
+static int s_quant(int argc, char **argv) { return eq_quant_cli(argc - 1, argv + 1); }
+static int s_model(int argc, char **argv) { return eq_model_cli(argc - 1, argv + 1); }
+
 /* ----------------------------------------------------------------- main */
 
 static int s_help(int argc, char **argv);
@@ -839,6 +849,10 @@ static const s_cmd s_cmds[] = {
     {"dataset synth", s_dataset_synth, "write a synthetic JPEG ImageFolder", S_U_SYNTH},
     {"dataset info", s_dataset_info, "kind, size, classes and fingerprint of a dataset directory", S_U_INFO},
     {"config doc", s_config_doc, "markdown reference of the config sections the programs define", S_U_DOC},
+    {"quant", s_quant, "quantizer tool: apply one step to safetensors tensors, list methods",
+     "apply --tag wt|fm|ot --in IN.safetensors --out OUT.safetensors [--eval] [--nhwc] KEY=VALUE... | methods"},
+    {"model", s_model, "model tool: forward/backward/step of a config'd model on safetensors input",
+     "run --config C [--weights W.safetensors] --in X.safetensors --out Y.safetensors [--train [--step]]"},
     {"run", eq_ctl_run_main, "train CONFIG: start loader(s), eq-eval and eq-trainer here, follow, summarise",
      EQ_CTL_RUN_USAGE},
     {"help", s_help, "this list", ""},

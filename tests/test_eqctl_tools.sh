@@ -1,0 +1,48 @@
+#!/bin/sh
+# tests/test_eqctl_tools.sh -- eqctl's inspection tools reach their
+# libraries: `eqctl quant apply` runs a committed reference case and writes
+# the promised tensors (their values are checked against the references by
+# tests/check_quant_fixtures through the same eq_quant_apply_file), a bad
+# option or a missing file is a clear error naming it, and `eqctl model`
+# answers.
+set -u
+B=${EQ_BUILDDIR:-.}
+S=${EQ_SRCDIR:-.}
+CTL=$B/eqctl
+[ -x "$CTL" ] || { echo "FAIL: $CTL not built"; exit 1; }
+T=$(mktemp -d "${TMPDIR:-/tmp}/eq-ctl-tools-XXXXXX") || exit 1
+trap 'rm -rf "$T"' EXIT
+fail=0
+case_dir=$S/tests/fixtures/quant/dorefa_wt_2b
+
+# one training step of a reference case (its case.json: method dorefa, bit 2)
+opts="method=dorefa bit=2"
+# shellcheck disable=SC2086
+if "$CTL" quant apply --tag wt --in "$case_dir/in.safetensors" --out "$T/out.safetensors" $opts \
+    > "$T/apply.log" 2>&1 && [ -s "$T/out.safetensors" ]; then
+    echo "ok: eqctl quant apply ($opts)"
+else
+    echo "FAIL: eqctl quant apply"; cat "$T/apply.log"; fail=1
+fi
+# the output names the tensors the issue promises
+for name in '"y"' '"grad_x"'; do
+    if head -c 4096 "$T/out.safetensors" | grep -q "$name"; then echo "ok: output holds $name"
+    else echo "FAIL: output lacks $name"; fail=1; fi
+done
+# a bad option is refused, naming it
+if "$CTL" quant apply --tag wt --in "$case_dir/in.safetensors" --out "$T/bad.safetensors" method=dorefa bitz=2 \
+    > "$T/bad.log" 2>&1; then
+    echo "FAIL: bad option accepted"; fail=1
+elif grep -q "bitz" "$T/bad.log"; then echo "ok: bad option named"
+else echo "FAIL: error does not name the option"; cat "$T/bad.log"; fail=1; fi
+# a missing input file is refused, naming it
+if "$CTL" quant apply --tag wt --in "$T/nope.safetensors" --out "$T/x.safetensors" method=dorefa \
+    > "$T/miss.log" 2>&1; then
+    echo "FAIL: missing input accepted"; fail=1
+elif grep -q "nope.safetensors" "$T/miss.log"; then echo "ok: missing input named"
+else echo "FAIL: error does not name the file"; cat "$T/miss.log"; fail=1; fi
+# the methods list and the model tool answer
+"$CTL" quant methods | grep -qx lsq && echo "ok: quant methods" || { echo "FAIL: quant methods"; fail=1; }
+"$CTL" model help 2>&1 | grep -q "model run\|eq-model run" && echo "ok: model help" ||
+    { echo "FAIL: model help"; fail=1; }
+exit $fail
