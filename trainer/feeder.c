@@ -565,6 +565,9 @@ eq_status eq_feeder_next(eq_feeder *f, eq_feeder_batch *out, eq_err *err)
     out->w = (uint32_t)im->shape[2];
     out->c = (uint32_t)im->shape[3];
     out->nreplaced = b->nreplaced;
+    out->mix = b->mix;
+    out->mix_index = b->frame_mix_index >= 0 ? eq_proto_recvd_frame(rv, (size_t)b->frame_mix_index, NULL) : NULL;
+    out->mix_lambda = b->frame_mix_lambda >= 0 ? eq_proto_recvd_frame(rv, (size_t)b->frame_mix_lambda, NULL) : NULL;
     f->st.batches++;
     f->st.samples += b->count;
     /* Keep the window full while the caller computes. */

@@ -82,6 +82,9 @@ typedef struct eq_feeder_batch {
     bool labels_i64;
     uint32_t h, w, c;
     uint32_t nreplaced;     /* substituted samples the loader reported */
+    const char *mix;        /* "" none, "mixup" (blend images and labels), "cutmix" (labels only) */
+    const void *mix_index;  /* with mix: I32 [count], partner position in this batch; unaligned */
+    const void *mix_lambda; /* with mix: F32 [count], weight of the sample itself; unaligned */
 } eq_feeder_batch;
 
 /* The next step's batch, waiting for it if needed (and keeping the

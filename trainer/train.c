@@ -136,6 +136,9 @@ struct eq_train {
     FILE *jsonl;
     float *x_dev, *x_host;
     int32_t *y_dev, *y_host;
+    int32_t *yb_dev, *yb_host; /* mixup/cutmix: the partners' labels */
+    float *lam_dev, *lam_host; /* ... and each sample's own weight */
+    bool mixed;                /* the staged batch is mixed */
     float *logits_host;
     int64_t G, H, W, C, classes;
     int train_job, val_job;
@@ -176,7 +179,11 @@ void eq_train_destroy(eq_train **self_p)
     if (t->be) {
         eq_backend_release(t->be, t->x_dev);
         eq_backend_release(t->be, t->y_dev);
+        eq_backend_release(t->be, t->yb_dev);
+        eq_backend_release(t->be, t->lam_dev);
     }
+    free(t->yb_host);
+    free(t->lam_host);
     eq_backend_destroy(&t->be);
     free(t->x_host);
     free(t->y_host);
@@ -225,6 +232,10 @@ eq_train *eq_train_new(const eq_experiment *x, const eq_train_opts *o, eq_err *e
     size_t xn = (size_t)(t->G * t->H * t->W * t->C);
     if (!(t->x_dev = eq_backend_alloc(t->be, xn * sizeof(float), err))) goto fail;
     if (!(t->y_dev = eq_backend_alloc(t->be, (size_t)t->G * sizeof(int32_t), err))) goto fail;
+    if (!(t->yb_dev = eq_backend_alloc(t->be, (size_t)t->G * sizeof(int32_t), err))) goto fail;
+    if (!(t->lam_dev = eq_backend_alloc(t->be, (size_t)t->G * sizeof(float), err))) goto fail;
+    if (!(t->yb_host = calloc((size_t)t->G, sizeof(int32_t))) || !(t->lam_host = calloc((size_t)t->G, sizeof(float))))
+        goto nomem;
     if (!(t->x_host = malloc(xn * sizeof(float))) || !(t->y_host = malloc((size_t)t->G * sizeof(int32_t))) ||
         !(t->logits_host = malloc((size_t)(t->G * t->classes) * sizeof(float))))
         goto nomem;
@@ -383,8 +394,42 @@ static eq_status s_stage(eq_train *t, const eq_feeder_batch *b, eq_err *err)
         t->y_host[i] = (int32_t)y;
     }
     for (int64_t i = b->count; i < t->G; i++) t->y_host[i] = 0;
+    /* Mixup/CutMix from the plan in the BATCH (DESIGN.md): the partner's
+     * label and the sample's own weight for the loss; for mixup also the
+     * image blend, done here in fp32 from the uint8 bytes (CutMix images
+     * arrive pasted). */
+    t->mixed = b->mix && b->mix[0] && b->mix_index && b->mix_lambda;
+    if (t->mixed) {
+        bool blend = !strcmp(b->mix, "mixup");
+        for (uint32_t i = 0; i < b->count; i++) {
+            int32_t j;
+            float lam;
+            memcpy(&j, (const uint8_t *)b->mix_index + 4 * (size_t)i, 4);
+            memcpy(&lam, (const uint8_t *)b->mix_lambda + 4 * (size_t)i, 4);
+            if (j < 0 || (uint32_t)j >= b->count || !(lam >= 0.0f && lam <= 1.0f))
+                return eq_err_set(err, EQ_ERR_PROTO,
+                                  "epoch %" PRIu64 " step %" PRIu64 ": sample %u: mix partner %d or lambda %g invalid",
+                                  b->epoch, b->step, i, j, (double)lam);
+            t->yb_host[i] = t->y_host[j];
+            t->lam_host[i] = lam;
+            if (!blend) continue;
+            const uint8_t *a = src + (size_t)i * per, *p = src + (size_t)j * per;
+            float *d = dst + (size_t)i * per;
+            for (size_t k = 0; k < per; k++) {
+                size_t c = k % (size_t)t->C;
+                float va = (float)a[k] * scale[c] + shift[c], vb = (float)p[k] * scale[c] + shift[c];
+                d[k] = lam * va + (1.0f - lam) * vb;
+            }
+        }
+        for (int64_t i = b->count; i < t->G; i++) {
+            t->yb_host[i] = 0;
+            t->lam_host[i] = 1.0f;
+        }
+    }
     eq_status st = eq_backend_upload(t->be, t->x_dev, t->x_host, (size_t)t->G * per * sizeof(float), err);
     if (!st) st = eq_backend_upload(t->be, t->y_dev, t->y_host, (size_t)t->G * sizeof(int32_t), err);
+    if (!st && t->mixed) st = eq_backend_upload(t->be, t->yb_dev, t->yb_host, (size_t)t->G * sizeof(int32_t), err);
+    if (!st && t->mixed) st = eq_backend_upload(t->be, t->lam_dev, t->lam_host, (size_t)t->G * sizeof(float), err);
     return st;
 }
 
@@ -586,7 +631,8 @@ static eq_status s_run(eq_train *t, eq_err *err)
             float loss;
             double lr;
             if ((st = eq_model_forward(t->model, t->x_dev, true, err)) ||
-                (st = eq_model_loss(t->model, t->y_dev, NULL, NULL, (float)x->train.smoothing, &loss, err)))
+                (st = eq_model_loss(t->model, t->y_dev, t->mixed ? t->yb_dev : NULL, t->mixed ? t->lam_dev : NULL,
+                                    (float)x->train.smoothing, &loss, err)))
                 return st;
             if (!isfinite(loss)) {
                 s_publish(t, "done", 0, 0, 0, EQ_ERR_INVALID);
