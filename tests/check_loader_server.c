@@ -265,7 +265,9 @@ START_TEST(test_example_config)
     ck_assert_int_eq(dc.height, 28);
     ck_assert_int_eq(dc.channels, 1);
     ck_assert_int_eq(dc.seed, 3);
-    ck_assert_int_eq(dc.aug_train, EQ_AUG_RRC);
+    ck_assert_int_eq(dc.aug_train, EQ_AUG_PADCROP);
+    ck_assert_int_eq(dc.pad, 2);
+    ck_assert_int_eq(dc.aug_val, EQ_AUG_NONE);
 }
 END_TEST
 
