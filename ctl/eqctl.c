@@ -29,6 +29,7 @@
 #include "ctl/run.h"
 #include "quant/quant.h"
 #include "trainer/model_run.h"
+#include "trainer/train.h"
 #include "proto/proto_zmq.h"
 
 typedef int (*s_cmd_fn)(int argc, char **argv);
@@ -814,12 +815,14 @@ static int s_config_doc(int argc, char **argv)
             return s_usage_err("config doc", S_U_DOC);
     }
     if (optind != argc) return s_usage_err("config doc", S_U_DOC);
-    eq_config_section secs[2];
-    eq_loader_config_sections(NULL, NULL, secs);
+    /* Every section an experiment file may hold ([loader] ... [train]),
+     * with the defaults the programs use. */
+    eq_config_section secs[EQ_EXPERIMENT_NSECTIONS];
+    eq_experiment_sections(NULL, secs);
     char *md = NULL;
     size_t len = 0;
     eq_err e = {0};
-    if (eq_config_doc(secs, 2, &md, &len, &e)) return s_fail("config doc: %s", e.msg);
+    if (eq_config_doc(secs, EQ_EXPERIMENT_NSECTIONS, &md, &len, &e)) return s_fail("config doc: %s", e.msg);
     FILE *f = out ? fopen(out, "w") : stdout;
     int rc = 0;
     if (!f || fwrite(md, 1, len, f) != len) rc = s_fail("config doc: %s: %s", out ? out : "stdout", strerror(errno));

@@ -3,8 +3,8 @@
 # libraries: `eqctl quant apply` runs a committed reference case and writes
 # the promised tensors (their values are checked against the references by
 # tests/check_quant_fixtures through the same eq_quant_apply_file), a bad
-# option or a missing file is a clear error naming it, and `eqctl model`
-# answers.
+# option or a missing file is a clear error naming it, `eqctl model`
+# answers, and doc/config-reference.md equals `eqctl config doc`.
 set -u
 B=${EQ_BUILDDIR:-.}
 S=${EQ_SRCDIR:-.}
@@ -45,4 +45,10 @@ else echo "FAIL: error does not name the file"; cat "$T/miss.log"; fail=1; fi
 "$CTL" quant methods | grep -qx lsq && echo "ok: quant methods" || { echo "FAIL: quant methods"; fail=1; }
 "$CTL" model help 2>&1 | grep -q "model run\|eq-model run" && echo "ok: model help" ||
     { echo "FAIL: model help"; fail=1; }
+# doc/config-reference.md is what `eqctl config doc` writes today
+if "$CTL" config doc --out "$T/ref.md" && tail -n +8 "$S/doc/config-reference.md" | cmp -s - "$T/ref.md"; then
+    echo "ok: doc/config-reference.md is current"
+else
+    echo "FAIL: doc/config-reference.md differs from eqctl config doc (regenerate it)"; fail=1
+fi
 exit $fail
