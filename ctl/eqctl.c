@@ -14,9 +14,12 @@
 #include <inttypes.h>
 #include <math.h>
 #include <png.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "core/config.h"
@@ -53,6 +56,7 @@ typedef struct s_cmd {
     "OUT --classes K --per-class N [--val-per-class M] [--mean-pixels P] [--quality Q] [--seed S] [--threads T]"
 #define S_U_INFO "PATH [--json] [--threads N]"
 #define S_U_DOC "[--out FILE]"
+#define S_U_BENCH "--root DIR --pipeline train|val [--threads N] [--seconds S] [--size HxW] [--json]"
 
 /* ------------------------------------------------------------ helpers */
 
@@ -839,6 +843,300 @@ static int s_config_doc(int argc, char **argv)
 static int s_quant(int argc, char **argv) { return eq_quant_cli(argc - 1, argv + 1); }
 static int s_model(int argc, char **argv) { return eq_model_cli(argc - 1, argv + 1); }
 
+/* ---------------------------------------------------------- bench loader */
+
+static double s_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static long s_peak_rss_kb(void)
+{
+    struct rusage ru;
+    return getrusage(RUSAGE_SELF, &ru) == 0 ? ru.ru_maxrss : -1;
+}
+
+typedef struct s_bench_srv {
+    eq_loader_server *srv;
+    eq_status rc;
+    eq_err e;
+} s_bench_srv;
+
+static void *s_bench_run(void *arg)
+{
+    s_bench_srv *b = arg;
+    b->rc = eq_loader_server_run(b->srv, &b->e);
+    return NULL;
+}
+
+/* Through an eq-loader server in this process (inproc data socket): HELLO,
+ * JOB, then BATCH_REQs of one global batch each, 4 in flight, for `secs`
+ * seconds.  *images gets the images received, *elapsed the time. */
+static eq_status s_bench_server(const char *root, int threads, double secs, eq_msg *job, uint64_t *images,
+                                double *elapsed, eq_err *e)
+{
+    char decl[EQ_LOADER_PATH_CAP + 16];
+    snprintf(decl, sizeof decl, "bench=%s", root);
+    const char *decls[1] = {decl};
+    eq_loader_server_cfg cfg = {.bind = "inproc://eqctl-bench", .datasets = decls, .ndatasets = 1,
+                                .threads = threads};
+    void *ctx = zmq_ctx_new();
+    s_bench_srv b = {0};
+    pthread_t th;
+    int started = 0;
+    void *sock = NULL;
+    eq_proto_recvd *r = malloc(sizeof *r);
+    eq_status st = EQ_OK;
+    if (!ctx || !r) {
+        st = eq_err_set(e, EQ_ERR_NOMEM, "out of memory");
+        goto done;
+    }
+    eq_proto_recvd_init(r);
+    if (!(b.srv = eq_loader_server_new(ctx, &cfg, e))) {
+        st = e ? e->code : EQ_ERR_INVALID;
+        goto done;
+    }
+    if (pthread_create(&th, NULL, s_bench_run, &b)) {
+        st = eq_err_set(e, EQ_ERR_IO, "cannot start the server thread");
+        goto done;
+    }
+    started = 1;
+    if (!(sock = s_connect(ctx, ZMQ_DEALER, cfg.bind, NULL, 60000, e))) {
+        st = EQ_ERR_NET;
+        goto done;
+    }
+    eq_msg m;
+    eq_proto_msg_init(&m, EQ_MSG_HELLO);
+    m.has_req = true;
+    m.req = 1;
+    snprintf(m.u.hello.role, sizeof m.u.hello.role, "ctl");
+    snprintf(m.u.hello.name, sizeof m.u.hello.name, "bench:%ld", (long)getpid());
+    m.u.hello.versions[0] = EQ_PROTO_VERSION;
+    m.u.hello.nversions = 1;
+    snprintf(m.u.hello.software, sizeof m.u.hello.software, "eqctl %s", PACKAGE_VERSION);
+    if ((st = s_call(sock, &m, EQ_MSG_HELLO, r, e))) goto done;
+    job->has_req = true;
+    job->req = 2;
+    if ((st = s_call(sock, job, EQ_MSG_JOB_OK, r, e))) goto done;
+    eq_msg_job_ok ok = r->msg.u.job_ok;
+    uint64_t G = job->u.job.global_batch, steps = 0;
+    /* Steps per epoch as the sampler counts them (train drops the tail). */
+    steps = job->u.job.last == EQ_PROTO_LAST_PARTIAL ? (ok.size + G - 1) / G : ok.size / G;
+    if (!steps) {
+        st = eq_err_set(e, EQ_ERR_INVALID, "dataset too small for a global batch of %" PRIu64, G);
+        goto done;
+    }
+    uint64_t sent = 0, got = 0, req = 3;
+    double t0 = s_now(), end = t0 + secs;
+    int inflight = 0;
+    for (;;) {
+        while (inflight < 4 && s_now() < end) {
+            eq_proto_msg_init(&m, EQ_MSG_BATCH_REQ);
+            m.has_req = true;
+            m.req = req++;
+            snprintf(m.u.batch_req.job, sizeof m.u.batch_req.job, "%s", ok.job);
+            m.u.batch_req.epoch = sent / steps;
+            m.u.batch_req.step = sent % steps;
+            m.u.batch_req.offset = 0;
+            uint64_t left = ok.size - (sent % steps) * G;
+            m.u.batch_req.count = (uint32_t)(left < G ? left : G);
+            if ((st = eq_proto_send(sock, NULL, &m, NULL, 0, 0, e))) goto done;
+            sent++;
+            inflight++;
+        }
+        if (!inflight) break;
+        if ((st = eq_proto_recv(sock, r, NULL, 0, e))) goto done;
+        if (r->msg.type == EQ_MSG_ERROR) {
+            st = eq_err_set(e, EQ_ERR_PROTO, "loader answered BATCH_REQ with ERROR %s: %s", r->msg.u.error.name,
+                            r->msg.u.error.message);
+            goto done;
+        }
+        if (r->msg.type != EQ_MSG_BATCH) continue;
+        got += r->msg.u.batch.count;
+        inflight--;
+    }
+    *elapsed = s_now() - t0;
+    *images = got;
+done:
+    if (r) eq_proto_recvd_close(r);
+    free(r);
+    eq_proto_socket_close(&sock);
+    if (started) {
+        eq_loader_server_stop(b.srv);
+        pthread_join(th, NULL);
+        if (!st && b.rc) {
+            if (e) *e = b.e;
+            st = b.rc;
+        }
+    }
+    eq_loader_server_destroy(&b.srv);
+    if (ctx) zmq_ctx_term(ctx);
+    return st;
+}
+
+static int s_bench_loader(int argc, char **argv)
+{
+    static const struct option o[] = {{"root", required_argument, 0, 'r'},    {"pipeline", required_argument, 0, 'p'},
+                                      {"threads", required_argument, 0, 't'}, {"seconds", required_argument, 0, 's'},
+                                      {"size", required_argument, 0, 'z'},    {"json", no_argument, 0, 'j'},
+                                      {0, 0, 0, 0}};
+    const char *root = NULL, *split = NULL, *size = NULL;
+    uint64_t threads = 0, secs = 5;
+    int json = 0, c;
+    while ((c = getopt_long(argc, argv, "", o, NULL)) != -1) {
+        switch (c) {
+        case 'r': root = optarg; break;
+        case 'p': split = optarg; break;
+        case 't':
+            if (s_u64("--threads", optarg, 1, 1024, &threads)) return 2;
+            break;
+        case 's':
+            if (s_u64("--seconds", optarg, 1, 3600, &secs)) return 2;
+            break;
+        case 'z': size = optarg; break;
+        case 'j': json = 1; break;
+        default: return s_usage_err("bench loader", S_U_BENCH);
+        }
+    }
+    if (optind != argc) return s_usage_err("bench loader", S_U_BENCH);
+    if (!root) {
+        fprintf(stderr, "eqctl: bench loader: --root DIR is required\n");
+        return s_usage_err("bench loader", S_U_BENCH);
+    }
+    if (!split || (strcmp(split, "train") && strcmp(split, "val"))) {
+        fprintf(stderr, "eqctl: bench loader: --pipeline '%s': expected train or val\n", split ? split : "");
+        return 2;
+    }
+    eq_loader_data_cfg sz = {0};
+    if (size && s_parse_size(size, &sz)) return 2;
+    if (!threads) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        threads = n > 0 ? (uint64_t)n : 1;
+    }
+    eq_err e = {0};
+    eq_ds_kind kind;
+    if (eq_loader_detect(root, &kind, &e)) return s_fail("bench loader: --root: %s", e.msg);
+    eq_dataset *ds = eq_loader_open(root, kind, split, (int)threads, &e);
+    if (!ds) return s_fail("bench loader: %s", e.msg);
+    size_t n = eq_dataset_size(ds);
+    /* Output size: --size, else the stored size of in-memory sets, 224 for
+     * ImageFolder.  Channels follow the dataset. */
+    int64_t H = sz.height, W = sz.width, C = kind == EQ_DS_IDX ? 1 : 3;
+    if (!size) {
+        uint32_t h = 224, w = 224, cc;
+        const uint8_t *pix;
+        if (kind != EQ_DS_IMAGEFOLDER && n) eq_dataset_pixels(ds, 0, &pix, &h, &w, &cc, NULL);
+        H = h;
+        W = w;
+    }
+    uint64_t G = n < 64 ? (n ? n : 1) : 64;
+    char fs[8][128];
+    const char *sets[8];
+    snprintf(fs[0], sizeof fs[0], "data.dataset=bench");
+    snprintf(fs[1], sizeof fs[1], "data.height=%" PRId64, H);
+    snprintf(fs[2], sizeof fs[2], "data.width=%" PRId64, W);
+    snprintf(fs[3], sizeof fs[3], "data.channels=%" PRId64, C);
+    snprintf(fs[4], sizeof fs[4], "data.global_batch=%" PRIu64, G);
+    snprintf(fs[5], sizeof fs[5], "data.aug_train=%s", kind == EQ_DS_IMAGEFOLDER ? "rrc" : kind == EQ_DS_IDX ? "none" : "padcrop");
+    snprintf(fs[6], sizeof fs[6], "data.aug_val=%s", kind == EQ_DS_IMAGEFOLDER ? "center" : "none");
+    for (int i = 0; i < 7; i++) sets[i] = fs[i];
+    static eq_loader_data_cfg dc;
+    eq_config_section csecs[2];
+    eq_loader_config_sections(NULL, &dc, csecs);
+    eq_msg job;
+    eq_pipeline_cfg pc;
+    eq_pipeline *p = NULL;
+    eq_batch b = {0};
+    int rc = 1;
+    if (eq_config_parse_buffer(csecs, 2, "(bench)", "", 0, sets, 7, &e) || eq_loader_data_job(&dc, split, &job, &e) ||
+        eq_loader_job_pipeline(&job.u.job, &pc, &e)) {
+        rc = s_fail("bench loader: %s", e.msg);
+        goto done;
+    }
+    if (!(p = eq_pipeline_new(ds, &pc, (int)threads, &e))) {
+        rc = s_fail("bench loader: %s", e.msg);
+        goto done;
+    }
+    uint32_t ph, pw, pcn;
+    eq_pipeline_geometry(p, &ph, &pw, &pcn);
+    uint64_t steps = eq_pipeline_steps(p);
+    size_t per = (size_t)ph * pw * pcn;
+    b.images = malloc(per * G);
+    b.indices = malloc(sizeof *b.indices * G);
+    b.label_a = malloc(sizeof *b.label_a * G);
+    b.label_b = malloc(sizeof *b.label_b * G);
+    b.lambda = malloc(sizeof *b.lambda * G);
+    b.mix_mode = malloc(G);
+    b.partner = malloc(sizeof *b.partner * G);
+    b.replaced = malloc(sizeof *b.replaced * G);
+    if (!b.images || !b.indices || !b.label_a || !b.label_b || !b.lambda || !b.mix_mode || !b.partner ||
+        !b.replaced) {
+        rc = s_fail("out of memory");
+        goto done;
+    }
+    if (!steps) {
+        rc = s_fail("bench loader: %s: no full batch of %" PRIu64, root, G);
+        goto done;
+    }
+    /* (a) in process: eq_pipeline_batch on the pipeline's own pool. */
+    uint64_t img_a = 0, it = 0;
+    double t0 = s_now(), end = t0 + (double)secs, el_a;
+    do {
+        if (eq_pipeline_batch(p, it / steps, it % steps, 0, (uint32_t)G, &b, &e)) {
+            rc = s_fail("bench loader: in process: %s", e.msg);
+            goto done;
+        }
+        img_a += b.n;
+        it++;
+    } while (s_now() < end);
+    el_a = s_now() - t0;
+    long rss_a = s_peak_rss_kb();
+    eq_pipeline_destroy(&p);
+    /* (b) through an eq-loader server in this process. */
+    uint64_t img_b = 0;
+    double el_b = 0;
+    if (s_bench_server(root, (int)threads, (double)secs, &job, &img_b, &el_b, &e)) {
+        rc = s_fail("bench loader: server: %s", e.msg);
+        goto done;
+    }
+    long rss_b = s_peak_rss_kb();
+    double ra = img_a / el_a, rb = el_b > 0 ? img_b / el_b : 0;
+    if (json) {
+        printf("{\"root\":");
+        s_jstr(root);
+        printf(",\"kind\":\"%s\",\"pipeline\":\"%s\",\"samples\":%zu,\"size\":[%u,%u,%u],\"batch\":%" PRIu64
+               ",\"threads\":%" PRIu64 ",\"seconds\":%" PRIu64 ","
+               "\"in_process\":{\"images\":%" PRIu64 ",\"elapsed_s\":%.3f,\"images_per_s\":%.1f,"
+               "\"images_per_s_per_thread\":%.1f,\"peak_rss_kb\":%ld},"
+               "\"server\":{\"endpoint\":\"inproc://eqctl-bench\",\"images\":%" PRIu64 ",\"elapsed_s\":%.3f,"
+               "\"images_per_s\":%.1f,\"images_per_s_per_thread\":%.1f,\"peak_rss_kb\":%ld}}\n",
+               eq_loader_kind_name(kind), split, n, ph, pw, pcn, G, threads, secs, img_a, el_a, ra,
+               ra / (double)threads, rss_a, img_b, el_b, rb, rb / (double)threads, rss_b);
+    } else {
+        printf("dataset     %s (%s, %s, %zu samples) -> %ux%ux%u, batch %" PRIu64 ", %" PRIu64 " threads\n", root,
+               eq_loader_kind_name(kind), split, n, ph, pw, pcn, G, threads);
+        printf("in process  %8.1f images/s  %8.1f per thread  (%" PRIu64 " in %.2f s)  peak RSS %ld KiB\n", ra,
+               ra / (double)threads, img_a, el_a, rss_a);
+        printf("server      %8.1f images/s  %8.1f per thread  (%" PRIu64 " in %.2f s, inproc)  peak RSS %ld KiB\n",
+               rb, rb / (double)threads, img_b, el_b, rss_b);
+    }
+    rc = 0;
+done:
+    free(b.images);
+    free(b.indices);
+    free(b.label_a);
+    free(b.label_b);
+    free(b.lambda);
+    free(b.mix_mode);
+    free(b.partner);
+    free(b.replaced);
+    eq_pipeline_destroy(&p);
+    eq_dataset_destroy(&ds);
+    return rc;
+}
+
 /* ----------------------------------------------------------------- main */
 
 static int s_help(int argc, char **argv);
@@ -851,6 +1149,8 @@ static const s_cmd s_cmds[] = {
     {"batch get", s_batch_get, "fetch one batch from a loader, print a summary, write PNG/safetensors", S_U_BATCH},
     {"dataset synth", s_dataset_synth, "write a synthetic JPEG ImageFolder", S_U_SYNTH},
     {"dataset info", s_dataset_info, "kind, size, classes and fingerprint of a dataset directory", S_U_INFO},
+    {"bench loader", s_bench_loader, "images/s of the loader pipeline, in process and through a local server",
+     S_U_BENCH},
     {"config doc", s_config_doc, "markdown reference of the config sections the programs define", S_U_DOC},
     {"quant", s_quant, "quantizer tool: apply one step to safetensors tensors, list methods",
      "apply --tag wt|fm|ot --in IN.safetensors --out OUT.safetensors [--eval] [--nhwc] KEY=VALUE... | methods"},

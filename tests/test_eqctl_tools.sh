@@ -4,7 +4,8 @@
 # the promised tensors (their values are checked against the references by
 # tests/check_quant_fixtures through the same eq_quant_apply_file), a bad
 # option or a missing file is a clear error naming it, `eqctl model`
-# answers, and doc/config-reference.md equals `eqctl config doc`.
+# answers, doc/config-reference.md equals `eqctl config doc`, and
+# `eqctl bench loader` measures both modes on a tiny synthetic set.
 set -u
 B=${EQ_BUILDDIR:-.}
 S=${EQ_SRCDIR:-.}
@@ -51,4 +52,18 @@ if "$CTL" config doc --out "$T/ref.md" && tail -n +8 "$S/doc/config-reference.md
 else
     echo "FAIL: doc/config-reference.md differs from eqctl config doc (regenerate it)"; fail=1
 fi
+# eqctl bench loader on a tiny synthetic ImageFolder: both modes give a
+# positive rate, and a missing root is an error naming it
+if "$CTL" dataset synth "$T/ds" --classes 2 --per-class 4 --val-per-class 2 --mean-pixels 1024 > "$T/synth.log" 2>&1 &&
+    "$CTL" bench loader --root "$T/ds" --pipeline train --threads 2 --seconds 1 --size 16 --json > "$T/bench.json" 2>&1 &&
+    grep -Eq '"in_process":\{[^}]*"images_per_s":(0\.0*[1-9]|[1-9])' "$T/bench.json" &&
+    grep -Eq '"server":\{[^}]*"images_per_s":(0\.0*[1-9]|[1-9])' "$T/bench.json"; then
+    echo "ok: eqctl bench loader --json has positive rates in both modes"
+else
+    echo "FAIL: eqctl bench loader"; cat "$T/synth.log" "$T/bench.json"; fail=1
+fi
+if "$CTL" bench loader --root "$T/nope-ds" --pipeline val --seconds 1 > "$T/bench-miss.log" 2>&1; then
+    echo "FAIL: bench loader accepted a missing root"; fail=1
+elif grep -q "nope-ds" "$T/bench-miss.log"; then echo "ok: bench loader names the missing root"
+else echo "FAIL: bench loader error does not name the root"; cat "$T/bench-miss.log"; fail=1; fi
 exit $fail
