@@ -37,18 +37,7 @@ static void *s_load(const char *c, const char *name, const char *ext, size_t n)
     char path[4096];
     snprintf(path, sizeof path, "%s/tests/fixtures/trainer/backend/%s/%s.%s", eq_test_srcdir(), c,
              name, ext);
-    FILE *f = fopen(path, "rb");
-    ck_assert_msg(f != NULL, "cannot open fixture %s", path);
-    fseek(f, 0, SEEK_END);
-    long len = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    ck_assert_msg(len == (long)(n * 4), "fixture %s has %ld bytes, expected %zu elements", path,
-                  len, n);
-    void *p = malloc(n * 4 + 4);
-    ck_assert_ptr_nonnull(p);
-    ck_assert_uint_eq(fread(p, 4, n, f), n);
-    fclose(f);
-    return p;
+    return eq_test_read_words(path, n);
 }
 
 static float *s_f32(const char *c, const char *name, size_t n)
@@ -61,21 +50,9 @@ static int32_t *s_i32(const char *c, const char *name, size_t n)
     return s_load(c, name, "i32", n);
 }
 
-static double s_relerr(const float *a, const float *ref, size_t n)
-{
-    double num = 0.0, den = 0.0;
-    for (size_t i = 0; i < n; i++) {
-        double d = (double)a[i] - (double)ref[i];
-        num += d * d;
-        den += (double)ref[i] * (double)ref[i];
-    }
-    if (den == 0.0) return sqrt(num);
-    return sqrt(num / den);
-}
-
 #define CHECK_CLOSE(what, a, ref, n, tol)                                                  \
     do {                                                                                   \
-        double e_ = s_relerr((a), (ref), (n));                                             \
+        double e_ = eq_test_relerr((a), (ref), (n));                                             \
         ck_assert_msg(e_ <= (tol), "%s: relative error %.3g > %.3g", (what), e_, (double)(tol)); \
     } while (0)
 

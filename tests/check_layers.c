@@ -36,28 +36,7 @@ static void *s_load(const char *rel, const char *ext, size_t n)
     char path[4096];
     snprintf(path, sizeof path, "%s/tests/fixtures/trainer/%s/%s.%s", eq_test_srcdir(), s_fixture,
              rel, ext);
-    FILE *f = fopen(path, "rb");
-    ck_assert_msg(f != NULL, "cannot open fixture %s", path);
-    fseek(f, 0, SEEK_END);
-    long len = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    ck_assert_msg(len == (long)(n * 4), "fixture %s has %ld bytes, expected %zu elements", path,
-                  len, n);
-    void *p = malloc(n * 4 + 4);
-    ck_assert_uint_eq(fread(p, 4, n, f), n);
-    fclose(f);
-    return p;
-}
-
-static double s_relerr(const float *a, const float *ref, size_t n)
-{
-    double num = 0.0, den = 0.0;
-    for (size_t i = 0; i < n; i++) {
-        double d = (double)a[i] - (double)ref[i];
-        num += d * d;
-        den += (double)ref[i] * (double)ref[i];
-    }
-    return den > 0.0 ? sqrt(num / den) : sqrt(num);
+    return eq_test_read_words(path, n);
 }
 
 /* Compare device tensor `dev` with fixture `rel`. */
@@ -66,7 +45,7 @@ static void s_expect(eq_backend *be, const float *dev, const char *rel, size_t n
     eq_err err = {0};
     float *ref = s_load(rel, "f32", n), *got = malloc(n * 4);
     OK(eq_backend_download(be, got, dev, n * 4, &err));
-    double e = s_relerr(got, ref, n);
+    double e = eq_test_relerr(got, ref, n);
     ck_assert_msg(e <= tol, "%s: relative error %.3g > %.3g", rel, e, tol);
     free(ref), free(got);
 }

@@ -36,17 +36,6 @@
         ck_assert_msg(s_ == EQ_OK, "%s failed: %s", #call, err.msg);          \
     } while (0)
 
-static double s_relerr(const float *a, const float *ref, size_t n)
-{
-    double num = 0.0, den = 0.0;
-    for (size_t i = 0; i < n; i++) {
-        double d = (double)a[i] - (double)ref[i];
-        num += d * d;
-        den += (double)ref[i] * (double)ref[i];
-    }
-    return den > 0.0 ? sqrt(num / den) : sqrt(num);
-}
-
 static eq_st_file *s_fixture(const char *name)
 {
     char path[4096];
@@ -139,7 +128,7 @@ static void s_parity(const char *fixture)
     int64_t bn, k;
     const float *logits = eq_model_logits(m, &bn, &k);
     ck_assert_int_eq(bn, n);
-    double e = s_relerr(logits, s_get(f, "logits", (size_t)(n * k)), (size_t)(n * k));
+    double e = eq_test_relerr(logits, s_get(f, "logits", (size_t)(n * k)), (size_t)(n * k));
     ck_assert_msg(e < TOL, "%s: logits rel err %g", fixture, e);
     float loss;
     OK(eq_model_loss(m, y, NULL, NULL, 0.0f, &loss, &err));
@@ -154,12 +143,12 @@ static void s_parity(const char *fixture)
         const char *qp = t->quant ? "quant." : "";
         if (t->kind == EQ_MT_PARAM) {
             snprintf(name, sizeof name, "grad.%s%s", qp, t->name);
-            e = s_relerr(t->grad, s_get(f, name, t->numel), t->numel);
+            e = eq_test_relerr(t->grad, s_get(f, name, t->numel), t->numel);
             ck_assert_msg(e < TOL, "%s: %s rel err %g", fixture, name, e);
             ngrad++;
         } else if (t->dtype == EQ_DT_F32) {
             snprintf(name, sizeof name, "stats.%s%s", qp, t->name);
-            e = s_relerr(t->data, s_get(f, name, t->numel), t->numel);
+            e = eq_test_relerr(t->data, s_get(f, name, t->numel), t->numel);
             ck_assert_msg(e < TOL, "%s: %s rel err %g", fixture, name, e);
             nstats++;
         } else {
@@ -195,7 +184,7 @@ static void s_parity(const char *fixture)
             char name[512];
             snprintf(name, sizeof name, "steps.%s%s", t->quant ? "quant." : "", t->name);
             if (t->dtype != EQ_DT_F32) continue;
-            e = s_relerr(t->data, s_get(f, name, t->numel), t->numel);
+            e = eq_test_relerr(t->data, s_get(f, name, t->numel), t->numel);
             ck_assert_msg(e < TOL, "%s: %s after SGD: rel err %g", fixture, name, e);
         }
         eq_optim_destroy(&o);
@@ -404,7 +393,7 @@ START_TEST(test_finite_differences)
             d[k] = v;
             fd[k] = (float)((lp - lm) / (2.0 * (double)e));
         }
-        double rel = s_relerr(an, fd, t->numel);
+        double rel = eq_test_relerr(an, fd, t->numel);
         ck_assert_msg(rel < 2e-2, "%s: analytic vs finite differences rel err %g", t->name, rel);
         checked++;
         free(an);
@@ -486,14 +475,14 @@ static void s_quant_conv_case(bool pad_after)
     OK(eq_conv2d_desc_init(&cd, &err));
     float yref[2 * 5 * 5 * 4];
     OK(eq_backend_conv2d_fwd(be, &cd, a2, wq_, yref, &err));
-    ck_assert_msg(s_relerr(y, yref, (size_t)(N * H * W * K)) < 1e-6, "quantized conv output differs");
+    ck_assert_msg(eq_test_relerr(y, yref, (size_t)(N * H * W * K)) < 1e-6, "quantized conv output differs");
     /* some quantization actually happened: the output is not the FP conv */
     float yfp[2 * 5 * 5 * 4];
     eq_conv2d_desc fd = cd;
     fd.h = H, fd.w = W, fd.pad_h = fd.pad_w = 1;
     OK(eq_conv2d_desc_init(&fd, &err));
     OK(eq_backend_conv2d_fwd(be, &fd, xin, wt->data, yfp, &err));
-    ck_assert(s_relerr(yfp, yref, (size_t)(N * H * W * K)) > 1e-2);
+    ck_assert(eq_test_relerr(yfp, yref, (size_t)(N * H * W * K)) > 1e-2);
 
     /* backward: dy = 1 everywhere; quantizer parameter gradients appear */
     for (size_t i = 0; i < (size_t)(N * H * W * K); i++) dy[i] = 1.0f;
@@ -514,7 +503,7 @@ static void s_quant_conv_case(bool pad_after)
     for (size_t i = 0; i < sizeof ones / 4; i++) ones[i] = 1.0f;
     OK(eq_backend_conv2d_bwd_filter(be, &cd, a2, ones, dwq, &err));
     OK(eq_quant_backward(rw, wt->data, dwq, dwref, &err));
-    ck_assert(s_relerr(wt->grad, dwref, wt->numel) < 1e-6);
+    ck_assert(eq_test_relerr(wt->grad, dwref, wt->numel) < 1e-6);
     eq_quant_destroy(&rq);
     eq_quant_destroy(&rw);
     eq_layers_destroy(&g);
@@ -835,7 +824,7 @@ START_TEST(test_model_run)
     OK(eq_model_run(&a, &err));
     eq_st_file *out = eq_st_open(ypath, NULL, &err);
     ck_assert_ptr_nonnull(out);
-    ck_assert(s_relerr(s_get(out, "logits", 20), s_get(f, "logits", 20), 20) < TOL);
+    ck_assert(eq_test_relerr(s_get(out, "logits", 20), s_get(f, "logits", 20), 20) < TOL);
     ck_assert(fabs(s_get(out, "loss", 1)[0] - s_get(f, "loss", 1)[0]) < TOL * 3);
     size_t ng = 0;
     for (size_t i = 0; i < eq_model_tensor_count(m); i++) {
@@ -843,9 +832,9 @@ START_TEST(test_model_run)
         if (t->kind != EQ_MT_PARAM) continue;
         char name[512];
         snprintf(name, sizeof name, "grad.%s", t->name);
-        ck_assert_msg(s_relerr(s_get(out, name, t->numel), s_get(f, name, t->numel), t->numel) < TOL, "%s", name);
+        ck_assert_msg(eq_test_relerr(s_get(out, name, t->numel), s_get(f, name, t->numel), t->numel) < TOL, "%s", name);
         snprintf(name, sizeof name, "%s", t->name); /* updated by --step: moved */
-        ck_assert(s_relerr(s_get(out, name, t->numel), t->data, t->numel) > 0);
+        ck_assert(eq_test_relerr(s_get(out, name, t->numel), t->data, t->numel) > 0);
         ng++;
     }
     ck_assert_uint_gt(ng, 20);

@@ -11,6 +11,7 @@
 #define EQ_TESTUTIL_H
 
 #include <check.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,6 +42,37 @@ static inline void eq_test_scratch_rm(char *path)
     int r = system(cmd);
     (void)r;
     free(path);
+}
+
+/* Norm-wise relative error ||a - ref|| / ||ref|| in double (the absolute
+ * norm when ref is all zeros): the tolerance measure of the parity tests. */
+static inline double eq_test_relerr(const float *a, const float *ref, size_t n)
+{
+    double num = 0.0, den = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        double d = (double)a[i] - (double)ref[i];
+        num += d * d;
+        den += (double)ref[i] * (double)ref[i];
+    }
+    return den > 0.0 ? sqrt(num / den) : sqrt(num);
+}
+
+/* Read a raw fixture file holding exactly `n` 4-byte elements (F32 or I32,
+ * little-endian, as the generator scripts write them).  Fails the test,
+ * naming the path, if it is missing or has another size.  Caller frees. */
+static inline void *eq_test_read_words(const char *path, size_t n)
+{
+    FILE *f = fopen(path, "rb");
+    ck_assert_msg(f != NULL, "cannot open fixture %s", path);
+    fseek(f, 0, SEEK_END);
+    long len = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    ck_assert_msg(len == (long)(n * 4), "fixture %s has %ld bytes, expected %zu elements", path, len, n);
+    void *p = malloc(n * 4 + 4);
+    ck_assert_ptr_nonnull(p);
+    ck_assert_uint_eq(fread(p, 4, n, f), n);
+    fclose(f);
+    return p;
 }
 
 static inline int eq_test_run(Suite *s)
