@@ -2,6 +2,7 @@
 #include "core/clock.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <time.h>
 
 uint64_t eq_clock_ns(void)
@@ -26,4 +27,17 @@ void eq_sleep_ms(uint64_t ms)
     struct timespec ts = { (time_t)(ms / 1000), (long)(ms % 1000) * 1000000L };
     while (nanosleep(&ts, &ts) == -1 && errno == EINTR) {
     }
+}
+
+void eq_clock_fmt_eta(double s, char *buf, size_t cap)
+{
+    if (!(s >= 0) || s > 1e7) {
+        snprintf(buf, cap, "?");
+        return;
+    }
+    long v = (long)(s + 0.5);
+    if (v >= 3600)
+        snprintf(buf, cap, "%ldh%02ldm", v / 3600, v / 60 % 60);
+    else
+        snprintf(buf, cap, "%ldm%02lds", v / 60, v % 60);
 }

@@ -5,6 +5,7 @@
 #ifndef EQ_CLOCK_H
 #define EQ_CLOCK_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 uint64_t eq_clock_ns(void);     /* CLOCK_MONOTONIC, nanoseconds */
@@ -12,5 +13,8 @@ uint64_t eq_clock_ms(void);     /* CLOCK_MONOTONIC, milliseconds */
 double eq_clock_sec(void);      /* CLOCK_MONOTONIC, seconds */
 uint64_t eq_wall_ms(void);      /* CLOCK_REALTIME, ms since the Unix epoch */
 void eq_sleep_ms(uint64_t ms);  /* sleeps the whole duration despite signals */
+/* A remaining time for progress lines: "4m07s", "2h13m", or "?" when
+ * negative, NaN or beyond ~115 days. */
+void eq_clock_fmt_eta(double seconds, char *buf, size_t cap);
 
 #endif

@@ -158,19 +158,6 @@ static void s_stop_child(s_run *r, int i, uint64_t ms)
     }
 }
 
-static void s_fmt_eta(double s, char *buf, size_t cap)
-{
-    if (!(s >= 0) || s > 1e7) {
-        snprintf(buf, cap, "?");
-        return;
-    }
-    long v = (long)(s + 0.5);
-    if (v >= 3600)
-        snprintf(buf, cap, "%ldh%02ldm", v / 3600, v / 60 % 60);
-    else
-        snprintf(buf, cap, "%ldm%02lds", v / 60, v % 60);
-}
-
 static void s_on_metrics(s_run *r, const eq_msg_metrics *m, bool tty, bool json)
 {
     if (!strcmp(m->source, "trainer")) {
@@ -188,7 +175,7 @@ static void s_on_metrics(s_run *r, const eq_msg_metrics *m, bool tty, bool json)
             }
             if (tty && !json) {
                 char eta[32];
-                s_fmt_eta(m->eta_s, eta, sizeof eta);
+                eq_clock_fmt_eta(m->eta_s, eta, sizeof eta);
                 fprintf(stderr, "\r\033[Kepoch %" PRIu64 " step %" PRIu64 "/%" PRIu64 " loss %.4f lr %.4g %.0f img/s wait %.1f%% ETA %s",
                         m->epoch, m->step, m->steps, m->loss, m->lr, m->img_s, m->wait_pct, eta);
             }

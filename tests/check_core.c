@@ -335,6 +335,16 @@ START_TEST(test_clock)
     uint64_t b = eq_clock_ns();
     ck_assert_uint_ge(b - a, 19000000ull);
     ck_assert_uint_gt(eq_wall_ms(), 1600000000000ull);
+
+    char buf[32];
+    eq_clock_fmt_eta(247.4, buf, sizeof buf);
+    ck_assert_str_eq(buf, "4m07s");
+    eq_clock_fmt_eta(7980.0, buf, sizeof buf);
+    ck_assert_str_eq(buf, "2h13m");
+    eq_clock_fmt_eta(-1.0, buf, sizeof buf);
+    ck_assert_str_eq(buf, "?");
+    eq_clock_fmt_eta(NAN, buf, sizeof buf);
+    ck_assert_str_eq(buf, "?");
 }
 END_TEST
 

@@ -449,19 +449,6 @@ static eq_status s_checkpoint(eq_train *t, uint64_t epoch, uint64_t step, const 
     return EQ_OK;
 }
 
-static void s_fmt_eta(double s, char *buf, size_t cap)
-{
-    if (!(s >= 0) || s > 1e7) {
-        snprintf(buf, cap, "?");
-        return;
-    }
-    long v = (long)(s + 0.5);
-    if (v >= 3600)
-        snprintf(buf, cap, "%ldh%02ldm", v / 3600, v / 60 % 60);
-    else
-        snprintf(buf, cap, "%ldm%02lds", v / 60, v % 60);
-}
-
 /* Indices of the k largest of row[0..n) by decreasing value (ties: lower
  * index first, as torch.topk on CPU). */
 static void s_topk(const float *row, int64_t n, int k, int32_t *out)
@@ -663,7 +650,7 @@ static eq_status s_run(eq_train *t, eq_err *err)
                 double per_step = (now - run_t0) / (double)steps_this_run;
                 double eta = per_step * (double)(total_steps - done_steps);
                 char etas[32];
-                s_fmt_eta(eta, etas, sizeof etas);
+                eq_clock_fmt_eta(eta, etas, sizeof etas);
                 double mean = loss_sum / (double)win_n;
                 eq_info("epoch %" PRIu64 " step %" PRIu64 "/%" PRIu64 " loss %.4f lr %.4g %.0f img/s data-wait %.1f%% eta %s",
                         e, s + 1, steps, mean, lr, t->img_s, t->wait_pct, etas);
