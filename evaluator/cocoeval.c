@@ -778,6 +778,23 @@ static eq_status s_convert_one(s_ctx *x, const eq_coco *c, size_t rec, eq_rle *o
 
 /* ---- phase 4: IoU and matching (computeIoU/computeOks + evaluateImg) --- */
 
+/* pycocotools reads iscrowd as int(v): computeIoU passes it through a uint8
+ * array (so 256 counts as "not crowd"), evaluateImg tests int(v) != 0.
+ * Values beyond int64 (which pycocotools would turn into a Python long and
+ * then overflow the uint8 cast) are defined here as crowd, without the
+ * undefined float-to-integer conversion. */
+static int s_crowd_u8(double v)
+{
+    if (!(fabs(v) < 9.2e18)) return 1;
+    return (uint8_t)(int64_t)v != 0;
+}
+
+static int s_crowd_int(double v)
+{
+    if (!(fabs(v) < 9.2e18)) return 1;
+    return (int64_t)v != 0;
+}
+
 static void s_compute_iou(s_ctx *x, const s_bucket *b, s_scratch *sc, double *iou)
 {
     size_t D = b->D, G = b->ng;
@@ -787,7 +804,7 @@ static void s_compute_iou(s_ctx *x, const s_bucket *b, s_scratch *sc, double *io
             const double *db = dt->anns[x->dt_list[b->d0 + d]].bbox;
             for (size_t g = 0; g < G; g++) {
                 const eq_coco_rec *gr = &gt->anns[x->gt_list[b->g0 + g]];
-                int crowd = ((uint8_t)(int64_t)gr->iscrowd) != 0;
+                int crowd = s_crowd_u8(gr->iscrowd);
                 iou[d * G + g] = eq_bbox_iou(db, gr->bbox, crowd);
             }
         }
@@ -795,7 +812,7 @@ static void s_compute_iou(s_ctx *x, const s_bucket *b, s_scratch *sc, double *io
         for (size_t d = 0; d < D; d++) {
             for (size_t g = 0; g < G; g++) {
                 const eq_coco_rec *gr = &gt->anns[x->gt_list[b->g0 + g]];
-                int crowd = ((uint8_t)(int64_t)gr->iscrowd) != 0;
+                int crowd = s_crowd_u8(gr->iscrowd);
                 iou[d * G + g] = eq_rle_iou(&sc->drle[d], &sc->grle[g], crowd, &sc->dbb[4 * d],
                                             &sc->gbb[4 * g]);
             }
@@ -885,7 +902,7 @@ static void s_phase_match(void *vctx, size_t bi, int worker)
         s_compute_iou(x, b, s, s->iou);
     for (size_t g = 0; g < G; g++) {
         const eq_coco_rec *gr = &gt->anns[x->gt_list[b->g0 + g]];
-        s->crowd[g] = (int64_t)gr->iscrowd != 0;
+        s->crowd[g] = s_crowd_int(gr->iscrowd);
     }
     for (size_t a = 0; a < A; a++) {
         double lo = x->area_rng[a][0], hi = x->area_rng[a][1];
