@@ -252,6 +252,157 @@ static void s_kw(eq_model_cfg *c, const char *list)
     }
 }
 
+/* ---- full-size torchvision ResNet-18 at 224x224 --------------------------------
+ * tests/fixtures/models/gen_resnet18_224.py: weights, buffers and input from
+ * a closed-form formula evaluated here and in numpy (the fixture keeps only
+ * logits, loss and reductions of every gradient). */
+
+static uint64_t s_fnv1a(const char *s)
+{
+    uint64_t h = 0xCBF29CE484222325ull;
+    for (; *s; s++) h = (h ^ (unsigned char)*s) * 0x100000001B3ull;
+    return h;
+}
+
+static double s_unit(uint64_t seed, uint64_t i)
+{
+    uint64_t z = seed + i + 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    return ((double)(z >> 40) * 2.0 + 1.0) / 16777216.0 - 1.0;
+}
+
+/* The generator's value(): the tensor `name` of `shape`, numel elements. */
+static void s_r18_fill(const char *name, int ndim, const int64_t *shape, float *v, size_t numel)
+{
+    uint64_t seed = s_fnv1a(name);
+    size_t len = strlen(name);
+#define ENDS(suf) (len >= strlen(suf) && !strcmp(name + len - strlen(suf), suf))
+    for (size_t i = 0; i < numel; i++) {
+        double u = s_unit(seed, i);
+        if (!strcmp(name, "x")) v[i] = (float)u;
+        else if (ENDS("running_mean")) v[i] = (float)(0.1 * u);
+        else if (ENDS("running_var")) v[i] = (float)(1.25 + 0.25 * u);
+        else if (!strncmp(name, "fc.", 3)) v[i] = (float)(u / sqrt(512.0));
+        else if (ndim == 4)
+            v[i] = (float)(u * (sqrt(3.0) * sqrt(2.0 / (double)(shape[0] * shape[2] * shape[3]))));
+        else if (ENDS(".weight")) v[i] = (float)(1.0 + 0.2 * u);
+        else v[i] = (float)(0.1 * u);
+    }
+#undef ENDS
+}
+
+START_TEST(test_parity_torch_resnet18_224)
+{
+    eq_err err = {0};
+    eq_st_file *f = s_fixture("resnet18_224.safetensors");
+    eq_backend *be = eq_backend_cpu_new(2, &err);
+    ck_assert_msg(be != NULL, "%s", err.msg);
+    eq_model_cfg cfg;
+    s_defaults(&cfg, NULL, NULL);
+    snprintf(cfg.arch, sizeof cfg.arch, "torch-resnet18");
+    cfg.num_classes = 1000;
+    const int64_t n = 2, hw = 224;
+    eq_model *m = eq_model_new(be, &cfg, NULL, NULL, n, hw, hw, &err);
+    ck_assert_msg(m != NULL, "%s", err.msg);
+    size_t maxn = (size_t)(n * hw * hw * 3), nx = maxn;
+    for (size_t t = 0; t < eq_model_tensor_count(m); t++)
+        if (eq_model_tensor_at(m, t)->numel > maxn) maxn = eq_model_tensor_at(m, t)->numel;
+    float *host = malloc(maxn * sizeof *host);
+    ck_assert_ptr_nonnull(host);
+    for (size_t t = 0; t < eq_model_tensor_count(m); t++) {
+        const eq_model_tensor *mt = eq_model_tensor_at(m, t);
+        if (mt->dtype != EQ_DT_F32) continue;
+        s_r18_fill(mt->name, mt->ndim, mt->shape, host, mt->numel);
+        OK(eq_backend_upload(be, mt->data, host, mt->numel * sizeof *host, &err));
+    }
+    s_r18_fill("x", 4, NULL, host, nx);
+    float *x = eq_backend_alloc(be, nx * sizeof *x, &err);
+    int32_t *y = eq_backend_alloc(be, (size_t)n * sizeof *y, &err);
+    ck_assert_msg(x && y, "%s", err.msg);
+    OK(eq_backend_upload(be, x, host, nx * sizeof *x, &err));
+    long yi = eq_st_find(f, "y");
+    ck_assert(yi >= 0);
+    OK(eq_backend_upload(be, y, eq_st_data(f, (size_t)yi, NULL), (size_t)n * sizeof *y, &err));
+    OK(eq_model_forward(m, x, true, &err));
+    int64_t bn, k;
+    const float *logits = eq_model_logits(m, &bn, &k);
+    ck_assert_int_eq(k, 1000);
+    double e = eq_test_relerr(logits, s_get(f, "logits", (size_t)(n * k)), (size_t)(n * k));
+    ck_assert_msg(e < TOL, "logits rel err %g", e);
+    float loss;
+    OK(eq_model_loss(m, y, NULL, NULL, 0.0f, &loss, &err));
+    float ref_loss = s_get(f, "loss", 1)[0];
+    ck_assert_msg(fabs(loss - ref_loss) <= TOL * fabs(ref_loss), "loss %g vs %g", loss, ref_loss);
+    OK(eq_model_backward(m, NULL, &err));
+    size_t nparam = 0, nstats = 0;
+    double worst = 0;
+    for (size_t t = 0; t < eq_model_tensor_count(m); t++) {
+        const eq_model_tensor *mt = eq_model_tensor_at(m, t);
+        char name[512];
+        float smp[64];
+        size_t ns = mt->numel < 64 ? mt->numel : 64;
+        if (mt->kind == EQ_MT_PARAM) {
+            float *g = malloc(mt->numel * sizeof *g);
+            ck_assert_ptr_nonnull(g);
+            OK(eq_backend_download(be, g, mt->grad, mt->numel * sizeof *g, &err));
+            double nrm = 0, proj = 0, vn = 0;
+            char probe[300];
+            snprintf(probe, sizeof probe, "probe.%s", mt->name);
+            uint64_t seed = s_fnv1a(probe);
+            for (size_t i = 0; i < mt->numel; i++) {
+                double v = s_unit(seed, i);
+                nrm += (double)g[i] * g[i], proj += (double)g[i] * v, vn += v * v;
+            }
+            nrm = sqrt(nrm);
+            for (size_t j = 0; j < ns; j++) smp[j] = g[j * mt->numel / ns];
+            free(g);
+            /* max(1e-4, 3x PyTorch's own float32 error on this tensor):
+             * gen_resnet18_224.py says why */
+            snprintf(name, sizeof name, "f32err.%s", mt->name);
+            double tol = 3.0 * s_get(f, name, 1)[0];
+            if (tol < TOL) tol = TOL;
+            snprintf(name, sizeof name, "norm.%s", mt->name);
+            double rn = s_get(f, name, 1)[0];
+            e = fabs(nrm - rn) / rn;
+            ck_assert_msg(e < tol, "%s: %g vs %g (tol %g)", name, nrm, rn, tol);
+            snprintf(name, sizeof name, "proj.%s", mt->name);
+            double rp = s_get(f, name, 1)[0];
+            e = fabs(proj - rp) / (rn * sqrt(vn));
+            ck_assert_msg(e < tol, "%s: %g vs %g (scale %g, tol %g)", name, proj, rp,
+                          rn * sqrt(vn), tol);
+            snprintf(name, sizeof name, "sample.%s", mt->name);
+            e = eq_test_relerr(smp, s_get(f, name, ns), ns);
+            ck_assert_msg(e < tol, "%s: rel err %g (tol %g)", name, e, tol);
+            if (getenv("EQ_TEST_VERBOSE"))
+                fprintf(stderr, "%-40s sample err %.2e tol %.2e\n", mt->name, e, tol);
+            if (e > worst) worst = e;
+            nparam++;
+        } else if (strstr(mt->name, "running")) {
+            float *v = malloc(mt->numel * sizeof *v);
+            ck_assert_ptr_nonnull(v);
+            OK(eq_backend_download(be, v, mt->data, mt->numel * sizeof *v, &err));
+            for (size_t j = 0; j < ns; j++) smp[j] = v[j * mt->numel / ns];
+            free(v);
+            snprintf(name, sizeof name, "stats.%s", mt->name);
+            e = eq_test_relerr(smp, s_get(f, name, ns), ns);
+            ck_assert_msg(e < TOL, "%s: rel err %g", name, e);
+            nstats++;
+        }
+    }
+    ck_assert_uint_eq(nparam, 62);
+    ck_assert_uint_eq(nstats, 40);
+    if (getenv("EQ_TEST_VERBOSE")) fprintf(stderr, "worst sample error %.2e\n", worst);
+    free(host);
+    eq_backend_release(be, x);
+    eq_backend_release(be, y);
+    eq_model_destroy(&m);
+    eq_backend_destroy(&be);
+    eq_st_close(&f);
+}
+END_TEST
+
 START_TEST(test_torchvision_names)
 {
     eq_err err = {0};
@@ -998,6 +1149,10 @@ static Suite *s_suite(void)
     tcase_add_test(tc, test_parity_resnet18_prebn);
     tcase_add_test(tc, test_parity_resnet20_lsq);
     tcase_add_test(tc, test_parity_resnet20_xnor_bireal);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("full-size");
+    tcase_set_timeout(tc, 120); /* ~2 GFLOP x 3 per image; seconds on two cores */
+    tcase_add_test(tc, test_parity_torch_resnet18_224);
     suite_add_tcase(s, tc);
     tc = tcase_create("build");
     tcase_set_timeout(tc, 30);
