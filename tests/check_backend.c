@@ -168,6 +168,10 @@ static const conv_case CONV[] = {
     {"conv_1x1", 3, 5, 4, 8, 5, 1, 1, 1, 1, 0, 0, 1, 1, 1},
     {"conv_1x1_s2", 2, 7, 7, 4, 8, 1, 1, 2, 2, 0, 0, 1, 1, 1},
     {"conv_stem", 1, 16, 14, 3, 8, 7, 7, 2, 2, 3, 3, 1, 1, 1},
+    /* depthwise: the CPU backend's direct path (vector blocks + tail) */
+    {"conv_dw_c20", 2, 9, 7, 20, 20, 3, 3, 1, 1, 1, 1, 1, 1, 20},
+    {"conv_dw_c16_s2", 2, 10, 9, 16, 16, 3, 3, 2, 2, 1, 1, 1, 1, 16},
+    {"conv_dw_c9_5x5_dil", 1, 11, 10, 9, 9, 5, 5, 2, 1, 2, 3, 1, 2, 9},
 };
 #define NCONV (sizeof CONV / sizeof CONV[0])
 
@@ -872,8 +876,8 @@ END_TEST
 /* Ops without GEMMs split work so that no sum depends on the thread count:
  * 1 and 3 threads must agree bit for bit. */
 typedef struct thr_out {
-    float *y[12];
-    size_t n[12];
+    float *y[16];
+    size_t n[16];
     int count;
 } thr_out;
 
@@ -922,6 +926,18 @@ static void s_run_all(int nthreads, const float *x, const float *g, thr_out *o)
     s_keep(o, dx, nx);
     OK(eq_backend_gap_fwd(be, n, h * w, c, x, y, &err));
     s_keep(o, y, n * c);
+    /* depthwise conv (direct loops; the filter gradient sums fixed slices) */
+    eq_conv2d_desc cd = {.n = n, .h = h, .w = w, .c = c, .k = c, .r = 3, .s = 3, .stride_h = 1,
+                         .stride_w = 1, .pad_h = 1, .pad_w = 1, .dil_h = 1, .dil_w = 1, .groups = c};
+    OK(eq_conv2d_desc_init(&cd, &err));
+    float wdw[40 * 9], dwdw[40 * 9];
+    for (int j = 0; j < 40 * 9; j++) wdw[j] = 0.1f * (float)((j * 7) % 11) - 0.5f;
+    OK(eq_backend_conv2d_fwd(be, &cd, x, wdw, y, &err));
+    s_keep(o, y, nx);
+    OK(eq_backend_conv2d_bwd_data(be, &cd, g, wdw, dx, &err));
+    s_keep(o, dx, nx);
+    OK(eq_backend_conv2d_bwd_filter(be, &cd, x, g, dwdw, &err));
+    s_keep(o, dwdw, 40 * 9);
     free(y), free(dx), free(am);
     eq_backend_destroy(&be);
 }

@@ -19,6 +19,17 @@
  * rows are independent); GEMMs run on OpenBLAS's threads; bwd filter
  * accumulates tiles in order.  The result depends only on the shapes and
  * the thread count.
+ *
+ * Depthwise convolutions (groups == C == K, MobileNet's 3x3s) would be C
+ * GEMMs of one column each; they run as direct NHWC loops instead, over
+ * blocks of S_DW_VEC channels (contiguous in NHWC and in the repacked
+ * weights [R][S][C], so the compiler vectorises the fixed-length inner
+ * loops): forward one output row per task, backward data one input row per
+ * task (a gather, as col2im), backward filter S_DW_CHUNKS fixed slices of
+ * the output rows, each summed into its own partial [R][S][C] in the
+ * workspace, then the partials added in slice order.  The slicing does not
+ * depend on the thread count, so depthwise results are identical for any
+ * thread count.
  */
 #include "trainer/cpu/cpu_internal.h"
 
@@ -153,6 +164,149 @@ static void s_col2im_row(void *vctx, size_t i)
     }
 }
 
+/* ---- depthwise ---------------------------------------------------------- */
+
+#define S_DW_VEC 8
+#define S_DW_CHUNKS 32
+
+static int s_depthwise(const eq_conv2d_desc *d)
+{
+    return d->groups > 1 && d->groups == d->c && d->k == d->c;
+}
+
+typedef struct s_dwctx {
+    const eq_conv2d_desc *d;
+    const float *x, *dy, *wr; /* wr: [R][S][C] */
+    float *y, *dx, *part;     /* part: S_DW_CHUNKS x [R][S][C] */
+    int64_t rows;             /* N*P */
+} s_dwctx;
+
+/* acc[0..nc) += a[0..nc) * b[0..nc), in blocks the compiler vectorises. */
+static inline void s_fma_run(float *restrict acc, const float *restrict a, const float *restrict b,
+                             int64_t nc)
+{
+    int64_t c = 0;
+    for (; c + S_DW_VEC <= nc; c += S_DW_VEC)
+        for (int j = 0; j < S_DW_VEC; j++) acc[c + j] += a[c + j] * b[c + j];
+    for (; c < nc; c++) acc[c] += a[c] * b[c];
+}
+
+/* Output row i = n*P + p. */
+static void s_dw_fwd_row(void *vctx, size_t i)
+{
+    const s_dwctx *c = vctx;
+    const eq_conv2d_desc *d = c->d;
+    const int64_t C = d->c, n = (int64_t)i / d->p, p = (int64_t)i % d->p;
+    const float *xn = c->x + n * d->h * d->w * C;
+    float *yr = c->y + (int64_t)i * d->q * C;
+    for (int64_t q = 0; q < d->q; q++) {
+        float *yo = yr + q * C;
+        memset(yo, 0, (size_t)C * sizeof *yo);
+        for (int64_t r = 0; r < d->r; r++) {
+            int64_t ih = p * d->stride_h - d->pad_h + r * d->dil_h;
+            if (ih < 0 || ih >= d->h) continue;
+            for (int64_t s = 0; s < d->s; s++) {
+                int64_t iw = q * d->stride_w - d->pad_w + s * d->dil_w;
+                if (iw < 0 || iw >= d->w) continue;
+                s_fma_run(yo, xn + (ih * d->w + iw) * C, c->wr + (r * d->s + s) * C, C);
+            }
+        }
+    }
+}
+
+/* Input row i = n*H + ih: dx gathers every (p, q, r, s) that read it. */
+static void s_dw_bwd_data_row(void *vctx, size_t i)
+{
+    const s_dwctx *c = vctx;
+    const eq_conv2d_desc *d = c->d;
+    const int64_t C = d->c, n = (int64_t)i / d->h, ih = (int64_t)i % d->h;
+    const float *dyn = c->dy + n * d->p * d->q * C;
+    float *dxr = c->dx + (int64_t)i * d->w * C;
+    memset(dxr, 0, (size_t)(d->w * C) * sizeof *dxr);
+    for (int64_t r = 0; r < d->r; r++) {
+        int64_t t = ih + d->pad_h - r * d->dil_h;
+        if (t < 0 || t % d->stride_h != 0) continue;
+        int64_t p = t / d->stride_h;
+        if (p >= d->p) continue;
+        for (int64_t iw = 0; iw < d->w; iw++)
+            for (int64_t s = 0; s < d->s; s++) {
+                int64_t u = iw + d->pad_w - s * d->dil_w;
+                if (u < 0 || u % d->stride_w != 0) continue;
+                int64_t q = u / d->stride_w;
+                if (q >= d->q) continue;
+                s_fma_run(dxr + iw * C, dyn + (p * d->q + q) * C, c->wr + (r * d->s + s) * C, C);
+            }
+    }
+}
+
+/* Slice i of the output rows into partial i. */
+static void s_dw_bwd_filter_chunk(void *vctx, size_t i)
+{
+    const s_dwctx *c = vctx;
+    const eq_conv2d_desc *d = c->d;
+    const int64_t C = d->c, rsc = d->r * d->s * C;
+    float *part = c->part + (int64_t)i * rsc;
+    memset(part, 0, (size_t)rsc * sizeof *part);
+    int64_t r0 = c->rows * (int64_t)i / S_DW_CHUNKS, r1 = c->rows * ((int64_t)i + 1) / S_DW_CHUNKS;
+    for (int64_t row = r0; row < r1; row++) {
+        const int64_t n = row / d->p, p = row % d->p;
+        const float *xn = c->x + n * d->h * d->w * C;
+        for (int64_t q = 0; q < d->q; q++) {
+            const float *g = c->dy + (row * d->q + q) * C;
+            for (int64_t r = 0; r < d->r; r++) {
+                int64_t ih = p * d->stride_h - d->pad_h + r * d->dil_h;
+                if (ih < 0 || ih >= d->h) continue;
+                for (int64_t s = 0; s < d->s; s++) {
+                    int64_t iw = q * d->stride_w - d->pad_w + s * d->dil_w;
+                    if (iw < 0 || iw >= d->w) continue;
+                    s_fma_run(part + (r * d->s + s) * C, g, xn + (ih * d->w + iw) * C, C);
+                }
+            }
+        }
+    }
+}
+
+/* OIHW [C][1][R][S] <-> [R][S][C] */
+static void s_dw_pack(const eq_conv2d_desc *d, const float *w, float *wr, int unpack)
+{
+    int64_t rs = d->r * d->s;
+    for (int64_t k = 0; k < d->c; k++)
+        for (int64_t t = 0; t < rs; t++) {
+            if (unpack) wr[k * rs + t] = w[t * d->c + k];
+            else wr[t * d->c + k] = w[k * rs + t];
+        }
+}
+
+static eq_status s_dw_run(eq_cpu *cpu, const eq_conv2d_desc *d, int op, const float *x,
+                          const float *w, const float *dy, float *out, eq_err *err)
+{
+    static const char *const names[] = {"conv2d_fwd", "conv2d_bwd_data", "conv2d_bwd_filter"};
+    size_t rsc = (size_t)(d->r * d->s * d->c);
+    size_t nws = s_round16(rsc) + (op == 2 ? (size_t)S_DW_CHUNKS * rsc : 0);
+    float *ws = eq_cpu_workspace(cpu, nws * sizeof(float), names[op], err);
+    if (!ws) return EQ_ERR_NOMEM;
+    s_dwctx c = {.d = d, .x = x, .dy = dy, .wr = ws, .rows = d->n * d->p};
+    if (op == 0) {
+        s_dw_pack(d, w, ws, 0);
+        c.y = out;
+        eq_cpu_for(cpu, (size_t)(d->n * d->p), s_dw_fwd_row, &c);
+    } else if (op == 1) {
+        s_dw_pack(d, w, ws, 0);
+        c.dx = out;
+        eq_cpu_for(cpu, (size_t)(d->n * d->h), s_dw_bwd_data_row, &c);
+    } else {
+        c.part = ws + s_round16(rsc);
+        eq_cpu_for(cpu, S_DW_CHUNKS, s_dw_bwd_filter_chunk, &c);
+        memcpy(ws, c.part, rsc * sizeof(float));
+        for (int i = 1; i < S_DW_CHUNKS; i++) {
+            const float *pi = c.part + (size_t)i * rsc;
+            for (size_t j = 0; j < rsc; j++) ws[j] += pi[j];
+        }
+        s_dw_pack(d, ws, out, 1);
+    }
+    return EQ_OK;
+}
+
 /* Left operand for group `grp` of the tile starting at image n0: x itself
  * (fast path) or its im2col. */
 static const float *s_cols(eq_cpu *cpu, const s_geom *g, const float *x, float *col, int64_t n0,
@@ -172,6 +326,7 @@ eq_status eq_cpu_conv2d_fwd(void *ctx, const eq_conv2d_desc *d, const float *x, 
                             float *y, eq_err *err)
 {
     eq_cpu *cpu = ctx;
+    if (s_depthwise(d)) return s_dw_run(cpu, d, 0, x, w, NULL, y, err);
     s_geom g;
     s_geom_init(&g, d);
     float *wr, *col;
@@ -195,6 +350,7 @@ eq_status eq_cpu_conv2d_bwd_data(void *ctx, const eq_conv2d_desc *d, const float
                                  const float *w, float *dx, eq_err *err)
 {
     eq_cpu *cpu = ctx;
+    if (s_depthwise(d)) return s_dw_run(cpu, d, 1, NULL, w, dy, dx, err);
     s_geom g;
     s_geom_init(&g, d);
     float *wr, *col;
@@ -226,6 +382,7 @@ eq_status eq_cpu_conv2d_bwd_filter(void *ctx, const eq_conv2d_desc *d, const flo
                                    const float *dy, float *dw, eq_err *err)
 {
     eq_cpu *cpu = ctx;
+    if (s_depthwise(d)) return s_dw_run(cpu, d, 2, x, NULL, dy, dw, err);
     s_geom g;
     s_geom_init(&g, d);
     float *dwr, *col;
