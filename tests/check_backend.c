@@ -424,6 +424,40 @@ START_TEST(test_relu_parity)
 }
 END_TEST
 
+/* Hardtanh / ReLU6: the values PyTorch gives (F.hardtanh and
+ * hardtanh_backward, whose mask is lo < x < hi: no gradient at the bounds). */
+START_TEST(test_clamp)
+{
+    eq_backend *be = s_cpu(1);
+    eq_err err = {0};
+    const float x[8] = {-2.0f, 0.0f, 1e-7f, 3.5f, 6.0f, 6.0001f, 100.0f, -0.0f};
+    const float y_ref[8] = {0.0f, 0.0f, 1e-7f, 3.5f, 6.0f, 6.0f, 6.0f, 0.0f};
+    const float dy[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+    const float dx_ref[8] = {0, 0, 3, 4, 0, 0, 0, 0};
+    float y[8], dx[8];
+    OK(eq_backend_clamp_fwd(be, 8, 0.0f, 6.0f, x, y, &err));
+    OK(eq_backend_clamp_bwd(be, 8, 0.0f, 6.0f, y, dy, dx, &err));
+    for (int i = 0; i < 8; i++) {
+        ck_assert_msg(y[i] == y_ref[i], "clamp(%g) = %g, expected %g", x[i], y[i], y_ref[i]);
+        ck_assert_msg(dx[i] == dx_ref[i], "dx[%d] = %g, expected %g", i, dx[i], dx_ref[i]);
+    }
+    /* a large input goes through the threaded chunks */
+    size_t n = 100000;
+    float *a = s_randv(n, 8.0f), *b = malloc(n * 4);
+    eq_backend *be3 = s_cpu(3);
+    OK(eq_backend_clamp_fwd(be3, n, -1.0f, 2.0f, a, b, &err));
+    for (size_t i = 0; i < n; i++)
+        ck_assert(b[i] == (a[i] < -1.0f ? -1.0f : a[i] > 2.0f ? 2.0f : a[i]));
+    free(a), free(b);
+    eq_backend_destroy(&be3);
+    ck_assert_int_eq(eq_backend_clamp_fwd(be, 8, 6.0f, 6.0f, x, y, &err), EQ_ERR_INVALID);
+    ck_assert_ptr_nonnull(strstr(err.msg, "clamp_fwd: bounds [6, 6]"));
+    ck_assert_int_eq(eq_backend_clamp_bwd(be, 8, 0.0f, INFINITY, y, dy, dx, &err), EQ_ERR_INVALID);
+    ck_assert_int_eq(eq_backend_clamp_fwd(be, 8, 0.0f, 6.0f, NULL, y, &err), EQ_ERR_INVALID);
+    eq_backend_destroy(&be);
+}
+END_TEST
+
 typedef struct act_fd {
     eq_backend *be;
     int64_t m, c, ns;
@@ -1054,6 +1088,8 @@ START_TEST(test_missing_member)
     ck_assert_str_eq(err.msg, "conv2d_fwd: not implemented by the partial backend");
     ck_assert_int_eq(eq_backend_synchronize(&be, &err), EQ_ERR_UNSUPPORTED);
     ck_assert_ptr_null(eq_backend_event_new(&be, &err));
+    ck_assert_int_eq(eq_backend_clamp_fwd(&be, 4, 0.0f, 6.0f, buf, buf, &err), EQ_ERR_UNSUPPORTED);
+    ck_assert_str_eq(err.msg, "clamp_fwd: not implemented by the partial backend");
     /* optional member: workspace_reserve defaults to growing on use */
     OK(eq_backend_workspace_reserve(&be, 100, &err));
     ck_assert_uint_eq(eq_backend_workspace_size(&be), 0);
@@ -1106,6 +1142,7 @@ static Suite *s_suite(void)
     tcase_add_loop_test(tc, test_conv_parity, 0, NCONV);
     tcase_add_loop_test(tc, test_bn_parity, 0, 2);
     tcase_add_test(tc, test_relu_parity);
+    tcase_add_test(tc, test_clamp);
     tcase_add_loop_test(tc, test_prelu_parity, 0, 2);
     tcase_add_test(tc, test_add);
     tcase_add_loop_test(tc, test_pool_parity, 0, NPOOL);

@@ -287,23 +287,31 @@ static void s_r18_fill(const char *name, int ndim, const int64_t *shape, float *
         else if (!strncmp(name, "fc.", 3)) v[i] = (float)(u / sqrt(512.0));
         else if (ndim == 4)
             v[i] = (float)(u * (sqrt(3.0) * sqrt(2.0 / (double)(shape[0] * shape[2] * shape[3]))));
+        else if (ndim == 2) v[i] = (float)(u / sqrt((double)shape[1]));
         else if (ENDS(".weight")) v[i] = (float)(1.0 + 0.2 * u);
         else v[i] = (float)(0.1 * u);
     }
 #undef ENDS
 }
 
-START_TEST(test_parity_torch_resnet18_224)
+/* Parity against a closed-form fixture (gen_resnet18_224.py's format): the
+ * model of the metadata's arch/num_classes/width_alpha/keyword at
+ * batch x size x size x 3, weights and input from the formula. */
+static void s_parity_closed_form(const char *fixture, size_t want_params, size_t want_stats)
 {
     eq_err err = {0};
-    eq_st_file *f = s_fixture("resnet18_224.safetensors");
+    eq_st_file *f = s_fixture(fixture);
     eq_backend *be = eq_backend_cpu_new(2, &err);
     ck_assert_msg(be != NULL, "%s", err.msg);
     eq_model_cfg cfg;
     s_defaults(&cfg, NULL, NULL);
-    snprintf(cfg.arch, sizeof cfg.arch, "torch-resnet18");
-    cfg.num_classes = 1000;
-    const int64_t n = 2, hw = 224;
+    snprintf(cfg.arch, sizeof cfg.arch, "%s", eq_st_meta_get(f, "arch"));
+    cfg.num_classes = atoi(eq_st_meta_get(f, "num_classes"));
+    const char *wa = eq_st_meta_get(f, "width_alpha");
+    if (wa) cfg.width_alpha = atof(wa);
+    const char *kw = eq_st_meta_get(f, "keyword");
+    if (kw) s_kw(&cfg, kw);
+    const int64_t n = atoi(eq_st_meta_get(f, "batch")), hw = atoi(eq_st_meta_get(f, "size"));
     eq_model *m = eq_model_new(be, &cfg, NULL, NULL, n, hw, hw, &err);
     ck_assert_msg(m != NULL, "%s", err.msg);
     size_t maxn = (size_t)(n * hw * hw * 3), nx = maxn;
@@ -328,7 +336,7 @@ START_TEST(test_parity_torch_resnet18_224)
     OK(eq_model_forward(m, x, true, &err));
     int64_t bn, k;
     const float *logits = eq_model_logits(m, &bn, &k);
-    ck_assert_int_eq(k, 1000);
+    ck_assert_int_eq(k, cfg.num_classes);
     double e = eq_test_relerr(logits, s_get(f, "logits", (size_t)(n * k)), (size_t)(n * k));
     ck_assert_msg(e < TOL, "logits rel err %g", e);
     float loss;
@@ -391,8 +399,8 @@ START_TEST(test_parity_torch_resnet18_224)
             nstats++;
         }
     }
-    ck_assert_uint_eq(nparam, 62);
-    ck_assert_uint_eq(nstats, 40);
+    ck_assert_uint_eq(nparam, want_params);
+    ck_assert_uint_eq(nstats, want_stats);
     if (getenv("EQ_TEST_VERBOSE")) fprintf(stderr, "worst sample error %.2e\n", worst);
     free(host);
     eq_backend_release(be, x);
@@ -400,6 +408,24 @@ START_TEST(test_parity_torch_resnet18_224)
     eq_model_destroy(&m);
     eq_backend_destroy(&be);
     eq_st_close(&f);
+}
+
+START_TEST(test_parity_torch_resnet18_224)
+{
+    s_parity_closed_form("resnet18_224.safetensors", 62, 40);
+}
+END_TEST
+
+START_TEST(test_parity_mobilenet_v2)
+{
+    /* 52 convs (17 depthwise) each with a BN, the classifier's weight and bias */
+    s_parity_closed_form("mobilenet_v2.safetensors", 52 + 52 * 2 + 2, 52 * 2);
+}
+END_TEST
+
+START_TEST(test_parity_mobilenet_v1)
+{
+    s_parity_closed_form("mobilenet_v1.safetensors", 27 + 27 * 2 + 2, 27 * 2);
 }
 END_TEST
 
@@ -675,6 +701,83 @@ END_TEST
 
 /* A quantized ResNet-20 from config: first and last layers stay FP, every
  * other conv has both quantizers, training reduces the loss. */
+/* MobileNets: torchvision's mobilenet_v2 parameter count and names,
+ * keyword checks, and real_dp / real_pt keeping depthwise / pointwise convs
+ * full precision in a quantized MobileNet v1 that trains. */
+START_TEST(test_mobilenet_build)
+{
+    eq_err err = {0};
+    eq_backend *be = eq_backend_cpu_new(1, &err);
+    eq_model_cfg cfg;
+    eq_model_quant_cfg wt, fm;
+    s_defaults(&cfg, &wt, &fm);
+    snprintf(cfg.arch, sizeof cfg.arch, "mobilenet-v2");
+    cfg.num_classes = 1000;
+    eq_model *m = eq_model_new(be, &cfg, NULL, NULL, 1, 32, 32, &err);
+    ck_assert_msg(m != NULL, "%s", err.msg);
+    size_t np = 0, nt = eq_model_tensor_count(m);
+    for (size_t i = 0; i < nt; i++)
+        if (eq_model_tensor_at(m, i)->kind == EQ_MT_PARAM) np += eq_model_tensor_at(m, i)->numel;
+    ck_assert_uint_eq(np, 3504872); /* torchvision.models.mobilenet_v2() */
+    ck_assert_uint_eq(nt, 52 * 6 + 2);
+    ck_assert_str_eq(eq_model_tensor_at(m, 0)->name, "features.0.0.weight");
+    ck_assert_str_eq(eq_model_tensor_at(m, nt - 1)->name, "classifier.1.bias");
+    const eq_model_tensor *t = eq_model_tensor_find(m, "features.17.conv.1.0.weight");
+    ck_assert_ptr_nonnull(t);
+    ck_assert_int_eq(t->shape[0], 960);
+    ck_assert_int_eq(t->shape[1], 1);
+    ck_assert_ptr_nonnull(eq_model_tensor_find(m, "features.1.conv.2.running_var"));
+    ck_assert_ptr_nonnull(eq_model_tensor_find(m, "features.18.0.weight"));
+    eq_model_destroy(&m);
+    /* keywords */
+    s_kw(&cfg, "origin");
+    ck_assert_ptr_null(eq_model_new(be, &cfg, NULL, NULL, 1, 32, 32, &err));
+    ck_assert_ptr_nonnull(strstr(err.msg, "'origin' (item 1) does not apply to mobilenet-v2"));
+    snprintf(cfg.arch, sizeof cfg.arch, "resnet20");
+    s_kw(&cfg, "origin,cbsa,real_dp");
+    ck_assert_ptr_null(eq_model_new(be, &cfg, NULL, NULL, 1, 32, 32, &err));
+    ck_assert_ptr_nonnull(strstr(err.msg, "'real_dp' (item 3) does not apply to resnet20"));
+    /* quantized v1, depthwise kept FP */
+    snprintf(cfg.arch, sizeof cfg.arch, "mobilenet-v1");
+    s_kw(&cfg, "real_dp,cifar10");
+    cfg.num_classes = 4;
+    cfg.width_alpha = 0.125;
+    wt.enable = fm.enable = true;
+    snprintf(wt.method, sizeof wt.method, "lsq");
+    snprintf(fm.method, sizeof fm.method, "lsq");
+    wt.bit = fm.bit = 4;
+    m = eq_model_new(be, &cfg, &wt, &fm, 4, 32, 32, &err);
+    ck_assert_msg(m != NULL, "%s", err.msg);
+    ck_assert_ptr_null(eq_model_tensor_find(m, "model.0.0.quant_weight.clip_val"));  /* stem */
+    ck_assert_ptr_null(eq_model_tensor_find(m, "model.1.0.quant_weight.clip_val"));  /* real_dp */
+    ck_assert_ptr_nonnull(eq_model_tensor_find(m, "model.1.3.quant_weight.clip_val"));
+    ck_assert_ptr_null(eq_model_tensor_find(m, "fc.quant_weight.clip_val"));
+    eq_optim_cfg oc;
+    eq_config_section os[EQ_OPTIM_CONFIG_NSECTIONS];
+    eq_optim_config_sections(&oc, NULL, os);
+    OK(eq_config_defaults(os, 1, &err));
+    oc.lr = 0.1;
+    eq_optim *o = eq_optim_new(m, &oc, &err);
+    ck_assert_ptr_nonnull(o);
+    float x[4 * 32 * 32 * 3];
+    int32_t y[4] = {0, 1, 2, 3};
+    for (size_t i = 0; i < sizeof x / 4; i++) x[i] = (float)sin(0.29 * (double)i + (double)(i / 3072));
+    float first = 0, last = 0;
+    for (int step = 0; step < 12; step++) {
+        OK(eq_model_forward(m, x, true, &err));
+        OK(eq_model_loss(m, y, NULL, NULL, 0.0f, &last, &err));
+        if (step == 0) first = last;
+        if (getenv("EQ_TEST_VERBOSE")) fprintf(stderr, "step %d loss %g\n", step, last);
+        OK(eq_model_backward(m, NULL, &err));
+        OK(eq_optim_step(o, oc.lr, &err));
+    }
+    ck_assert_msg(isfinite(last) && last < first, "loss %g -> %g", first, last);
+    eq_optim_destroy(&o);
+    eq_model_destroy(&m);
+    eq_backend_destroy(&be);
+}
+END_TEST
+
 START_TEST(test_quant_resnet20_config)
 {
     eq_err err = {0};
@@ -1153,6 +1256,8 @@ static Suite *s_suite(void)
     tc = tcase_create("full-size");
     tcase_set_timeout(tc, 120); /* ~2 GFLOP x 3 per image; seconds on two cores */
     tcase_add_test(tc, test_parity_torch_resnet18_224);
+    tcase_add_test(tc, test_parity_mobilenet_v2);
+    tcase_add_test(tc, test_parity_mobilenet_v1);
     suite_add_tcase(s, tc);
     tc = tcase_create("build");
     tcase_set_timeout(tc, 30);
@@ -1166,6 +1271,7 @@ static Suite *s_suite(void)
     tcase_add_test(tc, test_quant_conv_pad_before);
     tcase_add_test(tc, test_quant_conv_pad_after);
     tcase_add_test(tc, test_quant_resnet20_config);
+    tcase_add_test(tc, test_mobilenet_build);
     suite_add_tcase(s, tc);
     tc = tcase_create("checkpoint");
     tcase_set_timeout(tc, 30);

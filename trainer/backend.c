@@ -505,6 +505,39 @@ eq_status eq_backend_relu_bwd(eq_backend *be, size_t n, const float *y, const fl
     return be->iface->relu_bwd(be->context, n, y, dy, dx, err);
 }
 
+static eq_status s_clamp_ok(const char *op, float lo, float hi, eq_err *err)
+{
+    if (!isfinite(lo) || !isfinite(hi) || !(lo < hi))
+        return eq_err_set(err, EQ_ERR_INVALID, "%s: bounds [%g, %g] must be finite with lo < hi",
+                          op, (double)lo, (double)hi);
+    return EQ_OK;
+}
+
+eq_status eq_backend_clamp_fwd(eq_backend *be, size_t n, float lo, float hi, const float *x,
+                               float *y, eq_err *err)
+{
+    static const char *op = "clamp_fwd";
+    S_ENTER(be, clamp_fwd, op);
+    S_CHECK(s_clamp_ok(op, lo, hi, err));
+    if (n == 0) return EQ_OK;
+    S_NEED(x, op);
+    S_NEED(y, op);
+    return be->iface->clamp_fwd(be->context, n, lo, hi, x, y, err);
+}
+
+eq_status eq_backend_clamp_bwd(eq_backend *be, size_t n, float lo, float hi, const float *y,
+                               const float *dy, float *dx, eq_err *err)
+{
+    static const char *op = "clamp_bwd";
+    S_ENTER(be, clamp_bwd, op);
+    S_CHECK(s_clamp_ok(op, lo, hi, err));
+    if (n == 0) return EQ_OK;
+    S_NEED(y, op);
+    S_NEED(dy, op);
+    S_NEED(dx, op);
+    return be->iface->clamp_bwd(be->context, n, lo, hi, y, dy, dx, err);
+}
+
 static eq_status s_prelu_ok(const char *op, int64_t m, int64_t c, int64_t nslope, eq_err *err)
 {
     static const char *const names[2] = {"m", "c"};

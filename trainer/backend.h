@@ -230,6 +230,14 @@ struct eq_backend_i {
                            eq_err *err);
     /* y = a + b (residual add; also sums the two gradients reaching a fork). */
     eq_status (*add)(void *ctx, size_t n, const float *a, const float *b, float *y, eq_err *err);
+    /* (optional) y = min(max(x, lo), hi) (torch.nn.Hardtanh; ReLU6 is lo 0,
+     * hi 6).  lo < hi, both finite. */
+    eq_status (*clamp_fwd)(void *ctx, size_t n, float lo, float hi, const float *x, float *y,
+                           eq_err *err);
+    /* (optional) dx = dy where lo < y < hi, else 0 (y is the forward output;
+     * the same mask as PyTorch's hardtanh_backward, which tests x). */
+    eq_status (*clamp_bwd)(void *ctx, size_t n, float lo, float hi, const float *y,
+                           const float *dy, float *dx, eq_err *err);
 
     /* -- pooling (see eq_pool2d_desc) -- */
     /* argmax: [N][P][Q][C] int32, the input position h*W+w of each maximum
@@ -347,6 +355,11 @@ eq_status eq_backend_prelu_bwd(eq_backend *be, int64_t m, int64_t c, int64_t nsl
                                float *dslope, eq_err *err);
 eq_status eq_backend_add(eq_backend *be, size_t n, const float *a, const float *b, float *y,
                          eq_err *err);
+/* lo < hi, both finite, else EQ_ERR_INVALID. */
+eq_status eq_backend_clamp_fwd(eq_backend *be, size_t n, float lo, float hi, const float *x,
+                               float *y, eq_err *err);
+eq_status eq_backend_clamp_bwd(eq_backend *be, size_t n, float lo, float hi, const float *y,
+                               const float *dy, float *dx, eq_err *err);
 
 eq_status eq_backend_maxpool_fwd(eq_backend *be, const eq_pool2d_desc *d, const float *x,
                                  float *y, int32_t *argmax, eq_err *err);

@@ -17,10 +17,12 @@
 
 #include "core/rng.h"
 
-typedef enum s_kind { S_INPUT, S_CONV, S_BN, S_RELU, S_PRELU, S_MAXPOOL, S_AVGPOOL, S_ADD, S_GAP, S_LINEAR } s_kind;
+typedef enum s_kind {
+    S_INPUT, S_CONV, S_BN, S_RELU, S_PRELU, S_MAXPOOL, S_AVGPOOL, S_ADD, S_GAP, S_LINEAR, S_CLAMP
+} s_kind;
 
-static const char *const S_KIND_NAME[] = {"input", "conv",    "bn",  "relu", "prelu",
-                                          "maxpool", "avgpool", "add", "gap",  "linear"};
+static const char *const S_KIND_NAME[] = {"input",   "conv",    "bn",  "relu", "prelu", "maxpool",
+                                          "avgpool", "add",     "gap", "linear", "clamp"};
 
 /* How finalize initialises a tensor. */
 enum s_init { I_ZEROS, I_ONES, I_KAIMING, I_LINEAR, I_PRELU, I_OWNED };
@@ -34,6 +36,7 @@ typedef struct s_node {
     eq_pool2d_desc pool;
     eq_bn_desc bn;
     int64_t lin_in;
+    float lo, hi;       /* clamp bounds */
     int pw, pb, prm, prv, pnbt; /* tensor indices, -1 if none */
     float *y, *dy;
     float *save;     /* BN: mean [c], invstd [c] */
@@ -337,6 +340,19 @@ int eq_layers_bn(eq_layers *g, const char *name, int in, eq_err *err)
 int eq_layers_relu(eq_layers *g, int in, eq_err *err)
 {
     return s_add_node(g, S_RELU, in, -1, NULL, err) ? g->nnodes - 1 : s_fail(g);
+}
+
+int eq_layers_clamp(eq_layers *g, int in, float lo, float hi, eq_err *err)
+{
+    if (!isfinite(lo) || !isfinite(hi) || !(lo < hi)) {
+        eq_err_set(err, EQ_ERR_INVALID, "clamp: bounds [%g, %g] must be finite with lo < hi",
+                   (double)lo, (double)hi);
+        return s_fail(g);
+    }
+    s_node *nd = s_add_node(g, S_CLAMP, in, -1, NULL, err);
+    if (!nd) return s_fail(g);
+    nd->lo = lo, nd->hi = hi;
+    return g->nnodes - 1;
 }
 
 int eq_layers_prelu(eq_layers *g, const char *name, int in, eq_err *err)
@@ -678,6 +694,7 @@ eq_status eq_layers_forward(eq_layers *g, const float *x, bool train, eq_err *er
             }
             break;
         case S_RELU: st = eq_backend_relu_fwd(be, s_numel(nd), a->y, nd->y, err); break;
+        case S_CLAMP: st = eq_backend_clamp_fwd(be, s_numel(nd), nd->lo, nd->hi, a->y, nd->y, err); break;
         case S_PRELU:
             st = eq_backend_prelu_fwd(be, (int64_t)(s_numel(nd) / (size_t)nd->c), nd->c, 1, a->y,
                                       s_p(g, nd->pw), nd->y, err);
@@ -789,6 +806,9 @@ eq_status eq_layers_backward(eq_layers *g, eq_err *err)
             break;
         case S_RELU:
             if (need_dx) st = eq_backend_relu_bwd(be, s_numel(nd), nd->y, nd->dy, dx, err);
+            break;
+        case S_CLAMP:
+            if (need_dx) st = eq_backend_clamp_bwd(be, s_numel(nd), nd->lo, nd->hi, nd->y, nd->dy, dx, err);
             break;
         case S_PRELU:
             st = eq_backend_prelu_bwd(be, (int64_t)(s_numel(nd) / (size_t)nd->c), nd->c, 1, a->y,

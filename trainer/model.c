@@ -18,7 +18,8 @@
 
 static const eq_config_key s_model_keys[] = {
     EQ_CONFIG_STRING_KEY(eq_model_cfg, arch, "resnet20",
-                         "torch-resnet18/34/50 (torchvision names), resnet18/34/50/101, resnet20/32/44/56"),
+                         "torch-resnet18/34/50 (torchvision names), resnet18/34/50/101, resnet20/32/44/56, "
+                         "mobilenet-v1, mobilenet-v2 (torchvision names)"),
     EQ_CONFIG_STRING_LIST_KEY(eq_model_cfg, keyword, nkeyword, "", 0,
                               "structure keywords (origin, preBN, cbsa, fix, ...; doc/models.md)"),
     EQ_CONFIG_INT_KEY(eq_model_cfg, num_classes, "10", 1, 1000000, "classifier outputs"),
@@ -128,6 +129,7 @@ typedef struct s_build {
     eq_quant_opts wq, fq;
     int has_wq, has_fq;
     int origin, prebn, fix, fix_pooling, singleconv, real_skip, prelu, nrelu, cifar, first_last;
+    int real_dp, real_pt; /* MobileNet: depthwise / pointwise convs in full precision */
     enum s_order order;
     eq_err *err;
 } s_build;
@@ -141,7 +143,10 @@ static int s_has(const eq_model_cfg *c, const char *kw)
 
 static const char *const s_supported_kw[] = {
     "origin", "preBN", "cbas", "cbsa", "cabs", "bacs", "bcas", "fix", "fix_pooling", "singleconv",
-    "real_skip", "PReLU", "NReLU", "cifar10", "cifar100", "first-last", NULL};
+    "real_skip", "PReLU", "NReLU", "cifar10", "cifar100", "first-last", "real_dp", "real_pt", NULL};
+
+/* The keywords a MobileNet takes (the others shape ResNet blocks). */
+static const char *const s_mobile_kw[] = {"cifar10", "cifar100", "first-last", "real_dp", "real_pt", NULL};
 
 static eq_status s_check_keywords(const eq_model_cfg *c, eq_err *err)
 {
@@ -153,7 +158,8 @@ static eq_status s_check_keywords(const eq_model_cfg *c, eq_err *err)
                               "[model] keyword: '%s' (item %zu) is unknown or not implemented; "
                               "supported: origin, preBN, cbas, cbsa, cabs, bacs, bcas, fix, "
                               "fix_pooling, singleconv, real_skip, PReLU, NReLU, cifar10, cifar100, "
-                              "first-last (quantizer methods go in [quant.wt]/[quant.fm] method)",
+                              "first-last, real_dp, real_pt (quantizer methods go in "
+                              "[quant.wt]/[quant.fm] method)",
                               c->keyword[i], i + 1);
     }
     return EQ_OK;
@@ -170,12 +176,18 @@ static int s_act(s_build *b, const char *name, int x)
 }
 
 /* Quantized conv unless fp. */
+static int s_convg(s_build *b, const char *name, int x, int64_t k, int64_t r, int64_t s, int64_t p,
+                   int64_t groups, int fp)
+{
+    if (x < 0) return x;
+    return eq_layers_conv(b->g, name, x, k, r, s, p, groups, fp || !b->has_wq ? NULL : &b->wq,
+                          fp || !b->has_fq ? NULL : &b->fq, b->cfg->padding_after_quant, b->err);
+}
+
 static int s_conv(s_build *b, const char *name, int x, int64_t k, int64_t r, int64_t s, int64_t p,
                   int fp)
 {
-    if (x < 0) return x;
-    return eq_layers_conv(b->g, name, x, k, r, s, p, 1, fp || !b->has_wq ? NULL : &b->wq,
-                          fp || !b->has_fq ? NULL : &b->fq, b->cfg->padding_after_quant, b->err);
+    return s_convg(b, name, x, k, r, s, p, 1, fp);
 }
 
 static int64_t s_chan(s_build *b, int x)
@@ -388,6 +400,103 @@ static int s_build_resnetxx(s_build *b, const int *blocks, int nstages, int bott
     return x;
 }
 
+/* ---- MobileNet v1 / v2 ------------------------------------------------------ */
+
+/* conv -> BN -> activation (ReLU, or ReLU6 when relu6) under "<pfx>.<ci>",
+ * "<pfx>.<ci+1>". */
+static int s_cba(s_build *b, const char *pfx, int ci, int x, int64_t k, int64_t r, int64_t s,
+                 int64_t groups, int fp, int relu6)
+{
+    char n[160];
+    NM(n, "%s.%d", pfx, ci), x = s_convg(b, n, x, k, r, s, (r - 1) / 2, groups, fp);
+    if (x >= 0) NM(n, "%s.%d", pfx, ci + 1), x = eq_layers_bn(b->g, n, x, b->err);
+    if (x < 0) return x;
+    return relu6 ? eq_layers_clamp(b->g, x, 0.0f, 6.0f, b->err) : eq_layers_relu(b->g, x, b->err);
+}
+
+/* MobileNet v1 (Howard et al. 2017) in the layout of the common PyTorch
+ * port (model.N.* Sequential, fc): stem conv 3x3/2 + BN + ReLU, 13
+ * depthwise-separable blocks (dw 3x3 + BN + ReLU as model.i.0/.1, pw 1x1 +
+ * BN + ReLU as model.i.3/.4), global average pool, fc. */
+static int s_build_mobilenet_v1(s_build *b, int x)
+{
+    static const int64_t cfg[13][2] = {{64, 1},  {128, 2}, {128, 1}, {256, 2}, {256, 1},
+                                       {512, 2}, {512, 1}, {512, 1}, {512, 1}, {512, 1},
+                                       {512, 1}, {1024, 2}, {1024, 1}};
+    double a = b->cfg->width_alpha;
+    int64_t c0 = (int64_t)(32 * a) > 0 ? (int64_t)(32 * a) : 1;
+    x = s_cba(b, "model.0", 0, x, c0, 3, b->cifar ? 1 : 2, 1, !b->first_last, 0);
+    for (int i = 0; i < 13 && x >= 0; i++) {
+        char pfx[32];
+        NM(pfx, "model.%d", i + 1);
+        int64_t in = s_chan(b, x), out = (int64_t)(cfg[i][0] * a) > 0 ? (int64_t)(cfg[i][0] * a) : 1;
+        x = s_cba(b, pfx, 0, x, in, 3, cfg[i][1], in, b->real_dp, 0);
+        x = s_cba(b, pfx, 3, x, out, 1, 1, 1, b->real_pt, 0);
+    }
+    if (x >= 0) x = eq_layers_gap(b->g, x, b->err);
+    int fp = !b->first_last;
+    if (x >= 0)
+        x = eq_layers_linear(b->g, "fc", x, b->cfg->num_classes, fp || !b->has_wq ? NULL : &b->wq,
+                             fp || !b->has_fq ? NULL : &b->fq, b->err);
+    return x;
+}
+
+/* torchvision's _make_divisible(v, 8). */
+static int64_t s_divisible(double v)
+{
+    int64_t nv = (int64_t)(v + 4.0) / 8 * 8;
+    if (nv < 8) nv = 8;
+    if ((double)nv < 0.9 * v) nv += 8;
+    return nv;
+}
+
+/* torchvision.models.mobilenet_v2 (names, layouts, order): features.0 stem
+ * conv 3x3/2 + BN + ReLU6; features.1..17 inverted residuals (expand 1x1
+ * conv.0 when t > 1, depthwise 3x3 conv.{0|1}, projection 1x1 + BN without
+ * activation; identity residual when stride 1 and in == out); features.18
+ * conv 1x1 to 1280 + BN + ReLU6; global average pool; classifier.1 (the
+ * Dropout(0.2) of classifier.0 is not applied). */
+static int s_build_mobilenet_v2(s_build *b, int x)
+{
+    static const int64_t set[7][4] = {{1, 16, 1, 1},  {6, 24, 2, 2},  {6, 32, 3, 2}, {6, 64, 4, 2},
+                                      {6, 96, 3, 1},  {6, 160, 3, 2}, {6, 320, 1, 1}};
+    double a = b->cfg->width_alpha;
+    int fl = b->first_last;
+    x = s_cba(b, "features.0", 0, x, s_divisible(32 * a), 3, b->cifar ? 1 : 2, 1, !fl, 1);
+    int idx = 1;
+    for (int si = 0; si < 7 && x >= 0; si++) {
+        int64_t out = s_divisible((double)set[si][1] * a);
+        int64_t st0 = b->cifar && si == 1 ? 1 : set[si][3];
+        for (int64_t i = 0; i < set[si][2] && x >= 0; i++, idx++) {
+            char pfx[48], n[160];
+            int64_t in = s_chan(b, x), stride = i == 0 ? st0 : 1, t = set[si][0];
+            int64_t hid = (int64_t)llround((double)in * (double)t);
+            int h = x, ci = 0;
+            NM(pfx, "features.%d.conv", idx);
+            if (t != 1) {
+                NM(n, "%s.%d", pfx, ci++);
+                h = s_cba(b, n, 0, h, hid, 1, 1, 1, b->real_pt, 1);
+            }
+            NM(n, "%s.%d", pfx, ci++);
+            h = s_cba(b, n, 0, h, hid, 3, stride, hid, b->real_dp, 1);
+            NM(n, "%s.%d", pfx, ci++), h = s_conv(b, n, h, out, 1, 1, 0, b->real_pt);
+            if (h >= 0) NM(n, "%s.%d", pfx, ci++), h = eq_layers_bn(b->g, n, h, b->err);
+            if (h >= 0 && stride == 1 && in == out) h = eq_layers_add(b->g, h, x, b->err);
+            x = h;
+        }
+    }
+    char n[32];
+    NM(n, "features.%d", idx);
+    int64_t last = s_divisible(1280.0 * (a > 1.0 ? a : 1.0));
+    if (x >= 0) x = s_cba(b, n, 0, x, last, 1, 1, 1, b->real_pt, 1);
+    if (x >= 0) x = eq_layers_gap(b->g, x, b->err);
+    if (x >= 0)
+        x = eq_layers_linear(b->g, "classifier.1", x, b->cfg->num_classes,
+                             !fl || !b->has_wq ? NULL : &b->wq, !fl || !b->has_fq ? NULL : &b->fq,
+                             b->err);
+    return x;
+}
+
 /* ---- the model ------------------------------------------------------------- */
 
 struct eq_model {
@@ -402,15 +511,17 @@ typedef struct s_arch {
     const char *name;
     int torch, bottleneck, nstages, cifar;
     int blocks[4];
+    int mobile; /* 1: MobileNet v1, 2: v2 */
 } s_arch;
 
 static const s_arch s_archs[] = {
-    {"torch-resnet18", 1, 0, 4, 0, {2, 2, 2, 2}}, {"torch-resnet34", 1, 0, 4, 0, {3, 4, 6, 3}},
-    {"torch-resnet50", 1, 1, 4, 0, {3, 4, 6, 3}}, {"resnet18", 0, 0, 4, 0, {2, 2, 2, 2}},
-    {"resnet34", 0, 0, 4, 0, {3, 4, 6, 3}},       {"resnet50", 0, 1, 4, 0, {3, 4, 6, 3}},
-    {"resnet101", 0, 1, 4, 0, {3, 4, 23, 3}},     {"resnet20", 0, 0, 3, 1, {3, 3, 3, 0}},
-    {"resnet32", 0, 0, 3, 1, {5, 5, 5, 0}},       {"resnet44", 0, 0, 3, 1, {7, 7, 7, 0}},
-    {"resnet56", 0, 0, 3, 1, {9, 9, 9, 0}},
+    {"torch-resnet18", 1, 0, 4, 0, {2, 2, 2, 2}, 0}, {"torch-resnet34", 1, 0, 4, 0, {3, 4, 6, 3}, 0},
+    {"torch-resnet50", 1, 1, 4, 0, {3, 4, 6, 3}, 0}, {"resnet18", 0, 0, 4, 0, {2, 2, 2, 2}, 0},
+    {"resnet34", 0, 0, 4, 0, {3, 4, 6, 3}, 0},       {"resnet50", 0, 1, 4, 0, {3, 4, 6, 3}, 0},
+    {"resnet101", 0, 1, 4, 0, {3, 4, 23, 3}, 0},     {"resnet20", 0, 0, 3, 1, {3, 3, 3, 0}, 0},
+    {"resnet32", 0, 0, 3, 1, {5, 5, 5, 0}, 0},       {"resnet44", 0, 0, 3, 1, {7, 7, 7, 0}, 0},
+    {"resnet56", 0, 0, 3, 1, {9, 9, 9, 0}, 0},
+    {"mobilenet-v1", 0, 0, 0, 0, {0, 0, 0, 0}, 1},   {"mobilenet-v2", 0, 0, 0, 0, {0, 0, 0, 0}, 2},
 };
 
 eq_model *eq_model_new(eq_backend *be, const eq_model_cfg *cfg, const eq_model_quant_cfg *wt,
@@ -427,10 +538,21 @@ eq_model *eq_model_new(eq_backend *be, const eq_model_cfg *cfg, const eq_model_q
     if (!arch) {
         eq_err_set(err, EQ_ERR_INVALID,
                    "[model] arch: unknown architecture '%s' (torch-resnet18/34/50, "
-                   "resnet18/34/50/101, resnet20/32/44/56)", cfg->arch);
+                   "resnet18/34/50/101, resnet20/32/44/56, mobilenet-v1, mobilenet-v2)", cfg->arch);
         return NULL;
     }
     if (s_check_keywords(cfg, err) != EQ_OK) return NULL;
+    for (size_t i = 0; i < cfg->nkeyword; i++) {
+        int mob = 0;
+        for (size_t k = 0; s_mobile_kw[k]; k++) mob |= !strcmp(cfg->keyword[i], s_mobile_kw[k]);
+        int dp = !strcmp(cfg->keyword[i], "real_dp") || !strcmp(cfg->keyword[i], "real_pt");
+        if (arch->mobile ? !mob : dp) {
+            eq_err_set(err, EQ_ERR_INVALID, "[model] keyword: '%s' (item %zu) does not apply to %s%s",
+                       cfg->keyword[i], i + 1, cfg->arch,
+                       arch->mobile ? " (MobileNets take cifar10, cifar100, first-last, real_dp, real_pt)" : "");
+            return NULL;
+        }
+    }
     s_build b = {.cfg = cfg, .err = err};
     if (wt && wt->enable) {
         if (s_quant_opts(wt, EQ_QTAG_WT, &b.wq, err) != EQ_OK) return NULL;
@@ -444,6 +566,7 @@ eq_model *eq_model_new(eq_backend *be, const eq_model_cfg *cfg, const eq_model_q
     b.fix_pooling = s_has(cfg, "fix_pooling"), b.singleconv = s_has(cfg, "singleconv");
     b.real_skip = s_has(cfg, "real_skip"), b.prelu = s_has(cfg, "PReLU");
     b.nrelu = s_has(cfg, "NReLU");
+    b.real_dp = s_has(cfg, "real_dp"), b.real_pt = s_has(cfg, "real_pt");
     b.cifar = arch->cifar || s_has(cfg, "cifar10") || s_has(cfg, "cifar100");
     b.first_last = cfg->quant_first_last || s_has(cfg, "first-last");
     static const char *const orders[] = {"cbas", "cbsa", "cabs", "bacs", "bcas"};
@@ -463,7 +586,9 @@ eq_model *eq_model_new(eq_backend *be, const eq_model_cfg *cfg, const eq_model_q
     m->be = be;
     if (!(m->g = b.g = eq_layers_new(be, err))) goto fail;
     int x = eq_layers_input(b.g, batch, h, w, cfg->in_channels, err);
-    if (x >= 0)
+    if (x >= 0 && arch->mobile)
+        x = arch->mobile == 1 ? s_build_mobilenet_v1(&b, x) : s_build_mobilenet_v2(&b, x);
+    else if (x >= 0)
         x = arch->torch ? s_build_torch_resnet(&b, arch->blocks, arch->bottleneck, w0, x)
                         : s_build_resnetxx(&b, arch->blocks, arch->nstages, arch->bottleneck, w0, x);
     if (x < 0) {

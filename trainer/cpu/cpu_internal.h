@@ -62,6 +62,10 @@ eq_status eq_cpu_bn_bwd(void *ctx, const eq_bn_desc *d, const float *x, const fl
 eq_status eq_cpu_relu_fwd(void *ctx, size_t n, const float *x, float *y, eq_err *err);
 eq_status eq_cpu_relu_bwd(void *ctx, size_t n, const float *y, const float *dy, float *dx,
                           eq_err *err);
+eq_status eq_cpu_clamp_fwd(void *ctx, size_t n, float lo, float hi, const float *x, float *y,
+                           eq_err *err);
+eq_status eq_cpu_clamp_bwd(void *ctx, size_t n, float lo, float hi, const float *y,
+                           const float *dy, float *dx, eq_err *err);
 eq_status eq_cpu_prelu_fwd(void *ctx, int64_t m, int64_t c, int64_t nslope, const float *x,
                            const float *slope, float *y, eq_err *err);
 eq_status eq_cpu_prelu_bwd(void *ctx, int64_t m, int64_t c, int64_t nslope, const float *x,

@@ -14,6 +14,7 @@
 
 typedef struct s_ew {
     size_t n;
+    float lo, hi;
     int64_t c, nslope;
     const float *a, *b, *slope;
     float *y;
@@ -55,6 +56,40 @@ eq_status eq_cpu_relu_bwd(void *ctx, size_t n, const float *y, const float *dy, 
 {
     s_ew e = {.n = n, .a = y, .b = dy, .y = dx};
     eq_cpu_for(ctx, s_chunks(n), s_relu_bwd_chunk, &e);
+    return EQ_OK;
+}
+
+static void s_clamp_chunk(void *vctx, size_t i)
+{
+    const s_ew *e = vctx;
+    S_CHUNK_BOUNDS(e, i, lo, hi);
+    for (size_t k = lo; k < hi; k++) {
+        float v = e->a[k];
+        e->y[k] = v < e->lo ? e->lo : v > e->hi ? e->hi : v; /* NaN stays NaN */
+    }
+}
+
+eq_status eq_cpu_clamp_fwd(void *ctx, size_t n, float lo, float hi, const float *x, float *y,
+                           eq_err *err)
+{
+    s_ew e = {.n = n, .lo = lo, .hi = hi, .a = x, .y = y};
+    eq_cpu_for(ctx, s_chunks(n), s_clamp_chunk, &e);
+    return EQ_OK;
+}
+
+/* a = forward output, b = dy */
+static void s_clamp_bwd_chunk(void *vctx, size_t i)
+{
+    const s_ew *e = vctx;
+    S_CHUNK_BOUNDS(e, i, lo, hi);
+    for (size_t k = lo; k < hi; k++) e->y[k] = e->a[k] > e->lo && e->a[k] < e->hi ? e->b[k] : 0.0f;
+}
+
+eq_status eq_cpu_clamp_bwd(void *ctx, size_t n, float lo, float hi, const float *y,
+                           const float *dy, float *dx, eq_err *err)
+{
+    s_ew e = {.n = n, .lo = lo, .hi = hi, .a = y, .b = dy, .y = dx};
+    eq_cpu_for(ctx, s_chunks(n), s_clamp_bwd_chunk, &e);
     return EQ_OK;
 }
 
