@@ -1241,6 +1241,55 @@ START_TEST(test_decay_groups)
 }
 END_TEST
 
+/* custom_lr_list: "quant_weight" puts quantized layers' FP weights at a
+ * constant custom_lr and their weight quantizers' parameters at custom_lr
+ * scaled by the schedule; other entries scale too; the step applies them. */
+START_TEST(test_custom_lr)
+{
+    eq_err err = {0};
+    eq_backend *be = eq_backend_cpu_new(1, &err);
+    eq_model *m = s_small(be, "origin,cbsa", true);
+    eq_optim_cfg oc;
+    eq_config_section os[EQ_OPTIM_CONFIG_NSECTIONS];
+    eq_optim_config_sections(&oc, NULL, os);
+    const char *text = "[optim]\nlr = 0.1\nmomentum = 0\nweight_decay = 0\n"
+                       "custom_lr_list = quant_weight, fc.\ncustom_lr = 0.001\n";
+    OK(eq_config_parse_buffer(os, 1, "o.cfg", text, strlen(text), NULL, 0, &err));
+    eq_optim *o = eq_optim_new(m, &oc, &err);
+    ck_assert_msg(o != NULL, "%s", err.msg);
+    const char *names[5] = {"layer1.0.conv1.weight", "layer1.0.conv1.quant_weight.clip_val", "fc.weight",
+                            "conv1.weight", "layer1.0.bn1.weight"};
+    const double want[5] = {0.001, 0.0005, 0.0005, 0.05, 0.05}; /* at a scheduled lr of 0.05 */
+    for (int i = 0; i < 5; i++)
+        ck_assert_msg(fabs(eq_optim_lr_of(o, names[i], 0.05) - want[i]) < 1e-12, "%s: lr %g, want %g",
+                      names[i], eq_optim_lr_of(o, names[i], 0.05), want[i]);
+    ck_assert(eq_optim_lr_of(o, "layer1.0.bn1.running_mean", 0.05) < 0);
+    float x[2 * 8 * 8 * 3];
+    int32_t y[2] = {1, 2};
+    for (size_t i = 0; i < sizeof x / 4; i++) x[i] = (float)sin(0.3 * (double)i);
+    float loss;
+    OK(eq_model_forward(m, x, true, &err));
+    OK(eq_model_loss(m, y, NULL, NULL, 0.0f, &loss, &err));
+    OK(eq_model_backward(m, NULL, &err));
+    float before[5], grad[5];
+    for (int i = 0; i < 5; i++) {
+        const eq_model_tensor *t = eq_model_tensor_find(m, names[i]);
+        ck_assert_ptr_nonnull(t);
+        before[i] = ((float *)t->data)[0], grad[i] = t->grad[0];
+    }
+    OK(eq_optim_step(o, 0.05, &err));
+    for (int i = 0; i < 5; i++) {
+        float after = ((float *)eq_model_tensor_find(m, names[i])->data)[0];
+        float expect = before[i] - (float)want[i] * grad[i];
+        ck_assert_msg(grad[i] != 0.0f, "%s: zero gradient", names[i]);
+        ck_assert_msg(after == expect, "%s: %.9g after the step, want %.9g", names[i], after, expect);
+    }
+    eq_optim_destroy(&o);
+    eq_model_destroy(&m);
+    eq_backend_destroy(&be);
+}
+END_TEST
+
 static Suite *s_suite(void)
 {
     Suite *s = suite_create("model");
@@ -1284,6 +1333,7 @@ static Suite *s_suite(void)
     tc = tcase_create("optim");
     tcase_add_test(tc, test_schedules);
     tcase_add_test(tc, test_decay_groups);
+    tcase_add_test(tc, test_custom_lr);
     suite_add_tcase(s, tc);
     return s;
 }

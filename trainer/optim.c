@@ -24,6 +24,10 @@ static const eq_config_key s_optim_keys[] = {
     EQ_CONFIG_STRING_LIST_KEY(eq_optim_cfg, custom_decay_list, ncustom_decay_list, "", 0,
                               "tensors whose name contains one of these get custom_decay"),
     EQ_CONFIG_FLOAT_KEY(eq_optim_cfg, custom_decay, "0.02", 0.0, 1.0, "decay of custom_decay_list tensors"),
+    EQ_CONFIG_STRING_LIST_KEY(eq_optim_cfg, custom_lr_list, ncustom_lr_list, "", 0,
+                              "tensors whose name contains one of these start at custom_lr (quant_weight: "
+                              "quantized layers' FP weights at a constant custom_lr)"),
+    EQ_CONFIG_FLOAT_KEY(eq_optim_cfg, custom_lr, "1e-5", 0.0, 100.0, "initial lr of custom_lr_list tensors"),
     EQ_CONFIG_FLOAT_KEY(eq_optim_cfg, beta1, "0.9", 0.0, 0.999999, "Adam beta1"),
     EQ_CONFIG_FLOAT_KEY(eq_optim_cfg, beta2, "0.999", 0.0, 0.999999, "Adam beta2"),
     EQ_CONFIG_FLOAT_KEY(eq_optim_cfg, eps, "1e-8", 1e-30, 1.0, "Adam epsilon"),
@@ -109,6 +113,8 @@ eq_status eq_schedule_lr(const eq_schedule_cfg *s, double lr0, int64_t epoch, in
 typedef struct s_slot {
     const eq_model_tensor *p;
     float wd;
+    double lr_scale; /* lr = lr_t * lr_scale, or lr_const when >= 0 */
+    double lr_const;
     int st0, st1; /* state tensor indices (-1: none) */
 } s_slot;
 
@@ -129,6 +135,26 @@ static double s_decay(const eq_optim_cfg *c, const eq_model_tensor *t)
         if (c->custom_decay_list[i][0] && strstr(t->name, c->custom_decay_list[i])) return c->custom_decay;
     if (!c->decay_small && (t->ndim <= 1 || (t->ndim == 4 && t->shape[1] == 1))) return 0.0;
     return c->weight_decay;
+}
+
+static int s_in_list(const char (*list)[64], size_t n, const char *name)
+{
+    for (size_t i = 0; i < n; i++)
+        if (list[i][0] && strstr(name, list[i])) return 1;
+    return 0;
+}
+
+/* "X.weight" of a layer that has a weight quantizer ("X.quant_weight.*"). */
+static int s_owns_wq(const eq_model *m, const char *name)
+{
+    size_t len = strlen(name);
+    if (len < 8 || strcmp(name + len - 7, ".weight")) return 0;
+    size_t pl = len - 6; /* "X." */
+    for (size_t i = 0; i < eq_model_tensor_count(m); i++) {
+        const char *n = eq_model_tensor_at(m, i)->name;
+        if (!strncmp(n, name, pl) && !strncmp(n + pl, "quant_weight.", 13)) return 1;
+    }
+    return 0;
 }
 
 void eq_optim_destroy(eq_optim **o_p)
@@ -175,6 +201,15 @@ eq_optim *eq_optim_new(eq_model *m, const eq_optim_cfg *cfg, eq_err *err)
         s_slot *sl = &o->slots[o->nslots++];
         sl->p = t;
         sl->wd = (float)s_decay(cfg, t);
+        sl->lr_scale = 1.0, sl->lr_const = -1.0;
+        if (cfg->ncustom_lr_list) {
+            int qw = 0;
+            for (size_t k = 0; k < cfg->ncustom_lr_list; k++) qw |= !strcmp(cfg->custom_lr_list[k], "quant_weight");
+            if (qw && s_owns_wq(m, t->name))
+                sl->lr_const = cfg->custom_lr;
+            else if (s_in_list(cfg->custom_lr_list, cfg->ncustom_lr_list, t->name))
+                sl->lr_scale = cfg->lr > 0 ? cfg->custom_lr / cfg->lr : 0.0;
+        }
         sl->st0 = sl->st1 = -1;
         for (int b = 0; b < nbuf; b++) {
             eq_model_tensor *st = &o->state[o->nstate];
@@ -218,14 +253,15 @@ eq_status eq_optim_step(eq_optim *o, double lr, eq_err *err)
     const eq_optim_cfg *c = &o->cfg;
     for (size_t i = 0; i < o->nslots; i++) {
         const s_slot *sl = &o->slots[i];
+        double slr = sl->lr_const >= 0 ? sl->lr_const : lr * sl->lr_scale;
         eq_status st;
         if (c->method == 1) {
-            eq_adam_params hp = {.lr = (float)lr, .beta1 = (float)c->beta1, .beta2 = (float)c->beta2,
+            eq_adam_params hp = {.lr = (float)slr, .beta1 = (float)c->beta1, .beta2 = (float)c->beta2,
                                  .eps = (float)c->eps, .weight_decay = sl->wd, .step = o->steps + 1};
             st = eq_backend_adam_step(be, sl->p->numel, &hp, sl->p->data, sl->p->grad,
                                       o->state[sl->st0].data, o->state[sl->st1].data, err);
         } else {
-            eq_sgd_params hp = {.lr = (float)lr, .momentum = (float)c->momentum,
+            eq_sgd_params hp = {.lr = (float)slr, .momentum = (float)c->momentum,
                                 .dampening = (float)c->dampening, .weight_decay = sl->wd,
                                 .nesterov = c->nesterov, .first = o->steps == 0};
             st = eq_backend_sgd_step(be, sl->p->numel, &hp, sl->p->data, sl->p->grad,
@@ -262,5 +298,14 @@ double eq_optim_decay_of(const eq_optim *o, const char *name)
     if (!o || !name) return -1.0;
     for (size_t i = 0; i < o->nslots; i++)
         if (!strcmp(o->slots[i].p->name, name)) return o->slots[i].wd;
+    return -1.0;
+}
+
+double eq_optim_lr_of(const eq_optim *o, const char *name, double lr)
+{
+    if (!o || !name) return -1.0;
+    for (size_t i = 0; i < o->nslots; i++)
+        if (!strcmp(o->slots[i].p->name, name))
+            return o->slots[i].lr_const >= 0 ? o->slots[i].lr_const : lr * o->slots[i].lr_scale;
     return -1.0;
 }

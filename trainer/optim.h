@@ -10,6 +10,15 @@
  * dimension 1 (depthwise weights, per-channel clip values) get none;
  * everything else gets weight_decay.
  *
+ * Learning rate per tensor (ORIGINAL.md §4.3): a name containing an entry
+ * of custom_lr_list starts at custom_lr instead of lr and follows the
+ * schedule in proportion (it gets lr_t * custom_lr / lr); when the list
+ * holds "quant_weight", the full-precision weights that own a weight
+ * quantizer ("X.weight" beside "X.quant_weight.*") get custom_lr as a
+ * constant that the schedule never changes.  (The original lets step/poly
+ * schedules overwrite ordinary custom rates at epoch 0, ORIGINAL.md 7.22a,
+ * which would make the list do nothing there; eq keeps the ratio.)
+ *
  * Optimiser state (momentum buffers; Adam's exp_avg / exp_avg_sq) lives in
  * one backend block with a tensor per parameter, named as PyTorch's
  * optimizer state keys prefixed by the parameter: "<param>.momentum_buffer",
@@ -40,6 +49,9 @@ typedef struct eq_optim_cfg {
     char custom_decay_list[16][64];
     size_t ncustom_decay_list;
     double custom_decay;
+    char custom_lr_list[16][64];
+    size_t ncustom_lr_list;
+    double custom_lr;
     double beta1, beta2, eps;
 } eq_optim_cfg;
 
@@ -94,5 +106,8 @@ const eq_model_tensor *eq_optim_state_at(const eq_optim *o, size_t i);
 /* Weight decay chosen for trainable tensor `name` (for logs and tests);
  * negative if it is not a trainable tensor of the model. */
 double eq_optim_decay_of(const eq_optim *o, const char *name);
+/* Learning rate eq_optim_step(o, lr) applies to trainable tensor `name`
+ * (see custom_lr_list above); negative if it is not a trainable tensor. */
+double eq_optim_lr_of(const eq_optim *o, const char *name, double lr);
 
 #endif
