@@ -22,6 +22,7 @@
 #include "core/log.h"
 #include "core/pool.h"
 #include "core/rng.h"
+#include "loader/coco.h"
 #include "loader/loader_internal.h"
 
 struct eq_dataset {
@@ -38,6 +39,8 @@ struct eq_dataset {
     char *arena;       /* NUL-terminated relative paths */
     size_t *path_off;  /* n offsets into arena */
     uint64_t *sizes;   /* n file sizes */
+    /* COCO */
+    eq_cocoidx *coco;
     eq_ds_fingerprint fp;
 };
 
@@ -145,6 +148,7 @@ void eq_dataset_destroy(eq_dataset **self_p)
     free(ds->arena);
     free(ds->path_off);
     free(ds->sizes);
+    eq_cocoidx_destroy(&ds->coco);
     free(ds->root);
     free(ds);
     *self_p = NULL;
@@ -1162,6 +1166,72 @@ fail:
     eq_dataset_destroy(&ds);
     return NULL;
 }
+
+/* ---------------------------------------------------------------- COCO -- */
+
+static int s_isfile(const char *p)
+{
+    struct stat st;
+    return stat(p, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+static int s_isdir(const char *p)
+{
+    struct stat st;
+    return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+eq_dataset *eq_dataset_open_coco(const char *root, const char *split, eq_err *err)
+{
+    char ann[4096], img[4096], cache[4200];
+    if (!root || !split || !*split || strchr(split, '/') || strstr(split, "..")) {
+        eq_err_set(err, EQ_ERR_INVALID, "coco: a root and a split name are required");
+        return NULL;
+    }
+    snprintf(ann, sizeof ann, "%s/annotations/instances_%s2017.json", root, split);
+    if (!s_isfile(ann)) snprintf(ann, sizeof ann, "%s/annotations/instances_%s.json", root, split);
+    if (!s_isfile(ann)) {
+        eq_err_set(err, EQ_ERR_NOTFOUND, "coco %s: no annotations/instances_%s2017.json or instances_%s.json", root,
+                   split, split);
+        return NULL;
+    }
+    snprintf(img, sizeof img, "%s/%s2017", root, split);
+    if (!s_isdir(img)) snprintf(img, sizeof img, "%s/%s", root, split);
+    if (!s_isdir(img)) {
+        eq_err_set(err, EQ_ERR_NOTFOUND, "coco %s: no image folder %s2017 or %s", root, split, split);
+        return NULL;
+    }
+    snprintf(cache, sizeof cache, "%s.eqidx", ann);
+    eq_cocoidx *x = eq_cocoidx_open(ann, cache, NULL, err);
+    if (!x) return NULL;
+    eq_dataset *ds = s_ds_alloc(EQ_DS_COCO, img, err);
+    if (!ds) {
+        eq_cocoidx_destroy(&x);
+        return NULL;
+    }
+    ds->coco = x;
+    ds->n = x->n_img;
+    ds->nclasses = x->n_cat;
+    if (!(ds->labels = eq_malloc_array(ds->n + 1, sizeof *ds->labels)) ||
+        !(ds->class_names = calloc(x->n_cat + 1, sizeof(char *)))) {
+        eq_err_set(err, EQ_ERR_NOMEM, "coco %s: out of memory", root);
+        eq_dataset_destroy(&ds);
+        return NULL;
+    }
+    for (uint32_t i = 0; i < x->n_img; i++)
+        ds->labels[i] = x->img[i].id >= 0 && x->img[i].id <= INT32_MAX ? (int32_t)x->img[i].id : -1;
+    for (uint32_t k = 0; k < x->n_cat; k++)
+        if (!(ds->class_names[k] = strdup(eq_cocoidx_cat_name(x, k)))) {
+            eq_err_set(err, EQ_ERR_NOMEM, "coco %s: out of memory", root);
+            eq_dataset_destroy(&ds);
+            return NULL;
+        }
+    ds->fp.count = x->n_img;
+    ds->fp.hash = x->hash;
+    return ds;
+}
+
+const struct eq_cocoidx *eq_dataset_coco(const eq_dataset *ds) { return ds ? ds->coco : NULL; }
 
 /* ----------------------------------------------------------- accessors -- */
 

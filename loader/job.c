@@ -7,9 +7,12 @@
 
 #include "loader/server.h"
 
+#include "loader/coco.h"
+
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
+#include <stdlib.h>
 /* after stdio.h: jpeglib.h uses FILE */
 #include <jpeglib.h>
 #include <png.h>
@@ -55,6 +58,13 @@ eq_status eq_loader_detect(const char *path, eq_ds_kind *kind, eq_err *err)
         *kind = EQ_DS_CIFAR100;
         return EQ_OK;
     }
+    static const char *const coco[] = {"annotations/instances_train2017.json", "annotations/instances_val2017.json",
+                                       "annotations/instances_train.json", "annotations/instances_val.json"};
+    for (size_t i = 0; i < sizeof coco / sizeof coco[0]; i++)
+        if (s_exists(path, coco[i])) {
+            *kind = EQ_DS_COCO;
+            return EQ_OK;
+        }
     *kind = EQ_DS_IMAGEFOLDER;
     return EQ_OK;
 }
@@ -66,6 +76,7 @@ const char *eq_loader_kind_name(eq_ds_kind kind)
     case EQ_DS_CIFAR10: return "cifar10";
     case EQ_DS_CIFAR100: return "cifar100";
     case EQ_DS_IMAGEFOLDER: return "imagefolder";
+    case EQ_DS_COCO: return "coco";
     default: return "?";
     }
 }
@@ -78,13 +89,15 @@ eq_dataset *eq_loader_open(const char *path, eq_ds_kind kind, const char *split,
     case EQ_DS_CIFAR10:
     case EQ_DS_CIFAR100: return eq_dataset_open_cifar_dir(kind, path, split, err);
     case EQ_DS_IMAGEFOLDER: return eq_dataset_open_imagefolder(path, split, nthreads, err);
+    case EQ_DS_COCO: return eq_dataset_open_coco(path, split, err);
     default: eq_err_set(err, EQ_ERR_INVALID, "dataset '%s': unknown kind %d", path, (int)kind); return NULL;
     }
 }
 
 /* ------------------------------------------------------------ transforms */
 
-static const char *const s_aug_names[] = {"none", "rrc", "center", "padcrop", NULL};
+static const char *const s_aug_names[] = {"none", "rrc", "center", "padcrop", "det", NULL};
+static const char *const s_box_names[] = {"xyxy", "xywh", "cxcywh", NULL};
 static const char *const s_last_names[] = {"drop", "wrap", NULL};
 
 static const char *s_type_name(eq_proto_val_type t)
@@ -158,6 +171,9 @@ eq_status eq_loader_job_pipeline(const eq_msg_job *job, eq_pipeline_cfg *cfg, eq
                 return eq_err_set(err, EQ_ERR_INVALID,
                                   "JOB: transform 'aug' = \"%s\" unknown (expected none, rrc, center, padcrop)",
                                   kv->s);
+            if (k == EQ_AUG_DET)
+                return eq_err_set(err, EQ_ERR_INVALID,
+                                  "JOB: transform 'aug' = \"det\" is for COCO datasets (this dataset is not one)");
             cfg->aug = (eq_aug)k;
         } else if (!strcmp(kv->key, "hflip")) {
             if ((st = s_want(kv, EQ_PROTO_VAL_BOOL, err))) return st;
@@ -238,6 +254,109 @@ eq_status eq_loader_job_pipeline(const eq_msg_job *job, eq_pipeline_cfg *cfg, eq
     return EQ_OK;
 }
 
+/* Comma-separated shorter sides ("640,672,704"). */
+static eq_status s_sizes(const eq_proto_kv *kv, eq_det_cfg *cfg, eq_err *err)
+{
+    const char *p = kv->s;
+    uint32_t n = 0;
+    while (*p) {
+        char *end;
+        errno = 0;
+        long v = strtol(p, &end, 10);
+        if (end == p || errno || v < 1 || v > EQ_DET_MAX_SIDE || n == EQ_DET_MAX_SIZES)
+            return eq_err_set(err, EQ_ERR_INVALID,
+                              "JOB: transform 'min_sizes' = \"%s\": expected 1..%d comma-separated sizes in [1, %d]",
+                              kv->s, EQ_DET_MAX_SIZES, EQ_DET_MAX_SIDE);
+        cfg->min_sizes[n++] = (uint32_t)v;
+        p = end;
+        while (*p == ' ') p++;
+        if (*p == ',') p++;
+        while (*p == ' ') p++;
+    }
+    if (!n) return eq_err_set(err, EQ_ERR_INVALID, "JOB: transform 'min_sizes' is empty");
+    cfg->n_min_sizes = n;
+    return EQ_OK;
+}
+
+eq_status eq_loader_det_job(const eq_msg_job *job, eq_det_cfg *cfg, eq_err *err)
+{
+    eq_det_cfg_default(cfg, job->split, job->global_batch, job->seed);
+    switch (job->last) {
+    case EQ_PROTO_LAST_DROP: cfg->sampler.last = EQ_LAST_DROP; break;
+    case EQ_PROTO_LAST_WRAP: cfg->sampler.last = EQ_LAST_WRAP; break;
+    case EQ_PROTO_LAST_PARTIAL: cfg->sampler.last = EQ_LAST_PARTIAL; break;
+    default: return eq_err_set(err, EQ_ERR_INVALID, "JOB: field 'last' = %d unknown", (int)job->last);
+    }
+    if (job->mixup_alpha > 0 || job->cutmix_alpha > 0)
+        return eq_err_set(err, EQ_ERR_UNSUPPORTED, "JOB: mixup/cutmix are not served for detection datasets");
+    if (job->width > EQ_DET_MAX_SIDE || job->height > EQ_DET_MAX_SIDE)
+        return eq_err_set(err, EQ_ERR_INVALID, "JOB: height (shorter side) and width (longer side limit) at most %d",
+                          EQ_DET_MAX_SIDE);
+    cfg->min_sizes[0] = job->height;
+    cfg->n_min_sizes = 1;
+    cfg->max_size = job->width;
+    int sizes_given = 0;
+    for (uint32_t i = 0; i < job->ntransforms && i < EQ_PROTO_MAX_TRANSFORMS; i++) {
+        const eq_proto_kv *kv = &job->transforms[i];
+        eq_status st = EQ_OK;
+        int64_t v = 0;
+        double f = 0;
+        if (!strcmp(kv->key, "aug")) {
+            if ((st = s_want(kv, EQ_PROTO_VAL_STR, err))) return st;
+            if (strcmp(kv->s, "det"))
+                return eq_err_set(err, EQ_ERR_INVALID,
+                                  "JOB: transform 'aug' = \"%s\": a COCO dataset is served with aug \"det\"", kv->s);
+        } else if (!strcmp(kv->key, "min_sizes")) {
+            if ((st = s_want(kv, EQ_PROTO_VAL_STR, err)) || (st = s_sizes(kv, cfg, err))) return st;
+            sizes_given = 1;
+        } else if (!strcmp(kv->key, "hflip") || !strcmp(kv->key, "shuffle") || !strcmp(kv->key, "skip_empty") ||
+                   !strcmp(kv->key, "masks")) {
+            if ((st = s_want(kv, EQ_PROTO_VAL_BOOL, err))) return st;
+            int *dst = kv->key[0] == 'h'   ? &cfg->hflip
+                       : kv->key[1] == 'h' ? &cfg->sampler.shuffle
+                       : kv->key[1] == 'k' ? &cfg->skip_empty
+                                           : &cfg->masks;
+            *dst = kv->b;
+        } else if (!strcmp(kv->key, "pad_divisor")) {
+            if ((st = s_int_in(kv, 0, 1024, &v, err))) return st;
+            cfg->pad_divisor = (uint32_t)v;
+        } else if (!strcmp(kv->key, "box_format")) {
+            eq_box_format bf;
+            if ((st = s_want(kv, EQ_PROTO_VAL_STR, err))) return st;
+            if (eq_box_format_parse(kv->s, &bf))
+                return eq_err_set(err, EQ_ERR_INVALID,
+                                  "JOB: transform 'box_format' = \"%s\" unknown (expected xyxy, xywh, cxcywh)", kv->s);
+            cfg->box_format = bf;
+        } else if (!strcmp(kv->key, "min_box")) {
+            if ((st = s_float_in(kv, 0, 1e6, &f, err))) return st;
+            cfg->min_box = f;
+        } else if (!strcmp(kv->key, "dct_scale")) {
+            if (kv->type == EQ_PROTO_VAL_BOOL) {
+                cfg->dct_scale = kv->b ? EQ_DCT_POW2 : EQ_DCT_OFF;
+            } else {
+                if ((st = s_int_in(kv, EQ_DCT_OFF, EQ_DCT_ANY, &v, err))) return st;
+                cfg->dct_scale = (int)v;
+            }
+        } else {
+            return eq_err_set(err, EQ_ERR_INVALID,
+                              "JOB: transform '%s' unknown for a COCO dataset (expected aug, min_sizes, hflip, shuffle, "
+                              "skip_empty, masks, pad_divisor, box_format, min_box, dct_scale)",
+                              kv->key);
+        }
+    }
+    if (job->channels != 3)
+        return eq_err_set(err, EQ_ERR_INVALID, "JOB: a COCO dataset gives 3 channels, not %u", job->channels);
+    if (sizes_given) {
+        uint32_t mx = 0;
+        for (uint32_t i = 0; i < cfg->n_min_sizes; i++)
+            if (cfg->min_sizes[i] > mx) mx = cfg->min_sizes[i];
+        if (mx != job->height)
+            return eq_err_set(err, EQ_ERR_INVALID, "JOB: height %u must be the largest of min_sizes (%u)", job->height,
+                              mx);
+    }
+    return EQ_OK;
+}
+
 #define S_STR_(x) #x
 #define S_STR(x) S_STR_(x)
 
@@ -250,6 +369,16 @@ void eq_loader_pipeline_fingerprint(const eq_pipeline_cfg *cfg, char *out, size_
              cfg->dct_scale == EQ_DCT_OFF ? EQ_DCT_OFF : cfg->dct_scale == EQ_DCT_ANY ? EQ_DCT_ANY : EQ_DCT_POW2,
              cfg->max_pixels ? cfg->max_pixels : (uint64_t)EQ_DECODE_MAX_PIXELS_DEFAULT, (double)cfg->jitter[0],
              (double)cfg->jitter[1], (double)cfg->jitter[2], cfg->mix.block, cfg->mix.batch_lambda ? 1 : 0);
+}
+
+void eq_loader_det_fingerprint(const eq_det_cfg *cfg, char *out, size_t cap)
+{
+    snprintf(out, cap, "eq %s; libjpeg-turbo %s; libpng %s; zlib %s; det; dct_scale=%d; pad=%u; box=%s; masks=%d; skip_empty=%d; "
+             "min_box=%.17g",
+             PACKAGE_VERSION, S_STR(LIBJPEG_TURBO_VERSION), png_get_libpng_ver(NULL), zlibVersion(),
+             cfg->dct_scale == EQ_DCT_OFF ? EQ_DCT_OFF : cfg->dct_scale == EQ_DCT_ANY ? EQ_DCT_ANY : EQ_DCT_POW2,
+             cfg->pad_divisor, eq_box_format_name(cfg->box_format), cfg->masks ? 1 : 0, cfg->skip_empty ? 1 : 0,
+             cfg->min_box);
 }
 
 /* --------------------------------------------------------------- config */
@@ -280,7 +409,7 @@ static const eq_config_key s_data_keys[] = {
     EQ_CONFIG_INT_KEY(eq_loader_data_cfg, global_batch, "256", 1, 1 << 24, "samples per global step (all ranks)"),
     EQ_CONFIG_INT_KEY(eq_loader_data_cfg, seed, "0", 0, INT64_MAX, "seed of the order and the augmentation"),
     EQ_CONFIG_ENUM_KEY(eq_loader_data_cfg, aug_train, "rrc", s_aug_names,
-                       "train augmentation: none, rrc (RandomResizedCrop), center, padcrop (CIFAR)"),
+                       "train augmentation: none, rrc (RandomResizedCrop), center, padcrop (CIFAR), det (COCO)"),
     EQ_CONFIG_ENUM_KEY(eq_loader_data_cfg, aug_val, "center", s_aug_names,
                        "val augmentation (center = resize shorter side + centre crop)"),
     EQ_CONFIG_BOOL_KEY(eq_loader_data_cfg, hflip, "true", "train: random horizontal flip"),
@@ -293,6 +422,16 @@ static const eq_config_key s_data_keys[] = {
     EQ_CONFIG_ENUM_KEY(eq_loader_data_cfg, last_train, "drop", s_last_names,
                        "train: the last partial global batch is dropped or wrapped"),
     EQ_CONFIG_BOOL_KEY(eq_loader_data_cfg, dct_scale, "true", "JPEG: decode at M/8 scale when the crop allows"),
+    EQ_CONFIG_INT_LIST_KEY(eq_loader_data_cfg, min_sizes, nmin_sizes, "640, 672, 704, 736, 768, 800", 1, 1, 8192,
+                           "det, train: shorter sides, one drawn per image (height, width, channels are derived)"),
+    EQ_CONFIG_INT_KEY(eq_loader_data_cfg, min_size_val, "800", 1, 8192, "det, val: shorter side"),
+    EQ_CONFIG_INT_KEY(eq_loader_data_cfg, max_size, "1333", 1, 8192, "det: longer side at most this"),
+    EQ_CONFIG_ENUM_KEY(eq_loader_data_cfg, box_format, "xyxy", s_box_names, "det: boxes as xyxy, xywh or cxcywh"),
+    EQ_CONFIG_BOOL_KEY(eq_loader_data_cfg, masks, "true", "det: send instance masks"),
+    EQ_CONFIG_INT_KEY(eq_loader_data_cfg, pad_divisor, "32", 0, 1024, "det: padded batch size a multiple of this"),
+    EQ_CONFIG_BOOL_KEY(eq_loader_data_cfg, skip_empty, "true",
+                       "det, train: leave out images without a non-crowd, non-empty box (val keeps all)"),
+    EQ_CONFIG_FLOAT_KEY(eq_loader_data_cfg, min_box, "0", 0, 1e6, "det: drop boxes whose clipped side is <= this"),
 };
 
 void eq_loader_config_sections(eq_loader_cfg *lc, eq_loader_data_cfg *dc, eq_config_section secs[2])
@@ -354,6 +493,33 @@ eq_status eq_loader_data_job(const eq_loader_data_cfg *dc, const char *split, eq
     j->last = train ? (dc->last_train == 1 ? EQ_PROTO_LAST_WRAP : EQ_PROTO_LAST_DROP) : EQ_PROTO_LAST_PARTIAL;
     int aug = train ? dc->aug_train : dc->aug_val;
     s_kv_str(j, "aug", s_aug_names[aug]);
+    if (aug == EQ_AUG_DET) {
+        if (dc->nmin_sizes < 1 || dc->nmin_sizes > EQ_DET_MAX_SIZES)
+            return eq_err_set(err, EQ_ERR_INVALID, "[data] min_sizes: 1..%d sizes", EQ_DET_MAX_SIZES);
+        j->channels = 3;
+        j->width = (uint32_t)dc->max_size;
+        if (train) {
+            char list[EQ_PROTO_TEXT_CAP];
+            size_t o = 0;
+            int64_t mx = 0;
+            for (size_t i = 0; i < dc->nmin_sizes; i++) {
+                o += (size_t)snprintf(list + o, sizeof list - o, "%s%" PRId64, i ? "," : "", dc->min_sizes[i]);
+                if (dc->min_sizes[i] > mx) mx = dc->min_sizes[i];
+            }
+            j->height = (uint32_t)mx;
+            s_kv_str(j, "min_sizes", list);
+            s_kv_bool(j, "hflip", dc->hflip);
+            s_kv_bool(j, "skip_empty", dc->skip_empty);
+        } else {
+            j->height = (uint32_t)dc->min_size_val;
+        }
+        s_kv_str(j, "box_format", s_box_names[dc->box_format]);
+        s_kv_bool(j, "masks", dc->masks);
+        s_kv_int(j, "pad_divisor", dc->pad_divisor);
+        if (dc->min_box > 0) s_kv_float(j, "min_box", dc->min_box);
+        if (!dc->dct_scale) s_kv_bool(j, "dct_scale", false);
+        return EQ_OK;
+    }
     if (train) s_kv_bool(j, "hflip", dc->hflip);
     if (aug == EQ_AUG_RRC) {
         s_kv_float(j, "scale_min", dc->scale[0]);

@@ -41,6 +41,7 @@ typedef enum eq_ds_kind {
     EQ_DS_CIFAR10,      /* CIFAR-10 binary batches, in memory */
     EQ_DS_CIFAR100,     /* CIFAR-100 binary (fine labels), in memory */
     EQ_DS_IMAGEFOLDER,  /* root/<split>/<class>/<file>, files read on demand */
+    EQ_DS_COCO,         /* COCO instances file + image folder (loader/coco.h) */
     EQ_DS_KIND_COUNT
 } eq_ds_kind;
 
@@ -127,6 +128,21 @@ eq_dataset *eq_dataset_open_flat(const char *dir, const char *labels_path,
 eq_status eq_dataset_save_index(const eq_dataset *ds, const char *path, eq_err *err);
 eq_dataset *eq_dataset_open_index(const char *path, eq_err *err);
 
+/* COCO detection/segmentation (loader/coco.h): the instances file
+ * root/annotations/instances_<split>2017.json (or instances_<split>.json)
+ * and the images in root/<split>2017 (or root/<split>).  The index is
+ * cached in "<instances file>.eqidx" (rebuilt when the instances file's
+ * size or mtime changes; a cache that cannot be written is only logged).
+ * Samples are the images sorted by id; label(i) is the image id (or -1
+ * beyond int32), classes are the categories sorted by id, class_name their
+ * names, the fingerprint the index content hash.  Samples are made with
+ * the detection pipeline (eq_det), not eq_pipeline. */
+eq_dataset *eq_dataset_open_coco(const char *root, const char *split, eq_err *err);
+
+struct eq_cocoidx;
+/* The index of a COCO dataset (NULL for other kinds); owned by ds. */
+const struct eq_cocoidx *eq_dataset_coco(const eq_dataset *ds);
+
 void eq_dataset_destroy(eq_dataset **self_p);
 
 eq_ds_kind eq_dataset_kind(const eq_dataset *ds);
@@ -141,7 +157,8 @@ int32_t eq_dataset_label(const eq_dataset *ds, size_t i);
 /* ImageFolder: relative path "class/.../file" and byte size; NULL for other
  * kinds or i out of range. */
 const char *eq_dataset_relpath(const eq_dataset *ds, size_t i, uint64_t *size);
-/* The dataset's root directory (ImageFolder: root/split), or first file. */
+/* The dataset's root directory (ImageFolder: root/split; COCO: the image
+ * folder), or first file. */
 const char *eq_dataset_root(const eq_dataset *ds);
 /* In-memory sets: pointer to sample i's pixels (h x w x c, uint8, row
  * major) and its geometry; EQ_ERR_INVALID for ImageFolder or i out of range. */
@@ -376,6 +393,8 @@ typedef enum eq_aug {
     EQ_AUG_RRC,        /* train: RandomResizedCrop + optional flip */
     EQ_AUG_CENTER,     /* val: Resize(shorter = resize) + CenterCrop */
     EQ_AUG_PADCROP,    /* CIFAR train: pad `pad` zeros, random crop, flip */
+    EQ_AUG_DET,        /* COCO: the detection pipeline (loader/coco.h);
+                          never an eq_pipeline */
 } eq_aug;
 
 /* DCT-domain scaling modes.  libjpeg-turbo has SIMD inverse DCTs only for

@@ -25,6 +25,8 @@
 #include "core/clock.h"
 #include "core/log.h"
 #include "core/pool.h"
+#include "loader/coco.h"
+#include "proto/det.h"
 #include "proto/proto_zmq.h"
 
 #define S_MAX_SPLITS 4      /* opened splits per declared dataset */
@@ -52,6 +54,8 @@ typedef struct s_job {
     eq_pipeline *pipe;
     eq_sampler *sampler;
     eq_pipeline_cfg cfg;
+    eq_det *det;      /* COCO jobs (pipe is NULL then) */
+    eq_det_cfg dcfg;
     uint32_t H, W, C;
     uint64_t used;  /* tick of last use (LRU) */
     int refs;       /* requests in flight */
@@ -77,6 +81,12 @@ typedef struct s_req {
     uint8_t *mix_mode;       /* n: eq_mix_mode */
     uint32_t *partner;       /* n: partner position in the global batch */
     eq_err mix_err;          /* code != 0: the plan failed, answer ERROR */
+    /* detection jobs: samples made by the workers, collated by the one
+     * that makes the last sample (images/labels are then unused) */
+    eq_det_sample *dsamples; /* n */
+    eq_det_batch dbatch;
+    eq_err det_err;          /* code != 0: answer ERROR */
+    int det_failed;          /* atomic: det_err was written */
     uint64_t deadline_ns;    /* 0: none */
     uint32_t next_i;         /* under the queue lock */
     uint32_t done;           /* atomic */
@@ -190,6 +200,10 @@ static void s_req_free(s_req *r)
     free(r->mix_lambda);
     free(r->mix_mode);
     free(r->partner);
+    if (r->dsamples)
+        for (uint32_t i = 0; i < r->n; i++) eq_det_sample_free(&r->dsamples[i]);
+    free(r->dsamples);
+    eq_det_batch_free(&r->dbatch);
     free(r);
 }
 
@@ -224,10 +238,28 @@ static void s_mix_req(s_req *r, eq_decoder *dec)
     }
 }
 
+static uint64_t s_job_steps(const s_job *j)
+{
+    return j->det ? eq_sampler_steps(&j->dcfg.sampler, eq_det_size(j->det)) : eq_pipeline_steps(j->pipe);
+}
+
+/* Detection request: collate the samples (on the worker that made the
+ * last one) and release them. */
+static void s_det_req(s_req *r)
+{
+    for (uint32_t i = 0; i < r->n; i++) r->rep[i] = r->dsamples[i].replaced;
+    if (eq_det_collate(r->job->det, r->dsamples, r->n, &r->dbatch, &r->det_err) != EQ_OK && !r->det_err.code)
+        r->det_err.code = EQ_ERR_INTERNAL;
+    for (uint32_t i = 0; i < r->n; i++) eq_det_sample_free(&r->dsamples[i]);
+    free(r->dsamples);
+    r->dsamples = NULL;
+}
+
 static void s_job_free(s_job *j)
 {
     if (!j) return;
     eq_pipeline_destroy(&j->pipe);
+    eq_det_destroy(&j->det);
     eq_sampler_destroy(&j->sampler);
     free(j);
 }
@@ -285,7 +317,15 @@ static void *s_worker_main(void *arg)
         if (r->deadline_ns && eq_clock_ns() > r->deadline_ns)
             __atomic_store_n(&r->expired, 1, __ATOMIC_RELAXED);
         if (!__atomic_load_n(&r->expired, __ATOMIC_RELAXED)) {
-            for (uint32_t i = i0; i < i0 + take; i++) {
+            for (uint32_t i = i0; i < i0 + take && r->dsamples; i++) {
+                eq_err se = {0};
+                if (eq_det_make(r->job->det, dec, r->epoch, r->indices[i], &r->dsamples[i], &se) != EQ_OK) {
+                    /* out of memory only (bad files become substitutes) */
+                    eq_error("loader: sample %u of job %s: %s", r->indices[i], r->job->id, se.msg);
+                    if (__atomic_exchange_n(&r->det_failed, 1, __ATOMIC_ACQ_REL) == 0) r->det_err = se;
+                }
+            }
+            for (uint32_t i = i0; i < i0 + take && !r->dsamples; i++) {
                 int rep = 0;
                 eq_err se = {0};
                 if (eq_pipeline_sample(r->job->pipe, dec, r->epoch, r->indices[i], r->images + (size_t)i * r->per,
@@ -301,6 +341,7 @@ static void *s_worker_main(void *arg)
         }
         if (__atomic_add_fetch(&r->done, take, __ATOMIC_ACQ_REL) == r->n) {
             if (r->mix_index && !__atomic_load_n(&r->expired, __ATOMIC_RELAXED)) s_mix_req(r, dec);
+            if (r->dsamples && !__atomic_load_n(&r->expired, __ATOMIC_RELAXED) && !r->det_err.code) s_det_req(r);
             /* Hand the finished request to the main thread. */
             s_note nt = {'R', r};
             while (zmq_send(push, &nt, sizeof nt, 0) < 0 && zmq_errno() == EINTR) {
@@ -718,6 +759,30 @@ static eq_status s_make_job(eq_loader_server *s, const eq_msg *m, const char *id
     s_job *j = calloc(1, sizeof *j);
     if (!j) return eq_err_set(err, EQ_ERR_NOMEM, "JOB: out of memory");
     eq_status st;
+    if (d->kind == EQ_DS_COCO) {
+        if ((st = eq_loader_det_job(jm, &j->dcfg, err))) goto fail;
+        if (!(j->ds = s_dataset(s, d, jm->split, err))) {
+            st = err ? err->code : EQ_ERR_INVALID;
+            goto fail;
+        }
+        if (!(j->det = eq_det_new(eq_dataset_coco(j->ds), eq_dataset_root(j->ds), &j->dcfg, err))) {
+            st = err ? err->code : EQ_ERR_INVALID;
+            eq_err_prefix(err, "JOB: ");
+            goto fail;
+        }
+        j->H = j->W = eq_det_max_side(j->det);
+        j->C = 3;
+        if (!(j->sampler = eq_sampler_new(&j->dcfg.sampler, eq_det_size(j->det), err))) {
+            st = err ? err->code : EQ_ERR_INVALID;
+            goto fail;
+        }
+        snprintf(j->id, sizeof j->id, "%s", id);
+        j->job = *jm;
+        j->decl = d;
+        eq_loader_det_fingerprint(&j->dcfg, j->fingerprint, sizeof j->fingerprint);
+        *out = j;
+        return EQ_OK;
+    }
     if ((st = eq_loader_job_pipeline(jm, &j->cfg, err))) goto fail;
     if (!(j->ds = s_dataset(s, d, jm->split, err))) {
         st = err ? err->code : EQ_ERR_INVALID;
@@ -765,6 +830,27 @@ static void s_job_ok(eq_loader_server *s, const eq_proto_peer *to, bool has_req,
     ok->data_count = fp.count;
     snprintf(ok->data_hash, sizeof ok->data_hash, "%016" PRIx64, fp.hash);
     snprintf(ok->pipeline, sizeof ok->pipeline, "%s", j->fingerprint);
+    if (j->det) {
+        /* served images, and the class mapping appended to the header */
+        ok->size = eq_det_size(j->det);
+        const eq_cocoidx *x = eq_det_index(j->det);
+        const char **names = eq_malloc_array(x->n_cat + 1, sizeof *names);
+        uint8_t *hdr = NULL;
+        size_t len = 0;
+        eq_err e = {0};
+        if (names)
+            for (uint32_t k = 0; k < x->n_cat; k++) names[k] = eq_cocoidx_cat_name(x, k);
+        if (!names || eq_proto_det_job_ok_encode(&m, x->cat_id, names, x->n_cat, &hdr, &len, &e) != EQ_OK ||
+            zmq_send(s->data, to->id, to->len, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 ||
+            zmq_send(s->data, hdr, len, ZMQ_DONTWAIT) < 0) {
+            S_ADD(s, dropped, 1);
+            eq_debug("loader: cannot send JOB_OK: %s", names ? e.msg : "out of memory");
+        }
+        free(names);
+        free(hdr);
+        eq_proto_msg_reset(&m);
+        return;
+    }
     s_reply(s, to, &m);
     eq_proto_msg_reset(&m);
 }
@@ -830,8 +916,7 @@ static void s_job_opened(eq_loader_server *s, s_pending *p)
         s->jobs[s->njobs++] = j;
         S_SET(s, jobs, s->njobs);
         eq_info("loader: job %s: %s/%s %ux%ux%u G=%u seed=%" PRIu64 ", %" PRIu64 " steps per epoch", j->id,
-                j->job.dataset, j->job.split, j->H, j->W, j->C, j->job.global_batch, j->job.seed,
-                eq_pipeline_steps(j->pipe));
+                j->job.dataset, j->job.split, j->H, j->W, j->C, j->job.global_batch, j->job.seed, s_job_steps(j));
     } else {
         eq_warn("loader: JOB refused: %s", p->err.msg);
     }
@@ -922,8 +1007,11 @@ static void s_batch_req(eq_loader_server *s, const eq_proto_recvd *r)
     rq->per = per;
     rq->labels = eq_malloc_array(n, sizeof *rq->labels);
     rq->rep = calloc(n, 1);
-    rq->images = eq_malloc_array(n, per);
-    if (!rq->labels || !rq->rep || !rq->images) {
+    if (j->det)
+        rq->dsamples = eq_calloc_array(n, sizeof *rq->dsamples);
+    else
+        rq->images = eq_malloc_array(n, per);
+    if (!rq->labels || !rq->rep || (!rq->images && !rq->dsamples)) {
         s_req_free(rq);
         s_send_error(s, &r->from, &r->msg, EQ_ERR_NOMEM, "BATCH_REQ: out of memory for the batch");
         return;
@@ -937,7 +1025,7 @@ static void s_batch_req(eq_loader_server *s, const eq_proto_recvd *r)
         s_send_error(s, &r->from, &r->msg, EQ_ERR_NOMEM, "BATCH_REQ: out of memory for the mix plan");
         return;
     }
-    for (uint32_t i = 0; i < n; i++) rq->labels[i] = eq_dataset_label(j->ds, rq->indices[i]);
+    for (uint32_t i = 0; i < n && !j->det; i++) rq->labels[i] = eq_dataset_label(j->ds, rq->indices[i]);
     rq->peer = r->from;
     rq->req = r->msg.req;
     rq->job = j;
@@ -955,6 +1043,60 @@ static void s_batch_req(eq_loader_server *s, const eq_proto_recvd *r)
     s->tail = rq;
     pthread_cond_broadcast(&s->cv);
     pthread_mutex_unlock(&s->mu);
+}
+
+/* The frames of a detection BATCH (proto/det.h), zero-copy: the arrays
+ * move from the request's batch to ZeroMQ. */
+static void s_send_det(eq_loader_server *s, s_req *rq, eq_msg *m)
+{
+    eq_det_batch *db = &rq->dbatch;
+    eq_err e = {0};
+    int64_t n = db->n, nb = db->nbox;
+    struct {
+        const char *name;
+        eq_dtype dt;
+        int ndim;
+        int64_t d[4];
+        void **ptr;
+        size_t bytes;
+    } f[14] = {
+        {"images", EQ_DT_U8, 4, {n, db->H, db->W, 3}, (void **)&db->images, (size_t)n * db->H * db->W * 3},
+        {"labels", EQ_DT_I64, 1, {n}, (void **)&db->image_ids, (size_t)n * 8},
+        {"sizes", EQ_DT_I32, 2, {n, 2}, (void **)&db->sizes, (size_t)n * 8},
+        {"scales", EQ_DT_F32, 2, {n, 2}, (void **)&db->scales, (size_t)n * 8},
+        {"flipped", EQ_DT_U8, 1, {n}, (void **)&db->flipped, (size_t)n},
+        {"dropped", EQ_DT_I32, 1, {n}, (void **)&db->dropped, (size_t)n * 4},
+        {"box_offsets", EQ_DT_I32, 1, {n + 1}, (void **)&db->box_off, (size_t)(n + 1) * 4},
+        {"boxes", EQ_DT_F32, 2, {nb, 4}, (void **)&db->boxes, (size_t)nb * 16},
+        {"classes", EQ_DT_I32, 1, {nb}, (void **)&db->classes, (size_t)nb * 4},
+        {"crowd", EQ_DT_U8, 1, {nb}, (void **)&db->crowd, (size_t)nb},
+        {"mask_kind", EQ_DT_U8, 1, {nb}, (void **)&db->mask_kind, (size_t)nb},
+        {"mask_rects", EQ_DT_I32, 2, {nb, 4}, (void **)&db->mask_rect, (size_t)nb * 16},
+        {"mask_offsets", EQ_DT_I64, 1, {nb + 1}, (void **)&db->mask_off, (size_t)(nb + 1) * 8},
+        {"mask_data", EQ_DT_U8, 1, {(int64_t)db->mask_bytes}, (void **)&db->mask_data, (size_t)db->mask_bytes},
+    };
+    int nf = db->masks ? 14 : 10;
+    eq_proto_payload pay[14];
+    for (int i = 0; i < nf; i++) {
+        if (eq_proto_add_frame(m, f[i].name, f[i].dt, f[i].ndim, f[i].d, &e)) {
+            eq_error("loader: cannot describe a detection batch: %s", e.msg);
+            eq_proto_msg_reset(m);
+            return;
+        }
+        pay[i] = (eq_proto_payload){*f[i].ptr, f[i].bytes, s_free_cb, NULL};
+    }
+    for (int i = 0; i < nf; i++) *f[i].ptr = NULL; /* ZeroMQ owns them now, sent or not */
+    uint64_t bytes = 0;
+    for (int i = 0; i < nf; i++) bytes += pay[i].size;
+    if (eq_proto_send(s->data, &rq->peer, m, pay, (size_t)nf, ZMQ_DONTWAIT, &e) != EQ_OK) {
+        S_ADD(s, dropped, 1);
+        eq_debug("loader: BATCH for request %" PRIu64 " not sent: %s", rq->req, e.msg);
+    } else {
+        S_ADD(s, batches_sent, 1);
+        S_ADD(s, samples_sent, rq->n);
+        S_ADD(s, bytes_sent, bytes);
+    }
+    eq_proto_msg_reset(m);
 }
 
 /* A finished request: send its BATCH (zero-copy) and release it. */
@@ -988,6 +1130,12 @@ static void s_finish(eq_loader_server *s, s_req *rq)
         s_send_error_req(s, &rq->peer, true, rq->req, rq->mix_err.code, emsg);
         goto out;
     }
+    if (rq->det_err.code) {
+        char emsg[EQ_ERR_MSG_LEN + 64];
+        snprintf(emsg, sizeof emsg, "BATCH_REQ: %s", rq->det_err.msg);
+        s_send_error_req(s, &rq->peer, true, rq->req, rq->det_err.code, emsg);
+        goto out;
+    }
     eq_msg m;
     eq_proto_msg_init(&m, EQ_MSG_BATCH);
     m.has_req = true;
@@ -1010,6 +1158,10 @@ static void s_finish(eq_loader_server *s, s_req *rq)
             free(pos);
         }
         S_ADD(s, replaced, nrep);
+    }
+    if (j->det) {
+        s_send_det(s, rq, &m);
+        goto out;
     }
     int64_t ish[4] = {rq->n, j->H, j->W, j->C}, lsh[1] = {rq->n};
     if (eq_proto_add_frame(&m, "images", EQ_DT_U8, 4, ish, &e) || eq_proto_add_frame(&m, "labels", EQ_DT_I32, 1, lsh, &e)) {
@@ -1174,7 +1326,7 @@ static size_t s_status_json(eq_loader_server *s, char *b, size_t cap)
         o = s_cat(b, cap, o, ",\"split\":");
         o = s_cat_str(b, cap, o, j->job.split);
         o = s_cat(b, cap, o, ",\"shape\":[%u,%u,%u],\"global_batch\":%u,\"steps\":%" PRIu64 ",\"in_flight\":%d}", j->H,
-                  j->W, j->C, j->job.global_batch, eq_pipeline_steps(j->pipe), j->refs);
+                  j->W, j->C, j->job.global_batch, s_job_steps(j), j->refs);
     }
     o = s_cat(b, cap, o,
               "],\"received\":%" PRIu64 ",\"hello\":%" PRIu64 ",\"job\":%" PRIu64 ",\"batch_req\":%" PRIu64

@@ -49,11 +49,12 @@
 /* Kind of the dataset at `path`, from what the directory holds:
  * train-/t10k-images-idx3-ubyte[.gz] -> EQ_DS_IDX; data_batch_1.bin or
  * test_batch.bin -> EQ_DS_CIFAR10; train.bin or test.bin -> EQ_DS_CIFAR100;
+ * annotations/instances_{train,val}[2017].json -> EQ_DS_COCO;
  * any other directory -> EQ_DS_IMAGEFOLDER.  EQ_ERR_NOTFOUND (missing) or
  * EQ_ERR_INVALID (not a directory), naming the path. */
 eq_status eq_loader_detect(const char *path, eq_ds_kind *kind, eq_err *err);
 
-/* "idx", "cifar10", "cifar100", "imagefolder"; "?" if invalid. */
+/* "idx", "cifar10", "cifar100", "imagefolder", "coco"; "?" if invalid. */
 const char *eq_loader_kind_name(eq_ds_kind kind);
 
 /* Open `split` of the dataset of `kind` at `path` ("train"; "val" or
@@ -89,6 +90,26 @@ eq_dataset *eq_loader_open(const char *path, eq_ds_kind kind, const char *split,
  * EQ_ERR_UNSUPPORTED, and both alphas on with "elem" is EQ_ERR_UNSUPPORTED
  * (a BATCH carries one mix kind). */
 eq_status eq_loader_job_pipeline(const eq_msg_job *job, eq_pipeline_cfg *cfg, eq_err *err);
+
+/* The detection pipeline a JOB for a COCO dataset asks for.  Starts from
+ * eq_det_cfg_default(split, global_batch, seed) with sampler.last from
+ * `last`; `height` is the shorter side S (with `min_sizes`: the largest of
+ * them), `width` the longer-side limit L, `channels` must be 3.  The JOB's
+ * transforms, each optional:
+ *   aug         str   "det" (any other value is refused)
+ *   min_sizes   str   comma-separated shorter sides, one drawn per image
+ *               (multi-scale training); their maximum must equal height
+ *   hflip, shuffle, skip_empty, masks   bool
+ *   pad_divisor int   0..1024 (0, 1: no rounding of the padded size)
+ *   box_format  str   "xyxy" | "xywh" | "cxcywh"
+ *   min_box     float boxes with a clipped side <= this are dropped
+ *   dct_scale   bool or int, as for eq_loader_job_pipeline
+ * Mixup/CutMix are EQ_ERR_UNSUPPORTED.  Errors name the key. */
+struct eq_det_cfg;
+eq_status eq_loader_det_job(const eq_msg_job *job, struct eq_det_cfg *cfg, eq_err *err);
+/* The pipeline fingerprint of a detection job (library versions and every
+ * option that changes bytes but is not in the JOB's own fields). */
+void eq_loader_det_fingerprint(const struct eq_det_cfg *cfg, char *out, size_t cap);
 
 /* The pipeline fingerprint sent in JOB_OK: library versions and the
  * options that change bytes without being visible in the sampler or the
@@ -133,6 +154,16 @@ typedef struct eq_loader_data_cfg {
     int64_t pad;
     int last_train; /* "drop", "wrap" */
     bool dct_scale;
+    /* aug = det (COCO): height/width/channels are then derived */
+    int64_t min_sizes[16];
+    size_t nmin_sizes;
+    int64_t min_size_val;
+    int64_t max_size;
+    int box_format; /* "xyxy", "xywh", "cxcywh" */
+    bool masks;
+    int64_t pad_divisor;
+    bool skip_empty;
+    double min_box;
 } eq_loader_data_cfg;
 
 /* Section tables bound to the given structs (either may be NULL: that
@@ -141,7 +172,10 @@ typedef struct eq_loader_data_cfg {
 void eq_loader_config_sections(eq_loader_cfg *lc, eq_loader_data_cfg *dc, eq_config_section secs[2]);
 
 /* Fill a JOB from [data] for `split` ("train" uses aug_train and
- * last_train; other splits aug_val and "partial").  `m` is initialised. */
+ * last_train; other splits aug_val and "partial").  `m` is initialised.
+ * With aug "det" the JOB is a detection job: height = the largest of
+ * min_sizes (train) or min_size_val, width = max_size, channels 3, and the
+ * det transforms of eq_loader_det_job. */
 eq_status eq_loader_data_job(const eq_loader_data_cfg *dc, const char *split, eq_msg *m, eq_err *err);
 
 /* ======================================================================

@@ -14,9 +14,14 @@
 
 #include <turbojpeg.h>
 
+#include <pthread.h>
+
 #include "core/pool.h"
 #include "evaluator/mask.h"
 #include "loader/coco.h"
+#include "loader/server.h"
+#include "proto/det.h"
+#include "proto/proto_zmq.h"
 #include "tests/testutil.h"
 
 /* ------------------------------------------------------------ fixtures */
@@ -585,6 +590,265 @@ START_TEST(synth_batches)
 }
 END_TEST
 
+
+/* ------------------------------------------------------------ eq-loader */
+
+typedef struct s_srv {
+    eq_loader_server *srv;
+    eq_status rc;
+} s_srv;
+
+static void *s_srv_run(void *arg)
+{
+    s_srv *v = arg;
+    v->rc = eq_loader_server_run(v->srv, NULL);
+    return NULL;
+}
+
+static void s_det_data_cfg(eq_loader_data_cfg *dc)
+{
+    eq_loader_cfg lc;
+    eq_config_section secs[2];
+    eq_loader_config_sections(&lc, dc, secs);
+    ck_assert_int_eq(eq_config_defaults(secs, 2, NULL), EQ_OK);
+    snprintf(dc->dataset, sizeof dc->dataset, "coco");
+    dc->aug_train = dc->aug_val = EQ_AUG_DET;
+    dc->min_sizes[0] = 96, dc->min_sizes[1] = 128;
+    dc->nmin_sizes = 2;
+    dc->min_size_val = 112;
+    dc->max_size = 256;
+    dc->global_batch = 6;
+    dc->seed = 5;
+}
+
+START_TEST(server_det)
+{
+    eq_cocoidx *x = NULL;
+    char *dir = s_synth(&x, NULL);
+    eq_cocoidx_destroy(&x);
+    char decl[4300];
+    snprintf(decl, sizeof decl, "coco=%s", dir);
+    const char *decls[1] = {decl};
+    eq_ds_kind kind;
+    ck_assert_int_eq(eq_loader_detect(dir, &kind, NULL), EQ_OK);
+    ck_assert_int_eq(kind, EQ_DS_COCO);
+    ck_assert_str_eq(eq_loader_kind_name(kind), "coco");
+    void *ctx = zmq_ctx_new();
+    eq_loader_server_cfg cfg = {.bind = "inproc://coco", .datasets = decls, .ndatasets = 1, .threads = 3};
+    eq_err e = {0};
+    s_srv v = {0};
+    ck_assert_msg((v.srv = eq_loader_server_new(ctx, &cfg, &e)) != NULL, "%s", e.msg);
+    pthread_t th;
+    ck_assert_int_eq(pthread_create(&th, NULL, s_srv_run, &v), 0);
+    eq_proto_sockopts o;
+    eq_proto_sockopts_default(&o, NULL);
+    o.rcvtimeo_ms = 5000;
+    void *dl = eq_proto_socket(ctx, ZMQ_DEALER, &o, &e);
+    ck_assert_int_eq(eq_proto_connect(dl, "inproc://coco", &e), EQ_OK);
+
+    eq_loader_data_cfg dc;
+    s_det_data_cfg(&dc);
+    eq_msg job;
+    ck_assert_msg(eq_loader_data_job(&dc, "train", &job, &e) == EQ_OK, "%s", e.msg);
+    ck_assert_uint_eq(job.u.job.height, 128);
+    ck_assert_uint_eq(job.u.job.width, 256);
+    job.has_req = true;
+    job.req = 1;
+    ck_assert_int_eq(eq_proto_send(dl, NULL, &job, NULL, 0, 0, &e), EQ_OK);
+    /* JOB_OK, raw: the class mapping rides in the header */
+    uint8_t hdr[65536];
+    int hl = zmq_recv(dl, hdr, sizeof hdr, 0);
+    ck_assert_int_gt(hl, 0);
+    eq_msg ok;
+    ck_assert_msg(eq_proto_decode_header(&ok, hdr, (size_t)hl, NULL, &e) == EQ_OK, "%s", e.msg);
+    ck_assert_msg(ok.type == EQ_MSG_JOB_OK, "%s", ok.type == EQ_MSG_ERROR ? ok.u.error.message : "?");
+    ck_assert_uint_eq(ok.u.job_ok.size, 12);
+    ck_assert_uint_eq(ok.u.job_ok.classes, 5);
+    ck_assert_ptr_nonnull(strstr(ok.u.job_ok.pipeline, "det;"));
+    int64_t ids[8];
+    char names[8][EQ_DET_CLASS_NAME_CAP];
+    uint32_t nc = 0;
+    ck_assert_int_eq(eq_proto_det_job_ok_classes(hdr, (size_t)hl, ids, names, 8, &nc, &e), EQ_OK);
+    ck_assert_uint_eq(nc, 5);
+    for (uint32_t k = 0; k < nc; k++) ck_assert_int_eq(ids[k], (int64_t)k + 1);
+    ck_assert_str_eq(names[2], "shape02");
+    uint32_t nc4 = 0;
+    ck_assert_int_eq(eq_proto_det_job_ok_classes(hdr, (size_t)hl, ids, names, 4, &nc4, &e), EQ_ERR_LIMIT);
+
+    /* a BATCH equals the library's batch for the same JOB */
+    eq_msg rq;
+    eq_proto_msg_init(&rq, EQ_MSG_BATCH_REQ);
+    rq.has_req = true;
+    rq.req = 2;
+    snprintf(rq.u.batch_req.job, sizeof rq.u.batch_req.job, "%s", ok.u.job_ok.job);
+    rq.u.batch_req.epoch = 3;
+    rq.u.batch_req.step = 1;
+    rq.u.batch_req.count = 6;
+    ck_assert_int_eq(eq_proto_send(dl, NULL, &rq, NULL, 0, 0, &e), EQ_OK);
+    eq_proto_recvd *r = malloc(sizeof *r);
+    eq_proto_recvd_init(r);
+    ck_assert_msg(eq_proto_recv(dl, r, NULL, 0, &e) == EQ_OK, "%s", e.msg);
+    ck_assert_msg(r->msg.type == EQ_MSG_BATCH, "%s", r->msg.type == EQ_MSG_ERROR ? r->msg.u.error.message : "?");
+    ck_assert(eq_proto_det_is(&r->msg));
+    const void *fr[EQ_PROTO_MAX_FRAMES];
+    size_t fs[EQ_PROTO_MAX_FRAMES];
+    for (size_t i = 0; i < r->nparts; i++) fr[i] = eq_proto_recvd_frame(r, i, &fs[i]);
+    eq_det_view dv;
+    ck_assert_msg(eq_proto_det_check(&r->msg, fr, fs, nc, &dv, &e) == EQ_OK, "%s", e.msg);
+    ck_assert(dv.masks);
+    eq_det_cfg c;
+    ck_assert_int_eq(eq_loader_det_job(&job.u.job, &c, &e), EQ_OK);
+    ck_assert_uint_eq(c.n_min_sizes, 2);
+    char p[4200];
+    snprintf(p, sizeof p, "%s/annotations/instances_train2017.json", dir);
+    ck_assert_ptr_nonnull(x = eq_cocoidx_parse(p, &e));
+    snprintf(p, sizeof p, "%s/train2017", dir);
+    eq_det *d = eq_det_new(x, p, &c, &e);
+    ck_assert_ptr_nonnull(d);
+    eq_decoder *dec[1] = {eq_decoder_new(0, &e)};
+    eq_det_batch b;
+    ck_assert_int_eq(eq_det_batch_make(d, NULL, dec, 3, 1, 0, 6, &b, &e), EQ_OK);
+    ck_assert_uint_eq(dv.n, b.n);
+    ck_assert_uint_eq(dv.H, b.H);
+    ck_assert_uint_eq(dv.nbox, b.nbox);
+    ck_assert_uint_eq(dv.mask_bytes, b.mask_bytes);
+    ck_assert_int_eq(memcmp(fr[dv.images], b.images, fs[dv.images]), 0);
+    ck_assert_int_eq(memcmp(fr[dv.image_ids], b.image_ids, fs[dv.image_ids]), 0);
+    ck_assert_int_eq(memcmp(fr[dv.boxes], b.boxes, fs[dv.boxes]), 0);
+    ck_assert_int_eq(memcmp(fr[dv.mask_data], b.mask_data, fs[dv.mask_data]), 0);
+
+    /* validation: every kind of damage is refused, naming the frame */
+    size_t tot = 0;
+    for (size_t i = 0; i < r->nparts; i++) tot += fs[i];
+    uint8_t *copy = malloc(tot);
+    const void *cf[EQ_PROTO_MAX_FRAMES];
+    struct {
+        int frame;
+        size_t at;
+        uint8_t val;
+        const char *want;
+    } dmg[] = {
+        {dv.box_off, fs[dv.box_off] - 4, 0x7f, "box_offsets"},
+        {dv.classes, 0, 9, "classes[0]"},
+        {dv.crowd, 0, 2, "crowd[0]"},
+        {dv.sizes, 3, 0x40, "sizes[0]"},
+        {dv.mask_rects, 0, 0xff, "mask_rects[0]"},
+        {dv.mask_off, 15, 0x7f, "mask_offsets"},
+        {dv.mask_kind, 0, 3, "mask 0"},
+        {dv.flipped, 0, 5, "flipped[0]"},
+    };
+    for (size_t t = 0; t < sizeof dmg / sizeof dmg[0]; t++) {
+        size_t o2 = 0;
+        for (size_t i = 0; i < r->nparts; i++) {
+            memcpy(copy + o2, fr[i], fs[i]);
+            cf[i] = copy + o2;
+            o2 += fs[i];
+        }
+        ((uint8_t *)cf[dmg[t].frame])[dmg[t].at] = dmg[t].val;
+        eq_det_view dv2;
+        eq_err de = {0};
+        ck_assert_msg(eq_proto_det_check(&r->msg, cf, fs, nc, &dv2, &de) == EQ_ERR_PROTO, "damage %zu accepted", t);
+        ck_assert_msg(strstr(de.msg, dmg[t].want), "damage %zu: '%s' lacks '%s'", t, de.msg, dmg[t].want);
+    }
+    free(copy);
+    eq_det_batch_free(&b);
+    eq_proto_recvd_close(r);
+
+    /* val serves every image; wrong augmentations are refused by name */
+    ck_assert_int_eq(eq_loader_data_job(&dc, "val", &job, &e), EQ_OK);
+    job.has_req = true;
+    job.req = 3;
+    ck_assert_int_eq(eq_proto_send(dl, NULL, &job, NULL, 0, 0, &e), EQ_OK);
+    hl = zmq_recv(dl, hdr, sizeof hdr, 0);
+    ck_assert_int_eq(eq_proto_decode_header(&ok, hdr, (size_t)hl, NULL, &e), EQ_OK);
+    ck_assert_int_eq(ok.type, EQ_MSG_JOB_OK);
+    ck_assert_uint_eq(ok.u.job_ok.size, 6);
+    dc.aug_train = EQ_AUG_RRC;
+    ck_assert_int_eq(eq_loader_data_job(&dc, "train", &job, &e), EQ_OK);
+    job.has_req = true;
+    job.req = 4;
+    ck_assert_int_eq(eq_proto_send(dl, NULL, &job, NULL, 0, 0, &e), EQ_OK);
+    ck_assert_int_eq(eq_proto_recv(dl, r, NULL, 0, &e), EQ_OK);
+    ck_assert_int_eq(r->msg.type, EQ_MSG_ERROR);
+    ck_assert_msg(strstr(r->msg.u.error.message, "aug \"det\""), "%s", r->msg.u.error.message);
+    eq_proto_recvd_close(r);
+    free(r);
+
+    eq_decoder_destroy(&dec[0]);
+    eq_det_destroy(&d);
+    eq_cocoidx_destroy(&x);
+    eq_proto_socket_close(&dl);
+    eq_loader_server_stop(v.srv);
+    pthread_join(th, NULL);
+    ck_assert_int_eq(v.rc, EQ_OK);
+    eq_loader_server_destroy(&v.srv);
+    zmq_ctx_term(ctx);
+    /* the dataset's index cache was written beside the instances file */
+    snprintf(p, sizeof p, "%s/annotations/instances_train2017.json.eqidx", dir);
+    struct stat st;
+    ck_assert_int_eq(stat(p, &st), 0);
+    eq_test_scratch_rm(dir);
+}
+END_TEST
+
+START_TEST(job_det_keys)
+{
+    eq_loader_data_cfg dc;
+    s_det_data_cfg(&dc);
+    eq_msg m;
+    eq_err e = {0};
+    eq_det_cfg c;
+    ck_assert_int_eq(eq_loader_data_job(&dc, "train", &m, &e), EQ_OK);
+    ck_assert_int_eq(eq_loader_det_job(&m.u.job, &c, &e), EQ_OK);
+    ck_assert_uint_eq(c.min_sizes[1], 128);
+    ck_assert_uint_eq(c.max_size, 256);
+    ck_assert(c.hflip && c.skip_empty && c.masks && c.sampler.shuffle);
+    ck_assert_uint_eq(c.pad_divisor, 32);
+    struct {
+        const char *key;
+        eq_proto_val_type t;
+        const char *s;
+        int64_t i;
+        const char *want;
+    } bad[] = {
+        {"min_sizes", EQ_PROTO_VAL_STR, "96,x", 0, "'min_sizes'"},
+        {"min_sizes", EQ_PROTO_VAL_STR, "96,100", 0, "largest of min_sizes"},
+        {"box_format", EQ_PROTO_VAL_STR, "yxyx", 0, "'box_format'"},
+        {"pad_divisor", EQ_PROTO_VAL_INT, NULL, 4096, "'pad_divisor'"},
+        {"resize", EQ_PROTO_VAL_INT, NULL, 3, "'resize' unknown"},
+        {"masks", EQ_PROTO_VAL_INT, NULL, 1, "'masks' is a int"},
+    };
+    for (size_t t = 0; t < sizeof bad / sizeof bad[0]; t++) {
+        eq_msg j = m;
+        eq_proto_kv *kv = NULL;
+        for (uint32_t i = 0; i < j.u.job.ntransforms; i++)
+            if (!strcmp(j.u.job.transforms[i].key, bad[t].key)) kv = &j.u.job.transforms[i];
+        if (!kv) {
+            kv = &j.u.job.transforms[j.u.job.ntransforms++];
+            snprintf(kv->key, sizeof kv->key, "%s", bad[t].key);
+        }
+        kv->type = bad[t].t;
+        if (bad[t].s) snprintf(kv->s, sizeof kv->s, "%s", bad[t].s);
+        kv->i = bad[t].i;
+        ck_assert_int_ne(eq_loader_det_job(&j.u.job, &c, &e), EQ_OK);
+        ck_assert_msg(strstr(e.msg, bad[t].want), "case %zu: '%s' lacks '%s'", t, e.msg, bad[t].want);
+    }
+    eq_msg j = m;
+    j.u.job.channels = 1;
+    ck_assert_int_eq(eq_loader_det_job(&j.u.job, &c, &e), EQ_ERR_INVALID);
+    j = m;
+    j.u.job.mixup_alpha = 0.2;
+    ck_assert_int_eq(eq_loader_det_job(&j.u.job, &c, &e), EQ_ERR_UNSUPPORTED);
+    /* val: one size, no flip, every image */
+    ck_assert_int_eq(eq_loader_data_job(&dc, "val", &m, &e), EQ_OK);
+    ck_assert_int_eq(eq_loader_det_job(&m.u.job, &c, &e), EQ_OK);
+    ck_assert_uint_eq(c.n_min_sizes, 1);
+    ck_assert_uint_eq(c.min_sizes[0], 112);
+    ck_assert(!c.hflip && !c.skip_empty && !c.sampler.shuffle);
+    ck_assert_int_eq(c.sampler.last, EQ_LAST_PARTIAL);
+}
+END_TEST
+
 static Suite *s_suite(void)
 {
     Suite *s = suite_create("coco_loader");
@@ -598,6 +862,11 @@ static Suite *s_suite(void)
     tcase_add_test(tc, hand_geometry);
     tcase_add_test(tc, mask_codec);
     tcase_add_test(tc, synth_batches);
+    tcase_set_timeout(tc, 20);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("server");
+    tcase_add_test(tc, job_det_keys);
+    tcase_add_test(tc, server_det);
     tcase_set_timeout(tc, 20);
     suite_add_tcase(s, tc);
     return s;
