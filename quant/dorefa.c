@@ -116,9 +116,11 @@ static void s_fm_bwd(eq_quant *q, void *vc, int64_t ch, int64_t lo, int64_t hi)
     (void)q, (void)ch;
     const s_io *io = vc;
     float c = io->c;
+    const float *x = io->x, *gy = io->gy;
+    float *gx = io->gx; /* locals: a store through io->gx could alias *io */
     for (int64_t i = lo; i < hi; i++) {
-        float v = io->x[i];
-        io->gx[i] = (v >= 0.0f && v <= c) ? io->gy[i] : 0.0f;
+        float v = x[i], g = gy[i]; /* loaded unconditionally: a select, not a branch */
+        gx[i] = (v >= 0.0f && v <= c) ? g : 0.0f;
     }
 }
 

@@ -342,7 +342,10 @@ static void s_backward(eq_quant *q, const float *x, const float *gy, float *gx)
     const float *xn = q->xn;
     EQ_QFOR_RUNS(q, s0, len, k) {
         float lm = p->lmax[k];
-        for (int64_t e = s0; e < s0 + len; e++) gx[e] = xn[e] < lm ? gy[e] : 0.0f;
+        for (int64_t e = s0; e < s0 + len; e++) {
+            float g = gy[e]; /* loaded unconditionally: a select, not a branch */
+            gx[e] = xn[e] < lm ? g : 0.0f;
+        }
     }
 }
 

@@ -20,6 +20,7 @@ typedef struct s_lsq {
     float fe;      /* effective grad factor on the clip value */
     float sc;      /* effective STE-scale factor of the clamp (1: none) */
     double *acc;   /* [g] */
+    float *clr;    /* [g] effective clip value per group */
 } s_lsq;
 
 static int s_half(const eq_quant *q) { return q->o.tag != EQ_QTAG_WT && q->o.half_range; }
@@ -36,8 +37,9 @@ static eq_status s_init(eq_quant *q, eq_err *err)
                           "quant option grad_type: lsq supports none or STE-scale");
     s_lsq *p = calloc(1, sizeof *p);
     if (p) p->acc = calloc((size_t)q->g, sizeof(double));
+    if (p) p->clr = calloc((size_t)q->g, sizeof(float));
     q->priv = p;
-    if (!p || !p->acc) return eq_err_set(err, EQ_ERR_NOMEM, "lsq: out of memory");
+    if (!p || !p->acc || !p->clr) return eq_err_set(err, EQ_ERR_NOMEM, "lsq: out of memory");
     int64_t shp[4];
     int nd = eq_quant_param_shape(q, q->g, shp);
     if (!eq_quant_add_tensor(q, "clip_val", nd, shp, (float)q->o.boundary, 1, err))
@@ -48,7 +50,10 @@ static eq_status s_init(eq_quant *q, eq_err *err)
 static void s_destroy(eq_quant *q)
 {
     s_lsq *p = q->priv;
-    if (p) free(p->acc);
+    if (p) {
+        free(p->acc);
+        free(p->clr);
+    }
     free(p);
     q->priv = NULL;
 }
@@ -67,19 +72,54 @@ typedef struct s_io {
     double *acc; /* per chunk: [g] sums (backward) or [1] count (STE-scale) */
 } s_io;
 
+/* Clip value of every group (per-position vector of the row loops). */
+static void s_fill_clr(eq_quant *q)
+{
+    s_lsq *p = q->priv;
+    for (int64_t k = 0; k < q->g; k++) p->clr[k] = s_clip(q, k, p->fe);
+}
+
 static void s_count_chunk(eq_quant *q, void *vc, int64_t c, int64_t lo, int64_t hi)
 {
     s_io *io = vc;
     const s_lsq *p = q->priv;
     int64_t in = 0;
-    EQ_QFOR_RUNS_IN(q, lo, hi, s0, len, k) {
-        float cl = s_clip(q, k, p->fe);
-        for (int64_t i = s0; i < s0 + len; i++) {
-            float r = io->x[i] / cl;
-            in += (r >= io->lo && r <= 1.0f);
+    if (eq_quant_rowwise(q)) {
+        EQ_QFOR_ROWS_IN(q, lo, hi, s0, len, j0) {
+            const float *cl = p->clr + j0, *x = io->x + s0;
+            for (int64_t t = 0; t < len; t++) {
+                float r = x[t] / cl[t];
+                in += (r >= io->lo && r <= 1.0f);
+            }
+        }
+    } else {
+        EQ_QFOR_RUNS_IN(q, lo, hi, s0, len, k) {
+            float cl = s_clip(q, k, p->fe);
+            for (int64_t i = s0; i < s0 + len; i++) {
+                float r = io->x[i] / cl;
+                in += (r >= io->lo && r <= 1.0f);
+            }
         }
     }
     io->acc[c] = (double)in;
+}
+
+/* y over one segment; the clip of element t is cl[t * cs] (cs 0: one group,
+ * 1: one group per position).  half is a constant at each call site. */
+static inline __attribute__((always_inline)) void
+s_fwd_seg(const float *x, float *y, int64_t len, const float *cl, int64_t cs, float lb, float n, float sc,
+          int half)
+{
+    for (int64_t t = 0; t < len; t++) {
+        float c = cl[t * cs];
+        float u = eq_quant_gs_value(eq_qclamp(x[t] / c, lb, 1.0f), sc);
+        if (half) {
+            y[t] = c * (eq_qround(u * n) / n);
+        } else {
+            u = (u + 1.0f) / 2.0f;
+            y[t] = c * (2.0f * (eq_qround(u * n) / n) - 1.0f);
+        }
+    }
 }
 
 static void s_fwd_chunk(eq_quant *q, void *vc, int64_t c, int64_t lo, int64_t hi)
@@ -88,22 +128,21 @@ static void s_fwd_chunk(eq_quant *q, void *vc, int64_t c, int64_t lo, int64_t hi
     s_io *io = vc;
     const s_lsq *p = q->priv;
     float sc = p->sc, n = io->n, lb = io->lo;
-    const float *x = io->x;
-    float *y = io->y;
+    if (eq_quant_rowwise(q)) {
+        EQ_QFOR_ROWS_IN(q, lo, hi, s0, len, j0) {
+            if (io->half)
+                s_fwd_seg(io->x + s0, io->y + s0, len, p->clr + j0, 1, lb, n, sc, 1);
+            else
+                s_fwd_seg(io->x + s0, io->y + s0, len, p->clr + j0, 1, lb, n, sc, 0);
+        }
+        return;
+    }
     EQ_QFOR_RUNS_IN(q, lo, hi, s0, len, k) {
         float cl = s_clip(q, k, p->fe);
-        if (io->half) {
-            for (int64_t i = s0; i < s0 + len; i++) {
-                float u = eq_quant_gs_value(eq_qclamp(x[i] / cl, lb, 1.0f), sc);
-                y[i] = cl * (eq_qround(u * n) / n);
-            }
-        } else {
-            for (int64_t i = s0; i < s0 + len; i++) {
-                float u = eq_quant_gs_value(eq_qclamp(x[i] / cl, lb, 1.0f), sc);
-                u = (u + 1.0f) / 2.0f;
-                y[i] = cl * (2.0f * (eq_qround(u * n) / n) - 1.0f);
-            }
-        }
+        if (io->half)
+            s_fwd_seg(io->x + s0, io->y + s0, len, &cl, 0, lb, n, sc, 1);
+        else
+            s_fwd_seg(io->x + s0, io->y + s0, len, &cl, 0, lb, n, sc, 0);
     }
 }
 
@@ -115,6 +154,7 @@ static eq_status s_forward(eq_quant *q, const float *x, float *y, eq_err *err)
     io.lo = io.half ? 0.0f : -1.0f;
     p->fe = (float)eq_quant_gs_factor(q, eq_quant_grad_factor(q));
     p->sc = 1.0f;
+    s_fill_clr(q);
     if (q->o.grad_type == EQ_QGRAD_STE_SCALE) {
         io.acc = eq_quant_chunk_acc(q, 1);
         eq_quant_for_chunks(q, s_count_chunk, &io);
@@ -126,30 +166,43 @@ static eq_status s_forward(eq_quant *q, const float *x, float *y, eq_err *err)
     return EQ_OK;
 }
 
-/* One block of the backward; half/scaled are constants at each call site so
- * the loop has no control flow and vectorizes.  Returns sum G*dy/dc. */
+/* dL/dx and G*dy/dc of one element (r = x/c); half/scaled are constants at
+ * each call site so the loops have no control flow and vectorize. */
+static inline __attribute__((always_inline)) float
+s_bwd_elem(float xv, float g, float c, float lb, float n, float sc, int half, int scaled, float *gxv)
+{
+    float r = xv / c;
+    int in = r >= lb && r <= 1.0f;
+    float u = eq_qclamp(r, lb, 1.0f);
+    if (scaled) u = eq_quant_gs_value(u, sc);
+    float dydc;
+    if (half) {
+        dydc = eq_qround(u * n) / n - (in ? sc * r : 0.0f);
+    } else {
+        u = (u + 1.0f) / 2.0f;
+        dydc = (2.0f * (eq_qround(u * n) / n) - 1.0f) - (in ? sc * r : 0.0f);
+    }
+    *gxv = in ? g * sc : 0.0f;
+    return g * dydc;
+}
+
+/* One block of a run (one clip value); returns sum G*dy/dc. */
 static inline __attribute__((always_inline)) double
 s_bwd_block(const float *x, const float *gy, float *gx, int64_t bn, float cl, float lb, float n, float sc,
             int half, int scaled)
 {
     float prod[EQ_QBLOCK];
-    for (int64_t j = 0; j < bn; j++) {
-        float r = x[j] / cl;
-        int in = r >= lb && r <= 1.0f;
-        float u = eq_qclamp(r, lb, 1.0f);
-        if (scaled) u = eq_quant_gs_value(u, sc);
-        float dydc;
-        if (half) {
-            dydc = eq_qround(u * n) / n - (in ? sc * r : 0.0f);
-        } else {
-            u = (u + 1.0f) / 2.0f;
-            dydc = (2.0f * (eq_qround(u * n) / n) - 1.0f) - (in ? sc * r : 0.0f);
-        }
-        float g = gy[j];
-        prod[j] = g * dydc;
-        gx[j] = in ? g * sc : 0.0f;
-    }
+    for (int64_t j = 0; j < bn; j++) prod[j] = s_bwd_elem(x[j], gy[j], cl, lb, n, sc, half, scaled, &gx[j]);
     return eq_qsum(prod, bn);
+}
+
+/* One row segment (clip and accumulator per position). */
+static inline __attribute__((always_inline)) void
+s_bwd_row(const float *x, const float *gy, float *gx, int64_t len, const float *cl, double *acc, float lb,
+          float n, float sc, int half, int scaled)
+{
+    for (int64_t t = 0; t < len; t++)
+        acc[t] += (double)s_bwd_elem(x[t], gy[t], cl[t], lb, n, sc, half, scaled, &gx[t]);
 }
 
 static void s_bwd_chunk(eq_quant *q, void *vc, int64_t c, int64_t lo, int64_t hi)
@@ -159,6 +212,20 @@ static void s_bwd_chunk(eq_quant *q, void *vc, int64_t c, int64_t lo, int64_t hi
     float sc = p->sc, n = io->n, lb = io->lo;
     int half = io->half, scaled = sc != 1.0f;
     double *acc = io->acc + c * q->g;
+    if (eq_quant_rowwise(q)) {
+        EQ_QFOR_ROWS_IN(q, lo, hi, s0, len, j0) {
+            const float *x = io->x + s0, *gy = io->gy + s0, *cl = p->clr + j0;
+            float *gx = io->gx + s0;
+            double *a = acc + j0;
+            if (half)
+                scaled ? s_bwd_row(x, gy, gx, len, cl, a, lb, n, sc, 1, 1)
+                       : s_bwd_row(x, gy, gx, len, cl, a, lb, n, 1.0f, 1, 0);
+            else
+                scaled ? s_bwd_row(x, gy, gx, len, cl, a, lb, n, sc, 0, 1)
+                       : s_bwd_row(x, gy, gx, len, cl, a, lb, n, 1.0f, 0, 0);
+        }
+        return;
+    }
     EQ_QFOR_RUNS_IN(q, lo, hi, s0, len, k) {
         float cl = s_clip(q, k, p->fe);
         double a = 0;
@@ -183,6 +250,7 @@ static void s_backward(eq_quant *q, const float *x, const float *gy, float *gx)
     s_io io = {.x = x, .gy = gy, .gx = gx, .half = s_half(q), .n = (float)eq_quant_steps(q)};
     io.lo = io.half ? 0.0f : -1.0f;
     io.acc = eq_quant_chunk_acc(q, q->g);
+    s_fill_clr(q);
     eq_quant_for_chunks(q, s_bwd_chunk, &io);
     memset(p->acc, 0, (size_t)q->g * sizeof(double));
     for (int64_t c = 0; c < q->nchunks; c++)

@@ -20,6 +20,7 @@
 
 typedef struct s_step {
     double *acc; /* [g] */
+    float *sv;   /* [g] step size per group (row loops) */
 } s_step;
 
 static void s_bounds(const eq_quant *q, float *qn, float *qp)
@@ -53,8 +54,9 @@ static eq_status s_init(eq_quant *q, eq_err *err)
                           eq_quant_levels(q));
     s_step *p = calloc(1, sizeof *p);
     if (p) p->acc = calloc((size_t)q->g, sizeof(double));
+    if (p) p->sv = calloc((size_t)q->g, sizeof(float));
     q->priv = p;
-    if (!p || !p->acc) return eq_err_set(err, EQ_ERR_NOMEM, "lsq-step: out of memory");
+    if (!p || !p->acc || !p->sv) return eq_err_set(err, EQ_ERR_NOMEM, "lsq-step: out of memory");
     int64_t shp[4];
     int nd = eq_quant_param_shape(q, q->g, shp);
     if (!eq_quant_add_tensor(q, "step_size", nd, shp, 0.0f, 1, err)) return err ? err->code : EQ_ERR_NOMEM;
@@ -64,7 +66,10 @@ static eq_status s_init(eq_quant *q, eq_err *err)
 static void s_destroy(eq_quant *q)
 {
     s_step *p = q->priv;
-    if (p) free(p->acc);
+    if (p) {
+        free(p->acc);
+        free(p->sv);
+    }
     free(p);
     q->priv = NULL;
 }
@@ -79,12 +84,37 @@ typedef struct s_io {
 
 static inline float s_step_of(const eq_quant_tensor *st, int64_t k) { return st->data[st->numel == 1 ? 0 : k]; }
 
+static void s_fill_sv(eq_quant *q)
+{
+    s_step *p = q->priv;
+    eq_quant_tensor *st = eq_quant_find(q, "step_size");
+    for (int64_t k = 0; k < q->g; k++) p->sv[k] = s_step_of(st, k);
+}
+
 static void s_abs_chunk(eq_quant *q, void *vc, int64_t ch, int64_t lo, int64_t hi)
 {
     s_io *io = vc;
     double *acc = io->acc + ch * q->g;
+    if (eq_quant_rowwise(q)) {
+        EQ_QFOR_ROWS_IN(q, lo, hi, s0, len, j0) {
+            const float *x = io->x + s0;
+            double *a = acc + j0;
+            for (int64_t t = 0; t < len; t++) a[t] += (double)fabsf(x[t]);
+        }
+        return;
+    }
     EQ_QFOR_RUNS_IN(q, lo, hi, s0, len, k) {
         acc[k] += eq_qsum_abs(io->x + s0, len);
+    }
+}
+
+/* y over one segment; the step of element t is sv[t * ss]. */
+static inline __attribute__((always_inline)) void
+s_fwd_seg(const float *x, float *y, int64_t len, const float *sv, int64_t ss, float qn, float qp)
+{
+    for (int64_t t = 0; t < len; t++) {
+        float s = sv[t * ss];
+        y[t] = eq_qround(eq_qclamp(x[t] / s, qn, qp)) * s;
     }
 }
 
@@ -92,10 +122,17 @@ static void s_fwd_chunk(eq_quant *q, void *vc, int64_t ch, int64_t lo, int64_t h
 {
     (void)ch;
     const s_io *io = vc;
+    const s_step *p = q->priv;
     float qn = io->qn, qp = io->qp;
+    if (eq_quant_rowwise(q)) {
+        EQ_QFOR_ROWS_IN(q, lo, hi, s0, len, j0) {
+            s_fwd_seg(io->x + s0, io->y + s0, len, p->sv + j0, 1, qn, qp);
+        }
+        return;
+    }
     EQ_QFOR_RUNS_IN(q, lo, hi, s0, len, k) {
         float s = s_step_of(io->st, k);
-        for (int64_t i = s0; i < s0 + len; i++) io->y[i] = eq_qround(eq_qclamp(io->x[i] / s, qn, qp)) * s;
+        s_fwd_seg(io->x + s0, io->y + s0, len, &s, 0, qn, qp);
     }
 }
 
@@ -126,15 +163,37 @@ static eq_status s_forward(eq_quant *q, const float *x, float *y, eq_err *err)
                                   (long long)k);
         }
     }
+    s_fill_sv(q);
     eq_quant_for_chunks(q, s_fwd_chunk, &io);
     return EQ_OK;
+}
+
+/* dL/dx and G*dy/ds of one element. */
+static inline __attribute__((always_inline)) float s_bwd_elem(float xv, float g, float s, float qn, float qp,
+                                                              float *gxv)
+{
+    float r = xv / s;
+    int below = r < qn, above = r > qp;
+    float d = below ? qn : (above ? qp : eq_qround(r) - r);
+    *gxv = (below || above) ? 0.0f : g;
+    return g * d;
 }
 
 static void s_bwd_chunk(eq_quant *q, void *vc, int64_t ch, int64_t lo, int64_t hi)
 {
     s_io *io = vc;
+    const s_step *p = q->priv;
     float qn = io->qn, qp = io->qp;
     double *acc = io->acc + ch * q->g;
+    if (eq_quant_rowwise(q)) {
+        EQ_QFOR_ROWS_IN(q, lo, hi, s0, len, j0) {
+            const float *x = io->x + s0, *gy = io->gy + s0, *sv = p->sv + j0;
+            float *gx = io->gx + s0;
+            double *a = acc + j0;
+            for (int64_t t = 0; t < len; t++) a[t] += (double)s_bwd_elem(x[t], gy[t], sv[t], qn, qp, &gx[t]);
+        }
+        return;
+    }
     EQ_QFOR_RUNS_IN(q, lo, hi, s0, len, k) {
         float s = s_step_of(io->st, k);
         double a = 0;
@@ -143,13 +202,7 @@ static void s_bwd_chunk(eq_quant *q, void *vc, int64_t ch, int64_t lo, int64_t h
             int64_t m = s0 + len - b < EQ_QBLOCK ? s0 + len - b : EQ_QBLOCK;
             const float *x = io->x + b, *gy = io->gy + b;
             float *gx = io->gx + b;
-            for (int64_t j = 0; j < m; j++) {
-                float r = x[j] / s, g = gy[j];
-                int below = r < qn, above = r > qp;
-                float d = below ? qn : (above ? qp : eq_qround(r) - r);
-                gx[j] = (below || above) ? 0.0f : g;
-                t[j] = g * d;
-            }
+            for (int64_t j = 0; j < m; j++) t[j] = s_bwd_elem(x[j], gy[j], s, qn, qp, &gx[j]);
             a += eq_qsum(t, m);
         }
         acc[k] += a;
@@ -163,6 +216,7 @@ static void s_backward(eq_quant *q, const float *x, const float *gy, float *gx)
     s_io io = {.x = x, .gy = gy, .gx = gx, .st = st};
     s_bounds(q, &io.qn, &io.qp);
     io.acc = eq_quant_chunk_acc(q, q->g);
+    s_fill_sv(q);
     eq_quant_for_chunks(q, s_bwd_chunk, &io);
     memset(p->acc, 0, (size_t)q->g * sizeof(double));
     for (int64_t c = 0; c < q->nchunks; c++)

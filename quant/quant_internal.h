@@ -196,4 +196,21 @@ double *eq_quant_chunk_acc(eq_quant *q, int64_t per_chunk);
          start < (hi); start += len, _j++, len = _rl < (hi) - start ? _rl : (hi) - start,    \
                  k = _j % _ng)
 
+/* 1 when every group is a single position of the innermost axis, so that
+ * element i belongs to group i % period (per-channel NHWC/NC activations):
+ * runs are one element long there, and methods iterate rows instead, with
+ * per-position parameter vectors, so the loops still vectorize. */
+static inline int eq_quant_rowwise(const eq_quant *q)
+{
+    return q->grp.inner == 1 && q->grp.block == 1 && q->grp.period > 1;
+}
+
+/* Row segments within [lo, hi) for eq_quant_rowwise tensors: [start,
+ * start+len) holds groups j0 .. j0+len-1 (a row cut at lo, hi and the row
+ * ends). */
+#define EQ_QFOR_ROWS_IN(q, lo, hi, start, len, j0)                                            \
+    for (int64_t _p = (q)->grp.period, start = (lo), j0 = (lo) % _p,                          \
+                 len = _p - j0 < (hi) - (lo) ? _p - j0 : (hi) - (lo);                         \
+         start < (hi); start += len, j0 = 0, len = _p < (hi) - start ? _p : (hi) - start)
+
 #endif

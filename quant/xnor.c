@@ -162,11 +162,16 @@ static void s_bwd_chunk(eq_quant *q, void *vc, int64_t ch, int64_t lo, int64_t h
     float *gx = io->gx;
     switch (io->gt) {
     case EQ_QGRAD_STE:
-        for (int64_t i = lo; i < hi; i++) gx[i] = (x[i] > -1.0f && x[i] < 1.0f) ? gy[i] : 0.0f;
+        for (int64_t i = lo; i < hi; i++) {
+            float v = x[i], g = gy[i]; /* loaded unconditionally: a select, not a branch */
+            gx[i] = (v > -1.0f && v < 1.0f) ? g : 0.0f;
+        }
         break;
     case EQ_QGRAD_TRIANGLE:
-        for (int64_t i = lo; i < hi; i++)
-            gx[i] = (x[i] > -1.0f && x[i] < 1.0f) ? gy[i] * (2.0f - 2.0f * fabsf(x[i])) : 0.0f;
+        for (int64_t i = lo; i < hi; i++) {
+            float v = x[i], g = gy[i];
+            gx[i] = (v > -1.0f && v < 1.0f) ? g * (2.0f - 2.0f * fabsf(v)) : 0.0f;
+        }
         break;
     default:
         for (int64_t i = lo; i < hi; i++) gx[i] = gy[i];
