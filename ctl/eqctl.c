@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -27,8 +28,10 @@
 #include "core/log.h"
 #include "core/pool.h"
 #include "core/safetensors.h"
+#include "loader/coco.h"
 #include "loader/loader.h"
 #include "loader/server.h"
+#include "proto/det.h"
 #include "ctl/run.h"
 #include "quant/quant.h"
 #include "trainer/model_run.h"
@@ -50,10 +53,11 @@ typedef struct s_cmd {
 #define S_U_BATCH                                                                                          \
     "[--loader ENDPOINT] [--config FILE] [--set SECTION.KEY=VALUE] [--dataset NAME] [--split train|val]\n"  \
     "       [--epoch E] [--step S] [--offset O] [--count N] [--batch G] [--size HxW] [--channels C]\n"     \
-    "       [--seed S] [--aug none|rrc|center|padcrop] [--png FILE] [--out FILE.safetensors]\n"           \
+    "       [--seed S] [--aug none|rrc|center|padcrop|det] [--png FILE|DIR] [--out FILE.safetensors]\n"   \
     "       [--raw FILE] [--json] [--timeout-ms N] [--server-key FILE --key FILE]"
 #define S_U_SYNTH                                                                                          \
-    "OUT --classes K --per-class N [--val-per-class M] [--mean-pixels P] [--quality Q] [--seed S] [--threads T]"
+    "OUT --classes K --per-class N [--val-per-class M] [--mean-pixels P] [--quality Q] [--seed S] [--threads T]\n" \
+    "       --coco OUT [--classes K] [--train N] [--val M] [--min-side A] [--max-side B] [--quality Q] [--seed S]"
 #define S_U_INFO "PATH [--json] [--threads N]"
 #define S_U_DOC "[--out FILE]"
 #define S_U_BENCH "--root DIR --pipeline train|val [--threads N] [--seconds S] [--size HxW] [--json]"
@@ -415,6 +419,260 @@ static int s_parse_size(const char *v, eq_loader_data_cfg *dc)
     return 0;
 }
 
+/* JOB of a detection job: the JOB_OK header is read raw for the class
+ * mapping it carries (proto/det.h). */
+static eq_status s_det_job(void *sock, eq_msg *job, eq_msg_job_ok *ok, int64_t *ids,
+                           char (*names)[EQ_DET_CLASS_NAME_CAP], uint32_t *ncat, eq_err *e)
+{
+    eq_status st = eq_proto_send(sock, NULL, job, NULL, 0, 0, e);
+    if (st) return st;
+    for (;;) {
+        zmq_msg_t hdr;
+        zmq_msg_init(&hdr);
+        if (zmq_msg_recv(&hdr, sock, 0) < 0) {
+            zmq_msg_close(&hdr);
+            return eq_err_set(e, EQ_ERR_TIMEOUT, "no answer to JOB within the timeout (is an eq-loader serving there?)");
+        }
+        int more = zmq_msg_more(&hdr);
+        while (more) { /* a JOB_OK has no payload; drop whatever follows */
+            zmq_msg_t part;
+            zmq_msg_init(&part);
+            if (zmq_msg_recv(&part, sock, 0) < 0) more = 0;
+            else more = zmq_msg_more(&part);
+            zmq_msg_close(&part);
+        }
+        eq_msg m;
+        st = eq_proto_decode_header(&m, zmq_msg_data(&hdr), zmq_msg_size(&hdr), NULL, e);
+        if (!st && (!m.has_req || m.req != job->req)) {
+            eq_proto_msg_reset(&m);
+            zmq_msg_close(&hdr);
+            continue;
+        }
+        if (!st && m.type == EQ_MSG_ERROR)
+            st = eq_err_set(e, (eq_status)(m.u.error.code < EQ_STATUS_COUNT ? m.u.error.code : EQ_ERR_PROTO),
+                            "loader answered JOB with ERROR %s: %s", m.u.error.name, m.u.error.message);
+        else if (!st && m.type != EQ_MSG_JOB_OK)
+            st = eq_err_set(e, EQ_ERR_PROTO, "loader answered JOB with %s", eq_msg_type_name(m.type));
+        if (!st) {
+            *ok = m.u.job_ok;
+            st = eq_proto_det_job_ok_classes(zmq_msg_data(&hdr), zmq_msg_size(&hdr), ids, names, EQ_DET_MAX_CLASSES,
+                                             ncat, e);
+        }
+        eq_proto_msg_reset(&m);
+        zmq_msg_close(&hdr);
+        return st;
+    }
+}
+
+static void s_det_colour(int32_t cls, uint8_t rgb[3])
+{
+    double h = fmod((cls + 1) * 0.618033988749895, 1.0) * 6.0, f = h - floor(h);
+    double v = 255, p = 40, q = v - (v - p) * f, t = p + (v - p) * f, c[3];
+    switch ((int)h % 6) {
+    case 0: c[0] = v, c[1] = t, c[2] = p; break;
+    case 1: c[0] = q, c[1] = v, c[2] = p; break;
+    case 2: c[0] = p, c[1] = v, c[2] = t; break;
+    case 3: c[0] = p, c[1] = q, c[2] = v; break;
+    case 4: c[0] = t, c[1] = p, c[2] = v; break;
+    default: c[0] = v, c[1] = p, c[2] = q; break;
+    }
+    for (int i = 0; i < 3; i++) rgb[i] = (uint8_t)c[i];
+}
+
+static int32_t s_rd32(const void *p, size_t i)
+{
+    int32_t v;
+    memcpy(&v, (const uint8_t *)p + 4 * i, 4);
+    return v;
+}
+static float s_rdf(const void *p, size_t i)
+{
+    float v;
+    memcpy(&v, (const uint8_t *)p + 4 * i, 4);
+    return v;
+}
+static int64_t s_rd64(const void *p, size_t i)
+{
+    int64_t v;
+    memcpy(&v, (const uint8_t *)p + 8 * i, 8);
+    return v;
+}
+
+/* Image i of a detection batch as a PNG with its boxes and mask outlines. */
+static eq_status s_det_png(const char *dir, const eq_det_view *v, const void *const *fr, uint32_t i, int box_format,
+                           eq_err *e)
+{
+    int32_t h = s_rd32(fr[v->sizes], 2 * (size_t)i), w = s_rd32(fr[v->sizes], 2 * (size_t)i + 1);
+    uint8_t *pix = malloc((size_t)h * w * 3);
+    if (!pix) return eq_err_set(e, EQ_ERR_NOMEM, "--png: out of memory");
+    const uint8_t *im = (const uint8_t *)fr[v->images] + (size_t)i * v->H * v->W * 3;
+    for (int32_t y = 0; y < h; y++) memcpy(pix + (size_t)y * w * 3, im + (size_t)y * v->W * 3, (size_t)w * 3);
+    int32_t k0 = s_rd32(fr[v->box_off], i), k1 = s_rd32(fr[v->box_off], (size_t)i + 1);
+    eq_status st = EQ_OK;
+    for (int32_t k = k0; k < k1 && v->masks && !st; k++) {
+        uint8_t kind = ((const uint8_t *)fr[v->mask_kind])[k];
+        if (kind == EQ_DET_MASK_NONE) continue;
+        int32_t rx = s_rd32(fr[v->mask_rects], 4 * (size_t)k), ry = s_rd32(fr[v->mask_rects], 4 * (size_t)k + 1);
+        int32_t rw = s_rd32(fr[v->mask_rects], 4 * (size_t)k + 2), rh = s_rd32(fr[v->mask_rects], 4 * (size_t)k + 3);
+        int64_t o0 = s_rd64(fr[v->mask_off], (size_t)k), o1 = s_rd64(fr[v->mask_off], (size_t)k + 1);
+        uint8_t *m = malloc((size_t)rw * rh);
+        if (!m) {
+            st = eq_err_set(e, EQ_ERR_NOMEM, "--png: out of memory");
+            break;
+        }
+        st = eq_det_mask_decode(kind, (uint32_t)rw, (uint32_t)rh, (const uint8_t *)fr[v->mask_data] + o0,
+                                (size_t)(o1 - o0), m, e);
+        uint8_t rgb[3];
+        s_det_colour(s_rd32(fr[v->classes], (size_t)k), rgb);
+        for (int q = 0; q < 3; q++) rgb[q] = (uint8_t)((rgb[q] + 255) / 2);
+        /* outline: a mask pixel with a 4-neighbour outside the mask */
+        for (int32_t x = 0; x < rw && !st; x++)
+            for (int32_t y = 0; y < rh; y++) {
+                if (!m[(size_t)x * rh + y]) continue;
+                int edge = x == 0 || y == 0 || x == rw - 1 || y == rh - 1 || !m[(size_t)(x - 1) * rh + y] ||
+                           !m[(size_t)(x + 1) * rh + y] || !m[(size_t)x * rh + y - 1] || !m[(size_t)x * rh + y + 1];
+                if (edge) memcpy(pix + ((size_t)(ry + y) * w + (rx + x)) * 3, rgb, 3);
+            }
+        free(m);
+    }
+    for (int32_t k = k0; k < k1 && !st; k++) {
+        float b[4];
+        for (int q = 0; q < 4; q++) b[q] = s_rdf(fr[v->boxes], 4 * (size_t)k + q);
+        if (box_format == EQ_BOX_XYWH) b[2] += b[0], b[3] += b[1];
+        if (box_format == EQ_BOX_CXCYWH) {
+            float cx = b[0], cy = b[1];
+            b[0] = cx - b[2] / 2, b[1] = cy - b[3] / 2, b[2] = cx + b[2] / 2, b[3] = cy + b[3] / 2;
+        }
+        int32_t x0 = (int32_t)floorf(b[0]), y0 = (int32_t)floorf(b[1]);
+        int32_t x1 = (int32_t)ceilf(b[2]) - 1, y1 = (int32_t)ceilf(b[3]) - 1;
+        x0 = x0 < 0 ? 0 : x0 >= w ? w - 1 : x0;
+        x1 = x1 < 0 ? 0 : x1 >= w ? w - 1 : x1;
+        y0 = y0 < 0 ? 0 : y0 >= h ? h - 1 : y0;
+        y1 = y1 < 0 ? 0 : y1 >= h ? h - 1 : y1;
+        uint8_t rgb[3];
+        s_det_colour(s_rd32(fr[v->classes], (size_t)k), rgb);
+        if (((const uint8_t *)fr[v->crowd])[k]) rgb[0] = rgb[1] = rgb[2] = 255; /* crowd: white */
+        for (int32_t x = x0; x <= x1; x++) {
+            memcpy(pix + ((size_t)y0 * w + x) * 3, rgb, 3);
+            memcpy(pix + ((size_t)y1 * w + x) * 3, rgb, 3);
+        }
+        for (int32_t y = y0; y <= y1; y++) {
+            memcpy(pix + ((size_t)y * w + x0) * 3, rgb, 3);
+            memcpy(pix + ((size_t)y * w + x1) * 3, rgb, 3);
+        }
+    }
+    if (!st) {
+        char path[4200];
+        snprintf(path, sizeof path, "%s/%03u_%" PRId64 ".png", dir, i, s_rd64(fr[v->image_ids], i));
+        st = s_write_grid(path, pix, 1, (uint32_t)h, (uint32_t)w, 3, e);
+    }
+    free(pix);
+    return st;
+}
+
+/* Summary (text or JSON), PNGs and safetensors of a detection BATCH. */
+static int s_det_report(const eq_proto_recvd *r, const char *loader, const char *peer, const eq_msg_job_ok *ok,
+                        const eq_loader_data_cfg *dc, const char *split, const int64_t *cat_ids, uint32_t ncat,
+                        int json, const char *png, const char *out, const char *raw)
+{
+    const eq_msg_batch *b = &r->msg.u.batch;
+    const void *fr[EQ_PROTO_MAX_FRAMES];
+    size_t fs[EQ_PROTO_MAX_FRAMES];
+    for (size_t i = 0; i < r->nparts; i++) fr[i] = eq_proto_recvd_frame(r, i, &fs[i]);
+    eq_det_view v;
+    eq_err e = {0};
+    if (eq_proto_det_check(&r->msg, fr, fs, ok->classes, &v, &e)) return s_fail("%s: %s", loader, e.msg);
+    uint64_t crowd = 0, dropped = 0, bitmaps = 0, rles = 0;
+    for (uint32_t k = 0; k < v.nbox; k++) {
+        crowd += ((const uint8_t *)fr[v.crowd])[k];
+        if (v.masks) {
+            uint8_t kind = ((const uint8_t *)fr[v.mask_kind])[k];
+            bitmaps += kind == EQ_DET_MASK_BITMAP;
+            rles += kind == EQ_DET_MASK_RLE;
+        }
+    }
+    for (uint32_t i = 0; i < v.n; i++) dropped += (uint64_t)s_rd32(fr[v.dropped], i);
+    uint64_t sum = eq_proto_hash64(fr[v.images], fs[v.images]);
+    if (json) {
+        printf("{\"loader\":");
+        s_jstr(loader);
+        printf(",\"job\":");
+        s_jstr(ok->job);
+        printf(",\"dataset\":");
+        s_jstr(dc->dataset);
+        printf(",\"split\":");
+        s_jstr(split);
+        printf(",\"size\":%" PRIu64 ",\"classes\":%u,\"categories\":[", ok->size, ok->classes);
+        for (uint32_t k = 0; k < ncat; k++) printf("%s%" PRId64, k ? "," : "", cat_ids[k]);
+        printf("],\"data_hash\":");
+        s_jstr(ok->data_hash);
+        printf(",\"pipeline\":");
+        s_jstr(ok->pipeline);
+        printf(",\"epoch\":%" PRIu64 ",\"step\":%" PRIu64 ",\"offset\":%u,\"count\":%u,\"shape\":[%u,%u,%u,3],"
+               "\"images\":[",
+               b->epoch, b->step, b->offset, v.n, v.n, v.H, v.W);
+        for (uint32_t i = 0; i < v.n; i++)
+            printf("%s{\"id\":%" PRId64 ",\"size\":[%d,%d],\"scale\":[%.9g,%.9g],\"flipped\":%s,\"boxes\":%d,"
+                   "\"dropped\":%d}",
+                   i ? "," : "", s_rd64(fr[v.image_ids], i), s_rd32(fr[v.sizes], 2 * (size_t)i),
+                   s_rd32(fr[v.sizes], 2 * (size_t)i + 1), (double)s_rdf(fr[v.scales], 2 * (size_t)i),
+                   (double)s_rdf(fr[v.scales], 2 * (size_t)i + 1), ((const uint8_t *)fr[v.flipped])[i] ? "true" : "false",
+                   s_rd32(fr[v.box_off], (size_t)i + 1) - s_rd32(fr[v.box_off], i), s_rd32(fr[v.dropped], i));
+        printf("],\"boxes\":%u,\"crowd\":%" PRIu64 ",\"dropped\":%" PRIu64 ",\"masks\":%s,\"mask_bytes\":%" PRIu64
+               ",\"replaced\":[",
+               v.nbox, crowd, dropped, v.masks ? "true" : "false", v.mask_bytes);
+        for (uint32_t i = 0; i < b->nreplaced; i++) printf("%s%u", i ? "," : "", b->replaced[i]);
+        printf("],\"checksum\":\"%016" PRIx64 "\"}\n", sum);
+    } else {
+        printf("loader     %s  %s\n", loader, peer);
+        printf("job        %s  %s/%s, %" PRIu64 " images, %u classes, data %s\n", ok->job, dc->dataset, split,
+               ok->size, ok->classes, ok->data_hash);
+        printf("pipeline   %s\n", ok->pipeline);
+        printf("batch      epoch %" PRIu64 " step %" PRIu64 " offset %u count %u: images u8 [%u, %u, %u, 3] (padded)\n",
+               b->epoch, b->step, b->offset, v.n, v.n, v.H, v.W);
+        printf("boxes      %u (%" PRIu64 " crowd), %" PRIu64 " degenerate dropped", v.nbox, crowd, dropped);
+        if (v.masks)
+            printf("; masks %" PRIu64 " bytes (%" PRIu64 " bitmaps, %" PRIu64 " RLE)", v.mask_bytes, bitmaps, rles);
+        printf("\n");
+        for (uint32_t i = 0; i < v.n; i++)
+            printf("image %3u  id %-10" PRId64 " %4dx%-4d scale %.4f,%.4f%s  %d boxes, %d dropped\n", i,
+                   s_rd64(fr[v.image_ids], i), s_rd32(fr[v.sizes], 2 * (size_t)i + 1),
+                   s_rd32(fr[v.sizes], 2 * (size_t)i), (double)s_rdf(fr[v.scales], 2 * (size_t)i + 1),
+                   (double)s_rdf(fr[v.scales], 2 * (size_t)i), ((const uint8_t *)fr[v.flipped])[i] ? " flipped" : "",
+                   s_rd32(fr[v.box_off], (size_t)i + 1) - s_rd32(fr[v.box_off], i), s_rd32(fr[v.dropped], i));
+        printf("replaced   %u\n", b->nreplaced);
+        printf("checksum   %016" PRIx64 " (FNV-1a 64 of the image bytes)\n", sum);
+    }
+    int rc = 0;
+    if (png) {
+        if (mkdir(png, 0777) != 0 && errno != EEXIST) return s_fail("--png %s: %s", png, strerror(errno));
+        for (uint32_t i = 0; i < v.n && !rc; i++)
+            if (s_det_png(png, &v, fr, i, dc->box_format, &e)) rc = s_fail("%s", e.msg);
+        if (!rc && !json) printf("wrote      %s/ (%u PNGs with boxes and mask outlines)\n", png, v.n);
+    }
+    if (raw) {
+        FILE *f = fopen(raw, "wb");
+        if (!f || fwrite(fr[v.images], 1, fs[v.images], f) != fs[v.images] || fclose(f) != 0)
+            rc = s_fail("--raw %s: %s", raw, strerror(errno));
+    }
+    if (out) {
+        eq_st_writer *w = eq_st_writer_new();
+        eq_status ws = w ? EQ_OK : eq_err_set(&e, EQ_ERR_NOMEM, "out of memory");
+        for (uint32_t i = 0; i < r->msg.nframes && !ws; i++) {
+            const eq_proto_frame_desc *fd = &r->msg.frames[i];
+            ws = eq_st_writer_add(w, fd->name, fd->dtype, fd->ndim, fd->shape, fr[i], &e);
+        }
+        if (!ws) ws = eq_st_writer_meta(w, "job", ok->job, &e);
+        if (!ws) ws = eq_st_writer_save(w, out, &e);
+        if (ws)
+            rc = s_fail("--out %s: %s", out, e.msg);
+        else if (!json)
+            printf("wrote      %s\n", out);
+        eq_st_writer_destroy(&w);
+    }
+    return rc;
+}
+
 static int s_batch_get(int argc, char **argv)
 {
     static const char *usage = S_U_BATCH;
@@ -550,11 +808,16 @@ static int s_batch_get(int argc, char **argv)
     }
     char peer[EQ_PROTO_NAME_CAP + EQ_PROTO_TEXT_CAP + 8];
     snprintf(peer, sizeof peer, "%s (%s)", r->msg.u.hello.name, r->msg.u.hello.software);
-    if (s_call(sock, &job, EQ_MSG_JOB_OK, r, &e)) {
+    int det = (train ? dc.aug_train : dc.aug_val) == EQ_AUG_DET;
+    static int64_t cat_ids[EQ_DET_MAX_CLASSES];
+    static char cat_names[EQ_DET_MAX_CLASSES][EQ_DET_CLASS_NAME_CAP];
+    uint32_t ncat = 0;
+    eq_msg_job_ok ok;
+    if (det ? s_det_job(sock, &job, &ok, cat_ids, cat_names, &ncat, &e) : s_call(sock, &job, EQ_MSG_JOB_OK, r, &e)) {
         s_fail("%s: %s", loader, e.msg);
         goto done;
     }
-    eq_msg_job_ok ok = r->msg.u.job_ok;
+    if (!det) ok = r->msg.u.job_ok;
     eq_proto_msg_init(&m, EQ_MSG_BATCH_REQ);
     m.has_req = true;
     m.req = 3;
@@ -565,6 +828,10 @@ static int s_batch_get(int argc, char **argv)
     m.u.batch_req.count = (uint32_t)count;
     if (s_call(sock, &m, EQ_MSG_BATCH, r, &e)) {
         s_fail("%s: %s", loader, e.msg);
+        goto done;
+    }
+    if (det) {
+        rc = s_det_report(r, loader, peer, &ok, &dc, split, cat_ids, ncat, json, png, out, raw);
         goto done;
     }
     const eq_msg_batch *b = &r->msg.u.batch;
@@ -695,36 +962,61 @@ static int s_dataset_synth(int argc, char **argv)
                                       {"quality", required_argument, 0, 'q'},
                                       {"seed", required_argument, 0, 's'},
                                       {"threads", required_argument, 0, 't'},
+                                      {"coco", no_argument, 0, 'c'},
+                                      {"train", required_argument, 0, 'T'},
+                                      {"val", required_argument, 0, 'V'},
+                                      {"min-side", required_argument, 0, 'a'},
+                                      {"max-side", required_argument, 0, 'b'},
                                       {0, 0, 0, 0}};
     eq_synth_cfg cfg = {0};
+    eq_coco_synth_cfg cc = {.train_images = 64, .val_images = 16, .classes = 8};
     uint64_t v;
-    int c, have_val = 0;
+    int c, have_val = 0, coco = 0, ifflags = 0, cocoflags = 0;
     while ((c = getopt_long(argc, argv, "", o, NULL)) != -1) {
         switch (c) {
         case 'k':
             if (s_u64("--classes", optarg, 1, 100000, &v)) return 2;
             cfg.classes = (uint32_t)v;
+            cc.classes = (uint32_t)v;
+            break;
+        case 'c': coco = 1; break;
+        case 'T':
+        case 'V':
+            if (s_u64(c == 'T' ? "--train" : "--val", optarg, 0, 1000000, &v)) return 2;
+            *(c == 'T' ? &cc.train_images : &cc.val_images) = (uint32_t)v;
+            cocoflags = 1;
+            break;
+        case 'a':
+        case 'b':
+            if (s_u64(c == 'a' ? "--min-side" : "--max-side", optarg, 16, 4096, &v)) return 2;
+            *(c == 'a' ? &cc.min_side : &cc.max_side) = (uint32_t)v;
+            cocoflags = 1;
             break;
         case 'n':
             if (s_u64("--per-class", optarg, 0, 10000000, &v)) return 2;
             cfg.train_per_class = (uint32_t)v;
+            ifflags = 1;
             break;
         case 'v':
             if (s_u64("--val-per-class", optarg, 0, 10000000, &v)) return 2;
             cfg.val_per_class = (uint32_t)v;
             have_val = 1;
+            ifflags = 1;
             break;
         case 'p':
             if (s_u64("--mean-pixels", optarg, 64, 100000000, &v)) return 2;
             cfg.mean_pixels = (uint32_t)v;
+            ifflags = 1;
             break;
         case 'q':
             if (s_u64("--quality", optarg, 1, 100, &v)) return 2;
             cfg.quality = (int)v;
+            cc.quality = (int)v;
             break;
         case 's':
             if (s_u64("--seed", optarg, 0, UINT64_MAX, &v)) return 2;
             cfg.seed = v;
+            cc.seed = v;
             break;
         case 't':
             if (s_u64("--threads", optarg, 0, 1024, &v)) return 2;
@@ -733,10 +1025,19 @@ static int s_dataset_synth(int argc, char **argv)
         default: return s_usage_err("dataset synth", usage);
         }
     }
+    eq_err e = {0};
+    if (coco) {
+        if (optind != argc - 1 || ifflags) return s_usage_err("dataset synth", usage);
+        if (eq_coco_synth(argv[optind], &cc, &e) != EQ_OK) return s_fail("dataset synth --coco: %s", e.msg);
+        printf("wrote %s: COCO instances, %u classes, %u train and %u val images "
+               "(annotations/instances_{train,val}2017.json, {train,val}2017/)\n",
+               argv[optind], cc.classes, cc.train_images, cc.val_images);
+        return 0;
+    }
+    if (cocoflags) return s_fail("dataset synth: --train, --val, --min-side, --max-side need --coco");
     if (optind != argc - 1 || !cfg.classes || (!cfg.train_per_class && !have_val))
         return s_usage_err("dataset synth", usage);
     if (!have_val) cfg.val_per_class = cfg.train_per_class / 5 ? cfg.train_per_class / 5 : 1;
-    eq_err e = {0};
     if (eq_synth_imagefolder(argv[optind], &cfg, &e) != EQ_OK) return s_fail("dataset synth: %s", e.msg);
     printf("wrote %s: %u classes, %u train and %u val images per class\n", argv[optind], cfg.classes,
            cfg.train_per_class, cfg.val_per_class);
@@ -1147,7 +1448,8 @@ static const s_cmd s_cmds[] = {
     {"status", s_status, "a daemon's status from its control socket", S_U_CONTROL},
     {"stop", s_stop, "ask a daemon to stop (control socket)", S_U_CONTROL},
     {"batch get", s_batch_get, "fetch one batch from a loader, print a summary, write PNG/safetensors", S_U_BATCH},
-    {"dataset synth", s_dataset_synth, "write a synthetic JPEG ImageFolder", S_U_SYNTH},
+    {"dataset synth", s_dataset_synth, "write a synthetic JPEG ImageFolder (or, with --coco, a COCO-format set)",
+     S_U_SYNTH},
     {"dataset info", s_dataset_info, "kind, size, classes and fingerprint of a dataset directory", S_U_INFO},
     {"bench loader", s_bench_loader, "images/s of the loader pipeline, in process and through a local server",
      S_U_BENCH},
