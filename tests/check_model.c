@@ -311,6 +311,8 @@ static void s_parity_closed_form(const char *fixture, size_t want_params, size_t
     if (wa) cfg.width_alpha = atof(wa);
     const char *kw = eq_st_meta_get(f, "keyword");
     if (kw) s_kw(&cfg, kw);
+    const char *sk = eq_st_meta_get(f, "stem_kernel");
+    if (sk) cfg.stem_kernel = atoi(sk);
     const int64_t n = atoi(eq_st_meta_get(f, "batch")), hw = atoi(eq_st_meta_get(f, "size"));
     eq_model *m = eq_model_new(be, &cfg, NULL, NULL, n, hw, hw, &err);
     ck_assert_msg(m != NULL, "%s", err.msg);
@@ -423,6 +425,15 @@ START_TEST(test_parity_mobilenet_v2)
 }
 END_TEST
 
+/* TResNet stems (space-to-depth 4 + 1x1, and 2 + 3x3 + max-pool) on the
+ * original's resnet18 (gen_tresnet.py) */
+START_TEST(test_parity_tresnet_stem)
+{
+    s_parity_closed_form("resnet18_tresnet.safetensors", 62, 40);
+    s_parity_closed_form("resnet18_tresnet_mp.safetensors", 62, 40);
+}
+END_TEST
+
 START_TEST(test_parity_mobilenet_v1)
 {
     s_parity_closed_form("mobilenet_v1.safetensors", 27 + 27 * 2 + 2, 27 * 2);
@@ -495,6 +506,18 @@ START_TEST(test_model_errors)
     s_kw(&cfg, "PReLU");
     ck_assert_ptr_null(eq_model_new(be, &cfg, NULL, NULL, 2, 32, 32, &err));
     ck_assert_ptr_nonnull(strstr(err.msg, "PReLU"));
+    /* TResNet stems belong to resnetNN; space-to-depth needs a divisible input */
+    s_kw(&cfg, "TResNetStem");
+    ck_assert_ptr_null(eq_model_new(be, &cfg, NULL, NULL, 2, 32, 32, &err));
+    ck_assert_ptr_nonnull(strstr(err.msg, "resnetNN family"));
+    snprintf(cfg.arch, sizeof cfg.arch, "resnet18");
+    s_kw(&cfg, "origin,cbsa,TResNetStem");
+    ck_assert_ptr_null(eq_model_new(be, &cfg, NULL, NULL, 2, 30, 30, &err));
+    ck_assert_ptr_nonnull(strstr(err.msg, "block 4 must divide 30x30"));
+    cfg.stem_kernel = 2;
+    ck_assert_ptr_null(eq_model_new(be, &cfg, NULL, NULL, 2, 32, 32, &err));
+    ck_assert_ptr_nonnull(strstr(err.msg, "stem_kernel"));
+    cfg.stem_kernel = 1;
     /* a Bi-Real bottleneck does not exist */
     snprintf(cfg.arch, sizeof cfg.arch, "resnet50");
     s_kw(&cfg, "cbsa");
@@ -1307,6 +1330,7 @@ static Suite *s_suite(void)
     tcase_add_test(tc, test_parity_torch_resnet18_224);
     tcase_add_test(tc, test_parity_mobilenet_v2);
     tcase_add_test(tc, test_parity_mobilenet_v1);
+    tcase_add_test(tc, test_parity_tresnet_stem);
     suite_add_tcase(s, tc);
     tc = tcase_create("build");
     tcase_set_timeout(tc, 30);

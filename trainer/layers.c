@@ -37,6 +37,8 @@ typedef struct s_node {
     eq_bn_desc bn;
     int64_t lin_in;
     float lo, hi;       /* clamp bounds */
+    int64_t s2d;        /* space-to-depth block (a conv with the fixed weight fixed_w) */
+    float *fixed_w;
     int pw, pb, prm, prv, pnbt; /* tensor indices, -1 if none */
     float *y, *dy;
     float *save;     /* BN: mean [c], invstd [c] */
@@ -318,6 +320,28 @@ int eq_layers_conv(eq_layers *g, const char *name, int in, int64_t k, int64_t r,
     return g->nnodes - 1;
 }
 
+int eq_layers_space_to_depth(eq_layers *g, int in, int64_t s, eq_err *err)
+{
+    s_node *nd = s_add_node(g, S_CONV, in, -1, NULL, err);
+    if (!nd) return s_fail(g);
+    if (s < 1 || nd->h % s || nd->w % s) {
+        eq_err_set(err, EQ_ERR_INVALID, "space_to_depth (node %d): block %lld must divide %lldx%lld",
+                   g->nnodes - 1, (long long)s, (long long)nd->h, (long long)nd->w);
+        return s_fail(g);
+    }
+    nd->s2d = s;
+    eq_conv2d_desc *d = &nd->conv;
+    *d = (eq_conv2d_desc){.n = nd->n, .h = nd->h, .w = nd->w, .c = nd->c, .k = nd->c * s * s,
+                          .r = s, .s = s, .stride_h = s, .stride_w = s, .dil_h = 1, .dil_w = 1,
+                          .groups = 1};
+    if (eq_conv2d_desc_init(d, err) != EQ_OK) {
+        eq_err_prefix(err, "space_to_depth (node %d): ", g->nnodes - 1);
+        return s_fail(g);
+    }
+    nd->h = d->p, nd->w = d->q, nd->c = d->k;
+    return g->nnodes - 1;
+}
+
 int eq_layers_bn(eq_layers *g, const char *name, int in, eq_err *err)
 {
     if (s_name_ok(g, name, "bn", err)) return -1;
@@ -562,6 +586,7 @@ eq_status eq_layers_finalize(eq_layers *g, uint64_t seed, eq_err *err)
             S_TAKE(nd->dy, a);
             if (s_numel(nd) > maxact) maxact = s_numel(nd);
             if (nd->kind == S_BN) S_TAKE(nd->save, 2 * (size_t)nd->c);
+            if (nd->s2d) S_TAKE(nd->fixed_w, (size_t)(nd->conv.k * nd->conv.c * nd->s2d * nd->s2d));
             if (nd->kind == S_MAXPOOL) S_TAKE(nd->argmax, a); /* int32: same size as float */
             if (nd->qw) {
                 size_t wn = g->t[nd->pw].numel;
@@ -585,6 +610,21 @@ eq_status eq_layers_finalize(eq_layers *g, uint64_t seed, eq_err *err)
             if (!(g->block = eq_backend_alloc(g->be, need * sizeof(float), err)))
                 return eq_err_prefix(err, "finalize: activations: ");
         }
+    }
+    /* space-to-depth: output channel c*s*s + dy*s + dx takes input channel c
+     * at (dy, dx) of each s x s cell (a one-hot conv, exact in float) */
+    for (int i = 0; i < g->nnodes; i++) {
+        s_node *nd = &g->nodes[i];
+        if (!nd->s2d) continue;
+        int64_t bs = nd->s2d, c = nd->conv.c, k = nd->conv.k;
+        size_t nw = (size_t)(k * c * bs * bs);
+        float *w = calloc(nw, sizeof *w);
+        if (!w) return eq_err_set(err, EQ_ERR_NOMEM, "finalize: out of memory");
+        for (int64_t ci = 0; ci < c; ci++)
+            for (int64_t t = 0; t < bs * bs; t++) w[((ci * bs * bs + t) * c + ci) * bs * bs + t] = 1.0f;
+        eq_status st2 = eq_backend_upload(g->be, nd->fixed_w, w, nw * sizeof *w, err);
+        free(w);
+        if (st2 != EQ_OK) return eq_err_prefix(err, "finalize: space_to_depth: ");
     }
     g->finalized = 1;
     return EQ_OK;
@@ -680,6 +720,7 @@ eq_status eq_layers_forward(eq_layers *g, const float *x, bool train, eq_err *er
         switch (nd->kind) {
         case S_CONV:
             st = s_quant_fwd(g, nd, a, train, &wp, &xp, err);
+            if (nd->s2d) wp = nd->fixed_w;
             if (st == EQ_OK) st = eq_backend_conv2d_fwd(be, &nd->conv, xp, wp, nd->y, err);
             break;
         case S_BN:
@@ -783,12 +824,12 @@ eq_status eq_layers_backward(eq_layers *g, eq_err *err)
         case S_CONV:
         case S_LINEAR: {
             const float *xin = nd->qf ? nd->a : a->y;
-            const float *w = nd->qw ? nd->wq : s_p(g, nd->pw);
+            const float *w = nd->s2d ? nd->fixed_w : nd->qw ? nd->wq : s_p(g, nd->pw);
             float *dw = nd->qw ? nd->dwq : s_g(g, nd->pw);
             /* with qf the GEMM's input gradient goes to da, then through Qf */
             float *gx = nd->qf ? nd->da : dx;
             if (nd->kind == S_CONV) {
-                st = eq_backend_conv2d_bwd_filter(be, &nd->conv, xin, nd->dy, dw, err);
+                if (!nd->s2d) st = eq_backend_conv2d_bwd_filter(be, &nd->conv, xin, nd->dy, dw, err);
                 if (st == EQ_OK && gx) st = eq_backend_conv2d_bwd_data(be, &nd->conv, nd->dy, w, gx, err);
             } else {
                 st = eq_backend_linear_bwd_weight(be, nd->n, nd->lin_in, nd->c, xin, nd->dy, dw,

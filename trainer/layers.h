@@ -48,6 +48,11 @@ int eq_layers_input(eq_layers *g, int64_t n, int64_t h, int64_t w, int64_t c, eq
 int eq_layers_conv(eq_layers *g, const char *name, int in, int64_t k, int64_t r, int64_t stride,
                    int64_t pad, int64_t groups, const eq_quant_opts *wq, const eq_quant_opts *fq,
                    bool pad_after_quant, eq_err *err);
+/* Space-to-depth by s (s divides h and w): [n][h][w][c] -> [n][h/s][w/s][c*s*s],
+ * output channel c*s*s + dy*s + dx from input (s*p + dy, s*q + dx, c), the
+ * original's TResNetStem order.  Runs as a conv with a fixed one-hot weight
+ * (exact for finite inputs; no tensors). */
+int eq_layers_space_to_depth(eq_layers *g, int in, int64_t s, eq_err *err);
 /* BatchNorm2d (eps 1e-5, momentum 0.1): weight, bias, running_mean,
  * running_var, num_batches_tracked (I64 scalar). */
 int eq_layers_bn(eq_layers *g, const char *name, int in, eq_err *err);

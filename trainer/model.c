@@ -31,6 +31,8 @@ static const eq_config_key s_model_keys[] = {
     EQ_CONFIG_BOOL_KEY(eq_model_cfg, padding_after_quant, "false",
                        "zero-pad after the activation quantizer instead of before"),
     EQ_CONFIG_INT_KEY(eq_model_cfg, seed, "0", 0, INT64_MAX, "parameter initialisation seed"),
+    EQ_CONFIG_INT_KEY(eq_model_cfg, stem_kernel, "1", 1, 3,
+                      "TResNetStem/TResNetStemMaxPool: kernel of the conv after space-to-depth (1 or 3)"),
 };
 
 static const char *const s_half_range_choices[] = {"default", "true", "false", NULL};
@@ -130,6 +132,7 @@ typedef struct s_build {
     int has_wq, has_fq;
     int origin, prebn, fix, fix_pooling, singleconv, real_skip, prelu, nrelu, cifar, first_last;
     int real_dp, real_pt; /* MobileNet: depthwise / pointwise convs in full precision */
+    int tresnet;          /* 1: TResNetStem (space-to-depth 4), 2: TResNetStemMaxPool (2 + max-pool) */
     enum s_order order;
     eq_err *err;
 } s_build;
@@ -143,7 +146,8 @@ static int s_has(const eq_model_cfg *c, const char *kw)
 
 static const char *const s_supported_kw[] = {
     "origin", "preBN", "cbas", "cbsa", "cabs", "bacs", "bcas", "fix", "fix_pooling", "singleconv",
-    "real_skip", "PReLU", "NReLU", "cifar10", "cifar100", "first-last", "real_dp", "real_pt", NULL};
+    "real_skip", "PReLU", "NReLU", "cifar10", "cifar100", "first-last", "real_dp", "real_pt", "TResNetStem",
+    "TResNetStemMaxPool", NULL};
 
 /* The keywords a MobileNet takes (the others shape ResNet blocks). */
 static const char *const s_mobile_kw[] = {"cifar10", "cifar100", "first-last", "real_dp", "real_pt", NULL};
@@ -158,7 +162,8 @@ static eq_status s_check_keywords(const eq_model_cfg *c, eq_err *err)
                               "[model] keyword: '%s' (item %zu) is unknown or not implemented; "
                               "supported: origin, preBN, cbas, cbsa, cabs, bacs, bcas, fix, "
                               "fix_pooling, singleconv, real_skip, PReLU, NReLU, cifar10, cifar100, "
-                              "first-last, real_dp, real_pt (quantizer methods go in "
+                              "first-last, real_dp, real_pt, TResNetStem, TResNetStemMaxPool "
+                              "(quantizer methods go in "
                               "[quant.wt]/[quant.fm] method)",
                               c->keyword[i], i + 1);
     }
@@ -236,6 +241,11 @@ static int s_tv_block(s_build *b, const char *pfx, int x, int64_t planes, int64_
 static int s_build_torch_resnet(s_build *b, const int blocks[4], int bottleneck, int64_t w0,
                                 int x)
 {
+    if (b->tresnet)
+        return eq_err_set(b->err, EQ_ERR_INVALID,
+                          "[model] keyword TResNetStem/TResNetStemMaxPool: applies to the resnetNN "
+                          "family, not to torchvision's ResNet"),
+               -1;
     if (b->prelu)
         return eq_err_set(b->err, EQ_ERR_INVALID,
                           "[model] keyword PReLU: torch-resnet shares one activation module per "
@@ -376,14 +386,25 @@ static int s_build_resnetxx(s_build *b, const int *blocks, int nstages, int bott
     /* BN widths of the blocks: the pre-activation orders normalise the
      * block input, so a block's bn1 has I channels (handled by s_seq). */
     int fp = !b->first_last;
-    if (b->cifar) x = s_conv(b, "conv1", x, w0, 3, 1, 1, fp);
-    else x = s_conv(b, "conv1", x, w0, 7, 2, 3, fp);
-    int stem_bn = !b->prebn;
+    if (b->tresnet) { /* space-to-depth, then a full-precision conv (ORIGINAL.md 3.2.1) */
+        int64_t k = b->cfg->stem_kernel;
+        if (k != 1 && k != 3)
+            return eq_err_set(b->err, EQ_ERR_INVALID, "[model] stem_kernel: %lld must be 1 or 3",
+                              (long long)k),
+                   -1;
+        x = eq_layers_space_to_depth(b->g, x, b->tresnet == 1 ? 4 : 2, b->err);
+        x = s_conv(b, "conv1", x, w0, k, 1, k / 2, 1);
+    } else if (b->cifar) {
+        x = s_conv(b, "conv1", x, w0, 3, 1, 1, fp);
+    } else {
+        x = s_conv(b, "conv1", x, w0, 7, 2, 3, fp);
+    }
+    int stem_bn = !b->prebn, pool = b->tresnet ? b->tresnet == 2 : !b->cifar;
     if (x >= 0 && b->fix_pooling) {
         if (stem_bn) x = eq_layers_bn(b->g, "bn1", x, b->err), x = s_act(b, "relu", x);
-        if (x >= 0 && !b->cifar) x = eq_layers_maxpool(b->g, x, 3, 2, 1, b->err);
+        if (x >= 0 && pool) x = eq_layers_maxpool(b->g, x, 3, 2, 1, b->err);
     } else if (x >= 0) {
-        if (!b->cifar) x = eq_layers_maxpool(b->g, x, 3, 2, 1, b->err);
+        if (pool) x = eq_layers_maxpool(b->g, x, 3, 2, 1, b->err);
         if (x >= 0 && stem_bn) x = eq_layers_bn(b->g, "bn1", x, b->err), x = s_act(b, "relu", x);
     }
     for (int st = 0; st < nstages && x >= 0; st++)
@@ -567,6 +588,7 @@ eq_model *eq_model_new(eq_backend *be, const eq_model_cfg *cfg, const eq_model_q
     b.real_skip = s_has(cfg, "real_skip"), b.prelu = s_has(cfg, "PReLU");
     b.nrelu = s_has(cfg, "NReLU");
     b.real_dp = s_has(cfg, "real_dp"), b.real_pt = s_has(cfg, "real_pt");
+    b.tresnet = s_has(cfg, "TResNetStem") ? 1 : s_has(cfg, "TResNetStemMaxPool") ? 2 : 0;
     b.cifar = arch->cifar || s_has(cfg, "cifar10") || s_has(cfg, "cifar100");
     b.first_last = cfg->quant_first_last || s_has(cfg, "first-last");
     static const char *const orders[] = {"cbas", "cbsa", "cabs", "bacs", "bcas"};

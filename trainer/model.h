@@ -56,6 +56,7 @@ typedef struct eq_model_cfg {
     bool quant_first_last;     /* also quantize the stem conv and the classifier */
     bool padding_after_quant;  /* zero-pad after the fm quantizer (binary configs) */
     int64_t seed;              /* initialisation seed (core/rng.h) */
+    int64_t stem_kernel;       /* TResNet stems: 1x1 or 3x3 conv after space-to-depth */
 } eq_model_cfg;
 
 /* [quant.wt] / [quant.fm]: one quantizer per quantized conv/linear; the keys
