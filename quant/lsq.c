@@ -108,11 +108,12 @@ static void s_count_chunk(eq_quant *q, void *vc, int64_t c, int64_t lo, int64_t 
  * 1: one group per position).  half is a constant at each call site. */
 static inline __attribute__((always_inline)) void
 s_fwd_seg(const float *x, float *y, int64_t len, const float *cl, int64_t cs, float lb, float n, float sc,
-          int half)
+          int half, int scaled)
 {
     for (int64_t t = 0; t < len; t++) {
         float c = cl[t * cs];
-        float u = eq_quant_gs_value(eq_qclamp(x[t] / c, lb, 1.0f), sc);
+        float u = eq_qclamp(x[t] / c, lb, 1.0f);
+        if (scaled) u = eq_quant_gs_value(u, sc);
         if (half) {
             y[t] = c * (eq_qround(u * n) / n);
         } else {
@@ -128,21 +129,32 @@ static void s_fwd_chunk(eq_quant *q, void *vc, int64_t c, int64_t lo, int64_t hi
     s_io *io = vc;
     const s_lsq *p = q->priv;
     float sc = p->sc, n = io->n, lb = io->lo;
+    /* half and scaled are constants in each call, so that every variant
+     * is a straight-line loop */
+    int v = (io->half ? 2 : 0) + (sc != 1.0f);
     if (eq_quant_rowwise(q)) {
         EQ_QFOR_ROWS_IN(q, lo, hi, s0, len, j0) {
-            if (io->half)
-                s_fwd_seg(io->x + s0, io->y + s0, len, p->clr + j0, 1, lb, n, sc, 1);
-            else
-                s_fwd_seg(io->x + s0, io->y + s0, len, p->clr + j0, 1, lb, n, sc, 0);
+            const float *x = io->x + s0, *cl = p->clr + j0;
+            float *y = io->y + s0;
+            switch (v) {
+            case 0: s_fwd_seg(x, y, len, cl, 1, lb, n, sc, 0, 0); break;
+            case 1: s_fwd_seg(x, y, len, cl, 1, lb, n, sc, 0, 1); break;
+            case 2: s_fwd_seg(x, y, len, cl, 1, lb, n, sc, 1, 0); break;
+            default: s_fwd_seg(x, y, len, cl, 1, lb, n, sc, 1, 1); break;
+            }
         }
         return;
     }
     EQ_QFOR_RUNS_IN(q, lo, hi, s0, len, k) {
         float cl = s_clip(q, k, p->fe);
-        if (io->half)
-            s_fwd_seg(io->x + s0, io->y + s0, len, &cl, 0, lb, n, sc, 1);
-        else
-            s_fwd_seg(io->x + s0, io->y + s0, len, &cl, 0, lb, n, sc, 0);
+        const float *x = io->x + s0;
+        float *y = io->y + s0;
+        switch (v) {
+        case 0: s_fwd_seg(x, y, len, &cl, 0, lb, n, sc, 0, 0); break;
+        case 1: s_fwd_seg(x, y, len, &cl, 0, lb, n, sc, 0, 1); break;
+        case 2: s_fwd_seg(x, y, len, &cl, 0, lb, n, sc, 1, 0); break;
+        default: s_fwd_seg(x, y, len, &cl, 0, lb, n, sc, 1, 1); break;
+        }
     }
 }
 
