@@ -119,6 +119,8 @@ eq_status eq_cocoidx_save(const eq_cocoidx *x, const char *path, uint64_t src_si
  * (may be NULL) receive what the cache records. */
 eq_cocoidx *eq_cocoidx_load(const char *path, uint64_t *src_size, int64_t *src_mtime_ns,
                             eq_err *err);
+/* Same from bytes in memory (copied); for tests and the fuzz target. */
+eq_cocoidx *eq_cocoidx_load_mem(const void *data, size_t len, const char *name, eq_err *err);
 /* Every offset, count, class and kind in range, ids increasing, strings
  * terminated, RLE counts summing to h * w: what makes the index safe to
  * use.  EQ_ERR_CORRUPT naming the first bad entry. */

@@ -336,7 +336,6 @@ static eq_status s_mask(const eq_det *d, const eq_cocoidx_img *im, const eq_coco
     const eq_cocoidx *x = d->idx;
     size_t rn = (size_t)rect[2] * rect[3];
     size_t need = rn;
-    if (a->seg == EQ_COCOIDX_SEG_RLE) need += (size_t)im->width * im->height;
     if (a->seg == EQ_COCOIDX_SEG_POLY) {
         uint64_t nv = 0;
         for (uint32_t r = 0; r < a->seg_n; r++) nv += x->rings[a->seg_ring + r];
@@ -353,14 +352,22 @@ static eq_status s_mask(const eq_det *d, const eq_cocoidx_img *im, const eq_coco
         int ok = 1;
         for (uint32_t r = 0; r < a->seg_n && ok; r++) {
             uint32_t len = x->rings[a->seg_ring + r];
+            int far = 0;
             for (uint32_t q = 0; q < len; q += 2) {
                 double vx = x->coords[v0 + q] * sx, vy = x->coords[v0 + q + 1] * sy;
                 xy[q] = flip ? ow - vx : vx;
                 xy[q + 1] = vy;
+                /* the rasteriser's work and memory grow with the outline's
+                 * length: vertices far outside the image are refused */
+                far |= !(xy[q] >= -(double)ow && xy[q] <= 2.0 * ow && vy >= -(double)oh && vy <= 2.0 * oh);
             }
             v0 += len;
             eq_err e = {0};
-            if (eq_rle_fr_poly(xy, len / 2, oh, ow, &rl[r], &e) != EQ_OK) {
+            if (far) {
+                eq_debug("coco: image %" PRId64 ": polygon reaches more than an image size outside it: empty mask",
+                         im->id);
+                ok = 0;
+            } else if (eq_rle_fr_poly(xy, len / 2, oh, ow, &rl[r], &e) != EQ_OK) {
                 eq_debug("coco: image %" PRId64 ": polygon not rasterised: %s", im->id, e.msg);
                 ok = 0;
             }
@@ -376,22 +383,36 @@ static eq_status s_mask(const eq_det *d, const eq_cocoidx_img *im, const eq_coco
         for (uint32_t r = 0; r < a->seg_n; r++) eq_rle_free(&rl[r]);
         free(rl);
     } else {
-        /* RLE: decode at the annotated size, nearest resample, mirror */
+        /* RLE: nearest resample (and mirror) read straight from the runs,
+         * so memory stays the rect's whatever the annotated size: the
+         * rect's columns are visited in increasing source column, rows in
+         * increasing source row, i.e. increasing source pixel index. */
         uint32_t W = im->width, H = im->height;
-        uint8_t *full = s->tmp + rn;
-        eq_rle r = {H, W, a->seg_n, x->counts + a->seg_off};
-        eq_err e = {0};
-        if (eq_rle_decode(&r, full, &e) != EQ_OK) return eq_err_set(err, EQ_ERR_INTERNAL, "mask: %s", e.msg);
-        for (int32_t cx = 0; cx < rect[2]; cx++) {
+        const uint32_t *cn = x->counts + a->seg_off;
+        size_t run = 0;
+        uint64_t run_end = a->seg_n ? cn[0] : UINT64_MAX;
+        int64_t prev_src = -1;
+        int32_t prev_cx = -1;
+        for (int32_t t = 0; t < rect[2]; t++) {
+            int32_t cx = flip ? rect[2] - 1 - t : t; /* flipped: right to left is increasing source x */
             uint32_t ox = (uint32_t)(rect[0] + cx);
             uint32_t ux = flip ? ow - 1 - ox : ox;
             uint64_t srcx = (uint64_t)(((double)ux + 0.5) * W / ow);
             if (srcx >= W) srcx = W - 1;
+            uint8_t *col = m + (size_t)cx * rect[3];
+            if ((int64_t)srcx == prev_src) {
+                memcpy(col, m + (size_t)prev_cx * rect[3], (size_t)rect[3]);
+                continue;
+            }
+            prev_src = (int64_t)srcx;
+            prev_cx = cx;
             for (int32_t cy = 0; cy < rect[3]; cy++) {
                 uint32_t oy = (uint32_t)(rect[1] + cy);
                 uint64_t srcy = (uint64_t)(((double)oy + 0.5) * H / oh);
                 if (srcy >= H) srcy = H - 1;
-                m[(size_t)cx * rect[3] + cy] = full[srcx * H + srcy];
+                uint64_t idx = srcx * H + srcy;
+                while (idx >= run_end && run + 1 < a->seg_n) run_end += cn[++run];
+                col[cy] = idx < run_end ? (uint8_t)(run & 1) : 0;
             }
         }
     }

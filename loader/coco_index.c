@@ -665,11 +665,10 @@ eq_status eq_cocoidx_save(const eq_cocoidx *x, const char *path, uint64_t src_si
     return eq_file_atomic_commit(&f, err);
 }
 
-eq_cocoidx *eq_cocoidx_load(const char *path, uint64_t *src_size, int64_t *src_mtime_ns, eq_err *err)
+/* Takes ownership of buf (malloc'd, len bytes). */
+static eq_cocoidx *s_load_buf(char *buf, size_t len, const char *path, uint64_t *src_size, int64_t *src_mtime_ns,
+                              eq_err *err)
 {
-    char *buf = NULL;
-    size_t len = 0;
-    if (eq_file_read(path, 0, &buf, &len, err) != EQ_OK) return NULL;
     eq_cocoidx *x = NULL;
     const uint8_t *b = (const uint8_t *)buf;
     if (len < S_HDR || memcmp(b, S_MAGIC, 8)) {
@@ -735,6 +734,25 @@ fail:
     free(x);
     free(buf);
     return NULL;
+}
+
+eq_cocoidx *eq_cocoidx_load(const char *path, uint64_t *src_size, int64_t *src_mtime_ns, eq_err *err)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    if (eq_file_read(path, 0, &buf, &len, err) != EQ_OK) return NULL;
+    return s_load_buf(buf, len, path, src_size, src_mtime_ns, err);
+}
+
+eq_cocoidx *eq_cocoidx_load_mem(const void *data, size_t len, const char *name, eq_err *err)
+{
+    char *buf = malloc(len + 8);
+    if (!buf) {
+        eq_err_set(err, EQ_ERR_NOMEM, "%s: out of memory", name);
+        return NULL;
+    }
+    memcpy(buf, data, len);
+    return s_load_buf(buf, len, name, NULL, NULL, err);
 }
 
 eq_cocoidx *eq_cocoidx_open(const char *json_path, const char *cache_path, int *from_cache, eq_err *err)

@@ -428,6 +428,72 @@ START_TEST(hand_geometry)
 }
 END_TEST
 
+/* RLE masks are resampled from their runs: the same as decoding the whole
+ * mask and sampling nearest pixels (PIL NEAREST's centre rule), mirrored. */
+START_TEST(rle_resample)
+{
+    const uint32_t W = 37, H = 23;
+    uint8_t full[37 * 23];
+    uint64_t st = 12345;
+    for (size_t i = 0; i < sizeof full; i++) {
+        st = st * 6364136223846793005ull + 1442695040888963407ull;
+        full[i] = (st >> 60) < 7; /* blobs of runs */
+    }
+    eq_rle r = {0};
+    ck_assert_int_eq(eq_rle_encode(full, H, W, &r, NULL), EQ_OK);
+    size_t cap = 1 << 16, o = 0;
+    char *j = malloc(cap);
+    o += (size_t)snprintf(j + o, cap - o,
+                          "{\"images\": [{\"id\": 1, \"width\": %u, \"height\": %u, \"file_name\": \"x.jpg\"}],"
+                          " \"categories\": [{\"id\": 1}], \"annotations\": [{\"image_id\": 1, \"category_id\": 1,"
+                          " \"iscrowd\": 1, \"bbox\": [0, 0, %u, %u], \"segmentation\": {\"size\": [%u, %u], \"counts\": [",
+                          W, H, W, H, H, W);
+    for (size_t q = 0; q < r.m; q++) o += (size_t)snprintf(j + o, cap - o, "%s%u", q ? ", " : "", r.cnts[q]);
+    o += (size_t)snprintf(j + o, cap - o, "]}}]}");
+    eq_rle_free(&r);
+    eq_err e = {0};
+    eq_cocoidx *x = eq_cocoidx_parse_mem(j, o, "rle.json", &e);
+    ck_assert_msg(x != NULL, "%s", e.msg);
+    free(j);
+    eq_decoder *dec = eq_decoder_new(0, &e);
+    eq_det_sample s = {0};
+    const uint32_t sizes[] = {9, 23, 50};
+    for (size_t si = 0; si < 3; si++) {
+        eq_det_cfg c;
+        eq_det_cfg_default(&c, "val", 1, 1);
+        c.min_sizes[0] = sizes[si];
+        c.max_size = 1000;
+        c.hflip = 1;
+        eq_det *d = eq_det_new(x, "/nonexistent", &c, &e);
+        ck_assert_ptr_nonnull(d);
+        int seen[2] = {0, 0};
+        for (uint64_t ep = 0; ep < 12; ep++) {
+            ck_assert_int_eq(eq_det_make(d, dec, ep, 0, &s, &e), EQ_OK);
+            ck_assert_uint_eq(s.n, 1);
+            seen[s.flipped] = 1;
+            const int32_t *rc = s.mrect;
+            ck_assert_int_eq(rc[0], 0);
+            ck_assert_int_eq(rc[2], (int32_t)s.w);
+            ck_assert_int_eq(rc[3], (int32_t)s.h);
+            uint8_t *want = malloc((size_t)s.w * s.h);
+            for (uint32_t ox = 0; ox < s.w; ox++)
+                for (uint32_t oy = 0; oy < s.h; oy++) {
+                    uint32_t ux = s.flipped ? s.w - 1 - ox : ox;
+                    uint32_t sx = (uint32_t)((ux + 0.5) * W / s.w), sy = (uint32_t)((oy + 0.5) * H / s.h);
+                    want[(size_t)ox * s.h + oy] = full[(size_t)(sx < W ? sx : W - 1) * H + (sy < H ? sy : H - 1)];
+                }
+            s_check_mask(&s, 0, want);
+            free(want);
+        }
+        ck_assert(seen[0] && seen[1]);
+        eq_det_destroy(&d);
+    }
+    eq_det_sample_free(&s);
+    eq_decoder_destroy(&dec);
+    eq_cocoidx_destroy(&x);
+}
+END_TEST
+
 START_TEST(mask_codec)
 {
     /* both encodings round-trip; the shorter one is chosen */
@@ -861,6 +927,7 @@ static Suite *s_suite(void)
     tcase_add_test(tc, output_size);
     tcase_add_test(tc, hand_geometry);
     tcase_add_test(tc, mask_codec);
+    tcase_add_test(tc, rle_resample);
     tcase_add_test(tc, synth_batches);
     tcase_set_timeout(tc, 20);
     suite_add_tcase(s, tc);
