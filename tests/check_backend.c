@@ -458,6 +458,44 @@ START_TEST(test_clamp)
 }
 END_TEST
 
+/* Fixup's scalar bias / multiplier: y = x*a + b, dx = dy*a, da = sum(dy*x),
+ * db = sum(dy) (double references), defaults for NULL, in place, and 1 vs
+ * 3 threads bit for bit. */
+START_TEST(test_scalar_affine)
+{
+    eq_err err = {0};
+    const size_t n = 70000; /* several chunks */
+    float *x = s_randv(n, 2.0f), *dy = s_randv(n, 1.0f), *y = malloc(n * 4), *dx = malloc(n * 4);
+    float a = 1.5f, b = -0.25f, da[2], db[2];
+    for (int th = 0; th < 2; th++) {
+        eq_backend *be = s_cpu(th ? 3 : 1);
+        OK(eq_backend_scalar_affine_fwd(be, n, x, &a, &b, y, &err));
+        OK(eq_backend_scalar_affine_bwd(be, n, x, dy, &a, dx, &da[th], &db[th], &err));
+        double sx = 0, s1 = 0;
+        for (size_t i = 0; i < n; i++) {
+            ck_assert(y[i] == x[i] * a + b);
+            ck_assert(dx[i] == dy[i] * a);
+            sx += (double)dy[i] * x[i], s1 += dy[i];
+        }
+        ck_assert_msg(fabs(da[th] - sx) <= 1e-6 * fabs(sx) + 1e-6, "dscale %g vs %g", da[th], sx);
+        ck_assert_msg(fabs(db[th] - s1) <= 1e-6 * fabs(s1) + 1e-6, "dbias %g vs %g", db[th], s1);
+        /* NULL scale and bias: identity; dx NULL and in place */
+        OK(eq_backend_scalar_affine_fwd(be, n, x, NULL, NULL, y, &err));
+        ck_assert_mem_eq(y, x, n * 4);
+        float dbo;
+        OK(eq_backend_scalar_affine_bwd(be, n, NULL, dy, NULL, NULL, NULL, &dbo, &err));
+        ck_assert(dbo == db[th]);
+        memcpy(y, dy, n * 4);
+        OK(eq_backend_scalar_affine_bwd(be, n, x, y, &a, y, NULL, NULL, &err));
+        ck_assert_mem_eq(y, dx, n * 4);
+        ck_assert_int_eq(eq_backend_scalar_affine_bwd(be, n, NULL, dy, &a, dx, da, NULL, &err), EQ_ERR_INVALID);
+        eq_backend_destroy(&be);
+    }
+    ck_assert(da[0] == da[1] && db[0] == db[1]);
+    free(x), free(dy), free(y), free(dx);
+}
+END_TEST
+
 typedef struct act_fd {
     eq_backend *be;
     int64_t m, c, ns;
@@ -1143,6 +1181,7 @@ static Suite *s_suite(void)
     tcase_add_loop_test(tc, test_bn_parity, 0, 2);
     tcase_add_test(tc, test_relu_parity);
     tcase_add_test(tc, test_clamp);
+    tcase_add_test(tc, test_scalar_affine);
     tcase_add_loop_test(tc, test_prelu_parity, 0, 2);
     tcase_add_test(tc, test_add);
     tcase_add_loop_test(tc, test_pool_parity, 0, NPOOL);

@@ -434,6 +434,15 @@ START_TEST(test_parity_tresnet_stem)
 }
 END_TEST
 
+/* Fixup (no BN; scalar biases and multipliers) on the original's resnet20
+ * and resnet50 (gen_fixup.py) */
+START_TEST(test_parity_fixup)
+{
+    s_parity_closed_form("resnet20_fixup.safetensors", 70, 0);
+    s_parity_closed_form("resnet50_fixup.safetensors", 169, 0);
+}
+END_TEST
+
 START_TEST(test_parity_mobilenet_v1)
 {
     s_parity_closed_form("mobilenet_v1.safetensors", 27 + 27 * 2 + 2, 27 * 2);
@@ -797,6 +806,70 @@ START_TEST(test_mobilenet_build)
     ck_assert_msg(isfinite(last) && last < first, "loss %g -> %g", first, last);
     eq_optim_destroy(&o);
     eq_model_destroy(&m);
+    eq_backend_destroy(&be);
+}
+END_TEST
+
+/* Fixup's initialisation and keyword rules; a Fixup ResNet-20 trains. */
+START_TEST(test_fixup_build)
+{
+    eq_err err = {0};
+    eq_backend *be = eq_backend_cpu_new(1, &err);
+    eq_model_cfg cfg;
+    s_defaults(&cfg, NULL, NULL);
+    snprintf(cfg.arch, sizeof cfg.arch, "resnet20");
+    cfg.width_alpha = 0.125;
+    s_kw(&cfg, "origin,cbsa,fix,fixup,bias,singleconv");
+    eq_model *m = eq_model_new(be, &cfg, NULL, NULL, 4, 16, 16, &err);
+    ck_assert_msg(m != NULL, "%s", err.msg);
+    for (size_t i = 0; i < eq_model_tensor_count(m); i++)
+        ck_assert_msg(!strstr(eq_model_tensor_at(m, i)->name, "bn"), "%s", eq_model_tensor_at(m, i)->name);
+    const char *zero[] = {"layer1.0.conv2.weight", "layer3.2.conv2.weight", "fc.weight", "fc.bias",
+                          "layer2.1.bias1a", "bias1", "bias2"};
+    for (size_t z = 0; z < sizeof zero / sizeof zero[0]; z++) {
+        const eq_model_tensor *t = eq_model_tensor_find(m, zero[z]);
+        ck_assert_msg(t != NULL, "%s missing", zero[z]);
+        for (size_t k = 0; k < t->numel; k++) ck_assert_msg(((float *)t->data)[k] == 0.0f, "%s[%zu]", zero[z], k);
+    }
+    ck_assert(*(float *)eq_model_tensor_find(m, "layer1.1.scale")->data == 1.0f);
+    /* conv1 of a block: kaiming fan_out times L^-1/2, L = 3 stages; the
+     * shortcut conv keeps plain kaiming */
+    const char *nm[2] = {"layer3.0.conv1.weight", "layer3.0.downsample.0.weight"};
+    const double want[2] = {sqrt(2.0 / (32 * 9)) / sqrt(3.0), sqrt(2.0 / 32)};
+    for (int i = 0; i < 2; i++) {
+        const eq_model_tensor *t = eq_model_tensor_find(m, nm[i]);
+        ck_assert_ptr_nonnull(t);
+        double ss = 0;
+        for (size_t k = 0; k < t->numel; k++) ss += (double)((float *)t->data)[k] * ((float *)t->data)[k];
+        double sd = sqrt(ss / (double)t->numel);
+        ck_assert_msg(fabs(sd / want[i] - 1.0) < 0.15, "%s: std %g, want %g", nm[i], sd, want[i]);
+    }
+    eq_optim_cfg oc;
+    eq_config_section os[EQ_OPTIM_CONFIG_NSECTIONS];
+    eq_optim_config_sections(&oc, NULL, os);
+    OK(eq_config_defaults(os, 1, &err));
+    oc.lr = 0.05;
+    eq_optim *o = eq_optim_new(m, &oc, &err);
+    float x[4 * 16 * 16 * 3];
+    int32_t y[4] = {0, 1, 2, 3};
+    for (size_t i = 0; i < sizeof x / 4; i++) x[i] = (float)sin(0.29 * (double)i + (double)(i / 768));
+    float first = 0, last = 0;
+    for (int step = 0; step < 10; step++) {
+        OK(eq_model_forward(m, x, true, &err));
+        OK(eq_model_loss(m, y, NULL, NULL, 0.0f, &last, &err));
+        if (step == 0) first = last;
+        OK(eq_model_backward(m, NULL, &err));
+        OK(eq_optim_step(o, oc.lr, &err));
+    }
+    ck_assert_msg(isfinite(last) && last < first, "loss %g -> %g", first, last);
+    eq_optim_destroy(&o);
+    eq_model_destroy(&m);
+    s_kw(&cfg, "cbsa,fixup");
+    ck_assert_ptr_null(eq_model_new(be, &cfg, NULL, NULL, 4, 16, 16, &err));
+    ck_assert_ptr_nonnull(strstr(err.msg, "fixup: implemented for"));
+    s_kw(&cfg, "origin,cbsa,bias");
+    ck_assert_ptr_null(eq_model_new(be, &cfg, NULL, NULL, 4, 16, 16, &err));
+    ck_assert_ptr_nonnull(strstr(err.msg, "bias: needs fixup"));
     eq_backend_destroy(&be);
 }
 END_TEST
@@ -1331,6 +1404,7 @@ static Suite *s_suite(void)
     tcase_add_test(tc, test_parity_mobilenet_v2);
     tcase_add_test(tc, test_parity_mobilenet_v1);
     tcase_add_test(tc, test_parity_tresnet_stem);
+    tcase_add_test(tc, test_parity_fixup);
     suite_add_tcase(s, tc);
     tc = tcase_create("build");
     tcase_set_timeout(tc, 30);
@@ -1345,6 +1419,7 @@ static Suite *s_suite(void)
     tcase_add_test(tc, test_quant_conv_pad_after);
     tcase_add_test(tc, test_quant_resnet20_config);
     tcase_add_test(tc, test_mobilenet_build);
+    tcase_add_test(tc, test_fixup_build);
     suite_add_tcase(s, tc);
     tc = tcase_create("checkpoint");
     tcase_set_timeout(tc, 30);

@@ -538,6 +538,29 @@ eq_status eq_backend_clamp_bwd(eq_backend *be, size_t n, float lo, float hi, con
     return be->iface->clamp_bwd(be->context, n, lo, hi, y, dy, dx, err);
 }
 
+eq_status eq_backend_scalar_affine_fwd(eq_backend *be, size_t n, const float *x,
+                                       const float *scale, const float *bias, float *y,
+                                       eq_err *err)
+{
+    static const char *op = "scalar_affine_fwd";
+    S_ENTER(be, scalar_affine_fwd, op);
+    if (n == 0) return EQ_OK;
+    S_NEED(x, op);
+    S_NEED(y, op);
+    return be->iface->scalar_affine_fwd(be->context, n, x, scale, bias, y, err);
+}
+
+eq_status eq_backend_scalar_affine_bwd(eq_backend *be, size_t n, const float *x, const float *dy,
+                                       const float *scale, float *dx, float *dscale,
+                                       float *dbias, eq_err *err)
+{
+    static const char *op = "scalar_affine_bwd";
+    S_ENTER(be, scalar_affine_bwd, op);
+    if (n > 0) S_NEED(dy, op);
+    if (dscale) S_NEED(x, op);
+    return be->iface->scalar_affine_bwd(be->context, n, x, dy, scale, dx, dscale, dbias, err);
+}
+
 static eq_status s_prelu_ok(const char *op, int64_t m, int64_t c, int64_t nslope, eq_err *err)
 {
     static const char *const names[2] = {"m", "c"};

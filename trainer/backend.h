@@ -238,6 +238,16 @@ struct eq_backend_i {
      * the same mask as PyTorch's hardtanh_backward, which tests x). */
     eq_status (*clamp_bwd)(void *ctx, size_t n, float lo, float hi, const float *y,
                            const float *dy, float *dx, eq_err *err);
+    /* (optional) y = x * scale[0] + bias[0] with device scalars scale and bias
+     * (NULL: 1 and 0; Fixup's scalar biases and multipliers). */
+    eq_status (*scalar_affine_fwd)(void *ctx, size_t n, const float *x, const float *scale,
+                                   const float *bias, float *y, eq_err *err);
+    /* (optional) dx = dy * scale[0] (dx NULL: not wanted; may alias dy),
+     * dscale[0] = sum(dy * x), dbias[0] = sum(dy) (each NULL: not wanted),
+     * overwritten; sums in a fixed order. */
+    eq_status (*scalar_affine_bwd)(void *ctx, size_t n, const float *x, const float *dy,
+                                   const float *scale, float *dx, float *dscale, float *dbias,
+                                   eq_err *err);
 
     /* -- pooling (see eq_pool2d_desc) -- */
     /* argmax: [N][P][Q][C] int32, the input position h*W+w of each maximum
@@ -360,6 +370,14 @@ eq_status eq_backend_clamp_fwd(eq_backend *be, size_t n, float lo, float hi, con
                                float *y, eq_err *err);
 eq_status eq_backend_clamp_bwd(eq_backend *be, size_t n, float lo, float hi, const float *y,
                                const float *dy, float *dx, eq_err *err);
+/* dscale needs x; n == 0 is a no-op only for the forward (the backward
+ * still zeroes dscale/dbias). */
+eq_status eq_backend_scalar_affine_fwd(eq_backend *be, size_t n, const float *x,
+                                       const float *scale, const float *bias, float *y,
+                                       eq_err *err);
+eq_status eq_backend_scalar_affine_bwd(eq_backend *be, size_t n, const float *x, const float *dy,
+                                       const float *scale, float *dx, float *dscale,
+                                       float *dbias, eq_err *err);
 
 eq_status eq_backend_maxpool_fwd(eq_backend *be, const eq_pool2d_desc *d, const float *x,
                                  float *y, int32_t *argmax, eq_err *err);

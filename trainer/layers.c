@@ -18,11 +18,13 @@
 #include "core/rng.h"
 
 typedef enum s_kind {
-    S_INPUT, S_CONV, S_BN, S_RELU, S_PRELU, S_MAXPOOL, S_AVGPOOL, S_ADD, S_GAP, S_LINEAR, S_CLAMP
+    S_INPUT, S_CONV, S_BN, S_RELU, S_PRELU, S_MAXPOOL, S_AVGPOOL, S_ADD, S_GAP, S_LINEAR, S_CLAMP,
+    S_SAFF
 } s_kind;
 
 static const char *const S_KIND_NAME[] = {"input",   "conv",    "bn",  "relu", "prelu", "maxpool",
-                                          "avgpool", "add",     "gap", "linear", "clamp"};
+                                          "avgpool", "add",     "gap", "linear", "clamp",
+                                          "scalar_affine"};
 
 /* How finalize initialises a tensor. */
 enum s_init { I_ZEROS, I_ONES, I_KAIMING, I_LINEAR, I_PRELU, I_OWNED };
@@ -184,7 +186,8 @@ static int s_tensor(eq_layers *g, const char *prefix, const char *suffix, eq_mod
                     eq_err *err)
 {
     char name[256];
-    int len = snprintf(name, sizeof name, "%s.%s", prefix, suffix);
+    int len = *prefix ? snprintf(name, sizeof name, "%s.%s", prefix, suffix)
+                      : snprintf(name, sizeof name, "%s", suffix); /* top-level parameter */
     if (len < 0 || (size_t)len >= sizeof name) {
         eq_err_set(err, EQ_ERR_INVALID, "tensor name '%s.%s' is too long", prefix, suffix);
         return -1;
@@ -376,6 +379,27 @@ int eq_layers_clamp(eq_layers *g, int in, float lo, float hi, eq_err *err)
     s_node *nd = s_add_node(g, S_CLAMP, in, -1, NULL, err);
     if (!nd) return s_fail(g);
     nd->lo = lo, nd->hi = hi;
+    return g->nnodes - 1;
+}
+
+int eq_layers_scalar_affine(eq_layers *g, const char *prefix, const char *scale,
+                            const char *bias, int in, eq_err *err)
+{
+    if (!prefix) {
+        eq_err_set(err, EQ_ERR_INVALID, "scalar_affine: prefix is NULL");
+        return s_fail(g);
+    }
+    if (!scale && !bias) {
+        eq_err_set(err, EQ_ERR_INVALID, "%s: scalar_affine needs a scale or a bias", prefix);
+        return s_fail(g);
+    }
+    s_node *nd = s_add_node(g, S_SAFF, in, -1, *prefix ? prefix : NULL, err);
+    if (!nd) return s_fail(g);
+    int64_t shape[1] = {1};
+    if (scale && (nd->pw = s_tensor(g, prefix, scale, EQ_MT_PARAM, EQ_DT_F32, 1, shape, true, I_ONES, err)) < 0)
+        return s_fail(g);
+    if (bias && (nd->pb = s_tensor(g, prefix, bias, EQ_MT_PARAM, EQ_DT_F32, 1, shape, true, I_ZEROS, err)) < 0)
+        return s_fail(g);
     return g->nnodes - 1;
 }
 
@@ -736,6 +760,9 @@ eq_status eq_layers_forward(eq_layers *g, const float *x, bool train, eq_err *er
             break;
         case S_RELU: st = eq_backend_relu_fwd(be, s_numel(nd), a->y, nd->y, err); break;
         case S_CLAMP: st = eq_backend_clamp_fwd(be, s_numel(nd), nd->lo, nd->hi, a->y, nd->y, err); break;
+        case S_SAFF:
+            st = eq_backend_scalar_affine_fwd(be, s_numel(nd), a->y, s_p(g, nd->pw), s_p(g, nd->pb), nd->y, err);
+            break;
         case S_PRELU:
             st = eq_backend_prelu_fwd(be, (int64_t)(s_numel(nd) / (size_t)nd->c), nd->c, 1, a->y,
                                       s_p(g, nd->pw), nd->y, err);
@@ -847,6 +874,10 @@ eq_status eq_layers_backward(eq_layers *g, eq_err *err)
             break;
         case S_RELU:
             if (need_dx) st = eq_backend_relu_bwd(be, s_numel(nd), nd->y, nd->dy, dx, err);
+            break;
+        case S_SAFF:
+            st = eq_backend_scalar_affine_bwd(be, s_numel(nd), a->y, nd->dy, s_p(g, nd->pw),
+                                              need_dx ? dx : NULL, s_g(g, nd->pw), s_g(g, nd->pb), err);
             break;
         case S_CLAMP:
             if (need_dx) st = eq_backend_clamp_bwd(be, s_numel(nd), nd->lo, nd->hi, nd->y, nd->dy, dx, err);

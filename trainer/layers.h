@@ -59,6 +59,12 @@ int eq_layers_bn(eq_layers *g, const char *name, int in, eq_err *err);
 int eq_layers_relu(eq_layers *g, int in, eq_err *err);
 /* min(max(x, lo), hi) (ReLU6: 0, 6); needs the backend's optional clamp op. */
 int eq_layers_clamp(eq_layers *g, int in, float lo, float hi, eq_err *err);
+/* y = x * s + b with learnable scalars "<prefix>.<scale>" (init 1) and
+ * "<prefix>.<bias>" (init 0), each [1] (prefix "": top-level names "<scale>",
+ * "<bias>"); scale or bias NULL: absent (Fixup).
+ * Needs the backend's optional scalar_affine op. */
+int eq_layers_scalar_affine(eq_layers *g, const char *prefix, const char *scale,
+                            const char *bias, int in, eq_err *err);
 /* PReLU with one learnable slope "<name>.weight" [1], initialised to 0.25. */
 int eq_layers_prelu(eq_layers *g, const char *name, int in, eq_err *err);
 int eq_layers_maxpool(eq_layers *g, int in, int64_t k, int64_t stride, int64_t pad, eq_err *err);

@@ -133,6 +133,7 @@ typedef struct s_build {
     int origin, prebn, fix, fix_pooling, singleconv, real_skip, prelu, nrelu, cifar, first_last;
     int real_dp, real_pt; /* MobileNet: depthwise / pointwise convs in full precision */
     int tresnet;          /* 1: TResNetStem (space-to-depth 4), 2: TResNetStemMaxPool (2 + max-pool) */
+    int fixup, fbias;     /* Fixup: no BN, scalar multiplier; with `bias` the scalar biases */
     enum s_order order;
     eq_err *err;
 } s_build;
@@ -147,7 +148,7 @@ static int s_has(const eq_model_cfg *c, const char *kw)
 static const char *const s_supported_kw[] = {
     "origin", "preBN", "cbas", "cbsa", "cabs", "bacs", "bcas", "fix", "fix_pooling", "singleconv",
     "real_skip", "PReLU", "NReLU", "cifar10", "cifar100", "first-last", "real_dp", "real_pt", "TResNetStem",
-    "TResNetStemMaxPool", NULL};
+    "TResNetStemMaxPool", "fixup", "bias", NULL};
 
 /* The keywords a MobileNet takes (the others shape ResNet blocks). */
 static const char *const s_mobile_kw[] = {"cifar10", "cifar100", "first-last", "real_dp", "real_pt", NULL};
@@ -162,7 +163,7 @@ static eq_status s_check_keywords(const eq_model_cfg *c, eq_err *err)
                               "[model] keyword: '%s' (item %zu) is unknown or not implemented; "
                               "supported: origin, preBN, cbas, cbsa, cabs, bacs, bcas, fix, "
                               "fix_pooling, singleconv, real_skip, PReLU, NReLU, cifar10, cifar100, "
-                              "first-last, real_dp, real_pt, TResNetStem, TResNetStemMaxPool "
+                              "first-last, real_dp, real_pt, TResNetStem, TResNetStemMaxPool, fixup, bias "
                               "(quantizer methods go in "
                               "[quant.wt]/[quant.fm] method)",
                               c->keyword[i], i + 1);
@@ -241,10 +242,10 @@ static int s_tv_block(s_build *b, const char *pfx, int x, int64_t planes, int64_
 static int s_build_torch_resnet(s_build *b, const int blocks[4], int bottleneck, int64_t w0,
                                 int x)
 {
-    if (b->tresnet)
+    if (b->tresnet || b->fixup || b->fbias)
         return eq_err_set(b->err, EQ_ERR_INVALID,
-                          "[model] keyword TResNetStem/TResNetStemMaxPool: applies to the resnetNN "
-                          "family, not to torchvision's ResNet"),
+                          "[model] keywords TResNetStem/TResNetStemMaxPool/fixup/bias: apply to the "
+                          "resnetNN family, not to torchvision's ResNet"),
                -1;
     if (b->prelu)
         return eq_err_set(b->err, EQ_ERR_INVALID,
@@ -375,9 +376,69 @@ static int s_xx_block(s_build *b, const char *pfx, int x, int64_t planes, int64_
     return o;
 }
 
+/* Scalar bias "<pfx>.<name>" (Fixup with `bias`), or x itself. */
+static int s_fbias(s_build *b, const char *pfx, const char *name, int x)
+{
+    if (x < 0 || !b->fbias) return x;
+    return eq_layers_scalar_affine(b->g, pfx, NULL, name, x, b->err);
+}
+
+/* Fixup residual block (ORIGINAL.md 3.3 G; names as the Fixup reference
+ * code: bias1a, bias1b, ..., scale).  BasicBlock:
+ *   x' = x + b1a;  h = ReLU(conv1(x') + b1b) + b2a;  o = conv2(h)*m + b2b
+ * BottleNeck:
+ *   h1 = ReLU(conv1(x') + b1b) + b2a;  h2 = ReLU(conv2(h1) + b2b) + b3a;  o = conv3(h2)*m + b3b
+ * out = ReLU(o + r), r = x, or the shortcut conv of x' (no BN; avg-pool
+ * first unless singleconv). */
+static int s_fixup_block(s_build *b, const char *pfx, int x, int64_t planes, int64_t s,
+                         int bottleneck)
+{
+    char n[160];
+    int64_t in = s_chan(b, x), out = bottleneck ? 4 * planes : planes;
+    int xa = s_fbias(b, pfx, "bias1a", x);
+    int r = x;
+    if (s != 1 || in != out) {
+        int idx = 0;
+        r = xa;
+        if (s != 1 && !b->singleconv) r = eq_layers_avgpool(b->g, r, s, s, 0, b->err), idx++;
+        if (in != out) {
+            NM(n, "%s.downsample.%d", pfx, idx);
+            r = s_conv(b, n, r, out, 1, b->singleconv ? s : 1, 0, b->real_skip);
+        }
+    }
+    int h = xa;
+    static const char *const ab[3][2] = {{"bias1b", "bias2a"}, {"bias2b", "bias3a"}, {"bias3b", NULL}};
+    int nconv = bottleneck ? 3 : 2;
+    for (int i = 0; i < nconv && h >= 0; i++) {
+        int last = i == nconv - 1;
+        int64_t k = last ? out : planes, r3 = bottleneck && i != 1 ? 1 : 3;
+        int64_t st = (bottleneck ? i == 1 : i == 0) ? s : 1;
+        NM(n, "%s.conv%d", pfx, i + 1), h = s_conv(b, n, h, k, r3, st, r3 / 2, 0);
+        if (last) {
+            if (h >= 0)
+                h = eq_layers_scalar_affine(b->g, pfx, "scale", b->fbias ? (bottleneck ? "bias3b" : "bias2b") : NULL,
+                                            h, b->err);
+        } else {
+            h = s_fbias(b, pfx, ab[i][0], h);
+            h = h >= 0 ? eq_layers_relu(b->g, h, b->err) : h;
+            h = s_fbias(b, pfx, ab[i][1], h);
+        }
+    }
+    if (h < 0 || r < 0) return -1;
+    h = eq_layers_add(b->g, h, r, b->err);
+    return h >= 0 ? eq_layers_relu(b->g, h, b->err) : h;
+}
+
 static int s_build_resnetxx(s_build *b, const int *blocks, int nstages, int bottleneck, int64_t w0,
                             int x)
 {
+    if (b->fbias && !b->fixup)
+        return eq_err_set(b->err, EQ_ERR_INVALID, "[model] keyword bias: needs fixup"), -1;
+    if (b->fixup && (!b->origin || b->order != O_CBSA || b->prebn))
+        return eq_err_set(b->err, EQ_ERR_INVALID,
+                          "[model] keyword fixup: implemented for the original's recipe "
+                          "origin, cbsa (no preBN)"),
+               -1;
     if (b->order == O_NONE)
         return eq_err_set(b->err, EQ_ERR_INVALID,
                           "[model] keyword: %s needs a layer order keyword (cbas, cbsa, cabs, "
@@ -400,7 +461,12 @@ static int s_build_resnetxx(s_build *b, const int *blocks, int nstages, int bott
         x = s_conv(b, "conv1", x, w0, 7, 2, 3, fp);
     }
     int stem_bn = !b->prebn, pool = b->tresnet ? b->tresnet == 2 : !b->cifar;
-    if (x >= 0 && b->fix_pooling) {
+    if (b->fixup) { /* ReLU(x + b1) instead of BN + act */
+        if (x >= 0 && !b->fix_pooling && pool) x = eq_layers_maxpool(b->g, x, 3, 2, 1, b->err);
+        x = s_fbias(b, "", "bias1", x);
+        if (x >= 0) x = eq_layers_relu(b->g, x, b->err);
+        if (x >= 0 && b->fix_pooling && pool) x = eq_layers_maxpool(b->g, x, 3, 2, 1, b->err);
+    } else if (x >= 0 && b->fix_pooling) {
         if (stem_bn) x = eq_layers_bn(b->g, "bn1", x, b->err), x = s_act(b, "relu", x);
         if (x >= 0 && pool) x = eq_layers_maxpool(b->g, x, 3, 2, 1, b->err);
     } else if (x >= 0) {
@@ -411,10 +477,12 @@ static int s_build_resnetxx(s_build *b, const int *blocks, int nstages, int bott
         for (int i = 0; i < blocks[st] && x >= 0; i++) {
             char pfx[64];
             NM(pfx, "layer%d.%d", st + 1, i);
-            x = s_xx_block(b, pfx, x, w0 << st, i == 0 && st > 0 ? 2 : 1, bottleneck);
+            x = b->fixup ? s_fixup_block(b, pfx, x, w0 << st, i == 0 && st > 0 ? 2 : 1, bottleneck)
+                         : s_xx_block(b, pfx, x, w0 << st, i == 0 && st > 0 ? 2 : 1, bottleneck);
         }
     if (x >= 0 && b->prebn) x = eq_layers_bn(b->g, "bn2", x, b->err);
     if (x >= 0) x = eq_layers_gap(b->g, x, b->err);
+    if (b->fixup) x = s_fbias(b, "", "bias2", x);
     if (x >= 0)
         x = eq_layers_linear(b->g, "fc", x, b->cfg->num_classes, fp || !b->has_wq ? NULL : &b->wq,
                              fp || !b->has_fq ? NULL : &b->fq, b->err);
@@ -545,6 +613,36 @@ static const s_arch s_archs[] = {
     {"mobilenet-v1", 0, 0, 0, 0, {0, 0, 0, 0}, 1},   {"mobilenet-v2", 0, 0, 0, 0, {0, 0, 0, 0}, 2},
 };
 
+/* Fixup's initialisation (ORIGINAL.md 3.3 G) over the kaiming-normal
+ * fan_out defaults: BasicBlock conv1 x L^-1/2, conv2 = 0; BottleNeck conv1
+ * and conv2 x L^-1/4, conv3 = 0; shortcut convs unchanged; fc weight and
+ * bias 0.  L is the number of stages (the original's choice, not the
+ * number of residual branches as in the paper). */
+static eq_status s_fixup_init(eq_backend *be, eq_layers *g, int nstages, int bottleneck, eq_err *err)
+{
+    double f1 = bottleneck ? pow((double)nstages, -0.25) : pow((double)nstages, -0.5);
+    for (size_t i = 0; i < eq_layers_tensor_count(g); i++) {
+        const eq_model_tensor *t = eq_layers_tensor_at(g, i);
+        size_t len = strlen(t->name);
+#define ENDS(suf) (len > strlen(suf) && !strcmp(t->name + len - strlen(suf), suf))
+        double f = -1;
+        if (!strncmp(t->name, "layer", 5) && ENDS(".conv1.weight")) f = f1;
+        else if (!strncmp(t->name, "layer", 5) && ENDS(".conv2.weight")) f = bottleneck ? f1 : 0.0;
+        else if (!strncmp(t->name, "layer", 5) && ENDS(".conv3.weight")) f = 0.0;
+        else if (!strcmp(t->name, "fc.weight") || !strcmp(t->name, "fc.bias")) f = 0.0;
+#undef ENDS
+        if (f < 0) continue;
+        float *v = malloc(t->numel * sizeof *v);
+        if (!v) return eq_err_set(err, EQ_ERR_NOMEM, "fixup init: out of memory");
+        eq_status st = eq_backend_download(be, v, t->data, t->numel * sizeof *v, err);
+        for (size_t k = 0; k < t->numel; k++) v[k] = f == 0.0 ? 0.0f : (float)(v[k] * f);
+        if (st == EQ_OK) st = eq_backend_upload(be, t->data, v, t->numel * sizeof *v, err);
+        free(v);
+        if (st != EQ_OK) return eq_err_prefix(err, "fixup init: %s: ", t->name);
+    }
+    return EQ_OK;
+}
+
 eq_model *eq_model_new(eq_backend *be, const eq_model_cfg *cfg, const eq_model_quant_cfg *wt,
                        const eq_model_quant_cfg *fm, int64_t batch, int64_t h, int64_t w,
                        eq_err *err)
@@ -589,6 +687,7 @@ eq_model *eq_model_new(eq_backend *be, const eq_model_cfg *cfg, const eq_model_q
     b.nrelu = s_has(cfg, "NReLU");
     b.real_dp = s_has(cfg, "real_dp"), b.real_pt = s_has(cfg, "real_pt");
     b.tresnet = s_has(cfg, "TResNetStem") ? 1 : s_has(cfg, "TResNetStemMaxPool") ? 2 : 0;
+    b.fixup = s_has(cfg, "fixup"), b.fbias = s_has(cfg, "bias");
     b.cifar = arch->cifar || s_has(cfg, "cifar10") || s_has(cfg, "cifar100");
     b.first_last = cfg->quant_first_last || s_has(cfg, "first-last");
     static const char *const orders[] = {"cbas", "cbsa", "cabs", "bacs", "bcas"};
@@ -618,6 +717,7 @@ eq_model *eq_model_new(eq_backend *be, const eq_model_cfg *cfg, const eq_model_q
         goto fail;
     }
     if (eq_layers_finalize(b.g, (uint64_t)cfg->seed, err) != EQ_OK) goto fail;
+    if (b.fixup && s_fixup_init(be, b.g, arch->nstages, arch->bottleneck, err) != EQ_OK) goto fail;
     if (!(m->dev_loss = eq_backend_alloc(be, 16 * sizeof(float), err))) goto fail;
     size_t np = 0, nt = eq_layers_tensor_count(b.g);
     for (size_t i = 0; i < nt; i++) {

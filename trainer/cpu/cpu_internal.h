@@ -66,6 +66,11 @@ eq_status eq_cpu_clamp_fwd(void *ctx, size_t n, float lo, float hi, const float 
                            eq_err *err);
 eq_status eq_cpu_clamp_bwd(void *ctx, size_t n, float lo, float hi, const float *y,
                            const float *dy, float *dx, eq_err *err);
+eq_status eq_cpu_scalar_affine_fwd(void *ctx, size_t n, const float *x, const float *scale,
+                                   const float *bias, float *y, eq_err *err);
+eq_status eq_cpu_scalar_affine_bwd(void *ctx, size_t n, const float *x, const float *dy,
+                                   const float *scale, float *dx, float *dscale, float *dbias,
+                                   eq_err *err);
 eq_status eq_cpu_prelu_fwd(void *ctx, int64_t m, int64_t c, int64_t nslope, const float *x,
                            const float *slope, float *y, eq_err *err);
 eq_status eq_cpu_prelu_bwd(void *ctx, int64_t m, int64_t c, int64_t nslope, const float *x,

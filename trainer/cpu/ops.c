@@ -117,6 +117,66 @@ static void s_prelu_chunk(void *vctx, size_t i)
     }
 }
 
+/* ---- scalar affine --------------------------------------------------------- */
+
+typedef struct s_saff {
+    size_t n;
+    const float *x, *dy;
+    float a, b;
+    float *y;
+    double *part; /* [chunks][2]: sum(dy*x), sum(dy) */
+} s_saff;
+
+static void s_saff_chunk(void *vctx, size_t i)
+{
+    const s_saff *e = vctx;
+    S_CHUNK_BOUNDS(e, i, lo, hi);
+    for (size_t k = lo; k < hi; k++) e->y[k] = e->x[k] * e->a + e->b;
+}
+
+eq_status eq_cpu_scalar_affine_fwd(void *ctx, size_t n, const float *x, const float *scale,
+                                   const float *bias, float *y, eq_err *err)
+{
+    s_saff e = {.n = n, .x = x, .a = scale ? scale[0] : 1.0f, .b = bias ? bias[0] : 0.0f, .y = y};
+    eq_cpu_for(ctx, s_chunks(n), s_saff_chunk, &e);
+    return EQ_OK;
+}
+
+/* dx (when y is set) and the chunk's partial sums (when part is set). */
+static void s_saff_bwd_chunk(void *vctx, size_t i)
+{
+    const s_saff *e = vctx;
+    S_CHUNK_BOUNDS(e, i, lo, hi);
+    if (e->part) {
+        double sx = 0, s1 = 0;
+        for (size_t k = lo; k < hi; k++) {
+            if (e->x) sx += (double)e->dy[k] * (double)e->x[k];
+            s1 += (double)e->dy[k];
+        }
+        e->part[2 * i] = sx, e->part[2 * i + 1] = s1;
+    }
+    if (e->y)
+        for (size_t k = lo; k < hi; k++) e->y[k] = e->dy[k] * e->a;
+}
+
+eq_status eq_cpu_scalar_affine_bwd(void *ctx, size_t n, const float *x, const float *dy,
+                                   const float *scale, float *dx, float *dscale, float *dbias,
+                                   eq_err *err)
+{
+    size_t nc = s_chunks(n);
+    s_saff e = {.n = n, .x = dscale ? x : NULL, .dy = dy, .a = scale ? scale[0] : 1.0f, .y = dx};
+    if ((dscale || dbias) && nc) {
+        e.part = (double *)eq_cpu_workspace(ctx, nc * 2 * sizeof(double), "scalar_affine_bwd", err);
+        if (!e.part) return EQ_ERR_NOMEM;
+    }
+    eq_cpu_for(ctx, nc, s_saff_bwd_chunk, &e);
+    double sx = 0, s1 = 0;
+    for (size_t i = 0; e.part && i < nc; i++) sx += e.part[2 * i], s1 += e.part[2 * i + 1];
+    if (dscale) dscale[0] = (float)sx;
+    if (dbias) dbias[0] = (float)s1;
+    return EQ_OK;
+}
+
 eq_status eq_cpu_prelu_fwd(void *ctx, int64_t m, int64_t c, int64_t nslope, const float *x,
                            const float *slope, float *y, eq_err *err)
 {
