@@ -313,6 +313,8 @@ static void s_parity_closed_form(const char *fixture, size_t want_params, size_t
     if (kw) s_kw(&cfg, kw);
     const char *sk = eq_st_meta_get(f, "stem_kernel");
     if (sk) cfg.stem_kernel = atoi(sk);
+    const char *bs = eq_st_meta_get(f, "base");
+    if (bs) cfg.base = atoi(bs);
     const int64_t n = atoi(eq_st_meta_get(f, "batch")), hw = atoi(eq_st_meta_get(f, "size"));
     eq_model *m = eq_model_new(be, &cfg, NULL, NULL, n, hw, hw, &err);
     ck_assert_msg(m != NULL, "%s", err.msg);
@@ -443,6 +445,14 @@ START_TEST(test_parity_fixup)
 }
 END_TEST
 
+/* Group-Net: three branches per block with learnable scales, cabs,
+ * group-net stem (gen_groupnet.py) */
+START_TEST(test_parity_groupnet)
+{
+    s_parity_closed_form("resnet20_groupnet.safetensors", 200, 114);
+}
+END_TEST
+
 START_TEST(test_parity_mobilenet_v1)
 {
     s_parity_closed_form("mobilenet_v1.safetensors", 27 + 27 * 2 + 2, 27 * 2);
@@ -527,6 +537,22 @@ START_TEST(test_model_errors)
     ck_assert_ptr_null(eq_model_new(be, &cfg, NULL, NULL, 2, 32, 32, &err));
     ck_assert_ptr_nonnull(strstr(err.msg, "stem_kernel"));
     cfg.stem_kernel = 1;
+    /* Group-Net: base > 1 on BasicBlocks only; scales start at 1/base */
+    snprintf(cfg.arch, sizeof cfg.arch, "resnet20");
+    s_kw(&cfg, "cabs,fix,group-net,singleconv");
+    cfg.base = 4;
+    eq_model *gm = eq_model_new(be, &cfg, NULL, NULL, 2, 8, 8, &err);
+    ck_assert_msg(gm != NULL, "%s", err.msg);
+    ck_assert(*(float *)eq_model_tensor_find(gm, "layer2.1.scales.3")->data == 0.25f);
+    ck_assert_ptr_nonnull(eq_model_tensor_find(gm, "layer3.0.conv2.3.weight"));
+    ck_assert_ptr_null(eq_model_tensor_find(gm, "layer3.0.conv2.4.weight"));
+    eq_model_destroy(&gm);
+    snprintf(cfg.arch, sizeof cfg.arch, "resnet50");
+    s_kw(&cfg, "origin,cbsa");
+    ck_assert_ptr_null(eq_model_new(be, &cfg, NULL, NULL, 2, 32, 32, &err));
+    ck_assert_ptr_nonnull(strstr(err.msg, "base: 4 branches"));
+    cfg.base = 1;
+    snprintf(cfg.arch, sizeof cfg.arch, "resnet18");
     /* a Bi-Real bottleneck does not exist */
     snprintf(cfg.arch, sizeof cfg.arch, "resnet50");
     s_kw(&cfg, "cbsa");
@@ -1405,6 +1431,7 @@ static Suite *s_suite(void)
     tcase_add_test(tc, test_parity_mobilenet_v1);
     tcase_add_test(tc, test_parity_tresnet_stem);
     tcase_add_test(tc, test_parity_fixup);
+    tcase_add_test(tc, test_parity_groupnet);
     suite_add_tcase(s, tc);
     tc = tcase_create("build");
     tcase_set_timeout(tc, 30);

@@ -31,6 +31,8 @@ static const eq_config_key s_model_keys[] = {
     EQ_CONFIG_BOOL_KEY(eq_model_cfg, padding_after_quant, "false",
                        "zero-pad after the activation quantizer instead of before"),
     EQ_CONFIG_INT_KEY(eq_model_cfg, seed, "0", 0, INT64_MAX, "parameter initialisation seed"),
+    EQ_CONFIG_INT_KEY(eq_model_cfg, base, "1", 1, 64,
+                      "Group-Net: parallel branches per BasicBlock, summed with learnable scales (init 1/base)"),
     EQ_CONFIG_INT_KEY(eq_model_cfg, stem_kernel, "1", 1, 3,
                       "TResNetStem/TResNetStemMaxPool: kernel of the conv after space-to-depth (1 or 3)"),
 };
@@ -134,6 +136,7 @@ typedef struct s_build {
     int real_dp, real_pt; /* MobileNet: depthwise / pointwise convs in full precision */
     int tresnet;          /* 1: TResNetStem (space-to-depth 4), 2: TResNetStemMaxPool (2 + max-pool) */
     int fixup, fbias;     /* Fixup: no BN, scalar multiplier; with `bias` the scalar biases */
+    int groupnet;         /* group-net: the stem BN has no activation */
     enum s_order order;
     eq_err *err;
 } s_build;
@@ -148,7 +151,7 @@ static int s_has(const eq_model_cfg *c, const char *kw)
 static const char *const s_supported_kw[] = {
     "origin", "preBN", "cbas", "cbsa", "cabs", "bacs", "bcas", "fix", "fix_pooling", "singleconv",
     "real_skip", "PReLU", "NReLU", "cifar10", "cifar100", "first-last", "real_dp", "real_pt", "TResNetStem",
-    "TResNetStemMaxPool", "fixup", "bias", NULL};
+    "TResNetStemMaxPool", "fixup", "bias", "group-net", NULL};
 
 /* The keywords a MobileNet takes (the others shape ResNet blocks). */
 static const char *const s_mobile_kw[] = {"cifar10", "cifar100", "first-last", "real_dp", "real_pt", NULL};
@@ -163,7 +166,8 @@ static eq_status s_check_keywords(const eq_model_cfg *c, eq_err *err)
                               "[model] keyword: '%s' (item %zu) is unknown or not implemented; "
                               "supported: origin, preBN, cbas, cbsa, cabs, bacs, bcas, fix, "
                               "fix_pooling, singleconv, real_skip, PReLU, NReLU, cifar10, cifar100, "
-                              "first-last, real_dp, real_pt, TResNetStem, TResNetStemMaxPool, fixup, bias "
+                              "first-last, real_dp, real_pt, TResNetStem, TResNetStemMaxPool, fixup, bias, "
+                              "group-net "
                               "(quantizer methods go in "
                               "[quant.wt]/[quant.fm] method)",
                               c->keyword[i], i + 1);
@@ -242,9 +246,9 @@ static int s_tv_block(s_build *b, const char *pfx, int x, int64_t planes, int64_
 static int s_build_torch_resnet(s_build *b, const int blocks[4], int bottleneck, int64_t w0,
                                 int x)
 {
-    if (b->tresnet || b->fixup || b->fbias)
+    if (b->tresnet || b->fixup || b->fbias || b->groupnet || b->cfg->base > 1)
         return eq_err_set(b->err, EQ_ERR_INVALID,
-                          "[model] keywords TResNetStem/TResNetStemMaxPool/fixup/bias: apply to the "
+                          "[model] TResNetStem/TResNetStemMaxPool/fixup/bias/group-net and base > 1: apply to the "
                           "resnetNN family, not to torchvision's ResNet"),
                -1;
     if (b->prelu)
@@ -362,13 +366,34 @@ static int s_xx_block(s_build *b, const char *pfx, int x, int64_t planes, int64_
         int h = s_seq(b, x, c1, planes, 1, 1, b1, a1, 1, -1);
         h = s_seq(b, h, c2, planes, 3, s, b2, a2, 1, -1);
         o = s_seq(b, h, c3, out, 1, 1, b3, a3, last_act, -1);
-    } else if (b->origin) {
-        int h = s_seq(b, x, c1, planes, 3, s, b1, a1, 1, -1);
-        o = s_seq(b, h, c2, planes, 3, 1, b2, a2, last_act, -1);
-    } else { /* Bi-Real: a residual around every conv */
-        int h = s_seq(b, x, c1, planes, 3, s, b1, a1, 1, r);
-        o = s_seq(b, h, c2, planes, 3, 1, b2, a2, last_act, h);
-        return o;
+    } else {
+        /* `base` parallel branches (Group-Net): o = sum_j scales.j * o_j */
+        int64_t nb = b->cfg->base > 1 ? b->cfg->base : 1;
+        o = -1;
+        for (int64_t j = 0; j < nb; j++) {
+            if (nb > 1) {
+                NM(c1, "%s.conv1.%lld", pfx, (long long)j), NM(c2, "%s.conv2.%lld", pfx, (long long)j);
+                NM(b1, "%s.bn1.%lld", pfx, (long long)j), NM(b2, "%s.bn2.%lld", pfx, (long long)j);
+                NM(a1, "%s.act1.%lld", pfx, (long long)j), NM(a2, "%s.act2.%lld", pfx, (long long)j);
+            }
+            int h, oj;
+            if (b->origin) {
+                h = s_seq(b, x, c1, planes, 3, s, b1, a1, 1, -1);
+                oj = s_seq(b, h, c2, planes, 3, 1, b2, a2, last_act, -1);
+            } else { /* Bi-Real: a residual around every conv */
+                h = s_seq(b, x, c1, planes, 3, s, b1, a1, 1, r);
+                oj = s_seq(b, h, c2, planes, 3, 1, b2, a2, last_act, h);
+            }
+            if (oj >= 0 && nb > 1) {
+                char sc[48];
+                NM(sc, "scales.%lld", (long long)j);
+                oj = eq_layers_scalar_affine(b->g, pfx, sc, NULL, oj, b->err);
+            }
+            if (oj < 0) return -1;
+            o = j == 0 ? oj : eq_layers_add(b->g, o, oj, b->err);
+            if (o < 0) return -1;
+        }
+        if (!b->origin) return o;
     }
     if (o >= 0 && b->fix && pre) NM(n, "%s.fix_bn", pfx), o = eq_layers_bn(b->g, n, o, b->err);
     if (o >= 0) o = eq_layers_add(b->g, o, r, b->err);
@@ -434,6 +459,11 @@ static int s_build_resnetxx(s_build *b, const int *blocks, int nstages, int bott
 {
     if (b->fbias && !b->fixup)
         return eq_err_set(b->err, EQ_ERR_INVALID, "[model] keyword bias: needs fixup"), -1;
+    if (b->cfg->base > 1 && (bottleneck || b->fixup))
+        return eq_err_set(b->err, EQ_ERR_INVALID,
+                          "[model] base: %lld branches exist for the BasicBlock without fixup only",
+                          (long long)b->cfg->base),
+               -1;
     if (b->fixup && (!b->origin || b->order != O_CBSA || b->prebn))
         return eq_err_set(b->err, EQ_ERR_INVALID,
                           "[model] keyword fixup: implemented for the original's recipe "
@@ -467,11 +497,12 @@ static int s_build_resnetxx(s_build *b, const int *blocks, int nstages, int bott
         if (x >= 0) x = eq_layers_relu(b->g, x, b->err);
         if (x >= 0 && b->fix_pooling && pool) x = eq_layers_maxpool(b->g, x, 3, 2, 1, b->err);
     } else if (x >= 0 && b->fix_pooling) {
-        if (stem_bn) x = eq_layers_bn(b->g, "bn1", x, b->err), x = s_act(b, "relu", x);
+        if (stem_bn) x = eq_layers_bn(b->g, "bn1", x, b->err), x = b->groupnet ? x : s_act(b, "relu", x);
         if (x >= 0 && pool) x = eq_layers_maxpool(b->g, x, 3, 2, 1, b->err);
     } else if (x >= 0) {
         if (pool) x = eq_layers_maxpool(b->g, x, 3, 2, 1, b->err);
-        if (x >= 0 && stem_bn) x = eq_layers_bn(b->g, "bn1", x, b->err), x = s_act(b, "relu", x);
+        if (x >= 0 && stem_bn)
+            x = eq_layers_bn(b->g, "bn1", x, b->err), x = b->groupnet ? x : s_act(b, "relu", x);
     }
     for (int st = 0; st < nstages && x >= 0; st++)
         for (int i = 0; i < blocks[st] && x >= 0; i++) {
@@ -661,6 +692,11 @@ eq_model *eq_model_new(eq_backend *be, const eq_model_cfg *cfg, const eq_model_q
         return NULL;
     }
     if (s_check_keywords(cfg, err) != EQ_OK) return NULL;
+    if (arch->mobile && cfg->base > 1) {
+        eq_err_set(err, EQ_ERR_INVALID, "[model] base: %lld branches apply to resnetNN BasicBlocks, not to %s",
+                   (long long)cfg->base, cfg->arch);
+        return NULL;
+    }
     for (size_t i = 0; i < cfg->nkeyword; i++) {
         int mob = 0;
         for (size_t k = 0; s_mobile_kw[k]; k++) mob |= !strcmp(cfg->keyword[i], s_mobile_kw[k]);
@@ -688,6 +724,7 @@ eq_model *eq_model_new(eq_backend *be, const eq_model_cfg *cfg, const eq_model_q
     b.real_dp = s_has(cfg, "real_dp"), b.real_pt = s_has(cfg, "real_pt");
     b.tresnet = s_has(cfg, "TResNetStem") ? 1 : s_has(cfg, "TResNetStemMaxPool") ? 2 : 0;
     b.fixup = s_has(cfg, "fixup"), b.fbias = s_has(cfg, "bias");
+    b.groupnet = s_has(cfg, "group-net");
     b.cifar = arch->cifar || s_has(cfg, "cifar10") || s_has(cfg, "cifar100");
     b.first_last = cfg->quant_first_last || s_has(cfg, "first-last");
     static const char *const orders[] = {"cbas", "cbsa", "cabs", "bacs", "bcas"};
@@ -718,6 +755,14 @@ eq_model *eq_model_new(eq_backend *be, const eq_model_cfg *cfg, const eq_model_q
     }
     if (eq_layers_finalize(b.g, (uint64_t)cfg->seed, err) != EQ_OK) goto fail;
     if (b.fixup && s_fixup_init(be, b.g, arch->nstages, arch->bottleneck, err) != EQ_OK) goto fail;
+    if (cfg->base > 1) { /* Group-Net scales start at 1/base */
+        float v = (float)(1.0 / (double)cfg->base);
+        for (size_t i = 0; i < eq_layers_tensor_count(b.g); i++) {
+            const eq_model_tensor *t = eq_layers_tensor_at(b.g, i);
+            if (strstr(t->name, ".scales.") && eq_backend_upload(be, t->data, &v, sizeof v, err) != EQ_OK)
+                goto fail;
+        }
+    }
     if (!(m->dev_loss = eq_backend_alloc(be, 16 * sizeof(float), err))) goto fail;
     size_t np = 0, nt = eq_layers_tensor_count(b.g);
     for (size_t i = 0; i < nt; i++) {
