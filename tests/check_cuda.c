@@ -250,6 +250,22 @@ START_TEST(test_elementwise)
         s_cmp("prelu_bwd dslope", &ds, TOL);
         ds.n = (size_t)c;
     }
+    BOTH(eq_backend_clamp_fwd(g_cpu, n, 0.0f, 0.6f, a.c, y.c, &err_),
+         eq_backend_clamp_fwd(g_gpu, n, 0.0f, 0.6f, a.g, y.g, &err_));
+    s_cmp("clamp_fwd", &y, 0.0);
+    BOTH(eq_backend_clamp_bwd(g_cpu, n, 0.0f, 0.6f, y.c, b.c, dx.c, &err_),
+         eq_backend_clamp_bwd(g_gpu, n, 0.0f, 0.6f, y.g, b.g, dx.g, &err_));
+    s_cmp("clamp_bwd", &dx, 0.0);
+    /* Fixup's scalar affine: device scalars sl[0] (scale), sl[1] (bias) */
+    BOTH(eq_backend_scalar_affine_fwd(g_cpu, n, a.c, sl.c, (float *)sl.c + 1, y.c, &err_),
+         eq_backend_scalar_affine_fwd(g_gpu, n, a.g, sl.g, (float *)sl.g + 1, y.g, &err_));
+    s_cmp("scalar_affine_fwd", &y, 0.0);
+    BOTH(eq_backend_scalar_affine_bwd(g_cpu, n, a.c, b.c, sl.c, dx.c, ds.c, (float *)ds.c + 1, &err_),
+         eq_backend_scalar_affine_bwd(g_gpu, n, a.g, b.g, sl.g, dx.g, ds.g, (float *)ds.g + 1, &err_));
+    s_cmp("scalar_affine_bwd dx", &dx, 0.0);
+    ds.n = 2;
+    s_cmp("scalar_affine_bwd dscale, dbias", &ds, TOL);
+    ds.n = (size_t)c;
     s_buf *all[] = {&a, &b, &sl, &y, &dx, &ds};
     for (size_t i = 0; i < 6; i++) s_free(all[i]);
     free(ha);

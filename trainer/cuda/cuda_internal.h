@@ -117,6 +117,15 @@ eq_status eq_cuda_bn_bwd(void *ctx, const eq_bn_desc *d, const float *x, const f
 eq_status eq_cuda_relu_fwd(void *ctx, size_t n, const float *x, float *y, eq_err *err);
 eq_status eq_cuda_relu_bwd(void *ctx, size_t n, const float *y, const float *dy, float *dx,
                            eq_err *err);
+eq_status eq_cuda_clamp_fwd(void *ctx, size_t n, float lo, float hi, const float *x, float *y,
+                            eq_err *err);
+eq_status eq_cuda_clamp_bwd(void *ctx, size_t n, float lo, float hi, const float *y,
+                            const float *dy, float *dx, eq_err *err);
+eq_status eq_cuda_scalar_affine_fwd(void *ctx, size_t n, const float *x, const float *scale,
+                                    const float *bias, float *y, eq_err *err);
+eq_status eq_cuda_scalar_affine_bwd(void *ctx, size_t n, const float *x, const float *dy,
+                                    const float *scale, float *dx, float *dscale, float *dbias,
+                                    eq_err *err);
 eq_status eq_cuda_prelu_fwd(void *ctx, int64_t m, int64_t c, int64_t nslope, const float *x,
                             const float *slope, float *y, eq_err *err);
 eq_status eq_cuda_prelu_bwd(void *ctx, int64_t m, int64_t c, int64_t nslope, const float *x,

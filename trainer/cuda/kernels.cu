@@ -760,3 +760,113 @@ extern "C" cudaError_t eq_cuk_u8_input(cudaStream_t s, int64_t n, int64_t per_im
                                                                  lam, dst);
     return cudaGetLastError();
 }
+
+/* ---- clamp (Hardtanh / ReLU6) and Fixup's scalar affine ---------------------------------- */
+
+__global__ void k_clamp_fwd(size_t n, float lo, float hi, const float *x, float *y)
+{
+    S_FOR(i, n)
+    {
+        float v = x[i];
+        y[i] = v < lo ? lo : v > hi ? hi : v; /* NaN stays NaN */
+    }
+}
+
+__global__ void k_clamp_bwd(size_t n, float lo, float hi, const float *y, const float *dy, float *dx)
+{
+    S_FOR(i, n) dx[i] = y[i] > lo && y[i] < hi ? dy[i] : 0.0f;
+}
+
+extern "C" cudaError_t eq_cuk_clamp_fwd(cudaStream_t s, size_t n, float lo, float hi,
+                                        const float *x, float *y)
+{
+    k_clamp_fwd<<<s_blocks(n), S_T, 0, s>>>(n, lo, hi, x, y);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t eq_cuk_clamp_bwd(cudaStream_t s, size_t n, float lo, float hi,
+                                        const float *y, const float *dy, float *dx)
+{
+    k_clamp_bwd<<<s_blocks(n), S_T, 0, s>>>(n, lo, hi, y, dy, dx);
+    return cudaGetLastError();
+}
+
+__global__ void k_saff_fwd(size_t n, const float *x, const float *scale, const float *bias, float *y)
+{
+    const float a = scale ? scale[0] : 1.0f, b = bias ? bias[0] : 0.0f;
+    S_FOR(i, n) y[i] = x[i] * a + b;
+}
+
+/* Fixed blocks of S_SUMB elements, tree-reduced in shared memory; the
+ * final kernel adds the blocks in order. */
+#define S_SUMB 4096
+
+__global__ void k_saff_partial(size_t n, const float *x, const float *dy, double *part)
+{
+    __shared__ double s0[S_T], s1[S_T];
+    size_t lo = (size_t)blockIdx.x * S_SUMB, hi = lo + S_SUMB < n ? lo + S_SUMB : n;
+    double a = 0.0, b = 0.0;
+    for (size_t i = lo + threadIdx.x; i < hi; i += S_T) {
+        if (x) a += (double)dy[i] * (double)x[i];
+        b += (double)dy[i];
+    }
+    s0[threadIdx.x] = a;
+    s1[threadIdx.x] = b;
+    __syncthreads();
+    for (int w = S_T / 2; w > 0; w /= 2) {
+        if ((int)threadIdx.x < w) {
+            s0[threadIdx.x] += s0[threadIdx.x + w];
+            s1[threadIdx.x] += s1[threadIdx.x + w];
+        }
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) {
+        part[2 * blockIdx.x] = s0[0];
+        part[2 * blockIdx.x + 1] = s1[0];
+    }
+}
+
+__global__ void k_saff_final(size_t nb, const double *part, float *dscale, float *dbias)
+{
+    if (blockIdx.x != 0 || threadIdx.x != 0) return;
+    double a = 0.0, b = 0.0;
+    for (size_t i = 0; i < nb; i++) {
+        a += part[2 * i];
+        b += part[2 * i + 1];
+    }
+    if (dscale) dscale[0] = (float)a;
+    if (dbias) dbias[0] = (float)b;
+}
+
+__global__ void k_saff_dx(size_t n, const float *dy, const float *scale, float *dx)
+{
+    const float a = scale ? scale[0] : 1.0f;
+    S_FOR(i, n) dx[i] = dy[i] * a;
+}
+
+extern "C" size_t eq_cuk_saff_scratch(size_t n)
+{
+    size_t nb = (n + S_SUMB - 1) / S_SUMB;
+    return (nb ? nb : 1) * 2 * sizeof(double);
+}
+
+extern "C" cudaError_t eq_cuk_saff_fwd(cudaStream_t s, size_t n, const float *x, const float *scale,
+                                       const float *bias, float *y)
+{
+    k_saff_fwd<<<s_blocks(n), S_T, 0, s>>>(n, x, scale, bias, y);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t eq_cuk_saff_bwd(cudaStream_t s, size_t n, const float *x, const float *dy,
+                                       const float *scale, float *dx, float *dscale, float *dbias,
+                                       void *scratch)
+{
+    size_t nb = (n + S_SUMB - 1) / S_SUMB;
+    if (dscale || dbias) {
+        if (nb) k_saff_partial<<<(unsigned)nb, S_T, 0, s>>>(n, dscale ? x : NULL, dy, (double *)scratch);
+        k_saff_final<<<1, 1, 0, s>>>(nb, (const double *)scratch, dscale, dbias);
+    }
+    /* dx after the sums: dx may alias dy */
+    if (dx && n) k_saff_dx<<<s_blocks(n), S_T, 0, s>>>(n, dy, scale, dx);
+    return cudaGetLastError();
+}

@@ -98,6 +98,20 @@ cudaError_t eq_cuk_sgd(cudaStream_t s, size_t n, float lr, float momentum, float
 cudaError_t eq_cuk_adam(cudaStream_t s, size_t n, float beta1, float beta2, float eps, float wd,
                         float c1, float c2s, float *p, const float *g, float *mu, float *nu);
 
+/* Hardtanh: y = min(max(x, lo), hi); dx = dy where lo < y < hi. */
+cudaError_t eq_cuk_clamp_fwd(cudaStream_t s, size_t n, float lo, float hi, const float *x, float *y);
+cudaError_t eq_cuk_clamp_bwd(cudaStream_t s, size_t n, float lo, float hi, const float *y,
+                             const float *dy, float *dx);
+/* Fixup's scalar affine with device scalars (NULL: 1 / 0); the backward's
+ * sums (double, fixed blocks, in order) need eq_cuk_saff_scratch(n) bytes;
+ * dx, dscale, dbias may each be NULL; dx may alias dy. */
+size_t eq_cuk_saff_scratch(size_t n);
+cudaError_t eq_cuk_saff_fwd(cudaStream_t s, size_t n, const float *x, const float *scale,
+                            const float *bias, float *y);
+cudaError_t eq_cuk_saff_bwd(cudaStream_t s, size_t n, const float *x, const float *dy,
+                            const float *scale, float *dx, float *dscale, float *dbias,
+                            void *scratch);
+
 /* Conv weight layouts: OIHW [k][c][r][s] <-> KRSC [k][r][s][c]. */
 cudaError_t eq_cuk_oihw_to_krsc(cudaStream_t s, int64_t k, int64_t c, int64_t r, int64_t sdim,
                                 const float *src, float *dst);

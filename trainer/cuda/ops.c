@@ -68,6 +68,45 @@ eq_status eq_cuda_relu_bwd(void *ctx, size_t n, const float *y, const float *dy,
     return EQ_OK;
 }
 
+eq_status eq_cuda_clamp_fwd(void *ctx, size_t n, float lo, float hi, const float *x, float *y,
+                            eq_err *err)
+{
+    eq_cuda *cu = ctx;
+    EQ_K("clamp_fwd", eq_cuk_clamp_fwd(cu->stream, n, lo, hi, x, y));
+    return EQ_OK;
+}
+
+eq_status eq_cuda_clamp_bwd(void *ctx, size_t n, float lo, float hi, const float *y,
+                            const float *dy, float *dx, eq_err *err)
+{
+    eq_cuda *cu = ctx;
+    EQ_K("clamp_bwd", eq_cuk_clamp_bwd(cu->stream, n, lo, hi, y, dy, dx));
+    return EQ_OK;
+}
+
+eq_status eq_cuda_scalar_affine_fwd(void *ctx, size_t n, const float *x, const float *scale,
+                                    const float *bias, float *y, eq_err *err)
+{
+    eq_cuda *cu = ctx;
+    EQ_K("scalar_affine_fwd", eq_cuk_saff_fwd(cu->stream, n, x, scale, bias, y));
+    return EQ_OK;
+}
+
+eq_status eq_cuda_scalar_affine_bwd(void *ctx, size_t n, const float *x, const float *dy,
+                                    const float *scale, float *dx, float *dscale, float *dbias,
+                                    eq_err *err)
+{
+    eq_cuda *cu = ctx;
+    void *ws = NULL;
+    if (dscale || dbias) {
+        ws = eq_cuda_workspace(cu, eq_cuk_saff_scratch(n), "scalar_affine_bwd", err);
+        if (!ws) return EQ_ERR_NOMEM;
+    }
+    EQ_K("scalar_affine_bwd",
+         eq_cuk_saff_bwd(cu->stream, n, x, dy, scale, dx, dscale, dbias, ws));
+    return EQ_OK;
+}
+
 eq_status eq_cuda_prelu_fwd(void *ctx, int64_t m, int64_t c, int64_t nslope, const float *x,
                             const float *slope, float *y, eq_err *err)
 {
