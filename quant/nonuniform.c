@@ -96,6 +96,54 @@ static inline void s_range(const s_nu *p, int i, float *lo, float *hi)
     *hi = (p->full && i == 0) ? 0.0f : 1.0f;
 }
 
+/* y over one run; na and full are constants at each call site, so the
+ * alpha loop unrolls and the element loop vectorizes. */
+static inline __attribute__((always_inline)) void s_fwd_run(const float *x, float *y, int64_t len,
+                                                            const float *a, const float *inv,
+                                                            const float *lo, const float *hi,
+                                                            const float *sc, int na, int full)
+{
+    for (int64_t e = 0; e < len; e++) {
+        float t = x[e], acc = 0.0f;
+#pragma GCC unroll 4
+        for (int i = 0; i < na; i++) {
+            float v = (full ? x[e] : t) * a[i];
+            acc += eq_qround(eq_quant_gs_value(eq_qclamp(v, lo[i], hi[i]), sc[i]));
+            t = t - inv[i];
+        }
+        y[e] = acc;
+    }
+}
+
+/* dL/dx over one run and the alpha sums ga (in element order, as doubles);
+ * branch-free selects instead of the data-dependent tests. */
+static inline __attribute__((always_inline)) void
+s_bwd_run(const float *x, const float *gy, float *gx, int64_t len, float bsc, int scaled_g, const float *a,
+          const float *inv, const float *lo, const float *hi, const float *sc, double cf[S_MAXA][S_MAXA],
+          double *ga, int na, int full)
+{
+    double acc[S_MAXA];
+    for (int i = 0; i < na; i++) acc[i] = ga[i];
+    for (int64_t e = 0; e < len; e++) {
+        float g = scaled_g ? gy[e] * bsc : gy[e];
+        float t = x[e], gxe = 0.0f;
+#pragma GCC unroll 4
+        for (int i = 0; i < na; i++) {
+            float base = full ? x[e] : t;
+            float v = base * a[i];
+            int in = v >= lo[i] && v <= hi[i];
+            float d = g * sc[i];
+            gxe = in ? gxe + d * a[i] : gxe;
+            acc[i] = in ? acc[i] + (double)d * base : acc[i];
+            if (!full)
+                for (int j = 0; j < i; j++) acc[j] = in ? acc[j] + (double)d * cf[i][j] : acc[j];
+            t = t - inv[i];
+        }
+        gx[e] = gxe;
+    }
+    for (int i = 0; i < na; i++) ga[i] = acc[i];
+}
+
 static eq_status s_forward(eq_quant *q, const float *x, float *y, eq_err *err)
 {
     (void)err;
@@ -129,15 +177,14 @@ static eq_status s_forward(eq_quant *q, const float *x, float *y, eq_err *err)
             inv[i] = 1.0f / a[i];
             s_range(p, i, &lo[i], &hi[i]);
         }
-        for (int64_t e = s0; e < s0 + len; e++) {
-            float t = x[e], acc = 0.0f;
-            for (int i = 0; i < p->na; i++) {
-                float v = (p->full ? x[e] : t) * a[i];
-                acc += eq_qround(eq_quant_gs_value(eq_qclamp(v, lo[i], hi[i]), p->sc[i]));
-                t = t - inv[i];
-            }
-            y[e] = acc;
-        }
+        if (p->full) /* every wt, and fm without half range: two alphas */
+            s_fwd_run(x + s0, y + s0, len, a, inv, lo, hi, p->sc, 2, 1);
+        else if (p->na == 1)
+            s_fwd_run(x + s0, y + s0, len, a, inv, lo, hi, p->sc, 1, 0);
+        else if (p->na == 2)
+            s_fwd_run(x + s0, y + s0, len, a, inv, lo, hi, p->sc, 2, 0);
+        else
+            s_fwd_run(x + s0, y + s0, len, a, inv, lo, hi, p->sc, 3, 0);
     }
     if (p->basis) {
         if (q->train) {
@@ -178,25 +225,21 @@ static void s_backward(eq_quant *q, const float *x, const float *gy, float *gx)
         double ga[S_MAXA] = {0}, cf[S_MAXA][S_MAXA] = {{0}};
         for (int i = 0; i < na; i++)
             for (int j = 0; j < i; j++) cf[i][j] = (double)a[i] / ((double)a[j] * a[j]);
-        for (int64_t e = s0; e < s0 + len; e++) {
-            float g = p->basis ? gy[e] * b : gy[e];
-            float t = x[e], gxe = 0.0f;
-            for (int i = 0; i < na; i++) {
-                float lo, hi;
-                s_range(p, i, &lo, &hi);
-                float base = p->full ? x[e] : t;
-                float v = base * a[i];
-                if (v >= lo && v <= hi) {
-                    float d = g * p->sc[i];
-                    gxe += d * a[i];
-                    ga[i] += (double)d * base;
-                    if (!p->full)
-                        for (int j = 0; j < i; j++) ga[j] += (double)d * cf[i][j];
-                }
-                t = t - inv[i];
-            }
-            gx[e] = gxe;
-        }
+        float lo[S_MAXA], hi[S_MAXA];
+        for (int i = 0; i < na; i++) s_range(p, i, &lo[i], &hi[i]);
+        int sg = p->basis != NULL;
+        if (p->full)
+            sg ? s_bwd_run(x + s0, gy + s0, gx + s0, len, b, 1, a, inv, lo, hi, p->sc, cf, ga, 2, 1)
+               : s_bwd_run(x + s0, gy + s0, gx + s0, len, b, 0, a, inv, lo, hi, p->sc, cf, ga, 2, 1);
+        else if (na == 1)
+            sg ? s_bwd_run(x + s0, gy + s0, gx + s0, len, b, 1, a, inv, lo, hi, p->sc, cf, ga, 1, 0)
+               : s_bwd_run(x + s0, gy + s0, gx + s0, len, b, 0, a, inv, lo, hi, p->sc, cf, ga, 1, 0);
+        else if (na == 2)
+            sg ? s_bwd_run(x + s0, gy + s0, gx + s0, len, b, 1, a, inv, lo, hi, p->sc, cf, ga, 2, 0)
+               : s_bwd_run(x + s0, gy + s0, gx + s0, len, b, 0, a, inv, lo, hi, p->sc, cf, ga, 2, 0);
+        else
+            sg ? s_bwd_run(x + s0, gy + s0, gx + s0, len, b, 1, a, inv, lo, hi, p->sc, cf, ga, 3, 0)
+               : s_bwd_run(x + s0, gy + s0, gx + s0, len, b, 0, a, inv, lo, hi, p->sc, cf, ga, 3, 0);
         for (int i = 0; i < na; i++) p->acc[i * q->g + k] += ga[i];
     }
     for (int i = 0; i < na; i++) {
