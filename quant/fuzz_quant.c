@@ -33,6 +33,7 @@ static const char *const s_keys[][6] = {
     {"norm_eps", "0", "1e-5", "1", "-1", "nan"},
     {"warmup_train_only", "true", "false", "0", "1", "?"},
     {"progressive", "true", "false", "0", "1", "?"},
+    {"lq_codes", "floor", "zero", "zero", "true", ""},
 };
 #define S_NKEYS (sizeof s_keys / sizeof s_keys[0])
 

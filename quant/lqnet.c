@@ -283,7 +283,8 @@ static eq_status s_forward(eq_quant *q, const float *x, float *y, eq_err *err)
             int64_t sg = e / per;
             y[e] = p->lev[idx * g + k] * p->nrm_a[sg] + p->nrm_b[sg];
             if (q->train) {
-                const float *row = E + p->perm[idx * g + k] * bit;
+                /* lq_codes=zero: the update sees codec row 0 for every element */
+                const float *row = E + (q->o.lq_zero_codes ? 0 : p->perm[idx * g + k]) * bit;
                 for (int a = 0; a < bit; a++) {
                     atx[a] += (double)row[a] * v;
                     for (int b = 0; b < bit; b++) ata[a * bit + b] += (double)row[a] * row[b];

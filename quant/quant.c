@@ -203,6 +203,10 @@ eq_status eq_quant_opts_set(eq_quant_opts *o, const char *key, const char *value
         st = s_parse_bool(key, value, &n.exact_grad_scale, err);
     } else if (strcmp(key, "warmup_train_only") == 0) {
         st = s_parse_bool(key, value, &n.warmup_train_only, err);
+    } else if (strcmp(key, "lq_codes") == 0) {
+        static const char *const names[] = {"floor", "zero"};
+        st = s_parse_choice(key, value, names, 2, &c, err);
+        n.lq_zero_codes = c;
     } else if (strcmp(key, "norm_eps") == 0) {
         st = s_parse_double(key, value, &n.norm_eps, err);
         if (!st && n.norm_eps < 0)
@@ -214,7 +218,7 @@ eq_status eq_quant_opts_set(eq_quant_opts *o, const char *key, const char *value
                           "boundary, scale, quant_group, adaptive, grad_type, grad_scale, custom, "
                           "gamma, custom_update, closed_form, stable, correlate, progressive, "
                           "independent_norm, batch_size, input_size, exact_grad_scale, norm_eps, "
-                          "warmup_train_only)",
+                          "warmup_train_only, lq_codes)",
                           key);
     }
     if (st) return st;
@@ -456,6 +460,11 @@ eq_quant *eq_quant_new(const eq_quant_opts *o, const eq_tensor_desc *xd, eq_err 
         int nd = eq_quant_param_shape(q, g, shp);
         q->gamma = eq_quant_add_tensor(q, "gamma", nd, shp, 1.0f, 1, err);
         if (!q->gamma) goto fail;
+    }
+    if (o->lq_zero_codes && m->family != EQ_QFAM_LQNET) {
+        eq_err_set(err, EQ_ERR_INVALID, "quant option lq_codes: only method lqnet has codes (method %s)",
+                   m->name);
+        goto fail;
     }
     if (m->init(q, err)) goto fail;
     q->clip = eq_quant_find(q, "clip_val");

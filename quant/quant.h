@@ -112,6 +112,9 @@ typedef struct eq_quant_opts {
     int exact_grad_scale;     /* 0: a factor f with int(f) == 1 is skipped (original) */
     double norm_eps;          /* var-mean epsilon, 0 in the original */
     int warmup_train_only;    /* 1: eval forwards never count, warm up or return x */
+    int lq_zero_codes;        /* `lq_codes`: LQ-Net's basis update sees code 0 for every element,
+                               * as the original does under torch >= 1.5 (0: floor-division
+                               * bits, ORIGINAL.md §2.11.4) */
 } eq_quant_opts;
 
 /* Fill `o` with the original's defaults for `tag`. */

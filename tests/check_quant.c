@@ -643,6 +643,43 @@ START_TEST(test_lq_custom_update_and_closed_form)
 }
 END_TEST
 
+/* lq_codes=zero (the original under torch >= 1.5): the basis update sees
+ * codec row 0 for every element, so a half-range fm solve has B = 0 and
+ * auxil = 0 exactly; the default floor-division codes give a non-zero
+ * solution.  y does not depend on it; other methods refuse the option. */
+START_TEST(test_lq_codes_option)
+{
+    const int64_t S[2] = {2, 8};
+    float x[16], y0[16], y1[16];
+    s_fill(x, 16, 1.0f, 1.0f);
+    const char *kf[] = {"method=lqnet", "bit=2", NULL};
+    const char *kz[] = {"method=lqnet", "bit=2", "lq_codes=zero", NULL};
+    eq_quant *qf = s_make(EQ_QTAG_FM, EQ_LAYOUT_NC, 2, S, kf);
+    eq_quant *qz = s_make(EQ_QTAG_FM, EQ_LAYOUT_NC, 2, S, kz);
+    s_fwd(qf, EQ_LAYOUT_NC, 2, S, x, y0, 1);
+    s_fwd(qz, EQ_LAYOUT_NC, 2, S, x, y1, 1);
+    ck_assert_int_eq(memcmp(y0, y1, sizeof y0), 0);
+    const float *af = eq_quant_find(qf, "auxil")->data, *az = eq_quant_find(qz, "auxil")->data;
+    ck_assert(af[0] != 0.0f || af[1] != 0.0f);
+    ck_assert_float_eq(az[0], 0.0f);
+    ck_assert_float_eq(az[1], 0.0f);
+    /* basis = 0.9 old + 0.1 * 0 */
+    ck_assert_float_eq(eq_quant_find(qz, "basis")->data[0], 0.9f * (0.6745f * 2.0f / 2.0f));
+    eq_quant_destroy(&qf);
+    eq_quant_destroy(&qz);
+    eq_quant_opts o;
+    eq_err e = {0};
+    eq_quant_opts_init(&o, EQ_QTAG_FM);
+    ck_assert(s_err_contains(eq_quant_opts_set(&o, "lq_codes", "true", &e), &e, "not one of: floor, zero"));
+    ck_assert_int_eq(eq_quant_opts_set(&o, "lq_codes", "zero", &e), EQ_OK);
+    eq_quant_opts_set(&o, "bit", "2", &e);
+    eq_tensor_desc d;
+    eq_tensor_desc_init(&d, EQ_DT_F32, EQ_LAYOUT_NC, 2, S, &e);
+    ck_assert_ptr_null(eq_quant_new(&o, &d, &e));
+    ck_assert_ptr_nonnull(strstr(e.msg, "lq_codes"));
+}
+END_TEST
+
 START_TEST(test_progressive_levels)
 {
     const int64_t S[2] = {1, 4};
@@ -785,6 +822,7 @@ static Suite *s_suite(void)
     tcase_add_test(tc, test_fd_gradients);
     tcase_add_test(tc, test_warmup_stable);
     tcase_add_test(tc, test_lq_custom_update_and_closed_form);
+    tcase_add_test(tc, test_lq_codes_option);
     tcase_add_test(tc, test_progressive_levels);
     tcase_add_test(tc, test_quirk_options);
     tcase_add_test(tc, test_threads_match);

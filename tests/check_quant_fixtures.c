@@ -11,13 +11,11 @@
 #include <dirent.h>
 #include <math.h>
 
-/* The shared LQ-Net cases' basis/auxil come from an update that never saw
- * the elements' codes (see doc/quantizers.md, "Verification"); y and
- * grad_x are compared, the state is checked by the gen_lq_* cases. */
-static int s_skip_key(const char *cas, const char *key)
-{
-    return strncmp(cas, "lq_", 3) == 0 && strncmp(key, "state.", 6) == 0;
-}
+/* The shared LQ-Net cases (lq_*, made by the original under torch 1.13)
+ * updated their basis as if every element's code were 0; they run with
+ * lq_codes=zero, which reproduces that (doc/quantizers.md, "Verification"),
+ * while the gen_lq_* cases check the specified floor-division update. */
+static int s_shared_lq(const char *cas) { return strncmp(cas, "lq_", 3) == 0; }
 
 typedef struct s_tally {
     int cases, tensors, flips;
@@ -42,8 +40,8 @@ static void s_run_case(const char *dir, const char *name, int nhwc, s_tally *t)
     int train = eq_json_typeof(eq_json_get(root, "train")) == EQ_JSON_TRUE;
     const eq_json *opts = eq_json_get(root, "opts");
     size_t nkv = eq_json_len(opts);
-    char (*kvbuf)[128] = calloc(nkv + 1, sizeof *kvbuf);
-    const char **kv = calloc(nkv + 1, sizeof *kv);
+    char (*kvbuf)[128] = calloc(nkv + 2, sizeof *kvbuf);
+    const char **kv = calloc(nkv + 2, sizeof *kv);
     for (size_t i = 0; i < nkv; i++) {
         const char *k = eq_json_key_at(opts, i, NULL);
         const eq_json *v = eq_json_at(opts, i);
@@ -62,6 +60,7 @@ static void s_run_case(const char *dir, const char *name, int nhwc, s_tally *t)
         }
         kv[i] = kvbuf[i];
     }
+    if (s_shared_lq(name)) kv[nkv++] = "lq_codes=zero";
     char *scratch = eq_test_scratch("quantfx");
     snprintf(inp, sizeof inp, "%s/%s/in.safetensors", dir, name);
     snprintf(exp, sizeof exp, "%s/%s/expected.safetensors", dir, name);
@@ -75,10 +74,6 @@ static void s_run_case(const char *dir, const char *name, int nhwc, s_tally *t)
     printf("%-32s %s", name, nhwc ? "NHWC" : "    ");
     for (size_t i = 0; i < eq_st_count(ex); i++) {
         const char *key = eq_st_name(ex, i);
-        if (s_skip_key(name, key)) {
-            printf("  %s skipped", key);
-            continue;
-        }
         const eq_tensor_desc *d = eq_st_desc(ex, i);
         int64_t n = eq_tensor_numel(d);
         const float *want = eq_st_get_f32(ex, key, n, &err);
@@ -87,6 +82,11 @@ static void s_run_case(const char *dir, const char *name, int nhwc, s_tally *t)
         ck_assert_msg(got != NULL, "%s (%s): %s", name, nhwc ? "nhwc" : "nchw", err.msg);
         int elementwise = strcmp(key, "y") == 0 || strcmp(key, "grad_x") == 0;
         double rtol = elementwise ? 1e-5 : 1e-4, atol = elementwise ? 1e-6 : 1e-5;
+        /* lq_wt_2b_train: with every code 0 the wt system (B^T B + D) has
+         * condition ~1e6 and the reference solved it in float32 (its auxil
+         * values are multiples of 2^-16); eq solves in double.  1e-3 is that
+         * noise (eq is within 7.2e-4); the floor-division update is 0.1 away. */
+        if (s_shared_lq(name) && tag == EQ_QTAG_WT && strncmp(key, "state.", 6) == 0) atol = 1e-3;
         int64_t bad = 0, first = -1;
         for (int64_t j = 0; j < n; j++) {
             double a = got[j], b = want[j];
