@@ -26,6 +26,7 @@
 #include "trainer/train.h"
 
 #define S_MAX_LOADERS 16
+#define S_MAX_RANKS 16
 #define S_MAX_SETS 128
 #define S_MAX_ARGS (2 * S_MAX_SETS + 64)
 #define S_MAX_POINTS 100000
@@ -40,9 +41,10 @@ typedef struct s_child {
 } s_child;
 
 typedef struct s_run {
-    s_child ch[S_MAX_LOADERS + 2];
+    s_child ch[S_MAX_LOADERS + S_MAX_RANKS + 1];
     int nch;
-    int trainer, evaluator; /* indices in ch */
+    int trainer, evaluator; /* indices in ch (trainer: rank 0) */
+    int tr[S_MAX_RANKS], ntr; /* every trainer rank */
     char sock_dir[64];
     char log_dir[1200];
     /* what we learnt */
@@ -158,6 +160,19 @@ static void s_stop_child(s_run *r, int i, uint64_t ms)
     }
 }
 
+static bool s_is_trainer(const s_run *r, int i)
+{
+    for (int k = 0; k < r->ntr; k++)
+        if (r->tr[k] == i) return true;
+    return false;
+}
+
+static void s_signal_trainers(s_run *r, int sig)
+{
+    for (int k = 0; k < r->ntr; k++)
+        if (!r->ch[r->tr[k]].exited && r->ch[r->tr[k]].pid > 0) kill(r->ch[r->tr[k]].pid, sig);
+}
+
 static void s_on_metrics(s_run *r, const eq_msg_metrics *m, bool tty, bool json)
 {
     if (!strcmp(m->source, "trainer")) {
@@ -264,14 +279,17 @@ static void *s_sub(void *ctx, const char *ep, eq_err *e)
 int eq_ctl_run_main(int argc, char **argv)
 {
     static const struct option o[] = { { "loaders", required_argument, 0, 'n' },
+                                       { "ranks", required_argument, 0, 'R' },
+                                       { "pretrained", required_argument, 0, 'P' },
+                                       { "evaluate", no_argument, 0, 'e' },
                                        { "set", required_argument, 0, 's' },
                                        { "resume", required_argument, 0, 'r' },
                                        { "json", no_argument, 0, 'j' },
                                        { 0, 0, 0, 0 } };
-    const char *sets[S_MAX_SETS], *resume = NULL;
+    const char *sets[S_MAX_SETS + 1], *resume = NULL, *pretrained = NULL;
     size_t nsets = 0;
-    long nloaders = 1;
-    int json = 0, c;
+    long nloaders = 1, nranks = 0;
+    int json = 0, evaluate = 0, c;
     while ((c = getopt_long(argc, argv, "", o, NULL)) != -1) {
         switch (c) {
         case 'n': {
@@ -284,6 +302,18 @@ int eq_ctl_run_main(int argc, char **argv)
             }
             break;
         }
+        case 'R': {
+            char *end;
+            errno = 0;
+            nranks = strtol(optarg, &end, 10);
+            if (errno || *end || nranks < 1 || nranks > S_MAX_RANKS) {
+                fprintf(stderr, "eqctl run: --ranks '%s': expected 1..%d\n", optarg, S_MAX_RANKS);
+                return 2;
+            }
+            break;
+        }
+        case 'P': pretrained = optarg; break;
+        case 'e': evaluate = 1; break;
         case 's':
             if (nsets == S_MAX_SETS) {
                 fprintf(stderr, "eqctl run: more than %d --set\n", S_MAX_SETS);
@@ -306,6 +336,27 @@ int eq_ctl_run_main(int argc, char **argv)
     if (eq_experiment_load(&x, config, sets, nsets, NULL, &e) != EQ_OK) {
         fprintf(stderr, "eqctl run: %s\n", e.msg);
         return 2;
+    }
+    if (!nranks) nranks = x.train.ranks;
+    if (nranks > S_MAX_RANKS) {
+        fprintf(stderr, "eqctl run: [train] ranks = %ld: at most %d on one machine\n", nranks, S_MAX_RANKS);
+        return 2;
+    }
+    if (x.data.global_batch % nranks) {
+        fprintf(stderr, "eqctl run: [data] global_batch = %lld is not a multiple of %ld ranks\n",
+                (long long)x.data.global_batch, nranks);
+        return 2;
+    }
+    if (evaluate && !resume && !pretrained) {
+        fprintf(stderr, "eqctl run: --evaluate needs the weights: --resume CKPT or --pretrained FILE\n");
+        return 2;
+    }
+    /* Ranks share the CPUs: split "one thread per CPU" between them. */
+    char threads_set[64] = "";
+    if (nranks > 1 && x.train.threads == 0) {
+        long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+        snprintf(threads_set, sizeof threads_set, "train.threads=%ld", ncpu / nranks > 0 ? ncpu / nranks : 1);
+        sets[nsets++] = threads_set;
     }
     char bindir[PATH_MAX], prog[3][PATH_MAX + 16];
     if (s_bindir(bindir, sizeof bindir)) {
@@ -426,10 +477,14 @@ int eq_ctl_run_main(int argc, char **argv)
         if ((ch->pid = s_spawn(prog[1], av, logp, errbuf, sizeof errbuf)) < 0) goto spawn_fail;
         r->evaluator = r->nch++;
     }
-    /* Trainer. */
-    {
-        char *av[S_MAX_ARGS];
+    /* Trainer ranks: rank 0 binds the control socket (where the others
+     * join) and publishes the METRICS; each rank has its ring endpoint. */
+    for (long rk = 0; rk < nranks; rk++) {
+        char *av[S_MAX_ARGS], rs[16], ws[16], ring[160];
         int n = 0;
+        snprintf(rs, sizeof rs, "%ld", rk);
+        snprintf(ws, sizeof ws, "%ld", nranks);
+        snprintf(ring, sizeof ring, "ipc://%s/ring%ld", r->sock_dir, rk);
         av[n++] = (char *)names[2];
         av[n++] = "--config";
         av[n++] = (char *)config;
@@ -441,28 +496,54 @@ int eq_ctl_run_main(int argc, char **argv)
         av[n++] = loaders_arg;
         av[n++] = "--eval";
         av[n++] = ep_eval;
-        av[n++] = "--pub";
-        av[n++] = ep_tr_pub;
-        av[n++] = "--control";
-        av[n++] = ep_tr_ctl;
+        if (rk == 0) {
+            av[n++] = "--pub";
+            av[n++] = ep_tr_pub;
+            av[n++] = "--control";
+            av[n++] = ep_tr_ctl;
+        } else {
+            av[n++] = "--rendezvous";
+            av[n++] = ep_tr_ctl;
+        }
+        if (nranks > 1) {
+            av[n++] = "--rank";
+            av[n++] = rs;
+            av[n++] = "--world";
+            av[n++] = ws;
+            av[n++] = "--dist-bind";
+            av[n++] = ring;
+        }
         if (resume) {
             av[n++] = "--resume";
             av[n++] = (char *)resume;
         }
+        if (pretrained) {
+            av[n++] = "--pretrained";
+            av[n++] = (char *)pretrained;
+        }
+        if (evaluate) av[n++] = "--evaluate";
         av[n] = NULL;
-        snprintf(logp, sizeof logp, "%s/trainer.log", r->log_dir);
+        if (rk == 0)
+            snprintf(logp, sizeof logp, "%s/trainer.log", r->log_dir);
+        else
+            snprintf(logp, sizeof logp, "%s/trainer%ld.log", r->log_dir, rk);
         s_child *ch = &r->ch[r->nch];
-        snprintf(ch->label, sizeof ch->label, "eq-trainer");
+        if (nranks > 1)
+            snprintf(ch->label, sizeof ch->label, "eq-trainer rank %ld", rk);
+        else
+            snprintf(ch->label, sizeof ch->label, "eq-trainer");
         ch->what = ch->label;
         if ((ch->pid = s_spawn(prog[2], av, logp, errbuf, sizeof errbuf)) < 0) goto spawn_fail;
-        r->trainer = r->nch++;
+        if (rk == 0) r->trainer = r->nch;
+        r->tr[r->ntr++] = r->nch++;
     }
     if (!json)
-        fprintf(stderr, "eqctl run: %s: %ld loader(s), eq-eval, eq-trainer started; logs in %s\n", config, nloaders,
-                r->log_dir);
+        fprintf(stderr, "eqctl run: %s: %ld loader(s), eq-eval, %ld eq-trainer rank(s) started; logs in %s\n", config,
+                nloaders, nranks, r->log_dir);
 
     /* Follow until the trainer exits (or a part fails, or Ctrl-C). */
     bool stopping = false;
+    uint64_t kill_at = 0; /* a rank failed: the others may be waiting for it in a collective */
     for (;;) {
         zmq_pollitem_t it[2] = { { sub_t, 0, ZMQ_POLLIN, 0 }, { sub_e, 0, ZMQ_POLLIN, 0 } };
         int np = zmq_poll(it, 2, 200);
@@ -477,16 +558,34 @@ int eq_ctl_run_main(int argc, char **argv)
         }
         eq_proto_recvd_close(&rv);
         s_reap(r);
-        if (r->ch[r->trainer].exited) break;
+        int alive_tr = 0;
+        for (int k = 0; k < r->ntr; k++) alive_tr += !r->ch[r->tr[k]].exited;
+        if (!alive_tr) break;
         if (s_interrupted && !stopping) {
             stopping = true;
             if (!json) fprintf(stderr, "%seqctl run: stopping (the trainer writes a checkpoint)\n", tty ? "\r\033[K" : "");
-            kill(r->ch[r->trainer].pid, SIGTERM);
+            s_signal_trainers(r, SIGTERM);
+        }
+        /* A rank that failed while others run: they would wait for it. */
+        for (int k = 0; k < r->ntr && !stopping && alive_tr < r->ntr; k++) {
+            s_child *tc = &r->ch[r->tr[k]];
+            if (!tc->exited || (WIFEXITED(tc->status) && WEXITSTATUS(tc->status) == 0)) continue;
+            snprintf(failed_buf, sizeof failed_buf, "%s %s%s", tc->what, s_status_str(tc->status, st1, sizeof st1),
+                     WIFEXITED(tc->status) && WEXITSTATUS(tc->status) == 4 ? " (the loss became NaN or infinite)" : "");
+            failed = failed_buf;
+            if (!json) fprintf(stderr, "%seqctl run: %s; stopping the other ranks\n", tty ? "\r\033[K" : "", failed);
+            stopping = true;
+            s_signal_trainers(r, SIGTERM);
+            kill_at = eq_clock_ms() + 10000;
+        }
+        if (kill_at && eq_clock_ms() > kill_at) {
+            s_signal_trainers(r, SIGKILL);
+            kill_at = 0;
         }
         int loaders_alive = 0;
-        for (int i = 0; i < r->nch; i++) loaders_alive += i != r->trainer && i != r->evaluator && !r->ch[i].exited;
+        for (int i = 0; i < r->nch; i++) loaders_alive += !s_is_trainer(r, i) && i != r->evaluator && !r->ch[i].exited;
         for (int i = 0; i < r->nch && !stopping; i++) {
-            if (i == r->trainer || !r->ch[i].exited) continue;
+            if (s_is_trainer(r, i) || !r->ch[i].exited) continue;
             snprintf(failed_buf, sizeof failed_buf, "%s %s", r->ch[i].what, s_status_str(r->ch[i].status, st1, sizeof st1));
             if (i != r->evaluator && loaders_alive > 0) {
                 /* The trainer re-issues its requests to the other loaders. */
@@ -499,15 +598,22 @@ int eq_ctl_run_main(int argc, char **argv)
             failed = failed_buf;
             if (!json) fprintf(stderr, "%seqctl run: %s; stopping the trainer\n", tty ? "\r\033[K" : "", failed);
             stopping = true;
-            kill(r->ch[r->trainer].pid, SIGTERM);
+            s_signal_trainers(r, SIGTERM);
         }
     }
-    int tst = r->ch[r->trainer].status;
-    bool trained = WIFEXITED(tst) && WEXITSTATUS(tst) == 0;
-    /* Wait (bounded) for eq-eval's result of the last epoch. */
-    if (trained && x.train.eval_every > 0) {
+    int tst = r->ch[r->trainer].status; /* rank 0's, or the first rank that failed when rank 0 did not */
+    bool trained = true;
+    for (int k = 0; k < r->ntr; k++) {
+        int rs = r->ch[r->tr[k]].status;
+        if (WIFEXITED(rs) && WEXITSTATUS(rs) == 0) continue;
+        if (trained && WIFEXITED(tst) && WEXITSTATUS(tst) == 0) tst = rs;
+        trained = false;
+    }
+    /* Wait (bounded) for eq-eval's result of the last epoch (--evaluate: of
+     * the evaluated one). */
+    if (trained && (x.train.eval_every > 0 || evaluate)) {
         uint64_t last = (uint64_t)x.sched.epochs - 1, t1 = eq_clock_ms();
-        while (!(r->any_eval && r->last_epoch_eval == last) && !r->eval_failed && !s_interrupted &&
+        while (!(r->any_eval && (evaluate || r->last_epoch_eval == last)) && !r->eval_failed && !s_interrupted &&
                eq_clock_ms() - t1 < 120000) {
             zmq_pollitem_t it[1] = { { sub_e, 0, ZMQ_POLLIN, 0 } };
             if (zmq_poll(it, 1, 200) > 0) {
@@ -522,7 +628,7 @@ int eq_ctl_run_main(int argc, char **argv)
             s_reap(r);
             if (r->ch[r->evaluator].exited) break;
         }
-        if (!(r->any_eval && r->last_epoch_eval == last) && !failed) {
+        if (!(r->any_eval && (evaluate || r->last_epoch_eval == last)) && !failed) {
             snprintf(failed_buf, sizeof failed_buf, "eq-eval %s",
                      r->eval_failed ? "reported an accounting error" : "gave no result for the last epoch");
             failed = failed_buf;
@@ -530,9 +636,10 @@ int eq_ctl_run_main(int argc, char **argv)
     }
     /* Stop the evaluator and the loaders. */
     for (int i = 0; i < r->nch; i++)
-        if (i != r->trainer) s_stop_child(r, i, 10000);
+        if (!s_is_trainer(r, i)) s_stop_child(r, i, 10000);
     if (!failed && !trained) {
-        snprintf(failed_buf, sizeof failed_buf, "eq-trainer %s", s_status_str(tst, st1, sizeof st1));
+        snprintf(failed_buf, sizeof failed_buf, "eq-trainer %s%s", s_status_str(tst, st1, sizeof st1),
+                 WIFEXITED(tst) && WEXITSTATUS(tst) == 4 ? " (the loss became NaN or infinite)" : "");
         failed = failed_buf;
     }
     bool interrupted = WIFEXITED(tst) && WEXITSTATUS(tst) == 3;

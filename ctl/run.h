@@ -1,7 +1,7 @@
 /*
  * ctl/run.h -- `eqctl run`: one command that trains an experiment on this
  * machine.  It starts N eq-loaders, one eq-eval (serve) and one eq-trainer
- * (the programs beside eqctl) on ipc:// endpoints in a private directory,
+ * per rank (--ranks, [train] ranks; the programs beside eqctl) on ipc:// endpoints in a private directory,
  * follows the trainer's and the evaluator's METRICS, prints progress and a
  * summary, writes OUT_DIR/metrics.svg (train loss per step, val Top-1 per
  * epoch), and stops everything cleanly at the end, on Ctrl-C, or when a part
@@ -15,7 +15,9 @@
 #ifndef EQ_CTL_RUN_H
 #define EQ_CTL_RUN_H
 
-#define EQ_CTL_RUN_USAGE "CONFIG [--loaders N] [--set SECTION.KEY=VALUE ...] [--resume CKPT] [--json]"
+#define EQ_CTL_RUN_USAGE \
+    "CONFIG [--loaders N] [--ranks N] [--set SECTION.KEY=VALUE ...] [--resume CKPT] [--pretrained FILE] [--evaluate] " \
+    "[--json]"
 
 /* argv[0] is the command name; getopt_long state must be reset (optind = 1)
  * by the caller, as eqctl's dispatcher does. */

@@ -3,12 +3,14 @@
  * experiment config, signals; trainer/train.h does the work.
  * doc/eq-trainer.md is the user's reference.
  *
- * Exit status: 0 trained to the end; 1 failed (the log names why); 2 bad
- * usage or config; 3 stopped by a signal or the control socket (a
- * checkpoint to resume from was written).
+ * Exit status: 0 trained to the end (or evaluated); 1 failed (the log names
+ * why); 2 bad usage or config; 3 stopped by a signal or the control socket
+ * (a checkpoint to resume from was written); 4 the loss became NaN or
+ * infinite (no checkpoint of that step was written).
  */
 #include "config.h"
 
+#include <errno.h>
 #include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
@@ -17,6 +19,7 @@
 #include <unistd.h>
 
 #include "core/log.h"
+#include "trainer/dist.h"
 #include "trainer/feeder.h"
 #include "trainer/train.h"
 
@@ -43,10 +46,16 @@ static void s_usage(FILE *f)
                "  --pub EP               bind a METRICS publisher here (e.g. tcp://127.0.0.1:*)\n"
                "  --control EP           bind the control socket here (status, stop)\n"
                "  --resume CKPT          continue from a checkpoint (same config)\n"
+               "  --pretrained FILE      start from these weights (safetensors, matched by name)\n"
+               "  -e, --evaluate         only evaluate (the weights of --resume or --pretrained)\n"
+               "  --rank R --world W     data-parallel rank R of W (default 0 of 1)\n"
+               "  --rendezvous EP        ranks > 0: rank 0's control endpoint\n"
+               "  --dist-bind EP         this rank's collective endpoint (default tcp://127.0.0.1:*)\n"
                "  --log-level LEVEL      debug, info, warn, error (default info)\n"
                "  --log-json             log JSON lines\n"
                "  --help\n"
-               "Exit status: 0 done, 1 failed, 2 bad usage or config, 3 stopped (checkpoint written).\n");
+               "Exit status: 0 done, 1 failed, 2 bad usage or config, 3 stopped (checkpoint written),\n"
+               "4 the loss became NaN or infinite.\n");
 }
 
 int main(int argc, char **argv)
@@ -54,10 +63,16 @@ int main(int argc, char **argv)
     static const struct option o[] = { { "config", required_argument, 0, 'c' },
                                        { "set", required_argument, 0, 's' },
                                        { "loaders", required_argument, 0, 'L' },
-                                       { "eval", required_argument, 0, 'e' },
+                                       { "eval", required_argument, 0, 'v' },
                                        { "pub", required_argument, 0, 'p' },
                                        { "control", required_argument, 0, 'C' },
                                        { "resume", required_argument, 0, 'r' },
+                                       { "pretrained", required_argument, 0, 'P' },
+                                       { "evaluate", no_argument, 0, 'E' },
+                                       { "rank", required_argument, 0, 'R' },
+                                       { "world", required_argument, 0, 'W' },
+                                       { "rendezvous", required_argument, 0, 'Z' },
+                                       { "dist-bind", required_argument, 0, 'D' },
                                        { "log-level", required_argument, 0, 'l' },
                                        { "log-json", no_argument, 0, 'j' },
                                        { "help", no_argument, 0, 'h' },
@@ -68,7 +83,8 @@ int main(int argc, char **argv)
     eq_train_opts to = { 0 };
     int c;
     eq_log_set_role("trainer", 0);
-    while ((c = getopt_long(argc, argv, "", o, NULL)) != -1) {
+    long rank = 0, world = 1;
+    while ((c = getopt_long(argc, argv, "e", o, NULL)) != -1) {
         switch (c) {
         case 'c': config = optarg; break;
         case 's':
@@ -79,10 +95,31 @@ int main(int argc, char **argv)
             sets[nsets++] = optarg;
             break;
         case 'L': loaders_arg = optarg; break;
-        case 'e': to.eval = optarg; break;
+        case 'v': to.eval = optarg; break;
         case 'p': to.pub = optarg; break;
         case 'C': to.control = optarg; break;
         case 'r': to.resume = optarg; break;
+        case 'P': to.pretrained = optarg; break;
+        case 'e':
+        case 'E': to.evaluate = true; break;
+        case 'R':
+        case 'W': {
+            char *end;
+            errno = 0;
+            long v = strtol(optarg, &end, 10);
+            if (errno || end == optarg || *end || v < (c == 'R' ? 0 : 1) || v > EQ_DIST_MAX_WORLD - (c == 'R')) {
+                fprintf(stderr, "eq-trainer: --%s '%s': expected %d..%d\n", c == 'R' ? "rank" : "world", optarg,
+                        c == 'R' ? 0 : 1, EQ_DIST_MAX_WORLD - (c == 'R'));
+                return 2;
+            }
+            if (c == 'R')
+                rank = v;
+            else
+                world = v;
+            break;
+        }
+        case 'Z': to.rendezvous = optarg; break;
+        case 'D': to.dist_bind = optarg; break;
         case 'l': {
             eq_log_level lv;
             if (eq_log_level_parse(optarg, &lv)) {
@@ -117,6 +154,17 @@ int main(int argc, char **argv)
         fprintf(stderr, "eq-trainer: --loaders: no endpoint\n");
         return 2;
     }
+    if (rank >= world) {
+        fprintf(stderr, "eq-trainer: --rank %ld is not below --world %ld\n", rank, world);
+        return 2;
+    }
+    if (to.evaluate && !to.resume && !to.pretrained) {
+        fprintf(stderr, "eq-trainer: --evaluate needs the weights: --resume CKPT or --pretrained FILE\n");
+        return 2;
+    }
+    to.rank = (int)rank;
+    to.world = (int)world;
+    eq_log_set_role("trainer", (int)rank);
     to.loaders = eps;
     to.nloaders = neps;
     eq_experiment x;
@@ -146,6 +194,9 @@ int main(int argc, char **argv)
     if (st == EQ_ERR_INTERRUPTED) {
         eq_warn("%s", e.msg);
         rc = 3;
+    } else if (st != EQ_OK && eq_train_diverged(s_train)) {
+        eq_error("%s", e.msg);
+        rc = 4;
     } else if (st != EQ_OK) {
         eq_error("%s", e.msg);
         rc = 1;

@@ -27,6 +27,7 @@ typedef struct s_loader {
     void *sock;
     uint32_t outstanding;
     uint64_t suspect_until_ms; /* skipped for new requests until then (timed out) */
+    bool removed;              /* eq_feeder_remove_loader: socket closed, never used again */
     bool job_ok[EQ_FEEDER_MAX_JOBS];
     bool job_pending[EQ_FEEDER_MAX_JOBS];
     uint64_t job_req[EQ_FEEDER_MAX_JOBS];
@@ -55,6 +56,7 @@ typedef struct s_slot {
 
 struct eq_feeder {
     eq_feeder_cfg cfg;
+    void *zctx;
     char name[EQ_PROTO_NAME_CAP];
     s_loader *ld;
     size_t nld;
@@ -90,6 +92,7 @@ eq_feeder *eq_feeder_new(void *zctx, const eq_feeder_cfg *cfg, eq_err *err)
     eq_feeder *f = calloc(1, sizeof *f);
     if (!f) goto nomem;
     f->cfg = *cfg;
+    f->zctx = zctx;
     if (!f->cfg.inflight) f->cfg.inflight = 4 * (uint32_t)cfg->nloaders;
     if (f->cfg.inflight > S_CAP) f->cfg.inflight = S_CAP;
     if (!f->cfg.credit || f->cfg.credit > f->cfg.inflight) f->cfg.credit = f->cfg.inflight;
@@ -98,7 +101,7 @@ eq_feeder *eq_feeder_new(void *zctx, const eq_feeder_cfg *cfg, eq_err *err)
     snprintf(f->name, sizeof f->name, "%s", cfg->name ? cfg->name : "trainer");
     f->cfg.name = f->name;
     f->cfg.loaders = NULL; /* not kept */
-    f->ld = calloc(cfg->nloaders, sizeof *f->ld);
+    f->ld = calloc(EQ_FEEDER_MAX_LOADERS, sizeof *f->ld);
     if (!f->ld) goto nomem;
     f->nld = cfg->nloaders;
     for (size_t i = 0; i < S_CAP + 2; i++) {
@@ -177,8 +180,11 @@ void eq_feeder_stats_get(const eq_feeder *f, eq_feeder_stats *st)
 {
     *st = f->st;
     uint64_t now = eq_clock_ms();
-    st->loaders_alive = 0;
-    for (size_t i = 0; i < f->nld; i++) st->loaders_alive += f->ld[i].suspect_until_ms <= now;
+    st->loaders = st->loaders_alive = 0;
+    for (size_t i = 0; i < f->nld; i++) {
+        st->loaders += !f->ld[i].removed;
+        st->loaders_alive += !f->ld[i].removed && f->ld[i].suspect_until_ms <= now;
+    }
 }
 
 /* ------------------------------------------------------------------ I/O */
@@ -206,14 +212,20 @@ static eq_status s_on_reply(eq_feeder *f, size_t li, eq_proto_recvd *rv, eq_err 
 static eq_status s_poll(eq_feeder *f, long wait_ms, eq_err *err)
 {
     zmq_pollitem_t it[EQ_FEEDER_MAX_LOADERS];
-    for (size_t i = 0; i < f->nld; i++) it[i] = (zmq_pollitem_t){ f->ld[i].sock, 0, ZMQ_POLLIN, 0 };
-    int n = zmq_poll(it, (int)f->nld, wait_ms);
+    size_t map[EQ_FEEDER_MAX_LOADERS], nit = 0;
+    for (size_t i = 0; i < f->nld; i++) {
+        if (f->ld[i].removed) continue;
+        map[nit] = i;
+        it[nit++] = (zmq_pollitem_t){ f->ld[i].sock, 0, ZMQ_POLLIN, 0 };
+    }
+    int n = zmq_poll(it, (int)nit, wait_ms);
     if (n < 0) {
         if (zmq_errno() == EINTR) return EQ_OK;
         return eq_err_set(err, EQ_ERR_NET, "feeder: poll: %s", zmq_strerror(zmq_errno()));
     }
-    for (size_t i = 0; i < f->nld; i++) {
-        if (!(it[i].revents & ZMQ_POLLIN)) continue;
+    for (size_t q = 0; q < nit; q++) {
+        if (!(it[q].revents & ZMQ_POLLIN)) continue;
+        size_t i = map[q];
         for (int k = 0; k < 64; k++) {
             eq_proto_recvd *rv = s_pool_get(f);
             eq_err e = { 0 };
@@ -353,7 +365,7 @@ static int s_pick(eq_feeder *f, uint64_t now)
     int best = -1, fallback = -1;
     for (size_t i = 0; i < f->nld; i++) {
         s_loader *L = &f->ld[i];
-        if (!L->job_ok[f->pj] || L->refused[f->pj] || L->outstanding >= f->cfg.credit) continue;
+        if (L->removed || !L->job_ok[f->pj] || L->refused[f->pj] || L->outstanding >= f->cfg.credit) continue;
         if (L->suspect_until_ms > now) {
             if (fallback < 0 || L->outstanding < f->ld[fallback].outstanding) fallback = (int)i;
             continue;
@@ -416,7 +428,7 @@ static eq_status s_pump(eq_feeder *f, eq_err *err)
     uint64_t now = eq_clock_ms();
     for (size_t i = 0; i < f->nld; i++) {
         s_loader *L = &f->ld[i];
-        if (!L->job_ok[f->pj] && !L->job_pending[f->pj] && !L->refused[f->pj]) {
+        if (!L->removed && !L->job_ok[f->pj] && !L->job_pending[f->pj] && !L->refused[f->pj]) {
             eq_status st = s_send_job(f, i, f->pj, err);
             if (st) return st;
         }
@@ -475,16 +487,21 @@ eq_status eq_feeder_add_job(eq_feeder *f, const eq_msg *job, eq_msg_job_ok *ok, 
     f->job[j].msg = *job;
     f->job[j].have_ok = false;
     eq_status st;
-    for (size_t i = 0; i < f->nld; i++)
+    size_t live = 0;
+    for (size_t i = 0; i < f->nld; i++) {
+        if (f->ld[i].removed) continue;
+        live++;
         if ((st = s_send_job(f, i, j, err))) return st;
+    }
     uint64_t t0 = eq_clock_ms();
     for (;;) {
         size_t answered = 0, good = 0;
         for (size_t i = 0; i < f->nld; i++) {
+            if (f->ld[i].removed) continue;
             answered += !f->ld[i].job_pending[j];
             good += f->ld[i].job_ok[j];
         }
-        if (answered == f->nld && good > 0) break;
+        if (answered == live && good > 0) break;
         uint64_t now = eq_clock_ms();
         if (good > 0 && now - t0 > f->cfg.timeout_ms) break; /* slow ones join later */
         if (now - t0 > f->cfg.give_up_ms)
@@ -492,7 +509,7 @@ eq_status eq_feeder_add_job(eq_feeder *f, const eq_msg *job, eq_msg_job_ok *ok, 
                               job->u.job.split, f->cfg.give_up_ms, f->ld[0].ep, f->nld > 1 ? ", ..." : "");
         if (f->interrupted) return eq_err_set(err, EQ_ERR_INTERRUPTED, "feeder: interrupted");
         if ((st = s_poll(f, 100, err))) return st;
-        if (answered == f->nld && good == 0)
+        if (answered == live && good == 0)
             return eq_err_set(err, EQ_ERR_INVALID, "every loader refused the %s job", job->u.job.split);
     }
     *ok = f->job[j].ok;
@@ -572,4 +589,52 @@ eq_status eq_feeder_next(eq_feeder *f, eq_feeder_batch *out, eq_err *err)
     f->st.samples += b->count;
     /* Keep the window full while the caller computes. */
     return s_pump(f, err);
+}
+
+eq_status eq_feeder_add_loader(eq_feeder *f, const char *ep, eq_err *err)
+{
+    if (!ep || !*ep || strlen(ep) >= sizeof f->ld[0].ep)
+        return eq_err_set(err, EQ_ERR_INVALID, "add loader: endpoint empty or longer than %zu", sizeof f->ld[0].ep - 1);
+    for (size_t i = 0; i < f->nld; i++)
+        if (!f->ld[i].removed && !strcmp(f->ld[i].ep, ep))
+            return eq_err_set(err, EQ_ERR_INVALID, "add loader: %s is already in use", ep);
+    if (f->nld >= EQ_FEEDER_MAX_LOADERS)
+        return eq_err_set(err, EQ_ERR_LIMIT, "add loader: %d loaders have been used (removed ones count)",
+                          EQ_FEEDER_MAX_LOADERS);
+    eq_proto_sockopts so;
+    eq_proto_sockopts_default(&so, NULL);
+    so.sndtimeo_ms = 1000;
+    s_loader *L = &f->ld[f->nld];
+    memset(L, 0, sizeof *L);
+    snprintf(L->ep, sizeof L->ep, "%s", ep);
+    if (!(L->sock = eq_proto_socket(f->zctx, ZMQ_DEALER, &so, err))) return eq_err_prefix(err, "add loader %s: ", ep);
+    if (eq_proto_connect(L->sock, ep, err) != EQ_OK) {
+        eq_proto_socket_close(&L->sock);
+        return eq_err_prefix(err, "add loader: ");
+    }
+    f->nld++;
+    /* The current pass's job goes out with the next pump; other jobs when
+     * their pass starts. */
+    return f->active ? s_pump(f, err) : EQ_OK;
+}
+
+eq_status eq_feeder_remove_loader(eq_feeder *f, const char *ep, eq_err *err)
+{
+    size_t li = SIZE_MAX, live = 0;
+    for (size_t i = 0; i < f->nld; i++) {
+        if (f->ld[i].removed) continue;
+        live++;
+        if (ep && !strcmp(f->ld[i].ep, ep)) li = i;
+    }
+    if (li == SIZE_MAX) return eq_err_set(err, EQ_ERR_NOTFOUND, "remove loader: no loader %s", ep ? ep : "(null)");
+    if (live == 1) return eq_err_set(err, EQ_ERR_INVALID, "remove loader: %s is the last loader", ep);
+    for (int r = 0; r < S_CAP; r++) {
+        if (!f->req[r].used || (size_t)f->req[r].loader != li) continue;
+        uint64_t step = f->req[r].step;
+        s_req_done(f, r);
+        s_retry(f, step, 0);
+    }
+    eq_proto_socket_close(&f->ld[li].sock);
+    f->ld[li].removed = true;
+    return f->active ? s_pump(f, err) : EQ_OK;
 }

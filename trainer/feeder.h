@@ -16,6 +16,13 @@
  * answered is dropped, so no sample is lost or delivered twice.  Replies
  * are reordered by step: eq_feeder_next returns steps in order.
  *
+ * Loaders can be added and removed at any time between calls
+ * (eq_feeder_add_loader / eq_feeder_remove_loader): a new loader gets the
+ * current job and then its share of new requests; a removed loader's
+ * outstanding requests are issued again elsewhere and its socket closed, so
+ * its late replies cannot arrive.  Either way no sample is lost or
+ * delivered twice.
+ *
  * All I/O happens inside the calls (no thread of its own): ZeroMQ's I/O
  * thread receives replies while the trainer computes, so requests issued
  * before a step are ready after it.  Time spent blocked in eq_feeder_next
@@ -98,13 +105,23 @@ eq_status eq_feeder_next(eq_feeder *self, eq_feeder_batch *out, eq_err *err);
  * every 100 ms).  Async-signal-safe: sets a flag. */
 void eq_feeder_interrupt(eq_feeder *self);
 
+/* Connect one more loader (data endpoint `ep`).  EQ_ERR_INVALID if it is
+ * already one of the feeder's, EQ_ERR_LIMIT beyond EQ_FEEDER_MAX_LOADERS
+ * (removed ones count), EQ_ERR_NET if the endpoint is malformed. */
+eq_status eq_feeder_add_loader(eq_feeder *self, const char *ep, eq_err *err);
+/* Stop using the loader at `ep`: its outstanding requests are issued again
+ * to the others.  EQ_ERR_NOTFOUND if no loader has that endpoint,
+ * EQ_ERR_INVALID if it is the last one. */
+eq_status eq_feeder_remove_loader(eq_feeder *self, const char *ep, eq_err *err);
+
 typedef struct eq_feeder_stats {
     double wait_s;          /* total time blocked in eq_feeder_next */
     uint64_t batches, samples;
     uint64_t reissued;      /* requests issued again (timeout, busy, unknown job) */
     uint64_t late_dropped;  /* replies to requests already answered or cancelled */
     uint64_t errors;        /* ERROR replies */
-    uint32_t loaders_alive;
+    uint32_t loaders;       /* in use (added and not removed) */
+    uint32_t loaders_alive; /* of those, not suspected (no recent timeout) */
 } eq_feeder_stats;
 void eq_feeder_stats_get(const eq_feeder *self, eq_feeder_stats *st);
 

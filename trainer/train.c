@@ -16,10 +16,14 @@
 #include "core/clock.h"
 #include "core/log.h"
 #include "proto/proto_zmq.h"
+#include "trainer/backend_select.h"
 #include "trainer/checkpoint.h"
+#include "trainer/dist.h"
 #include "trainer/feeder.h"
 
 /* ================================================================ config */
+
+static const char *const s_backend_names[] = { "cpu", "cuda", NULL };
 
 static const eq_config_key s_train_keys[] = {
     EQ_CONFIG_STRING_KEY(eq_train_cfg, name, "run", "job name in predictions and metrics (letters, digits, _ . - :)"),
@@ -40,6 +44,15 @@ static const eq_config_key s_train_keys[] = {
     EQ_CONFIG_INT_KEY(eq_train_cfg, timeout_ms, "30000", 100, 3600000,
                       "a batch request unanswered this long is asked again (elsewhere)"),
     EQ_CONFIG_FLOAT_KEY(eq_train_cfg, smoothing, "0", 0, 1, "label smoothing of the cross-entropy"),
+    EQ_CONFIG_INT_KEY(eq_train_cfg, iter_size, "1", 1, 1000000,
+                      "gradient accumulation: sum the gradients of N steps (loss not divided), then one optimiser step"),
+    EQ_CONFIG_INT_KEY(eq_train_cfg, ranks, "1", 1, EQ_DIST_MAX_WORLD,
+                      "trainer ranks (data parallel) that `eqctl run` starts; global_batch must be a multiple"),
+    EQ_CONFIG_INT_KEY(eq_train_cfg, dist_timeout_ms, "120000", 1000, 3600000,
+                      "several ranks: how long the rendezvous and a collective wait for a rank"),
+    EQ_CONFIG_ENUM_KEY(eq_train_cfg, backend, "cpu", s_backend_names,
+                       "compute backend: cpu (OpenBLAS, `threads`) or cuda (a build with CUDA and a GPU)"),
+    EQ_CONFIG_INT_KEY(eq_train_cfg, device, "0", 0, 1024, "cuda: the GPU's device ordinal"),
 };
 
 /* The trainer's defaults where they differ from the owning module's: the
@@ -145,6 +158,22 @@ struct eq_train {
     uint64_t train_size, val_size;
     volatile sig_atomic_t stop;
     bool done_sent;
+    bool diverged;
+    /* options */
+    char *pretrained;
+    bool evaluate;
+    /* ranks (dist.h); comm is NULL for one rank */
+    int rank, world;
+    int64_t B; /* this rank's batch: G / world */
+    char *rendezvous, *dist_bind;
+    eq_comm *comm;
+    int b_ctl, b_bn, b_qbuf, b_qpar; /* bucket ids, -1: none */
+    int b_grad[EQ_COMM_MAX_BUCKETS];
+    int nb_grad;
+    float ctlv[2];         /* loss sum, stop flags */
+    int64_t warmup_steps;  /* quantizer warm-up: average its parameters until then */
+    /* iter_size > 1: gradients summed here (device), one region per tensor */
+    float *acc;
     /* progress */
     uint64_t epoch, step, steps;
     double last_loss, img_s, wait_pct;
@@ -169,6 +198,7 @@ void eq_train_destroy(eq_train **self_p)
 {
     if (!self_p || !*self_p) return;
     eq_train *t = *self_p;
+    eq_comm_destroy(&t->comm);
     eq_feeder_destroy(&t->feeder);
     eq_proto_socket_close(&t->pub);
     eq_proto_socket_close(&t->ctl);
@@ -181,6 +211,7 @@ void eq_train_destroy(eq_train **self_p)
         eq_backend_release(t->be, t->y_dev);
         eq_backend_release(t->be, t->yb_dev);
         eq_backend_release(t->be, t->lam_dev);
+        eq_backend_release(t->be, t->acc);
     }
     free(t->yb_host);
     free(t->lam_host);
@@ -190,6 +221,9 @@ void eq_train_destroy(eq_train **self_p)
     free(t->logits_host);
     free(t->config_text);
     free(t->resume);
+    free(t->pretrained);
+    free(t->rendezvous);
+    free(t->dist_bind);
     if (t->jsonl) fclose(t->jsonl);
     free(t);
     *self_p = NULL;
@@ -198,8 +232,12 @@ void eq_train_destroy(eq_train **self_p)
 void eq_train_stop(eq_train *t)
 {
     t->stop = 1;
-    if (t->feeder) eq_feeder_interrupt(t->feeder);
+    /* Several ranks stop together at a step boundary (the stop flag travels
+     * with the loss); a rank leaving mid-step would hang the others. */
+    if (t->feeder && t->world <= 1) eq_feeder_interrupt(t->feeder);
 }
+
+bool eq_train_diverged(const eq_train *t) { return t->diverged; }
 
 const char *eq_train_pub_endpoint(const eq_train *t) { return t->pub_ep; }
 const char *eq_train_control_endpoint(const eq_train *t) { return t->ctl_ep; }
@@ -214,38 +252,85 @@ eq_train *eq_train_new(const eq_experiment *x, const eq_train_opts *o, eq_err *e
     t->x = *x;
     if (o->config_text && !(t->config_text = strdup(o->config_text))) goto nomem;
     if (o->resume && !(t->resume = strdup(o->resume))) goto nomem;
+    if (o->pretrained && !(t->pretrained = strdup(o->pretrained))) goto nomem;
+    if (o->rendezvous && !(t->rendezvous = strdup(o->rendezvous))) goto nomem;
+    if (!(t->dist_bind = strdup(o->dist_bind && *o->dist_bind ? o->dist_bind : "tcp://127.0.0.1:*"))) goto nomem;
+    t->evaluate = o->evaluate;
+    t->rank = o->rank;
+    t->world = o->world > 0 ? o->world : 1;
+    t->b_ctl = t->b_bn = t->b_qbuf = t->b_qpar = -1;
     t->G = x->data.global_batch;
     t->H = x->data.height;
     t->W = x->data.width;
     t->C = x->data.channels;
     t->classes = x->model.num_classes;
+    if (t->world > EQ_DIST_MAX_WORLD || t->rank < 0 || t->rank >= t->world) {
+        eq_err_set(err, EQ_ERR_INVALID, "rank %d of world %d: need 0 <= rank < world <= %d", t->rank, t->world,
+                   EQ_DIST_MAX_WORLD);
+        goto fail;
+    }
+    if (t->G % t->world) {
+        eq_err_set(err, EQ_ERR_INVALID, "[data] global_batch = %" PRId64 " is not a multiple of the %d ranks", t->G,
+                   t->world);
+        goto fail;
+    }
+    t->B = t->G / t->world;
+    if (t->world > 1 && t->rank == 0 && !(o->control && *o->control)) {
+        eq_err_set(err, EQ_ERR_INVALID, "rank 0 of %d needs a control endpoint (--control): the others join there",
+                   t->world);
+        goto fail;
+    }
+    if (t->world > 1 && t->rank > 0 && !(o->rendezvous && *o->rendezvous)) {
+        eq_err_set(err, EQ_ERR_INVALID, "rank %d of %d needs rank 0's control endpoint (--rendezvous)", t->rank,
+                   t->world);
+        goto fail;
+    }
+    if (o->resume && o->pretrained) {
+        eq_err_set(err, EQ_ERR_INVALID, "--resume and --pretrained together: give one (resume restores everything)");
+        goto fail;
+    }
     if (s_mkdirs(x->train.out_dir, err)) goto fail;
     char path[1100];
     snprintf(path, sizeof path, "%s/metrics.jsonl", x->train.out_dir);
-    if (!(t->jsonl = fopen(path, "a"))) {
+    if (t->rank == 0 && !(t->jsonl = fopen(path, "a"))) {
         eq_err_set(err, EQ_ERR_IO, "%s: %s", path, strerror(errno));
         goto fail;
     }
-    if (!(t->be = eq_backend_cpu_new((int)x->train.threads, err))) goto fail;
-    if (!(t->model = eq_model_new(t->be, &x->model, &x->wt, &x->fm, t->G, t->H, t->W, err))) goto fail;
+    if (x->train.backend == 1 && t->world > 1) {
+        eq_err_set(err, EQ_ERR_UNSUPPORTED,
+                   "[train] backend = cuda with %d ranks: the GPU collectives (NCCL) are not implemented yet; "
+                   "use one rank or backend = cpu",
+                   t->world);
+        goto fail;
+    }
+    if (eq_backend_open(s_backend_names[x->train.backend],
+                        x->train.backend == 0 ? (int)x->train.threads : (int)x->train.device, &t->be, err))
+        goto fail;
+    if (!(t->model = eq_model_new(t->be, &x->model, &x->wt, &x->fm, t->B, t->H, t->W, err))) goto fail;
     if (!(t->optim = eq_optim_new(t->model, &x->optim, err))) goto fail;
-    size_t xn = (size_t)(t->G * t->H * t->W * t->C);
+    size_t xn = (size_t)(t->B * t->H * t->W * t->C);
     if (!(t->x_dev = eq_backend_alloc(t->be, xn * sizeof(float), err))) goto fail;
-    if (!(t->y_dev = eq_backend_alloc(t->be, (size_t)t->G * sizeof(int32_t), err))) goto fail;
-    if (!(t->yb_dev = eq_backend_alloc(t->be, (size_t)t->G * sizeof(int32_t), err))) goto fail;
-    if (!(t->lam_dev = eq_backend_alloc(t->be, (size_t)t->G * sizeof(float), err))) goto fail;
-    if (!(t->yb_host = calloc((size_t)t->G, sizeof(int32_t))) || !(t->lam_host = calloc((size_t)t->G, sizeof(float))))
+    if (!(t->y_dev = eq_backend_alloc(t->be, (size_t)t->B * sizeof(int32_t), err))) goto fail;
+    if (!(t->yb_dev = eq_backend_alloc(t->be, (size_t)t->B * sizeof(int32_t), err))) goto fail;
+    if (!(t->lam_dev = eq_backend_alloc(t->be, (size_t)t->B * sizeof(float), err))) goto fail;
+    if (!(t->yb_host = calloc((size_t)t->B, sizeof(int32_t))) || !(t->lam_host = calloc((size_t)t->B, sizeof(float))))
         goto nomem;
-    if (!(t->x_host = malloc(xn * sizeof(float))) || !(t->y_host = malloc((size_t)t->G * sizeof(int32_t))) ||
-        !(t->logits_host = malloc((size_t)(t->G * t->classes) * sizeof(float))))
+    if (!(t->x_host = malloc(xn * sizeof(float))) || !(t->y_host = malloc((size_t)t->B * sizeof(int32_t))) ||
+        !(t->logits_host = malloc((size_t)(t->B * t->classes) * sizeof(float))))
         goto nomem;
+    if (x->train.iter_size > 1) {
+        size_t ng = 0;
+        for (size_t i = 0; i < eq_model_tensor_count(t->model); i++)
+            if (eq_model_tensor_at(t->model, i)->grad) ng += eq_model_tensor_at(t->model, i)->numel;
+        if (ng && !(t->acc = eq_backend_alloc(t->be, ng * sizeof(float), err))) goto fail;
+    }
     t->zctx = zmq_ctx_new();
     if (!t->zctx) {
         eq_err_set(err, EQ_ERR_NET, "zmq_ctx_new: %s", zmq_strerror(zmq_errno()));
         goto fail;
     }
     char fname[EQ_PROTO_NAME_CAP];
-    snprintf(fname, sizeof fname, "trainer:%ld", (long)getpid());
+    snprintf(fname, sizeof fname, "trainer:%d:%ld", t->rank, (long)getpid());
     eq_feeder_cfg fc = { .loaders = o->loaders, .nloaders = o->nloaders, .inflight = (uint32_t)x->train.inflight,
                          .timeout_ms = (uint32_t)x->train.timeout_ms, .name = fname };
     if (!(t->feeder = eq_feeder_new(t->zctx, &fc, err))) goto fail;
@@ -302,6 +387,61 @@ static void s_publish(eq_train *t, const char *kind, double loss, double lr, dou
     if (eq_proto_send(t->pub, NULL, &m, NULL, 0, ZMQ_DONTWAIT, &e) != EQ_OK) eq_debug("publish: %s", e.msg);
 }
 
+/* Answer one control command (text frame `c`, `len` bytes) from `id`. */
+static void s_ctl_answer(eq_train *t, void *router, const void *id, size_t idlen, const char *c, size_t len)
+{
+    char reply[1024], arg[300] = "";
+    if (len == 6 && !memcmp(c, "status", 6)) {
+        eq_feeder_stats fs;
+        eq_feeder_stats_get(t->feeder, &fs);
+        snprintf(reply, sizeof reply,
+                 "{\"role\":\"trainer\",\"pid\":%ld,\"job\":\"%s\",\"rank\":%d,\"world\":%d,\"epoch\":%" PRIu64
+                 ",\"step\":%" PRIu64 ",\"steps\":%" PRIu64
+                 ",\"loss\":%.6g,\"img_s\":%.1f,\"wait_pct\":%.2f,\"loaders\":%u,\"loaders_alive\":%u"
+                 ",\"batches\":%" PRIu64 ",\"reissued\":%" PRIu64 ",\"late_dropped\":%" PRIu64 "}",
+                 (long)getpid(), t->x.train.name, t->rank, t->world, t->epoch, t->step, t->steps,
+                 isfinite(t->last_loss) ? t->last_loss : -1.0, t->img_s, t->wait_pct, fs.loaders, fs.loaders_alive,
+                 fs.batches, fs.reissued, fs.late_dropped);
+    } else if (len == 4 && !memcmp(c, "stop", 4)) {
+        snprintf(reply, sizeof reply, "{\"ok\":true}");
+        eq_train_stop(t);
+    } else if ((len > 11 && !memcmp(c, "add-loader ", 11)) || (len > 14 && !memcmp(c, "remove-loader ", 14))) {
+        bool add = c[0] == 'a';
+        size_t skip = add ? 11 : 14, n = len - skip;
+        if (n >= sizeof arg) n = sizeof arg - 1;
+        memcpy(arg, c + skip, n);
+        arg[n] = 0;
+        eq_err e = { 0 };
+        eq_status st = add ? eq_feeder_add_loader(t->feeder, arg, &e) : eq_feeder_remove_loader(t->feeder, arg, &e);
+        if (st == EQ_OK) {
+            eq_info("control: %s loader %s", add ? "added" : "removed", arg);
+            snprintf(reply, sizeof reply, "{\"ok\":true}");
+        } else {
+            for (char *p = e.msg; *p; p++)
+                if (*p == '"' || *p == '\\') *p = '\'';
+            snprintf(reply, sizeof reply, "{\"ok\":false,\"error\":\"%s\"}", e.msg);
+        }
+    } else if (len == 4 && !memcmp(c, "join", 4)) {
+        eq_dist_refuse_late(router, id, idlen,
+                            t->world > 1 ? "the ranks have already met (restart the whole job to change them)"
+                                         : "this trainer runs alone (--world 1)");
+        return;
+    } else {
+        snprintf(reply, sizeof reply,
+                 "{\"ok\":false,\"error\":\"unknown command (status, stop, add-loader EP, remove-loader EP)\"}");
+    }
+    zmq_send(router, id, idlen, ZMQ_SNDMORE | ZMQ_DONTWAIT);
+    zmq_send(router, reply, strlen(reply), ZMQ_DONTWAIT);
+}
+
+/* eq_dist_other_fn: control commands that arrive during the rendezvous. */
+static void s_ctl_other(void *arg, void *router, const void *id, size_t idlen, void *frames, int nframes)
+{
+    (void)nframes;
+    zmq_msg_t *f = frames;
+    s_ctl_answer(arg, router, id, idlen, zmq_msg_data(&f[0]), zmq_msg_size(&f[0]));
+}
+
 static void s_control(eq_train *t)
 {
     if (!t->ctl) return;
@@ -327,27 +467,7 @@ static void s_control(eq_train *t)
             zmq_msg_close(&x);
             if (!more) break;
         }
-        char reply[768];
-        size_t len = zmq_msg_size(&cmd);
-        const char *c = zmq_msg_data(&cmd);
-        if (len == 6 && !memcmp(c, "status", 6)) {
-            eq_feeder_stats fs;
-            eq_feeder_stats_get(t->feeder, &fs);
-            snprintf(reply, sizeof reply,
-                     "{\"role\":\"trainer\",\"pid\":%ld,\"job\":\"%s\",\"epoch\":%" PRIu64 ",\"step\":%" PRIu64
-                     ",\"steps\":%" PRIu64 ",\"loss\":%.6g,\"img_s\":%.1f,\"wait_pct\":%.2f,\"loaders_alive\":%u"
-                     ",\"batches\":%" PRIu64 ",\"reissued\":%" PRIu64 ",\"late_dropped\":%" PRIu64 "}",
-                     (long)getpid(), t->x.train.name, t->epoch, t->step, t->steps,
-                     isfinite(t->last_loss) ? t->last_loss : -1.0, t->img_s, t->wait_pct, fs.loaders_alive,
-                     fs.batches, fs.reissued, fs.late_dropped);
-        } else if (len == 4 && !memcmp(c, "stop", 4)) {
-            snprintf(reply, sizeof reply, "{\"ok\":true}");
-            eq_train_stop(t);
-        } else {
-            snprintf(reply, sizeof reply, "{\"ok\":false,\"error\":\"unknown command (status, stop)\"}");
-        }
-        zmq_send(t->ctl, zmq_msg_data(&id), zmq_msg_size(&id), ZMQ_SNDMORE | ZMQ_DONTWAIT);
-        zmq_send(t->ctl, reply, strlen(reply), ZMQ_DONTWAIT);
+        s_ctl_answer(t, t->ctl, zmq_msg_data(&id), zmq_msg_size(&id), zmq_msg_data(&cmd), zmq_msg_size(&cmd));
         zmq_msg_close(&id);
         zmq_msg_close(&cmd);
     }
@@ -376,7 +496,7 @@ static eq_status s_stage(eq_train *t, const eq_feeder_batch *b, eq_err *err)
             dst[i] = (float)src[i] * scale[c] + shift[c];
         }
     }
-    memset(dst + n, 0, ((size_t)t->G * per - n) * sizeof(float));
+    memset(dst + n, 0, ((size_t)t->B * per - n) * sizeof(float));
     for (uint32_t i = 0; i < b->count; i++) {
         int64_t y;
         if (b->labels_i64) {
@@ -393,7 +513,7 @@ static eq_status s_stage(eq_train *t, const eq_feeder_batch *b, eq_err *err)
                               b->epoch, b->step, y, i, t->classes);
         t->y_host[i] = (int32_t)y;
     }
-    for (int64_t i = b->count; i < t->G; i++) t->y_host[i] = 0;
+    for (int64_t i = b->count; i < t->B; i++) t->y_host[i] = 0;
     /* Mixup/CutMix from the plan in the BATCH (DESIGN.md): the partner's
      * label and the sample's own weight for the loss; for mixup also the
      * image blend, done here in fp32 from the uint8 bytes (CutMix images
@@ -421,15 +541,15 @@ static eq_status s_stage(eq_train *t, const eq_feeder_batch *b, eq_err *err)
                 d[k] = lam * va + (1.0f - lam) * vb;
             }
         }
-        for (int64_t i = b->count; i < t->G; i++) {
+        for (int64_t i = b->count; i < t->B; i++) {
             t->yb_host[i] = 0;
             t->lam_host[i] = 1.0f;
         }
     }
-    eq_status st = eq_backend_upload(t->be, t->x_dev, t->x_host, (size_t)t->G * per * sizeof(float), err);
-    if (!st) st = eq_backend_upload(t->be, t->y_dev, t->y_host, (size_t)t->G * sizeof(int32_t), err);
-    if (!st && t->mixed) st = eq_backend_upload(t->be, t->yb_dev, t->yb_host, (size_t)t->G * sizeof(int32_t), err);
-    if (!st && t->mixed) st = eq_backend_upload(t->be, t->lam_dev, t->lam_host, (size_t)t->G * sizeof(float), err);
+    eq_status st = eq_backend_upload(t->be, t->x_dev, t->x_host, (size_t)t->B * per * sizeof(float), err);
+    if (!st) st = eq_backend_upload(t->be, t->y_dev, t->y_host, (size_t)t->B * sizeof(int32_t), err);
+    if (!st && t->mixed) st = eq_backend_upload(t->be, t->yb_dev, t->yb_host, (size_t)t->B * sizeof(int32_t), err);
+    if (!st && t->mixed) st = eq_backend_upload(t->be, t->lam_dev, t->lam_host, (size_t)t->B * sizeof(float), err);
     return st;
 }
 
@@ -464,17 +584,260 @@ static void s_topk(const float *row, int64_t n, int k, int32_t *out)
     }
 }
 
+/* ------------------------------------------------------------ ranks */
+
+#define S_BUCKET_FLOATS ((size_t)1 << 20) /* 4 MiB of gradients per bucket */
+
+/* Register the buckets of one category of tensors (kind, quant, F32). */
+static int s_bucket_of(eq_train *t, eq_model_tensor_kind kind, bool quant, eq_comm_op op, eq_err *err)
+{
+    size_t n = eq_model_tensor_count(t->model), k = 0;
+    eq_comm_seg *segs = eq_calloc_array(n ? n : 1, sizeof *segs);
+    if (!segs) {
+        eq_err_set(err, EQ_ERR_NOMEM, "trainer: out of memory");
+        return -2;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const eq_model_tensor *m = eq_model_tensor_at(t->model, i);
+        if (m->kind == kind && m->quant == quant && m->dtype == EQ_DT_F32 && m->numel)
+            segs[k++] = (eq_comm_seg){ m->data, m->numel };
+    }
+    int id = k ? eq_comm_bucket_new(t->comm, segs, k, op, err) : -1;
+    free(segs);
+    return k && id < 0 ? -2 : id;
+}
+
+/* Rendezvous, ring and buckets (several ranks only). */
+static eq_status s_dist_setup(eq_train *t, eq_err *err)
+{
+    if (t->world <= 1) return EQ_OK;
+    eq_status st;
+    char digest[EQ_DIST_DIGEST_CAP];
+    eq_dist_digest(t->config_text, digest);
+    eq_comm_ring *ring = eq_comm_ring_listen(t->zctx, t->dist_bind, (int)t->x.train.dist_timeout_ms, err);
+    if (!ring) return err ? err->code : EQ_ERR_NET;
+    eq_dist_me me = { .rank = t->rank, .world = t->world, .ep = eq_comm_ring_endpoint(ring), .digest = digest };
+    eq_dist_world *w = malloc(sizeof *w);
+    if (!w) {
+        eq_comm_ring_destroy(&ring);
+        return eq_err_set(err, EQ_ERR_NOMEM, "trainer: out of memory");
+    }
+    eq_info("rank %d of %d: %s the others (collectives on %s)", t->rank, t->world,
+            t->rank ? "joining" : "waiting for", me.ep);
+    if (t->rank == 0)
+        st = eq_dist_rendezvous_root(t->ctl, &me, (int)t->x.train.dist_timeout_ms, s_ctl_other, t, &t->stop, w, err);
+    else
+        st = eq_dist_rendezvous_join(t->zctx, t->rendezvous, &me, (int)t->x.train.dist_timeout_ms, &t->stop, w, err);
+    if (st == EQ_OK && !(t->comm = eq_comm_ring_connect(&ring, w, err))) st = err ? err->code : EQ_ERR_NET;
+    eq_comm_ring_destroy(&ring);
+    free(w);
+    if (st) return st;
+    /* Gradients in reverse tensor order (the order backward produces them). */
+    size_t n = eq_model_tensor_count(t->model), k = 0, fl = 0;
+    eq_comm_seg *segs = eq_calloc_array(n ? n : 1, sizeof *segs);
+    if (!segs) return eq_err_set(err, EQ_ERR_NOMEM, "trainer: out of memory");
+    st = EQ_OK;
+    for (size_t i = n; i-- > 0 && st == EQ_OK;) {
+        const eq_model_tensor *m = eq_model_tensor_at(t->model, i);
+        if (!m->grad || !m->numel) continue;
+        if (k && fl + m->numel > S_BUCKET_FLOATS) { /* close the bucket before it overflows */
+            if (t->nb_grad >= EQ_COMM_MAX_BUCKETS - 8)
+                st = eq_err_set(err, EQ_ERR_LIMIT, "trainer: more than %d gradient buckets", EQ_COMM_MAX_BUCKETS - 8);
+            else if ((t->b_grad[t->nb_grad++] = eq_comm_bucket_new(t->comm, segs, k, EQ_COMM_AVG, err)) < 0)
+                st = err ? err->code : EQ_ERR_INTERNAL;
+            k = fl = 0;
+        }
+        segs[k++] = (eq_comm_seg){ m->grad, m->numel };
+        fl += m->numel;
+    }
+    if (st == EQ_OK && k && (t->b_grad[t->nb_grad++] = eq_comm_bucket_new(t->comm, segs, k, EQ_COMM_AVG, err)) < 0)
+        st = err ? err->code : EQ_ERR_INTERNAL;
+    free(segs);
+    if (st) return st;
+    eq_comm_seg cs = { t->ctlv, 2 };
+    if ((t->b_ctl = eq_comm_bucket_new(t->comm, &cs, 1, EQ_COMM_SUM, err)) < 0) return err ? err->code : EQ_ERR_INTERNAL;
+    if ((t->b_bn = s_bucket_of(t, EQ_MT_BUFFER, false, EQ_COMM_BCAST, err)) < -1 ||
+        (t->b_qbuf = s_bucket_of(t, EQ_MT_BUFFER, true, EQ_COMM_AVG, err)) < -1 ||
+        (t->b_qpar = s_bucket_of(t, EQ_MT_PARAM, true, EQ_COMM_AVG, err)) < -1)
+        return err ? err->code : EQ_ERR_INTERNAL;
+    int64_t ws = t->x.wt.enable ? t->x.wt.stable : 0, fs = t->x.fm.enable ? t->x.fm.stable : 0;
+    t->warmup_steps = ws > fs ? ws : fs;
+    eq_info("rank %d of %d: ring ready; %d gradient bucket(s), batch %" PRId64 " of %" PRId64 " per step", t->rank,
+            t->world, t->nb_grad, t->B, t->G);
+    return EQ_OK;
+}
+
+/* Make every rank agree at this point: the loss (summed), stop flags.
+ * One rank: nothing to do. */
+static eq_status s_agree(eq_train *t, float *loss, bool *stop, eq_err *err)
+{
+    if (!t->comm) {
+        *stop = t->stop;
+        return EQ_OK;
+    }
+    t->ctlv[0] = *loss;
+    t->ctlv[1] = t->stop ? 1.0f : 0.0f;
+    eq_status st = eq_comm_run(t->comm, t->b_ctl, err);
+    if (st) return st;
+    *loss = t->ctlv[0] / (float)t->world;
+    *stop = t->ctlv[1] > 0;
+    return EQ_OK;
+}
+
+/* ------------------------------------------------------------ pretrained */
+
+static void s_list_add(char *buf, size_t cap, size_t *used, size_t *count, const char *name)
+{
+    (*count)++;
+    if (*count > 12) {
+        if (*count == 13 && *used + 5 < cap) *used += (size_t)snprintf(buf + *used, cap - *used, ", ...");
+        return;
+    }
+    if (*used + 2 < cap) *used += (size_t)snprintf(buf + *used, cap - *used, "%s%s", *count > 1 ? ", " : "", name);
+    if (*used >= cap) *used = cap - 1;
+}
+
+/* ORIGINAL.md §4.7: weights only, by name ("module." stripped), reshape on
+ * a shape mismatch with the same element count, skip otherwise; everything
+ * else keeps its initial value.  Validates before copying anything. */
+static eq_status s_pretrained(eq_train *t, const char *path, eq_err *err)
+{
+    eq_st_file *f = eq_st_open(path, NULL, err);
+    if (!f) return eq_err_prefix(err, "--pretrained: ");
+    size_t nf = eq_st_count(f), nm = eq_model_tensor_count(t->model);
+    long *src = eq_malloc_array(nm ? nm : 1, sizeof *src);
+    bool *used = eq_calloc_array(nf ? nf : 1, sizeof *used);
+    if (!src || !used) {
+        free(src);
+        free(used);
+        eq_st_close(&f);
+        return eq_err_set(err, EQ_ERR_NOMEM, "--pretrained: out of memory");
+    }
+    char miss[600] = "", unexp[600] = "", resh[600] = "", skip[900] = "", name[600];
+    size_t um = 0, uu = 0, ur = 0, us = 0, cm = 0, cu = 0, cr = 0, cs = 0, loaded = 0;
+    for (size_t i = 0; i < nm; i++) {
+        const eq_model_tensor *m = eq_model_tensor_at(t->model, i);
+        static const char *const pre[2] = { "", "module." };
+        src[i] = -1;
+        for (int p = 0; p < 2 && src[i] < 0; p++) {
+            snprintf(name, sizeof name, "%s%s%s", pre[p], m->quant ? "quant." : "", m->name);
+            src[i] = eq_st_find(f, name);
+            if (src[i] < 0 && m->quant) { /* the original's quantizer names carry no "quant." */
+                snprintf(name, sizeof name, "%s%s", pre[p], m->name);
+                src[i] = eq_st_find(f, name);
+            }
+        }
+        if (src[i] < 0) {
+            s_list_add(miss, sizeof miss, &um, &cm, m->name);
+            continue;
+        }
+        used[src[i]] = true;
+        const eq_tensor_desc *d = eq_st_desc(f, (size_t)src[i]);
+        int64_t numel = 1;
+        bool same = d->ndim == m->ndim;
+        for (int k = 0; k < d->ndim; k++) numel *= d->shape[k];
+        for (int k = 0; same && k < m->ndim; k++) same = d->shape[k] == m->shape[k];
+        if (d->dtype != m->dtype || (!same && (size_t)numel != m->numel)) {
+            char why[700];
+            snprintf(why, sizeof why, "%s (%s%s)", m->name, d->dtype != m->dtype ? "dtype " : "shape",
+                     d->dtype != m->dtype ? eq_dtype_name(d->dtype) : "");
+            s_list_add(skip, sizeof skip, &us, &cs, why);
+            src[i] = -1;
+            continue;
+        }
+        if (!same) s_list_add(resh, sizeof resh, &ur, &cr, m->name);
+    }
+    for (size_t j = 0; j < nf; j++) {
+        const char *nmj = eq_st_name(f, j);
+        if (!used[j] && strncmp(nmj, "optim.", 6)) s_list_add(unexp, sizeof unexp, &uu, &cu, nmj);
+    }
+    eq_status st = EQ_OK;
+    for (size_t i = 0; i < nm && st == EQ_OK; i++) {
+        if (src[i] < 0) continue;
+        const eq_model_tensor *m = eq_model_tensor_at(t->model, i);
+        const void *data = eq_st_data(f, (size_t)src[i], NULL);
+        size_t nb = m->numel * (m->dtype == EQ_DT_I64 ? 8 : 4);
+        if (m->quant || m->dtype == EQ_DT_I64)
+            memcpy(m->data, data, nb);
+        else
+            st = eq_backend_upload(t->be, m->data, data, nb, err);
+        loaded++;
+    }
+    eq_st_close(&f);
+    free(src);
+    free(used);
+    if (st) return eq_err_prefix(err, "--pretrained %s: ", path);
+    if (!loaded) return eq_err_set(err, EQ_ERR_INVALID, "--pretrained %s: no tensor matches the model (missing: %s)", path, miss);
+    eq_info("pretrained %s: %zu of %zu model tensors loaded", path, loaded, nm);
+    if (cm) eq_warn("pretrained: %zu model tensor(s) not in the file keep their initial values: %s", cm, miss);
+    if (cu) eq_warn("pretrained: %zu tensor(s) of the file are not in the model (ignored): %s", cu, unexp);
+    if (cr) eq_warn("pretrained: %zu tensor(s) reshaped (same element count): %s", cr, resh);
+    if (cs) eq_warn("pretrained: %zu tensor(s) skipped (dtype or element count differs): %s", cs, skip);
+    return EQ_OK;
+}
+
+/* ------------------------------------------------------------ gradients */
+
+/* iter_size: fold this step's gradients into the accumulator (`first`:
+ * start it), or, with `finish`, put the sum back into the gradients. */
+static eq_status s_accumulate(eq_train *t, bool first, bool finish, eq_err *err)
+{
+    size_t off = 0;
+    eq_status st = EQ_OK;
+    for (size_t i = 0; i < eq_model_tensor_count(t->model) && st == EQ_OK; i++) {
+        const eq_model_tensor *m = eq_model_tensor_at(t->model, i);
+        if (!m->grad) continue;
+        float *a = t->acc + off;
+        if (first)
+            st = eq_backend_copy(t->be, a, m->grad, m->numel * sizeof(float), err);
+        else
+            st = eq_backend_add(t->be, m->numel, a, m->grad, a, err);
+        if (st == EQ_OK && finish) st = eq_backend_copy(t->be, m->grad, a, m->numel * sizeof(float), err);
+        off += m->numel;
+    }
+    return st;
+}
+
+/* Several ranks, after the optimiser step: the gradients were averaged
+ * before it; now rank 0's BN statistics and averaged quantizer state. */
+static eq_status s_sync_state(eq_train *t, eq_err *err)
+{
+    if (!t->comm) return EQ_OK;
+    eq_status st = EQ_OK;
+    int ids[3] = { t->b_bn, t->b_qbuf,
+                   t->warmup_steps > 0 && eq_optim_steps(t->optim) <= t->warmup_steps + 1 ? t->b_qpar : -1 };
+    for (int i = 0; i < 3 && st == EQ_OK; i++)
+        if (ids[i] >= 0) st = eq_comm_start(t->comm, ids[i], err);
+    for (int i = 0; i < 3 && st == EQ_OK; i++)
+        if (ids[i] >= 0) st = eq_comm_wait(t->comm, ids[i], err);
+    return st;
+}
+
+static eq_status s_allreduce_grads(eq_train *t, eq_err *err)
+{
+    if (!t->comm) return EQ_OK;
+    eq_status st = EQ_OK;
+    for (int b = 0; b < t->nb_grad && st == EQ_OK; b++) st = eq_comm_start(t->comm, t->b_grad[b], err);
+    for (int b = 0; b < t->nb_grad && st == EQ_OK; b++) st = eq_comm_wait(t->comm, t->b_grad[b], err);
+    return st;
+}
+
 /* Val pass of `epoch`: predictions to eq-eval. */
 static eq_status s_validate(eq_train *t, uint64_t epoch, eq_err *err)
 {
     uint64_t N = t->val_size;
     if (t->x.train.eval_max > 0 && (uint64_t)t->x.train.eval_max < N) N = (uint64_t)t->x.train.eval_max;
-    uint64_t steps = (N + (uint64_t)t->G - 1) / (uint64_t)t->G;
-    eq_status st = eq_feeder_pass(t->feeder, t->val_job, epoch, 0, steps, 0, (uint32_t)t->G, N, err);
-    if (st) return st;
+    uint64_t G = (uint64_t)t->G, B = (uint64_t)t->B, off = (uint64_t)t->rank * B;
+    uint64_t steps = (N + G - 1) / G, mine = 0; /* this rank's share: [s*G + off, + B) of [0, N) */
+    for (uint64_t s = 0; s < steps; s++) {
+        uint64_t p = s * G + off;
+        mine += p >= N ? 0 : N - p < B ? N - p : B;
+    }
     int k = t->classes < 5 ? (int)t->classes : 5;
-    int32_t *topk = malloc((size_t)t->G * (size_t)k * sizeof *topk);
-    int64_t *ids = malloc((size_t)t->G * sizeof *ids);
+    eq_status st = mine ? eq_feeder_pass(t->feeder, t->val_job, epoch, 0, steps, (uint32_t)off, (uint32_t)B, N, err) : EQ_OK;
+    if (st) return st;
+    int32_t *topk = malloc((size_t)t->B * (size_t)k * sizeof *topk);
+    int64_t *ids = malloc((size_t)t->B * sizeof *ids);
     if (!topk || !ids) {
         free(topk);
         free(ids);
@@ -482,7 +845,7 @@ static eq_status s_validate(eq_train *t, uint64_t epoch, eq_err *err)
     }
     double t0 = eq_clock_sec();
     uint64_t seen = 0;
-    for (;;) {
+    while (mine) {
         eq_feeder_batch b;
         st = eq_feeder_next(t->feeder, &b, err);
         if (st == EQ_ERR_NOTFOUND) {
@@ -497,7 +860,7 @@ static eq_status s_validate(eq_train *t, uint64_t epoch, eq_err *err)
         if ((st = eq_backend_download(t->be, t->logits_host, logits, (size_t)(nb * nc) * sizeof(float), err))) break;
         for (uint32_t i = 0; i < b.count; i++) {
             s_topk(t->logits_host + (size_t)i * (size_t)nc, nc, k, topk + (size_t)i * (size_t)k);
-            ids[i] = (int64_t)(b.step * (uint64_t)t->G + b.offset + i);
+            ids[i] = (int64_t)(b.step * G + b.offset + i);
         }
         seen += b.count;
         if (t->eval) {
@@ -507,10 +870,10 @@ static eq_status s_validate(eq_train *t, uint64_t epoch, eq_err *err)
             snprintf(p->job, sizeof p->job, "%s", t->x.train.name);
             p->epoch = epoch;
             p->total = N;
-            p->rank = 0;
-            p->world = 1;
+            p->rank = (uint32_t)t->rank;
+            p->world = (uint32_t)t->world;
             p->count = b.count;
-            p->final = seen == N;
+            p->final = seen == mine;
             int64_t s1[1] = { b.count }, s2[2] = { b.count, k };
             eq_proto_add_frame(&m, "ids", EQ_DT_I64, 1, s1, NULL);
             eq_proto_add_frame(&m, "labels", EQ_DT_I32, 1, s1, NULL);
@@ -520,19 +883,37 @@ static eq_status s_validate(eq_train *t, uint64_t epoch, eq_err *err)
                                        { topk, (size_t)b.count * (size_t)k * 4, NULL, NULL } };
             if ((st = eq_proto_send(t->eval, NULL, &m, pl, 3, 0, err))) break;
         }
-        if (t->stop) {
+        if (t->stop && t->world <= 1) { /* several ranks finish the pass and stop together */
             st = eq_err_set(err, EQ_ERR_INTERRUPTED, "stopped during the val pass");
             break;
         }
     }
     free(topk);
     free(ids);
-    if (st == EQ_OK && seen != N)
+    if (st == EQ_OK && seen != mine)
         st = eq_err_set(err, EQ_ERR_INTERNAL, "val pass of epoch %" PRIu64 ": %" PRIu64 " samples, expected %" PRIu64,
-                        epoch, seen, N);
+                        epoch, seen, mine);
+    if (st == EQ_OK && !mine && t->eval) { /* nothing here: say so, so eq-eval can finish */
+        eq_msg m;
+        eq_proto_msg_init(&m, EQ_MSG_PRED);
+        eq_msg_pred *p = &m.u.pred;
+        snprintf(p->job, sizeof p->job, "%s", t->x.train.name);
+        p->epoch = epoch;
+        p->total = N;
+        p->rank = (uint32_t)t->rank;
+        p->world = (uint32_t)t->world;
+        p->count = 0;
+        p->final = 1;
+        int64_t s1[1] = { 0 }, s2[2] = { 0, k };
+        eq_proto_add_frame(&m, "ids", EQ_DT_I64, 1, s1, NULL);
+        eq_proto_add_frame(&m, "labels", EQ_DT_I32, 1, s1, NULL);
+        eq_proto_add_frame(&m, "topk", EQ_DT_I32, 2, s2, NULL);
+        eq_proto_payload pl[3] = { { NULL, 0, NULL, NULL }, { NULL, 0, NULL, NULL }, { NULL, 0, NULL, NULL } };
+        st = eq_proto_send(t->eval, NULL, &m, pl, 3, 0, err);
+    }
     if (st == EQ_OK)
-        eq_info("epoch %" PRIu64 ": val predictions for %" PRIu64 " samples sent to eq-eval in %.1f s", epoch, N,
-                eq_clock_sec() - t0);
+        eq_info("epoch %" PRIu64 ": val predictions for %" PRIu64 " of %" PRIu64 " samples sent to eq-eval in %.1f s",
+                epoch, mine, N, eq_clock_sec() - t0);
     return st;
 }
 
@@ -551,69 +932,95 @@ static eq_status s_run(eq_train *t, eq_err *err)
     eq_status st;
     t->t_start = eq_clock_sec();
     eq_info("model: %s", eq_model_summary(t->model));
+    /* The other ranks first: a rank that is missing fails the run here. */
+    if ((st = s_dist_setup(t, err))) return st;
     /* Jobs: train and val pipelines from [data]. */
     eq_msg job;
     eq_msg_job_ok ok;
-    if ((st = eq_loader_data_job(&x->data, "train", &job, err)) ||
-        (st = eq_feeder_add_job(t->feeder, &job, &ok, &t->train_job, err)))
-        return st;
-    t->train_size = ok.size;
-    if (ok.classes > (uint32_t)t->classes)
-        return eq_err_set(err, EQ_ERR_INVALID, "the dataset has %u classes, [model] num_classes = %" PRId64, ok.classes,
-                          t->classes);
+    if (!t->evaluate) {
+        if ((st = eq_loader_data_job(&x->data, "train", &job, err)) ||
+            (st = eq_feeder_add_job(t->feeder, &job, &ok, &t->train_job, err)))
+            return st;
+        t->train_size = ok.size;
+        if (ok.classes > (uint32_t)t->classes)
+            return eq_err_set(err, EQ_ERR_INVALID, "the dataset has %u classes, [model] num_classes = %" PRId64,
+                              ok.classes, t->classes);
+    }
     if ((st = eq_loader_data_job(&x->data, "val", &job, err)) ||
         (st = eq_feeder_add_job(t->feeder, &job, &ok, &t->val_job, err)))
         return st;
     t->val_size = ok.size;
     uint64_t G = (uint64_t)t->G;
+    uint64_t epochs = (uint64_t)x->sched.epochs, e0 = 0, s0 = 0;
+    if (t->pretrained && (st = s_pretrained(t, t->pretrained, err))) return st;
+    if (t->resume) {
+        eq_ckpt_run run;
+        if ((st = eq_checkpoint_load(t->resume, t->model, t->optim, &run, NULL, err))) return st;
+        e0 = (uint64_t)run.epoch;
+        s0 = (uint64_t)run.step;
+    }
+    if (t->evaluate) {
+        /* The epoch whose end the weights are (a checkpoint at an epoch end
+         * resumes at the next epoch's step 0), or 0. */
+        uint64_t ev = t->resume && s0 == 0 && e0 > 0 ? e0 - 1 : e0;
+        t->epoch = ev;
+        eq_info("evaluating %s (epoch %" PRIu64 ") on %" PRIu64 " val samples", t->resume ? t->resume
+                : t->pretrained ? t->pretrained : "the initial weights", ev, t->val_size);
+        if ((st = s_validate(t, ev, err))) return st;
+        s_publish(t, "done", 0, 0, 0, 0);
+        return EQ_OK;
+    }
     uint64_t steps = x->data.last_train == 1 ? (t->train_size + G - 1) / G : t->train_size / G;
     if (steps == 0)
         return eq_err_set(err, EQ_ERR_INVALID, "train split of %" PRIu64 " samples has no full global batch of %" PRIu64,
                           t->train_size, G);
     if (x->train.max_steps > 0 && (uint64_t)x->train.max_steps < steps) steps = (uint64_t)x->train.max_steps;
     t->steps = steps;
-    uint64_t epochs = (uint64_t)x->sched.epochs, e0 = 0, s0 = 0;
     if (t->resume) {
-        eq_ckpt_run run;
-        if ((st = eq_checkpoint_load(t->resume, t->model, t->optim, &run, NULL, err))) return st;
-        e0 = (uint64_t)run.epoch;
-        s0 = (uint64_t)run.step;
         if (s0 >= steps) {
             e0++;
             s0 = 0;
         }
         eq_info("resumed from %s at epoch %" PRIu64 " step %" PRIu64, t->resume, e0, s0);
     }
-    eq_info("train: %" PRIu64 " samples, %" PRIu64 " steps of %" PRIu64 " per epoch, %" PRIu64
+    uint64_t I = (uint64_t)x->train.iter_size;
+    if (I > 1 && s0 % I)
+        eq_warn("resuming inside a gradient accumulation window (step %" PRIu64 ", iter_size %" PRIu64
+                "): the window's earlier steps are not in the first update",
+                s0, I);
+    eq_info("train: %" PRIu64 " samples, %" PRIu64 " steps of %" PRIu64 " per epoch%s, %" PRIu64
             " epochs; val: %" PRIu64 " samples",
-            t->train_size, steps, G, epochs, t->val_size);
+            t->train_size, steps, G, t->world > 1 ? " (split over the ranks)" : "", epochs, t->val_size);
     uint64_t total_steps = epochs * steps, done_steps = e0 * steps + s0, steps_this_run = 0;
     double run_t0 = eq_clock_sec();
+    uint32_t off = (uint32_t)((uint64_t)t->rank * (uint64_t)t->B);
     for (uint64_t e = e0; e < epochs; e++) {
         t->epoch = e;
         uint64_t first = e == e0 ? s0 : 0;
-        if ((st = eq_feeder_pass(t->feeder, t->train_job, e, first, steps, 0, (uint32_t)G, UINT64_MAX, err)))
+        if ((st = eq_feeder_pass(t->feeder, t->train_job, e, first, steps, off, (uint32_t)t->B, UINT64_MAX, err)))
             return st;
         double win_t0 = eq_clock_sec(), loss_sum = 0, epoch_loss = 0;
         eq_feeder_stats fs0;
         eq_feeder_stats_get(t->feeder, &fs0);
         uint64_t win_n = 0, epoch_n = 0;
+        bool stop_all = false;
         for (uint64_t s = first; s < steps; s++) {
             t->step = s;
             eq_feeder_batch b;
-            st = eq_feeder_next(t->feeder, &b, err);
-            if (st == EQ_ERR_INTERRUPTED || (st == EQ_OK && t->stop)) {
+            st = stop_all ? EQ_ERR_INTERRUPTED : eq_feeder_next(t->feeder, &b, err);
+            if (st == EQ_ERR_INTERRUPTED || (st == EQ_OK && t->stop && !t->comm)) {
                 if (st == EQ_OK) s_control(t); /* answer a pending stop */
-                eq_warn("stopping: checkpoint at epoch %" PRIu64 " step %" PRIu64, e, s);
-                eq_status cst = s_checkpoint(t, e, s, NULL, err);
+                eq_warn("stopping: %s at epoch %" PRIu64 " step %" PRIu64, t->rank ? "no checkpoint (rank 0 writes it)"
+                        : "checkpoint", e, s);
+                eq_status cst = t->rank == 0 ? s_checkpoint(t, e, s, NULL, err) : EQ_OK;
                 if (cst) return cst;
                 s_publish(t, "done", t->last_loss, 0, 0, EQ_ERR_INTERRUPTED);
                 return eq_err_set(err, EQ_ERR_INTERRUPTED, "stopped at epoch %" PRIu64 " step %" PRIu64, e, s);
             }
             if (st) return st;
-            if (b.count != G)
-                return eq_err_set(err, EQ_ERR_PROTO, "epoch %" PRIu64 " step %" PRIu64 ": %u samples, expected %" PRIu64,
-                                  e, s, b.count, G);
+            if (b.count != t->B)
+                return eq_err_set(err, EQ_ERR_PROTO, "epoch %" PRIu64 " step %" PRIu64 ": %u samples, expected %" PRId64,
+                                  e, s, b.count, t->B);
             if ((st = s_stage(t, &b, err))) return st;
             float loss;
             double lr;
@@ -621,16 +1028,24 @@ static eq_status s_run(eq_train *t, eq_err *err)
                 (st = eq_model_loss(t->model, t->y_dev, t->mixed ? t->yb_dev : NULL, t->mixed ? t->lam_dev : NULL,
                                     (float)x->train.smoothing, &loss, err)))
                 return st;
+            /* Every rank learns the mean loss and whether any rank stops. */
+            if ((st = s_agree(t, &loss, &stop_all, err))) return st;
             if (!isfinite(loss)) {
+                t->diverged = true;
                 s_publish(t, "done", 0, 0, 0, EQ_ERR_INVALID);
                 return eq_err_set(err, EQ_ERR_INVALID,
                                   "loss is %s at epoch %" PRIu64 " step %" PRIu64
-                                  ": stopped; the last good checkpoint is %s/last.safetensors",
-                                  isnan(loss) ? "NaN" : "infinite", e, s, x->train.out_dir);
+                                  "%s: stopped without a checkpoint of this step; the last good one is %s/last.safetensors",
+                                  isnan(loss) ? "NaN" : "infinite", e, s, t->world > 1 ? " (mean over the ranks)" : "",
+                                  x->train.out_dir);
             }
+            bool wfirst = I == 1 || s % I == 0 || s == first, wlast = I == 1 || s % I == I - 1;
             if ((st = eq_model_backward(t->model, NULL, err)) ||
-                (st = eq_schedule_lr(&x->sched, x->optim.lr, (int64_t)e, (int64_t)s, (int64_t)steps, &lr, err)) ||
-                (st = eq_optim_step(t->optim, lr, err)))
+                (st = eq_schedule_lr(&x->sched, x->optim.lr, (int64_t)e, (int64_t)s, (int64_t)steps, &lr, err)))
+                return st;
+            if (I > 1 && (st = s_accumulate(t, wfirst, wlast, err))) return st;
+            if (wlast && ((st = s_allreduce_grads(t, err)) || (st = eq_optim_step(t->optim, lr, err)) ||
+                          (st = s_sync_state(t, err))))
                 return st;
             t->last_loss = loss;
             loss_sum += loss;
@@ -654,11 +1069,13 @@ static eq_status s_run(eq_train *t, eq_err *err)
                 double mean = loss_sum / (double)win_n;
                 eq_info("epoch %" PRIu64 " step %" PRIu64 "/%" PRIu64 " loss %.4f lr %.4g %.0f img/s data-wait %.1f%% eta %s",
                         e, s + 1, steps, mean, lr, t->img_s, t->wait_pct, etas);
-                fprintf(t->jsonl,
-                        "{\"wall_ms\":%" PRIu64 ",\"kind\":\"train\",\"epoch\":%" PRIu64 ",\"step\":%" PRIu64
-                        ",\"steps\":%" PRIu64 ",\"loss\":%.6g,\"lr\":%.6g,\"img_s\":%.1f,\"wait_pct\":%.2f}\n",
-                        eq_wall_ms(), e, s + 1, steps, mean, lr, t->img_s, t->wait_pct);
-                fflush(t->jsonl);
+                if (t->jsonl) {
+                    fprintf(t->jsonl,
+                            "{\"wall_ms\":%" PRIu64 ",\"kind\":\"train\",\"epoch\":%" PRIu64 ",\"step\":%" PRIu64
+                            ",\"steps\":%" PRIu64 ",\"loss\":%.6g,\"lr\":%.6g,\"img_s\":%.1f,\"wait_pct\":%.2f}\n",
+                            eq_wall_ms(), e, s + 1, steps, mean, lr, t->img_s, t->wait_pct);
+                    fflush(t->jsonl);
+                }
                 t->step = s + 1;
                 s_publish(t, "train", mean, lr, eta, 0);
                 win_t0 = now;
@@ -666,7 +1083,7 @@ static eq_status s_run(eq_train *t, eq_err *err)
                 win_n = 0;
                 loss_sum = 0;
             }
-            if (x->train.ckpt_every > 0 && (s + 1) % (uint64_t)x->train.ckpt_every == 0 && !last &&
+            if (t->rank == 0 && x->train.ckpt_every > 0 && (s + 1) % (uint64_t)x->train.ckpt_every == 0 && !last &&
                 (st = s_checkpoint(t, e, s + 1, NULL, err)))
                 return st;
         }
@@ -676,22 +1093,26 @@ static eq_status s_run(eq_train *t, eq_err *err)
         eq_info("epoch %" PRIu64 " done: mean loss %.4f, %" PRIu64 " batches so far, %" PRIu64
                 " requests re-issued, %" PRIu64 " late replies dropped",
                 e, mean, fs.batches, fs.reissued, fs.late_dropped);
-        fprintf(t->jsonl,
-                "{\"wall_ms\":%" PRIu64 ",\"kind\":\"epoch\",\"epoch\":%" PRIu64 ",\"steps\":%" PRIu64
-                ",\"loss\":%.6g,\"samples\":%" PRIu64 ",\"elapsed_s\":%.3f}\n",
-                eq_wall_ms(), e, epoch_n, mean, epoch_n * G, eq_clock_sec() - t->t_start);
-        fflush(t->jsonl);
+        if (t->jsonl) {
+            fprintf(t->jsonl,
+                    "{\"wall_ms\":%" PRIu64 ",\"kind\":\"epoch\",\"epoch\":%" PRIu64 ",\"steps\":%" PRIu64
+                    ",\"loss\":%.6g,\"samples\":%" PRIu64 ",\"elapsed_s\":%.3f}\n",
+                    eq_wall_ms(), e, epoch_n, mean, epoch_n * G, eq_clock_sec() - t->t_start);
+            fflush(t->jsonl);
+        }
         t->step = steps;
         s_publish(t, "epoch", mean, 0, 0, 0);
         char tag[32];
         snprintf(tag, sizeof tag, "epoch%" PRIu64, e);
-        if ((st = s_checkpoint(t, e + 1, 0, tag, err))) return st;
+        if (t->rank == 0 && (st = s_checkpoint(t, e + 1, 0, tag, err))) return st;
         bool eval_now = x->train.eval_every > 0 && ((e + 1) % (uint64_t)x->train.eval_every == 0 || e + 1 == epochs);
         if (eval_now && (st = s_validate(t, e, err))) {
             if (st == EQ_ERR_INTERRUPTED) s_publish(t, "done", t->last_loss, 0, 0, EQ_ERR_INTERRUPTED);
             return st;
         }
-        if (t->stop) {
+        float zero = 0;
+        if ((st = s_agree(t, &zero, &stop_all, err))) return st; /* a stop during the val pass, on any rank */
+        if (stop_all) {
             s_publish(t, "done", t->last_loss, 0, 0, EQ_ERR_INTERRUPTED);
             return eq_err_set(err, EQ_ERR_INTERRUPTED, "stopped after epoch %" PRIu64, e);
         }

@@ -33,6 +33,28 @@
  * Resume: eq_train_opts.resume names a checkpoint; training continues at
  * its (epoch, step) with exactly the batches the uninterrupted run would
  * have seen (they are pure functions of (job, epoch, position)).
+ * Pretrained: eq_train_opts.pretrained loads weights only, matched by name
+ * (a "module." prefix stripped; same element count but another shape is
+ * reshaped; other shapes skipped), reporting what was missing, unexpected,
+ * reshaped or skipped (ORIGINAL.md §4.7).  Evaluate: eq_train_opts.evaluate
+ * runs the val pass once on the loaded weights and returns.
+ *
+ * Gradient accumulation ([train] iter_size = I, the original's): the
+ * gradients of I consecutive steps are summed (the loss is not divided) and
+ * the optimiser steps after the last of them, with the lr of that step.
+ *
+ * Several ranks (eq_train_opts.world > 1, trainer/dist.h): rank r of W
+ * trains on positions [r*G/W, (r+1)*G/W) of every global step (G must be a
+ * multiple of W), so the model's batch is G/W.  Rank 0 binds the control
+ * socket, where the others join (rendezvous) before the first step; all
+ * ranks then form a ring (eq_comm).  Each step the ranks sum their loss and
+ * stop flags (a NaN/inf loss on any rank, or a stop on any, stops all at the
+ * same step), average the gradients in buckets of at most 4 MiB in reverse
+ * tensor order, step the optimiser identically, then take rank 0's BN
+ * running statistics and average the quantizer buffers (and, during a
+ * quantizer warm-up, its parameters).  Only rank 0 writes checkpoints,
+ * metrics.jsonl and METRICS; each rank sends the PRED of its share of the
+ * val set to eq-eval.
  *
  * Thread safety: one thread runs eq_train_run; eq_train_stop may be called
  * from a signal handler or any thread.
@@ -66,6 +88,11 @@ typedef struct eq_train_cfg {
     int64_t inflight;       /* batch requests in flight over all loaders */
     int64_t timeout_ms;     /* request deadline before asking again */
     double smoothing;       /* label smoothing */
+    int64_t iter_size;      /* gradient accumulation steps */
+    int64_t ranks;          /* trainer ranks `eqctl run` starts (eq-trainer: --world) */
+    int64_t dist_timeout_ms; /* rendezvous and collective deadline */
+    int backend;            /* 0 cpu, 1 cuda (trainer/backend_select.h) */
+    int64_t device;         /* cuda: device ordinal */
 } eq_train_cfg;
 
 typedef struct eq_experiment {
@@ -101,6 +128,11 @@ typedef struct eq_train_opts {
     const char *control;    /* control ROUTER to bind ("status", "stop"); NULL: none */
     const char *resume;     /* checkpoint to resume from; NULL: start fresh */
     const char *config_text; /* saved in checkpoints; may be NULL */
+    const char *pretrained; /* weights to start from (name-matched); NULL: none */
+    bool evaluate;          /* run the val pass once and return */
+    int rank, world;        /* this rank of `world` (0 and 0 mean 0 of 1) */
+    const char *rendezvous; /* ranks > 0: rank 0's control endpoint */
+    const char *dist_bind;  /* this rank's collective endpoint; NULL: tcp://127.0.0.1:* */
 } eq_train_opts;
 
 typedef struct eq_train eq_train;
@@ -112,8 +144,13 @@ void eq_train_destroy(eq_train **self_p);
 
 /* Train to the end (EQ_OK), until stopped (EQ_ERR_INTERRUPTED, after the
  * stop checkpoint), or until an error (NaN/inf loss: EQ_ERR_INVALID naming
- * epoch and step; loader errors; I/O). */
+ * epoch and step, and eq_train_diverged is then true; loader errors; I/O;
+ * a rank that fails or falls silent). */
 eq_status eq_train_run(eq_train *self, eq_err *err);
+
+/* The run stopped because the loss was NaN or infinite (no checkpoint was
+ * written for that step). */
+bool eq_train_diverged(const eq_train *self);
 
 /* Ask the loop to stop after the current step.  Async-signal-safe. */
 void eq_train_stop(eq_train *self);

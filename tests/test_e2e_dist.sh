@@ -1,0 +1,143 @@
+#!/bin/sh
+# tests/test_e2e_dist.sh -- eq-trainer's features beyond one plain run,
+# with real processes through `eqctl run` on a tiny synthetic ImageFolder:
+# two data-parallel ranks (rendezvous, ring all-reduce; eq-eval counts every
+# val sample once), eval-only from a checkpoint and from pretrained weights
+# (with the report of what did not match), and a NaN loss (exit 4 from
+# every rank at the same step, the run fails saying so).  Every wait is
+# bounded; a few seconds in all.
+set -u
+
+B=${EQ_BUILDDIR:-.}
+CTL=$B/eqctl
+for p in eqctl eq-loader eq-eval eq-trainer; do
+    if [ ! -x "$B/$p" ]; then
+        echo "FAIL: $B/$p not built"
+        exit 1
+    fi
+done
+T=$(mktemp -d "${TMPDIR:-/tmp}/eq-e2e-dist-XXXXXX") || exit 1
+trap 'rm -rf "$T"' EXIT
+trap 'exit 1' INT TERM
+
+fails=0
+passes=0
+ok() { passes=$((passes + 1)); echo "ok: $*"; }
+bad() { fails=$((fails + 1)); echo "FAIL: $*"; }
+dump() { for f in "$@"; do [ -f "$f" ] && { echo "--- $f"; tail -n 30 "$f"; }; done; }
+
+if ! "$CTL" dataset synth "$T/ds" --classes 4 --per-class 24 --val-per-class 8 --mean-pixels 1024 --seed 3 \
+    >"$T/synth.out" 2>&1; then
+    cat "$T/synth.out"
+    echo "FAIL: eqctl dataset synth"
+    exit 1
+fi
+cat >"$T/tiny.cfg" <<EOC
+[loader]
+threads = 1
+datasets = tiny=$T/ds
+[data]
+dataset = tiny
+height = 16
+width = 16
+channels = 3
+global_batch = 16
+aug_train = center
+aug_val = center
+[model]
+num_classes = 4
+in_channels = 3
+width_alpha = 0.125
+[train]
+name = tiny
+mean = 0.5, 0.5, 0.5
+std = 0.25, 0.25, 0.25
+log_every = 2
+threads = 1
+out_dir = $T/out
+timeout_ms = 20000
+dist_timeout_ms = 20000
+EOC
+
+# 1. Two ranks: each trains on half of every global step; eq-eval gets every
+# val sample exactly once from the two of them.
+timeout 120 "$CTL" run "$T/tiny.cfg" --ranks 2 --json >"$T/r1.json" 2>"$T/r1.err"
+rc=$?
+if [ $rc -eq 0 ] && grep -q '"samples":32,' "$T/out/eval.jsonl" && grep -q "all 2 ranks joined" "$T/out/logs/trainer.log" &&
+    grep -q "batch 8 of 16 per step" "$T/out/logs/trainer1.log" &&
+    grep -q "val predictions for 16 of 32 samples" "$T/out/logs/trainer1.log"; then
+    ok "two ranks: rendezvous, half a global step each, 32 val samples counted once"
+else
+    bad "two ranks: exit $rc"
+    cat "$T/r1.json" "$T/r1.err"
+    dump "$T/out/logs/trainer.log" "$T/out/logs/trainer1.log" "$T/out/eval.jsonl"
+fi
+[ -s "$T/out/last.safetensors" ] && ok "rank 0 wrote the checkpoint" || bad "no checkpoint from the two ranks"
+
+# 2. Eval only, from that checkpoint.
+timeout 120 "$CTL" run "$T/tiny.cfg" --evaluate --resume "$T/out/last.safetensors" --set "train.out_dir=$T/ev" \
+    --json >"$T/r2.json" 2>"$T/r2.err"
+rc=$?
+if [ $rc -eq 0 ] && grep -q '"top1":' "$T/r2.json" && grep -q '"samples":32,' "$T/ev/eval.jsonl" &&
+    grep -q "evaluating .*last.safetensors (epoch 0)" "$T/ev/logs/trainer.log" && [ ! -e "$T/ev/last.safetensors" ]; then
+    ok "--evaluate --resume: Top-1 from eq-eval, no training, no checkpoint"
+else
+    bad "--evaluate --resume: exit $rc"
+    cat "$T/r2.json" "$T/r2.err"
+    dump "$T/ev/logs/trainer.log" "$T/ev/eval.jsonl"
+fi
+top_a=$(sed 's/.*"top1":\([0-9.]*\).*/\1/' "$T/r1.json")
+top_b=$(sed 's/.*"top1":\([0-9.]*\).*/\1/' "$T/r2.json")
+[ "$top_a" = "$top_b" ] && ok "the evaluated checkpoint gives the training run's Top-1 ($top_a)" ||
+    bad "Top-1 after training $top_a, evaluating the checkpoint $top_b"
+
+# 3. Pretrained: a full-precision checkpoint into the quantized model; the
+# quantizer state is reported missing and keeps its initial values.
+timeout 120 "$CTL" run "$T/tiny.cfg" --set quant.wt.enable=false --set quant.fm.enable=false \
+    --set train.eval_every=0 --set "train.out_dir=$T/fp" >"$T/r3a.out" 2>&1
+timeout 120 "$CTL" run "$T/tiny.cfg" --evaluate --pretrained "$T/fp/last.safetensors" --ranks 2 \
+    --set "train.out_dir=$T/pre" >"$T/r3.out" 2>&1
+rc=$?
+L="$T/pre/logs/trainer.log"
+if [ $rc -eq 0 ] && grep -q "pretrained .*: [0-9]* of [0-9]* model tensors loaded" "$L" &&
+    grep -q "not in the file keep their initial values: .*quant_weight.clip_val" "$L" &&
+    grep -q '"samples":32,' "$T/pre/eval.jsonl"; then
+    ok "--pretrained: name-matched load, missing quantizer state named, evaluated on 2 ranks"
+else
+    bad "--pretrained: exit $rc"
+    cat "$T/r3a.out" "$T/r3.out"
+    dump "$L" "$T/pre/eval.jsonl"
+fi
+timeout 60 "$CTL" run "$T/tiny.cfg" --evaluate --pretrained "$T/tiny.cfg" --set "train.out_dir=$T/pre2" \
+    >"$T/r3b.out" 2>&1
+rc=$?
+[ $rc -eq 1 ] && grep -q "pretrained" "$T/pre2/logs/trainer.log" && ok "--pretrained with a file that is not safetensors: exit 1" ||
+    bad "--pretrained bad file: exit $rc: $(cat "$T/r3b.out")"
+
+# 4. A loss that becomes NaN/inf (an lr multiplied by 100 every epoch):
+# every rank stops at the same step with exit 4, the run fails saying why,
+# and the last checkpoint is the end of the epoch before.
+timeout 120 "$CTL" run "$T/tiny.cfg" --ranks 2 --set optim.lr=100 --set schedule.policy=decay \
+    --set schedule.lr_decay=100 --set schedule.epochs=30 --set train.max_steps=2 --set train.eval_every=0 \
+    --set "train.out_dir=$T/nan" >"$T/r4.out" 2>"$T/r4.err"
+rc=$?
+s0=$(grep -o "loss is [NaifIt]* at epoch [0-9]* step [0-9]*" "$T/nan/logs/trainer.log")
+s1=$(grep -o "loss is [NaifIt]* at epoch [0-9]* step [0-9]*" "$T/nan/logs/trainer1.log")
+if [ $rc -eq 1 ] && grep -q "exit 4 (the loss became NaN or infinite)" "$T/r4.out" && [ -n "$s0" ] && [ "$s0" = "$s1" ]; then
+    ok "NaN loss: both ranks stop with exit 4 at the same step ($s0), the run fails saying so"
+else
+    bad "NaN loss: exit $rc, rank 0 '$s0', rank 1 '$s1'"
+    cat "$T/r4.out" "$T/r4.err"
+    dump "$T/nan/logs/trainer.log" "$T/nan/logs/trainer1.log"
+fi
+e=$(echo "$s0" | sed 's/.*epoch \([0-9]*\) step.*/\1/')
+if [ -n "$e" ] && [ -s "$T/nan/epoch$((e - 1)).safetensors" ] && [ ! -e "$T/nan/epoch$e.safetensors" ]; then
+    ok "the last checkpoint is the end of epoch $((e - 1)); none of the failed epoch"
+else
+    bad "checkpoints after the NaN: $(ls "$T/nan")"
+fi
+
+sleep 0.2
+if pgrep -f "$T/" >/dev/null 2>&1; then bad "processes left: $(pgrep -af "$T/")"; else ok "no process left"; fi
+echo "$passes passed, $fails failed"
+[ $fails -eq 0 ]
