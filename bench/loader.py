@@ -1,8 +1,8 @@
 #!/usr/bin/python3
-"""The peer of bench/decode_bench.c: what a PyTorch user's loader worker
-does per image, on one core, with Debian's torchvision + PIL.
+"""The peer of bench/loader.c (which runs it): what a PyTorch user's loader
+worker does per image, on one core, with Debian's torchvision + PIL.
 
-    /usr/bin/python3 bench/decode_bench.py ROOT [--split train] [--size 224]
+    /usr/bin/python3 bench/loader.py ROOT [--split train] [--size 224]
         [--seconds 3] [--json]
 
 train: PIL open + convert('RGB') + RandomResizedCrop(size) +
