@@ -1177,6 +1177,7 @@ static Suite *s_suite(void)
 {
     Suite *s = suite_create("backend");
     TCase *tc = tcase_create("parity");
+    tcase_set_timeout(tc, 20); /* thread-count checks start pools; the machine is shared */
     tcase_add_loop_test(tc, test_conv_parity, 0, NCONV);
     tcase_add_loop_test(tc, test_bn_parity, 0, 2);
     tcase_add_test(tc, test_relu_parity);
