@@ -315,6 +315,8 @@ static void s_parity_closed_form(const char *fixture, size_t want_params, size_t
     if (sk) cfg.stem_kernel = atoi(sk);
     const char *bs = eq_st_meta_get(f, "base");
     if (bs) cfg.base = atoi(bs);
+    const char *od = eq_st_meta_get(f, "order");
+    if (od) snprintf(cfg.order, sizeof cfg.order, "%s", od);
     const int64_t n = atoi(eq_st_meta_get(f, "batch")), hw = atoi(eq_st_meta_get(f, "size"));
     eq_model *m = eq_model_new(be, &cfg, NULL, NULL, n, hw, hw, &err);
     ck_assert_msg(m != NULL, "%s", err.msg);
@@ -453,6 +455,14 @@ START_TEST(test_parity_groupnet)
 }
 END_TEST
 
+/* ReShapeResolution with order cb: space-to-depth + FP 1x1 + BN shrink in
+ * the strided blocks (gen_ldn.py) */
+START_TEST(test_parity_ldn)
+{
+    s_parity_closed_form("resnet20_ldn.safetensors", 65, 42);
+}
+END_TEST
+
 START_TEST(test_parity_mobilenet_v1)
 {
     s_parity_closed_form("mobilenet_v1.safetensors", 27 + 27 * 2 + 2, 27 * 2);
@@ -552,6 +562,14 @@ START_TEST(test_model_errors)
     ck_assert_ptr_null(eq_model_new(be, &cfg, NULL, NULL, 2, 32, 32, &err));
     ck_assert_ptr_nonnull(strstr(err.msg, "base: 4 branches"));
     cfg.base = 1;
+    snprintf(cfg.arch, sizeof cfg.arch, "resnet18");
+    /* ReShapeResolution: order must hold one c */
+    snprintf(cfg.arch, sizeof cfg.arch, "resnet20");
+    s_kw(&cfg, "origin,cbsa,ReShapeResolution");
+    snprintf(cfg.order, sizeof cfg.order, "bx");
+    ck_assert_ptr_null(eq_model_new(be, &cfg, NULL, NULL, 2, 32, 32, &err));
+    ck_assert_ptr_nonnull(strstr(err.msg, "order: 'bx'"));
+    snprintf(cfg.order, sizeof cfg.order, "c");
     snprintf(cfg.arch, sizeof cfg.arch, "resnet18");
     /* a Bi-Real bottleneck does not exist */
     snprintf(cfg.arch, sizeof cfg.arch, "resnet50");
@@ -1432,6 +1450,7 @@ static Suite *s_suite(void)
     tcase_add_test(tc, test_parity_tresnet_stem);
     tcase_add_test(tc, test_parity_fixup);
     tcase_add_test(tc, test_parity_groupnet);
+    tcase_add_test(tc, test_parity_ldn);
     suite_add_tcase(s, tc);
     tc = tcase_create("build");
     tcase_set_timeout(tc, 30);

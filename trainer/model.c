@@ -33,6 +33,9 @@ static const eq_config_key s_model_keys[] = {
     EQ_CONFIG_INT_KEY(eq_model_cfg, seed, "0", 0, INT64_MAX, "parameter initialisation seed"),
     EQ_CONFIG_INT_KEY(eq_model_cfg, base, "1", 1, 64,
                       "Group-Net: parallel branches per BasicBlock, summed with learnable scales (init 1/base)"),
+    EQ_CONFIG_STRING_KEY(eq_model_cfg, order, "c",
+                         "ReShapeResolution: the shrink of strided blocks, from c (space-to-depth + "
+                         "conv 1x1), b (BN), a (activation), e.g. cb"),
     EQ_CONFIG_INT_KEY(eq_model_cfg, stem_kernel, "1", 1, 3,
                       "TResNetStem/TResNetStemMaxPool: kernel of the conv after space-to-depth (1 or 3)"),
 };
@@ -137,6 +140,7 @@ typedef struct s_build {
     int tresnet;          /* 1: TResNetStem (space-to-depth 4), 2: TResNetStemMaxPool (2 + max-pool) */
     int fixup, fbias;     /* Fixup: no BN, scalar multiplier; with `bias` the scalar biases */
     int groupnet;         /* group-net: the stem BN has no activation */
+    int ldn;              /* ReShapeResolution: strided blocks start with a lossless shrink */
     enum s_order order;
     eq_err *err;
 } s_build;
@@ -151,7 +155,7 @@ static int s_has(const eq_model_cfg *c, const char *kw)
 static const char *const s_supported_kw[] = {
     "origin", "preBN", "cbas", "cbsa", "cabs", "bacs", "bcas", "fix", "fix_pooling", "singleconv",
     "real_skip", "PReLU", "NReLU", "cifar10", "cifar100", "first-last", "real_dp", "real_pt", "TResNetStem",
-    "TResNetStemMaxPool", "fixup", "bias", "group-net", NULL};
+    "TResNetStemMaxPool", "fixup", "bias", "group-net", "ReShapeResolution", NULL};
 
 /* The keywords a MobileNet takes (the others shape ResNet blocks). */
 static const char *const s_mobile_kw[] = {"cifar10", "cifar100", "first-last", "real_dp", "real_pt", NULL};
@@ -167,7 +171,7 @@ static eq_status s_check_keywords(const eq_model_cfg *c, eq_err *err)
                               "supported: origin, preBN, cbas, cbsa, cabs, bacs, bcas, fix, "
                               "fix_pooling, singleconv, real_skip, PReLU, NReLU, cifar10, cifar100, "
                               "first-last, real_dp, real_pt, TResNetStem, TResNetStemMaxPool, fixup, bias, "
-                              "group-net "
+                              "group-net, ReShapeResolution "
                               "(quantizer methods go in "
                               "[quant.wt]/[quant.fm] method)",
                               c->keyword[i], i + 1);
@@ -246,9 +250,9 @@ static int s_tv_block(s_build *b, const char *pfx, int x, int64_t planes, int64_
 static int s_build_torch_resnet(s_build *b, const int blocks[4], int bottleneck, int64_t w0,
                                 int x)
 {
-    if (b->tresnet || b->fixup || b->fbias || b->groupnet || b->cfg->base > 1)
+    if (b->tresnet || b->fixup || b->fbias || b->groupnet || b->ldn || b->cfg->base > 1)
         return eq_err_set(b->err, EQ_ERR_INVALID,
-                          "[model] TResNetStem/TResNetStemMaxPool/fixup/bias/group-net and base > 1: apply to the "
+                          "[model] TResNetStem/TResNetStemMaxPool/fixup/bias/group-net/ReShapeResolution and base > 1: apply to the "
                           "resnetNN family, not to torchvision's ResNet"),
                -1;
     if (b->prelu)
@@ -344,6 +348,28 @@ static int s_skip(s_build *b, const char *pfx, int x, int64_t out, int64_t s)
     return x;
 }
 
+/* ReShapeResolution's shrink (ORIGINAL.md 3.2.5) for a block with stride
+ * s to `out` channels, from [model] order: c = space-to-depth by s + conv
+ * 1x1 (I*s*s -> out; FP iff real_skip), b = BN, a = activation, as the
+ * Sequential "<pfx>.shrink.N". */
+static int s_shrink(s_build *b, const char *pfx, int x, int64_t out, int64_t s)
+{
+    char n[160];
+    const char *o = b->cfg->order;
+    for (int i = 0; o[i] && x >= 0; i++) {
+        NM(n, "%s.shrink.%d", pfx, i);
+        if (o[i] == 'c') {
+            x = eq_layers_space_to_depth(b->g, x, s, b->err);
+            x = s_conv(b, n, x, out, 1, 1, 0, b->real_skip);
+        } else if (o[i] == 'b') {
+            x = eq_layers_bn(b->g, n, x, b->err);
+        } else {
+            x = s_act(b, n, x);
+        }
+    }
+    return x;
+}
+
 static int s_xx_block(s_build *b, const char *pfx, int x, int64_t planes, int64_t s, int bottleneck)
 {
     char c1[160], c2[160], c3[160], b1[160], b2[160], b3[160], a1[160], a2[160], a3[160], n[160];
@@ -353,6 +379,11 @@ static int s_xx_block(s_build *b, const char *pfx, int x, int64_t planes, int64_
     int post = b->order == O_CBAS || b->order == O_CBSA;
     int pre = b->order == O_BACS || b->order == O_BCAS;
     int64_t out = bottleneck ? 4 * planes : planes;
+    if (b->ldn && s != 1) { /* shrink first; the block then runs at stride 1, I = O */
+        x = s_shrink(b, pfx, x, out, s);
+        s = 1;
+        if (x < 0) return -1;
+    }
     int r = s_skip(b, pfx, x, out, s);
     if (r < 0) return -1;
     int last_act = !(b->fix && post);
@@ -459,6 +490,20 @@ static int s_build_resnetxx(s_build *b, const int *blocks, int nstages, int bott
 {
     if (b->fbias && !b->fixup)
         return eq_err_set(b->err, EQ_ERR_INVALID, "[model] keyword bias: needs fixup"), -1;
+    if (b->ldn) {
+        const char *o = b->cfg->order;
+        int nc = 0, bad = !*o;
+        for (int i = 0; o[i]; i++) nc += o[i] == 'c', bad |= !strchr("cba", o[i]);
+        if (bad || nc != 1)
+            return eq_err_set(b->err, EQ_ERR_INVALID,
+                              "[model] order: '%s' must hold one c and otherwise b or a "
+                              "(ReShapeResolution's shrink)", o),
+                   -1;
+        if (bottleneck || b->fixup)
+            return eq_err_set(b->err, EQ_ERR_INVALID,
+                              "[model] keyword ReShapeResolution: BasicBlocks without fixup only"),
+                   -1;
+    }
     if (b->cfg->base > 1 && (bottleneck || b->fixup))
         return eq_err_set(b->err, EQ_ERR_INVALID,
                           "[model] base: %lld branches exist for the BasicBlock without fixup only",
@@ -725,6 +770,7 @@ eq_model *eq_model_new(eq_backend *be, const eq_model_cfg *cfg, const eq_model_q
     b.tresnet = s_has(cfg, "TResNetStem") ? 1 : s_has(cfg, "TResNetStemMaxPool") ? 2 : 0;
     b.fixup = s_has(cfg, "fixup"), b.fbias = s_has(cfg, "bias");
     b.groupnet = s_has(cfg, "group-net");
+    b.ldn = s_has(cfg, "ReShapeResolution");
     b.cifar = arch->cifar || s_has(cfg, "cifar10") || s_has(cfg, "cifar100");
     b.first_last = cfg->quant_first_last || s_has(cfg, "first-last");
     static const char *const orders[] = {"cbas", "cbsa", "cabs", "bacs", "bcas"};

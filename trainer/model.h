@@ -58,6 +58,7 @@ typedef struct eq_model_cfg {
     int64_t seed;              /* initialisation seed (core/rng.h) */
     int64_t stem_kernel;       /* TResNet stems: 1x1 or 3x3 conv after space-to-depth */
     int64_t base;              /* Group-Net branches per BasicBlock (1: none) */
+    char order[16];            /* ReShapeResolution shrink: c, b, a characters */
 } eq_model_cfg;
 
 /* [quant.wt] / [quant.fm]: one quantizer per quantized conv/linear; the keys
