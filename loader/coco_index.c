@@ -227,6 +227,7 @@ static eq_cocoidx *s_from_json(const eq_json *root, const char *name, eq_err *er
     eq_cocoidx *x = calloc(1, sizeof *x);
     s_pair *imgs = NULL, *cats = NULL;
     uint32_t *ann_img = NULL, *fill = NULL;
+    uint8_t *ann_seg = NULL; /* pass 1's segmentation kind per annotation */
     eq_status st = EQ_OK;
     if (!x) {
         eq_err_set(err, EQ_ERR_NOMEM, "%s: out of memory", name);
@@ -326,7 +327,7 @@ static eq_cocoidx *s_from_json(const eq_json *root, const char *name, eq_err *er
     x->n_names = names;
     if (!(x->img = eq_calloc_array(ni + 1, sizeof *x->img)) || !(x->cat_id = eq_calloc_array(nc + 1, sizeof *x->cat_id)) ||
         !(x->cat_name = eq_calloc_array(nc + 1, sizeof *x->cat_name)) || !(x->names = calloc(names + 1, 1)) ||
-        !(ann_img = eq_malloc_array(na + 1, sizeof *ann_img)))
+        !(ann_img = eq_malloc_array(na + 1, sizeof *ann_img)) || !(ann_seg = malloc(na + 1)))
         goto nomem;
     size_t no = 0;
     for (size_t k = 0; k < nc; k++) {
@@ -404,6 +405,7 @@ static eq_cocoidx *s_from_json(const eq_json *root, const char *name, eq_err *er
         nrings += si.nrings;
         ncounts += si.ncounts;
         ann_img[k] = (uint32_t)ip;
+        ann_seg[k] = (uint8_t)si.kind;
         x->img[ip].nann++;
     }
     x->n_coords = nvals;
@@ -434,26 +436,24 @@ static eq_cocoidx *s_from_json(const eq_json *root, const char *name, eq_err *er
         const eq_json *cr = eq_json_get(e, "iscrowd");
         a->crowd = cr && (eq_json_typeof(cr) == EQ_JSON_TRUE ||
                           (eq_json_typeof(cr) == EQ_JSON_NUMBER && eq_json_num(cr) != 0));
-        a->seg_off = 0;
+        /* one traversal: the values go to the pools' ends (pass 1 sized
+         * them), the sizes found are the annotation's */
         s_seg_info si;
         const eq_json *sv = eq_json_get(e, "segmentation");
-        /* where this annotation's values go: known only by kind */
-        if ((st = s_seg(&c, k, sv, x->img[ip].height, x->img[ip].width, &si, NULL, NULL))) goto fail;
-        a->seg = (uint8_t)si.kind;
-        if (si.kind == EQ_COCOIDX_SEG_POLY) {
-            a->seg_off = nvals;
-            a->seg_ring = (uint32_t)nrings;
+        a->seg = ann_seg[k];
+        a->seg_off = a->seg == EQ_COCOIDX_SEG_POLY ? nvals : ncounts;
+        a->seg_ring = a->seg == EQ_COCOIDX_SEG_POLY ? (uint32_t)nrings : 0;
+        if (a->seg != EQ_COCOIDX_SEG_NONE &&
+            (st = s_seg(&c, k, sv, x->img[ip].height, x->img[ip].width, &si, x, a)))
+            goto fail;
+        if (a->seg == EQ_COCOIDX_SEG_POLY) {
             a->seg_n = (uint32_t)si.nrings;
             nvals += si.nvals;
             nrings += si.nrings;
-        } else if (si.kind == EQ_COCOIDX_SEG_RLE) {
-            a->seg_off = ncounts;
+        } else if (a->seg == EQ_COCOIDX_SEG_RLE) {
             a->seg_n = (uint32_t)si.ncounts;
             ncounts += si.ncounts;
         }
-        if (si.kind != EQ_COCOIDX_SEG_NONE &&
-            (st = s_seg(&c, k, sv, x->img[ip].height, x->img[ip].width, &si, x, a)))
-            goto fail;
     }
     if (nrings > UINT32_MAX) {
         eq_err_set(err, EQ_ERR_LIMIT, "%s: more than 2^32 polygons", name);
@@ -462,6 +462,7 @@ static eq_cocoidx *s_from_json(const eq_json *root, const char *name, eq_err *er
     free(imgs);
     free(cats);
     free(ann_img);
+    free(ann_seg);
     free(fill);
     x->hash = eq_cocoidx_content_hash(x);
     if (eq_cocoidx_validate(x, err) != EQ_OK) {
@@ -475,6 +476,7 @@ fail:
     free(imgs);
     free(cats);
     free(ann_img);
+    free(ann_seg);
     free(fill);
     eq_cocoidx_destroy(&x);
     return NULL;

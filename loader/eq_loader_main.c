@@ -15,6 +15,7 @@
 #include <sys/stat.h>
 
 #include "core/config.h"
+#include "core/file.h"
 #include "core/log.h"
 #include "loader/server.h"
 #include "proto/proto_zmq.h"
@@ -38,19 +39,54 @@ static void s_usage(FILE *f)
             "\n"
             "  --bind ENDPOINT         data socket (default tcp://127.0.0.1:5555)\n"
             "  --control ENDPOINT      control socket (default tcp://127.0.0.1:5556; \"\" for none)\n"
-            "  --dataset NAME=PATH     serve the IDX, CIFAR or ImageFolder directory PATH as NAME;\n"
+            "  --dataset NAME=PATH     serve the IDX, CIFAR, ImageFolder or COCO directory PATH as NAME;\n"
             "                          repeatable (default fashion-mnist=%s)\n"
             "  --threads N             decode workers (default: one per CPU)\n"
             "  --max-inflight-mb N     budget of batches being made or sent (default 1024)\n"
             "  --curve-secret FILE     CURVE secret key (eqctl keygen) ...\n"
             "  --curve-allow DIR|FILE  ... and the client public keys allowed (*.pub in DIR)\n"
             "  --insecure              allow a non-loopback bind without CURVE\n"
-            "  --config FILE           read [loader] from a config file (flags win)\n"
+            "  --config FILE           read [loader] (and check [data]) from a config file, e.g. the\n"
+            "                          whole experiment file: other sections are skipped (flags win)\n"
             "  --set SECTION.KEY=VALUE override a config key (repeatable)\n"
             "  --log-level LEVEL       debug, info, warn, error (default info)\n"
             "  --log-json              log JSON lines\n"
             "  --version, --help\n",
             EQ_FASHION_MNIST_DIR);
+}
+
+/* An experiment config holds sections for every program; eq-loader reads
+ * [loader] and [data] (checked strictly: unknown keys are errors) and
+ * blanks the lines of every other section, so line numbers in messages
+ * stay those of the file.  A section header is a line whose first
+ * non-blank character is '['; a malformed one is kept for the parser to
+ * report. */
+static void s_keep_sections(char *text, size_t len)
+{
+    int keep = 1;
+    size_t i = 0;
+    while (i < len) {
+        size_t e = i;
+        while (e < len && text[e] != '\n') e++;
+        size_t p = i;
+        while (p < e && (text[p] == ' ' || text[p] == '\t')) p++;
+        if (p < e && text[p] == '[') {
+            size_t q = p + 1;
+            while (q < e && text[q] != ']') q++;
+            if (q < e) {
+                size_t a = p + 1, b = q;
+                while (a < b && (text[a] == ' ' || text[a] == '\t')) a++;
+                while (b > a && (text[b - 1] == ' ' || text[b - 1] == '\t')) b--;
+                keep = (b - a == 6 && !memcmp(text + a, "loader", 6)) || (b - a == 4 && !memcmp(text + a, "data", 4));
+            } else {
+                keep = 1;
+            }
+        }
+        if (!keep)
+            for (size_t k = i; k < e; k++)
+                if (text[k] != '\r') text[k] = ' ';
+        i = e + 1;
+    }
 }
 
 static int s_has_suffix(const char *s, const char *suf)
@@ -183,8 +219,19 @@ int main(int argc, char **argv)
     eq_config_section secs[2];
     eq_loader_config_sections(&lc, NULL, secs);
     eq_err e = {0};
-    eq_status st = config ? eq_config_load(secs, 2, config, sets, nsets, &e)
-                          : eq_config_parse_buffer(secs, 2, "(defaults)", "", 0, sets, nsets, &e);
+    eq_status st;
+    if (config) {
+        char *text = NULL;
+        size_t len = 0;
+        st = eq_file_read(config, EQ_CONFIG_MAX_FILE, &text, &len, &e);
+        if (!st) {
+            s_keep_sections(text, len);
+            st = eq_config_parse_buffer(secs, 2, config, text, len, sets, nsets, &e);
+        }
+        free(text);
+    } else {
+        st = eq_config_parse_buffer(secs, 2, "(defaults)", "", 0, sets, nsets, &e);
+    }
     /* Flags are applied as --set overrides so they get the same checks. */
     char fl[4][EQ_LOADER_PATH_CAP + 32];
     const char *fname[4];

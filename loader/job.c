@@ -98,6 +98,7 @@ eq_dataset *eq_loader_open(const char *path, eq_ds_kind kind, const char *split,
 
 static const char *const s_aug_names[] = {"none", "rrc", "center", "padcrop", "det", NULL};
 static const char *const s_box_names[] = {"xyxy", "xywh", "cxcywh", NULL};
+static const char *const s_mix_mode_names[] = {"batch", "elem", NULL};
 static const char *const s_last_names[] = {"drop", "wrap", NULL};
 
 static const char *s_type_name(eq_proto_val_type t)
@@ -432,6 +433,18 @@ static const eq_config_key s_data_keys[] = {
     EQ_CONFIG_BOOL_KEY(eq_loader_data_cfg, skip_empty, "true",
                        "det, train: leave out images without a non-crowd, non-empty box (val keeps all)"),
     EQ_CONFIG_FLOAT_KEY(eq_loader_data_cfg, min_box, "0", 0, 1e6, "det: drop boxes whose clipped side is <= this"),
+    EQ_CONFIG_FLOAT_KEY(eq_loader_data_cfg, mixup_alpha, "0", 0, 100, "train: mixup Beta(alpha, alpha); 0 = off"),
+    EQ_CONFIG_FLOAT_KEY(eq_loader_data_cfg, cutmix_alpha, "0", 0, 100, "train: CutMix Beta(alpha, alpha); 0 = off"),
+    EQ_CONFIG_FLOAT_KEY(eq_loader_data_cfg, mix_prob, "1", 0, 1, "train: probability that a block/sample is mixed"),
+    EQ_CONFIG_FLOAT_KEY(eq_loader_data_cfg, mix_switch_prob, "0.5", 0, 1,
+                        "train: with both alphas on, probability of CutMix"),
+    EQ_CONFIG_ENUM_KEY(eq_loader_data_cfg, mix_mode, "batch", s_mix_mode_names,
+                       "train: one mix decision and lambda per block (batch) or per sample (elem)"),
+    EQ_CONFIG_INT_KEY(eq_loader_data_cfg, mix_block, "0", 0, 1 << 24,
+                      "train: mix partners within aligned blocks of this many positions (0 = the global batch; set "
+                      "it to the per-rank share)"),
+    EQ_CONFIG_FLOAT_LIST_KEY(eq_loader_data_cfg, jitter, njitter, "0, 0, 0", 3, 0, 100,
+                             "train, rrc: ColorJitter brightness, contrast, saturation strengths (0 = off)"),
 };
 
 void eq_loader_config_sections(eq_loader_cfg *lc, eq_loader_data_cfg *dc, eq_config_section secs[2])
@@ -493,6 +506,17 @@ eq_status eq_loader_data_job(const eq_loader_data_cfg *dc, const char *split, eq
     j->last = train ? (dc->last_train == 1 ? EQ_PROTO_LAST_WRAP : EQ_PROTO_LAST_DROP) : EQ_PROTO_LAST_PARTIAL;
     int aug = train ? dc->aug_train : dc->aug_val;
     s_kv_str(j, "aug", s_aug_names[aug]);
+    int mixing = train && (dc->mixup_alpha > 0 || dc->cutmix_alpha > 0);
+    if (aug == EQ_AUG_DET && mixing)
+        return eq_err_set(err, EQ_ERR_INVALID, "[data] mixup_alpha / cutmix_alpha: not served with aug = det");
+    if (mixing) {
+        j->mixup_alpha = dc->mixup_alpha;
+        j->cutmix_alpha = dc->cutmix_alpha;
+        j->mix_prob = dc->mix_prob;
+        j->mix_switch_prob = dc->mix_switch_prob;
+        snprintf(j->mix_mode, sizeof j->mix_mode, "%s", s_mix_mode_names[dc->mix_mode]);
+        if (dc->mix_block) s_kv_int(j, "mix_block", dc->mix_block);
+    }
     if (aug == EQ_AUG_DET) {
         if (dc->nmin_sizes < 1 || dc->nmin_sizes > EQ_DET_MAX_SIZES)
             return eq_err_set(err, EQ_ERR_INVALID, "[data] min_sizes: 1..%d sizes", EQ_DET_MAX_SIZES);
@@ -530,5 +554,8 @@ eq_status eq_loader_data_job(const eq_loader_data_cfg *dc, const char *split, eq
     if (aug == EQ_AUG_CENTER && dc->resize) s_kv_int(j, "resize", dc->resize);
     if (aug == EQ_AUG_PADCROP) s_kv_int(j, "pad", dc->pad);
     if (!dc->dct_scale) s_kv_bool(j, "dct_scale", false);
+    static const char *const jit[3] = {"jitter_brightness", "jitter_contrast", "jitter_saturation"};
+    for (size_t i = 0; train && aug == EQ_AUG_RRC && i < dc->njitter && i < 3; i++)
+        if (dc->jitter[i] > 0) s_kv_float(j, jit[i], dc->jitter[i]);
     return EQ_OK;
 }

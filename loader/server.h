@@ -164,6 +164,12 @@ typedef struct eq_loader_data_cfg {
     int64_t pad_divisor;
     bool skip_empty;
     double min_box;
+    /* train only: mixup / CutMix (timm's meanings) and colour jitter */
+    double mixup_alpha, cutmix_alpha, mix_prob, mix_switch_prob;
+    int mix_mode; /* "batch", "elem" */
+    int64_t mix_block;
+    double jitter[3];
+    size_t njitter;
 } eq_loader_data_cfg;
 
 /* Section tables bound to the given structs (either may be NULL: that
@@ -173,6 +179,10 @@ void eq_loader_config_sections(eq_loader_cfg *lc, eq_loader_data_cfg *dc, eq_con
 
 /* Fill a JOB from [data] for `split` ("train" uses aug_train and
  * last_train; other splits aug_val and "partial").  `m` is initialised.
+ * The train JOB also carries [data]'s mixup/CutMix settings (mixup_alpha,
+ * cutmix_alpha, mix_prob, mix_switch_prob, mix_mode; transform mix_block
+ * when nonzero) and jitter (transforms jitter_brightness, jitter_contrast,
+ * jitter_saturation when nonzero); other splits never mix or jitter.
  * With aug "det" the JOB is a detection job: height = the largest of
  * min_sizes (train) or min_size_val, width = max_size, channels 3, and the
  * det transforms of eq_loader_det_job. */

@@ -4,7 +4,9 @@
 # detects it, eq-loader serves detection batches that `eqctl batch get`
 # checks (every frame validated), draws (--png DIR: one PNG per image) and
 # saves (--out); the same request twice gives the same bytes; val serves
-# every image; a classification augmentation is refused by name.
+# every image; a classification augmentation is refused by name; eq-loader
+# takes a whole experiment config (other sections skipped, unknown keys in
+# its own sections refused).
 set -u
 
 B=${EQ_BUILDDIR:-.}
@@ -35,7 +37,28 @@ bad() { fails=$((fails + 1)); echo "FAIL: $*"; }
 "$CTL" dataset info "$T/coco" >"$T/info" 2>&1 && grep -q "coco" "$T/info" && grep -q "train  12 samples, 4 classes" "$T/info" &&
     ok "dataset info detects COCO" || { bad "dataset info"; cat "$T/info"; }
 
-"$LOADER" --bind 'tcp://127.0.0.1:*' --control '' --threads 2 --dataset "coco=$T/coco" >"$T/log" 2>&1 &
+# eq-loader reads a whole experiment file: [loader] and [data] strictly,
+# the other sections skipped
+cat >"$T/exp.cfg" <<CFG
+[model]
+arch = resnet18
+something_only_the_trainer_knows = 1
+[loader]
+threads = 2
+control =
+datasets = coco=$T/coco
+[data]
+dataset = coco
+aug_train = det
+[optim]
+lr = 0.1
+CFG
+sed 's/^aug_train = det/aug_train = det\nbogus = 1/' "$T/exp.cfg" >"$T/bad.cfg"
+if "$LOADER" --config "$T/bad.cfg" >"$T/bad" 2>&1; then bad "unknown [data] key accepted"; else
+    grep -q 'bad.cfg:11: \[data\] unknown key "bogus"' "$T/bad" && ok "unknown [data] key refused with file:line" ||
+        { bad "unknown key message"; cat "$T/bad"; }
+fi
+"$LOADER" --config "$T/exp.cfg" --bind 'tcp://127.0.0.1:*' >"$T/log" 2>&1 &
 PID=$!
 LEP=""
 i=0
