@@ -57,8 +57,16 @@ static int s_same(const eq_conv2d_desc *a, const eq_conv2d_desc *b)
  * heuristic order for _v7). */
 static int s_pick(const eq_cuda *cu, const s_perf *pf, int n)
 {
+    /* skip algorithms whose workspace would take more than half of the
+     * free device memory (Find reports what it could allocate itself) */
+    size_t fr = 0, tot = 0;
+    if (cudaMemGetInfo(&fr, &tot) != cudaSuccess) {
+        (void)cudaGetLastError();
+        fr = (size_t)-1;
+    }
     for (int i = 0; i < n; i++) {
         if (pf[i].status != CUDNN_STATUS_SUCCESS) continue;
+        if (pf[i].memory > cu->ws_bytes && pf[i].memory - cu->ws_bytes > fr / 2) continue;
         if (cu->deterministic && pf[i].determinism != CUDNN_DETERMINISTIC) continue;
         if (!cu->tf32 && (pf[i].math == CUDNN_TENSOR_OP_MATH ||
                           pf[i].math == CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION))
@@ -124,7 +132,9 @@ static eq_status s_choose(eq_cuda *cu, eq_cuda_conv_plan *p, eq_err *err)
                           (long long)p->d.c, (long long)p->d.k, (long long)p->d.r,
                           (long long)p->d.s, (long long)p->d.groups, n);
     p->algo = pf[i].algo;
-    S_DNN(cudnnSetConvolutionMathType(p->cd, pf[i].math));
+    /* CUDNN_DEFAULT_MATH permits TF32 on Ampere and later: keep FMA math
+     * unless TF32 was asked for */
+    S_DNN(cudnnSetConvolutionMathType(p->cd, cu->tf32 ? pf[i].math : CUDNN_FMA_MATH));
     /* the size the chosen algorithm needs with these descriptors */
     if (dir == 0)
         S_DNN(cudnnGetConvolutionForwardWorkspaceSize(cu->dnn, p->xd, p->wd, p->cd, p->yd,
