@@ -1,7 +1,7 @@
 /*
  * trainer/cuda/quant.cu -- quantizer kernels (see quant_kernels.h).  Each
  * element is computed with the float operations of quant/'s CPU code in
- * the same order (--fmad=false; rintf is round-half-to-even as eq_qround).
+ * the same order (--fmad=false; s_round is eq_qround's own formula).
  */
 #include "trainer/cuda/quant_kernels.h"
 
@@ -22,6 +22,15 @@ __device__ static inline int64_t s_group(const eq_cuq_geom g, int64_t i)
     return ((i / g.inner) % g.period) / g.block;
 }
 
+/* quant/'s eq_qround exactly: round half to even by adding 1.5 * 2^23;
+ * |v| >= 2^22 is returned as it is. */
+__device__ static inline float s_round(float v)
+{
+    float a = fabsf(v);
+    float r = copysignf((a + 12582912.0f) - 12582912.0f, v);
+    return a < 4194304.0f ? r : v;
+}
+
 __device__ static inline float s_clamp(float v, float lo, float hi)
 {
     return v < lo ? lo : (v > hi ? hi : v);
@@ -38,10 +47,10 @@ __global__ void k_lsq_fwd(const eq_cuq_geom g, int half, float n, const float *c
         float c = cl[s_group(g, i)];
         float u = s_clamp(x[i] / c, lb, 1.0f);
         if (half) {
-            y[i] = c * (rintf(u * n) / n);
+            y[i] = c * (s_round(u * n) / n);
         } else {
             u = (u + 1.0f) / 2.0f;
-            y[i] = c * (2.0f * (rintf(u * n) / n) - 1.0f);
+            y[i] = c * (2.0f * (s_round(u * n) / n) - 1.0f);
         }
     }
 }
@@ -57,10 +66,10 @@ __global__ void k_lsq_bwd(const eq_cuq_geom g, int half, float n, const float *c
         int in = r >= lb && r <= 1.0f;
         float u = s_clamp(r, lb, 1.0f), dydc;
         if (half) {
-            dydc = rintf(u * n) / n - (in ? r : 0.0f);
+            dydc = s_round(u * n) / n - (in ? r : 0.0f);
         } else {
             u = (u + 1.0f) / 2.0f;
-            dydc = (2.0f * (rintf(u * n) / n) - 1.0f) - (in ? r : 0.0f);
+            dydc = (2.0f * (s_round(u * n) / n) - 1.0f) - (in ? r : 0.0f);
         }
         float gv = gy[i];
         t[i] = gv * dydc;
@@ -76,7 +85,7 @@ __global__ void k_step_fwd(const eq_cuq_geom g, float qn, float qp, const float 
     S_FOR(i, g.n)
     {
         float s = st[s_group(g, i)];
-        y[i] = rintf(s_clamp(x[i] / s, qn, qp)) * s;
+        y[i] = s_round(s_clamp(x[i] / s, qn, qp)) * s;
     }
 }
 
@@ -88,7 +97,7 @@ __global__ void k_step_bwd(const eq_cuq_geom g, float qn, float qp, const float 
         float s = st[s_group(g, i)];
         float r = x[i] / s, gv = gy[i];
         int below = r < qn, above = r > qp;
-        float d = below ? qn : (above ? qp : rintf(r) - r);
+        float d = below ? qn : (above ? qp : s_round(r) - r);
         gx[i] = (below || above) ? 0.0f : gv;
         t[i] = gv * d;
     }
@@ -102,7 +111,7 @@ __global__ void k_pact_fwd(int64_t n, float a, float s, const float *x, float *y
     {
         float z = x[i] > 0.0f ? x[i] : 0.0f;
         if (!(z < a)) z = a;
-        y[i] = rintf(z * s) / s;
+        y[i] = s_round(z * s) / s;
     }
 }
 
@@ -121,7 +130,7 @@ __global__ void k_pact_bwd(int64_t n, float a, const float *x, const float *gy, 
 
 __global__ void k_dorefa_fm_fwd(int64_t n, float c, float s, const float *x, float *y)
 {
-    S_FOR(i, n) y[i] = rintf(s_clamp(x[i], 0.0f, c) * s) / s;
+    S_FOR(i, n) y[i] = s_round(s_clamp(x[i], 0.0f, c) * s) / s;
 }
 
 __global__ void k_dorefa_fm_bwd(int64_t n, float c, const float *x, const float *gy, float *gx)
