@@ -918,6 +918,62 @@ START_TEST(test_fixup_build)
 }
 END_TEST
 
+/* The output quantizer (ot): y = Qo(conv(x, W)); the weight gradient is the
+ * conv's filter gradient of Qo's backward of dy; Qo's clip value learns. */
+START_TEST(test_conv_output_quant)
+{
+    eq_err err = {0};
+    eq_backend *be = eq_backend_cpu_new(1, &err);
+    eq_quant_opts oq;
+    eq_quant_opts_init(&oq, EQ_QTAG_OT);
+    OK(eq_quant_opts_set(&oq, "method", "lsq", &err));
+    OK(eq_quant_opts_set(&oq, "bit", "2", &err));
+    OK(eq_quant_opts_set(&oq, "half_range", "false", &err));
+    const int64_t N = 2, H = 5, W = 5, C = 3, K = 4, NY = N * H * W * K;
+    eq_layers *g = eq_layers_new(be, &err);
+    int x = eq_layers_input(g, N, H, W, C, &err);
+    int cv = eq_layers_conv(g, "conv", x, K, 3, 1, 1, 1, NULL, NULL, false, &err);
+    ck_assert_msg(cv >= 0, "%s", err.msg);
+    OK(eq_layers_conv_output_quant(g, cv, &oq, &err));
+    ck_assert_int_eq(eq_layers_conv_output_quant(g, cv, &oq, &err), EQ_ERR_INVALID);
+    ck_assert_ptr_nonnull(strstr(err.msg, "already"));
+    OK(eq_layers_finalize(g, 5, &err));
+    const eq_model_tensor *clip = s_ltensor(g, "conv.quant_output.clip_val");
+    ck_assert_int_eq(clip->kind, EQ_MT_PARAM);
+    float xin[2 * 5 * 5 * 3], r[2 * 5 * 5 * 4];
+    for (size_t i = 0; i < sizeof xin / 4; i++) xin[i] = (float)sin(0.7 * (double)i) * 1.3f;
+    for (size_t i = 0; i < sizeof r / 4; i++) r[i] = (float)cos(0.31 * (double)i);
+    OK(eq_layers_forward(g, xin, true, &err));
+    int64_t sh[4];
+    float *dy;
+    const float *y = eq_layers_output(g, &dy, sh);
+    /* reference: a plain conv, then the same quantizer on its own */
+    const eq_model_tensor *wt = s_ltensor(g, "conv.weight");
+    eq_conv2d_desc cd = {.n = N, .h = H, .w = W, .c = C, .k = K, .r = 3, .s = 3, .stride_h = 1,
+                         .stride_w = 1, .pad_h = 1, .pad_w = 1, .dil_h = 1, .dil_w = 1, .groups = 1};
+    OK(eq_conv2d_desc_init(&cd, &err));
+    float raw[2 * 5 * 5 * 4], yref[2 * 5 * 5 * 4], draw[2 * 5 * 5 * 4], dwref[4 * 3 * 9];
+    OK(eq_backend_conv2d_fwd(be, &cd, xin, wt->data, raw, &err));
+    int64_t ys[4] = {N, H, W, K};
+    eq_tensor_desc yd;
+    OK(eq_tensor_desc_init(&yd, EQ_DT_F32, EQ_LAYOUT_NHWC, 4, ys, &err));
+    eq_quant *rq = eq_quant_new(&oq, &yd, &err);
+    ck_assert_msg(rq != NULL, "%s", err.msg);
+    OK(eq_quant_forward(rq, &yd, raw, yref, true, &err));
+    ck_assert_mem_eq(y, yref, sizeof yref);
+    ck_assert(eq_test_relerr(raw, yref, (size_t)NY) > 1e-2); /* it quantized */
+    memcpy(dy, r, sizeof r);
+    OK(eq_layers_backward(g, &err));
+    OK(eq_quant_backward(rq, raw, r, draw, &err));
+    OK(eq_backend_conv2d_bwd_filter(be, &cd, xin, draw, dwref, &err));
+    ck_assert_mem_eq(wt->grad, dwref, sizeof dwref);
+    ck_assert(clip->grad[0] != 0.0f);
+    eq_quant_destroy(&rq);
+    eq_layers_destroy(&g);
+    eq_backend_destroy(&be);
+}
+END_TEST
+
 START_TEST(test_quant_resnet20_config)
 {
     eq_err err = {0};
@@ -1462,6 +1518,7 @@ static Suite *s_suite(void)
     tc = tcase_create("quant");
     tcase_set_timeout(tc, 30);
     tcase_add_test(tc, test_quant_conv_pad_before);
+    tcase_add_test(tc, test_conv_output_quant);
     tcase_add_test(tc, test_quant_conv_pad_after);
     tcase_add_test(tc, test_quant_resnet20_config);
     tcase_add_test(tc, test_mobilenet_build);

@@ -47,7 +47,8 @@ typedef struct s_node {
     int32_t *argmax; /* max pool */
     int dy_set;
     /* quantized conv / linear */
-    eq_quant *qw, *qf;
+    eq_quant *qw, *qf, *qo; /* qo: conv output quantizer (the original's `ot`) */
+    float *yo, *dyo;        /* with qo: the conv's raw output and its gradient */
     int pad_before;     /* conv: pad explicitly before Qf (conv then runs with pad 0) */
     int64_t pad;        /* the requested padding */
     int64_t ph, pw_;    /* padded input height/width when pad_before */
@@ -105,6 +106,7 @@ void eq_layers_destroy(eq_layers **g_p)
         free(g->nodes[i].name);
         eq_quant_destroy(&g->nodes[i].qw);
         eq_quant_destroy(&g->nodes[i].qf);
+        eq_quant_destroy(&g->nodes[i].qo);
     }
     eq_backend_release(g->be, g->pdata);
     eq_backend_release(g->be, g->pgrad);
@@ -321,6 +323,24 @@ int eq_layers_conv(eq_layers *g, const char *name, int in, int64_t k, int64_t r,
             return s_fail(g);
     }
     return g->nnodes - 1;
+}
+
+eq_status eq_layers_conv_output_quant(eq_layers *g, int node, const eq_quant_opts *oq, eq_err *err)
+{
+    if (!g || !oq) return eq_err_set(err, EQ_ERR_INVALID, "output quantizer: graph or options NULL");
+    if (g->finalized || g->broken)
+        return eq_err_set(err, EQ_ERR_INVALID, "output quantizer: the graph is %s",
+                          g->finalized ? "finalized" : "broken");
+    if (node < 0 || node >= g->nnodes || g->nodes[node].kind != S_CONV || !g->nodes[node].name)
+        return eq_err_set(err, EQ_ERR_INVALID, "output quantizer: node %d is not a named conv", node);
+    s_node *nd = &g->nodes[node];
+    if (nd->qo) return eq_err_set(err, EQ_ERR_INVALID, "%s: has an output quantizer already", nd->name);
+    int64_t ys[4] = {nd->n, nd->h, nd->w, nd->c};
+    eq_tensor_desc yd;
+    eq_status st = eq_tensor_desc_init(&yd, EQ_DT_F32, EQ_LAYOUT_NHWC, 4, ys, err);
+    if (st == EQ_OK && !(nd->qo = s_quant(g, nd->name, "quant_output", oq, &yd, err))) st = EQ_ERR_INVALID;
+    if (st != EQ_OK) g->broken = 1;
+    return st == EQ_OK ? EQ_OK : (err ? err->code : st);
 }
 
 int eq_layers_space_to_depth(eq_layers *g, int in, int64_t s, eq_err *err)
@@ -611,6 +631,10 @@ eq_status eq_layers_finalize(eq_layers *g, uint64_t seed, eq_err *err)
             if (s_numel(nd) > maxact) maxact = s_numel(nd);
             if (nd->kind == S_BN) S_TAKE(nd->save, 2 * (size_t)nd->c);
             if (nd->s2d) S_TAKE(nd->fixed_w, (size_t)(nd->conv.k * nd->conv.c * nd->s2d * nd->s2d));
+            if (nd->qo) {
+                S_TAKE(nd->yo, a);
+                S_TAKE(nd->dyo, a);
+            }
             if (nd->kind == S_MAXPOOL) S_TAKE(nd->argmax, a); /* int32: same size as float */
             if (nd->qw) {
                 size_t wn = g->t[nd->pw].numel;
@@ -745,7 +769,14 @@ eq_status eq_layers_forward(eq_layers *g, const float *x, bool train, eq_err *er
         case S_CONV:
             st = s_quant_fwd(g, nd, a, train, &wp, &xp, err);
             if (nd->s2d) wp = nd->fixed_w;
-            if (st == EQ_OK) st = eq_backend_conv2d_fwd(be, &nd->conv, xp, wp, nd->y, err);
+            if (st == EQ_OK) st = eq_backend_conv2d_fwd(be, &nd->conv, xp, wp, nd->qo ? nd->yo : nd->y, err);
+            if (st == EQ_OK && nd->qo) {
+                int64_t ys[4] = {nd->n, nd->h, nd->w, nd->c};
+                eq_tensor_desc yd;
+                st = eq_tensor_desc_init(&yd, EQ_DT_F32, EQ_LAYOUT_NHWC, 4, ys, err);
+                if (st == EQ_OK) st = eq_quant_forward(nd->qo, &yd, nd->yo, nd->y, train, err);
+                if (st != EQ_OK) eq_err_prefix(err, "quant_output: ");
+            }
             break;
         case S_BN:
             if (train) {
@@ -856,8 +887,14 @@ eq_status eq_layers_backward(eq_layers *g, eq_err *err)
             /* with qf the GEMM's input gradient goes to da, then through Qf */
             float *gx = nd->qf ? nd->da : dx;
             if (nd->kind == S_CONV) {
-                if (!nd->s2d) st = eq_backend_conv2d_bwd_filter(be, &nd->conv, xin, nd->dy, dw, err);
-                if (st == EQ_OK && gx) st = eq_backend_conv2d_bwd_data(be, &nd->conv, nd->dy, w, gx, err);
+                const float *gy = nd->dy;
+                if (nd->qo) { /* through the output quantizer first */
+                    st = eq_quant_backward(nd->qo, nd->yo, nd->dy, nd->dyo, err);
+                    if (st != EQ_OK) eq_err_prefix(err, "quant_output: ");
+                    gy = nd->dyo;
+                }
+                if (st == EQ_OK && !nd->s2d) st = eq_backend_conv2d_bwd_filter(be, &nd->conv, xin, gy, dw, err);
+                if (st == EQ_OK && gx) st = eq_backend_conv2d_bwd_data(be, &nd->conv, gy, w, gx, err);
             } else {
                 st = eq_backend_linear_bwd_weight(be, nd->n, nd->lin_in, nd->c, xin, nd->dy, dw,
                                                   s_g(g, nd->pb), err);

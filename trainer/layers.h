@@ -48,6 +48,12 @@ int eq_layers_input(eq_layers *g, int64_t n, int64_t h, int64_t w, int64_t c, eq
 int eq_layers_conv(eq_layers *g, const char *name, int in, int64_t k, int64_t r, int64_t stride,
                    int64_t pad, int64_t groups, const eq_quant_opts *wq, const eq_quant_opts *fq,
                    bool pad_after_quant, eq_err *err);
+/* Give conv node `node` (built by eq_layers_conv, before finalize) the
+ * original's output quantizer (custom_conv's quant_output, ORIGINAL.md
+ * 2.14: out = Qo(conv(a, Wq))) from `oq` (tag ot); its state is
+ * "<name>.quant_output.*".  Errors: not a named conv, finalized graph, a
+ * second call; a failure leaves the graph broken. */
+eq_status eq_layers_conv_output_quant(eq_layers *g, int node, const eq_quant_opts *oq, eq_err *err);
 /* Space-to-depth by s (s divides h and w): [n][h][w][c] -> [n][h/s][w/s][c*s*s],
  * output channel c*s*s + dy*s + dx from input (s*p + dy, s*q + dx, c), the
  * original's TResNetStem order.  Runs as a conv with a fixed one-hot weight
