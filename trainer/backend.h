@@ -154,7 +154,7 @@ typedef struct eq_backend eq_backend;
 typedef struct eq_backend_event eq_backend_event; /* owned by its backend's implementation */
 
 /* Bump when members change meaning or order (out-of-tree backends check it). */
-#define EQ_BACKEND_IFACE_VERSION 1
+#define EQ_BACKEND_IFACE_VERSION 2 /* 2: optional clamp_* and scalar_affine_* after add */
 
 /* Each member receives the backend's `context`.  Members marked (optional)
  * may be NULL: the eq_backend_* wrapper then answers EQ_ERR_UNSUPPORTED
