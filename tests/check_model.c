@@ -658,6 +658,66 @@ START_TEST(test_finite_differences)
 }
 END_TEST
 
+static const eq_model_tensor *s_ltensor(const eq_layers *g, const char *name);
+
+/* The same for the layers MobileNet, Fixup and the TResNet stem added:
+ * 1x1 conv -> space-to-depth -> conv -> scalar affine (scale and bias) ->
+ * clamp -> depthwise conv -> GAP -> linear; the 1x1 conv's gradient passes
+ * through the space-to-depth backward. */
+START_TEST(test_finite_differences_2)
+{
+    eq_err err = {0};
+    eq_backend *be = eq_backend_cpu_new(1, &err);
+    eq_layers *g = eq_layers_new(be, &err);
+    int x = eq_layers_input(g, 2, 4, 4, 3, &err);
+    int c0 = eq_layers_conv(g, "c0", x, 3, 1, 1, 0, 1, NULL, NULL, false, &err);
+    int sd = eq_layers_space_to_depth(g, c0, 2, &err);
+    int c1 = eq_layers_conv(g, "c1", sd, 6, 3, 1, 1, 1, NULL, NULL, false, &err);
+    int sa = eq_layers_scalar_affine(g, "s1", "scale", "bias", c1, &err);
+    int cl = eq_layers_clamp(g, sa, -1.0f, 1.0f, &err);
+    int dw = eq_layers_conv(g, "dw", cl, 6, 3, 1, 1, 6, NULL, NULL, false, &err);
+    int gp = eq_layers_gap(g, dw, &err);
+    int fc = eq_layers_linear(g, "fc", gp, 3, NULL, NULL, &err);
+    ck_assert_msg(fc >= 0, "%s", err.msg);
+    OK(eq_layers_finalize(g, 13, &err));
+    float *sc = (float *)s_ltensor(g, "s1.scale")->data, *bi = (float *)s_ltensor(g, "s1.bias")->data;
+    sc[0] = 0.7f, bi[0] = 0.1f;
+    float xin[2 * 4 * 4 * 3], r[2 * 3];
+    for (size_t i = 0; i < sizeof xin / 4; i++) xin[i] = (float)sin(0.77 * (double)i + 0.4);
+    for (size_t i = 0; i < 6; i++) r[i] = (float)cos(1.1 * (double)i);
+    s_fd_loss(g, xin, r);
+    float *dy;
+    eq_layers_output(g, &dy, NULL);
+    memcpy(dy, r, sizeof r);
+    OK(eq_layers_backward(g, &err));
+    size_t checked = 0;
+    for (size_t i = 0; i < eq_layers_tensor_count(g); i++) {
+        const eq_model_tensor *t = eq_layers_tensor_at(g, i);
+        if (t->kind != EQ_MT_PARAM) continue;
+        float *an = malloc(t->numel * sizeof *an), *fd = malloc(t->numel * sizeof *fd);
+        memcpy(an, t->grad, t->numel * sizeof *an);
+        float *d = t->data;
+        for (size_t k = 0; k < t->numel; k++) {
+            const float e = 1e-3f, v = d[k];
+            d[k] = v + e;
+            double lp = s_fd_loss(g, xin, r);
+            d[k] = v - e;
+            double lm = s_fd_loss(g, xin, r);
+            d[k] = v;
+            fd[k] = (float)((lp - lm) / (2.0 * (double)e));
+        }
+        double rel = eq_test_relerr(an, fd, t->numel);
+        ck_assert_msg(rel < 2e-2, "%s: analytic vs finite differences rel err %g", t->name, rel);
+        checked++;
+        free(an);
+        free(fd);
+    }
+    ck_assert_uint_eq(checked, 7); /* c0, c1, s1 scale/bias, dw, fc w/b */
+    eq_layers_destroy(&g);
+    eq_backend_destroy(&be);
+}
+END_TEST
+
 /* ---- quantized conv ---------------------------------------------------------- */
 
 static const eq_model_tensor *s_ltensor(const eq_layers *g, const char *name)
@@ -1514,6 +1574,7 @@ static Suite *s_suite(void)
     tcase_add_test(tc, test_model_errors);
     tcase_add_test(tc, test_config_schemas);
     tcase_add_test(tc, test_finite_differences);
+    tcase_add_test(tc, test_finite_differences_2);
     suite_add_tcase(s, tc);
     tc = tcase_create("quant");
     tcase_set_timeout(tc, 30);
