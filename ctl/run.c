@@ -668,8 +668,10 @@ int eq_ctl_run_main(int argc, char **argv)
         else
             printf("FAILED after %.0f s: %s (logs in %s)", elapsed, failed, r->log_dir);
         if (r->any_eval && le < 1024) printf("; val Top-1 %.2f%% Top-5 %.2f%% (epoch %" PRIu64 ")", r->top1[le], r->top5[le], le);
-        printf("\ncheckpoint %s/last.safetensors, metrics %s/metrics.jsonl and eval.jsonl, plot %s\n", x.train.out_dir,
-               x.train.out_dir, svg);
+        char ck[1300];
+        snprintf(ck, sizeof ck, "%s/last.safetensors", x.train.out_dir);
+        printf("\n%s %s, metrics %s/metrics.jsonl and eval.jsonl, plot %s\n",
+               access(ck, F_OK) == 0 ? "checkpoint" : "no checkpoint; would be", ck, x.train.out_dir, svg);
     }
     goto out;
 spawn_fail:

@@ -938,9 +938,22 @@ static eq_status s_run(eq_train *t, eq_err *err)
     eq_msg job;
     eq_msg_job_ok ok;
     if (!t->evaluate) {
-        if ((st = eq_loader_data_job(&x->data, "train", &job, err)) ||
-            (st = eq_feeder_add_job(t->feeder, &job, &ok, &t->train_job, err)))
-            return st;
+        if ((st = eq_loader_data_job(&x->data, "train", &job, err))) return st;
+        const eq_msg_job *jb = &job.u.job;
+        if (jb->mixup_alpha > 0 || jb->cutmix_alpha > 0) {
+            /* Partners are drawn inside blocks (default: the global batch);
+             * each rank must ask for whole blocks. */
+            int64_t blk = t->G;
+            for (uint32_t i = 0; i < jb->ntransforms; i++)
+                if (!strcmp(jb->transforms[i].key, "mix_block") && jb->transforms[i].i > 0) blk = jb->transforms[i].i;
+            if (t->B % blk)
+                return eq_err_set(err, EQ_ERR_INVALID,
+                                  "mixup/CutMix on %d ranks: partners are drawn in blocks of %" PRId64
+                                  " positions, but each rank's share is %" PRId64 " (set [data] mix_block to %" PRId64
+                                  " or a divisor of it)",
+                                  t->world, blk, t->B, t->B);
+        }
+        if ((st = eq_feeder_add_job(t->feeder, &job, &ok, &t->train_job, err))) return st;
         t->train_size = ok.size;
         if (ok.classes > (uint32_t)t->classes)
             return eq_err_set(err, EQ_ERR_INVALID, "the dataset has %u classes, [model] num_classes = %" PRId64,
@@ -1002,7 +1015,7 @@ static eq_status s_run(eq_train *t, eq_err *err)
         double win_t0 = eq_clock_sec(), loss_sum = 0, epoch_loss = 0;
         eq_feeder_stats fs0;
         eq_feeder_stats_get(t->feeder, &fs0);
-        uint64_t win_n = 0, epoch_n = 0;
+        uint64_t win_n = 0, epoch_n = 0, epoch_mixed = 0;
         bool stop_all = false;
         for (uint64_t s = first; s < steps; s++) {
             t->step = s;
@@ -1022,6 +1035,7 @@ static eq_status s_run(eq_train *t, eq_err *err)
                 return eq_err_set(err, EQ_ERR_PROTO, "epoch %" PRIu64 " step %" PRIu64 ": %u samples, expected %" PRId64,
                                   e, s, b.count, t->B);
             if ((st = s_stage(t, &b, err))) return st;
+            epoch_mixed += t->mixed;
             float loss;
             double lr;
             if ((st = eq_model_forward(t->model, t->x_dev, true, err)) ||
@@ -1091,13 +1105,13 @@ static eq_status s_run(eq_train *t, eq_err *err)
         eq_feeder_stats_get(t->feeder, &fs);
         double mean = epoch_n ? epoch_loss / (double)epoch_n : 0;
         eq_info("epoch %" PRIu64 " done: mean loss %.4f, %" PRIu64 " batches so far, %" PRIu64
-                " requests re-issued, %" PRIu64 " late replies dropped",
-                e, mean, fs.batches, fs.reissued, fs.late_dropped);
+                " requests re-issued, %" PRIu64 " late replies dropped, %" PRIu64 " of %" PRIu64 " batches mixed here",
+                e, mean, fs.batches, fs.reissued, fs.late_dropped, epoch_mixed, epoch_n);
         if (t->jsonl) {
             fprintf(t->jsonl,
                     "{\"wall_ms\":%" PRIu64 ",\"kind\":\"epoch\",\"epoch\":%" PRIu64 ",\"steps\":%" PRIu64
-                    ",\"loss\":%.6g,\"samples\":%" PRIu64 ",\"elapsed_s\":%.3f}\n",
-                    eq_wall_ms(), e, epoch_n, mean, epoch_n * G, eq_clock_sec() - t->t_start);
+                    ",\"loss\":%.6g,\"samples\":%" PRIu64 ",\"mixed\":%" PRIu64 ",\"elapsed_s\":%.3f}\n",
+                    eq_wall_ms(), e, epoch_n, mean, epoch_n * G, epoch_mixed, eq_clock_sec() - t->t_start);
             fflush(t->jsonl);
         }
         t->step = steps;
