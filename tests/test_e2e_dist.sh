@@ -3,9 +3,10 @@
 # with real processes through `eqctl run` on a tiny synthetic ImageFolder:
 # two data-parallel ranks (rendezvous, ring all-reduce; eq-eval counts every
 # val sample once), eval-only from a checkpoint and from pretrained weights
-# (with the report of what did not match), and a NaN loss (exit 4 from
-# every rank at the same step, the run fails saying so).  Every wait is
-# bounded; a few seconds in all.
+# (with the report of what did not match), mixup from the loaders' plan to
+# the trainers' blend and loss, and a NaN loss (exit 4 from every rank at
+# the same step, the run fails saying so).  Every wait is bounded; about
+# 30 s in all on the shared 2-core machine.
 set -u
 
 B=${EQ_BUILDDIR:-.}
@@ -113,6 +114,28 @@ timeout 60 "$CTL" run "$T/tiny.cfg" --evaluate --pretrained "$T/tiny.cfg" --set 
 rc=$?
 [ $rc -eq 1 ] && grep -q "pretrained" "$T/pre2/logs/trainer.log" && ok "--pretrained with a file that is not safetensors: exit 1" ||
     bad "--pretrained bad file: exit $rc: $(cat "$T/r3b.out")"
+
+# 5. Mixup end to end: the loaders plan it ([data] mixup_alpha, partners in
+# blocks of the per-rank share), each rank blends in fp32 and mixes the loss;
+# every train batch is mixed, eval is not.  A block that straddles the ranks
+# is refused before training, naming the key.
+timeout 120 "$CTL" run "$T/tiny.cfg" --ranks 2 --set data.mixup_alpha=0.7 --set data.mix_block=8 \
+    --set "train.out_dir=$T/mix" >"$T/r5.out" 2>"$T/r5.err"
+rc=$?
+if [ $rc -eq 0 ] && grep -q '"kind":"epoch".*"mixed":6,' "$T/mix/metrics.jsonl" &&
+    grep -q "6 of 6 batches mixed here" "$T/mix/logs/trainer1.log" && grep -q '"samples":32,' "$T/mix/eval.jsonl"; then
+    ok "mixup on 2 ranks: every train batch blended and its loss mixed, 32 val samples"
+else
+    bad "mixup: exit $rc"
+    cat "$T/r5.out" "$T/r5.err"
+    dump "$T/mix/logs/trainer.log" "$T/mix/metrics.jsonl"
+fi
+timeout 60 "$CTL" run "$T/tiny.cfg" --ranks 2 --set data.mixup_alpha=0.7 --set "train.out_dir=$T/mix0" \
+    >"$T/r5b.out" 2>&1
+rc=$?
+[ $rc -eq 1 ] && grep -q "set \[data\] mix_block to 8" "$T/mix0/logs/trainer.log" &&
+    ok "mixup blocks straddling the ranks: refused naming [data] mix_block" ||
+    bad "mixup with the default block on 2 ranks: exit $rc: $(cat "$T/r5b.out")"
 
 # 4. A loss that becomes NaN/inf (an lr multiplied by 100 every epoch):
 # every rank stops at the same step with exit 4, the run fails saying why,
