@@ -298,6 +298,11 @@ int32_t eq_center_offset(uint32_t n, uint32_t crop);
 void eq_color_jitter_params(eq_rng *r, const float strength[3], uint8_t order[3], float factor[3]);
 void eq_color_jitter_apply(uint8_t *img, uint32_t w, uint32_t h, const uint8_t order[3],
                            const float factor[3]);
+/* torchvision's adjust_hue(img, factor) on a PIL RGB image, in place and
+ * bit-identical: Pillow's RGB -> HSV, H += uint8(factor * 255) modulo 256,
+ * HSV -> RGB.  factor in [-0.5, 0.5] (ColorJitter(hue=h) draws it uniform in
+ * [-h, h]). */
+void eq_adjust_hue(uint8_t *img, uint32_t w, uint32_t h, float factor);
 
 /* AlexNet PCA lighting noise (the original's Lighting(sigma), fb.resnet
  * eigenvalues/vectors): the per-channel offset, in [0, 1] image units, that

@@ -488,6 +488,75 @@ void eq_color_jitter_params(eq_rng *r, const float strength[3], uint8_t order[3]
     }
 }
 
+/* torchvision adjust_hue on a PIL RGB image: convert("HSV") (Pillow's
+ * rgb2hsv, float/double arithmetic as written there), H += uint8(f * 255)
+ * modulo 256, convert back (Pillow's hsv2rgb). */
+static void s_rgb_to_hsv(const uint8_t *px, uint8_t *hsv)
+{
+    uint8_t r = px[0], g = px[1], b = px[2];
+    uint8_t mx = r > g ? (r > b ? r : b) : (g > b ? g : b);
+    uint8_t mn = r < g ? (r < b ? r : b) : (g < b ? g : b);
+    hsv[2] = mx;
+    if (mx == mn) {
+        hsv[0] = hsv[1] = 0;
+        return;
+    }
+    float cr = (float)(mx - mn);
+    float sat = cr / (float)mx;
+    float rc = (float)(mx - r) / cr, gc = (float)(mx - g) / cr, bc = (float)(mx - b) / cr;
+    float hh;
+    if (r == mx)
+        hh = bc - gc;
+    else if (g == mx)
+        hh = (float)(2.0 + rc - bc);
+    else
+        hh = (float)(4.0 + gc - rc);
+    hh = (float)fmod(hh / 6.0 + 1.0, 1.0);
+    int ih = (int)(hh * 255.0), is = (int)(sat * 255.0);
+    hsv[0] = (uint8_t)(ih < 0 ? 0 : ih > 255 ? 255 : ih);
+    hsv[1] = (uint8_t)(is < 0 ? 0 : is > 255 ? 255 : is);
+}
+
+/* Pillow's CLIP8 */
+static inline uint8_t s_pil_clip8(int v) { return (uint8_t)(v <= 0 ? 0 : v < 256 ? v : 255); }
+
+static void s_hsv_to_rgb(const uint8_t *hsv, uint8_t *px)
+{
+    uint8_t h = hsv[0], sat = hsv[1], v = hsv[2];
+    if (sat == 0) {
+        px[0] = px[1] = px[2] = v;
+        return;
+    }
+    int i = (int)floor((float)h * 6.0 / 255.0);
+    float f = (float)((float)h * 6.0 / 255.0 - (float)i);
+    float fs = (float)((float)sat / 255.0);
+    uint8_t up = s_pil_clip8((int)round((float)v * (1.0 - fs)));
+    uint8_t uq = s_pil_clip8((int)round((float)v * (1.0 - fs * f)));
+    uint8_t ut = s_pil_clip8((int)round((float)v * (1.0 - fs * (1.0 - f))));
+    switch (i % 6) {
+    case 0: px[0] = v, px[1] = ut, px[2] = up; break;
+    case 1: px[0] = uq, px[1] = v, px[2] = up; break;
+    case 2: px[0] = up, px[1] = v, px[2] = ut; break;
+    case 3: px[0] = up, px[1] = uq, px[2] = v; break;
+    case 4: px[0] = ut, px[1] = up, px[2] = v; break;
+    default: px[0] = v, px[1] = up, px[2] = uq; break;
+    }
+}
+
+void eq_adjust_hue(uint8_t *img, uint32_t w, uint32_t h, float factor)
+{
+    /* np.uint8(hue_factor * 255): the double product truncated toward zero,
+     * then taken modulo 256 (a negative factor wraps) */
+    uint8_t shift = (uint8_t)(int)((double)factor * 255.0);
+    const size_t n = (size_t)w * h;
+    for (size_t i = 0; i < n; i++) {
+        uint8_t hsv[3];
+        s_rgb_to_hsv(img + 3 * i, hsv);
+        hsv[0] = (uint8_t)(hsv[0] + shift);
+        s_hsv_to_rgb(hsv, img + 3 * i);
+    }
+}
+
 /* AlexNet PCA lighting (the original's Lighting(0.1, eigval, eigvec)). */
 void eq_lighting_offset(uint64_t seed, uint32_t split, uint64_t epoch, uint64_t index, float sigma,
                         float rgb[3])

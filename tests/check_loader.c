@@ -655,6 +655,46 @@ START_TEST(test_color_jitter_matches_torchvision)
 }
 END_TEST
 
+/* adjust_hue == torchvision's F.adjust_hue on PIL, byte for byte, for
+ * negative (wrapping), zero, tiny and extreme factors (hue.txt). */
+START_TEST(test_hue_matches_torchvision)
+{
+    char p[4200];
+    snprintf(p, sizeof p, "%s/tests/fixtures/loader/hue.txt", eq_test_srcdir());
+    FILE *f = fopen(p, "r");
+    ck_assert_msg(f != NULL, "%s", p);
+    enum { W = 64, H = 48 };
+    static char hex[W * H * 6 + 16];
+    static uint8_t img[W * H * 3];
+    double fac;
+    int cases = 0, changed = 0;
+    while (fscanf(f, "%lf %18440s", &fac, hex) == 2) {
+        for (uint32_t y = 0; y < H; y++)
+            for (uint32_t x = 0; x < W; x++) {
+                uint8_t *px = img + (y * W + x) * 3;
+                px[0] = (uint8_t)((x * 37 + y * 11) % 256);
+                px[1] = (uint8_t)((x * 5 + y * 53) % 256);
+                px[2] = (uint8_t)((x * y * 7 + 13) % 256);
+            }
+        static const uint8_t first[8][3] = {{0, 0, 0},   {255, 255, 255}, {128, 128, 128}, {255, 0, 0},
+                                            {0, 255, 0}, {0, 0, 255},     {255, 255, 0},   {1, 2, 3}};
+        memcpy(img, first, sizeof first);
+        uint8_t before[3] = {img[300], img[301], img[302]};
+        eq_adjust_hue(img, W, H, (float)fac);
+        ck_assert_uint_eq(strlen(hex), sizeof img * 2);
+        size_t diff = 0;
+        for (size_t i = 0; i < sizeof img; i++)
+            diff += img[i] != s_hexval(hex[2 * i]) * 16 + s_hexval(hex[2 * i + 1]);
+        ck_assert_msg(diff == 0, "factor %g: %zu bytes differ from torchvision", fac, diff);
+        changed += memcmp(before, img + 300, 3) != 0;
+        cases++;
+    }
+    fclose(f);
+    ck_assert_int_eq(cases, 10);
+    ck_assert_int_ge(changed, 6); /* the factors do move colours */
+}
+END_TEST
+
 START_TEST(test_resize_geometry_errors)
 {
     uint8_t img[12] = {0}, out[64];
@@ -1531,6 +1571,7 @@ static Suite *s_suite(void)
     tcase_add_test(t, test_resize_matches_pil);
     tcase_add_test(t, test_resize_geometry_errors);
     tcase_add_test(t, test_color_jitter_matches_torchvision);
+    tcase_add_test(t, test_hue_matches_torchvision);
     suite_add_tcase(s, t);
     t = tcase_create("decode");
     tcase_set_timeout(t, 20);
