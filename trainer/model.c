@@ -463,7 +463,8 @@ static int s_fixup_block(s_build *b, const char *pfx, int x, int64_t planes, int
         }
     }
     int h = xa;
-    static const char *const ab[3][2] = {{"bias1b", "bias2a"}, {"bias2b", "bias3a"}, {"bias3b", NULL}};
+    /* the biases after conv i and after its ReLU, for the convs before the last */
+    static const char *const ab[2][2] = {{"bias1b", "bias2a"}, {"bias2b", "bias3a"}};
     int nconv = bottleneck ? 3 : 2;
     for (int i = 0; i < nconv && h >= 0; i++) {
         int last = i == nconv - 1;
