@@ -428,6 +428,10 @@ typedef struct eq_pipeline_cfg {
     float jitter[3];        /* RRC: ColorJitter brightness, contrast,
                                saturation strengths (0 = off; the original's
                                --aa uses 0.4 each), applied after the flip */
+    float hue;              /* RRC: ColorJitter hue strength h in [0, 0.5]
+                               (0 = off): factor uniform in [-h, h], applied
+                               at a uniformly drawn place among the other
+                               three (torchvision's randperm(4)) */
 } eq_pipeline_cfg;
 
 /* Fill the defaults for a split: "train" (RRC 224, flip, shuffle, drop)

@@ -149,6 +149,10 @@ eq_pipeline *eq_pipeline_new(const eq_dataset *ds, const eq_pipeline_cfg *cfg, i
                        (double)c->jitter[k]);
             goto fail;
         }
+    if (!(c->hue >= 0 && c->hue <= 0.5f)) {
+        eq_err_set(err, EQ_ERR_INVALID, "pipeline: hue = %g outside [0, 0.5]", (double)c->hue);
+        goto fail;
+    }
     p->H = c->out_h;
     p->W = c->out_w;
     p->C = encoded ? 3 : sc;
@@ -311,19 +315,51 @@ static void s_geometry(const eq_pipeline *p, eq_rng *r, uint32_t W, uint32_t H, 
 }
 
 /* Colour jitter (after the flip, as torchvision's Compose order): draws in
- * the sample's stream, applied to the resized RGB output. */
+ * the sample's stream, applied to the resized RGB output.  With hue on, the
+ * hue adjustment takes a uniformly drawn place among the other three (a
+ * uniform permutation of the four, like torchvision's randperm(4)); without
+ * it the draws are those of the three-op jitter. */
 typedef struct s_jit {
-    int on;
+    int on, hue_on;
     uint8_t order[3];
     float factor[3];
+    uint32_t hue_pos; /* hue runs after the first hue_pos of order[] */
+    float hue;
 } s_jit;
 
 static void s_jitter_draw(const eq_pipeline *p, eq_rng *r, s_jit *j)
 {
     const eq_pipeline_cfg *c = &p->cfg;
     j->on = c->aug == EQ_AUG_RRC && p->C == 3 &&
-            (c->jitter[0] > 0 || c->jitter[1] > 0 || c->jitter[2] > 0);
-    if (j->on) eq_color_jitter_params(r, c->jitter, j->order, j->factor);
+            (c->jitter[0] > 0 || c->jitter[1] > 0 || c->jitter[2] > 0 || c->hue > 0);
+    j->hue_on = j->on && c->hue > 0;
+    if (!j->on) return;
+    eq_color_jitter_params(r, c->jitter, j->order, j->factor);
+    if (j->hue_on) {
+        j->hue_pos = eq_rng_below(r, 4);
+        j->hue = eq_rng_uniform(r) * (2.0f * c->hue) - c->hue;
+    }
+}
+
+static void s_jitter_apply(const s_jit *j, uint8_t *img, uint32_t w, uint32_t h)
+{
+    if (!j->hue_on) {
+        eq_color_jitter_apply(img, w, h, j->order, j->factor);
+        return;
+    }
+    /* the ops before the hue, the hue, the ops after it (a factor of 1 is
+     * an exact identity of the blend) */
+    float before[3] = {1.0f, 1.0f, 1.0f}, after[3] = {1.0f, 1.0f, 1.0f};
+    for (uint32_t k = 0; k < 3; k++) {
+        int op = j->order[k];
+        if (k < j->hue_pos)
+            before[op] = j->factor[op];
+        else
+            after[op] = j->factor[op];
+    }
+    if (j->hue_pos > 0) eq_color_jitter_apply(img, w, h, j->order, before);
+    eq_adjust_hue(img, w, h, j->hue);
+    if (j->hue_pos < 3) eq_color_jitter_apply(img, w, h, j->order, after);
 }
 
 /* Encoded file -> out.  Returns EQ_OK or the reason in err. */
@@ -360,7 +396,7 @@ static eq_status s_encoded(eq_pipeline *p, eq_decoder *d, eq_rng *r, size_t inde
     eq_resize_src src = {dd.pix, dd.x0, dd.y0, dd.w, dd.h, 3};
     if (eq_resize_bilinear(&src, &g, out, &w->tmp, &w->tmp_cap, err) != EQ_OK) return err->code;
     if (flip) eq_hflip(out, p->W, p->H, 3);
-    if (jit.on) eq_color_jitter_apply(out, p->W, p->H, jit.order, jit.factor);
+    if (jit.on) s_jitter_apply(&jit, out, p->W, p->H);
     return EQ_OK;
 }
 
@@ -406,7 +442,7 @@ static eq_status s_memory(eq_pipeline *p, eq_decoder *d, eq_rng *r, size_t index
     eq_resize_src src = {px, 0, 0, wd, h, c};
     if (eq_resize_bilinear(&src, &g, out, &w->tmp, &w->tmp_cap, err) != EQ_OK) return err->code;
     if (flip) eq_hflip(out, p->W, p->H, c);
-    if (jit.on) eq_color_jitter_apply(out, p->W, p->H, jit.order, jit.factor);
+    if (jit.on) s_jitter_apply(&jit, out, p->W, p->H);
     return EQ_OK;
 }
 

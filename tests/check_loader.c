@@ -1175,6 +1175,49 @@ static void s_batch_free(eq_batch *b)
     free(b->replaced);
 }
 
+/* ColorJitter hue in the pipeline: same bytes on 1 and 4 threads, the
+ * colours move against the same pipeline without hue (same geometry: the
+ * hue draws come after it), and an out-of-range strength is refused. */
+START_TEST(test_pipeline_hue)
+{
+    char *dir = s_synth_dir(2, 4);
+    eq_err e = {0};
+    eq_dataset *ds = eq_dataset_open_imagefolder(dir, "train", 2, &e);
+    ck_assert_msg(ds != NULL, "%s", e.msg);
+    eq_pipeline_cfg cfg;
+    eq_pipeline_cfg_default(&cfg, "train", 32, 8, 7);
+    cfg.hflip = 0;
+    eq_pipeline *plain = eq_pipeline_new(ds, &cfg, 1, &e);
+    ck_assert_msg(plain != NULL, "%s", e.msg);
+    cfg.hue = 0.3f;
+    eq_pipeline *p1 = eq_pipeline_new(ds, &cfg, 1, &e), *p4 = eq_pipeline_new(ds, &cfg, 4, &e);
+    ck_assert_ptr_nonnull(p1);
+    ck_assert_ptr_nonnull(p4);
+    const size_t per = 32 * 32 * 3;
+    uint8_t *a = malloc(per), *b = malloc(per), *c = malloc(per);
+    int moved = 0;
+    for (size_t i = 0; i < eq_dataset_size(ds); i++) {
+        ck_assert_int_eq(eq_pipeline_sample(p1, NULL, 1, i, a, NULL, NULL, &e), EQ_OK);
+        ck_assert_int_eq(eq_pipeline_sample(p4, NULL, 1, i, b, NULL, NULL, &e), EQ_OK);
+        ck_assert(!memcmp(a, b, per));
+        ck_assert_int_eq(eq_pipeline_sample(plain, NULL, 1, i, c, NULL, NULL, &e), EQ_OK);
+        size_t diff = 0;
+        for (size_t k = 0; k < per; k++) diff += a[k] != c[k];
+        moved += diff > per / 4;
+    }
+    ck_assert_int_ge(moved, (int)eq_dataset_size(ds) - 1);
+    eq_pipeline_destroy(&p1);
+    eq_pipeline_destroy(&p4);
+    eq_pipeline_destroy(&plain);
+    cfg.hue = 0.6f;
+    ck_assert_ptr_null(eq_pipeline_new(ds, &cfg, 1, &e));
+    ck_assert_ptr_nonnull(strstr(e.msg, "hue"));
+    free(a), free(b), free(c);
+    eq_dataset_destroy(&ds);
+    eq_test_scratch_rm(dir);
+}
+END_TEST
+
 START_TEST(test_pipeline_determinism)
 {
     char *dir = s_synth_dir(3, 6);
@@ -1588,6 +1631,7 @@ static Suite *s_suite(void)
     t = tcase_create("pipeline");
     tcase_set_timeout(t, 20);
     tcase_add_test(t, test_pipeline_determinism);
+    tcase_add_test(t, test_pipeline_hue);
     tcase_add_test(t, test_pipeline_two_processes);
     tcase_add_test(t, test_pipeline_bad_files);
     tcase_add_test(t, test_pipeline_memory_sets);
