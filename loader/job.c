@@ -194,6 +194,9 @@ eq_status eq_loader_job_pipeline(const eq_msg_job *job, eq_pipeline_cfg *cfg, eq
                    !strcmp(kv->key, "jitter_saturation")) {
             if ((st = s_float_in(kv, 0, 100, &f, err))) return st;
             cfg->jitter[kv->key[7] == 'b' ? 0 : kv->key[7] == 'c' ? 1 : 2] = (float)f;
+        } else if (!strcmp(kv->key, "jitter_hue")) {
+            if ((st = s_float_in(kv, 0, 0.5, &f, err))) return st;
+            cfg->hue = (float)f;
         } else if (!strcmp(kv->key, "mix_block")) {
             if ((st = s_int_in(kv, 0, job->global_batch, &v, err))) return st;
             cfg->mix.block = (uint32_t)v;
@@ -222,7 +225,7 @@ eq_status eq_loader_job_pipeline(const eq_msg_job *job, eq_pipeline_cfg *cfg, eq
             return eq_err_set(err, EQ_ERR_INVALID,
                               "JOB: transform '%s' unknown (expected aug, hflip, scale_min, scale_max, ratio_min, "
                               "ratio_max, resize, pad, shuffle, dct_scale, max_pixels, jitter_brightness, "
-                              "jitter_contrast, jitter_saturation, mix_block)",
+                              "jitter_contrast, jitter_saturation, jitter_hue, mix_block)",
                               kv->key);
         }
     }
@@ -364,12 +367,13 @@ eq_status eq_loader_det_job(const eq_msg_job *job, eq_det_cfg *cfg, eq_err *err)
 void eq_loader_pipeline_fingerprint(const eq_pipeline_cfg *cfg, char *out, size_t cap)
 {
     snprintf(out, cap, "eq %s; libjpeg-turbo %s; libpng %s; zlib %s; dct_scale=%d; max_pixels=%" PRIu64
-             "; jitter=%.9g,%.9g,%.9g; mix_block=%u; batch_lambda=%d",
+             "; jitter=%.9g,%.9g,%.9g; hue=%.9g; mix_block=%u; batch_lambda=%d",
              PACKAGE_VERSION, S_STR(LIBJPEG_TURBO_VERSION), png_get_libpng_ver(NULL), zlibVersion(),
              /* the mode as the library reads it: any nonzero value but ANY is POW2 */
              cfg->dct_scale == EQ_DCT_OFF ? EQ_DCT_OFF : cfg->dct_scale == EQ_DCT_ANY ? EQ_DCT_ANY : EQ_DCT_POW2,
              cfg->max_pixels ? cfg->max_pixels : (uint64_t)EQ_DECODE_MAX_PIXELS_DEFAULT, (double)cfg->jitter[0],
-             (double)cfg->jitter[1], (double)cfg->jitter[2], cfg->mix.block, cfg->mix.batch_lambda ? 1 : 0);
+             (double)cfg->jitter[1], (double)cfg->jitter[2], (double)cfg->hue, cfg->mix.block,
+             cfg->mix.batch_lambda ? 1 : 0);
 }
 
 void eq_loader_det_fingerprint(const eq_det_cfg *cfg, char *out, size_t cap)
@@ -445,6 +449,7 @@ static const eq_config_key s_data_keys[] = {
                       "it to the per-rank share)"),
     EQ_CONFIG_FLOAT_LIST_KEY(eq_loader_data_cfg, jitter, njitter, "0, 0, 0", 3, 0, 100,
                              "train, rrc: ColorJitter brightness, contrast, saturation strengths (0 = off)"),
+    EQ_CONFIG_FLOAT_KEY(eq_loader_data_cfg, jitter_hue, "0", 0, 0.5, "train, rrc: ColorJitter hue strength (0 = off)"),
 };
 
 void eq_loader_config_sections(eq_loader_cfg *lc, eq_loader_data_cfg *dc, eq_config_section secs[2])
@@ -557,5 +562,6 @@ eq_status eq_loader_data_job(const eq_loader_data_cfg *dc, const char *split, eq
     static const char *const jit[3] = {"jitter_brightness", "jitter_contrast", "jitter_saturation"};
     for (size_t i = 0; train && aug == EQ_AUG_RRC && i < dc->njitter && i < 3; i++)
         if (dc->jitter[i] > 0) s_kv_float(j, jit[i], dc->jitter[i]);
+    if (train && aug == EQ_AUG_RRC && dc->jitter_hue > 0) s_kv_float(j, "jitter_hue", dc->jitter_hue);
     return EQ_OK;
 }

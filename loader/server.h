@@ -80,6 +80,7 @@ eq_dataset *eq_loader_open(const char *path, eq_ds_kind kind, const char *split,
  *              true/1 power-of-two scales, 2 any M/8 (EQ_DCT_*)
  *   max_pixels int   decompression-bomb limit (0 = default)
  *   jitter_brightness, jitter_contrast, jitter_saturation  float (rrc)
+ *   jitter_hue float (rrc) ColorJitter hue strength in [0, 0.5]
  *   mix_block  int   mixup/CutMix partners are drawn inside aligned blocks
  *              of this many positions (0 = the global batch); must
  *              divide global_batch
@@ -113,7 +114,7 @@ void eq_loader_det_fingerprint(const struct eq_det_cfg *cfg, char *out, size_t c
 
 /* The pipeline fingerprint sent in JOB_OK: library versions and the
  * options that change bytes without being visible in the sampler or the
- * JOB's own fields: dct_scale (0, 1, 2), max_pixels, jitter[3], mix.block,
+ * JOB's own fields: dct_scale (0, 1, 2), max_pixels, jitter[3], hue, mix.block,
  * mix.batch_lambda.  `out` gets at most `cap` bytes. */
 void eq_loader_pipeline_fingerprint(const eq_pipeline_cfg *cfg, char *out, size_t cap);
 
@@ -170,6 +171,7 @@ typedef struct eq_loader_data_cfg {
     int64_t mix_block;
     double jitter[3];
     size_t njitter;
+    double jitter_hue;
 } eq_loader_data_cfg;
 
 /* Section tables bound to the given structs (either may be NULL: that
@@ -182,7 +184,8 @@ void eq_loader_config_sections(eq_loader_cfg *lc, eq_loader_data_cfg *dc, eq_con
  * The train JOB also carries [data]'s mixup/CutMix settings (mixup_alpha,
  * cutmix_alpha, mix_prob, mix_switch_prob, mix_mode; transform mix_block
  * when nonzero) and jitter (transforms jitter_brightness, jitter_contrast,
- * jitter_saturation when nonzero); other splits never mix or jitter.
+ * jitter_saturation, jitter_hue when nonzero, rrc only); other splits
+ * never mix or jitter.
  * With aug "det" the JOB is a detection job: height = the largest of
  * min_sizes (train) or min_size_val, width = max_size, channels 3, and the
  * det transforms of eq_loader_det_job. */

@@ -857,6 +857,46 @@ START_TEST(server_det)
 }
 END_TEST
 
+/* [data]'s mixup/CutMix and jitter keys reach the train JOB and, through
+ * it, the pipeline config; val never mixes or jitters. */
+START_TEST(job_data_mix_keys)
+{
+    eq_loader_cfg lc;
+    eq_loader_data_cfg dc;
+    eq_config_section secs[2];
+    eq_loader_config_sections(&lc, &dc, secs);
+    const char *sets[] = {"data.aug_train=rrc", "data.height=32", "data.width=32", "data.channels=3",
+                          "data.global_batch=16", "data.mixup_alpha=0.4", "data.cutmix_alpha=1.0",
+                          "data.mix_prob=0.8", "data.mix_switch_prob=0.25", "data.mix_block=8",
+                          "data.jitter=0.4, 0, 0.2", "data.jitter_hue=0.1"};
+    eq_err e = {0};
+    ck_assert_msg(eq_config_parse_buffer(secs, 2, "(t)", "", 0, sets, 12, &e) == EQ_OK, "%s", e.msg);
+    eq_msg m;
+    ck_assert_int_eq(eq_loader_data_job(&dc, "train", &m, &e), EQ_OK);
+    ck_assert(m.u.job.mixup_alpha == 0.4 && m.u.job.cutmix_alpha == 1.0);
+    eq_pipeline_cfg pc;
+    ck_assert_msg(eq_loader_job_pipeline(&m.u.job, &pc, &e) == EQ_OK, "%s", e.msg);
+    ck_assert(pc.mix.mixup_alpha == 0.4f && pc.mix.cutmix_alpha == 1.0f && pc.mix.prob == 0.8f);
+    ck_assert(pc.mix.switch_prob == 0.25f && pc.mix.block == 8 && pc.mix.batch_lambda == 1);
+    ck_assert(pc.jitter[0] == 0.4f && pc.jitter[1] == 0 && pc.jitter[2] == 0.2f && pc.hue == 0.1f);
+    char fp[EQ_PROTO_TEXT_CAP];
+    eq_loader_pipeline_fingerprint(&pc, fp, sizeof fp);
+    ck_assert_msg(strstr(fp, "hue=0.1") != NULL, "%s", fp);
+    ck_assert_int_eq(eq_loader_data_job(&dc, "val", &m, &e), EQ_OK);
+    ck_assert(m.u.job.mixup_alpha == 0 && m.u.job.cutmix_alpha == 0);
+    ck_assert_int_eq(eq_loader_job_pipeline(&m.u.job, &pc, &e), EQ_OK);
+    ck_assert(pc.jitter[0] == 0 && pc.hue == 0 && pc.mix.block == 0);
+    /* out of range and det + mixing are refused */
+    const char *bad[] = {"data.jitter_hue=0.6"};
+    ck_assert_int_eq(eq_config_parse_buffer(secs, 2, "(t)", "", 0, bad, 1, &e), EQ_ERR_INVALID);
+    ck_assert_ptr_nonnull(strstr(e.msg, "jitter_hue"));
+    const char *det[] = {"data.aug_train=det", "data.mixup_alpha=0.2"};
+    ck_assert_int_eq(eq_config_parse_buffer(secs, 2, "(t)", "", 0, det, 2, &e), EQ_OK);
+    ck_assert_int_eq(eq_loader_data_job(&dc, "train", &m, &e), EQ_ERR_INVALID);
+    ck_assert_ptr_nonnull(strstr(e.msg, "mixup_alpha"));
+}
+END_TEST
+
 START_TEST(job_det_keys)
 {
     eq_loader_data_cfg dc;
@@ -933,6 +973,7 @@ static Suite *s_suite(void)
     suite_add_tcase(s, tc);
     tc = tcase_create("server");
     tcase_add_test(tc, job_det_keys);
+    tcase_add_test(tc, job_data_mix_keys);
     tcase_add_test(tc, server_det);
     tcase_set_timeout(tc, 20);
     suite_add_tcase(s, tc);
