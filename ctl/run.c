@@ -543,7 +543,7 @@ int eq_ctl_run_main(int argc, char **argv)
 
     /* Follow until the trainer exits (or a part fails, or Ctrl-C). */
     bool stopping = false;
-    uint64_t kill_at = 0; /* a rank failed: the others may be waiting for it in a collective */
+    uint64_t kill_at = 0; /* after a stop: ranks still alive then are killed (waiting for a dead peer or loader) */
     for (;;) {
         zmq_pollitem_t it[2] = { { sub_t, 0, ZMQ_POLLIN, 0 }, { sub_e, 0, ZMQ_POLLIN, 0 } };
         int np = zmq_poll(it, 2, 200);
@@ -565,6 +565,9 @@ int eq_ctl_run_main(int argc, char **argv)
             stopping = true;
             if (!json) fprintf(stderr, "%seqctl run: stopping (the trainer writes a checkpoint)\n", tty ? "\r\033[K" : "");
             s_signal_trainers(r, SIGTERM);
+            /* A rank waiting for data or for a dead peer cannot stop at a
+             * step boundary: give them a minute, then kill. */
+            kill_at = eq_clock_ms() + 60000;
         }
         /* A rank that failed while others run: they would wait for it. */
         for (int k = 0; k < r->ntr && !stopping && alive_tr < r->ntr; k++) {
@@ -599,6 +602,7 @@ int eq_ctl_run_main(int argc, char **argv)
             if (!json) fprintf(stderr, "%seqctl run: %s; stopping the trainer\n", tty ? "\r\033[K" : "", failed);
             stopping = true;
             s_signal_trainers(r, SIGTERM);
+            kill_at = eq_clock_ms() + 60000;
         }
     }
     int tst = r->ch[r->trainer].status; /* rank 0's, or the first rank that failed when rank 0 did not */

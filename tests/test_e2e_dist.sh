@@ -4,8 +4,9 @@
 # two data-parallel ranks (rendezvous, ring all-reduce; eq-eval counts every
 # val sample once), eval-only from a checkpoint and from pretrained weights
 # (with the report of what did not match), mixup from the loaders' plan to
-# the trainers' blend and loss, and a NaN loss (exit 4 from every rank at
-# the same step, the run fails saying so).  Every wait is bounded; about
+# the trainers' blend and loss, a NaN loss (exit 4 from every rank at the
+# same step, the run fails saying so), and Ctrl-C on two ranks (same step,
+# exit 3, checkpoint) then resuming on two ranks.  Every wait is bounded; about
 # 30 s in all on the shared 2-core machine.
 set -u
 
@@ -18,7 +19,15 @@ for p in eqctl eq-loader eq-eval eq-trainer; do
     fi
 done
 T=$(mktemp -d "${TMPDIR:-/tmp}/eq-e2e-dist-XXXXXX") || exit 1
-trap 'rm -rf "$T"' EXIT
+RUNPID=""
+cleanup() {
+    if [ -n "$RUNPID" ]; then
+        kill "$RUNPID" 2>/dev/null
+        wait "$RUNPID" 2>/dev/null
+    fi
+    rm -rf "$T"
+}
+trap cleanup EXIT
 trap 'exit 1' INT TERM
 
 fails=0
@@ -158,6 +167,59 @@ if [ -n "$e" ] && [ -s "$T/nan/epoch$((e - 1)).safetensors" ] && [ ! -e "$T/nan/
     ok "the last checkpoint is the end of epoch $((e - 1)); none of the failed epoch"
 else
     bad "checkpoints after the NaN: $(ls "$T/nan")"
+fi
+
+# 6. Ctrl-C on two ranks: both stop at the same step, rank 0 writes the
+# checkpoint, exit 3; two ranks resume from it at that step.
+"$CTL" run "$T/tiny.cfg" --ranks 2 --set schedule.epochs=1000 --set train.eval_every=0 \
+    --set "train.out_dir=$T/int" >"$T/r6.out" 2>"$T/r6.err" &
+RUNPID=$!
+i=0
+while [ $i -lt 300 ] && ! grep -q '"kind":"train"' "$T/int/metrics.jsonl" 2>/dev/null; do
+    sleep 0.1
+    i=$((i + 1))
+done
+kill -INT "$RUNPID"
+i=0
+while [ $i -lt 300 ] && kill -0 "$RUNPID" 2>/dev/null; do
+    sleep 0.1
+    i=$((i + 1))
+done
+if kill -0 "$RUNPID" 2>/dev/null; then
+    kill -KILL "$RUNPID"
+    bad "two ranks did not stop within 30 s of SIGINT"
+fi
+wait "$RUNPID"
+rc=$?
+RUNPID=""
+pat='stopped a[a-z]* epoch [0-9]*\( step [0-9]*\)*'
+a0=$(grep -o "$pat" "$T/int/logs/trainer.log")
+a1=$(grep -o "$pat" "$T/int/logs/trainer1.log")
+if [ $rc -eq 3 ] && [ -n "$a0" ] && [ "$a0" = "$a1" ] && [ -s "$T/int/last.safetensors" ]; then
+    ok "SIGINT on two ranks: both $a0, exit 3, checkpoint"
+else
+    bad "SIGINT on two ranks: exit $rc, rank 0 '$a0', rank 1 '$a1'"
+    cat "$T/r6.out" "$T/r6.err"
+    dump "$T/int/logs/trainer.log" "$T/int/logs/trainer1.log"
+fi
+# "stopped at epoch E step S" resumes there; "stopped after epoch E" at E+1 step 0
+case "$a0" in
+"stopped at epoch "*) e=$(echo "$a0" | sed 's/.*epoch \([0-9]*\) step.*/\1/'); st=$(echo "$a0" | sed 's/.*step \([0-9]*\)/\1/') ;;
+"stopped after epoch "*) e=$(($(echo "$a0" | sed 's/.*epoch \([0-9]*\)/\1/') + 1)); st=0 ;;
+*) e="" ;;
+esac
+if [ -n "$e" ]; then
+    timeout 120 "$CTL" run "$T/tiny.cfg" --ranks 2 --resume "$T/int/last.safetensors" --set "schedule.epochs=$((e + 1))" \
+        --set "train.out_dir=$T/int" >"$T/r7.out" 2>"$T/r7.err"
+    rc=$?
+    if [ $rc -eq 0 ] && grep -q "resumed from .* at epoch $e step $st" "$T/int/logs/trainer1.log" &&
+        grep -q "\"epoch\":$e,\"top1\"" "$T/int/eval.jsonl"; then
+        ok "two ranks resume at epoch $e step $st and finish the epoch"
+    else
+        bad "resume on two ranks: exit $rc"
+        cat "$T/r7.out" "$T/r7.err"
+        dump "$T/int/logs/trainer.log" "$T/int/logs/trainer1.log"
+    fi
 fi
 
 sleep 0.2
