@@ -46,6 +46,7 @@ static const char *const s_grad_type_choices[] = {"none", "STE", "Triangle", "ST
 static const char *const s_grad_scale_choices[] = {"none",          "fan-scale",     "scale-fan",
                                                    "element-scale", "scale-element", NULL};
 static const char *const s_custom_choices[] = {"none", "channel", "resolution", NULL};
+static const char *const s_lq_codes_choices[] = {"floor", "zero", NULL};
 
 #define Q eq_model_quant_cfg
 static const eq_config_key s_quant_keys[] = {
@@ -72,6 +73,8 @@ static const eq_config_key s_quant_keys[] = {
     EQ_CONFIG_BOOL_KEY(Q, exact_grad_scale, "false", "apply grad-scale factors f with int(f) == 1 (the original skips them)"),
     EQ_CONFIG_BOOL_KEY(Q, warmup_train_only, "false", "eval forwards never count, warm up or return x"),
     EQ_CONFIG_FLOAT_KEY(Q, norm_eps, "0", 0.0, 1.0, "var-mean epsilon (0 in the original)"),
+    EQ_CONFIG_ENUM_KEY(Q, lq_codes, "floor", s_lq_codes_choices,
+                       "lqnet: codes the basis update sees (zero = the original under torch >= 1.5)"),
 };
 #undef Q
 
@@ -121,6 +124,7 @@ static eq_status s_quant_opts(const eq_model_quant_cfg *c, eq_quant_tag tag, eq_
     SET("exact_grad_scale", "%s", B(c->exact_grad_scale));
     SET("warmup_train_only", "%s", B(c->warmup_train_only));
     SET("norm_eps", "%.17g", c->norm_eps);
+    SET("lq_codes", "%s", s_lq_codes_choices[c->lq_codes]);
 #undef SET
 #undef B
     return EQ_OK;

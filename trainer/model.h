@@ -78,6 +78,7 @@ typedef struct eq_model_quant_cfg {
     double correlate;
     bool exact_grad_scale, warmup_train_only;
     double norm_eps;
+    int lq_codes; /* index into {floor, zero} */
 } eq_model_quant_cfg;
 
 /* Fill secs[0..2] with the [model], [quant.wt], [quant.fm] sections writing
