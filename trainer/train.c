@@ -473,30 +473,29 @@ static void s_control(eq_train *t)
     }
 }
 
-/* uint8 NHWC -> fp32 (x/255 - mean)/std into x_host, labels into y_host;
- * rows past b->count are zero (a padded val batch). */
-static eq_status s_stage(eq_train *t, const eq_feeder_batch *b, eq_err *err)
+eq_status eq_train_stage(const eq_feeder_batch *b, int64_t rows, int64_t classes, const double *mean,
+                         const double *std, float *dst, int32_t *ya, int32_t *yb, float *lam, bool *mixed,
+                         eq_err *err)
 {
-    if (b->h != t->H || b->w != t->W || b->c != t->C)
-        return eq_err_set(err, EQ_ERR_PROTO, "batch of %ux%ux%u images, the model wants %" PRId64 "x%" PRId64 "x%" PRId64,
-                          b->h, b->w, b->c, t->H, t->W, t->C);
-    size_t per = (size_t)(t->H * t->W * t->C), n = (size_t)b->count * per;
+    if (b->count > rows || b->c < 1 || b->c > 16)
+        return eq_err_set(err, EQ_ERR_PROTO, "batch of %u samples with %u channels for %" PRId64 " rows", b->count, b->c,
+                          rows);
+    const size_t C = b->c, per = (size_t)b->h * b->w * C, n = (size_t)b->count * per;
     float scale[16], shift[16];
-    for (int64_t c = 0; c < t->C; c++) {
-        scale[c] = (float)(1.0 / (255.0 * t->x.train.std[c]));
-        shift[c] = (float)(-t->x.train.mean[c] / t->x.train.std[c]);
+    for (size_t c = 0; c < C; c++) {
+        scale[c] = (float)(1.0 / (255.0 * std[c]));
+        shift[c] = (float)(-mean[c] / std[c]);
     }
     const uint8_t *src = b->images;
-    float *dst = t->x_host;
-    if (t->C == 1) {
+    if (C == 1) {
         for (size_t i = 0; i < n; i++) dst[i] = (float)src[i] * scale[0] + shift[0];
     } else {
         for (size_t i = 0; i < n; i++) {
-            size_t c = i % (size_t)t->C;
+            size_t c = i % C;
             dst[i] = (float)src[i] * scale[c] + shift[c];
         }
     }
-    memset(dst + n, 0, ((size_t)t->B * per - n) * sizeof(float));
+    memset(dst + n, 0, ((size_t)rows * per - n) * sizeof(float));
     for (uint32_t i = 0; i < b->count; i++) {
         int64_t y;
         if (b->labels_i64) {
@@ -506,47 +505,61 @@ static eq_status s_stage(eq_train *t, const eq_feeder_batch *b, eq_err *err)
             memcpy(&y32, (const uint8_t *)b->labels + 4 * (size_t)i, 4);
             y = y32;
         }
-        if (y < 0 || y >= t->classes)
+        if (y < 0 || y >= classes)
             return eq_err_set(err, EQ_ERR_INVALID,
                               "epoch %" PRIu64 " step %" PRIu64 ": label %" PRId64 " of sample %u outside [0, %" PRId64
                               ") (set [model] num_classes)",
-                              b->epoch, b->step, y, i, t->classes);
-        t->y_host[i] = (int32_t)y;
+                              b->epoch, b->step, y, i, classes);
+        ya[i] = (int32_t)y;
     }
-    for (int64_t i = b->count; i < t->B; i++) t->y_host[i] = 0;
+    for (int64_t i = b->count; i < rows; i++) ya[i] = 0;
     /* Mixup/CutMix from the plan in the BATCH (DESIGN.md): the partner's
      * label and the sample's own weight for the loss; for mixup also the
      * image blend, done here in fp32 from the uint8 bytes (CutMix images
      * arrive pasted). */
-    t->mixed = b->mix && b->mix[0] && b->mix_index && b->mix_lambda;
-    if (t->mixed) {
+    *mixed = b->mix && b->mix[0] && b->mix_index && b->mix_lambda;
+    if (*mixed) {
         bool blend = !strcmp(b->mix, "mixup");
         for (uint32_t i = 0; i < b->count; i++) {
             int32_t j;
-            float lam;
+            float lam_i;
             memcpy(&j, (const uint8_t *)b->mix_index + 4 * (size_t)i, 4);
-            memcpy(&lam, (const uint8_t *)b->mix_lambda + 4 * (size_t)i, 4);
-            if (j < 0 || (uint32_t)j >= b->count || !(lam >= 0.0f && lam <= 1.0f))
+            memcpy(&lam_i, (const uint8_t *)b->mix_lambda + 4 * (size_t)i, 4);
+            if (j < 0 || (uint32_t)j >= b->count || !(lam_i >= 0.0f && lam_i <= 1.0f))
                 return eq_err_set(err, EQ_ERR_PROTO,
                                   "epoch %" PRIu64 " step %" PRIu64 ": sample %u: mix partner %d or lambda %g invalid",
-                                  b->epoch, b->step, i, j, (double)lam);
-            t->yb_host[i] = t->y_host[j];
-            t->lam_host[i] = lam;
+                                  b->epoch, b->step, i, j, (double)lam_i);
+            yb[i] = ya[j];
+            lam[i] = lam_i;
             if (!blend) continue;
             const uint8_t *a = src + (size_t)i * per, *p = src + (size_t)j * per;
             float *d = dst + (size_t)i * per;
             for (size_t k = 0; k < per; k++) {
-                size_t c = k % (size_t)t->C;
+                size_t c = k % C;
                 float va = (float)a[k] * scale[c] + shift[c], vb = (float)p[k] * scale[c] + shift[c];
-                d[k] = lam * va + (1.0f - lam) * vb;
+                d[k] = lam_i * va + (1.0f - lam_i) * vb;
             }
         }
-        for (int64_t i = b->count; i < t->B; i++) {
-            t->yb_host[i] = 0;
-            t->lam_host[i] = 1.0f;
+        for (int64_t i = b->count; i < rows; i++) {
+            yb[i] = 0;
+            lam[i] = 1.0f;
         }
     }
-    eq_status st = eq_backend_upload(t->be, t->x_dev, t->x_host, (size_t)t->B * per * sizeof(float), err);
+    return EQ_OK;
+}
+
+/* Stage batch b on the device (eq_train_stage into the host buffers, then
+ * upload). */
+static eq_status s_stage(eq_train *t, const eq_feeder_batch *b, eq_err *err)
+{
+    if (b->h != t->H || b->w != t->W || b->c != t->C)
+        return eq_err_set(err, EQ_ERR_PROTO, "batch of %ux%ux%u images, the model wants %" PRId64 "x%" PRId64 "x%" PRId64,
+                          b->h, b->w, b->c, t->H, t->W, t->C);
+    eq_status st = eq_train_stage(b, t->B, t->classes, t->x.train.mean, t->x.train.std, t->x_host, t->y_host,
+                                  t->yb_host, t->lam_host, &t->mixed, err);
+    if (st) return st;
+    size_t per = (size_t)(t->H * t->W * t->C);
+    st = eq_backend_upload(t->be, t->x_dev, t->x_host, (size_t)t->B * per * sizeof(float), err);
     if (!st) st = eq_backend_upload(t->be, t->y_dev, t->y_host, (size_t)t->B * sizeof(int32_t), err);
     if (!st && t->mixed) st = eq_backend_upload(t->be, t->yb_dev, t->yb_host, (size_t)t->B * sizeof(int32_t), err);
     if (!st && t->mixed) st = eq_backend_upload(t->be, t->lam_dev, t->lam_host, (size_t)t->B * sizeof(float), err);

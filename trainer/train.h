@@ -69,6 +69,7 @@
 #include "core/config.h"
 #include "core/status.h"
 #include "loader/server.h"
+#include "trainer/feeder.h"
 #include "trainer/model.h"
 #include "trainer/optim.h"
 
@@ -154,6 +155,20 @@ bool eq_train_diverged(const eq_train *self);
 
 /* Ask the loop to stop after the current step.  Async-signal-safe. */
 void eq_train_stop(eq_train *self);
+
+/* Convert a batch to the model's input on the host (what each step does
+ * before uploading): dst [rows][h][w][c] fp32 (x/255 - mean[c]) / std[c],
+ * rows past b->count zero; ya[rows] the labels (0 past b->count).  With a
+ * mix plan (b->mix non-empty) *mixed is true, yb[i] is the partner's label,
+ * lam[i] the sample's own weight (1 past b->count), and for "mixup"
+ * dst[i] = lam[i] * x_i + (1 - lam[i]) * x_partner in fp32 from the uint8
+ * bytes (CutMix images arrive pasted); otherwise yb and lam are untouched.
+ * mean/std have b->c values.  Errors: EQ_ERR_INVALID for a label outside
+ * [0, classes) naming the sample; EQ_ERR_PROTO for a partner or lambda out
+ * of range or more samples than rows.  Touches only its arguments. */
+eq_status eq_train_stage(const eq_feeder_batch *b, int64_t rows, int64_t classes, const double *mean,
+                         const double *std, float *dst, int32_t *ya, int32_t *yb, float *lam, bool *mixed,
+                         eq_err *err);
 
 /* Bound endpoints ("" when not bound). */
 const char *eq_train_pub_endpoint(const eq_train *self);
