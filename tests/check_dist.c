@@ -588,7 +588,9 @@ START_TEST(test_ranks_equal_iter_size)
     snprintf(out2, sizeof out2, "train.out_dir=%s/one", dir);
     char dsarg[4300];
     snprintf(dsarg, sizeof dsarg, "tiny=%s", path);
-    char *lav[] = { "eq-loader", "--bind", ld_ep, "--threads", "1", "--dataset", dsarg, NULL };
+    char ld_ctl[4300];
+    snprintf(ld_ctl, sizeof ld_ctl, "ipc://%s/loader.ctl", dir); /* not the default TCP port: tests run in parallel */
+    char *lav[] = { "eq-loader", "--bind", ld_ep, "--control", ld_ctl, "--threads", "1", "--dataset", dsarg, NULL };
     snprintf(logp, sizeof logp, "%s/loader.log", dir);
     pid_t ld = s_spawn(lav, logp);
     /* two ranks, global batch 16: each rank 8 samples per step */
