@@ -50,6 +50,7 @@ typedef struct s_cmd {
 #define S_U_VERSION "[--json]"
 #define S_U_KEYGEN "NAME"
 #define S_U_CONTROL "ENDPOINT [--json] [--timeout-ms N] [--server-key FILE --key FILE]"
+#define S_U_CONTROL_ARG "TRAINER_CONTROL_EP LOADER_EP [--json] [--timeout-ms N] [--server-key FILE --key FILE]"
 #define S_U_BATCH                                                                                          \
     "[--loader ENDPOINT] [--config FILE] [--set SECTION.KEY=VALUE] [--dataset NAME] [--split train|val]\n"  \
     "       [--epoch E] [--step S] [--offset O] [--count N] [--batch G] [--size HxW] [--channels C]\n"     \
@@ -186,7 +187,10 @@ static int s_keygen(int argc, char **argv)
 
 /* ---------------------------------------------------- control: status, stop */
 
-static int s_control(const char *cmdname, const char *command, int argc, char **argv, int json_default)
+/* Send COMMAND (with " ARG" appended when `with_arg`: the second positional
+ * argument) to the control socket ENDPOINT and print the answer. */
+static int s_control(const char *cmdname, const char *command, int argc, char **argv, int json_default,
+                     int with_arg)
 {
     static const struct option o[] = {{"json", no_argument, 0, 'j'},
                                       {"timeout-ms", required_argument, 0, 't'},
@@ -196,7 +200,7 @@ static int s_control(const char *cmdname, const char *command, int argc, char **
     int json = json_default, c;
     uint64_t timeout = 5000;
     s_curve cv = {0};
-    static const char *usage = S_U_CONTROL;
+    const char *usage = with_arg ? S_U_CONTROL_ARG : S_U_CONTROL;
     while ((c = getopt_long(argc, argv, "", o, NULL)) != -1) {
         switch (c) {
         case 'j': json = 1; break;
@@ -208,8 +212,15 @@ static int s_control(const char *cmdname, const char *command, int argc, char **
         default: return s_usage_err(cmdname, usage);
         }
     }
-    if (optind != argc - 1) return s_usage_err(cmdname, usage);
+    if (optind != argc - 1 - (with_arg ? 1 : 0)) return s_usage_err(cmdname, usage);
     const char *ep = argv[optind];
+    char full[512];
+    if (with_arg) {
+        const char *arg = argv[optind + 1];
+        if (!*arg || strchr(arg, ' ') || snprintf(full, sizeof full, "%s %s", command, arg) >= (int)sizeof full)
+            return s_fail("%s: '%s' is not a single endpoint", cmdname, arg);
+        command = full;
+    }
     eq_err e = {0};
     void *ctx = zmq_ctx_new();
     void *s = s_connect(ctx, ZMQ_DEALER, ep, &cv, (int)timeout, &e);
@@ -254,6 +265,8 @@ static int s_control(const char *cmdname, const char *command, int argc, char **
         s_fail("%s: %s", ep, er && eq_json_str(er, NULL) ? eq_json_str(er, NULL) : buf);
     } else if (!strcmp(command, "stop")) {
         printf("%s: stopping\n", ep);
+    } else if (with_arg) {
+        printf("%s: %s: ok\n", ep, command);
     } else {
         /* A readable summary of the status object. */
         for (size_t i = 0; i < eq_json_len(root); i++) {
@@ -294,12 +307,24 @@ out:
 
 static int s_status(int argc, char **argv)
 {
-    return s_control("status", "status", argc, argv, 0);
+    return s_control("status", "status", argc, argv, 0, 0);
 }
 
 static int s_stop(int argc, char **argv)
 {
-    return s_control("stop", "stop", argc, argv, 0);
+    return s_control("stop", "stop", argc, argv, 0, 0);
+}
+
+/* A running eq-trainer's loaders: `add-loader EP` / `remove-loader EP` on
+ * its control socket (doc/eq-trainer.md). */
+static int s_loader_add(int argc, char **argv)
+{
+    return s_control("loader add", "add-loader", argc, argv, 0, 1);
+}
+
+static int s_loader_remove(int argc, char **argv)
+{
+    return s_control("loader remove", "remove-loader", argc, argv, 0, 1);
 }
 
 /* ------------------------------------------------------------ batch get */
@@ -1447,6 +1472,9 @@ static const s_cmd s_cmds[] = {
     {"keygen", s_keygen, "write a CURVE key pair NAME.pub and NAME.key", S_U_KEYGEN},
     {"status", s_status, "a daemon's status from its control socket", S_U_CONTROL},
     {"stop", s_stop, "ask a daemon to stop (control socket)", S_U_CONTROL},
+    {"loader add", s_loader_add, "a running trainer starts using one more eq-loader", S_U_CONTROL_ARG},
+    {"loader remove", s_loader_remove, "a running trainer stops using an eq-loader (its requests go elsewhere)",
+     S_U_CONTROL_ARG},
     {"batch get", s_batch_get, "fetch one batch from a loader, print a summary, write PNG/safetensors", S_U_BATCH},
     {"dataset synth", s_dataset_synth, "write a synthetic JPEG ImageFolder (or, with --coco, a COCO-format set)",
      S_U_SYNTH},

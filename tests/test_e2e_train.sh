@@ -189,6 +189,54 @@ else
     fi
 fi
 
+# 7. eqctl loader remove / add on a running trainer's control socket: the
+# trainer stops using loader 1 and takes it back, the run still counts
+# every val sample once per epoch; an unknown loader is refused (exit 1).
+"$CTL" run "$T/tiny.cfg" --loaders 2 --set schedule.epochs=25 --set "train.out_dir=$T/out7" \
+    >"$T/run7.out" 2>"$T/run7.err" &
+RUNPID=$!
+i=0
+while [ $i -lt 300 ] && ! grep -q '"kind":"train"' "$T/out7/metrics.jsonl" 2>/dev/null; do
+    sleep 0.1
+    i=$((i + 1))
+done
+TCMD=$(pgrep -af "eq-trainer.*$T/out7" | head -n 1)
+TCTL=$(printf '%s\n' "$TCMD" | sed -n 's/.* --control \([^ ]*\).*/\1/p')
+# eqctl run puts every socket in one directory: loader1 beside trainer.ctl.
+L1=""
+case "$TCTL" in */trainer.ctl) L1=${TCTL%/trainer.ctl}/loader1 ;; esac
+if [ -n "$TCTL" ] && [ -n "$L1" ] && "$CTL" loader remove "$TCTL" "$L1" >"$T/rm7.out" 2>&1 &&
+    "$CTL" loader add "$TCTL" "$L1" >"$T/add7.out" 2>&1; then
+    if "$CTL" loader remove "$TCTL" ipc://nowhere >"$T/rm7b.out" 2>&1; then
+        bad "eqctl loader remove of an unknown loader succeeded"
+    else
+        ok "eqctl loader remove/add on a running trainer; an unknown loader refused"
+    fi
+else
+    bad "eqctl loader remove/add: ctl '$TCTL' loader '$L1': $(cat "$T/rm7.out" "$T/add7.out" 2>/dev/null)"
+fi
+i=0
+while [ $i -lt 900 ] && kill -0 "$RUNPID" 2>/dev/null; do
+    sleep 0.1
+    i=$((i + 1))
+done
+if kill -0 "$RUNPID" 2>/dev/null; then
+    bad "remove/add run did not finish within 90 s"
+else
+    wait "$RUNPID"
+    rc=$?
+    RUNPID=""
+    n=$(grep -c '"samples":32,' "$T/out7/eval.jsonl" 2>/dev/null)
+    if [ $rc -eq 0 ] && [ "$n" = 25 ] && grep -q "removed loader" "$T/out7/logs/trainer.log" &&
+        grep -q "added loader" "$T/out7/logs/trainer.log"; then
+        ok "a loader removed and added back at run time: 25 epochs of 32 val samples counted once"
+    else
+        bad "remove/add a loader: exit $rc, $n complete evaluations"
+        cat "$T/run7.out" "$T/run7.err"
+        dump "$T/out7/logs/trainer.log" "$T/out7/eval.jsonl"
+    fi
+fi
+
 # No process of ours is left behind.
 sleep 0.2
 if pgrep -f "$T/" >/dev/null 2>&1; then bad "processes left: $(pgrep -af "$T/")"; else ok "no process left"; fi
