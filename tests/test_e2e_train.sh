@@ -237,6 +237,17 @@ else
     fi
 fi
 
+# 8. A detection job ([data] aug_train = det) is refused by the trainer
+# before it asks any loader: it has class labels to train on only.
+if "$B/eq-trainer" --config "$T/tiny.cfg" --set data.aug_train=det --loaders "ipc://$T/none" \
+    >"$T/det8.out" 2>&1; then
+    bad "eq-trainer accepted aug_train = det"
+elif grep -q "aug_train = det" "$T/det8.out"; then
+    ok "eq-trainer refuses a detection job, naming [data] aug_train"
+else
+    bad "aug_train = det: $(cat "$T/det8.out")"
+fi
+
 # No process of ours is left behind.
 sleep 0.2
 if pgrep -f "$T/" >/dev/null 2>&1; then bad "processes left: $(pgrep -af "$T/")"; else ok "no process left"; fi

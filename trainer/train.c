@@ -275,6 +275,15 @@ eq_train *eq_train_new(const eq_experiment *x, const eq_train_opts *o, eq_err *e
         goto fail;
     }
     t->B = t->G / t->world;
+    /* aug "det" makes detection batches: image ids, boxes and masks, no
+     * class labels to train a classifier on. */
+    if (x->data.aug_train == EQ_AUG_DET || x->data.aug_val == EQ_AUG_DET) {
+        eq_err_set(err, EQ_ERR_INVALID,
+                   "[data] aug_%s = det: eq-trainer trains classifiers; detection batches (COCO) have no "
+                   "trainer yet",
+                   x->data.aug_train == EQ_AUG_DET ? "train" : "val");
+        goto fail;
+    }
     if (t->world > 1 && t->rank == 0 && !(o->control && *o->control)) {
         eq_err_set(err, EQ_ERR_INVALID, "rank 0 of %d needs a control endpoint (--control): the others join there",
                    t->world);
