@@ -504,42 +504,24 @@ static void s_det_colour(int32_t cls, uint8_t rgb[3])
     for (int i = 0; i < 3; i++) rgb[i] = (uint8_t)c[i];
 }
 
-static int32_t s_rd32(const void *p, size_t i)
-{
-    int32_t v;
-    memcpy(&v, (const uint8_t *)p + 4 * i, 4);
-    return v;
-}
-static float s_rdf(const void *p, size_t i)
-{
-    float v;
-    memcpy(&v, (const uint8_t *)p + 4 * i, 4);
-    return v;
-}
-static int64_t s_rd64(const void *p, size_t i)
-{
-    int64_t v;
-    memcpy(&v, (const uint8_t *)p + 8 * i, 8);
-    return v;
-}
 
 /* Image i of a detection batch as a PNG with its boxes and mask outlines. */
 static eq_status s_det_png(const char *dir, const eq_det_view *v, const void *const *fr, uint32_t i, int box_format,
                            eq_err *e)
 {
-    int32_t h = s_rd32(fr[v->sizes], 2 * (size_t)i), w = s_rd32(fr[v->sizes], 2 * (size_t)i + 1);
+    int32_t h = eq_det_i32(fr[v->sizes], 2 * (size_t)i), w = eq_det_i32(fr[v->sizes], 2 * (size_t)i + 1);
     uint8_t *pix = malloc((size_t)h * w * 3);
     if (!pix) return eq_err_set(e, EQ_ERR_NOMEM, "--png: out of memory");
     const uint8_t *im = (const uint8_t *)fr[v->images] + (size_t)i * v->H * v->W * 3;
     for (int32_t y = 0; y < h; y++) memcpy(pix + (size_t)y * w * 3, im + (size_t)y * v->W * 3, (size_t)w * 3);
-    int32_t k0 = s_rd32(fr[v->box_off], i), k1 = s_rd32(fr[v->box_off], (size_t)i + 1);
+    int32_t k0 = eq_det_i32(fr[v->box_off], i), k1 = eq_det_i32(fr[v->box_off], (size_t)i + 1);
     eq_status st = EQ_OK;
     for (int32_t k = k0; k < k1 && v->masks && !st; k++) {
         uint8_t kind = ((const uint8_t *)fr[v->mask_kind])[k];
         if (kind == EQ_DET_MASK_NONE) continue;
-        int32_t rx = s_rd32(fr[v->mask_rects], 4 * (size_t)k), ry = s_rd32(fr[v->mask_rects], 4 * (size_t)k + 1);
-        int32_t rw = s_rd32(fr[v->mask_rects], 4 * (size_t)k + 2), rh = s_rd32(fr[v->mask_rects], 4 * (size_t)k + 3);
-        int64_t o0 = s_rd64(fr[v->mask_off], (size_t)k), o1 = s_rd64(fr[v->mask_off], (size_t)k + 1);
+        int32_t rx = eq_det_i32(fr[v->mask_rects], 4 * (size_t)k), ry = eq_det_i32(fr[v->mask_rects], 4 * (size_t)k + 1);
+        int32_t rw = eq_det_i32(fr[v->mask_rects], 4 * (size_t)k + 2), rh = eq_det_i32(fr[v->mask_rects], 4 * (size_t)k + 3);
+        int64_t o0 = eq_det_i64(fr[v->mask_off], (size_t)k), o1 = eq_det_i64(fr[v->mask_off], (size_t)k + 1);
         uint8_t *m = malloc((size_t)rw * rh);
         if (!m) {
             st = eq_err_set(e, EQ_ERR_NOMEM, "--png: out of memory");
@@ -548,7 +530,7 @@ static eq_status s_det_png(const char *dir, const eq_det_view *v, const void *co
         st = eq_det_mask_decode(kind, (uint32_t)rw, (uint32_t)rh, (const uint8_t *)fr[v->mask_data] + o0,
                                 (size_t)(o1 - o0), m, e);
         uint8_t rgb[3];
-        s_det_colour(s_rd32(fr[v->classes], (size_t)k), rgb);
+        s_det_colour(eq_det_i32(fr[v->classes], (size_t)k), rgb);
         for (int q = 0; q < 3; q++) rgb[q] = (uint8_t)((rgb[q] + 255) / 2);
         /* outline: a mask pixel with a 4-neighbour outside the mask */
         for (int32_t x = 0; x < rw && !st; x++)
@@ -562,7 +544,7 @@ static eq_status s_det_png(const char *dir, const eq_det_view *v, const void *co
     }
     for (int32_t k = k0; k < k1 && !st; k++) {
         float b[4];
-        for (int q = 0; q < 4; q++) b[q] = s_rdf(fr[v->boxes], 4 * (size_t)k + q);
+        for (int q = 0; q < 4; q++) b[q] = eq_det_f32(fr[v->boxes], 4 * (size_t)k + q);
         if (box_format == EQ_BOX_XYWH) b[2] += b[0], b[3] += b[1];
         if (box_format == EQ_BOX_CXCYWH) {
             float cx = b[0], cy = b[1];
@@ -575,7 +557,7 @@ static eq_status s_det_png(const char *dir, const eq_det_view *v, const void *co
         y0 = y0 < 0 ? 0 : y0 >= h ? h - 1 : y0;
         y1 = y1 < 0 ? 0 : y1 >= h ? h - 1 : y1;
         uint8_t rgb[3];
-        s_det_colour(s_rd32(fr[v->classes], (size_t)k), rgb);
+        s_det_colour(eq_det_i32(fr[v->classes], (size_t)k), rgb);
         if (((const uint8_t *)fr[v->crowd])[k]) rgb[0] = rgb[1] = rgb[2] = 255; /* crowd: white */
         for (int32_t x = x0; x <= x1; x++) {
             memcpy(pix + ((size_t)y0 * w + x) * 3, rgb, 3);
@@ -588,7 +570,7 @@ static eq_status s_det_png(const char *dir, const eq_det_view *v, const void *co
     }
     if (!st) {
         char path[4200];
-        snprintf(path, sizeof path, "%s/%03u_%" PRId64 ".png", dir, i, s_rd64(fr[v->image_ids], i));
+        snprintf(path, sizeof path, "%s/%03u_%" PRId64 ".png", dir, i, eq_det_i64(fr[v->image_ids], i));
         st = s_write_grid(path, pix, 1, (uint32_t)h, (uint32_t)w, 3, e);
     }
     free(pix);
@@ -616,7 +598,7 @@ static int s_det_report(const eq_proto_recvd *r, const char *loader, const char 
             rles += kind == EQ_DET_MASK_RLE;
         }
     }
-    for (uint32_t i = 0; i < v.n; i++) dropped += (uint64_t)s_rd32(fr[v.dropped], i);
+    for (uint32_t i = 0; i < v.n; i++) dropped += (uint64_t)eq_det_i32(fr[v.dropped], i);
     uint64_t sum = eq_proto_hash64(fr[v.images], fs[v.images]);
     if (json) {
         printf("{\"loader\":");
@@ -639,10 +621,10 @@ static int s_det_report(const eq_proto_recvd *r, const char *loader, const char 
         for (uint32_t i = 0; i < v.n; i++)
             printf("%s{\"id\":%" PRId64 ",\"size\":[%d,%d],\"scale\":[%.9g,%.9g],\"flipped\":%s,\"boxes\":%d,"
                    "\"dropped\":%d}",
-                   i ? "," : "", s_rd64(fr[v.image_ids], i), s_rd32(fr[v.sizes], 2 * (size_t)i),
-                   s_rd32(fr[v.sizes], 2 * (size_t)i + 1), (double)s_rdf(fr[v.scales], 2 * (size_t)i),
-                   (double)s_rdf(fr[v.scales], 2 * (size_t)i + 1), ((const uint8_t *)fr[v.flipped])[i] ? "true" : "false",
-                   s_rd32(fr[v.box_off], (size_t)i + 1) - s_rd32(fr[v.box_off], i), s_rd32(fr[v.dropped], i));
+                   i ? "," : "", eq_det_i64(fr[v.image_ids], i), eq_det_i32(fr[v.sizes], 2 * (size_t)i),
+                   eq_det_i32(fr[v.sizes], 2 * (size_t)i + 1), (double)eq_det_f32(fr[v.scales], 2 * (size_t)i),
+                   (double)eq_det_f32(fr[v.scales], 2 * (size_t)i + 1), ((const uint8_t *)fr[v.flipped])[i] ? "true" : "false",
+                   eq_det_i32(fr[v.box_off], (size_t)i + 1) - eq_det_i32(fr[v.box_off], i), eq_det_i32(fr[v.dropped], i));
         printf("],\"boxes\":%u,\"crowd\":%" PRIu64 ",\"dropped\":%" PRIu64 ",\"masks\":%s,\"mask_bytes\":%" PRIu64
                ",\"replaced\":[",
                v.nbox, crowd, dropped, v.masks ? "true" : "false", v.mask_bytes);
@@ -661,10 +643,10 @@ static int s_det_report(const eq_proto_recvd *r, const char *loader, const char 
         printf("\n");
         for (uint32_t i = 0; i < v.n; i++)
             printf("image %3u  id %-10" PRId64 " %4dx%-4d scale %.4f,%.4f%s  %d boxes, %d dropped\n", i,
-                   s_rd64(fr[v.image_ids], i), s_rd32(fr[v.sizes], 2 * (size_t)i + 1),
-                   s_rd32(fr[v.sizes], 2 * (size_t)i), (double)s_rdf(fr[v.scales], 2 * (size_t)i + 1),
-                   (double)s_rdf(fr[v.scales], 2 * (size_t)i), ((const uint8_t *)fr[v.flipped])[i] ? " flipped" : "",
-                   s_rd32(fr[v.box_off], (size_t)i + 1) - s_rd32(fr[v.box_off], i), s_rd32(fr[v.dropped], i));
+                   eq_det_i64(fr[v.image_ids], i), eq_det_i32(fr[v.sizes], 2 * (size_t)i + 1),
+                   eq_det_i32(fr[v.sizes], 2 * (size_t)i), (double)eq_det_f32(fr[v.scales], 2 * (size_t)i + 1),
+                   (double)eq_det_f32(fr[v.scales], 2 * (size_t)i), ((const uint8_t *)fr[v.flipped])[i] ? " flipped" : "",
+                   eq_det_i32(fr[v.box_off], (size_t)i + 1) - eq_det_i32(fr[v.box_off], i), eq_det_i32(fr[v.dropped], i));
         printf("replaced   %u\n", b->nreplaced);
         printf("checksum   %016" PRIx64 " (FNV-1a 64 of the image bytes)\n", sum);
     }

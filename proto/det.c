@@ -31,24 +31,6 @@ static eq_status s_frame(const eq_msg *m, const char *name, eq_dtype dt, int ndi
     return EQ_OK;
 }
 
-static int32_t s_i32(const void *p, size_t i)
-{
-    int32_t v;
-    memcpy(&v, (const uint8_t *)p + 4 * i, 4);
-    return v;
-}
-static float s_f32(const void *p, size_t i)
-{
-    float v;
-    memcpy(&v, (const uint8_t *)p + 4 * i, 4);
-    return v;
-}
-static int64_t s_i64(const void *p, size_t i)
-{
-    int64_t v;
-    memcpy(&v, (const uint8_t *)p + 8 * i, 8);
-    return v;
-}
 
 /* Pixels described by an RLE of varints, or UINT64_MAX if malformed. */
 static uint64_t s_rle_pixels(const uint8_t *d, size_t len)
@@ -106,21 +88,21 @@ eq_status eq_proto_det_check(const eq_msg *m, const void *const *fr, const size_
         (st = s_frame(m, "crowd", EQ_DT_U8, 1, nbox, 0, &v->crowd, err)))
         return st;
     for (int64_t i = 0; i < n; i++) {
-        int32_t h = s_i32(fr[v->sizes], 2 * (size_t)i), w = s_i32(fr[v->sizes], 2 * (size_t)i + 1);
+        int32_t h = eq_det_i32(fr[v->sizes], 2 * (size_t)i), w = eq_det_i32(fr[v->sizes], 2 * (size_t)i + 1);
         if (h < 1 || w < 1 || (uint32_t)h > v->H || (uint32_t)w > v->W)
             return eq_err_set(err, EQ_ERR_PROTO, "BATCH (detection): sizes[%" PRId64 "] = %dx%d outside the padded %ux%u",
                               i, h, w, v->H, v->W);
-        float sy = s_f32(fr[v->scales], 2 * (size_t)i), sx = s_f32(fr[v->scales], 2 * (size_t)i + 1);
+        float sy = eq_det_f32(fr[v->scales], 2 * (size_t)i), sx = eq_det_f32(fr[v->scales], 2 * (size_t)i + 1);
         if (!(sy > 0 && sx > 0 && isfinite(sy) && isfinite(sx)))
             return eq_err_set(err, EQ_ERR_PROTO, "BATCH (detection): scales[%" PRId64 "] not finite and positive", i);
         if (((const uint8_t *)fr[v->flipped])[i] > 1)
             return eq_err_set(err, EQ_ERR_PROTO, "BATCH (detection): flipped[%" PRId64 "] not 0 or 1", i);
-        if (s_i32(fr[v->dropped], (size_t)i) < 0)
+        if (eq_det_i32(fr[v->dropped], (size_t)i) < 0)
             return eq_err_set(err, EQ_ERR_PROTO, "BATCH (detection): dropped[%" PRId64 "] negative", i);
     }
     for (int64_t i = 0; i <= n; i++) {
-        int32_t o = s_i32(fr[v->box_off], (size_t)i);
-        int32_t prev = i ? s_i32(fr[v->box_off], (size_t)i - 1) : 0;
+        int32_t o = eq_det_i32(fr[v->box_off], (size_t)i);
+        int32_t prev = i ? eq_det_i32(fr[v->box_off], (size_t)i - 1) : 0;
         if (o < prev || o > nbox || (i == 0 && o != 0) || (i == n && o != nbox))
             return eq_err_set(err, EQ_ERR_PROTO,
                               "BATCH (detection): box_offsets[%" PRId64 "] = %d (must start at 0, not decrease, end at %" PRId64
@@ -129,9 +111,9 @@ eq_status eq_proto_det_check(const eq_msg *m, const void *const *fr, const size_
     }
     for (int64_t k = 0; k < nbox; k++) {
         for (int q = 0; q < 4; q++)
-            if (!isfinite(s_f32(fr[v->boxes], 4 * (size_t)k + q)))
+            if (!isfinite(eq_det_f32(fr[v->boxes], 4 * (size_t)k + q)))
                 return eq_err_set(err, EQ_ERR_PROTO, "BATCH (detection): boxes[%" PRId64 "] not finite", k);
-        int32_t c = s_i32(fr[v->classes], (size_t)k);
+        int32_t c = eq_det_i32(fr[v->classes], (size_t)k);
         if (c < 0 || (nclasses && (uint32_t)c >= nclasses))
             return eq_err_set(err, EQ_ERR_PROTO, "BATCH (detection): classes[%" PRId64 "] = %d outside [0, %u)", k, c,
                               nclasses);
@@ -156,15 +138,15 @@ eq_status eq_proto_det_check(const eq_msg *m, const void *const *fr, const size_
     v->mask_bytes = (uint64_t)bytes;
     const uint8_t *md = fr[v->mask_data];
     for (int64_t i = 0; i < n; i++) {
-        int32_t h = s_i32(fr[v->sizes], 2 * (size_t)i), w = s_i32(fr[v->sizes], 2 * (size_t)i + 1);
-        for (int32_t k = s_i32(fr[v->box_off], (size_t)i); k < s_i32(fr[v->box_off], (size_t)i + 1); k++) {
-            int32_t rx = s_i32(fr[v->mask_rects], 4 * (size_t)k), ry = s_i32(fr[v->mask_rects], 4 * (size_t)k + 1);
-            int32_t rw = s_i32(fr[v->mask_rects], 4 * (size_t)k + 2), rh = s_i32(fr[v->mask_rects], 4 * (size_t)k + 3);
+        int32_t h = eq_det_i32(fr[v->sizes], 2 * (size_t)i), w = eq_det_i32(fr[v->sizes], 2 * (size_t)i + 1);
+        for (int32_t k = eq_det_i32(fr[v->box_off], (size_t)i); k < eq_det_i32(fr[v->box_off], (size_t)i + 1); k++) {
+            int32_t rx = eq_det_i32(fr[v->mask_rects], 4 * (size_t)k), ry = eq_det_i32(fr[v->mask_rects], 4 * (size_t)k + 1);
+            int32_t rw = eq_det_i32(fr[v->mask_rects], 4 * (size_t)k + 2), rh = eq_det_i32(fr[v->mask_rects], 4 * (size_t)k + 3);
             if (rx < 0 || ry < 0 || rw < 1 || rh < 1 || rw > w - rx || rh > h - ry)
                 return eq_err_set(err, EQ_ERR_PROTO,
                                   "BATCH (detection): mask_rects[%d] = %d,%d %dx%d outside image %" PRId64 " (%dx%d)", k,
                                   rx, ry, rw, rh, i, w, h);
-            int64_t o0 = s_i64(fr[v->mask_off], (size_t)k), o1 = s_i64(fr[v->mask_off], (size_t)k + 1);
+            int64_t o0 = eq_det_i64(fr[v->mask_off], (size_t)k), o1 = eq_det_i64(fr[v->mask_off], (size_t)k + 1);
             if ((k == 0 && o0 != 0) || o1 < o0 || o1 > bytes)
                 return eq_err_set(err, EQ_ERR_PROTO, "BATCH (detection): mask_offsets[%d..%d] = %" PRId64 "..%" PRId64
                                                      " not a range of the %" PRId64 " bytes",
@@ -181,9 +163,9 @@ eq_status eq_proto_det_check(const eq_msg *m, const void *const *fr, const size_
                                   k, kind, len, rw, rh);
         }
     }
-    if (nbox && s_i64(fr[v->mask_off], (size_t)nbox) != bytes)
+    if (nbox && eq_det_i64(fr[v->mask_off], (size_t)nbox) != bytes)
         return eq_err_set(err, EQ_ERR_PROTO, "BATCH (detection): mask_offsets end at %" PRId64 ", mask_data holds %" PRId64,
-                          s_i64(fr[v->mask_off], (size_t)nbox), bytes);
+                          eq_det_i64(fr[v->mask_off], (size_t)nbox), bytes);
     if (!nbox && bytes)
         return eq_err_set(err, EQ_ERR_PROTO, "BATCH (detection): mask_data holds bytes but there is no box");
     return EQ_OK;

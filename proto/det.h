@@ -33,6 +33,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "core/status.h"
 #include "proto/proto.h"
@@ -78,5 +79,28 @@ eq_status eq_proto_det_job_ok_encode(const eq_msg *m, const int64_t *cat_ids, co
  * cap or EQ_DET_MAX_CLASSES, names not matching ids in number. */
 eq_status eq_proto_det_job_ok_classes(const void *hdr, size_t len, int64_t *ids,
                                       char (*names)[EQ_DET_CLASS_NAME_CAP], uint32_t cap, uint32_t *n, eq_err *err);
+
+
+/* Element i of a detection frame's data, which a ZeroMQ message does not
+ * align: read through memcpy.  For int32 (offsets, classes, sizes), float
+ * (boxes, scales) and int64 (image ids) frames. */
+static inline int32_t eq_det_i32(const void *p, size_t i)
+{
+    int32_t v;
+    memcpy(&v, (const uint8_t *)p + 4 * i, 4);
+    return v;
+}
+static inline float eq_det_f32(const void *p, size_t i)
+{
+    float v;
+    memcpy(&v, (const uint8_t *)p + 4 * i, 4);
+    return v;
+}
+static inline int64_t eq_det_i64(const void *p, size_t i)
+{
+    int64_t v;
+    memcpy(&v, (const uint8_t *)p + 8 * i, 8);
+    return v;
+}
 
 #endif

@@ -36,6 +36,23 @@ passes=0
 ok() { passes=$((passes + 1)); echo "ok: $*"; }
 bad() { fails=$((fails + 1)); echo "FAIL: $*"; }
 dump() { for f in "$@"; do [ -f "$f" ] && { echo "--- $f"; tail -n 30 "$f"; }; done; }
+# Wait (30 s at most) until the run writing to DIR has logged a train step.
+wait_training() {
+    i=0
+    while [ $i -lt 300 ] && ! grep -q '"kind":"train"' "$1/metrics.jsonl" 2>/dev/null; do
+        sleep 0.1
+        i=$((i + 1))
+    done
+}
+# Wait (90 s at most) for $RUNPID to exit; false if it is still running.
+wait_run_exit() {
+    i=0
+    while [ $i -lt 900 ] && kill -0 "$RUNPID" 2>/dev/null; do
+        sleep 0.1
+        i=$((i + 1))
+    done
+    ! kill -0 "$RUNPID" 2>/dev/null
+}
 
 # A tiny 4-class ImageFolder: 24 train and 8 val images per class.
 if "$CTL" dataset synth "$T/ds" --classes 4 --per-class 24 --val-per-class 8 --mean-pixels 1024 --seed 3 \
@@ -148,11 +165,7 @@ fi
 "$CTL" run "$T/tiny.cfg" --loaders 2 --set schedule.epochs=3 --set train.timeout_ms=1500 \
     --set "train.out_dir=$T/out6" >"$T/run6.out" 2>"$T/run6.err" &
 RUNPID=$!
-i=0
-while [ $i -lt 300 ] && ! grep -q '"kind":"train"' "$T/out6/metrics.jsonl" 2>/dev/null; do
-    sleep 0.1
-    i=$((i + 1))
-done
+wait_training "$T/out6"
 # Freeze loader 1 first, so that requests are surely outstanding on it and
 # time out, then kill it.
 LPID=$(pgrep -f "loader1 --control .*tiny=$T/ds" | head -n 1)
@@ -167,12 +180,7 @@ if [ -n "$LPID" ]; then
 else
     bad "loader 1 not found"
 fi
-i=0
-while [ $i -lt 900 ] && kill -0 "$RUNPID" 2>/dev/null; do
-    sleep 0.1
-    i=$((i + 1))
-done
-if kill -0 "$RUNPID" 2>/dev/null; then
+if ! wait_run_exit; then
     bad "two-loader run did not finish within 90 s"
 else
     wait "$RUNPID"
@@ -195,11 +203,7 @@ fi
 "$CTL" run "$T/tiny.cfg" --loaders 2 --set schedule.epochs=25 --set "train.out_dir=$T/out7" \
     >"$T/run7.out" 2>"$T/run7.err" &
 RUNPID=$!
-i=0
-while [ $i -lt 300 ] && ! grep -q '"kind":"train"' "$T/out7/metrics.jsonl" 2>/dev/null; do
-    sleep 0.1
-    i=$((i + 1))
-done
+wait_training "$T/out7"
 TCMD=$(pgrep -af "eq-trainer.*$T/out7" | head -n 1)
 TCTL=$(printf '%s\n' "$TCMD" | sed -n 's/.* --control \([^ ]*\).*/\1/p')
 # eqctl run puts every socket in one directory: loader1 beside trainer.ctl.
@@ -215,12 +219,7 @@ if [ -n "$TCTL" ] && [ -n "$L1" ] && "$CTL" loader remove "$TCTL" "$L1" >"$T/rm7
 else
     bad "eqctl loader remove/add: ctl '$TCTL' loader '$L1': $(cat "$T/rm7.out" "$T/add7.out" 2>/dev/null)"
 fi
-i=0
-while [ $i -lt 900 ] && kill -0 "$RUNPID" 2>/dev/null; do
-    sleep 0.1
-    i=$((i + 1))
-done
-if kill -0 "$RUNPID" 2>/dev/null; then
+if ! wait_run_exit; then
     bad "remove/add run did not finish within 90 s"
 else
     wait "$RUNPID"
