@@ -892,22 +892,27 @@ START_TEST(test_mobilenet_build)
     eq_config_section os[EQ_OPTIM_CONFIG_NSECTIONS];
     eq_optim_config_sections(&oc, NULL, os);
     OK(eq_config_defaults(os, 1, &err));
-    oc.lr = 0.1;
+    oc.lr = 0.05;
     eq_optim *o = eq_optim_new(m, &oc, &err);
     ck_assert_ptr_nonnull(o);
     float x[4 * 32 * 32 * 3];
     int32_t y[4] = {0, 1, 2, 3};
     for (size_t i = 0; i < sizeof x / 4; i++) x[i] = (float)sin(0.29 * (double)i + (double)(i / 3072));
-    float first = 0, last = 0;
-    for (int step = 0; step < 12; step++) {
+    /* Memorising 4 samples: BN over 4 values makes the first steps noisy
+     * (+-0.2), so judge the mean of the last 5 of 40 steps (about 0.02 when
+     * it learns; 1.2-1.7 when gradients are wrong or missing). */
+    float first = 0, last = 0, tail = 0;
+    for (int step = 0; step < 40; step++) {
         OK(eq_model_forward(m, x, true, &err));
         OK(eq_model_loss(m, y, NULL, NULL, 0.0f, &last, &err));
+        ck_assert_msg(isfinite(last), "step %d: loss %g", step, last);
         if (step == 0) first = last;
+        if (step >= 35) tail += last / 5;
         if (getenv("EQ_TEST_VERBOSE")) fprintf(stderr, "step %d loss %g\n", step, last);
         OK(eq_model_backward(m, NULL, &err));
         OK(eq_optim_step(o, oc.lr, &err));
     }
-    ck_assert_msg(isfinite(last) && last < first, "loss %g -> %g", first, last);
+    ck_assert_msg(tail < 0.5f * first, "loss %g -> %g (mean of the last 5 steps)", first, tail);
     eq_optim_destroy(&o);
     eq_model_destroy(&m);
     eq_backend_destroy(&be);

@@ -1,8 +1,8 @@
 /*
  * trainer/cpu/backend_cpu.c -- the CPU backend: context, memory, events and
  * the interface table.  "Device" memory is host memory; every op runs
- * synchronously on the calling thread (plus OpenBLAS's threads inside
- * GEMMs), so events are complete when recorded.
+ * synchronously on the calling thread (plus the backend's pool), so events
+ * are complete when recorded.
  */
 #include "trainer/cpu/cpu_internal.h"
 
@@ -64,15 +64,108 @@ void eq_cpu_for(eq_cpu *cpu, size_t n, eq_cpu_fn fn, void *ctx)
     eq_pool_for(cpu->pool, n, s_for_one, &f);
 }
 
+/* GEMMs run on our pool, never on OpenBLAS's threads: OpenBLAS is pinned
+ * to one thread and each index of eq_cpu_for computes one tile of C with
+ * its own single-threaded call.  (OpenBLAS's idle workers spin in
+ * sched_yield for a while after every threaded call; between our elementwise
+ * loops that took a third of a ResNet-20 step's CPU on two cores.)
+ *
+ * Tiles: rows of op(A) in blocks of S_GEMM_ROWS, columns of op(B) in blocks
+ * of S_GEMM_COLS; when that gives fewer than S_GEMM_MIN_TILES tiles and the
+ * reduction is long (conv's filter gradient, summed over all pixels of the
+ * batch), K is also cut into up to S_GEMM_MAX_KSPLIT slices of at least
+ * S_GEMM_KDEPTH: slice 0 is written to C (with beta), the others to
+ * partials in cpu->gws, added to C in slice order afterwards.  The tiling
+ * depends only on (m, n, k), so results do not depend on the thread count. */
+#define S_GEMM_ROWS 1024
+#define S_GEMM_COLS 256
+#define S_GEMM_MIN_TILES 8
+#define S_GEMM_KDEPTH 256
+#define S_GEMM_MAX_KSPLIT 16
+
+typedef struct s_gemm {
+    int ta, tb, m, n, k, lda, ldb, ldc;
+    int mt, nt, kt;     /* tile counts */
+    int kstep;          /* K per slice */
+    float alpha, beta;
+    const float *a, *b;
+    float *c, *part;    /* part: (kt - 1) x [m][n], ld n */
+} s_gemm;
+
+static void s_gemm_tile(void *vctx, size_t t)
+{
+    const s_gemm *g = vctx;
+    int kk = (int)(t / ((size_t)g->mt * (size_t)g->nt));
+    int rem = (int)(t % ((size_t)g->mt * (size_t)g->nt));
+    int i0 = (rem / g->nt) * S_GEMM_ROWS, j0 = (rem % g->nt) * S_GEMM_COLS;
+    int k0 = kk * g->kstep;
+    int mm = g->m - i0 < S_GEMM_ROWS ? g->m - i0 : S_GEMM_ROWS;
+    int nn = g->n - j0 < S_GEMM_COLS ? g->n - j0 : S_GEMM_COLS;
+    int kl = g->k - k0 < g->kstep ? g->k - k0 : g->kstep;
+    /* op(A)[i0.., k0..] and op(B)[k0.., j0..] */
+    const float *a = g->ta ? g->a + (size_t)k0 * g->lda + i0 : g->a + (size_t)i0 * g->lda + k0;
+    const float *b = g->tb ? g->b + (size_t)j0 * g->ldb + k0 : g->b + (size_t)k0 * g->ldb + j0;
+    float *c;
+    int ldc;
+    float beta;
+    if (kk == 0) {
+        c = g->c + (size_t)i0 * g->ldc + j0, ldc = g->ldc, beta = g->beta;
+    } else {
+        c = g->part + ((size_t)(kk - 1) * g->m + i0) * g->n + j0, ldc = g->n, beta = 0.0f;
+    }
+    cblas_sgemm(CblasRowMajor, g->ta ? CblasTrans : CblasNoTrans,
+                g->tb ? CblasTrans : CblasNoTrans, mm, nn, kl, g->alpha, a, g->lda, b, g->ldb,
+                beta, c, ldc);
+}
+
+/* C rows [i*S_GEMM_ROWS, ...) += the partials in slice order */
+static void s_gemm_reduce(void *vctx, size_t i)
+{
+    const s_gemm *g = vctx;
+    int i0 = (int)i * S_GEMM_ROWS;
+    int i1 = g->m - i0 < S_GEMM_ROWS ? g->m : i0 + S_GEMM_ROWS;
+    for (int kk = 1; kk < g->kt; kk++)
+        for (int r = i0; r < i1; r++) {
+            float *restrict cr = g->c + (size_t)r * g->ldc;
+            const float *restrict pr = g->part + ((size_t)(kk - 1) * g->m + r) * g->n;
+            for (int j = 0; j < g->n; j++) cr[j] += pr[j];
+        }
+}
+
 void eq_cpu_sgemm(eq_cpu *cpu, int trans_a, int trans_b, int m, int n, int k, float alpha,
                   const float *a, int lda, const float *b, int ldb, float beta, float *c, int ldc)
 {
-    /* The OpenBLAS thread count is process-wide: pin it to ours (cheap
-     * when already right). */
-    if (openblas_get_num_threads() != cpu->nthreads) openblas_set_num_threads(cpu->nthreads);
-    cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
-                trans_b ? CblasTrans : CblasNoTrans, m, n, k, alpha, a, lda, b, ldb, beta, c,
-                ldc);
+    /* The OpenBLAS thread count is process-wide: pin it to one (cheap when
+     * already right). */
+    if (openblas_get_num_threads() != 1) openblas_set_num_threads(1);
+    if (m <= 0 || n <= 0) return;
+    s_gemm g = {.ta = trans_a, .tb = trans_b, .m = m, .n = n, .k = k, .lda = lda, .ldb = ldb,
+                .ldc = ldc, .alpha = alpha, .beta = beta, .a = a, .b = b, .c = c};
+    g.mt = (m + S_GEMM_ROWS - 1) / S_GEMM_ROWS;
+    g.nt = (n + S_GEMM_COLS - 1) / S_GEMM_COLS;
+    g.kt = 1;
+    g.kstep = k > 0 ? k : 1;
+    if (g.mt * g.nt < S_GEMM_MIN_TILES && k >= 2 * S_GEMM_KDEPTH) {
+        int kt = k / S_GEMM_KDEPTH;
+        if (kt > S_GEMM_MAX_KSPLIT) kt = S_GEMM_MAX_KSPLIT;
+        int kstep = (k + kt - 1) / kt;
+        kt = (k + kstep - 1) / kstep;
+        size_t need = (size_t)(kt - 1) * (size_t)m * (size_t)n * sizeof(float);
+        if (need > cpu->gws_bytes) {
+            /* Out of memory: fall back to one slice (a different but still
+             * correct summation order). */
+            float *p = s_aligned(need);
+            if (p) {
+                free(cpu->gws);
+                cpu->gws = p;
+                cpu->gws_bytes = need;
+            }
+        }
+        if (need <= cpu->gws_bytes) g.kt = kt, g.kstep = kstep, g.part = cpu->gws;
+    }
+    size_t ntiles = (size_t)g.mt * (size_t)g.nt * (size_t)g.kt;
+    eq_cpu_for(cpu, ntiles, s_gemm_tile, &g);
+    if (g.kt > 1) eq_cpu_for(cpu, (size_t)g.mt, s_gemm_reduce, &g);
 }
 
 static void s_free(void *ctx)
@@ -81,6 +174,7 @@ static void s_free(void *ctx)
     if (!cpu) return;
     eq_pool_destroy(&cpu->pool);
     free(cpu->ws);
+    free(cpu->gws);
     free(cpu);
 }
 
@@ -250,6 +344,6 @@ eq_backend *eq_backend_cpu_new(int nthreads, eq_err *err)
     }
     be->iface = &s_cpu_iface;
     be->context = cpu;
-    openblas_set_num_threads(nthreads);
+    openblas_set_num_threads(1); /* GEMMs are tiled over our pool */
     return be;
 }

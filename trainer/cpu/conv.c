@@ -16,7 +16,7 @@
  * The batch is processed in tiles of whole images so the col buffer stays
  * under S_COL_BUDGET bytes (at least one image per tile).  im2col runs one
  * output row per index of eq_cpu_for, col2im one input row (a gather, so
- * rows are independent); GEMMs run on OpenBLAS's threads; bwd filter
+ * rows are independent); GEMMs are tiled over the pool (eq_cpu_sgemm); bwd filter
  * accumulates tiles in order.  The result depends only on the shapes and
  * the thread count.
  *

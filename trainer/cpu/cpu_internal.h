@@ -2,7 +2,7 @@
  * trainer/cpu/cpu_internal.h -- shared by the CPU backend's files only.
  *
  * The context, its workspace, the parallel-for and the GEMM wrapper that
- * pins OpenBLAS to the backend's thread count.  Op files (conv.c, norm.c,
+ * tiles SGEMMs over the backend's pool.  Op files (conv.c, norm.c,
  * ops.c) implement the members of struct eq_backend_i declared below; the
  * wrappers in trainer/backend.c have validated their arguments.
  */
@@ -17,10 +17,12 @@
 #include "trainer/backend.h"
 
 typedef struct eq_cpu {
-    int nthreads;     /* threads for OpenBLAS and for our own loops */
+    int nthreads;     /* threads of our loops (GEMM tiles included) */
     eq_pool *pool;    /* nthreads workers (the caller is one); NULL when 1 */
     float *ws;        /* workspace, 64-byte aligned */
     size_t ws_bytes;  /* its size: the high-water mark of all ops so far */
+    float *gws;       /* eq_cpu_sgemm's K-slice partials */
+    size_t gws_bytes;
 } eq_cpu;
 
 /* Workspace of at least `nbytes`, grown (and its old contents dropped) when
@@ -30,12 +32,15 @@ float *eq_cpu_workspace(eq_cpu *cpu, size_t nbytes, const char *op, eq_err *err)
 /* Call fn(ctx, i) for i in [0, n) on the backend's pool.  Each i must write
  * its own outputs and reduce in a fixed order, so results do not depend on
  * which thread ran it.  Our pool and OpenBLAS's threads never run at the
- * same time: GEMMs are called from the calling thread between loops. */
+ * same time: OpenBLAS runs single-threaded inside our pool's workers. */
 typedef void (*eq_cpu_fn)(void *ctx, size_t i);
 void eq_cpu_for(eq_cpu *cpu, size_t n, eq_cpu_fn fn, void *ctx);
 
-/* Row-major C = alpha * op(A) * op(B) + beta * C through cblas_sgemm with
- * OpenBLAS set to cpu->nthreads threads. */
+/* Row-major C = alpha * op(A) * op(B) + beta * C: tiles of C (and, for
+ * long reductions, slices of K added in a fixed order) on the backend's
+ * pool, each a single-threaded cblas_sgemm.  The tiling depends only on
+ * m, n and k, so results do not depend on the thread count.  Call from the
+ * calling thread, not from inside eq_cpu_for. */
 void eq_cpu_sgemm(eq_cpu *cpu, int trans_a, int trans_b, int m, int n, int k, float alpha,
                   const float *a, int lda, const float *b, int ldb, float beta, float *c, int ldc);
 
