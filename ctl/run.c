@@ -38,6 +38,7 @@ typedef struct s_child {
     int status; /* waitpid status once exited */
     bool exited;
     bool reported; /* a loader's death was reported (others go on) */
+    char log[1300];   /* its log file (stdout and stderr) */
 } s_child;
 
 typedef struct s_run {
@@ -127,6 +128,35 @@ static void s_reap(s_run *r)
     }
 }
 
+/* The last error a part wrote to its log (a line at level ERROR, or a
+ * program's "eq-xxx: ..." usage/config error), into out; "" if none.  So the
+ * summary says why a part failed, not only which. */
+static void s_last_error(const char *log, char *out, size_t cap)
+{
+    out[0] = 0;
+    FILE *f = fopen(log, "r");
+    if (!f) return;
+    char buf[65536];
+    long size = fseek(f, 0, SEEK_END) == 0 ? ftell(f) : -1;
+    if (size > (long)sizeof buf - 1) fseek(f, size - (long)sizeof buf + 1, SEEK_SET);
+    else fseek(f, 0, SEEK_SET);
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    for (char *save = NULL, *l = strtok_r(buf, "\n", &save); l; l = strtok_r(NULL, "\n", &save)) {
+        const char *m = NULL, *e = strstr(l, " ERROR ");
+        if (e) {
+            m = e + 7;
+            const char *sp = strchr(m, ' '); /* " trainer[0] msg": skip the role */
+            if (sp && sp > m && sp[-1] == ']') m = sp + 1;
+        } else if (!strncmp(l, "eq-", 3)) {
+            const char *sp = strchr(l, ' ');
+            if (sp && sp[-1] == ':') m = l;
+        }
+        if (m) snprintf(out, cap, "%s", m);
+    }
+}
+
 static const char *s_status_str(int st, char *buf, size_t cap)
 {
     if (WIFEXITED(st))
@@ -135,6 +165,19 @@ static const char *s_status_str(int st, char *buf, size_t cap)
         snprintf(buf, cap, "killed by signal %d", WTERMSIG(st));
     else
         snprintf(buf, cap, "status %d", st);
+    return buf;
+}
+
+/* "eq-trainer exit 1: <its last logged error>" for the summary. */
+static const char *s_fail_msg(const s_child *c, char *buf, size_t cap)
+{
+    char st[64], why[400];
+    s_status_str(c->status, st, sizeof st);
+    s_last_error(c->log, why, sizeof why);
+    const char *nan = WIFEXITED(c->status) && WEXITSTATUS(c->status) == 4 && !strncmp(c->what, "eq-trainer", 10)
+                          ? " (the loss became NaN or infinite)"
+                          : "";
+    snprintf(buf, cap, "%s %s%s%s%s", c->what, st, nan, why[0] ? ": " : "", why);
     return buf;
 }
 
@@ -383,11 +426,11 @@ int eq_ctl_run_main(int argc, char **argv)
     int rc = 1;
     void *ctx = zmq_ctx_new();
     void *sub_t = NULL, *sub_e = NULL;
-    char errbuf[600] = "", st1[64];
+    char errbuf[600] = "";
     double t0 = eq_clock_sec();
     bool tty = isatty(2);
     const char *failed = NULL; /* which part failed, for the summary */
-    char failed_buf[128];
+    char failed_buf[512];
 
     /* Outputs and the socket directory. */
     snprintf(r->log_dir, sizeof r->log_dir, "%s/logs", x.train.out_dir);
@@ -459,6 +502,7 @@ int eq_ctl_run_main(int argc, char **argv)
         s_child *ch = &r->ch[r->nch];
         snprintf(ch->label, sizeof ch->label, "eq-loader %ld", i);
         ch->what = ch->label;
+        snprintf(ch->log, sizeof ch->log, "%s", logp);
         if ((ch->pid = s_spawn(prog[0], av, logp, errbuf, sizeof errbuf)) < 0) goto spawn_fail;
         r->nch++;
         snprintf(loaders_arg + strlen(loaders_arg), sizeof loaders_arg - strlen(loaders_arg), "%s%s", i ? "," : "",
@@ -474,6 +518,7 @@ int eq_ctl_run_main(int argc, char **argv)
         s_child *ch = &r->ch[r->nch];
         snprintf(ch->label, sizeof ch->label, "eq-eval");
         ch->what = ch->label;
+        snprintf(ch->log, sizeof ch->log, "%s", logp);
         if ((ch->pid = s_spawn(prog[1], av, logp, errbuf, sizeof errbuf)) < 0) goto spawn_fail;
         r->evaluator = r->nch++;
     }
@@ -533,6 +578,7 @@ int eq_ctl_run_main(int argc, char **argv)
         else
             snprintf(ch->label, sizeof ch->label, "eq-trainer");
         ch->what = ch->label;
+        snprintf(ch->log, sizeof ch->log, "%s", logp);
         if ((ch->pid = s_spawn(prog[2], av, logp, errbuf, sizeof errbuf)) < 0) goto spawn_fail;
         if (rk == 0) r->trainer = r->nch;
         r->tr[r->ntr++] = r->nch++;
@@ -573,9 +619,7 @@ int eq_ctl_run_main(int argc, char **argv)
         for (int k = 0; k < r->ntr && !stopping && alive_tr < r->ntr; k++) {
             s_child *tc = &r->ch[r->tr[k]];
             if (!tc->exited || (WIFEXITED(tc->status) && WEXITSTATUS(tc->status) == 0)) continue;
-            snprintf(failed_buf, sizeof failed_buf, "%s %s%s", tc->what, s_status_str(tc->status, st1, sizeof st1),
-                     WIFEXITED(tc->status) && WEXITSTATUS(tc->status) == 4 ? " (the loss became NaN or infinite)" : "");
-            failed = failed_buf;
+            failed = s_fail_msg(tc, failed_buf, sizeof failed_buf);
             if (!json) fprintf(stderr, "%seqctl run: %s; stopping the other ranks\n", tty ? "\r\033[K" : "", failed);
             stopping = true;
             s_signal_trainers(r, SIGTERM);
@@ -589,7 +633,7 @@ int eq_ctl_run_main(int argc, char **argv)
         for (int i = 0; i < r->nch; i++) loaders_alive += !s_is_trainer(r, i) && i != r->evaluator && !r->ch[i].exited;
         for (int i = 0; i < r->nch && !stopping; i++) {
             if (s_is_trainer(r, i) || !r->ch[i].exited) continue;
-            snprintf(failed_buf, sizeof failed_buf, "%s %s", r->ch[i].what, s_status_str(r->ch[i].status, st1, sizeof st1));
+            s_fail_msg(&r->ch[i], failed_buf, sizeof failed_buf);
             if (i != r->evaluator && loaders_alive > 0) {
                 /* The trainer re-issues its requests to the other loaders. */
                 if (!r->ch[i].reported && !json)
@@ -605,12 +649,13 @@ int eq_ctl_run_main(int argc, char **argv)
             kill_at = eq_clock_ms() + 60000;
         }
     }
-    int tst = r->ch[r->trainer].status; /* rank 0's, or the first rank that failed when rank 0 did not */
+    int tk = r->trainer; /* rank 0, or the first rank that failed when rank 0 did not */
+    int tst = r->ch[tk].status;
     bool trained = true;
     for (int k = 0; k < r->ntr; k++) {
         int rs = r->ch[r->tr[k]].status;
         if (WIFEXITED(rs) && WEXITSTATUS(rs) == 0) continue;
-        if (trained && WIFEXITED(tst) && WEXITSTATUS(tst) == 0) tst = rs;
+        if (trained && WIFEXITED(tst) && WEXITSTATUS(tst) == 0) tk = r->tr[k], tst = rs;
         trained = false;
     }
     /* Wait (bounded) for eq-eval's result of the last epoch (--evaluate: of
@@ -642,9 +687,7 @@ int eq_ctl_run_main(int argc, char **argv)
     for (int i = 0; i < r->nch; i++)
         if (!s_is_trainer(r, i)) s_stop_child(r, i, 10000);
     if (!failed && !trained) {
-        snprintf(failed_buf, sizeof failed_buf, "eq-trainer %s%s", s_status_str(tst, st1, sizeof st1),
-                 WIFEXITED(tst) && WEXITSTATUS(tst) == 4 ? " (the loss became NaN or infinite)" : "");
-        failed = failed_buf;
+        failed = s_fail_msg(&r->ch[tk], failed_buf, sizeof failed_buf);
     }
     bool interrupted = WIFEXITED(tst) && WEXITSTATUS(tst) == 3;
     rc = interrupted && s_interrupted ? 3 : failed ? 1 : 0;
@@ -660,7 +703,14 @@ int eq_ctl_run_main(int argc, char **argv)
         if (r->any_eval) printf(",\"top1\":%.4f,\"top5\":%.4f,\"eval_epoch\":%" PRIu64, r->top1[le < 1024 ? le : 0], r->top5[le < 1024 ? le : 0], le);
         printf(",\"out_dir\":\"%s\",\"checkpoint\":\"%s/last.safetensors\",\"plot\":\"%s\"", x.train.out_dir,
                x.train.out_dir, svg);
-        if (failed) printf(",\"failed\":\"%s\"", failed);
+        if (failed) {
+            printf(",\"failed\":\"");
+            for (const char *p = failed; *p; p++) {
+                if (*p == '"' || *p == '\\') putchar('\\');
+                if ((unsigned char)*p >= 0x20) putchar(*p);
+            }
+            printf("\"");
+        }
         printf("}\n");
     } else {
         if (rc == 0)

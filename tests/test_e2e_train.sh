@@ -247,6 +247,65 @@ else
     bad "aug_train = det: $(cat "$T/det8.out")"
 fi
 
+# 9. A policy file ([train] policy): at epoch 1 layer 0's weight quantizer
+# drops from 16 to 15 levels (progressive: its clip is rescaled).  The
+# per-epoch "quant" lines of metrics.jsonl show it; a run resumed after
+# epoch 1 re-applies the option only (still 15 levels, not 14); a policy
+# naming a layer the model does not have stops the trainer naming file:line,
+# and eqctl run's summary says which part failed and why.
+cat >"$T/policy.txt" <<EOF
+# progressive LSQ on the first layer's weights
+on epoch: 1
+by_index: 0
+by_tag: wt
+progressive: true
+level_num: -1
+EOF
+L0WT='"index":0,"layer":"layer1.0.conv1","tag":"wt","method":"lsq","levels"'
+L1WT='"index":1,"layer":"layer1.0.conv2","tag":"wt","method":"lsq","levels"'
+timeout 120 "$CTL" run "$T/tiny.cfg" --set schedule.epochs=2 --set "train.policy=$T/policy.txt" \
+    --set "train.out_dir=$T/out9" >"$T/run9.out" 2>"$T/run9.err"
+rc=$?
+if [ $rc -eq 0 ] && grep '"kind":"quant","epoch":0,' "$T/out9/metrics.jsonl" | grep -q "$L0WT:16," &&
+    grep '"kind":"quant","epoch":1,' "$T/out9/metrics.jsonl" | grep -q "$L0WT:15," &&
+    grep '"kind":"quant","epoch":1,' "$T/out9/metrics.jsonl" | grep -q "$L1WT:16," &&
+    grep -q '"kind":"policy","section":"epoch","epoch":1,"options_only":false' "$T/out9/metrics.jsonl" &&
+    grep -q 'policy.txt:6: level_num: -1 on 1 quantizer(s), e.g. layer 0 (layer1.0.conv1) wt: 16 -> 15' \
+        "$T/out9/logs/trainer.log"; then
+    ok "policy: epoch 1 changes layer 0's weight levels 16 -> 15, seen in the quant metrics"
+else
+    bad "policy run (exit $rc)"
+    cat "$T/run9.out" "$T/run9.err"
+    dump "$T/out9/logs/trainer.log" "$T/out9/metrics.jsonl"
+fi
+grep '"kind":"quant","epoch":1,' "$T/out9/metrics.jsonl" | grep -q '"clip_val":.*"frac":\[' &&
+    ok "quant metrics carry clip values and level fractions" || bad "no clip_val/frac in the quant line"
+timeout 120 "$CTL" run "$T/tiny.cfg" --set schedule.epochs=3 --set "train.policy=$T/policy.txt" \
+    --set "train.out_dir=$T/out9" --resume "$T/out9/last.safetensors" >"$T/run9b.out" 2>"$T/run9b.err"
+rc=$?
+if [ $rc -eq 0 ] && grep '"kind":"quant","epoch":2,' "$T/out9/metrics.jsonl" | grep -q "$L0WT:15," &&
+    grep -q '"kind":"policy","section":"epoch","epoch":1,"options_only":true' "$T/out9/metrics.jsonl"; then
+    ok "policy after a resume: epoch 1's option re-applied, its level change not twice"
+else
+    bad "policy resume (exit $rc)"
+    cat "$T/run9b.out" "$T/run9b.err"
+    dump "$T/out9/logs/trainer.log" "$T/out9/metrics.jsonl"
+fi
+printf 'on epoch: 1\nby_index: 3 99\nclip_val: 1\n' >"$T/policy_bad.txt"
+timeout 60 "$CTL" run "$T/tiny.cfg" --set "train.policy=$T/policy_bad.txt" --set "train.out_dir=$T/out9c" \
+    >"$T/run9c.out" 2>"$T/run9c.err"
+rc=$?
+# eqctl run's summary names the failed part and the error it logged.
+if [ $rc -eq 1 ] &&
+    grep -q "FAILED.*eq-trainer exit 1: .*policy_bad.txt:2: by_index 99: beyond the model.s 20 policy layers" \
+        "$T/run9c.out"; then
+    ok "a policy naming layer 99 of 20: exit 1, the summary names eq-trainer and file:line"
+else
+    bad "bad policy: exit $rc"
+    cat "$T/run9c.out" "$T/run9c.err"
+    dump "$T/out9c/logs/trainer.log"
+fi
+
 # No process of ours is left behind.
 sleep 0.2
 if pgrep -f "$T/" >/dev/null 2>&1; then bad "processes left: $(pgrep -af "$T/")"; else ok "no process left"; fi

@@ -20,6 +20,7 @@
 #include "trainer/checkpoint.h"
 #include "trainer/dist.h"
 #include "trainer/feeder.h"
+#include "trainer/policy.h"
 
 /* ================================================================ config */
 
@@ -53,6 +54,9 @@ static const eq_config_key s_train_keys[] = {
     EQ_CONFIG_ENUM_KEY(eq_train_cfg, backend, "cpu", s_backend_names,
                        "compute backend: cpu (OpenBLAS, `threads`) or cuda (a build with CUDA and a GPU)"),
     EQ_CONFIG_INT_KEY(eq_train_cfg, device, "0", 0, 1024, "cuda: the GPU's device ordinal"),
+    EQ_CONFIG_STRING_KEY(eq_train_cfg, policy, "",
+                         "policy file: quantizer changes at start-up and at given epochs (doc/config.md "
+                         "\"Policy files\"); relative to the working directory; empty = none"),
 };
 
 /* The trainer's defaults where they differ from the owning module's: the
@@ -142,6 +146,8 @@ struct eq_train {
     eq_backend *be;
     eq_model *model;
     eq_optim *optim;
+    eq_qlayers *qlayers; /* the model's quantized layers (policy, quant metrics) */
+    eq_policy *policy;   /* [train] policy; NULL: none */
     void *zctx;
     eq_feeder *feeder;
     void *pub, *ctl, *eval;
@@ -204,6 +210,8 @@ void eq_train_destroy(eq_train **self_p)
     eq_proto_socket_close(&t->ctl);
     eq_proto_socket_close(&t->eval);
     if (t->zctx) zmq_ctx_term(t->zctx);
+    eq_policy_destroy(&t->policy);
+    eq_qlayers_destroy(&t->qlayers);
     eq_optim_destroy(&t->optim);
     eq_model_destroy(&t->model);
     if (t->be) {
@@ -317,6 +325,14 @@ eq_train *eq_train_new(const eq_experiment *x, const eq_train_opts *o, eq_err *e
         goto fail;
     if (!(t->model = eq_model_new(t->be, &x->model, &x->wt, &x->fm, t->B, t->H, t->W, err))) goto fail;
     if (!(t->optim = eq_optim_new(t->model, &x->optim, err))) goto fail;
+    {
+        const eq_model_quant_cfg *qc[EQ_QTAG_COUNT] = { x->wt.enable ? &x->wt : NULL, x->fm.enable ? &x->fm : NULL,
+                                                        NULL };
+        if (!(t->qlayers = eq_qlayers_new(t->model, qc, err))) goto fail;
+    }
+    if (x->train.policy[0] &&
+        (!(t->policy = eq_policy_load(x->train.policy, err)) || eq_policy_check(t->policy, t->qlayers, err)))
+        goto fail;
     size_t xn = (size_t)(t->B * t->H * t->W * t->C);
     if (!(t->x_dev = eq_backend_alloc(t->be, xn * sizeof(float), err))) goto fail;
     if (!(t->y_dev = eq_backend_alloc(t->be, (size_t)t->B * sizeof(int32_t), err))) goto fail;
@@ -939,6 +955,43 @@ static eq_status s_validate(eq_train *t, uint64_t epoch, eq_err *err)
     return st;
 }
 
+/* Apply policy section `sec` (the epoch section at `epoch`); rank 0 notes
+ * it in metrics.jsonl. */
+static eq_status s_policy(eq_train *t, eq_policy_section sec, uint64_t epoch, bool options_only, eq_err *err)
+{
+    if (!eq_policy_rule_count(t->policy, sec)) return EQ_OK;
+    if (sec == EQ_POLICY_INIT)
+        eq_info("policy %s: init section", t->x.train.policy);
+    else
+        eq_info("policy %s: epoch %" PRIu64 "%s", t->x.train.policy, epoch,
+                options_only ? " again, options only (before the resume point)" : "");
+    eq_status st = eq_policy_apply(t->policy, sec, options_only, t->qlayers, t->optim, err);
+    if (st) return st;
+    if (t->jsonl) {
+        fprintf(t->jsonl, "{\"wall_ms\":%" PRIu64 ",\"kind\":\"policy\",\"section\":\"%s\"", eq_wall_ms(),
+                sec == EQ_POLICY_INIT ? "init" : "epoch");
+        if (sec == EQ_POLICY_EPOCH) fprintf(t->jsonl, ",\"epoch\":%" PRIu64, epoch);
+        fprintf(t->jsonl, ",\"options_only\":%s,\"rules\":%zu}\n", options_only ? "true" : "false",
+                eq_policy_rule_count(t->policy, sec));
+        fflush(t->jsonl);
+    }
+    return EQ_OK;
+}
+
+/* metrics.jsonl: the state of every quantizer after epoch `epoch`. */
+static eq_status s_quant_metrics(eq_train *t, uint64_t epoch, eq_err *err)
+{
+    if (!t->jsonl || !eq_qlayers_count(t->qlayers)) return EQ_OK;
+    char *js = NULL;
+    eq_status st = eq_qlayers_stats_json(t->qlayers, &js, err);
+    if (st) return st;
+    fprintf(t->jsonl, "{\"wall_ms\":%" PRIu64 ",\"kind\":\"quant\",\"epoch\":%" PRIu64 ",\"quantizers\":%s}\n",
+            eq_wall_ms(), epoch, js);
+    fflush(t->jsonl);
+    free(js);
+    return EQ_OK;
+}
+
 static eq_status s_run(eq_train *t, eq_err *err);
 
 eq_status eq_train_run(eq_train *t, eq_err *err)
@@ -987,6 +1040,8 @@ static eq_status s_run(eq_train *t, eq_err *err)
     t->val_size = ok.size;
     uint64_t G = (uint64_t)t->G;
     uint64_t epochs = (uint64_t)x->sched.epochs, e0 = 0, s0 = 0;
+    /* The original deploys the init policy before loading any weights. */
+    if (t->policy && (st = s_policy(t, EQ_POLICY_INIT, 0, false, err))) return st;
     if (t->pretrained && (st = s_pretrained(t, t->pretrained, err))) return st;
     if (t->resume) {
         eq_ckpt_run run;
@@ -1017,6 +1072,12 @@ static eq_status s_run(eq_train *t, eq_err *err)
             s0 = 0;
         }
         eq_info("resumed from %s at epoch %" PRIu64 " step %" PRIu64, t->resume, e0, s0);
+        /* What the trigger epochs before this point set: the options again
+         * (the checkpoint holds the tensors they changed). */
+        for (uint64_t e = 0; t->policy && e <= e0; e++)
+            if ((e < e0 || s0 > 0) && eq_policy_triggers(t->policy, (int64_t)e) &&
+                (st = s_policy(t, EQ_POLICY_EPOCH, e, true, err)))
+                return st;
     }
     uint64_t I = (uint64_t)x->train.iter_size;
     if (I > 1 && s0 % I)
@@ -1032,6 +1093,9 @@ static eq_status s_run(eq_train *t, eq_err *err)
     for (uint64_t e = e0; e < epochs; e++) {
         t->epoch = e;
         uint64_t first = e == e0 ? s0 : 0;
+        if (t->policy && first == 0 && eq_policy_triggers(t->policy, (int64_t)e) &&
+            (st = s_policy(t, EQ_POLICY_EPOCH, e, false, err)))
+            return st;
         if ((st = eq_feeder_pass(t->feeder, t->train_job, e, first, steps, off, (uint32_t)t->B, UINT64_MAX, err)))
             return st;
         double win_t0 = eq_clock_sec(), loss_sum = 0, epoch_loss = 0;
@@ -1136,6 +1200,7 @@ static eq_status s_run(eq_train *t, eq_err *err)
                     eq_wall_ms(), e, epoch_n, mean, epoch_n * G, epoch_mixed, eq_clock_sec() - t->t_start);
             fflush(t->jsonl);
         }
+        if ((st = s_quant_metrics(t, e, err))) return st;
         t->step = steps;
         s_publish(t, "epoch", mean, 0, 0, 0);
         char tag[32];

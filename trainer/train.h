@@ -39,6 +39,21 @@
  * reshaped or skipped (ORIGINAL.md §4.7).  Evaluate: eq_train_opts.evaluate
  * runs the val pass once on the loaded weights and returns.
  *
+ * Policy ([train] policy = FILE, trainer/policy.h): the file is parsed and
+ * checked against the model's quantized layers in eq_train_new; its `init`
+ * section is applied before any weights are loaded (as the original does,
+ * so a checkpoint or --pretrained file overrides the quantizer state it
+ * sets), each trigger epoch's rules before that epoch's first step, on
+ * every rank alike.  A resumed run re-applies the option attributes of
+ * the triggers before its resume point (the checkpoint holds the tensor
+ * ones).
+ *
+ * Metrics: rank 0 appends to <out_dir>/metrics.jsonl one JSON object per
+ * line: kind "train" (every log_every steps: loss, lr, img/s, data-wait),
+ * "epoch" (the epoch's mean loss, samples), "quant" (after each epoch: the
+ * state of every quantizer, eq_qlayers_stats_json) and "policy" (a policy
+ * section applied).  doc/eq-trainer.md describes the fields.
+ *
  * Gradient accumulation ([train] iter_size = I, the original's): the
  * gradients of I consecutive steps are summed (the loss is not divided) and
  * the optimiser steps after the last of them, with the lr of that step.
@@ -94,6 +109,7 @@ typedef struct eq_train_cfg {
     int64_t dist_timeout_ms; /* rendezvous and collective deadline */
     int backend;            /* 0 cpu, 1 cuda (trainer/backend_select.h) */
     int64_t device;         /* cuda: device ordinal */
+    char policy[1024];      /* policy file (trainer/policy.h); "" = none */
 } eq_train_cfg;
 
 typedef struct eq_experiment {
