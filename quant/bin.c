@@ -25,14 +25,14 @@ typedef struct s_io {
     double *acc;
 } s_io;
 
-static void s_abs_chunk(eq_quant *q, void *vc, int64_t ch, int64_t lo, int64_t hi)
+EQ_QSIMD static void s_abs_chunk(eq_quant *q, void *vc, int64_t ch, int64_t lo, int64_t hi)
 {
     (void)q;
     s_io *io = vc;
     io->acc[ch] = eq_qsum_abs(io->x + lo, hi - lo);
 }
 
-static void s_fwd_chunk(eq_quant *q, void *vc, int64_t ch, int64_t lo, int64_t hi)
+EQ_QSIMD static void s_fwd_chunk(eq_quant *q, void *vc, int64_t ch, int64_t lo, int64_t hi)
 {
     (void)q, (void)ch;
     const s_io *io = vc;
@@ -52,7 +52,7 @@ static eq_status s_forward(eq_quant *q, const float *x, float *y, eq_err *err)
     return EQ_OK;
 }
 
-static void s_bwd_chunk(eq_quant *q, void *vc, int64_t ch, int64_t lo, int64_t hi)
+EQ_QSIMD static void s_bwd_chunk(eq_quant *q, void *vc, int64_t ch, int64_t lo, int64_t hi)
 {
     (void)q, (void)ch;
     const s_io *io = vc;

@@ -25,7 +25,9 @@ typedef struct s_nu {
     eq_quant_tensor *basis, *auxil;
     float sc[S_MAXA];       /* STE-scale factor per clamp (1: none) */
     float used_basis;       /* basis the last forward multiplied by */
-    double *acc;            /* [na * g] */
+    /* per group, [i * g + k]: |alpha_i|, 1/|alpha_i|, and for j < i the
+     * factor a_i/a_j^2 of d(clamp i)/d(alpha_j) at cf[(i * S_MAXA + j) * g + k] */
+    float *av, *iv, *cf;
 } s_nu;
 
 static eq_status s_init(eq_quant *q, eq_err *err)
@@ -55,8 +57,10 @@ static eq_status s_init(eq_quant *q, eq_err *err)
     if (!p) return eq_err_set(err, EQ_ERR_NOMEM, "nonuniform: out of memory");
     p->na = L - 1;
     p->full = !fm || !q->o.half_range;
-    p->acc = calloc((size_t)(p->na * q->g), sizeof(double));
-    if (!p->acc) return eq_err_set(err, EQ_ERR_NOMEM, "nonuniform: out of memory");
+    p->av = calloc((size_t)(S_MAXA * q->g), sizeof(float));
+    p->iv = calloc((size_t)(S_MAXA * q->g), sizeof(float));
+    p->cf = calloc((size_t)(S_MAXA * S_MAXA * q->g), sizeof(float));
+    if (!p->av || !p->iv || !p->cf) return eq_err_set(err, EQ_ERR_NOMEM, "nonuniform: out of memory");
     int64_t shp[4];
     int nd = eq_quant_param_shape(q, q->g, shp);
     float init = fm ? (float)(q->o.scale / q->o.boundary) : (float)q->o.scale;
@@ -82,118 +86,304 @@ static eq_status s_init(eq_quant *q, eq_err *err)
 static void s_destroy(eq_quant *q)
 {
     s_nu *p = q->priv;
-    if (p) free(p->acc);
+    if (p) {
+        free(p->av);
+        free(p->iv);
+        free(p->cf);
+    }
     free(p);
     q->priv = NULL;
 }
 
-static inline float s_a(const eq_quant_tensor *t, int64_t k) { return fabsf(t->data[t->numel == 1 ? 0 : k]); }
-
-/* Value of clamp i (before rounding) and its range. */
-static inline void s_range(const s_nu *p, int i, float *lo, float *hi)
+/* Per-group vectors of the current alphas. */
+static void s_fill(eq_quant *q)
 {
-    *lo = (p->full && i == 0) ? -1.0f : 0.0f;
-    *hi = (p->full && i == 0) ? 0.0f : 1.0f;
+    s_nu *p = q->priv;
+    int64_t g = q->g;
+    for (int i = 0; i < p->na; i++) {
+        const eq_quant_tensor *t = p->alpha[i];
+        for (int64_t k = 0; k < g; k++) {
+            float a = fabsf(t->data[t->numel == 1 ? 0 : k]);
+            p->av[i * g + k] = a;
+            p->iv[i * g + k] = 1.0f / a;
+        }
+        for (int j = 0; j < i; j++)
+            for (int64_t k = 0; k < g; k++) {
+                double aj = p->av[j * g + k];
+                p->cf[(i * S_MAXA + j) * g + k] = (float)((double)p->av[i * g + k] / (aj * aj));
+            }
+    }
 }
 
-/* y over one run; na and full are constants at each call site, so the
- * alpha loop unrolls and the element loop vectorizes. */
-static inline __attribute__((always_inline)) void s_fwd_run(const float *x, float *y, int64_t len,
-                                                            const float *a, const float *inv,
-                                                            const float *lo, const float *hi,
-                                                            const float *sc, int na, int full)
+/* Range of clamp i (before rounding). */
+static inline float s_lo(int full, int i) { return (full && i == 0) ? -1.0f : 0.0f; }
+static inline float s_hi(int full, int i) { return (full && i == 0) ? 0.0f : 1.0f; }
+
+/* Element loops over a segment whose group parameters are av[i * as + t *
+ * cs] (cs 0: one group, whose vectors start at av; cs 1: group per
+ * position).  na, full, cs and the flags are constants at each call site,
+ * so the alpha loops unroll and the element loops vectorize. */
+typedef struct s_seg {
+    const float *av, *iv, *cf; /* at the segment's first group */
+    int64_t as;                /* stride between alphas (g) */
+} s_seg;
+
+static inline __attribute__((always_inline)) void
+s_fwd_seg(const float *x, float *y, int64_t len, s_seg sg, const float *sc, int na, int full, int cs)
 {
+    float a[S_MAXA], iv[S_MAXA], scl[S_MAXA];
+    for (int i = 0; i < na; i++) {
+        a[i] = sg.av[i * sg.as];
+        iv[i] = sg.iv[i * sg.as];
+        scl[i] = sc[i];
+    }
     for (int64_t e = 0; e < len; e++) {
-        float t = x[e], acc = 0.0f;
+        float xv = x[e], t = xv, acc = 0.0f;
 #pragma GCC unroll 4
         for (int i = 0; i < na; i++) {
-            float v = (full ? x[e] : t) * a[i];
-            acc += eq_qround(eq_quant_gs_value(eq_qclamp(v, lo[i], hi[i]), sc[i]));
-            t = t - inv[i];
+            float ai = cs ? sg.av[i * sg.as + e] : a[i];
+            float v = (full ? xv : t) * ai;
+            acc += eq_qround(eq_quant_gs_value(eq_qclamp(v, s_lo(full, i), s_hi(full, i)), scl[i]));
+            t = t - (cs ? sg.iv[i * sg.as + e] : iv[i]);
         }
         y[e] = acc;
     }
 }
 
-/* dL/dx over one run and the alpha sums ga (in element order, as doubles);
- * branch-free selects instead of the data-dependent tests. */
+/* Counts of elements inside each clamp's range (STE-scale). */
 static inline __attribute__((always_inline)) void
-s_bwd_run(const float *x, const float *gy, float *gx, int64_t len, float bsc, int scaled_g, const float *a,
-          const float *inv, const float *lo, const float *hi, const float *sc, double cf[S_MAXA][S_MAXA],
-          double *ga, int na, int full)
+s_cnt_seg(const float *x, int64_t len, s_seg sg, int64_t *cnt, int na, int full, int cs)
 {
-    double acc[S_MAXA];
-    for (int i = 0; i < na; i++) acc[i] = ga[i];
+    int64_t c[S_MAXA] = {0};
+    float a[S_MAXA], iv[S_MAXA];
+    for (int i = 0; i < na; i++) {
+        a[i] = sg.av[i * sg.as];
+        iv[i] = sg.iv[i * sg.as];
+    }
     for (int64_t e = 0; e < len; e++) {
-        float g = scaled_g ? gy[e] * bsc : gy[e];
-        float t = x[e], gxe = 0.0f;
+        float xv = x[e], t = xv;
 #pragma GCC unroll 4
         for (int i = 0; i < na; i++) {
-            float base = full ? x[e] : t;
-            float v = base * a[i];
-            int in = v >= lo[i] && v <= hi[i];
-            float d = g * sc[i];
-            gxe = in ? gxe + d * a[i] : gxe;
-            acc[i] = in ? acc[i] + (double)d * base : acc[i];
-            if (!full)
-                for (int j = 0; j < i; j++) acc[j] = in ? acc[j] + (double)d * cf[i][j] : acc[j];
-            t = t - inv[i];
+            float v = (full ? xv : t) * (cs ? sg.av[i * sg.as + e] : a[i]);
+            c[i] += (v >= s_lo(full, i)) & (v <= s_hi(full, i));
+            t = t - (cs ? sg.iv[i * sg.as + e] : iv[i]);
         }
-        gx[e] = gxe;
     }
-    for (int i = 0; i < na; i++) ga[i] = acc[i];
+    for (int i = 0; i < na; i++) cnt[i] += c[i];
+}
+
+/* dL/dx of one element and its contributions ga[j] to dL/d|alpha_j|:
+ * G d(clamp j)/da_j inside range j, plus for the half-range sum the terms
+ * G a_i/a_j^2 of every later clamp i inside its range.  a, iv and cf are
+ * the element's group parameters (cf[i * S_MAXA + j] = a_i/a_j^2). */
+static inline __attribute__((always_inline)) float
+s_bwd_elem(float xv, float g, const float *a, const float *iv, const float *cf, const float *sc, float *ga,
+           int na, int full)
+{
+    float t = xv, gxe = 0.0f, din[S_MAXA];
+#pragma GCC unroll 4
+    for (int i = 0; i < na; i++) {
+        float base = full ? xv : t;
+        float v = base * a[i];
+        int in = (v >= s_lo(full, i)) & (v <= s_hi(full, i));
+        float d = g * sc[i];
+        gxe = in ? gxe + d * a[i] : gxe;
+        ga[i] = in ? d * base : 0.0f;
+        din[i] = in ? d : 0.0f;
+        t = t - iv[i];
+    }
+    if (!full)
+#pragma GCC unroll 4
+        for (int i = 1; i < na; i++)
+#pragma GCC unroll 4
+            for (int j = 0; j < i; j++) ga[j] += din[i] * cf[i * S_MAXA + j];
+    return gxe;
+}
+
+/* Parameters of group (or position) k into local arrays. */
+static inline __attribute__((always_inline)) void
+s_load(s_seg sg, int64_t k, float *a, float *iv, float *cf, int na)
+{
+#pragma GCC unroll 4
+    for (int i = 0; i < na; i++) {
+        a[i] = sg.av[i * sg.as + k];
+        iv[i] = sg.iv[i * sg.as + k];
+#pragma GCC unroll 4
+        for (int j = 0; j < i; j++) cf[i * S_MAXA + j] = sg.cf[(i * S_MAXA + j) * sg.as + k];
+    }
+}
+
+/* One run (one group): gx, and the alpha sums added to ga (per block of
+ * EQ_QBLOCK elements, summed by eq_qsum). */
+static inline __attribute__((always_inline)) void
+s_bwd_run(const float *x, const float *gy, float *gx, int64_t len, s_seg sg, float bsc, int scaled_g,
+          const float *sc, double *ga, int na, int full)
+{
+    float buf[S_MAXA][EQ_QBLOCK], a[S_MAXA], iv[S_MAXA], cf[S_MAXA * S_MAXA], scl[S_MAXA];
+    s_load(sg, 0, a, iv, cf, na);
+    for (int i = 0; i < na; i++) scl[i] = sc[i];
+    for (int64_t b = 0; b < len; b += EQ_QBLOCK) {
+        int64_t bn = len - b < EQ_QBLOCK ? len - b : EQ_QBLOCK;
+        for (int64_t e = 0; e < bn; e++) {
+            float gv = gy[b + e];
+            float g = scaled_g ? gv * bsc : gv, c[S_MAXA];
+            gx[b + e] = s_bwd_elem(x[b + e], g, a, iv, cf, scl, c, na, full);
+#pragma GCC unroll 4
+            for (int i = 0; i < na; i++) buf[i][e] = c[i];
+        }
+        for (int i = 0; i < na; i++) ga[i] += eq_qsum(buf[i], bn);
+    }
+}
+
+/* One row segment (group per position): per-position sums acc[i * g + t]. */
+static inline __attribute__((always_inline)) void
+s_bwd_row(const float *x, const float *gy, float *gx, int64_t len, s_seg sg, float bsc, int scaled_g,
+          const float *sc, double *acc, int64_t g, int na, int full)
+{
+    float scl[S_MAXA];
+    const float *pa[S_MAXA], *pi[S_MAXA], *pc[S_MAXA * S_MAXA];
+    double *pd[S_MAXA];
+    for (int i = 0; i < na; i++) {
+        scl[i] = sc[i];
+        pa[i] = sg.av + i * sg.as;
+        pi[i] = sg.iv + i * sg.as;
+        pd[i] = acc + i * g;
+        for (int j = 0; j < i; j++) pc[i * S_MAXA + j] = sg.cf + (i * S_MAXA + j) * sg.as;
+    }
+    /* Too many streams for GCC's runtime alias checks; true, though: each
+     * iteration writes only gx[e] and acc[.][e] from its own element (gx may
+     * be gy, which is read first), so no dependence crosses iterations. */
+#pragma GCC ivdep
+    for (int64_t e = 0; e < len; e++) {
+        float a[S_MAXA], iv[S_MAXA], cf[S_MAXA * S_MAXA], c[S_MAXA];
+#pragma GCC unroll 4
+        for (int i = 0; i < na; i++) {
+            a[i] = pa[i][e];
+            iv[i] = pi[i][e];
+#pragma GCC unroll 4
+            for (int j = 0; j < i; j++) cf[i * S_MAXA + j] = pc[i * S_MAXA + j][e];
+        }
+        float gv = gy[e];
+        float gg = scaled_g ? gv * bsc : gv;
+        gx[e] = s_bwd_elem(x[e], gg, a, iv, cf, scl, c, na, full);
+#pragma GCC unroll 4
+        for (int i = 0; i < na; i++) pd[i][e] += (double)c[i];
+    }
+}
+
+typedef struct s_io {
+    const float *x, *gy;
+    float *y, *gx;
+    float bsc;   /* basis the gradient is scaled by (closed form) */
+    double *acc; /* per chunk: [na] counts (forward) or [na * g] sums */
+} s_io;
+
+/* The variant of each (na, full) combination: 0 full (two alphas),
+ * 1..3 half range with that many alphas. */
+static int s_variant(const s_nu *p) { return p->full ? 0 : p->na; }
+
+static s_seg s_seg_at(const s_nu *p, const eq_quant *q, int64_t k)
+{
+    s_seg sg = {p->av + k, p->iv + k, p->cf + k, q->g};
+    return sg;
+}
+
+EQ_QSIMD static void s_cnt_chunk(eq_quant *q, void *vc, int64_t c, int64_t lo, int64_t hi)
+{
+    s_io *io = vc;
+    const s_nu *p = q->priv;
+    int64_t cnt[S_MAXA] = {0};
+    int v = s_variant(p);
+    if (eq_quant_rowwise(q)) {
+        EQ_QFOR_ROWS_IN(q, lo, hi, s0, len, j0) {
+            s_seg sg = s_seg_at(p, q, j0);
+            const float *x = io->x + s0;
+            switch (v) {
+            case 0: s_cnt_seg(x, len, sg, cnt, 2, 1, 1); break;
+            case 1: s_cnt_seg(x, len, sg, cnt, 1, 0, 1); break;
+            case 2: s_cnt_seg(x, len, sg, cnt, 2, 0, 1); break;
+            default: s_cnt_seg(x, len, sg, cnt, 3, 0, 1); break;
+            }
+        }
+    } else {
+        EQ_QFOR_RUNS_IN(q, lo, hi, s0, len, k) {
+            s_seg sg = s_seg_at(p, q, k);
+            const float *x = io->x + s0;
+            switch (v) {
+            case 0: s_cnt_seg(x, len, sg, cnt, 2, 1, 0); break;
+            case 1: s_cnt_seg(x, len, sg, cnt, 1, 0, 0); break;
+            case 2: s_cnt_seg(x, len, sg, cnt, 2, 0, 0); break;
+            default: s_cnt_seg(x, len, sg, cnt, 3, 0, 0); break;
+            }
+        }
+    }
+    for (int i = 0; i < p->na; i++) io->acc[c * p->na + i] = (double)cnt[i];
+}
+
+EQ_QSIMD static void s_fwd_chunk(eq_quant *q, void *vc, int64_t c, int64_t lo, int64_t hi)
+{
+    (void)c;
+    s_io *io = vc;
+    const s_nu *p = q->priv;
+    const float *sc = p->sc;
+    int v = s_variant(p);
+    if (eq_quant_rowwise(q)) {
+        EQ_QFOR_ROWS_IN(q, lo, hi, s0, len, j0) {
+            s_seg sg = s_seg_at(p, q, j0);
+            const float *x = io->x + s0;
+            float *y = io->y + s0;
+            switch (v) {
+            case 0: s_fwd_seg(x, y, len, sg, sc, 2, 1, 1); break;
+            case 1: s_fwd_seg(x, y, len, sg, sc, 1, 0, 1); break;
+            case 2: s_fwd_seg(x, y, len, sg, sc, 2, 0, 1); break;
+            default: s_fwd_seg(x, y, len, sg, sc, 3, 0, 1); break;
+            }
+        }
+        return;
+    }
+    EQ_QFOR_RUNS_IN(q, lo, hi, s0, len, k) {
+        s_seg sg = s_seg_at(p, q, k);
+        const float *x = io->x + s0;
+        float *y = io->y + s0;
+        switch (v) {
+        case 0: s_fwd_seg(x, y, len, sg, sc, 2, 1, 0); break;
+        case 1: s_fwd_seg(x, y, len, sg, sc, 1, 0, 0); break;
+        case 2: s_fwd_seg(x, y, len, sg, sc, 2, 0, 0); break;
+        default: s_fwd_seg(x, y, len, sg, sc, 3, 0, 0); break;
+        }
+    }
+}
+
+EQ_QSIMD static void s_scale_chunk(eq_quant *q, void *vc, int64_t c, int64_t lo, int64_t hi)
+{
+    (void)q, (void)c;
+    s_io *io = vc;
+    float b = io->bsc, *y = io->y;
+    for (int64_t e = lo; e < hi; e++) y[e] = y[e] * b;
 }
 
 static eq_status s_forward(eq_quant *q, const float *x, float *y, eq_err *err)
 {
     (void)err;
     s_nu *p = q->priv;
+    s_io io = {.x = x, .y = y};
+    s_fill(q);
     for (int i = 0; i < p->na; i++) p->sc[i] = 1.0f;
     if (q->o.grad_type == EQ_QGRAD_STE_SCALE) {
-        int64_t cnt[S_MAXA] = {0};
-        EQ_QFOR_RUNS(q, s0, len, k) {
-            float a[S_MAXA], inv[S_MAXA], lo[S_MAXA], hi[S_MAXA];
-            for (int i = 0; i < p->na; i++) {
-                a[i] = s_a(p->alpha[i], k);
-                inv[i] = 1.0f / a[i];
-                s_range(p, i, &lo[i], &hi[i]);
-            }
-            for (int64_t e = s0; e < s0 + len; e++) {
-                float t = x[e];
-                for (int i = 0; i < p->na; i++) {
-                    float v = (p->full ? x[e] : t) * a[i];
-                    cnt[i] += v >= lo[i] && v <= hi[i];
-                    t = t - inv[i];
-                }
-            }
-        }
-        for (int i = 0; i < p->na; i++)
-            if (cnt[i] > 0) p->sc[i] = (float)eq_quant_gs_factor(q, sqrt((double)q->n / (double)cnt[i]));
-    }
-    EQ_QFOR_RUNS(q, s0, len, k) {
-        float a[S_MAXA], inv[S_MAXA], lo[S_MAXA], hi[S_MAXA];
+        io.acc = eq_quant_chunk_acc(q, p->na);
+        eq_quant_for_chunks(q, s_cnt_chunk, &io);
         for (int i = 0; i < p->na; i++) {
-            a[i] = s_a(p->alpha[i], k);
-            inv[i] = 1.0f / a[i];
-            s_range(p, i, &lo[i], &hi[i]);
+            double cnt = 0;
+            for (int64_t c = 0; c < q->nchunks; c++) cnt += io.acc[c * p->na + i];
+            if (cnt > 0) p->sc[i] = (float)eq_quant_gs_factor(q, sqrt((double)q->n / cnt));
         }
-        if (p->full) /* every wt, and fm without half range: two alphas */
-            s_fwd_run(x + s0, y + s0, len, a, inv, lo, hi, p->sc, 2, 1);
-        else if (p->na == 1)
-            s_fwd_run(x + s0, y + s0, len, a, inv, lo, hi, p->sc, 1, 0);
-        else if (p->na == 2)
-            s_fwd_run(x + s0, y + s0, len, a, inv, lo, hi, p->sc, 2, 0);
-        else
-            s_fwd_run(x + s0, y + s0, len, a, inv, lo, hi, p->sc, 3, 0);
     }
+    eq_quant_for_chunks(q, s_fwd_chunk, &io);
     if (p->basis) {
         if (q->train) {
-            double yx = 0, yy = 0, sx = 0;
-            for (int64_t e = 0; e < q->n; e++) {
-                yx += (double)y[e] * x[e];
-                yy += (double)y[e] * y[e];
-                sx += x[e];
-            }
+            double yx = eq_qdot(y, x, q->n), yy = eq_qdot(y, y, q->n), sx = 0;
+            for (int64_t b = 0; b < q->n; b += EQ_QBLOCK)
+                sx += eq_qsum(x + b, q->n - b < EQ_QBLOCK ? q->n - b : EQ_QBLOCK);
             p->auxil->data[0] = (float)(yy != 0 ? yx / yy : sx / (double)q->n);
             /* update_bias (§2.11.6) */
             float it = *q->iteration, aux = p->auxil->data[0];
@@ -203,53 +393,80 @@ static eq_status s_forward(eq_quant *q, const float *x, float *y, eq_err *err)
                 p->basis->data[0] = aux;
             *q->iteration += 1.0f;
         }
-        float b = p->basis->data[0];
-        p->used_basis = b;
-        for (int64_t e = 0; e < q->n; e++) y[e] = y[e] * b;
+        p->used_basis = io.bsc = p->basis->data[0];
+        eq_quant_for_chunks(q, s_scale_chunk, &io);
     }
     return EQ_OK;
+}
+
+/* The backward variants: (na, full) as in s_variant, times the closed
+ * form's gradient scaling, times runs vs rows. */
+#define S_BWD_RUN(NA, FULL)                                                                              \
+    (sgd ? s_bwd_run(x, gy, gx, len, sg, b, 1, sc, ga, NA, FULL)                                         \
+         : s_bwd_run(x, gy, gx, len, sg, b, 0, sc, ga, NA, FULL))
+#define S_BWD_ROW(NA, FULL)                                                                              \
+    (sgd ? s_bwd_row(x, gy, gx, len, sg, b, 1, sc, a, g, NA, FULL)                                       \
+         : s_bwd_row(x, gy, gx, len, sg, b, 0, sc, a, g, NA, FULL))
+
+EQ_QSIMD static void s_bwd_chunk(eq_quant *q, void *vc, int64_t c, int64_t lo, int64_t hi)
+{
+    s_io *io = vc;
+    const s_nu *p = q->priv;
+    const float *sc = p->sc;
+    int v = s_variant(p), sgd = p->basis != NULL;
+    int64_t g = q->g;
+    float b = io->bsc;
+    double *acc = io->acc + c * p->na * g;
+    if (eq_quant_rowwise(q)) {
+        EQ_QFOR_ROWS_IN(q, lo, hi, s0, len, j0) {
+            s_seg sg = s_seg_at(p, q, j0);
+            const float *x = io->x + s0, *gy = io->gy + s0;
+            float *gx = io->gx + s0;
+            double *a = acc + j0;
+            switch (v) {
+            case 0: S_BWD_ROW(2, 1); break;
+            case 1: S_BWD_ROW(1, 0); break;
+            case 2: S_BWD_ROW(2, 0); break;
+            default: S_BWD_ROW(3, 0); break;
+            }
+        }
+        return;
+    }
+    EQ_QFOR_RUNS_IN(q, lo, hi, s0, len, k) {
+        s_seg sg = s_seg_at(p, q, k);
+        const float *x = io->x + s0, *gy = io->gy + s0;
+        float *gx = io->gx + s0;
+        double ga[S_MAXA] = {0};
+        switch (v) {
+        case 0: S_BWD_RUN(2, 1); break;
+        case 1: S_BWD_RUN(1, 0); break;
+        case 2: S_BWD_RUN(2, 0); break;
+        default: S_BWD_RUN(3, 0); break;
+        }
+        for (int i = 0; i < p->na; i++) acc[i * g + k] += ga[i];
+    }
 }
 
 static void s_backward(eq_quant *q, const float *x, const float *gy, float *gx)
 {
     s_nu *p = q->priv;
     int na = p->na;
-    memset(p->acc, 0, (size_t)(na * q->g) * sizeof(double));
-    float b = p->basis ? p->used_basis : 1.0f;
-    EQ_QFOR_RUNS(q, s0, len, k) {
-        float a[S_MAXA], inv[S_MAXA];
-        for (int i = 0; i < na; i++) {
-            a[i] = s_a(p->alpha[i], k);
-            inv[i] = 1.0f / a[i];
-        }
-        double ga[S_MAXA] = {0}, cf[S_MAXA][S_MAXA] = {{0}};
-        for (int i = 0; i < na; i++)
-            for (int j = 0; j < i; j++) cf[i][j] = (double)a[i] / ((double)a[j] * a[j]);
-        float lo[S_MAXA], hi[S_MAXA];
-        for (int i = 0; i < na; i++) s_range(p, i, &lo[i], &hi[i]);
-        int sg = p->basis != NULL;
-        if (p->full)
-            sg ? s_bwd_run(x + s0, gy + s0, gx + s0, len, b, 1, a, inv, lo, hi, p->sc, cf, ga, 2, 1)
-               : s_bwd_run(x + s0, gy + s0, gx + s0, len, b, 0, a, inv, lo, hi, p->sc, cf, ga, 2, 1);
-        else if (na == 1)
-            sg ? s_bwd_run(x + s0, gy + s0, gx + s0, len, b, 1, a, inv, lo, hi, p->sc, cf, ga, 1, 0)
-               : s_bwd_run(x + s0, gy + s0, gx + s0, len, b, 0, a, inv, lo, hi, p->sc, cf, ga, 1, 0);
-        else if (na == 2)
-            sg ? s_bwd_run(x + s0, gy + s0, gx + s0, len, b, 1, a, inv, lo, hi, p->sc, cf, ga, 2, 0)
-               : s_bwd_run(x + s0, gy + s0, gx + s0, len, b, 0, a, inv, lo, hi, p->sc, cf, ga, 2, 0);
-        else
-            sg ? s_bwd_run(x + s0, gy + s0, gx + s0, len, b, 1, a, inv, lo, hi, p->sc, cf, ga, 3, 0)
-               : s_bwd_run(x + s0, gy + s0, gx + s0, len, b, 0, a, inv, lo, hi, p->sc, cf, ga, 3, 0);
-        for (int i = 0; i < na; i++) p->acc[i * q->g + k] += ga[i];
-    }
+    int64_t g = q->g;
+    s_io io = {.x = x, .gy = gy, .gx = gx, .bsc = p->basis ? p->used_basis : 1.0f};
+    s_fill(q);
+    io.acc = eq_quant_chunk_acc(q, na * g);
+    eq_quant_for_chunks(q, s_bwd_chunk, &io);
     for (int i = 0; i < na; i++) {
         eq_quant_tensor *t = p->alpha[i];
         for (int64_t k = 0; k < t->numel; k++) {
             double tot = 0;
-            if (t->numel == 1)
-                for (int64_t j = 0; j < q->g; j++) tot += p->acc[i * q->g + j];
-            else
-                tot = p->acc[i * q->g + k];
+            for (int64_t c = 0; c < q->nchunks; c++) {
+                const double *a = io.acc + c * na * g + i * g;
+                if (t->numel == 1)
+                    for (int64_t j = 0; j < g; j++) tot += a[j];
+                else
+                    tot += a[k];
+            }
             t->grad[k] = (float)(eq_qsign(t->data[k]) * tot);
         }
     }

@@ -597,7 +597,31 @@ static eq_status s_reserve(eq_quant *q, int64_t n, eq_err *err)
     return EQ_OK;
 }
 
-/* var-mean (§2.3): per contiguous norm group, detached mean and unbiased std. */
+/* var-mean (§2.3): per contiguous norm group, detached mean and unbiased
+ * std, each sum in double over four interleaved lanes (a fixed order; the
+ * lanes vectorize). */
+EQ_QSIMD static void s_norm_group(const float *p, int64_t per, float eps, float *o, float *mean, float *std)
+{
+    double mu = eq_qsum(p, per) / (double)per;
+    double v0 = 0, v1 = 0, v2 = 0, v3 = 0;
+    int64_t i = 0;
+    for (; i + 4 <= per; i += 4) {
+        double d0 = (double)p[i] - mu, d1 = (double)p[i + 1] - mu, d2 = (double)p[i + 2] - mu,
+               d3 = (double)p[i + 3] - mu;
+        v0 += d0 * d0;
+        v1 += d1 * d1;
+        v2 += d2 * d2;
+        v3 += d3 * d3;
+    }
+    for (; i < per; i++) v0 += ((double)p[i] - mu) * ((double)p[i] - mu);
+    double v = (v0 + v1) + (v2 + v3);
+    double sd = per > 1 ? sqrt(v / (double)(per - 1)) : NAN;
+    float muf = (float)mu, den = (float)sd + eps;
+    *mean = muf;
+    *std = den;
+    for (i = 0; i < per; i++) o[i] = (p[i] - muf) / den;
+}
+
 static eq_status s_var_mean(eq_quant *q, const float *x, eq_err *err)
 {
     int64_t G = q->norm_g, per = q->n / G;
@@ -606,20 +630,19 @@ static eq_status s_var_mean(eq_quant *q, const float *x, eq_err *err)
         q->nstd = eq_malloc_array((size_t)G, sizeof(float));
         if (!q->nmean || !q->nstd) return eq_err_set(err, EQ_ERR_NOMEM, "quantizer: out of memory");
     }
-    for (int64_t k = 0; k < G; k++) {
-        const float *p = x + k * per;
-        double s = 0;
-        for (int64_t i = 0; i < per; i++) s += p[i];
-        double mu = s / (double)per, v = 0;
-        for (int64_t i = 0; i < per; i++) v += ((double)p[i] - mu) * ((double)p[i] - mu);
-        double sd = per > 1 ? sqrt(v / (double)(per - 1)) : NAN;
-        float muf = (float)mu, den = (float)sd + (float)q->o.norm_eps;
-        q->nmean[k] = muf;
-        q->nstd[k] = den;
-        float *o = q->xn + k * per;
-        for (int64_t i = 0; i < per; i++) o[i] = (p[i] - muf) / den;
-    }
+    for (int64_t k = 0; k < G; k++)
+        s_norm_group(x + k * per, per, (float)q->o.norm_eps, q->xn + k * per, &q->nmean[k], &q->nstd[k]);
     return EQ_OK;
+}
+
+/* gx /= std per norm group. */
+EQ_QSIMD static void s_unnorm(float *gx, int64_t per, int64_t G, const float *std)
+{
+    for (int64_t k = 0; k < G; k++) {
+        float inv = std[k];
+        float *o = gx + k * per;
+        for (int64_t i = 0; i < per; i++) o[i] = o[i] / inv;
+    }
 }
 
 /* Warm-up clip initialisation (§2.13): running mean of per-batch max|x|. */
@@ -753,12 +776,6 @@ eq_status eq_quant_backward(eq_quant *q, const float *x, const float *gy, float 
         }
         q->m->backward(q, src, g, gx);
     }
-    if (q->normed) {
-        int64_t per = n / q->norm_g;
-        for (int64_t k = 0; k < q->norm_g; k++) {
-            float inv = q->nstd[k];
-            for (int64_t i = k * per; i < (k + 1) * per; i++) gx[i] = gx[i] / inv;
-        }
-    }
+    if (q->normed) s_unnorm(gx, n / q->norm_g, q->norm_g, q->nstd);
     return EQ_OK;
 }

@@ -7,6 +7,8 @@
 #define EQ_QUANT_INTERNAL_H
 
 #include <math.h>
+#include <stdint.h>
+#include <string.h>
 
 #include "core/pool.h"
 #include "quant/quant.h"
@@ -101,6 +103,23 @@ int eq_quant_param_shape(const eq_quant *q, int64_t g, int64_t shape[4]);
 /* Steps n = level_num - 1. */
 static inline int eq_quant_steps(const eq_quant *q) { return (int)*q->level_num - 1; }
 
+/* EQ_QSIMD marks the functions that hold the elementwise loops: GCC builds
+ * each of them for AVX-512, AVX2 and baseline x86-64 and picks one at load
+ * time (target_clones; an ifunc).  The loops do the same IEEE operations in
+ * the same order in every clone (no FMA: none of these targets implies it,
+ * and -ffp-contract=off forbids contraction anyway), so results are
+ * bit-identical whichever clone runs; only the vector width differs.
+ * Other compilers and targets, and sanitizer builds, get the plain
+ * function.  Define EQ_QSIMD empty (-DEQ_QSIMD=) to build without clones. */
+#ifndef EQ_QSIMD
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && \
+    !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
+#define EQ_QSIMD __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define EQ_QSIMD
+#endif
+#endif
+
 /* PyTorch round(): half to even. */
 static inline float eq_qround(float v)
 {
@@ -110,6 +129,57 @@ static inline float eq_qround(float v)
     float a = fabsf(v);
     float r = copysignf((a + 12582912.0f) - 12582912.0f, v);
     return a < 4194304.0f ? r : v;
+}
+/* tanh in float without a libm call, so loops over it vectorize.  Odd;
+ * |x| < 0.55: x + x z P(z), z = x^2, P a degree-5 minimax fit of
+ * (tanh x - x)/x^3; else 1 - 2/(e^{2|x|} + 1) with e^y = 2^k p(r) (Cody-Waite
+ * reduction, degree-7 Taylor p), |x| clamped at 9.5 (tanh rounds to 1 there).
+ * Over every float in [0, 10]: 99.7 % correctly rounded, the rest 1 ulp
+ * off (two values 2 ulp); glibc 2.36's tanhf is correctly rounded for
+ * 94.6 % (2 ulp at worst).  NaN in, NaN out; +-inf: +-1; -0: -0.  Tested
+ * against tanh in double by tests/check_quant. */
+static inline float eq_qbits_f(int32_t i)
+{
+    float f;
+    memcpy(&f, &i, sizeof f);
+    return f;
+}
+static inline int32_t eq_qf_bits(float f)
+{
+    int32_t i;
+    memcpy(&i, &f, sizeof i);
+    return i;
+}
+static inline float eq_qtanh(float x)
+{
+    int32_t xi = eq_qf_bits(x);
+    int32_t sgn = (int32_t)((uint32_t)xi & 0x80000000u);
+    float a = eq_qbits_f(xi & 0x7fffffff);
+    float z = a * a;
+    float p = -0.008413956500589848f + z * 0.002395821502432227f;
+    p = 0.021782824769616127f + z * p;
+    p = -0.05395964905619621f + z * p;
+    p = 0.13333293795585632f + z * p;
+    p = -0.3333333134651184f + z * p;
+    float small = a + a * (z * p);
+    float b = a < 9.5f ? a : 9.5f; /* tanh rounds to 1 from 9.011; NaN: 9.5 (k stays an int) */
+    b = b + b;
+    float kf = (b * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round(b / ln 2) */
+    float r = b - kf * 0.693145751953125f;                              /* ln 2, high part */
+    r = r - kf * 1.428606765330187045e-06f;                             /* low part */
+    float e = 1.0f / 5040.0f;
+    e = 1.0f / 720.0f + r * e;
+    e = 1.0f / 120.0f + r * e;
+    e = 1.0f / 24.0f + r * e;
+    e = 1.0f / 6.0f + r * e;
+    e = 0.5f + r * e;
+    e = 1.0f + r * e;
+    e = 1.0f + r * e;
+    e = eq_qbits_f(eq_qf_bits(e) + (int32_t)((uint32_t)(int32_t)kf << 23)); /* times 2^k, 0 <= k <= 28 */
+    float large = 1.0f - 2.0f / (e + 1.0f);
+    float t = a < 0.55f ? small : large;
+    t = a != a ? a : t;
+    return eq_qbits_f(eq_qf_bits(t) | sgn);
 }
 static inline float eq_qclamp(float v, float lo, float hi) { return v < lo ? lo : (v > hi ? hi : v); }
 static inline float eq_qsgn(float v) { return v < 0.0f ? -1.0f : 1.0f; } /* sgn+ */

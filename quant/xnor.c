@@ -83,7 +83,7 @@ typedef struct s_io {
     eq_quant_grad_type gt;
 } s_io;
 
-static void s_abs_chunk(eq_quant *q, void *vc, int64_t ch, int64_t lo, int64_t hi)
+EQ_QSIMD static void s_abs_chunk(eq_quant *q, void *vc, int64_t ch, int64_t lo, int64_t hi)
 {
     s_io *io = vc;
     double *acc = io->acc + ch * q->g;
@@ -92,7 +92,7 @@ static void s_abs_chunk(eq_quant *q, void *vc, int64_t ch, int64_t lo, int64_t h
     }
 }
 
-static void s_sgn_chunk(eq_quant *q, void *vc, int64_t ch, int64_t lo, int64_t hi)
+EQ_QSIMD static void s_sgn_chunk(eq_quant *q, void *vc, int64_t ch, int64_t lo, int64_t hi)
 {
     (void)ch;
     const s_io *io = vc;
@@ -154,7 +154,7 @@ static eq_status s_forward(eq_quant *q, const float *x, float *y, eq_err *err)
     return EQ_OK;
 }
 
-static void s_bwd_chunk(eq_quant *q, void *vc, int64_t ch, int64_t lo, int64_t hi)
+EQ_QSIMD static void s_bwd_chunk(eq_quant *q, void *vc, int64_t ch, int64_t lo, int64_t hi)
 {
     (void)q, (void)ch;
     const s_io *io = vc;

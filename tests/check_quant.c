@@ -4,6 +4,7 @@
  * progressive levels.  The reference fixtures are in check_quant_fixtures.c. */
 #include "core/pool.h"
 #include "quant/quant.h"
+#include "quant/quant_internal.h" /* eq_qtanh */
 #include "tests/testutil.h"
 
 #include <math.h>
@@ -746,6 +747,107 @@ START_TEST(test_quirk_options)
 }
 END_TEST
 
+/* eq_qtanh against tanh in double rounded to float: at most 2 ulp off, and
+ * exact for at least 99 % of a sweep over [0, 10] (it is for 99.7 % of all
+ * floats there); odd, NaN/inf/-0/subnormals handled. */
+static int64_t s_ulp_key(float f)
+{
+    int32_t i;
+    memcpy(&i, &f, sizeof i);
+    return i < 0 ? -(int64_t)(i & 0x7fffffff) : (int64_t)i;
+}
+
+START_TEST(test_qtanh)
+{
+    int64_t n = 0, exact = 0, worst = 0;
+    for (uint32_t u = 0; u < 0x41200000u; u += 997) {
+        float x;
+        memcpy(&x, &u, sizeof x);
+        float want = (float)tanh((double)x), got = eq_qtanh(x);
+        int64_t d = llabs(s_ulp_key(got) - s_ulp_key(want));
+        /* (no ck_assert per value: each one is a message to the parent) */
+        if (d > worst || eq_qtanh(-x) != -got) {
+            ck_assert_msg(d <= 2, "eq_qtanh(%.9g) = %.9g, tanh %.9g", x, got, want);
+            ck_assert_msg(eq_qtanh(-x) == -got, "eq_qtanh(-%.9g) is not -eq_qtanh", x);
+            worst = d;
+        }
+        exact += d == 0;
+        n++;
+    }
+    ck_assert_msg(exact >= n - n / 100, "%lld of %lld exact", (long long)exact, (long long)n);
+    ck_assert(isnan(eq_qtanh(NAN)));
+    ck_assert_msg(eq_qtanh(INFINITY) == 1.0f && eq_qtanh(-INFINITY) == -1.0f, "eq_qtanh(+-inf) = %g, %g", eq_qtanh(INFINITY), eq_qtanh(-INFINITY));
+    ck_assert(eq_qtanh(20.0f) == 1.0f && eq_qtanh(-9.5f) == -1.0f);
+    ck_assert(eq_qtanh(-0.0f) == 0.0f && signbit(eq_qtanh(-0.0f)));
+    ck_assert(eq_qtanh(1e-40f) == 1e-40f);
+}
+END_TEST
+
+/* DoReFa weights route dL/dm to every arg-max of |tanh w|: two of them,
+ * of opposite signs, in different chunks of the parallel loops; in-place
+ * backward (gx == gy) gives the same bits. */
+START_TEST(test_dorefa_wt_argmax)
+{
+    const int64_t W[4] = {64, 64, 3, 3};
+    const int64_t n = 64 * 64 * 9;
+    float *w = malloc(n * sizeof(float)), *y = malloc(n * sizeof(float));
+    float *g = malloc(n * sizeof(float)), *gx = malloc(n * sizeof(float)), *gi = malloc(n * sizeof(float));
+    s_fill(w, n, 0.1f, 0.0f);
+    for (int64_t i = 0; i < n; i++) w[i] = fmaxf(fminf(w[i], 0.5f), -0.5f);
+    w[100] = 0.75f;
+    w[n - 7] = -0.75f; /* the last chunk */
+    s_fill(g, n, 1.0f, 0.0f);
+    const char *kv[] = {"method=dorefa", "bit=2", NULL};
+    eq_quant *q = s_make(EQ_QTAG_WT, EQ_LAYOUT_OIHW, 4, W, kv);
+    s_fwd(q, EQ_LAYOUT_OIHW, 4, W, w, y, 1);
+    s_bwd(q, w, g, gx);
+    double m = tanh(0.75), dot = 0;
+    for (int64_t i = 0; i < n; i++) dot += (double)g[i] * tanh((double)w[i]);
+    double dm = -dot / (m * m);
+    for (int64_t i = 0; i < n; i++) {
+        double t = tanh((double)w[i]), want = g[i] / m * (1 - t * t);
+        if (i == 100 || i == n - 7) want += dm * (t > 0 ? 1 : -1) * (1 - t * t);
+        ck_assert_msg(fabs(gx[i] - want) <= 1e-5 * fabs(want) + 1e-6, "gx[%lld] = %.9g, want %.9g", (long long)i,
+                      gx[i], want);
+    }
+    ck_assert(y[100] == 1.0f && y[n - 7] == -1.0f);
+    memcpy(gi, g, n * sizeof(float));
+    s_bwd(q, w, gi, gi);
+    ck_assert(memcmp(gi, gx, n * sizeof(float)) == 0);
+    eq_quant_destroy(&q);
+    free(w), free(y), free(g), free(gx), free(gi);
+}
+END_TEST
+
+/* In-place backward (gx == gy, as the trainer's activations do) gives the
+ * bits of a separate gx, for the methods whose loops keep per-position
+ * state (NHWC per channel) or scale the gradient first (closed form). */
+START_TEST(test_backward_in_place)
+{
+    const int64_t A[4] = {2, 8, 8, 64};
+    const int64_t n = 2 * 8 * 8 * 64;
+    const char *c1[] = {"method=nonuniform", "bit=2", "scale=3", "quant_group=64", NULL};
+    const char *c2[] = {"method=nonuniform", "level=3", "half_range=false", "quant_group=64", NULL};
+    const char *c3[] = {"method=nonuniform", "bit=2", "closed_form=true", "scale=3", NULL};
+    const char *c4[] = {"method=lsq", "bit=2", "quant_group=64", NULL};
+    const char *const *cs[] = {c1, c2, c3, c4};
+    float *x = malloc(n * sizeof(float)), *y = malloc(n * sizeof(float));
+    float *g = malloc(n * sizeof(float)), *gx = malloc(n * sizeof(float)), *gi = malloc(n * sizeof(float));
+    s_fill(x, n, 0.6f, 0.3f);
+    s_fill(g, n, 1.0f, 0.0f);
+    for (size_t c = 0; c < sizeof cs / sizeof cs[0]; c++) {
+        eq_quant *q = s_make(EQ_QTAG_FM, EQ_LAYOUT_NHWC, 4, A, cs[c]);
+        s_fwd(q, EQ_LAYOUT_NHWC, 4, A, x, y, 1);
+        s_bwd(q, x, g, gx);
+        memcpy(gi, g, n * sizeof(float));
+        s_bwd(q, x, gi, gi);
+        ck_assert_msg(memcmp(gi, gx, n * sizeof(float)) == 0, "%s %s: in-place grad_x differs", cs[c][0], cs[c][1]);
+        eq_quant_destroy(&q);
+    }
+    free(x), free(y), free(g), free(gx), free(gi);
+}
+END_TEST
+
 /* A thread pool gives bit-identical results (fixed chunking). */
 static void s_thread_case(eq_quant_tag tag, eq_layout lay, const int64_t *S, const char *const *kv,
                           eq_pool *pool)
@@ -791,6 +893,12 @@ START_TEST(test_threads_match)
     const char *w4[] = {"method=xnor", "bit=1", "grad_type=STE", NULL};
     const char *w5[] = {"method=lsq-step", "bit=3", NULL};
     const char *w6[] = {"method=lsq", "bit=2", "quant_group=1", NULL};
+    const char *w7[] = {"method=dorefa", "bit=2", NULL};
+    const char *w8[] = {"method=nonuniform", "level=3", NULL};
+    const char *w9[] = {"method=nonuniform", "level=3", "quant_group=1", "grad_type=STE-scale", NULL};
+    const char *f6[] = {"method=nonuniform", "bit=2", "scale=3", NULL};
+    const char *f7[] = {"method=nonuniform", "bit=2", "scale=3", "quant_group=64", "grad_type=STE-scale", NULL};
+    const char *f8[] = {"method=nonuniform", "bit=2", "closed_form=true", NULL};
     s_thread_case(EQ_QTAG_FM, EQ_LAYOUT_NHWC, A, f1, pool);
     s_thread_case(EQ_QTAG_FM, EQ_LAYOUT_NHWC, A, f2, pool);
     s_thread_case(EQ_QTAG_FM, EQ_LAYOUT_NHWC, A, f3, pool);
@@ -803,6 +911,13 @@ START_TEST(test_threads_match)
     s_thread_case(EQ_QTAG_WT, EQ_LAYOUT_OIHW, W, w4, pool);
     s_thread_case(EQ_QTAG_WT, EQ_LAYOUT_OIHW, W, w5, pool);
     s_thread_case(EQ_QTAG_WT, EQ_LAYOUT_OIHW, W, w6, pool);
+    s_thread_case(EQ_QTAG_WT, EQ_LAYOUT_OIHW, W, w7, pool);
+    s_thread_case(EQ_QTAG_WT, EQ_LAYOUT_OIHW, W, w8, pool);
+    s_thread_case(EQ_QTAG_WT, EQ_LAYOUT_OIHW, W, w9, pool);
+    s_thread_case(EQ_QTAG_FM, EQ_LAYOUT_NHWC, A, f6, pool);
+    s_thread_case(EQ_QTAG_FM, EQ_LAYOUT_NHWC, A, f7, pool);
+    s_thread_case(EQ_QTAG_FM, EQ_LAYOUT_NCHW, (const int64_t[]){8, 64, 16, 16}, f7, pool);
+    s_thread_case(EQ_QTAG_FM, EQ_LAYOUT_NHWC, A, f8, pool);
     eq_pool_destroy(&pool);
 }
 END_TEST
@@ -826,6 +941,9 @@ static Suite *s_suite(void)
     tcase_add_test(tc, test_progressive_levels);
     tcase_add_test(tc, test_quirk_options);
     tcase_add_test(tc, test_threads_match);
+    tcase_add_test(tc, test_qtanh);
+    tcase_add_test(tc, test_dorefa_wt_argmax);
+    tcase_add_test(tc, test_backward_in_place);
     suite_add_tcase(s, tc);
     return s;
 }
