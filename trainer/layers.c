@@ -4,7 +4,10 @@
  * Nodes are stored in topological order (a node's inputs come before it).
  * Gradients: a node's dy receives the sum of its consumers' contributions;
  * the first contribution is written straight into it, later ones go through
- * the scratch buffer `tmp` and an add (residual forks).  Tensors (the
+ * the scratch buffer `tmp` and an add (residual forks).  An add node passes
+ * its gradient on without copying: it swaps dy buffers with its first input
+ * whose gradient is unset (so dy pointers change during backward; nothing
+ * outside keeps them), and adds in place into one already set.  Tensors (the
  * state-dict table) are registered while building; their data pointers are
  * set by finalize (quantizer state: at once, the quantizer owns it).
  */
@@ -16,6 +19,7 @@
 #include <string.h>
 
 #include "core/rng.h"
+#include "trainer/cpu/cpu_internal.h" /* eq_cpu_backend_pool */
 
 typedef enum s_kind {
     S_INPUT, S_CONV, S_BN, S_RELU, S_PRELU, S_MAXPOOL, S_AVGPOOL, S_ADD, S_GAP, S_LINEAR, S_CLAMP,
@@ -239,6 +243,8 @@ static eq_quant *s_quant(eq_layers *g, const char *name, const char *sub, const 
         eq_err_prefix(err, "%s.%s: ", name, sub);
         return NULL;
     }
+    /* on the CPU backend's threads (results do not depend on their number) */
+    eq_quant_set_pool(q, eq_cpu_backend_pool(g->be));
     char prefix[200];
     snprintf(prefix, sizeof prefix, "%s.%s", name, sub);
     for (size_t i = 0; i < eq_quant_tensor_count(q); i++) {
@@ -930,18 +936,31 @@ eq_status eq_layers_backward(eq_layers *g, eq_err *err)
         case S_AVGPOOL:
             if (need_dx) st = eq_backend_avgpool_bwd(be, &nd->pool, nd->dy, dx, err);
             break;
-        case S_ADD:
-            if (need_dx) {
-                st = eq_backend_copy(be, dx, nd->dy, s_numel(nd) * sizeof(float), err);
-                if (st == EQ_OK) st = s_commit(g, nd->in0, err);
+        case S_ADD: {
+            /* Both inputs get dy: the first input whose gradient is still
+             * unset takes the buffer itself (the two nodes swap dy buffers,
+             * which have the same size; the output node's is never given
+             * away, its caller fills it), the other a copy, and an input
+             * with a gradient already adds dy in place. */
+            const float *src = nd->dy;
+            int own = i != g->nnodes - 1;
+            for (int k = 0; k < 2 && st == EQ_OK; k++) {
+                s_node *in = &g->nodes[k ? nd->in1 : nd->in0];
+                if (in->kind == S_INPUT) continue;
+                if (in->dy_set) {
+                    st = eq_backend_add(be, s_numel(nd), in->dy, src, in->dy, err);
+                } else if (own) {
+                    float *t = in->dy;
+                    in->dy = nd->dy, nd->dy = t, own = 0;
+                    src = in->dy;
+                } else {
+                    st = eq_backend_copy(be, in->dy, src, s_numel(nd) * sizeof(float), err);
+                }
+                in->dy_set = 1;
             }
             need_dx = 0; /* committed */
-            if (st == EQ_OK && g->nodes[nd->in1].kind != S_INPUT) {
-                float *dx1 = s_target(g, nd->in1);
-                st = eq_backend_copy(be, dx1, nd->dy, s_numel(nd) * sizeof(float), err);
-                if (st == EQ_OK) st = s_commit(g, nd->in1, err);
-            }
             break;
+        }
         case S_GAP:
             if (need_dx) st = eq_backend_gap_bwd(be, a->n, a->h * a->w, a->c, nd->dy, dx, err);
             break;

@@ -5,6 +5,8 @@
  * tiles SGEMMs over the backend's pool.  Op files (conv.c, norm.c,
  * ops.c) implement the members of struct eq_backend_i declared below; the
  * wrappers in trainer/backend.c have validated their arguments.
+ * trainer/layers.c uses eq_cpu_backend_pool only, to run the quantizers
+ * on the backend's threads.
  */
 #ifndef EQ_TRAINER_CPU_INTERNAL_H
 #define EQ_TRAINER_CPU_INTERNAL_H
@@ -35,6 +37,11 @@ float *eq_cpu_workspace(eq_cpu *cpu, size_t nbytes, const char *op, eq_err *err)
  * same time: OpenBLAS runs single-threaded inside our pool's workers. */
 typedef void (*eq_cpu_fn)(void *ctx, size_t i);
 void eq_cpu_for(eq_cpu *cpu, size_t n, eq_cpu_fn fn, void *ctx);
+
+/* The pool of a CPU backend (not owned; NULL when it runs on one thread or
+ * `be` is not the CPU backend), for host-side work between ops such as the
+ * quantizers: never call it from inside an op. */
+eq_pool *eq_cpu_backend_pool(const eq_backend *be);
 
 /* Row-major C = alpha * op(A) * op(B) + beta * C: tiles of C (and, for
  * long reductions, slices of K added in a fixed order) on the backend's
