@@ -1,16 +1,146 @@
 /*
  * trainer/backend_select.c -- eq_backend_open: backends by name, in every
- * build (the CUDA branch compiles only where configure found CUDA).
+ * build.  The CUDA backend lives in a module (eqcuda.so, trainer/cuda/
+ * plugin.h) loaded with dlopen the first time it is asked for, so programs
+ * carry no dependency on the CUDA libraries and `backend = cpu` never
+ * touches them.
  */
 #include "config.h"
 
 #include "trainer/backend_select.h"
 
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
 #ifdef EQ_HAVE_CUDA
-#include "trainer/cuda/cuda.h"
+#include <dlfcn.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "core/log.h"
+#include "trainer/cuda/plugin.h"
+
+#ifndef EQ_PKGLIBDIR
+#error "EQ_PKGLIBDIR (the installed module's directory) must be defined by the build"
+#endif
+
+/* Loaded once and never unloaded (backends from it may live until exit). */
+static pthread_mutex_t s_lock = PTHREAD_MUTEX_INITIALIZER;
+static const eq_cuda_plugin *s_plugin;
+
+/* Append "; " (after the first) and a formatted piece to buf (cap bytes,
+ * truncating quietly). */
+static void s_append(char *buf, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void s_append(char *buf, size_t cap, const char *fmt, ...)
+{
+    size_t len = strlen(buf);
+    if (len + 1 >= cap) return;
+    if (len) {
+        snprintf(buf + len, cap - len, "; ");
+        len = strlen(buf);
+    }
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf + len, cap - len, fmt, ap);
+    va_end(ap);
+}
+
+/* dlopen `path` and check its table; NULL with the reason appended to why. */
+static const eq_cuda_plugin *s_try(const char *path, char *why, size_t why_len)
+{
+    void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (!h) {
+        const char *e = dlerror();
+        /* dlerror names the path for "not found" and most other failures */
+        if (e && strstr(e, path))
+            s_append(why, why_len, "%s", e);
+        else
+            s_append(why, why_len, "%s: %s", path, e ? e : "dlopen failed");
+        return NULL;
+    }
+    eq_cuda_plugin_entry_fn entry;
+    void *sym = dlsym(h, EQ_CUDA_PLUGIN_SYMBOL);
+    memcpy(&entry, &sym, sizeof entry); /* object pointer to function pointer */
+    if (!entry) {
+        s_append(why, why_len, "%s: not an eq CUDA module (no %s)", path, EQ_CUDA_PLUGIN_SYMBOL);
+        dlclose(h);
+        return NULL;
+    }
+    const eq_cuda_plugin *p = entry();
+    if (!p || p->abi != EQ_CUDA_PLUGIN_ABI) {
+        s_append(why, why_len,
+                 "%s: stale module (plugin ABI %d, this program needs %d): rebuild or reinstall it",
+                 path, p ? p->abi : -1, EQ_CUDA_PLUGIN_ABI);
+        dlclose(h);
+        return NULL;
+    }
+    if (p->backend_iface != EQ_BACKEND_IFACE_VERSION || p->size_table != sizeof(eq_cuda_plugin) ||
+        p->size_err != sizeof(eq_err) || p->size_opts != sizeof(eq_cuda_opts) ||
+        p->size_backend != sizeof(struct eq_backend) ||
+        p->size_iface != sizeof(struct eq_backend_i)) {
+        s_append(why, why_len,
+                 "%s: stale module (built against backend interface %d with a %zu-byte table; "
+                 "this program has %d, %zu bytes): rebuild or reinstall it",
+                 path, p->backend_iface, p->size_iface, EQ_BACKEND_IFACE_VERSION,
+                 sizeof(struct eq_backend_i));
+        dlclose(h);
+        return NULL;
+    }
+    p->set_logv(eq_logv);
+    return p;
+}
+
+/* The directory of the running program (no trailing slash), or 0. */
+static int s_exe_dir(char *dir, size_t cap)
+{
+    ssize_t n = readlink("/proc/self/exe", dir, cap - 1);
+    if (n <= 0 || (size_t)n >= cap - 1) return 0;
+    dir[n] = '\0';
+    char *slash = strrchr(dir, '/');
+    if (!slash) return 0;
+    if (slash == dir) slash[1] = '\0'; /* "/" */
+    else *slash = '\0';
+    return 1;
+}
+
+/* The loaded module, loading it on first use: $EQ_CUDA_PLUGIN alone when
+ * set; else next to the program in the build tree (libtool's .libs/ of its
+ * directory, then of the directory above, for tests/ and bench/), then the
+ * installed pkglibdir.  NULL with every path tried and why in `why`. */
+static const eq_cuda_plugin *s_load(char *why, size_t why_len)
+{
+    pthread_mutex_lock(&s_lock);
+    const eq_cuda_plugin *p = s_plugin;
+    if (p) goto out;
+    char tried[EQ_ERR_MSG_LEN] = "";
+    const char *env = getenv("EQ_CUDA_PLUGIN");
+    if (env && *env) {
+        if ((p = s_try(env, tried, sizeof tried))) goto done;
+        snprintf(why, why_len, "cannot load the CUDA module named by EQ_CUDA_PLUGIN: %s", tried);
+        goto out;
+    }
+    char dir[PATH_MAX], path[PATH_MAX + 32];
+    if (s_exe_dir(dir, sizeof dir)) {
+        snprintf(path, sizeof path, "%s/.libs/" EQ_CUDA_PLUGIN_FILE, dir);
+        if ((p = s_try(path, tried, sizeof tried))) goto done;
+        snprintf(path, sizeof path, "%s/../.libs/" EQ_CUDA_PLUGIN_FILE, dir);
+        if ((p = s_try(path, tried, sizeof tried))) goto done;
+    }
+    if ((p = s_try(EQ_PKGLIBDIR "/" EQ_CUDA_PLUGIN_FILE, tried, sizeof tried))) goto done;
+    snprintf(why, why_len,
+             "cannot load the CUDA module (set EQ_CUDA_PLUGIN=/path/" EQ_CUDA_PLUGIN_FILE
+             "); tried %s",
+             tried);
+    goto out;
+done:
+    s_plugin = p;
+out:
+    pthread_mutex_unlock(&s_lock);
+    return p;
+}
 #endif
 
 int eq_backend_cuda_built(void)
@@ -25,7 +155,13 @@ int eq_backend_cuda_built(void)
 int eq_backend_cuda_devices(char *why, size_t why_len)
 {
 #ifdef EQ_HAVE_CUDA
-    return eq_cuda_device_count(why, why_len);
+    char buf[EQ_ERR_MSG_LEN];
+    const eq_cuda_plugin *p = s_load(buf, sizeof buf);
+    if (!p) {
+        if (why && why_len) snprintf(why, why_len, "%s", buf);
+        return 0;
+    }
+    return p->device_count(why, why_len);
 #else
     if (why && why_len) snprintf(why, why_len, "built without CUDA");
     return 0;
@@ -43,8 +179,11 @@ eq_status eq_backend_open_opts(const eq_backend_opts *o, eq_backend **out, eq_er
     }
     if (strcmp(o->name, "cuda") == 0) {
 #ifdef EQ_HAVE_CUDA
+        char why[EQ_ERR_MSG_LEN];
+        const eq_cuda_plugin *p = s_load(why, sizeof why);
+        if (!p) return eq_err_set(err, EQ_ERR_UNSUPPORTED, "backend 'cuda': %s", why);
         eq_cuda_opts co = {.device = o->device, .deterministic = o->deterministic};
-        *out = eq_backend_cuda_new(&co, err);
+        *out = p->backend_new(&co, err);
         return *out ? EQ_OK : (err && err->code != EQ_OK ? err->code : EQ_ERR_INTERNAL);
 #else
         return eq_err_set(err, EQ_ERR_UNSUPPORTED,
