@@ -8,14 +8,47 @@
  * into double partials in the workspace; the calling thread adds the
  * partials in slice order.  Statistics are two-pass (mean, then centred
  * squares), so results are accurate; the slicing depends only on the
- * shape, so they do not depend on the thread count.
+ * shape, so they do not depend on the thread count.  Full 16-channel blocks
+ * run on 4-lane vectors (GCC vector extensions: the same double operations
+ * per element as the scalar tail, so bit-identical; -O2 leaves the scalar
+ * loops unvectorised).
  */
 #include "trainer/cpu/cpu_internal.h"
 
 #include <math.h>
+#include <string.h>
 
 #define S_CB 16
 #define S_ROWS 2048
+#define S_NV (S_CB / 4) /* vectors per full block */
+
+typedef float s_v4f __attribute__((vector_size(16)));
+typedef double s_v4d __attribute__((vector_size(32)));
+
+/* Loads and stores as macros: passing 32-byte vectors by value would change
+ * the ABI without AVX (-Wpsabi). */
+#define s_ld(p)                                     \
+    ({                                              \
+        s_v4f v_;                                   \
+        memcpy(&v_, (p), sizeof v_);                \
+        __builtin_convertvector(v_, s_v4d);         \
+    })
+#define s_st(p, v)                                  \
+    do {                                            \
+        s_v4f f_ = __builtin_convertvector((v), s_v4f); \
+        memcpy((p), &f_, sizeof f_);                \
+    } while (0)
+#define s_ldd(p)                                    \
+    ({                                              \
+        s_v4d d_;                                   \
+        memcpy(&d_, (p), sizeof d_);                \
+        d_;                                         \
+    })
+#define s_std(p, v)                                 \
+    do {                                            \
+        s_v4d e_ = (v);                             \
+        memcpy((p), &e_, sizeof e_);                \
+    } while (0)
 
 typedef struct s_bn {
     const eq_bn_desc *d;
@@ -64,9 +97,18 @@ static void s_fwd_sum(void *vctx, size_t t)
     int64_t j0, nb, r0, r1;
     s_task(b, t, &j0, &nb, &r0, &r1);
     double acc[S_CB] = {0};
-    for (int64_t i = r0; i < r1; i++) {
-        const float *xr = b->x + i * c + j0;
-        for (int64_t j = 0; j < nb; j++) acc[j] += xr[j];
+    if (nb == S_CB) {
+        s_v4d v[S_NV] = {0};
+        for (int64_t i = r0; i < r1; i++) {
+            const float *xr = b->x + i * c + j0;
+            for (int u = 0; u < S_NV; u++) v[u] += s_ld(xr + 4 * u);
+        }
+        for (int u = 0; u < S_NV; u++) s_std(acc + 4 * u, v[u]);
+    } else {
+        for (int64_t i = r0; i < r1; i++) {
+            const float *xr = b->x + i * c + j0;
+            for (int64_t j = 0; j < nb; j++) acc[j] += xr[j];
+        }
     }
     double *o = b->p1 + (r0 / S_ROWS) * c + j0;
     for (int64_t j = 0; j < nb; j++) o[j] = acc[j];
@@ -81,11 +123,24 @@ static void s_fwd_sq(void *vctx, size_t t)
     s_task(b, t, &j0, &nb, &r0, &r1);
     double acc[S_CB] = {0}, mu[S_CB];
     for (int64_t j = 0; j < nb; j++) mu[j] = b->mu[j0 + j];
-    for (int64_t i = r0; i < r1; i++) {
-        const float *xr = b->x + i * c + j0;
-        for (int64_t j = 0; j < nb; j++) {
-            double v = (double)xr[j] - mu[j];
-            acc[j] += v * v;
+    if (nb == S_CB) {
+        s_v4d v[S_NV] = {0}, m[S_NV];
+        for (int u = 0; u < S_NV; u++) m[u] = s_ldd(mu + 4 * u);
+        for (int64_t i = r0; i < r1; i++) {
+            const float *xr = b->x + i * c + j0;
+            for (int u = 0; u < S_NV; u++) {
+                s_v4d d = s_ld(xr + 4 * u) - m[u];
+                v[u] += d * d;
+            }
+        }
+        for (int u = 0; u < S_NV; u++) s_std(acc + 4 * u, v[u]);
+    } else {
+        for (int64_t i = r0; i < r1; i++) {
+            const float *xr = b->x + i * c + j0;
+            for (int64_t j = 0; j < nb; j++) {
+                double v = (double)xr[j] - mu[j];
+                acc[j] += v * v;
+            }
         }
     }
     double *o = b->p2 + (r0 / S_ROWS) * c + j0;
@@ -101,6 +156,16 @@ static void s_affine(void *vctx, size_t t)
     s_task(b, t, &j0, &nb, &r0, &r1);
     double a[S_CB], sh[S_CB];
     for (int64_t j = 0; j < nb; j++) a[j] = b->a[j0 + j], sh[j] = b->sh[j0 + j];
+    if (nb == S_CB) {
+        s_v4d va[S_NV], vs[S_NV];
+        for (int u = 0; u < S_NV; u++) va[u] = s_ldd(a + 4 * u), vs[u] = s_ldd(sh + 4 * u);
+        for (int64_t i = r0; i < r1; i++) {
+            const float *xr = b->x + i * c + j0;
+            float *yr = b->y + i * c + j0;
+            for (int u = 0; u < S_NV; u++) s_st(yr + 4 * u, s_ld(xr + 4 * u) * va[u] + vs[u]);
+        }
+        return;
+    }
     for (int64_t i = r0; i < r1; i++) {
         const float *xr = b->x + i * c + j0;
         float *yr = b->y + i * c + j0;
@@ -189,11 +254,28 @@ static void s_bwd_sums(void *vctx, size_t t)
     s_task(b, t, &j0, &nb, &r0, &r1);
     double sdy[S_CB] = {0}, sdyx[S_CB] = {0}, mu[S_CB];
     for (int64_t j = 0; j < nb; j++) mu[j] = b->mean_in[j0 + j];
-    for (int64_t i = r0; i < r1; i++) {
-        const float *xr = b->x + i * c + j0, *gr = b->dy + i * c + j0;
-        for (int64_t j = 0; j < nb; j++) {
-            sdy[j] += gr[j];
-            sdyx[j] += (double)gr[j] * ((double)xr[j] - mu[j]);
+    if (nb == S_CB) {
+        s_v4d v1[S_NV] = {0}, v2[S_NV] = {0}, m[S_NV];
+        for (int u = 0; u < S_NV; u++) m[u] = s_ldd(mu + 4 * u);
+        for (int64_t i = r0; i < r1; i++) {
+            const float *xr = b->x + i * c + j0, *gr = b->dy + i * c + j0;
+            for (int u = 0; u < S_NV; u++) {
+                s_v4d g = s_ld(gr + 4 * u);
+                v1[u] += g;
+                v2[u] += g * (s_ld(xr + 4 * u) - m[u]);
+            }
+        }
+        for (int u = 0; u < S_NV; u++) {
+            s_std(sdy + 4 * u, v1[u]);
+            s_std(sdyx + 4 * u, v2[u]);
+        }
+    } else {
+        for (int64_t i = r0; i < r1; i++) {
+            const float *xr = b->x + i * c + j0, *gr = b->dy + i * c + j0;
+            for (int64_t j = 0; j < nb; j++) {
+                sdy[j] += gr[j];
+                sdyx[j] += (double)gr[j] * ((double)xr[j] - mu[j]);
+            }
         }
     }
     double *o1 = b->p1 + (r0 / S_ROWS) * c + j0, *o2 = b->p2 + (r0 / S_ROWS) * c + j0;
@@ -212,6 +294,20 @@ static void s_bwd_dx(void *vctx, size_t t)
     for (int64_t j = 0; j < nb; j++) {
         mu[j] = b->mean_in[j0 + j], k1[j] = b->a[j0 + j], mdy[j] = b->sh[j0 + j];
         k2[j] = b->mu[j0 + j];
+    }
+    if (nb == S_CB) {
+        s_v4d vm[S_NV], v1[S_NV], v2[S_NV], vd[S_NV];
+        for (int u = 0; u < S_NV; u++)
+            vm[u] = s_ldd(mu + 4 * u), v1[u] = s_ldd(k1 + 4 * u), v2[u] = s_ldd(k2 + 4 * u),
+            vd[u] = s_ldd(mdy + 4 * u);
+        for (int64_t i = r0; i < r1; i++) {
+            const float *xr = b->x + i * c + j0, *gr = b->dy + i * c + j0;
+            float *o = b->dx + i * c + j0;
+            for (int u = 0; u < S_NV; u++)
+                s_st(o + 4 * u, v1[u] * (s_ld(gr + 4 * u) - vd[u] -
+                                         (s_ld(xr + 4 * u) - vm[u]) * v2[u]));
+        }
+        return;
     }
     for (int64_t i = r0; i < r1; i++) {
         const float *xr = b->x + i * c + j0, *gr = b->dy + i * c + j0;
