@@ -10,6 +10,7 @@
  */
 #include "config.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <getopt.h>
 #include <signal.h>
@@ -33,6 +34,29 @@ static void s_on_signal(int sig)
     if (s_train) eq_train_stop(s_train);
 }
 
+/* Whether --set `arg` sets [train] policy (the key as core/config.c reads
+ * it: surrounding blanks ignored); *val, *vn: its value, trimmed. */
+static bool s_sets_policy(const char *arg, const char **val, size_t *vn)
+{
+    const char *eq = strchr(arg, '=');
+    if (!eq) return false;
+    const char *k = arg, *ke = eq;
+    while (k < ke && isspace((unsigned char)*k))
+        k++;
+    while (ke > k && isspace((unsigned char)ke[-1]))
+        ke--;
+    if ((size_t)(ke - k) != strlen("train.policy") || memcmp(k, "train.policy", (size_t)(ke - k))) return false;
+    const char *v = eq + 1;
+    size_t n = strlen(v);
+    while (n && isspace((unsigned char)*v))
+        v++, n--;
+    while (n && isspace((unsigned char)v[n - 1]))
+        n--;
+    *val = v;
+    *vn = n;
+    return true;
+}
+
 static void s_usage(FILE *f)
 {
     fprintf(f, "usage: eq-trainer --config FILE --loaders EP[,EP...] [options]\n"
@@ -41,6 +65,8 @@ static void s_usage(FILE *f)
                "  --config FILE          experiment config ([loader] [data] [model] [quant.wt] [quant.fm]\n"
                "                         [optim] [schedule] [train]; `eqctl config doc` lists every key)\n"
                "  --set SECTION.KEY=VAL  override a config key (repeatable)\n"
+               "  --policy FILE          policy file: quantizer changes at start-up and at given epochs\n"
+               "                         (the same as --set train.policy=FILE; doc/config.md \"Policy files\")\n"
                "  --loaders EP[,EP...]   data endpoints of the eq-loaders\n"
                "  --eval EP              eq-eval's PRED endpoint (default: no evaluation)\n"
                "  --pub EP               bind a METRICS publisher here (e.g. tcp://127.0.0.1:*)\n"
@@ -62,6 +88,7 @@ int main(int argc, char **argv)
 {
     static const struct option o[] = { { "config", required_argument, 0, 'c' },
                                        { "set", required_argument, 0, 's' },
+                                       { "policy", required_argument, 0, 'O' },
                                        { "loaders", required_argument, 0, 'L' },
                                        { "eval", required_argument, 0, 'v' },
                                        { "pub", required_argument, 0, 'p' },
@@ -77,7 +104,7 @@ int main(int argc, char **argv)
                                        { "log-json", no_argument, 0, 'j' },
                                        { "help", no_argument, 0, 'h' },
                                        { 0, 0, 0, 0 } };
-    const char *config = NULL, *sets[S_MAX_SETS];
+    const char *config = NULL, *sets[S_MAX_SETS + 1], *policy = NULL;
     size_t nsets = 0;
     char *loaders_arg = NULL;
     eq_train_opts to = { 0 };
@@ -93,6 +120,13 @@ int main(int argc, char **argv)
                 return 2;
             }
             sets[nsets++] = optarg;
+            break;
+        case 'O':
+            if (policy && strcmp(policy, optarg)) {
+                fprintf(stderr, "eq-trainer: --policy given twice ('%s' and '%s')\n", policy, optarg);
+                return 2;
+            }
+            policy = optarg;
             break;
         case 'L': loaders_arg = optarg; break;
         case 'v': to.eval = optarg; break;
@@ -161,6 +195,26 @@ int main(int argc, char **argv)
     if (to.evaluate && !to.resume && !to.pretrained) {
         fprintf(stderr, "eq-trainer: --evaluate needs the weights: --resume CKPT or --pretrained FILE\n");
         return 2;
+    }
+    /* --policy FILE is --set train.policy=FILE; a --set naming another file
+     * is a contradiction, not an override. */
+    char policy_set[sizeof "train.policy=" + 1023];
+    if (policy) {
+        for (size_t i = 0; i < nsets; i++) {
+            const char *v;
+            size_t vn;
+            if (s_sets_policy(sets[i], &v, &vn) && (vn != strlen(policy) || memcmp(v, policy, vn))) {
+                fprintf(stderr, "eq-trainer: --policy '%s' and --set '%s' name different policy files\n", policy,
+                        sets[i]);
+                return 2;
+            }
+        }
+        if (!*policy || strlen(policy) > 1023) { /* [train] policy's limit */
+            fprintf(stderr, "eq-trainer: --policy '%s': expected a file name of 1..1023 bytes\n", policy);
+            return 2;
+        }
+        snprintf(policy_set, sizeof policy_set, "train.policy=%s", policy);
+        sets[nsets++] = policy_set;
     }
     to.rank = (int)rank;
     to.world = (int)world;
