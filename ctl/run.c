@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "core/clock.h"
+#include "core/json.h"
 #include "core/log.h"
 #include "proto/proto_zmq.h"
 #include "trainer/train.h"
@@ -59,6 +60,8 @@ typedef struct s_run {
     uint64_t epoch, step, steps;
     bool trainer_done;
     uint32_t trainer_status;
+    char eval_path[1300]; /* eq-eval's JSONL ("" while unknown) */
+    long eval_off;        /* its size before this run's eq-eval started */
 } s_run;
 
 static volatile sig_atomic_t s_interrupted;
@@ -246,6 +249,7 @@ static void s_on_metrics(s_run *r, const eq_msg_metrics *m, bool tty, bool json)
             r->trainer_status = m->status;
         }
     } else if (!strcmp(m->source, "eval") && !strcmp(m->kind, "eval")) {
+        if (m->epoch < 1024 && r->have_eval[m->epoch]) return; /* also read from eval.jsonl */
         if (m->status) {
             r->eval_failed = true;
             if (!json)
@@ -265,6 +269,45 @@ static void s_on_metrics(s_run *r, const eq_msg_metrics *m, bool tty, bool json)
                     tty ? "\r\033[K" : "", m->epoch, m->top1, m->top5, m->samples);
     }
     fflush(stdout);
+}
+
+/* eq-eval's PUB messages can be lost: a SUB joins a PUB a little after the
+ * publisher binds, and a short run (--evaluate) can finish before that.
+ * eq-eval also appends each result to its JSONL file, so read what it
+ * appended during this run and take the results the PUB did not deliver. */
+static void s_eval_from_file(s_run *r, bool tty, bool json)
+{
+    if (!r->eval_path[0]) return;
+    FILE *f = fopen(r->eval_path, "r");
+    if (!f) return;
+    if (fseek(f, r->eval_off, SEEK_SET)) {
+        fclose(f);
+        return;
+    }
+    char line[4096];
+    while (fgets(line, sizeof line, f)) {
+        size_t len = strlen(line);
+        if (!len || line[len - 1] != '\n') break; /* a line still being written */
+        eq_json_doc *d = eq_json_parse(line, len, NULL, NULL);
+        if (!d) continue;
+        const eq_json *o = eq_json_root(d), *ep = eq_json_get(o, "epoch"), *t1 = eq_json_get(o, "top1"),
+                      *t5 = eq_json_get(o, "top5"), *ns = eq_json_get(o, "samples"), *er = eq_json_get(o, "error");
+        if (ep && eq_json_typeof(ep) == EQ_JSON_NUMBER && eq_json_num(ep) >= 0) {
+            eq_msg_metrics m;
+            memset(&m, 0, sizeof m);
+            snprintf(m.source, sizeof m.source, "eval");
+            snprintf(m.kind, sizeof m.kind, "eval");
+            m.epoch = (uint64_t)eq_json_num(ep);
+            if (er) m.status = EQ_ERR_INVALID;
+            if (t1) m.top1 = eq_json_num(t1);
+            if (t5) m.top5 = eq_json_num(t5);
+            if (ns) m.samples = (uint64_t)eq_json_num(ns);
+            bool seen = m.epoch < 1024 ? r->have_eval[m.epoch] : r->any_eval;
+            if (!seen && (er || (t1 && t5))) s_on_metrics(r, &m, tty, json);
+        }
+        eq_json_doc_destroy(&d);
+    }
+    fclose(f);
 }
 
 /* OUT_DIR/metrics.svg: train loss per step (left axis) and val Top-1 per
@@ -512,6 +555,9 @@ int eq_ctl_run_main(int argc, char **argv)
     {
         char metrics[1300];
         snprintf(metrics, sizeof metrics, "%s/eval.jsonl", x.train.out_dir);
+        struct stat est;
+        snprintf(r->eval_path, sizeof r->eval_path, "%s", metrics);
+        r->eval_off = stat(metrics, &est) == 0 ? (long)est.st_size : 0;
         char *av[] = { (char *)names[1], "serve", "--pull", ep_eval, "--pub", ep_eval_pub, "--control", ep_eval_ctl,
                        "--metrics", metrics, NULL };
         snprintf(logp, sizeof logp, "%s/eval.log", r->log_dir);
@@ -675,7 +721,12 @@ int eq_ctl_run_main(int argc, char **argv)
                 eq_proto_recvd_close(&rv);
             }
             s_reap(r);
-            if (r->ch[r->evaluator].exited) break;
+            if (!(r->any_eval && (evaluate || r->last_epoch_eval == last)) && eq_clock_ms() - t1 > 500)
+                s_eval_from_file(r, tty, json);
+            if (r->ch[r->evaluator].exited) {
+                s_eval_from_file(r, tty, json);
+                break;
+            }
         }
         if (!(r->any_eval && (evaluate || r->last_epoch_eval == last)) && !failed) {
             snprintf(failed_buf, sizeof failed_buf, "eq-eval %s",

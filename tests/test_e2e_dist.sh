@@ -101,6 +101,38 @@ top_b=$(sed 's/.*"top1":\([0-9.]*\).*/\1/' "$T/r2.json")
 [ "$top_a" = "$top_b" ] && ok "the evaluated checkpoint gives the training run's Top-1 ($top_a)" ||
     bad "Top-1 after training $top_a, evaluating the checkpoint $top_b"
 
+# 2b. eq-eval's PUB messages never reach eqctl (a SUB that joins late misses
+# what a short --evaluate run publishes): eqctl takes the result from the
+# lines eq-eval appended to eval.jsonl during this run, within seconds.
+mkdir -p "$T/bin"
+for p in eqctl eq-loader eq-trainer; do cp "$B/$p" "$T/bin/$p"; done
+cp "$B/eq-eval" "$T/bin/eq-eval.real"
+cat >"$T/bin/eq-eval" <<EOW
+#!/bin/sh
+n=0
+for a in "\$@"; do
+    [ "\$prev" = --pub ] && a="ipc://$T/nobody-listens.pub"
+    set -- "\$@" "\$a"
+    prev=\$a
+    n=\$((n + 1))
+done
+shift \$n
+exec "$T/bin/eq-eval.real" "\$@"
+EOW
+chmod +x "$T/bin/eq-eval"
+echo '{"epoch":0,"top1":99.0,"top5":99.0,"samples":32}' >"$T/ev2.jsonl.old"
+mkdir -p "$T/ev2" && cp "$T/ev2.jsonl.old" "$T/ev2/eval.jsonl"
+timeout 60 "$T/bin/eqctl" run "$T/tiny.cfg" --evaluate --resume "$T/out/last.safetensors" --set "train.out_dir=$T/ev2" \
+    --json >"$T/r2b.json" 2>"$T/r2b.err"
+rc=$?
+top_c=$(sed 's/.*"top1":\([0-9.]*\).*/\1/' "$T/r2b.json")
+if [ $rc -eq 0 ] && [ "$top_c" = "$top_b" ]; then
+    ok "eq-eval's PUB lost: the result comes from this run's lines of eval.jsonl ($top_c)"
+else
+    bad "eq-eval's PUB lost: exit $rc, Top-1 '$top_c' (expected $top_b)"
+    cat "$T/r2b.json" "$T/r2b.err"
+fi
+
 # 3. Pretrained: a full-precision checkpoint into the quantized model; the
 # quantizer state is reported missing and keeps its initial values.
 timeout 120 "$CTL" run "$T/tiny.cfg" --set quant.wt.enable=false --set quant.fm.enable=false \
