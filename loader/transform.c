@@ -28,6 +28,13 @@
 
 #include "loader/loader_internal.h"
 
+#if defined(__GNUC__) && defined(__x86_64__)
+#include <immintrin.h>
+#define S_X86 1
+#else
+#define S_X86 0
+#endif
+
 #define S_PREC 22 /* PIL: PRECISION_BITS = 32 - 8 - 2 */
 
 typedef struct s_axis {
@@ -129,6 +136,117 @@ static inline __attribute__((always_inline)) void s_hrow3(const uint8_t *row, ui
     }
 }
 
+/* ------------------------------------------------- x86 AVX2 kernels
+ *
+ * The same integer sums as the scalar loops above (products of uint8 and
+ * the 22-bit coefficients, 32-bit adds, which are exact and so order-free),
+ * the same rounding constant and the same clip: the same bytes.  Chosen at
+ * run time when the CPU has AVX2 (the build targets plain x86-64);
+ * check_loader compares them with the scalar code on random geometries. */
+static int s_simd_mode = -1; /* -1: not probed, 0: scalar, 1: AVX2 */
+
+static int s_simd(void)
+{
+    int m = __atomic_load_n(&s_simd_mode, __ATOMIC_RELAXED);
+    if (m < 0) {
+#if S_X86
+        __builtin_cpu_init();
+        m = __builtin_cpu_supports("avx2") ? 1 : 0;
+#else
+        m = 0;
+#endif
+        __atomic_store_n(&s_simd_mode, m, __ATOMIC_RELAXED);
+    }
+    return m;
+}
+
+int eq_resize_simd(int enable)
+{
+    int was = s_simd();
+#if S_X86
+    if (enable >= 0) {
+        __builtin_cpu_init();
+        __atomic_store_n(&s_simd_mode, enable && __builtin_cpu_supports("avx2") ? 1 : 0,
+                         __ATOMIC_RELAXED);
+    }
+#else
+    (void)enable;
+#endif
+    return was;
+}
+
+#if S_X86
+/* One RGB row of the horizontal pass: output xx reads the K4 pixels at
+ * byte offset off[xx] (K4 a multiple of 4, zero coefficients padding the
+ * real taps) with 16-byte loads, so the row must be followed by at least 4
+ * readable bytes. */
+__attribute__((target("avx2"))) static void s_hrow3_avx2(const uint8_t *row, uint8_t *mrow,
+                                                          uint32_t ww, const int *off,
+                                                          const int32_t *kf, int K4)
+{
+    const __m128i sh = _mm_setr_epi8(0, 1, 2, -1, 3, 4, 5, -1, 6, 7, 8, -1, 9, 10, 11, -1);
+    const __m256i lo = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
+    const __m256i hi = _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3);
+    const __m128i rnd = _mm_set1_epi32(1 << (S_PREC - 1));
+    for (uint32_t xx = 0; xx < ww; xx++) {
+        const uint8_t *s = row + off[xx];
+        const int32_t *k = kf + (size_t)xx * K4;
+        __m256i a0 = _mm256_setzero_si256(), a1 = _mm256_setzero_si256();
+        for (int t = 0; t < K4; t += 4) {
+            __m128i v = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(s + 3 * t)), sh);
+            __m256i kk = _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(k + t)));
+            __m256i p01 = _mm256_cvtepu8_epi32(v);
+            __m256i p23 = _mm256_cvtepu8_epi32(_mm_unpackhi_epi64(v, v));
+            a0 = _mm256_add_epi32(a0, _mm256_mullo_epi32(p01, _mm256_permutevar8x32_epi32(kk, lo)));
+            a1 = _mm256_add_epi32(a1, _mm256_mullo_epi32(p23, _mm256_permutevar8x32_epi32(kk, hi)));
+        }
+        __m256i a = _mm256_add_epi32(a0, a1);
+        __m128i r = _mm_add_epi32(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
+        r = _mm_srai_epi32(_mm_add_epi32(r, rnd), S_PREC);
+        r = _mm_packus_epi16(_mm_packs_epi32(r, r), r);
+        uint32_t px = (uint32_t)_mm_cvtsi128_si32(r);
+        memcpy(mrow + 3 * xx, &px, 3);
+    }
+}
+
+/* Output row drow[0, n) of the vertical pass: taps rows m + y * mstride,
+ * coefficients k[0, ymax). */
+__attribute__((target("avx2"))) static void s_vrow_avx2(const uint8_t *m, size_t mstride,
+                                                         const int32_t *k, int ymax,
+                                                         uint8_t *drow, size_t n)
+{
+    const __m256i rnd = _mm256_set1_epi32(1 << (S_PREC - 1));
+    const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    size_t x = 0;
+    for (; x + 32 <= n; x += 32) {
+        __m256i a0 = rnd, a1 = rnd, a2 = rnd, a3 = rnd;
+        for (int y = 0; y < ymax; y++) {
+            const uint8_t *r = m + (size_t)y * mstride + x;
+            __m256i ky = _mm256_set1_epi32(k[y]);
+            __m128i v0 = _mm_loadu_si128((const __m128i *)r);
+            __m128i v1 = _mm_loadu_si128((const __m128i *)(r + 16));
+            a0 = _mm256_add_epi32(a0, _mm256_mullo_epi32(_mm256_cvtepu8_epi32(v0), ky));
+            a1 = _mm256_add_epi32(
+                a1, _mm256_mullo_epi32(_mm256_cvtepu8_epi32(_mm_unpackhi_epi64(v0, v0)), ky));
+            a2 = _mm256_add_epi32(a2, _mm256_mullo_epi32(_mm256_cvtepu8_epi32(v1), ky));
+            a3 = _mm256_add_epi32(
+                a3, _mm256_mullo_epi32(_mm256_cvtepu8_epi32(_mm_unpackhi_epi64(v1, v1)), ky));
+        }
+        a0 = _mm256_srai_epi32(a0, S_PREC);
+        a1 = _mm256_srai_epi32(a1, S_PREC);
+        a2 = _mm256_srai_epi32(a2, S_PREC);
+        a3 = _mm256_srai_epi32(a3, S_PREC);
+        __m256i b = _mm256_packus_epi16(_mm256_packs_epi32(a0, a1), _mm256_packs_epi32(a2, a3));
+        _mm256_storeu_si256((__m256i *)(drow + x), _mm256_permutevar8x32_epi32(b, perm));
+    }
+    for (; x < n; x++) {
+        int acc = 1 << (S_PREC - 1);
+        for (int y = 0; y < ymax; y++) acc += m[(size_t)y * mstride + x] * k[y];
+        drow[x] = s_clip8(acc);
+    }
+}
+#endif
+
 static eq_status s_check_geom(const eq_resize_geom *g, eq_err *err)
 {
     if (g->iw == 0 || g->ih == 0 || g->out_w == 0 || g->out_h == 0 || g->ww == 0 || g->wh == 0 ||
@@ -158,11 +276,12 @@ static eq_status s_plan_make(const eq_resize_geom *g, uint32_t c, s_plan *p, voi
     p->h.ksize = s_ksize((int)g->iw, g->bx0, g->bx1, (int)g->out_w);
     p->v.ksize = s_ksize((int)g->ih, g->by0, g->by1, (int)g->out_h);
     size_t kh = (size_t)g->ww * p->h.ksize, kv = (size_t)g->wh * p->v.ksize;
+    size_t kh4 = (size_t)g->ww * (size_t)((p->h.ksize + 3) & ~3); /* kfix: taps padded to 4 */
     size_t kmax = kh > kv ? kh : kv;
     /* rows of the intermediate: at most ih */
     size_t need = kmax * sizeof(double) + (kh + kv) * sizeof(int32_t) +
                   2 * ((size_t)g->ww + g->wh) * sizeof(int) + (size_t)g->ww * c * sizeof(int32_t) +
-                  kh * sizeof(int32_t) + (size_t)g->ww * sizeof(int) +
+                  kh4 * sizeof(int32_t) + (size_t)g->ww * sizeof(int) +
                   (size_t)g->ih * g->ww * c + 64;
     if (*tmp_cap < need) {
         void *nt = realloc(*tmp, need);
@@ -184,7 +303,7 @@ static eq_status s_plan_make(const eq_resize_geom *g, uint32_t c, s_plan *p, voi
     p->acc = (int32_t *)b;
     b += (size_t)g->ww * c * sizeof(int32_t);
     p->kfix = (int32_t *)b;
-    b += kh * sizeof(int32_t);
+    b += kh4 * sizeof(int32_t);
     p->off = (int *)b;
     b += (size_t)g->ww * sizeof(int);
     p->mid = b;
@@ -253,18 +372,21 @@ eq_status eq_resize_bilinear(const eq_resize_src *src, const eq_resize_geom *g, 
      * S_KFIX taps takes a fixed-length loop: each output's taps are moved
      * to start at off[xx] (kept inside the region) with zero coefficients
      * padding the shift, which adds exactly 0 to PIL's integer sums. */
-    const int kh = p.h.ksize;
+    const int kh = p.h.ksize, kh4 = (kh + 3) & ~3;
     const ptrdiff_t sx = (ptrdiff_t)g->ix0 - (ptrdiff_t)src->x0; /* in's left edge in the region */
-    int fixed = c == 3 && kh <= S_KFIX && (int64_t)src->w >= kh;
+    /* AVX2 path: RGB, taps padded to kh4 <= 32 (downscales up to ~15x) */
+    const int simd = S_X86 && c == 3 && kh4 <= 32 && (int64_t)src->w >= kh4 && s_simd();
+    const int kfl = simd ? kh4 : kh; /* taps per output in kfix */
+    int fixed = simd || (c == 3 && kh <= S_KFIX && (int64_t)src->w >= kh);
     if (fixed) {
         for (uint32_t xx = 0; xx < g->ww; xx++) {
             int xmin = p.h.bounds[2 * xx], xmax = p.h.bounds[2 * xx + 1];
             ptrdiff_t start = sx + xmin; /* region column of the first tap */
-            ptrdiff_t shift = start + kh > (ptrdiff_t)src->w ? start + kh - (ptrdiff_t)src->w : 0;
+            ptrdiff_t shift = start + kfl > (ptrdiff_t)src->w ? start + kfl - (ptrdiff_t)src->w : 0;
             const int32_t *k = &p.h.k[(size_t)xx * kh];
-            int32_t *kf = &p.kfix[(size_t)xx * kh];
+            int32_t *kf = &p.kfix[(size_t)xx * kfl];
             p.off[xx] = (int)((start - shift) * 3);
-            for (int t = 0; t < kh; t++) {
+            for (int t = 0; t < kfl; t++) {
                 ptrdiff_t x = t - shift; /* index into k */
                 kf[t] = x >= 0 && x < xmax ? k[x] : 0;
             }
@@ -275,6 +397,18 @@ eq_status eq_resize_bilinear(const eq_resize_src *src, const eq_resize_geom *g, 
         ptrdiff_t sy = (ptrdiff_t)g->iy0 + p.v.lo + r - (ptrdiff_t)src->y0;
         const uint8_t *rrow = src->pix + sy * (ptrdiff_t)sstride;
         uint8_t *mrow = p.mid + (size_t)r * mstride;
+#if S_X86
+        /* the 16-byte loads read up to 4 bytes past a row's last tap: in the
+         * next row, except on the region's last row (scalar there) */
+        if (simd && sy + 1 < (ptrdiff_t)src->h) {
+            s_hrow3_avx2(rrow, mrow, g->ww, p.off, p.kfix, kh4);
+            continue;
+        }
+#endif
+        if (simd) {
+            s_hrow3(rrow, mrow, g->ww, p.off, p.kfix, kh4);
+            continue;
+        }
         if (fixed) {
             switch (kh) {
             case 3: s_hrow3(rrow, mrow, g->ww, p.off, p.kfix, 3); break;
@@ -313,9 +447,18 @@ eq_status eq_resize_bilinear(const eq_resize_src *src, const eq_resize_geom *g, 
      * same order as PIL's per-pixel loop (integer adds), so the same bytes. */
     const int kv = p.v.ksize;
     int32_t *acc = p.acc;
+    const int vsimd = S_X86 && s_simd();
+    (void)vsimd;
     for (uint32_t yy = 0; yy < g->wh; yy++) {
         int ymin = p.v.bounds[2 * yy] - p.v.lo, ymax = p.v.bounds[2 * yy + 1];
         const int32_t *k = &p.v.k[(size_t)yy * kv];
+#if S_X86
+        if (vsimd) {
+            s_vrow_avx2(p.mid + (size_t)ymin * mstride, mstride, k, ymax,
+                        dst + (size_t)yy * mstride, mstride);
+            continue;
+        }
+#endif
         for (size_t x = 0; x < mstride; x++) acc[x] = 1 << (S_PREC - 1);
         for (int y = 0; y < ymax; y++) {
             const uint8_t *m = p.mid + (size_t)(ymin + y) * mstride;

@@ -569,15 +569,21 @@ START_TEST(test_resize_matches_pil)
         eq_resize_src src = {img, 0, 0, W, H, c};
         eq_resize_geom g = {0, 0, W, H, (float)b[0], (float)b[1], (float)b[2], (float)b[3],
                             ow, oh, 0, 0, ow, oh};
-        eq_err e = {0};
-        ck_assert_msg(eq_resize_bilinear(&src, &g, out, &tmp, &tcap, &e) == EQ_OK, "%s", e.msg);
-        size_t diff = 0;
-        for (size_t i = 0; i < n; i++) {
-            int want = s_hexval(hex[2 * i]) * 16 + s_hexval(hex[2 * i + 1]);
-            diff += out[i] != want;
+        /* the scalar loops and (where the CPU has it) the AVX2 kernels */
+        for (int simd = 0; simd < 2; simd++) {
+            int was = eq_resize_simd(simd);
+            eq_err e = {0};
+            ck_assert_msg(eq_resize_bilinear(&src, &g, out, &tmp, &tcap, &e) == EQ_OK, "%s",
+                          e.msg);
+            eq_resize_simd(was);
+            size_t diff = 0;
+            for (size_t i = 0; i < n; i++) {
+                int want = s_hexval(hex[2 * i]) * 16 + s_hexval(hex[2 * i + 1]);
+                diff += out[i] != want;
+            }
+            ck_assert_msg(diff == 0, "case %d (%s %ux%u -> %ux%u, simd %d): %zu bytes differ from PIL",
+                          cases, mode, W, H, ow, oh, simd, diff);
         }
-        ck_assert_msg(diff == 0, "case %d (%s %ux%u -> %ux%u): %zu bytes differ from PIL", cases,
-                      mode, W, H, ow, oh, diff);
         /* a window of the output equals the same part of the full output */
         if (ow > 4 && oh > 4) {
             uint8_t *win = malloc(n);
@@ -599,6 +605,66 @@ START_TEST(test_resize_matches_pil)
     fclose(f);
     free(tmp);
     ck_assert_int_eq(cases, 9);
+}
+END_TEST
+
+/* The AVX2 kernels against the scalar loops on random geometries: RGB and
+ * gray, up- and downscales (1 to 32 taps), fractional boxes, windows, and
+ * source regions offset inside the picture with the taps at their edges. */
+START_TEST(test_resize_simd_equals_scalar)
+{
+    eq_rng r;
+    eq_rng_init(&r, 7, 11);
+    void *tmp = NULL;
+    size_t tcap = 0;
+    int cases = 0, simd_cases = 0;
+    for (int it = 0; it < 400; it++) {
+        uint32_t c = it % 5 == 4 ? 1 : 3;
+        uint32_t W = 1 + eq_rng_below(&r, it % 3 ? 400 : 40), H = 1 + eq_rng_below(&r, 300);
+        uint32_t ow = 1 + eq_rng_below(&r, it % 4 ? 80 : 500), oh = 1 + eq_rng_below(&r, 120);
+        double bx0 = eq_rng_uniform(&r) * W * 0.5, by0 = eq_rng_uniform(&r) * H * 0.5;
+        double bx1 = bx0 + (W - bx0) * (0.05 + 0.95 * eq_rng_uniform(&r));
+        double by1 = by0 + (H - by0) * (0.05 + 0.95 * eq_rng_uniform(&r));
+        if (!(bx1 > bx0) || !(by1 > by0)) continue;
+        eq_resize_geom g = {0, 0, W, H, (float)bx0, (float)by0, (float)bx1, (float)by1,
+                            ow, oh, 0, 0, ow, oh};
+        if (it % 2) { /* a window */
+            g.wx = eq_rng_below(&r, ow);
+            g.wy = eq_rng_below(&r, oh);
+            g.ww = 1 + eq_rng_below(&r, ow - g.wx);
+            g.wh = 1 + eq_rng_below(&r, oh - g.wy);
+        }
+        /* hold exactly the rectangle the resampler reads, as the decoder does */
+        uint32_t sx0, sy0, sx1, sy1;
+        eq_resize_taps(&g, &sx0, &sy0, &sx1, &sy1);
+        if (sx1 <= sx0 || sy1 <= sy0) continue;
+        uint32_t rw = sx1 - sx0, rh = sy1 - sy0;
+        uint8_t *img = malloc((size_t)rw * rh * c);
+        for (size_t i = 0; i < (size_t)rw * rh * c; i++) img[i] = (uint8_t)eq_rng_below(&r, 256);
+        eq_resize_src src = {img, sx0, sy0, rw, rh, c};
+        size_t n = (size_t)g.ww * g.wh * c;
+        uint8_t *a = malloc(n), *b = malloc(n);
+        int was = eq_resize_simd(0);
+        eq_err e = {0};
+        ck_assert_msg(eq_resize_bilinear(&src, &g, a, &tmp, &tcap, &e) == EQ_OK, "%s", e.msg);
+        int on = eq_resize_simd(1);
+        (void)on;
+        simd_cases += eq_resize_simd(-1);
+        ck_assert_msg(eq_resize_bilinear(&src, &g, b, &tmp, &tcap, &e) == EQ_OK, "%s", e.msg);
+        eq_resize_simd(was);
+        ck_assert_msg(!memcmp(a, b, n),
+                      "case %d: c %u %ux%u box %.2f,%.2f-%.2f,%.2f -> %ux%u window %u,%u+%ux%u: "
+                      "AVX2 and scalar differ", it, c, W, H, bx0, by0, bx1, by1, ow, oh, g.wx,
+                      g.wy, g.ww, g.wh);
+        free(a);
+        free(b);
+        free(img);
+        cases++;
+    }
+    free(tmp);
+    fprintf(stderr, "resize AVX2 vs scalar: %d cases, AVX2 %s\n", cases,
+            simd_cases ? "available" : "not available (scalar compared with itself)");
+    ck_assert_int_gt(cases, 300);
 }
 END_TEST
 
@@ -1612,6 +1678,7 @@ static Suite *s_suite(void)
     tcase_add_test(t, test_rrc_matches_torchvision);
     tcase_add_test(t, test_rrc_range);
     tcase_add_test(t, test_resize_matches_pil);
+    tcase_add_test(t, test_resize_simd_equals_scalar);
     tcase_add_test(t, test_resize_geometry_errors);
     tcase_add_test(t, test_color_jitter_matches_torchvision);
     tcase_add_test(t, test_hue_matches_torchvision);
