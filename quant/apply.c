@@ -48,6 +48,7 @@ eq_status eq_quant_apply_file(eq_quant_tag tag, const char *in_path, const char 
         if (kl >= sizeof key) return eq_err_set(err, EQ_ERR_INVALID, "option '%s': key too long", kv[i]);
         memcpy(key, kv[i], kl);
         key[kl] = '\0';
+        if (eq_quant_is_runtime_option(key) && strcmp(key, "stable") != 0) continue; /* after eq_quant_new */
         st = eq_quant_opts_set(&o, key, eqs + 1, err);
         if (st) return st;
     }
@@ -119,6 +120,17 @@ eq_status eq_quant_apply_file(eq_quant_tag tag, const char *in_path, const char 
         st = err && err->code ? err->code : EQ_ERR_INVALID;
         goto out;
     }
+    /* run-time (policy) options */
+    for (size_t i = 0; i < nkv; i++) {
+        const char *eqs = strchr(kv[i], '=');
+        char key[64];
+        size_t kl = (size_t)(eqs - kv[i]);
+        memcpy(key, kv[i], kl);
+        key[kl] = '\0';
+        if (!eq_quant_is_runtime_option(key) || strcmp(key, "stable") == 0) continue;
+        st = eq_quant_set_option(q, key, eqs + 1, err);
+        if (st) goto out;
+    }
     /* initial state */
     for (size_t i = 0; i < eq_st_count(in); i++) {
         const char *nm = eq_st_name(in, i);
@@ -182,6 +194,8 @@ eq_status eq_quant_apply_file(eq_quant_tag tag, const char *in_path, const char 
         snprintf(names[2 * i + 1], sizeof names[0], "state.%s", t->name);
         if (!st) st = eq_st_writer_add(w, names[2 * i + 1], EQ_DT_F32, t->ndim, t->shape, t->data, err);
     }
+    float aux = (float)eq_quant_aux_loss(q);
+    if (!st && train && aux != 0.0f) st = eq_st_writer_add(w, "aux_loss", EQ_DT_F32, 1, (int64_t[]){1}, &aux, err);
     if (!st) st = eq_st_writer_meta(w, "method", o.method, err);
     if (!st) st = eq_st_writer_save(w, out_path, err);
 out:
@@ -205,9 +219,12 @@ static void s_usage(FILE *f)
             "       methods\n"
             "KEYs are those of the [quant.<tag>] config section (method, bit, level, half_range,\n"
             "boundary, scale, quant_group, adaptive, grad_type, grad_scale, custom, gamma,\n"
-            "custom_update, closed_form, stable, ...; see doc/quantizers.md).\n"
+            "custom_update, closed_form, stable, ...; see doc/quantizers.md) and the run-time\n"
+            "(policy) keys enable, adaptive_restore, quant_loss_enable, quant_loss_function,\n"
+            "quant_loss_alpha.\n"
             "IN: x (OIHW/OI weights, NCHW/NC activations), grad (optional), initial state by name.\n"
-            "OUT: y, grad_x, grad.<param>, state.<name>.  --nhwc runs activations as NHWC.\n");
+            "OUT: y, grad_x, grad.<param>, state.<name>, aux_loss (alpha*quantization loss, when\n"
+            "not 0).  --nhwc runs activations as NHWC.\n");
 }
 
 int eq_quant_cli(int argc, char **argv)

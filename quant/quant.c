@@ -226,6 +226,68 @@ eq_status eq_quant_opts_set(eq_quant_opts *o, const char *key, const char *value
     return EQ_OK;
 }
 
+/* ---- run-time options (policy attributes, ORIGINAL.md §5.5) --------------- */
+
+enum { S_QL_NONE = 0, S_QL_L2, S_QL_L1, S_QL_QDL };
+static const char *const s_runtime_keys[] = {"enable",            "stable",
+                                             "adaptive_restore",  "quant_loss_enable",
+                                             "quant_loss_function", "quant_loss_alpha"};
+
+int eq_quant_is_runtime_option(const char *key)
+{
+    for (size_t i = 0; key && i < sizeof s_runtime_keys / sizeof s_runtime_keys[0]; i++)
+        if (strcmp(key, s_runtime_keys[i]) == 0) return 1;
+    return 0;
+}
+
+eq_status eq_quant_set_option(eq_quant *q, const char *key, const char *value, eq_err *err)
+{
+    if (!q || !key || !value)
+        return eq_err_set(err, EQ_ERR_INVALID, "quant run-time option: NULL argument");
+    eq_status st = EQ_OK;
+    int b = 0;
+    if (strcmp(key, "enable") == 0) {
+        if (!(st = s_parse_bool(key, value, &b, err))) q->enabled = b;
+    } else if (strcmp(key, "stable") == 0) {
+        long l = 0;
+        if (!(st = s_parse_long(key, value, 0, LONG_MAX, &l, err))) q->o.stable = l;
+    } else if (strcmp(key, "adaptive_restore") == 0) {
+        if (!(st = s_parse_bool(key, value, &b, err))) q->adaptive_restore = b;
+    } else if (strcmp(key, "quant_loss_enable") == 0) {
+        if (!(st = s_parse_bool(key, value, &b, err))) q->ql_enable = b;
+    } else if (strcmp(key, "quant_loss_function") == 0) {
+        /* the original strips quotes from string attributes */
+        char v[16];
+        size_t j = 0;
+        for (const char *c = value; *c && j + 1 < sizeof v; c++)
+            if (*c != '\'' && *c != '"') v[j++] = *c;
+        v[j] = '\0';
+        static const char *const names[] = {"None", "L2", "L1", "QDL"};
+        int fn = -1;
+        for (int i = 0; i < 4; i++)
+            if (strcmp(v, names[i]) == 0) fn = i;
+        if (strcmp(v, "none") == 0) fn = S_QL_NONE;
+        if (fn < 0 || strlen(value) >= 16)
+            return eq_err_set(err, EQ_ERR_INVALID,
+                              "quant option quant_loss_function: '%s' is not one of: L2, L1, QDL, None",
+                              value);
+        q->ql_fn = fn;
+    } else if (strcmp(key, "quant_loss_alpha") == 0) {
+        double d = 0;
+        if (!(st = s_parse_double(key, value, &d, err))) q->ql_alpha = d;
+    } else {
+        return eq_err_set(err, EQ_ERR_INVALID,
+                          "unknown quant run-time option '%s' (value '%s'; known: enable, stable, "
+                          "adaptive_restore, quant_loss_enable, quant_loss_function, "
+                          "quant_loss_alpha)",
+                          key, value);
+    }
+    return st;
+}
+
+bool eq_quant_enabled(const eq_quant *q) { return q->enabled != 0; }
+double eq_quant_aux_loss(const eq_quant *q) { return q->ql_active ? q->ql_value : 0.0; }
+
 /* ---- helpers for methods ------------------------------------------------ */
 
 eq_quant_tensor *eq_quant_add_tensor(eq_quant *q, const char *name, int ndim,
@@ -361,6 +423,7 @@ eq_quant *eq_quant_new(const eq_quant_opts *o, const eq_tensor_desc *xd, eq_err 
     }
     q->o = *o;
     q->m = m;
+    q->enabled = 1;
     q->layout = xd->layout;
     q->shape0 = *xd;
 
@@ -489,6 +552,8 @@ void eq_quant_destroy(eq_quant **q_p)
     free(q->ypre);
     free(q->gtmp);
     free(q->cacc);
+    free(q->qly);
+    free(q->qlg);
     free(q);
     *q_p = NULL;
 }
@@ -660,6 +725,118 @@ static void s_warmup_clip(eq_quant *q, const float *x)
         q->clip->data[i] = (mx + (k - 1.0f) * q->clip->data[i]) / k;
 }
 
+/* ---- run-time options in the forward/backward ------------------------------ */
+
+static eq_status s_reserve_ql(eq_quant *q, int64_t n, eq_err *err)
+{
+    if (n <= q->qlcap) return EQ_OK;
+    float *a = realloc(q->qly, (size_t)n * sizeof(float));
+    if (a) q->qly = a;
+    float *b = a ? realloc(q->qlg, (size_t)n * sizeof(float)) : NULL;
+    if (b) q->qlg = b;
+    if (!b) return eq_err_set(err, EQ_ERR_NOMEM, "quantizer: out of memory for %lld elements", (long long)n);
+    q->qlcap = n;
+    return EQ_OK;
+}
+
+/* adaptive_restore (§2.3): y := y*(std + eps) + mean per norm group. */
+static void s_restore(float *y, int64_t per, int64_t G, const float *mean, const float *std)
+{
+    for (int64_t k = 0; k < G; k++) {
+        float sd = std[k], mu = mean[k];
+        float *o = y + k * per;
+        for (int64_t i = 0; i < per; i++) o[i] = o[i] * sd + mu;
+    }
+}
+
+/* The x the original's finalize sees (§2.2): the (normalised) input, and for
+ * dorefa-family weights with gamma that input times gamma (`x = x * gamma`
+ * beside `y = y * gamma`). */
+static int s_ql_xgamma(const eq_quant *q)
+{
+    return q->gamma && q->o.tag == EQ_QTAG_WT && q->m->family == EQ_QFAM_DOREFA;
+}
+#define S_QL_GAMMA_AT(q, k) ((q)->gamma->data[(q)->gamma->numel == 1 ? 0 : (k)])
+
+/* Quantization loss (§2.15) of xf (the finalize x, see s_ql_xgamma) and y:
+ * L2 mean((x-y)^2), L1 mean|x-y|, QDL |sum(x y)/sum(y^2) - 1|, times alpha.
+ * Keeps y for the gradient. */
+static eq_status s_qloss_forward(eq_quant *q, const float *xf, const float *y, eq_err *err)
+{
+    int64_t n = q->n;
+    eq_status st = s_reserve_ql(q, n, err);
+    if (st) return st;
+    memcpy(q->qly, y, (size_t)n * sizeof(float));
+    int xg = s_ql_xgamma(q), fn = q->ql_fn;
+    double a = 0, b = 0;
+    EQ_QFOR_RUNS(q, s0, len, k) {
+        float gk = xg ? S_QL_GAMMA_AT(q, k) : 1.0f;
+        for (int64_t i = s0; i < s0 + len; i++) {
+            float xv = xg ? xf[i] * gk : xf[i], yv = y[i];
+            if (fn == S_QL_QDL) {
+                a += (double)(xv * yv);
+                b += (double)(yv * yv);
+            } else {
+                float d = xv - yv;
+                a += fn == S_QL_L2 ? (double)(d * d) : (double)fabsf(d);
+            }
+        }
+    }
+    double loss;
+    if (fn == S_QL_QDL) {
+        q->ql_sxy = a;
+        q->ql_syy = b;
+        loss = fabs(a / b - 1.0); /* sum(y^2) == 0 gives inf/NaN, as in the original */
+    } else {
+        loss = a / (double)n;
+    }
+    q->ql_value = q->ql_alpha * loss;
+    q->ql_active = 1;
+    return EQ_OK;
+}
+
+/* Gradient of alpha*loss: with respect to y added to gy (into q->qlg),
+ * and with respect to xf (wx = 1) added to gx (wx = 0); the latter also
+ * feeds gamma's gradient when xf = x*gamma. */
+static void s_qloss_grad(eq_quant *q, const float *xf, const float *gy, float *gx, int wx)
+{
+    int64_t n = q->n;
+    int xg = s_ql_xgamma(q), fn = q->ql_fn;
+    double al = q->ql_alpha;
+    float c = 0, c1 = 0, c2 = 0;
+    if (fn == S_QL_L2) c = (float)(2.0 * al / (double)n);
+    else if (fn == S_QL_L1) c = (float)(al / (double)n);
+    else {
+        double k = q->ql_sxy / q->ql_syy, sg = k > 1.0 ? 1.0 : (k < 1.0 ? -1.0 : 0.0);
+        c1 = (float)(al * sg / q->ql_syy);
+        c2 = (float)(al * sg * 2.0 * q->ql_sxy / (q->ql_syy * q->ql_syy));
+    }
+    const float *yq = q->qly;
+    float *gg = xg && wx ? q->gamma->grad : NULL;
+    EQ_QFOR_RUNS(q, s0, len, k) {
+        float gk = xg ? S_QL_GAMMA_AT(q, k) : 1.0f;
+        double acc = 0;
+        for (int64_t i = s0; i < s0 + len; i++) {
+            float xv = xg ? xf[i] * gk : xf[i], yv = yq[i], gxv, gyv;
+            if (fn == S_QL_QDL) {
+                gxv = c1 * yv;
+                gyv = c1 * xv - c2 * yv;
+            } else {
+                float d = xv - yv;
+                gxv = fn == S_QL_L2 ? c * d : c * eq_qsign(d);
+                gyv = -gxv;
+            }
+            if (wx) {
+                gx[i] += xg ? gxv * gk : gxv;
+                if (gg) acc += (double)gxv * xf[i];
+            } else {
+                q->qlg[i] = gy[i] + gyv;
+            }
+        }
+        if (gg) gg[q->gamma->numel == 1 ? 0 : k] += (float)acc;
+    }
+}
+
 eq_status eq_quant_forward(eq_quant *q, const eq_tensor_desc *xd, const float *x, float *y,
                            int train, eq_err *err)
 {
@@ -714,6 +891,16 @@ eq_status eq_quant_forward(eq_quant *q, const eq_tensor_desc *xd, const float *x
     q->have_fwd = 0;
     q->passthrough = 0;
     q->normed = 0;
+    q->bypass = 0;
+    q->restored = 0;
+    q->ql_active = 0;
+    q->ql_value = 0;
+    if (!q->enabled) { /* policy `enable: False`: the identity, no state change */
+        memcpy(y, x, (size_t)n * sizeof(float));
+        q->bypass = 1;
+        q->have_fwd = 1;
+        return EQ_OK;
+    }
 
     const float *src = x;
     if (q->o.tag == EQ_QTAG_WT && q->o.adaptive == EQ_QADAPT_VAR_MEAN) {
@@ -732,6 +919,12 @@ eq_status eq_quant_forward(eq_quant *q, const eq_tensor_desc *xd, const float *x
             for (int64_t i = s0; i < s0 + len; i++) y[i] = q->ypre[i] * gk;
         }
     }
+    if (q->adaptive_restore && q->normed && q->m->family == EQ_QFAM_DOREFA) {
+        st = s_reserve_ql(q, n, err);
+        if (st) return st;
+        s_restore(y, n / q->norm_g, q->norm_g, q->nmean, q->nstd);
+        q->restored = 1;
+    }
     if (q->m->family == EQ_QFAM_DOREFA && (train || !q->o.warmup_train_only)) {
         *q->iteration += 1.0f;
         if (*q->iteration <= (float)q->o.stable) {
@@ -742,6 +935,10 @@ eq_status eq_quant_forward(eq_quant *q, const eq_tensor_desc *xd, const float *x
     }
     /* LQ-Net handles its own counter and warm-up inside its forward (it
      * sets q->passthrough); XNOR has neither. */
+    if (train && !q->passthrough && q->ql_enable && q->ql_fn != S_QL_NONE) {
+        st = s_qloss_forward(q, src, y, err);
+        if (st) return st;
+    }
     q->have_fwd = 1;
     return EQ_OK;
 }
@@ -756,10 +953,24 @@ eq_status eq_quant_backward(eq_quant *q, const float *x, const float *gy, float 
     for (size_t i = 0; i < q->nt; i++)
         if (q->t[i].grad) memset(q->t[i].grad, 0, (size_t)q->t[i].numel * sizeof(float));
     const float *src = q->normed ? q->xn : x;
+    if (q->bypass) {
+        if (gx != gy) memmove(gx, gy, (size_t)n * sizeof(float));
+        return EQ_OK;
+    }
     if (q->passthrough) {
         if (gx != gy) memmove(gx, gy, (size_t)n * sizeof(float));
     } else {
         const float *g = gy;
+        if (q->ql_active) { /* dL/dy += d(alpha loss)/dy */
+            s_qloss_grad(q, src, gy, NULL, 0);
+            g = q->qlg;
+        }
+        if (q->restored) { /* y = y'*(std+eps) + mean: dL/dy' = dL/dy * (std+eps) */
+            int64_t per = n / q->norm_g;
+            for (int64_t k = 0; k < q->norm_g; k++)
+                for (int64_t i = k * per; i < (k + 1) * per; i++) q->qlg[i] = g[i] * q->nstd[k];
+            g = q->qlg;
+        }
         if (q->gamma) {
             const float *gm = q->gamma->data;
             float *gg = q->gamma->grad;
@@ -767,14 +978,15 @@ eq_status eq_quant_backward(eq_quant *q, const float *x, const float *gy, float 
                 int64_t gi = q->gamma->numel == 1 ? 0 : k;
                 double acc = 0;
                 for (int64_t i = s0; i < s0 + len; i++) {
-                    acc += (double)gy[i] * q->ypre[i];
-                    q->gtmp[i] = gy[i] * gm[gi];
+                    acc += (double)g[i] * q->ypre[i];
+                    q->gtmp[i] = g[i] * gm[gi];
                 }
                 gg[gi] += (float)acc;
             }
             g = q->gtmp;
         }
         q->m->backward(q, src, g, gx);
+        if (q->ql_active) s_qloss_grad(q, src, NULL, gx, 1); /* the loss's own x path */
     }
     if (q->normed) s_unnorm(gx, n / q->norm_g, q->norm_g, q->nstd);
     return EQ_OK;

@@ -35,6 +35,7 @@
 #ifndef EQ_QUANT_H
 #define EQ_QUANT_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -182,6 +183,38 @@ int eq_quant_levels(const eq_quant *q);
  * level count (nonuniform, lqnet, xnor, bin) refuse (EQ_ERR_UNSUPPORTED). */
 eq_status eq_quant_set_levels(eq_quant *q, int v, eq_err *err);
 const eq_quant_opts *eq_quant_options(const eq_quant *q);
+/* ---- run-time options (the original's policy-file attributes) ----------- */
+
+/* Change a run-time attribute of a live quantizer, as a policy file does
+ * (ORIGINAL.md §5.5: the value is cast to the attribute's type).  Keys:
+ *   enable              bool: false makes forward copy x to y and backward
+ *                       pass gy to gx (parameter gradients 0); no state
+ *                       (counter, warm-up, LQ-Net basis) changes
+ *   stable              integer >= 0: the warm-up length (§2.13): a forward
+ *                       passes x through while `iteration` <= stable, so a
+ *                       warm-up starts mid-training only if stable is set
+ *                       above the current iteration
+ *   adaptive_restore    bool: var-mean weights (dorefa family) return
+ *                       y*(std+eps) + mean instead of the normalised y
+ *   quant_loss_enable   bool  \  training forwards also compute
+ *   quant_loss_function L2, L1, QDL or None (quotes allowed)  > alpha*loss(x, y)
+ *   quant_loss_alpha    float /  (eq_quant_aux_loss) and backward adds its
+ *                       gradient (ORIGINAL.md §2.15)
+ * Booleans accept true/false, True/False, 1/0, yes/no, on/off.  Errors
+ * (EQ_ERR_INVALID) name the key and the value; `q` is unchanged on error.
+ * Takes effect from the next forward (do not call between a forward and
+ * its backward).  doc/quantizers.md "Run-time options" has the details. */
+eq_status eq_quant_set_option(eq_quant *q, const char *key, const char *value, eq_err *err);
+/* 1 when `key` is one of the run-time keys above. */
+int eq_quant_is_runtime_option(const char *key);
+/* The `enable` attribute (true unless a policy disabled the quantizer). */
+bool eq_quant_enabled(const eq_quant *q);
+/* alpha * quantization loss of the last forward: 0 unless quant_loss_enable
+ * is set with a function other than None and that forward was a training
+ * forward past the warm-up with the quantizer enabled.  (The original adds
+ * it to the task loss through a global buffer.) */
+double eq_quant_aux_loss(const eq_quant *q);
+
 /* Number of parameter groups (clip values / scales) in use. */
 int64_t eq_quant_groups(const eq_quant *q);
 /* Split large tensors across `pool` (not owned; NULL: calling thread only).

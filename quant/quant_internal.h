@@ -71,6 +71,21 @@ struct eq_quant {
     float *ypre;          /* y before gamma [cap] */
     float *gtmp;          /* scratch gradient [cap] */
     int64_t cap;
+    /* run-time options (eq_quant_set_option, the policy attributes) */
+    int enabled;          /* 0: forward copies, backward passes through */
+    int adaptive_restore; /* var-mean weights mapped back to the weight's scale */
+    int ql_enable;        /* quantization loss (§2.15) */
+    int ql_fn;            /* S_QL_*: 0 none, 1 L2, 2 L1, 3 QDL */
+    double ql_alpha;
+    /* per call, run-time options */
+    int bypass;           /* the last forward ran disabled */
+    int restored;         /* the last forward applied adaptive_restore */
+    int ql_active;        /* the last forward computed the loss: backward adds its gradient */
+    double ql_value;      /* alpha * loss */
+    double ql_sxy, ql_syy; /* QDL sums */
+    float *qly;           /* y of the last forward (loss gradient) [qlcap] */
+    float *qlg;           /* gy + dloss/dy [qlcap] */
+    int64_t qlcap;
     void *priv;
     /* threading: the element range is cut into fixed chunks of whole runs
      * (a function of n and the grouping only, never of the thread count),

@@ -922,6 +922,130 @@ START_TEST(test_threads_match)
 }
 END_TEST
 
+/* ---- run-time (policy) options ----------------------------------------------- */
+
+START_TEST(test_runtime_options)
+{
+    const int64_t S[2] = {1, 4};
+    const char *kv[] = {"method=lsq", "bit=2", NULL};
+    eq_quant *q = s_make(EQ_QTAG_FM, EQ_LAYOUT_NC, 2, S, kv);
+    eq_err err = {0};
+    eq_status st;
+    /* bad key / value: error names both, quantizer unchanged */
+    st = eq_quant_set_option(q, "enabel", "False", &err);
+    ck_assert_msg(s_err_contains(st, &err, "'enabel'") && strstr(err.msg, "False"), "%s", err.msg);
+    st = eq_quant_set_option(q, "enable", "maybe", &err);
+    ck_assert_msg(s_err_contains(st, &err, "enable") && strstr(err.msg, "'maybe'"), "%s", err.msg);
+    ck_assert(eq_quant_enabled(q));
+    st = eq_quant_set_option(q, "stable", "-3", &err);
+    ck_assert_msg(s_err_contains(st, &err, "stable") && strstr(err.msg, "-3"), "%s", err.msg);
+    st = eq_quant_set_option(q, "stable", "2.5", &err);
+    ck_assert_msg(s_err_contains(st, &err, "stable") && strstr(err.msg, "'2.5'"), "%s", err.msg);
+    ck_assert_int_eq(eq_quant_options(q)->stable, 0);
+    st = eq_quant_set_option(q, "quant_loss_function", "L3", &err);
+    ck_assert_msg(s_err_contains(st, &err, "quant_loss_function") && strstr(err.msg, "'L3'"), "%s", err.msg);
+    st = eq_quant_set_option(q, "quant_loss_alpha", "nan", &err);
+    ck_assert_msg(s_err_contains(st, &err, "quant_loss_alpha") && strstr(err.msg, "'nan'"), "%s", err.msg);
+    ck_assert(eq_quant_is_runtime_option("adaptive_restore") && !eq_quant_is_runtime_option("bit"));
+
+    /* enable False: y = x, gx = gy, parameter gradients 0, no counter */
+    float x[4] = {0.1f, -2.0f, 0.5f, 1.4f}, y[4], g[4] = {1, 2, 3, 4}, gx[4];
+    ck_assert_int_eq(eq_quant_set_option(q, "enable", "False", &err), EQ_OK);
+    ck_assert(!eq_quant_enabled(q));
+    s_fwd(q, EQ_LAYOUT_NC, 2, S, x, y, 1);
+    ck_assert(memcmp(x, y, sizeof y) == 0);
+    s_bwd(q, x, g, gx);
+    ck_assert(memcmp(gx, g, sizeof g) == 0);
+    ck_assert_float_eq(eq_quant_find(q, "clip_val")->grad[0], 0.0f);
+    ck_assert_float_eq(*eq_quant_find(q, "iteration")->data, 0.0f);
+    ck_assert_int_eq(eq_quant_set_option(q, "enable", "1", &err), EQ_OK);
+    s_fwd(q, EQ_LAYOUT_NC, 2, S, x, y, 1);
+    ck_assert(memcmp(x, y, sizeof y) != 0);
+    ck_assert_float_eq(*eq_quant_find(q, "iteration")->data, 1.0f);
+
+    /* stable set mid-training: the counter keeps counting, so a warm-up runs
+     * while iteration <= stable (iterations 2 and 3 here), with the running
+     * mean of maxima weighted by the iteration (§2.13) */
+    ck_assert_int_eq(eq_quant_set_option(q, "stable", "3", &err), EQ_OK);
+    ck_assert_int_eq(eq_quant_options(q)->stable, 3);
+    s_fwd(q, EQ_LAYOUT_NC, 2, S, x, y, 1); /* k = 2: clip = (2 + 1*1)/2 */
+    ck_assert(memcmp(x, y, sizeof y) == 0);
+    ck_assert_float_eq(eq_quant_find(q, "clip_val")->data[0], 1.5f);
+    s_fwd(q, EQ_LAYOUT_NC, 2, S, x, y, 1); /* k = 3: (2 + 2*1.5)/3 */
+    ck_assert(memcmp(x, y, sizeof y) == 0);
+    s_fwd(q, EQ_LAYOUT_NC, 2, S, x, y, 1);
+    ck_assert(memcmp(x, y, sizeof y) != 0);
+
+    /* quantization loss: only training forwards, 0 when disabled or None */
+    ck_assert_int_eq(eq_quant_set_option(q, "quant_loss_function", "'L2'", &err), EQ_OK);
+    ck_assert_int_eq(eq_quant_set_option(q, "quant_loss_alpha", "2", &err), EQ_OK);
+    s_fwd(q, EQ_LAYOUT_NC, 2, S, x, y, 1);
+    ck_assert(eq_quant_aux_loss(q) == 0.0); /* quant_loss_enable still false */
+    ck_assert_int_eq(eq_quant_set_option(q, "quant_loss_enable", "True", &err), EQ_OK);
+    s_fwd(q, EQ_LAYOUT_NC, 2, S, x, y, 1);
+    double want = 0;
+    for (int i = 0; i < 4; i++) want += (double)(x[i] - y[i]) * (x[i] - y[i]);
+    want = 2.0 * want / 4.0;
+    ck_assert_msg(fabs(eq_quant_aux_loss(q) - want) < 1e-6 && want > 0, "%g vs %g", eq_quant_aux_loss(q), want);
+    s_fwd(q, EQ_LAYOUT_NC, 2, S, x, y, 0);
+    ck_assert(eq_quant_aux_loss(q) == 0.0);
+    ck_assert_int_eq(eq_quant_set_option(q, "quant_loss_function", "None", &err), EQ_OK);
+    s_fwd(q, EQ_LAYOUT_NC, 2, S, x, y, 1);
+    ck_assert(eq_quant_aux_loss(q) == 0.0);
+    eq_quant_destroy(&q);
+}
+END_TEST
+
+/* gamma's gradient with the loss on (y = gamma*Q(x), finalize's x = gamma*x:
+ * both exact in gamma) against central differences of sum(gy*y) +
+ * alpha*loss.  The x and clip paths go through STEs, not derivatives; the
+ * PyTorch fixtures (gen_rt_*) check those. */
+static double s_total(eq_quant *q, const int64_t *S, const float *x, const float *gy, int64_t n)
+{
+    float *y = malloc((size_t)n * sizeof(float));
+    s_fwd(q, EQ_LAYOUT_OIHW, 4, S, x, y, 1);
+    double t = 0;
+    for (int64_t i = 0; i < n; i++) t += (double)gy[i] * y[i];
+    t += eq_quant_aux_loss(q);
+    free(y);
+    return t;
+}
+
+START_TEST(test_quant_loss_fd)
+{
+    const int64_t S[4] = {2, 3, 2, 2};
+    const int64_t n = 24;
+    const char *fns[] = {"L2", "L1", "QDL"};
+    for (int f = 0; f < 3; f++) {
+        const char *kv[] = {"method=lsq", "bit=3", "gamma=true", "quant_group=1", NULL};
+        eq_quant *q = s_make(EQ_QTAG_WT, EQ_LAYOUT_OIHW, 4, S, kv);
+        eq_err err = {0};
+        ck_assert_int_eq(eq_quant_set_option(q, "quant_loss_enable", "true", &err), EQ_OK);
+        ck_assert_int_eq(eq_quant_set_option(q, "quant_loss_function", fns[f], &err), EQ_OK);
+        ck_assert_int_eq(eq_quant_set_option(q, "quant_loss_alpha", "3", &err), EQ_OK);
+        eq_quant_tensor *c = eq_quant_find(q, "clip_val"), *gm = eq_quant_find(q, "gamma");
+        c->data[0] = 1.3f;
+        gm->data[0] = 0.8f;
+        float x[24], gy[24], gx[24];
+        s_fill(x, n, 0.6f, 0.0f);
+        s_fill(gy, n, 1.0f, 0.0f);
+        s_total(q, S, x, gy, n);
+        s_bwd(q, x, gy, gx);
+        float gg = gm->grad[0];
+        (void)c;
+        float v0 = gm->data[0], h = 1e-3f;
+        gm->data[0] = v0 + h;
+        double tp = s_total(q, S, x, gy, n);
+        gm->data[0] = v0 - h;
+        double tm = s_total(q, S, x, gy, n);
+        gm->data[0] = v0;
+        double fd = (tp - tm) / (2.0 * h);
+        ck_assert_msg(fabs(fd - gg) <= 1e-2 * (1 + fabs(fd)), "%s: gamma fd %g analytic %g", fns[f], fd, gg);
+        eq_quant_destroy(&q);
+    }
+}
+END_TEST
+
 static Suite *s_suite(void)
 {
     Suite *s = suite_create("quant");
@@ -944,6 +1068,8 @@ static Suite *s_suite(void)
     tcase_add_test(tc, test_qtanh);
     tcase_add_test(tc, test_dorefa_wt_argmax);
     tcase_add_test(tc, test_backward_in_place);
+    tcase_add_test(tc, test_runtime_options);
+    tcase_add_test(tc, test_quant_loss_fd);
     suite_add_tcase(s, tc);
     return s;
 }
