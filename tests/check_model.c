@@ -789,6 +789,22 @@ static void s_quant_conv_case(bool pad_after)
     float yref[2 * 5 * 5 * 4];
     OK(eq_backend_conv2d_fwd(be, &cd, a2, wq_, yref, &err));
     ck_assert_msg(eq_test_relerr(y, yref, (size_t)(N * H * W * K)) < 1e-6, "quantized conv output differs");
+    /* the quantizers and their outputs by layer name and tag */
+    int64_t qn = -1;
+    ck_assert_ptr_nonnull(eq_layers_quant(g, "conv", EQ_QTAG_WT));
+    ck_assert_ptr_nonnull(eq_layers_quant(g, "conv", EQ_QTAG_FM));
+    ck_assert(eq_layers_quant(g, "conv", EQ_QTAG_WT) != eq_layers_quant(g, "conv", EQ_QTAG_FM));
+    ck_assert_ptr_null(eq_layers_quant(g, "conv", EQ_QTAG_OT));
+    ck_assert_ptr_null(eq_layers_quant(g, "conv2", EQ_QTAG_WT));
+    ck_assert_ptr_null(eq_layers_quant(g, NULL, EQ_QTAG_WT));
+    const float *qo = eq_layers_quant_output(g, "conv", EQ_QTAG_WT, &qn);
+    ck_assert_int_eq(qn, (int64_t)wt->numel);
+    ck_assert_mem_eq(qo, wq_, sizeof wq_);
+    qo = eq_layers_quant_output(g, "conv", EQ_QTAG_FM, &qn);
+    ck_assert_int_eq(qn, N * xs[1] * xs[2] * C);
+    ck_assert_mem_eq(qo, a, (size_t)qn * sizeof(float));
+    ck_assert_ptr_null(eq_layers_quant_output(g, "conv", EQ_QTAG_OT, &qn));
+    ck_assert_int_eq(qn, 0);
     /* some quantization actually happened: the output is not the FP conv */
     float yfp[2 * 5 * 5 * 4];
     eq_conv2d_desc fd = cd;
@@ -1027,6 +1043,12 @@ START_TEST(test_conv_output_quant)
     OK(eq_quant_forward(rq, &yd, raw, yref, true, &err));
     ck_assert_mem_eq(y, yref, sizeof yref);
     ck_assert(eq_test_relerr(raw, yref, (size_t)NY) > 1e-2); /* it quantized */
+    ck_assert_ptr_nonnull(eq_layers_quant(g, "conv", EQ_QTAG_OT));
+    ck_assert_ptr_null(eq_layers_quant(g, "conv", EQ_QTAG_WT));
+    int64_t qn = -1;
+    const float *qy = eq_layers_quant_output(g, "conv", EQ_QTAG_OT, &qn);
+    ck_assert_int_eq(qn, NY);
+    ck_assert_mem_eq(qy, yref, sizeof yref);
     memcpy(dy, r, sizeof r);
     OK(eq_layers_backward(g, &err));
     OK(eq_quant_backward(rq, raw, r, draw, &err));
@@ -1061,6 +1083,19 @@ START_TEST(test_quant_resnet20_config)
     const eq_model_tensor *cv = eq_model_tensor_find(m, "layer3.2.conv2.quant_activation.clip_val");
     ck_assert_ptr_nonnull(cv);
     ck_assert(cv->quant && cv->kind == EQ_MT_PARAM && cv->no_decay);
+    /* quantizers by layer name: none in the FP first/last layers or the real
+     * skip; outputs only after a forward */
+    int64_t qn = -1;
+    ck_assert_ptr_null(eq_model_quant(m, "conv1", EQ_QTAG_WT));
+    ck_assert_ptr_null(eq_model_quant(m, "fc", EQ_QTAG_FM));
+    ck_assert_ptr_null(eq_model_quant(m, "layer2.0.downsample.0", EQ_QTAG_WT));
+    ck_assert_ptr_null(eq_model_quant(m, "layer1.0.conv1", EQ_QTAG_OT));
+    ck_assert_ptr_null(eq_model_quant(NULL, "layer1.0.conv1", EQ_QTAG_WT));
+    eq_quant *q11 = eq_model_quant(m, "layer1.0.conv1", EQ_QTAG_FM);
+    ck_assert_ptr_nonnull(q11);
+    ck_assert_ptr_nonnull(eq_model_quant(m, "layer1.0.conv1", EQ_QTAG_WT));
+    ck_assert_ptr_null(eq_model_quant_output(m, "layer1.0.conv1", EQ_QTAG_FM, &qn));
+    ck_assert_int_eq(qn, 0);
     eq_optim_cfg oc;
     eq_schedule_cfg sc;
     eq_config_section os[EQ_OPTIM_CONFIG_NSECTIONS];
@@ -1082,6 +1117,30 @@ START_TEST(test_quant_resnet20_config)
     }
     ck_assert_msg(isfinite(last) && last < first, "loss %g -> %g", first, last);
     OK(eq_model_forward(m, x, false, &err));
+    ck_assert_ptr_eq(eq_model_quant(m, "layer1.0.conv1", EQ_QTAG_FM), q11);
+    /* layer1.0.conv1's input after the 2-bit fm quantizer (padded first): 4
+     * levels at most, the padding on one of them; the weight's shape */
+    const float *qa = eq_model_quant_output(m, "layer1.0.conv1", EQ_QTAG_FM, &qn);
+    ck_assert_ptr_nonnull(qa);
+    ck_assert_int_eq(qn, 4 * 14 * 14 * 4);
+    float lv[5];
+    int nlv = 0;
+    for (int64_t i = 0; i < qn; i++) {
+        int k = 0;
+        while (k < nlv && lv[k] != qa[i]) k++;
+        if (k == nlv) {
+            ck_assert_msg(nlv < 4, "more than 4 levels in a 2-bit activation");
+            lv[nlv++] = qa[i];
+        }
+    }
+    ck_assert_int_ge(nlv, 2);
+    ck_assert_ptr_nonnull(eq_model_quant_output(m, "layer1.0.conv1", EQ_QTAG_WT, &qn));
+    ck_assert_int_eq(qn, 4 * 4 * 3 * 3);
+    ck_assert_ptr_null(eq_model_quant_output(m, "conv1", EQ_QTAG_WT, &qn));
+    ck_assert_int_eq(qn, 0);
+    /* a failed forward invalidates them */
+    ck_assert_int_ne(eq_model_forward(m, NULL, false, &err), EQ_OK);
+    ck_assert_ptr_null(eq_model_quant_output(m, "layer1.0.conv1", EQ_QTAG_FM, &qn));
     eq_optim_destroy(&o);
     eq_model_destroy(&m);
     eq_backend_destroy(&be);

@@ -74,6 +74,7 @@ struct eq_layers {
     float *tmp;
     void *block;
     int finalized, broken;
+    int fwd_ok; /* the last forward completed (quantizer outputs are current) */
 };
 
 static size_t s_numel(const s_node *nd)
@@ -763,6 +764,7 @@ static eq_status s_quant_fwd(eq_layers *g, s_node *nd, const s_node *in, bool tr
 eq_status eq_layers_forward(eq_layers *g, const float *x, bool train, eq_err *err)
 {
     if (!g || !g->finalized) return eq_err_set(err, EQ_ERR_INVALID, "forward: graph not finalized");
+    g->fwd_ok = 0;
     if (!x) return eq_err_set(err, EQ_ERR_INVALID, "forward: input is NULL");
     eq_backend *be = g->be;
     g->nodes[0].y = (float *)x; /* borrowed until the backward */
@@ -820,6 +822,7 @@ eq_status eq_layers_forward(eq_layers *g, const float *x, bool train, eq_err *er
             eq_err_prefix(err, "forward: %s (node %d, %s): ", nd->name ? nd->name : "-", i,
                           S_KIND_NAME[nd->kind]);
     }
+    g->fwd_ok = st == EQ_OK;
     return st;
 }
 
@@ -972,6 +975,44 @@ eq_status eq_layers_backward(eq_layers *g, eq_err *err)
                           S_KIND_NAME[nd->kind]);
     }
     return st;
+}
+
+static const s_node *s_named_qnode(const eq_layers *g, const char *layer)
+{
+    if (!g || !layer) return NULL;
+    for (int i = 1; i < g->nnodes; i++) {
+        const s_node *nd = &g->nodes[i];
+        if ((nd->kind == S_CONV || nd->kind == S_LINEAR) && nd->name && !strcmp(nd->name, layer))
+            return nd;
+    }
+    return NULL;
+}
+
+eq_quant *eq_layers_quant(const eq_layers *g, const char *layer, eq_quant_tag tag)
+{
+    const s_node *nd = s_named_qnode(g, layer);
+    if (!nd) return NULL;
+    switch (tag) {
+    case EQ_QTAG_WT: return nd->qw;
+    case EQ_QTAG_FM: return nd->qf;
+    case EQ_QTAG_OT: return nd->qo;
+    default: return NULL;
+    }
+}
+
+const float *eq_layers_quant_output(const eq_layers *g, const char *layer, eq_quant_tag tag,
+                                    int64_t *n)
+{
+    if (n) *n = 0;
+    const s_node *nd = s_named_qnode(g, layer);
+    if (!nd || !g->finalized || !g->fwd_ok) return NULL;
+    const float *p = NULL;
+    size_t cnt = 0;
+    if (tag == EQ_QTAG_WT && nd->qw) p = nd->wq, cnt = g->t[nd->pw].numel;
+    else if (tag == EQ_QTAG_FM && nd->qf) p = nd->a, cnt = nd->a_numel;
+    else if (tag == EQ_QTAG_OT && nd->qo) p = nd->y, cnt = s_numel(nd);
+    if (p && n) *n = (int64_t)cnt;
+    return p;
 }
 
 size_t eq_layers_tensor_count(const eq_layers *g)

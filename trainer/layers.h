@@ -100,6 +100,18 @@ float *eq_layers_output(const eq_layers *g, float **dy, int64_t shape[4]);
 /* Backward from the output gradient (its dy buffer, filled by the caller). */
 eq_status eq_layers_backward(eq_layers *g, eq_err *err);
 
+/* The quantizer of the conv/linear node named `layer` for `tag` (EQ_QTAG_WT:
+ * its weight, FM: its input, OT: a conv's output), or NULL if there is no
+ * such node or it has no quantizer for that tag.  Owned by the graph. */
+eq_quant *eq_layers_quant(const eq_layers *g, const char *layer, eq_quant_tag tag);
+/* What that quantizer produced in the graph's most recent successful
+ * forward (device memory; *n elements: WT the weight, FM the input as the
+ * quantizer saw it -- padded first unless pad_after_quant --, OT the conv's
+ * output), or NULL (*n = 0) before any forward, after a failed one, or for
+ * no such quantizer.  Valid until the next forward (a backward leaves it). */
+const float *eq_layers_quant_output(const eq_layers *g, const char *layer, eq_quant_tag tag,
+                                    int64_t *n);
+
 size_t eq_layers_tensor_count(const eq_layers *g);
 const eq_model_tensor *eq_layers_tensor_at(const eq_layers *g, size_t i);
 

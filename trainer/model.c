@@ -909,6 +909,18 @@ const eq_model_tensor *eq_model_tensor_find(const eq_model *m, const char *name)
     return NULL;
 }
 
+struct eq_quant *eq_model_quant(eq_model *m, const char *layer, eq_quant_tag tag)
+{
+    return m ? eq_layers_quant(m->g, layer, tag) : NULL;
+}
+
+const float *eq_model_quant_output(const eq_model *m, const char *layer, eq_quant_tag tag,
+                                   int64_t *n)
+{
+    if (n) *n = 0;
+    return m ? eq_layers_quant_output(m->g, layer, tag, n) : NULL;
+}
+
 eq_backend *eq_model_backend(const eq_model *m)
 {
     return m ? m->be : NULL;

@@ -39,6 +39,7 @@
 #include "core/config.h"
 #include "core/status.h"
 #include "core/tensor.h"
+#include "quant/quant.h"
 #include "trainer/backend.h"
 
 /* ---- configuration ------------------------------------------------------- */
@@ -146,6 +147,24 @@ size_t eq_model_tensor_count(const eq_model *m);
 const eq_model_tensor *eq_model_tensor_at(const eq_model *m, size_t i);
 const eq_model_tensor *eq_model_tensor_find(const eq_model *m, const char *name);
 eq_backend *eq_model_backend(const eq_model *m);
+/* ---- quantizers ------------------------------------------------------------ */
+
+/* The quantizer of layer `layer` (its PyTorch module name, e.g.
+ * "layer1.0.conv1", as in the tensor names "<layer>.quant_weight.*") for
+ * `tag` (EQ_QTAG_WT: the weight, FM: the input, OT: a conv's output), or NULL
+ * if that layer has no quantizer for that tag (or m/layer is NULL).  The
+ * model keeps ownership; valid while the model lives. */
+struct eq_quant *eq_model_quant(eq_model *m, const char *layer, eq_quant_tag tag);
+/* The output of that quantizer in the model's most recent forward (device
+ * memory as eq_backend_download reads it; *n elements: WT the quantized
+ * weight in its tensor's layout, FM the quantized input NHWC -- zero-padded
+ * first when the conv pads before quantizing --, OT the conv's quantized
+ * output NHWC), or NULL with *n = 0 if there was no forward yet, the last
+ * one failed, or there is no such quantizer.  Valid until the next forward
+ * (a backward leaves it unchanged).  n may be NULL. */
+const float *eq_model_quant_output(const eq_model *m, const char *layer, eq_quant_tag tag,
+                                   int64_t *n);
+
 /* A one-line summary: "torch-resnet18: 11689512 parameters, 62 tensors, ...". */
 const char *eq_model_summary(const eq_model *m);
 
