@@ -86,6 +86,7 @@ int eq_layout_channel_axis(eq_layout layout)
     case EQ_LAYOUT_OIHW: return 0;
     case EQ_LAYOUT_NC: return 1;
     case EQ_LAYOUT_OI: return 0;
+    case EQ_LAYOUT_OHWI: return 0;
     default: return -1;
     }
 }

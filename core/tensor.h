@@ -52,6 +52,7 @@ typedef enum eq_layout {
     EQ_LAYOUT_OIHW,    /* conv weights (PyTorch's layout; checkpoints) */
     EQ_LAYOUT_NC,      /* 2-D activations (linear layers) */
     EQ_LAYOUT_OI,      /* linear weights */
+    EQ_LAYOUT_OHWI,    /* conv weights with the input channel innermost (NHWC convs) */
     EQ_LAYOUT_COUNT
 } eq_layout;
 
@@ -76,7 +77,7 @@ int eq_tensor_is_contiguous(const eq_tensor_desc *d);
 /* Element count of a shape with overflow check: -1 if negative or > limit. */
 int64_t eq_shape_numel(int ndim, const int64_t *shape, int64_t limit);
 /* Index of the channel axis for a layout (NHWC: 3, NCHW: 1, OIHW: 0, NC: 1,
- * OI: 0), or -1 for EQ_LAYOUT_ANY. */
+ * OI: 0, OHWI: 0), or -1 for EQ_LAYOUT_ANY. */
 int eq_layout_channel_axis(eq_layout layout);
 
 typedef struct eq_group_desc {

@@ -11,7 +11,7 @@
 
 #include "core/safetensors.h"
 
-/* NCHW <-> NHWC copies. */
+/* NCHW <-> NHWC copies (also OIHW <-> OHWI). */
 static void s_to_nhwc(const float *src, float *dst, const int64_t *s)
 {
     int64_t B = s[0], C = s[1], HW = s[2] * s[3];
@@ -69,13 +69,15 @@ eq_status eq_quant_apply_file(eq_quant_tag tag, const char *in_path, const char 
     int64_t n = eq_tensor_numel(xd0);
     eq_layout lay = tag == EQ_QTAG_WT ? (xd0->ndim == 4 ? EQ_LAYOUT_OIHW : EQ_LAYOUT_OI)
                                       : (xd0->ndim == 4 ? EQ_LAYOUT_NCHW : EQ_LAYOUT_NC);
-    int transpose = nhwc && lay == EQ_LAYOUT_NCHW;
+    /* --nhwc: NCHW activations as NHWC, OIHW weights as OHWI (the same permutation) */
+    int transpose = nhwc && (lay == EQ_LAYOUT_NCHW || lay == EQ_LAYOUT_OIHW);
     int64_t shp[4];
     for (int i = 0; i < xd0->ndim; i++) shp[i] = xd0->shape[i];
     eq_tensor_desc xd;
     if (transpose) {
         int64_t s2[4] = {shp[0], shp[2], shp[3], shp[1]};
-        st = eq_tensor_desc_init(&xd, EQ_DT_F32, EQ_LAYOUT_NHWC, 4, s2, err);
+        st = eq_tensor_desc_init(&xd, EQ_DT_F32, lay == EQ_LAYOUT_OIHW ? EQ_LAYOUT_OHWI : EQ_LAYOUT_NHWC,
+                                 4, s2, err);
     } else {
         st = eq_tensor_desc_init(&xd, EQ_DT_F32, lay, xd0->ndim, shp, err);
     }
@@ -224,7 +226,7 @@ static void s_usage(FILE *f)
             "quant_loss_alpha.\n"
             "IN: x (OIHW/OI weights, NCHW/NC activations), grad (optional), initial state by name.\n"
             "OUT: y, grad_x, grad.<param>, state.<name>, aux_loss (alpha*quantization loss, when\n"
-            "not 0).  --nhwc runs activations as NHWC.\n");
+            "not 0).  --nhwc runs activations as NHWC and conv weights as OHWI.\n");
 }
 
 int eq_quant_cli(int argc, char **argv)

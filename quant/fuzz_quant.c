@@ -56,7 +56,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     eq_layout lay;
     int nd = 4;
     if (tag == EQ_QTAG_WT) {
-        lay = lay_sel == 0 ? EQ_LAYOUT_OI : EQ_LAYOUT_OIHW;
+        lay = lay_sel == 0 ? EQ_LAYOUT_OI : (lay_sel == 1 ? EQ_LAYOUT_OIHW : EQ_LAYOUT_OHWI);
     } else {
         lay = lay_sel == 0 ? EQ_LAYOUT_NC : (lay_sel == 1 ? EQ_LAYOUT_NCHW : EQ_LAYOUT_NHWC);
     }
@@ -79,6 +79,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     eq_err err = {0};
     eq_quant *q = eq_quant_new(&o, &d, &err);
     if (q) {
+        /* run-time (policy) options from the last byte */
+        static const char *const fns[] = {"None", "L2", "L1", "QDL"};
+        unsigned rt = data[size - 1];
+        eq_quant_set_option(q, "adaptive_restore", (rt & 1) ? "true" : "false", &err);
+        eq_quant_set_option(q, "quant_loss_function", fns[(rt >> 1) & 3], &err);
+        eq_quant_set_option(q, "quant_loss_enable", (rt & 8) ? "true" : "false", &err);
+        eq_quant_set_option(q, "quant_loss_alpha", "0.5", &err);
+        if ((rt & 0x30) == 0x30) eq_quant_set_option(q, "enable", "false", &err);
         for (int st = 0; st < nsteps; st++) {
             int train = (st + data[0]) & 1;
             if (eq_quant_forward(q, &d, x, y, train, &err) == EQ_OK) eq_quant_backward(q, x, g, gx, &err);

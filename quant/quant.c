@@ -375,7 +375,7 @@ static eq_status s_check_layout(eq_quant_tag tag, const eq_tensor_desc *xd, eq_e
                           eq_dtype_name(xd->dtype));
     int ok;
     if (tag == EQ_QTAG_WT)
-        ok = (xd->layout == EQ_LAYOUT_OIHW && xd->ndim == 4) ||
+        ok = ((xd->layout == EQ_LAYOUT_OIHW || xd->layout == EQ_LAYOUT_OHWI) && xd->ndim == 4) ||
              (xd->layout == EQ_LAYOUT_OI && xd->ndim == 2);
     else
         ok = ((xd->layout == EQ_LAYOUT_NCHW || xd->layout == EQ_LAYOUT_NHWC) && xd->ndim == 4) ||
@@ -383,7 +383,7 @@ static eq_status s_check_layout(eq_quant_tag tag, const eq_tensor_desc *xd, eq_e
     if (!ok)
         return eq_err_set(err, EQ_ERR_INVALID,
                           "quantizer %s: a rank-%d tensor with layout %d is not supported (wt: "
-                          "OIHW or OI; fm/ot: NCHW, NHWC or NC)",
+                          "OIHW, OHWI or OI; fm/ot: NCHW, NHWC or NC)",
                           eq_quant_tag_name(tag), xd->ndim, (int)xd->layout);
     for (int i = 0; i < xd->ndim; i++)
         if (xd->shape[i] < 1)
@@ -452,8 +452,10 @@ eq_quant *eq_quant_new(const eq_quant_opts *o, const eq_tensor_desc *xd, eq_err 
             P = 1;
             q->fan = xd->shape[0] * xd->shape[1];
         } else {
+            /* OIHW (O, I, kh, kw) or OHWI (O, kh, kw, I): P = O*I either way */
+            int64_t I = xd->layout == EQ_LAYOUT_OHWI ? xd->shape[3] : xd->shape[1];
             q->channels = xd->shape[0];
-            P = xd->shape[0] * xd->shape[1];
+            P = xd->shape[0] * I;
             q->fan = xd->shape[1] * xd->shape[2] * xd->shape[3];
         }
     } else {
@@ -470,6 +472,16 @@ eq_quant *eq_quant_new(const eq_quant_opts *o, const eq_tensor_desc *xd, eq_err 
         if (P % qg == 0) g = qg;
     }
     if (g == 0) g = o->tag == EQ_QTAG_WT ? q->channels : 1;
+    if (xd->layout == EQ_LAYOUT_OHWI && q->channels % g != 0) {
+        /* groups are contiguous chunks of the (O, I, kh, kw) flattening;
+         * only whole output channels are contiguous in OHWI as well */
+        eq_err_set(err, EQ_ERR_INVALID,
+                   "quant option quant_group: %lld groups split the output channels of an OHWI "
+                   "weight (%lld channels; its groups must be whole channels: use a quant_group "
+                   "dividing the channel count, or OIHW)",
+                   (long long)g, (long long)q->channels);
+        goto fail;
+    }
     q->g = g;
     q->norm_g = o->independent_norm ? 1 : g;
 

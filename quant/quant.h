@@ -146,8 +146,10 @@ typedef struct eq_quant_tensor {
     float *grad;
 } eq_quant_tensor;
 
-/* Build a quantizer for tensors like `xd`.  Layouts: wt: OIHW or OI; fm/ot:
- * NCHW, NHWC or NC.  For fm/ot only the channel count of xd is fixed (batch
+/* Build a quantizer for tensors like `xd`.  Layouts: wt: OIHW, OHWI or OI;
+ * fm/ot: NCHW, NHWC or NC.  An OHWI weight gives the results of the same
+ * weight in OIHW, permuted; its quant groups must be whole output channels
+ * (a quant_group splitting a channel is EQ_ERR_INVALID).  For fm/ot only the channel count of xd is fixed (batch
  * and spatial size may change per call); for wt the whole shape is.  Errors:
  * EQ_ERR_INVALID for options the method does not support (naming the
  * option), EQ_ERR_NOTFOUND for an unknown method, EQ_ERR_NOMEM.  Caller owns
@@ -234,8 +236,11 @@ void eq_quant_set_pool(eq_quant *q, struct eq_pool *pool);
  * "KEY=VALUE" option strings.  OUT receives `y`, and with `grad` also
  * `grad_x` and `grad.<param>` per learnable parameter, plus `state.<name>`
  * for every state tensor after the step.  `train` selects training mode;
- * `nhwc` runs an NCHW activation through the NHWC code path (transposed in
- * and out, for layout checks).  Errors name the file, tensor or option. */
+ * `nhwc` runs an NCHW activation through the NHWC code path and an OIHW
+ * weight as OHWI (transposed in and out, for layout checks).  Run-time keys
+ * (eq_quant_is_runtime_option) are applied with eq_quant_set_option after
+ * construction; OUT then also holds `aux_loss` when it is not 0.  Errors
+ * name the file, tensor or option. */
 eq_status eq_quant_apply_file(eq_quant_tag tag, const char *in_path, const char *out_path, int train,
                               int nhwc, const char *const *kv, size_t nkv, eq_err *err);
 /* Command line: argv[0] is the subcommand ("apply", "methods", "help").

@@ -1046,6 +1046,121 @@ START_TEST(test_quant_loss_fd)
 }
 END_TEST
 
+/* ---- OHWI weights ------------------------------------------------------------ */
+
+/* OIHW (O, I, H, W) -> OHWI (O, H, W, I) and back. */
+static void s_oihw_to_ohwi(const float *a, float *b, const int64_t *S, int back)
+{
+    int64_t O = S[0], I = S[1], H = S[2], W = S[3];
+    for (int64_t o = 0; o < O; o++)
+        for (int64_t i = 0; i < I; i++)
+            for (int64_t h = 0; h < H; h++)
+                for (int64_t w = 0; w < W; w++) {
+                    int64_t ci = ((o * I + i) * H + h) * W + w, hi = ((o * H + h) * W + w) * I + i;
+                    if (back)
+                        b[ci] = a[hi];
+                    else
+                        b[hi] = a[ci];
+                }
+}
+
+/* Two steps (so state written by the first, e.g. LQ-Net's basis, is used by
+ * the second) of the same weight as OIHW and as OHWI: y and gx permuted
+ * back, every parameter gradient and state tensor bit-identical. */
+static void s_ohwi_case(const char *const *kv, const char *const *rt, int train)
+{
+    const int64_t S[4] = {8, 6, 3, 3}, T[4] = {8, 3, 3, 6};
+    const int64_t n = 8 * 6 * 3 * 3;
+    float *x = malloc(n * sizeof(float)), *g = malloc(n * sizeof(float));
+    float *y1 = malloc(n * sizeof(float)), *gx1 = malloc(n * sizeof(float));
+    float *xt = malloc(n * sizeof(float)), *gt = malloc(n * sizeof(float));
+    float *y2 = malloc(n * sizeof(float)), *gx2 = malloc(n * sizeof(float));
+    float *tmp = malloc(n * sizeof(float));
+    eq_quant *a = s_make(EQ_QTAG_WT, EQ_LAYOUT_OIHW, 4, S, kv);
+    eq_quant *b = s_make(EQ_QTAG_WT, EQ_LAYOUT_OHWI, 4, T, kv);
+    ck_assert_int_eq(eq_quant_groups(a), eq_quant_groups(b));
+    for (; rt && *rt; rt += 2) {
+        eq_err err = {0};
+        ck_assert_int_eq(eq_quant_set_option(a, rt[0], rt[1], &err), EQ_OK);
+        ck_assert_int_eq(eq_quant_set_option(b, rt[0], rt[1], &err), EQ_OK);
+    }
+    for (int step = 0; step < 2; step++) {
+        s_fill(x, n, 0.4f, 0.02f);
+        s_fill(g, n, 1.0f, 0.0f);
+        s_oihw_to_ohwi(x, xt, S, 0);
+        s_oihw_to_ohwi(g, gt, S, 0);
+        s_fwd(a, EQ_LAYOUT_OIHW, 4, S, x, y1, train);
+        s_fwd(b, EQ_LAYOUT_OHWI, 4, T, xt, y2, train);
+        s_oihw_to_ohwi(y2, tmp, S, 1);
+        ck_assert_msg(memcmp(y1, tmp, n * sizeof(float)) == 0, "%s %s: y differs (step %d)", kv[0], kv[1], step);
+        if (train) {
+            s_bwd(a, x, g, gx1);
+            s_bwd(b, xt, gt, gx2);
+            s_oihw_to_ohwi(gx2, tmp, S, 1);
+            ck_assert_msg(memcmp(gx1, tmp, n * sizeof(float)) == 0, "%s %s: grad_x differs", kv[0], kv[1]);
+        }
+        ck_assert_int_eq(eq_quant_tensor_count(a), eq_quant_tensor_count(b));
+        for (size_t i = 0; i < eq_quant_tensor_count(a); i++) {
+            eq_quant_tensor *ta = eq_quant_tensor_at(a, i), *tb = eq_quant_tensor_at(b, i);
+            ck_assert_str_eq(ta->name, tb->name);
+            ck_assert_msg(memcmp(ta->data, tb->data, ta->numel * sizeof(float)) == 0, "%s %s: state %s differs",
+                          kv[0], kv[1], ta->name);
+            if (ta->grad && train)
+                ck_assert_msg(memcmp(ta->grad, tb->grad, ta->numel * sizeof(float)) == 0,
+                              "%s %s: grad.%s differs", kv[0], kv[1], ta->name);
+        }
+    }
+    eq_quant_destroy(&a);
+    eq_quant_destroy(&b);
+    free(x), free(g), free(y1), free(gx1), free(xt), free(gt), free(y2), free(gx2), free(tmp);
+}
+
+START_TEST(test_ohwi_equals_oihw)
+{
+    static const char *const cases[][7] = {
+        {"method=dorefa", "bit=2", NULL},
+        {"method=dorefa", "bit=3", "gamma=true", "adaptive=var-mean", NULL},
+        {"method=bin", "bit=1", "adaptive=var-mean", NULL},
+        {"method=lsq", "bit=2", NULL},
+        {"method=lsq", "bit=3", "quant_group=4", "grad_scale=fan-scale", "stable=1", NULL},
+        {"method=lsq", "level=3", "grad_type=STE-scale", "adaptive=var-mean", "independent_norm=true", NULL},
+        {"method=lsq-step", "bit=3", NULL},
+        {"method=nonuniform", "level=3", "scale=1.0", "adaptive=var-mean", NULL},
+        {"method=xnor", "bit=1", "gamma=true", "grad_type=STE", NULL},
+        {"method=lqnet", "bit=2", NULL},
+        {"method=lqnet", "bit=3", "adaptive=mean-var", "quant_group=2", "custom_update=true", NULL},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        s_ohwi_case(cases[c], NULL, 1);
+        s_ohwi_case(cases[c], NULL, 0);
+    }
+    /* run-time options: adaptive_restore and the quantization loss */
+    const char *kr[] = {"method=lsq", "bit=2", "adaptive=var-mean", "gamma=true", NULL};
+    const char *rt[] = {"adaptive_restore", "true", "quant_loss_enable", "true", "quant_loss_function", "QDL",
+                        "quant_loss_alpha", "0.5", NULL};
+    s_ohwi_case(kr, rt, 1);
+    /* groups inside an output channel are not contiguous in OHWI: refused */
+    eq_quant_opts o;
+    eq_quant_opts_init(&o, EQ_QTAG_WT);
+    eq_err err = {0};
+    ck_assert_int_eq(eq_quant_opts_set(&o, "method", "lsq", &err), EQ_OK);
+    ck_assert_int_eq(eq_quant_opts_set(&o, "bit", "2", &err), EQ_OK);
+    ck_assert_int_eq(eq_quant_opts_set(&o, "quant_group", "16", &err), EQ_OK);
+    eq_tensor_desc d;
+    const int64_t T[4] = {8, 3, 3, 6};
+    ck_assert_int_eq(eq_tensor_desc_init(&d, EQ_DT_F32, EQ_LAYOUT_OHWI, 4, T, &err), EQ_OK);
+    eq_quant *q = eq_quant_new(&o, &d, &err);
+    ck_assert_msg(q == NULL && strstr(err.msg, "OHWI") && strstr(err.msg, "16"), "%s", err.msg);
+    /* ... while OIHW accepts them (P = O*I = 48 divisible by 16) */
+    const int64_t S[4] = {8, 6, 3, 3};
+    ck_assert_int_eq(eq_tensor_desc_init(&d, EQ_DT_F32, EQ_LAYOUT_OIHW, 4, S, &err), EQ_OK);
+    q = eq_quant_new(&o, &d, &err);
+    ck_assert_msg(q != NULL && eq_quant_groups(q) == 16, "%s", err.msg);
+    eq_quant_destroy(&q);
+    ck_assert_int_eq(eq_layout_channel_axis(EQ_LAYOUT_OHWI), 0);
+}
+END_TEST
+
 static Suite *s_suite(void)
 {
     Suite *s = suite_create("quant");
@@ -1070,6 +1185,7 @@ static Suite *s_suite(void)
     tcase_add_test(tc, test_backward_in_place);
     tcase_add_test(tc, test_runtime_options);
     tcase_add_test(tc, test_quant_loss_fd);
+    tcase_add_test(tc, test_ohwi_equals_oihw);
     suite_add_tcase(s, tc);
     return s;
 }
