@@ -37,7 +37,7 @@
  * depend on the thread count, so depthwise results are identical for any
  * thread count.
  */
-#include "trainer/cpu/cpu_internal.h"
+#include "trainer/cpu/conv_direct.h"
 
 #include <string.h>
 
@@ -363,10 +363,9 @@ static void s_fwd(eq_cpu *cpu, const s_geom *g, const float *x, const float *wr,
     }
 }
 
-eq_status eq_cpu_conv2d_fwd(void *ctx, const eq_conv2d_desc *d, const float *x, const float *w,
-                            float *y, eq_err *err)
+eq_status eq_cpu_conv2d_gemm_fwd(eq_cpu *cpu, const eq_conv2d_desc *d, const float *x,
+                                 const float *w, float *y, eq_err *err)
 {
-    eq_cpu *cpu = ctx;
     if (s_depthwise(d)) return s_dw_run(cpu, d, 0, x, w, NULL, y, err);
     s_geom g;
     s_geom_init(&g, d);
@@ -411,10 +410,9 @@ static eq_status s_bwd_data_flipped(eq_cpu *cpu, const eq_conv2d_desc *d, const 
     return EQ_OK;
 }
 
-eq_status eq_cpu_conv2d_bwd_data(void *ctx, const eq_conv2d_desc *d, const float *dy,
-                                 const float *w, float *dx, eq_err *err)
+eq_status eq_cpu_conv2d_gemm_bwd_data(eq_cpu *cpu, const eq_conv2d_desc *d, const float *dy,
+                                      const float *w, float *dx, eq_err *err)
 {
-    eq_cpu *cpu = ctx;
     if (s_depthwise(d)) return s_dw_run(cpu, d, 1, NULL, w, dy, dx, err);
     s_geom g;
     s_geom_init(&g, d);
@@ -446,10 +444,9 @@ eq_status eq_cpu_conv2d_bwd_data(void *ctx, const eq_conv2d_desc *d, const float
     return EQ_OK;
 }
 
-eq_status eq_cpu_conv2d_bwd_filter(void *ctx, const eq_conv2d_desc *d, const float *x,
-                                   const float *dy, float *dw, eq_err *err)
+eq_status eq_cpu_conv2d_gemm_bwd_filter(eq_cpu *cpu, const eq_conv2d_desc *d, const float *x,
+                                        const float *dy, float *dw, eq_err *err)
 {
-    eq_cpu *cpu = ctx;
     if (s_depthwise(d)) return s_dw_run(cpu, d, 2, x, NULL, dy, dw, err);
     s_geom g;
     s_geom_init(&g, d);
@@ -469,4 +466,30 @@ eq_status eq_cpu_conv2d_bwd_filter(void *ctx, const eq_conv2d_desc *d, const flo
     }
     s_unpack_weights(&g, dwr, dw);
     return EQ_OK;
+}
+
+/* ---- the backend's members: direct kernels for thin stride-1 layers ----- */
+
+eq_status eq_cpu_conv2d_fwd(void *ctx, const eq_conv2d_desc *d, const float *x, const float *w,
+                            float *y, eq_err *err)
+{
+    if (eq_cpu_conv_direct_ok(d))
+        return eq_cpu_conv_direct_fwd(ctx, d, x, w, y, EQ_CPU_DIRECT_AUTO, err);
+    return eq_cpu_conv2d_gemm_fwd(ctx, d, x, w, y, err);
+}
+
+eq_status eq_cpu_conv2d_bwd_data(void *ctx, const eq_conv2d_desc *d, const float *dy,
+                                 const float *w, float *dx, eq_err *err)
+{
+    if (eq_cpu_conv_direct_ok(d))
+        return eq_cpu_conv_direct_bwd_data(ctx, d, dy, w, dx, EQ_CPU_DIRECT_AUTO, err);
+    return eq_cpu_conv2d_gemm_bwd_data(ctx, d, dy, w, dx, err);
+}
+
+eq_status eq_cpu_conv2d_bwd_filter(void *ctx, const eq_conv2d_desc *d, const float *x,
+                                   const float *dy, float *dw, eq_err *err)
+{
+    if (eq_cpu_conv_direct_ok(d))
+        return eq_cpu_conv_direct_bwd_filter(ctx, d, x, dy, dw, EQ_CPU_DIRECT_AUTO, err);
+    return eq_cpu_conv2d_gemm_bwd_filter(ctx, d, x, dy, dw, err);
 }

@@ -1,0 +1,448 @@
+/*
+ * trainer/cpu/conv_direct.c -- direct NHWC convolution for thin stride-1
+ * layers (see conv_direct.h for the method and its guarantees).
+ *
+ * Layouts in the workspace:
+ *   wp   weight panels [KB][R][S][C][16]: output channels in blocks of 16
+ *        (the last one zero-padded), so the micro-kernel loads two 8-lane
+ *        vectors per (r, s, c);
+ *   xp   a tile of zero-padded images [tn][Hp][Wp][C] plus S_SLACK pixels
+ *        of zeros (the last block of 6 pixels reads up to 5 pixels past
+ *        the last image);
+ *   part the filter gradient's per-slice partial sums [nch][R][S][C][KP],
+ *        KP = K rounded up to 16.
+ */
+#include "trainer/cpu/conv_direct.h"
+
+#include <math.h>
+#include <string.h>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define S_X86 1
+#include <immintrin.h>
+#define S_TGT __attribute__((target("avx2,fma")))
+#define S_INLINE static inline __attribute__((always_inline))
+#else
+#define S_X86 0
+#endif
+
+#define S_KB 16                        /* output channels per register block */
+#define S_NQ 6                         /* forward: pixels per register block */
+#define S_NC 6                         /* filter: input channels per register block */
+#define S_SLACK 8                      /* zero pixels after a padded tile */
+#define S_TILE_BUDGET ((size_t)16 << 20) /* bytes of padded input per tile */
+#define S_FWD_PIX 128                  /* forward: padded pixels per task (at least a row) */
+#define S_BF_CHUNKS 32                 /* filter: slices of the output rows */
+#define S_BF_PIX 64                    /* filter: pixels per register-block pass */
+
+static int64_t s_min(int64_t a, int64_t b)
+{
+    return a < b ? a : b;
+}
+
+static size_t s_round16(size_t n)
+{
+    return (n + 15) / 16 * 16;
+}
+
+int eq_cpu_conv_direct_ok(const eq_conv2d_desc *d)
+{
+    return d->groups == 1 && d->stride_h == 1 && d->stride_w == 1 && d->dil_h == 1 &&
+           d->dil_w == 1 && d->pad_h <= d->r - 1 && d->pad_w <= d->s - 1 &&
+           !(d->r == 1 && d->s == 1) && d->c <= EQ_CPU_DIRECT_MAX_C &&
+           d->k <= EQ_CPU_DIRECT_MAX_K;
+}
+
+/* 1 when the AVX2+FMA kernels may run (and `kernels` allows them). */
+static int s_use_avx2(int kernels)
+{
+#if S_X86
+    static int have = -1;
+    if (have < 0) {
+        __builtin_cpu_init();
+        have = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    }
+    return kernels == EQ_CPU_DIRECT_AUTO && have;
+#else
+    (void)kernels;
+    return 0;
+#endif
+}
+
+/* ---- forward (and backward data) ----------------------------------------- */
+
+typedef struct s_fwd {
+    const float *x; /* [N][H][W][C] */
+    const float *wp;
+    float *xp, *y;  /* y: [N][P][Q][K] */
+    int64_t h, w, c, k, r, s, ph, pw, hp, wp_, p, q;
+    int64_t nkb, rt, tpi; /* k blocks, output rows per task, tasks per image */
+    int64_t n0;           /* first image of the tile */
+    int avx2;
+} s_fwd;
+
+/* Padded copy of image n0 + i into tile slot i. */
+static void s_pad_image(void *vctx, size_t i)
+{
+    const s_fwd *f = vctx;
+    const int64_t C = f->c, rowf = f->wp_ * C;
+    const float *src = f->x + (f->n0 + (int64_t)i) * f->h * f->w * C;
+    float *dst = f->xp + (int64_t)i * f->hp * rowf;
+    for (int64_t hp = 0; hp < f->hp; hp++, dst += rowf) {
+        int64_t ih = hp - f->ph;
+        if (ih < 0 || ih >= f->h) {
+            memset(dst, 0, (size_t)rowf * sizeof *dst);
+            continue;
+        }
+        memset(dst, 0, (size_t)(f->pw * C) * sizeof *dst);
+        memcpy(dst + f->pw * C, src + ih * f->w * C, (size_t)(f->w * C) * sizeof *dst);
+        memset(dst + (f->pw + f->w) * C, 0, (size_t)((f->wp_ - f->pw - f->w) * C) * sizeof *dst);
+    }
+}
+
+/* dst[t][0..kr) = sum over (r, s, c) of xb[(r*Wp + s + t)*C + c] * panel,
+ * one fmaf chain per element in (r, s, c) order; dst[t] NULL: skipped. */
+static void s_fwd_block_generic(const s_fwd *f, const float *xb, const float *wpk,
+                                float *const dst[S_NQ], int kr)
+{
+    const int64_t C = f->c;
+    for (int t = 0; t < S_NQ; t++) {
+        if (!dst[t]) continue;
+        for (int j = 0; j < kr; j++) {
+            float acc = 0.0f;
+            for (int64_t r = 0; r < f->r; r++)
+                for (int64_t s = 0; s < f->s; s++) {
+                    const float *xs = xb + ((r * f->wp_ + s) + t) * C;
+                    const float *ws = wpk + (r * f->s + s) * C * S_KB + j;
+                    for (int64_t c = 0; c < C; c++) acc = fmaf(xs[c], ws[c * S_KB], acc);
+                }
+            dst[t][j] = acc;
+        }
+    }
+}
+
+#if S_X86
+S_TGT S_INLINE void s_store16(float *dst, __m256 lo, __m256 hi, int kr)
+{
+    if (kr == S_KB) {
+        _mm256_storeu_ps(dst, lo);
+        _mm256_storeu_ps(dst + 8, hi);
+        return;
+    }
+    const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    _mm256_maskstore_ps(dst, _mm256_cmpgt_epi32(_mm256_set1_epi32(kr), idx), lo);
+    _mm256_maskstore_ps(dst + 8, _mm256_cmpgt_epi32(_mm256_set1_epi32(kr - 8), idx), hi);
+}
+
+/* The same sums as s_fwd_block_generic: 6 pixels x 16 channels in 12
+ * accumulators, one FMA per (r, s, c) each. */
+S_TGT static void s_fwd_block_avx2(const s_fwd *f, const float *xb, const float *wpk,
+                                   float *const dst[S_NQ], int kr)
+{
+    const int64_t C = f->c;
+    __m256 a00 = _mm256_setzero_ps(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00;
+    __m256 a30 = a00, a31 = a00, a40 = a00, a41 = a00, a50 = a00, a51 = a00;
+    for (int64_t r = 0; r < f->r; r++)
+        for (int64_t s = 0; s < f->s; s++) {
+            const float *xs = xb + (r * f->wp_ + s) * C;
+            const float *ws = wpk + (r * f->s + s) * C * S_KB;
+            const float *x0 = xs, *x1 = xs + C, *x2 = xs + 2 * C, *x3 = xs + 3 * C;
+            const float *x4 = xs + 4 * C, *x5 = xs + 5 * C;
+            for (int64_t c = 0; c < C; c++) {
+                __m256 w0 = _mm256_loadu_ps(ws + c * S_KB), w1 = _mm256_loadu_ps(ws + c * S_KB + 8);
+                __m256 b = _mm256_broadcast_ss(x0 + c);
+                a00 = _mm256_fmadd_ps(b, w0, a00), a01 = _mm256_fmadd_ps(b, w1, a01);
+                b = _mm256_broadcast_ss(x1 + c);
+                a10 = _mm256_fmadd_ps(b, w0, a10), a11 = _mm256_fmadd_ps(b, w1, a11);
+                b = _mm256_broadcast_ss(x2 + c);
+                a20 = _mm256_fmadd_ps(b, w0, a20), a21 = _mm256_fmadd_ps(b, w1, a21);
+                b = _mm256_broadcast_ss(x3 + c);
+                a30 = _mm256_fmadd_ps(b, w0, a30), a31 = _mm256_fmadd_ps(b, w1, a31);
+                b = _mm256_broadcast_ss(x4 + c);
+                a40 = _mm256_fmadd_ps(b, w0, a40), a41 = _mm256_fmadd_ps(b, w1, a41);
+                b = _mm256_broadcast_ss(x5 + c);
+                a50 = _mm256_fmadd_ps(b, w0, a50), a51 = _mm256_fmadd_ps(b, w1, a51);
+            }
+        }
+    if (dst[0]) s_store16(dst[0], a00, a01, kr);
+    if (dst[1]) s_store16(dst[1], a10, a11, kr);
+    if (dst[2]) s_store16(dst[2], a20, a21, kr);
+    if (dst[3]) s_store16(dst[3], a30, a31, kr);
+    if (dst[4]) s_store16(dst[4], a40, a41, kr);
+    if (dst[5]) s_store16(dst[5], a50, a51, kr);
+}
+#endif
+
+/* Task i: output rows [p0, p1) of tile image i / tpi, as blocks of 6
+ * consecutive padded-flat pixels j = p*Wp + q (q >= Q: computed, dropped). */
+static void s_fwd_task(void *vctx, size_t i)
+{
+    const s_fwd *f = vctx;
+    const int64_t img = (int64_t)i / f->tpi, g = (int64_t)i % f->tpi;
+    const int64_t p0 = g * f->rt, p1 = s_min(f->p, p0 + f->rt);
+    const int64_t j0 = p0 * f->wp_, jend = (p1 - 1) * f->wp_ + f->q;
+    const float *xi = f->xp + img * f->hp * f->wp_ * f->c;
+    float *yi = f->y + (f->n0 + img) * f->p * f->q * f->k;
+    const int64_t panel = f->r * f->s * f->c * S_KB;
+    for (int64_t kb = 0; kb < f->nkb; kb++) {
+        const float *wpk = f->wp + kb * panel;
+        const int kr = (int)s_min(S_KB, f->k - kb * S_KB);
+        for (int64_t j = j0; j < jend; j += S_NQ) {
+            float *dst[S_NQ];
+            for (int t = 0; t < S_NQ; t++) {
+                int64_t jj = j + t, p = jj / f->wp_, q = jj - p * f->wp_;
+                dst[t] = jj < jend && q < f->q ? yi + (p * f->q + q) * f->k + kb * S_KB : NULL;
+            }
+#if S_X86
+            if (f->avx2) {
+                s_fwd_block_avx2(f, xi + j * f->c, wpk, dst, kr);
+                continue;
+            }
+#endif
+            s_fwd_block_generic(f, xi + j * f->c, wpk, dst, kr);
+        }
+    }
+}
+
+/* y [N][P][Q][K] = conv(x [N][H][W][C]) with stride 1, padding (ph, pw) and
+ * the R x S kernel w, which is OIHW [K][C][R][S] (flip 0) or, for the
+ * backward data of a convolution with C and K swapped, that convolution's
+ * OIHW weights [C][K][R][S] used flipped and transposed (flip 1). */
+static eq_status s_fwd_run(eq_cpu *cpu, const char *op, int64_t n, int64_t h, int64_t w,
+                           int64_t c, int64_t k, int64_t r, int64_t s, int64_t ph, int64_t pw,
+                           const float *x, const float *wt, int flip, float *y, int kernels,
+                           eq_err *err)
+{
+    s_fwd f = {.x = x, .y = y, .h = h, .w = w, .c = c, .k = k, .r = r, .s = s, .ph = ph,
+               .pw = pw, .hp = h + 2 * ph, .wp_ = w + 2 * pw, .avx2 = s_use_avx2(kernels)};
+    f.p = f.hp - r + 1;
+    f.q = f.wp_ - s + 1;
+    f.nkb = (k + S_KB - 1) / S_KB;
+    f.rt = s_min(f.p, (S_FWD_PIX + f.wp_ - 1) / f.wp_);
+    f.tpi = (f.p + f.rt - 1) / f.rt;
+    const size_t img = (size_t)(f.hp * f.wp_ * c);
+    int64_t tile = (int64_t)(S_TILE_BUDGET / (img * sizeof(float)));
+    tile = tile < 1 ? 1 : s_min(tile, n);
+    const size_t npanel = (size_t)(r * s * c * S_KB);
+    const size_t nwp = s_round16((size_t)f.nkb * npanel);
+    const size_t nxp = (size_t)tile * img + (size_t)(S_SLACK * c);
+    float *ws = eq_cpu_workspace(cpu, (nwp + nxp) * sizeof(float), op, err);
+    if (!ws) return EQ_ERR_NOMEM;
+    float *wp = ws;
+    f.wp = wp;
+    f.xp = ws + nwp;
+    /* panels: wp[kb][r][s][c][j] = weight of output channel kb*16 + j */
+    memset(wp, 0, (size_t)f.nkb * npanel * sizeof *wp);
+    const int64_t rs = r * s;
+    for (int64_t ko = 0; ko < k; ko++)
+        for (int64_t ci = 0; ci < c; ci++)
+            for (int64_t rr = 0; rr < r; rr++)
+                for (int64_t ss = 0; ss < s; ss++) {
+                    float v = flip ? wt[(ci * k + ko) * rs + (r - 1 - rr) * s + (s - 1 - ss)]
+                                   : wt[(ko * c + ci) * rs + rr * s + ss];
+                    wp[(ko / S_KB) * (int64_t)npanel + ((rr * s + ss) * c + ci) * S_KB +
+                       ko % S_KB] = v;
+                }
+    memset(f.xp + (size_t)tile * img, 0, (size_t)(S_SLACK * c) * sizeof(float));
+    for (int64_t n0 = 0; n0 < n; n0 += tile) {
+        int64_t tn = s_min(tile, n - n0);
+        f.n0 = n0;
+        if (tn < tile) /* the slack follows the last image of a short tile too */
+            memset(f.xp + (size_t)tn * img, 0, (size_t)(S_SLACK * c) * sizeof(float));
+        eq_cpu_for(cpu, (size_t)tn, s_pad_image, &f);
+        eq_cpu_for(cpu, (size_t)(tn * f.tpi), s_fwd_task, &f);
+    }
+    return EQ_OK;
+}
+
+eq_status eq_cpu_conv_direct_fwd(eq_cpu *cpu, const eq_conv2d_desc *d, const float *x,
+                                 const float *w, float *y, int kernels, eq_err *err)
+{
+    return s_fwd_run(cpu, "conv2d_fwd", d->n, d->h, d->w, d->c, d->k, d->r, d->s, d->pad_h,
+                     d->pad_w, x, w, 0, y, kernels, err);
+}
+
+/* dx = conv(dy, W'), W'[c][k][r][s] = W[k][c][R-1-r][S-1-s], pad' = R-1-pad:
+ * the padded dy is (P + 2*pad'_h) high, so the output is H x W. */
+eq_status eq_cpu_conv_direct_bwd_data(eq_cpu *cpu, const eq_conv2d_desc *d, const float *dy,
+                                      const float *w, float *dx, int kernels, eq_err *err)
+{
+    return s_fwd_run(cpu, "conv2d_bwd_data", d->n, d->p, d->q, d->k, d->c, d->r, d->s,
+                     d->r - 1 - d->pad_h, d->s - 1 - d->pad_w, dy, w, 1, dx, kernels, err);
+}
+
+/* ---- backward filter ------------------------------------------------------- */
+
+typedef struct s_bf {
+    const eq_conv2d_desc *d;
+    const float *x, *dy;
+    float *part, *dw;
+    int64_t kp, nkb, rows, nch, sr, rsc;
+    int avx2;
+} s_bf;
+
+/* One register block: acc[i][j] (row stride kp) += sum over the output rows
+ * [row0, row1) and columns [qlo, qhi) of x[n][p+r-pad_h][q+s-pad_w][cb+i] *
+ * dy[n][p][q][k0+j], i < nc, j < kr, one fmaf chain per element with the
+ * pixels in order. */
+typedef struct s_bfblk {
+    int64_t row0, row1, r, s, qlo, qhi, cb, k0;
+    int nc, kr;
+    float *acc;
+} s_bfblk;
+
+static void s_bf_block_generic(const s_bf *b, const s_bfblk *k)
+{
+    const eq_conv2d_desc *d = b->d;
+    const int64_t C = d->c, K = d->k;
+    for (int i = 0; i < k->nc; i++)
+        for (int j = 0; j < k->kr; j++) {
+            float a = k->acc[i * b->kp + j];
+            for (int64_t row = k->row0; row < k->row1; row++) {
+                int64_t n = row / d->p, p = row % d->p, ih = p + k->r - d->pad_h;
+                if (ih < 0 || ih >= d->h) continue;
+                const float *xr = b->x + ((n * d->h + ih) * d->w + k->qlo + k->s - d->pad_w) * C +
+                                  k->cb + i;
+                const float *dr = b->dy + (row * d->q + k->qlo) * K + k->k0 + j;
+                for (int64_t t = 0; t < k->qhi - k->qlo; t++) a = fmaf(xr[t * C], dr[t * K], a);
+            }
+            k->acc[i * b->kp + j] = a;
+        }
+}
+
+#if S_X86
+/* NC input channels (constant after inlining) x 16 output channels, in
+ * named accumulators (GCC keeps an indexed array of vectors on the stack). */
+#define S_BF_LOAD(i)                                                                    \
+    __m256 a##i##0 = NC > i ? _mm256_loadu_ps(k->acc + i * kp) : _mm256_setzero_ps();   \
+    __m256 a##i##1 = NC > i ? _mm256_loadu_ps(k->acc + i * kp + 8) : _mm256_setzero_ps()
+#define S_BF_FMA(i)                                                                     \
+    if (NC > i) {                                                                       \
+        __m256 v = _mm256_broadcast_ss(xr + i);                                         \
+        a##i##0 = _mm256_fmadd_ps(v, g0, a##i##0);                                      \
+        a##i##1 = _mm256_fmadd_ps(v, g1, a##i##1);                                      \
+    }
+#define S_BF_STORE(i)                                                                   \
+    if (NC > i) {                                                                       \
+        _mm256_storeu_ps(k->acc + i * kp, a##i##0);                                     \
+        _mm256_storeu_ps(k->acc + i * kp + 8, a##i##1);                                 \
+    }
+
+S_TGT S_INLINE void s_bf_block_avx2_nc(const s_bf *b, const s_bfblk *k, const int NC)
+{
+    const eq_conv2d_desc *d = b->d;
+    const int64_t C = d->c, K = d->k, kp = b->kp;
+    S_BF_LOAD(0);
+    S_BF_LOAD(1);
+    S_BF_LOAD(2);
+    S_BF_LOAD(3);
+    S_BF_LOAD(4);
+    S_BF_LOAD(5);
+    const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i m0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(k->kr), idx);
+    const __m256i m1 = _mm256_cmpgt_epi32(_mm256_set1_epi32(k->kr - 8), idx);
+    const int full = k->kr == S_KB;
+    const int64_t nq = k->qhi - k->qlo;
+    for (int64_t row = k->row0; row < k->row1; row++) {
+        int64_t n = row / d->p, p = row % d->p, ih = p + k->r - d->pad_h;
+        if (ih < 0 || ih >= d->h) continue;
+        const float *xr =
+            b->x + ((n * d->h + ih) * d->w + k->qlo + k->s - d->pad_w) * C + k->cb;
+        const float *dr = b->dy + (row * d->q + k->qlo) * K + k->k0;
+        if (full) {
+            for (int64_t t = 0; t < nq; t++, xr += C, dr += K) {
+                __m256 g0 = _mm256_loadu_ps(dr), g1 = _mm256_loadu_ps(dr + 8);
+                S_BF_FMA(0) S_BF_FMA(1) S_BF_FMA(2) S_BF_FMA(3) S_BF_FMA(4) S_BF_FMA(5)
+            }
+        } else {
+            for (int64_t t = 0; t < nq; t++, xr += C, dr += K) {
+                __m256 g0 = _mm256_maskload_ps(dr, m0), g1 = _mm256_maskload_ps(dr + 8, m1);
+                S_BF_FMA(0) S_BF_FMA(1) S_BF_FMA(2) S_BF_FMA(3) S_BF_FMA(4) S_BF_FMA(5)
+            }
+        }
+    }
+    S_BF_STORE(0) S_BF_STORE(1) S_BF_STORE(2) S_BF_STORE(3) S_BF_STORE(4) S_BF_STORE(5)
+}
+
+S_TGT static void s_bf_block_avx2(const s_bf *b, const s_bfblk *k)
+{
+    switch (k->nc) {
+    case 1: s_bf_block_avx2_nc(b, k, 1); break;
+    case 2: s_bf_block_avx2_nc(b, k, 2); break;
+    case 3: s_bf_block_avx2_nc(b, k, 3); break;
+    case 4: s_bf_block_avx2_nc(b, k, 4); break;
+    case 5: s_bf_block_avx2_nc(b, k, 5); break;
+    default: s_bf_block_avx2_nc(b, k, 6); break;
+    }
+}
+#endif
+
+/* Slice i of the output rows into its partial [R][S][C][KP]. */
+static void s_bf_chunk(void *vctx, size_t i)
+{
+    const s_bf *b = vctx;
+    const eq_conv2d_desc *d = b->d;
+    float *part = b->part + (int64_t)i * b->rsc * b->kp;
+    memset(part, 0, (size_t)(b->rsc * b->kp) * sizeof *part);
+    const int64_t r0 = b->rows * (int64_t)i / b->nch, r1 = b->rows * ((int64_t)i + 1) / b->nch;
+    for (int64_t sub = r0; sub < r1; sub += b->sr) {
+        s_bfblk k = {.row0 = sub, .row1 = s_min(r1, sub + b->sr)};
+        for (k.r = 0; k.r < d->r; k.r++)
+            for (k.s = 0; k.s < d->s; k.s++) {
+                /* columns whose tap q + s - pad_w lies inside the input */
+                k.qlo = d->pad_w - k.s > 0 ? d->pad_w - k.s : 0;
+                k.qhi = s_min(d->q, d->w + d->pad_w - k.s);
+                if (k.qlo >= k.qhi) continue;
+                for (k.cb = 0; k.cb < d->c; k.cb += S_NC) {
+                    k.nc = (int)s_min(S_NC, d->c - k.cb);
+                    for (int64_t kb = 0; kb < b->nkb; kb++) {
+                        k.k0 = kb * S_KB;
+                        k.kr = (int)s_min(S_KB, d->k - k.k0);
+                        k.acc = part + ((k.r * d->s + k.s) * d->c + k.cb) * b->kp + k.k0;
+#if S_X86
+                        if (b->avx2) {
+                            s_bf_block_avx2(b, &k);
+                            continue;
+                        }
+#endif
+                        s_bf_block_generic(b, &k);
+                    }
+                }
+            }
+    }
+}
+
+/* dw[k][c][r][s] for one k: the partials added in slice order. */
+static void s_bf_reduce(void *vctx, size_t ki)
+{
+    const s_bf *b = vctx;
+    const eq_conv2d_desc *d = b->d;
+    const int64_t k = (int64_t)ki, stride = b->rsc * b->kp;
+    for (int64_t c = 0; c < d->c; c++)
+        for (int64_t r = 0; r < d->r; r++)
+            for (int64_t s = 0; s < d->s; s++) {
+                const float *src = b->part + ((r * d->s + s) * d->c + c) * b->kp + k;
+                float sum = src[0];
+                for (int64_t ch = 1; ch < b->nch; ch++) sum += src[ch * stride];
+                b->dw[((k * d->c + c) * d->r + r) * d->s + s] = sum;
+            }
+}
+
+eq_status eq_cpu_conv_direct_bwd_filter(eq_cpu *cpu, const eq_conv2d_desc *d, const float *x,
+                                        const float *dy, float *dw, int kernels, eq_err *err)
+{
+    s_bf b = {.d = d, .x = x, .dy = dy, .dw = dw, .avx2 = s_use_avx2(kernels)};
+    b.nkb = (d->k + S_KB - 1) / S_KB;
+    b.kp = b.nkb * S_KB;
+    b.rsc = d->r * d->s * d->c;
+    b.rows = d->n * d->p;
+    b.nch = s_min(S_BF_CHUNKS, b.rows);
+    b.sr = (S_BF_PIX + d->q - 1) / d->q;
+    float *ws = eq_cpu_workspace(cpu, (size_t)(b.nch * b.rsc * b.kp) * sizeof(float),
+                                 "conv2d_bwd_filter", err);
+    if (!ws) return EQ_ERR_NOMEM;
+    b.part = ws;
+    eq_cpu_for(cpu, (size_t)b.nch, s_bf_chunk, &b);
+    eq_cpu_for(cpu, (size_t)d->k, s_bf_reduce, &b);
+    return EQ_OK;
+}

@@ -1,0 +1,73 @@
+/*
+ * trainer/cpu/conv_direct.h -- direct NHWC convolution kernels of the CPU
+ * backend for thin stride-1 layers (CIFAR ResNet's 16/32/64-channel 3x3s),
+ * which im2col + SGEMM serves badly: there the im2col copy (R*S times the
+ * input) and OpenBLAS's packing of thin matrices cost more than the GEMM's
+ * arithmetic.  Internal to the CPU backend (trainer/cpu/); conv.c calls
+ * these when eq_cpu_conv_direct_ok() accepts a descriptor, the tests call
+ * them directly to compare them with the im2col path.
+ *
+ * Forward: the input is copied once into a zero-padded buffer (a tile of
+ * whole images, [Hp][Wp][C] each), and every output pixel is computed as
+ * sum over (r, s, c) of xpad[p+r][q+s][c] * w[k][c][r][s] by a register-
+ * blocked micro-kernel: 6 consecutive pixels of the padded image's flat
+ * index (so blocks run across row ends; the S-1 columns past each row's
+ * end are computed and dropped) times 16 output channels, 12 AVX2 FMA
+ * accumulators.  Backward data runs as that forward with the flipped,
+ * transposed kernel (pad' = R-1-pad).  Backward filter accumulates, per
+ * fixed slice of the batch's output rows, dw[r][s][c][k] += x * dy over the
+ * slice's pixels in a 6 (input channels) x 16 (output channels) register
+ * block, reading x in place (taps in the padding are skipped), and adds the
+ * slices' partial sums in slice order.
+ *
+ * Reproducibility: every output element is one FMA chain in a fixed order
+ * (forward: r, s, c; filter: pixels in order within a slice, then slices in
+ * order), the slicing depends only on the shapes, so results are identical
+ * for any thread count.  The AVX2+FMA kernels run when the CPU has both
+ * (checked once at run time); otherwise the generic kernels run the same
+ * chains with fmaf(), giving the same bits, only slower.
+ *
+ * Thread safety: as the CPU backend (one caller per backend object; the
+ * kernels use the backend's pool).
+ */
+#ifndef EQ_TRAINER_CPU_CONV_DIRECT_H
+#define EQ_TRAINER_CPU_CONV_DIRECT_H
+
+#include "trainer/cpu/cpu_internal.h"
+
+/* Largest C and K the direct kernels take (wider layers go to im2col +
+ * SGEMM, which is efficient there). */
+#define EQ_CPU_DIRECT_MAX_C 64
+#define EQ_CPU_DIRECT_MAX_K 64
+
+/* 1 when the direct kernels handle `d` (initialised descriptor): one group,
+ * stride 1, dilation 1, pad_h <= R-1 and pad_w <= S-1, not 1x1 (those run
+ * as a plain GEMM already), C <= EQ_CPU_DIRECT_MAX_C, K <= ..._MAX_K. */
+int eq_cpu_conv_direct_ok(const eq_conv2d_desc *d);
+
+/* Kernel choice: AUTO uses AVX2+FMA when the CPU has them; GENERIC forces
+ * the portable kernels (for tests: they must give the same bits). */
+enum { EQ_CPU_DIRECT_AUTO = 0, EQ_CPU_DIRECT_GENERIC = 1 };
+
+/* The three ops as eq_backend_i's conv members (outputs overwritten), for a
+ * descriptor that eq_cpu_conv_direct_ok() accepted.  Scratch memory comes
+ * from the backend's workspace: EQ_ERR_NOMEM naming the op if it cannot
+ * grow. */
+eq_status eq_cpu_conv_direct_fwd(eq_cpu *cpu, const eq_conv2d_desc *d, const float *x,
+                                 const float *w, float *y, int kernels, eq_err *err);
+eq_status eq_cpu_conv_direct_bwd_data(eq_cpu *cpu, const eq_conv2d_desc *d, const float *dy,
+                                      const float *w, float *dx, int kernels, eq_err *err);
+eq_status eq_cpu_conv_direct_bwd_filter(eq_cpu *cpu, const eq_conv2d_desc *d, const float *x,
+                                        const float *dy, float *dw, int kernels, eq_err *err);
+
+/* conv.c's im2col + SGEMM path for every descriptor (what the backend ran
+ * before the direct kernels, and runs for the shapes they do not take):
+ * the reference the direct kernels are tested against. */
+eq_status eq_cpu_conv2d_gemm_fwd(eq_cpu *cpu, const eq_conv2d_desc *d, const float *x,
+                                 const float *w, float *y, eq_err *err);
+eq_status eq_cpu_conv2d_gemm_bwd_data(eq_cpu *cpu, const eq_conv2d_desc *d, const float *dy,
+                                      const float *w, float *dx, eq_err *err);
+eq_status eq_cpu_conv2d_gemm_bwd_filter(eq_cpu *cpu, const eq_conv2d_desc *d, const float *x,
+                                        const float *dy, float *dw, eq_err *err);
+
+#endif
