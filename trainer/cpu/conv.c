@@ -1,6 +1,10 @@
 /*
  * trainer/cpu/conv.c -- 2-D convolution, NHWC activations, OIHW weights,
- * as im2col + SGEMM (OpenBLAS).
+ * as im2col + SGEMM (OpenBLAS).  Thin stride-1 layers (one group, C and K
+ * <= 64, not 1x1: CIFAR ResNet's 3x3s) run the direct kernels of
+ * conv_direct.c instead (eq_cpu_conv_direct_ok decides; the members at the
+ * end of this file dispatch); eq_cpu_conv2d_gemm_* stay callable for every
+ * shape, as the reference the direct kernels are tested against.
  *
  * Per group g (Cg = C/G input and Kg = K/G output channels, RSC = R*S*Cg):
  *   weights are repacked to wr = [K][R][S][Cg], so group g is the Kg x RSC
