@@ -1255,6 +1255,57 @@ static void s_resume_case(bool quant)
     eq_test_scratch_rm(dir);
 }
 
+/* A policy-enabled quantization loss (eq_quant_aux_loss) is added to the
+ * reported loss after a training forward, its gradient reaches the
+ * quantizer's parameters, and an eval forward reports the task loss only. */
+START_TEST(test_quant_aux_loss)
+{
+    eq_err err = {0};
+    eq_backend *be = eq_backend_cpu_new(1, &err);
+    const char *kw = "origin,cbsa,fix_pooling,singleconv,fix";
+    eq_model *a = s_small(be, kw, true), *b = s_small(be, kw, true);
+    eq_quant *qf = eq_model_quant(b, "layer1.0.conv1", EQ_QTAG_FM);
+    eq_quant *qw = eq_model_quant(b, "layer2.1.conv2", EQ_QTAG_WT);
+    ck_assert(qf && qw);
+    OK(eq_quant_set_option(qf, "quant_loss_enable", "true", &err));
+    OK(eq_quant_set_option(qf, "quant_loss_function", "L2", &err));
+    OK(eq_quant_set_option(qf, "quant_loss_alpha", "0.5", &err));
+    OK(eq_quant_set_option(qw, "quant_loss_enable", "true", &err));
+    OK(eq_quant_set_option(qw, "quant_loss_function", "QDL", &err));
+    OK(eq_quant_set_option(qw, "quant_loss_alpha", "3", &err));
+    float x[2 * 8 * 8 * 3];
+    int32_t y[2] = {3, 7};
+    for (size_t i = 0; i < sizeof x / 4; i++) x[i] = (float)sin(0.1 * (double)i + 0.3);
+    float la, lb;
+    OK(eq_model_forward(a, x, true, &err));
+    OK(eq_model_loss(a, y, NULL, NULL, 0.0f, &la, &err));
+    OK(eq_model_forward(b, x, true, &err));
+    OK(eq_model_loss(b, y, NULL, NULL, 0.0f, &lb, &err));
+    double af = eq_quant_aux_loss(qf), aw = eq_quant_aux_loss(qw);
+    ck_assert_msg(af > 1e-4 && aw > 1e-4, "aux losses %g %g", af, aw);
+    ck_assert_msg(fabs((double)lb - ((double)la + af + aw)) < 1e-5 * (double)lb, "loss %.9g, task %.9g + %.9g + %.9g",
+                  (double)lb, (double)la, af, aw);
+    OK(eq_model_backward(a, NULL, &err));
+    OK(eq_model_backward(b, NULL, &err));
+    /* the L2 term's gradient moves the fm clip; the other quantizers' do not change */
+    const eq_model_tensor *ca = eq_model_tensor_find(a, "layer1.0.conv1.quant_activation.clip_val");
+    const eq_model_tensor *cb = eq_model_tensor_find(b, "layer1.0.conv1.quant_activation.clip_val");
+    ck_assert(ca && cb && ca->grad[0] != cb->grad[0]);
+    ca = eq_model_tensor_find(a, "layer3.0.conv1.quant_activation.clip_val");
+    cb = eq_model_tensor_find(b, "layer3.0.conv1.quant_activation.clip_val");
+    ck_assert(ca && cb && ca->grad[0] == cb->grad[0]);
+    /* eval: task loss only, identical in both */
+    OK(eq_model_forward(a, x, false, &err));
+    OK(eq_model_loss(a, y, NULL, NULL, 0.0f, &la, &err));
+    OK(eq_model_forward(b, x, false, &err));
+    OK(eq_model_loss(b, y, NULL, NULL, 0.0f, &lb, &err));
+    ck_assert_msg(la == lb, "eval loss %.9g vs %.9g", (double)la, (double)lb);
+    eq_model_destroy(&a);
+    eq_model_destroy(&b);
+    eq_backend_destroy(&be);
+}
+END_TEST
+
 START_TEST(test_resume_bit_exact)
 {
     s_resume_case(false);
@@ -1651,6 +1702,7 @@ static Suite *s_suite(void)
     suite_add_tcase(s, tc);
     tc = tcase_create("checkpoint");
     tcase_set_timeout(tc, 30);
+    tcase_add_test(tc, test_quant_aux_loss);
     tcase_add_test(tc, test_resume_bit_exact);
     tcase_add_test(tc, test_resume_bit_exact_quant);
     tcase_add_test(tc, test_checkpoint_errors);

@@ -1015,6 +1015,18 @@ const float *eq_layers_quant_output(const eq_layers *g, const char *layer, eq_qu
     return p;
 }
 
+double eq_layers_quant_aux_loss(const eq_layers *g)
+{
+    double sum = 0;
+    for (int i = 1; g && i < g->nnodes; i++) {
+        const s_node *nd = &g->nodes[i];
+        if (nd->qw) sum += eq_quant_aux_loss(nd->qw);
+        if (nd->qf) sum += eq_quant_aux_loss(nd->qf);
+        if (nd->qo) sum += eq_quant_aux_loss(nd->qo);
+    }
+    return sum;
+}
+
 size_t eq_layers_tensor_count(const eq_layers *g)
 {
     return g ? g->nt : 0;

@@ -112,6 +112,11 @@ eq_quant *eq_layers_quant(const eq_layers *g, const char *layer, eq_quant_tag ta
 const float *eq_layers_quant_output(const eq_layers *g, const char *layer, eq_quant_tag tag,
                                     int64_t *n);
 
+/* Sum of eq_quant_aux_loss over every quantizer of the graph, in node order
+ * (weight, input, output): the policy-enabled quantization losses of the
+ * last forward (0 unless a training forward with quant_loss_enable). */
+double eq_layers_quant_aux_loss(const eq_layers *g);
+
 size_t eq_layers_tensor_count(const eq_layers *g);
 const eq_model_tensor *eq_layers_tensor_at(const eq_layers *g, size_t i);
 

@@ -867,6 +867,10 @@ eq_status eq_model_loss(eq_model *m, const int32_t *labels_a, const int32_t *lab
     eq_status st = eq_xent_desc_init(&d, sh[0], sh[3], smoothing, err);
     if (st == EQ_OK) st = eq_backend_xent_fwd(m->be, &d, y, labels_a, labels_b, lambda, m->dev_loss, err);
     if (st == EQ_OK && loss) st = eq_backend_download(m->be, loss, m->dev_loss, sizeof *loss, err);
+    if (st == EQ_OK && loss) { /* policy-enabled quantization losses (0 unless enabled) */
+        double aux = eq_layers_quant_aux_loss(m->g);
+        if (aux != 0.0) *loss = (float)((double)*loss + aux);
+    }
     if (st == EQ_OK) st = eq_backend_xent_bwd(m->be, &d, y, labels_a, labels_b, lambda, 1.0f, dy, err);
     if (st != EQ_OK) return eq_err_prefix(err, "model loss: ");
     m->have_dlogits = 1;

@@ -113,7 +113,11 @@ eq_status eq_model_forward(eq_model *m, const float *x, bool train, eq_err *err)
 const float *eq_model_logits(const eq_model *m, int64_t *batch, int64_t *classes);
 /* Mean softmax cross-entropy of the logits (backend xent: labels device
  * int32 [batch]; labels_b/lambda NULL or a mixup pair; label smoothing):
- * writes the host loss and keeps d loss/d logits for eq_model_backward. */
+ * writes the host loss and keeps d loss/d logits for eq_model_backward.
+ * The host loss also includes the quantization losses a policy enabled
+ * (quant_loss_enable: the sum of every quantizer's eq_quant_aux_loss after
+ * a training forward, ORIGINAL.md §2.15); their gradients enter in the
+ * backward through the quantizers, not through d/dlogits. */
 eq_status eq_model_loss(eq_model *m, const int32_t *labels_a, const int32_t *labels_b,
                         const float *lambda, float smoothing, float *loss, eq_err *err);
 /* Backward of the last training forward from dlogits (device
