@@ -22,6 +22,7 @@
 
 #include <jerror.h>
 #include <jpeglib.h>
+#include <jpegint.h> /* struct jpeg_entropy_decoder: see s_fast_install */
 #include <png.h>
 
 #include "loader/loader_internal.h"
@@ -31,6 +32,48 @@
  * (libjpeg's fancy upsampling replicates edge chroma at a crop border). */
 #define S_MARGIN 8
 #define S_MAX_SCANS 500
+
+/* ------------------------------------------------ baseline Huffman decoder
+ *
+ * perf put libjpeg-turbo's Huffman decoder at 60-75% of a sample's CPU
+ * time on ImageNet-like files (~4.5 bits per pixel): it cannot be skipped
+ * for the rows above and inside a crop, and its 8-bit lookahead decodes a
+ * symbol, then its extra bits, in separate steps.  For baseline sequential
+ * single-scan files without restart markers we put our own decode_mcu in
+ * libjpeg's entropy module after jpeg_start_decompress: the same
+ * coefficients from the same bits (DC prediction in unsigned arithmetic as
+ * libjpeg-turbo 2.1 does), with a 10-bit table that gives the code length
+ * and, for AC symbols whose code and extra bits fit in 10 bits, the run and
+ * the coefficient value at once, and 8 bytes at a time read into a 64-bit
+ * buffer when they hold no 0xFF.  Anything unusual (a code no table has,
+ * bits needed past a marker or the end of data, FF FF fill bytes) abandons the file's decode and runs it again with
+ * libjpeg's own decoder, so corrupt files give exactly libjpeg's result.
+ * check_loader compares both decoders' pixels on many files. */
+#define S_LB 10 /* lookup bits */
+
+typedef struct s_htab {
+    uint16_t lut[1 << S_LB];   /* len << 8 | symbol; len 0: code longer than S_LB */
+    uint32_t ac[1 << S_LB];    /* AC: symbol << 8 | len + size (code and extra bits); 0: long */
+    int32_t maxcode[18];       /* longest code of each length (-1: none) */
+    int32_t valoff[18];        /* symbol index of code c of length l: c + valoff[l] */
+    uint8_t val[256];
+    uint8_t bits[17];          /* the JHUFF_TBL these were built from */
+    uint8_t huffval[256];
+    int valid, is_ac;
+} s_htab;
+
+typedef struct s_huff {
+    const uint8_t *p, *end;
+    uint64_t buf;  /* next bit at bit 63; bits below nbits are 0 */
+    int nbits;     /* bits in buf, counting `fake` zero bits appended */
+    int fake;      /* zero bits appended past a marker / the end of data */
+    int stopped;   /* a marker or the end of data was reached */
+    int dc[4];     /* DC predictions per component of the scan */
+    const s_htab *dct[D_MAX_BLOCKS_IN_MCU], *act[D_MAX_BLOCKS_IN_MCU];
+    int comp[D_MAX_BLOCKS_IN_MCU];
+    int nblk;
+    s_htab tab[8]; /* DC 0-3, AC 0-3 */
+} s_huff;
 
 typedef struct s_jerr {
     struct jpeg_error_mgr pub;
@@ -52,13 +95,20 @@ struct eq_decoder {
     JSAMPROW *rowp; /* row pointers */
     size_t rowp_cap;
     eq_scratch scratch;
+    int fast_huff;      /* use s_huff where it applies (default 1) */
+    int fast_try;       /* this attempt may install it */
+    uint64_t n_fast, n_fallback;
+    s_huff *huff;
 };
+
+#define S_JMP_ERROR 1
+#define S_JMP_RETRY 2 /* s_huff met something unusual: decode again with libjpeg's */
 
 static void s_error_exit(j_common_ptr c)
 {
     s_jerr *e = (s_jerr *)c->err;
     (*c->err->format_message)(c, e->msg);
-    longjmp(e->jb, 1);
+    longjmp(e->jb, S_JMP_ERROR);
 }
 
 static void s_output_message(j_common_ptr c) { (void)c; }
@@ -93,6 +143,7 @@ eq_decoder *eq_decoder_new(uint64_t max_pixels, eq_err *err)
         return NULL;
     }
     d->max_pixels = max_pixels ? max_pixels : EQ_DECODE_MAX_PIXELS_DEFAULT;
+    d->fast_huff = 1;
     d->cinfo.err = jpeg_std_error(&d->jerr.pub);
     d->jerr.pub.error_exit = s_error_exit;
     d->jerr.pub.output_message = s_output_message;
@@ -118,6 +169,7 @@ void eq_decoder_destroy(eq_decoder **self_p)
     free(d->rowp);
     free(d->scratch.file);
     free(d->scratch.tmp);
+    free(d->huff);
     free(d);
     *self_p = NULL;
 }
@@ -131,6 +183,255 @@ eq_img_format eq_image_sniff(const uint8_t *data, size_t len)
     if (len >= 3 && data[0] == 0xFF && data[1] == 0xD8 && data[2] == 0xFF) return EQ_IMG_JPEG;
     if (len >= 8 && !memcmp(data, "\x89PNG\r\n\x1a\n", 8)) return EQ_IMG_PNG;
     return EQ_IMG_UNKNOWN;
+}
+
+void eq_decoder_fast_huffman(eq_decoder *d, int enable, uint64_t *n_fast, uint64_t *n_fallback)
+{
+    if (enable >= 0) d->fast_huff = enable != 0;
+    if (n_fast) *n_fast = d->n_fast;
+    if (n_fallback) *n_fallback = d->n_fallback;
+}
+
+/* Build t from a JHUFF_TBL (libjpeg validated it in jpeg_make_d_derived_tbl
+ * at start_pass: counts fit, codes do not overflow, DC symbols <= 15). */
+static void s_htab_build(s_htab *t, const JHUFF_TBL *h, int ac)
+{
+    if (t->valid && t->is_ac == ac && !memcmp(t->bits, h->bits, 17) &&
+        !memcmp(t->huffval, h->huffval, 256))
+        return;
+    memcpy(t->bits, h->bits, 17);
+    memcpy(t->huffval, h->huffval, 256);
+    memcpy(t->val, h->huffval, 256);
+    t->is_ac = ac;
+    memset(t->lut, 0, sizeof t->lut);
+    memset(t->ac, 0, sizeof t->ac);
+    int32_t code = 0;
+    int k = 0;
+    for (int l = 1; l <= 16; l++) {
+        int n = h->bits[l];
+        t->valoff[l] = k - code;
+        for (int i = 0; i < n; i++, k++, code++) {
+            if (l > S_LB) continue;
+            int sym = h->huffval[k];
+            uint32_t lo = (uint32_t)code << (S_LB - l), hi = (uint32_t)(code + 1) << (S_LB - l);
+            for (uint32_t e = lo; e < hi; e++) {
+                t->lut[e] = (uint16_t)(l << 8 | sym);
+                t->ac[e] = (uint32_t)sym << 8 | (uint32_t)(l + (sym & 15));
+            }
+        }
+        t->maxcode[l] = n ? code - 1 : -1;
+        code <<= 1;
+    }
+    t->maxcode[17] = 0x7fffffff;
+    t->valid = 1;
+}
+
+static void s_huff_refill(eq_decoder *d, s_huff *h)
+{
+    if (!h->stopped && h->end - h->p >= 8) {
+        uint64_t w;
+        memcpy(&w, h->p, 8);
+        uint64_t x = ~w; /* a 0xFF byte of w is a zero byte of x */
+        if (!((x - 0x0101010101010101ull) & ~x & 0x8080808080808080ull)) {
+            int take = (63 - h->nbits) >> 3;
+            w = __builtin_bswap64(w) & (~0ull << (64 - 8 * take));
+            h->buf |= w >> h->nbits;
+            h->nbits += 8 * take;
+            h->p += take;
+            return;
+        }
+    }
+    while (h->nbits <= 56) {
+        if (!h->stopped) {
+            if (h->p >= h->end) {
+                h->stopped = 1;
+            } else if (h->p[0] != 0xFF) {
+                h->buf |= (uint64_t)h->p[0] << (56 - h->nbits);
+                h->p++;
+                h->nbits += 8;
+                continue;
+            } else if (h->p + 1 < h->end && h->p[1] == 0x00) {
+                h->buf |= (uint64_t)0xFF << (56 - h->nbits);
+                h->p += 2;
+                h->nbits += 8;
+                continue;
+            } else if (h->p + 1 < h->end && h->p[1] == 0xFF) {
+                longjmp(d->jerr.jb, S_JMP_RETRY); /* fill bytes: libjpeg's job */
+            } else {
+                h->stopped = 1; /* a marker: the end of the scan's data */
+            }
+        }
+        /* zeros from here on, as libjpeg; using them is an error below */
+        h->fake += 64 - h->nbits;
+        h->nbits = 64;
+    }
+}
+
+/* Code of more than S_LB bits at the top of buf: its symbol and length. */
+static int s_huff_slow(eq_decoder *d, const s_htab *t, uint64_t buf, int *len);
+
+/* The same as an ac[] entry. */
+static uint32_t s_huff_slow_ac(eq_decoder *d, const s_htab *t, uint64_t buf)
+{
+    int len, sym = s_huff_slow(d, t, buf, &len);
+    return (uint32_t)sym << 8 | (uint32_t)(len + (sym & 15));
+}
+
+static int s_huff_slow(eq_decoder *d, const s_htab *t, uint64_t buf, int *len)
+{
+    for (int l = S_LB + 1; l <= 16; l++) {
+        int32_t code = (int32_t)(buf >> (64 - l));
+        if (code <= t->maxcode[l]) {
+            *len = l;
+            return t->val[(code + t->valoff[l]) & 0xff];
+        }
+    }
+    longjmp(d->jerr.jb, S_JMP_RETRY); /* no such code */
+}
+
+/* zigzag -> natural order, with libjpeg's 16 extra entries: a corrupt run
+ * past coefficient 63 stores at 63, as jpeg_natural_order makes it do */
+static const uint8_t s_zz[80] = {0,  1,  8,  16, 9,  2,  3,  10, 17, 24, 32, 25, 18, 11, 4,  5,
+                                 12, 19, 26, 33, 40, 48, 41, 34, 27, 20, 13, 6,  7,  14, 21, 28,
+                                 35, 42, 49, 56, 57, 50, 43, 36, 29, 22, 15, 23, 30, 37, 44, 51,
+                                 58, 59, 52, 45, 38, 31, 39, 46, 53, 60, 61, 54, 47, 55, 62, 63,
+                                 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63};
+
+/* HUFF_EXTEND by size: v < half ? v + neg : v; size 0 gives 0 */
+static const uint32_t s_mask[16] = {0,     1,     3,     7,     15,     31,     63,     127,
+                                    255,   511,   1023,  2047,  4095,  8191,   16383,  32767};
+static const int s_half[16] = {0,   1,   2,   4,    8,    16,   32,   64,
+                               128, 256, 512, 1024, 2048, 4096, 8192, 16384};
+static const int s_neg[16] = {0,    -1,   -3,   -7,    -15,   -31,   -63,    -127,
+                              -255, -511, -1023, -2047, -4095, -8191, -16383, -32767};
+
+#define S_EXTEND(v, s) ((int)(v) < (1 << ((s)-1)) ? (int)(v) + (int)(-1u << (s)) + 1 : (int)(v))
+
+static boolean s_fast_mcu(j_decompress_ptr c, JBLOCKROW *MCU_data)
+{
+    eq_decoder *d = (eq_decoder *)c; /* cinfo is the first member */
+    s_huff *h = d->huff;
+    uint64_t buf = h->buf;
+    int nbits = h->nbits;
+    JBLOCK skip; /* jpeg_skip_scanlines passes no blocks: decode into this */
+    /* at least 32 bits in buf: 8 bytes at once when they hold no 0xFF */
+#define S_NEED()                                                                                   \
+    do {                                                                                           \
+        if (nbits < 32) {                                                                          \
+            uint64_t w_, x_;                                                                       \
+            if (h->end - h->p >= 8 && !h->stopped && (memcpy(&w_, h->p, 8), x_ = ~w_,             \
+                !((x_ - 0x0101010101010101ull) & ~x_ & 0x8080808080808080ull))) {                 \
+                int take_ = (63 - nbits) >> 3;                                                     \
+                buf |= (__builtin_bswap64(w_) & (~0ull << (64 - 8 * take_))) >> nbits;            \
+                nbits += 8 * take_;                                                                \
+                h->p += take_;                                                                     \
+            } else {                                                                               \
+                h->buf = buf;                                                                      \
+                h->nbits = nbits;                                                                  \
+                s_huff_refill(d, h);                                                               \
+                buf = h->buf;                                                                      \
+                nbits = h->nbits;                                                                  \
+            }                                                                                      \
+        }                                                                                          \
+    } while (0)
+#define S_SKIP(n)                                                                                  \
+    do {                                                                                           \
+        buf <<= (n);                                                                               \
+        nbits -= (n);                                                                              \
+    } while (0)
+    for (int b = 0; b < h->nblk; b++) {
+        JCOEF *blk = MCU_data ? MCU_data[b][0] : skip;
+        const s_htab *t = h->dct[b];
+        S_NEED();
+        int e = t->lut[buf >> (64 - S_LB)], len = e >> 8, s;
+        if (len)
+            s = e & 0xff;
+        else
+            s = s_huff_slow(d, t, buf, &len);
+        S_SKIP(len);
+        int diff = 0;
+        if (s) {
+            uint32_t v = (uint32_t)(buf >> (64 - s));
+            S_SKIP(s);
+            diff = S_EXTEND(v, s);
+        }
+        int ci = h->comp[b];
+        int dc = (int)((unsigned)diff + (unsigned)h->dc[ci]);
+        h->dc[ci] = dc;
+        blk[0] = (JCOEF)dc;
+        t = h->act[b];
+        /* One table entry gives the bits to take (code + extra bits), the
+         * run and the size; the value is taken and sign-extended without
+         * branches.  A ZRL (run 15, size 0) stores a 0 at the last zero of
+         * its run, which changes nothing. */
+        for (int k = 1; k < 64;) {
+            S_NEED();
+            uint32_t a = t->ac[buf >> (64 - S_LB)];
+            if (!a) a = s_huff_slow_ac(d, t, buf);
+            const uint32_t total = a & 63, sz = (a >> 8) & 15;
+            int v = (int)((uint32_t)(buf >> (64 - total)) & s_mask[sz]);
+            S_SKIP(total);
+            if (!(a & 0xff00)) break; /* EOB */
+            v += ((v - s_half[sz]) >> 31) & s_neg[sz]; /* no branch: the sign is random */
+            k += (int)(a >> 12) & 15;
+            blk[s_zz[k]] = (JCOEF)v;
+            k++;
+        }
+    }
+#undef S_NEED
+#undef S_SKIP
+    if (nbits < h->fake) longjmp(d->jerr.jb, S_JMP_RETRY); /* read past the data */
+    h->buf = buf;
+    h->nbits = nbits;
+    c->src->next_input_byte = h->p;
+    c->src->bytes_in_buffer = (size_t)(h->end - h->p);
+    return TRUE;
+}
+
+/* After jpeg_start_decompress: our decode_mcu for a baseline sequential
+ * single-scan 8-bit Huffman file without restart markers (libjpeg's
+ * decoder otherwise).  The entropy module is re-created by every
+ * jpeg_start_decompress, so this lasts for one image. */
+static void s_fast_install(eq_decoder *d)
+{
+    struct jpeg_decompress_struct *c = &d->cinfo;
+#if defined(LIBJPEG_TURBO_VERSION_NUMBER) && LIBJPEG_TURBO_VERSION_NUMBER >= 2000000 &&          \
+    LIBJPEG_TURBO_VERSION_NUMBER < 3000000
+    if (c->progressive_mode || c->arith_code || c->restart_interval || c->data_precision != 8 ||
+        jpeg_has_multiple_scans(c) || c->comps_in_scan < 1 || c->comps_in_scan > 4 ||
+        c->blocks_in_MCU < 1 || c->blocks_in_MCU > D_MAX_BLOCKS_IN_MCU || !c->entropy ||
+        c->entropy->insufficient_data || c->unread_marker || !c->src)
+        return;
+    if (!d->huff && !(d->huff = calloc(1, sizeof *d->huff))) return;
+    s_huff *h = d->huff;
+    for (int i = 0; i < c->comps_in_scan; i++) {
+        const jpeg_component_info *ci = c->cur_comp_info[i];
+        if (ci->dc_tbl_no < 0 || ci->dc_tbl_no > 3 || ci->ac_tbl_no < 0 || ci->ac_tbl_no > 3 ||
+            !c->dc_huff_tbl_ptrs[ci->dc_tbl_no] || !c->ac_huff_tbl_ptrs[ci->ac_tbl_no])
+            return;
+    }
+    for (int i = 0; i < c->comps_in_scan; i++) {
+        const jpeg_component_info *ci = c->cur_comp_info[i];
+        s_htab_build(&h->tab[ci->dc_tbl_no], c->dc_huff_tbl_ptrs[ci->dc_tbl_no], 0);
+        s_htab_build(&h->tab[4 + ci->ac_tbl_no], c->ac_huff_tbl_ptrs[ci->ac_tbl_no], 1);
+    }
+    h->nblk = c->blocks_in_MCU;
+    for (int b = 0; b < h->nblk; b++) {
+        const jpeg_component_info *ci = c->cur_comp_info[c->MCU_membership[b]];
+        h->comp[b] = c->MCU_membership[b];
+        h->dct[b] = &h->tab[ci->dc_tbl_no];
+        h->act[b] = &h->tab[4 + ci->ac_tbl_no];
+    }
+    memset(h->dc, 0, sizeof h->dc);
+    h->p = c->src->next_input_byte;
+    h->end = h->p + c->src->bytes_in_buffer;
+    h->buf = 0;
+    h->nbits = h->fake = h->stopped = 0;
+    c->entropy->decode_mcu = s_fast_mcu;
+    d->n_fast++;
+#else
+    (void)c;
+#endif
 }
 
 static eq_status s_grow(uint8_t **buf, size_t *cap, size_t need, eq_err *err)
@@ -177,6 +478,7 @@ static eq_status s_jpeg_body(eq_decoder *d, const uint8_t *data, size_t len, int
     c->dct_method = JDCT_ISLOW;
     c->do_fancy_upsampling = TRUE;
     jpeg_start_decompress(c);
+    if (d->fast_try) s_fast_install(d);
     uint32_t sw = c->output_width, sh = c->output_height;
     /* clip + margin */
     if (rx1 > sw) rx1 = sw;
@@ -263,14 +565,23 @@ static eq_status s_jpeg(eq_decoder *d, const uint8_t *data, size_t len, int head
                         uint32_t num, uint32_t rx0, uint32_t ry0, uint32_t rx1, uint32_t ry1,
                         eq_decoded *out, uint32_t *fw, uint32_t *fh, eq_err *err)
 {
-    d->jerr.msg[0] = '\0';
-    d->jerr.pub.num_warnings = 0;
-    d->fail_code = EQ_ERR_CORRUPT;
-    if (setjmp(d->jerr.jb)) {
-        jpeg_abort_decompress(&d->cinfo);
-        return eq_err_set(err, d->fail_code, "JPEG: %s", d->jerr.msg);
+    for (volatile int attempt = 0;; attempt++) {
+        d->jerr.msg[0] = '\0';
+        d->jerr.pub.num_warnings = 0;
+        d->fail_code = EQ_ERR_CORRUPT;
+        d->fast_try = d->fast_huff && attempt == 0;
+        int jr = setjmp(d->jerr.jb);
+        if (jr == S_JMP_RETRY && attempt == 0) {
+            jpeg_abort_decompress(&d->cinfo);
+            d->n_fallback++;
+            continue;
+        }
+        if (jr) {
+            jpeg_abort_decompress(&d->cinfo);
+            return eq_err_set(err, d->fail_code, "JPEG: %s", d->jerr.msg);
+        }
+        return s_jpeg_body(d, data, len, header_only, num, rx0, ry0, rx1, ry1, out, fw, fh, err);
     }
-    return s_jpeg_body(d, data, len, header_only, num, rx0, ry0, rx1, ry1, out, fw, fh, err);
 }
 
 /* ------------------------------------------------------------------- PNG */

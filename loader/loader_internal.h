@@ -63,6 +63,13 @@ eq_status eq_render_crop(eq_decoder *d, const uint8_t *data, size_t len, eq_box 
  * concurrent resize's choice (either path gives the same bytes). */
 int eq_resize_simd(int enable);
 
+/* The decoder's own baseline Huffman decoder (decode.c; same coefficients
+ * as libjpeg's, which takes over for anything unusual): enable 1 = use it
+ * where it applies (the default), 0 = libjpeg's only, -1 = leave as is.
+ * *n_fast / *n_fallback (may be NULL): images it decoded / handed back to
+ * libjpeg since the decoder was made.  For tests and benchmarks. */
+void eq_decoder_fast_huffman(eq_decoder *d, int enable, uint64_t *n_fast, uint64_t *n_fallback);
+
 /* Per-thread scratch owned by a decoder (freed with it), so that the
  * per-sample path allocates nothing once buffers have grown. */
 typedef struct eq_scratch {

@@ -8,6 +8,8 @@
 #include "tests/testutil.h"
 
 #include <math.h>
+#include <stdio.h>
+#include <jpeglib.h>
 #include <png.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -899,6 +901,144 @@ START_TEST(test_decode_matches_tj_and_cmyk)
 }
 END_TEST
 
+/* A JPEG through the libjpeg API: optimised Huffman tables (per-image
+ * code lengths, long codes) and/or restart markers every `restart` MCU
+ * rows, which TurboJPEG 2.1 cannot ask for. */
+static unsigned char *s_jpeg_lib(uint32_t w, uint32_t h, int h_samp, int v_samp, int quality,
+                                 int optimize, int restart, unsigned long *len)
+{
+    uint8_t *pix = NULL;
+    ck_assert_int_eq(eq_synth_image(7, 1, 3, w * 7 + h, w, h, &pix, NULL), EQ_OK);
+    struct jpeg_compress_struct c;
+    struct jpeg_error_mgr jerr;
+    c.err = jpeg_std_error(&jerr);
+    jpeg_create_compress(&c);
+    unsigned char *out = NULL;
+    *len = 0;
+    jpeg_mem_dest(&c, &out, len);
+    c.image_width = w;
+    c.image_height = h;
+    c.input_components = 3;
+    c.in_color_space = JCS_RGB;
+    jpeg_set_defaults(&c);
+    jpeg_set_quality(&c, quality, TRUE);
+    c.comp_info[0].h_samp_factor = h_samp;
+    c.comp_info[0].v_samp_factor = v_samp;
+    c.optimize_coding = optimize ? TRUE : FALSE;
+    c.restart_in_rows = restart;
+    jpeg_start_compress(&c, TRUE);
+    while (c.next_scanline < h) {
+        JSAMPROW row = pix + (size_t)c.next_scanline * w * 3;
+        jpeg_write_scanlines(&c, &row, 1);
+    }
+    jpeg_finish_compress(&c);
+    jpeg_destroy_compress(&c);
+    free(pix);
+    return out;
+}
+
+/* Decode fully and in a region at scale num with the decoder's Huffman
+ * path on and off: the same status and the same bytes. */
+static int s_both_huffman(eq_decoder *d, const uint8_t *jpg, unsigned long len, uint32_t num,
+                          uint32_t rx0, uint32_t ry0, uint32_t rx1, uint32_t ry1)
+{
+    eq_decoded a, b;
+    eq_status sa, sb;
+    size_t n = 0;
+    uint8_t *keep = NULL;
+    eq_decoder_fast_huffman(d, 0, NULL, NULL);
+    sa = eq_decode_region(d, jpg, len, num, rx0, ry0, rx1, ry1, &a, NULL);
+    if (sa == EQ_OK) {
+        n = (size_t)a.w * a.h * 3;
+        keep = malloc(n);
+        memcpy(keep, a.pix, n);
+    }
+    eq_decoder_fast_huffman(d, 1, NULL, NULL);
+    sb = eq_decode_region(d, jpg, len, num, rx0, ry0, rx1, ry1, &b, NULL);
+    ck_assert_int_eq(sa, sb);
+    if (sa == EQ_OK) {
+        ck_assert_uint_eq(a.w, b.w);
+        ck_assert_uint_eq(a.h, b.h);
+        ck_assert_uint_eq(a.x0, b.x0);
+        ck_assert_uint_eq(a.y0, b.y0);
+        ck_assert_msg(!memcmp(keep, b.pix, n), "pixels differ (len %lu, num %u, region %u,%u-%u,%u)",
+                      len, num, rx0, ry0, rx1, ry1);
+    }
+    free(keep);
+    return sa == EQ_OK;
+}
+
+/* decode.c's own baseline Huffman decoder gives libjpeg's pixels: every
+ * sampling, qualities 30-100, standard and optimised tables, partial MCUs,
+ * DCT scales 1-8/8, crops (rows skipped by jpeg_skip_scanlines), and on
+ * corrupted and truncated files (where it hands over to libjpeg) the same
+ * status and bytes; restart markers and progressive files stay libjpeg's. */
+START_TEST(test_fast_huffman_equals_libjpeg)
+{
+    eq_decoder *d = eq_decoder_new(0, NULL);
+    static const int samp[4][2] = {{2, 2}, {2, 1}, {1, 1}, {1, 2}};
+    uint64_t fast0, fb0, fast1, fb1;
+    eq_decoder_fast_huffman(d, -1, &fast0, &fb0);
+    int files = 0;
+    for (int i = 0; i < 12; i++) {
+        uint32_t w = 37 + 53 * (uint32_t)i, h = 29 + 41 * (uint32_t)((i * 5) % 12);
+        unsigned long len;
+        unsigned char *jpg = s_jpeg_lib(w, h, samp[i % 4][0], samp[i % 4][1], 30 + 7 * i, i % 3 != 0,
+                                        0, &len);
+        for (uint32_t num = 1; num <= 8; num += (num < 4 ? 1 : 4)) {
+            ck_assert(s_both_huffman(d, jpg, len, num, 0, 0, UINT32_MAX, UINT32_MAX));
+            ck_assert(s_both_huffman(d, jpg, len, num, w * num / 40, h * num / 20, w * num / 9,
+                                     h * num / 10));
+        }
+        free(jpg);
+        files++;
+    }
+    /* grayscale and 4:2:0 from TurboJPEG (standard tables) */
+    unsigned long len;
+    unsigned char *jpg = s_jpeg(211, 97, TJSAMP_GRAY, TJPF_RGB, 95, &len, NULL);
+    ck_assert(s_both_huffman(d, jpg, len, 8, 0, 0, UINT32_MAX, UINT32_MAX));
+    tjFree(jpg);
+    jpg = s_jpeg(300, 200, TJSAMP_420, TJPF_RGB, 100, &len, NULL);
+    ck_assert(s_both_huffman(d, jpg, len, 8, 30, 40, 200, 150));
+    eq_decoder_fast_huffman(d, -1, &fast1, &fb1);
+    ck_assert_uint_gt(fast1 - fast0, 100); /* it did decode those */
+    ck_assert_uint_eq(fb1, fb0);           /* without handing any back */
+    /* corrupted entropy data and truncations: both decoders agree */
+    eq_rng r;
+    eq_rng_init(&r, 5, 3);
+    unsigned char *bad = malloc(len);
+    int ok = 0;
+    for (int t = 0; t < 150; t++) {
+        memcpy(bad, jpg, len);
+        unsigned long blen = len;
+        if (t % 3 == 2) {
+            blen = 700 + eq_rng_below(&r, (uint32_t)(len - 700));
+        } else {
+            int nflip = 1 + (int)eq_rng_below(&r, 4);
+            for (int k = 0; k < nflip; k++) /* past the headers (~620 bytes) */
+                bad[700 + eq_rng_below(&r, (uint32_t)(len - 702))] = (uint8_t)eq_rng_below(&r, 256);
+        }
+        ok += s_both_huffman(d, bad, blen, t % 2 ? 8 : 4, 0, 0, UINT32_MAX, UINT32_MAX);
+        ok += s_both_huffman(d, bad, blen, 8, 20, 150, 120, 190);
+    }
+    free(bad);
+    tjFree(jpg);
+    eq_decoder_fast_huffman(d, -1, &fast1, &fb1);
+    fprintf(stderr, "own Huffman decoder: %d files, %llu decodes, %llu handed to libjpeg; "
+            "%d of 300 corrupted decodes succeeded\n", files, (unsigned long long)(fast1 - fast0),
+            (unsigned long long)(fb1 - fb0), ok);
+    ck_assert_uint_gt(fb1, fb0); /* the corrupt files did take the hand-over */
+    /* restart markers: libjpeg's decoder (not counted), same pixels */
+    jpg = s_jpeg_lib(160, 120, 2, 2, 85, 1, 1, &len);
+    eq_decoder_fast_huffman(d, -1, &fast0, NULL);
+    ck_assert(s_both_huffman(d, jpg, len, 8, 0, 0, UINT32_MAX, UINT32_MAX));
+    eq_decoder_fast_huffman(d, -1, &fast1, NULL);
+    ck_assert_uint_eq(fast1, fast0);
+    free(jpg);
+    eq_decoder_destroy(&d);
+}
+END_TEST
+
 static uint8_t *s_png(uint32_t w, uint32_t h, int gray, size_t *len)
 {
     png_image img;
@@ -1687,6 +1827,7 @@ static Suite *s_suite(void)
     tcase_set_timeout(t, 20);
     tcase_add_test(t, test_crop_decode_equals_full);
     tcase_add_test(t, test_decode_matches_tj_and_cmyk);
+    tcase_add_test(t, test_fast_huffman_equals_libjpeg);
     tcase_add_test(t, test_png_decode);
     tcase_add_test(t, test_decode_bad_inputs);
     tcase_add_test(t, test_pipeline_matches_torchvision);
