@@ -34,6 +34,7 @@
 #define S_FWD_PIX 128                  /* forward: padded pixels per task (at least a row) */
 #define S_BF_CHUNKS 32                 /* filter: slices of the output rows */
 #define S_BF_PIX 64                    /* filter: pixels per register-block pass */
+#define S_BF_RED 4096                  /* filter: partial elements per reduction task */
 
 static int64_t s_min(int64_t a, int64_t b)
 {
@@ -412,20 +413,29 @@ static void s_bf_chunk(void *vctx, size_t i)
     }
 }
 
-/* dw[k][c][r][s] for one k: the partials added in slice order. */
-static void s_bf_reduce(void *vctx, size_t ki)
+/* Elements [i*S_BF_RED, ...) of partial 0 += those of partials 1.. in
+ * slice order (contiguous runs: the partials are read once, in order). */
+static void s_bf_reduce(void *vctx, size_t i)
+{
+    const s_bf *b = vctx;
+    const int64_t total = b->rsc * b->kp, e0 = (int64_t)i * S_BF_RED;
+    const int64_t len = s_min(S_BF_RED, total - e0);
+    float *restrict acc = b->part + e0;
+    for (int64_t ch = 1; ch < b->nch; ch++) {
+        const float *restrict src = b->part + ch * total + e0;
+        for (int64_t j = 0; j < len; j++) acc[j] += src[j];
+    }
+}
+
+/* dw[k] (OIHW) from the summed partial [R][S][C][KP]. */
+static void s_bf_unpack(void *vctx, size_t ki)
 {
     const s_bf *b = vctx;
     const eq_conv2d_desc *d = b->d;
-    const int64_t k = (int64_t)ki, stride = b->rsc * b->kp;
-    for (int64_t c = 0; c < d->c; c++)
-        for (int64_t r = 0; r < d->r; r++)
-            for (int64_t s = 0; s < d->s; s++) {
-                const float *src = b->part + ((r * d->s + s) * d->c + c) * b->kp + k;
-                float sum = src[0];
-                for (int64_t ch = 1; ch < b->nch; ch++) sum += src[ch * stride];
-                b->dw[((k * d->c + c) * d->r + r) * d->s + s] = sum;
-            }
+    const int64_t k = (int64_t)ki, rs = d->r * d->s;
+    float *dwk = b->dw + k * d->c * rs;
+    for (int64_t t = 0; t < rs; t++)
+        for (int64_t c = 0; c < d->c; c++) dwk[c * rs + t] = b->part[(t * d->c + c) * b->kp + k];
 }
 
 eq_status eq_cpu_conv_direct_bwd_filter(eq_cpu *cpu, const eq_conv2d_desc *d, const float *x,
@@ -443,6 +453,8 @@ eq_status eq_cpu_conv_direct_bwd_filter(eq_cpu *cpu, const eq_conv2d_desc *d, co
     if (!ws) return EQ_ERR_NOMEM;
     b.part = ws;
     eq_cpu_for(cpu, (size_t)b.nch, s_bf_chunk, &b);
-    eq_cpu_for(cpu, (size_t)d->k, s_bf_reduce, &b);
+    const int64_t total = b.rsc * b.kp;
+    eq_cpu_for(cpu, (size_t)((total + S_BF_RED - 1) / S_BF_RED), s_bf_reduce, &b);
+    eq_cpu_for(cpu, (size_t)d->k, s_bf_unpack, &b);
     return EQ_OK;
 }
