@@ -7,8 +7,9 @@
  *    sizes, C and K not multiples of 8 or 16, rectangular kernels up to
  *    5x5, every padding 0..R-1, batch 1..3): relative error <= 1e-5,
  *    norm-wise, for forward, backward data and backward filter.
- * 2. The AVX2+FMA kernels and the generic fmaf() kernels give the same
- *    bits (the same FMA chains in the same order).
+ * 2. The AVX-512, AVX2+FMA and generic fmaf() kernels give the same bits
+ *    (the same FMA chains in the same order; on a CPU without AVX-512 or
+ *    AVX2 the wider variants fall back and compare with themselves).
  * 3. 1, 2 and 3 threads give the same bits, through the backend's members.
  * 4. Which descriptors the direct kernels take, and that the backend's
  *    conv members run them for those (same bits as calling them directly).
@@ -94,7 +95,8 @@ static void s_bufs_free(bufs *b)
 }
 
 /* out[0] = y, out[1] = dx, out[2] = dw; which: 0 direct (auto kernels),
- * 1 direct (generic kernels), 2 im2col + SGEMM, 3 the backend's members. */
+ * 1 direct (generic kernels), 2 im2col + SGEMM, 3 the backend's members,
+ * 4 direct (at most AVX2). */
 static void s_run(eq_backend *be, const eq_conv2d_desc *d, const bufs *b, int which,
                   float *out[3])
 {
@@ -105,8 +107,11 @@ static void s_run(eq_backend *be, const eq_conv2d_desc *d, const bufs *b, int wh
     out[2] = s_vec(b->nw, 0.0f);
     switch (which) {
     case 0:
-    case 1: {
-        int kern = which == 0 ? EQ_CPU_DIRECT_AUTO : EQ_CPU_DIRECT_GENERIC;
+    case 1:
+    case 4: {
+        int kern = which == 0   ? EQ_CPU_DIRECT_AUTO
+                   : which == 1 ? EQ_CPU_DIRECT_GENERIC
+                                : EQ_CPU_DIRECT_AVX2;
         OK(eq_cpu_conv_direct_fwd(cpu, d, b->x, b->w, out[0], kern, &err));
         OK(eq_cpu_conv_direct_bwd_data(cpu, d, b->dy, b->w, out[1], kern, &err));
         OK(eq_cpu_conv_direct_bwd_filter(cpu, d, b->x, b->dy, out[2], kern, &err));
@@ -196,9 +201,10 @@ START_TEST(test_random_shapes)
         eq_conv2d_desc d = s_shape(i + _i * (NSHAPES / 4));
         bufs b;
         s_bufs(&b, &d);
-        float *dir[3], *gen[3], *gemm[3], *ref[3];
+        float *dir[3], *gen[3], *gemm[3], *ref[3], *avx2[3];
         s_run(be, &d, &b, 0, dir);
         s_run(be, &d, &b, 1, gen);
+        s_run(be, &d, &b, 4, avx2);
         s_run(be, &d, &b, 2, gemm);
         s_naive(&d, &b, ref);
         size_t sz[3] = {b.ny, b.nx, b.nw};
@@ -216,9 +222,11 @@ START_TEST(test_random_shapes)
             CHECK_CLOSE(m1, dir[o], gemm[o], sz[o], TOL);
             CHECK_CLOSE(m2, dir[o], ref[o], sz[o], TOL);
             ck_assert_msg(!memcmp(dir[o], gen[o], sz[o] * 4),
+                          "%s: widest and generic kernels differ", m1);
+            ck_assert_msg(!memcmp(avx2[o], gen[o], sz[o] * 4),
                           "%s: AVX2 and generic kernels differ", m1);
         }
-        s_free3(dir), s_free3(gen), s_free3(gemm), s_free3(ref);
+        s_free3(avx2), s_free3(dir), s_free3(gen), s_free3(gemm), s_free3(ref);
         s_bufs_free(&b);
     }
     eq_backend_destroy(&be);

@@ -21,15 +21,17 @@
 #define S_X86 1
 #include <immintrin.h>
 #define S_TGT __attribute__((target("avx2,fma")))
+#define S_TGT512 __attribute__((target("avx512f,fma")))
 #define S_INLINE static inline __attribute__((always_inline))
 #else
 #define S_X86 0
 #endif
 
 #define S_KB 16                        /* output channels per register block */
-#define S_NQ 6                         /* forward: pixels per register block */
+#define S_NQ 6                         /* forward: pixels per AVX2 register block */
+#define S_NQ512 12                     /* forward: pixels per AVX-512 register block */
 #define S_NC 6                         /* filter: input channels per register block */
-#define S_SLACK 8                      /* zero pixels after a padded tile */
+#define S_SLACK 16                     /* zero pixels after a padded tile (>= S_NQ512 - 1) */
 #define S_TILE_BUDGET ((size_t)16 << 20) /* bytes of padded input per tile */
 #define S_FWD_PIX 128                  /* forward: padded pixels per task (at least a row) */
 #define S_BF_CHUNKS 32                 /* filter: slices of the output rows */
@@ -54,16 +56,21 @@ int eq_cpu_conv_direct_ok(const eq_conv2d_desc *d)
            d->k <= EQ_CPU_DIRECT_MAX_K;
 }
 
-/* 1 when the AVX2+FMA kernels may run (and `kernels` allows them). */
-static int s_use_avx2(int kernels)
+/* Which kernels run: 0 generic, 1 AVX2+FMA, 2 AVX-512 (forward; the
+ * filter gradient uses AVX2 there), the best the CPU has that `kernels`
+ * allows. */
+static int s_isa(int kernels)
 {
 #if S_X86
     static int have = -1;
     if (have < 0) {
         __builtin_cpu_init();
-        have = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+        int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+        have = avx2 && __builtin_cpu_supports("avx512f") ? 2 : avx2;
     }
-    return kernels == EQ_CPU_DIRECT_AUTO && have;
+    if (kernels == EQ_CPU_DIRECT_GENERIC) return 0;
+    if (kernels == EQ_CPU_DIRECT_AVX2) return have < 1 ? have : 1;
+    return have;
 #else
     (void)kernels;
     return 0;
@@ -79,7 +86,7 @@ typedef struct s_fwd {
     int64_t h, w, c, k, r, s, ph, pw, hp, wp_, p, q;
     int64_t nkb, rt, tpi; /* k blocks, output rows per task, tasks per image */
     int64_t n0;           /* first image of the tile */
-    int avx2;
+    int isa;              /* s_isa() */
 } s_fwd;
 
 /* Padded copy of image n0 + i into tile slot i. */
@@ -104,7 +111,7 @@ static void s_pad_image(void *vctx, size_t i)
 /* dst[t][0..kr) = sum over (r, s, c) of xb[(r*Wp + s + t)*C + c] * panel,
  * one fmaf chain per element in (r, s, c) order; dst[t] NULL: skipped. */
 static void s_fwd_block_generic(const s_fwd *f, const float *xb, const float *wpk,
-                                float *const dst[S_NQ], int kr)
+                                float *const dst[S_NQ512], int kr)
 {
     const int64_t C = f->c;
     for (int t = 0; t < S_NQ; t++) {
@@ -172,6 +179,54 @@ S_TGT static void s_fwd_block_avx2(const s_fwd *f, const float *xb, const float 
     if (dst[4]) s_store16(dst[4], a40, a41, kr);
     if (dst[5]) s_store16(dst[5], a50, a51, kr);
 }
+
+/* AVX-512: 12 pixels x 16 output channels (KB2 = 0) or 32 (KB2 = 1: two
+ * panels) in 12 or 24 accumulators; the same chains as the other kernels. */
+#define S_A512(t) __m512 a##t = _mm512_setzero_ps(), b##t = a##t
+#define S_F512(t)                                                             \
+    do {                                                                      \
+        __m512 v = _mm512_set1_ps(xs[t * C + c]);                             \
+        a##t = _mm512_fmadd_ps(v, w0, a##t);                                  \
+        if (KB2) b##t = _mm512_fmadd_ps(v, w1, b##t);                         \
+    } while (0)
+#define S_S512(t)                                                             \
+    do {                                                                      \
+        if (!dst[t]) break;                                                   \
+        if (kr >= S_KB) _mm512_storeu_ps(dst[t], a##t);                       \
+        else _mm512_mask_storeu_ps(dst[t], (__mmask16)((1u << kr) - 1), a##t); \
+        if (!KB2) break;                                                      \
+        if (kr >= 2 * S_KB) _mm512_storeu_ps(dst[t] + S_KB, b##t);            \
+        else _mm512_mask_storeu_ps(dst[t] + S_KB, (__mmask16)((1u << (kr - S_KB)) - 1), b##t); \
+    } while (0)
+
+S_TGT512 S_INLINE void s_fwd_block512_kb(const s_fwd *f, const float *xb, const float *wpk,
+                                         float *const dst[S_NQ512], int kr, const int KB2)
+{
+    const int64_t C = f->c, panel = f->r * f->s * C * S_KB;
+    S_A512(0); S_A512(1); S_A512(2); S_A512(3); S_A512(4); S_A512(5);
+    S_A512(6); S_A512(7); S_A512(8); S_A512(9); S_A512(10); S_A512(11);
+    for (int64_t r = 0; r < f->r; r++)
+        for (int64_t s = 0; s < f->s; s++) {
+            const float *xs = xb + (r * f->wp_ + s) * C;
+            const float *ws = wpk + (r * f->s + s) * C * S_KB;
+            for (int64_t c = 0; c < C; c++) {
+                __m512 w0 = _mm512_loadu_ps(ws + c * S_KB);
+                __m512 w1 = KB2 ? _mm512_loadu_ps(ws + panel + c * S_KB) : w0;
+                S_F512(0); S_F512(1); S_F512(2); S_F512(3); S_F512(4); S_F512(5);
+                S_F512(6); S_F512(7); S_F512(8); S_F512(9); S_F512(10); S_F512(11);
+            }
+        }
+    S_S512(0); S_S512(1); S_S512(2); S_S512(3); S_S512(4); S_S512(5);
+    S_S512(6); S_S512(7); S_S512(8); S_S512(9); S_S512(10); S_S512(11);
+}
+
+/* kr: channels left from this block's first (more than 16: two panels). */
+S_TGT512 static void s_fwd_block512(const s_fwd *f, const float *xb, const float *wpk,
+                                    float *const dst[S_NQ512], int kr)
+{
+    if (kr > S_KB) s_fwd_block512_kb(f, xb, wpk, dst, kr, 1);
+    else s_fwd_block512_kb(f, xb, wpk, dst, kr, 0);
+}
 #endif
 
 /* Task i: output rows [p0, p1) of tile image i / tpi, as blocks of 6
@@ -185,17 +240,25 @@ static void s_fwd_task(void *vctx, size_t i)
     const float *xi = f->xp + img * f->hp * f->wp_ * f->c;
     float *yi = f->y + (f->n0 + img) * f->p * f->q * f->k;
     const int64_t panel = f->r * f->s * f->c * S_KB;
-    for (int64_t kb = 0; kb < f->nkb; kb++) {
+    const int nq = f->isa == 2 ? S_NQ512 : S_NQ;
+    /* AVX-512 takes two panels (32 channels) at a time while they last */
+    const int64_t kstep = f->isa == 2 ? 2 : 1;
+    for (int64_t kb = 0; kb < f->nkb; kb += kstep) {
         const float *wpk = f->wp + kb * panel;
-        const int kr = (int)s_min(S_KB, f->k - kb * S_KB);
-        for (int64_t j = j0; j < jend; j += S_NQ) {
-            float *dst[S_NQ];
-            for (int t = 0; t < S_NQ; t++) {
+        const int kleft = (int)(f->k - kb * S_KB);
+        const int kr = kleft < S_KB ? kleft : S_KB;
+        for (int64_t j = j0; j < jend; j += nq) {
+            float *dst[S_NQ512];
+            for (int t = 0; t < nq; t++) {
                 int64_t jj = j + t, p = jj / f->wp_, q = jj - p * f->wp_;
                 dst[t] = jj < jend && q < f->q ? yi + (p * f->q + q) * f->k + kb * S_KB : NULL;
             }
 #if S_X86
-            if (f->avx2) {
+            if (f->isa == 2) {
+                s_fwd_block512(f, xi + j * f->c, wpk, dst, kleft);
+                continue;
+            }
+            if (f->isa == 1) {
                 s_fwd_block_avx2(f, xi + j * f->c, wpk, dst, kr);
                 continue;
             }
@@ -215,7 +278,7 @@ static eq_status s_fwd_run(eq_cpu *cpu, const char *op, int64_t n, int64_t h, in
                            eq_err *err)
 {
     s_fwd f = {.x = x, .y = y, .h = h, .w = w, .c = c, .k = k, .r = r, .s = s, .ph = ph,
-               .pw = pw, .hp = h + 2 * ph, .wp_ = w + 2 * pw, .avx2 = s_use_avx2(kernels)};
+               .pw = pw, .hp = h + 2 * ph, .wp_ = w + 2 * pw, .isa = s_isa(kernels)};
     f.p = f.hp - r + 1;
     f.q = f.wp_ - s + 1;
     f.nkb = (k + S_KB - 1) / S_KB;
@@ -279,7 +342,7 @@ typedef struct s_bf {
     const float *x, *dy;
     float *part, *dw;
     int64_t kp, nkb, rows, nch, sr, rsc;
-    int avx2;
+    int avx2; /* the AVX2+FMA kernel (also where AVX-512 is there) */
 } s_bf;
 
 /* One register block: acc[i][j] (row stride kp) += sum over the output rows
@@ -441,7 +504,7 @@ static void s_bf_unpack(void *vctx, size_t ki)
 eq_status eq_cpu_conv_direct_bwd_filter(eq_cpu *cpu, const eq_conv2d_desc *d, const float *x,
                                         const float *dy, float *dw, int kernels, eq_err *err)
 {
-    s_bf b = {.d = d, .x = x, .dy = dy, .dw = dw, .avx2 = s_use_avx2(kernels)};
+    s_bf b = {.d = d, .x = x, .dy = dy, .dw = dw, .avx2 = s_isa(kernels) >= 1};
     b.nkb = (d->k + S_KB - 1) / S_KB;
     b.kp = b.nkb * S_KB;
     b.rsc = d->r * d->s * d->c;

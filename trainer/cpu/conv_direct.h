@@ -45,9 +45,10 @@
  * as a plain GEMM already), C <= EQ_CPU_DIRECT_MAX_C, K <= ..._MAX_K. */
 int eq_cpu_conv_direct_ok(const eq_conv2d_desc *d);
 
-/* Kernel choice: AUTO uses AVX2+FMA when the CPU has them; GENERIC forces
- * the portable kernels (for tests: they must give the same bits). */
-enum { EQ_CPU_DIRECT_AUTO = 0, EQ_CPU_DIRECT_GENERIC = 1 };
+/* Kernel choice: AUTO uses the widest the CPU has (AVX-512, else
+ * AVX2+FMA, else generic); AVX2 caps it at AVX2+FMA; GENERIC forces the
+ * portable kernels.  All give the same bits (tests compare them). */
+enum { EQ_CPU_DIRECT_AUTO = 0, EQ_CPU_DIRECT_GENERIC = 1, EQ_CPU_DIRECT_AVX2 = 2 };
 
 /* The three ops as eq_backend_i's conv members (outputs overwritten), for a
  * descriptor that eq_cpu_conv_direct_ok() accepted.  Scratch memory comes
