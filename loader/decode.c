@@ -54,6 +54,7 @@
 typedef struct s_htab {
     uint16_t lut[1 << S_LB];   /* len << 8 | symbol; len 0: code longer than S_LB */
     uint32_t ac[1 << S_LB];    /* AC: symbol << 8 | len + size (code and extra bits); 0: long */
+    uint8_t acn[1 << S_LB];    /* AC: len + size alone (the shift, one load away) */
     int32_t maxcode[18];       /* longest code of each length (-1: none) */
     int32_t valoff[18];        /* symbol index of code c of length l: c + valoff[l] */
     uint8_t val[256];
@@ -205,6 +206,7 @@ static void s_htab_build(s_htab *t, const JHUFF_TBL *h, int ac)
     t->is_ac = ac;
     memset(t->lut, 0, sizeof t->lut);
     memset(t->ac, 0, sizeof t->ac);
+    memset(t->acn, 0, sizeof t->acn);
     int32_t code = 0;
     int k = 0;
     for (int l = 1; l <= 16; l++) {
@@ -217,6 +219,7 @@ static void s_htab_build(s_htab *t, const JHUFF_TBL *h, int ac)
             for (uint32_t e = lo; e < hi; e++) {
                 t->lut[e] = (uint16_t)(l << 8 | sym);
                 t->ac[e] = (uint32_t)sym << 8 | (uint32_t)(l + (sym & 15));
+                t->acn[e] = (uint8_t)(l + (sym & 15));
             }
         }
         t->maxcode[l] = n ? code - 1 : -1;
@@ -366,11 +369,17 @@ static boolean s_fast_mcu(j_decompress_ptr c, JBLOCKROW *MCU_data)
          * its run, which changes nothing. */
         for (int k = 1; k < 64;) {
             S_NEED();
-            uint32_t a = t->ac[buf >> (64 - S_LB)];
-            if (!a) a = s_huff_slow_ac(d, t, buf);
-            const uint32_t total = a & 63, sz = (a >> 8) & 15;
-            int v = (int)((uint32_t)(buf >> (64 - total)) & s_mask[sz]);
-            S_SKIP(total);
+            const uint32_t idx = (uint32_t)(buf >> (64 - S_LB));
+            uint32_t a = t->ac[idx], n = t->acn[idx];
+            if (!n) {
+                a = s_huff_slow_ac(d, t, buf);
+                n = a & 63;
+            }
+            const uint32_t sz = (a >> 8) & 15;
+            int v = (int)((uint32_t)(buf >> (64 - n)) & s_mask[sz]);
+            /* buf's next value is the loop's critical path: shift, load, shift */
+            buf <<= n;
+            nbits -= (int)n;
             if (!(a & 0xff00)) break; /* EOB */
             v += ((v - s_half[sz]) >> 31) & s_neg[sz]; /* no branch: the sign is random */
             k += (int)(a >> 12) & 15;

@@ -114,6 +114,7 @@ static inline uint8_t s_clip8(int v)
 }
 
 #define S_KFIX 8 /* longest tap count of the fixed-length horizontal loop */
+#define S_KPAIR 8 /* longest tap count of the AVX2 two-outputs kernel */
 
 /* One RGB row of the horizontal pass with K taps per output (K a constant
  * at the call sites, so the tap loop unrolls). */
@@ -209,6 +210,42 @@ __attribute__((target("avx2"))) static void s_hrow3_avx2(const uint8_t *row, uin
     }
 }
 
+/* One RGB row of the horizontal pass, two outputs at a time (for K <= 8
+ * taps: no padding to 4): per tap one 4-byte load per output (its RGB and
+ * the next byte, which gets coefficient 0) into one 8-lane vector.  Reads
+ * 1 byte past the last tap and writes 2 bytes past the row (mid has room:
+ * the next row is written after, and the plan adds 64 bytes). */
+__attribute__((target("avx2"))) static void s_hrow3_pairs_avx2(const uint8_t *row, uint8_t *mrow,
+                                                                uint32_t ww, const int *off,
+                                                                const int32_t *kp,
+                                                                const int32_t *kf, int K)
+{
+    const __m128i rnd = _mm_set1_epi32(1 << (S_PREC - 1));
+    const __m128i sh6 = _mm_setr_epi8(0, 1, 2, 4, 5, 6, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
+    uint32_t xx = 0;
+    for (; xx + 2 <= ww; xx += 2) {
+        const uint8_t *s0 = row + off[xx], *s1 = row + off[xx + 1];
+        const int32_t *k = kp + (size_t)(xx / 2) * K * 8;
+        __m256i a = _mm256_setzero_si256();
+        for (int t = 0; t < K; t++) {
+            uint32_t u0, u1;
+            memcpy(&u0, s0 + 3 * t, 4);
+            memcpy(&u1, s1 + 3 * t, 4);
+            __m128i v = _mm_unpacklo_epi32(_mm_cvtsi32_si128((int)u0), _mm_cvtsi32_si128((int)u1));
+            a = _mm256_add_epi32(a, _mm256_mullo_epi32(_mm256_cvtepu8_epi32(v),
+                                                       _mm256_load_si256((const __m256i *)(k + 8 * t))));
+        }
+        __m128i lo = _mm_srai_epi32(_mm_add_epi32(_mm256_castsi256_si128(a), rnd), S_PREC);
+        __m128i hi = _mm_srai_epi32(_mm_add_epi32(_mm256_extracti128_si256(a, 1), rnd), S_PREC);
+        __m128i b = _mm_packs_epi32(lo, hi);
+        b = _mm_shuffle_epi8(_mm_packus_epi16(b, b), sh6);
+        uint64_t q = (uint64_t)_mm_cvtsi128_si64(b);
+        memcpy(mrow + 3 * xx, &q, 8);
+    }
+    if (xx < ww) /* odd width: the last output as the scalar loop does it */
+        s_hrow3(row, mrow + 3 * xx, 1, off + xx, kf + (size_t)xx * K, K);
+}
+
 /* Output row drow[0, n) of the vertical pass: taps rows m + y * mstride,
  * coefficients k[0, ymax). */
 __attribute__((target("avx2"))) static void s_vrow_avx2(const uint8_t *m, size_t mstride,
@@ -267,6 +304,7 @@ typedef struct s_plan {
     int32_t *acc;  /* one output row of accumulators */
     int32_t *kfix; /* fixed-length horizontal coefficients (ww x ksize) */
     int *off;      /* their start byte offset in a region row */
+    int32_t *kpair; /* kfix of outputs 2i, 2i+1 interleaved: per tap k0 k0 k0 0 k1 k1 k1 0 */
     uint8_t *mid;
 } s_plan;
 
@@ -277,11 +315,13 @@ static eq_status s_plan_make(const eq_resize_geom *g, uint32_t c, s_plan *p, voi
     p->v.ksize = s_ksize((int)g->ih, g->by0, g->by1, (int)g->out_h);
     size_t kh = (size_t)g->ww * p->h.ksize, kv = (size_t)g->wh * p->v.ksize;
     size_t kh4 = (size_t)g->ww * (size_t)((p->h.ksize + 3) & ~3); /* kfix: taps padded to 4 */
+    /* kpair: per pair of outputs and tap, 8 lanes (the AVX2 pair kernel) */
+    size_t kp = p->h.ksize <= S_KPAIR ? ((size_t)g->ww + 1) / 2 * (size_t)p->h.ksize * 8 : 0;
     size_t kmax = kh > kv ? kh : kv;
     /* rows of the intermediate: at most ih */
     size_t need = kmax * sizeof(double) + (kh + kv) * sizeof(int32_t) +
                   2 * ((size_t)g->ww + g->wh) * sizeof(int) + (size_t)g->ww * c * sizeof(int32_t) +
-                  kh4 * sizeof(int32_t) + (size_t)g->ww * sizeof(int) +
+                  kh4 * sizeof(int32_t) + (size_t)g->ww * sizeof(int) + kp * sizeof(int32_t) + 32 +
                   (size_t)g->ih * g->ww * c + 64;
     if (*tmp_cap < need) {
         void *nt = realloc(*tmp, need);
@@ -306,6 +346,8 @@ static eq_status s_plan_make(const eq_resize_geom *g, uint32_t c, s_plan *p, voi
     b += kh4 * sizeof(int32_t);
     p->off = (int *)b;
     b += (size_t)g->ww * sizeof(int);
+    p->kpair = (int32_t *)(((uintptr_t)b + 31) & ~(uintptr_t)31);
+    b = (uint8_t *)(p->kpair + kp);
     p->mid = b;
     s_coeffs((int)g->iw, g->bx0, g->bx1, (int)g->out_w, (int)g->wx, (int)g->ww, &p->h, p->dk);
     s_coeffs((int)g->ih, g->by0, g->by1, (int)g->out_h, (int)g->wy, (int)g->wh, &p->v, p->dk);
@@ -374,9 +416,12 @@ eq_status eq_resize_bilinear(const eq_resize_src *src, const eq_resize_geom *g, 
      * padding the shift, which adds exactly 0 to PIL's integer sums. */
     const int kh = p.h.ksize, kh4 = (kh + 3) & ~3;
     const ptrdiff_t sx = (ptrdiff_t)g->ix0 - (ptrdiff_t)src->x0; /* in's left edge in the region */
-    /* AVX2 path: RGB, taps padded to kh4 <= 32 (downscales up to ~15x) */
-    const int simd = S_X86 && c == 3 && kh4 <= 32 && (int64_t)src->w >= kh4 && s_simd();
-    const int kfl = simd ? kh4 : kh; /* taps per output in kfix */
+    /* AVX2 paths, RGB: two outputs at a time for up to 8 taps (scales up
+     * to ~3.5x), else taps padded to kh4 <= 32 (downscales up to ~15x) */
+    const int avx2 = S_X86 && c == 3 && s_simd();
+    const int pairs = avx2 && kh <= S_KPAIR && (int64_t)src->w >= kh;
+    const int simd = pairs || (avx2 && kh4 <= 32 && (int64_t)src->w >= kh4);
+    const int kfl = simd && !pairs ? kh4 : kh; /* taps per output in kfix */
     int fixed = simd || (c == 3 && kh <= S_KFIX && (int64_t)src->w >= kh);
     if (fixed) {
         for (uint32_t xx = 0; xx < g->ww; xx++) {
@@ -392,21 +437,31 @@ eq_status eq_resize_bilinear(const eq_resize_src *src, const eq_resize_geom *g, 
             }
         }
     }
+    if (pairs)
+        for (uint32_t xx = 0; xx < g->ww; xx++)
+            for (int t = 0; t < kh; t++) {
+                int32_t *q = &p.kpair[((size_t)(xx / 2) * kh + t) * 8 + 4 * (xx & 1)];
+                q[0] = q[1] = q[2] = p.kfix[(size_t)xx * kh + t];
+                q[3] = 0;
+            }
     for (int r = 0; r < rows; r++) {
         /* in (ix0, iy0) may start left of / above the region held: signed */
         ptrdiff_t sy = (ptrdiff_t)g->iy0 + p.v.lo + r - (ptrdiff_t)src->y0;
         const uint8_t *rrow = src->pix + sy * (ptrdiff_t)sstride;
         uint8_t *mrow = p.mid + (size_t)r * mstride;
 #if S_X86
-        /* the 16-byte loads read up to 4 bytes past a row's last tap: in the
+        /* the AVX2 loads read up to 4 bytes past a row's last tap: in the
          * next row, except on the region's last row (scalar there) */
         if (simd && sy + 1 < (ptrdiff_t)src->h) {
-            s_hrow3_avx2(rrow, mrow, g->ww, p.off, p.kfix, kh4);
+            if (pairs)
+                s_hrow3_pairs_avx2(rrow, mrow, g->ww, p.off, p.kpair, p.kfix, kh);
+            else
+                s_hrow3_avx2(rrow, mrow, g->ww, p.off, p.kfix, kh4);
             continue;
         }
 #endif
         if (simd) {
-            s_hrow3(rrow, mrow, g->ww, p.off, p.kfix, kh4);
+            s_hrow3(rrow, mrow, g->ww, p.off, p.kfix, kfl);
             continue;
         }
         if (fixed) {
