@@ -30,7 +30,8 @@
 #define S_KB 16                        /* output channels per register block */
 #define S_NQ 6                         /* forward: pixels per AVX2 register block */
 #define S_NQ512 12                     /* forward: pixels per AVX-512 register block */
-#define S_NC 6                         /* filter: input channels per register block */
+#define S_NC 6                         /* filter: input channels per AVX2 register block */
+#define S_NC512 8                      /* filter: input channels per AVX-512 register block */
 #define S_SLACK 16                     /* zero pixels after a padded tile (>= S_NQ512 - 1) */
 #define S_TILE_BUDGET ((size_t)16 << 20) /* bytes of padded input per tile */
 #define S_FWD_PIX 128                  /* forward: padded pixels per task (at least a row) */
@@ -56,9 +57,8 @@ int eq_cpu_conv_direct_ok(const eq_conv2d_desc *d)
            d->k <= EQ_CPU_DIRECT_MAX_K;
 }
 
-/* Which kernels run: 0 generic, 1 AVX2+FMA, 2 AVX-512 (forward; the
- * filter gradient uses AVX2 there), the best the CPU has that `kernels`
- * allows. */
+/* Which kernels run: 0 generic, 1 AVX2+FMA, 2 AVX-512: the widest the CPU
+ * has that `kernels` allows. */
 static int s_isa(int kernels)
 {
 #if S_X86
@@ -342,7 +342,7 @@ typedef struct s_bf {
     const float *x, *dy;
     float *part, *dw;
     int64_t kp, nkb, rows, nch, sr, rsc;
-    int avx2; /* the AVX2+FMA kernel (also where AVX-512 is there) */
+    int isa;  /* s_isa() */
 } s_bf;
 
 /* One register block: acc[i][j] (row stride kp) += sum over the output rows
@@ -439,6 +439,81 @@ S_TGT static void s_bf_block_avx2(const s_bf *b, const s_bfblk *k)
     default: s_bf_block_avx2_nc(b, k, 6); break;
     }
 }
+
+/* AVX-512: NC (<= 8) input channels x 16 output channels, or 32 (KB2: the
+ * block's kr > 16), in up to 16 zmm accumulators.  Channels past kr load as
+ * zeros, so their (padded) partial columns stay zero as in the AVX2
+ * kernel. */
+#define S_BL512(i)                                                                        \
+    __m512 a##i = NC > i ? _mm512_loadu_ps(k->acc + i * kp) : _mm512_setzero_ps();        \
+    __m512 b##i = NC > i && KB2 ? _mm512_loadu_ps(k->acc + i * kp + S_KB) : _mm512_setzero_ps()
+#define S_BF512(i)                                                                        \
+    if (NC > i) {                                                                         \
+        __m512 v = _mm512_set1_ps(xr[i]);                                                 \
+        a##i = _mm512_fmadd_ps(v, g0, a##i);                                              \
+        if (KB2) b##i = _mm512_fmadd_ps(v, g1, b##i);                                     \
+    }
+#define S_BS512(i)                                                                        \
+    if (NC > i) {                                                                         \
+        _mm512_storeu_ps(k->acc + i * kp, a##i);                                          \
+        if (KB2) _mm512_storeu_ps(k->acc + i * kp + S_KB, b##i);                          \
+    }
+
+S_TGT512 S_INLINE void s_bf_block512_nc(const s_bf *b, const s_bfblk *k, const int NC,
+                                        const int KB2)
+{
+    const eq_conv2d_desc *d = b->d;
+    const int64_t C = d->c, K = d->k, kp = b->kp;
+    S_BL512(0);
+    S_BL512(1);
+    S_BL512(2);
+    S_BL512(3);
+    S_BL512(4);
+    S_BL512(5);
+    S_BL512(6);
+    S_BL512(7);
+    const __mmask16 m0 = k->kr >= S_KB ? (__mmask16)0xffff : (__mmask16)((1u << k->kr) - 1);
+    const __mmask16 m1 = k->kr >= 2 * S_KB  ? (__mmask16)0xffff
+                         : k->kr > S_KB ? (__mmask16)((1u << (k->kr - S_KB)) - 1)
+                                        : (__mmask16)0;
+    const int64_t nq = k->qhi - k->qlo;
+    for (int64_t row = k->row0; row < k->row1; row++) {
+        int64_t n = row / d->p, p = row % d->p, ih = p + k->r - d->pad_h;
+        if (ih < 0 || ih >= d->h) continue;
+        const float *xr =
+            b->x + ((n * d->h + ih) * d->w + k->qlo + k->s - d->pad_w) * C + k->cb;
+        const float *dr = b->dy + (row * d->q + k->qlo) * K + k->k0;
+        for (int64_t t = 0; t < nq; t++, xr += C, dr += K) {
+            __m512 g0 = _mm512_maskz_loadu_ps(m0, dr);
+            __m512 g1 = KB2 ? _mm512_maskz_loadu_ps(m1, dr + S_KB) : g0;
+            S_BF512(0) S_BF512(1) S_BF512(2) S_BF512(3)
+            S_BF512(4) S_BF512(5) S_BF512(6) S_BF512(7)
+        }
+    }
+    S_BS512(0) S_BS512(1) S_BS512(2) S_BS512(3) S_BS512(4) S_BS512(5) S_BS512(6) S_BS512(7)
+}
+
+#define S_BF512_CASE(nc)                                     \
+    case nc:                                                 \
+        if (k->kr > S_KB) s_bf_block512_nc(b, k, nc, 1);     \
+        else s_bf_block512_nc(b, k, nc, 0);                  \
+        break;
+
+/* k->kr: output channels left from k->k0 (more than 16: 32 of them). */
+S_TGT512 static void s_bf_block512(const s_bf *b, const s_bfblk *k)
+{
+    switch (k->nc) {
+        S_BF512_CASE(1)
+        S_BF512_CASE(2)
+        S_BF512_CASE(3)
+        S_BF512_CASE(4)
+        S_BF512_CASE(5)
+        S_BF512_CASE(6)
+        S_BF512_CASE(7)
+        default:
+        S_BF512_CASE(8)
+    }
+}
 #endif
 
 /* Slice i of the output rows into its partial [R][S][C][KP]. */
@@ -449,6 +524,7 @@ static void s_bf_chunk(void *vctx, size_t i)
     float *part = b->part + (int64_t)i * b->rsc * b->kp;
     memset(part, 0, (size_t)(b->rsc * b->kp) * sizeof *part);
     const int64_t r0 = b->rows * (int64_t)i / b->nch, r1 = b->rows * ((int64_t)i + 1) / b->nch;
+    const int64_t ncb = b->isa == 2 ? S_NC512 : S_NC, kstep = b->isa == 2 ? 2 : 1;
     for (int64_t sub = r0; sub < r1; sub += b->sr) {
         s_bfblk k = {.row0 = sub, .row1 = s_min(r1, sub + b->sr)};
         for (k.r = 0; k.r < d->r; k.r++)
@@ -457,14 +533,21 @@ static void s_bf_chunk(void *vctx, size_t i)
                 k.qlo = d->pad_w - k.s > 0 ? d->pad_w - k.s : 0;
                 k.qhi = s_min(d->q, d->w + d->pad_w - k.s);
                 if (k.qlo >= k.qhi) continue;
-                for (k.cb = 0; k.cb < d->c; k.cb += S_NC) {
-                    k.nc = (int)s_min(S_NC, d->c - k.cb);
-                    for (int64_t kb = 0; kb < b->nkb; kb++) {
+                for (k.cb = 0; k.cb < d->c; k.cb += ncb) {
+                    k.nc = (int)s_min(ncb, d->c - k.cb);
+                    for (int64_t kb = 0; kb < b->nkb; kb += kstep) {
                         k.k0 = kb * S_KB;
-                        k.kr = (int)s_min(S_KB, d->k - k.k0);
                         k.acc = part + ((k.r * d->s + k.s) * d->c + k.cb) * b->kp + k.k0;
 #if S_X86
-                        if (b->avx2) {
+                        if (b->isa == 2) {
+                            k.kr = (int)(d->k - k.k0); /* all that is left */
+                            s_bf_block512(b, &k);
+                            continue;
+                        }
+#endif
+                        k.kr = (int)s_min(S_KB, d->k - k.k0);
+#if S_X86
+                        if (b->isa == 1) {
                             s_bf_block_avx2(b, &k);
                             continue;
                         }
@@ -504,7 +587,7 @@ static void s_bf_unpack(void *vctx, size_t ki)
 eq_status eq_cpu_conv_direct_bwd_filter(eq_cpu *cpu, const eq_conv2d_desc *d, const float *x,
                                         const float *dy, float *dw, int kernels, eq_err *err)
 {
-    s_bf b = {.d = d, .x = x, .dy = dy, .dw = dw, .avx2 = s_isa(kernels) >= 1};
+    s_bf b = {.d = d, .x = x, .dy = dy, .dw = dw, .isa = s_isa(kernels)};
     b.nkb = (d->k + S_KB - 1) / S_KB;
     b.kp = b.nkb * S_KB;
     b.rsc = d->r * d->s * d->c;
