@@ -612,6 +612,21 @@ int32_t eq_center_offset(uint32_t n, uint32_t crop)
 
 void eq_hflip(uint8_t *img, uint32_t w, uint32_t h, uint32_t c)
 {
+    if (c == 3 && w > 1) { /* the train pipeline's case: fixed-size swaps */
+        for (uint32_t y = 0; y < h; y++) {
+            uint8_t *a = img + (size_t)y * w * 3, *b = a + (size_t)(w - 1) * 3;
+            for (; a < b; a += 3, b -= 3) {
+                uint8_t t0 = a[0], t1 = a[1], t2 = a[2];
+                a[0] = b[0];
+                a[1] = b[1];
+                a[2] = b[2];
+                b[0] = t0;
+                b[1] = t1;
+                b[2] = t2;
+            }
+        }
+        return;
+    }
     for (uint32_t y = 0; y < h; y++) {
         uint8_t *row = img + (size_t)y * w * c;
         for (uint32_t a = 0, b = w - 1; a < b; a++, b--)

@@ -670,6 +670,28 @@ START_TEST(test_resize_simd_equals_scalar)
 }
 END_TEST
 
+/* eq_hflip mirrors every row: RGB (its own loop) and 1/4 channels, odd
+ * and even widths, width 1 */
+START_TEST(test_hflip)
+{
+    static const uint32_t ws[] = {1, 2, 5, 224};
+    for (uint32_t c = 1; c <= 4; c++)
+        for (int wi = 0; wi < 4; wi++) {
+            uint32_t w = ws[wi], h = 3;
+            size_t n = (size_t)w * h * c;
+            uint8_t *img = malloc(n), *ref = malloc(n);
+            for (size_t i = 0; i < n; i++) img[i] = (uint8_t)(i * 37 + 11);
+            for (uint32_t y = 0; y < h; y++)
+                for (uint32_t x = 0; x < w; x++)
+                    memcpy(ref + ((size_t)y * w + x) * c, img + ((size_t)y * w + (w - 1 - x)) * c, c);
+            eq_hflip(img, w, h, c);
+            ck_assert_msg(!memcmp(img, ref, n), "c %u w %u", c, w);
+            free(img);
+            free(ref);
+        }
+}
+END_TEST
+
 START_TEST(test_color_jitter_matches_torchvision)
 {
     char p[4200];
@@ -1819,6 +1841,7 @@ static Suite *s_suite(void)
     tcase_add_test(t, test_rrc_range);
     tcase_add_test(t, test_resize_matches_pil);
     tcase_add_test(t, test_resize_simd_equals_scalar);
+    tcase_add_test(t, test_hflip);
     tcase_add_test(t, test_resize_geometry_errors);
     tcase_add_test(t, test_color_jitter_matches_torchvision);
     tcase_add_test(t, test_hue_matches_torchvision);
