@@ -75,7 +75,7 @@ EQ_QSIMD static void s_fm_fwd(eq_quant *q, void *vc, int64_t ch, int64_t lo, int
  * bit patterns of |t| (they order like the values; a NaN's pattern is
  * above +inf's, so a NaN wins as in the scalar test this replaces) so that
  * the loop vectorizes. */
-EQ_QSIMD static void s_wt_tanh(eq_quant *q, void *vc, int64_t ch, int64_t lo, int64_t hi)
+EQ_QSIMD_WIDE static void s_wt_tanh(eq_quant *q, void *vc, int64_t ch, int64_t lo, int64_t hi)
 {
     (void)q;
     s_io *io = vc;
@@ -91,7 +91,7 @@ EQ_QSIMD static void s_wt_tanh(eq_quant *q, void *vc, int64_t ch, int64_t lo, in
     io->st->cmax[ch] = eq_qbits_f(m);
 }
 
-EQ_QSIMD static void s_wt_fwd(eq_quant *q, void *vc, int64_t ch, int64_t lo, int64_t hi)
+EQ_QSIMD_WIDE static void s_wt_fwd(eq_quant *q, void *vc, int64_t ch, int64_t lo, int64_t hi)
 {
     (void)q, (void)ch;
     const s_io *io = vc;
@@ -183,7 +183,7 @@ EQ_QSIMD static void s_fm_bwd(eq_quant *q, void *vc, int64_t ch, int64_t lo, int
 /* One pass for everything but the arg-max elements: the chunk's sum of
  * G t (in blocks of EQ_QBLOCK products, each summed by eq_qsum) and
  * gx = (G/m)(1 - t^2). */
-EQ_QSIMD static void s_wt_bwd(eq_quant *q, void *vc, int64_t ch, int64_t lo, int64_t hi)
+EQ_QSIMD_WIDE static void s_wt_bwd(eq_quant *q, void *vc, int64_t ch, int64_t lo, int64_t hi)
 {
     (void)q;
     s_io *io = vc;

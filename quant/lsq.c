@@ -79,7 +79,7 @@ static void s_fill_clr(eq_quant *q)
     for (int64_t k = 0; k < q->g; k++) p->clr[k] = s_clip(q, k, p->fe);
 }
 
-EQ_QSIMD static void s_count_chunk(eq_quant *q, void *vc, int64_t c, int64_t lo, int64_t hi)
+EQ_QSIMD_WIDE static void s_count_chunk(eq_quant *q, void *vc, int64_t c, int64_t lo, int64_t hi)
 {
     s_io *io = vc;
     const s_lsq *p = q->priv;
@@ -123,7 +123,7 @@ s_fwd_seg(const float *x, float *y, int64_t len, const float *cl, int64_t cs, fl
     }
 }
 
-EQ_QSIMD static void s_fwd_chunk(eq_quant *q, void *vc, int64_t c, int64_t lo, int64_t hi)
+EQ_QSIMD_WIDE static void s_fwd_chunk(eq_quant *q, void *vc, int64_t c, int64_t lo, int64_t hi)
 {
     (void)c;
     s_io *io = vc;
@@ -217,7 +217,7 @@ s_bwd_row(const float *x, const float *gy, float *gx, int64_t len, const float *
         acc[t] += (double)s_bwd_elem(x[t], gy[t], cl[t], lb, n, sc, half, scaled, &gx[t]);
 }
 
-EQ_QSIMD static void s_bwd_chunk(eq_quant *q, void *vc, int64_t c, int64_t lo, int64_t hi)
+EQ_QSIMD_WIDE static void s_bwd_chunk(eq_quant *q, void *vc, int64_t c, int64_t lo, int64_t hi)
 {
     s_io *io = vc;
     const s_lsq *p = q->priv;

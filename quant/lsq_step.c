@@ -91,7 +91,7 @@ static void s_fill_sv(eq_quant *q)
     for (int64_t k = 0; k < q->g; k++) p->sv[k] = s_step_of(st, k);
 }
 
-EQ_QSIMD static void s_abs_chunk(eq_quant *q, void *vc, int64_t ch, int64_t lo, int64_t hi)
+EQ_QSIMD_WIDE static void s_abs_chunk(eq_quant *q, void *vc, int64_t ch, int64_t lo, int64_t hi)
 {
     s_io *io = vc;
     double *acc = io->acc + ch * q->g;
@@ -118,7 +118,7 @@ s_fwd_seg(const float *x, float *y, int64_t len, const float *sv, int64_t ss, fl
     }
 }
 
-EQ_QSIMD static void s_fwd_chunk(eq_quant *q, void *vc, int64_t ch, int64_t lo, int64_t hi)
+EQ_QSIMD_WIDE static void s_fwd_chunk(eq_quant *q, void *vc, int64_t ch, int64_t lo, int64_t hi)
 {
     (void)ch;
     const s_io *io = vc;
@@ -179,7 +179,7 @@ static inline __attribute__((always_inline)) float s_bwd_elem(float xv, float g,
     return g * d;
 }
 
-EQ_QSIMD static void s_bwd_chunk(eq_quant *q, void *vc, int64_t ch, int64_t lo, int64_t hi)
+EQ_QSIMD_WIDE static void s_bwd_chunk(eq_quant *q, void *vc, int64_t ch, int64_t lo, int64_t hi)
 {
     s_io *io = vc;
     const s_step *p = q->priv;

@@ -288,7 +288,7 @@ static s_seg s_seg_at(const s_nu *p, const eq_quant *q, int64_t k)
     return sg;
 }
 
-EQ_QSIMD static void s_cnt_chunk(eq_quant *q, void *vc, int64_t c, int64_t lo, int64_t hi)
+EQ_QSIMD_WIDE static void s_cnt_chunk(eq_quant *q, void *vc, int64_t c, int64_t lo, int64_t hi)
 {
     s_io *io = vc;
     const s_nu *p = q->priv;
@@ -320,7 +320,7 @@ EQ_QSIMD static void s_cnt_chunk(eq_quant *q, void *vc, int64_t c, int64_t lo, i
     for (int i = 0; i < p->na; i++) io->acc[c * p->na + i] = (double)cnt[i];
 }
 
-EQ_QSIMD static void s_fwd_chunk(eq_quant *q, void *vc, int64_t c, int64_t lo, int64_t hi)
+EQ_QSIMD_WIDE static void s_fwd_chunk(eq_quant *q, void *vc, int64_t c, int64_t lo, int64_t hi)
 {
     (void)c;
     s_io *io = vc;
@@ -354,7 +354,7 @@ EQ_QSIMD static void s_fwd_chunk(eq_quant *q, void *vc, int64_t c, int64_t lo, i
     }
 }
 
-EQ_QSIMD static void s_scale_chunk(eq_quant *q, void *vc, int64_t c, int64_t lo, int64_t hi)
+EQ_QSIMD_WIDE static void s_scale_chunk(eq_quant *q, void *vc, int64_t c, int64_t lo, int64_t hi)
 {
     (void)q, (void)c;
     s_io *io = vc;
@@ -408,7 +408,7 @@ static eq_status s_forward(eq_quant *q, const float *x, float *y, eq_err *err)
     (sgd ? s_bwd_row(x, gy, gx, len, sg, b, 1, sc, a, g, NA, FULL)                                       \
          : s_bwd_row(x, gy, gx, len, sg, b, 0, sc, a, g, NA, FULL))
 
-EQ_QSIMD static void s_bwd_chunk(eq_quant *q, void *vc, int64_t c, int64_t lo, int64_t hi)
+EQ_QSIMD_WIDE static void s_bwd_chunk(eq_quant *q, void *vc, int64_t c, int64_t lo, int64_t hi)
 {
     s_io *io = vc;
     const s_nu *p = q->priv;

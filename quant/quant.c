@@ -677,7 +677,7 @@ static eq_status s_reserve(eq_quant *q, int64_t n, eq_err *err)
 /* var-mean (§2.3): per contiguous norm group, detached mean and unbiased
  * std, each sum in double over four interleaved lanes (a fixed order; the
  * lanes vectorize). */
-EQ_QSIMD static void s_norm_group(const float *p, int64_t per, float eps, float *o, float *mean, float *std)
+EQ_QSIMD_WIDE static void s_norm_group(const float *p, int64_t per, float eps, float *o, float *mean, float *std)
 {
     double mu = eq_qsum(p, per) / (double)per;
     double v0 = 0, v1 = 0, v2 = 0, v3 = 0;
@@ -713,7 +713,7 @@ static eq_status s_var_mean(eq_quant *q, const float *x, eq_err *err)
 }
 
 /* gx /= std per norm group. */
-EQ_QSIMD static void s_unnorm(float *gx, int64_t per, int64_t G, const float *std)
+EQ_QSIMD_WIDE static void s_unnorm(float *gx, int64_t per, int64_t G, const float *std)
 {
     for (int64_t k = 0; k < G; k++) {
         float inv = std[k];

@@ -119,20 +119,29 @@ int eq_quant_param_shape(const eq_quant *q, int64_t g, int64_t shape[4]);
 static inline int eq_quant_steps(const eq_quant *q) { return (int)*q->level_num - 1; }
 
 /* EQ_QSIMD marks the functions that hold the elementwise loops: GCC builds
- * each of them for AVX-512, AVX2 and baseline x86-64 and picks one at load
- * time (target_clones; an ifunc).  The loops do the same IEEE operations in
- * the same order in every clone (no FMA: none of these targets implies it,
- * and -ffp-contract=off forbids contraction anyway), so results are
- * bit-identical whichever clone runs; only the vector width differs.
- * Other compilers and targets, and sanitizer builds, get the plain
- * function.  Define EQ_QSIMD empty (-DEQ_QSIMD=) to build without clones. */
+ * each of them for AVX2 and baseline x86-64 and picks one at load time
+ * (target_clones; an ifunc); EQ_QSIMD_WIDE adds an AVX-512 clone.  The loops
+ * do the same IEEE operations in the same order in every clone (no FMA: none
+ * of these targets implies it, and -ffp-contract=off forbids contraction
+ * anyway), so results are bit-identical whichever clone runs; only the
+ * vector width differs.  AVX-512 is used only where it measured faster
+ * (doc/performance.md, 2026-11-27 session 4: the DoReFa weight's tanh and
+ * max/backward loops, lsq, lsq-step, nonuniform and the var-mean
+ * normalisation); the compare-and-blend loops of pact, DoReFa activations,
+ * bin and xnor ran 10-40 % slower with it.  Other compilers and targets, and
+ * sanitizer builds, get the plain function.  Define EQ_QSIMD (e.g. empty:
+ * -DEQ_QSIMD=) to give every loop that attribute instead. */
 #ifndef EQ_QSIMD
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && \
     !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
-#define EQ_QSIMD __attribute__((target_clones("avx512f", "avx2", "default")))
+#define EQ_QSIMD __attribute__((target_clones("avx2", "default")))
+#define EQ_QSIMD_WIDE __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define EQ_QSIMD
 #endif
+#endif
+#ifndef EQ_QSIMD_WIDE
+#define EQ_QSIMD_WIDE EQ_QSIMD
 #endif
 
 /* PyTorch round(): half to even. */
