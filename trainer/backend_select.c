@@ -8,6 +8,7 @@
 #include "config.h"
 
 #include "trainer/backend_select.h"
+#include "trainer/dist.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -80,7 +81,8 @@ static const eq_cuda_plugin *s_try(const char *path, char *why, size_t why_len)
     if (p->backend_iface != EQ_BACKEND_IFACE_VERSION || p->size_table != sizeof(eq_cuda_plugin) ||
         p->size_err != sizeof(eq_err) || p->size_opts != sizeof(eq_cuda_opts) ||
         p->size_backend != sizeof(struct eq_backend) ||
-        p->size_iface != sizeof(struct eq_backend_i)) {
+        p->size_iface != sizeof(struct eq_backend_i) || p->size_comm_iface != sizeof(eq_comm_i) ||
+        p->size_comm_seg != sizeof(eq_comm_seg)) {
         s_append(why, why_len,
                  "%s: stale module (built against backend interface %d with a %zu-byte table; "
                  "this program has %d, %zu bytes): rebuild or reinstall it",
@@ -192,6 +194,41 @@ eq_status eq_backend_open_opts(const eq_backend_opts *o, eq_backend **out, eq_er
 #endif
     }
     return eq_err_set(err, EQ_ERR_INVALID, "backend '%s': unknown (known: cpu, cuda)", o->name);
+}
+
+eq_status eq_comm_nccl_unique_id(uint8_t *id, size_t len, eq_err *err)
+{
+    if (!id || len != EQ_COMM_NCCL_ID_BYTES)
+        return eq_err_set(err, EQ_ERR_INVALID, "nccl: the unique id needs a buffer of %d bytes (got %zu)",
+                          EQ_COMM_NCCL_ID_BYTES, id ? len : (size_t)0);
+#ifdef EQ_HAVE_CUDA
+    char why[EQ_ERR_MSG_LEN];
+    const eq_cuda_plugin *p = s_load(why, sizeof why);
+    if (!p) return eq_err_set(err, EQ_ERR_UNSUPPORTED, "nccl: %s", why);
+    if (!p->nccl_unique_id)
+        return eq_err_set(err, EQ_ERR_UNSUPPORTED, "nccl: the CUDA module was built without NCCL (configure found "
+                                                   "no nccl.h/libnccl beside CUDA)");
+    return p->nccl_unique_id(id, len, err);
+#else
+    return eq_err_set(err, EQ_ERR_UNSUPPORTED, "nccl: eq was built without CUDA");
+#endif
+}
+
+eq_status eq_backend_cuda_nccl_comm(eq_backend *be, const uint8_t *id, size_t id_len, int rank, int world,
+                                    double timeout_s, const eq_comm_i **iface, void **ctx, eq_err *err)
+{
+#ifdef EQ_HAVE_CUDA
+    char why[EQ_ERR_MSG_LEN];
+    const eq_cuda_plugin *p = s_load(why, sizeof why);
+    if (!p) return eq_err_set(err, EQ_ERR_UNSUPPORTED, "nccl: %s", why);
+    if (!p->nccl_comm_new)
+        return eq_err_set(err, EQ_ERR_UNSUPPORTED, "nccl: the CUDA module was built without NCCL (configure found "
+                                                   "no nccl.h/libnccl beside CUDA)");
+    return p->nccl_comm_new(be, id, id_len, rank, world, timeout_s, iface, ctx, err);
+#else
+    (void)be, (void)id, (void)id_len, (void)rank, (void)world, (void)timeout_s, (void)iface, (void)ctx;
+    return eq_err_set(err, EQ_ERR_UNSUPPORTED, "nccl: eq was built without CUDA");
+#endif
 }
 
 eq_status eq_backend_open(const char *name, int device, eq_backend **out, eq_err *err)

@@ -800,3 +800,32 @@ eq_comm *eq_comm_ring_connect(eq_comm_ring **r_p, const eq_dist_world *w, eq_err
     r->bk[b].nsegs = 0;
     return c;
 }
+
+/* ================================================================ NCCL */
+
+eq_comm *eq_comm_nccl_new(eq_backend *be, const eq_dist_world *w, int timeout_ms, eq_err *err)
+{
+    if (!w || w->world < 1 || w->world > EQ_DIST_MAX_WORLD || w->rank < 0 || w->rank >= w->world) {
+        eq_err_set(err, EQ_ERR_INVALID, "nccl: bad world");
+        return NULL;
+    }
+    if (w->blob_len != EQ_COMM_NCCL_ID_BYTES) {
+        eq_err_set(err, EQ_ERR_PROTO,
+                   "nccl rank %d/%d: the rendezvous carried %zu bytes from rank 0 where the NCCL unique id (%d "
+                   "bytes) belongs: does rank 0 run [train] backend = cuda?",
+                   w->rank, w->world, w->blob_len, EQ_COMM_NCCL_ID_BYTES);
+        return NULL;
+    }
+    if (!be) {
+        eq_err_set(err, EQ_ERR_INVALID, "nccl rank %d/%d: no CUDA backend", w->rank, w->world);
+        return NULL;
+    }
+    const eq_comm_i *iface = NULL;
+    void *ctx = NULL;
+    double timeout_s = (timeout_ms > 0 ? timeout_ms : 60000) / 1000.0;
+    if (eq_backend_cuda_nccl_comm(be, w->blob, w->blob_len, w->rank, w->world, timeout_s, &iface, &ctx, err))
+        return NULL;
+    eq_comm *c = eq_comm_new(iface, ctx, w->rank, w->world, err);
+    if (!c) iface->destroy(ctx);
+    return c;
+}

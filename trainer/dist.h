@@ -44,6 +44,16 @@
  * Memory: the CPU ring reads and writes segments with the CPU, so they
  * must be host memory (the CPU backend's device memory is host memory).
  *
+ * NCCL (eq_comm_nccl_*, backend = cuda with several ranks, doc/gpu.md):
+ * rank 0 makes a 128-byte NCCL unique id through the CUDA module and gives
+ * it to the rendezvous as the blob; every rank passes the world it got to
+ * eq_comm_nccl_new, which checks the blob and joins the NCCL communicator
+ * on its CUDA backend's GPU.  Segments may be device memory (reduced on
+ * the GPU, ordered after the backend's compute stream, the wait queueing
+ * the compute stream behind the reduction without blocking the host) or
+ * host memory (staged through pinned memory; the wait blocks).  The
+ * implementation is trainer/cuda/collective.h over trainer/cuda/nccl.h.
+ *
  * Thread safety: an eq_comm is used by one thread (the training loop); its
  * own thread touches only the segments of buckets between start and wait.
  */
@@ -56,6 +66,7 @@
 #include <stdint.h>
 
 #include "core/status.h"
+#include "trainer/backend.h"
 
 #define EQ_DIST_MAX_WORLD 64
 #define EQ_DIST_EP_CAP 256
@@ -176,5 +187,33 @@ const char *eq_comm_ring_endpoint(const eq_comm_ring *r);
 eq_comm *eq_comm_ring_connect(eq_comm_ring **r_p, const eq_dist_world *w, eq_err *err);
 /* NULL-safe; NULLs *r_p (for a ring never connected). */
 void eq_comm_ring_destroy(eq_comm_ring **r_p);
+
+/* ---- NCCL (through the CUDA module) ------------------------------------------- */
+
+#define EQ_COMM_NCCL_ID_BYTES 128
+
+/* Rank 0: a fresh NCCL unique id into id[0..len) (len must be
+ * EQ_COMM_NCCL_ID_BYTES), for eq_dist_me.blob.  EQ_ERR_UNSUPPORTED in a
+ * build without CUDA, when the CUDA module does not load or has no NCCL;
+ * EQ_ERR_NET when NCCL fails.  (Defined in trainer/backend_select.c, which
+ * owns the module.) */
+eq_status eq_comm_nccl_unique_id(uint8_t *id, size_t len, eq_err *err);
+
+/* Join the NCCL communicator whose unique id is w->blob as rank w->rank of
+ * w->world, on the CUDA backend `be` (from eq_backend_open("cuda"); it must
+ * outlive the comm).  timeout_ms (<= 0: 60000) bounds the initialisation
+ * and every collective; on a failure or timeout the communicator is
+ * aborted and that call and every later one fail naming this rank (see
+ * trainer/cuda/collective.h).  Errors: EQ_ERR_PROTO when the blob is not
+ * a 128-byte id (rank 0 runs another backend, or a corrupt welcome),
+ * EQ_ERR_INVALID, EQ_ERR_UNSUPPORTED (no CUDA/NCCL), EQ_ERR_TIMEOUT (a peer
+ * did not arrive), EQ_ERR_NET, EQ_ERR_INTERNAL.  Caller owns the result. */
+eq_comm *eq_comm_nccl_new(eq_backend *be, const eq_dist_world *w, int timeout_ms, eq_err *err);
+
+/* The CUDA module's communicator (trainer/cuda/nccl.h's eq_nccl_comm_new
+ * through the module's table; trainer/backend_select.c): the
+ * implementation and context that eq_comm_nccl_new wraps. */
+eq_status eq_backend_cuda_nccl_comm(eq_backend *be, const uint8_t *id, size_t id_len, int rank, int world,
+                                    double timeout_s, const eq_comm_i **iface, void **ctx, eq_err *err);
 
 #endif

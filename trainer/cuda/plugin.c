@@ -5,6 +5,9 @@
 #include "config.h"
 
 #include "trainer/cuda/plugin.h"
+#ifdef EQ_HAVE_NCCL
+#include "trainer/cuda/nccl.h"
+#endif
 
 #include <stdio.h>
 
@@ -46,9 +49,15 @@ static const eq_cuda_plugin s_table = {
     .size_opts = sizeof(eq_cuda_opts),
     .size_backend = sizeof(struct eq_backend),
     .size_iface = sizeof(struct eq_backend_i),
+    .size_comm_iface = sizeof(eq_comm_i),
+    .size_comm_seg = sizeof(eq_comm_seg),
     .set_logv = s_set_logv,
     .device_count = eq_cuda_device_count,
     .backend_new = eq_backend_cuda_new,
+#ifdef EQ_HAVE_NCCL
+    .nccl_unique_id = eq_nccl_unique_id,
+    .nccl_comm_new = eq_nccl_comm_new,
+#endif
 };
 
 const eq_cuda_plugin *eq_cuda_plugin_entry(void)

@@ -21,19 +21,26 @@
  * sizes of those structs before using anything else in the table; a
  * stale module is refused with an error naming it.  Bump
  * EQ_CUDA_PLUGIN_ABI when this table changes.
+ *
+ * ABI 2 added the NCCL communicator (trainer/cuda/nccl.h): nccl_unique_id
+ * and nccl_comm_new, whose eq_comm_i table and eq_comm_seg arrays cross
+ * the boundary too (their sizes are checked as well).  Both are NULL in a
+ * module built without NCCL.
  */
 #ifndef EQ_TRAINER_CUDA_PLUGIN_H
 #define EQ_TRAINER_CUDA_PLUGIN_H
 
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "core/log.h"
 #include "core/status.h"
 #include "trainer/backend.h"
 #include "trainer/cuda/cuda.h"
+#include "trainer/dist.h"
 
-#define EQ_CUDA_PLUGIN_ABI 1
+#define EQ_CUDA_PLUGIN_ABI 2
 #define EQ_CUDA_PLUGIN_FILE "eqcuda.so"
 #define EQ_CUDA_PLUGIN_SYMBOL "eq_cuda_plugin_entry"
 
@@ -48,11 +55,18 @@ typedef struct eq_cuda_plugin {
     size_t size_opts;        /* sizeof(eq_cuda_opts) */
     size_t size_backend;     /* sizeof(struct eq_backend) */
     size_t size_iface;       /* sizeof(struct eq_backend_i) */
+    size_t size_comm_iface;  /* sizeof(eq_comm_i) */
+    size_t size_comm_seg;    /* sizeof(eq_comm_seg) */
     /* Route the module's log lines to `fn` (the host's eq_logv); call once,
      * before anything else.  Until then the module writes them to stderr. */
     void (*set_logv)(eq_cuda_plugin_logv_fn fn);
     int (*device_count)(char *why, size_t why_len);                 /* eq_cuda_device_count */
     eq_backend *(*backend_new)(const eq_cuda_opts *o, eq_err *err); /* eq_backend_cuda_new */
+    /* eq_nccl_unique_id and eq_nccl_comm_new (trainer/cuda/nccl.h); NULL
+     * without NCCL.  `be` must come from this module's backend_new. */
+    eq_status (*nccl_unique_id)(uint8_t *id, size_t len, eq_err *err);
+    eq_status (*nccl_comm_new)(eq_backend *be, const uint8_t *id, size_t id_len, int rank, int world,
+                               double timeout_s, const eq_comm_i **iface, void **ctx, eq_err *err);
 } eq_cuda_plugin;
 
 typedef const eq_cuda_plugin *(*eq_cuda_plugin_entry_fn)(void);
