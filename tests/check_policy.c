@@ -79,8 +79,16 @@ static const struct {
     const char *text, *want;
 } s_bad[] = {
     {"on init:\nby_index: 0\nfoo: 1\n", "p.txt:3: unknown attribute 'foo'"},
-    {"on init:\nby_index: 0\nenable: False\n", "p.txt:3: attribute 'enable'"},
-    {"on init:\nby_index: 0\nstable: 100\n", "p.txt:3: attribute 'stable'"},
+    {"on init:\nby_index: 0\nmethod: lsq\n", "p.txt:3: attribute 'method': eq's quantizers fix"},
+    {"on init:\nby_index: 0\nbit: 3\n", "p.txt:3: attribute 'bit'"},
+    {"on init:\nby_index: 0\nenable: maybe\n", "p.txt:3: quant option enable: 'maybe'"},
+    {"on init:\nby_index: 0\nenable: True, False\n", "p.txt:3: attribute 'enable' takes one value"},
+    {"on init:\nby_index: 0\nstable: -1\n", "p.txt:3: quant option stable"},
+    {"on epoch: 2\nby_index: 0\nstable: 1.5\n", "p.txt:3: quant option stable: '1.5'"},
+    {"on init:\nby_index: 0\nadaptive_restore: 2\n", "p.txt:3: quant option adaptive_restore"},
+    {"on init:\nby_index: 0\nquant_loss_enable: x\n", "p.txt:3: quant option quant_loss_enable"},
+    {"on init:\nby_index: 0\nquant_loss_function: L3\n", "p.txt:3: quant option quant_loss_function: 'L3'"},
+    {"on init:\nby_index: 0\nquant_loss_alpha: nan\n", "p.txt:3: quant option quant_loss_alpha: 'nan'"},
     {"on norm:\nby_index: 0\nclip_val: 1\n", "p.txt:1: section 'norm'"},
     {"on:\n", "p.txt:1: header 'on' names no section"},
     {"on epoch: 1\nby_index: 0\nclip_val: 1\non epoch: 2\n", "p.txt:4: a second 'on epoch' section"},
@@ -141,12 +149,16 @@ typedef struct s_fix {
     eq_optim *o;
     eq_qlayers *t;
     eq_model_quant_cfg wt, fm;
+    float *in; /* a device input [2][8][8][1] */
 } s_fix;
 
 /* ResNet-20 as the Fashion-MNIST LSQ config builds it (real_skip: the two
- * strided blocks' shortcuts are FP), 2-bit LSQ weights (var-mean) and
- * activations; wt_method replaces the weight method. */
-static void s_setup(s_fix *x, const char *wt_method)
+ * strided blocks' shortcuts are FP), weights and activations quantized by
+ * the given methods with extra option lines (NULL: 2-bit lsq, var-mean
+ * weights), for inputs of [2][8][8][1]; x->in is such an input on the
+ * device. */
+static void s_setup_q(s_fix *x, const char *wt_method, const char *wt_extra, const char *fm_method,
+                      const char *fm_extra, const char *keyword)
 {
     eq_err err = {0};
     memset(x, 0, sizeof *x);
@@ -154,13 +166,13 @@ static void s_setup(s_fix *x, const char *wt_method)
     eq_config_section secs[EQ_MODEL_CONFIG_NSECTIONS];
     eq_model_config_sections(&mc, &x->wt, &x->fm, secs);
     char text[1024];
-    snprintf(
-        text, sizeof text,
-        "[model]\narch = resnet20\nkeyword = origin, cbsa, fix_pooling, singleconv, fix, real_skip, cifar10\n"
-        "in_channels = 1\nwidth_alpha = 0.125\n"
-        "[quant.wt]\nenable = true\nmethod = %s\nbit = 2\nquant_group = 1\n%s"
-        "[quant.fm]\nenable = true\nmethod = lsq\nbit = 2\n",
-        wt_method, strcmp(wt_method, "lsq") ? "" : "adaptive = var-mean\n");
+    snprintf(text, sizeof text,
+             "[model]\narch = resnet20\nkeyword = origin, cbsa, fix_pooling, singleconv, fix, real_skip, cifar10%s\n"
+             "in_channels = 1\nwidth_alpha = 0.125\n"
+             "[quant.wt]\nenable = true\nmethod = %s\nquant_group = 1\n%s"
+             "[quant.fm]\nenable = true\nmethod = %s\n%s",
+             keyword ? keyword : "", wt_method, wt_extra ? wt_extra : "bit = 2\nadaptive = var-mean\n", fm_method ? fm_method : "lsq",
+             fm_extra ? fm_extra : "bit = 2\n");
     OK(eq_config_parse_buffer(secs, EQ_MODEL_CONFIG_NSECTIONS, "m.cfg", text, strlen(text), NULL, 0, &err));
     x->be = eq_backend_cpu_new(1, &err);
     ck_assert_ptr_nonnull(x->be);
@@ -176,10 +188,22 @@ static void s_setup(s_fix *x, const char *wt_method)
     const eq_model_quant_cfg *q[EQ_QTAG_COUNT] = {&x->wt, &x->fm, NULL};
     x->t = eq_qlayers_new(x->m, q, &err);
     ck_assert_msg(x->t != NULL, "%s", err.msg);
+    float h[2 * 8 * 8];
+    for (int i = 0; i < 2 * 8 * 8; i++)
+        h[i] = sinf(0.37f * (float)i) + 0.25f * cosf(1.9f * (float)i);
+    x->in = eq_backend_alloc(x->be, sizeof h, &err);
+    ck_assert_ptr_nonnull(x->in);
+    OK(eq_backend_upload(x->be, x->in, h, sizeof h, &err));
+}
+
+static void s_setup(s_fix *x, const char *wt_method)
+{
+    s_setup_q(x, wt_method, strcmp(wt_method, "lsq") ? "bit = 2\n" : NULL, NULL, NULL, NULL);
 }
 
 static void s_teardown(s_fix *x)
 {
+    if (x->in) eq_backend_release(x->be, x->in);
     eq_qlayers_destroy(&x->t);
     eq_optim_destroy(&x->o);
     eq_model_destroy(&x->m);
@@ -386,6 +410,342 @@ START_TEST(test_stats)
 }
 END_TEST
 
+
+/* ---- run-time options (enable, stable, adaptive_restore, quant_loss_*) ---- */
+
+/* A training forward of the fixture's input. */
+static void s_forward(s_fix *x)
+{
+    eq_err err = {0};
+    OK(eq_model_forward(x->m, x->in, true, &err));
+}
+
+/* A host copy of what quantizer (layer, tag) produced in the last forward. */
+static float *s_qout(const s_fix *x, const char *layer, eq_quant_tag tag, int64_t *n)
+{
+    eq_err err = {0};
+    const float *d = eq_model_quant_output(x->m, layer, tag, n);
+    ck_assert_msg(d != NULL && *n > 0, "%s %s: no quantizer output", layer, eq_quant_tag_name(tag));
+    float *h = malloc((size_t)*n * sizeof *h);
+    ck_assert_ptr_nonnull(h);
+    OK(eq_backend_download(x->be, h, d, (size_t)*n * sizeof *h, &err));
+    return h;
+}
+
+static int s_cmp_f(const void *a, const void *b)
+{
+    float x = *(const float *)a, y = *(const float *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Distinct values of v[n] (sorted into a copy). */
+static size_t s_distinct(const float *v, int64_t n)
+{
+    float *c = malloc((size_t)n * sizeof *c);
+    ck_assert_ptr_nonnull(c);
+    memcpy(c, v, (size_t)n * sizeof *c);
+    qsort(c, (size_t)n, sizeof *c, s_cmp_f);
+    size_t d = n > 0;
+    for (int64_t i = 1; i < n; i++)
+        d += c[i] != c[i - 1];
+    free(c);
+    return d;
+}
+
+static void s_apply(s_fix *x, const char *text, eq_policy_section sec, bool options_only)
+{
+    eq_err err = {0};
+    eq_policy *p = eq_policy_parse(text, "p.txt", &err);
+    ck_assert_msg(p != NULL, "%s", err.msg);
+    OK(eq_policy_check(p, x->t, &err));
+    OK(eq_policy_apply(p, sec, options_only, x->t, x->o, &err));
+    eq_policy_destroy(&p);
+}
+
+/* lsq 2-bit half range, as quant/ computes it: c * R(clip(x/c, 0, 1) * 3) / 3. */
+static float s_lsq_fm(float v, float c)
+{
+    float r = v / c;
+    r = r < 0 ? 0 : r > 1 ? 1 : r;
+    return rintf(r * 3.0f) / 3.0f * c;
+}
+
+START_TEST(test_option_enable)
+{
+    eq_err err = {0};
+    s_fix x;
+    s_setup(&x, "lsq");
+    const char *L7 = "layer2.0.conv1";
+    eq_quant *fm7 = eq_model_quant(x.m, L7, EQ_QTAG_FM), *wt7 = eq_model_quant(x.m, L7, EQ_QTAG_WT);
+    ck_assert(fm7 && wt7 && eq_quant_enabled(fm7) && eq_quant_enabled(wt7));
+    s_forward(&x);
+    int64_t n, nw;
+    float *q0 = s_qout(&x, L7, EQ_QTAG_FM, &n);
+    ck_assert_uint_le(s_distinct(q0, n), 4); /* 2 bits */
+    /* both of layer 7's quantizers off: the identity */
+    s_apply(&x, "on init:\nby_index: 7\nenable: False\n", EQ_POLICY_INIT, false);
+    ck_assert(!eq_quant_enabled(fm7) && !eq_quant_enabled(wt7));
+    ck_assert(eq_quant_enabled(eq_model_quant(x.m, "layer2.0.conv2", EQ_QTAG_FM)));
+    s_forward(&x);
+    float *xin = s_qout(&x, L7, EQ_QTAG_FM, &n);
+    ck_assert_uint_gt(s_distinct(xin, n), 4);
+    float *w = s_qout(&x, L7, EQ_QTAG_WT, &nw);
+    const eq_model_tensor *wt = eq_model_tensor_find(x.m, "layer2.0.conv1.weight");
+    ck_assert_int_eq(nw, (int64_t)wt->numel);
+    ck_assert_mem_eq(w, wt->data, wt->numel * sizeof(float)); /* y = w exactly */
+    free(w);
+    /* back on, by an epoch rule re-applied as a resume does (options
+     * only): the fm output is the quantized identity output again */
+    s_apply(&x, "on epoch: 3\nby_index: 7\nby_tag: fm\nenable: True\n", EQ_POLICY_EPOCH, true);
+    ck_assert(eq_quant_enabled(fm7) && !eq_quant_enabled(wt7));
+    float c = fabsf(s_val(&x, 7, EQ_QTAG_FM, "clip_val"));
+    s_forward(&x);
+    float *y = s_qout(&x, L7, EQ_QTAG_FM, &n);
+    size_t nonzero = 0;
+    for (int64_t i = 0; i < n; i++) {
+        ck_assert_msg(fabsf(y[i] - s_lsq_fm(xin[i], c)) <= 1e-6f * c, "element %lld: %g vs Q(%g) = %g",
+                      (long long)i, y[i], xin[i], s_lsq_fm(xin[i], c));
+        nonzero += y[i] != 0;
+    }
+    ck_assert_uint_gt(nonzero, 0);
+    free(y);
+    free(xin);
+    free(q0);
+    (void)err;
+    s_teardown(&x);
+}
+END_TEST
+
+START_TEST(test_option_stable)
+{
+    s_fix x;
+    s_setup(&x, "lsq");
+    const char *L8 = "layer2.0.conv2";
+    /* warm-up of 100 iterations: x passes through and the clip becomes the
+     * running mean of max|x| (the first forward: max|x| itself) */
+    s_apply(&x, "on init:\nby_index: 8\nby_tag: fm\nstable: 100\n", EQ_POLICY_INIT, false);
+    ck_assert_int_eq(eq_quant_options(eq_model_quant(x.m, L8, EQ_QTAG_FM))->stable, 100);
+    s_forward(&x);
+    int64_t n;
+    float *y = s_qout(&x, L8, EQ_QTAG_FM, &n);
+    ck_assert_uint_gt(s_distinct(y, n), 4);
+    float mx = 0;
+    for (int64_t i = 0; i < n; i++)
+        mx = fabsf(y[i]) > mx ? fabsf(y[i]) : mx;
+    ck_assert_float_eq_tol(s_val(&x, 8, EQ_QTAG_FM, "clip_val"), mx, 1e-6f * mx);
+    free(y);
+    /* the layer before it quantizes as usual */
+    y = s_qout(&x, "layer2.0.conv1", EQ_QTAG_FM, &n);
+    ck_assert_uint_le(s_distinct(y, n), 4);
+    free(y);
+    /* stable 0: quantized from the next forward */
+    s_apply(&x, "on epoch: 1\nby_index: 8\nby_tag: fm\nstable: 0\n", EQ_POLICY_EPOCH, false);
+    s_forward(&x);
+    y = s_qout(&x, L8, EQ_QTAG_FM, &n);
+    ck_assert_uint_le(s_distinct(y, n), 4);
+    free(y);
+    s_teardown(&x);
+}
+END_TEST
+
+START_TEST(test_option_adaptive_restore)
+{
+    s_fix x;
+    s_setup(&x, "lsq"); /* var-mean weights, one norm group */
+    const char *L7 = "layer2.0.conv1";
+    s_forward(&x);
+    int64_t n;
+    float *y0 = s_qout(&x, L7, EQ_QTAG_WT, &n);
+    ck_assert_uint_le(s_distinct(y0, n), 4);
+    s_apply(&x, "on init:\nby_index: 7\nby_tag: wt\nadaptive_restore: True\n", EQ_POLICY_INIT, false);
+    s_forward(&x);
+    float *y1 = s_qout(&x, L7, EQ_QTAG_WT, &n);
+    /* y * (std + norm_eps) + mean, unbiased std over the weight (eps 0) */
+    const eq_model_tensor *w = eq_model_tensor_find(x.m, "layer2.0.conv1.weight");
+    const float *wd = w->data;
+    double sum = 0, var = 0;
+    for (size_t i = 0; i < w->numel; i++)
+        sum += wd[i];
+    double mu = sum / (double)w->numel;
+    for (size_t i = 0; i < w->numel; i++)
+        var += (wd[i] - mu) * (wd[i] - mu);
+    double sd = sqrt(var / (double)(w->numel - 1));
+    for (int64_t i = 0; i < n; i++)
+        ck_assert_msg(fabs(y1[i] - (y0[i] * sd + mu)) <= 1e-5 * (fabs(y0[i] * sd) + fabs(mu)) + 1e-7,
+                      "element %lld: %g, expected %g", (long long)i, y1[i], y0[i] * sd + mu);
+    ck_assert_uint_gt(s_distinct(y1, n), 1);
+    free(y0);
+    free(y1);
+    s_teardown(&x);
+}
+END_TEST
+
+START_TEST(test_option_quant_loss)
+{
+    s_fix x;
+    s_setup(&x, "lsq");
+    const char *L8 = "layer2.0.conv2";
+    eq_quant *q = eq_model_quant(x.m, L8, EQ_QTAG_FM);
+    /* the quantizer's input: its output while disabled */
+    s_apply(&x, "on init:\nby_index: 8\nby_tag: fm\nenable: False\n", EQ_POLICY_INIT, false);
+    s_forward(&x);
+    ck_assert_double_eq(eq_quant_aux_loss(q), 0);
+    int64_t n;
+    float *xin = s_qout(&x, L8, EQ_QTAG_FM, &n);
+    s_apply(&x,
+            "on epoch: 2\nby_index: 8\nby_tag: fm\nenable: True\nquant_loss_enable: True\n"
+            "quant_loss_function: 'L2'\nquant_loss_alpha: 0.5\n",
+            EQ_POLICY_EPOCH, false);
+    s_forward(&x);
+    float *y = s_qout(&x, L8, EQ_QTAG_FM, &n);
+    double mse = 0;
+    for (int64_t i = 0; i < n; i++)
+        mse += ((double)xin[i] - y[i]) * ((double)xin[i] - y[i]);
+    mse /= (double)n;
+    ck_assert_double_gt(mse, 0);
+    ck_assert_double_eq_tol(eq_quant_aux_loss(q), 0.5 * mse, 1e-5 * mse);
+    /* another layer has none; None switches it off */
+    ck_assert_double_eq(eq_quant_aux_loss(eq_model_quant(x.m, "layer2.0.conv1", EQ_QTAG_FM)), 0);
+    s_apply(&x, "on epoch: 3\nby_index: 8\nby_tag: fm\nquant_loss_function: None\n", EQ_POLICY_EPOCH, true);
+    s_forward(&x);
+    ck_assert_double_eq(eq_quant_aux_loss(q), 0);
+    free(xin);
+    free(y);
+    s_teardown(&x);
+}
+END_TEST
+
+/* The JSON of what an application changes: options only on a resume. */
+START_TEST(test_changes_json)
+{
+    eq_err err = {0};
+    s_fix x;
+    s_setup(&x, "lsq");
+    eq_policy *p = eq_policy_parse("on epoch: 1\nby_index: 7 8\nby_tag: fm\nclip_val: 2\nenable: False\n"
+                                   "by_index: all\nquant_loss_function: \"QDL\"\n",
+                                   "p.txt", &err);
+    ck_assert_msg(p != NULL, "%s", err.msg);
+    char *js = NULL;
+    OK(eq_policy_changes_json(p, EQ_POLICY_EPOCH, false, x.t, &js, &err));
+    ck_assert_str_eq(js, "[{\"line\":4,\"key\":\"clip_val\",\"value\":\"2\",\"quantizers\":2},"
+                         "{\"line\":5,\"key\":\"enable\",\"value\":\"False\",\"quantizers\":2},"
+                         "{\"line\":7,\"key\":\"quant_loss_function\",\"value\":\"\\\"QDL\\\"\","
+                         "\"quantizers\":36}]");
+    free(js);
+    OK(eq_policy_changes_json(p, EQ_POLICY_EPOCH, true, x.t, &js, &err));
+    ck_assert_str_eq(js, "[{\"line\":5,\"key\":\"enable\",\"value\":\"False\",\"quantizers\":2},"
+                         "{\"line\":7,\"key\":\"quant_loss_function\",\"value\":\"\\\"QDL\\\"\","
+                         "\"quantizers\":36}]");
+    free(js);
+    OK(eq_policy_changes_json(p, EQ_POLICY_INIT, false, x.t, &js, &err));
+    ck_assert_str_eq(js, "[]");
+    free(js);
+    eq_policy_destroy(&p);
+    s_teardown(&x);
+}
+END_TEST
+
+/* ---- activation level fractions ------------------------------------------- */
+
+/* frac of entry (layer, tag) in the stats JSON: its L values, or -1 when
+ * the entry has no frac. */
+static int s_frac_of(const char *js, const char *layer, const char *tag, double *fr, int maxl)
+{
+    char key[128];
+    snprintf(key, sizeof key, "\"layer\":\"%s\",\"tag\":\"%s\"", layer, tag);
+    const char *e = strstr(js, key);
+    ck_assert_msg(e != NULL, "no entry %s", key);
+    const char *end = strchr(e, '}');
+    while (end && end[1] != ',' && end[1] != ']') /* per-group summaries nest objects */
+        end = strchr(end + 1, '}');
+    const char *f = strstr(e, "\"frac\":[");
+    if (!f || (end && f > end)) return -1;
+    f += 8;
+    int L = 0;
+    while (*f != ']' && L < maxl) {
+        char *stop;
+        fr[L++] = strtod(f, &stop);
+        f = *stop == ',' ? stop + 1 : stop;
+    }
+    return L;
+}
+
+/* For a one-group quantizer the levels are increasing in k: the nonzero
+ * fractions, in order, are the shares of the output's distinct values. */
+static void s_check_frac(const s_fix *x, const char *js, const char *layer, eq_quant_tag tag, int L)
+{
+    double fr[256];
+    int got = s_frac_of(js, layer, eq_quant_tag_name(tag), fr, 256);
+    ck_assert_msg(got == L, "%s %s: %d fractions, expected %d (%s)", layer, eq_quant_tag_name(tag), got, L,
+                  js);
+    int64_t n;
+    float *y = s_qout(x, layer, tag, &n);
+    qsort(y, (size_t)n, sizeof *y, s_cmp_f);
+    double sum = 0;
+    int k = 0, used = 0;
+    for (int64_t i = 0; i < n;) {
+        int64_t j = i;
+        while (j < n && y[j] == y[i])
+            j++;
+        while (k < L && fr[k] == 0)
+            k++;
+        ck_assert_msg(k < L, "%s %s: more distinct values than levels", layer, eq_quant_tag_name(tag));
+        ck_assert_msg(fabs(fr[k] - (double)(j - i) / (double)n) < 1e-5, "%s %s: level %d: %g vs %g", layer,
+                      eq_quant_tag_name(tag), k, fr[k], (double)(j - i) / (double)n);
+        sum += fr[k++];
+        used++;
+        i = j;
+    }
+    ck_assert_double_eq_tol(sum, 1.0, 1e-5);
+    ck_assert_msg(used >= 2, "%s %s: one level only", layer, eq_quant_tag_name(tag)); /* a real check */
+    free(y);
+}
+
+/* Methods of weights and activations, their options, level counts and an
+ * extra model keyword (NReLU: signed activations for xnor's sign levels). */
+static const struct {
+    const char *wt, *wt_opts, *fm, *fm_opts;
+    int wl, fl;
+    const char *kw;
+} s_methods[] = {
+    {"dorefa", "bit = 2\n", "dorefa", "bit = 2\n", 4, 4, ""},
+    {"lsq-step", "bit = 2\n", "pact", "bit = 3\n", 4, 8, ""},
+    {"nonuniform", "level = 3\nscale = 8\n", "lsq-step", "bit = 2\n", 3, 4, ""},
+    {"xnor", "bit = 1\n", "nonuniform", "bit = 2\n", 2, 4, ""},
+    {"bin", "bit = 1\n", "xnor", "bit = 1\n", 2, 2, ", NReLU"},
+    {"lsq", "bit = 2\n", "lsq", "bit = 2\n", 4, 4, ""},
+};
+
+START_TEST(test_stats_activations)
+{
+    eq_err err = {0};
+    s_fix x;
+    s_setup_q(&x, s_methods[_i].wt, s_methods[_i].wt_opts, s_methods[_i].fm, s_methods[_i].fm_opts,
+              s_methods[_i].kw);
+    s_forward(&x);
+    char *js = NULL;
+    OK(eq_qlayers_stats_json(x.t, &js, &err));
+    /* every quantized layer; the wt ones from the weights (lsq) or the
+     * forward's output */
+    for (size_t i = 0; i < eq_qlayers_count(x.t); i++) {
+        if (!eq_qlayers_has(x.t, i, EQ_QTAG_WT)) continue;
+        const char *name = eq_qlayers_name(x.t, i);
+        s_check_frac(&x, js, name, EQ_QTAG_FM, s_methods[_i].fl);
+        if (strcmp(s_methods[_i].wt, "lsq")) s_check_frac(&x, js, name, EQ_QTAG_WT, s_methods[_i].wl);
+    }
+    free(js);
+    /* a disabled quantizer's output is not on levels: no frac */
+    s_apply(&x, "on init:\nby_index: 7\nby_tag: fm\nenable: False\n", EQ_POLICY_INIT, false);
+    s_forward(&x);
+    OK(eq_qlayers_stats_json(x.t, &js, &err));
+    double fr[256];
+    ck_assert_int_eq(s_frac_of(js, "layer2.0.conv1", "fm", fr, 256), -1);
+    ck_assert_int_eq(s_frac_of(js, "layer2.0.conv2", "fm", fr, 256), s_methods[_i].fl);
+    free(js);
+    s_teardown(&x);
+}
+END_TEST
+
 static Suite *s_suite(void)
 {
     Suite *s = suite_create("policy");
@@ -401,6 +761,12 @@ static Suite *s_suite(void)
     tcase_add_test(tc, test_apply_progressive);
     tcase_add_test(tc, test_check_against_model);
     tcase_add_test(tc, test_stats);
+    tcase_add_test(tc, test_option_enable);
+    tcase_add_test(tc, test_option_stable);
+    tcase_add_test(tc, test_option_adaptive_restore);
+    tcase_add_test(tc, test_option_quant_loss);
+    tcase_add_test(tc, test_changes_json);
+    tcase_add_loop_test(tc, test_stats_activations, 0, (int)(sizeof s_methods / sizeof s_methods[0]));
     suite_add_tcase(s, tc);
     return s;
 }

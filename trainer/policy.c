@@ -307,6 +307,179 @@ static eq_status s_wt_frac(const eq_qlayers *t, const s_layer *l, const s_q *s, 
     return st;
 }
 
+/* The group of element `idx` of a quantizer output of n elements for a
+ * per-group parameter of G values: weights in G contiguous chunks (OIHW
+ * flattened), activations (NHWC / NC, C channels) in runs of C/G channels.
+ * -1 when G does not fit. */
+typedef struct s_grouping {
+    int64_t G, per; /* per: chunk length (weights) or channels per group */
+    bool wt;
+    int64_t C;
+} s_grouping;
+
+static bool s_grouping_init(s_grouping *g, int64_t G, bool wt, int64_t C, int64_t n)
+{
+    memset(g, 0, sizeof *g);
+    g->G = G > 0 ? G : 1;
+    g->wt = wt;
+    g->C = C;
+    if (g->G == 1) return true;
+    if (wt) {
+        if (n % g->G) return false;
+        g->per = n / g->G;
+        return true;
+    }
+    if (C <= 0 || n % C || C % g->G) return false;
+    g->per = C / g->G;
+    return true;
+}
+
+static inline int64_t s_group(const s_grouping *g, int64_t idx)
+{
+    if (g->G == 1) return 0;
+    return g->wt ? idx / g->per : (idx % g->C) / g->per;
+}
+
+/* Fraction of the elements at each of the L levels in what quantizer (l,
+ * tag) produced in the model's last forward (eq_model_quant_output), for
+ * methods whose output levels follow from the state: per group, level k is
+ * a*k + b -- dorefa (fm/ot k*c/n with c = boundary; wt 2kc/n - 1), pact
+ * (k*alpha/n), lsq (half range k*c/n, full 2kc/n - c, c = |clip_val|),
+ * lsq-step (s*(k + Qn)), nonuniform (integers 0..L-1, or -1..1 ternary),
+ * times gamma where there is one -- or the sign (bin, xnor: -E or +E, with
+ * |y| the same over each group where E is per group).  Every element must
+ * sit on a level (within 1e-3 of a step): an output that is not quantized
+ * (the quantizer disabled, in its warm-up, adaptive_restore on, or an eval
+ * forward of another shape ...) leaves frac[0] negative, as do lqnet, the
+ * closed-form nonuniform scale and a grouping that cannot be placed. */
+static eq_status s_out_frac(const eq_qlayers *t, const s_layer *l, int tag, const s_q *s, double *frac, int L,
+                            eq_err *err)
+{
+    eq_quant *q = eq_model_quant(t->model, l->name, (eq_quant_tag)tag);
+    int64_t n = 0;
+    const float *dev = eq_model_quant_output(t->model, l->name, (eq_quant_tag)tag, &n);
+    if (!q || !dev || n <= 0 || !eq_quant_enabled(q)) return EQ_OK;
+    const eq_quant_opts *o = eq_quant_options(q);
+    const char *m = s->method;
+    bool wt = tag == EQ_QTAG_WT, half = !wt && o->half_range;
+    int n1 = L - 1;
+    /* channels of the activation: the conv's input (fm) or output (ot) */
+    const eq_model_tensor *w = l->weight;
+    int64_t C = tag == EQ_QTAG_OT ? w->shape[0] : w->shape[1];
+    int sign = 0; /* 1: sign levels, |y| checked per group; 2: sign only */
+    const eq_quant_tensor *par = NULL; /* per-group clip / alpha / step */
+    double pa = 0, pb = 0;             /* level k = (pa*P + ...) see below */
+    int form;                          /* how a and b follow from P */
+    enum { F_CONST, F_HALF, F_FULL, F_STEP };
+    if (!strcmp(m, "dorefa")) {
+        double c = o->boundary;
+        form = F_CONST;
+        pa = wt ? 2.0 * c / n1 : c / n1;
+        pb = wt ? -1.0 : 0.0;
+    } else if (!strcmp(m, "pact")) {
+        form = F_HALF;
+        par = eq_quant_find(q, "clip_val");
+    } else if (!strcmp(m, "lsq")) {
+        form = half ? F_HALF : F_FULL;
+        par = eq_quant_find(q, "clip_val");
+    } else if (!strcmp(m, "lsq-step")) {
+        form = F_STEP;
+        par = eq_quant_find(q, "step_size");
+        pb = o->half_range ? 0.0 : -(double)(L / 2); /* Qn */
+    } else if (!strcmp(m, "nonuniform")) {
+        bool nhalf = tag == EQ_QTAG_FM && o->half_range;
+        if (o->closed_form || (!nhalf && L != 3)) return EQ_OK;
+        form = F_CONST;
+        pa = 1.0;
+        pb = nhalf ? 0.0 : -1.0;
+    } else if (!strcmp(m, "bin") || !strcmp(m, "xnor")) {
+        if (L != 2) return EQ_OK;
+        form = F_CONST;
+        sign = tag == EQ_QTAG_FM && o->custom != EQ_QCUSTOM_NONE ? 2 : 1;
+    } else {
+        return EQ_OK; /* lqnet: learned levels */
+    }
+    if ((form == F_HALF || form == F_FULL || form == F_STEP) && !par) return EQ_OK;
+    const eq_quant_tensor *gam = eq_quant_find(q, "gamma");
+    bool absv = !strcmp(m, "lsq"); /* c = |clip_val| */
+    s_grouping gp, gg, gs;
+    if (!s_grouping_init(&gp, par ? par->numel : 1, wt, C, n) ||
+        !s_grouping_init(&gg, gam ? gam->numel : 1, wt, C, n) ||
+        !s_grouping_init(&gs, sign == 1 ? (wt ? eq_quant_groups(q) : 1) : 1, wt, C, n))
+        return EQ_OK;
+    float *h = malloc((size_t)n * sizeof *h);
+    uint64_t *cnt = calloc((size_t)L, sizeof *cnt);
+    double *mag = sign == 1 ? malloc((size_t)gs.G * sizeof *mag) : NULL;
+    if (!h || !cnt || (sign == 1 && !mag)) {
+        free(h);
+        free(cnt);
+        free(mag);
+        return eq_err_set(err, EQ_ERR_NOMEM, "quant statistics: out of memory");
+    }
+    eq_status st = eq_backend_download(eq_model_backend(t->model), h, dev, (size_t)n * sizeof *h, err);
+    bool ok = st == EQ_OK;
+    if (ok && sign) {
+        /* xnor fm without a custom scale: E = 1; otherwise E of the group
+         * is |y| of its first element, and every |y| must equal it. */
+        for (int64_t g = 0; sign == 1 && g < gs.G; g++)
+            mag[g] = -1;
+        for (int64_t i = 0; ok && i < n; i++) {
+            float y = h[i];
+            if (!isfinite(y)) {
+                ok = false;
+                break;
+            }
+            if (sign == 1) {
+                int64_t g = s_group(&gs, i);
+                double e = tag == EQ_QTAG_FM ? 1.0 : mag[g] < 0 ? (mag[g] = fabs((double)y)) : mag[g];
+                if (fabs(fabs((double)y) - e) > 1e-5 * e + 1e-12) ok = false;
+            }
+            cnt[y < 0 ? 0 : 1]++;
+        }
+    } else if (ok) {
+        for (int64_t i = 0; ok && i < n; i++) {
+            double a = pa, b = pb;
+            if (par) {
+                double v = par->data[s_group(&gp, i)];
+                if (form == F_HALF) {
+                    a = (absv ? fabs(v) : v) / n1;
+                    b = 0;
+                } else if (form == F_FULL) {
+                    a = 2.0 * fabs(v) / n1;
+                    b = -fabs(v);
+                } else { /* F_STEP */
+                    a = v;
+                    b = pb * v;
+                }
+            }
+            if (gam) {
+                double gv = gam->data[s_group(&gg, i)];
+                a *= gv;
+                b *= gv;
+            }
+            double y = h[i];
+            if (!(fabs(a) > 0) || !isfinite(y)) {
+                ok = false;
+                break;
+            }
+            double kf = (y - b) / a;
+            if (!(kf > -0.5 && kf < L - 0.5)) {
+                ok = false;
+                break;
+            }
+            long k = lrint(kf);
+            if (fabs(y - (a * (double)k + b)) > 1e-3 * fabs(a) + 1e-6 * fabs(b)) ok = false;
+            else cnt[k]++;
+        }
+    }
+    for (int k = 0; ok && k < L; k++)
+        frac[k] = (double)cnt[k] / (double)n;
+    free(mag);
+    free(cnt);
+    free(h);
+    return st;
+}
+
 eq_status eq_qlayers_stats_json(const eq_qlayers *t, char **json, eq_err *err)
 {
     s_buf b = {0};
@@ -351,11 +524,17 @@ eq_status eq_qlayers_stats_json(const eq_qlayers *t, char **json, eq_err *err)
                 s_num(&b, mx);
                 s_put(&b, "}");
             }
-            if (tag == EQ_QTAG_WT && clip && !strcmp(s->method, "lsq") && L >= 2 && L <= 256 &&
-                (s->adaptive == EQ_QADAPT_NONE || s->var_mean)) {
+            if (L >= 2 && L <= 256) {
                 double frac[256];
                 frac[0] = -1;
-                if ((st = s_wt_frac(t, l, s, clip, frac, L, err))) break;
+                /* lsq weights: from the current weights (what the next
+                 * forward gives); the rest: the last forward's output */
+                if (tag == EQ_QTAG_WT && clip && !strcmp(s->method, "lsq") &&
+                    (s->adaptive == EQ_QADAPT_NONE || s->var_mean))
+                    st = s_wt_frac(t, l, s, clip, frac, L, err);
+                else
+                    st = s_out_frac(t, l, tag, s, frac, L, err);
+                if (st) break;
                 if (frac[0] >= 0) {
                     s_put(&b, ",\"frac\":[");
                     for (int k = 0; k < L; k++) {
@@ -412,6 +591,7 @@ struct eq_policy {
     int64_t *trig;
     size_t ntrig;
     bool seen[EQ_POLICY_NSECTIONS];
+    eq_quant *scratch; /* parsing: checks run-time option values */
 };
 
 static void s_val_free(s_val *v)
@@ -437,6 +617,7 @@ void eq_policy_destroy(eq_policy **p_p)
         free(p->rules[s]);
     }
     free(p->trig);
+    eq_quant_destroy(&p->scratch);
     free(p);
     *p_p = NULL;
 }
@@ -510,35 +691,48 @@ static bool s_parse_f64(const char *s, double *out)
 }
 
 /* Attribute names eq accepts, and the original's that it refuses. */
-typedef enum { A_LEVELS, A_PROGRESSIVE, A_STATE } s_akind;
+typedef enum { A_LEVELS, A_PROGRESSIVE, A_STATE, A_OPTION } s_akind;
 
 static const char *const s_state_names[] = {"clip_val", "step_size", "alpha0", "alpha1", "alpha2",
                                             "gamma",    "iteration", "basis",  "auxil",  NULL};
-static const char *const s_refused[] = {"enable",
-                                        "stable",
-                                        "adaptive_restore",
-                                        "quant_loss_enable",
-                                        "quant_loss_function",
-                                        "quant_loss_alpha",
-                                        "index",
-                                        "method",
-                                        "half_range",
-                                        "quant_group",
-                                        "adaptive",
-                                        "bit",
-                                        "level",
-                                        NULL};
+/* Options eq's quantizers fix when they are built (they shape the state). */
+static const char *const s_refused[] = {"index",   "method", "half_range", "quant_group",
+                                        "adaptive", "bit",    "level",      NULL};
 
 static int s_attr_kind(const char *k)
 {
     if (!strcmp(k, "level_num")) return A_LEVELS;
     if (!strcmp(k, "progressive")) return A_PROGRESSIVE;
+    if (eq_quant_is_runtime_option(k)) return A_OPTION;
     for (size_t i = 0; s_state_names[i]; i++)
         if (!strcmp(k, s_state_names[i])) return A_STATE;
     return -1;
 }
 
 #define S_ERR(code, ...) (eq_err_set(err, code, __VA_ARGS__), -1)
+
+/* Whether a quantizer takes `key` = `x` (eq_quant_set_option's casts and
+ * checks, which do not depend on the method or the tensor): tried on a
+ * scratch quantizer, so a bad value fails the parse, before training. */
+static int s_option_check(eq_policy *p, const char *key, const char *x, int line, eq_err *err)
+{
+    if (!p->scratch) {
+        eq_quant_opts o;
+        eq_quant_opts_init(&o, EQ_QTAG_FM);
+        eq_tensor_desc d;
+        int64_t shape[2] = {1, 1};
+        if (eq_quant_opts_set(&o, "bit", "2", err) || eq_tensor_desc_init(&d, EQ_DT_F32, EQ_LAYOUT_NC, 2, shape, err) ||
+            !(p->scratch = eq_quant_new(&o, &d, err))) {
+            eq_err_prefix(err, "%s:%d: checking %s: ", p->name, line, key);
+            return -1;
+        }
+    }
+    if (eq_quant_set_option(p->scratch, key, x, err)) {
+        eq_err_prefix(err, "%s:%d: ", p->name, line);
+        return -1;
+    }
+    return 0;
+}
 
 /* Check and store attribute `key` = value of rule u. */
 static int s_rule_attr(eq_policy *p, s_rule *u, const char *key, s_val *v, int line, eq_err *err)
@@ -549,13 +743,14 @@ static int s_rule_attr(eq_policy *p, s_rule *u, const char *key, s_val *v, int l
             if (!strcmp(key, s_refused[i]))
                 return S_ERR(
                     EQ_ERR_UNSUPPORTED,
-                    "%s:%d: attribute '%s': eq's quantizers fix this option when they are built, so a "
-                    "policy cannot change it (use the [quant.*] section)",
+                    "%s:%d: attribute '%s': eq's quantizers fix this option when they are built (it "
+                    "shapes their state), so a policy cannot change it (use the [quant.*] section)",
                     p->name, line, key);
         return S_ERR(
             EQ_ERR_INVALID,
-            "%s:%d: unknown attribute '%s' (known: level_num, progressive, clip_val, step_size, alpha0, "
-            "alpha1, alpha2, gamma, iteration, basis, auxil)",
+            "%s:%d: unknown attribute '%s' (known: level_num, progressive, enable, stable, "
+            "adaptive_restore, quant_loss_enable, quant_loss_function, quant_loss_alpha, clip_val, "
+            "step_size, alpha0, alpha1, alpha2, gamma, iteration, basis, auxil)",
             p->name, line, key);
     }
     if (v->list)
@@ -573,6 +768,7 @@ static int s_rule_attr(eq_policy *p, s_rule *u, const char *key, s_val *v, int l
                      line, x);
     if (kind == A_STATE && !s_parse_f64(x, &d))
         return S_ERR(EQ_ERR_INVALID, "%s:%d: %s: '%s' is not a finite number", p->name, line, key, x);
+    if (kind == A_OPTION && s_option_check(p, key, x, line, err)) return -1;
     for (size_t a = 0; a < u->nattr; a++)
         if (!strcmp(u->attr[a].key, key)) { /* a dict keeps the first position and the last value */
             s_val_free(&u->attr[a].v);
@@ -817,6 +1013,7 @@ eq_policy *eq_policy_parse(const char *text, const char *name, eq_err *err)
             }
     s_val_free(&v);
     free(buf);
+    eq_quant_destroy(&p->scratch);
     return p;
 nomem:
     eq_err_set(err, EQ_ERR_NOMEM, "policy: out of memory");
@@ -1004,7 +1201,7 @@ eq_status eq_policy_apply(const eq_policy *p, eq_policy_section sec, bool option
             const s_attr *at = &u->attr[a];
             const char *x = at->v.items[0];
             int kind = s_attr_kind(at->key);
-            if (options_only && kind != A_PROGRESSIVE) continue;
+            if (options_only && kind != A_PROGRESSIVE && kind != A_OPTION) continue;
             size_t count = 0, rescaled = 0;
             char example[256] = "";
             for (size_t i = 0; i < t->n; i++)
@@ -1014,6 +1211,17 @@ eq_status eq_policy_apply(const eq_policy *p, eq_policy_section sec, bool option
                     const char *tn = eq_quant_tag_name((eq_quant_tag)tag);
                     if (kind == A_PROGRESSIVE) {
                         s->progressive = !strcmp(x, "True") || !strcmp(x, "true");
+                    } else if (kind == A_OPTION) {
+                        eq_quant *q = eq_model_quant(t->model, t->l[i].name, (eq_quant_tag)tag);
+                        if (!q)
+                            return eq_err_set(err, EQ_ERR_INTERNAL,
+                                              "%s:%d: layer %zu (%s) %s: the model has no such quantizer object",
+                                              p->name, at->line, i, t->l[i].name, tn);
+                        if ((st = eq_quant_set_option(q, at->key, x, err))) {
+                            eq_err_prefix(err, "%s:%d: layer %zu (%s) %s: ", p->name, at->line, i, t->l[i].name,
+                                          tn);
+                            return st;
+                        }
                     } else if (kind == A_STATE) {
                         const eq_model_tensor *m = s_state(s, tag, at->key);
                         if (!m) continue;
@@ -1057,5 +1265,58 @@ eq_status eq_policy_apply(const eq_policy *p, eq_policy_section sec, bool option
                     resc);
         }
     }
+    return EQ_OK;
+}
+
+/* A JSON string (quotes, backslashes and control bytes escaped). */
+static void s_put_jstr(s_buf *b, const char *v)
+{
+    s_put(b, "\"");
+    for (const unsigned char *c = (const unsigned char *)v; *c; c++) {
+        if (*c == '"' || *c == '\\')
+            s_put(b, "\\%c", *c);
+        else if (*c < 0x20)
+            s_put(b, "\\u%04x", *c);
+        else
+            s_put(b, "%c", *c);
+    }
+    s_put(b, "\"");
+}
+
+eq_status eq_policy_changes_json(const eq_policy *p, eq_policy_section sec, bool options_only,
+                                 const eq_qlayers *t, char **json, eq_err *err)
+{
+    if (!p || !t || !json || (unsigned)sec >= EQ_POLICY_NSECTIONS)
+        return eq_err_set(err, EQ_ERR_INVALID, "policy changes: bad argument");
+    s_buf b = {0};
+    s_put(&b, "[");
+    bool first = true;
+    for (size_t r = 0; r < p->nrules[sec]; r++) {
+        const s_rule *u = &p->rules[sec][r];
+        for (size_t a = 0; a < u->nattr; a++) {
+            const s_attr *at = &u->attr[a];
+            int kind = s_attr_kind(at->key);
+            if (options_only && kind != A_PROGRESSIVE && kind != A_OPTION) continue;
+            size_t count = 0;
+            for (size_t i = 0; i < t->n; i++)
+                for (int tag = 0; tag < EQ_QTAG_COUNT; tag++) {
+                    const s_q *s = t->l[i].q[tag];
+                    if (s && s_selects(u, (int64_t)i, tag) && (kind != A_STATE || s_state(s, tag, at->key)))
+                        count++;
+                }
+            s_put(&b, "%s{\"line\":%d,\"key\":", first ? "" : ",", at->line);
+            s_put_jstr(&b, at->key);
+            s_put(&b, ",\"value\":");
+            s_put_jstr(&b, at->v.items[0]);
+            s_put(&b, ",\"quantizers\":%zu}", count);
+            first = false;
+        }
+    }
+    s_put(&b, "]");
+    if (b.oom) {
+        free(b.p);
+        return eq_err_set(err, EQ_ERR_NOMEM, "policy changes: out of memory");
+    }
+    *json = b.p;
     return EQ_OK;
 }

@@ -26,7 +26,9 @@
  * original keeps only the last), a line outside a section or an attribute
  * before the rule's first by_ key, a rule without by_index (it selects
  * nothing in the original), a by_tag other than wt/fm/ot, a non-integer
- * index or trigger, an unknown attribute, or a value of the wrong type.
+ * index or trigger, an unknown attribute, an option that shapes the
+ * quantizer's state (method, bit, level, half_range, quant_group,
+ * adaptive, index), or a value of the wrong type.
  *
  * Rules select quantizers: by_index `all` or a list of layer indices, and
  * optionally by_tag (a list of wt, fm, ot).  Attributes:
@@ -36,13 +38,16 @@
  *                (ORIGINAL.md §2.8).  Methods whose structure depends on
  *                the level count (nonuniform, lqnet, xnor, bin) refuse.
  *   progressive  true/false: whether later level changes rescale the clip.
+ *   enable, stable, adaptive_restore, quant_loss_enable,
+ *   quant_loss_function, quant_loss_alpha
+ *                run-time options, set with eq_quant_set_option on each
+ *                selected quantizer (the model's own objects, found with
+ *                eq_model_quant); values are checked by that function when
+ *                the file is parsed, so a bad one fails before training.
  *   <state>      a quantizer state tensor (clip_val, step_size, alpha0,
  *                alpha1, alpha2, gamma, iteration, basis, ...) filled with
  *                a number, as the original fills tensors in place;
  *                quantizers without that tensor are skipped.
- * The original's other attributes (enable, stable, adaptive_restore,
- * quant_loss_*) change quantizer options that eq's quantizers fix at
- * construction; a policy naming them is refused at load with that reason.
  *
  * Layer indices (eq_qlayers) follow the original's model.modules() order
  * of custom_conv/custom_linear modules, which is the model's build order:
@@ -56,8 +61,9 @@
  * Resume: the trainer applies `init` at start-up and each trigger epoch's
  * rules before that epoch's first step.  A resumed run re-applies what the
  * epochs before its resume point applied with options_only: the option
- * attributes (progressive) again, the tensor ones (level_num, state
- * fills, optimiser resets) not, because the checkpoint holds their effect.
+ * attributes (progressive and the run-time options) again, in epoch
+ * order, the tensor ones (level_num, state fills, optimiser resets) not,
+ * because the checkpoint holds their effect.
  *
  * Not thread-safe; the objects are used by the trainer's thread.
  */
@@ -101,10 +107,18 @@ const eq_model_tensor *eq_qlayers_state(const eq_qlayers *t, size_t i, eq_quant_
  *    "clip_val":V  or  {"n":G,"min":..,"mean":..,"max":..}   (and likewise
  *        step_size, alpha0..2, gamma: a scalar, or a summary of per-group values),
  *    "frac":[f_0, ..., f_{L-1}]}
- * `frac` (lsq weights, without adaptive normalisation or with var-mean) is
- * the fraction of the layer's weights at each level, from the current
- * weights and clip values (what the next forward quantizes them to).
- * Caller frees *json. */
+ * `frac` is the fraction of the quantizer's elements at each of its L
+ * levels: for lsq weights (without adaptive normalisation or with
+ * var-mean), from the current weights and clip values (what the next
+ * forward quantizes them to); for every other quantizer whose levels
+ * follow from its state (dorefa, pact, lsq, lsq-step, nonuniform without
+ * closed_form; bin and xnor by sign), from its output in the model's most
+ * recent forward (eq_model_quant_output: the trainer calls this right
+ * after an epoch's last training step), counting padding zeros where the
+ * conv pads before quantizing, as the original quantizes them.  Absent for
+ * lqnet (learned levels) and whenever that output is not on the levels:
+ * no forward yet, the quantizer disabled or in its warm-up, adaptive_restore,
+ * or a grouping it cannot place.  Caller frees *json. */
 eq_status eq_qlayers_stats_json(const eq_qlayers *t, char **json, eq_err *err);
 
 /* ---- policy files ---------------------------------------------------------- */
@@ -142,5 +156,14 @@ eq_status eq_policy_check(const eq_policy *p, const eq_qlayers *t, eq_err *err);
  * Errors as eq_policy_check, and the backend's. */
 eq_status eq_policy_apply(const eq_policy *p, eq_policy_section s, bool options_only, eq_qlayers *t,
                           eq_optim *optim, eq_err *err);
+
+/* What eq_policy_apply(p, s, options_only, t) changes, as one JSON array
+ * (no newline) for the trainer's `policy` metrics line, an element per
+ * attribute applied, in order:
+ *   {"line":7,"key":"enable","value":"False","quantizers":3}
+ * (`quantizers`: how many quantizers the rule gives it).  Caller frees
+ * *json.  Errors: EQ_ERR_INVALID for a bad argument, EQ_ERR_NOMEM. */
+eq_status eq_policy_changes_json(const eq_policy *p, eq_policy_section s, bool options_only,
+                                 const eq_qlayers *t, char **json, eq_err *err);
 
 #endif
