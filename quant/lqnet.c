@@ -27,6 +27,7 @@ typedef struct s_lq {
     double *ata;   /* [g][bit][bit] */
     double *atx;   /* [g][bit] */
     float *nrm_a, *nrm_b; /* per sample (fm) or group (wt): y = l * a + b */
+    int xn_is_x;   /* adaptive none: the last forward quantized x itself (no copy in q->xn) */
     int64_t nrm_cap;
 } s_lq;
 
@@ -176,6 +177,7 @@ static eq_status s_normalize(eq_quant *q, s_lq *p, const float *x, eq_err *err)
         p->nrm_cap = nseg;
     }
     eq_quant_adaptive ad = q->o.adaptive;
+    p->xn_is_x = ad == EQ_QADAPT_NONE;
     float gmin = 0.0f;
     if (ad == EQ_QADAPT_MIN) {
         gmin = x[0];
@@ -217,8 +219,7 @@ static eq_status s_normalize(eq_quant *q, s_lq *p, const float *x, eq_err *err)
             b = gmin;
             for (int64_t i = 0; i < per; i++) o[i] = xs[i] - b;
             break;
-        default:
-            memcpy(o, xs, (size_t)per * sizeof(float));
+        default: /* none: the quantizer reads x itself (p->xn_is_x) */
             break;
         }
         p->nrm_a[s] = a;
@@ -257,6 +258,68 @@ static void s_solve(int nb, double *m, double *r, double *z)
     }
 }
 
+/* One group's levels, thresholds and codes, for s_block. */
+#define S_BLK 256
+typedef struct s_run {
+    int L, bit, mono;            /* mono: thresholds non-decreasing */
+    float lev[256], th[255];
+    float coef[S_MAXBIT][256];   /* code bit a of the level of rank r */
+} s_run;
+
+/* Quantize m <= S_BLK elements of one group and one normalisation segment:
+ * idx = the last i with v > th[i-1] (with non-decreasing thresholds that is
+ * the number of thresholds below v: vectorizable compares), y = lev[idx]*a
+ * + b, and in training the level counts and x's projections on the codes
+ * (B^T x; double products, summed in four double lanes per block). */
+EQ_QSIMD_WIDE static void s_block(const s_run *c, const float *v, int m, float a, float b, float *y, int train,
+                                  int64_t *cnt, double *atx)
+{
+    int32_t id[S_BLK];
+    int L = c->L;
+    if (c->mono) {
+        int32_t ge[256];
+        for (int j = 0; j < m; j++) id[j] = 0;
+        for (int i = 0; i < L - 1; i++) {
+            float t = c->th[i];
+            int32_t n = 0;
+            for (int j = 0; j < m; j++) {
+                int32_t gt = v[j] > t;
+                id[j] += gt;
+                n += gt;
+            }
+            ge[i] = n;
+        }
+        if (train) { /* level r: ge[r-1] - ge[r] elements */
+            cnt[0] += m - (L > 1 ? ge[0] : 0);
+            for (int r = 1; r < L - 1; r++) cnt[r] += ge[r - 1] - ge[r];
+            cnt[L - 1] += ge[L - 2];
+        }
+    } else {
+        for (int j = 0; j < m; j++) {
+            int idx = 0;
+            for (int i = 1; i < L; i++)
+                if (v[j] > c->th[i - 1]) idx = i;
+            id[j] = idx;
+            if (train) cnt[idx]++;
+        }
+    }
+    for (int j = 0; j < m; j++) y[j] = c->lev[id[j]] * a + b;
+    if (!train) return;
+    for (int bi = 0; bi < c->bit; bi++) {
+        const float *cf = c->coef[bi];
+        double d0 = 0, d1 = 0, d2 = 0, d3 = 0;
+        int j = 0;
+        for (; j + 4 <= m; j += 4) {
+            d0 += (double)cf[id[j]] * v[j];
+            d1 += (double)cf[id[j + 1]] * v[j + 1];
+            d2 += (double)cf[id[j + 2]] * v[j + 2];
+            d3 += (double)cf[id[j + 3]] * v[j + 3];
+        }
+        for (; j < m; j++) d0 += (double)cf[id[j]] * v[j];
+        atx[bi] += (d0 + d1) + (d2 + d3);
+    }
+}
+
 static eq_status s_forward(eq_quant *q, const float *x, float *y, eq_err *err)
 {
     s_lq *p = q->priv;
@@ -265,7 +328,7 @@ static eq_status s_forward(eq_quant *q, const float *x, float *y, eq_err *err)
     eq_status st = s_normalize(q, p, x, err);
     if (st) return st;
     s_levels(q, p);
-    const float *xn = q->xn;
+    const float *xn = p->xn_is_x ? x : q->xn;
     int64_t nseg = fm ? q->batch : q->g, per = q->n / nseg;
     if (q->train) {
         memset(p->ata, 0, (size_t)(g * bit * bit) * sizeof(double));
@@ -273,22 +336,35 @@ static eq_status s_forward(eq_quant *q, const float *x, float *y, eq_err *err)
     }
     const float *E = p->codec->data;
     EQ_QFOR_RUNS(q, s0, len, k) {
-        const float *th = p->theta + k;
-        double *ata = p->ata + k * bit * bit, *atx = p->atx + k * bit;
-        for (int64_t e = s0; e < s0 + len; e++) {
-            float v = xn[e];
-            int idx = 0;
-            for (int i = 1; i < L; i++)
-                if (v > th[(i - 1) * g]) idx = i;
-            int64_t sg = e / per;
-            y[e] = p->lev[idx * g + k] * p->nrm_a[sg] + p->nrm_b[sg];
-            if (q->train) {
-                /* lq_codes=zero: the update sees codec row 0 for every element */
-                const float *row = E + (q->o.lq_zero_codes ? 0 : p->perm[idx * g + k]) * bit;
-                for (int a = 0; a < bit; a++) {
-                    atx[a] += (double)row[a] * v;
-                    for (int b = 0; b < bit; b++) ata[a * bit + b] += (double)row[a] * row[b];
-                }
+        s_run ctx;
+        ctx.L = L;
+        ctx.bit = bit;
+        ctx.mono = 1;
+        for (int r = 0; r < L; r++) {
+            ctx.lev[r] = p->lev[r * g + k];
+            /* lq_codes=zero: the update sees codec row 0 for every element */
+            const float *row = E + (q->o.lq_zero_codes ? 0 : p->perm[r * g + k]) * bit;
+            for (int a = 0; a < bit; a++) ctx.coef[a][r] = row[a];
+        }
+        for (int i = 0; i < L - 1; i++) ctx.th[i] = p->theta[i * g + k];
+        for (int i = 0; i + 1 < L - 1; i++)
+            if (!(ctx.th[i] <= ctx.th[i + 1])) ctx.mono = 0; /* NaN too */
+        int64_t cnt[256] = {0};
+        double *atx = p->atx + k * bit;
+        for (int64_t e0 = s0; e0 < s0 + len;) {
+            int64_t sg = e0 / per, e1 = s0 + len;
+            if (e1 > (sg + 1) * per) e1 = (sg + 1) * per;
+            if (e1 > e0 + S_BLK) e1 = e0 + S_BLK;
+            s_block(&ctx, xn + e0, (int)(e1 - e0), p->nrm_a[sg], p->nrm_b[sg], y + e0, q->train, cnt, atx);
+            e0 = e1;
+        }
+        if (q->train) { /* B^T B from the level counts: sums of 0/+-1 products, exact */
+            double *ata = p->ata + k * bit * bit;
+            for (int r = 0; r < L; r++) {
+                if (!cnt[r]) continue;
+                for (int a = 0; a < bit; a++)
+                    for (int b = 0; b < bit; b++)
+                        ata[a * bit + b] += (double)cnt[r] * ((double)ctx.coef[a][r] * ctx.coef[b][r]);
             }
         }
     }
@@ -334,13 +410,12 @@ static eq_status s_forward(eq_quant *q, const float *x, float *y, eq_err *err)
 
 static void s_backward(eq_quant *q, const float *x, const float *gy, float *gx)
 {
-    (void)x;
     s_lq *p = q->priv;
     if (q->o.tag == EQ_QTAG_WT) {
         for (int64_t i = 0; i < q->n; i++) gx[i] = gy[i];
         return;
     }
-    const float *xn = q->xn;
+    const float *xn = p->xn_is_x ? x : q->xn;
     EQ_QFOR_RUNS(q, s0, len, k) {
         float lm = p->lmax[k];
         for (int64_t e = s0; e < s0 + len; e++) {

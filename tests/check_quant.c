@@ -1161,6 +1161,64 @@ START_TEST(test_ohwi_equals_oihw)
 }
 END_TEST
 
+/* LQ-Net's forward against a plain per-element reference (ORIGINAL.md
+ * §2.11.3-4: idx = the last i with x > theta_{i-1}; y = level[idx]; B^T B,
+ * B^T x; the 0.9/0.1 basis blend): fm, half range, 2 bits, one group, with
+ * thresholds in order (scale 0.5) and out of order (scale 3 with basis
+ * (1, 3): levels 0, 1, 3, 4, thresholds -2, -3, 1), which take different
+ * paths in lqnet.c. */
+START_TEST(test_lqnet_reference)
+{
+    const int64_t S[4] = {3, 5, 7, 11};
+    const int64_t n = 3 * 5 * 7 * 11;
+    const char *scales[] = {"scale=0.5", "scale=3"};
+    for (int sc = 0; sc < 2; sc++) {
+        const char *kv[] = {"method=lqnet", "bit=2", scales[sc], NULL};
+        eq_quant *q = s_make(EQ_QTAG_FM, EQ_LAYOUT_NCHW, 4, S, kv);
+        float *bs = eq_quant_find(q, "basis")->data;
+        bs[0] = 1.0f;
+        bs[1] = 3.0f;
+        *eq_quant_find(q, "iteration")->data = 5.0f; /* past the warm-up */
+        float s = sc ? 3.0f : 0.5f;
+        float lev[4] = {0.0f, 1.0f, 3.0f, 4.0f}, th[3];
+        for (int i = 1; i < 4; i++) th[i - 1] = s * lev[i - 1] + (1.0f - s) * lev[i];
+        float code[4][2] = {{0, 0}, {1, 0}, {0, 1}, {1, 1}}; /* rank r -> bits (levels already sorted) */
+        float *x = malloc(n * sizeof(float)), *y = malloc(n * sizeof(float));
+        s_fill(x, n, 2.5f, 0.5f); /* about 8 % in (-3, -2), where the two orders differ */
+        for (int train = 0; train < 2; train++) {
+            s_fwd(q, EQ_LAYOUT_NCHW, 4, S, x, y, train);
+            double ata[4] = {0}, atx[2] = {0};
+            int64_t bad = 0;
+            for (int64_t e = 0; e < n; e++) {
+                int idx = 0;
+                for (int i = 1; i < 4; i++)
+                    if (x[e] > th[i - 1]) idx = i;
+                if (y[e] != lev[idx]) bad++;
+                for (int a = 0; a < 2; a++) {
+                    atx[a] += (double)code[idx][a] * x[e];
+                    for (int b = 0; b < 2; b++) ata[a * 2 + b] += (double)code[idx][a] * code[idx][b];
+                }
+            }
+            ck_assert_msg(bad == 0, "%s train %d: %lld elements on the wrong level", scales[sc], train, (long long)bad);
+            if (!train) {
+                ck_assert(bs[0] == 1.0f && bs[1] == 3.0f);
+                continue;
+            }
+            for (int a = 0; a < 2; a++)
+                if (ata[a * 3] == 0) ata[a * 3] = 1e-5;
+            double det = ata[0] * ata[3] - ata[1] * ata[2];
+            double z0 = (atx[0] * ata[3] - ata[1] * atx[1]) / det, z1 = (ata[0] * atx[1] - ata[2] * atx[0]) / det;
+            float w0 = 0.9f * 1.0f + 0.1f * (float)z0, w1 = 0.9f * 3.0f + 0.1f * (float)z1;
+            ck_assert_msg(fabsf(bs[0] - w0) <= 1e-6f * fabsf(w0) && fabsf(bs[1] - w1) <= 1e-6f * fabsf(w1),
+                          "%s: basis %.9g %.9g, reference %.9g %.9g", scales[sc], bs[0], bs[1], w0, w1);
+        }
+        free(x);
+        free(y);
+        eq_quant_destroy(&q);
+    }
+}
+END_TEST
+
 static Suite *s_suite(void)
 {
     Suite *s = suite_create("quant");
@@ -1186,6 +1244,7 @@ static Suite *s_suite(void)
     tcase_add_test(tc, test_runtime_options);
     tcase_add_test(tc, test_quant_loss_fd);
     tcase_add_test(tc, test_ohwi_equals_oihw);
+    tcase_add_test(tc, test_lqnet_reference);
     suite_add_tcase(s, tc);
     return s;
 }
