@@ -182,9 +182,18 @@ static eq_conv2d_desc s_shape(int i)
         d.pad_w = s_uniform(0, d.s - 1);
         d.h = s_uniform(1, 13);
         d.w = s_uniform(1, 17);
-        /* mostly thin, sometimes up to the limit */
-        d.c = i % 5 == 0 ? s_uniform(33, EQ_CPU_DIRECT_MAX_C) : s_uniform(1, 24);
+        /* mostly thin, some up to the limit, and some at the upper half of
+         * the limit on small maps */
+        d.c = i % 5 == 0 ? s_uniform(25, EQ_CPU_DIRECT_MAX_C) : s_uniform(1, 24);
         d.k = i % 7 == 0 ? s_uniform(33, EQ_CPU_DIRECT_MAX_K) : s_uniform(1, 40);
+        if (i % 10 == 3) {
+            d.n = s_uniform(1, 2);
+            d.c = s_uniform(EQ_CPU_DIRECT_MAX_C / 2 + 1, EQ_CPU_DIRECT_MAX_C);
+            d.k = s_uniform(EQ_CPU_DIRECT_MAX_K / 2 + 1, EQ_CPU_DIRECT_MAX_K);
+            d.r = s_uniform(1, 3), d.s = s_uniform(1, 3);
+            d.pad_h = s_uniform(0, d.r - 1), d.pad_w = s_uniform(0, d.s - 1);
+            d.h = s_uniform(1, 5), d.w = s_uniform(1, 6);
+        }
         if (d.h + 2 * d.pad_h < d.r || d.w + 2 * d.pad_w < d.s) continue;
         ck_assert_int_eq(eq_conv2d_desc_init(&d, &err), EQ_OK);
         if (eq_cpu_conv_direct_ok(&d)) return d;

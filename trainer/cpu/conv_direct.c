@@ -35,7 +35,8 @@
 #define S_SLACK 16                     /* zero pixels after a padded tile (>= S_NQ512 - 1) */
 #define S_TILE_BUDGET ((size_t)16 << 20) /* bytes of padded input per tile */
 #define S_FWD_PIX 128                  /* forward: padded pixels per task (at least a row) */
-#define S_BF_CHUNKS 32                 /* filter: slices of the output rows */
+#define S_BF_CHUNKS 32                 /* filter: slices of the output rows (at most) */
+#define S_BF_BUDGET ((size_t)16 << 20) /* filter: bytes of slice partials (at least one) */
 #define S_BF_PIX 64                    /* filter: pixels per register-block pass */
 #define S_BF_RED 4096                  /* filter: partial elements per reduction task */
 
@@ -342,6 +343,7 @@ typedef struct s_bf {
     const float *x, *dy;
     float *part, *dw;
     int64_t kp, nkb, rows, nch, sr, rsc;
+    int64_t ncb, nunit, ngroup; /* input channels per unit, units, groups per slice */
     int isa;  /* s_isa() */
 } s_bf;
 
@@ -516,46 +518,55 @@ S_TGT512 static void s_bf_block512(const s_bf *b, const s_bfblk *k)
 }
 #endif
 
-/* Slice i of the output rows into its partial [R][S][C][KP]. */
-static void s_bf_chunk(void *vctx, size_t i)
+/* Task i: slice i / ngroup of the output rows, units [u0, u1) of its
+ * partial [R][S][C][KP] for group i % ngroup, where a unit is one tap
+ * (r, s) and one block of ncb input channels (all output channels).  Each
+ * element's chain runs over the slice's pixels in order, however the units
+ * are grouped. */
+static void s_bf_task(void *vctx, size_t i)
 {
     const s_bf *b = vctx;
     const eq_conv2d_desc *d = b->d;
-    float *part = b->part + (int64_t)i * b->rsc * b->kp;
-    memset(part, 0, (size_t)(b->rsc * b->kp) * sizeof *part);
-    const int64_t r0 = b->rows * (int64_t)i / b->nch, r1 = b->rows * ((int64_t)i + 1) / b->nch;
-    const int64_t ncb = b->isa == 2 ? S_NC512 : S_NC, kstep = b->isa == 2 ? 2 : 1;
+    const int64_t ch = (int64_t)i / b->ngroup, g = (int64_t)i % b->ngroup;
+    float *part = b->part + ch * b->rsc * b->kp;
+    const int64_t u0 = b->nunit * g / b->ngroup, u1 = b->nunit * (g + 1) / b->ngroup;
+    const int64_t r0 = b->rows * ch / b->nch, r1 = b->rows * (ch + 1) / b->nch;
+    const int64_t ncbk = (d->c + b->ncb - 1) / b->ncb, kstep = b->isa == 2 ? 2 : 1;
+    for (int64_t u = u0; u < u1; u++) {
+        int64_t rs = u / ncbk, cb = (u % ncbk) * b->ncb;
+        memset(part + (rs * d->c + cb) * b->kp, 0,
+               (size_t)(s_min(b->ncb, d->c - cb) * b->kp) * sizeof *part);
+    }
     for (int64_t sub = r0; sub < r1; sub += b->sr) {
         s_bfblk k = {.row0 = sub, .row1 = s_min(r1, sub + b->sr)};
-        for (k.r = 0; k.r < d->r; k.r++)
-            for (k.s = 0; k.s < d->s; k.s++) {
-                /* columns whose tap q + s - pad_w lies inside the input */
-                k.qlo = d->pad_w - k.s > 0 ? d->pad_w - k.s : 0;
-                k.qhi = s_min(d->q, d->w + d->pad_w - k.s);
-                if (k.qlo >= k.qhi) continue;
-                for (k.cb = 0; k.cb < d->c; k.cb += ncb) {
-                    k.nc = (int)s_min(ncb, d->c - k.cb);
-                    for (int64_t kb = 0; kb < b->nkb; kb += kstep) {
-                        k.k0 = kb * S_KB;
-                        k.acc = part + ((k.r * d->s + k.s) * d->c + k.cb) * b->kp + k.k0;
+        for (int64_t u = u0; u < u1; u++) {
+            const int64_t rs = u / ncbk;
+            k.r = rs / d->s, k.s = rs % d->s, k.cb = (u % ncbk) * b->ncb;
+            /* columns whose tap q + s - pad_w lies inside the input */
+            k.qlo = d->pad_w - k.s > 0 ? d->pad_w - k.s : 0;
+            k.qhi = s_min(d->q, d->w + d->pad_w - k.s);
+            if (k.qlo >= k.qhi) continue;
+            k.nc = (int)s_min(b->ncb, d->c - k.cb);
+            for (int64_t kb = 0; kb < b->nkb; kb += kstep) {
+                k.k0 = kb * S_KB;
+                k.acc = part + (rs * d->c + k.cb) * b->kp + k.k0;
 #if S_X86
-                        if (b->isa == 2) {
-                            k.kr = (int)(d->k - k.k0); /* all that is left */
-                            s_bf_block512(b, &k);
-                            continue;
-                        }
-#endif
-                        k.kr = (int)s_min(S_KB, d->k - k.k0);
-#if S_X86
-                        if (b->isa == 1) {
-                            s_bf_block_avx2(b, &k);
-                            continue;
-                        }
-#endif
-                        s_bf_block_generic(b, &k);
-                    }
+                if (b->isa == 2) {
+                    k.kr = (int)(d->k - k.k0); /* all that is left */
+                    s_bf_block512(b, &k);
+                    continue;
                 }
+#endif
+                k.kr = (int)s_min(S_KB, d->k - k.k0);
+#if S_X86
+                if (b->isa == 1) {
+                    s_bf_block_avx2(b, &k);
+                    continue;
+                }
+#endif
+                s_bf_block_generic(b, &k);
             }
+        }
     }
 }
 
@@ -592,13 +603,21 @@ eq_status eq_cpu_conv_direct_bwd_filter(eq_cpu *cpu, const eq_conv2d_desc *d, co
     b.kp = b.nkb * S_KB;
     b.rsc = d->r * d->s * d->c;
     b.rows = d->n * d->p;
-    b.nch = s_min(S_BF_CHUNKS, b.rows);
+    /* row slices: up to S_BF_CHUNKS, their partials within S_BF_BUDGET;
+     * few slices (wide layers) are cut further into groups of units so
+     * that there are about S_BF_CHUNKS tasks */
+    const size_t pbytes = (size_t)(b.rsc * b.kp) * sizeof(float);
+    int64_t fit = (int64_t)(S_BF_BUDGET / pbytes);
+    b.nch = s_min(s_min(S_BF_CHUNKS, b.rows), fit < 1 ? 1 : fit);
+    b.ncb = b.isa == 2 ? S_NC512 : S_NC;
+    b.nunit = d->r * d->s * ((d->c + b.ncb - 1) / b.ncb);
+    b.ngroup = s_min(b.nunit, (S_BF_CHUNKS + b.nch - 1) / b.nch);
     b.sr = (S_BF_PIX + d->q - 1) / d->q;
     float *ws = eq_cpu_workspace(cpu, (size_t)(b.nch * b.rsc * b.kp) * sizeof(float),
                                  "conv2d_bwd_filter", err);
     if (!ws) return EQ_ERR_NOMEM;
     b.part = ws;
-    eq_cpu_for(cpu, (size_t)b.nch, s_bf_chunk, &b);
+    eq_cpu_for(cpu, (size_t)(b.nch * b.ngroup), s_bf_task, &b);
     const int64_t total = b.rsc * b.kp;
     eq_cpu_for(cpu, (size_t)((total + S_BF_RED - 1) / S_BF_RED), s_bf_reduce, &b);
     eq_cpu_for(cpu, (size_t)d->k, s_bf_unpack, &b);

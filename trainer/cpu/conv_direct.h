@@ -3,29 +3,33 @@
  * backend for thin stride-1 layers (CIFAR ResNet's 16/32/64-channel 3x3s),
  * which im2col + SGEMM serves badly: there the im2col copy (R*S times the
  * input) and OpenBLAS's packing of thin matrices cost more than the GEMM's
- * arithmetic.  Internal to the CPU backend (trainer/cpu/); conv.c calls
+ * arithmetic (and its single-threaded tiles reach ~65 GFLOP per CPU second
+ * where these kernels reach 90-150).  Internal to the CPU backend (trainer/cpu/); conv.c calls
  * these when eq_cpu_conv_direct_ok() accepts a descriptor, the tests call
  * them directly to compare them with the im2col path.
  *
  * Forward: the input is copied once into a zero-padded buffer (a tile of
  * whole images, [Hp][Wp][C] each), and every output pixel is computed as
  * sum over (r, s, c) of xpad[p+r][q+s][c] * w[k][c][r][s] by a register-
- * blocked micro-kernel: 6 consecutive pixels of the padded image's flat
+ * blocked micro-kernel: consecutive pixels of the padded image's flat
  * index (so blocks run across row ends; the S-1 columns past each row's
- * end are computed and dropped) times 16 output channels, 12 AVX2 FMA
- * accumulators.  Backward data runs as that forward with the flipped,
+ * end are computed and dropped) times output channels: 12 pixels x 16 or
+ * 32 channels in zmm accumulators with AVX-512, 6 x 16 in 12 ymm
+ * accumulators with AVX2.  Backward data runs as that forward with the flipped,
  * transposed kernel (pad' = R-1-pad).  Backward filter accumulates, per
  * fixed slice of the batch's output rows, dw[r][s][c][k] += x * dy over the
- * slice's pixels in a 6 (input channels) x 16 (output channels) register
- * block, reading x in place (taps in the padding are skipped), and adds the
- * slices' partial sums in slice order.
+ * slice's pixels in an 8 x 32 (AVX-512) or 6 x 16 (AVX2) register block of
+ * input x output channels, reading x in place (taps in the padding are
+ * skipped), and adds the slices' partial sums in slice order.  The slices'
+ * partials stay within 16 MiB (wider layers get fewer slices, with their
+ * taps and channel blocks split over tasks instead).
  *
  * Reproducibility: every output element is one FMA chain in a fixed order
  * (forward: r, s, c; filter: pixels in order within a slice, then slices in
  * order), the slicing depends only on the shapes, so results are identical
- * for any thread count.  The AVX2+FMA kernels run when the CPU has both
- * (checked once at run time); otherwise the generic kernels run the same
- * chains with fmaf(), giving the same bits, only slower.
+ * for any thread count.  The AVX-512 or AVX2+FMA kernels run when the CPU
+ * has them (checked once at run time); otherwise the generic kernels run
+ * the same chains with fmaf(), giving the same bits, only slower.
  *
  * Thread safety: as the CPU backend (one caller per backend object; the
  * kernels use the backend's pool).
@@ -36,7 +40,14 @@
 #include "trainer/cpu/cpu_internal.h"
 
 /* Largest C and K the direct kernels take (wider layers go to im2col +
- * SGEMM, which is efficient there). */
+ * SGEMM).  bench/conv_bench shows the direct kernels also beating im2col +
+ * OpenBLAS on ResNet-18's 128-512-channel 3x3s (~2x less CPU), but with
+ * the limit at 512 the full-size ResNet-18 parity test (tests/check_model.c)
+ * failed: conv1's gradient went from 7.6e-4 to 5.6e-3 relative error
+ * (tolerance 3x PyTorch's own float32 error, 2.5e-3).  Not yet understood;
+ * the first suspect is that the forward and backward-data sums are single
+ * FMA chains of R*S*C terms (4608 at 512 channels) where OpenBLAS adds
+ * K-blocks of a few hundred, so wider layers want blocked accumulation. */
 #define EQ_CPU_DIRECT_MAX_C 64
 #define EQ_CPU_DIRECT_MAX_K 64
 
