@@ -413,11 +413,30 @@ END_TEST
 
 /* ---- run-time options (enable, stable, adaptive_restore, quant_loss_*) ---- */
 
+static int s_frac_of(const char *js, const char *layer, const char *tag, double *fr, int maxl);
+
 /* A training forward of the fixture's input. */
 static void s_forward(s_fix *x)
 {
     eq_err err = {0};
     OK(eq_model_forward(x->m, x->in, true, &err));
+}
+
+/* A training step (forward, loss, backward, SGD at rate lr): afterwards
+ * the learnable clip values differ from those the forward used. */
+static void s_train_step(s_fix *x, double lr)
+{
+    eq_err err = {0};
+    int32_t lab[2] = {1, 3};
+    int32_t *d = eq_backend_alloc(x->be, sizeof lab, &err);
+    ck_assert_ptr_nonnull(d);
+    OK(eq_backend_upload(x->be, d, lab, sizeof lab, &err));
+    float loss;
+    s_forward(x);
+    OK(eq_model_loss(x->m, d, NULL, NULL, 0.0f, &loss, &err));
+    OK(eq_model_backward(x->m, NULL, &err));
+    OK(eq_optim_step(x->o, lr, &err));
+    eq_backend_release(x->be, d);
 }
 
 /* A host copy of what quantizer (layer, tag) produced in the last forward. */
@@ -534,6 +553,14 @@ START_TEST(test_option_stable)
         mx = fabsf(y[i]) > mx ? fabsf(y[i]) : mx;
     ck_assert_float_eq_tol(s_val(&x, 8, EQ_QTAG_FM, "clip_val"), mx, 1e-6f * mx);
     free(y);
+    /* enabled but not quantizing: no level fractions for it */
+    eq_err err = {0};
+    char *js = NULL;
+    double fr[8];
+    OK(eq_qlayers_stats_json(x.t, &js, &err));
+    ck_assert_int_eq(s_frac_of(js, L8, "fm", fr, 8), -1);
+    ck_assert_int_eq(s_frac_of(js, "layer2.0.conv1", "fm", fr, 8), 4);
+    free(js);
     /* the layer before it quantizes as usual */
     y = s_qout(&x, "layer2.0.conv1", EQ_QTAG_FM, &n);
     ck_assert_uint_le(s_distinct(y, n), 4);
@@ -676,8 +703,8 @@ static void s_check_frac(const s_fix *x, const char *js, const char *layer, eq_q
 {
     double fr[256];
     int got = s_frac_of(js, layer, eq_quant_tag_name(tag), fr, 256);
-    ck_assert_msg(got == L, "%s %s: %d fractions, expected %d (%s)", layer, eq_quant_tag_name(tag), got, L,
-                  js);
+    ck_assert_msg(got == L, "%s %s: %d fractions, expected %d (%.300s)", layer, eq_quant_tag_name(tag), got, L,
+                  strstr(js, layer));
     int64_t n;
     float *y = s_qout(x, layer, tag, &n);
     qsort(y, (size_t)n, sizeof *y, s_cmp_f);
@@ -722,7 +749,12 @@ START_TEST(test_stats_activations)
     s_fix x;
     s_setup_q(&x, s_methods[_i].wt, s_methods[_i].wt_opts, s_methods[_i].fm, s_methods[_i].fm_opts,
               s_methods[_i].kw);
-    s_forward(&x);
+    /* as the trainer computes them: after a step, whose update moved the
+     * clip values and step sizes away from those of its forward */
+    float clip0 = eq_qlayers_state(x.t, 7, EQ_QTAG_FM, "clip_val") ? s_val(&x, 7, EQ_QTAG_FM, "clip_val") : 0;
+    s_train_step(&x, 0.05);
+    if (eq_qlayers_state(x.t, 7, EQ_QTAG_FM, "clip_val") && !strcmp(s_methods[_i].fm, "lsq"))
+        ck_assert_float_ne(s_val(&x, 7, EQ_QTAG_FM, "clip_val"), clip0);
     char *js = NULL;
     OK(eq_qlayers_stats_json(x.t, &js, &err));
     /* every quantized layer; the wt ones from the weights (lsq) or the

@@ -340,17 +340,78 @@ static inline int64_t s_group(const s_grouping *g, int64_t idx)
     return g->wt ? idx / g->per : (idx % g->C) / g->per;
 }
 
+static int s_cmp_float(const void *a, const void *b)
+{
+    float x = *(const float *)a, y = *(const float *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Classify y[n] on levels p_g * (u0 + k*du), k = 0..L-1, p_g = pg[group]:
+ * `fits` passes refit each group's p_g by least squares on the levels its
+ * elements round to, then a last pass requires every element within 1e-3
+ * of a step of its level and counts them in cnt[].  False when one is not
+ * (cnt then partial). */
+static bool s_classify(const float *h, int64_t n, const s_grouping *gf, double *pg, double u0, double du, int L,
+                       uint64_t *cnt, int fits)
+{
+    int64_t G = gf->G;
+    double *syu = calloc((size_t)G * 2, sizeof *syu), *suu = syu ? syu + G : NULL;
+    if (!syu) return false;
+    double n1 = L - 1;
+    bool ok = true;
+    for (int pass = 0; ok && pass <= fits; pass++) {
+        bool last = pass == fits;
+        for (int64_t g = 0; g < G; g++)
+            syu[g] = suu[g] = 0;
+        for (int64_t i = 0; i < n; i++) {
+            int64_t g = s_group(gf, i);
+            double p = pg[g], y = h[i];
+            if (!(fabs(p) > 0) || !isfinite(p) || !isfinite(y)) {
+                ok = false;
+                break;
+            }
+            double kf = (y / p - u0) / du;
+            if (last && !(kf > -0.5 && kf < L - 0.5)) {
+                ok = false;
+                break;
+            }
+            long k = lrint(kf < 0 ? 0 : kf > n1 ? n1 : kf);
+            double u = u0 + du * (double)k;
+            if (!last) {
+                syu[g] += y * u;
+                suu[g] += u * u;
+            } else if (fabs(y - p * u) > 1e-3 * fabs(p * du)) {
+                ok = false;
+                break;
+            } else {
+                cnt[k]++;
+            }
+        }
+        for (int64_t g = 0; !last && g < G; g++)
+            if (suu[g] > 0) pg[g] = syu[g] / suu[g];
+    }
+    free(syu);
+    return ok;
+}
+
 /* Fraction of the elements at each of the L levels in what quantizer (l,
  * tag) produced in the model's last forward (eq_model_quant_output), for
- * methods whose output levels follow from the state: per group, level k is
- * a*k + b -- dorefa (fm/ot k*c/n with c = boundary; wt 2kc/n - 1), pact
- * (k*alpha/n), lsq (half range k*c/n, full 2kc/n - c, c = |clip_val|),
- * lsq-step (s*(k + Qn)), nonuniform (integers 0..L-1, or -1..1 ternary),
- * times gamma where there is one -- or the sign (bin, xnor: -E or +E, with
- * |y| the same over each group where E is per group).  Every element must
- * sit on a level (within 1e-3 of a step): an output that is not quantized
- * (the quantizer disabled, in its warm-up, adaptive_restore on, or an eval
- * forward of another shape ...) leaves frac[0] negative, as do lqnet, the
+ * methods whose output levels have a known pattern: level k of a group is
+ * p * (u0 + k*du), p the group's scale --
+ *   dorefa      fm/ot: p = boundary (* gamma), u = k/n;
+ *               wt: p = gamma or 1, u = 2k*boundary/n - 1
+ *   pact        p = clip_val (alpha), u = k/n
+ *   lsq         p = |clip_val| (* gamma); half range u = k/n, full 2k/n - 1
+ *   lsq-step    p = step_size, u = k + Qn
+ *   nonuniform  p = 1, u = k (half-range fm) or k - 1 (ternary)
+ * -- or the sign (bin, xnor: -E or +E, |y| the same over each group where
+ * E is per group).  The scales in the quantizer's state may have moved
+ * since that forward (the optimiser step after it), so they only start
+ * the classification: each group's p is then fitted to the output (least
+ * squares over its elements' levels, twice), and every element must sit
+ * on a level of the fitted scale (within 1e-3 of a step).  An output that
+ * is not quantized (the quantizer disabled, in its warm-up, with
+ * adaptive_restore, ...) leaves frac[0] negative, as do lqnet, the
  * closed-form nonuniform scale and a grouping that cannot be placed. */
 static eq_status s_out_frac(const eq_qlayers *t, const s_layer *l, int tag, const s_q *s, double *frac, int L,
                             eq_err *err)
@@ -362,67 +423,69 @@ static eq_status s_out_frac(const eq_qlayers *t, const s_layer *l, int tag, cons
     const eq_quant_opts *o = eq_quant_options(q);
     const char *m = s->method;
     bool wt = tag == EQ_QTAG_WT, half = !wt && o->half_range;
-    int n1 = L - 1;
+    double n1 = L - 1;
     /* channels of the activation: the conv's input (fm) or output (ot) */
     const eq_model_tensor *w = l->weight;
     int64_t C = tag == EQ_QTAG_OT ? w->shape[0] : w->shape[1];
     int sign = 0; /* 1: sign levels, |y| checked per group; 2: sign only */
     const eq_quant_tensor *par = NULL; /* per-group clip / alpha / step */
-    double pa = 0, pb = 0;             /* level k = (pa*P + ...) see below */
-    int form;                          /* how a and b follow from P */
-    enum { F_CONST, F_HALF, F_FULL, F_STEP };
+    bool absv = false;                 /* p uses |par| */
+    double cf = 1, u0 = 0, du = 1;
     if (!strcmp(m, "dorefa")) {
-        double c = o->boundary;
-        form = F_CONST;
-        pa = wt ? 2.0 * c / n1 : c / n1;
-        pb = wt ? -1.0 : 0.0;
+        if (wt) {
+            u0 = -1;
+            du = 2.0 * o->boundary / n1;
+        } else {
+            cf = o->boundary;
+            du = 1.0 / n1;
+        }
     } else if (!strcmp(m, "pact")) {
-        form = F_HALF;
         par = eq_quant_find(q, "clip_val");
+        du = 1.0 / n1;
     } else if (!strcmp(m, "lsq")) {
-        form = half ? F_HALF : F_FULL;
         par = eq_quant_find(q, "clip_val");
+        absv = true;
+        u0 = half ? 0.0 : -1.0;
+        du = half ? 1.0 / n1 : 2.0 / n1;
     } else if (!strcmp(m, "lsq-step")) {
-        form = F_STEP;
         par = eq_quant_find(q, "step_size");
-        pb = o->half_range ? 0.0 : -(double)(L / 2); /* Qn */
+        u0 = o->half_range ? 0.0 : -(double)(L / 2); /* Qn */
     } else if (!strcmp(m, "nonuniform")) {
         bool nhalf = tag == EQ_QTAG_FM && o->half_range;
         if (o->closed_form || (!nhalf && L != 3)) return EQ_OK;
-        form = F_CONST;
-        pa = 1.0;
-        pb = nhalf ? 0.0 : -1.0;
+        u0 = nhalf ? 0.0 : -1.0;
     } else if (!strcmp(m, "bin") || !strcmp(m, "xnor")) {
         if (L != 2) return EQ_OK;
-        form = F_CONST;
         sign = tag == EQ_QTAG_FM && o->custom != EQ_QCUSTOM_NONE ? 2 : 1;
     } else {
         return EQ_OK; /* lqnet: learned levels */
     }
-    if ((form == F_HALF || form == F_FULL || form == F_STEP) && !par) return EQ_OK;
-    const eq_quant_tensor *gam = eq_quant_find(q, "gamma");
-    bool absv = !strcmp(m, "lsq"); /* c = |clip_val| */
-    s_grouping gp, gg, gs;
-    if (!s_grouping_init(&gp, par ? par->numel : 1, wt, C, n) ||
-        !s_grouping_init(&gg, gam ? gam->numel : 1, wt, C, n) ||
-        !s_grouping_init(&gs, sign == 1 ? (wt ? eq_quant_groups(q) : 1) : 1, wt, C, n))
+    if ((!strcmp(m, "pact") || !strcmp(m, "lsq") || !strcmp(m, "lsq-step")) && !par) return EQ_OK;
+    const eq_quant_tensor *gam = sign ? NULL : eq_quant_find(q, "gamma");
+    /* the scale's groups: the finer of the parameter's and gamma's */
+    int64_t Gp = par ? par->numel : 1, Gg = gam ? gam->numel : 1;
+    int64_t Gf = sign == 1 ? (wt ? eq_quant_groups(q) : 1) : Gp > Gg ? Gp : Gg;
+    if (Gp > Gf || Gg > Gf || Gf % Gp || Gf % Gg) return EQ_OK;
+    s_grouping gp, gg, gf;
+    if (!s_grouping_init(&gp, Gp, wt, C, n) || !s_grouping_init(&gg, Gg, wt, C, n) ||
+        !s_grouping_init(&gf, Gf, wt, C, n))
         return EQ_OK;
     float *h = malloc((size_t)n * sizeof *h);
     uint64_t *cnt = calloc((size_t)L, sizeof *cnt);
-    double *mag = sign == 1 ? malloc((size_t)gs.G * sizeof *mag) : NULL;
-    if (!h || !cnt || (sign == 1 && !mag)) {
+    double *pg = malloc((size_t)Gf * sizeof *pg); /* p per fine group */
+    if (!h || !cnt || !pg) {
         free(h);
         free(cnt);
-        free(mag);
+        free(pg);
         return eq_err_set(err, EQ_ERR_NOMEM, "quant statistics: out of memory");
     }
     eq_status st = eq_backend_download(eq_model_backend(t->model), h, dev, (size_t)n * sizeof *h, err);
     bool ok = st == EQ_OK;
+    for (int64_t g = 0; g < Gf; g++)
+        pg[g] = NAN; /* not seen yet */
     if (ok && sign) {
         /* xnor fm without a custom scale: E = 1; otherwise E of the group
          * is |y| of its first element, and every |y| must equal it. */
-        for (int64_t g = 0; sign == 1 && g < gs.G; g++)
-            mag[g] = -1;
         for (int64_t i = 0; ok && i < n; i++) {
             float y = h[i];
             if (!isfinite(y)) {
@@ -430,51 +493,54 @@ static eq_status s_out_frac(const eq_qlayers *t, const s_layer *l, int tag, cons
                 break;
             }
             if (sign == 1) {
-                int64_t g = s_group(&gs, i);
-                double e = tag == EQ_QTAG_FM ? 1.0 : mag[g] < 0 ? (mag[g] = fabs((double)y)) : mag[g];
+                int64_t g = s_group(&gf, i);
+                double e = tag == EQ_QTAG_FM ? 1.0 : isnan(pg[g]) ? (pg[g] = fabs((double)y)) : pg[g];
                 if (fabs(fabs((double)y) - e) > 1e-5 * e + 1e-12) ok = false;
             }
             cnt[y < 0 ? 0 : 1]++;
         }
     } else if (ok) {
-        for (int64_t i = 0; ok && i < n; i++) {
-            double a = pa, b = pb;
-            if (par) {
-                double v = par->data[s_group(&gp, i)];
-                if (form == F_HALF) {
-                    a = (absv ? fabs(v) : v) / n1;
-                    b = 0;
-                } else if (form == F_FULL) {
-                    a = 2.0 * fabs(v) / n1;
-                    b = -fabs(v);
-                } else { /* F_STEP */
-                    a = v;
-                    b = pb * v;
+        /* the scales in the state, per fine group */
+        for (int64_t i = 0; i < n; i++) {
+            int64_t g = s_group(&gf, i);
+            if (!isnan(pg[g])) continue;
+            double p = cf;
+            if (par) p *= absv ? fabs(par->data[s_group(&gp, i)]) : par->data[s_group(&gp, i)];
+            if (gam) p *= gam->data[s_group(&gg, i)];
+            pg[g] = p;
+        }
+        ok = s_classify(h, n, &gf, pg, u0, du, L, cnt, 2);
+        if (!ok && (Gf == 1 || wt)) {
+            /* The state was too far off (a large update): each group's
+             * step from the data instead -- its smallest gap between
+             * distinct values, i.e. two adjacent levels -- then verify. */
+            float *srt = malloc((size_t)n * sizeof *srt);
+            if (!srt) {
+                st = eq_err_set(err, EQ_ERR_NOMEM, "quant statistics: out of memory");
+            } else {
+                memcpy(srt, h, (size_t)n * sizeof *srt);
+                int64_t per = n / Gf;
+                for (int64_t g = 0; g < Gf; g++) {
+                    float *c = srt + g * per;
+                    qsort(c, (size_t)per, sizeof *c, s_cmp_float);
+                    double span = fabs((double)c[per - 1]) > fabs((double)c[0]) ? fabs((double)c[per - 1])
+                                                                               : fabs((double)c[0]);
+                    double gap = INFINITY;
+                    for (int64_t i = 1; i < per; i++) {
+                        double d = (double)c[i] - (double)c[i - 1];
+                        if (d > 1e-6 * span && d < gap) gap = d;
+                    }
+                    if (isfinite(gap)) pg[g] = (pg[g] < 0 ? -gap : gap) / du;
                 }
+                free(srt);
+                memset(cnt, 0, (size_t)L * sizeof *cnt);
+                ok = s_classify(h, n, &gf, pg, u0, du, L, cnt, 1);
             }
-            if (gam) {
-                double gv = gam->data[s_group(&gg, i)];
-                a *= gv;
-                b *= gv;
-            }
-            double y = h[i];
-            if (!(fabs(a) > 0) || !isfinite(y)) {
-                ok = false;
-                break;
-            }
-            double kf = (y - b) / a;
-            if (!(kf > -0.5 && kf < L - 0.5)) {
-                ok = false;
-                break;
-            }
-            long k = lrint(kf);
-            if (fabs(y - (a * (double)k + b)) > 1e-3 * fabs(a) + 1e-6 * fabs(b)) ok = false;
-            else cnt[k]++;
         }
     }
     for (int k = 0; ok && k < L; k++)
         frac[k] = (double)cnt[k] / (double)n;
-    free(mag);
+    free(pg);
     free(cnt);
     free(h);
     return st;

@@ -114,8 +114,10 @@ const eq_model_tensor *eq_qlayers_state(const eq_qlayers *t, size_t i, eq_quant_
  * follow from its state (dorefa, pact, lsq, lsq-step, nonuniform without
  * closed_form; bin and xnor by sign), from its output in the model's most
  * recent forward (eq_model_quant_output: the trainer calls this right
- * after an epoch's last training step), counting padding zeros where the
- * conv pads before quantizing, as the original quantizes them.  Absent for
+ * after an epoch's last training step; each group's scale is refitted to
+ * that output, as the optimiser step after the forward moved the state),
+ * counting padding zeros where the conv pads before quantizing, as the
+ * original quantizes them.  Absent for
  * lqnet (learned levels) and whenever that output is not on the levels:
  * no forward yet, the quantizer disabled or in its warm-up, adaptive_restore,
  * or a grouping it cannot place.  Caller frees *json. */
