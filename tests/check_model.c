@@ -660,6 +660,102 @@ END_TEST
 
 static const eq_model_tensor *s_ltensor(const eq_layers *g, const char *name);
 
+/* Dropout: a mask of zeros and 1/(1-p) scales drawn from (seed, noise key,
+ * node, element) -- the same key gives the same mask, the key advances by
+ * one per training forward, eval is the identity -- and its backward
+ * against finite differences with the key held fixed. */
+static double s_fd_loss_key(eq_layers *g, const float *x, const float *r, uint64_t key)
+{
+    eq_layers_set_noise_key(g, key);
+    return s_fd_loss(g, x, r);
+}
+
+START_TEST(test_dropout)
+{
+    eq_err err = {0};
+    eq_backend *be = eq_backend_cpu_new(1, &err);
+    enum { N = 4, C = 1000 };
+    eq_layers *g = eq_layers_new(be, &err);
+    int x = eq_layers_input(g, N, 1, 1, C, &err);
+    x = eq_layers_relu(g, x, &err);
+    ck_assert_int_lt(eq_layers_dropout(g, x, 1.0, &err), 0);
+    ck_assert_ptr_nonnull(strstr(err.msg, "[0, 1)"));
+    eq_layers_destroy(&g);
+    g = eq_layers_new(be, &err);
+    x = eq_layers_input(g, N, 1, 1, C, &err);
+    x = eq_layers_relu(g, x, &err);
+    ck_assert_int_ge(eq_layers_dropout(g, x, 0.3, &err), 0);
+    OK(eq_layers_finalize(g, 3, &err));
+    ck_assert_uint_eq(eq_layers_tensor_count(g), 0);
+    static float xin[N * C], y1[N * C], y2[N * C];
+    for (size_t i = 0; i < N * C; i++) xin[i] = 0.5f + (float)(sin(0.37 * (double)i) * sin(0.37 * (double)i));
+    eq_layers_set_noise_key(g, 7);
+    OK(eq_layers_forward(g, xin, true, &err));
+    ck_assert(eq_layers_noise_key(g) == 8);
+    const float *y = eq_layers_output(g, NULL, NULL);
+    memcpy(y1, y, sizeof y1);
+    const float scale = 1.0f / (float)(1.0 - 0.3);
+    size_t dropped = 0;
+    for (size_t i = 0; i < N * C; i++) {
+        if (y1[i] == 0.0f) dropped++;
+        else ck_assert_msg(y1[i] == xin[i] * scale, "element %zu: %g, input %g", i, (double)y1[i], (double)xin[i]);
+    }
+    ck_assert_msg(dropped > 1050 && dropped < 1350, "%zu of 4000 dropped at p = 0.3", dropped);
+    OK(eq_layers_forward(g, xin, true, &err)); /* key 8: another mask */
+    ck_assert(memcmp(y, y1, sizeof y1) != 0);
+    memcpy(y2, y, sizeof y2);
+    eq_layers_set_noise_key(g, 7); /* key 7 again: the same mask */
+    OK(eq_layers_forward(g, xin, true, &err));
+    ck_assert_mem_eq(y, y1, sizeof y1);
+    OK(eq_layers_forward(g, xin, false, &err)); /* eval: identity, key unchanged */
+    ck_assert_mem_eq(y, xin, sizeof xin);
+    ck_assert(eq_layers_noise_key(g) == 8);
+    OK(eq_layers_forward(g, xin, true, &err));
+    ck_assert_mem_eq(y, y2, sizeof y2);
+    eq_layers_destroy(&g);
+
+    /* backward vs finite differences, with dropout between two layers */
+    g = eq_layers_new(be, &err);
+    x = eq_layers_input(g, 2, 3, 3, 2, &err);
+    int c1 = eq_layers_conv(g, "c1", x, 4, 3, 1, 1, 1, NULL, NULL, false, &err);
+    int dr = eq_layers_dropout(g, c1, 0.5, &err);
+    int gp = eq_layers_gap(g, dr, &err);
+    int fc = eq_layers_linear(g, "fc", gp, 3, NULL, NULL, &err);
+    ck_assert_msg(fc >= 0, "%s", err.msg);
+    OK(eq_layers_finalize(g, 11, &err));
+    float xs[2 * 3 * 3 * 2], r[2 * 3];
+    for (size_t i = 0; i < sizeof xs / 4; i++) xs[i] = (float)sin(0.91 * (double)i + 0.2);
+    for (size_t i = 0; i < 6; i++) r[i] = (float)cos(1.3 * (double)i);
+    double l0 = s_fd_loss_key(g, xs, r, 5);
+    float *dy;
+    eq_layers_output(g, &dy, NULL);
+    memcpy(dy, r, sizeof r);
+    OK(eq_layers_backward(g, &err));
+    ck_assert(fabs(l0 - s_fd_loss(g, xs, r)) > 1e-6); /* key 6 drops other elements */
+    for (size_t i = 0; i < eq_layers_tensor_count(g); i++) {
+        const eq_model_tensor *t = eq_layers_tensor_at(g, i);
+        float *an = malloc(t->numel * sizeof *an), *fd = malloc(t->numel * sizeof *fd);
+        memcpy(an, t->grad, t->numel * sizeof *an);
+        float *d = t->data;
+        for (size_t k = 0; k < t->numel; k++) {
+            const float e = 2e-3f, v = d[k];
+            d[k] = v + e;
+            double lp = s_fd_loss_key(g, xs, r, 5);
+            d[k] = v - e;
+            double lm = s_fd_loss_key(g, xs, r, 5);
+            d[k] = v;
+            fd[k] = (float)((lp - lm) / (2.0 * (double)e));
+        }
+        double rel = eq_test_relerr(an, fd, t->numel);
+        ck_assert_msg(rel < 2e-2, "%s: analytic vs finite differences rel err %g", t->name, rel);
+        free(an);
+        free(fd);
+    }
+    eq_layers_destroy(&g);
+    eq_backend_destroy(&be);
+}
+END_TEST
+
 /* The same for the layers MobileNet, Fixup and the TResNet stem added:
  * 1x1 conv -> space-to-depth -> conv -> scalar affine (scale and bias) ->
  * clamp -> depthwise conv -> GAP -> linear; the 1x1 conv's gradient passes
@@ -1147,14 +1243,98 @@ START_TEST(test_quant_resnet20_config)
 }
 END_TEST
 
+/* [quant.ot]: every quantized conv gets an output quantizer, the FP ones
+ * none; layer1.0.conv1's output equals Qo(conv(Qf(pad(x)), Qw(W))) composed
+ * by hand from its quantizers' outputs and a fresh ot quantizer. */
+START_TEST(test_quant_ot_config)
+{
+    eq_err err = {0};
+    eq_backend *be = eq_backend_cpu_new(1, &err);
+    eq_model_cfg cfg;
+    eq_model_quant_cfg wt, fm, ot;
+    eq_config_section secs[EQ_MODEL_CONFIG_NSECTIONS_OT];
+    eq_model_config_sections_ot(&cfg, &wt, &fm, &ot, secs);
+    ck_assert_str_eq(secs[3].name, "quant.ot");
+    const char *text = "[model]\narch = resnet20\nkeyword = origin, cbsa, fix_pooling, singleconv, fix, real_skip\n"
+                       "width_alpha = 0.0625\nin_channels = 1\n"
+                       "[quant.wt]\nenable = true\nmethod = lsq\nbit = 2\n"
+                       "[quant.fm]\nenable = true\nmethod = lsq\nbit = 2\n"
+                       "[quant.ot]\nenable = true\nmethod = lsq\nbit = 3\n";
+    OK(eq_config_parse_buffer(secs, EQ_MODEL_CONFIG_NSECTIONS_OT, "t.cfg", text, strlen(text), NULL, 0, &err));
+    ck_assert(ot.enable && ot.bit == 3);
+    eq_model *m = eq_model_new_ot(be, &cfg, &wt, &fm, &ot, 4, 12, 12, &err);
+    ck_assert_msg(m != NULL, "%s", err.msg);
+    ck_assert_ptr_nonnull(strstr(eq_model_summary(m), "ot quantized"));
+    ck_assert_ptr_null(eq_model_tensor_find(m, "conv1.quant_output.clip_val"));
+    ck_assert_ptr_null(eq_model_tensor_find(m, "layer2.0.downsample.0.quant_output.clip_val")); /* real_skip */
+    const eq_model_tensor *oc = eq_model_tensor_find(m, "layer3.2.conv2.quant_output.clip_val");
+    ck_assert(oc && oc->quant && oc->kind == EQ_MT_PARAM && oc->no_decay);
+    ck_assert_ptr_nonnull(eq_model_tensor_find(m, "layer1.0.conv1.quant_output.level_num"));
+    ck_assert_ptr_null(eq_model_quant(m, "fc", EQ_QTAG_OT));
+    ck_assert_ptr_null(eq_model_quant(m, "conv1", EQ_QTAG_OT));
+    ck_assert_ptr_nonnull(eq_model_quant(m, "layer1.0.conv1", EQ_QTAG_OT));
+
+    float x[4 * 12 * 12];
+    int32_t y[4] = {1, 2, 3, 4};
+    for (size_t i = 0; i < sizeof x / 4; i++) x[i] = (float)cos(0.37 * (double)i + (double)(i / 144));
+    OK(eq_model_forward(m, x, true, &err));
+    int64_t na, nw, no;
+    const float *a = eq_model_quant_output(m, "layer1.0.conv1", EQ_QTAG_FM, &na);
+    const float *wq = eq_model_quant_output(m, "layer1.0.conv1", EQ_QTAG_WT, &nw);
+    const float *yo = eq_model_quant_output(m, "layer1.0.conv1", EQ_QTAG_OT, &no);
+    ck_assert(a && wq && yo);
+    ck_assert_int_eq(na, 4 * 14 * 14 * 4);
+    ck_assert_int_eq(nw, 4 * 4 * 9);
+    ck_assert_int_eq(no, 4 * 12 * 12 * 4);
+    eq_conv2d_desc cd = {.n = 4, .h = 14, .w = 14, .c = 4, .k = 4, .r = 3, .s = 3, .stride_h = 1,
+                         .stride_w = 1, .dil_h = 1, .dil_w = 1, .groups = 1};
+    OK(eq_conv2d_desc_init(&cd, &err));
+    static float raw[4 * 12 * 12 * 4], yref[4 * 12 * 12 * 4];
+    OK(eq_backend_conv2d_fwd(be, &cd, a, wq, raw, &err));
+    eq_quant_opts oq;
+    eq_quant_opts_init(&oq, EQ_QTAG_OT);
+    OK(eq_quant_opts_set(&oq, "method", "lsq", &err));
+    OK(eq_quant_opts_set(&oq, "bit", "3", &err));
+    int64_t ys[4] = {4, 12, 12, 4};
+    eq_tensor_desc yd;
+    OK(eq_tensor_desc_init(&yd, EQ_DT_F32, EQ_LAYOUT_NHWC, 4, ys, &err));
+    eq_quant *rq = eq_quant_new(&oq, &yd, &err);
+    ck_assert_msg(rq != NULL, "%s", err.msg);
+    OK(eq_quant_forward(rq, &yd, raw, yref, true, &err));
+    ck_assert_mem_eq(yo, yref, sizeof yref);
+    ck_assert(eq_test_relerr(raw, yref, sizeof raw / 4) > 1e-2); /* it quantized */
+    eq_quant_destroy(&rq);
+    /* it trains: the output clips get gradients */
+    float loss;
+    OK(eq_model_loss(m, y, NULL, NULL, 0.0f, &loss, &err));
+    OK(eq_model_backward(m, NULL, &err));
+    ck_assert(isfinite(loss));
+    ck_assert(oc->grad[0] != 0.0f);
+    eq_model_destroy(&m);
+    /* disabled [quant.ot] (and NULL) builds no output quantizers */
+    ot.enable = false;
+    m = eq_model_new_ot(be, &cfg, &wt, &fm, &ot, 4, 12, 12, &err);
+    ck_assert_msg(m != NULL, "%s", err.msg);
+    ck_assert_ptr_null(eq_model_tensor_find(m, "layer1.0.conv1.quant_output.clip_val"));
+    eq_model_destroy(&m);
+    /* a bad [quant.ot] option is named */
+    ot.enable = true;
+    snprintf(ot.method, sizeof ot.method, "nosuch");
+    ck_assert_ptr_null(eq_model_new_ot(be, &cfg, &wt, &fm, &ot, 4, 12, 12, &err));
+    ck_assert_msg(strstr(err.msg, "quant.ot") != NULL, "%s", err.msg);
+    eq_backend_destroy(&be);
+}
+END_TEST
+
 /* ---- checkpoints ---------------------------------------------------------------- */
 
-static eq_model *s_small(eq_backend *be, const char *kw, bool quant)
+static eq_model *s_small_d(eq_backend *be, const char *kw, bool quant, double dropout)
 {
     eq_err err = {0};
     eq_model_cfg cfg;
     eq_model_quant_cfg wt, fm;
     s_defaults(&cfg, &wt, &fm);
+    cfg.dropout = dropout;
     snprintf(cfg.arch, sizeof cfg.arch, "resnet20");
     s_kw(&cfg, kw);
     cfg.width_alpha = 0.0625;
@@ -1168,6 +1348,11 @@ static eq_model *s_small(eq_backend *be, const char *kw, bool quant)
     return m;
 }
 
+static eq_model *s_small(eq_backend *be, const char *kw, bool quant)
+{
+    return s_small_d(be, kw, quant, 0.0);
+}
+
 static void s_train(eq_model *m, eq_optim *o, int steps, int first_step)
 {
     eq_err err = {0};
@@ -1177,6 +1362,7 @@ static void s_train(eq_model *m, eq_optim *o, int steps, int first_step)
         for (size_t i = 0; i < sizeof x / 4; i++) x[i] = (float)sin(0.1 * (double)i + 0.77 * s);
         y[0] = s % 10, y[1] = (3 * s + 1) % 10;
         float loss;
+        eq_model_set_noise_key(m, (uint64_t)s); /* dropout masks from the step, as eq-trainer */
         OK(eq_model_forward(m, x, true, &err));
         OK(eq_model_loss(m, y, NULL, NULL, 0.1f, &loss, &err));
         OK(eq_model_backward(m, NULL, &err));
@@ -1212,18 +1398,18 @@ static void s_same(const eq_model *a, const eq_model *b, const eq_optim *oa, con
     }
 }
 
-static void s_resume_case(bool quant)
+static void s_resume_case(bool quant, double dropout)
 {
     eq_err err = {0};
     char *dir = eq_test_scratch("ckpt");
     eq_backend *be = eq_backend_cpu_new(2, &err);
     const char *kw = "origin,cbsa,fix_pooling,singleconv,fix";
     /* uninterrupted: 6 steps */
-    eq_model *a = s_small(be, kw, quant);
+    eq_model *a = s_small_d(be, kw, quant, dropout);
     eq_optim *oa = s_sgd(a);
     s_train(a, oa, 6, 0);
     /* interrupted after 3, saved, loaded into fresh objects, 3 more */
-    eq_model *b = s_small(be, kw, quant);
+    eq_model *b = s_small_d(be, kw, quant, dropout);
     eq_optim *ob = s_sgd(b);
     s_train(b, ob, 3, 0);
     char path[4200];
@@ -1233,7 +1419,7 @@ static void s_resume_case(bool quant)
     OK(eq_checkpoint_save(path, b, ob, &run, &err));
     eq_optim_destroy(&ob);
     eq_model_destroy(&b);
-    eq_model *c = s_small(be, kw, quant);
+    eq_model *c = s_small_d(be, kw, quant, dropout);
     eq_optim *oc = s_sgd(c);
     eq_ckpt_run r2;
     char *cfgtext = NULL;
@@ -1306,15 +1492,41 @@ START_TEST(test_quant_aux_loss)
 }
 END_TEST
 
+/* [model] dropout: no tensors, eval unchanged, training differs; the
+ * checkpoint resume stays bit-exact (masks keyed by the step). */
+START_TEST(test_dropout_model)
+{
+    eq_err err = {0};
+    eq_backend *be = eq_backend_cpu_new(1, &err);
+    const char *kw = "origin,cbsa,fix_pooling,singleconv,fix";
+    eq_model *a = s_small(be, kw, false), *b = s_small_d(be, kw, false, 0.5);
+    ck_assert_uint_eq(eq_model_tensor_count(a), eq_model_tensor_count(b));
+    float x[2 * 8 * 8 * 3];
+    for (size_t i = 0; i < sizeof x / 4; i++) x[i] = (float)sin(0.1 * (double)i + 0.3);
+    int64_t nb, nc;
+    OK(eq_model_forward(a, x, false, &err));
+    OK(eq_model_forward(b, x, false, &err));
+    ck_assert_mem_eq(eq_model_logits(a, &nb, &nc), eq_model_logits(b, NULL, NULL), (size_t)(nb * nc) * 4);
+    OK(eq_model_forward(a, x, true, &err));
+    eq_model_set_noise_key(b, 42);
+    OK(eq_model_forward(b, x, true, &err));
+    ck_assert(memcmp(eq_model_logits(a, NULL, NULL), eq_model_logits(b, NULL, NULL), (size_t)(nb * nc) * 4) != 0);
+    eq_model_destroy(&a);
+    eq_model_destroy(&b);
+    eq_backend_destroy(&be);
+    s_resume_case(true, 0.5);
+}
+END_TEST
+
 START_TEST(test_resume_bit_exact)
 {
-    s_resume_case(false);
+    s_resume_case(false, 0.0);
 }
 END_TEST
 
 START_TEST(test_resume_bit_exact_quant)
 {
-    s_resume_case(true);
+    s_resume_case(true, 0.0);
 }
 END_TEST
 
@@ -1690,6 +1902,7 @@ static Suite *s_suite(void)
     tcase_add_test(tc, test_config_schemas);
     tcase_add_test(tc, test_finite_differences);
     tcase_add_test(tc, test_finite_differences_2);
+    tcase_add_test(tc, test_dropout);
     suite_add_tcase(s, tc);
     tc = tcase_create("quant");
     tcase_set_timeout(tc, 30);
@@ -1697,6 +1910,7 @@ static Suite *s_suite(void)
     tcase_add_test(tc, test_conv_output_quant);
     tcase_add_test(tc, test_quant_conv_pad_after);
     tcase_add_test(tc, test_quant_resnet20_config);
+    tcase_add_test(tc, test_quant_ot_config);
     tcase_add_test(tc, test_mobilenet_build);
     tcase_add_test(tc, test_fixup_build);
     suite_add_tcase(s, tc);
@@ -1704,6 +1918,7 @@ static Suite *s_suite(void)
     tcase_set_timeout(tc, 30);
     tcase_add_test(tc, test_quant_aux_loss);
     tcase_add_test(tc, test_resume_bit_exact);
+    tcase_add_test(tc, test_dropout_model);
     tcase_add_test(tc, test_resume_bit_exact_quant);
     tcase_add_test(tc, test_checkpoint_errors);
     tcase_add_test(tc, test_checkpoint_rotation);

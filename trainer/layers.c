@@ -23,12 +23,12 @@
 
 typedef enum s_kind {
     S_INPUT, S_CONV, S_BN, S_RELU, S_PRELU, S_MAXPOOL, S_AVGPOOL, S_ADD, S_GAP, S_LINEAR, S_CLAMP,
-    S_SAFF
+    S_SAFF, S_DROPOUT
 } s_kind;
 
 static const char *const S_KIND_NAME[] = {"input",   "conv",    "bn",  "relu", "prelu", "maxpool",
                                           "avgpool", "add",     "gap", "linear", "clamp",
-                                          "scalar_affine"};
+                                          "scalar_affine", "dropout"};
 
 /* How finalize initialises a tensor. */
 enum s_init { I_ZEROS, I_ONES, I_KAIMING, I_LINEAR, I_PRELU, I_OWNED };
@@ -43,6 +43,9 @@ typedef struct s_node {
     eq_bn_desc bn;
     int64_t lin_in;
     float lo, hi;       /* clamp bounds */
+    double drop_p;      /* dropout probability */
+    float *drop_mask;   /* dropout (host): the last training forward's scales, then a scratch copy */
+    int drop_train;     /* the last forward applied the mask */
     int64_t s2d;        /* space-to-depth block (a conv with the fixed weight fixed_w) */
     float *fixed_w;
     int pw, pb, prm, prv, pnbt; /* tensor indices, -1 if none */
@@ -75,6 +78,8 @@ struct eq_layers {
     void *block;
     int finalized, broken;
     int fwd_ok; /* the last forward completed (quantizer outputs are current) */
+    uint64_t seed;      /* finalize's seed (also keys the dropout masks) */
+    uint64_t noise_key; /* key of the next training forward's dropout masks */
 };
 
 static size_t s_numel(const s_node *nd)
@@ -109,6 +114,7 @@ void eq_layers_destroy(eq_layers **g_p)
     for (size_t i = 0; i < g->nt; i++) free((char *)g->t[i].name);
     for (int i = 0; i < g->nnodes; i++) {
         free(g->nodes[i].name);
+        free(g->nodes[i].drop_mask);
         eq_quant_destroy(&g->nodes[i].qw);
         eq_quant_destroy(&g->nodes[i].qf);
         eq_quant_destroy(&g->nodes[i].qo);
@@ -409,6 +415,60 @@ int eq_layers_clamp(eq_layers *g, int in, float lo, float hi, eq_err *err)
     return g->nnodes - 1;
 }
 
+int eq_layers_dropout(eq_layers *g, int in, double p, eq_err *err)
+{
+    if (!(p >= 0.0 && p < 1.0)) {
+        eq_err_set(err, EQ_ERR_INVALID, "dropout: probability %g must be in [0, 1)", p);
+        return s_fail(g);
+    }
+    s_node *nd = s_add_node(g, S_DROPOUT, in, -1, NULL, err);
+    if (!nd) return s_fail(g);
+    nd->drop_p = p;
+    if (p > 0.0 && !(nd->drop_mask = malloc(2 * s_numel(nd) * sizeof(float)))) {
+        eq_err_set(err, EQ_ERR_NOMEM, "dropout (node %d): out of memory", g->nnodes - 1);
+        return s_fail(g);
+    }
+    return g->nnodes - 1;
+}
+
+void eq_layers_set_noise_key(eq_layers *g, uint64_t key)
+{
+    if (g) g->noise_key = key;
+}
+
+uint64_t eq_layers_noise_key(const eq_layers *g)
+{
+    return g ? g->noise_key : 0;
+}
+
+/* The dropout mask of node `i` for key `key`: element k keeps (scale
+ * 1/(1-p)) when the k-th 24-bit uniform of the node's Philox stream is >= p,
+ * else 0 -- a pure function of (seed, key, i, k). */
+static void s_drop_mask(const eq_layers *g, int i, uint64_t key, s_node *nd)
+{
+    size_t n = s_numel(nd);
+    uint64_t stream = eq_rng_mix(eq_rng_mix(0x64726f706f7574ull /* "dropout" */, key), (uint64_t)i);
+    float scale = 1.0f / (float)(1.0 - nd->drop_p);
+    uint32_t w[4];
+    for (size_t k = 0; k < n; k++) {
+        if (k % 4 == 0) eq_rng_block(g->seed, stream, k / 4, w);
+        double u = (double)(w[k % 4] >> 8) * (1.0 / 16777216.0);
+        nd->drop_mask[k] = u >= nd->drop_p ? scale : 0.0f;
+    }
+}
+
+/* dst = src * mask on the backend through host memory (the dropout layer
+ * sits on the small classifier input; any backend). */
+static eq_status s_drop_apply(eq_backend *be, s_node *nd, const float *src, float *dst, eq_err *err)
+{
+    size_t n = s_numel(nd);
+    float *h = nd->drop_mask + n;
+    eq_status st = eq_backend_download(be, h, src, n * sizeof(float), err);
+    if (st != EQ_OK) return st;
+    for (size_t k = 0; k < n; k++) h[k] *= nd->drop_mask[k];
+    return eq_backend_upload(be, dst, h, n * sizeof(float), err);
+}
+
 int eq_layers_scalar_affine(eq_layers *g, const char *prefix, const char *scale,
                             const char *bias, int in, eq_err *err)
 {
@@ -570,7 +630,7 @@ eq_status eq_layers_finalize(eq_layers *g, uint64_t seed, eq_err *err)
     if (g->finalized) return eq_err_set(err, EQ_ERR_INVALID, "finalize: already finalized");
     if (g->nnodes < 2) return eq_err_set(err, EQ_ERR_INVALID, "finalize: the graph has no layers");
     int has_quant = 0;
-    for (int i = 0; i < g->nnodes; i++) has_quant |= g->nodes[i].qw || g->nodes[i].qf;
+    for (int i = 0; i < g->nnodes; i++) has_quant |= g->nodes[i].qw || g->nodes[i].qf || g->nodes[i].qo;
     if (has_quant && strcmp(eq_backend_name(g->be), "cpu") != 0)
         return eq_err_set(err, EQ_ERR_UNSUPPORTED,
                           "finalize: quantizers run on host memory; backend '%s' is not supported",
@@ -588,8 +648,8 @@ eq_status eq_layers_finalize(eq_layers *g, uint64_t seed, eq_err *err)
         if (t->kind == EQ_MT_PARAM) gtotal += s_round16(t->numel);
         if (t->numel > maxp) maxp = t->numel;
     }
-    g->pdata = eq_backend_alloc(g->be, total * sizeof(float), err);
-    if (!g->pdata) return eq_err_prefix(err, "finalize: parameters: ");
+    if (total && !(g->pdata = eq_backend_alloc(g->be, total * sizeof(float), err)))
+        return eq_err_prefix(err, "finalize: parameters: "); /* none: a parameter-free graph */
     if (gtotal && !(g->pgrad = eq_backend_alloc(g->be, gtotal * sizeof(float), err)))
         return eq_err_prefix(err, "finalize: gradients: ");
     if (!(g->i64 = calloc(ni64 ? ni64 : 1, sizeof *g->i64)))
@@ -681,6 +741,7 @@ eq_status eq_layers_finalize(eq_layers *g, uint64_t seed, eq_err *err)
         free(w);
         if (st2 != EQ_OK) return eq_err_prefix(err, "finalize: space_to_depth: ");
     }
+    g->seed = seed;
     g->finalized = 1;
     return EQ_OK;
 }
@@ -799,6 +860,15 @@ eq_status eq_layers_forward(eq_layers *g, const float *x, bool train, eq_err *er
             break;
         case S_RELU: st = eq_backend_relu_fwd(be, s_numel(nd), a->y, nd->y, err); break;
         case S_CLAMP: st = eq_backend_clamp_fwd(be, s_numel(nd), nd->lo, nd->hi, a->y, nd->y, err); break;
+        case S_DROPOUT:
+            nd->drop_train = train && nd->drop_p > 0.0;
+            if (nd->drop_train) {
+                s_drop_mask(g, i, g->noise_key, nd);
+                st = s_drop_apply(be, nd, a->y, nd->y, err);
+            } else {
+                st = eq_backend_copy(be, nd->y, a->y, s_numel(nd) * sizeof(float), err);
+            }
+            break;
         case S_SAFF:
             st = eq_backend_scalar_affine_fwd(be, s_numel(nd), a->y, s_p(g, nd->pw), s_p(g, nd->pb), nd->y, err);
             break;
@@ -823,6 +893,7 @@ eq_status eq_layers_forward(eq_layers *g, const float *x, bool train, eq_err *er
                           S_KIND_NAME[nd->kind]);
     }
     g->fwd_ok = st == EQ_OK;
+    if (st == EQ_OK && train) g->noise_key++; /* the next training forward draws new masks */
     return st;
 }
 
@@ -924,6 +995,11 @@ eq_status eq_layers_backward(eq_layers *g, eq_err *err)
         case S_SAFF:
             st = eq_backend_scalar_affine_bwd(be, s_numel(nd), a->y, nd->dy, s_p(g, nd->pw),
                                               need_dx ? dx : NULL, s_g(g, nd->pw), s_g(g, nd->pb), err);
+            break;
+        case S_DROPOUT:
+            if (need_dx)
+                st = nd->drop_train ? s_drop_apply(be, nd, nd->dy, dx, err)
+                                    : eq_backend_copy(be, dx, nd->dy, s_numel(nd) * sizeof(float), err);
             break;
         case S_CLAMP:
             if (need_dx) st = eq_backend_clamp_bwd(be, s_numel(nd), nd->lo, nd->hi, nd->y, nd->dy, dx, err);

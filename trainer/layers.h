@@ -71,6 +71,20 @@ int eq_layers_clamp(eq_layers *g, int in, float lo, float hi, eq_err *err);
  * Needs the backend's optional scalar_affine op. */
 int eq_layers_scalar_affine(eq_layers *g, const char *prefix, const char *scale,
                             const char *bias, int in, eq_err *err);
+/* Dropout with probability p in [0, 1) (PyTorch's nn.Dropout, inverted: a
+ * kept element is scaled by 1/(1-p)); identity in eval forwards and for
+ * p == 0.  The mask of a training forward is a pure function of (the
+ * finalize seed, the graph's noise key, the node, the element) drawn from
+ * core/rng.h, so it does not depend on threads or on earlier forwards; the
+ * backward applies the same mask.  Runs through host memory (download,
+ * scale, upload), meant for a classifier's small input.  No tensors. */
+int eq_layers_dropout(eq_layers *g, int in, double p, eq_err *err);
+/* The key of the next training forward's random masks.  Every successful
+ * training forward then adds 1; a caller that resumes a run bit-exactly
+ * sets it from its own position (e.g. epoch and step) before each forward.
+ * 0 after eq_layers_new. */
+void eq_layers_set_noise_key(eq_layers *g, uint64_t key);
+uint64_t eq_layers_noise_key(const eq_layers *g);
 /* PReLU with one learnable slope "<name>.weight" [1], initialised to 0.25. */
 int eq_layers_prelu(eq_layers *g, const char *name, int in, eq_err *err);
 int eq_layers_maxpool(eq_layers *g, int in, int64_t k, int64_t stride, int64_t pad, eq_err *err);

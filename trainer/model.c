@@ -36,6 +36,9 @@ static const eq_config_key s_model_keys[] = {
     EQ_CONFIG_STRING_KEY(eq_model_cfg, order, "c",
                          "ReShapeResolution: the shrink of strided blocks, from c (space-to-depth + "
                          "conv 1x1), b (BN), a (activation), e.g. cb"),
+    EQ_CONFIG_FLOAT_KEY(eq_model_cfg, dropout, "0", 0.0, 0.99,
+                        "dropout probability on the classifier's input in training (torchvision's MobileNet v2 "
+                        "uses 0.2); 0 = none"),
     EQ_CONFIG_INT_KEY(eq_model_cfg, stem_kernel, "1", 1, 3,
                       "TResNetStem/TResNetStemMaxPool: kernel of the conv after space-to-depth (1 or 3)"),
 };
@@ -55,7 +58,7 @@ static const eq_config_key s_quant_keys[] = {
     EQ_CONFIG_FLOAT_KEY(Q, bit, "32", 1.0, 32.0, "bit width (levels 2^bit unless level is set)"),
     EQ_CONFIG_INT_KEY(Q, level, "0", 0, 65536, "explicit level count (0: from bit)"),
     EQ_CONFIG_ENUM_KEY(Q, half_range, "default", s_half_range_choices,
-                       "unsigned range [0, c] (default: on for fm, off for wt)"),
+                       "unsigned range [0, c] (default: on for fm, off for wt and ot)"),
     EQ_CONFIG_FLOAT_KEY(Q, boundary, "1.0", 0.0, 1e6, "initial / fixed clip value"),
     EQ_CONFIG_FLOAT_KEY(Q, scale, "0.5", -1e6, 1e6, "multi-use multiplier (doc/quantizers.md)"),
     EQ_CONFIG_INT_KEY(Q, quant_group, "0", -1000000, 1000000, "parameter groups (0: the method's default)"),
@@ -78,6 +81,15 @@ static const eq_config_key s_quant_keys[] = {
 };
 #undef Q
 
+void eq_model_config_sections_ot(eq_model_cfg *m, eq_model_quant_cfg *wt, eq_model_quant_cfg *fm,
+                                 eq_model_quant_cfg *ot,
+                                 eq_config_section secs[EQ_MODEL_CONFIG_NSECTIONS_OT])
+{
+    eq_model_config_sections(m, wt, fm, secs);
+    secs[3] = (eq_config_section){"quant.ot", "output quantizer of every quantized conv (custom_conv's quant_output)",
+                                  s_quant_keys, EQ_CONFIG_NKEYS(s_quant_keys), ot};
+}
+
 void eq_model_config_sections(eq_model_cfg *m, eq_model_quant_cfg *wt, eq_model_quant_cfg *fm,
                               eq_config_section secs[EQ_MODEL_CONFIG_NSECTIONS])
 {
@@ -96,7 +108,7 @@ static eq_status s_quant_opts(const eq_model_quant_cfg *c, eq_quant_tag tag, eq_
 {
     eq_quant_opts_init(o, tag);
     char v[64];
-    const char *sec = tag == EQ_QTAG_WT ? "quant.wt" : "quant.fm";
+    const char *sec = tag == EQ_QTAG_WT ? "quant.wt" : tag == EQ_QTAG_FM ? "quant.fm" : "quant.ot";
 #define SET(key, ...)                                                                      \
     do {                                                                                   \
         snprintf(v, sizeof v, __VA_ARGS__);                                                \
@@ -137,8 +149,8 @@ enum s_order { O_CBAS, O_CBSA, O_CABS, O_BACS, O_BCAS, O_NONE };
 typedef struct s_build {
     eq_layers *g;
     const eq_model_cfg *cfg;
-    eq_quant_opts wq, fq;
-    int has_wq, has_fq;
+    eq_quant_opts wq, fq, oq;
+    int has_wq, has_fq, has_oq;
     int origin, prebn, fix, fix_pooling, singleconv, real_skip, prelu, nrelu, cifar, first_last;
     int real_dp, real_pt; /* MobileNet: depthwise / pointwise convs in full precision */
     int tresnet;          /* 1: TResNetStem (space-to-depth 4), 2: TResNetStemMaxPool (2 + max-pool) */
@@ -198,14 +210,27 @@ static int s_convg(s_build *b, const char *name, int x, int64_t k, int64_t r, in
                    int64_t groups, int fp)
 {
     if (x < 0) return x;
-    return eq_layers_conv(b->g, name, x, k, r, s, p, groups, fp || !b->has_wq ? NULL : &b->wq,
-                          fp || !b->has_fq ? NULL : &b->fq, b->cfg->padding_after_quant, b->err);
+    int y = eq_layers_conv(b->g, name, x, k, r, s, p, groups, fp || !b->has_wq ? NULL : &b->wq,
+                           fp || !b->has_fq ? NULL : &b->fq, b->cfg->padding_after_quant, b->err);
+    if (y >= 0 && !fp && b->has_oq && eq_layers_conv_output_quant(b->g, y, &b->oq, b->err) != EQ_OK) return -1;
+    return y;
 }
 
 static int s_conv(s_build *b, const char *name, int x, int64_t k, int64_t r, int64_t s, int64_t p,
                   int fp)
 {
     return s_convg(b, name, x, k, r, s, p, 1, fp);
+}
+
+/* The classifier: [model] dropout (when > 0) on its input, as
+ * torchvision's MobileNet v2 classifier (Dropout, Linear), then the
+ * linear layer, quantized unless fp. */
+static int s_classifier(s_build *b, const char *name, int x, int fp)
+{
+    if (x >= 0 && b->cfg->dropout > 0.0) x = eq_layers_dropout(b->g, x, b->cfg->dropout, b->err);
+    if (x < 0) return x;
+    return eq_layers_linear(b->g, name, x, b->cfg->num_classes, fp || !b->has_wq ? NULL : &b->wq,
+                            fp || !b->has_fq ? NULL : &b->fq, b->err);
 }
 
 static int64_t s_chan(s_build *b, int x)
@@ -277,8 +302,7 @@ static int s_build_torch_resnet(s_build *b, const int blocks[4], int bottleneck,
         }
     if (x >= 0) x = eq_layers_gap(b->g, x, b->err);
     if (x >= 0)
-        x = eq_layers_linear(b->g, "fc", x, b->cfg->num_classes, fp || !b->has_wq ? NULL : &b->wq,
-                             fp || !b->has_fq ? NULL : &b->fq, b->err);
+        x = s_classifier(b, "fc", x, fp);
     return x;
 }
 
@@ -565,8 +589,7 @@ static int s_build_resnetxx(s_build *b, const int *blocks, int nstages, int bott
     if (x >= 0) x = eq_layers_gap(b->g, x, b->err);
     if (b->fixup) x = s_fbias(b, "", "bias2", x);
     if (x >= 0)
-        x = eq_layers_linear(b->g, "fc", x, b->cfg->num_classes, fp || !b->has_wq ? NULL : &b->wq,
-                             fp || !b->has_fq ? NULL : &b->fq, b->err);
+        x = s_classifier(b, "fc", x, fp);
     return x;
 }
 
@@ -606,8 +629,7 @@ static int s_build_mobilenet_v1(s_build *b, int x)
     if (x >= 0) x = eq_layers_gap(b->g, x, b->err);
     int fp = !b->first_last;
     if (x >= 0)
-        x = eq_layers_linear(b->g, "fc", x, b->cfg->num_classes, fp || !b->has_wq ? NULL : &b->wq,
-                             fp || !b->has_fq ? NULL : &b->fq, b->err);
+        x = s_classifier(b, "fc", x, fp);
     return x;
 }
 
@@ -624,8 +646,9 @@ static int64_t s_divisible(double v)
  * conv 3x3/2 + BN + ReLU6; features.1..17 inverted residuals (expand 1x1
  * conv.0 when t > 1, depthwise 3x3 conv.{0|1}, projection 1x1 + BN without
  * activation; identity residual when stride 1 and in == out); features.18
- * conv 1x1 to 1280 + BN + ReLU6; global average pool; classifier.1 (the
- * Dropout(0.2) of classifier.0 is not applied). */
+ * conv 1x1 to 1280 + BN + ReLU6; global average pool; classifier.0 dropout
+ * ([model] dropout; torchvision's 0.2 only when configured) and
+ * classifier.1. */
 static int s_build_mobilenet_v2(s_build *b, int x)
 {
     static const int64_t set[7][4] = {{1, 16, 1, 1},  {6, 24, 2, 2},  {6, 32, 3, 2}, {6, 64, 4, 2},
@@ -661,9 +684,7 @@ static int s_build_mobilenet_v2(s_build *b, int x)
     if (x >= 0) x = s_cba(b, n, 0, x, last, 1, 1, 1, b->real_pt, 1);
     if (x >= 0) x = eq_layers_gap(b->g, x, b->err);
     if (x >= 0)
-        x = eq_layers_linear(b->g, "classifier.1", x, b->cfg->num_classes,
-                             !fl || !b->has_wq ? NULL : &b->wq, !fl || !b->has_fq ? NULL : &b->fq,
-                             b->err);
+        x = s_classifier(b, "classifier.1", x, !fl);
     return x;
 }
 
@@ -728,6 +749,13 @@ eq_model *eq_model_new(eq_backend *be, const eq_model_cfg *cfg, const eq_model_q
                        const eq_model_quant_cfg *fm, int64_t batch, int64_t h, int64_t w,
                        eq_err *err)
 {
+    return eq_model_new_ot(be, cfg, wt, fm, NULL, batch, h, w, err);
+}
+
+eq_model *eq_model_new_ot(eq_backend *be, const eq_model_cfg *cfg, const eq_model_quant_cfg *wt,
+                          const eq_model_quant_cfg *fm, const eq_model_quant_cfg *ot, int64_t batch,
+                          int64_t h, int64_t w, eq_err *err)
+{
     if (!be || !cfg) {
         eq_err_set(err, EQ_ERR_INVALID, "model: backend and config are required");
         return NULL;
@@ -766,6 +794,10 @@ eq_model *eq_model_new(eq_backend *be, const eq_model_cfg *cfg, const eq_model_q
     if (fm && fm->enable) {
         if (s_quant_opts(fm, EQ_QTAG_FM, &b.fq, err) != EQ_OK) return NULL;
         b.has_fq = 1;
+    }
+    if (ot && ot->enable) {
+        if (s_quant_opts(ot, EQ_QTAG_OT, &b.oq, err) != EQ_OK) return NULL;
+        b.has_oq = 1;
     }
     b.origin = s_has(cfg, "origin"), b.prebn = s_has(cfg, "preBN"), b.fix = s_has(cfg, "fix");
     b.fix_pooling = s_has(cfg, "fix_pooling"), b.singleconv = s_has(cfg, "singleconv");
@@ -820,10 +852,10 @@ eq_model *eq_model_new(eq_backend *be, const eq_model_cfg *cfg, const eq_model_q
         const eq_model_tensor *t = eq_layers_tensor_at(b.g, i);
         if (t->kind == EQ_MT_PARAM) np += t->numel;
     }
-    snprintf(m->summary, sizeof m->summary, "%s: %zu parameters in %zu tensors, input %lldx%lldx%lldx%lld%s%s",
+    snprintf(m->summary, sizeof m->summary, "%s: %zu parameters in %zu tensors, input %lldx%lldx%lldx%lld%s%s%s",
              cfg->arch, np, nt, (long long)batch, (long long)h, (long long)w,
              (long long)cfg->in_channels, b.has_wq ? ", wt quantized" : "",
-             b.has_fq ? ", fm quantized" : "");
+             b.has_fq ? ", fm quantized" : "", b.has_oq ? ", ot quantized" : "");
     return m;
 fail:
     eq_model_destroy(&m);
@@ -911,6 +943,11 @@ const eq_model_tensor *eq_model_tensor_find(const eq_model *m, const char *name)
         if (!strcmp(t->name, name)) return t;
     }
     return NULL;
+}
+
+void eq_model_set_noise_key(eq_model *m, uint64_t key)
+{
+    if (m) eq_layers_set_noise_key(m->g, key);
 }
 
 struct eq_quant *eq_model_quant(eq_model *m, const char *layer, eq_quant_tag tag)

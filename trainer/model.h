@@ -1,6 +1,6 @@
 /*
- * trainer/model.h -- a network built from the [model], [quant.wt] and
- * [quant.fm] config sections, trained with explicit forward and backward
+ * trainer/model.h -- a network built from the [model], [quant.wt],
+ * [quant.fm] and [quant.ot] config sections, trained with explicit forward and backward
  * on a backend (trainer/backend.h).  This is the trainer daemon's view of a
  * model; doc/models.md lists the architectures and keywords.
  *
@@ -20,7 +20,8 @@
  * torch-resnetNN also in torchvision's state-dict order (resnetNN registers a
  * block's shortcut before its main path).  Quantizer state follows the
  * original's module names:
- * "<conv>.quant_weight.<name>" and "<conv>.quant_activation.<name>" (e.g.
+ * "<conv>.quant_weight.<name>", "<conv>.quant_activation.<name>" and
+ * "<conv>.quant_output.<name>" (e.g.
  * "layer1.0.conv1.quant_activation.clip_val").  Parameters, gradients and
  * the model's buffers each live in one block (llm.c style); quantizer state
  * is owned by its quantizer (quant/quant.h).  Gradients are overwritten by
@@ -60,10 +61,12 @@ typedef struct eq_model_cfg {
     int64_t stem_kernel;       /* TResNet stems: 1x1 or 3x3 conv after space-to-depth */
     int64_t base;              /* Group-Net branches per BasicBlock (1: none) */
     char order[16];            /* ReShapeResolution shrink: c, b, a characters */
+    double dropout;            /* dropout probability on the classifier input (0: none) */
 } eq_model_cfg;
 
-/* [quant.wt] / [quant.fm]: one quantizer per quantized conv/linear; the keys
- * are quant/quant.h's option names (doc/quantizers.md). */
+/* [quant.wt] / [quant.fm] / [quant.ot]: one quantizer per quantized
+ * conv/linear (ot: per quantized conv; linear layers have none, as in the
+ * original); the keys are quant/quant.h's option names (doc/quantizers.md). */
 typedef struct eq_model_quant_cfg {
     bool enable;
     char method[16];
@@ -82,10 +85,16 @@ typedef struct eq_model_quant_cfg {
     int lq_codes; /* index into {floor, zero} */
 } eq_model_quant_cfg;
 
-/* Fill secs[0..2] with the [model], [quant.wt], [quant.fm] sections writing
- * into m, wt, fm (any may be NULL: that section is validated and
- * discarded).  The tables are static; use the result with core/config.h's
- * eq_config_load / eq_config_doc. */
+/* Fill secs[0..3] with the [model], [quant.wt], [quant.fm], [quant.ot]
+ * sections writing into m, wt, fm, ot (any may be NULL: that section is
+ * validated and discarded).  The tables are static; use the result with
+ * core/config.h's eq_config_load / eq_config_doc. */
+#define EQ_MODEL_CONFIG_NSECTIONS_OT 4
+void eq_model_config_sections_ot(eq_model_cfg *m, eq_model_quant_cfg *wt, eq_model_quant_cfg *fm,
+                                 eq_model_quant_cfg *ot,
+                                 eq_config_section secs[EQ_MODEL_CONFIG_NSECTIONS_OT]);
+/* The same without [quant.ot] (secs[0..2]), for callers whose configs have
+ * no output quantizer. */
 #define EQ_MODEL_CONFIG_NSECTIONS 3
 void eq_model_config_sections(eq_model_cfg *m, eq_model_quant_cfg *wt, eq_model_quant_cfg *fm,
                               eq_config_section secs[EQ_MODEL_CONFIG_NSECTIONS]);
@@ -96,10 +105,20 @@ typedef struct eq_model eq_model;
 
 /* Build the network for inputs of [batch][h][w][cfg->in_channels] on `be`
  * (borrowed; must outlive the model), initialise its parameters from
- * cfg->seed as the original does (doc/models.md).  wt/fm may be NULL (full
- * precision).  Errors: EQ_ERR_INVALID naming the unknown arch or keyword,
- * a keyword combination not implemented, or a layer whose shapes do not
- * fit (input too small); EQ_ERR_NOMEM.  Caller owns the result. */
+ * cfg->seed as the original does (doc/models.md).  wt/fm/ot may be NULL
+ * (full precision); a section with enable = false is the same.  Every
+ * quantized conv gets the weight, input and output quantizers that are
+ * enabled (the original's custom_conv: y = Qo(conv(Qf(x), Qw(W)))); the
+ * full-precision layers (stem, classifier unless quant_first_last,
+ * real_skip shortcuts, real_dp/real_pt) get none.  Errors: EQ_ERR_INVALID
+ * naming the unknown arch or keyword, a keyword combination not
+ * implemented, a quantizer option quant/ refuses (naming the section), or a
+ * layer whose shapes do not fit (input too small); EQ_ERR_NOMEM.  Caller
+ * owns the result. */
+eq_model *eq_model_new_ot(eq_backend *be, const eq_model_cfg *cfg, const eq_model_quant_cfg *wt,
+                          const eq_model_quant_cfg *fm, const eq_model_quant_cfg *ot, int64_t batch,
+                          int64_t h, int64_t w, eq_err *err);
+/* eq_model_new_ot without an output quantizer. */
 eq_model *eq_model_new(eq_backend *be, const eq_model_cfg *cfg, const eq_model_quant_cfg *wt,
                        const eq_model_quant_cfg *fm, int64_t batch, int64_t h, int64_t w,
                        eq_err *err);
@@ -109,6 +128,12 @@ void eq_model_destroy(eq_model **m_p);
  * again by the backward, so keep it unchanged until then).  train: BN uses
  * and updates batch statistics, quantizers run in training mode. */
 eq_status eq_model_forward(eq_model *m, const float *x, bool train, eq_err *err);
+/* Key of the next training forward's random masks (dropout): a mask is a
+ * pure function of (cfg->seed, key, layer, element).  Every successful
+ * training forward adds 1 to it; to resume a run bit-exactly, set it from
+ * the run's position before each training forward (eq-trainer uses epoch,
+ * step and rank).  0 after eq_model_new. */
+void eq_model_set_noise_key(eq_model *m, uint64_t key);
 /* The last forward's logits (device, [batch][classes]). */
 const float *eq_model_logits(const eq_model *m, int64_t *batch, int64_t *classes);
 /* Mean softmax cross-entropy of the logits (backend xent: labels device

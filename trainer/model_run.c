@@ -41,7 +41,7 @@ static void s_keep_sections(char *text, size_t len, const eq_config_section *sec
 
 typedef struct s_cfgs {
     eq_model_cfg model;
-    eq_model_quant_cfg wt, fm;
+    eq_model_quant_cfg wt, fm, ot;
     eq_optim_cfg optim;
     eq_schedule_cfg sched;
 } s_cfgs;
@@ -52,10 +52,10 @@ eq_status eq_model_run(const eq_model_run_args *a, eq_err *err)
         return eq_err_set(err, EQ_ERR_INVALID, "model run: --config, --in and --out are required");
     if (a->step && !a->train) return eq_err_set(err, EQ_ERR_INVALID, "model run: --step needs --train");
     static s_cfgs c; /* large (keyword lists); one run at a time per process */
-    eq_config_section secs[EQ_MODEL_CONFIG_NSECTIONS + EQ_OPTIM_CONFIG_NSECTIONS];
-    eq_model_config_sections(&c.model, &c.wt, &c.fm, secs);
-    eq_optim_config_sections(&c.optim, &c.sched, secs + EQ_MODEL_CONFIG_NSECTIONS);
-    const size_t ns = EQ_MODEL_CONFIG_NSECTIONS + EQ_OPTIM_CONFIG_NSECTIONS;
+    eq_config_section secs[EQ_MODEL_CONFIG_NSECTIONS_OT + EQ_OPTIM_CONFIG_NSECTIONS];
+    eq_model_config_sections_ot(&c.model, &c.wt, &c.fm, &c.ot, secs);
+    eq_optim_config_sections(&c.optim, &c.sched, secs + EQ_MODEL_CONFIG_NSECTIONS_OT);
+    const size_t ns = EQ_MODEL_CONFIG_NSECTIONS_OT + EQ_OPTIM_CONFIG_NSECTIONS;
     char *text = NULL;
     size_t len = 0;
     eq_status st = eq_file_read(a->config, 16u << 20, &text, &len, err);
@@ -87,7 +87,7 @@ eq_status eq_model_run(const eq_model_run_args *a, eq_err *err)
         goto done;
     }
     if (!(be = eq_backend_cpu_new(a->threads, err))) goto fail;
-    if (!(m = eq_model_new(be, &c.model, &c.wt, &c.fm, N, H, W, err))) goto fail;
+    if (!(m = eq_model_new_ot(be, &c.model, &c.wt, &c.fm, &c.ot, N, H, W, err))) goto fail;
     if (a->weights) {
         size_t missing = 0;
         if (!(wf = eq_st_open(a->weights, NULL, err))) goto fail;

@@ -15,6 +15,7 @@
 
 #include "core/clock.h"
 #include "core/log.h"
+#include "core/rng.h"
 #include "proto/proto_zmq.h"
 #include "trainer/backend_select.h"
 #include "trainer/checkpoint.h"
@@ -89,10 +90,13 @@ static bool s_keys_built;
 void eq_experiment_sections(eq_experiment *x, eq_config_section secs[EQ_EXPERIMENT_NSECTIONS])
 {
     eq_loader_config_sections(x ? &x->loader : NULL, x ? &x->data : NULL, secs);
-    eq_model_config_sections(x ? &x->model : NULL, x ? &x->wt : NULL, x ? &x->fm : NULL, secs + 2);
-    eq_optim_config_sections(x ? &x->optim : NULL, x ? &x->sched : NULL, secs + 5);
-    secs[7] = (eq_config_section){ "train", "the trainer's loop, outputs and data path (eq-trainer)", s_train_keys,
+    eq_model_config_sections_ot(x ? &x->model : NULL, x ? &x->wt : NULL, x ? &x->fm : NULL, x ? &x->ot : NULL,
+                                secs + 2);
+    eq_optim_config_sections(x ? &x->optim : NULL, x ? &x->sched : NULL, secs + 2 + EQ_MODEL_CONFIG_NSECTIONS_OT);
+    secs[2 + EQ_MODEL_CONFIG_NSECTIONS_OT + EQ_OPTIM_CONFIG_NSECTIONS] = (eq_config_section){ "train", "the trainer's loop, outputs and data path (eq-trainer)", s_train_keys,
                                    EQ_CONFIG_NKEYS(s_train_keys), x ? &x->train : NULL };
+    _Static_assert(2 + EQ_MODEL_CONFIG_NSECTIONS_OT + EQ_OPTIM_CONFIG_NSECTIONS + 1 == EQ_EXPERIMENT_NSECTIONS,
+                   "EQ_EXPERIMENT_NSECTIONS counts every section");
     /* Copy the owners' tables and put the trainer's defaults in. */
     for (int i = 0; i < EQ_EXPERIMENT_NSECTIONS; i++) {
         EQ_ASSERT(secs[i].nkeys <= S_MAX_KEYS);
@@ -323,11 +327,11 @@ eq_train *eq_train_new(const eq_experiment *x, const eq_train_opts *o, eq_err *e
     if (eq_backend_open(s_backend_names[x->train.backend],
                         x->train.backend == 0 ? (int)x->train.threads : (int)x->train.device, &t->be, err))
         goto fail;
-    if (!(t->model = eq_model_new(t->be, &x->model, &x->wt, &x->fm, t->B, t->H, t->W, err))) goto fail;
+    if (!(t->model = eq_model_new_ot(t->be, &x->model, &x->wt, &x->fm, &x->ot, t->B, t->H, t->W, err))) goto fail;
     if (!(t->optim = eq_optim_new(t->model, &x->optim, err))) goto fail;
     {
         const eq_model_quant_cfg *qc[EQ_QTAG_COUNT] = { x->wt.enable ? &x->wt : NULL, x->fm.enable ? &x->fm : NULL,
-                                                        NULL };
+                                                        x->ot.enable ? &x->ot : NULL };
         if (!(t->qlayers = eq_qlayers_new(t->model, qc, err))) goto fail;
     }
     if (x->train.policy[0] &&
@@ -1124,6 +1128,8 @@ static eq_status s_run(eq_train *t, eq_err *err)
             epoch_mixed += t->mixed;
             float loss;
             double lr;
+            /* dropout masks from the run's position: a resumed run draws the same */
+            eq_model_set_noise_key(t->model, eq_rng_mix(eq_rng_mix(e, s), (uint64_t)t->rank));
             if ((st = eq_model_forward(t->model, t->x_dev, true, err)) ||
                 (st = eq_model_loss(t->model, t->y_dev, t->mixed ? t->yb_dev : NULL, t->mixed ? t->lam_dev : NULL,
                                     (float)x->train.smoothing, &loss, err)))

@@ -116,13 +116,13 @@ typedef struct eq_experiment {
     eq_loader_cfg loader;
     eq_loader_data_cfg data;
     eq_model_cfg model;
-    eq_model_quant_cfg wt, fm;
+    eq_model_quant_cfg wt, fm, ot;
     eq_optim_cfg optim;
     eq_schedule_cfg sched;
     eq_train_cfg train;
 } eq_experiment;
 
-#define EQ_EXPERIMENT_NSECTIONS 8
+#define EQ_EXPERIMENT_NSECTIONS 9 /* data loader 2, model 4, optim 2, train 1 */
 
 /* Every section of an experiment config, bound to `x` (NULL: validate and
  * discard), with the trainer's defaults.  The tables are static (one set
