@@ -42,12 +42,13 @@
  * single-scan files without restart markers we put our own decode_mcu in
  * libjpeg's entropy module after jpeg_start_decompress: the same
  * coefficients from the same bits (DC prediction in unsigned arithmetic as
- * libjpeg-turbo 2.1 does), with a 10-bit table that gives the code length
- * and, for AC symbols whose code and extra bits fit in 10 bits, the run and
- * the coefficient value at once, and 8 bytes at a time read into a 64-bit
- * buffer when they hold no 0xFF.  Anything unusual (a code no table has,
- * bits needed past a marker or the end of data, FF FF fill bytes) abandons the file's decode and runs it again with
- * libjpeg's own decoder, so corrupt files give exactly libjpeg's result.
+ * libjpeg-turbo 2.1 does), with 10-bit tables that give an AC symbol's
+ * code + extra-bit length, run and size in one load (the value is taken
+ * and sign-extended without branches), and 8 bytes at a time read into a
+ * 64-bit buffer when they hold no 0xFF.  Anything unusual (a code no table
+ * has, bits needed past a marker, reaching the end of the data, FF FF fill
+ * bytes) abandons the file's decode and runs it again with libjpeg's own
+ * decoder, so corrupt files give exactly libjpeg's result.
  * check_loader compares both decoders' pixels on many files. */
 #define S_LB 10 /* lookup bits */
 
@@ -247,7 +248,11 @@ static void s_huff_refill(eq_decoder *d, s_huff *h)
     while (h->nbits <= 56) {
         if (!h->stopped) {
             if (h->p >= h->end) {
-                h->stopped = 1;
+                /* no marker before the end of the data: libjpeg's source
+                 * manager warns there (an error for us) as soon as its
+                 * greedy refill gets there, which may be before the bits
+                 * are needed: let it decide */
+                longjmp(d->jerr.jb, S_JMP_RETRY);
             } else if (h->p[0] != 0xFF) {
                 h->buf |= (uint64_t)h->p[0] << (56 - h->nbits);
                 h->p++;
