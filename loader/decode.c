@@ -258,12 +258,14 @@ static void s_huff_refill(eq_decoder *d, s_huff *h)
                 h->p++;
                 h->nbits += 8;
                 continue;
-            } else if (h->p + 1 < h->end && h->p[1] == 0x00) {
+            } else if (h->p + 1 >= h->end) {
+                longjmp(d->jerr.jb, S_JMP_RETRY); /* a last byte 0xFF: as above */
+            } else if (h->p[1] == 0x00) {
                 h->buf |= (uint64_t)0xFF << (56 - h->nbits);
                 h->p += 2;
                 h->nbits += 8;
                 continue;
-            } else if (h->p + 1 < h->end && h->p[1] == 0xFF) {
+            } else if (h->p[1] == 0xFF) {
                 longjmp(d->jerr.jb, S_JMP_RETRY); /* fill bytes: libjpeg's job */
             } else {
                 h->stopped = 1; /* a marker: the end of the scan's data */
