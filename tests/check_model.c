@@ -1492,6 +1492,152 @@ START_TEST(test_quant_aux_loss)
 }
 END_TEST
 
+/* eq_layers_channel_repeat: torch.cat([x] * 3, dim=1) exactly; its
+ * backward (the copies' gradients summed) against finite differences. */
+START_TEST(test_channel_repeat)
+{
+    eq_err err = {0};
+    eq_backend *be = eq_backend_cpu_new(1, &err);
+    eq_layers *g = eq_layers_new(be, &err);
+    int x = eq_layers_input(g, 2, 3, 3, 2, &err);
+    ck_assert_int_lt(eq_layers_channel_repeat(g, x, 0, &err), 0);
+    eq_layers_destroy(&g);
+    g = eq_layers_new(be, &err);
+    x = eq_layers_input(g, 2, 3, 3, 2, &err);
+    ck_assert_int_ge(eq_layers_channel_repeat(g, x, 3, &err), 0);
+    OK(eq_layers_finalize(g, 1, &err));
+    float xs[2 * 3 * 3 * 2], r[2 * 3];
+    for (size_t i = 0; i < sizeof xs / 4; i++) xs[i] = (float)sin(0.91 * (double)i + 0.2);
+    OK(eq_layers_forward(g, xs, true, &err));
+    int64_t sh[4];
+    const float *y = eq_layers_output(g, NULL, sh);
+    ck_assert(sh[0] == 2 && sh[1] == 3 && sh[2] == 3 && sh[3] == 6);
+    for (int p = 0; p < 18; p++)
+        for (int o = 0; o < 6; o++) ck_assert(y[p * 6 + o] == xs[p * 2 + o % 2]);
+    eq_layers_destroy(&g);
+    g = eq_layers_new(be, &err);
+    x = eq_layers_input(g, 2, 3, 3, 2, &err);
+    int c1 = eq_layers_conv(g, "c1", x, 2, 3, 1, 1, 1, NULL, NULL, false, &err);
+    int cr = eq_layers_channel_repeat(g, c1, 3, &err);
+    int c2 = eq_layers_conv(g, "c2", cr, 2, 1, 1, 0, 1, NULL, NULL, false, &err);
+    int gp = eq_layers_gap(g, c2, &err);
+    int fc = eq_layers_linear(g, "fc", gp, 3, NULL, NULL, &err);
+    ck_assert_msg(fc >= 0, "%s", err.msg);
+    OK(eq_layers_finalize(g, 11, &err));
+    for (size_t i = 0; i < 6; i++) r[i] = (float)cos(1.3 * (double)i);
+    s_fd_loss(g, xs, r);
+    float *dy;
+    eq_layers_output(g, &dy, NULL);
+    memcpy(dy, r, sizeof r);
+    OK(eq_layers_backward(g, &err));
+    for (size_t i = 0; i < eq_layers_tensor_count(g); i++) {
+        const eq_model_tensor *t = eq_layers_tensor_at(g, i);
+        float *an = malloc(t->numel * sizeof *an), *fd = malloc(t->numel * sizeof *fd);
+        memcpy(an, t->grad, t->numel * sizeof *an);
+        float *d = t->data;
+        for (size_t k = 0; k < t->numel; k++) {
+            const float e = 2e-3f, v = d[k];
+            d[k] = v + e;
+            double lp = s_fd_loss(g, xs, r);
+            d[k] = v - e;
+            double lm = s_fd_loss(g, xs, r);
+            d[k] = v;
+            fd[k] = (float)((lp - lm) / (2.0 * (double)e));
+        }
+        double rel = eq_test_relerr(an, fd, t->numel);
+        ck_assert_msg(rel < 2e-2, "%s: analytic vs finite differences rel err %g", t->name, rel);
+        free(an);
+        free(fd);
+    }
+    eq_layers_destroy(&g);
+    eq_backend_destroy(&be);
+}
+END_TEST
+
+static eq_model *s_kw_model(eq_backend *be, const char *arch, const char *kw, int64_t base, int64_t hw, eq_err *err)
+{
+    eq_model_cfg cfg;
+    eq_model_quant_cfg wt, fm;
+    s_defaults(&cfg, &wt, &fm);
+    snprintf(cfg.arch, sizeof cfg.arch, "%s", arch);
+    s_kw(&cfg, kw);
+    cfg.width_alpha = 0.0625;
+    cfg.base = base;
+    return eq_model_new(be, &cfg, NULL, NULL, 2, hw, hw, err);
+}
+
+/* Every tensor whose name ends in `suffix` (under layer*) holds `v`;
+ * returns how many there are. */
+static int s_all_eq(const eq_model *m, const char *suffix, float v)
+{
+    int n = 0;
+    for (size_t i = 0; i < eq_model_tensor_count(m); i++) {
+        const eq_model_tensor *t = eq_model_tensor_at(m, i);
+        size_t len = strlen(t->name), sl = strlen(suffix);
+        if (strncmp(t->name, "layer", 5) || len < sl || strcmp(t->name + len - sl, suffix)) continue;
+        for (size_t k = 0; k < t->numel; k++)
+            ck_assert_msg(((const float *)t->data)[k] == v, "%s[%zu] = %g, expected %g", t->name, k,
+                          (double)((const float *)t->data)[k], (double)v);
+        n++;
+    }
+    return n;
+}
+
+/* Keywords DCHR (parameter-free shortcuts) and zir (the residual branch's
+ * last BN scale starts at 0), and their refusals. */
+START_TEST(test_dchr_zir)
+{
+    eq_err err = {0};
+    eq_backend *be = eq_backend_cpu_new(1, &err);
+    eq_model *a = s_kw_model(be, "resnet20", "origin,cbsa,fix_pooling,singleconv,fix", 1, 8, &err);
+    eq_model *m = s_kw_model(be, "resnet20", "origin,cbsa,fix_pooling,singleconv,fix,DCHR", 1, 8, &err);
+    ck_assert_msg(a && m, "%s", err.msg);
+    for (size_t i = 0; i < eq_model_tensor_count(m); i++)
+        ck_assert_msg(!strstr(eq_model_tensor_at(m, i)->name, "downsample"), "%s", eq_model_tensor_at(m, i)->name);
+    ck_assert_uint_eq(eq_model_tensor_count(a), eq_model_tensor_count(m) + 2 * 6); /* 2 x (conv + 5 BN) */
+    float x[2 * 8 * 8 * 3], loss;
+    int32_t y[2] = {1, 5};
+    for (size_t i = 0; i < sizeof x / 4; i++) x[i] = (float)sin(0.1 * (double)i + 0.3);
+    OK(eq_model_forward(m, x, true, &err));
+    OK(eq_model_loss(m, y, NULL, NULL, 0.0f, &loss, &err));
+    OK(eq_model_backward(m, NULL, &err));
+    ck_assert(isfinite(loss));
+    eq_model_destroy(&a);
+    eq_model_destroy(&m);
+
+    m = s_kw_model(be, "resnet20", "origin,cbsa,fix_pooling,singleconv,fix,zir", 1, 8, &err);
+    ck_assert_msg(m != NULL, "%s", err.msg);
+    ck_assert_int_eq(s_all_eq(m, ".bn2.weight", 0.0f), 9);
+    ck_assert_int_eq(s_all_eq(m, ".bn1.weight", 1.0f), 9);
+    ck_assert(((const float *)eq_model_tensor_find(m, "bn1.weight")->data)[0] == 1.0f);
+    eq_model_destroy(&m);
+    m = s_kw_model(be, "resnet20", "origin,preBN,bacs,fix,zir", 1, 8, &err); /* fix_bn when present */
+    ck_assert_msg(m != NULL, "%s", err.msg);
+    ck_assert_int_eq(s_all_eq(m, ".fix_bn.weight", 0.0f), 9);
+    ck_assert_int_eq(s_all_eq(m, ".bn2.weight", 1.0f), 9);
+    eq_model_destroy(&m);
+    m = s_kw_model(be, "resnet20", "cabs,fix,group-net,singleconv,zir", 2, 8, &err); /* every branch */
+    ck_assert_msg(m != NULL, "%s", err.msg);
+    ck_assert_int_eq(s_all_eq(m, ".bn2.0.weight", 0.0f), 9);
+    ck_assert_int_eq(s_all_eq(m, ".bn2.1.weight", 0.0f), 9);
+    ck_assert_int_eq(s_all_eq(m, ".bn1.1.weight", 1.0f), 9);
+    eq_model_destroy(&m);
+    m = s_kw_model(be, "resnet50", "origin,cbsa,fix_pooling,singleconv,fix,zir", 1, 32, &err); /* bn3 */
+    ck_assert_msg(m != NULL, "%s", err.msg);
+    ck_assert_int_eq(s_all_eq(m, ".bn3.weight", 0.0f), 16);
+    ck_assert_int_eq(s_all_eq(m, ".bn2.weight", 1.0f), 16);
+    eq_model_destroy(&m);
+
+    ck_assert_ptr_null(s_kw_model(be, "resnet50", "origin,cbsa,DCHR", 1, 32, &err));
+    ck_assert_msg(strstr(err.msg, "DCHR") && strstr(err.msg, "BasicBlock"), "%s", err.msg);
+    ck_assert_ptr_null(s_kw_model(be, "torch-resnet18", "zir", 1, 32, &err));
+    ck_assert_msg(strstr(err.msg, "zir"), "%s", err.msg);
+    ck_assert_ptr_null(s_kw_model(be, "resnet20", "origin,cbsa,fix,fixup,zir", 1, 8, &err));
+    ck_assert_msg(strstr(err.msg, "fixup"), "%s", err.msg);
+    eq_backend_destroy(&be);
+}
+END_TEST
+
 /* [model] dropout: no tensors, eval unchanged, training differs; the
  * checkpoint resume stays bit-exact (masks keyed by the step). */
 START_TEST(test_dropout_model)
@@ -1903,6 +2049,8 @@ static Suite *s_suite(void)
     tcase_add_test(tc, test_finite_differences);
     tcase_add_test(tc, test_finite_differences_2);
     tcase_add_test(tc, test_dropout);
+    tcase_add_test(tc, test_channel_repeat);
+    tcase_add_test(tc, test_dchr_zir);
     suite_add_tcase(s, tc);
     tc = tcase_create("quant");
     tcase_set_timeout(tc, 30);

@@ -47,6 +47,7 @@ typedef struct s_node {
     float *drop_mask;   /* dropout (host): the last training forward's scales, then a scratch copy */
     int drop_train;     /* the last forward applied the mask */
     int64_t s2d;        /* space-to-depth block (a conv with the fixed weight fixed_w) */
+    int64_t rep;        /* channel repeat: copies (a 1x1 conv with the fixed weight; s2d == 1) */
     float *fixed_w;
     int pw, pb, prm, prv, pnbt; /* tensor indices, -1 if none */
     float *y, *dy;
@@ -375,6 +376,29 @@ int eq_layers_space_to_depth(eq_layers *g, int in, int64_t s, eq_err *err)
         return s_fail(g);
     }
     nd->h = d->p, nd->w = d->q, nd->c = d->k;
+    return g->nnodes - 1;
+}
+
+int eq_layers_channel_repeat(eq_layers *g, int in, int64_t copies, eq_err *err)
+{
+    s_node *nd = s_add_node(g, S_CONV, in, -1, NULL, err);
+    if (!nd) return s_fail(g);
+    if (copies < 1 || copies > 4096) {
+        eq_err_set(err, EQ_ERR_INVALID, "channel_repeat (node %d): %lld copies (1..4096)", g->nnodes - 1,
+                   (long long)copies);
+        return s_fail(g);
+    }
+    nd->s2d = 1;
+    nd->rep = copies;
+    eq_conv2d_desc *d = &nd->conv;
+    *d = (eq_conv2d_desc){.n = nd->n, .h = nd->h, .w = nd->w, .c = nd->c, .k = nd->c * copies,
+                          .r = 1, .s = 1, .stride_h = 1, .stride_w = 1, .dil_h = 1, .dil_w = 1,
+                          .groups = 1};
+    if (eq_conv2d_desc_init(d, err) != EQ_OK) {
+        eq_err_prefix(err, "channel_repeat (node %d): ", g->nnodes - 1);
+        return s_fail(g);
+    }
+    nd->c = d->k;
     return g->nnodes - 1;
 }
 
@@ -735,8 +759,11 @@ eq_status eq_layers_finalize(eq_layers *g, uint64_t seed, eq_err *err)
         size_t nw = (size_t)(k * c * bs * bs);
         float *w = calloc(nw, sizeof *w);
         if (!w) return eq_err_set(err, EQ_ERR_NOMEM, "finalize: out of memory");
-        for (int64_t ci = 0; ci < c; ci++)
-            for (int64_t t = 0; t < bs * bs; t++) w[((ci * bs * bs + t) * c + ci) * bs * bs + t] = 1.0f;
+        if (nd->rep) /* channel repeat: output channel o takes input channel o mod c */
+            for (int64_t o = 0; o < k; o++) w[o * c + o % c] = 1.0f;
+        else
+            for (int64_t ci = 0; ci < c; ci++)
+                for (int64_t t = 0; t < bs * bs; t++) w[((ci * bs * bs + t) * c + ci) * bs * bs + t] = 1.0f;
         eq_status st2 = eq_backend_upload(g->be, nd->fixed_w, w, nw * sizeof *w, err);
         free(w);
         if (st2 != EQ_OK) return eq_err_prefix(err, "finalize: space_to_depth: ");

@@ -59,6 +59,11 @@ eq_status eq_layers_conv_output_quant(eq_layers *g, int node, const eq_quant_opt
  * original's TResNetStem order.  Runs as a conv with a fixed one-hot weight
  * (exact for finite inputs; no tensors). */
 int eq_layers_space_to_depth(eq_layers *g, int in, int64_t s, eq_err *err);
+/* torch.cat([x] * copies, dim=1): [n][h][w][c] -> [n][h][w][c*copies],
+ * output channel o from input channel o mod c (the original's DCHR
+ * shortcut).  Runs as a 1x1 conv with a fixed one-hot weight (exact for
+ * finite inputs; the backward sums the copies' gradients; no tensors). */
+int eq_layers_channel_repeat(eq_layers *g, int in, int64_t copies, eq_err *err);
 /* BatchNorm2d (eps 1e-5, momentum 0.1): weight, bias, running_mean,
  * running_var, num_batches_tracked (I64 scalar). */
 int eq_layers_bn(eq_layers *g, const char *name, int in, eq_err *err);

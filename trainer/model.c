@@ -157,6 +157,7 @@ typedef struct s_build {
     int fixup, fbias;     /* Fixup: no BN, scalar multiplier; with `bias` the scalar biases */
     int groupnet;         /* group-net: the stem BN has no activation */
     int ldn;              /* ReShapeResolution: strided blocks start with a lossless shrink */
+    int dchr;             /* DCHR: parameter-free shortcuts (avg-pool + channel copies) */
     enum s_order order;
     eq_err *err;
 } s_build;
@@ -171,7 +172,7 @@ static int s_has(const eq_model_cfg *c, const char *kw)
 static const char *const s_supported_kw[] = {
     "origin", "preBN", "cbas", "cbsa", "cabs", "bacs", "bcas", "fix", "fix_pooling", "singleconv",
     "real_skip", "PReLU", "NReLU", "cifar10", "cifar100", "first-last", "real_dp", "real_pt", "TResNetStem",
-    "TResNetStemMaxPool", "fixup", "bias", "group-net", "ReShapeResolution", NULL};
+    "TResNetStemMaxPool", "fixup", "bias", "group-net", "ReShapeResolution", "DCHR", "zir", NULL};
 
 /* The keywords a MobileNet takes (the others shape ResNet blocks). */
 static const char *const s_mobile_kw[] = {"cifar10", "cifar100", "first-last", "real_dp", "real_pt", NULL};
@@ -187,7 +188,7 @@ static eq_status s_check_keywords(const eq_model_cfg *c, eq_err *err)
                               "supported: origin, preBN, cbas, cbsa, cabs, bacs, bcas, fix, "
                               "fix_pooling, singleconv, real_skip, PReLU, NReLU, cifar10, cifar100, "
                               "first-last, real_dp, real_pt, TResNetStem, TResNetStemMaxPool, fixup, bias, "
-                              "group-net, ReShapeResolution "
+                              "group-net, ReShapeResolution, DCHR, zir "
                               "(quantizer methods go in "
                               "[quant.wt]/[quant.fm] method)",
                               c->keyword[i], i + 1);
@@ -353,6 +354,14 @@ static int s_skip(s_build *b, const char *pfx, int x, int64_t out, int64_t s)
 {
     int64_t in = s_chan(b, x);
     if (s == 1 && in == out) return x;
+    if (b->dchr) { /* AvgPool(s) or identity, out/in copies concatenated */
+        if (s != 1) x = eq_layers_avgpool(b->g, x, s, s, 0, b->err);
+        if (x < 0 || in == out) return x;
+        if (out % in)
+            return eq_err_set(b->err, EQ_ERR_INVALID, "%s: DCHR needs the output width %lld to be a multiple of "
+                              "the input width %lld", pfx, (long long)out, (long long)in), -1;
+        return eq_layers_channel_repeat(b->g, x, out / in, b->err);
+    }
     char n[160];
     int idx = 0;
     int pre = b->order == O_BACS || b->order == O_BCAS;
@@ -745,6 +754,39 @@ static eq_status s_fixup_init(eq_backend *be, eq_layers *g, int nstages, int bot
     return EQ_OK;
 }
 
+/* zir (ORIGINAL.md 3.2.1): the last BN scale of every residual branch
+ * starts at 0 -- a block's fix_bn if it has one, else its bn2 (BasicBlock,
+ * every Group-Net branch's) or bn3 (BottleNeck). */
+static eq_status s_zir_init(eq_backend *be, eq_layers *g, int bottleneck, size_t *nzero, eq_err *err)
+{
+    *nzero = 0;
+    for (size_t i = 0; i < eq_layers_tensor_count(g); i++) {
+        const eq_model_tensor *t = eq_layers_tensor_at(g, i);
+        const char *dot1 = strncmp(t->name, "layer", 5) ? NULL : strchr(t->name, '.');
+        const char *dot2 = dot1 ? strchr(dot1 + 1, '.') : NULL;
+        if (!dot2) continue;
+        const char *rest = dot2 + 1; /* after "layerA.B." */
+        char fix[256];
+        snprintf(fix, sizeof fix, "%.*s.fix_bn.weight", (int)(dot2 - t->name), t->name);
+        int has_fix = 0;
+        for (size_t k = 0; k < eq_layers_tensor_count(g) && !has_fix; k++)
+            has_fix = !strcmp(eq_layers_tensor_at(g, k)->name, fix);
+        const char *last = bottleneck ? "bn3." : "bn2.";
+        int zero = has_fix ? !strcmp(rest, "fix_bn.weight")
+                           : !strncmp(rest, last, 4) && (!strcmp(rest + 4, "weight") ||
+                                                          (strspn(rest + 4, "0123456789") > 0 &&
+                                                           !strcmp(rest + 4 + strspn(rest + 4, "0123456789"), ".weight")));
+        if (!zero) continue;
+        float *z = calloc(t->numel, sizeof *z);
+        if (!z) return eq_err_set(err, EQ_ERR_NOMEM, "zir init: out of memory");
+        eq_status st = eq_backend_upload(be, t->data, z, t->numel * sizeof *z, err);
+        free(z);
+        if (st != EQ_OK) return eq_err_prefix(err, "zir init: %s: ", t->name);
+        (*nzero)++;
+    }
+    return EQ_OK;
+}
+
 eq_model *eq_model_new(eq_backend *be, const eq_model_cfg *cfg, const eq_model_quant_cfg *wt,
                        const eq_model_quant_cfg *fm, int64_t batch, int64_t h, int64_t w,
                        eq_err *err)
@@ -808,6 +850,17 @@ eq_model *eq_model_new_ot(eq_backend *be, const eq_model_cfg *cfg, const eq_mode
     b.fixup = s_has(cfg, "fixup"), b.fbias = s_has(cfg, "bias");
     b.groupnet = s_has(cfg, "group-net");
     b.ldn = s_has(cfg, "ReShapeResolution");
+    b.dchr = s_has(cfg, "DCHR");
+    int zir = s_has(cfg, "zir");
+    const char *bad = NULL, *why = "";
+    if (b.dchr && arch->torch) bad = "DCHR", why = " (torchvision layout; use resnetNN)";
+    else if (b.dchr && arch->bottleneck) bad = "DCHR", why = " (DCHR shortcuts are for BasicBlock networks)";
+    else if (zir && arch->torch) bad = "zir", why = " (torchvision layout; use resnetNN)";
+    else if (zir && b.fixup) bad = "zir", why = " with fixup (no BN)";
+    if (bad) {
+        eq_err_set(err, EQ_ERR_INVALID, "[model] keyword: '%s' does not apply to %s%s", bad, cfg->arch, why);
+        return NULL;
+    }
     b.cifar = arch->cifar || s_has(cfg, "cifar10") || s_has(cfg, "cifar100");
     b.first_last = cfg->quant_first_last || s_has(cfg, "first-last");
     static const char *const orders[] = {"cbas", "cbsa", "cabs", "bacs", "bcas"};
@@ -838,6 +891,14 @@ eq_model *eq_model_new_ot(eq_backend *be, const eq_model_cfg *cfg, const eq_mode
     }
     if (eq_layers_finalize(b.g, (uint64_t)cfg->seed, err) != EQ_OK) goto fail;
     if (b.fixup && s_fixup_init(be, b.g, arch->nstages, arch->bottleneck, err) != EQ_OK) goto fail;
+    if (zir) {
+        size_t nz = 0;
+        if (s_zir_init(be, b.g, arch->bottleneck, &nz, err) != EQ_OK) goto fail;
+        if (nz == 0) {
+            eq_err_set(err, EQ_ERR_INVALID, "[model] keyword zir: %s has no residual-branch BN to zero", cfg->arch);
+            goto fail;
+        }
+    }
     if (cfg->base > 1) { /* Group-Net scales start at 1/base */
         float v = (float)(1.0 / (double)cfg->base);
         for (size_t i = 0; i < eq_layers_tensor_count(b.g); i++) {
