@@ -1310,6 +1310,25 @@ START_TEST(test_quant_ot_config)
     OK(eq_model_backward(m, NULL, &err));
     ck_assert(isfinite(loss));
     ck_assert(oc->grad[0] != 0.0f);
+    /* the output quantizers' state goes through a checkpoint by name */
+    ((float *)oc->data)[0] = 0.625f;
+    char *dir = eq_test_scratch("ot");
+    char path[4200];
+    snprintf(path, sizeof path, "%s/ot.safetensors", dir);
+    eq_ckpt_run run = {.metric = NAN};
+    OK(eq_checkpoint_save(path, m, NULL, &run, &err));
+    eq_model *m2 = eq_model_new_ot(be, &cfg, &wt, &fm, &ot, 4, 12, 12, &err);
+    ck_assert_msg(m2 != NULL, "%s", err.msg);
+    OK(eq_checkpoint_load(path, m2, NULL, NULL, NULL, &err));
+    const eq_model_tensor *oc2 = eq_model_tensor_find(m2, "layer3.2.conv2.quant_output.clip_val");
+    ck_assert(oc2 && ((const float *)oc2->data)[0] == 0.625f);
+    /* ... and a model without [quant.ot] refuses that checkpoint's extra tensors */
+    eq_model *m3 = eq_model_new(be, &cfg, &wt, &fm, 4, 12, 12, &err);
+    ck_assert_int_ne(eq_checkpoint_load(path, m3, NULL, NULL, NULL, &err), EQ_OK);
+    ck_assert_msg(strstr(err.msg, "quant_output") != NULL, "%s", err.msg);
+    eq_model_destroy(&m3);
+    eq_model_destroy(&m2);
+    eq_test_scratch_rm(dir);
     eq_model_destroy(&m);
     /* disabled [quant.ot] (and NULL) builds no output quantizers */
     ot.enable = false;
