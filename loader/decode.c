@@ -194,6 +194,11 @@ void eq_decoder_fast_huffman(eq_decoder *d, int enable, uint64_t *n_fast, uint64
     if (n_fallback) *n_fallback = d->n_fallback;
 }
 
+/* An AC symbol as the decode loop reads it: size 0 with a run other than
+ * 15 ends the block in libjpeg (only run 0 is a valid EOB, but a table may
+ * hold the others), so all of them become 0, the loop's EOB. */
+static inline int s_ac_sym(int sym) { return (sym & 15) == 0 && sym >> 4 != 15 ? 0 : sym; }
+
 /* Build t from a JHUFF_TBL (libjpeg validated it in jpeg_make_d_derived_tbl
  * at start_pass: counts fit, codes do not overflow, DC symbols <= 15). */
 static void s_htab_build(s_htab *t, const JHUFF_TBL *h, int ac)
@@ -219,7 +224,7 @@ static void s_htab_build(s_htab *t, const JHUFF_TBL *h, int ac)
             uint32_t lo = (uint32_t)code << (S_LB - l), hi = (uint32_t)(code + 1) << (S_LB - l);
             for (uint32_t e = lo; e < hi; e++) {
                 t->lut[e] = (uint16_t)(l << 8 | sym);
-                t->ac[e] = (uint32_t)sym << 8 | (uint32_t)(l + (sym & 15));
+                t->ac[e] = (uint32_t)s_ac_sym(sym) << 8 | (uint32_t)(l + (sym & 15));
                 t->acn[e] = (uint8_t)(l + (sym & 15));
             }
         }
@@ -284,7 +289,7 @@ static int s_huff_slow(eq_decoder *d, const s_htab *t, uint64_t buf, int *len);
 static uint32_t s_huff_slow_ac(eq_decoder *d, const s_htab *t, uint64_t buf)
 {
     int len, sym = s_huff_slow(d, t, buf, &len);
-    return (uint32_t)sym << 8 | (uint32_t)(len + (sym & 15));
+    return (uint32_t)s_ac_sym(sym) << 8 | (uint32_t)(len + (sym & 15));
 }
 
 static int s_huff_slow(eq_decoder *d, const s_htab *t, uint64_t buf, int *len)
@@ -596,6 +601,15 @@ static eq_status s_jpeg(eq_decoder *d, const uint8_t *data, size_t len, int head
             jpeg_abort_decompress(&d->cinfo);
             return eq_err_set(err, d->fail_code, "JPEG: %s", d->jerr.msg);
         }
+        /* A fresh decompressor for every file (0.2 us): libjpeg keeps the
+         * Huffman and quantisation tables of the files it read before, so
+         * a file using a table it does not define would decode with
+         * whatever file this thread's decoder read last (a different result
+         * per thread and process) instead of failing or getting libjpeg's
+         * standard tables as in a fresh process. */
+        jpeg_destroy_decompress(&d->cinfo);
+        jpeg_create_decompress(&d->cinfo);
+        d->cinfo.progress = &d->progress;
         return s_jpeg_body(d, data, len, header_only, num, rx0, ry0, rx1, ry1, out, fw, fh, err);
     }
 }

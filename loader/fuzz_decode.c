@@ -4,13 +4,17 @@
  * picks the DCT scale and a region; the rest is the file.  Everything must
  * come back as EQ_OK or an error: no crash, no leak, no huge allocation
  * (the decoder's pixel limit is set to 4 MP so fuzz/run's 256 MiB RSS
- * limit holds).
+ * limit holds).  JPEG: the region is decoded again with libjpeg's Huffman
+ * decoder in place of decode.c's own, and both must give the same status
+ * and the same bytes (abort() otherwise, which libFuzzer reports).
  */
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "loader/loader.h"
+#include "loader/loader_internal.h"
 
 #ifndef EQ_FUZZ_PNG
 #define EQ_FUZZ_PNG 0
@@ -38,13 +42,36 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     } else {
         uint32_t sw = eq_decode_scaled(w, num), sh = eq_decode_scaled(h, num);
         uint32_t x0 = sw * ((ctl >> 4) & 3) / 4, y0 = sh * (ctl >> 6) / 4;
-        if (eq_decode_region(d, data, size, num, x0, y0, x0 + sw / 3 + 1, y0 + sh / 3 + 1, &o, &e) ==
-            EQ_OK) {
+        eq_status st =
+            eq_decode_region(d, data, size, num, x0, y0, x0 + sw / 3 + 1, y0 + sh / 3 + 1, &o, &e);
+        if (st == EQ_OK) {
             /* touch every decoded byte (ASan checks the bounds) */
             volatile uint8_t acc = 0;
             for (size_t i = 0; i < (size_t)o.w * o.h * 3; i++) acc ^= o.pix[i];
             (void)acc;
         }
+#if !EQ_FUZZ_PNG
+        static eq_decoder *ref;
+        static uint8_t *keep;
+        static size_t keep_cap;
+        if (!ref) {
+            ref = eq_decoder_new(4u << 20, NULL);
+            eq_decoder_fast_huffman(ref, 0, NULL, NULL);
+        }
+        size_t n = st == EQ_OK ? (size_t)o.w * o.h * 3 : 0;
+        if (n > keep_cap) {
+            free(keep);
+            keep = malloc(n);
+            keep_cap = keep ? n : 0;
+            if (!keep) return 0;
+        }
+        if (n) memcpy(keep, o.pix, n);
+        eq_decoded r;
+        eq_status rs =
+            eq_decode_region(ref, data, size, num, x0, y0, x0 + sw / 3 + 1, y0 + sh / 3 + 1, &r, &e);
+        if (rs != st || (st == EQ_OK && (r.w != o.w || r.h != o.h || memcmp(keep, r.pix, n))))
+            abort(); /* decode.c's Huffman decoder and libjpeg's disagree */
+#endif
     }
     return 0;
 }

@@ -1065,6 +1065,81 @@ START_TEST(test_fast_huffman_equals_libjpeg)
 }
 END_TEST
 
+/* fuzz_loader_jpeg's first disagreement between the two Huffman decoders
+ * (kept as a fixture: first byte the fuzzer's control byte, then the
+ * file): an AC table holding a size-0 symbol with a run other than 0 or 15,
+ * which libjpeg takes as an end of block. */
+START_TEST(test_fast_huffman_fuzz_cases)
+{
+    char p[4200];
+    snprintf(p, sizeof p, "%s/tests/fixtures/loader/huff_eobn.bin", eq_test_srcdir());
+    uint8_t *buf = NULL;
+    size_t cap = 0, len = 0;
+    ck_assert_int_eq(eq_read_file(p, &buf, &cap, &len, 1u << 20, NULL), EQ_OK);
+    eq_decoder *d = eq_decoder_new(4u << 20, NULL);
+    uint32_t w, h;
+    ck_assert_int_eq(eq_decode_info(d, buf + 1, len - 1, NULL, &w, &h, NULL), EQ_OK);
+    uint32_t num = 1 + (buf[0] & 7), sw = eq_decode_scaled(w, num), sh = eq_decode_scaled(h, num);
+    ck_assert(s_both_huffman(d, buf + 1, len - 1, num, 0, 0, UINT32_MAX, UINT32_MAX));
+    /* the fuzzer's region (a full decode reaches the end of the data
+     * without a marker, where both hand over to libjpeg's decoder) */
+    uint32_t x0 = sw * ((buf[0] >> 4) & 3) / 4, y0 = sh * (buf[0] >> 6) / 4;
+    ck_assert(s_both_huffman(d, buf + 1, len - 1, num, x0, y0, x0 + sw / 3 + 1, y0 + sh / 3 + 1));
+    free(buf);
+    eq_decoder_destroy(&d);
+}
+END_TEST
+
+/* A file that uses Huffman tables it does not define decodes the same in a
+ * decoder that read another file before as in a fresh one (libjpeg keeps a
+ * decompressor's tables from file to file; libjpeg-turbo gives a fresh one
+ * the standard tables, which TurboJPEG's files use). */
+START_TEST(test_decode_independent_of_history)
+{
+    unsigned long la, lb;
+    unsigned char *a = s_jpeg_lib(120, 90, 2, 2, 80, 1, 0, &la); /* optimised tables */
+    unsigned char *b = s_jpeg(120, 90, TJSAMP_420, TJPF_RGB, 80, &lb, NULL);
+    /* drop b's DHT segments */
+    unsigned char *nb = malloc(lb);
+    unsigned long n = 0, i = 0;
+    int dropped = 0;
+    while (i < lb) {
+        if (i + 3 < lb && b[i] == 0xFF && b[i + 1] == 0xC4) {
+            i += 2 + ((unsigned long)b[i + 2] << 8 | b[i + 3]);
+            dropped++;
+            continue;
+        }
+        if (i + 1 < lb && b[i] == 0xFF && b[i + 1] == 0xDA) { /* SOS: copy the rest */
+            memcpy(nb + n, b + i, lb - i);
+            n += lb - i;
+            break;
+        }
+        nb[n++] = b[i++];
+    }
+    ck_assert_int_gt(dropped, 0);
+    for (int fast = 0; fast < 2; fast++) {
+        eq_decoder *fresh = eq_decoder_new(0, NULL), *used = eq_decoder_new(0, NULL);
+        eq_decoder_fast_huffman(fresh, fast, NULL, NULL);
+        eq_decoder_fast_huffman(used, fast, NULL, NULL);
+        eq_decoded o1, o2;
+        eq_status s1 = eq_decode_full(fresh, nb, n, 8, &o1, NULL);
+        ck_assert_int_eq(eq_decode_full(used, a, la, 8, &o2, NULL), EQ_OK);
+        eq_status s2 = eq_decode_full(used, nb, n, 8, &o2, NULL);
+        ck_assert_int_eq(s1, s2);
+        if (s1 == EQ_OK) {
+            ck_assert_uint_eq(o1.w * o1.h, o2.w * o2.h);
+            ck_assert_msg(!memcmp(o1.pix, o2.pix, (size_t)o1.w * o1.h * 3),
+                          "fast %d: the result depends on the file decoded before", fast);
+        }
+        eq_decoder_destroy(&fresh);
+        eq_decoder_destroy(&used);
+    }
+    free(nb);
+    free(a);
+    tjFree(b);
+}
+END_TEST
+
 static uint8_t *s_png(uint32_t w, uint32_t h, int gray, size_t *len)
 {
     png_image img;
@@ -1855,6 +1930,8 @@ static Suite *s_suite(void)
     tcase_add_test(t, test_crop_decode_equals_full);
     tcase_add_test(t, test_decode_matches_tj_and_cmyk);
     tcase_add_test(t, test_fast_huffman_equals_libjpeg);
+    tcase_add_test(t, test_fast_huffman_fuzz_cases);
+    tcase_add_test(t, test_decode_independent_of_history);
     tcase_add_test(t, test_png_decode);
     tcase_add_test(t, test_decode_bad_inputs);
     tcase_add_test(t, test_pipeline_matches_torchvision);
