@@ -28,6 +28,12 @@ typedef struct s_lq {
     double *atx;   /* [g][bit] */
     float *nrm_a, *nrm_b; /* per sample (fm) or group (wt): y = l * a + b */
     int xn_is_x;   /* adaptive none: the last forward quantized x itself (no copy in q->xn) */
+    /* per group, for the block loop: levels [g][L], thresholds [g][L-1],
+     * code bits [g][bit][L] by level rank, thresholds in order [g] */
+    float *glev, *gth, *gcoef;
+    int *gmono;
+    double *cacc;  /* per-chunk level counts [g][L] and B^T x [g][bit] */
+    int64_t cacc_cap;
     int64_t nrm_cap;
 } s_lq;
 
@@ -60,7 +66,12 @@ static eq_status s_init(eq_quant *q, eq_err *err)
     p->lmax = eq_malloc_array((size_t)g, sizeof(float));
     p->ata = eq_malloc_array((size_t)(g * bit * bit), sizeof(double));
     p->atx = eq_malloc_array((size_t)(g * bit), sizeof(double));
-    if (!p->lev || !p->perm || !p->theta || !p->lmax || !p->ata || !p->atx)
+    p->glev = eq_malloc_array((size_t)(L * g), sizeof(float));
+    p->gth = eq_malloc_array((size_t)((L - 1) * g), sizeof(float));
+    p->gcoef = eq_malloc_array((size_t)(L * bit * g), sizeof(float));
+    p->gmono = eq_malloc_array((size_t)g, sizeof(int));
+    if (!p->lev || !p->perm || !p->theta || !p->lmax || !p->ata || !p->atx || !p->glev || !p->gth ||
+        !p->gcoef || !p->gmono)
         return eq_err_set(err, EQ_ERR_NOMEM, "lqnet: out of memory");
 
     p->basis = eq_quant_add_tensor(q, "basis", 2, (int64_t[]){bit, g}, 0.0f, 0, err);
@@ -119,6 +130,11 @@ static void s_destroy(eq_quant *q)
         free(p->atx);
         free(p->nrm_a);
         free(p->nrm_b);
+        free(p->glev);
+        free(p->gth);
+        free(p->gcoef);
+        free(p->gmono);
+        free(p->cacc);
     }
     free(p);
     q->priv = NULL;
@@ -261,18 +277,20 @@ static void s_solve(int nb, double *m, double *r, double *z)
 /* One group's levels, thresholds and codes, for s_block. */
 #define S_BLK 256
 typedef struct s_run {
-    int L, bit, mono;            /* mono: thresholds non-decreasing */
-    float lev[256], th[255];
-    float coef[S_MAXBIT][256];   /* code bit a of the level of rank r */
+    int L, bit, mono;   /* mono: thresholds non-decreasing */
+    const float *lev;   /* [L] */
+    const float *th;    /* [L-1] */
+    const float *coef;  /* [bit][L]: code bit a of the level of rank r */
 } s_run;
 
 /* Quantize m <= S_BLK elements of one group and one normalisation segment:
  * idx = the last i with v > th[i-1] (with non-decreasing thresholds that is
  * the number of thresholds below v: vectorizable compares), y = lev[idx]*a
- * + b, and in training the level counts and x's projections on the codes
- * (B^T x; double products, summed in four double lanes per block). */
+ * + b, and in training the level counts (cnt[L], exact integers in double)
+ * and x's projections on the codes (atx[bit], B^T x: double products,
+ * summed in four double lanes per block). */
 EQ_QSIMD_WIDE static void s_block(const s_run *c, const float *v, int m, float a, float b, float *y, int train,
-                                  int64_t *cnt, double *atx)
+                                  double *cnt, double *atx)
 {
     int32_t id[S_BLK];
     int L = c->L;
@@ -306,7 +324,7 @@ EQ_QSIMD_WIDE static void s_block(const s_run *c, const float *v, int m, float a
     for (int j = 0; j < m; j++) y[j] = c->lev[id[j]] * a + b;
     if (!train) return;
     for (int bi = 0; bi < c->bit; bi++) {
-        const float *cf = c->coef[bi];
+        const float *cf = c->coef + bi * L;
         double d0 = 0, d1 = 0, d2 = 0, d3 = 0;
         int j = 0;
         for (; j + 4 <= m; j += 4) {
@@ -317,6 +335,35 @@ EQ_QSIMD_WIDE static void s_block(const s_run *c, const float *v, int m, float a
         }
         for (; j < m; j++) d0 += (double)cf[id[j]] * v[j];
         atx[bi] += (d0 + d1) + (d2 + d3);
+    }
+}
+
+typedef struct s_fctx {
+    const float *xn;
+    float *y;
+    int64_t per; /* elements per normalisation segment */
+    int64_t pc;  /* accumulators per chunk */
+} s_fctx;
+
+/* One chunk of the forward: runs of one group cut into blocks within one
+ * normalisation segment; counts and B^T x into the chunk's accumulators. */
+static void s_fwd_chunk(eq_quant *q, void *vc, int64_t c, int64_t lo, int64_t hi)
+{
+    const s_fctx *f = vc;
+    s_lq *p = q->priv;
+    int L = p->L, bit = p->bit;
+    int64_t g = q->g;
+    double *acc = q->train ? p->cacc + c * f->pc : NULL;
+    EQ_QFOR_RUNS_IN(q, lo, hi, s0, len, k) {
+        s_run r = {L, bit, p->gmono[k], p->glev + k * L, p->gth + k * (L - 1), p->gcoef + k * bit * L};
+        double *cnt = acc ? acc + k * L : NULL, *atx = acc ? acc + g * L + k * bit : NULL;
+        for (int64_t e0 = s0; e0 < s0 + len;) {
+            int64_t sg = e0 / f->per, e1 = s0 + len;
+            if (e1 > (sg + 1) * f->per) e1 = (sg + 1) * f->per;
+            if (e1 > e0 + S_BLK) e1 = e0 + S_BLK;
+            s_block(&r, f->xn + e0, (int)(e1 - e0), p->nrm_a[sg], p->nrm_b[sg], f->y + e0, q->train, cnt, atx);
+            e0 = e1;
+        }
     }
 }
 
@@ -335,36 +382,44 @@ static eq_status s_forward(eq_quant *q, const float *x, float *y, eq_err *err)
         memset(p->atx, 0, (size_t)(g * bit) * sizeof(double));
     }
     const float *E = p->codec->data;
-    EQ_QFOR_RUNS(q, s0, len, k) {
-        s_run ctx;
-        ctx.L = L;
-        ctx.bit = bit;
-        ctx.mono = 1;
+    for (int64_t k = 0; k < g; k++) {
+        int mono = 1;
         for (int r = 0; r < L; r++) {
-            ctx.lev[r] = p->lev[r * g + k];
+            p->glev[k * L + r] = p->lev[r * g + k];
             /* lq_codes=zero: the update sees codec row 0 for every element */
             const float *row = E + (q->o.lq_zero_codes ? 0 : p->perm[r * g + k]) * bit;
-            for (int a = 0; a < bit; a++) ctx.coef[a][r] = row[a];
+            for (int a = 0; a < bit; a++) p->gcoef[(k * bit + a) * L + r] = row[a];
         }
-        for (int i = 0; i < L - 1; i++) ctx.th[i] = p->theta[i * g + k];
+        for (int i = 0; i < L - 1; i++) p->gth[k * (L - 1) + i] = p->theta[i * g + k];
         for (int i = 0; i + 1 < L - 1; i++)
-            if (!(ctx.th[i] <= ctx.th[i + 1])) ctx.mono = 0; /* NaN too */
-        int64_t cnt[256] = {0};
-        double *atx = p->atx + k * bit;
-        for (int64_t e0 = s0; e0 < s0 + len;) {
-            int64_t sg = e0 / per, e1 = s0 + len;
-            if (e1 > (sg + 1) * per) e1 = (sg + 1) * per;
-            if (e1 > e0 + S_BLK) e1 = e0 + S_BLK;
-            s_block(&ctx, xn + e0, (int)(e1 - e0), p->nrm_a[sg], p->nrm_b[sg], y + e0, q->train, cnt, atx);
-            e0 = e1;
-        }
-        if (q->train) { /* B^T B from the level counts: sums of 0/+-1 products, exact */
-            double *ata = p->ata + k * bit * bit;
-            for (int r = 0; r < L; r++) {
-                if (!cnt[r]) continue;
-                for (int a = 0; a < bit; a++)
-                    for (int b = 0; b < bit; b++)
-                        ata[a * bit + b] += (double)cnt[r] * ((double)ctx.coef[a][r] * ctx.coef[b][r]);
+            if (!(p->gth[k * (L - 1) + i] <= p->gth[k * (L - 1) + i + 1])) mono = 0; /* NaN too */
+        p->gmono[k] = mono;
+    }
+    int64_t pc = g * (L + bit); /* accumulators per chunk */
+    if (q->train && q->nchunks * pc > p->cacc_cap) {
+        double *ac = realloc(p->cacc, (size_t)(q->nchunks * pc) * sizeof(double));
+        if (!ac) return eq_err_set(err, EQ_ERR_NOMEM, "lqnet: out of memory for accumulators");
+        p->cacc = ac;
+        p->cacc_cap = q->nchunks * pc;
+    }
+    if (q->train) memset(p->cacc, 0, (size_t)(q->nchunks * pc) * sizeof(double));
+    s_fctx f = {xn, y, per, pc};
+    eq_quant_for_chunks(q, s_fwd_chunk, &f);
+    if (q->train) { /* chunk partials in chunk order: the same for any pool size */
+        for (int64_t c = 0; c < q->nchunks; c++) {
+            const double *acc = p->cacc + c * pc;
+            for (int64_t k = 0; k < g; k++) {
+                /* B^T B from the level counts: sums of 0/+-1 products, exact */
+                double *ata = p->ata + k * bit * bit;
+                const float *cf = p->gcoef + k * bit * L;
+                for (int r = 0; r < L; r++) {
+                    double nr = acc[k * L + r];
+                    if (nr == 0) continue;
+                    for (int a = 0; a < bit; a++)
+                        for (int b = 0; b < bit; b++)
+                            ata[a * bit + b] += nr * ((double)cf[a * L + r] * cf[b * L + r]);
+                }
+                for (int a = 0; a < bit; a++) p->atx[k * bit + a] += acc[g * L + k * bit + a];
             }
         }
     }

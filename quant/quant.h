@@ -221,8 +221,9 @@ double eq_quant_aux_loss(const eq_quant *q);
 int64_t eq_quant_groups(const eq_quant *q);
 /* Split large tensors across `pool` (not owned; NULL: calling thread only).
  * Results do not depend on the pool size.  Methods dorefa, pact, lsq,
- * lsq-step, bin, xnor and nonuniform run in parallel; lqnet, var-mean and
- * gamma bookkeeping run on the calling thread. */
+ * lsq-step, bin, xnor, nonuniform and lqnet's forward run in parallel;
+ * LQ-Net's normalisation and basis solve, var-mean and gamma bookkeeping
+ * run on the calling thread. */
 struct eq_pool;
 void eq_quant_set_pool(eq_quant *q, struct eq_pool *pool);
 

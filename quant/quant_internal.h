@@ -97,6 +97,17 @@ struct eq_quant {
     int64_t cacc_cap;
 };
 
+/* 1 when no run-time option changes what forward/backward compute beyond
+ * the method itself: enabled, no quantization loss (adaptive_restore acts
+ * only with var-mean weights).  A backend that mirrors the methods (the
+ * CUDA one) must send quantizers for which this is 0 through
+ * eq_quant_forward/backward. */
+static inline int eq_quant_runtime_plain(const eq_quant *q)
+{
+    return q->enabled && !(q->ql_enable && q->ql_fn != 0) &&
+           !(q->adaptive_restore && q->o.adaptive == EQ_QADAPT_VAR_MEAN);
+}
+
 /* Registered methods (one per file). */
 extern const eq_quant_method eq_quant_dorefa_method;
 extern const eq_quant_method eq_quant_bin_method;

@@ -918,6 +918,16 @@ START_TEST(test_threads_match)
     s_thread_case(EQ_QTAG_FM, EQ_LAYOUT_NHWC, A, f7, pool);
     s_thread_case(EQ_QTAG_FM, EQ_LAYOUT_NCHW, (const int64_t[]){8, 64, 16, 16}, f7, pool);
     s_thread_case(EQ_QTAG_FM, EQ_LAYOUT_NHWC, A, f8, pool);
+    const char *l1[] = {"method=lqnet", "bit=2", NULL};
+    const char *l2[] = {"method=lqnet", "bit=3", "adaptive=var", "quant_group=64", NULL};
+    const char *l3[] = {"method=lqnet", "bit=2", "adaptive=mean-var", "custom_update=true", NULL};
+    const char *l4[] = {"method=lqnet", "bit=2", "quant_group=1", NULL};
+    s_thread_case(EQ_QTAG_FM, EQ_LAYOUT_NHWC, A, l1, pool);
+    s_thread_case(EQ_QTAG_FM, EQ_LAYOUT_NCHW, (const int64_t[]){8, 64, 16, 16}, l2, pool);
+    s_thread_case(EQ_QTAG_FM, EQ_LAYOUT_NHWC, A, l2, pool);
+    s_thread_case(EQ_QTAG_WT, EQ_LAYOUT_OIHW, W, l1, pool);
+    s_thread_case(EQ_QTAG_WT, EQ_LAYOUT_OIHW, W, l3, pool);
+    s_thread_case(EQ_QTAG_WT, EQ_LAYOUT_OIHW, W, l4, pool);
     eq_pool_destroy(&pool);
 }
 END_TEST
@@ -1223,6 +1233,7 @@ static Suite *s_suite(void)
 {
     Suite *s = suite_create("quant");
     TCase *tc = tcase_create("core");
+    tcase_set_timeout(tc, 60); /* each case well under 1 s of CPU; the machine is shared (load 10-20) */
     tcase_add_test(tc, test_opts_defaults_and_set);
     tcase_add_test(tc, test_opts_errors_name_the_key);
     tcase_add_test(tc, test_construction_errors);
