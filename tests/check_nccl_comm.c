@@ -8,8 +8,9 @@
  *   ranks (threads) in shared memory that completes when the last rank
  *   arrives, as NCCL's does.  Checked: results of SUM/AVG/BCAST over 3
  *   ranks equal on every rank and to the reference, in place vs staged vs
- *   host buckets, host segments read at start and written at wait, a
- *   device bucket's wait not blocking the host, a peer that never arrives
+ *   host buckets, host segments read at start and written at wait,
+ *   buckets of a trainer/cuda/bucket.h arena reduced in place as backward
+ *   completes them, a device bucket's wait not blocking the host, a peer that never arrives
  *   (timeout naming the rank and the bucket, for host buckets in wait and
  *   for device buckets by the watchdog), an injected collective error and
  *   an asynchronous communicator error (abort once, later calls fail with
@@ -30,6 +31,7 @@
 
 #include "proto/proto_zmq.h"
 #include "testutil.h"
+#include "trainer/cuda/bucket.h"
 #include "trainer/cuda/collective.h"
 #include "trainer/dist.h"
 
@@ -81,7 +83,7 @@ typedef struct s_drv {
     bool done[EQ_COMM_MAX_BUCKETS];
     bool aborted;
     /* counters and faults */
-    atomic_int n_abort, n_after, n_compute_after, n_destroy, n_reduce;
+    atomic_int n_abort, n_after, n_compute_after, n_destroy, n_reduce, n_alloc_total;
     int fail_reduce_at;   /* the n-th reduce (1-based) fails; 0: never */
     atomic_int bad_health; /* health() fails from now on */
     atomic_int *destroyed; /* set when destroyed */
@@ -112,6 +114,7 @@ static void *f_dev_alloc(void *drv, size_t bytes, eq_err *err)
     memset(p, 0xff, bytes); /* NaNs: stale staging would show */
     d->alloc[d->nalloc] = p;
     d->alloc_bytes[d->nalloc++] = bytes;
+    d->n_alloc_total++;
     return p;
 }
 
@@ -477,6 +480,77 @@ START_TEST(test_results)
         }
     }
     free(o);
+    free(j);
+}
+END_TEST
+
+/* ================================================================ bucket.h arena */
+
+/* Gradients laid out by a bucket.h plan (reverse layer order, 64-byte
+ * aligned, each bucket one range of the arena): registered one segment per
+ * bucket, padding included, every bucket reduces in place, started as
+ * backward completes them. */
+static const size_t s_pbytes[7] = { 100, 4000, 36, 1u << 12, 8, 8, 260 };
+
+static float s_pval(int r, size_t i, size_t k)
+{
+    return (float)(r * 7 + 1) * 0.5f + (float)i + (float)(k % 13) * 0.25f;
+}
+
+static void s_body_plan(s_job *j, int rank, eq_comm *c, void *ctx, s_drv *d)
+{
+    eq_bucket_plan *p = NULL;
+    eq_err e = { 0 };
+    ck_assert_int_eq(eq_bucket_plan_new(7, s_pbytes, 8192, 1024, &p, &e), EQ_OK);
+    ck_assert_uint_ge(p->nbuckets, 3);
+    float *arena = calloc(p->arena_bytes / sizeof(float), sizeof(float));
+    d->arena = arena;
+    d->arena_n = p->arena_bytes / sizeof(float);
+    for (size_t i = 0; i < 7; i++)
+        for (size_t k = 0; k < s_pbytes[i] / sizeof(float); k++)
+            arena[p->offset[i] / sizeof(float) + k] = s_pval(rank, i, k);
+    int ids[8];
+    for (size_t b = 0; b < p->nbuckets; b++) {
+        eq_comm_seg seg = { arena + p->buckets[b].offset / sizeof(float), p->buckets[b].bytes / sizeof(float) };
+        ids[b] = eq_comm_bucket_new(c, &seg, 1, EQ_COMM_AVG, &e);
+        ck_assert_msg(ids[b] == (int)b, "%s", e.msg);
+        ck_assert_int_eq(eq_coll_in_place(ctx, ids[b]), 1);
+    }
+    /* backward: gradients become ready last layer first; a bucket starts
+     * when its last gradient is there */
+    eq_bucket_reset(p);
+    for (size_t i = 7; i-- > 0;) {
+        long b = eq_bucket_mark_ready(p, i, &e);
+        ck_assert(b >= -1);
+        if (b >= 0) ck_assert_msg(eq_comm_start(c, ids[b], &e) == EQ_OK, "%s", e.msg);
+    }
+    for (size_t b = 0; b < p->nbuckets; b++) ck_assert_msg(eq_comm_wait(c, ids[b], &e) == EQ_OK, "%s", e.msg);
+    double t0 = s_now();
+    while (eq_coll_pending(ctx) && s_now() - t0 < 5) usleep(1000);
+    ck_assert_int_eq(eq_coll_pending(ctx), 0);
+    for (size_t i = 0; i < 7; i++)
+        for (size_t k = 0; k < s_pbytes[i] / sizeof(float); k++) {
+            float want = s_pval(0, i, k);
+            for (int r = 1; r < j->world; r++) want += s_pval(r, i, k);
+            want /= (float)j->world;
+            float got = arena[p->offset[i] / sizeof(float) + k];
+            ck_assert_msg(!memcmp(&got, &want, sizeof got), "rank %d param %zu [%zu] = %g, want %g", rank, i, k,
+                          (double)got, (double)want);
+        }
+    ck_assert_int_eq(d->n_alloc_total, 0); /* no staging */
+    pthread_barrier_wait(&j->bar);
+    free(arena);
+    d->arena = NULL;
+    eq_bucket_plan_destroy(&p);
+}
+
+START_TEST(test_bucket_plan)
+{
+    s_job *j = calloc(1, sizeof *j);
+    j->world = 2;
+    j->timeout_s = 10;
+    j->body = s_body_plan;
+    s_run(j);
     free(j);
 }
 END_TEST
@@ -854,6 +928,7 @@ int main(void)
     TCase *tc = tcase_create("collective");
     tcase_set_timeout(tc, 30);
     tcase_add_test(tc, test_results);
+    tcase_add_test(tc, test_bucket_plan);
     tcase_add_test(tc, test_missing_peer_host);
     tcase_add_test(tc, test_missing_peer_watchdog);
     tcase_add_test(tc, test_collective_error);
