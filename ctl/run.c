@@ -371,8 +371,9 @@ int eq_ctl_run_main(int argc, char **argv)
                                        { "set", required_argument, 0, 's' },
                                        { "resume", required_argument, 0, 'r' },
                                        { "json", no_argument, 0, 'j' },
+                                       { "policy", required_argument, 0, 'O' },
                                        { 0, 0, 0, 0 } };
-    const char *sets[S_MAX_SETS + 1], *resume = NULL, *pretrained = NULL;
+    const char *sets[S_MAX_SETS + 2], *resume = NULL, *pretrained = NULL, *policy = NULL;
     size_t nsets = 0;
     long nloaders = 1, nranks = 0;
     int json = 0, evaluate = 0, c;
@@ -409,6 +410,13 @@ int eq_ctl_run_main(int argc, char **argv)
             break;
         case 'r': resume = optarg; break;
         case 'j': json = 1; break;
+        case 'O':
+            if (policy && strcmp(policy, optarg)) {
+                fprintf(stderr, "eqctl run: --policy given twice ('%s', '%s')\n", policy, optarg);
+                return 2;
+            }
+            policy = optarg;
+            break;
         default: fprintf(stderr, "usage: eqctl run %s\n", EQ_CTL_RUN_USAGE); return 2;
         }
     }
@@ -417,6 +425,20 @@ int eq_ctl_run_main(int argc, char **argv)
         return 2;
     }
     const char *config = argv[optind];
+    /* --policy FILE is --set train.policy=FILE (eq-trainer's flag too). */
+    char policy_set[1100];
+    if (policy) {
+        for (size_t i = 0; i < nsets; i++)
+            if (!strncmp(sets[i], "train.policy=", 13) && strcmp(sets[i] + 13, policy)) {
+                fprintf(stderr, "eqctl run: --policy '%s' and --set %s disagree\n", policy, sets[i]);
+                return 2;
+            }
+        if ((size_t)snprintf(policy_set, sizeof policy_set, "train.policy=%s", policy) >= sizeof policy_set) {
+            fprintf(stderr, "eqctl run: --policy: path too long\n");
+            return 2;
+        }
+        sets[nsets++] = policy_set;
+    }
     eq_experiment x;
     eq_err e = { 0 };
     if (eq_experiment_load(&x, config, sets, nsets, NULL, &e) != EQ_OK) {

@@ -17,7 +17,7 @@
 
 #define EQ_CTL_RUN_USAGE \
     "CONFIG [--loaders N] [--ranks N] [--set SECTION.KEY=VALUE ...] [--resume CKPT] [--pretrained FILE] [--evaluate] " \
-    "[--json]"
+    "[--policy FILE] [--json]"
 
 /* argv[0] is the command name; getopt_long state must be reset (optind = 1)
  * by the caller, as eqctl's dispatcher does. */

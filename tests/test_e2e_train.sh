@@ -293,6 +293,42 @@ else
     cat "$T/run9b.out" "$T/run9b.err"
     dump "$T/out9/logs/trainer.log" "$T/out9/metrics.jsonl"
 fi
+# eqctl run --policy: every activation quantizer off at init (the layers
+# see full-precision inputs, no level fractions), on again at epoch 1 (each
+# fm quantizer reports its fractions); the policy line lists the changes.
+cat >"$T/policy_en.txt" <<EOF
+on init:
+by_index: all
+by_tag: fm
+enable: False
+on epoch: 1
+by_index: all
+by_tag: fm
+enable: True
+EOF
+timeout 120 "$CTL" run "$T/tiny.cfg" --set schedule.epochs=2 --policy "$T/policy_en.txt" \
+    --set "train.out_dir=$T/out9e" >"$T/run9e.out" 2>"$T/run9e.err"
+rc=$?
+M9=$T/out9e/metrics.jsonl
+fm0=$(grep '"kind":"quant","epoch":0,' "$M9" | grep -o '"tag":"fm"[^}]*' | grep -c '"frac"')
+fm1=$(grep '"kind":"quant","epoch":1,' "$M9" | grep -o '"tag":"fm"[^}]*' | grep -c '"frac"')
+nfm=$(grep '"kind":"quant","epoch":1,' "$M9" | grep -o '"tag":"fm"' | wc -l)
+if [ $rc -eq 0 ] && [ "$fm0" -eq 0 ] && [ "$nfm" -gt 0 ] && [ "$fm1" -eq "$nfm" ] &&
+    grep -q '"kind":"policy","section":"init".*"changes":\[{"line":4,"key":"enable","value":"False"' "$M9"; then
+    ok "--policy: fm quantizers off at init (no fractions), on at epoch 1 ($fm1 of $nfm report fractions)"
+else
+    bad "policy enable (exit $rc, fm with fractions: epoch 0 $fm0, epoch 1 $fm1 of $nfm)"
+    cat "$T/run9e.out" "$T/run9e.err"
+    dump "$T/out9e/logs/trainer.log" "$M9"
+fi
+timeout 30 "$CTL" run "$T/tiny.cfg" --policy "$T/policy_en.txt" --set "train.policy=$T/policy.txt" \
+    --set "train.out_dir=$T/out9f" >"$T/run9f.out" 2>&1
+rc=$?
+timeout 30 "$B/eq-trainer" --config "$T/tiny.cfg" --loaders ipc:///nonexistent --policy "$T/policy_en.txt" \
+    --set "train.policy=$T/policy.txt" >"$T/run9g.out" 2>&1
+rc2=$?
+[ $rc -eq 2 ] && [ $rc2 -eq 2 ] && ok "--policy and a different --set train.policy: exit 2 (eqctl run, eq-trainer)" ||
+    bad "--policy vs --set train.policy: eqctl exit $rc, eq-trainer exit $rc2: $(cat "$T/run9f.out" "$T/run9g.out")"
 printf 'on epoch: 1\nby_index: 3 99\nclip_val: 1\n' >"$T/policy_bad.txt"
 timeout 60 "$CTL" run "$T/tiny.cfg" --set "train.policy=$T/policy_bad.txt" --set "train.out_dir=$T/out9c" \
     >"$T/run9c.out" 2>"$T/run9c.err"

@@ -54,7 +54,8 @@ static const eq_config_key s_train_keys[] = {
                       "several ranks: how long the rendezvous and a collective wait for a rank"),
     EQ_CONFIG_ENUM_KEY(eq_train_cfg, backend, "cpu", s_backend_names,
                        "compute backend: cpu (OpenBLAS, `threads`) or cuda (a build with CUDA and a GPU)"),
-    EQ_CONFIG_INT_KEY(eq_train_cfg, device, "0", 0, 1024, "cuda: the GPU's device ordinal"),
+    EQ_CONFIG_INT_KEY(eq_train_cfg, device, "0", 0, 1024,
+                      "cuda: the GPU's device ordinal (with several ranks, rank r uses (device + r) mod the number of GPUs)"),
     EQ_CONFIG_STRING_KEY(eq_train_cfg, policy, "",
                          "policy file: quantizer changes at start-up and at given epochs (doc/config.md "
                          "\"Policy files\"); relative to the working directory; empty = none"),
@@ -317,15 +318,13 @@ eq_train *eq_train_new(const eq_experiment *x, const eq_train_opts *o, eq_err *e
         eq_err_set(err, EQ_ERR_IO, "%s: %s", path, strerror(errno));
         goto fail;
     }
-    if (x->train.backend == 1 && t->world > 1) {
-        eq_err_set(err, EQ_ERR_UNSUPPORTED,
-                   "[train] backend = cuda with %d ranks: the GPU collectives (NCCL) are not implemented yet; "
-                   "use one rank or backend = cpu",
-                   t->world);
-        goto fail;
+    int device = (int)x->train.device;
+    if (x->train.backend == 1 && t->world > 1) { /* one GPU per rank: rank r takes (device + r) mod #GPUs */
+        int ndev = eq_backend_cuda_devices(NULL, 0);
+        if (ndev > 0) device = (int)((x->train.device + t->rank) % ndev); /* else eq_backend_open says why */
     }
-    if (eq_backend_open(s_backend_names[x->train.backend],
-                        x->train.backend == 0 ? (int)x->train.threads : (int)x->train.device, &t->be, err))
+    if (eq_backend_open(s_backend_names[x->train.backend], x->train.backend == 0 ? (int)x->train.threads : device,
+                        &t->be, err))
         goto fail;
     if (!(t->model = eq_model_new_ot(t->be, &x->model, &x->wt, &x->fm, &x->ot, t->B, t->H, t->W, err))) goto fail;
     if (!(t->optim = eq_optim_new(t->model, &x->optim, err))) goto fail;
@@ -656,9 +655,17 @@ static eq_status s_dist_setup(eq_train *t, eq_err *err)
     eq_status st;
     char digest[EQ_DIST_DIGEST_CAP];
     eq_dist_digest(t->config_text, digest);
-    eq_comm_ring *ring = eq_comm_ring_listen(t->zctx, t->dist_bind, (int)t->x.train.dist_timeout_ms, err);
-    if (!ring) return err ? err->code : EQ_ERR_NET;
-    eq_dist_me me = { .rank = t->rank, .world = t->world, .ep = eq_comm_ring_endpoint(ring), .digest = digest };
+    /* backend = cuda: NCCL, its unique id (made by rank 0) travels as the
+     * rendezvous blob; cpu: the ring, whose endpoints the rendezvous swaps. */
+    bool nccl = t->x.train.backend == 1;
+    eq_comm_ring *ring = NULL;
+    uint8_t id[EQ_COMM_NCCL_ID_BYTES];
+    if (nccl ? t->rank == 0 && eq_comm_nccl_unique_id(id, sizeof id, err)
+             : !(ring = eq_comm_ring_listen(t->zctx, t->dist_bind, (int)t->x.train.dist_timeout_ms, err)))
+        return err ? err->code : EQ_ERR_NET;
+    eq_dist_me me = { .rank = t->rank, .world = t->world, .ep = nccl ? "nccl" : eq_comm_ring_endpoint(ring),
+                      .digest = digest, .blob = nccl && t->rank == 0 ? id : NULL,
+                      .blob_len = nccl && t->rank == 0 ? sizeof id : 0 };
     eq_dist_world *w = malloc(sizeof *w);
     if (!w) {
         eq_comm_ring_destroy(&ring);
@@ -670,7 +677,9 @@ static eq_status s_dist_setup(eq_train *t, eq_err *err)
         st = eq_dist_rendezvous_root(t->ctl, &me, (int)t->x.train.dist_timeout_ms, s_ctl_other, t, &t->stop, w, err);
     else
         st = eq_dist_rendezvous_join(t->zctx, t->rendezvous, &me, (int)t->x.train.dist_timeout_ms, &t->stop, w, err);
-    if (st == EQ_OK && !(t->comm = eq_comm_ring_connect(&ring, w, err))) st = err ? err->code : EQ_ERR_NET;
+    if (st == EQ_OK && !(t->comm = nccl ? eq_comm_nccl_new(t->be, w, (int)t->x.train.dist_timeout_ms, err)
+                                        : eq_comm_ring_connect(&ring, w, err)))
+        st = err ? err->code : EQ_ERR_NET;
     eq_comm_ring_destroy(&ring);
     free(w);
     if (st) return st;
@@ -704,8 +713,8 @@ static eq_status s_dist_setup(eq_train *t, eq_err *err)
         return err ? err->code : EQ_ERR_INTERNAL;
     int64_t ws = t->x.wt.enable ? t->x.wt.stable : 0, fs = t->x.fm.enable ? t->x.fm.stable : 0;
     t->warmup_steps = ws > fs ? ws : fs;
-    eq_info("rank %d of %d: ring ready; %d gradient bucket(s), batch %" PRId64 " of %" PRId64 " per step", t->rank,
-            t->world, t->nb_grad, t->B, t->G);
+    eq_info("rank %d of %d: %s ready; %d gradient bucket(s), batch %" PRId64 " of %" PRId64 " per step", t->rank,
+            t->world, eq_comm_name(t->comm), t->nb_grad, t->B, t->G);
     return EQ_OK;
 }
 
@@ -972,11 +981,14 @@ static eq_status s_policy(eq_train *t, eq_policy_section sec, uint64_t epoch, bo
     eq_status st = eq_policy_apply(t->policy, sec, options_only, t->qlayers, t->optim, err);
     if (st) return st;
     if (t->jsonl) {
+        char *ch = NULL;
+        if ((st = eq_policy_changes_json(t->policy, sec, options_only, t->qlayers, &ch, err))) return st;
         fprintf(t->jsonl, "{\"wall_ms\":%" PRIu64 ",\"kind\":\"policy\",\"section\":\"%s\"", eq_wall_ms(),
                 sec == EQ_POLICY_INIT ? "init" : "epoch");
         if (sec == EQ_POLICY_EPOCH) fprintf(t->jsonl, ",\"epoch\":%" PRIu64, epoch);
-        fprintf(t->jsonl, ",\"options_only\":%s,\"rules\":%zu}\n", options_only ? "true" : "false",
-                eq_policy_rule_count(t->policy, sec));
+        fprintf(t->jsonl, ",\"options_only\":%s,\"rules\":%zu,\"changes\":%s}\n", options_only ? "true" : "false",
+                eq_policy_rule_count(t->policy, sec), ch);
+        free(ch);
         fflush(t->jsonl);
     }
     return EQ_OK;

@@ -126,6 +126,7 @@ static s_kind s_kind_of(const eq_cuda_quant *cq, int train)
 {
     const eq_quant *q = cq->q;
     if (q->gamma) return S_HOST;
+    if (!eq_quant_runtime_plain(q)) return S_HOST; /* disabled, or a policy quantization loss: the host path has both */
     if (q->o.tag == EQ_QTAG_WT && q->o.adaptive == EQ_QADAPT_VAR_MEAN) return S_HOST;
     /* a forward that the dorefa family counts and that falls in warm-up */
     if (q->m->family == EQ_QFAM_DOREFA && (train || !q->o.warmup_train_only) &&
