@@ -1,7 +1,7 @@
 /*
  * trainer/cpu/conv.c -- 2-D convolution, NHWC activations, OIHW weights,
- * as im2col + SGEMM (OpenBLAS).  Thin stride-1 layers (one group, C and K
- * <= 64, not 1x1: CIFAR ResNet's 3x3s) run the direct kernels of
+ * as im2col + SGEMM (OpenBLAS).  Stride-1 layers (one group, C and K
+ * <= 512, not 1x1: CIFAR and ImageNet ResNets' 3x3s) run the direct kernels of
  * conv_direct.c instead (eq_cpu_conv_direct_ok decides; the members at the
  * end of this file dispatch); eq_cpu_conv2d_gemm_* stay callable for every
  * shape, as the reference the direct kernels are tested against.

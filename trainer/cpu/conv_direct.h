@@ -1,7 +1,7 @@
 /*
  * trainer/cpu/conv_direct.h -- direct NHWC convolution kernels of the CPU
- * backend for thin stride-1 layers (CIFAR ResNet's 16/32/64-channel 3x3s),
- * which im2col + SGEMM serves badly: there the im2col copy (R*S times the
+ * backend for stride-1 layers up to 512 channels, first written for thin
+ * ones (CIFAR ResNet's 16/32/64-channel 3x3s), which im2col + SGEMM serves badly: there the im2col copy (R*S times the
  * input) and OpenBLAS's packing of thin matrices cost more than the GEMM's
  * arithmetic (and its single-threaded tiles reach ~65 GFLOP per CPU second
  * where these kernels reach 90-150).  Internal to the CPU backend (trainer/cpu/); conv.c calls
@@ -15,7 +15,11 @@
  * index (so blocks run across row ends; the S-1 columns past each row's
  * end are computed and dropped) times output channels: 12 pixels x 16 or
  * 32 channels in zmm accumulators with AVX-512, 6 x 16 in 12 ymm
- * accumulators with AVX2.  Backward data runs as that forward with the flipped,
+ * accumulators with AVX2.  Sums of up to 576 terms (R*S*C: CIFAR ResNet's
+ * 3x3s up to 64 channels) run as one FMA chain each; longer ones as chains
+ * of at most 64 terms (groups of whole taps, or slices of one tap's
+ * channels), each from zero, added in order to a running total kept in a
+ * small stack buffer, so the error does not grow with C.  Backward data runs as that forward with the flipped,
  * transposed kernel (pad' = R-1-pad).  Backward filter accumulates, per
  * fixed slice of the batch's output rows, dw[r][s][c][k] += x * dy over the
  * slice's pixels in an 8 x 32 (AVX-512) or 6 x 16 (AVX2) register block of
@@ -24,9 +28,10 @@
  * partials stay within 16 MiB (wider layers get fewer slices, with their
  * taps and channel blocks split over tasks instead).
  *
- * Reproducibility: every output element is one FMA chain in a fixed order
- * (forward: r, s, c; filter: pixels in order within a slice, then slices in
- * order), the slicing depends only on the shapes, so results are identical
+ * Reproducibility: every output element is a fixed sequence of FMA chains
+ * and adds (forward: chains over r, s, c in order, blocked as above; filter:
+ * pixels in order within a slice, then slices in order), the blocking and
+ * slicing depend only on the shapes, so results are identical
  * for any thread count.  The AVX-512 or AVX2+FMA kernels run when the CPU
  * has them (checked once at run time); otherwise the generic kernels run
  * the same chains with fmaf(), giving the same bits, only slower.
@@ -40,16 +45,14 @@
 #include "trainer/cpu/cpu_internal.h"
 
 /* Largest C and K the direct kernels take (wider layers go to im2col +
- * SGEMM).  bench/conv_bench shows the direct kernels also beating im2col +
- * OpenBLAS on ResNet-18's 128-512-channel 3x3s (~2x less CPU), but with
- * the limit at 512 the full-size ResNet-18 parity test (tests/check_model.c)
- * failed: conv1's gradient went from 7.6e-4 to 5.6e-3 relative error
- * (tolerance 3x PyTorch's own float32 error, 2.5e-3).  Not yet understood;
- * the first suspect is that the forward and backward-data sums are single
- * FMA chains of R*S*C terms (4608 at 512 channels) where OpenBLAS adds
- * K-blocks of a few hundred, so wider layers want blocked accumulation. */
-#define EQ_CPU_DIRECT_MAX_C 64
-#define EQ_CPU_DIRECT_MAX_K 64
+ * SGEMM): ResNet-18/50's 3x3s up to 512 channels, where bench/conv_bench
+ * shows them beating im2col + OpenBLAS (doc/performance.md).  With one FMA
+ * chain per output (R*S*C = 4608 terms at 512 channels) the forward's error
+ * against float64 was ~4x im2col's and the full-size ResNet-18 parity test
+ * (tests/check_model.c) failed; with the blocked chains (see "Forward"
+ * above) it is at or below im2col's and the parity tests pass. */
+#define EQ_CPU_DIRECT_MAX_C 512
+#define EQ_CPU_DIRECT_MAX_K 512
 
 /* 1 when the direct kernels handle `d` (initialised descriptor): one group,
  * stride 1, dilation 1, pad_h <= R-1 and pad_w <= S-1, not 1x1 (those run
