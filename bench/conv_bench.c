@@ -8,8 +8,9 @@
  *
  * Layers are those of torchvision's resnet18 at batch 16, 224x224, and the
  * three 3x3 shapes of CIFAR ResNet-20 at batch 128 (r20.layer1..3: 16, 32
- * and 64 channels on 32x32, 16x16 and 8x8; the CPU backend runs these with
- * its direct kernels).  Times are the best of N iterations after one
+ * and 64 channels on 32x32, 16x16 and 8x8).  The CPU backend runs every
+ * stride-1 3x3 here (up to 512 channels) with its direct kernels, the
+ * rest with im2col + SGEMM.  Times are the best of N iterations after one
  * warm-up (the least disturbed run on a shared machine), for both sides;
  * besides wall times each side prints cpu_ms, the least process CPU time
  * (all threads) of one forward + backward, which a busy machine disturbs
