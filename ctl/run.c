@@ -61,7 +61,7 @@ typedef struct s_run {
     bool trainer_done;
     uint32_t trainer_status;
     char eval_path[1300]; /* eq-eval's JSONL ("" while unknown) */
-    long eval_off;        /* its size before this run's eq-eval started */
+    long eval_off;        /* where its lines not yet read start (its size before this run's eq-eval started) */
 } s_run;
 
 static volatile sig_atomic_t s_interrupted;
@@ -288,6 +288,7 @@ static void s_eval_from_file(s_run *r, bool tty, bool json)
     while (fgets(line, sizeof line, f)) {
         size_t len = strlen(line);
         if (!len || line[len - 1] != '\n') break; /* a line still being written */
+        r->eval_off += (long)len;                   /* read each complete line once */
         eq_json_doc *d = eq_json_parse(line, len, NULL, NULL);
         if (!d) continue;
         const eq_json *o = eq_json_root(d), *ep = eq_json_get(o, "epoch"), *t1 = eq_json_get(o, "top1"),

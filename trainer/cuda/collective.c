@@ -13,6 +13,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "core/clock.h"
 #include "core/log.h"
 
 typedef struct s_seg {
@@ -47,13 +48,6 @@ typedef struct s_coll {
     eq_status why_code;
     char why[EQ_ERR_MSG_LEN - 96];
 } s_coll;
-
-static double s_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static void s_nap(void)
 {
@@ -120,7 +114,7 @@ static eq_status s_poll(s_coll *c, int b, bool *done, eq_err *err)
         return EQ_OK;
     }
     if (c->ops->health(c->drv, &e) != EQ_OK) return s_fail(c, b, "communicator error", &e, err);
-    if (s_now() - c->bk[b].t_start > c->timeout_s) return s_timeout(c, b, err);
+    if (eq_clock_sec() - c->bk[b].t_start > c->timeout_s) return s_timeout(c, b, err);
     return EQ_OK;
 }
 
@@ -293,7 +287,7 @@ static eq_status s_start(void *ctx, int b, eq_err *err)
         goto out;
     }
     B->inflight = true;
-    B->t_start = s_now();
+    B->t_start = eq_clock_sec();
 out:
     pthread_mutex_unlock(&c->mu);
     return st;

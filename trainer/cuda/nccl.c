@@ -2,6 +2,7 @@
  * trainer/cuda/nccl.c -- the NCCL driver of trainer/cuda/collective.h:
  * communicator, communication stream, per-bucket events, abort (nccl.h).
  */
+#include "core/clock.h"
 #include "trainer/cuda/cuda_internal.h"
 #include "trainer/cuda/collective.h"
 #include "trainer/cuda/nccl.h"
@@ -27,13 +28,6 @@ typedef struct s_drv {
     cudaEvent_t done[EQ_COMM_MAX_BUCKETS];    /* recorded on the comm stream */
 } s_drv;
 
-static double s_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 static void s_nap(void)
 {
     struct timespec ts = { 0, 200000 }; /* 0.2 ms */
@@ -55,14 +49,14 @@ static eq_status s_nccl(const s_drv *d, eq_err *err, const char *call, ncclResul
 /* Wait until the non-blocking communicator finished its last call. */
 static eq_status s_settle(s_drv *d, const char *what, eq_err *err)
 {
-    double deadline = s_now() + d->timeout_s;
+    double deadline = eq_clock_sec() + d->timeout_s;
     for (;;) {
         ncclResult_t st = ncclSuccess;
         ncclResult_t r = ncclCommGetAsyncError(d->comm, &st);
         if (r != ncclSuccess) return s_nccl(d, err, "ncclCommGetAsyncError", r);
         if (st == ncclSuccess) return EQ_OK;
         if (st != ncclInProgress) return s_nccl(d, err, what, st);
-        if (s_now() > deadline)
+        if (eq_clock_sec() > deadline)
             return eq_err_set(err, EQ_ERR_TIMEOUT, "%s did not complete within %g s (a peer is missing or stuck)",
                               what, d->timeout_s);
         s_nap();
