@@ -65,6 +65,9 @@ eq_status eq_coco_grow(void **p, size_t *cap, size_t need, size_t size, eq_err *
 }
 
 #define S_GROW(arr, cap, need, err) eq_coco_grow((void **)&(arr), &(cap), (need), sizeof *(arr), err)
+/* p + off where the pool may still be NULL (nothing stored yet): NULL + 0 is
+ * undefined behaviour in C, so keep NULL instead. */
+#define S_OFF(p, off) ((p) ? (p) + (off) : (p))
 
 eq_coco *eq_coco_new(const char *name, eq_err *err)
 {
@@ -312,7 +315,7 @@ void eq_coco_res_step(eq_coco *res, size_t i, eq_coco_res_ctx *x)
                        "\"counts\": \"...\"}) since the first result is a mask", S_AT);
             return;
         }
-        eq_rle rle = {r->seg_h, r->seg_w, r->seg_n, res->upool + r->seg_off};
+        eq_rle rle = {r->seg_h, r->seg_w, r->seg_n, S_OFF(res->upool, r->seg_off)};
         eq_err e2;
         if (eq_rle_check(&rle, &e2)) {
             x->have_err = 1;
@@ -334,7 +337,7 @@ void eq_coco_res_step(eq_coco *res, size_t i, eq_coco_res_ctx *x)
                        S_AT);
             return;
         }
-        const double *s = res->dpool + r->kp_off;
+        const double *s = S_OFF(res->dpool, r->kp_off);
         double x0 = INFINITY, x1 = -INFINITY, y0 = INFINITY, y1 = -INFINITY;
         for (size_t j = 0; j < r->n_kp; j += 3) {
             x0 = fmin(x0, s[j]);
@@ -703,7 +706,7 @@ static eq_status s_to_rle(const eq_coco *c, size_t rec, eq_rle *out, eq_err *err
         return eq_err_set(err, EQ_ERR_INVALID, "segmentation: %s", r->seg_why);
     if (r->seg_kind != EQ_COCO_SEG_COUNTS && r->seg_kind != EQ_COCO_SEG_STRING)
         return eq_err_set(err, EQ_ERR_INVALID, "no segmentation");
-    eq_rle rle = {r->seg_h, r->seg_w, r->seg_n, c->upool + r->seg_off};
+    eq_rle rle = {r->seg_h, r->seg_w, r->seg_n, S_OFF(c->upool, r->seg_off)};
     if (eq_rle_check(&rle, err)) return eq_err_prefix(err, "segmentation: ");
     return eq_rle_copy(&rle, out, err);
 }
@@ -712,8 +715,8 @@ static eq_status s_poly_to_rle(const eq_coco *c, size_t rec, uint32_t h, uint32_
                                eq_err *err)
 {
     const eq_coco_rec *r = &c->anns[rec];
-    const size_t *rl = c->rpool + r->seg_off;
-    const double *v = c->dpool + r->seg_doff;
+    const size_t *rl = S_OFF(c->rpool, r->seg_off);
+    const double *v = S_OFF(c->dpool, r->seg_doff);
     size_t nr = r->seg_n;
     /* frPyObjects dispatch: the first ring must have more than 4 values */
     if (nr == 0) return eq_err_set(err, EQ_ERR_INVALID, "segmentation: empty polygon list");
@@ -827,7 +830,7 @@ static void s_compute_iou(s_ctx *x, const s_bucket *b, s_scratch *sc, double *io
         }
         for (size_t g = 0; g < G; g++) {
             const eq_coco_rec *gr = &gt->anns[x->gt_list[b->g0 + g]];
-            const double *gk = gt->dpool + gr->kp_off;
+            const double *gk = S_OFF(gt->dpool, gr->kp_off);
             int k1 = 0;
             for (int k = 0; k < S_NKP; k++) k1 += gk[3 * k + 2] > 0;
             const double *bb = gr->bbox;
@@ -835,7 +838,7 @@ static void s_compute_iou(s_ctx *x, const s_bucket *b, s_scratch *sc, double *io
             double y0 = bb[1] - bb[3], y1 = bb[1] + bb[3] * 2;
             double area_eps = gr->area + S_NPSPACING1;
             for (size_t d = 0; d < D; d++) {
-                const double *dk = dt->dpool + dt->anns[x->dt_list[b->d0 + d]].kp_off;
+                const double *dk = S_OFF(dt->dpool, dt->anns[x->dt_list[b->d0 + d]].kp_off);
                 double ex[S_NKP];
                 int ne = 0;
                 for (int k = 0; k < S_NKP; k++) {
