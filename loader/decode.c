@@ -42,20 +42,33 @@
  * single-scan files without restart markers we put our own decode_mcu in
  * libjpeg's entropy module after jpeg_start_decompress: the same
  * coefficients from the same bits (DC prediction in unsigned arithmetic as
- * libjpeg-turbo 2.1 does), with 10-bit tables that give an AC symbol's
- * code + extra-bit length, run and size in one load (the value is taken
- * and sign-extended without branches), and 8 bytes at a time read into a
- * 64-bit buffer when they hold no 0xFF.  Anything unusual (a code no table
+ * libjpeg-turbo 2.1 does), with 11-bit tables whose entries resolve one
+ * or two whole AC symbols (code, run and sign-extended value) or a DC
+ * difference per load, and 8 bytes at a time read into a 64-bit buffer
+ * when they hold no 0xFF.  Anything unusual (a code no table
  * has, bits needed past a marker, reaching the end of the data, FF FF fill
  * bytes) abandons the file's decode and runs it again with libjpeg's own
  * decoder, so corrupt files give exactly libjpeg's result.
  * check_loader compares both decoders' pixels on many files. */
-#define S_LB 10 /* lookup bits */
+#define S_LB 11 /* lookup bits */
+
+/* One AC table entry: the next S_LB bits resolve one or two whole symbols
+ * (code and extra bits) when they fit.  n: the bits of both (0: the slow
+ * path, for a code or value that does not fit); n1: the first's alone; r1:
+ * its run; d2: 0 for one symbol, else the second's run + 1, plus S_EOB when
+ * the entry ends the block (an end-of-block code alone or after the first
+ * symbol).  v1, v2: the values, sign-extended; with one symbol v2 = v1 and
+ * d2 & 31 = 0, so the second store repeats the first (no branch). */
+typedef struct s_acent {
+    uint8_t n, n1, r1, d2;
+    int16_t v1, v2;
+} s_acent;
+#define S_EOB 0x80
 
 typedef struct s_htab {
+    s_acent ac[1 << S_LB];     /* AC tables */
+    int32_t dc[1 << S_LB];     /* DC tables: diff * 256 + code and extra bits; 0: slow path */
     uint16_t lut[1 << S_LB];   /* len << 8 | symbol; len 0: code longer than S_LB */
-    uint32_t ac[1 << S_LB];    /* AC: symbol << 8 | len + size (code and extra bits); 0: long */
-    uint8_t acn[1 << S_LB];    /* AC: len + size alone (the shift, one load away) */
     int32_t maxcode[18];       /* longest code of each length (-1: none) */
     int32_t valoff[18];        /* symbol index of code c of length l: c + valoff[l] */
     uint8_t val[256];
@@ -199,6 +212,12 @@ void eq_decoder_fast_huffman(eq_decoder *d, int enable, uint64_t *n_fast, uint64
  * hold the others), so all of them become 0, the loop's EOB. */
 static inline int s_ac_sym(int sym) { return (sym & 15) == 0 && sym >> 4 != 15 ? 0 : sym; }
 
+/* HUFF_EXTEND: the value of size s (1-15) whose extra bits are v */
+static inline int s_extend(uint32_t v, int s)
+{
+    return (int)v < (1 << (s - 1)) ? (int)v + (int)(-1u << s) + 1 : (int)v;
+}
+
 /* Build t from a JHUFF_TBL (libjpeg validated it in jpeg_make_d_derived_tbl
  * at start_pass: counts fit, codes do not overflow, DC symbols <= 15). */
 static void s_htab_build(s_htab *t, const JHUFF_TBL *h, int ac)
@@ -211,8 +230,6 @@ static void s_htab_build(s_htab *t, const JHUFF_TBL *h, int ac)
     memcpy(t->val, h->huffval, 256);
     t->is_ac = ac;
     memset(t->lut, 0, sizeof t->lut);
-    memset(t->ac, 0, sizeof t->ac);
-    memset(t->acn, 0, sizeof t->acn);
     int32_t code = 0;
     int k = 0;
     for (int l = 1; l <= 16; l++) {
@@ -220,18 +237,50 @@ static void s_htab_build(s_htab *t, const JHUFF_TBL *h, int ac)
         t->valoff[l] = k - code;
         for (int i = 0; i < n; i++, k++, code++) {
             if (l > S_LB) continue;
-            int sym = h->huffval[k];
             uint32_t lo = (uint32_t)code << (S_LB - l), hi = (uint32_t)(code + 1) << (S_LB - l);
-            for (uint32_t e = lo; e < hi; e++) {
-                t->lut[e] = (uint16_t)(l << 8 | sym);
-                t->ac[e] = (uint32_t)s_ac_sym(sym) << 8 | (uint32_t)(l + (sym & 15));
-                t->acn[e] = (uint8_t)(l + (sym & 15));
-            }
+            for (uint32_t e = lo; e < hi; e++) t->lut[e] = (uint16_t)(l << 8 | h->huffval[k]);
         }
         t->maxcode[l] = n ? code - 1 : -1;
         code <<= 1;
     }
     t->maxcode[17] = 0x7fffffff;
+    const uint32_t mask = (1u << S_LB) - 1;
+    for (uint32_t e = 0; e <= mask; e++) {
+        int l1 = t->lut[e] >> 8, sym = t->lut[e] & 0xff;
+        if (!ac) {
+            /* DC: code and extra bits in S_LB bits */
+            int s = sym & 15;
+            t->dc[e] = 0;
+            if (l1 && l1 + s <= S_LB)
+                t->dc[e] = (s ? s_extend((e >> (S_LB - l1 - s)) & ((1u << s) - 1), s) : 0) * 256 +
+                           l1 + s;
+            continue;
+        }
+        s_acent *a = &t->ac[e];
+        memset(a, 0, sizeof *a);
+        sym = s_ac_sym(sym);
+        int s1 = sym & 15;
+        if (!l1 || l1 + s1 > S_LB) continue; /* slow path */
+        a->n = a->n1 = (uint8_t)(l1 + s1);
+        if (!sym) { /* end of block */
+            a->d2 = S_EOB;
+            continue;
+        }
+        a->r1 = (uint8_t)(sym >> 4);
+        a->v1 = a->v2 = (int16_t)(s1 ? s_extend((e >> (S_LB - l1 - s1)) & ((1u << s1) - 1), s1) : 0);
+        /* a second symbol wholly inside the remaining bits */
+        int rem = S_LB - a->n1;
+        uint32_t e2 = (e << a->n1) & mask;
+        int l2 = t->lut[e2] >> 8, sym2 = s_ac_sym(t->lut[e2] & 0xff), s2 = sym2 & 15;
+        if (!l2 || l2 + s2 > rem) continue;
+        a->n = (uint8_t)(a->n1 + l2 + s2);
+        if (!sym2) {
+            a->d2 = S_EOB;
+            continue;
+        }
+        a->d2 = (uint8_t)((sym2 >> 4) + 1);
+        a->v2 = (int16_t)(s2 ? s_extend((e2 >> (S_LB - l2 - s2)) & ((1u << s2) - 1), s2) : 0);
+    }
     t->valid = 1;
 }
 
@@ -285,13 +334,6 @@ static void s_huff_refill(eq_decoder *d, s_huff *h)
 /* Code of more than S_LB bits at the top of buf: its symbol and length. */
 static int s_huff_slow(eq_decoder *d, const s_htab *t, uint64_t buf, int *len);
 
-/* The same as an ac[] entry. */
-static uint32_t s_huff_slow_ac(eq_decoder *d, const s_htab *t, uint64_t buf)
-{
-    int len, sym = s_huff_slow(d, t, buf, &len);
-    return (uint32_t)s_ac_sym(sym) << 8 | (uint32_t)(len + (sym & 15));
-}
-
 static int s_huff_slow(eq_decoder *d, const s_htab *t, uint64_t buf, int *len)
 {
     for (int l = S_LB + 1; l <= 16; l++) {
@@ -312,16 +354,6 @@ static const uint8_t s_zz[80] = {0,  1,  8,  16, 9,  2,  3,  10, 17, 24, 32, 25,
                                  58, 59, 52, 45, 38, 31, 39, 46, 53, 60, 61, 54, 47, 55, 62, 63,
                                  63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63};
 
-/* HUFF_EXTEND by size: v < half ? v + neg : v; size 0 gives 0 */
-static const uint32_t s_mask[16] = {0,     1,     3,     7,     15,     31,     63,     127,
-                                    255,   511,   1023,  2047,  4095,  8191,   16383,  32767};
-static const int s_half[16] = {0,   1,   2,   4,    8,    16,   32,   64,
-                               128, 256, 512, 1024, 2048, 4096, 8192, 16384};
-static const int s_neg[16] = {0,    -1,   -3,   -7,    -15,   -31,   -63,    -127,
-                              -255, -511, -1023, -2047, -4095, -8191, -16383, -32767};
-
-#define S_EXTEND(v, s) ((int)(v) < (1 << ((s)-1)) ? (int)(v) + (int)(-1u << (s)) + 1 : (int)(v))
-
 static boolean s_fast_mcu(j_decompress_ptr c, JBLOCKROW *MCU_data)
 {
     eq_decoder *d = (eq_decoder *)c; /* cinfo is the first member */
@@ -329,10 +361,10 @@ static boolean s_fast_mcu(j_decompress_ptr c, JBLOCKROW *MCU_data)
     uint64_t buf = h->buf;
     int nbits = h->nbits;
     JBLOCK skip; /* jpeg_skip_scanlines passes no blocks: decode into this */
-    /* at least 32 bits in buf: 8 bytes at once when they hold no 0xFF */
-#define S_NEED()                                                                                   \
+    /* at least `need` bits in buf: 8 bytes at once when they hold no 0xFF */
+#define S_NEED(need)                                                                               \
     do {                                                                                           \
-        if (nbits < 32) {                                                                          \
+        if (nbits < (need)) {                                                                      \
             uint64_t w_, x_;                                                                       \
             if (h->end - h->p >= 8 && !h->stopped && (memcpy(&w_, h->p, 8), x_ = ~w_,             \
                 !((x_ - 0x0101010101010101ull) & ~x_ & 0x8080808080808080ull))) {                 \
@@ -357,44 +389,70 @@ static boolean s_fast_mcu(j_decompress_ptr c, JBLOCKROW *MCU_data)
     for (int b = 0; b < h->nblk; b++) {
         JCOEF *blk = MCU_data ? MCU_data[b][0] : skip;
         const s_htab *t = h->dct[b];
-        S_NEED();
-        int e = t->lut[buf >> (64 - S_LB)], len = e >> 8, s;
-        if (len)
-            s = e & 0xff;
-        else
-            s = s_huff_slow(d, t, buf, &len);
-        S_SKIP(len);
-        int diff = 0;
-        if (s) {
-            uint32_t v = (uint32_t)(buf >> (64 - s));
-            S_SKIP(s);
-            diff = S_EXTEND(v, s);
+        S_NEED(32);
+        int32_t de = t->dc[buf >> (64 - S_LB)];
+        int diff;
+        if (de) {
+            S_SKIP(de & 0xff);
+            diff = de >> 8;
+        } else {
+            int e = t->lut[buf >> (64 - S_LB)], len = e >> 8, s;
+            if (len)
+                s = e & 0xff;
+            else
+                s = s_huff_slow(d, t, buf, &len);
+            S_SKIP(len);
+            diff = 0;
+            if (s) {
+                uint32_t v = (uint32_t)(buf >> (64 - s));
+                S_SKIP(s);
+                diff = s_extend(v, s);
+            }
         }
         int ci = h->comp[b];
         int dc = (int)((unsigned)diff + (unsigned)h->dc[ci]);
         h->dc[ci] = dc;
         blk[0] = (JCOEF)dc;
         t = h->act[b];
-        /* One table entry gives the bits to take (code + extra bits), the
-         * run and the size; the value is taken and sign-extended without
-         * branches.  A ZRL (run 15, size 0) stores a 0 at the last zero of
-         * its run, which changes nothing. */
+        /* One table entry resolves one or two symbols with their values.
+         * A ZRL (run 15, size 0) stores a 0 at the last zero of its run,
+         * which changes nothing.  A symbol that reaches coefficient 63
+         * ends the block: a second symbol in the same entry is not read. */
         for (int k = 1; k < 64;) {
-            S_NEED();
-            const uint32_t idx = (uint32_t)(buf >> (64 - S_LB));
-            uint32_t a = t->ac[idx], n = t->acn[idx];
-            if (!n) {
-                a = s_huff_slow_ac(d, t, buf);
-                n = a & 63;
+            S_NEED(S_LB);
+            const s_acent *a = &t->ac[buf >> (64 - S_LB)];
+            uint32_t n = a->n;
+            if (__builtin_expect(n != 0, 1)) {
+                int p1 = k + a->r1;
+                if (__builtin_expect(p1 < 63, 1)) {
+                    S_SKIP(n);
+                    blk[s_zz[p1]] = a->v1;
+                    int p2 = p1 + (a->d2 & 31);
+                    blk[s_zz[p2]] = a->v2;
+                    k = p2 + 1;
+                    if (a->d2 & S_EOB) break;
+                    continue;
+                }
+                S_SKIP(a->n1); /* the first symbol ends the block */
+                blk[s_zz[p1]] = a->v1;
+                break;
             }
-            const uint32_t sz = (a >> 8) & 15;
-            int v = (int)((uint32_t)(buf >> (64 - n)) & s_mask[sz]);
-            /* buf's next value is the loop's critical path: shift, load, shift */
-            buf <<= n;
-            nbits -= (int)n;
-            if (!(a & 0xff00)) break; /* EOB */
-            v += ((v - s_half[sz]) >> 31) & s_neg[sz]; /* no branch: the sign is random */
-            k += (int)(a >> 12) & 15;
+            /* a code longer than S_LB bits, or code and value together */
+            S_NEED(32);
+            int e = t->lut[buf >> (64 - S_LB)], len = e >> 8, sym;
+            if (len)
+                sym = e & 0xff;
+            else
+                sym = s_huff_slow(d, t, buf, &len);
+            sym = s_ac_sym(sym);
+            S_SKIP(len);
+            if (!sym) break; /* EOB */
+            int s = sym & 15, v = 0;
+            if (s) {
+                v = s_extend((uint32_t)(buf >> (64 - s)), s);
+                S_SKIP(s);
+            }
+            k += sym >> 4;
             blk[s_zz[k]] = (JCOEF)v;
             k++;
         }
