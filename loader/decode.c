@@ -286,7 +286,7 @@ static void s_htab_build(s_htab *t, const JHUFF_TBL *h, int ac)
 
 static void s_huff_refill(eq_decoder *d, s_huff *h)
 {
-    if (!h->stopped && h->end - h->p >= 8) {
+    if (!h->stopped && h->end - h->p >= 8 && h->nbits < 56) {
         uint64_t w;
         memcpy(&w, h->p, 8);
         uint64_t x = ~w; /* a 0xFF byte of w is a zero byte of x */
@@ -360,25 +360,32 @@ static boolean s_fast_mcu(j_decompress_ptr c, JBLOCKROW *MCU_data)
     s_huff *h = d->huff;
     uint64_t buf = h->buf;
     int nbits = h->nbits;
+    const uint8_t *p = h->p;
+    /* the 8-byte refill reads [p, p + 8): never at or past a marker */
+    const uint8_t *lim = h->stopped || h->end - p < 8 ? p - 1 : h->end - 8;
     JBLOCK skip; /* jpeg_skip_scanlines passes no blocks: decode into this */
-    /* at least `need` bits in buf: 8 bytes at once when they hold no 0xFF */
-#define S_NEED(need)                                                                               \
+    /* At least 56 bits in buf, without a branch on nbits: the next 8 bytes
+     * when none is 0xFF, OR-ed in at bit nbits.  Bytes it reads past those
+     * it counts are OR-ed again at the same place by the next refill
+     * (bits below nbits are the data's next bits, not zeros), which
+     * changes nothing.  Else (0xFF, a marker, the end) byte by byte. */
+#define S_REFILL()                                                                                 \
     do {                                                                                           \
-        if (nbits < (need)) {                                                                      \
-            uint64_t w_, x_;                                                                       \
-            if (h->end - h->p >= 8 && !h->stopped && (memcpy(&w_, h->p, 8), x_ = ~w_,             \
-                !((x_ - 0x0101010101010101ull) & ~x_ & 0x8080808080808080ull))) {                 \
-                int take_ = (63 - nbits) >> 3;                                                     \
-                buf |= (__builtin_bswap64(w_) & (~0ull << (64 - 8 * take_))) >> nbits;            \
-                nbits += 8 * take_;                                                                \
-                h->p += take_;                                                                     \
-            } else {                                                                               \
-                h->buf = buf;                                                                      \
-                h->nbits = nbits;                                                                  \
-                s_huff_refill(d, h);                                                               \
-                buf = h->buf;                                                                      \
-                nbits = h->nbits;                                                                  \
-            }                                                                                      \
+        uint64_t w_, x_;                                                                           \
+        if (__builtin_expect(p <= lim, 1) && (memcpy(&w_, p, 8), x_ = ~w_,                        \
+            !((x_ - 0x0101010101010101ull) & ~x_ & 0x8080808080808080ull))) {                     \
+            buf |= __builtin_bswap64(w_) >> nbits;                                                 \
+            p += 7 - (nbits >> 3);                                                                 \
+            nbits |= 56;                                                                           \
+        } else {                                                                                   \
+            h->buf = buf;                                                                          \
+            h->nbits = nbits;                                                                      \
+            h->p = p;                                                                              \
+            s_huff_refill(d, h);                                                                   \
+            buf = h->buf;                                                                          \
+            nbits = h->nbits;                                                                      \
+            p = h->p;                                                                              \
+            lim = h->stopped || h->end - p < 8 ? p - 1 : h->end - 8;                               \
         }                                                                                          \
     } while (0)
 #define S_SKIP(n)                                                                                  \
@@ -386,10 +393,32 @@ static boolean s_fast_mcu(j_decompress_ptr c, JBLOCKROW *MCU_data)
         buf <<= (n);                                                                               \
         nbits -= (n);                                                                              \
     } while (0)
+    /* One table entry: one or two symbols with their values (at most
+     * S_LB bits).  A ZRL (run 15, size 0) stores a 0 at the last zero of
+     * its run, which changes nothing.  A symbol that reaches coefficient
+     * 63 ends the block: the entry's second symbol is not read. */
+#define S_STEP()                                                                                   \
+    do {                                                                                           \
+        const s_acent *a_ = &t->ac[buf >> (64 - S_LB)];                                            \
+        uint32_t n_ = a_->n;                                                                       \
+        if (__builtin_expect(n_ == 0, 0)) goto slow;                                               \
+        int p1_ = k + a_->r1;                                                                      \
+        if (__builtin_expect(p1_ >= 63, 0)) {                                                      \
+            S_SKIP(a_->n1);                                                                        \
+            blk[s_zz[p1_]] = a_->v1;                                                               \
+            goto next_block;                                                                       \
+        }                                                                                          \
+        S_SKIP(n_);                                                                                \
+        blk[s_zz[p1_]] = a_->v1;                                                                   \
+        int p2_ = p1_ + (a_->d2 & 31);                                                             \
+        blk[s_zz[p2_]] = a_->v2;                                                                   \
+        k = p2_ + 1;                                                                               \
+        if (a_->d2 & S_EOB) goto next_block;                                                       \
+    } while (0)
     for (int b = 0; b < h->nblk; b++) {
         JCOEF *blk = MCU_data ? MCU_data[b][0] : skip;
         const s_htab *t = h->dct[b];
-        S_NEED(32);
+        S_REFILL();
         int32_t de = t->dc[buf >> (64 - S_LB)];
         int diff;
         if (de) {
@@ -414,31 +443,16 @@ static boolean s_fast_mcu(j_decompress_ptr c, JBLOCKROW *MCU_data)
         h->dc[ci] = dc;
         blk[0] = (JCOEF)dc;
         t = h->act[b];
-        /* One table entry resolves one or two symbols with their values.
-         * A ZRL (run 15, size 0) stores a 0 at the last zero of its run,
-         * which changes nothing.  A symbol that reaches coefficient 63
-         * ends the block: a second symbol in the same entry is not read. */
+        /* two steps per refill: 56 bits hold two fast steps (<= 2 S_LB) or
+         * one step and a slow symbol (<= S_LB + 31); the slow symbol goes
+         * back to the refill */
         for (int k = 1; k < 64;) {
-            S_NEED(S_LB);
-            const s_acent *a = &t->ac[buf >> (64 - S_LB)];
-            uint32_t n = a->n;
-            if (__builtin_expect(n != 0, 1)) {
-                int p1 = k + a->r1;
-                if (__builtin_expect(p1 < 63, 1)) {
-                    S_SKIP(n);
-                    blk[s_zz[p1]] = a->v1;
-                    int p2 = p1 + (a->d2 & 31);
-                    blk[s_zz[p2]] = a->v2;
-                    k = p2 + 1;
-                    if (a->d2 & S_EOB) break;
-                    continue;
-                }
-                S_SKIP(a->n1); /* the first symbol ends the block */
-                blk[s_zz[p1]] = a->v1;
-                break;
-            }
-            /* a code longer than S_LB bits, or code and value together */
-            S_NEED(32);
+            S_REFILL();
+            S_STEP();
+            if (k >= 64) break;
+            S_STEP();
+            continue;
+        slow: { /* a code longer than S_LB bits, or code and value together */
             int e = t->lut[buf >> (64 - S_LB)], len = e >> 8, sym;
             if (len)
                 sym = e & 0xff;
@@ -456,14 +470,18 @@ static boolean s_fast_mcu(j_decompress_ptr c, JBLOCKROW *MCU_data)
             blk[s_zz[k]] = (JCOEF)v;
             k++;
         }
+        }
+    next_block:;
     }
-#undef S_NEED
+#undef S_REFILL
 #undef S_SKIP
+#undef S_STEP
     if (nbits < h->fake) longjmp(d->jerr.jb, S_JMP_RETRY); /* read past the data */
     h->buf = buf;
     h->nbits = nbits;
-    c->src->next_input_byte = h->p;
-    c->src->bytes_in_buffer = (size_t)(h->end - h->p);
+    h->p = p;
+    c->src->next_input_byte = p;
+    c->src->bytes_in_buffer = (size_t)(h->end - p);
     return TRUE;
 }
 
