@@ -1090,6 +1090,95 @@ START_TEST(test_fast_huffman_fuzz_cases)
 }
 END_TEST
 
+/* Noise through the libjpeg API at high quality: entropy data full of
+ * 0xFF 0x00 stuffing (at every position relative to the decoder's 8-byte
+ * refills) and blocks whose last coefficient (63) is not zero, where a
+ * table entry's second symbol must stay unread.  Smooth rows between the
+ * noise give long runs and end-of-block codes. */
+static unsigned char *s_jpeg_noise(uint32_t w, uint32_t h, int h_samp, int v_samp, int quality,
+                                   int optimize, uint64_t seed, unsigned long *len)
+{
+    uint8_t *pix = malloc((size_t)w * h * 3);
+    eq_rng r;
+    eq_rng_init(&r, seed, 11);
+    for (uint32_t y = 0; y < h; y++)
+        for (uint32_t x = 0; x < w * 3; x++)
+            pix[(size_t)y * w * 3 + x] = (y / 8) % 3 == 2 ? (uint8_t)(x + y)
+                                                           : (uint8_t)eq_rng_below(&r, 256);
+    struct jpeg_compress_struct c;
+    struct jpeg_error_mgr jerr;
+    c.err = jpeg_std_error(&jerr);
+    jpeg_create_compress(&c);
+    unsigned char *out = NULL;
+    *len = 0;
+    jpeg_mem_dest(&c, &out, len);
+    c.image_width = w;
+    c.image_height = h;
+    c.input_components = 3;
+    c.in_color_space = JCS_RGB;
+    jpeg_set_defaults(&c);
+    jpeg_set_quality(&c, quality, TRUE);
+    c.comp_info[0].h_samp_factor = h_samp;
+    c.comp_info[0].v_samp_factor = v_samp;
+    c.optimize_coding = optimize ? TRUE : FALSE;
+    jpeg_start_compress(&c, TRUE);
+    while (c.next_scanline < h) {
+        JSAMPROW row = pix + (size_t)c.next_scanline * w * 3;
+        jpeg_write_scanlines(&c, &row, 1);
+    }
+    jpeg_finish_compress(&c);
+    jpeg_destroy_compress(&c);
+    free(pix);
+    return out;
+}
+
+/* The own Huffman decoder on stuffed bytes at every refill offset, on
+ * coefficient 63, and on files cut at every byte of their last 40 and
+ * around stuffed bytes (a lone 0xFF at the end, 0xFF without its 0x00):
+ * libjpeg's status and bytes every time, no hand-over on the whole files. */
+START_TEST(test_fast_huffman_stuffing_and_cuts)
+{
+    eq_decoder *d = eq_decoder_new(0, NULL);
+    uint64_t fast0, fb0, fast1, fb1;
+    static const int samp[3][2] = {{1, 1}, {2, 2}, {2, 1}};
+    unsigned long ff00 = 0;
+    for (int i = 0; i < 6; i++) {
+        uint32_t w = 97 + 37 * (uint32_t)i, h = 67 + 19 * (uint32_t)i;
+        unsigned long len;
+        unsigned char *jpg =
+            s_jpeg_noise(w, h, samp[i % 3][0], samp[i % 3][1], 90 + 2 * i, i & 1, (uint64_t)i, &len);
+        for (unsigned long j = 0; j + 1 < len; j++) ff00 += jpg[j] == 0xFF && jpg[j + 1] == 0;
+        eq_decoder_fast_huffman(d, -1, &fast0, &fb0);
+        ck_assert(s_both_huffman(d, jpg, len, 8, 0, 0, UINT32_MAX, UINT32_MAX));
+        ck_assert(s_both_huffman(d, jpg, len, 8, w / 5, h / 3, w / 2, h / 2 + 3));
+        ck_assert(s_both_huffman(d, jpg, len, 4, 0, 0, UINT32_MAX, UINT32_MAX));
+        eq_decoder_fast_huffman(d, -1, &fast1, &fb1);
+        ck_assert_uint_eq(fast1 - fast0, 3);
+        ck_assert_uint_eq(fb1, fb0);
+        /* cuts: the last 40 bytes, and at and after 10-20 stuffed bytes */
+        for (unsigned long cut = len - 40; cut < len; cut++)
+            s_both_huffman(d, jpg, cut, 8, 0, 0, UINT32_MAX, UINT32_MAX);
+        int n = 0;
+        for (unsigned long j = len / 3; j + 1 < len && n < 20; j++)
+            if (jpg[j] == 0xFF && jpg[j + 1] == 0) {
+                s_both_huffman(d, jpg, j + 1, 8, 0, 0, UINT32_MAX, UINT32_MAX);
+                s_both_huffman(d, jpg, j + 2, 8, 0, 0, UINT32_MAX, UINT32_MAX);
+                /* 0xFF followed by a non-zero byte: a marker in mid-scan */
+                unsigned char keep = jpg[j + 1];
+                jpg[j + 1] = (unsigned char)(0xD0 + n % 8);
+                s_both_huffman(d, jpg, len, 8, 0, 0, UINT32_MAX, UINT32_MAX);
+                jpg[j + 1] = keep;
+                n++;
+                j += len / 200;
+            }
+        ck_assert_int_ge(n, 10);
+        free(jpg);
+    }
+    ck_assert_uint_gt(ff00, 500);
+    eq_decoder_destroy(&d);
+}
+END_TEST
+
 /* A file that uses Huffman tables it does not define decodes the same in a
  * decoder that read another file before as in a fresh one (libjpeg keeps a
  * decompressor's tables from file to file; libjpeg-turbo gives a fresh one
@@ -1931,6 +2020,7 @@ static Suite *s_suite(void)
     tcase_add_test(t, test_decode_matches_tj_and_cmyk);
     tcase_add_test(t, test_fast_huffman_equals_libjpeg);
     tcase_add_test(t, test_fast_huffman_fuzz_cases);
+    tcase_add_test(t, test_fast_huffman_stuffing_and_cuts);
     tcase_add_test(t, test_decode_independent_of_history);
     tcase_add_test(t, test_png_decode);
     tcase_add_test(t, test_decode_bad_inputs);
