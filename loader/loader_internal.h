@@ -56,10 +56,10 @@ eq_status eq_render_crop(eq_decoder *d, const uint8_t *data, size_t len, eq_box 
                          uint32_t out_h, int dct_scale, uint8_t *out, void **tmp, size_t *tmp_cap,
                          eq_err *err);
 
-/* The resampler's AVX2 kernels (same bytes as its scalar loops): enable
- * 1 = use them when the CPU has AVX2, 0 = scalar only, -1 = leave as is;
- * returns the previous state (1 = AVX2 in use).  The default is AVX2 when
- * available.  For tests comparing the two; not thread safe against a
+/* The resampler's SIMD kernels (same bytes as its scalar loops): enable
+ * 2 = AVX2 and the AVX-512 one where the CPU has them, 1 = AVX2 only (when
+ * the CPU has it), 0 = scalar only, -1 = leave as is; returns the previous
+ * state (the level in use: 0, 1 or 2).  The default is the best available.  For tests comparing the two; not thread safe against a
  * concurrent resize's choice (either path gives the same bytes). */
 int eq_resize_simd(int enable);
 

@@ -144,18 +144,28 @@ static inline __attribute__((always_inline)) void s_hrow3(const uint8_t *row, ui
  * the same rounding constant and the same clip: the same bytes.  Chosen at
  * run time when the CPU has AVX2 (the build targets plain x86-64);
  * check_loader compares them with the scalar code on random geometries. */
-static int s_simd_mode = -1; /* -1: not probed, 0: scalar, 1: AVX2 */
+static int s_simd_mode = -1; /* -1: not probed, 0: scalar, 1: AVX2, 2: AVX2 + AVX-512 */
+
+/* The best of the levels up to `want` that the CPU has. */
+static int s_simd_best(int want)
+{
+#if S_X86
+    __builtin_cpu_init();
+    if (want >= 2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx2"))
+        return 2;
+    if (want >= 1 && __builtin_cpu_supports("avx2")) return 1;
+#else
+    (void)want;
+#endif
+    return 0;
+}
 
 static int s_simd(void)
 {
     int m = __atomic_load_n(&s_simd_mode, __ATOMIC_RELAXED);
     if (m < 0) {
-#if S_X86
-        __builtin_cpu_init();
-        m = __builtin_cpu_supports("avx2") ? 1 : 0;
-#else
-        m = 0;
-#endif
+        m = s_simd_best(2);
         __atomic_store_n(&s_simd_mode, m, __ATOMIC_RELAXED);
     }
     return m;
@@ -164,15 +174,7 @@ static int s_simd(void)
 int eq_resize_simd(int enable)
 {
     int was = s_simd();
-#if S_X86
-    if (enable >= 0) {
-        __builtin_cpu_init();
-        __atomic_store_n(&s_simd_mode, enable && __builtin_cpu_supports("avx2") ? 1 : 0,
-                         __ATOMIC_RELAXED);
-    }
-#else
-    (void)enable;
-#endif
+    if (enable >= 0) __atomic_store_n(&s_simd_mode, s_simd_best(enable), __ATOMIC_RELAXED);
     return was;
 }
 
@@ -246,6 +248,46 @@ __attribute__((target("avx2"))) static void s_hrow3_pairs_avx2(const uint8_t *ro
         s_hrow3(row, mrow + 3 * xx, 1, off + xx, kf + (size_t)xx * K, K);
 }
 
+/* The pairs kernel with AVX-512 (for K <= 8 taps): two outputs in one
+ * 16-lane vector, two taps per 8-byte load (R G B R G B and two bytes that
+ * get coefficient 0; with K odd a last tap K of coefficient 0), so about
+ * half the loads and multiplies; the two taps' sums of each output are
+ * added at the end.  kq: per pair of outputs and pair of taps 16 lanes,
+ * k(2j) k(2j) k(2j) k(2j+1) k(2j+1) k(2j+1) 0 0 for each output.  Reads up
+ * to 5 bytes past the last tap (in the next row: not for the region's last
+ * row) and writes 2 bytes past the row, as the AVX2 pairs kernel. */
+__attribute__((target("avx2,avx512f,avx512bw"))) static void
+s_hrow3_pairs_avx512(const uint8_t *row, uint8_t *mrow, uint32_t ww, const int *off,
+                     const int32_t *kq, const int32_t *kf, int K)
+{
+    const int J = (K + 1) / 2;
+    const __m512i ia = _mm512_setr_epi32(0, 1, 2, 8, 9, 10, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512i ib = _mm512_setr_epi32(3, 4, 5, 11, 12, 13, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m256i rnd = _mm256_set1_epi32(1 << (S_PREC - 1));
+    uint32_t xx = 0;
+    for (; xx + 2 <= ww; xx += 2) {
+        const uint8_t *s0 = row + off[xx], *s1 = row + off[xx + 1];
+        const int32_t *k = kq + (size_t)(xx / 2) * J * 16;
+        __m512i a = _mm512_setzero_si512();
+        for (int j = 0; j < J; j++) {
+            __m128i v = _mm_unpacklo_epi64(_mm_loadl_epi64((const __m128i *)(s0 + 6 * j)),
+                                           _mm_loadl_epi64((const __m128i *)(s1 + 6 * j)));
+            a = _mm512_add_epi32(a, _mm512_mullo_epi32(_mm512_cvtepu8_epi32(v),
+                                                       _mm512_loadu_si512(k + 16 * j)));
+        }
+        /* lanes 0-5: the first output's R G B, then the second's */
+        __m512i sum =
+            _mm512_add_epi32(_mm512_permutexvar_epi32(ia, a), _mm512_permutexvar_epi32(ib, a));
+        __m256i r = _mm256_srai_epi32(_mm256_add_epi32(_mm512_castsi512_si256(sum), rnd), S_PREC);
+        __m128i b = _mm_packs_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
+        b = _mm_packus_epi16(b, b);
+        uint64_t q = (uint64_t)_mm_cvtsi128_si64(b);
+        memcpy(mrow + 3 * xx, &q, 8);
+    }
+    if (xx < ww) /* odd width: the last output as the scalar loop does it */
+        s_hrow3(row, mrow + 3 * xx, 1, off + xx, kf + (size_t)xx * K, K);
+}
+
 /* Output row drow[0, n) of the vertical pass: taps rows m + y * mstride,
  * coefficients k[0, ymax). */
 __attribute__((target("avx2"))) static void s_vrow_avx2(const uint8_t *m, size_t mstride,
@@ -304,7 +346,8 @@ typedef struct s_plan {
     int32_t *acc;  /* one output row of accumulators */
     int32_t *kfix; /* fixed-length horizontal coefficients (ww x ksize) */
     int *off;      /* their start byte offset in a region row */
-    int32_t *kpair; /* kfix of outputs 2i, 2i+1 interleaved: per tap k0 k0 k0 0 k1 k1 k1 0 */
+    int32_t *kpair; /* kfix of outputs 2i, 2i+1 interleaved: per tap k0 k0 k0 0 k1 k1 k1 0
+                     * (AVX2), or as s_hrow3_pairs_avx512's kq */
     uint8_t *mid;
 } s_plan;
 
@@ -315,8 +358,11 @@ static eq_status s_plan_make(const eq_resize_geom *g, uint32_t c, s_plan *p, voi
     p->v.ksize = s_ksize((int)g->ih, g->by0, g->by1, (int)g->out_h);
     size_t kh = (size_t)g->ww * p->h.ksize, kv = (size_t)g->wh * p->v.ksize;
     size_t kh4 = (size_t)g->ww * (size_t)((p->h.ksize + 3) & ~3); /* kfix: taps padded to 4 */
-    /* kpair: per pair of outputs and tap, 8 lanes (the AVX2 pair kernel) */
-    size_t kp = p->h.ksize <= S_KPAIR ? ((size_t)g->ww + 1) / 2 * (size_t)p->h.ksize * 8 : 0;
+    /* kpair: per pair of outputs and tap, 8 lanes (the AVX2 pair kernel),
+     * or per pair of outputs and pair of taps 16 (AVX-512) */
+    /* (the pair kernels run when the outputs' most taps, which may be
+     * less than ksize, are at most S_KPAIR) */
+    size_t kp = ((size_t)g->ww + 1) / 2 * (size_t)((p->h.ksize < S_KPAIR ? p->h.ksize : S_KPAIR) + 1) * 8;
     size_t kmax = kh > kv ? kh : kv;
     /* rows of the intermediate: at most ih */
     size_t need = kmax * sizeof(double) + (kh + kv) * sizeof(int32_t) +
@@ -414,11 +460,19 @@ eq_status eq_resize_bilinear(const eq_resize_src *src, const eq_resize_geom *g, 
      * S_KFIX taps takes a fixed-length loop: each output's taps are moved
      * to start at off[xx] (kept inside the region) with zero coefficients
      * padding the shift, which adds exactly 0 to PIL's integer sums. */
-    const int kh = p.h.ksize, kh4 = (kh + 3) & ~3;
+    /* kh: the most taps any output of the window has (PIL's ksize, the
+     * stride of p.h.k, can be one or two more: 5 for a 1.46x downscale
+     * whose outputs all have 3 or 4); the fixed-length loops run kh */
+    const int ks = p.h.ksize;
+    int kh = 1;
+    for (uint32_t xx = 0; xx < g->ww; xx++)
+        if (p.h.bounds[2 * xx + 1] > kh) kh = p.h.bounds[2 * xx + 1];
+    const int kh4 = (kh + 3) & ~3;
     const ptrdiff_t sx = (ptrdiff_t)g->ix0 - (ptrdiff_t)src->x0; /* in's left edge in the region */
     /* AVX2 paths, RGB: two outputs at a time for up to 8 taps (scales up
      * to ~3.5x), else taps padded to kh4 <= 32 (downscales up to ~15x) */
     const int avx2 = S_X86 && c == 3 && s_simd();
+    const int avx512 = avx2 && s_simd() >= 2;
     const int pairs = avx2 && kh <= S_KPAIR && (int64_t)src->w >= kh;
     const int simd = pairs || (avx2 && kh4 <= 32 && (int64_t)src->w >= kh4);
     const int kfl = simd && !pairs ? kh4 : kh; /* taps per output in kfix */
@@ -428,7 +482,7 @@ eq_status eq_resize_bilinear(const eq_resize_src *src, const eq_resize_geom *g, 
             int xmin = p.h.bounds[2 * xx], xmax = p.h.bounds[2 * xx + 1];
             ptrdiff_t start = sx + xmin; /* region column of the first tap */
             ptrdiff_t shift = start + kfl > (ptrdiff_t)src->w ? start + kfl - (ptrdiff_t)src->w : 0;
-            const int32_t *k = &p.h.k[(size_t)xx * kh];
+            const int32_t *k = &p.h.k[(size_t)xx * ks];
             int32_t *kf = &p.kfix[(size_t)xx * kfl];
             p.off[xx] = (int)((start - shift) * 3);
             for (int t = 0; t < kfl; t++) {
@@ -437,7 +491,17 @@ eq_status eq_resize_bilinear(const eq_resize_src *src, const eq_resize_geom *g, 
             }
         }
     }
-    if (pairs)
+    if (pairs && avx512)
+        for (uint32_t xx = 0; xx < g->ww; xx++)
+            for (int j = 0; j < (kh + 1) / 2; j++) {
+                int32_t *q = &p.kpair[((size_t)(xx / 2) * ((kh + 1) / 2) + j) * 16 + 8 * (xx & 1)];
+                int32_t k0 = p.kfix[(size_t)xx * kh + 2 * j];
+                int32_t k1 = 2 * j + 1 < kh ? p.kfix[(size_t)xx * kh + 2 * j + 1] : 0;
+                q[0] = q[1] = q[2] = k0;
+                q[3] = q[4] = q[5] = k1;
+                q[6] = q[7] = 0;
+            }
+    else if (pairs)
         for (uint32_t xx = 0; xx < g->ww; xx++)
             for (int t = 0; t < kh; t++) {
                 int32_t *q = &p.kpair[((size_t)(xx / 2) * kh + t) * 8 + 4 * (xx & 1)];
@@ -453,7 +517,9 @@ eq_status eq_resize_bilinear(const eq_resize_src *src, const eq_resize_geom *g, 
         /* the AVX2 loads read up to 4 bytes past a row's last tap: in the
          * next row, except on the region's last row (scalar there) */
         if (simd && sy + 1 < (ptrdiff_t)src->h) {
-            if (pairs)
+            if (pairs && avx512)
+                s_hrow3_pairs_avx512(rrow, mrow, g->ww, p.off, p.kpair, p.kfix, kh);
+            else if (pairs)
                 s_hrow3_pairs_avx2(rrow, mrow, g->ww, p.off, p.kpair, p.kfix, kh);
             else
                 s_hrow3_avx2(rrow, mrow, g->ww, p.off, p.kfix, kh4);
@@ -476,7 +542,7 @@ eq_status eq_resize_bilinear(const eq_resize_src *src, const eq_resize_geom *g, 
         const uint8_t *srow = rrow + sx * (ptrdiff_t)c;
         for (uint32_t xx = 0; xx < g->ww; xx++) {
             int xmin = p.h.bounds[2 * xx], xmax = p.h.bounds[2 * xx + 1];
-            const int32_t *k = &p.h.k[(size_t)xx * kh];
+            const int32_t *k = &p.h.k[(size_t)xx * ks];
             const uint8_t *s = srow + (size_t)xmin * c;
             if (c == 3) {
                 int s0 = 1 << (S_PREC - 1), s1 = s0, s2 = s0;
