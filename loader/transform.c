@@ -472,7 +472,8 @@ eq_status eq_resize_bilinear(const eq_resize_src *src, const eq_resize_geom *g, 
     /* AVX2 paths, RGB: two outputs at a time for up to 8 taps (scales up
      * to ~3.5x), else taps padded to kh4 <= 32 (downscales up to ~15x) */
     const int avx2 = S_X86 && c == 3 && s_simd();
-    const int avx512 = avx2 && s_simd() >= 2;
+    /* (its loads reach 5 bytes into the next row: rows of 3 pixels or more) */
+    const int avx512 = avx2 && s_simd() >= 2 && src->w >= 3;
     const int pairs = avx2 && kh <= S_KPAIR && (int64_t)src->w >= kh;
     const int simd = pairs || (avx2 && kh4 <= 32 && (int64_t)src->w >= kh4);
     const int kfl = simd && !pairs ? kh4 : kh; /* taps per output in kfix */
