@@ -256,16 +256,14 @@ __attribute__((target("avx2"))) static void s_hrow3_pairs_avx2(const uint8_t *ro
  * k(2j) k(2j) k(2j) k(2j+1) k(2j+1) k(2j+1) 0 0 for each output.  Reads up
  * to 5 bytes past the last tap (in the next row: not for the region's last
  * row) and writes 2 bytes past the row, as the AVX2 pairs kernel. */
-__attribute__((target("avx2,avx512f,avx512bw"))) static void
-s_hrow3_pairs_avx512(const uint8_t *row, uint8_t *mrow, uint32_t ww, const int *off,
-                     const int32_t *kq, const int32_t *kf, int K)
+static inline __attribute__((always_inline, target("avx2,avx512f,avx512bw"))) void
+s_hrow3_pairs_avx512_j(const uint8_t *row, uint8_t *mrow, uint32_t ww, const int *off,
+                       const int32_t *kq, const int J)
 {
-    const int J = (K + 1) / 2;
     const __m512i ia = _mm512_setr_epi32(0, 1, 2, 8, 9, 10, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     const __m512i ib = _mm512_setr_epi32(3, 4, 5, 11, 12, 13, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     const __m256i rnd = _mm256_set1_epi32(1 << (S_PREC - 1));
-    uint32_t xx = 0;
-    for (; xx + 2 <= ww; xx += 2) {
+    for (uint32_t xx = 0; xx + 2 <= ww; xx += 2) {
         const uint8_t *s0 = row + off[xx], *s1 = row + off[xx + 1];
         const int32_t *k = kq + (size_t)(xx / 2) * J * 16;
         __m512i a = _mm512_setzero_si512();
@@ -284,8 +282,20 @@ s_hrow3_pairs_avx512(const uint8_t *row, uint8_t *mrow, uint32_t ww, const int *
         uint64_t q = (uint64_t)_mm_cvtsi128_si64(b);
         memcpy(mrow + 3 * xx, &q, 8);
     }
-    if (xx < ww) /* odd width: the last output as the scalar loop does it */
-        s_hrow3(row, mrow + 3 * xx, 1, off + xx, kf + (size_t)xx * K, K);
+}
+
+__attribute__((target("avx2,avx512f,avx512bw"))) static void
+s_hrow3_pairs_avx512(const uint8_t *row, uint8_t *mrow, uint32_t ww, const int *off,
+                     const int32_t *kq, const int32_t *kf, int K)
+{
+    switch ((K + 1) / 2) { /* a constant tap-pair count: the loop unrolls */
+    case 1: s_hrow3_pairs_avx512_j(row, mrow, ww, off, kq, 1); break;
+    case 2: s_hrow3_pairs_avx512_j(row, mrow, ww, off, kq, 2); break;
+    case 3: s_hrow3_pairs_avx512_j(row, mrow, ww, off, kq, 3); break;
+    default: s_hrow3_pairs_avx512_j(row, mrow, ww, off, kq, 4); break; /* K <= S_KPAIR = 8 */
+    }
+    if (ww & 1) /* odd width: the last output as the scalar loop does it */
+        s_hrow3(row, mrow + 3 * (ww - 1), 1, off + ww - 1, kf + (size_t)(ww - 1) * K, K);
 }
 
 /* Output row drow[0, n) of the vertical pass: taps rows m + y * mstride,
