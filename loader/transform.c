@@ -217,15 +217,13 @@ __attribute__((target("avx2"))) static void s_hrow3_avx2(const uint8_t *row, uin
  * the next byte, which gets coefficient 0) into one 8-lane vector.  Reads
  * 1 byte past the last tap and writes 2 bytes past the row (mid has room:
  * the next row is written after, and the plan adds 64 bytes). */
-__attribute__((target("avx2"))) static void s_hrow3_pairs_avx2(const uint8_t *row, uint8_t *mrow,
-                                                                uint32_t ww, const int *off,
-                                                                const int32_t *kp,
-                                                                const int32_t *kf, int K)
+static inline __attribute__((always_inline, target("avx2"))) void
+s_hrow3_pairs_avx2_k(const uint8_t *row, uint8_t *mrow, uint32_t ww, const int *off,
+                     const int32_t *kp, const int K)
 {
     const __m128i rnd = _mm_set1_epi32(1 << (S_PREC - 1));
     const __m128i sh6 = _mm_setr_epi8(0, 1, 2, 4, 5, 6, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
-    uint32_t xx = 0;
-    for (; xx + 2 <= ww; xx += 2) {
+    for (uint32_t xx = 0; xx + 2 <= ww; xx += 2) {
         const uint8_t *s0 = row + off[xx], *s1 = row + off[xx + 1];
         const int32_t *k = kp + (size_t)(xx / 2) * K * 8;
         __m256i a = _mm256_setzero_si256();
@@ -244,8 +242,25 @@ __attribute__((target("avx2"))) static void s_hrow3_pairs_avx2(const uint8_t *ro
         uint64_t q = (uint64_t)_mm_cvtsi128_si64(b);
         memcpy(mrow + 3 * xx, &q, 8);
     }
-    if (xx < ww) /* odd width: the last output as the scalar loop does it */
-        s_hrow3(row, mrow + 3 * xx, 1, off + xx, kf + (size_t)xx * K, K);
+}
+
+__attribute__((target("avx2"))) static void s_hrow3_pairs_avx2(const uint8_t *row, uint8_t *mrow,
+                                                                uint32_t ww, const int *off,
+                                                                const int32_t *kp,
+                                                                const int32_t *kf, int K)
+{
+    switch (K) { /* a constant tap count: the loop unrolls */
+    case 1: s_hrow3_pairs_avx2_k(row, mrow, ww, off, kp, 1); break;
+    case 2: s_hrow3_pairs_avx2_k(row, mrow, ww, off, kp, 2); break;
+    case 3: s_hrow3_pairs_avx2_k(row, mrow, ww, off, kp, 3); break;
+    case 4: s_hrow3_pairs_avx2_k(row, mrow, ww, off, kp, 4); break;
+    case 5: s_hrow3_pairs_avx2_k(row, mrow, ww, off, kp, 5); break;
+    case 6: s_hrow3_pairs_avx2_k(row, mrow, ww, off, kp, 6); break;
+    case 7: s_hrow3_pairs_avx2_k(row, mrow, ww, off, kp, 7); break;
+    default: s_hrow3_pairs_avx2_k(row, mrow, ww, off, kp, 8); break; /* K <= S_KPAIR = 8 */
+    }
+    if (ww & 1) /* odd width: the last output as the scalar loop does it */
+        s_hrow3(row, mrow + 3 * (ww - 1), 1, off + ww - 1, kf + (size_t)(ww - 1) * K, K);
 }
 
 /* The pairs kernel with AVX-512 (for K <= 8 taps): two outputs in one
