@@ -4,7 +4,10 @@
  * inproc sockets), the three ops, errors for ranks that disagree or fall
  * silent, the rendezvous (welcome, blob, refusals), and data-parallel
  * gradients of a network without BN equal to one rank's on the same global
- * batch.
+ * batch; the model's grad-ready hook (order, final values, during the
+ * backward) and buckets in that order completing in order; the real
+ * programs on two ranks: equal to one rank with iter_size 2, and the same
+ * bits with the all-reduce overlapping the backward or after it.
  */
 #include <fcntl.h>
 #include <pthread.h>
@@ -19,6 +22,7 @@
 #include "proto/proto_zmq.h"
 #include "testutil.h"
 #include "trainer/backend.h"
+#include "trainer/cuda/bucket.h"
 #include "trainer/dist.h"
 #include "trainer/layers.h"
 #include "trainer/train.h"
@@ -502,6 +506,135 @@ START_TEST(test_dp_gradients)
 }
 END_TEST
 
+/* ---- the grad-ready hook and the buckets built in its order ------------------ */
+
+typedef struct s_hk {
+    eq_model *m;
+    size_t n, got[512];
+    float *snap;          /* each tensor's gradient when it was reported */
+    size_t *off;          /* per tensor: its place in snap */
+    size_t last;          /* the tensor reported last (the stem's) */
+    float *last_before;   /* its gradient when the first report came */
+    eq_bucket_plan *plan; /* buckets as eq-trainer builds them */
+    size_t *param;        /* per tensor: its parameter in the plan */
+    long next;            /* the bucket expected to complete next */
+} s_hk;
+
+static void s_hook(void *arg, size_t i)
+{
+    s_hk *h = arg;
+    const eq_model_tensor *t = eq_model_tensor_at(h->m, i);
+    ck_assert_ptr_nonnull(t);
+    ck_assert_ptr_nonnull(t->grad);
+    ck_assert_uint_lt(h->n, 512);
+    if (h->n == 0) {
+        const eq_model_tensor *l = eq_model_tensor_at(h->m, h->last);
+        memcpy(h->last_before, l->grad, l->numel * sizeof(float));
+    }
+    h->got[h->n++] = i;
+    memcpy(h->snap + h->off[i], t->grad, t->numel * sizeof(float));
+    eq_err e = { 0 };
+    long b = eq_bucket_mark_ready(h->plan, h->param[i], &e);
+    ck_assert_msg(b != -2, "%s", e.msg);
+    if (b >= 0) ck_assert_int_eq(b, h->next++); /* buckets complete in their order */
+}
+
+START_TEST(test_grad_hook)
+{
+    char *dir = eq_test_scratch("dist-hook");
+    char cfg[4200];
+    snprintf(cfg, sizeof cfg, "%s/m.cfg", dir);
+    FILE *f = fopen(cfg, "w");
+    ck_assert_ptr_nonnull(f);
+    fprintf(f, "[data]\nchannels = 3\n[model]\nnum_classes = 4\nin_channels = 3\nwidth_alpha = 0.125\n"
+               "[train]\nmean = 0.5, 0.5, 0.5\nstd = 0.25, 0.25, 0.25\n");
+    fclose(f);
+    eq_experiment x;
+    eq_err e = { 0 };
+    ck_assert_msg(eq_experiment_load(&x, cfg, NULL, 0, NULL, &e) == EQ_OK, "%s", e.msg);
+    eq_backend *be = eq_backend_cpu_new(1, &e);
+    ck_assert_ptr_nonnull(be);
+    const int64_t N = 4, H = 12;
+    eq_model *m = eq_model_new_ot(be, &x.model, &x.wt, &x.fm, &x.ot, N, H, H, &e);
+    ck_assert_msg(m != NULL, "%s", e.msg);
+    size_t nt = eq_model_tensor_count(m), ng = eq_model_grad_order(m, NULL, 0), total = 0, ngrad = 0;
+    ck_assert_uint_gt(ng, 20);
+    size_t *order = calloc(ng, sizeof *order), *bytes = calloc(ng, sizeof *bytes);
+    s_hk h = { .m = m, .off = calloc(nt, sizeof(size_t)), .param = calloc(nt, sizeof(size_t)) };
+    ck_assert_uint_eq(eq_model_grad_order(m, order, ng), ng);
+    for (size_t i = 0; i < nt; i++) {
+        const eq_model_tensor *t = eq_model_tensor_at(m, i);
+        h.off[i] = total;
+        if (t->grad) total += t->numel, ngrad++;
+    }
+    ck_assert_uint_eq(ngrad, ng); /* every tensor with a grad, once */
+    for (size_t j = 0; j < ng; j++) {
+        ck_assert(eq_model_tensor_at(m, order[j])->grad != NULL);
+        for (size_t k = 0; k < j; k++) ck_assert_uint_ne(order[k], order[j]);
+        bytes[j] = eq_model_tensor_at(m, order[ng - 1 - j])->numel * sizeof(float);
+        h.param[order[ng - 1 - j]] = j;
+    }
+    /* the first gradient done is the classifier's, the last the stem's */
+    ck_assert_str_eq(eq_model_tensor_at(m, order[ng - 1])->name, "conv1.weight");
+    ck_assert(strncmp(eq_model_tensor_at(m, order[0])->name, "fc.", 3) == 0);
+    h.last = order[ng - 1];
+    h.snap = malloc(total * sizeof(float));
+    h.last_before = malloc(eq_model_tensor_at(m, h.last)->numel * sizeof(float));
+    ck_assert_msg(eq_bucket_plan_new(ng, bytes, 2048, 1024, &h.plan, &e) == EQ_OK, "%s", e.msg);
+    ck_assert_uint_gt(h.plan->nbuckets, 4);
+    size_t xn = (size_t)(N * H * H * 3);
+    float *xin = malloc(xn * sizeof(float));
+    int32_t labels[4] = { 0, 1, 2, 3 };
+    float loss;
+    for (int pass = 0; pass < 2; pass++) {
+        for (size_t i = 0; i < xn; i++) xin[i] = s_x((size_t)pass, i);
+        if (pass == 1) eq_model_set_grad_hook(m, s_hook, &h); /* pass 0: gradients to compare against */
+        ck_assert_msg(eq_model_forward(m, xin, true, &e) == EQ_OK, "%s", e.msg);
+        ck_assert_msg(eq_model_loss(m, labels, NULL, NULL, 0, &loss, &e) == EQ_OK, "%s", e.msg);
+        ck_assert_msg(eq_model_backward(m, NULL, &e) == EQ_OK, "%s", e.msg);
+    }
+    /* reported once each, in eq_model_grad_order's order, every bucket completed */
+    ck_assert_uint_eq(h.n, ng);
+    for (size_t j = 0; j < ng; j++) ck_assert_uint_eq(h.got[j], order[j]);
+    ck_assert_int_eq(h.next, (long)h.plan->nbuckets);
+    /* each gradient was final when reported */
+    for (size_t i = 0; i < nt; i++) {
+        const eq_model_tensor *t = eq_model_tensor_at(m, i);
+        if (t->grad)
+            ck_assert_msg(!memcmp(h.snap + h.off[i], t->grad, t->numel * sizeof(float)), "%s changed after its report",
+                          t->name);
+    }
+    /* the first report came before the backward reached the stem (whose
+     * gradient then still held the first pass's values) */
+    const eq_model_tensor *stem = eq_model_tensor_at(m, h.last);
+    bool during = memcmp(h.last_before, stem->grad, stem->numel * sizeof(float)) != 0;
+#ifdef EQ_LAYERS_GRAD_HOOK
+    ck_assert_msg(during, "the hook reported only after the whole backward");
+#else
+    fprintf(stderr, "grad hook: the layers report no nodes; every gradient came at the end (%s)\n",
+            during ? "?" : "as expected");
+#endif
+    /* no hook: no calls */
+    eq_model_set_grad_hook(m, NULL, NULL);
+    size_t before = h.n;
+    ck_assert_msg(eq_model_forward(m, xin, true, &e) == EQ_OK, "%s", e.msg);
+    ck_assert_msg(eq_model_loss(m, labels, NULL, NULL, 0, &loss, &e) == EQ_OK, "%s", e.msg);
+    ck_assert_msg(eq_model_backward(m, NULL, &e) == EQ_OK, "%s", e.msg);
+    ck_assert_uint_eq(h.n, before);
+    eq_bucket_plan_destroy(&h.plan);
+    free(h.snap);
+    free(h.last_before);
+    free(h.off);
+    free(h.param);
+    free(order);
+    free(bytes);
+    free(xin);
+    eq_model_destroy(&m);
+    eq_backend_destroy(&be);
+    eq_test_scratch_rm(dir);
+}
+END_TEST
+
 /* ---- the real programs: two ranks equal one rank with iter_size 2 ------------ */
 
 /* Start `argv` (argv[0] relative to $EQ_BUILDDIR) with output to `log`. */
@@ -671,6 +804,128 @@ START_TEST(test_ranks_equal_iter_size)
 }
 END_TEST
 
+/* ---- the real programs: the all-reduce overlapping the backward changes no bit ---- */
+
+/* Two ranks of `cfg` with out_dir dir/tag and the `sets` (NULL-ended) on the
+ * loader at ld_ep; both must exit 0. */
+static void s_two_ranks(const char *dir, const char *cfg, const char *ld_ep, const char *tag, const char *const *sets)
+{
+    char out[4300], ctl[4300], ring0[4300], ring1[4300], r0[4300], r1[4300];
+    snprintf(out, sizeof out, "train.out_dir=%s/%s", dir, tag);
+    snprintf(ctl, sizeof ctl, "ipc://%s/%s.ctl", dir, tag);
+    snprintf(ring0, sizeof ring0, "ipc://%s/%s.ring0", dir, tag);
+    snprintf(ring1, sizeof ring1, "ipc://%s/%s.ring1", dir, tag);
+    char *a[2][40];
+    for (int r = 0; r < 2; r++) {
+        int k = 0;
+        a[r][k++] = "eq-trainer", a[r][k++] = "--config", a[r][k++] = (char *)cfg, a[r][k++] = "--set", a[r][k++] = out;
+        for (int i = 0; sets[i]; i++) a[r][k++] = "--set", a[r][k++] = (char *)sets[i];
+        a[r][k++] = "--loaders", a[r][k++] = (char *)ld_ep, a[r][k++] = r ? "--rendezvous" : "--control";
+        a[r][k++] = ctl, a[r][k++] = "--rank", a[r][k++] = r ? "1" : "0", a[r][k++] = "--world", a[r][k++] = "2";
+        a[r][k++] = "--dist-bind", a[r][k++] = r ? ring1 : ring0, a[r][k] = NULL;
+    }
+    snprintf(r0, sizeof r0, "%s/%s.rank0.log", dir, tag);
+    snprintf(r1, sizeof r1, "%s/%s.rank1.log", dir, tag);
+    pid_t p0 = s_spawn(a[0], r0), p1 = s_spawn(a[1], r1);
+    int rc0 = s_wait(p0, 60000), rc1 = s_wait(p1, 10000);
+    if (rc0 || rc1) {
+        s_cat(r0);
+        s_cat(r1);
+    }
+    ck_assert_msg(rc0 == 0 && rc1 == 0, "two ranks (%s): exit %d and %d", tag, rc0, rc1);
+}
+
+/* Every tensor of dir/a/last.safetensors has the bits of dir/b's. */
+static void s_same_bits(const char *dir, const char *a, const char *b)
+{
+    char pa[4300], pb[4300];
+    eq_err e = { 0 };
+    snprintf(pa, sizeof pa, "%s/%s/last.safetensors", dir, a);
+    snprintf(pb, sizeof pb, "%s/%s/last.safetensors", dir, b);
+    eq_st_file *fa = eq_st_open(pa, NULL, &e);
+    ck_assert_msg(fa != NULL, "%s", e.msg);
+    eq_st_file *fb = eq_st_open(pb, NULL, &e);
+    ck_assert_msg(fb != NULL, "%s", e.msg);
+    ck_assert_uint_eq(eq_st_count(fa), eq_st_count(fb));
+    ck_assert_uint_gt(eq_st_count(fa), 50);
+    for (size_t i = 0; i < eq_st_count(fa); i++) {
+        const char *nm = eq_st_name(fa, i);
+        long j = eq_st_find(fb, nm);
+        ck_assert_msg(j >= 0, "%s missing from %s", nm, pb);
+        size_t na, nb;
+        const void *da = eq_st_data(fa, i, &na), *db = eq_st_data(fb, (size_t)j, &nb);
+        ck_assert_uint_eq(na, nb);
+        ck_assert_msg(!memcmp(da, db, na), "%s: %s and %s differ", nm, a, b);
+    }
+    fprintf(stderr, "%s and %s: %zu tensors, the same bits\n", a, b, eq_st_count(fa));
+    eq_st_close(&fa);
+    eq_st_close(&fb);
+}
+
+/* The number of gradient buckets a rank's log reports with `how`
+ * ("overlapping the backward", "after the backward"); -1 if none. */
+static int s_buckets(const char *dir, const char *tag, const char *how)
+{
+    char path[4300], line[1024], pat[128];
+    snprintf(path, sizeof path, "%s/%s.rank1.log", dir, tag);
+    snprintf(pat, sizeof pat, " gradient bucket(s) %s,", how);
+    FILE *f = fopen(path, "r");
+    int n = -1;
+    while (f && fgets(line, sizeof line, f)) {
+        char *p = strstr(line, pat);
+        if (!p) continue;
+        while (p > line && p[-1] >= '0' && p[-1] <= '9') p--;
+        n = atoi(p);
+    }
+    if (f) fclose(f);
+    return n;
+}
+
+START_TEST(test_overlap_same_bits)
+{
+    char *dir = eq_test_scratch("dist-overlap");
+    char path[4200], cfg[4200], ld_ep[4300], logp[4300], dsarg[4300], ld_ctl[4300];
+    eq_err e = { 0 };
+    snprintf(path, sizeof path, "%s/ds", dir);
+    eq_synth_cfg sc = { .classes = 4, .train_per_class = 16, .val_per_class = 2, .mean_pixels = 600, .seed = 7,
+                        .nthreads = 1 };
+    ck_assert_msg(eq_synth_imagefolder(path, &sc, &e) == EQ_OK, "%s", e.msg);
+    snprintf(cfg, sizeof cfg, "%s/tiny.cfg", dir);
+    FILE *f = fopen(cfg, "w");
+    ck_assert_ptr_nonnull(f);
+    /* the default experiment (LSQ 4-bit, weight decay, SGDR) at a tiny size;
+     * buckets of 2 KiB so that there are many */
+    fprintf(f,
+            "[loader]\nthreads = 1\ndatasets = tiny=%s\n[data]\ndataset = tiny\nheight = 12\nwidth = 12\nchannels = 3\n"
+            "global_batch = 16\naug_train = center\naug_val = center\n[model]\nnum_classes = 4\nin_channels = 3\n"
+            "width_alpha = 0.125\n[train]\nname = ov\nmean = 0.5, 0.5, 0.5\nstd = 0.25, 0.25, 0.25\nthreads = 1\n"
+            "eval_every = 0\ntimeout_ms = 20000\ndist_timeout_ms = 20000\nbucket_mb = 0.002\n",
+            path);
+    fclose(f);
+    snprintf(ld_ep, sizeof ld_ep, "ipc://%s/loader", dir);
+    snprintf(ld_ctl, sizeof ld_ctl, "ipc://%s/loader.ctl", dir);
+    snprintf(dsarg, sizeof dsarg, "tiny=%s", path);
+    char *lav[] = { "eq-loader", "--bind", ld_ep, "--control", ld_ctl, "--threads", "1", "--dataset", dsarg, NULL };
+    snprintf(logp, sizeof logp, "%s/loader.log", dir);
+    pid_t ld = s_spawn(lav, logp);
+    const char *off[] = { "train.overlap=false", NULL }, *on[] = { "train.overlap=true", NULL };
+    const char *off2[] = { "train.overlap=false", "train.iter_size=2", NULL },
+               *on2[] = { "train.overlap=true", "train.iter_size=2", NULL };
+    s_two_ranks(dir, cfg, ld_ep, "off", off);
+    s_two_ranks(dir, cfg, ld_ep, "on", on);
+    s_two_ranks(dir, cfg, ld_ep, "off2", off2);
+    s_two_ranks(dir, cfg, ld_ep, "on2", on2);
+    kill(ld, SIGTERM);
+    s_wait(ld, 10000);
+    int nb = s_buckets(dir, "on", "overlapping the backward");
+    ck_assert_msg(nb > 4, "overlap: %d gradient buckets", nb);
+    ck_assert_int_eq(s_buckets(dir, "off", "after the backward"), nb);
+    s_same_bits(dir, "off", "on");
+    s_same_bits(dir, "off2", "on2");
+    eq_test_scratch_rm(dir);
+}
+END_TEST
+
 static Suite *s_suite(void)
 {
     Suite *s = suite_create("dist");
@@ -683,6 +938,7 @@ static Suite *s_suite(void)
     tcase_add_test(tc, test_mismatch);
     tcase_add_test(tc, test_silent_peer);
     tcase_add_test(tc, test_dp_gradients);
+    tcase_add_test(tc, test_grad_hook);
     suite_add_tcase(s, tc);
     TCase *tr = tcase_create("rendezvous");
     tcase_set_timeout(tr, 20);
@@ -691,6 +947,7 @@ static Suite *s_suite(void)
     TCase *te = tcase_create("programs");
     tcase_set_timeout(te, 120);
     tcase_add_test(te, test_ranks_equal_iter_size);
+    tcase_add_test(te, test_overlap_same_bits);
     suite_add_tcase(s, te);
     return s;
 }

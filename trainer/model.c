@@ -705,6 +705,14 @@ struct eq_model {
     float *dev_loss;
     int have_dlogits;
     char summary[256];
+    /* gradient-ready hook (eq_model_set_grad_hook) */
+    size_t ng;              /* tensors with a gradient */
+    size_t *gorder;         /* [ng]: their indices in the order backward finishes them */
+    size_t *grange;         /* [2 nnodes]: node k's are gorder[grange[2k] .. grange[2k + 1]) */
+    int nnodes;             /* layer nodes that own gradients (0: the layers report none) */
+    unsigned char *gdone;   /* [tensor count]: reported in the backward running now */
+    eq_model_grad_fn *grad_fn;
+    void *grad_arg;
 };
 
 typedef struct s_arch {
@@ -784,6 +792,53 @@ static eq_status s_zir_init(eq_backend *be, eq_layers *g, int bottleneck, size_t
         if (st != EQ_OK) return eq_err_prefix(err, "zir init: %s: ", t->name);
         (*nzero)++;
     }
+    return EQ_OK;
+}
+
+/* The node whose backward writes tensor i's gradient, -1 if the layers do
+ * not say (then every gradient is reported at the end of the backward). */
+static int s_tensor_node(const eq_layers *g, size_t i)
+{
+#ifdef EQ_LAYERS_GRAD_HOOK
+    return eq_layers_tensor_node(g, i);
+#else
+    (void)g, (void)i;
+    return -1;
+#endif
+}
+
+/* m->gorder: the tensors with a gradient by node, the last node first (the
+ * backward's order), within a node by decreasing index; those of no known
+ * node last, also by decreasing index.  m->grange: each node's range. */
+static eq_status s_grad_order(eq_model *m, eq_err *err)
+{
+    size_t nt = eq_layers_tensor_count(m->g);
+    int nn = 0;
+    for (size_t i = 0; i < nt; i++) {
+        int k = s_tensor_node(m->g, i);
+        if (eq_layers_tensor_at(m->g, i)->grad && k + 1 > nn) nn = k + 1;
+    }
+    m->nnodes = nn;
+    m->gorder = eq_calloc_array(nt ? nt : 1, sizeof *m->gorder);
+    m->grange = eq_calloc_array(2 * (size_t)nn + 1, sizeof *m->grange);
+    m->gdone = eq_calloc_array(nt ? nt : 1, 1);
+    if (!m->gorder || !m->grange || !m->gdone) return eq_err_set(err, EQ_ERR_NOMEM, "model: out of memory");
+    for (size_t i = 0; i < nt; i++) { /* count per node */
+        int k = s_tensor_node(m->g, i);
+        if (eq_layers_tensor_at(m->g, i)->grad && k >= 0) m->grange[2 * k + 1]++;
+    }
+    size_t pos = 0;
+    for (int k = nn - 1; k >= 0; k--) { /* the last node first */
+        size_t c = m->grange[2 * k + 1];
+        m->grange[2 * k] = m->grange[2 * k + 1] = pos;
+        pos += c;
+    }
+    for (size_t i = nt; i-- > 0;) {
+        if (!eq_layers_tensor_at(m->g, i)->grad) continue;
+        int k = s_tensor_node(m->g, i);
+        m->gorder[k >= 0 ? m->grange[2 * k + 1]++ : pos++] = i;
+    }
+    m->ng = pos;
     return EQ_OK;
 }
 
@@ -908,6 +963,7 @@ eq_model *eq_model_new_ot(eq_backend *be, const eq_model_cfg *cfg, const eq_mode
         }
     }
     if (!(m->dev_loss = eq_backend_alloc(be, 16 * sizeof(float), err))) goto fail;
+    if (s_grad_order(m, err) != EQ_OK) goto fail;
     size_t np = 0, nt = eq_layers_tensor_count(b.g);
     for (size_t i = 0; i < nt; i++) {
         const eq_model_tensor *t = eq_layers_tensor_at(b.g, i);
@@ -928,6 +984,9 @@ void eq_model_destroy(eq_model **m_p)
     if (!m_p || !*m_p) return;
     eq_model *m = *m_p;
     if (m->dev_loss) eq_backend_release(m->be, m->dev_loss);
+    free(m->gorder);
+    free(m->grange);
+    free(m->gdone);
     eq_layers_destroy(&m->g);
     free(m);
     *m_p = NULL;
@@ -983,7 +1042,45 @@ eq_status eq_model_backward(eq_model *m, const float *dlogits, eq_err *err)
         return eq_err_set(err, EQ_ERR_INVALID, "model backward: no dlogits given and no eq_model_loss since the forward");
     }
     m->have_dlogits = 0;
-    return eq_layers_backward(m->g, err);
+    if (!m->grad_fn) return eq_layers_backward(m->g, err);
+    memset(m->gdone, 0, eq_layers_tensor_count(m->g));
+    eq_status st = eq_layers_backward(m->g, err);
+    for (size_t j = 0; j < m->ng && st == EQ_OK; j++) /* the rest: not reported by a layer */
+        if (!m->gdone[m->gorder[j]]) {
+            m->gdone[m->gorder[j]] = 1;
+            m->grad_fn(m->grad_arg, m->gorder[j]);
+        }
+    return st;
+}
+
+#ifdef EQ_LAYERS_GRAD_HOOK
+/* eq_layers_grad_fn: node `node` finished; report its tensors. */
+static void s_node_done(void *arg, int node)
+{
+    eq_model *m = arg;
+    if (node < 0 || node >= m->nnodes) return;
+    for (size_t j = m->grange[2 * node]; j < m->grange[2 * node + 1]; j++) {
+        m->gdone[m->gorder[j]] = 1;
+        m->grad_fn(m->grad_arg, m->gorder[j]);
+    }
+}
+#endif
+
+void eq_model_set_grad_hook(eq_model *m, eq_model_grad_fn *fn, void *arg)
+{
+    if (!m) return;
+    m->grad_fn = fn;
+    m->grad_arg = arg;
+#ifdef EQ_LAYERS_GRAD_HOOK
+    eq_layers_set_grad_hook(m->g, fn ? s_node_done : NULL, m);
+#endif
+}
+
+size_t eq_model_grad_order(const eq_model *m, size_t *order, size_t cap)
+{
+    if (!m) return 0;
+    for (size_t j = 0; j < m->ng && j < cap && order; j++) order[j] = m->gorder[j];
+    return m->ng;
 }
 
 size_t eq_model_tensor_count(const eq_model *m)

@@ -150,6 +150,25 @@ eq_status eq_model_loss(eq_model *m, const int32_t *labels_a, const int32_t *lab
  * grad of every trainable tensor. */
 eq_status eq_model_backward(eq_model *m, const float *dlogits, eq_err *err);
 
+/* Gradient-ready hook (data-parallel training overlaps the all-reduce
+ * with the backward, as PyTorch DDP does): during every later
+ * eq_model_backward, fn(arg, i) runs once for each tensor i
+ * (eq_model_tensor_at) with a grad, as soon as that gradient is final: a
+ * layer's tensors right after that layer's backward, the layers in reverse
+ * order; tensors no layer reported (a layer that does not reach the
+ * output) at the end of a successful backward.  The order depends on the
+ * network alone (eq_model_grad_order's, those late tensors moved to the
+ * end), so it is the same on every rank.  fn runs on the
+ * backward's thread, between two layers; on a backend with a compute
+ * stream (CUDA) "final" means queued on that stream.  After a failed
+ * backward some tensors were not reported.  fn NULL: no hook. */
+typedef void eq_model_grad_fn(void *arg, size_t tensor);
+void eq_model_set_grad_hook(eq_model *m, eq_model_grad_fn *fn, void *arg);
+/* The order of the hook's reports: the indices of the tensors with a grad,
+ * first reported first, into order[0 .. min(n, cap)) (order may be NULL).
+ * Returns n, the number of such tensors. */
+size_t eq_model_grad_order(const eq_model *m, size_t *order, size_t cap);
+
 /* ---- tensors --------------------------------------------------------------- */
 
 typedef enum eq_model_tensor_kind {

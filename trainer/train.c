@@ -19,6 +19,7 @@
 #include "proto/proto_zmq.h"
 #include "trainer/backend_select.h"
 #include "trainer/checkpoint.h"
+#include "trainer/cuda/bucket.h"
 #include "trainer/dist.h"
 #include "trainer/feeder.h"
 #include "trainer/policy.h"
@@ -52,6 +53,12 @@ static const eq_config_key s_train_keys[] = {
                       "trainer ranks (data parallel) that `eqctl run` starts; global_batch must be a multiple"),
     EQ_CONFIG_INT_KEY(eq_train_cfg, dist_timeout_ms, "120000", 1000, 3600000,
                       "several ranks: how long the rendezvous and a collective wait for a rank"),
+    EQ_CONFIG_BOOL_KEY(eq_train_cfg, overlap, "true",
+                       "several ranks: all-reduce each gradient bucket as soon as the backward has finished its "
+                       "gradients (false: after the whole backward; the results are the same bits)"),
+    EQ_CONFIG_FLOAT_KEY(eq_train_cfg, bucket_mb, "25", 0.001, 1024,
+                        "several ranks: MiB of gradients per all-reduce bucket (PyTorch DDP's bucket_cap_mb; the "
+                        "first bucket holds at most 1 MiB)"),
     EQ_CONFIG_ENUM_KEY(eq_train_cfg, backend, "cpu", s_backend_names,
                        "compute backend: cpu (OpenBLAS, `threads`) or cuda (a build with CUDA and a GPU)"),
     EQ_CONFIG_INT_KEY(eq_train_cfg, device, "0", 0, 1024,
@@ -179,12 +186,21 @@ struct eq_train {
     char *rendezvous, *dist_bind;
     eq_comm *comm;
     int b_ctl, b_bn, b_qbuf, b_qpar; /* bucket ids, -1: none */
-    int b_grad[EQ_COMM_MAX_BUCKETS];
+    int b_grad[EQ_COMM_MAX_BUCKETS]; /* gradient buckets, in the order backward finishes them */
     int nb_grad;
+    eq_bucket_plan *plan;  /* which gradients each bucket holds (trainer/cuda/bucket.h) */
+    size_t *gparam;        /* per tensor: its parameter in the plan (SIZE_MAX: no gradient) */
+    /* overlap: the model's grad-ready hook starts the buckets (s_grad_ready) */
+    bool comm_step;        /* this backward's gradients are reduced (the window's last step) */
+    bool acc_first;        /* iter_size > 1, comm_step: this step also starts the accumulator */
+    int next_bucket;       /* the next bucket to start (they start in order) */
+    eq_status hook_st;     /* the hook's first error, reported after the backward */
+    eq_err hook_err;
     float ctlv[2];         /* loss sum, stop flags */
     int64_t warmup_steps;  /* quantizer warm-up: average its parameters until then */
     /* iter_size > 1: gradients summed here (device), one region per tensor */
     float *acc;
+    size_t *acc_off;       /* per tensor: its region's offset in acc */
     /* progress */
     uint64_t epoch, step, steps;
     double last_loss, img_s, wait_pct;
@@ -210,6 +226,9 @@ void eq_train_destroy(eq_train **self_p)
     if (!self_p || !*self_p) return;
     eq_train *t = *self_p;
     eq_comm_destroy(&t->comm);
+    eq_bucket_plan_destroy(&t->plan);
+    free(t->gparam);
+    free(t->acc_off);
     eq_feeder_destroy(&t->feeder);
     eq_proto_socket_close(&t->pub);
     eq_proto_socket_close(&t->ctl);
@@ -347,9 +366,12 @@ eq_train *eq_train_new(const eq_experiment *x, const eq_train_opts *o, eq_err *e
         !(t->logits_host = malloc((size_t)(t->B * t->classes) * sizeof(float))))
         goto nomem;
     if (x->train.iter_size > 1) {
-        size_t ng = 0;
-        for (size_t i = 0; i < eq_model_tensor_count(t->model); i++)
+        size_t ng = 0, nt = eq_model_tensor_count(t->model);
+        if (!(t->acc_off = eq_calloc_array(nt ? nt : 1, sizeof *t->acc_off))) goto nomem;
+        for (size_t i = 0; i < nt; i++) {
+            t->acc_off[i] = ng;
             if (eq_model_tensor_at(t->model, i)->grad) ng += eq_model_tensor_at(t->model, i)->numel;
+        }
         if (ng && !(t->acc = eq_backend_alloc(t->be, ng * sizeof(float), err))) goto fail;
     }
     t->zctx = zmq_ctx_new();
@@ -627,7 +649,59 @@ static void s_topk(const float *row, int64_t n, int k, int32_t *out)
 
 /* ------------------------------------------------------------ ranks */
 
-#define S_BUCKET_FLOATS ((size_t)1 << 20) /* 4 MiB of gradients per bucket */
+#define S_FIRST_BUCKET_BYTES ((size_t)1 << 20) /* DDP's: a small first bucket starts early */
+
+static void s_grad_ready(void *arg, size_t tensor);
+
+/* The gradient buckets: the gradients in the order the backward finishes
+ * them (eq_model_grad_order) cut into buckets of [train] bucket_mb (the
+ * first at most 1 MiB) by trainer/cuda/bucket.h's plan, whose parameter j
+ * is order[ng - 1 - j] (it takes "layer order" and fills buckets from the
+ * last parameter backwards).  The same buckets whether they overlap the
+ * backward or not. */
+static eq_status s_grad_buckets(eq_train *t, eq_err *err)
+{
+    size_t nt = eq_model_tensor_count(t->model), ng = eq_model_grad_order(t->model, NULL, 0);
+    size_t *order = eq_calloc_array(ng ? ng : 1, sizeof *order), *bytes = eq_calloc_array(ng ? ng : 1, sizeof *bytes);
+    eq_comm_seg *segs = eq_calloc_array(ng ? ng : 1, sizeof *segs);
+    t->gparam = eq_malloc_array(nt ? nt : 1, sizeof *t->gparam);
+    eq_status st = EQ_OK;
+    if (!order || !bytes || !segs || !t->gparam) st = eq_err_set(err, EQ_ERR_NOMEM, "trainer: out of memory");
+    if (st == EQ_OK) {
+        eq_model_grad_order(t->model, order, ng);
+        size_t k = 0; /* empty tensors have nothing to reduce */
+        for (size_t j = 0; j < ng; j++)
+            if (eq_model_tensor_at(t->model, order[j])->numel) order[k++] = order[j];
+        ng = k;
+        for (size_t i = 0; i < nt; i++) t->gparam[i] = SIZE_MAX;
+        for (size_t j = 0; j < ng; j++) {
+            size_t ti = order[ng - 1 - j];
+            bytes[j] = eq_model_tensor_at(t->model, ti)->numel * sizeof(float);
+            t->gparam[ti] = j;
+        }
+        double cap = t->x.train.bucket_mb * 1048576.0;
+        size_t capb = cap < 64 ? 64 : (size_t)cap;
+        size_t first = capb < S_FIRST_BUCKET_BYTES ? capb : S_FIRST_BUCKET_BYTES;
+        if (ng) st = eq_bucket_plan_new(ng, bytes, capb, first, &t->plan, err);
+    }
+    if (st == EQ_OK && t->plan && t->plan->nbuckets > EQ_COMM_MAX_BUCKETS - 8)
+        st = eq_err_set(err, EQ_ERR_LIMIT, "trainer: %zu gradient buckets of [train] bucket_mb = %g, at most %d: raise it",
+                        t->plan->nbuckets, t->x.train.bucket_mb, EQ_COMM_MAX_BUCKETS - 8);
+    for (size_t b = 0; st == EQ_OK && t->plan && b < t->plan->nbuckets; b++) {
+        const eq_bucket *B = &t->plan->buckets[b];
+        for (size_t q = 0; q < B->count; q++) {
+            const eq_model_tensor *m = eq_model_tensor_at(t->model, order[ng - 1 - t->plan->order[B->first + q]]);
+            segs[q] = (eq_comm_seg){ m->grad, m->numel };
+        }
+        if ((t->b_grad[t->nb_grad++] = eq_comm_bucket_new(t->comm, segs, B->count, EQ_COMM_AVG, err)) < 0)
+            st = err ? err->code : EQ_ERR_INTERNAL;
+    }
+    free(order);
+    free(bytes);
+    free(segs);
+    if (st == EQ_OK && t->plan && t->x.train.overlap) eq_model_set_grad_hook(t->model, s_grad_ready, t);
+    return st;
+}
 
 /* Register the buckets of one category of tensors (kind, quant, F32). */
 static int s_bucket_of(eq_train *t, eq_model_tensor_kind kind, bool quant, eq_comm_op op, eq_err *err)
@@ -683,28 +757,7 @@ static eq_status s_dist_setup(eq_train *t, eq_err *err)
     eq_comm_ring_destroy(&ring);
     free(w);
     if (st) return st;
-    /* Gradients in reverse tensor order (the order backward produces them). */
-    size_t n = eq_model_tensor_count(t->model), k = 0, fl = 0;
-    eq_comm_seg *segs = eq_calloc_array(n ? n : 1, sizeof *segs);
-    if (!segs) return eq_err_set(err, EQ_ERR_NOMEM, "trainer: out of memory");
-    st = EQ_OK;
-    for (size_t i = n; i-- > 0 && st == EQ_OK;) {
-        const eq_model_tensor *m = eq_model_tensor_at(t->model, i);
-        if (!m->grad || !m->numel) continue;
-        if (k && fl + m->numel > S_BUCKET_FLOATS) { /* close the bucket before it overflows */
-            if (t->nb_grad >= EQ_COMM_MAX_BUCKETS - 8)
-                st = eq_err_set(err, EQ_ERR_LIMIT, "trainer: more than %d gradient buckets", EQ_COMM_MAX_BUCKETS - 8);
-            else if ((t->b_grad[t->nb_grad++] = eq_comm_bucket_new(t->comm, segs, k, EQ_COMM_AVG, err)) < 0)
-                st = err ? err->code : EQ_ERR_INTERNAL;
-            k = fl = 0;
-        }
-        segs[k++] = (eq_comm_seg){ m->grad, m->numel };
-        fl += m->numel;
-    }
-    if (st == EQ_OK && k && (t->b_grad[t->nb_grad++] = eq_comm_bucket_new(t->comm, segs, k, EQ_COMM_AVG, err)) < 0)
-        st = err ? err->code : EQ_ERR_INTERNAL;
-    free(segs);
-    if (st) return st;
+    if ((st = s_grad_buckets(t, err))) return st;
     eq_comm_seg cs = { t->ctlv, 2 };
     if ((t->b_ctl = eq_comm_bucket_new(t->comm, &cs, 1, EQ_COMM_SUM, err)) < 0) return err ? err->code : EQ_ERR_INTERNAL;
     if ((t->b_bn = s_bucket_of(t, EQ_MT_BUFFER, false, EQ_COMM_BCAST, err)) < -1 ||
@@ -713,8 +766,9 @@ static eq_status s_dist_setup(eq_train *t, eq_err *err)
         return err ? err->code : EQ_ERR_INTERNAL;
     int64_t ws = t->x.wt.enable ? t->x.wt.stable : 0, fs = t->x.fm.enable ? t->x.fm.stable : 0;
     t->warmup_steps = ws > fs ? ws : fs;
-    eq_info("rank %d of %d: %s ready; %d gradient bucket(s), batch %" PRId64 " of %" PRId64 " per step", t->rank,
-            t->world, eq_comm_name(t->comm), t->nb_grad, t->B, t->G);
+    eq_info("rank %d of %d: %s ready; %d gradient bucket(s) %s, batch %" PRId64 " of %" PRId64 " per step", t->rank,
+            t->world, eq_comm_name(t->comm), t->nb_grad,
+            t->x.train.overlap ? "overlapping the backward" : "after the backward", t->B, t->G);
     return EQ_OK;
 }
 
@@ -829,23 +883,24 @@ static eq_status s_pretrained(eq_train *t, const char *path, eq_err *err)
 
 /* ------------------------------------------------------------ gradients */
 
-/* iter_size: fold this step's gradients into the accumulator (`first`:
- * start it), or, with `finish`, put the sum back into the gradients. */
+/* iter_size: fold tensor i's gradient into the accumulator (`first`:
+ * start it), or, with `finish`, put the sum back into the gradient. */
+static eq_status s_accumulate_one(eq_train *t, size_t i, bool first, bool finish, eq_err *err)
+{
+    const eq_model_tensor *m = eq_model_tensor_at(t->model, i);
+    float *a = t->acc + t->acc_off[i];
+    eq_status st = first ? eq_backend_copy(t->be, a, m->grad, m->numel * sizeof(float), err)
+                         : eq_backend_add(t->be, m->numel, a, m->grad, a, err);
+    if (st == EQ_OK && finish) st = eq_backend_copy(t->be, m->grad, a, m->numel * sizeof(float), err);
+    return st;
+}
+
+/* The same for every tensor with a gradient. */
 static eq_status s_accumulate(eq_train *t, bool first, bool finish, eq_err *err)
 {
-    size_t off = 0;
     eq_status st = EQ_OK;
-    for (size_t i = 0; i < eq_model_tensor_count(t->model) && st == EQ_OK; i++) {
-        const eq_model_tensor *m = eq_model_tensor_at(t->model, i);
-        if (!m->grad) continue;
-        float *a = t->acc + off;
-        if (first)
-            st = eq_backend_copy(t->be, a, m->grad, m->numel * sizeof(float), err);
-        else
-            st = eq_backend_add(t->be, m->numel, a, m->grad, a, err);
-        if (st == EQ_OK && finish) st = eq_backend_copy(t->be, m->grad, a, m->numel * sizeof(float), err);
-        off += m->numel;
-    }
+    for (size_t i = 0; i < eq_model_tensor_count(t->model) && st == EQ_OK; i++)
+        if (eq_model_tensor_at(t->model, i)->grad) st = s_accumulate_one(t, i, first, finish, err);
     return st;
 }
 
@@ -864,11 +919,53 @@ static eq_status s_sync_state(eq_train *t, eq_err *err)
     return st;
 }
 
-static eq_status s_allreduce_grads(eq_train *t, eq_err *err)
+/* Start the gradient buckets whose gradients are all final, in bucket
+ * order (a bucket waits for the ones before it: every rank starts them in
+ * the same order). */
+static eq_status s_start_ready(eq_train *t, eq_err *err)
 {
-    if (!t->comm) return EQ_OK;
     eq_status st = EQ_OK;
-    for (int b = 0; b < t->nb_grad && st == EQ_OK; b++) st = eq_comm_start(t->comm, t->b_grad[b], err);
+    while (st == EQ_OK && t->next_bucket < t->nb_grad &&
+           t->plan->buckets[t->next_bucket].ready == t->plan->buckets[t->next_bucket].count)
+        st = eq_comm_start(t->comm, t->b_grad[t->next_bucket++], err);
+    return st;
+}
+
+/* eq_model_grad_fn (overlap): tensor `i`'s gradient is final.  On the
+ * window's last step: fold it into the accumulator (iter_size > 1), mark
+ * it, start the buckets it completes.  Errors wait for the backward's end. */
+static void s_grad_ready(void *arg, size_t i)
+{
+    eq_train *t = arg;
+    if (!t->comm_step || t->hook_st || t->gparam[i] == SIZE_MAX) return;
+    eq_status st = EQ_OK;
+    if (t->x.train.iter_size > 1) st = s_accumulate_one(t, i, t->acc_first, true, &t->hook_err);
+    if (st == EQ_OK && eq_bucket_mark_ready(t->plan, t->gparam[i], &t->hook_err) == -2) st = EQ_ERR_INVALID;
+    if (st == EQ_OK) st = s_start_ready(t, &t->hook_err);
+    t->hook_st = st;
+}
+
+/* Backward, then gradient accumulation and the all-reduce of the window's
+ * last step (`first`, `last`: the step's place in its accumulation window).
+ * overlap: the hook starts each bucket during the backward; otherwise all
+ * of them start after it.  Both end waiting for every bucket in order. */
+static eq_status s_backward(eq_train *t, bool first, bool last, eq_err *err)
+{
+    bool I1 = t->x.train.iter_size == 1, hook = t->comm && t->x.train.overlap;
+    t->comm_step = hook && last;
+    t->acc_first = first;
+    t->next_bucket = 0;
+    t->hook_st = EQ_OK;
+    if (t->comm_step) eq_bucket_reset(t->plan);
+    eq_status st = eq_model_backward(t->model, NULL, err);
+    if (st == EQ_OK && t->hook_st) {
+        if (err) *err = t->hook_err;
+        st = t->hook_st;
+    }
+    if (st == EQ_OK && !I1 && !t->comm_step) st = s_accumulate(t, first, last, err);
+    if (st || !last || !t->comm) return st;
+    while (st == EQ_OK && t->next_bucket < t->nb_grad) /* not overlapped, or a bucket left */
+        st = eq_comm_start(t->comm, t->b_grad[t->next_bucket++], err);
     for (int b = 0; b < t->nb_grad && st == EQ_OK; b++) st = eq_comm_wait(t->comm, t->b_grad[b], err);
     return st;
 }
@@ -1158,13 +1255,10 @@ static eq_status s_run(eq_train *t, eq_err *err)
                                   x->train.out_dir);
             }
             bool wfirst = I == 1 || s % I == 0 || s == first, wlast = I == 1 || s % I == I - 1;
-            if ((st = eq_model_backward(t->model, NULL, err)) ||
+            if ((st = s_backward(t, wfirst, wlast, err)) ||
                 (st = eq_schedule_lr(&x->sched, x->optim.lr, (int64_t)e, (int64_t)s, (int64_t)steps, &lr, err)))
                 return st;
-            if (I > 1 && (st = s_accumulate(t, wfirst, wlast, err))) return st;
-            if (wlast && ((st = s_allreduce_grads(t, err)) || (st = eq_optim_step(t->optim, lr, err)) ||
-                          (st = s_sync_state(t, err))))
-                return st;
+            if (wlast && ((st = eq_optim_step(t->optim, lr, err)) || (st = s_sync_state(t, err)))) return st;
             t->last_loss = loss;
             loss_sum += loss;
             epoch_loss += loss;

@@ -107,6 +107,8 @@ typedef struct eq_train_cfg {
     int64_t iter_size;      /* gradient accumulation steps */
     int64_t ranks;          /* trainer ranks `eqctl run` starts (eq-trainer: --world) */
     int64_t dist_timeout_ms; /* rendezvous and collective deadline */
+    bool overlap;           /* several ranks: all-reduce gradient buckets during the backward */
+    double bucket_mb;       /* MiB of gradients per all-reduce bucket */
     int backend;            /* 0 cpu, 1 cuda (trainer/backend_select.h) */
     int64_t device;         /* cuda: device ordinal */
     char policy[1024];      /* policy file (trainer/policy.h); "" = none */
