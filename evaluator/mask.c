@@ -573,8 +573,12 @@ eq_status eq_rle_fr_string(const char *s, size_t len, uint32_t h, uint32_t w, eq
             k++;
             if (!more && (c & 0x10) && 5 * k < 64) x |= (int64_t)(~(uint64_t)0 << (5 * k));
         }
-        if (m > 2) x += (int64_t)cnts[m - 2];
-        cnts[m++] = (uint32_t)x;
+        /* the reference adds in long and keeps the low 32 bits; adding
+         * there in uint32 gives the same bits without the signed overflow
+         * a value near INT64_MAX would make (undefined behaviour) */
+        uint32_t v = (uint32_t)(uint64_t)x;
+        if (m > 2) v += cnts[m - 2];
+        cnts[m++] = v;
     }
     uint32_t *shrunk = realloc(cnts, (m ? m : 1) * sizeof *cnts);
     s_rle_set(out, h, w, shrunk ? shrunk : cnts, m);

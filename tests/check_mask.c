@@ -515,6 +515,15 @@ START_TEST(test_string_errors)
     ck_assert_int_eq(eq_rle_fr_string("", 0, 0, 0, &r, &err), EQ_OK);
     ck_assert_uint_eq(r.m, 0);
     eq_rle_free(&r);
+    /* a 13-character value of INT64_MAX ('o' = 31 and more, '7' = 7) plus
+     * the count two back: the low 32 bits, (2^32 - 1) + 7 = 6, as the
+     * reference's long arithmetic keeps them, without the signed overflow
+     * fuzz_coco found (fuzz/seeds/fuzz_coco/regress-rle-string-int64-overflow) */
+    ck_assert_int_eq(eq_rle_fr_string("777oooooooooooo7", 16, 7, 9, &r, &err), EQ_OK);
+    ck_assert_uint_eq(r.m, 4);
+    ck_assert_uint_eq(r.cnts[2], 7);
+    ck_assert_uint_eq(r.cnts[3], 6);
+    eq_rle_free(&r);
     /* negative differences round-trip: counts 5, 1, 9, 0 */
     uint32_t c[4] = {5, 1, 9, 0};
     ck_assert_int_eq(eq_rle_init(&r, 1, 15, c, 4, NULL), EQ_OK);
