@@ -402,6 +402,187 @@ START_TEST(test_bn_fd)
 }
 END_TEST
 
+/* ---- fused bn_relu against the separate ops -------------------------------- */
+
+typedef struct fuse_case {
+    int64_t m, c;
+    int z, dy2; /* with a residual, with a second incoming gradient */
+} fuse_case;
+/* full 16-channel blocks over several row slices, blocks plus a tail, a
+ * tail alone, one row slice with dy2 only */
+static const fuse_case FUSE[] = {{4100, 16, 1, 1}, {300, 40, 0, 0}, {97, 5, 1, 0}, {2050, 24, 0, 1}};
+#define NFUSE (sizeof FUSE / sizeof FUSE[0])
+
+/* The CPU backend's table without the fused members: backend.c composes them. */
+static struct eq_backend_i s_unfused_iface;
+
+typedef struct fuse_out {
+    float *y, *ye, *sm, *si, *rm, *rv, *dx, *dz, *dg, *db;
+} fuse_out;
+
+static void s_fuse_free(fuse_out *o)
+{
+    float *v[] = {o->y, o->ye, o->sm, o->si, o->rm, o->rv, o->dx, o->dz, o->dg, o->db};
+    for (size_t i = 0; i < sizeof v / sizeof v[0]; i++) free(v[i]);
+}
+
+/* Run case t three ways: 0 the separate ops by hand, 1 the CPU's fused
+ * members, 2 backend.c's composition. */
+static void s_fuse_run(eq_backend *be, const fuse_case *t, int how, const float *x, const float *z,
+                       const float *dy, const float *dy2, const float *gamma, const float *beta,
+                       fuse_out *o)
+{
+    eq_err err = {0};
+    const size_t m = t->m, c = t->c, n = m * c;
+    eq_bn_desc d;
+    OK(eq_bn_desc_init(&d, t->m, t->c, 1e-5f, 0.1f, &err));
+    *o = (fuse_out){.y = malloc(n * 4), .ye = malloc(n * 4), .sm = malloc(c * 4),
+                    .si = malloc(c * 4), .rm = malloc(c * 4), .rv = malloc(c * 4),
+                    .dx = malloc(n * 4), .dz = malloc(n * 4), .dg = malloc(c * 4),
+                    .db = malloc(c * 4)};
+    for (size_t j = 0; j < c; j++) o->rm[j] = 0.1f * (float)j, o->rv[j] = 1.0f + 0.5f * (float)j;
+    const float *zz = t->z ? z : NULL, *g2 = t->dy2 ? dy2 : NULL;
+    eq_backend alt = {.iface = &s_unfused_iface, .context = be->context};
+    eq_backend *b = how == 2 ? &alt : be;
+    if (how == 0) {
+        OK(eq_backend_bn_fwd_eval(be, &d, x, gamma, beta, o->rm, o->rv, o->ye, &err));
+        if (zz) OK(eq_backend_add(be, n, o->ye, zz, o->ye, &err));
+        OK(eq_backend_relu_fwd(be, n, o->ye, o->ye, &err));
+        OK(eq_backend_bn_fwd_train(be, &d, x, gamma, beta, o->rm, o->rv, o->y, o->sm, o->si, &err));
+        if (zz) OK(eq_backend_add(be, n, o->y, zz, o->y, &err));
+        OK(eq_backend_relu_fwd(be, n, o->y, o->y, &err));
+        float *g = o->dz;
+        memcpy(g, dy, n * 4);
+        if (g2) OK(eq_backend_add(be, n, g, g2, g, &err));
+        OK(eq_backend_relu_bwd(be, n, o->y, g, g, &err));
+        OK(eq_backend_bn_bwd(be, &d, x, g, gamma, o->sm, o->si, o->dx, o->dg, o->db, &err));
+        return;
+    }
+    OK(eq_backend_bn_relu_fwd_eval(b, &d, x, zz, gamma, beta, o->rm, o->rv, o->ye, &err));
+    OK(eq_backend_bn_relu_fwd_train(b, &d, x, zz, gamma, beta, o->rm, o->rv, o->y, o->sm, o->si, &err));
+    OK(eq_backend_bn_relu_bwd(b, &d, x, o->y, dy, g2, gamma, o->sm, o->si, o->dx, o->dz, o->dg,
+                              o->db, &err));
+}
+
+START_TEST(test_bn_relu_fused)
+{
+    const fuse_case *t = &FUSE[_i];
+    eq_err err = {0};
+    eq_backend *be = s_cpu(2);
+    s_unfused_iface = *be->iface;
+    s_unfused_iface.bn_relu_fwd_train = NULL;
+    s_unfused_iface.bn_relu_fwd_eval = NULL;
+    s_unfused_iface.bn_relu_bwd = NULL;
+    const size_t m = t->m, c = t->c, n = m * c;
+    /* x off-centre (mean 3 per channel, rms 1), so the statistics see a
+     * mean larger than the spread */
+    float *x = s_randv(n, 1.7f), *z = s_randv(n, 1.0f), *dy = s_randv(n, 1.0f), *dy2 = s_randv(n, 0.5f);
+    for (size_t i = 0; i < n; i++) x[i] += 3.0f + 0.25f * (float)(i % c);
+    float *gamma = s_randv(c, 1.0f), *beta = s_randv(c, 0.5f);
+    fuse_out o[3];
+    for (int how = 0; how < 3; how++) s_fuse_run(be, t, how, x, z, dy, dy2, gamma, beta, &o[how]);
+    for (int how = 1; how < 3; how++) {
+        struct { const char *name; const float *a, *b; size_t n; } cmp[] = {
+            {"y", o[0].y, o[how].y, n},     {"y eval", o[0].ye, o[how].ye, n},
+            {"mean", o[0].sm, o[how].sm, c}, {"invstd", o[0].si, o[how].si, c},
+            {"running mean", o[0].rm, o[how].rm, c}, {"running var", o[0].rv, o[how].rv, c},
+            {"dx", o[0].dx, o[how].dx, n},   {"dz", o[0].dz, o[how].dz, n},
+            {"dgamma", o[0].dg, o[how].dg, c}, {"dbeta", o[0].db, o[how].db, c}};
+        for (size_t k = 0; k < sizeof cmp / sizeof cmp[0]; k++)
+            ck_assert_msg(memcmp(cmp[k].a, cmp[k].b, cmp[k].n * 4) == 0,
+                          "case %d %s: %s differs from the separate ops", _i,
+                          how == 1 ? "cpu" : "composed", cmp[k].name);
+    }
+    /* the statistics against a float64 reference */
+    for (size_t j = 0; j < c; j++) {
+        double s = 0, q = 0;
+        for (size_t i = 0; i < m; i++) s += x[i * c + j];
+        double mu = s / (double)m;
+        for (size_t i = 0; i < m; i++) q += (x[i * c + j] - mu) * (x[i * c + j] - mu);
+        double is = 1.0 / sqrt(q / (double)m + 1e-5);
+        ck_assert_msg(fabs(o[1].sm[j] - mu) <= 1e-6 * fabs(mu), "mean[%zu] %.9g vs %.9g", j,
+                      (double)o[1].sm[j], mu);
+        ck_assert_msg(fabs(o[1].si[j] - is) <= 1e-6 * is, "invstd[%zu] %.9g vs %.9g", j,
+                      (double)o[1].si[j], is);
+    }
+    /* dz may be dy (in place); dgamma/dbeta may be NULL */
+    eq_bn_desc d;
+    OK(eq_bn_desc_init(&d, t->m, t->c, 1e-5f, 0.1f, &err));
+    float *g = malloc(n * 4), *dx = malloc(n * 4);
+    memcpy(g, dy, n * 4);
+    OK(eq_backend_bn_relu_bwd(be, &d, x, o[1].y, g, t->dy2 ? dy2 : NULL, gamma, o[1].sm, o[1].si,
+                              dx, g, NULL, NULL, &err));
+    ck_assert_mem_eq(g, o[1].dz, n * 4);
+    ck_assert_mem_eq(dx, o[1].dx, n * 4);
+    /* without dz the backward forms g again in its second pass */
+    OK(eq_backend_bn_relu_bwd(be, &d, x, o[1].y, dy, t->dy2 ? dy2 : NULL, gamma, o[1].sm, o[1].si,
+                              dx, NULL, NULL, NULL, &err));
+    ck_assert_mem_eq(dx, o[1].dx, n * 4);
+    /* bn_bwd in place (dx == dy), as the composition uses it */
+    memcpy(g, o[1].dz, n * 4);
+    OK(eq_backend_bn_bwd(be, &d, x, g, gamma, o[1].sm, o[1].si, g, NULL, NULL, &err));
+    ck_assert_mem_eq(g, o[1].dx, n * 4);
+    ck_assert_int_eq(eq_backend_bn_relu_bwd(be, &d, x, o[1].y, dy, NULL, gamma, o[1].sm, o[1].si,
+                                            (float *)dy, NULL, NULL, NULL, &err),
+                     EQ_ERR_INVALID);
+    ck_assert_msg(strstr(err.msg, "bn_relu_bwd: dx aliases"), "%s", err.msg);
+    for (int how = 0; how < 3; how++) s_fuse_free(&o[how]);
+    free(x), free(z), free(dy), free(dy2), free(gamma), free(beta), free(g), free(dx);
+    eq_backend_destroy(&be);
+}
+END_TEST
+
+/* Finite differences through y = relu(bn(x) + z), with z chosen so that no
+ * pre-activation lies within 0.2 of the kink. */
+typedef struct bnr_fd {
+    eq_backend *be;
+    eq_bn_desc d;
+    float *x, *z, *gamma, *beta, *rm, *rv, *y, *sm, *si, *g;
+} bnr_fd;
+
+static double s_bnr_loss(void *vctx)
+{
+    bnr_fd *b = vctx;
+    eq_err err = {0};
+    OK(eq_backend_bn_relu_fwd_train(b->be, &b->d, b->x, b->z, b->gamma, b->beta, b->rm, b->rv,
+                                    b->y, b->sm, b->si, &err));
+    return s_dot(b->g, b->y, b->d.m * b->d.c);
+}
+
+START_TEST(test_bn_relu_fd)
+{
+    eq_err err = {0};
+    bnr_fd b = {.be = s_cpu(1)};
+    const int64_t m = 12, c = 3, n = m * c;
+    OK(eq_bn_desc_init(&b.d, m, c, 1e-5f, 0.1f, &err));
+    b.x = s_randv(n, 2.0f);
+    b.z = s_randv(n, 1.0f);
+    b.gamma = s_randv(c, 1.0f);
+    b.beta = s_randv(c, 1.0f);
+    b.rm = calloc(c, 4);
+    b.rv = calloc(c, 4);
+    b.y = malloc(n * 4);
+    b.sm = malloc(c * 4);
+    b.si = malloc(c * 4);
+    b.g = s_randv(n, 1.0f);
+    float *pre = malloc(n * 4);
+    OK(eq_backend_bn_fwd_train(b.be, &b.d, b.x, b.gamma, b.beta, b.rm, b.rv, pre, b.sm, b.si, &err));
+    for (int64_t i = 0; i < n; i++)
+        if (fabsf(pre[i] + b.z[i]) < 0.2f) b.z[i] += pre[i] + b.z[i] >= 0 ? 0.4f : -0.4f;
+    float *dx = malloc(n * 4), *dz = malloc(n * 4), *dg = malloc(c * 4), *db = malloc(c * 4);
+    s_bnr_loss(&b);
+    OK(eq_backend_bn_relu_bwd(b.be, &b.d, b.x, b.y, b.g, NULL, b.gamma, b.sm, b.si, dx, dz, dg,
+                              db, &err));
+    CHECK_FD("bn_relu dx", s_bnr_loss, &b, b.x, n, dx, 1e-2f, 1e-4);
+    CHECK_FD("bn_relu dz", s_bnr_loss, &b, b.z, n, dz, 1e-2f, 1e-4);
+    CHECK_FD("bn_relu dgamma", s_bnr_loss, &b, b.gamma, c, dg, 1e-2f, 1e-4);
+    CHECK_FD("bn_relu dbeta", s_bnr_loss, &b, b.beta, c, db, 1e-2f, 1e-4);
+    float *all[] = {b.x, b.z, b.gamma, b.beta, b.rm, b.rv, b.y, b.sm, b.si, b.g, pre, dx, dz, dg, db};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) free(all[i]);
+    eq_backend_destroy(&b.be);
+}
+END_TEST
+
 /* ---- activations, add ---------------------------------------------------- */
 
 START_TEST(test_relu_parity)
@@ -948,8 +1129,8 @@ END_TEST
 /* Ops without GEMMs split work so that no sum depends on the thread count:
  * 1 and 3 threads must agree bit for bit. */
 typedef struct thr_out {
-    float *y[16];
-    size_t n[16];
+    float *y[24];
+    size_t n[24];
     int count;
 } thr_out;
 
@@ -982,6 +1163,14 @@ static void s_run_all(int nthreads, const float *x, const float *g, thr_out *o)
     OK(eq_backend_relu_fwd(be, nx, x, y, &err));
     OK(eq_backend_relu_bwd(be, nx, y, g, dx, &err));
     s_keep(o, dx, nx);
+    /* fused: y = relu(bn(x) + g), backward with dy = g, dy2 = x */
+    float *dz = malloc(nx * 4);
+    OK(eq_backend_bn_relu_fwd_train(be, &bd, x, g, gamma, beta, rm, rv, y, sm, si, &err));
+    s_keep(o, y, nx);
+    OK(eq_backend_bn_relu_bwd(be, &bd, x, y, g, x, gamma, sm, si, dx, dz, dg, db, &err));
+    s_keep(o, dx, nx);
+    s_keep(o, dz, nx);
+    free(dz);
     float slope[1] = {0.25f}, ds[1];
     OK(eq_backend_prelu_bwd(be, m, c, 1, x, slope, g, dx, ds, &err));
     s_keep(o, ds, 1);
@@ -1180,6 +1369,7 @@ static Suite *s_suite(void)
     tcase_set_timeout(tc, 20); /* thread-count checks start pools; the machine is shared */
     tcase_add_loop_test(tc, test_conv_parity, 0, NCONV);
     tcase_add_loop_test(tc, test_bn_parity, 0, 2);
+    tcase_add_loop_test(tc, test_bn_relu_fused, 0, NFUSE);
     tcase_add_test(tc, test_relu_parity);
     tcase_add_test(tc, test_clamp);
     tcase_add_test(tc, test_scalar_affine);
@@ -1194,6 +1384,7 @@ static Suite *s_suite(void)
     TCase *fd = tcase_create("finite_differences");
     tcase_add_loop_test(fd, test_conv_fd, 0, NCONV);
     tcase_add_test(fd, test_bn_fd);
+    tcase_add_test(fd, test_bn_relu_fd);
     tcase_add_test(fd, test_act_fd);
     tcase_add_loop_test(fd, test_pool_fd, 0, NPOOL);
     suite_add_tcase(s, fd);

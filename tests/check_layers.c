@@ -375,6 +375,132 @@ START_TEST(test_net_fd)
 }
 END_TEST
 
+/* ---- fused bn_relu chains against the same graph unfused ------------------ */
+
+/* A net with every kind of chain: the thin resnet18's blocks (BN -> ReLU,
+ * BN -> add -> ReLU with the add's BN first or second, a block conv right
+ * after the shortcut's ReLU so its gradient goes pending into the fused
+ * op), plus relu(bn(x) + x) (the residual is the BN's input), a BN on the
+ * graph input (no dx wanted) and a BN with two consumers (not fused). */
+static int s_build_fusion_net(eq_layers *g, eq_err *err)
+{
+    int in = eq_layers_input(g, 2, 12, 12, 3, err);
+    int a = eq_layers_bn(g, "bn0", in, err); /* input BN: dx not wanted */
+    a = eq_layers_relu(g, a, err);
+    a = eq_layers_conv(g, "c1", a, 16, 3, 1, 1, 1, NULL, NULL, false, err);
+    int b = eq_layers_bn(g, "b1", a, err);
+    b = eq_layers_add(g, b, a, err); /* relu(bn(a) + a): residual = BN input */
+    b = eq_layers_relu(g, b, err);
+    b = s_block(g, "layer1.0", b, 16, 1, 0, err);
+    b = s_block(g, "layer1.1", b, 16, 1, 0, err);
+    int t = eq_layers_conv(g, "c2", b, 20, 1, 2, 0, 1, NULL, NULL, false, err);
+    t = eq_layers_bn(g, "b2", t, err); /* two consumers: not fused */
+    int u = eq_layers_relu(g, t, err);
+    u = eq_layers_conv(g, "c3", u, 20, 3, 1, 1, 1, NULL, NULL, false, err);
+    u = eq_layers_bn(g, "b3", u, err);
+    u = eq_layers_add(g, t, u, err); /* the BN second */
+    u = eq_layers_relu(g, u, err);
+    u = eq_layers_gap(g, u, err);
+    return eq_layers_linear(g, "fc", u, 7, NULL, NULL, err);
+}
+
+/* The CPU backend with counting bn_relu members (to see the graph use them). */
+static struct eq_backend_i s_count_iface;
+static const struct eq_backend_i *s_cpu_iface;
+static int s_nfwd, s_nbwd, s_nbwd_dy2;
+
+static eq_status s_count_fwd(void *ctx, const eq_bn_desc *d, const float *x, const float *z,
+                             const float *gamma, const float *beta, float *rm, float *rv, float *y,
+                             float *sm, float *si, eq_err *err)
+{
+    s_nfwd++;
+    return s_cpu_iface->bn_relu_fwd_train(ctx, d, x, z, gamma, beta, rm, rv, y, sm, si, err);
+}
+
+static eq_status s_count_bwd(void *ctx, const eq_bn_desc *d, const float *x, const float *y,
+                             const float *dy, const float *dy2, const float *gamma, const float *sm,
+                             const float *si, float *dx, float *dz, float *dg, float *db, eq_err *err)
+{
+    s_nbwd++;
+    s_nbwd_dy2 += dy2 != NULL;
+    return s_cpu_iface->bn_relu_bwd(ctx, d, x, y, dy, dy2, gamma, sm, si, dx, dz, dg, db, err);
+}
+
+START_TEST(test_fusion_same_bits)
+{
+    eq_err err = {0};
+    for (int threads = 1; threads <= 2; threads++) {
+        eq_backend *be = eq_backend_cpu_new(threads, &err);
+        ck_assert_ptr_nonnull(be);
+        s_cpu_iface = be->iface;
+        s_count_iface = *be->iface;
+        s_count_iface.bn_relu_fwd_train = s_count_fwd;
+        s_count_iface.bn_relu_bwd = s_count_bwd;
+        be->iface = &s_count_iface;
+        s_nfwd = s_nbwd = s_nbwd_dy2 = 0;
+        eq_layers *net[2];
+        for (int f = 0; f < 2; f++) {
+            net[f] = eq_layers_new(be, &err);
+            ck_assert_ptr_nonnull(net[f]);
+            OK(eq_layers_set_fusion(net[f], f == 1, &err));
+            ck_assert_msg(s_build_fusion_net(net[f], &err) >= 0, "%s", err.msg);
+            OK(eq_layers_finalize(net[f], 5, &err));
+        }
+        ck_assert_int_eq(eq_layers_set_fusion(net[1], false, &err), EQ_ERR_INVALID);
+        const size_t nx = 2 * 12 * 12 * 3;
+        float *x = eq_backend_alloc(be, nx * 4, &err);
+        int32_t *y = eq_backend_alloc(be, 8, &err);
+        float *xh = malloc(nx * 4);
+        for (size_t i = 0; i < nx; i++) xh[i] = sinf(0.37f * (float)i) + 0.3f * cosf((float)i);
+        int32_t yh[2] = {3, 6};
+        OK(eq_backend_upload(be, x, xh, nx * 4, &err));
+        OK(eq_backend_upload(be, y, yh, 8, &err));
+        float loss[2], *out[2], *evl[2];
+        int64_t sh[4];
+        for (int f = 0; f < 2; f++) {
+            /* two training steps' worth of forwards (the running stats move),
+             * one backward, then an eval forward */
+            OK(eq_layers_forward(net[f], x, true, &err));
+            OK(eq_layers_forward(net[f], x, true, &err));
+            OK(s_loss(net[f], be, y, 0.0f, &loss[f], &err));
+            OK(eq_layers_backward(net[f], &err));
+            out[f] = eq_layers_output(net[f], NULL, sh);
+            out[f] = memcpy(malloc(14 * 4), out[f], 14 * 4);
+            OK(eq_layers_forward(net[f], x, false, &err));
+            evl[f] = memcpy(malloc(14 * 4), eq_layers_output(net[f], NULL, sh), 14 * 4);
+        }
+        /* 7 chains (see s_build_fusion_net), two forwards; the two block
+         * inputs get their first conv's gradient as dy2 */
+        ck_assert_int_eq(s_nfwd, 14);
+        ck_assert_int_eq(s_nbwd, 7);
+        ck_assert_int_eq(s_nbwd_dy2, 2);
+        ck_assert_mem_eq(out[0], out[1], 14 * 4);
+        ck_assert_mem_eq(evl[0], evl[1], 14 * 4);
+        ck_assert_mem_eq(&loss[0], &loss[1], 4);
+        ck_assert_uint_eq(eq_layers_tensor_count(net[0]), eq_layers_tensor_count(net[1]));
+        for (size_t i = 0; i < eq_layers_tensor_count(net[0]); i++) {
+            const eq_model_tensor *t0 = eq_layers_tensor_at(net[0], i), *t1 = eq_layers_tensor_at(net[1], i);
+            ck_assert_str_eq(t0->name, t1->name);
+            size_t bytes = t0->numel * (t0->dtype == EQ_DT_I64 ? 8 : 4);
+            ck_assert_msg(memcmp(t0->data, t1->data, bytes) == 0, "%s differs fused", t0->name);
+            if (t0->kind == EQ_MT_PARAM)
+                ck_assert_msg(memcmp(t0->grad, t1->grad, bytes) == 0, "%s gradient differs fused",
+                              t0->name);
+        }
+        ck_assert_int_eq(s_batches(net[1], "b1"), 2);
+        for (int f = 0; f < 2; f++) {
+            free(out[f]), free(evl[f]);
+            eq_layers_destroy(&net[f]);
+        }
+        free(xh);
+        eq_backend_release(be, x);
+        eq_backend_release(be, y);
+        be->iface = s_cpu_iface; /* eq_backend_cpu_pool and free see their own table */
+        eq_backend_destroy(&be);
+    }
+}
+END_TEST
+
 START_TEST(test_builder_errors)
 {
     eq_err err = {0};
@@ -470,6 +596,7 @@ static Suite *s_suite(void)
     TCase *g = tcase_create("graph");
     tcase_set_timeout(g, 60); /* full-width resnets: ~2 s of CPU */
     tcase_add_test(g, test_net_fd);
+    tcase_add_test(g, test_fusion_same_bits);
     tcase_add_test(g, test_builder_errors);
     tcase_add_test(g, test_resnet_names_and_init);
     suite_add_tcase(s, g);

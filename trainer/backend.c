@@ -483,6 +483,89 @@ eq_status eq_backend_bn_bwd(eq_backend *be, const eq_bn_desc *d, const float *x,
                              dbeta, err);
 }
 
+/* The fused ops: the member when the backend has one, else the composition
+ * of the separate ops (each validated by its own wrapper). */
+static eq_status s_bn_relu_ok(eq_backend *be, const eq_bn_desc *d, const char *op, int train,
+                              eq_err *err)
+{
+    if (!be || !be->iface) return eq_err_set(err, EQ_ERR_INVALID, "%s: backend is NULL", op);
+    return s_bn_ok(d, op, train, err);
+}
+
+eq_status eq_backend_bn_relu_fwd_train(eq_backend *be, const eq_bn_desc *d, const float *x,
+                                       const float *z, const float *gamma, const float *beta,
+                                       float *running_mean, float *running_var, float *y,
+                                       float *save_mean, float *save_invstd, eq_err *err)
+{
+    static const char *op = "bn_relu_fwd_train";
+    S_CHECK(s_bn_relu_ok(be, d, op, 1, err));
+    S_NEED(x, op);
+    S_NEED(running_mean, op);
+    S_NEED(running_var, op);
+    S_NEED(y, op);
+    S_NEED(save_mean, op);
+    S_NEED(save_invstd, op);
+    if (be->iface->bn_relu_fwd_train)
+        return be->iface->bn_relu_fwd_train(be->context, d, x, z, gamma, beta, running_mean,
+                                            running_var, y, save_mean, save_invstd, err);
+    size_t n = (size_t)(d->m * d->c);
+    S_CHECK(eq_backend_bn_fwd_train(be, d, x, gamma, beta, running_mean, running_var, y,
+                                    save_mean, save_invstd, err));
+    if (z) S_CHECK(eq_backend_add(be, n, y, z, y, err));
+    return eq_backend_relu_fwd(be, n, y, y, err);
+}
+
+eq_status eq_backend_bn_relu_fwd_eval(eq_backend *be, const eq_bn_desc *d, const float *x,
+                                      const float *z, const float *gamma, const float *beta,
+                                      const float *running_mean, const float *running_var,
+                                      float *y, eq_err *err)
+{
+    static const char *op = "bn_relu_fwd_eval";
+    S_CHECK(s_bn_relu_ok(be, d, op, 0, err));
+    S_NEED(x, op);
+    S_NEED(running_mean, op);
+    S_NEED(running_var, op);
+    S_NEED(y, op);
+    if (be->iface->bn_relu_fwd_eval)
+        return be->iface->bn_relu_fwd_eval(be->context, d, x, z, gamma, beta, running_mean,
+                                           running_var, y, err);
+    size_t n = (size_t)(d->m * d->c);
+    S_CHECK(eq_backend_bn_fwd_eval(be, d, x, gamma, beta, running_mean, running_var, y, err));
+    if (z) S_CHECK(eq_backend_add(be, n, y, z, y, err));
+    return eq_backend_relu_fwd(be, n, y, y, err);
+}
+
+eq_status eq_backend_bn_relu_bwd(eq_backend *be, const eq_bn_desc *d, const float *x,
+                                 const float *y, const float *dy, const float *dy2,
+                                 const float *gamma, const float *save_mean,
+                                 const float *save_invstd, float *dx, float *dz, float *dgamma,
+                                 float *dbeta, eq_err *err)
+{
+    static const char *op = "bn_relu_bwd";
+    S_CHECK(s_bn_relu_ok(be, d, op, 1, err));
+    S_NEED(x, op);
+    S_NEED(y, op);
+    S_NEED(dy, op);
+    S_NEED(save_mean, op);
+    S_NEED(save_invstd, op);
+    S_NEED(dx, op);
+    if (dx == x || dx == y || dx == dy || (dy2 && dx == dy2) || dx == dz)
+        return eq_err_set(err, EQ_ERR_INVALID, "%s: dx aliases another argument", op);
+    if (be->iface->bn_relu_bwd)
+        return be->iface->bn_relu_bwd(be->context, d, x, y, dy, dy2, gamma, save_mean,
+                                      save_invstd, dx, dz, dgamma, dbeta, err);
+    /* g in dz when wanted, else in dx (bn_bwd may run in place) */
+    size_t n = (size_t)(d->m * d->c);
+    float *g = dz ? dz : dx;
+    const float *src = dy;
+    if (dy2) {
+        S_CHECK(eq_backend_add(be, n, dy, dy2, g, err));
+        src = g;
+    }
+    S_CHECK(eq_backend_relu_bwd(be, n, y, src, g, err));
+    return eq_backend_bn_bwd(be, d, x, g, gamma, save_mean, save_invstd, dx, dgamma, dbeta, err);
+}
+
 eq_status eq_backend_relu_fwd(eq_backend *be, size_t n, const float *x, float *y, eq_err *err)
 {
     static const char *op = "relu_fwd";

@@ -41,9 +41,15 @@
  * every op synchronously, so for it events are complete as soon as they are
  * recorded and synchronize returns at once.
  *
+ * Fused ops.  bn_relu_* (batch norm, an optional residual add, ReLU: the
+ * tails of ResNet blocks) are optional members with a generic default: a
+ * backend that leaves them NULL gets the composition of its separate ops
+ * (trainer/backend.c), so they cost a new backend nothing.  The separate
+ * ops stay the reference that the fused ones are tested against.
+ *
  * Room for what comes next (deliberately not in the table yet, since an
  * unimplemented member would be a stub):
- *  - fused epilogues: conv2d_fwd_fused(desc, x, w, epilogue, y, aux) where
+ *  - fused conv epilogues: conv2d_fwd_fused(desc, x, w, epilogue, y, aux) where
  *    `epilogue` lists BN (eval or frozen affine) + activation + an output
  *    quantizer (quant/'s parameter struct and group descriptor) applied in
  *    the GEMM's store; the backward twin takes the saved aux (activation
@@ -154,7 +160,8 @@ typedef struct eq_backend eq_backend;
 typedef struct eq_backend_event eq_backend_event; /* owned by its backend's implementation */
 
 /* Bump when members change meaning or order (out-of-tree backends check it). */
-#define EQ_BACKEND_IFACE_VERSION 2 /* 2: optional clamp_* and scalar_affine_* after add */
+#define EQ_BACKEND_IFACE_VERSION 3 /* 2: optional clamp_* and scalar_affine_* after add;
+                                     * 3: optional bn_relu_* after bn_bwd */
 
 /* Each member receives the backend's `context`.  Members marked (optional)
  * may be NULL: the eq_backend_* wrapper then answers EQ_ERR_UNSUPPORTED
@@ -212,10 +219,37 @@ struct eq_backend_i {
     eq_status (*bn_fwd_eval)(void *ctx, const eq_bn_desc *d, const float *x, const float *gamma,
                              const float *beta, const float *running_mean,
                              const float *running_var, float *y, eq_err *err);
-    /* Backward of bn_fwd_train.  dgamma/dbeta may be NULL (not wanted). */
+    /* Backward of bn_fwd_train.  dgamma/dbeta may be NULL (not wanted); dx
+     * may be dy (in place). */
     eq_status (*bn_bwd)(void *ctx, const eq_bn_desc *d, const float *x, const float *dy,
                         const float *gamma, const float *save_mean, const float *save_invstd,
                         float *dx, float *dgamma, float *dbeta, eq_err *err);
+
+    /* -- fused batch norm + residual add + ReLU (a ResNet block's tails) -- */
+    /* (optional; default: bn_fwd_train, add, relu_fwd) y = max(bn(x) + z, 0)
+     * with batch statistics, z [M][C] (NULL: none); save_mean/save_invstd and
+     * the running statistics as bn_fwd_train.  bn(x) is rounded to float
+     * before z is added, as the separate ops do, so a backend can give the
+     * same bits as the composition. */
+    eq_status (*bn_relu_fwd_train)(void *ctx, const eq_bn_desc *d, const float *x,
+                                   const float *z, const float *gamma, const float *beta,
+                                   float *running_mean, float *running_var, float *y,
+                                   float *save_mean, float *save_invstd, eq_err *err);
+    /* (optional; default: bn_fwd_eval, add, relu_fwd) the same with the
+     * running statistics. */
+    eq_status (*bn_relu_fwd_eval)(void *ctx, const eq_bn_desc *d, const float *x,
+                                  const float *z, const float *gamma, const float *beta,
+                                  const float *running_mean, const float *running_var, float *y,
+                                  eq_err *err);
+    /* (optional; default: add, relu_bwd, bn_bwd) Backward of
+     * bn_relu_fwd_train from its output y: g = dy + dy2 (dy2 NULL: dy alone)
+     * where y > 0, else 0; dz = g (the residual's gradient; NULL: not
+     * wanted; may be dy); dx, dgamma, dbeta = bn_bwd of g (dgamma/dbeta may
+     * be NULL).  dx must not alias the other arguments. */
+    eq_status (*bn_relu_bwd)(void *ctx, const eq_bn_desc *d, const float *x, const float *y,
+                             const float *dy, const float *dy2, const float *gamma,
+                             const float *save_mean, const float *save_invstd, float *dx,
+                             float *dz, float *dgamma, float *dbeta, eq_err *err);
 
     /* -- elementwise; n elements; outputs may alias inputs -- */
     eq_status (*relu_fwd)(void *ctx, size_t n, const float *x, float *y, eq_err *err);
@@ -354,6 +388,23 @@ eq_status eq_backend_bn_fwd_eval(eq_backend *be, const eq_bn_desc *d, const floa
 eq_status eq_backend_bn_bwd(eq_backend *be, const eq_bn_desc *d, const float *x, const float *dy,
                             const float *gamma, const float *save_mean, const float *save_invstd,
                             float *dx, float *dgamma, float *dbeta, eq_err *err);
+
+/* The fused ops: the backend's member, or (member NULL) the composition of
+ * the separate ops stated at the member, on any backend.  The composed
+ * backward uses dz, else dx, as its scratch for g. */
+eq_status eq_backend_bn_relu_fwd_train(eq_backend *be, const eq_bn_desc *d, const float *x,
+                                       const float *z, const float *gamma, const float *beta,
+                                       float *running_mean, float *running_var, float *y,
+                                       float *save_mean, float *save_invstd, eq_err *err);
+eq_status eq_backend_bn_relu_fwd_eval(eq_backend *be, const eq_bn_desc *d, const float *x,
+                                      const float *z, const float *gamma, const float *beta,
+                                      const float *running_mean, const float *running_var,
+                                      float *y, eq_err *err);
+eq_status eq_backend_bn_relu_bwd(eq_backend *be, const eq_bn_desc *d, const float *x,
+                                 const float *y, const float *dy, const float *dy2,
+                                 const float *gamma, const float *save_mean,
+                                 const float *save_invstd, float *dx, float *dz, float *dgamma,
+                                 float *dbeta, eq_err *err);
 
 eq_status eq_backend_relu_fwd(eq_backend *be, size_t n, const float *x, float *y, eq_err *err);
 eq_status eq_backend_relu_bwd(eq_backend *be, size_t n, const float *y, const float *dy,

@@ -10,6 +10,17 @@
  * outside keeps them), and adds in place into one already set.  Tensors (the
  * state-dict table) are registered while building; their data pointers are
  * set by finalize (quantizer state: at once, the quantizer owns it).
+ *
+ * Fusion.  Finalize finds BN -> ReLU and BN -> add -> ReLU chains whose
+ * intermediates have the next node as their only consumer (a quantizer
+ * never sits between them: quantizers belong to the conv/linear that
+ * reads the ReLU) and runs each as one bn_relu op at the ReLU: the BN and
+ * add nodes then hold neither activation nor gradient buffers.  Its
+ * backward writes the BN input's gradient and the residual's (dz) itself.
+ * When the node right before the fused ReLU gives it a second gradient
+ * contribution through `tmp` (a block's first conv, which shares the
+ * block input with the shortcut), the contribution stays pending in `tmp`
+ * and the fused op adds it while reading dy instead of a separate add.
  */
 #include "trainer/layers.h"
 
@@ -54,6 +65,11 @@ typedef struct s_node {
     float *save;     /* BN: mean [c], invstd [c] */
     int32_t *argmax; /* max pool */
     int dy_set;
+    int dy_pend;     /* fused ReLU: g->tmp holds a second gradient contribution (dy2) */
+    /* fusion (finalize): a ReLU running BN fbn (+ the add's other input fz,
+     * else -1) as one bn_relu op; the BN and add nodes it absorbs have
+     * `fused` = the ReLU's index and neither y nor dy */
+    int fbn, fz, fused;
     /* quantized conv / linear */
     eq_quant *qw, *qf, *qo; /* qo: conv output quantizer (the original's `ot`) */
     float *yo, *dyo;        /* with qo: the conv's raw output and its gradient */
@@ -78,6 +94,7 @@ struct eq_layers {
     float *tmp;
     void *block;
     int finalized, broken;
+    int nofuse; /* eq_layers_set_fusion(g, false) */
     int fwd_ok; /* the last forward completed (quantizer outputs are current) */
     uint64_t seed;      /* finalize's seed (also keys the dropout masks) */
     uint64_t noise_key; /* key of the next training forward's dropout masks */
@@ -182,6 +199,7 @@ static s_node *s_add_node(eq_layers *g, s_kind kind, int in0, int in1, const cha
     nd->in0 = in0;
     nd->in1 = in1;
     nd->pw = nd->pb = nd->prm = nd->prv = nd->pnbt = -1;
+    nd->fbn = nd->fz = -1;
     if (name && !(nd->name = strdup(name))) {
         eq_err_set(err, EQ_ERR_NOMEM, "%s: out of memory", what);
         return NULL;
@@ -608,6 +626,14 @@ int eq_layers_linear(eq_layers *g, const char *name, int in, int64_t out,
     return g->nnodes - 1;
 }
 
+eq_status eq_layers_set_fusion(eq_layers *g, bool on, eq_err *err)
+{
+    if (!g) return eq_err_set(err, EQ_ERR_INVALID, "set_fusion: graph is NULL");
+    if (g->finalized) return eq_err_set(err, EQ_ERR_INVALID, "set_fusion: the graph is finalized");
+    g->nofuse = !on;
+    return EQ_OK;
+}
+
 int eq_layers_shape(const eq_layers *g, int node, int64_t shape[4])
 {
     if (!g || node < 0 || node >= g->nnodes) return -1;
@@ -617,6 +643,40 @@ int eq_layers_shape(const eq_layers *g, int node, int64_t shape[4])
 }
 
 /* ---- finalize ------------------------------------------------------------ */
+
+/* Plan the fused bn_relu chains (see the top of the file). */
+static eq_status s_plan_fusion(eq_layers *g, eq_err *err)
+{
+    if (g->nofuse) return EQ_OK;
+    int *uses = calloc((size_t)g->nnodes, sizeof *uses);
+    if (!uses) return eq_err_set(err, EQ_ERR_NOMEM, "finalize: out of memory");
+    for (int i = 1; i < g->nnodes; i++) {
+        uses[g->nodes[i].in0]++;
+        if (g->nodes[i].kind == S_ADD) uses[g->nodes[i].in1]++;
+    }
+    uses[g->nnodes - 1]++; /* the output: read by the caller */
+    for (int j = 1; j < g->nnodes; j++) {
+        s_node *r = &g->nodes[j];
+        int a = r->in0, bn = -1, z = -1;
+        if (r->kind != S_RELU || uses[a] != 1) continue;
+        const s_node *an = &g->nodes[a];
+        if (an->kind == S_BN) {
+            bn = a;
+        } else if (an->kind == S_ADD && an->in0 != an->in1) {
+            int p = an->in0, q = an->in1;
+            if (g->nodes[p].kind == S_BN && uses[p] == 1) bn = p, z = q;
+            else if (g->nodes[q].kind == S_BN && uses[q] == 1) bn = q, z = p;
+            else continue;
+            g->nodes[a].fused = j;
+        } else {
+            continue;
+        }
+        g->nodes[bn].fused = j;
+        r->fbn = bn, r->fz = z;
+    }
+    free(uses);
+    return EQ_OK;
+}
 
 /* Host-side initial values of tensor i. */
 static void s_init_tensor(const eq_layers *g, size_t i, uint64_t seed, float *v)
@@ -659,6 +719,8 @@ eq_status eq_layers_finalize(eq_layers *g, uint64_t seed, eq_err *err)
         return eq_err_set(err, EQ_ERR_UNSUPPORTED,
                           "finalize: quantizers run on host memory; backend '%s' is not supported",
                           eq_backend_name(g->be));
+    eq_status pst = s_plan_fusion(g, err);
+    if (pst != EQ_OK) return pst;
     /* F32 model tensors in one block, gradients in another, I64 on the host */
     size_t total = 0, gtotal = 0, ni64 = 0, maxp = 1;
     for (size_t i = 0; i < g->nt; i++) {
@@ -717,8 +779,8 @@ eq_status eq_layers_finalize(eq_layers *g, uint64_t seed, eq_err *err)
         if (pass) (ptr) = (void *)b, b += c_;           \
         else need += c_;                                \
     } while (0)
-            if (nd->kind != S_INPUT) S_TAKE(nd->y, a);
-            S_TAKE(nd->dy, a);
+            if (nd->kind != S_INPUT && !nd->fused) S_TAKE(nd->y, a);
+            if (!nd->fused) S_TAKE(nd->dy, a);
             if (s_numel(nd) > maxact) maxact = s_numel(nd);
             if (nd->kind == S_BN) S_TAKE(nd->save, 2 * (size_t)nd->c);
             if (nd->s2d) S_TAKE(nd->fixed_w, (size_t)(nd->conv.k * nd->conv.c * nd->s2d * nd->s2d));
@@ -849,6 +911,32 @@ static eq_status s_quant_fwd(eq_layers *g, s_node *nd, const s_node *in, bool tr
     return EQ_OK;
 }
 
+/* A fused ReLU's forward: y = relu(bn(x) [+ z]) (see s_plan_fusion). */
+static eq_status s_bn_relu_fwd(eq_layers *g, s_node *nd, bool train, eq_err *err)
+{
+    s_node *bn = &g->nodes[nd->fbn];
+    const float *x = g->nodes[bn->in0].y, *z = nd->fz >= 0 ? g->nodes[nd->fz].y : NULL;
+    if (!train)
+        return eq_backend_bn_relu_fwd_eval(g->be, &bn->bn, x, z, s_p(g, bn->pw), s_p(g, bn->pb),
+                                           s_p(g, bn->prm), s_p(g, bn->prv), nd->y, err);
+    eq_status st = eq_backend_bn_relu_fwd_train(g->be, &bn->bn, x, z, s_p(g, bn->pw),
+                                                s_p(g, bn->pb), s_p(g, bn->prm), s_p(g, bn->prv),
+                                                nd->y, bn->save, bn->save + bn->c, err);
+    if (st == EQ_OK) (*(int64_t *)g->t[bn->pnbt].data)++;
+    return st;
+}
+
+/* What error messages call node nd. */
+static void s_err_node(const eq_layers *g, const s_node *nd, int i, const char *dir, eq_err *err)
+{
+    if (nd->fbn >= 0)
+        eq_err_prefix(err, "%s: %s (node %d, %s): ", dir, g->nodes[nd->fbn].name, i,
+                      nd->fz >= 0 ? "bn+add+relu" : "bn+relu");
+    else
+        eq_err_prefix(err, "%s: %s (node %d, %s): ", dir, nd->name ? nd->name : "-", i,
+                      S_KIND_NAME[nd->kind]);
+}
+
 eq_status eq_layers_forward(eq_layers *g, const float *x, bool train, eq_err *err)
 {
     if (!g || !g->finalized) return eq_err_set(err, EQ_ERR_INVALID, "forward: graph not finalized");
@@ -875,6 +963,7 @@ eq_status eq_layers_forward(eq_layers *g, const float *x, bool train, eq_err *er
             }
             break;
         case S_BN:
+            if (nd->fused) break; /* in its ReLU's bn_relu */
             if (train) {
                 st = eq_backend_bn_fwd_train(be, &nd->bn, a->y, s_p(g, nd->pw), s_p(g, nd->pb),
                                              s_p(g, nd->prm), s_p(g, nd->prv), nd->y, nd->save,
@@ -885,7 +974,10 @@ eq_status eq_layers_forward(eq_layers *g, const float *x, bool train, eq_err *er
                                             s_p(g, nd->prm), s_p(g, nd->prv), nd->y, err);
             }
             break;
-        case S_RELU: st = eq_backend_relu_fwd(be, s_numel(nd), a->y, nd->y, err); break;
+        case S_RELU:
+            st = nd->fbn >= 0 ? s_bn_relu_fwd(g, nd, train, err)
+                              : eq_backend_relu_fwd(be, s_numel(nd), a->y, nd->y, err);
+            break;
         case S_CLAMP: st = eq_backend_clamp_fwd(be, s_numel(nd), nd->lo, nd->hi, a->y, nd->y, err); break;
         case S_DROPOUT:
             nd->drop_train = train && nd->drop_p > 0.0;
@@ -905,7 +997,9 @@ eq_status eq_layers_forward(eq_layers *g, const float *x, bool train, eq_err *er
             break;
         case S_MAXPOOL: st = eq_backend_maxpool_fwd(be, &nd->pool, a->y, nd->y, nd->argmax, err); break;
         case S_AVGPOOL: st = eq_backend_avgpool_fwd(be, &nd->pool, a->y, nd->y, err); break;
-        case S_ADD: st = eq_backend_add(be, s_numel(nd), a->y, g->nodes[nd->in1].y, nd->y, err); break;
+        case S_ADD:
+            if (!nd->fused) st = eq_backend_add(be, s_numel(nd), a->y, g->nodes[nd->in1].y, nd->y, err);
+            break;
         case S_GAP: st = eq_backend_gap_fwd(be, a->n, a->h * a->w, a->c, a->y, nd->y, err); break;
         case S_LINEAR:
             st = s_quant_fwd(g, nd, a, train, &wp, &xp, err);
@@ -915,9 +1009,7 @@ eq_status eq_layers_forward(eq_layers *g, const float *x, bool train, eq_err *er
             break;
         case S_INPUT: break;
         }
-        if (st != EQ_OK)
-            eq_err_prefix(err, "forward: %s (node %d, %s): ", nd->name ? nd->name : "-", i,
-                          S_KIND_NAME[nd->kind]);
+        if (st != EQ_OK) s_err_node(g, nd, i, "forward", err);
     }
     g->fwd_ok = st == EQ_OK;
     if (st == EQ_OK && train) g->noise_key++; /* the next training forward draws new masks */
@@ -938,14 +1030,56 @@ static float *s_target(eq_layers *g, int in)
     return g->nodes[in].dy_set ? g->tmp : g->nodes[in].dy;
 }
 
-static eq_status s_commit(eq_layers *g, int in, eq_err *err)
+/* Node `cur` has written its contribution to node `in`'s gradient into
+ * s_target(g, in): count it.  A second contribution (in tmp) is added in,
+ * or left pending for a fused ReLU processed right after `cur`. */
+static eq_status s_commit(eq_layers *g, int in, int cur, eq_err *err)
 {
     s_node *nd = &g->nodes[in];
     if (!nd->dy_set) {
         nd->dy_set = 1;
         return EQ_OK;
     }
+    if (in == cur - 1 && nd->fbn >= 0 && !nd->dy_pend) {
+        nd->dy_pend = 1;
+        return EQ_OK;
+    }
     return eq_backend_add(g->be, s_numel(nd), nd->dy, g->tmp, nd->dy, err);
+}
+
+/* A fused ReLU's backward (node i): the BN input's gradient (dx) and the
+ * residual's (dz), plus the BN's parameter gradients. */
+static eq_status s_bn_relu_bwd(eq_layers *g, int i, eq_err *err)
+{
+    eq_backend *be = g->be;
+    s_node *nd = &g->nodes[i], *bn = &g->nodes[nd->fbn];
+    const int xi = bn->in0, zi = nd->fz;
+    const size_t n = s_numel(nd);
+    const int need_dx = g->nodes[xi].kind != S_INPUT;
+    const int need_dz = zi >= 0 && g->nodes[zi].kind != S_INPUT;
+    eq_status st = EQ_OK;
+    float *dx = need_dx ? s_target(g, xi) : g->tmp; /* tmp: a scratch for an unwanted dx */
+    if (nd->dy_pend && dx == g->tmp) { /* tmp is wanted for dx: add the pending part now */
+        st = eq_backend_add(be, n, nd->dy, g->tmp, nd->dy, err);
+        nd->dy_pend = 0;
+        if (st != EQ_OK) return st;
+    }
+    /* dz straight into the residual's buffer when it has no gradient yet,
+     * else (and when the residual is the BN's input) over our dy, added below */
+    const int z_direct = need_dz && !g->nodes[zi].dy_set && zi != xi;
+    float *dz = !need_dz ? NULL : z_direct ? g->nodes[zi].dy : nd->dy;
+    st = eq_backend_bn_relu_bwd(be, &bn->bn, g->nodes[xi].y, nd->y, nd->dy,
+                                nd->dy_pend ? g->tmp : NULL, s_p(g, bn->pw), bn->save,
+                                bn->save + bn->c, dx, dz, s_g(g, bn->pw), s_g(g, bn->pb), err);
+    nd->dy_pend = 0;
+    if (st == EQ_OK && need_dx) st = s_commit(g, xi, i, err);
+    if (st == EQ_OK && need_dz) {
+        s_node *z = &g->nodes[zi];
+        if (!z_direct) st = z->dy_set ? eq_backend_add(be, n, z->dy, nd->dy, z->dy, err)
+                                      : eq_backend_copy(be, z->dy, nd->dy, n * sizeof(float), err);
+        z->dy_set = 1;
+    }
+    return st;
 }
 
 /* Backward of a conv/linear node's quantizers, given the GEMM's gradient
@@ -976,7 +1110,7 @@ eq_status eq_layers_backward(eq_layers *g, eq_err *err)
 {
     if (!g || !g->finalized) return eq_err_set(err, EQ_ERR_INVALID, "backward: graph not finalized");
     eq_backend *be = g->be;
-    for (int i = 0; i < g->nnodes; i++) g->nodes[i].dy_set = 0;
+    for (int i = 0; i < g->nnodes; i++) g->nodes[i].dy_set = g->nodes[i].dy_pend = 0;
     g->nodes[g->nnodes - 1].dy_set = 1;
     eq_status st = EQ_OK;
     for (int i = g->nnodes - 1; i > 0 && st == EQ_OK; i--) {
@@ -1017,7 +1151,12 @@ eq_status eq_layers_backward(eq_layers *g, eq_err *err)
                                    s_g(g, nd->pb), err);
             break;
         case S_RELU:
-            if (need_dx) st = eq_backend_relu_bwd(be, s_numel(nd), nd->y, nd->dy, dx, err);
+            if (nd->fbn >= 0) {
+                st = s_bn_relu_bwd(g, i, err);
+                need_dx = 0; /* committed */
+            } else if (need_dx) {
+                st = eq_backend_relu_bwd(be, s_numel(nd), nd->y, nd->dy, dx, err);
+            }
             break;
         case S_SAFF:
             st = eq_backend_scalar_affine_bwd(be, s_numel(nd), a->y, nd->dy, s_p(g, nd->pw),
@@ -1072,10 +1211,8 @@ eq_status eq_layers_backward(eq_layers *g, eq_err *err)
             break;
         case S_INPUT: break;
         }
-        if (st == EQ_OK && need_dx) st = s_commit(g, nd->in0, err);
-        if (st != EQ_OK)
-            eq_err_prefix(err, "backward: %s (node %d, %s): ", nd->name ? nd->name : "-", i,
-                          S_KIND_NAME[nd->kind]);
+        if (st == EQ_OK && need_dx) st = s_commit(g, nd->in0, i, err);
+        if (st != EQ_OK) s_err_node(g, nd, i, "backward", err);
     }
     return st;
 }

@@ -107,6 +107,14 @@ int eq_layers_linear(eq_layers *g, const char *name, int in, int64_t out,
 /* Shape of a node's output (NHWC); returns 0 or -1 for a bad id. */
 int eq_layers_shape(const eq_layers *g, int node, int64_t shape[4]);
 
+/* Fusion (on by default): finalize runs each BN -> ReLU and BN -> add ->
+ * ReLU chain whose intermediates feed only the next node as one backend
+ * bn_relu op (fewer passes over memory; the same bits as the separate ops
+ * on the CPU backend), and gives the absorbed BN and add nodes no buffers
+ * of their own.  Off: every node runs its own op (the reference the fused
+ * graph is tested against).  Only before finalize. */
+eq_status eq_layers_set_fusion(eq_layers *g, bool on, eq_err *err);
+
 /* Allocate and initialise as the original/torchvision do, from `seed`: conv
  * weights kaiming-normal (fan_out, ReLU gain), linear weight and bias
  * U(+-1/sqrt(in)), BN 1/0, running stats 0/1, PReLU 0.25; quantizer state as
