@@ -299,7 +299,7 @@ static void s_huff_refill(eq_decoder *d, s_huff *h)
             return;
         }
     }
-    while (h->nbits <= 56) {
+    while (h->nbits < 56) { /* at most 63 bits unless stopped: S_REFILL shifts by nbits */
         if (!h->stopped) {
             if (h->p >= h->end) {
                 /* no marker before the end of the data: libjpeg's source
