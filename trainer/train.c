@@ -196,6 +196,8 @@ struct eq_train {
     int next_bucket;       /* the next bucket to start (they start in order) */
     eq_status hook_st;     /* the hook's first error, reported after the backward */
     eq_err hook_err;
+    double bwd_s, wait_s;  /* this epoch's reducing steps: backward, then waiting for the buckets */
+    uint64_t comm_n;       /* and their count */
     float ctlv[2];         /* loss sum, stop flags */
     int64_t warmup_steps;  /* quantizer warm-up: average its parameters until then */
     /* iter_size > 1: gradients summed here (device), one region per tensor */
@@ -957,7 +959,9 @@ static eq_status s_backward(eq_train *t, bool first, bool last, eq_err *err)
     t->next_bucket = 0;
     t->hook_st = EQ_OK;
     if (t->comm_step) eq_bucket_reset(t->plan);
+    double t0 = eq_clock_sec();
     eq_status st = eq_model_backward(t->model, NULL, err);
+    double t1 = eq_clock_sec();
     if (st == EQ_OK && t->hook_st) {
         if (err) *err = t->hook_err;
         st = t->hook_st;
@@ -967,6 +971,9 @@ static eq_status s_backward(eq_train *t, bool first, bool last, eq_err *err)
     while (st == EQ_OK && t->next_bucket < t->nb_grad) /* not overlapped, or a bucket left */
         st = eq_comm_start(t->comm, t->b_grad[t->next_bucket++], err);
     for (int b = 0; b < t->nb_grad && st == EQ_OK; b++) st = eq_comm_wait(t->comm, t->b_grad[b], err);
+    t->bwd_s += t1 - t0;
+    t->wait_s += eq_clock_sec() - t1;
+    t->comm_n++;
     return st;
 }
 
@@ -1212,6 +1219,8 @@ static eq_status s_run(eq_train *t, eq_err *err)
         if ((st = eq_feeder_pass(t->feeder, t->train_job, e, first, steps, off, (uint32_t)t->B, UINT64_MAX, err)))
             return st;
         double win_t0 = eq_clock_sec(), loss_sum = 0, epoch_loss = 0;
+        t->bwd_s = t->wait_s = 0;
+        t->comm_n = 0;
         eq_feeder_stats fs0;
         eq_feeder_stats_get(t->feeder, &fs0);
         uint64_t win_n = 0, epoch_n = 0, epoch_mixed = 0;
@@ -1305,6 +1314,10 @@ static eq_status s_run(eq_train *t, eq_err *err)
         eq_info("epoch %" PRIu64 " done: mean loss %.4f, %" PRIu64 " batches so far, %" PRIu64
                 " requests re-issued, %" PRIu64 " late replies dropped, %" PRIu64 " of %" PRIu64 " batches mixed here",
                 e, mean, fs.batches, fs.reissued, fs.late_dropped, epoch_mixed, epoch_n);
+        if (t->comm_n) /* how much of the all-reduce the backward hid (wall clock) */
+            eq_info("epoch %" PRIu64 " gradient all-reduce (%s): backward %.1f ms, then waited %.1f ms per update",
+                    e, t->x.train.overlap ? "overlapping the backward" : "after the backward",
+                    1e3 * t->bwd_s / (double)t->comm_n, 1e3 * t->wait_s / (double)t->comm_n);
         if (t->jsonl) {
             fprintf(t->jsonl,
                     "{\"wall_ms\":%" PRIu64 ",\"kind\":\"epoch\",\"epoch\":%" PRIu64 ",\"steps\":%" PRIu64
