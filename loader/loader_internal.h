@@ -57,10 +57,12 @@ eq_status eq_render_crop(eq_decoder *d, const uint8_t *data, size_t len, eq_box 
                          eq_err *err);
 
 /* The resampler's SIMD kernels (same bytes as its scalar loops): enable
- * 2 = AVX2 and the AVX-512 one where the CPU has them, 1 = AVX2 only (when
- * the CPU has it), 0 = scalar only, -1 = leave as is; returns the previous
- * state (the level in use: 0, 1 or 2).  The default is the best available.  For tests comparing the two; not thread safe against a
- * concurrent resize's choice (either path gives the same bytes). */
+ * 2 = AVX2 and the AVX-512 one where the CPU has them (AVX-512BW and
+ * VBMI: not on Skylake-SP / Cascade Lake, whose clock drops), 1 = AVX2
+ * only (when the CPU has it), 0 = scalar only, -1 = leave as is; returns
+ * the previous state (the level in use: 0, 1 or 2).  The default is the
+ * best available.  For tests comparing them; not thread safe against a
+ * concurrent resize's choice (every path gives the same bytes). */
 int eq_resize_simd(int enable);
 
 /* The decoder's own baseline Huffman decoder (decode.c; same coefficients

@@ -151,8 +151,12 @@ static int s_simd_best(int want)
 {
 #if S_X86
     __builtin_cpu_init();
+    /* AVX-512VBMI as well: not on Skylake-SP / Cascade Lake, where 512-bit
+     * multiplies lower the core's clock for milliseconds, which would slow
+     * the Huffman decoding that runs between two resizes more than the
+     * kernel saves (Ice Lake and later, AMD Zen 4 and later have it) */
     if (want >= 2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("avx2"))
+        __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("avx2"))
         return 2;
     if (want >= 1 && __builtin_cpu_supports("avx2")) return 1;
 #else
