@@ -88,12 +88,15 @@ struct eq_layers {
     int nnodes, ncap;
     eq_model_tensor *t;
     unsigned char *tinit; /* s_init per tensor */
+    int *tnode;           /* per tensor: the node that registered it */
     size_t nt, tcap;
     float *pdata, *pgrad; /* parameters + F32 buffers; gradients */
     int64_t *i64;         /* num_batches_tracked counters (host) */
     float *tmp;
     void *block;
     int finalized, broken;
+    eq_layers_grad_fn *grad_fn; /* eq_layers_set_grad_hook */
+    void *grad_arg;
     int nofuse; /* eq_layers_set_fusion(g, false) */
     int fwd_ok; /* the last forward completed (quantizer outputs are current) */
     uint64_t seed;      /* finalize's seed (also keys the dropout masks) */
@@ -143,6 +146,7 @@ void eq_layers_destroy(eq_layers **g_p)
     free(g->i64);
     free(g->t);
     free(g->tinit);
+    free(g->tnode);
     free(g->nodes);
     free(g);
     *g_p = NULL;
@@ -234,11 +238,13 @@ static int s_tensor(eq_layers *g, const char *prefix, const char *suffix, eq_mod
         eq_model_tensor *p = realloc(g->t, cap * sizeof *p);
         if (p) g->t = p;
         unsigned char *pi = p ? realloc(g->tinit, cap) : NULL;
-        if (!pi) {
+        if (pi) g->tinit = pi;
+        int *pn = pi ? realloc(g->tnode, cap * sizeof *pn) : NULL;
+        if (!pn) {
             eq_err_set(err, EQ_ERR_NOMEM, "out of memory adding '%s'", name);
             return -1;
         }
-        g->tinit = pi;
+        g->tnode = pn;
         g->tcap = cap;
     }
     eq_model_tensor *t = &g->t[g->nt];
@@ -257,6 +263,7 @@ static int s_tensor(eq_layers *g, const char *prefix, const char *suffix, eq_mod
     }
     t->no_decay = no_decay;
     g->tinit[g->nt] = (unsigned char)init;
+    g->tnode[g->nt] = g->nnodes - 1; /* builders add their node before its tensors */
     return (int)g->nt++;
 }
 
@@ -370,7 +377,9 @@ eq_status eq_layers_conv_output_quant(eq_layers *g, int node, const eq_quant_opt
     int64_t ys[4] = {nd->n, nd->h, nd->w, nd->c};
     eq_tensor_desc yd;
     eq_status st = eq_tensor_desc_init(&yd, EQ_DT_F32, EQ_LAYOUT_NHWC, 4, ys, err);
+    size_t nt0 = g->nt;
     if (st == EQ_OK && !(nd->qo = s_quant(g, nd->name, "quant_output", oq, &yd, err))) st = EQ_ERR_INVALID;
+    for (size_t i = nt0; st == EQ_OK && i < g->nt; i++) g->tnode[i] = node; /* the conv's backward runs it */
     if (st != EQ_OK) g->broken = 1;
     return st == EQ_OK ? EQ_OK : (err ? err->code : st);
 }
@@ -1212,6 +1221,7 @@ eq_status eq_layers_backward(eq_layers *g, eq_err *err)
         case S_INPUT: break;
         }
         if (st == EQ_OK && need_dx) st = s_commit(g, nd->in0, i, err);
+        if (st == EQ_OK && g->grad_fn) g->grad_fn(g->grad_arg, i);
         if (st != EQ_OK) s_err_node(g, nd, i, "backward", err);
     }
     return st;
@@ -1265,6 +1275,20 @@ double eq_layers_quant_aux_loss(const eq_layers *g)
         if (nd->qo) sum += eq_quant_aux_loss(nd->qo);
     }
     return sum;
+}
+
+void eq_layers_set_grad_hook(eq_layers *g, eq_layers_grad_fn *fn, void *arg)
+{
+    if (!g) return;
+    g->grad_fn = fn;
+    g->grad_arg = arg;
+}
+
+int eq_layers_tensor_node(const eq_layers *g, size_t i)
+{
+    if (!g || i >= g->nt) return -1;
+    int k = g->tnode[i];
+    return k > 0 && g->nodes[k].fused ? g->nodes[k].fused : k; /* a fused BN's: its ReLU's backward */
 }
 
 size_t eq_layers_tensor_count(const eq_layers *g)

@@ -144,6 +144,19 @@ const float *eq_layers_quant_output(const eq_layers *g, const char *layer, eq_qu
  * last forward (0 unless a training forward with quant_loss_enable). */
 double eq_layers_quant_aux_loss(const eq_layers *g);
 
+/* Gradient-ready hook (data-parallel overlap, trainer/model.h): during
+ * eq_layers_backward, fn(arg, node) runs right after node `node` has
+ * written the gradients of its tensors (those with eq_layers_tensor_node
+ * == node), nodes in decreasing order; a node that does not reach the
+ * output, or one whose backward failed, is not reported.  fn NULL: none. */
+#define EQ_LAYERS_GRAD_HOOK 1
+typedef void eq_layers_grad_fn(void *arg, int node);
+void eq_layers_set_grad_hook(eq_layers *g, eq_layers_grad_fn *fn, void *arg);
+/* The node whose backward writes tensor i's gradient: the node that
+ * registered it, or after finalize the fused ReLU that runs a BN's backward;
+ * -1 when i is out of range. */
+int eq_layers_tensor_node(const eq_layers *g, size_t i);
+
 size_t eq_layers_tensor_count(const eq_layers *g);
 const eq_model_tensor *eq_layers_tensor_at(const eq_layers *g, size_t i);
 
