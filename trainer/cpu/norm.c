@@ -3,17 +3,21 @@
  * activations flattened to rows), as torch.nn.BatchNorm2d, alone or fused
  * with a residual add and a ReLU (bn_relu_*: y = max(bn(x) + z, 0)).
  *
- * Work is split into blocks of S_CB channels times slices of S_ROWS rows,
- * one (block, slice) per index of eq_cpu_for, so thin layers (16 channels,
- * one block) still use every thread.  Each slice sums its rows in order
- * into double partials in the workspace; the calling thread adds the
- * partials in slice order.  The slicing depends only on the shape, so
- * results do not depend on the thread count.
+ * Each task of eq_cpu_for takes a slice of rows (S_SLICE elements: 2048
+ * rows of a 16-channel layer) across all channels, so its memory is
+ * contiguous; it sweeps the slice in chunks of rows (S_CHUNK elements),
+ * each chunk block by block (S_CB channels in vector registers).  Each
+ * slice sums its rows in order into double partials in the workspace; the
+ * calling thread adds the partials in slice order.  The slicing depends
+ * only on the shape, so results do not depend on the thread count (a slice
+ * of every channel rather than a block of channels: strided blocks of wide
+ * layers made the fused backward slower than the separate ops at 64
+ * channels).
  *
  * Memory passes (the step of a thin network is bound by them):
- *  - statistics: one pass over memory.  Each slice (128 KiB of a 16-channel
- *    block) sums its rows, then sums its squares centred on its own mean
- *    while it is still in cache; the slices' (count, mean, M2) are combined
+ *  - statistics: one pass over memory.  Each slice (128 KiB) sums its
+ *    rows, then sums its squares centred on its own mean while it is still
+ *    in cache; the slices' (count, mean, M2) are combined
  *    in slice order as Chan et al. do, which is as accurate as two passes
  *    over the whole tensor;
  *  - normalise: y = x * a + sh, then + z, then ReLU, in the same store;
@@ -35,7 +39,8 @@
 #include <string.h>
 
 #define S_CB 16
-#define S_ROWS 2048
+#define S_SLICE 32768 /* elements per task: 128 KiB of floats, stays in L2 */
+#define S_CHUNK 1024  /* elements per chunk of rows, swept block by block */
 #define S_NV (S_CB / 4) /* vectors per full block */
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -90,15 +95,11 @@ typedef struct s_bn {
     const float *x, *z, *yin, *dy, *dy2, *gamma, *beta, *mean_in, *invstd_in, *rm_in, *rv_in;
     float *y, *dx, *dz, *rm, *rv, *save_mean, *save_invstd, *dgamma, *dbeta;
     int relu;
-    int64_t nsl;           /* row slices */
+    int64_t rs, rc, nsl;   /* rows per slice (task), per chunk; slices */
     double *p1, *p2;       /* partials [nsl][c] */
     double *mu, *a, *sh;   /* per channel [c] */
+    double *mean_d;        /* backward: save_mean as double [c] */
 } s_bn;
-
-static size_t s_nblocks(int64_t c)
-{
-    return (size_t)((c + S_CB - 1) / S_CB);
-}
 
 static int s_avx2(void)
 {
@@ -123,76 +124,96 @@ static int s_avx2(void)
 #define S_PICK(name) name##_base
 #endif
 
-/* Workspace for b->p1, p2 ([nsl][c] each) and mu, a, sh ([c] each). */
+/* Workspace for b->p1, p2 ([nsl][c] each) and mu, a, sh, mean_d ([c] each). */
 static eq_status s_bn_ws(eq_cpu *cpu, s_bn *b, const char *op, eq_err *err)
 {
     const int64_t c = b->d->c;
-    b->nsl = (b->d->m + S_ROWS - 1) / S_ROWS;
-    if (b->nsl < 1) b->nsl = 1;
-    size_t nd = (size_t)(2 * b->nsl + 3) * (size_t)c;
+    b->rs = S_SLICE / c > 0 ? S_SLICE / c : 1;
+    b->rc = S_CHUNK / c > 0 ? S_CHUNK / c : 1;
+    b->nsl = (b->d->m + b->rs - 1) / b->rs;
+    size_t nd = (size_t)(2 * b->nsl + 4) * (size_t)c;
     double *w = (double *)eq_cpu_workspace(cpu, nd * sizeof(double), op, err);
     if (!w) return EQ_ERR_NOMEM;
     b->p1 = w, b->p2 = w + b->nsl * c, b->mu = b->p2 + b->nsl * c, b->a = b->mu + c,
-    b->sh = b->a + c;
+    b->sh = b->a + c, b->mean_d = b->sh + c;
     return EQ_OK;
 }
 
-/* Task t -> channels [*j0, *j0 + *nb), rows [*r0, *r1). */
-static void s_task(const s_bn *b, size_t t, int64_t *j0, int64_t *nb, int64_t *r0, int64_t *r1)
+/* Task t: rows [*r0, *r1) of every channel. */
+static void s_slice(const s_bn *b, size_t t, int64_t *r0, int64_t *r1)
 {
-    const int64_t c = b->d->c, m = b->d->m;
-    int64_t blk = (int64_t)t / b->nsl, sl = (int64_t)t % b->nsl;
-    *j0 = blk * S_CB;
-    *nb = c - *j0 < S_CB ? c - *j0 : S_CB;
-    *r0 = sl * S_ROWS;
-    *r1 = m - *r0 < S_ROWS ? m : *r0 + S_ROWS;
+    *r0 = (int64_t)t * b->rs;
+    *r1 = b->d->m - *r0 < b->rs ? b->d->m : *r0 + b->rs;
+}
+
+/* A task's rows in chunks of b->rc rows, each swept block by block: the
+ * blocks of a chunk share its cache lines (a chunk of every tensor stays
+ * in L1), and each channel still sums its rows in order.  The body sees
+ * q0, q1 (the chunk's rows), j0, nb (the block's channels). */
+#define S_SWEEP(b, r0, r1, ...)                                                \
+    for (int64_t q0 = (r0); q0 < (r1); q0 += (b)->rc) {                        \
+        const int64_t q1 = (r1) - q0 < (b)->rc ? (r1) : q0 + (b)->rc;          \
+        for (int64_t j0 = 0; j0 < (b)->d->c; j0 += S_CB) {                     \
+            const int64_t nb = (b)->d->c - j0 < S_CB ? (b)->d->c - j0 : S_CB;  \
+            __VA_ARGS__                                                        \
+        }                                                                      \
+    }
+
+/* acc[0..nb) += sum over rows [q0, q1) of (x - ctr)^(1 or 2), in row order */
+S_BODY void s_acc_blk(const float *x, int64_t c, int64_t q0, int64_t q1, int64_t j0, int64_t nb,
+                      const double *ctr, int square, double *acc)
+{
+    if (nb == S_CB) {
+        s_v4d v[S_NV], m[S_NV];
+        for (int u = 0; u < S_NV; u++) v[u] = s_ldd(acc + 4 * u);
+        if (square) {
+            for (int u = 0; u < S_NV; u++) m[u] = s_ldd(ctr + 4 * u);
+            for (int64_t i = q0; i < q1; i++)
+                for (int u = 0; u < S_NV; u++) {
+                    s_v4d e = s_ld(x + i * c + j0 + 4 * u) - m[u];
+                    v[u] += e * e;
+                }
+        } else {
+            for (int64_t i = q0; i < q1; i++)
+                for (int u = 0; u < S_NV; u++) v[u] += s_ld(x + i * c + j0 + 4 * u);
+        }
+        for (int u = 0; u < S_NV; u++) s_std(acc + 4 * u, v[u]);
+        return;
+    }
+    for (int64_t j = 0; j < nb; j++) {
+        double v = acc[j];
+        for (int64_t i = q0; i < q1; i++) {
+            double e = x[i * c + j0 + j];
+            if (square) e -= ctr[j], e *= e;
+            v += e;
+        }
+        acc[j] = v;
+    }
 }
 
 /* p1[sl] = sum of x over the slice's rows, p2[sl] = sum of (x - slice
- * mean)^2 (the slice is still in cache for the second sweep). */
+ * mean)^2 (the slice, at most S_SLICE elements, is still in cache for the
+ * second sweep). */
 S_BODY void s_fwd_stats(void *vctx, size_t t)
 {
     const s_bn *b = vctx;
     const int64_t c = b->d->c;
-    int64_t j0, nb, r0, r1;
-    s_task(b, t, &j0, &nb, &r0, &r1);
+    int64_t r0, r1;
+    s_slice(b, t, &r0, &r1);
+    double *sum = b->p1 + (int64_t)t * c, *sq = b->p2 + (int64_t)t * c;
+    for (int64_t j = 0; j < c; j++) sum[j] = 0.0;
+    S_SWEEP(b, r0, r1, s_acc_blk(b->x, c, q0, q1, j0, nb, NULL, 0, sum + j0);)
     const double inv = 1.0 / (double)(r1 - r0);
-    double sum[S_CB] = {0}, sq[S_CB] = {0}, mu[S_CB];
-    if (nb == S_CB) {
-        s_v4d v[S_NV] = {0}, m[S_NV];
-        for (int64_t i = r0; i < r1; i++) {
-            const float *xr = b->x + i * c + j0;
-            for (int u = 0; u < S_NV; u++) v[u] += s_ld(xr + 4 * u);
-        }
-        for (int u = 0; u < S_NV; u++) {
-            s_std(sum + 4 * u, v[u]);
-            m[u] = v[u] * inv;
-            v[u] = (s_v4d){0};
-        }
-        for (int64_t i = r0; i < r1; i++) {
-            const float *xr = b->x + i * c + j0;
-            for (int u = 0; u < S_NV; u++) {
-                s_v4d e = s_ld(xr + 4 * u) - m[u];
-                v[u] += e * e;
-            }
-        }
-        for (int u = 0; u < S_NV; u++) s_std(sq + 4 * u, v[u]);
-    } else {
-        for (int64_t i = r0; i < r1; i++) {
-            const float *xr = b->x + i * c + j0;
-            for (int64_t j = 0; j < nb; j++) sum[j] += xr[j];
-        }
-        for (int64_t j = 0; j < nb; j++) mu[j] = sum[j] * inv;
-        for (int64_t i = r0; i < r1; i++) {
-            const float *xr = b->x + i * c + j0;
-            for (int64_t j = 0; j < nb; j++) {
-                double e = (double)xr[j] - mu[j];
-                sq[j] += e * e;
-            }
+    for (int64_t j = 0; j < c; j++) sq[j] = 0.0;
+    for (int64_t j0 = 0; j0 < c; j0 += S_CB) {
+        const int64_t nb = c - j0 < S_CB ? c - j0 : S_CB;
+        double mu[S_CB];
+        for (int64_t j = 0; j < nb; j++) mu[j] = sum[j0 + j] * inv;
+        for (int64_t q0 = r0; q0 < r1; q0 += b->rc) {
+            const int64_t q1 = r1 - q0 < b->rc ? r1 : q0 + b->rc;
+            s_acc_blk(b->x, c, q0, q1, j0, nb, mu, 1, sq + j0);
         }
     }
-    double *o1 = b->p1 + (r0 / S_ROWS) * c + j0, *o2 = b->p2 + (r0 / S_ROWS) * c + j0;
-    for (int64_t j = 0; j < nb; j++) o1[j] = sum[j], o2[j] = sq[j];
 }
 S_TASK(s_fwd_stats)
 
@@ -201,37 +222,36 @@ S_BODY void s_affine(void *vctx, size_t t)
 {
     const s_bn *b = vctx;
     const int64_t c = b->d->c;
-    int64_t j0, nb, r0, r1;
-    s_task(b, t, &j0, &nb, &r0, &r1);
+    int64_t r0, r1;
+    s_slice(b, t, &r0, &r1);
     const float *z = b->z;
     const int relu = b->relu;
-    double a[S_CB], sh[S_CB];
-    for (int64_t j = 0; j < nb; j++) a[j] = b->a[j0 + j], sh[j] = b->sh[j0 + j];
-    if (nb == S_CB) {
-        s_v4d va[S_NV], vs[S_NV];
-        for (int u = 0; u < S_NV; u++) va[u] = s_ldd(a + 4 * u), vs[u] = s_ldd(sh + 4 * u);
-        for (int64_t i = r0; i < r1; i++) {
-            const float *xr = b->x + i * c + j0;
-            float *yr = b->y + i * c + j0;
-            for (int u = 0; u < S_NV; u++) {
-                s_v4f v = __builtin_convertvector(s_ld(xr + 4 * u) * va[u] + vs[u], s_v4f);
-                if (z) v += s_ldf(z + i * c + j0 + 4 * u);
-                if (relu) v = s_relu4(v);
-                s_stf(yr + 4 * u, v);
+    S_SWEEP(b, r0, r1, {
+        const double *a = b->a + j0, *sh = b->sh + j0;
+        if (nb == S_CB) {
+            s_v4d va[S_NV], vs[S_NV];
+            for (int u = 0; u < S_NV; u++) va[u] = s_ldd(a + 4 * u), vs[u] = s_ldd(sh + 4 * u);
+            for (int64_t i = q0; i < q1; i++) {
+                const size_t o = (size_t)(i * c + j0);
+                for (int u = 0; u < S_NV; u++) {
+                    s_v4f v = __builtin_convertvector(s_ld(b->x + o + 4 * u) * va[u] + vs[u], s_v4f);
+                    if (z) v += s_ldf(z + o + 4 * u);
+                    if (relu) v = s_relu4(v);
+                    s_stf(b->y + o + 4 * u, v);
+                }
+            }
+        } else {
+            for (int64_t i = q0; i < q1; i++) {
+                const size_t o = (size_t)(i * c + j0);
+                for (int64_t j = 0; j < nb; j++) {
+                    float v = (float)(b->x[o + j] * a[j] + sh[j]);
+                    if (z) v += z[o + j];
+                    if (relu) v = v > 0.0f ? v : 0.0f;
+                    b->y[o + j] = v;
+                }
             }
         }
-        return;
-    }
-    for (int64_t i = r0; i < r1; i++) {
-        const float *xr = b->x + i * c + j0;
-        float *yr = b->y + i * c + j0;
-        for (int64_t j = 0; j < nb; j++) {
-            float v = (float)(xr[j] * a[j] + sh[j]);
-            if (z) v += z[i * c + j0 + j];
-            if (relu) v = v > 0.0f ? v : 0.0f;
-            yr[j] = v;
-        }
-    }
+    })
 }
 S_TASK(s_affine)
 
@@ -250,7 +270,7 @@ static eq_status s_fwd_train(eq_cpu *cpu, s_bn *b, const char *op, eq_err *err)
     if (st != EQ_OK) return st;
     const eq_bn_desc *d = b->d;
     const int64_t m = d->m, c = d->c;
-    const size_t ntask = s_nblocks(c) * (size_t)b->nsl;
+    const size_t ntask = (size_t)b->nsl;
     eq_cpu_for(cpu, ntask, S_PICK(s_fwd_stats), b);
     s_reduce(b, b->p1, b->mu);
     for (int64_t j = 0; j < c; j++) b->mu[j] /= (double)m;
@@ -258,7 +278,7 @@ static eq_status s_fwd_train(eq_cpu *cpu, s_bn *b, const char *op, eq_err *err)
     double *sq = b->a; /* reused: a is filled from sq below */
     for (int64_t j = 0; j < c; j++) sq[j] = 0.0;
     for (int64_t sl = 0; sl < b->nsl; sl++) {
-        int64_t r0 = sl * S_ROWS, ns = m - r0 < S_ROWS ? m - r0 : S_ROWS;
+        int64_t r0 = sl * b->rs, ns = m - r0 < b->rs ? m - r0 : b->rs;
         for (int64_t j = 0; j < c; j++) {
             double dm = b->p1[sl * c + j] / (double)ns - b->mu[j];
             sq[j] += b->p2[sl * c + j] + (double)ns * dm * dm;
@@ -310,7 +330,7 @@ static eq_status s_fwd_eval(eq_cpu *cpu, s_bn *b, const char *op, eq_err *err)
                    sqrt((double)b->rv_in[ch] + (double)b->d->eps);
         b->sh[ch] = (b->beta ? b->beta[ch] : 0.0f) - b->rm_in[ch] * b->a[ch];
     }
-    eq_cpu_for(cpu, s_nblocks(b->d->c) * (size_t)b->nsl, S_PICK(s_affine), b);
+    eq_cpu_for(cpu, (size_t)b->nsl, S_PICK(s_affine), b);
     return EQ_OK;
 }
 
@@ -342,47 +362,50 @@ S_BODY void s_bwd_sums(void *vctx, size_t t)
 {
     const s_bn *b = vctx;
     const int64_t c = b->d->c;
-    int64_t j0, nb, r0, r1;
-    s_task(b, t, &j0, &nb, &r0, &r1);
+    int64_t r0, r1;
+    s_slice(b, t, &r0, &r1);
     const float *dy2 = b->dy2, *yin = b->yin;
     float *dz = b->dz;
     const int relu = b->relu;
-    double sdy[S_CB] = {0}, sdyx[S_CB] = {0}, mu[S_CB];
-    for (int64_t j = 0; j < nb; j++) mu[j] = b->mean_in[j0 + j];
-    if (nb == S_CB) {
-        s_v4d v1[S_NV] = {0}, v2[S_NV] = {0}, m[S_NV];
-        for (int u = 0; u < S_NV; u++) m[u] = s_ldd(mu + 4 * u);
-        for (int64_t i = r0; i < r1; i++) {
-            const size_t o = (size_t)(i * c + j0);
+    double *sdy = b->p1 + (int64_t)t * c, *sdyx = b->p2 + (int64_t)t * c;
+    for (int64_t j = 0; j < c; j++) sdy[j] = sdyx[j] = 0.0;
+    S_SWEEP(b, r0, r1, {
+        const double *mu = b->mean_d + j0;
+        double *a1 = sdy + j0, *a2 = sdyx + j0;
+        if (nb == S_CB) {
+            s_v4d v1[S_NV], v2[S_NV], m[S_NV];
+            for (int u = 0; u < S_NV; u++)
+                m[u] = s_ldd(mu + 4 * u), v1[u] = s_ldd(a1 + 4 * u), v2[u] = s_ldd(a2 + 4 * u);
+            for (int64_t i = q0; i < q1; i++) {
+                const size_t o = (size_t)(i * c + j0);
+                for (int u = 0; u < S_NV; u++) {
+                    s_v4f gf = s_ldf(b->dy + o + 4 * u);
+                    if (dy2) gf += s_ldf(dy2 + o + 4 * u);
+                    if (relu) gf = s_mask4(gf, s_ldf(yin + o + 4 * u));
+                    if (dz) s_stf(dz + o + 4 * u, gf);
+                    s_v4d g = __builtin_convertvector(gf, s_v4d);
+                    v1[u] += g;
+                    v2[u] += g * (s_ld(b->x + o + 4 * u) - m[u]);
+                }
+            }
             for (int u = 0; u < S_NV; u++) {
-                s_v4f gf = s_ldf(b->dy + o + 4 * u);
-                if (dy2) gf += s_ldf(dy2 + o + 4 * u);
-                if (relu) gf = s_mask4(gf, s_ldf(yin + o + 4 * u));
-                if (dz) s_stf(dz + o + 4 * u, gf);
-                s_v4d g = __builtin_convertvector(gf, s_v4d);
-                v1[u] += g;
-                v2[u] += g * (s_ld(b->x + o + 4 * u) - m[u]);
+                s_std(a1 + 4 * u, v1[u]);
+                s_std(a2 + 4 * u, v2[u]);
+            }
+        } else {
+            for (int64_t i = q0; i < q1; i++) {
+                const size_t o = (size_t)(i * c + j0);
+                for (int64_t j = 0; j < nb; j++) {
+                    float gf = b->dy[o + j];
+                    if (dy2) gf += dy2[o + j];
+                    if (relu) gf = yin[o + j] > 0.0f ? gf : 0.0f;
+                    if (dz) dz[o + j] = gf;
+                    a1[j] += gf;
+                    a2[j] += (double)gf * ((double)b->x[o + j] - mu[j]);
+                }
             }
         }
-        for (int u = 0; u < S_NV; u++) {
-            s_std(sdy + 4 * u, v1[u]);
-            s_std(sdyx + 4 * u, v2[u]);
-        }
-    } else {
-        for (int64_t i = r0; i < r1; i++) {
-            const size_t o = (size_t)(i * c + j0);
-            for (int64_t j = 0; j < nb; j++) {
-                float gf = b->dy[o + j];
-                if (dy2) gf += dy2[o + j];
-                if (relu) gf = yin[o + j] > 0.0f ? gf : 0.0f;
-                if (dz) dz[o + j] = gf;
-                sdy[j] += gf;
-                sdyx[j] += (double)gf * ((double)b->x[o + j] - mu[j]);
-            }
-        }
-    }
-    double *o1 = b->p1 + (r0 / S_ROWS) * c + j0, *o2 = b->p2 + (r0 / S_ROWS) * c + j0;
-    for (int64_t j = 0; j < nb; j++) o1[j] = sdy[j], o2[j] = sdyx[j];
+    })
 }
 S_TASK(s_bwd_sums)
 
@@ -393,44 +416,42 @@ S_BODY void s_bwd_dx(void *vctx, size_t t)
 {
     const s_bn *b = vctx;
     const int64_t c = b->d->c;
-    int64_t j0, nb, r0, r1;
-    s_task(b, t, &j0, &nb, &r0, &r1);
+    int64_t r0, r1;
+    s_slice(b, t, &r0, &r1);
     const float *gsrc = b->dz ? b->dz : b->dy;
     const float *dy2 = b->dz ? NULL : b->dy2, *yin = b->dz ? NULL : b->yin;
     const int relu = b->relu && !b->dz;
-    double mu[S_CB], k1[S_CB], k2[S_CB], mdy[S_CB];
-    for (int64_t j = 0; j < nb; j++) {
-        mu[j] = b->mean_in[j0 + j], k1[j] = b->a[j0 + j], mdy[j] = b->sh[j0 + j];
-        k2[j] = b->mu[j0 + j];
-    }
-    if (nb == S_CB) {
-        s_v4d vm[S_NV], v1[S_NV], v2[S_NV], vd[S_NV];
-        for (int u = 0; u < S_NV; u++)
-            vm[u] = s_ldd(mu + 4 * u), v1[u] = s_ldd(k1 + 4 * u), v2[u] = s_ldd(k2 + 4 * u),
-            vd[u] = s_ldd(mdy + 4 * u);
-        for (int64_t i = r0; i < r1; i++) {
-            const size_t o = (size_t)(i * c + j0);
-            for (int u = 0; u < S_NV; u++) {
-                s_v4f gf = s_ldf(gsrc + o + 4 * u);
-                if (dy2) gf += s_ldf(dy2 + o + 4 * u);
-                if (relu) gf = s_mask4(gf, s_ldf(yin + o + 4 * u));
-                s_v4d g = __builtin_convertvector(gf, s_v4d);
-                s_st(b->dx + o + 4 * u,
-                     v1[u] * (g - vd[u] - (s_ld(b->x + o + 4 * u) - vm[u]) * v2[u]));
+    S_SWEEP(b, r0, r1, {
+        const double *mu = b->mean_d + j0, *k1 = b->a + j0, *mdy = b->sh + j0, *k2 = b->mu + j0;
+        if (nb == S_CB) {
+            s_v4d vm[S_NV], v1[S_NV], v2[S_NV], vd[S_NV];
+            for (int u = 0; u < S_NV; u++)
+                vm[u] = s_ldd(mu + 4 * u), v1[u] = s_ldd(k1 + 4 * u), v2[u] = s_ldd(k2 + 4 * u),
+                vd[u] = s_ldd(mdy + 4 * u);
+            for (int64_t i = q0; i < q1; i++) {
+                const size_t o = (size_t)(i * c + j0);
+                for (int u = 0; u < S_NV; u++) {
+                    s_v4f gf = s_ldf(gsrc + o + 4 * u);
+                    if (dy2) gf += s_ldf(dy2 + o + 4 * u);
+                    if (relu) gf = s_mask4(gf, s_ldf(yin + o + 4 * u));
+                    s_v4d g = __builtin_convertvector(gf, s_v4d);
+                    s_st(b->dx + o + 4 * u,
+                         v1[u] * (g - vd[u] - (s_ld(b->x + o + 4 * u) - vm[u]) * v2[u]));
+                }
+            }
+        } else {
+            for (int64_t i = q0; i < q1; i++) {
+                const size_t o = (size_t)(i * c + j0);
+                for (int64_t j = 0; j < nb; j++) {
+                    float gf = gsrc[o + j];
+                    if (dy2) gf += dy2[o + j];
+                    if (relu) gf = yin[o + j] > 0.0f ? gf : 0.0f;
+                    b->dx[o + j] = (float)(k1[j] * ((double)gf - mdy[j] -
+                                                    ((double)b->x[o + j] - mu[j]) * k2[j]));
+                }
             }
         }
-        return;
-    }
-    for (int64_t i = r0; i < r1; i++) {
-        const size_t o = (size_t)(i * c + j0);
-        for (int64_t j = 0; j < nb; j++) {
-            float gf = gsrc[o + j];
-            if (dy2) gf += dy2[o + j];
-            if (relu) gf = yin[o + j] > 0.0f ? gf : 0.0f;
-            b->dx[o + j] =
-                (float)(k1[j] * ((double)gf - mdy[j] - ((double)b->x[o + j] - mu[j]) * k2[j]));
-        }
-    }
+    })
 }
 S_TASK(s_bwd_dx)
 
@@ -439,7 +460,8 @@ static eq_status s_bwd(eq_cpu *cpu, s_bn *b, const char *op, eq_err *err)
     eq_status st = s_bn_ws(cpu, b, op, err);
     if (st != EQ_OK) return st;
     const int64_t m = b->d->m, c = b->d->c;
-    const size_t ntask = s_nblocks(c) * (size_t)b->nsl;
+    const size_t ntask = (size_t)b->nsl;
+    for (int64_t ch = 0; ch < c; ch++) b->mean_d[ch] = b->mean_in[ch];
     eq_cpu_for(cpu, ntask, S_PICK(s_bwd_sums), b);
     /* b->sh = sum g, b->mu = sum g*(x-mu), then turned into mean(g), k2 */
     s_reduce(b, b->p1, b->sh);
