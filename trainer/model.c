@@ -795,27 +795,16 @@ static eq_status s_zir_init(eq_backend *be, eq_layers *g, int bottleneck, size_t
     return EQ_OK;
 }
 
-/* The node whose backward writes tensor i's gradient, -1 if the layers do
- * not say (then every gradient is reported at the end of the backward). */
-static int s_tensor_node(const eq_layers *g, size_t i)
-{
-#ifdef EQ_LAYERS_GRAD_HOOK
-    return eq_layers_tensor_node(g, i);
-#else
-    (void)g, (void)i;
-    return -1;
-#endif
-}
-
-/* m->gorder: the tensors with a gradient by node, the last node first (the
- * backward's order), within a node by decreasing index; those of no known
- * node last, also by decreasing index.  m->grange: each node's range. */
+/* m->gorder: the tensors with a gradient by the node whose backward
+ * writes it (eq_layers_tensor_node), the last node first (the backward's
+ * order), within a node by decreasing index; any of no node last, also by
+ * decreasing index.  m->grange: each node's range. */
 static eq_status s_grad_order(eq_model *m, eq_err *err)
 {
     size_t nt = eq_layers_tensor_count(m->g);
     int nn = 0;
     for (size_t i = 0; i < nt; i++) {
-        int k = s_tensor_node(m->g, i);
+        int k = eq_layers_tensor_node(m->g, i);
         if (eq_layers_tensor_at(m->g, i)->grad && k + 1 > nn) nn = k + 1;
     }
     m->nnodes = nn;
@@ -824,7 +813,7 @@ static eq_status s_grad_order(eq_model *m, eq_err *err)
     m->gdone = eq_calloc_array(nt ? nt : 1, 1);
     if (!m->gorder || !m->grange || !m->gdone) return eq_err_set(err, EQ_ERR_NOMEM, "model: out of memory");
     for (size_t i = 0; i < nt; i++) { /* count per node */
-        int k = s_tensor_node(m->g, i);
+        int k = eq_layers_tensor_node(m->g, i);
         if (eq_layers_tensor_at(m->g, i)->grad && k >= 0) m->grange[2 * k + 1]++;
     }
     size_t pos = 0;
@@ -835,7 +824,7 @@ static eq_status s_grad_order(eq_model *m, eq_err *err)
     }
     for (size_t i = nt; i-- > 0;) {
         if (!eq_layers_tensor_at(m->g, i)->grad) continue;
-        int k = s_tensor_node(m->g, i);
+        int k = eq_layers_tensor_node(m->g, i);
         m->gorder[k >= 0 ? m->grange[2 * k + 1]++ : pos++] = i;
     }
     m->ng = pos;
@@ -1053,7 +1042,6 @@ eq_status eq_model_backward(eq_model *m, const float *dlogits, eq_err *err)
     return st;
 }
 
-#ifdef EQ_LAYERS_GRAD_HOOK
 /* eq_layers_grad_fn: node `node` finished; report its tensors. */
 static void s_node_done(void *arg, int node)
 {
@@ -1064,16 +1052,13 @@ static void s_node_done(void *arg, int node)
         m->grad_fn(m->grad_arg, m->gorder[j]);
     }
 }
-#endif
 
 void eq_model_set_grad_hook(eq_model *m, eq_model_grad_fn *fn, void *arg)
 {
     if (!m) return;
     m->grad_fn = fn;
     m->grad_arg = arg;
-#ifdef EQ_LAYERS_GRAD_HOOK
     eq_layers_set_grad_hook(m->g, fn ? s_node_done : NULL, m);
-#endif
 }
 
 size_t eq_model_grad_order(const eq_model *m, size_t *order, size_t cap)
