@@ -149,7 +149,6 @@ double eq_layers_quant_aux_loss(const eq_layers *g);
  * written the gradients of its tensors (those with eq_layers_tensor_node
  * == node), nodes in decreasing order; a node that does not reach the
  * output, or one whose backward failed, is not reported.  fn NULL: none. */
-#define EQ_LAYERS_GRAD_HOOK 1
 typedef void eq_layers_grad_fn(void *arg, int node);
 void eq_layers_set_grad_hook(eq_layers *g, eq_layers_grad_fn *fn, void *arg);
 /* The node whose backward writes tensor i's gradient: the node that
