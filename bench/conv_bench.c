@@ -8,7 +8,10 @@
  *
  * Layers are those of torchvision's resnet18 at batch 16, 224x224, and the
  * three 3x3 shapes of CIFAR ResNet-20 at batch 128 (r20.layer1..3: 16, 32
- * and 64 channels on 32x32, 16x16 and 8x8).  The CPU backend runs every
+ * and 64 channels on 32x32, 16x16 and 8x8) and its stride-2 3x3s and 1x1
+ * downsampling convs (r20.layer2.0.*, r20.layer3.0.*).  --layer takes a
+ * name, "all", or the part of names before a dot: "r20" runs
+ * every r20.* layer, "r20.layer2" r20.layer2 and r20.layer2.0.*.  The CPU backend runs every
  * stride-1 3x3 here (up to 512 channels) with its direct kernels, the
  * rest with im2col + SGEMM.  Times are the best of N iterations after one
  * warm-up (the least disturbed run on a shared machine), for both sides;
@@ -49,6 +52,10 @@ static const layer LAYERS[] = {
     {"r20.layer1", 128, 32, 32, 16, 16, 3, 1, 1},
     {"r20.layer2", 128, 16, 16, 32, 32, 3, 1, 1},
     {"r20.layer3", 128, 8, 8, 64, 64, 3, 1, 1},
+    {"r20.layer2.0.conv1", 128, 32, 32, 16, 32, 3, 2, 1},
+    {"r20.layer2.0.downsample", 128, 32, 32, 16, 32, 1, 2, 0},
+    {"r20.layer3.0.conv1", 128, 16, 16, 32, 64, 3, 2, 1},
+    {"r20.layer3.0.downsample", 128, 16, 16, 32, 64, 1, 2, 0},
 };
 #define NLAYERS (sizeof LAYERS / sizeof LAYERS[0])
 
@@ -230,7 +237,8 @@ int main(int argc, char **argv)
     }
     int found = 0, rc = 0;
     for (size_t i = 0; i < NLAYERS; i++)
-        if (!strcmp(only, "all") || !strcmp(only, LAYERS[i].name)) {
+        if (!strcmp(only, "all") || !strcmp(only, LAYERS[i].name) ||
+            (!strncmp(only, LAYERS[i].name, strlen(only)) && LAYERS[i].name[strlen(only)] == '.')) {
             found = 1;
             rc |= s_bench(&LAYERS[i], threads, iters, torch, python, script);
         }

@@ -1,6 +1,6 @@
 /*
  * tests/check_backend_direct.c -- the CPU backend's direct convolution
- * kernels (trainer/cpu/conv_direct.h) for thin stride-1 layers.
+ * kernels (trainer/cpu/conv_direct.h) for stride-1 and stride-2 layers.
  *
  * 1. Against the im2col + SGEMM path (eq_cpu_conv2d_gemm_*) and a naive
  *    double-precision convolution written here, on random shapes (odd
@@ -135,8 +135,8 @@ static void s_free3(float *o[3])
     for (int i = 0; i < 3; i++) free(o[i]);
 }
 
-/* Naive double-precision y, dx, dw (stride 1, dilation 1, one group),
- * rounded to float. */
+/* Naive double-precision y, dx, dw (dilation 1, one group), rounded to
+ * float. */
 static void s_naive(const eq_conv2d_desc *d, const bufs *b, float *out[3])
 {
     double *ry = calloc(b->ny, 8), *rdx = calloc(b->nx, 8), *rdw = calloc(b->nw, 8);
@@ -146,7 +146,8 @@ static void s_naive(const eq_conv2d_desc *d, const bufs *b, float *out[3])
             for (int64_t q = 0; q < d->q; q++)
                 for (int64_t r = 0; r < R; r++)
                     for (int64_t s = 0; s < S; s++) {
-                        int64_t ih = p - d->pad_h + r, iw = q - d->pad_w + s;
+                        int64_t ih = p * d->stride_h - d->pad_h + r;
+                        int64_t iw = q * d->stride_w - d->pad_w + s;
                         if (ih < 0 || ih >= H || iw < 0 || iw >= W) continue;
                         size_t xo = (size_t)(((n * H + ih) * W + iw) * C);
                         for (int64_t k = 0; k < K; k++) {
@@ -179,8 +180,10 @@ static eq_conv2d_desc s_shape(int i)
     eq_conv2d_desc d;
     eq_err err = {0};
     for (;;) {
-        d = (eq_conv2d_desc){.n = s_uniform(1, 3), .stride_h = 1, .stride_w = 1, .dil_h = 1,
-                             .dil_w = 1, .groups = 1};
+        /* every other shape stride 2 (on one axis or both) */
+        d = (eq_conv2d_desc){.n = s_uniform(1, 3), .stride_h = 1 + (i % 2 && s_next() % 3),
+                             .stride_w = 1 + (i % 2 && s_next() % 3), .dil_h = 1, .dil_w = 1,
+                             .groups = 1};
         d.r = s_uniform(1, i % 4 == 0 ? 5 : 3);
         d.s = s_uniform(1, i % 4 == 0 ? 5 : 3);
         d.pad_h = s_uniform(0, d.r - 1);
@@ -226,10 +229,11 @@ START_TEST(test_random_shapes)
         for (int o = 0; o < 3; o++) {
             char msg[256];
             snprintf(msg, sizeof msg,
-                     "%s of n%lld %lldx%lld c%lld k%lld %lldx%lld pad %lld,%lld (vs %%s)", what[o],
-                     (long long)d.n, (long long)d.h, (long long)d.w, (long long)d.c,
+                     "%s of n%lld %lldx%lld c%lld k%lld %lldx%lld pad %lld,%lld stride %lld,%lld "
+                     "(vs %%s)",
+                     what[o], (long long)d.n, (long long)d.h, (long long)d.w, (long long)d.c,
                      (long long)d.k, (long long)d.r, (long long)d.s, (long long)d.pad_h,
-                     (long long)d.pad_w);
+                     (long long)d.pad_w, (long long)d.stride_h, (long long)d.stride_w);
             char m1[300], m2[300];
             snprintf(m1, sizeof m1, msg, "im2col");
             snprintf(m2, sizeof m2, msg, "naive");
@@ -251,17 +255,20 @@ END_TEST
  * threads, through the backend's members and the direct calls alike. */
 START_TEST(test_threads_bitwise)
 {
-    static const int64_t shapes[][7] = {
-        /* n, h, w, c, k, r, pad */
-        {3, 32, 32, 16, 16, 3, 1}, {2, 16, 16, 32, 32, 3, 1}, {3, 8, 8, 64, 64, 3, 1},
-        {2, 11, 7, 3, 16, 3, 1},   {3, 9, 13, 20, 13, 5, 2},  {1, 5, 6, 7, 9, 2, 0},
+    static const int64_t shapes[][8] = {
+        /* n, h, w, c, k, r, pad, stride */
+        {3, 32, 32, 16, 16, 3, 1, 1}, {2, 16, 16, 32, 32, 3, 1, 1}, {3, 8, 8, 64, 64, 3, 1, 1},
+        {2, 11, 7, 3, 16, 3, 1, 1},   {3, 9, 13, 20, 13, 5, 2, 1},  {1, 5, 6, 7, 9, 2, 0, 1},
         /* wide: blocked forward chains (whole taps, per-tap slices) */
-        {2, 7, 7, 130, 40, 3, 1},  {1, 6, 6, 200, 96, 3, 1},  {1, 5, 5, 48, 24, 5, 2},
+        {2, 7, 7, 130, 40, 3, 1, 1},  {1, 6, 6, 200, 96, 3, 1, 1},  {1, 5, 5, 48, 24, 5, 2, 1},
+        /* stride 2: ResNet-20's downsampling 3x3s, odd sizes, blocked chains */
+        {3, 32, 32, 16, 32, 3, 1, 2}, {2, 16, 16, 32, 64, 3, 1, 2}, {2, 9, 11, 5, 7, 3, 1, 2},
+        {1, 12, 12, 64, 40, 3, 1, 2}, {2, 8, 7, 6, 5, 2, 1, 2},
     };
     for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
         const int64_t *t = shapes[si];
         eq_conv2d_desc d = {.n = t[0], .h = t[1], .w = t[2], .c = t[3], .k = t[4], .r = t[5],
-                            .s = t[5], .stride_h = 1, .stride_w = 1, .pad_h = t[6],
+                            .s = t[5], .stride_h = t[7], .stride_w = t[7], .pad_h = t[6],
                             .pad_w = t[6], .dil_h = 1, .dil_w = 1, .groups = 1};
         eq_err err = {0};
         OK(eq_conv2d_desc_init(&d, &err));
@@ -310,10 +317,10 @@ START_TEST(test_selection)
         const char *what;
         eq_conv2d_desc d;
     } no[] = {
-        {"stride 2", base}, {"groups 2", base}, {"dilation 2", base}, {"1x1", base},
+        {"stride 3", base}, {"groups 2", base}, {"dilation 2", base}, {"1x1", base},
         {"pad = kernel", base}, {"c too wide", base}, {"k too wide", base},
     };
-    no[0].d.stride_h = 2;
+    no[0].d.stride_h = 3;
     no[1].d.groups = 2;
     no[2].d.dil_w = 2;
     no[3].d.r = no[3].d.s = 1, no[3].d.pad_h = no[3].d.pad_w = 0;
@@ -324,6 +331,17 @@ START_TEST(test_selection)
         OK(eq_conv2d_desc_init(&no[i].d, &err));
         ck_assert_msg(!eq_cpu_conv_direct_ok(&no[i].d), "%s: taken", no[i].what);
     }
+    /* stride 2 is taken, on either axis, up to EQ_CPU_DIRECT_MAX_S2 channels */
+    d = base;
+    d.stride_w = 2;
+    OK(eq_conv2d_desc_init(&d, &err));
+    ck_assert(eq_cpu_conv_direct_ok(&d));
+    d.k = EQ_CPU_DIRECT_MAX_S2 + 1;
+    OK(eq_conv2d_desc_init(&d, &err));
+    ck_assert_msg(!eq_cpu_conv_direct_ok(&d), "stride 2, k too wide: taken");
+    d.k = base.k, d.r = d.s = 5, d.pad_h = d.pad_w = 2;
+    OK(eq_conv2d_desc_init(&d, &err));
+    ck_assert_msg(!eq_cpu_conv_direct_ok(&d), "stride 2, 5x5: taken");
     /* 1xS and Rx1 kernels are taken (not 1x1) */
     d = base;
     d.r = 1, d.pad_h = 0;

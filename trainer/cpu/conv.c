@@ -1,7 +1,8 @@
 /*
  * trainer/cpu/conv.c -- 2-D convolution, NHWC activations, OIHW weights,
  * as im2col + SGEMM (OpenBLAS).  Stride-1 layers (one group, C and K
- * <= 512, not 1x1: CIFAR and ImageNet ResNets' 3x3s) run the direct kernels of
+ * <= 512, not 1x1: CIFAR and ImageNet ResNets' 3x3s) and stride-2 ones up
+ * to 3x3 and 64 channels (CIFAR ResNet's downsampling 3x3s) run the direct kernels of
  * conv_direct.c instead (eq_cpu_conv_direct_ok decides; the members at the
  * end of this file dispatch); eq_cpu_conv2d_gemm_* stay callable for every
  * shape, as the reference the direct kernels are tested against.
@@ -472,7 +473,7 @@ eq_status eq_cpu_conv2d_gemm_bwd_filter(eq_cpu *cpu, const eq_conv2d_desc *d, co
     return EQ_OK;
 }
 
-/* ---- the backend's members: direct kernels for thin stride-1 layers ----- */
+/* ---- the backend's members: direct kernels where they apply ------------ */
 
 eq_status eq_cpu_conv2d_fwd(void *ctx, const eq_conv2d_desc *d, const float *x, const float *w,
                             float *y, eq_err *err)

@@ -28,6 +28,8 @@
 #endif
 
 #define S_KB 16                        /* output channels per register block */
+#define S_MAXTAP 64                    /* taps of one job (R*S of a direct conv) */
+#define S_MAXJOB 4                     /* jobs of one run (stride-2 backward data: 4 phases) */
 #define S_NQ 6                         /* forward: pixels per AVX2 register block */
 #define S_NQ512 12                     /* forward: pixels per AVX-512 register block */
 #define S_NC 6                         /* filter: input channels per AVX2 register block */
@@ -54,10 +56,13 @@ static size_t s_round16(size_t n)
 
 int eq_cpu_conv_direct_ok(const eq_conv2d_desc *d)
 {
-    return d->groups == 1 && d->stride_h == 1 && d->stride_w == 1 && d->dil_h == 1 &&
-           d->dil_w == 1 && d->pad_h <= d->r - 1 && d->pad_w <= d->s - 1 &&
-           !(d->r == 1 && d->s == 1) && d->c <= EQ_CPU_DIRECT_MAX_C &&
-           d->k <= EQ_CPU_DIRECT_MAX_K;
+    return d->groups == 1 && d->stride_h >= 1 && d->stride_h <= 2 && d->stride_w >= 1 &&
+           d->stride_w <= 2 && d->dil_h == 1 && d->dil_w == 1 && d->pad_h <= d->r - 1 &&
+           d->pad_w <= d->s - 1 && !(d->r == 1 && d->s == 1) && d->r * d->s <= S_MAXTAP &&
+           d->c <= EQ_CPU_DIRECT_MAX_C && d->k <= EQ_CPU_DIRECT_MAX_K &&
+           (d->stride_h * d->stride_w == 1 ||
+            (d->c <= EQ_CPU_DIRECT_MAX_S2 && d->k <= EQ_CPU_DIRECT_MAX_S2 && d->r <= 3 &&
+             d->s <= 3));
 }
 
 /* Which kernels run: 0 generic, 1 AVX2+FMA, 2 AVX-512: the widest the CPU
@@ -82,67 +87,97 @@ static int s_isa(int kernels)
 
 /* ---- forward (and backward data) ----------------------------------------- */
 
-typedef struct s_fwd {
-    const float *x; /* [N][H][W][C] */
-    const float *wp;
-    float *xp, *y;  /* y: [N][P][Q][K] */
-    int64_t h, w, c, k, r, s, ph, pw, hp, wp_, p, q;
-    int64_t nkb, rt, tpi; /* k blocks, output rows per task, tasks per image */
-    /* Each output's sum of R*S*C terms runs as nblk FMA chains, each from
-     * zero, added in order to the running total: one chain when R*S*C <=
+/* A job: one convolution over the padded tile's flat pixel grid.  The
+ * forward is one job; the backward data of a stride-2 convolution is one
+ * job per phase of dx (rows and columns of one parity each), each a
+ * stride-1 convolution of the padded dy with the taps of that phase. */
+typedef struct s_job {
+    const float *wp;        /* weight panels [KB][ntap][C][16] */
+    int64_t ntap;           /* taps, in chain order (0: the outputs are zero) */
+    int64_t toff[S_MAXTAP]; /* tap t of flat pixel j reads the padded image at j*C + toff[t] */
+    /* Each output's sum of ntap*C terms runs as nblk FMA chains, each from
+     * zero, added in order to the running total: one chain when ntap*C <=
      * S_CHAIN1 (CIFAR ResNet's 3x3s up to 64 channels), else chains of at
      * most S_CHAIN terms: blocks of tpb whole taps (C <= S_CHAIN) or one
      * tap's cpb-channel slices.  One chain of 4608 terms (3x3, 512
      * channels) has ~4x the error vs float64 of im2col + OpenBLAS (whose
      * K blocks are short chains added to C); chains of 64 terms have less. */
     int64_t tpb, cpb, nblk;
+    int64_t p, q;           /* output grid: p rows of q pixels (flat row width: s_fwd's wh) */
+    int64_t y0, yp, yq;     /* grid pixel (i, j) is output element y0 + i*yp + j*yq of an image */
+    int64_t rt, tpi;        /* grid rows per task, tasks per image */
+} s_job;
+
+typedef struct s_fwd {
+    const float *x;       /* [N][H][W][C] */
+    float *xp, *y;        /* xp: a tile of padded images; y: [N][..][K] */
+    int64_t h, w, c, k, nkb;
+    /* Padded image: the input with plh zero rows above and plw zero
+     * columns left (and zeros below and right), split into nph x npw
+     * phase images of hh x wh pixels, phase (a, b) holding padded pixels
+     * (i*sh + a, j*sw + b): a stride-sh convolution's tap (r, s) is then
+     * a stride-1 tap of phase (r % sh, s % sw).  Stride 1: one phase. */
+    int64_t plh, plw, sh, sw, nph, npw, hh, wh;
+    int64_t img, yimg;    /* floats per padded image (all phases), per output image */
+    int64_t njob, tpimg;  /* jobs, tasks per image (all jobs) */
+    s_job job[S_MAXJOB];
     int64_t n0;           /* first image of the tile */
     int isa;              /* s_isa() */
 } s_fwd;
 
-/* Padded copy of image n0 + i into tile slot i. */
+/* Padded copy of image n0 + i into tile slot i, phase by phase. */
 static void s_pad_image(void *vctx, size_t i)
 {
     const s_fwd *f = vctx;
-    const int64_t C = f->c, rowf = f->wp_ * C;
+    const int64_t C = f->c, rowf = f->wh * C;
     const float *src = f->x + (f->n0 + (int64_t)i) * f->h * f->w * C;
-    float *dst = f->xp + (int64_t)i * f->hp * rowf;
-    for (int64_t hp = 0; hp < f->hp; hp++, dst += rowf) {
-        int64_t ih = hp - f->ph;
-        if (ih < 0 || ih >= f->h) {
-            memset(dst, 0, (size_t)rowf * sizeof *dst);
-            continue;
-        }
-        memset(dst, 0, (size_t)(f->pw * C) * sizeof *dst);
-        memcpy(dst + f->pw * C, src + ih * f->w * C, (size_t)(f->w * C) * sizeof *dst);
-        memset(dst + (f->pw + f->w) * C, 0, (size_t)((f->wp_ - f->pw - f->w) * C) * sizeof *dst);
-    }
+    float *dst = f->xp + (int64_t)i * f->img;
+    for (int64_t a = 0; a < f->nph; a++)
+        for (int64_t b = 0; b < f->npw; b++)
+            for (int64_t ii = 0; ii < f->hh; ii++, dst += rowf) {
+                const int64_t ih = ii * f->sh + a - f->plh;
+                if (ih < 0 || ih >= f->h) {
+                    memset(dst, 0, (size_t)rowf * sizeof *dst);
+                    continue;
+                }
+                const float *srow = src + ih * f->w * C;
+                if (f->sw == 1) { /* plw zeros, the row, zeros */
+                    memset(dst, 0, (size_t)(f->plw * C) * sizeof *dst);
+                    memcpy(dst + f->plw * C, srow, (size_t)(f->w * C) * sizeof *dst);
+                    memset(dst + (f->plw + f->w) * C, 0,
+                           (size_t)((f->wh - f->plw - f->w) * C) * sizeof *dst);
+                    continue;
+                }
+                for (int64_t jj = 0; jj < f->wh; jj++) {
+                    const int64_t iw = jj * f->sw + b - f->plw;
+                    if (iw < 0 || iw >= f->w) memset(dst + jj * C, 0, (size_t)C * sizeof *dst);
+                    else memcpy(dst + jj * C, srow + iw * C, (size_t)C * sizeof *dst);
+                }
+            }
 }
 
 /* dst[t][0..kr) = sum over (r, s, c) of xb[(r*Wp + s + t)*C + c] * panel:
  * per block (s_fwd's tpb, cpb) one fmaf chain in (r, s, c) order from
  * zero, the blocks' sums added in order to a total from zero (one block:
  * the chain is the sum); dst[t] NULL: skipped. */
-static void s_fwd_block_generic(const s_fwd *f, const float *xb, const float *wpk,
-                                float *const dst[S_NQ512], int kr)
+static void s_fwd_block_generic(const s_fwd *f, const s_job *jb, const float *xb,
+                                const float *wpk, float *const dst[S_NQ512], int kr)
 {
-    const int64_t C = f->c, RS = f->r * f->s;
+    const int64_t C = f->c, RS = jb->ntap;
     for (int t = 0; t < S_NQ; t++) {
         if (!dst[t]) continue;
         for (int j = 0; j < kr; j++) {
             float tot = 0.0f;
-            for (int64_t t0 = 0; t0 < RS; t0 += f->tpb)
-                for (int64_t c0 = 0; c0 < C; c0 += f->cpb) {
-                    const int64_t t1 = s_min(RS, t0 + f->tpb), c1 = s_min(C, c0 + f->cpb);
+            for (int64_t t0 = 0; t0 < RS; t0 += jb->tpb)
+                for (int64_t c0 = 0; c0 < C; c0 += jb->cpb) {
+                    const int64_t t1 = s_min(RS, t0 + jb->tpb), c1 = s_min(C, c0 + jb->cpb);
                     float acc = 0.0f;
-                    /* taps in (r, s) order, stepped without a division per tap */
-                    for (int64_t tap = t0, r = t0 / f->s, s = t0 % f->s; tap < t1;
-                         tap++, s = s + 1 < f->s ? s + 1 : 0, r += s == 0) {
-                        const float *xs = xb + ((r * f->wp_ + s) + t) * C;
+                    for (int64_t tap = t0; tap < t1; tap++) {
+                        const float *xs = xb + jb->toff[tap] + t * C;
                         const float *ws = wpk + tap * C * S_KB + j;
                         for (int64_t c = c0; c < c1; c++) acc = fmaf(xs[c], ws[c * S_KB], acc);
                     }
-                    tot = f->nblk == 1 ? acc : tot + acc;
+                    tot = jb->nblk == 1 ? acc : tot + acc;
                 }
             dst[t][j] = tot;
         }
@@ -180,23 +215,22 @@ S_TGT S_INLINE void s_store16(float *dst, __m256 lo, __m256 hi, int kr)
 /* The same sums as s_fwd_block_generic: 6 pixels x 16 channels in 12
  * accumulators, one FMA per (r, s, c) each, the blocks' chains folded into
  * the totals in the same order. */
-S_TGT S_INLINE void s_fwd_block_avx2_b(const s_fwd *f, const float *xb, const float *wpk,
-                                        float *const dst[S_NQ], int kr, const int BLOCKED)
+S_TGT S_INLINE void s_fwd_block_avx2_b(const s_fwd *f, const s_job *jb, const float *xb,
+                                        const float *wpk, float *const dst[S_NQ], int kr,
+                                        const int BLOCKED)
 {
-    const int64_t C = f->c, RS = f->r * f->s;
+    const int64_t C = f->c, RS = jb->ntap;
     float tot[S_NQ][S_KB] __attribute__((aligned(32)));
     if (BLOCKED) memset(tot, 0, sizeof tot);
     __m256 a00 = _mm256_setzero_ps(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00;
     __m256 a30 = a00, a31 = a00, a40 = a00, a41 = a00, a50 = a00, a51 = a00;
     int64_t blk = 0;
-    const int64_t tpb = BLOCKED ? f->tpb : RS, cpb = BLOCKED ? f->cpb : C;
+    const int64_t tpb = BLOCKED ? jb->tpb : RS, cpb = BLOCKED ? jb->cpb : C;
     for (int64_t t0 = 0; t0 < RS; t0 += tpb)
         for (int64_t c0 = 0; c0 < C; c0 += cpb, blk++) {
             const int64_t t1 = s_min(RS, t0 + tpb), c1 = s_min(C, c0 + cpb);
-            /* taps in (r, s) order, stepped without a division per tap */
-            for (int64_t tap = t0, r = t0 / f->s, s = t0 % f->s; tap < t1;
-                 tap++, s = s + 1 < f->s ? s + 1 : 0, r += s == 0) {
-                const float *xs = xb + (r * f->wp_ + s) * C;
+            for (int64_t tap = t0; tap < t1; tap++) {
+                const float *xs = xb + jb->toff[tap];
                 const float *ws = wpk + tap * C * S_KB;
                 const float *x0 = xs, *x1 = xs + C, *x2 = xs + 2 * C, *x3 = xs + 3 * C;
                 const float *x4 = xs + 4 * C, *x5 = xs + 5 * C;
@@ -216,7 +250,7 @@ S_TGT S_INLINE void s_fwd_block_avx2_b(const s_fwd *f, const float *xb, const fl
                     a50 = _mm256_fmadd_ps(b, w0, a50), a51 = _mm256_fmadd_ps(b, w1, a51);
                 }
             }
-            const int last = !BLOCKED || blk == f->nblk - 1;
+            const int last = !BLOCKED || blk == jb->nblk - 1;
             S_FOLD2(0); S_FOLD2(1); S_FOLD2(2); S_FOLD2(3); S_FOLD2(4); S_FOLD2(5);
         }
     if (dst[0]) s_store16(dst[0], a00, a01, kr);
@@ -229,11 +263,11 @@ S_TGT S_INLINE void s_fwd_block_avx2_b(const s_fwd *f, const float *xb, const fl
 
 /* One chain (nblk 1, the thin layers) compiled apart: the blocked loop's
  * bookkeeping cost ~10 % on 16-channel layers. */
-S_TGT static void s_fwd_block_avx2(const s_fwd *f, const float *xb, const float *wpk,
-                                   float *const dst[S_NQ], int kr)
+S_TGT static void s_fwd_block_avx2(const s_fwd *f, const s_job *jb, const float *xb,
+                                   const float *wpk, float *const dst[S_NQ], int kr)
 {
-    if (f->nblk == 1) s_fwd_block_avx2_b(f, xb, wpk, dst, kr, 0);
-    else s_fwd_block_avx2_b(f, xb, wpk, dst, kr, 1);
+    if (jb->nblk == 1) s_fwd_block_avx2_b(f, jb, xb, wpk, dst, kr, 0);
+    else s_fwd_block_avx2_b(f, jb, xb, wpk, dst, kr, 1);
 }
 
 /* AVX-512: 12 pixels x 16 output channels (KB2 = 0) or 32 (KB2 = 1: two
@@ -265,24 +299,22 @@ S_TGT static void s_fwd_block_avx2(const s_fwd *f, const float *xb, const float 
         else _mm512_mask_storeu_ps(dst[t] + S_KB, (__mmask16)((1u << (kr - S_KB)) - 1), b##t); \
     } while (0)
 
-S_TGT512 S_INLINE void s_fwd_block512_kb(const s_fwd *f, const float *xb, const float *wpk,
-                                         float *const dst[S_NQ512], int kr, const int KB2,
-                                         const int BLOCKED)
+S_TGT512 S_INLINE void s_fwd_block512_kb(const s_fwd *f, const s_job *jb, const float *xb,
+                                         const float *wpk, float *const dst[S_NQ512], int kr,
+                                         const int KB2, const int BLOCKED)
 {
-    const int64_t C = f->c, RS = f->r * f->s, panel = RS * C * S_KB;
+    const int64_t C = f->c, RS = jb->ntap, panel = RS * C * S_KB;
     float tot[S_NQ512][2 * S_KB] __attribute__((aligned(64)));
     if (BLOCKED) memset(tot, 0, sizeof tot);
     S_A512(0); S_A512(1); S_A512(2); S_A512(3); S_A512(4); S_A512(5);
     S_A512(6); S_A512(7); S_A512(8); S_A512(9); S_A512(10); S_A512(11);
     int64_t blk = 0;
-    const int64_t tpb = BLOCKED ? f->tpb : RS, cpb = BLOCKED ? f->cpb : C;
+    const int64_t tpb = BLOCKED ? jb->tpb : RS, cpb = BLOCKED ? jb->cpb : C;
     for (int64_t t0 = 0; t0 < RS; t0 += tpb)
         for (int64_t c0 = 0; c0 < C; c0 += cpb, blk++) {
             const int64_t t1 = s_min(RS, t0 + tpb), c1 = s_min(C, c0 + cpb);
-            /* taps in (r, s) order, stepped without a division per tap */
-            for (int64_t tap = t0, r = t0 / f->s, s = t0 % f->s; tap < t1;
-                 tap++, s = s + 1 < f->s ? s + 1 : 0, r += s == 0) {
-                const float *xs = xb + (r * f->wp_ + s) * C;
+            for (int64_t tap = t0; tap < t1; tap++) {
+                const float *xs = xb + jb->toff[tap];
                 const float *ws = wpk + tap * C * S_KB;
                 for (int64_t c = c0; c < c1; c++) {
                     __m512 w0 = _mm512_loadu_ps(ws + c * S_KB);
@@ -291,7 +323,7 @@ S_TGT512 S_INLINE void s_fwd_block512_kb(const s_fwd *f, const float *xb, const 
                     S_F512(6); S_F512(7); S_F512(8); S_F512(9); S_F512(10); S_F512(11);
                 }
             }
-            const int last = !BLOCKED || blk == f->nblk - 1;
+            const int last = !BLOCKED || blk == jb->nblk - 1;
             S_FOLD512(0); S_FOLD512(1); S_FOLD512(2); S_FOLD512(3);
             S_FOLD512(4); S_FOLD512(5); S_FOLD512(6); S_FOLD512(7);
             S_FOLD512(8); S_FOLD512(9); S_FOLD512(10); S_FOLD512(11);
@@ -301,135 +333,219 @@ S_TGT512 S_INLINE void s_fwd_block512_kb(const s_fwd *f, const float *xb, const 
 }
 
 /* kr: channels left from this block's first (more than 16: two panels). */
-S_TGT512 static void s_fwd_block512(const s_fwd *f, const float *xb, const float *wpk,
-                                    float *const dst[S_NQ512], int kr)
+S_TGT512 static void s_fwd_block512(const s_fwd *f, const s_job *jb, const float *xb,
+                                    const float *wpk, float *const dst[S_NQ512], int kr)
 {
-    if (f->nblk == 1) { /* one chain (see s_fwd_block_avx2) */
-        if (kr > S_KB) s_fwd_block512_kb(f, xb, wpk, dst, kr, 1, 0);
-        else s_fwd_block512_kb(f, xb, wpk, dst, kr, 0, 0);
+    if (jb->nblk == 1) { /* one chain (see s_fwd_block_avx2) */
+        if (kr > S_KB) s_fwd_block512_kb(f, jb, xb, wpk, dst, kr, 1, 0);
+        else s_fwd_block512_kb(f, jb, xb, wpk, dst, kr, 0, 0);
     } else {
-        if (kr > S_KB) s_fwd_block512_kb(f, xb, wpk, dst, kr, 1, 1);
-        else s_fwd_block512_kb(f, xb, wpk, dst, kr, 0, 1);
+        if (kr > S_KB) s_fwd_block512_kb(f, jb, xb, wpk, dst, kr, 1, 1);
+        else s_fwd_block512_kb(f, jb, xb, wpk, dst, kr, 0, 1);
     }
 }
 #endif
 
-/* Task i: output rows [p0, p1) of tile image i / tpi, as blocks of 6
- * consecutive padded-flat pixels j = p*Wp + q (q >= Q: computed, dropped). */
+/* Task i: grid rows [p0, p1) of one job for tile image i / tpimg, as
+ * blocks of consecutive flat pixels j = p*wh + q (q >= the job's q:
+ * computed, dropped). */
 static void s_fwd_task(void *vctx, size_t i)
 {
     const s_fwd *f = vctx;
-    const int64_t img = (int64_t)i / f->tpi, g = (int64_t)i % f->tpi;
-    const int64_t p0 = g * f->rt, p1 = s_min(f->p, p0 + f->rt);
-    const int64_t j0 = p0 * f->wp_, jend = (p1 - 1) * f->wp_ + f->q;
-    const float *xi = f->xp + img * f->hp * f->wp_ * f->c;
-    float *yi = f->y + (f->n0 + img) * f->p * f->q * f->k;
-    const int64_t panel = f->r * f->s * f->c * S_KB;
+    const int64_t img = (int64_t)i / f->tpimg;
+    int64_t g = (int64_t)i % f->tpimg;
+    const s_job *jb = f->job;
+    while (g >= jb->tpi) g -= jb->tpi, jb++;
+    const int64_t p0 = g * jb->rt, p1 = s_min(jb->p, p0 + jb->rt), wh = f->wh;
+    const int64_t j0 = p0 * wh, jend = (p1 - 1) * wh + jb->q;
+    const float *xi = f->xp + img * f->img;
+    float *yi = f->y + (f->n0 + img) * f->yimg + jb->y0;
+    const int64_t panel = jb->ntap * f->c * S_KB;
     const int nq = f->isa == 2 ? S_NQ512 : S_NQ;
     /* AVX-512 takes two panels (32 channels) at a time while they last */
     const int64_t kstep = f->isa == 2 ? 2 : 1;
     for (int64_t kb = 0; kb < f->nkb; kb += kstep) {
-        const float *wpk = f->wp + kb * panel;
+        const float *wpk = jb->wp + kb * panel;
         const int kleft = (int)(f->k - kb * S_KB);
         const int kr = kleft < S_KB ? kleft : S_KB;
         for (int64_t j = j0; j < jend; j += nq) {
             float *dst[S_NQ512];
             for (int t = 0; t < nq; t++) {
-                int64_t jj = j + t, p = jj / f->wp_, q = jj - p * f->wp_;
-                dst[t] = jj < jend && q < f->q ? yi + (p * f->q + q) * f->k + kb * S_KB : NULL;
+                int64_t jj = j + t, p = jj / wh, q = jj - p * wh;
+                dst[t] = jj < jend && q < jb->q ? yi + p * jb->yp + q * jb->yq + kb * S_KB : NULL;
             }
 #if S_X86
             if (f->isa == 2) {
-                s_fwd_block512(f, xi + j * f->c, wpk, dst, kleft);
+                s_fwd_block512(f, jb, xi + j * f->c, wpk, dst, kleft);
                 continue;
             }
             if (f->isa == 1) {
-                s_fwd_block_avx2(f, xi + j * f->c, wpk, dst, kr);
+                s_fwd_block_avx2(f, jb, xi + j * f->c, wpk, dst, kr);
                 continue;
             }
 #endif
-            s_fwd_block_generic(f, xi + j * f->c, wpk, dst, kr);
+            s_fwd_block_generic(f, jb, xi + j * f->c, wpk, dst, kr);
         }
     }
 }
 
-/* y [N][P][Q][K] = conv(x [N][H][W][C]) with stride 1, padding (ph, pw) and
- * the R x S kernel w, which is OIHW [K][C][R][S] (flip 0) or, for the
- * backward data of a convolution with C and K swapped, that convolution's
- * OIHW weights [C][K][R][S] used flipped and transposed (flip 1). */
-static eq_status s_fwd_run(eq_cpu *cpu, const char *op, int64_t n, int64_t h, int64_t w,
-                           int64_t c, int64_t k, int64_t r, int64_t s, int64_t ph, int64_t pw,
-                           const float *x, const float *wt, int flip, float *y, int kernels,
-                           eq_err *err)
+/* The job's chain blocking (s_job) and task split, for ntap taps. */
+static void s_job_shape(const s_fwd *f, s_job *jb)
 {
-    s_fwd f = {.x = x, .y = y, .h = h, .w = w, .c = c, .k = k, .r = r, .s = s, .ph = ph,
-               .pw = pw, .hp = h + 2 * ph, .wp_ = w + 2 * pw, .isa = s_isa(kernels)};
-    f.p = f.hp - r + 1;
-    f.q = f.wp_ - s + 1;
-    f.nkb = (k + S_KB - 1) / S_KB;
-    if (r * s * c <= S_CHAIN1) {
-        f.cpb = c;
-        f.tpb = r * s;
+    const int64_t c = f->c, ntap = jb->ntap;
+    if (ntap * c <= S_CHAIN1) {
+        jb->cpb = c;
+        jb->tpb = ntap > 0 ? ntap : 1;
     } else if (c <= S_CHAIN) {
-        f.cpb = c;
-        f.tpb = S_CHAIN / c;
+        jb->cpb = c;
+        jb->tpb = S_CHAIN / c;
     } else { /* equal slices of at most S_CHAIN channels */
         int64_t ns = (c + S_CHAIN - 1) / S_CHAIN;
-        f.tpb = 1;
-        f.cpb = (c + ns - 1) / ns;
+        jb->tpb = 1;
+        jb->cpb = (c + ns - 1) / ns;
     }
-    f.nblk = (r * s + f.tpb - 1) / f.tpb * ((c + f.cpb - 1) / f.cpb);
-    f.rt = s_min(f.p, (S_FWD_PIX + f.wp_ - 1) / f.wp_);
-    f.tpi = (f.p + f.rt - 1) / f.rt;
-    const size_t img = (size_t)(f.hp * f.wp_ * c);
+    jb->nblk = ntap == 0 ? 1 : (ntap + jb->tpb - 1) / jb->tpb * ((c + jb->cpb - 1) / jb->cpb);
+    jb->rt = s_min(jb->p, (S_FWD_PIX + f->wh - 1) / f->wh);
+    jb->tpi = (jb->p + jb->rt - 1) / jb->rt;
+}
+
+/* Runs f's jobs (set up but for their panels, which are packed here from
+ * the OIHW weights: tap t of job j is weight tap wtap[j][t] (r*S + s),
+ * flip as s_fwd_run's) over the batch, tile by tile. */
+static eq_status s_fwd_exec(eq_cpu *cpu, s_fwd *f, int64_t n, const float *wt, int flip,
+                            const int64_t wtap[S_MAXJOB][S_MAXTAP], int64_t rs, const char *op,
+                            eq_err *err)
+{
+    const int64_t c = f->c, k = f->k;
+    f->nkb = (k + S_KB - 1) / S_KB;
+    f->tpimg = 0;
+    size_t nwp = 0;
+    for (int64_t j = 0; j < f->njob; j++) {
+        s_job_shape(f, &f->job[j]);
+        f->tpimg += f->job[j].tpi;
+        nwp += s_round16((size_t)(f->nkb * f->job[j].ntap * c * S_KB));
+    }
+    const size_t img = (size_t)f->img;
     int64_t tile = (int64_t)(S_TILE_BUDGET / (img * sizeof(float)));
     tile = tile < 1 ? 1 : s_min(tile, n);
-    const size_t npanel = (size_t)(r * s * c * S_KB);
-    const size_t nwp = s_round16((size_t)f.nkb * npanel);
     const size_t nxp = (size_t)tile * img + (size_t)(S_SLACK * c);
     float *ws = eq_cpu_workspace(cpu, (nwp + nxp) * sizeof(float), op, err);
     if (!ws) return EQ_ERR_NOMEM;
+    /* panels: wp[kb][t][c][jj] = weight of output channel kb*16 + jj */
+    memset(ws, 0, nwp * sizeof *ws);
     float *wp = ws;
-    f.wp = wp;
-    f.xp = ws + nwp;
-    /* panels: wp[kb][r][s][c][j] = weight of output channel kb*16 + j */
-    memset(wp, 0, (size_t)f.nkb * npanel * sizeof *wp);
-    const int64_t rs = r * s;
-    for (int64_t ko = 0; ko < k; ko++)
-        for (int64_t ci = 0; ci < c; ci++)
-            for (int64_t rr = 0; rr < r; rr++)
-                for (int64_t ss = 0; ss < s; ss++) {
-                    float v = flip ? wt[(ci * k + ko) * rs + (r - 1 - rr) * s + (s - 1 - ss)]
-                                   : wt[(ko * c + ci) * rs + rr * s + ss];
-                    wp[(ko / S_KB) * (int64_t)npanel + ((rr * s + ss) * c + ci) * S_KB +
-                       ko % S_KB] = v;
+    for (int64_t j = 0; j < f->njob; j++) {
+        s_job *jb = &f->job[j];
+        const int64_t npanel = jb->ntap * c * S_KB;
+        jb->wp = wp;
+        for (int64_t ko = 0; ko < k; ko++)
+            for (int64_t ci = 0; ci < c; ci++)
+                for (int64_t t = 0; t < jb->ntap; t++) {
+                    const int64_t tw = wtap[j][t];
+                    float v = flip ? wt[(ci * k + ko) * rs + tw] : wt[(ko * c + ci) * rs + tw];
+                    wp[(ko / S_KB) * npanel + (t * c + ci) * S_KB + ko % S_KB] = v;
                 }
-    memset(f.xp + (size_t)tile * img, 0, (size_t)(S_SLACK * c) * sizeof(float));
+        wp += s_round16((size_t)(f->nkb * npanel));
+    }
+    f->xp = ws + nwp;
+    memset(f->xp + (size_t)tile * img, 0, (size_t)(S_SLACK * c) * sizeof(float));
     for (int64_t n0 = 0; n0 < n; n0 += tile) {
         int64_t tn = s_min(tile, n - n0);
-        f.n0 = n0;
+        f->n0 = n0;
         if (tn < tile) /* the slack follows the last image of a short tile too */
-            memset(f.xp + (size_t)tn * img, 0, (size_t)(S_SLACK * c) * sizeof(float));
-        eq_cpu_for(cpu, (size_t)tn, s_pad_image, &f);
-        eq_cpu_for(cpu, (size_t)(tn * f.tpi), s_fwd_task, &f);
+            memset(f->xp + (size_t)tn * img, 0, (size_t)(S_SLACK * c) * sizeof(float));
+        eq_cpu_for(cpu, (size_t)tn, s_pad_image, f);
+        eq_cpu_for(cpu, (size_t)(tn * f->tpimg), s_fwd_task, f);
     }
     return EQ_OK;
 }
 
+/* y [N][P][Q][K] = conv(x [N][H][W][C]): one job over the stride's
+ * phases, taps in (r, s) order. */
 eq_status eq_cpu_conv_direct_fwd(eq_cpu *cpu, const eq_conv2d_desc *d, const float *x,
                                  const float *w, float *y, int kernels, eq_err *err)
 {
-    return s_fwd_run(cpu, "conv2d_fwd", d->n, d->h, d->w, d->c, d->k, d->r, d->s, d->pad_h,
-                     d->pad_w, x, w, 0, y, kernels, err);
+    s_fwd f = {.x = x, .y = y, .h = d->h, .w = d->w, .c = d->c, .k = d->k, .plh = d->pad_h,
+               .plw = d->pad_w, .sh = d->stride_h, .sw = d->stride_w, .njob = 1,
+               .isa = s_isa(kernels)};
+    const int64_t hp = d->h + 2 * d->pad_h, wp = d->w + 2 * d->pad_w;
+    f.nph = s_min(f.sh, d->r), f.npw = s_min(f.sw, d->s);
+    f.hh = (hp + f.sh - 1) / f.sh, f.wh = (wp + f.sw - 1) / f.sw;
+    f.img = f.nph * f.npw * f.hh * f.wh * d->c;
+    f.yimg = d->p * d->q * d->k;
+    s_job *jb = &f.job[0];
+    int64_t wtap[S_MAXJOB][S_MAXTAP];
+    jb->ntap = d->r * d->s;
+    for (int64_t r = 0; r < d->r; r++)
+        for (int64_t s = 0; s < d->s; s++) {
+            const int64_t ph = (r % f.sh) * f.npw + s % f.sw;
+            jb->toff[r * d->s + s] = ((ph * f.hh + r / f.sh) * f.wh + s / f.sw) * d->c;
+            wtap[0][r * d->s + s] = r * d->s + s;
+        }
+    jb->p = d->p, jb->q = d->q, jb->y0 = 0, jb->yp = d->q * d->k, jb->yq = d->k;
+    return s_fwd_exec(cpu, &f, d->n, w, 0, wtap, d->r * d->s, "conv2d_fwd", err);
 }
 
-/* dx = conv(dy, W'), W'[c][k][r][s] = W[k][c][R-1-r][S-1-s], pad' = R-1-pad:
- * the padded dy is (P + 2*pad'_h) high, so the output is H x W. */
+/* One axis of the backward data: output index h = st*i + e (phase e,
+ * ni outputs) gathers dy[i + c0 - m] * w[r0 + st*m] for m < nm; with lo
+ * zeros before dy that is a stride-1 correlation reading padded index
+ * i + off + m' with the taps flipped (m' = nm-1-m).  s_bwd_axis fills the
+ * phases and the padding (lo, hi) every phase needs. */
+typedef struct s_axis {
+    int64_t ni[2], nm[2], r0[2], c0[2], off[2], lo, hi;
+} s_axis;
+
+static void s_bwd_axis(int64_t len, int64_t out, int64_t r, int64_t st, int64_t pad, s_axis *a)
+{
+    a->lo = a->hi = 0;
+    for (int64_t e = 0; e < st; e++) {
+        a->ni[e] = len > e ? (len - e + st - 1) / st : 0;
+        a->r0[e] = (e + pad) % st;
+        a->nm[e] = a->r0[e] < r ? (r - a->r0[e] + st - 1) / st : 0;
+        a->c0[e] = (e + pad - a->r0[e]) / st;
+        if (!a->ni[e] || !a->nm[e]) continue;
+        a->lo = a->nm[e] - 1 - a->c0[e] > a->lo ? a->nm[e] - 1 - a->c0[e] : a->lo;
+        int64_t over = a->ni[e] - 1 + a->c0[e] - (out - 1);
+        a->hi = over > a->hi ? over : a->hi;
+    }
+    for (int64_t e = 0; e < st; e++) a->off[e] = a->c0[e] - a->nm[e] + 1 + a->lo;
+}
+
+/* dx = the transposed convolution of dy: for stride 1 one job, the
+ * forward convolution of dy with the flipped, transposed kernel (pad' =
+ * R-1-pad); for stride 2 one job per phase (eh, ew) of dx with the taps
+ * r = eh's r0 + 2m (flipped), writing every other row and column of dx. */
 eq_status eq_cpu_conv_direct_bwd_data(eq_cpu *cpu, const eq_conv2d_desc *d, const float *dy,
                                       const float *w, float *dx, int kernels, eq_err *err)
 {
-    return s_fwd_run(cpu, "conv2d_bwd_data", d->n, d->p, d->q, d->k, d->c, d->r, d->s,
-                     d->r - 1 - d->pad_h, d->s - 1 - d->pad_w, dy, w, 1, dx, kernels, err);
+    s_axis ah, aw;
+    s_bwd_axis(d->h, d->p, d->r, d->stride_h, d->pad_h, &ah);
+    s_bwd_axis(d->w, d->q, d->s, d->stride_w, d->pad_w, &aw);
+    s_fwd f = {.x = dy, .y = dx, .h = d->p, .w = d->q, .c = d->k, .k = d->c, .plh = ah.lo,
+               .plw = aw.lo, .sh = 1, .sw = 1, .nph = 1, .npw = 1, .isa = s_isa(kernels)};
+    f.hh = d->p + ah.lo + ah.hi, f.wh = d->q + aw.lo + aw.hi;
+    f.img = f.hh * f.wh * d->k;
+    f.yimg = d->h * d->w * d->c;
+    int64_t wtap[S_MAXJOB][S_MAXTAP];
+    for (int64_t eh = 0; eh < d->stride_h; eh++)
+        for (int64_t ew = 0; ew < d->stride_w; ew++) {
+            if (!ah.ni[eh] || !aw.ni[ew]) continue;
+            s_job *jb = &f.job[f.njob];
+            jb->ntap = ah.nm[eh] * aw.nm[ew];
+            for (int64_t mh = 0; mh < ah.nm[eh]; mh++)
+                for (int64_t mw = 0; mw < aw.nm[ew]; mw++) {
+                    const int64_t t = mh * aw.nm[ew] + mw;
+                    const int64_t r = ah.r0[eh] + d->stride_h * (ah.nm[eh] - 1 - mh);
+                    const int64_t s = aw.r0[ew] + d->stride_w * (aw.nm[ew] - 1 - mw);
+                    jb->toff[t] = ((ah.off[eh] + mh) * f.wh + aw.off[ew] + mw) * d->k;
+                    wtap[f.njob][t] = r * d->s + s;
+                }
+            jb->p = ah.ni[eh], jb->q = aw.ni[ew];
+            jb->y0 = (eh * d->w + ew) * d->c;
+            jb->yp = d->stride_h * d->w * d->c, jb->yq = d->stride_w * d->c;
+            f.njob++;
+        }
+    return s_fwd_exec(cpu, &f, d->n, w, 1, wtap, d->r * d->s, "conv2d_bwd_data", err);
 }
 
 /* ---- backward filter ------------------------------------------------------- */
@@ -461,12 +577,14 @@ static void s_bf_block_generic(const s_bf *b, const s_bfblk *k)
         for (int j = 0; j < k->kr; j++) {
             float a = k->acc[i * b->kp + j];
             for (int64_t row = k->row0; row < k->row1; row++) {
-                int64_t n = row / d->p, p = row % d->p, ih = p + k->r - d->pad_h;
+                int64_t n = row / d->p, p = row % d->p, ih = p * d->stride_h + k->r - d->pad_h;
                 if (ih < 0 || ih >= d->h) continue;
-                const float *xr = b->x + ((n * d->h + ih) * d->w + k->qlo + k->s - d->pad_w) * C +
-                                  k->cb + i;
+                const float *xr =
+                    b->x + ((n * d->h + ih) * d->w + k->qlo * d->stride_w + k->s - d->pad_w) * C +
+                    k->cb + i;
                 const float *dr = b->dy + (row * d->q + k->qlo) * K + k->k0 + j;
-                for (int64_t t = 0; t < k->qhi - k->qlo; t++) a = fmaf(xr[t * C], dr[t * K], a);
+                for (int64_t t = 0; t < k->qhi - k->qlo; t++)
+                    a = fmaf(xr[t * C * d->stride_w], dr[t * K], a);
             }
             k->acc[i * b->kp + j] = a;
         }
@@ -493,7 +611,7 @@ static void s_bf_block_generic(const s_bf *b, const s_bfblk *k)
 S_TGT S_INLINE void s_bf_block_avx2_nc(const s_bf *b, const s_bfblk *k, const int NC)
 {
     const eq_conv2d_desc *d = b->d;
-    const int64_t C = d->c, K = d->k, kp = b->kp;
+    const int64_t C = d->c, K = d->k, kp = b->kp, xst = C * d->stride_w;
     S_BF_LOAD(0);
     S_BF_LOAD(1);
     S_BF_LOAD(2);
@@ -506,18 +624,19 @@ S_TGT S_INLINE void s_bf_block_avx2_nc(const s_bf *b, const s_bfblk *k, const in
     const int full = k->kr == S_KB;
     const int64_t nq = k->qhi - k->qlo;
     for (int64_t row = k->row0; row < k->row1; row++) {
-        int64_t n = row / d->p, p = row % d->p, ih = p + k->r - d->pad_h;
+        int64_t n = row / d->p, p = row % d->p, ih = p * d->stride_h + k->r - d->pad_h;
         if (ih < 0 || ih >= d->h) continue;
-        const float *xr =
-            b->x + ((n * d->h + ih) * d->w + k->qlo + k->s - d->pad_w) * C + k->cb;
+        const float *xr = b->x +
+                          ((n * d->h + ih) * d->w + k->qlo * d->stride_w + k->s - d->pad_w) * C +
+                          k->cb;
         const float *dr = b->dy + (row * d->q + k->qlo) * K + k->k0;
         if (full) {
-            for (int64_t t = 0; t < nq; t++, xr += C, dr += K) {
+            for (int64_t t = 0; t < nq; t++, xr += xst, dr += K) {
                 __m256 g0 = _mm256_loadu_ps(dr), g1 = _mm256_loadu_ps(dr + 8);
                 S_BF_FMA(0) S_BF_FMA(1) S_BF_FMA(2) S_BF_FMA(3) S_BF_FMA(4) S_BF_FMA(5)
             }
         } else {
-            for (int64_t t = 0; t < nq; t++, xr += C, dr += K) {
+            for (int64_t t = 0; t < nq; t++, xr += xst, dr += K) {
                 __m256 g0 = _mm256_maskload_ps(dr, m0), g1 = _mm256_maskload_ps(dr + 8, m1);
                 S_BF_FMA(0) S_BF_FMA(1) S_BF_FMA(2) S_BF_FMA(3) S_BF_FMA(4) S_BF_FMA(5)
             }
@@ -561,7 +680,7 @@ S_TGT512 S_INLINE void s_bf_block512_nc(const s_bf *b, const s_bfblk *k, const i
                                         const int KB2)
 {
     const eq_conv2d_desc *d = b->d;
-    const int64_t C = d->c, K = d->k, kp = b->kp;
+    const int64_t C = d->c, K = d->k, kp = b->kp, xst = C * d->stride_w;
     S_BL512(0);
     S_BL512(1);
     S_BL512(2);
@@ -576,12 +695,13 @@ S_TGT512 S_INLINE void s_bf_block512_nc(const s_bf *b, const s_bfblk *k, const i
                                         : (__mmask16)0;
     const int64_t nq = k->qhi - k->qlo;
     for (int64_t row = k->row0; row < k->row1; row++) {
-        int64_t n = row / d->p, p = row % d->p, ih = p + k->r - d->pad_h;
+        int64_t n = row / d->p, p = row % d->p, ih = p * d->stride_h + k->r - d->pad_h;
         if (ih < 0 || ih >= d->h) continue;
-        const float *xr =
-            b->x + ((n * d->h + ih) * d->w + k->qlo + k->s - d->pad_w) * C + k->cb;
+        const float *xr = b->x +
+                          ((n * d->h + ih) * d->w + k->qlo * d->stride_w + k->s - d->pad_w) * C +
+                          k->cb;
         const float *dr = b->dy + (row * d->q + k->qlo) * K + k->k0;
-        for (int64_t t = 0; t < nq; t++, xr += C, dr += K) {
+        for (int64_t t = 0; t < nq; t++, xr += xst, dr += K) {
             __m512 g0 = _mm512_maskz_loadu_ps(m0, dr);
             __m512 g1 = KB2 ? _mm512_maskz_loadu_ps(m1, dr + S_KB) : g0;
             S_BF512(0) S_BF512(1) S_BF512(2) S_BF512(3)
@@ -638,9 +758,10 @@ static void s_bf_task(void *vctx, size_t i)
         for (int64_t u = u0; u < u1; u++) {
             const int64_t rs = u / ncbk;
             k.r = rs / d->s, k.s = rs % d->s, k.cb = (u % ncbk) * b->ncb;
-            /* columns whose tap q + s - pad_w lies inside the input */
-            k.qlo = d->pad_w - k.s > 0 ? d->pad_w - k.s : 0;
-            k.qhi = s_min(d->q, d->w + d->pad_w - k.s);
+            /* columns whose tap q*stride + s - pad_w lies inside the input */
+            const int64_t sw = d->stride_w, lo = d->pad_w - k.s, hi = d->w - 1 + d->pad_w - k.s;
+            k.qlo = lo > 0 ? (lo + sw - 1) / sw : 0;
+            k.qhi = hi < 0 ? 0 : s_min(d->q, hi / sw + 1);
             if (k.qlo >= k.qhi) continue;
             k.nc = (int)s_min(b->ncb, d->c - k.cb);
             for (int64_t kb = 0; kb < b->nkb; kb += kstep) {

@@ -1,6 +1,7 @@
 /*
  * trainer/cpu/conv_direct.h -- direct NHWC convolution kernels of the CPU
- * backend for stride-1 layers up to 512 channels, first written for thin
+ * backend for stride-1 layers up to 512 channels (and stride-2 ones up to
+ * 64: ResNet-20's downsampling 3x3s), first written for thin
  * ones (CIFAR ResNet's 16/32/64-channel 3x3s), which im2col + SGEMM serves badly: there the im2col copy (R*S times the
  * input) and OpenBLAS's packing of thin matrices cost more than the GEMM's
  * arithmetic (and its single-threaded tiles reach ~65 GFLOP per CPU second
@@ -20,11 +21,20 @@
  * of at most 64 terms (groups of whole taps, or slices of one tap's
  * channels), each from zero, added in order to a running total kept in a
  * small stack buffer, so the error does not grow with C.  Backward data runs as that forward with the flipped,
- * transposed kernel (pad' = R-1-pad).  Backward filter accumulates, per
+ * transposed kernel (pad' = R-1-pad).
+ *
+ * Stride 2: the forward's padded copy is split into phase images (rows
+ * and columns of one parity each), where tap (r, s) of a stride-2 output
+ * is a stride-1 tap of phase (r % 2, s % 2), so the same micro-kernels run
+ * with a table of tap offsets (chains still over r, s, c in order).  The
+ * backward data runs one such convolution of the padded dy per phase of
+ * dx (the taps r = r0 + 2m of that row parity, flipped), each writing
+ * every other row and column of dx.  Backward filter accumulates, per
  * fixed slice of the batch's output rows, dw[r][s][c][k] += x * dy over the
  * slice's pixels in an 8 x 32 (AVX-512) or 6 x 16 (AVX2) register block of
- * input x output channels, reading x in place (taps in the padding are
- * skipped), and adds the slices' partial sums in slice order.  The slices'
+ * input x output channels, reading x in place (every stride-th pixel;
+ * taps in the padding are skipped), and adds the slices' partial sums in
+ * slice order.  The slices'
  * partials stay within 16 MiB (wider layers get fewer slices, with their
  * taps and channel blocks split over tasks instead).
  *
@@ -54,9 +64,20 @@
 #define EQ_CPU_DIRECT_MAX_C 512
 #define EQ_CPU_DIRECT_MAX_K 512
 
+/* Largest C and K of the strided (stride 2, kernels up to 3x3) layers
+ * the direct kernels take: ResNet-20's two downsampling 3x3s (16->32,
+ * 32->64).  With 512 channels and any kernel size the full-size ResNet-18
+ * parity test (tests/check_model.c) failed: conv1's weight gradient
+ * 5.8e-3 relative vs a tolerance of 2.5e-3 (the test's sensitivity to
+ * rounding order, doc/performance.md); it failed the same with 64 as long
+ * as the 7x7 stem (3->64, stride 2) ran direct, so ResNet-18's stem and its
+ * stride-2 3x3s (64->128 and wider) stay on im2col + SGEMM. */
+#define EQ_CPU_DIRECT_MAX_S2 64
+
 /* 1 when the direct kernels handle `d` (initialised descriptor): one group,
- * stride 1, dilation 1, pad_h <= R-1 and pad_w <= S-1, not 1x1 (those run
- * as a plain GEMM already), C <= EQ_CPU_DIRECT_MAX_C, K <= ..._MAX_K. */
+ * stride 1 or 2 (stride 2: C, K <= EQ_CPU_DIRECT_MAX_S2, R, S <= 3), dilation 1,
+ * pad_h <= R-1 and pad_w <= S-1, R*S <= 64, not 1x1 (those run as a plain
+ * GEMM), C <= EQ_CPU_DIRECT_MAX_C, K <= ..._MAX_K. */
 int eq_cpu_conv_direct_ok(const eq_conv2d_desc *d);
 
 /* Kernel choice: AUTO uses the widest the CPU has (AVX-512, else
