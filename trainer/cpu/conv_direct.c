@@ -1,14 +1,14 @@
 /*
- * trainer/cpu/conv_direct.c -- direct NHWC convolution for thin stride-1
- * layers (see conv_direct.h for the method and its guarantees).
+ * trainer/cpu/conv_direct.c -- direct NHWC convolution for stride-1 and
+ * stride-2 layers (see conv_direct.h for the method and its guarantees).
  *
  * Layouts in the workspace:
- *   wp   weight panels [KB][R][S][C][16]: output channels in blocks of 16
- *        (the last one zero-padded), so the micro-kernel loads two 8-lane
- *        vectors per (r, s, c);
- *   xp   a tile of zero-padded images [tn][Hp][Wp][C] plus S_SLACK pixels
- *        of zeros (the last block of 6 pixels reads up to 5 pixels past
- *        the last image);
+ *   wp   weight panels per job [KB][ntap][C][16]: output channels in blocks
+ *        of 16 (the last one zero-padded), so the micro-kernel loads two
+ *        8-lane vectors (one with AVX-512) per (tap, c);
+ *   xp   a tile of zero-padded images [tn][phases][Hh][Wh][C] (stride 1:
+ *        one phase, [Hp][Wp]) plus S_SLACK pixels of zeros (the last block
+ *        of 12 pixels reads up to 11 pixels past the last image);
  *   part the filter gradient's per-slice partial sums [nch][R][S][C][KP],
  *        KP = K rounded up to 16.
  */
