@@ -114,6 +114,18 @@ eq_status eq_cuda_bn_fwd_eval(void *ctx, const eq_bn_desc *d, const float *x, co
 eq_status eq_cuda_bn_bwd(void *ctx, const eq_bn_desc *d, const float *x, const float *dy,
                          const float *gamma, const float *save_mean, const float *save_invstd,
                          float *dx, float *dgamma, float *dbeta, eq_err *err);
+eq_status eq_cuda_bn_relu_fwd_train(void *ctx, const eq_bn_desc *d, const float *x,
+                                    const float *z, const float *gamma, const float *beta,
+                                    float *running_mean, float *running_var, float *y,
+                                    float *save_mean, float *save_invstd, eq_err *err);
+eq_status eq_cuda_bn_relu_fwd_eval(void *ctx, const eq_bn_desc *d, const float *x,
+                                   const float *z, const float *gamma, const float *beta,
+                                   const float *running_mean, const float *running_var, float *y,
+                                   eq_err *err);
+eq_status eq_cuda_bn_relu_bwd(void *ctx, const eq_bn_desc *d, const float *x, const float *y,
+                              const float *dy, const float *dy2, const float *gamma,
+                              const float *save_mean, const float *save_invstd, float *dx,
+                              float *dz, float *dgamma, float *dbeta, eq_err *err);
 eq_status eq_cuda_relu_fwd(void *ctx, size_t n, const float *x, float *y, eq_err *err);
 eq_status eq_cuda_relu_bwd(void *ctx, size_t n, const float *y, const float *dy, float *dx,
                            eq_err *err);

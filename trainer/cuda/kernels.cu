@@ -87,11 +87,22 @@ extern "C" cudaError_t eq_cuk_prelu_fwd(cudaStream_t s, int64_t m, int64_t c, in
  * Rows are cut into nrb fixed blocks (a function of m only); block (bx, by)
  * sums rows of row block by for 32 channels with 8 row lanes, the lanes are
  * added in lane order, and a second kernel adds the row blocks in order.
- * Modes: 0 sum x; 1 sum (x - mu)^2; 2 sum dy and sum dy*(x - mu);
+ * Modes: 0 sum x; 1 sum (x - mu)^2; 2 sum g and sum g*(x - mu) with g =
+ * s_bn_g (dy, or the fused bn_relu's masked dy + dy2);
  * 3 sum over x <= 0 of dy*x (PReLU slope gradient). */
 
 #define S_CX 32
 #define S_RY 8
+
+/* The gradient batch norm's backward sees at element i: dy[i] (+ dy2[i]
+ * when dy2), zeroed where the fused forward's output y[i] is not > 0 (y
+ * NULL: plain bn_bwd, no mask).  The float sum before the mask, as the
+ * composition add + relu_bwd computes it. */
+__device__ static inline float s_bn_g(size_t i, const float *dy, const float *dy2, const float *y)
+{
+    float g = dy2 ? dy[i] + dy2[i] : dy[i];
+    return y && !(y[i] > 0.0f) ? 0.0f : g;
+}
 
 static int64_t s_nrb(int64_t m)
 {
@@ -105,8 +116,8 @@ extern "C" size_t eq_cuk_colsum_scratch(int64_t m, int64_t c, int nsum)
 }
 
 __global__ void k_colsum_partial(int mode, int64_t m, int64_t c, int64_t nrb, const float *x,
-                                 const float *dy, const double *mu_d, const float *mu_f,
-                                 double *partial)
+                                 const float *dy, const float *dy2, const float *y,
+                                 const double *mu_d, const float *mu_f, double *partial)
 {
     __shared__ double sh0[S_RY][S_CX], sh1[S_RY][S_CX];
     const int64_t ch = (int64_t)blockIdx.x * S_CX + threadIdx.x, by = blockIdx.y;
@@ -122,7 +133,7 @@ __global__ void k_colsum_partial(int mode, int64_t m, int64_t c, int64_t nrb, co
                 double t = (double)v - mu;
                 a0 += t * t;
             } else if (mode == 2) {
-                float g = dy[r * c + ch];
+                float g = s_bn_g((size_t)(r * c + ch), dy, dy2, y);
                 a0 += g;
                 a1 += (double)g * ((double)v - mu);
             } else if (v <= 0.0f) {
@@ -157,12 +168,12 @@ __global__ void k_colsum_final(int nsum, int64_t c, int64_t nrb, const double *p
 }
 
 static cudaError_t s_colsum(cudaStream_t s, int mode, int64_t m, int64_t c, const float *x,
-                            const float *dy, const double *mu_d, const float *mu_f,
-                            double *partial, double *out)
+                            const float *dy, const float *dy2, const float *y,
+                            const double *mu_d, const float *mu_f, double *partial, double *out)
 {
     int64_t nrb = s_nrb(m);
     dim3 grid((unsigned)((c + S_CX - 1) / S_CX), (unsigned)nrb), block(S_CX, S_RY);
-    k_colsum_partial<<<grid, block, 0, s>>>(mode, m, c, nrb, x, dy, mu_d, mu_f, partial);
+    k_colsum_partial<<<grid, block, 0, s>>>(mode, m, c, nrb, x, dy, dy2, y, mu_d, mu_f, partial);
     k_colsum_final<<<(unsigned)((c + 127) / 128), 128, 0, s>>>(mode == 2 ? 2 : 1, c, nrb, partial,
                                                                 out);
     return cudaGetLastError();
@@ -189,7 +200,7 @@ extern "C" cudaError_t eq_cuk_prelu_bwd(cudaStream_t s, int64_t m, int64_t c, in
     size_t n = (size_t)(m * c);
     double *partial = (double *)scratch;
     double *acc = partial + s_nrb(m) * c;
-    cudaError_t e = s_colsum(s, 3, m, c, x, dy, NULL, NULL, partial, acc);
+    cudaError_t e = s_colsum(s, 3, m, c, x, dy, NULL, NULL, NULL, NULL, partial, acc);
     if (e != cudaSuccess) return e;
     k_prelu_bwd_dx<<<s_blocks(n), S_T, 0, s>>>(n, c, nslope, x, slope, dy, dx);
     k_prelu_dslope<<<(unsigned)((c + 127) / 128), 128, 0, s>>>(c, nslope, acc, dslope);
@@ -203,14 +214,21 @@ extern "C" size_t eq_cuk_bn_scratch(int64_t m, int64_t c)
     return eq_cuk_colsum_scratch(m, c, 2) + (size_t)(5 * c) * sizeof(double);
 }
 
-/* y = (float)(x * a + sh) per channel, a/sh double */
+/* y = (float)(x * a + sh) per channel, a/sh double; with relu (the fused
+ * bn_relu) then + z[i] when z and max(., 0), each rounded to float as the
+ * separate ops (add, relu_fwd) round them. */
 __global__ void k_affine(size_t n, int64_t c, const float *x, const double *a, const double *sh,
-                         float *y)
+                         const float *z, int relu, float *y)
 {
     S_FOR(i, n)
     {
         int64_t ch = (int64_t)(i % (size_t)c);
-        y[i] = (float)((double)x[i] * a[ch] + sh[ch]);
+        float v = (float)((double)x[i] * a[ch] + sh[ch]);
+        if (relu) {
+            if (z) v = v + z[i];
+            v = v > 0.0f ? v : 0.0f;
+        }
+        y[i] = v;
     }
 }
 
@@ -239,22 +257,23 @@ __global__ void k_bn_train_finalize(int64_t m, int64_t c, float eps, float momen
 }
 
 extern "C" cudaError_t eq_cuk_bn_fwd_train(cudaStream_t s, int64_t m, int64_t c, float eps,
-                                           float momentum, const float *x, const float *gamma,
-                                           const float *beta, float *rmean, float *rvar, float *y,
-                                           float *save_mean, float *save_invstd, void *scratch)
+                                           float momentum, const float *x, const float *z,
+                                           int relu, const float *gamma, const float *beta,
+                                           float *rmean, float *rvar, float *y, float *save_mean,
+                                           float *save_invstd, void *scratch)
 {
     double *partial = (double *)scratch;
     double *mean = partial + 2 * s_nrb(m) * c, *sq = mean + c, *a = sq + c, *sh = a + c;
     unsigned cb = (unsigned)((c + 127) / 128);
-    cudaError_t e = s_colsum(s, 0, m, c, x, NULL, NULL, NULL, partial, mean);
+    cudaError_t e = s_colsum(s, 0, m, c, x, NULL, NULL, NULL, NULL, NULL, partial, mean);
     if (e != cudaSuccess) return e;
     k_bn_mean<<<cb, 128, 0, s>>>(m, c, mean);
-    e = s_colsum(s, 1, m, c, x, NULL, mean, NULL, partial, sq);
+    e = s_colsum(s, 1, m, c, x, NULL, NULL, NULL, mean, NULL, partial, sq);
     if (e != cudaSuccess) return e;
     k_bn_train_finalize<<<cb, 128, 0, s>>>(m, c, eps, momentum, mean, sq, gamma, beta, rmean, rvar,
                                            save_mean, save_invstd, a, sh);
     size_t n = (size_t)(m * c);
-    k_affine<<<s_blocks(n), S_T, 0, s>>>(n, c, x, a, sh, y);
+    k_affine<<<s_blocks(n), S_T, 0, s>>>(n, c, x, a, sh, z, relu, y);
     return cudaGetLastError();
 }
 
@@ -268,7 +287,8 @@ __global__ void k_bn_eval_coef(int64_t c, float eps, const float *gamma, const f
 }
 
 extern "C" cudaError_t eq_cuk_bn_fwd_eval(cudaStream_t s, int64_t m, int64_t c, float eps,
-                                          const float *x, const float *gamma, const float *beta,
+                                          const float *x, const float *z, int relu,
+                                          const float *gamma, const float *beta,
                                           const float *rmean, const float *rvar, float *y,
                                           void *scratch)
 {
@@ -276,7 +296,7 @@ extern "C" cudaError_t eq_cuk_bn_fwd_eval(cudaStream_t s, int64_t m, int64_t c, 
     k_bn_eval_coef<<<(unsigned)((c + 127) / 128), 128, 0, s>>>(c, eps, gamma, beta, rmean, rvar, a,
                                                                sh);
     size_t n = (size_t)(m * c);
-    k_affine<<<s_blocks(n), S_T, 0, s>>>(n, c, x, a, sh, y);
+    k_affine<<<s_blocks(n), S_T, 0, s>>>(n, c, x, a, sh, z, relu, y);
     return cudaGetLastError();
 }
 
@@ -293,30 +313,36 @@ __global__ void k_bn_bwd_finalize(int64_t m, int64_t c, const double *sums, cons
     k[2 * c + ch] = sdyx / (double)m * is * is;
 }
 
-__global__ void k_bn_bwd_dx(size_t n, int64_t c, const float *x, const float *dy, const float *mean,
-                            const double *k, float *dx)
+/* dz[i] (when dz) = g, read before written: dz may be dy or dy2; dx may be
+ * dy only when there is no y/dy2 (plain bn_bwd in place). */
+__global__ void k_bn_bwd_dx(size_t n, int64_t c, const float *x, const float *dy,
+                            const float *dy2, const float *y, const float *mean, const double *k,
+                            float *dx, float *dz)
 {
     S_FOR(i, n)
     {
         int64_t ch = (int64_t)(i % (size_t)c);
         double mu = mean[ch];
-        dx[i] = (float)(k[ch] * ((double)dy[i] - k[c + ch] - ((double)x[i] - mu) * k[2 * c + ch]));
+        float g = s_bn_g(i, dy, dy2, y);
+        if (dz) dz[i] = g;
+        dx[i] = (float)(k[ch] * ((double)g - k[c + ch] - ((double)x[i] - mu) * k[2 * c + ch]));
     }
 }
 
 extern "C" cudaError_t eq_cuk_bn_bwd(cudaStream_t s, int64_t m, int64_t c, const float *x,
-                                     const float *dy, const float *gamma, const float *mean,
-                                     const float *invstd, float *dx, float *dgamma, float *dbeta,
+                                     const float *y, const float *dy, const float *dy2,
+                                     const float *gamma, const float *mean, const float *invstd,
+                                     float *dx, float *dz, float *dgamma, float *dbeta,
                                      void *scratch)
 {
     double *partial = (double *)scratch;
     double *sums = partial + 2 * s_nrb(m) * c, *k = sums + 2 * c; /* 2c + 3c */
-    cudaError_t e = s_colsum(s, 2, m, c, x, dy, NULL, mean, partial, sums);
+    cudaError_t e = s_colsum(s, 2, m, c, x, dy, dy2, y, NULL, mean, partial, sums);
     if (e != cudaSuccess) return e;
     k_bn_bwd_finalize<<<(unsigned)((c + 127) / 128), 128, 0, s>>>(m, c, sums, gamma, invstd, dgamma,
                                                                   dbeta, k);
     size_t n = (size_t)(m * c);
-    k_bn_bwd_dx<<<s_blocks(n), S_T, 0, s>>>(n, c, x, dy, mean, k, dx);
+    k_bn_bwd_dx<<<s_blocks(n), S_T, 0, s>>>(n, c, x, dy, dy2, y, mean, k, dx, dz);
     return cudaGetLastError();
 }
 

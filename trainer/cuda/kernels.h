@@ -48,18 +48,26 @@ cudaError_t eq_cuk_prelu_bwd(cudaStream_t s, int64_t m, int64_t c, int64_t nslop
 size_t eq_cuk_colsum_scratch(int64_t m, int64_t c, int nsum);
 
 /* Batch norm over [m][c] (trainer/backend.h eq_bn_desc); gamma/beta may be
- * NULL.  scratch: eq_cuk_bn_scratch(m, c) bytes (bn_fwd_eval: 2*c doubles). */
+ * NULL.  scratch: eq_cuk_bn_scratch(m, c) bytes (bn_fwd_eval: 2*c doubles).
+ * The same launchers serve the fused bn_relu_* members: forward with relu
+ * set gives y = max(bn(x) + z, 0) (z NULL: none; relu 0: plain bn, z
+ * ignored); backward with y set takes g = dy + dy2 (dy2 NULL: dy) where
+ * y > 0, else 0, and writes it to dz when dz is not NULL (dz may be dy or
+ * dy2); y NULL: g = dy (+ dy2), plain bn_bwd, where dx may be dy.  Batch
+ * statistics, bn(x) rounding and reduction order are those of the plain
+ * ops, so the fused results are bitwise those of the composition. */
 size_t eq_cuk_bn_scratch(int64_t m, int64_t c);
 cudaError_t eq_cuk_bn_fwd_train(cudaStream_t s, int64_t m, int64_t c, float eps, float momentum,
-                                const float *x, const float *gamma, const float *beta,
-                                float *rmean, float *rvar, float *y, float *save_mean,
-                                float *save_invstd, void *scratch);
+                                const float *x, const float *z, int relu, const float *gamma,
+                                const float *beta, float *rmean, float *rvar, float *y,
+                                float *save_mean, float *save_invstd, void *scratch);
 cudaError_t eq_cuk_bn_fwd_eval(cudaStream_t s, int64_t m, int64_t c, float eps, const float *x,
-                               const float *gamma, const float *beta, const float *rmean,
-                               const float *rvar, float *y, void *scratch);
-cudaError_t eq_cuk_bn_bwd(cudaStream_t s, int64_t m, int64_t c, const float *x, const float *dy,
-                          const float *gamma, const float *mean, const float *invstd, float *dx,
-                          float *dgamma, float *dbeta, void *scratch);
+                               const float *z, int relu, const float *gamma, const float *beta,
+                               const float *rmean, const float *rvar, float *y, void *scratch);
+cudaError_t eq_cuk_bn_bwd(cudaStream_t s, int64_t m, int64_t c, const float *x, const float *y,
+                          const float *dy, const float *dy2, const float *gamma, const float *mean,
+                          const float *invstd, float *dx, float *dz, float *dgamma, float *dbeta,
+                          void *scratch);
 
 /* Pooling.  maxpool_bwd sets flag[2] = (first bad index + 1) when an
  * argmax is outside the input (and skips it). */

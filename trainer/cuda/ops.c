@@ -16,41 +16,93 @@ static eq_cuk_pool s_pool(const eq_pool2d_desc *d)
     return p;
 }
 
+/* Batch norm, plain and fused with the residual add and ReLU (bn_relu_*):
+ * one launcher each way, the fused members passing z/relu, y/dy2/dz. */
+static eq_status s_bn_train(eq_cuda *cu, const char *op, const eq_bn_desc *d, const float *x,
+                            const float *z, int relu, const float *gamma, const float *beta,
+                            float *running_mean, float *running_var, float *y, float *save_mean,
+                            float *save_invstd, eq_err *err)
+{
+    void *ws = eq_cuda_workspace(cu, eq_cuk_bn_scratch(d->m, d->c), op, err);
+    if (!ws) return EQ_ERR_NOMEM;
+    EQ_K(op, eq_cuk_bn_fwd_train(cu->stream, d->m, d->c, d->eps, d->momentum, x, z, relu, gamma,
+                                 beta, running_mean, running_var, y, save_mean, save_invstd, ws));
+    return EQ_OK;
+}
+
+static eq_status s_bn_eval(eq_cuda *cu, const char *op, const eq_bn_desc *d, const float *x,
+                           const float *z, int relu, const float *gamma, const float *beta,
+                           const float *running_mean, const float *running_var, float *y,
+                           eq_err *err)
+{
+    void *ws = eq_cuda_workspace(cu, (size_t)(2 * d->c) * sizeof(double), op, err);
+    if (!ws) return EQ_ERR_NOMEM;
+    EQ_K(op, eq_cuk_bn_fwd_eval(cu->stream, d->m, d->c, d->eps, x, z, relu, gamma, beta,
+                                running_mean, running_var, y, ws));
+    return EQ_OK;
+}
+
+static eq_status s_bn_bwd(eq_cuda *cu, const char *op, const eq_bn_desc *d, const float *x,
+                          const float *y, const float *dy, const float *dy2, const float *gamma,
+                          const float *save_mean, const float *save_invstd, float *dx, float *dz,
+                          float *dgamma, float *dbeta, eq_err *err)
+{
+    void *ws = eq_cuda_workspace(cu, eq_cuk_bn_scratch(d->m, d->c), op, err);
+    if (!ws) return EQ_ERR_NOMEM;
+    EQ_K(op, eq_cuk_bn_bwd(cu->stream, d->m, d->c, x, y, dy, dy2, gamma, save_mean, save_invstd,
+                           dx, dz, dgamma, dbeta, ws));
+    return EQ_OK;
+}
+
 eq_status eq_cuda_bn_fwd_train(void *ctx, const eq_bn_desc *d, const float *x, const float *gamma,
                                const float *beta, float *running_mean, float *running_var,
                                float *y, float *save_mean, float *save_invstd, eq_err *err)
 {
-    eq_cuda *cu = ctx;
-    void *ws = eq_cuda_workspace(cu, eq_cuk_bn_scratch(d->m, d->c), "bn_fwd_train", err);
-    if (!ws) return EQ_ERR_NOMEM;
-    EQ_K("bn_fwd_train", eq_cuk_bn_fwd_train(cu->stream, d->m, d->c, d->eps, d->momentum, x, gamma,
-                                             beta, running_mean, running_var, y, save_mean,
-                                             save_invstd, ws));
-    return EQ_OK;
+    return s_bn_train(ctx, "bn_fwd_train", d, x, NULL, 0, gamma, beta, running_mean, running_var, y,
+                      save_mean, save_invstd, err);
 }
 
 eq_status eq_cuda_bn_fwd_eval(void *ctx, const eq_bn_desc *d, const float *x, const float *gamma,
                               const float *beta, const float *running_mean,
                               const float *running_var, float *y, eq_err *err)
 {
-    eq_cuda *cu = ctx;
-    void *ws = eq_cuda_workspace(cu, (size_t)(2 * d->c) * sizeof(double), "bn_fwd_eval", err);
-    if (!ws) return EQ_ERR_NOMEM;
-    EQ_K("bn_fwd_eval", eq_cuk_bn_fwd_eval(cu->stream, d->m, d->c, d->eps, x, gamma, beta,
-                                           running_mean, running_var, y, ws));
-    return EQ_OK;
+    return s_bn_eval(ctx, "bn_fwd_eval", d, x, NULL, 0, gamma, beta, running_mean, running_var, y,
+                     err);
 }
 
 eq_status eq_cuda_bn_bwd(void *ctx, const eq_bn_desc *d, const float *x, const float *dy,
                          const float *gamma, const float *save_mean, const float *save_invstd,
                          float *dx, float *dgamma, float *dbeta, eq_err *err)
 {
-    eq_cuda *cu = ctx;
-    void *ws = eq_cuda_workspace(cu, eq_cuk_bn_scratch(d->m, d->c), "bn_bwd", err);
-    if (!ws) return EQ_ERR_NOMEM;
-    EQ_K("bn_bwd", eq_cuk_bn_bwd(cu->stream, d->m, d->c, x, dy, gamma, save_mean, save_invstd, dx,
-                                 dgamma, dbeta, ws));
-    return EQ_OK;
+    return s_bn_bwd(ctx, "bn_bwd", d, x, NULL, dy, NULL, gamma, save_mean, save_invstd, dx, NULL,
+                    dgamma, dbeta, err);
+}
+
+eq_status eq_cuda_bn_relu_fwd_train(void *ctx, const eq_bn_desc *d, const float *x,
+                                    const float *z, const float *gamma, const float *beta,
+                                    float *running_mean, float *running_var, float *y,
+                                    float *save_mean, float *save_invstd, eq_err *err)
+{
+    return s_bn_train(ctx, "bn_relu_fwd_train", d, x, z, 1, gamma, beta, running_mean,
+                      running_var, y, save_mean, save_invstd, err);
+}
+
+eq_status eq_cuda_bn_relu_fwd_eval(void *ctx, const eq_bn_desc *d, const float *x,
+                                   const float *z, const float *gamma, const float *beta,
+                                   const float *running_mean, const float *running_var, float *y,
+                                   eq_err *err)
+{
+    return s_bn_eval(ctx, "bn_relu_fwd_eval", d, x, z, 1, gamma, beta, running_mean, running_var,
+                     y, err);
+}
+
+eq_status eq_cuda_bn_relu_bwd(void *ctx, const eq_bn_desc *d, const float *x, const float *y,
+                              const float *dy, const float *dy2, const float *gamma,
+                              const float *save_mean, const float *save_invstd, float *dx,
+                              float *dz, float *dgamma, float *dbeta, eq_err *err)
+{
+    return s_bn_bwd(ctx, "bn_relu_bwd", d, x, y, dy, dy2, gamma, save_mean, save_invstd, dx, dz,
+                    dgamma, dbeta, err);
 }
 
 eq_status eq_cuda_relu_fwd(void *ctx, size_t n, const float *x, float *y, eq_err *err)
