@@ -223,6 +223,142 @@ START_TEST(test_bn)
 }
 END_TEST
 
+/* ---- fused batch norm + residual add + ReLU ------------------------------------ */
+
+/* Both copies of b hold the host array h (n floats). */
+static void s_set(const s_buf *b, const float *h)
+{
+    eq_err err = {0};
+    ck_assert(eq_backend_upload(g_cpu, b->c, h, b->n * 4, &err) == EQ_OK);
+    ck_assert(eq_backend_upload(g_gpu, b->g, h, b->n * 4, &err) == EQ_OK);
+}
+
+/* The GPU copy of b takes the CPU's values (identical inputs downstream). */
+static void s_cpu_to_gpu(const s_buf *b)
+{
+    eq_err err = {0};
+    float *h = s_down(g_cpu, b->c, b->n);
+    ck_assert(eq_backend_upload(g_gpu, b->g, h, b->n * 4, &err) == EQ_OK);
+    free(h);
+}
+
+/* Two GPU arrays of n floats are bitwise equal. */
+static void s_same(const char *what, const void *a, const void *b, size_t n)
+{
+    float *ha = s_down(g_gpu, a, n), *hb = s_down(g_gpu, b, n);
+    ck_assert_msg(memcmp(ha, hb, n * 4) == 0, "%s: fused differs from the composition (seed %llu)",
+                  what, (unsigned long long)g_seed);
+    free(ha);
+    free(hb);
+}
+
+/* The CUDA backend's own bn_relu_* against the CPU backend's (fp32, 1e-5
+ * norm-wise), and bit for bit against its own composition bn + add + relu
+ * (the same statistics and rounding, backend.h).  Cases: affine or not, z /
+ * dy2 / dz present or not, dz in place of dy, dgamma/dbeta not wanted. */
+static const struct {
+    int affine, z, dy2, dz; /* dz: 0 none, 1 own buffer, 2 in place of dy */
+    int dgb;
+    int64_t m, c;
+} s_bnr[] = {
+    {1, 1, 1, 1, 1, 2 * 7 * 7, 40},
+    {0, 0, 0, 0, 1, 3000, 3},
+    {1, 1, 0, 2, 0, 4 * 16 * 16, 64},
+    {1, 0, 1, 1, 1, 3 * 5 * 5, 17},
+};
+#define NBNR (int)(sizeof s_bnr / sizeof s_bnr[0])
+
+START_TEST(test_bn_relu)
+{
+    const int affine = s_bnr[_i].affine;
+    const int64_t m = s_bnr[_i].m, c = s_bnr[_i].c;
+    eq_bn_desc d;
+    eq_err err = {0};
+    ck_assert(eq_bn_desc_init(&d, m, c, 1e-5f, 0.1f, &err) == EQ_OK);
+    size_t n = (size_t)(m * c), nc = (size_t)c;
+    float *hx = s_rand(n, -2, 3, 80), *hz = s_rand(n, -2, 2, 81), *hg = s_rand(nc, 0.5f, 1.5f, 82);
+    float *hb = s_rand(nc, -1, 1, 83), *hrm = s_rand(nc, -0.1f, 0.1f, 84);
+    float *hrv = s_rand(nc, 0.5f, 2, 85), *hdy = s_rand(n, -1, 1, 86), *hdy2 = s_rand(n, -1, 1, 87);
+    s_buf x = s_both(hx, n), z = s_both(hz, n), g = s_both(hg, nc), b = s_both(hb, nc);
+    s_buf rm = s_both(hrm, nc), rv = s_both(hrv, nc), dy = s_both(hdy, n), dy2 = s_both(hdy2, n);
+    s_buf y = s_both(NULL, n), sm = s_both(NULL, nc), si = s_both(NULL, nc);
+    s_buf dx = s_both(NULL, n), dzb = s_both(NULL, n), dg = s_both(NULL, nc), db = s_both(NULL, nc);
+    /* the GPU composition's outputs */
+    s_buf y2 = s_both(NULL, n), sm2 = s_both(NULL, nc), si2 = s_both(NULL, nc);
+    s_buf rm2 = s_both(hrm, nc), rv2 = s_both(hrv, nc), dx2 = s_both(NULL, n), g2 = s_both(NULL, n);
+    s_buf dg2 = s_both(NULL, nc), db2 = s_both(NULL, nc);
+    const float *zc = s_bnr[_i].z ? z.c : NULL, *zg = s_bnr[_i].z ? z.g : NULL;
+    const float *gc = affine ? g.c : NULL, *gg = affine ? g.g : NULL;
+    const float *bc = affine ? b.c : NULL, *bg = affine ? b.g : NULL;
+
+    /* forward, train */
+    BOTH(eq_backend_bn_relu_fwd_train(g_cpu, &d, x.c, zc, gc, bc, rm.c, rv.c, y.c, sm.c, si.c,
+                                      &err_),
+         eq_backend_bn_relu_fwd_train(g_gpu, &d, x.g, zg, gg, bg, rm.g, rv.g, y.g, sm.g, si.g,
+                                      &err_));
+    s_cmp("bn_relu_fwd_train y", &y, TOL);
+    s_cmp("bn_relu_fwd_train save_mean", &sm, TOL);
+    s_cmp("bn_relu_fwd_train save_invstd", &si, TOL);
+    s_cmp("bn_relu_fwd_train running_mean", &rm, TOL);
+    s_cmp("bn_relu_fwd_train running_var", &rv, TOL);
+    OK(eq_backend_bn_fwd_train(g_gpu, &d, x.g, gg, bg, rm2.g, rv2.g, y2.g, sm2.g, si2.g, &err_));
+    if (zg) OK(eq_backend_add(g_gpu, n, y2.g, zg, y2.g, &err_));
+    OK(eq_backend_relu_fwd(g_gpu, n, y2.g, y2.g, &err_));
+    s_same("bn_relu_fwd_train y", y.g, y2.g, n);
+    s_same("bn_relu_fwd_train save_mean", sm.g, sm2.g, nc);
+    s_same("bn_relu_fwd_train save_invstd", si.g, si2.g, nc);
+    s_same("bn_relu_fwd_train running_mean", rm.g, rm2.g, nc);
+    s_same("bn_relu_fwd_train running_var", rv.g, rv2.g, nc);
+
+    /* backward from the CPU's forward on both (the same ReLU mask) */
+    s_cpu_to_gpu(&y);
+    s_cpu_to_gpu(&sm);
+    s_cpu_to_gpu(&si);
+    const int dz = s_bnr[_i].dz, dgb = s_bnr[_i].dgb;
+    const float *dy2c = s_bnr[_i].dy2 ? dy2.c : NULL, *dy2g = s_bnr[_i].dy2 ? dy2.g : NULL;
+    /* GPU composition first: dz may overwrite dy below */
+    if (dy2g) OK(eq_backend_add(g_gpu, n, dy.g, dy2g, g2.g, &err_));
+    OK(eq_backend_relu_bwd(g_gpu, n, y.g, dy2g ? g2.g : dy.g, g2.g, &err_));
+    OK(eq_backend_bn_bwd(g_gpu, &d, x.g, g2.g, gg, sm.g, si.g, dx2.g, dgb ? dg2.g : NULL,
+                         dgb ? db2.g : NULL, &err_));
+    s_buf *dzs = dz == 2 ? &dy : &dzb;
+    float *dzc = dz ? dzs->c : NULL, *dzg = dz ? dzs->g : NULL;
+    BOTH(eq_backend_bn_relu_bwd(g_cpu, &d, x.c, y.c, dy.c, dy2c, gc, sm.c, si.c, dx.c, dzc,
+                                dgb ? dg.c : NULL, dgb ? db.c : NULL, &err_),
+         eq_backend_bn_relu_bwd(g_gpu, &d, x.g, y.g, dy.g, dy2g, gg, sm.g, si.g, dx.g, dzg,
+                                dgb ? dg.g : NULL, dgb ? db.g : NULL, &err_));
+    s_cmp("bn_relu_bwd dx", &dx, TOL);
+    s_same("bn_relu_bwd dx", dx.g, dx2.g, n);
+    if (dz) {
+        s_cmp("bn_relu_bwd dz", dzs, TOL);
+        s_same("bn_relu_bwd dz", dzs->g, g2.g, n);
+    }
+    if (dgb) {
+        s_cmp("bn_relu_bwd dgamma", &dg, TOL);
+        s_cmp("bn_relu_bwd dbeta", &db, TOL);
+        s_same("bn_relu_bwd dgamma", dg.g, dg2.g, nc);
+        s_same("bn_relu_bwd dbeta", db.g, db2.g, nc);
+    }
+
+    /* forward, eval, from the same running statistics on both */
+    s_set(&rm, hrm);
+    s_set(&rv, hrv);
+    BOTH(eq_backend_bn_relu_fwd_eval(g_cpu, &d, x.c, zc, gc, bc, rm.c, rv.c, y.c, &err_),
+         eq_backend_bn_relu_fwd_eval(g_gpu, &d, x.g, zg, gg, bg, rm.g, rv.g, y.g, &err_));
+    s_cmp("bn_relu_fwd_eval", &y, TOL);
+    OK(eq_backend_bn_fwd_eval(g_gpu, &d, x.g, gg, bg, rm.g, rv.g, y2.g, &err_));
+    if (zg) OK(eq_backend_add(g_gpu, n, y2.g, zg, y2.g, &err_));
+    OK(eq_backend_relu_fwd(g_gpu, n, y2.g, y2.g, &err_));
+    s_same("bn_relu_fwd_eval", y.g, y2.g, n);
+
+    s_buf *all[] = {&x,   &z,   &g,   &b,   &rm, &rv, &dy, &dy2, &y,   &sm,  &si,  &dx,
+                    &dzb, &dg,  &db,  &y2,  &sm2, &si2, &rm2, &rv2, &dx2, &g2, &dg2, &db2};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) s_free(all[i]);
+    float *hs[] = {hx, hz, hg, hb, hrm, hrv, hdy, hdy2};
+    for (size_t i = 0; i < sizeof hs / sizeof hs[0]; i++) free(hs[i]);
+}
+END_TEST
+
 /* ---- elementwise ------------------------------------------------------------ */
 
 START_TEST(test_elementwise)
@@ -575,6 +711,7 @@ int main(void)
     tcase_add_checked_fixture(tc, s_setup, s_teardown);
     tcase_add_loop_test(tc, test_conv, 0, NCONV);
     tcase_add_loop_test(tc, test_bn, 0, 2);
+    tcase_add_loop_test(tc, test_bn_relu, 0, NBNR);
     tcase_add_test(tc, test_elementwise);
     tcase_add_loop_test(tc, test_pool, 0, NPOOL);
     tcase_add_test(tc, test_gap_linear);
