@@ -863,15 +863,21 @@ static eq_status s_pad(eq_backend *be, const s_node *in, int64_t p, const float 
 {
     int64_t h = in->h, w = in->w, c = in->c, ph = h + 2 * p, pw = w + 2 * p;
     eq_status st = EQ_OK;
-    if (dir == 0) st = eq_backend_zero(be, dst, (size_t)(in->n * ph * pw * c) * sizeof(float), err);
-    size_t row = (size_t)(w * c) * sizeof(float);
+    size_t row = (size_t)(w * c) * sizeof(float), end = 0; /* end: padded offset zeroed or copied up to */
     for (int64_t n = 0; n < in->n && st == EQ_OK; n++)
         for (int64_t y = 0; y < h && st == EQ_OK; y++) {
             size_t xi = (size_t)((n * h + y) * w * c);
             size_t pi = (size_t)(((n * ph + y + p) * pw + p) * c);
-            st = dir == 0 ? eq_backend_copy(be, dst + pi, src + xi, row, err)
-                          : eq_backend_copy(be, dst + xi, src + pi, row, err);
+            if (dir == 0) { /* only the border is zeroed: the rows are overwritten */
+                st = eq_backend_zero(be, dst + end, (pi - end) * sizeof(float), err);
+                if (st == EQ_OK) st = eq_backend_copy(be, dst + pi, src + xi, row, err);
+                end = pi + (size_t)(w * c);
+            } else {
+                st = eq_backend_copy(be, dst + xi, src + pi, row, err);
+            }
         }
+    if (dir == 0 && st == EQ_OK)
+        st = eq_backend_zero(be, dst + end, ((size_t)(in->n * ph * pw * c) - end) * sizeof(float), err);
     return st;
 }
 
@@ -1104,13 +1110,12 @@ static eq_status s_quant_bwd(eq_layers *g, s_node *nd, const s_node *in, float *
         if (st != EQ_OK) return eq_err_prefix(err, "quant_weight: ");
     }
     if (nd->qf) {
-        /* the quantizer's parameter gradients are wanted even when dx is not */
-        st = eq_quant_backward(nd->qf, nd->pad_before ? nd->xp : in->y, nd->da, nd->da, err);
+        /* the quantizer's parameter gradients are wanted even when dx is
+         * not; unpadded, its input gradient goes straight to dx (no copy) */
+        float *qgx = dx && !nd->pad_before ? dx : nd->da;
+        st = eq_quant_backward(nd->qf, nd->pad_before ? nd->xp : in->y, nd->da, qgx, err);
         if (st != EQ_OK) return eq_err_prefix(err, "quant_activation: ");
-        if (dx) {
-            if (nd->pad_before) st = s_pad(g->be, in, nd->pad, nd->da, dx, 1, err);
-            else st = eq_backend_copy(g->be, dx, nd->da, nd->a_numel * sizeof(float), err);
-        }
+        if (dx && nd->pad_before) st = s_pad(g->be, in, nd->pad, nd->da, dx, 1, err);
     }
     return st;
 }
