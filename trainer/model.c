@@ -785,11 +785,8 @@ static eq_status s_zir_init(eq_backend *be, eq_layers *g, int bottleneck, size_t
                                                           (strspn(rest + 4, "0123456789") > 0 &&
                                                            !strcmp(rest + 4 + strspn(rest + 4, "0123456789"), ".weight")));
         if (!zero) continue;
-        float *z = calloc(t->numel, sizeof *z);
-        if (!z) return eq_err_set(err, EQ_ERR_NOMEM, "zir init: out of memory");
-        eq_status st = eq_backend_upload(be, t->data, z, t->numel * sizeof *z, err);
-        free(z);
-        if (st != EQ_OK) return eq_err_prefix(err, "zir init: %s: ", t->name);
+        if (eq_backend_zero(be, t->data, t->numel * sizeof(float), err) != EQ_OK)
+            return eq_err_prefix(err, "zir init: %s: ", t->name);
         (*nzero)++;
     }
     return EQ_OK;
