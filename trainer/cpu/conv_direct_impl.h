@@ -1,0 +1,73 @@
+/*
+ * trainer/cpu/conv_direct_impl.h -- what the direct convolution's two
+ * files share (conv_direct.c: forward and backward data; conv_direct_bf.c:
+ * backward filter): kernel targets, blocking constants, small helpers and
+ * the choice of instruction set.  Internal to those two files.
+ */
+#ifndef EQ_TRAINER_CPU_CONV_DIRECT_IMPL_H
+#define EQ_TRAINER_CPU_CONV_DIRECT_IMPL_H
+
+#include "trainer/cpu/conv_direct.h"
+
+#include <math.h>
+#include <string.h>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define S_X86 1
+#include <immintrin.h>
+#define S_TGT __attribute__((target("avx2,fma")))
+#define S_TGT512 __attribute__((target("avx512f,fma")))
+#define S_INLINE static inline __attribute__((always_inline))
+#else
+#define S_X86 0
+#endif
+
+#define S_KB 16                        /* output channels per register block */
+#define S_MAXTAP 64                    /* taps of one job (R*S of a direct conv) */
+#define S_MAXJOB 4                     /* jobs of one run (stride-2 backward data: 4 phases) */
+#define S_NQ 6                         /* forward: pixels per AVX2 register block */
+#define S_NQ512 12                     /* forward: pixels per AVX-512 register block */
+#define S_NC 6                         /* filter: input channels per AVX2 register block */
+#define S_NC512 8                      /* filter: input channels per AVX-512 register block */
+#define S_NC512W 16                    /* the same, for K <= 16 */
+#define S_SLACK 16                     /* zero pixels after a padded tile (>= S_NQ512 - 1) */
+#define S_TILE_BUDGET ((size_t)16 << 20) /* bytes of padded input per tile */
+#define S_FWD_PIX 128                  /* forward: padded pixels per task (at least a row) */
+#define S_CHAIN1 576                   /* forward: most terms summed as one FMA chain */
+#define S_CHAIN 64                     /* forward: terms per chain in longer sums */
+#define S_BF_CHUNKS 32                 /* filter: slices of the output rows (at most) */
+#define S_BF_BUDGET ((size_t)16 << 20) /* filter: bytes of slice partials (at least one) */
+#define S_BF_PIX 64                    /* filter: pixels per register-block pass */
+#define S_BF_RED 4096                  /* filter: partial elements per reduction task */
+
+static inline int64_t s_min(int64_t a, int64_t b)
+{
+    return a < b ? a : b;
+}
+
+static inline size_t s_round16(size_t n)
+{
+    return (n + 15) / 16 * 16;
+}
+
+/* Which kernels run: 0 generic, 1 AVX2+FMA, 2 AVX-512: the widest the CPU
+ * has that `kernels` allows. */
+static inline int s_isa(int kernels)
+{
+#if S_X86
+    static int have = -1;
+    if (have < 0) {
+        __builtin_cpu_init();
+        int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+        have = avx2 && __builtin_cpu_supports("avx512f") ? 2 : avx2;
+    }
+    if (kernels == EQ_CPU_DIRECT_GENERIC) return 0;
+    if (kernels == EQ_CPU_DIRECT_AVX2) return have < 1 ? have : 1;
+    return have;
+#else
+    (void)kernels;
+    return 0;
+#endif
+}
+
+#endif
