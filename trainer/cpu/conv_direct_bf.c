@@ -5,6 +5,14 @@
  */
 #include "trainer/cpu/conv_direct_impl.h"
 
+#define S_NC 6                         /* filter: input channels per AVX2 register block */
+#define S_NC512 8                      /* filter: input channels per AVX-512 register block */
+#define S_NC512W 16                    /* the same, for K <= 16 */
+#define S_BF_CHUNKS 32                 /* filter: slices of the output rows (at most) */
+#define S_BF_BUDGET ((size_t)16 << 20) /* filter: bytes of slice partials (at least one) */
+#define S_BF_PIX 64                    /* filter: pixels per register-block pass */
+#define S_BF_RED 4096                  /* filter: partial elements per reduction task */
+
 /* ---- backward filter ------------------------------------------------------- */
 
 typedef struct s_bf {

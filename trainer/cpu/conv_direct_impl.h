@@ -27,18 +27,11 @@
 #define S_MAXJOB 4                     /* jobs of one run (stride-2 backward data: 4 phases) */
 #define S_NQ 6                         /* forward: pixels per AVX2 register block */
 #define S_NQ512 12                     /* forward: pixels per AVX-512 register block */
-#define S_NC 6                         /* filter: input channels per AVX2 register block */
-#define S_NC512 8                      /* filter: input channels per AVX-512 register block */
-#define S_NC512W 16                    /* the same, for K <= 16 */
 #define S_SLACK 16                     /* zero pixels after a padded tile (>= S_NQ512 - 1) */
 #define S_TILE_BUDGET ((size_t)16 << 20) /* bytes of padded input per tile */
 #define S_FWD_PIX 128                  /* forward: padded pixels per task (at least a row) */
 #define S_CHAIN1 576                   /* forward: most terms summed as one FMA chain */
 #define S_CHAIN 64                     /* forward: terms per chain in longer sums */
-#define S_BF_CHUNKS 32                 /* filter: slices of the output rows (at most) */
-#define S_BF_BUDGET ((size_t)16 << 20) /* filter: bytes of slice partials (at least one) */
-#define S_BF_PIX 64                    /* filter: pixels per register-block pass */
-#define S_BF_RED 4096                  /* filter: partial elements per reduction task */
 
 static inline int64_t s_min(int64_t a, int64_t b)
 {
