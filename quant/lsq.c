@@ -278,6 +278,21 @@ static void s_backward(eq_quant *q, const float *x, const float *gy, float *gx)
     }
 }
 
+/* Half range without STE-scale: x = 0 gives r = 0 (inside), y = c q_n(0) = 0
+ * and G dy/dc = G (q - r) = 0, as long as c is positive and finite and
+ * n >= 1.  STE-scale counts the elements inside the range (zeros are), and
+ * full range maps 0 to c (2 q_n(1/2) - 1), not 0. */
+static int s_zero_pad_exact(const eq_quant *q)
+{
+    if (!s_half(q) || q->o.grad_type != EQ_QGRAD_NONE || eq_quant_steps(q) < 1) return 0;
+    float fe = (float)eq_quant_gs_factor(q, eq_quant_grad_factor(q));
+    for (int64_t k = 0; k < q->clip->numel; k++) {
+        float c = s_clip(q, k, fe);
+        if (!(c > 0.0f) || !isfinite(c)) return 0;
+    }
+    return 1;
+}
+
 const eq_quant_method eq_quant_lsq_method = {
     .name = "lsq",
     .tags = (1u << EQ_QTAG_WT) | (1u << EQ_QTAG_FM) | (1u << EQ_QTAG_OT),
@@ -288,4 +303,5 @@ const eq_quant_method eq_quant_lsq_method = {
     .forward = s_forward,
     .backward = s_backward,
     .destroy = s_destroy,
+    .zero_pad_exact = s_zero_pad_exact,
 };

@@ -955,6 +955,17 @@ eq_status eq_quant_forward(eq_quant *q, const eq_tensor_desc *xd, const float *x
     return EQ_OK;
 }
 
+int eq_quant_zero_pad_exact(const eq_quant *q)
+{
+    /* the method's own part, then what the generic layer adds: gamma
+     * (exact too, but unchecked), the quantization loss (a mean over the
+     * elements).  The warm-up's clip (a max of |x|) and pass-through keep
+     * zeros as they are; var-mean is weights only. */
+    if (!q || q->o.tag == EQ_QTAG_WT || !q->m->zero_pad_exact) return 0;
+    if (q->gamma || (q->ql_enable && q->ql_fn != S_QL_NONE)) return 0;
+    return q->m->zero_pad_exact(q);
+}
+
 eq_status eq_quant_backward(eq_quant *q, const float *x, const float *gy, float *gx, eq_err *err)
 {
     if (!q || !x || !gy || !gx) return eq_err_set(err, EQ_ERR_INVALID, "eq_quant_backward: NULL argument");

@@ -166,6 +166,17 @@ eq_status eq_quant_forward(eq_quant *q, const eq_tensor_desc *xd, const float *x
  * gradients of the parameters.  x must be the x of that forward.  gy and gx
  * may alias. */
 eq_status eq_quant_backward(eq_quant *q, const float *x, const float *gy, float *gx, eq_err *err);
+/* 1 when the next forward of q, as q stands (method, options, parameters,
+ * run-time options), treats zeros as nothing: Q(0) = 0 exactly, and an
+ * element x = 0 adds exactly 0 to every parameter gradient of the backward
+ * and changes no statistic or state the forward computes.  Then quantizing
+ * a zero-padded tensor gives the zero padding of the quantized unpadded
+ * tensor, with the same parameter gradients up to the order of summing
+ * exact zeros, so a caller may quantize the unpadded tensor and pad after
+ * (trainer/layers.c: a conv's own padding).  0 when unsure: every method
+ * but half-range lsq (grad_type none) on activations, and any quantizer
+ * with a quantization loss or gamma. */
+int eq_quant_zero_pad_exact(const eq_quant *q);
 
 /* State tensors (parameters and buffers), in a fixed order. */
 size_t eq_quant_tensor_count(const eq_quant *q);

@@ -35,6 +35,9 @@ typedef struct eq_quant_method {
     /* gx from gy; writes parameter gradients. x as given to forward. */
     void (*backward)(eq_quant *q, const float *x, const float *gy, float *gx);
     void (*destroy)(eq_quant *q); /* frees q->priv; may be NULL */
+    /* eq_quant_zero_pad_exact's method part (the generic layer has checked
+     * the rest); NULL: never */
+    int (*zero_pad_exact)(const eq_quant *q);
 } eq_quant_method;
 
 struct eq_quant {

@@ -13,6 +13,8 @@
  * 2. Finite differences through a small residual net (fork + add, BN in
  *    training mode, GAP, linear, label-smoothed cross-entropy).
  * 3. Builder validation and torchvision's parameter names.
+ * 4. A half-range LSQ input quantizer quantizing the unpadded input (the
+ *    conv pads) against the padded path, bit for bit.
  */
 #include "trainer/layers.h"
 #include "tests/testutil.h"
@@ -501,6 +503,110 @@ START_TEST(test_fusion_same_bits)
 }
 END_TEST
 
+/* ---- a zero-pad exact input quantizer -------------------------------------- */
+
+/* Two convs with 2-bit LSQ weights and half-range inputs (pad 1, padding
+ * before the quantizer): such an input quantizer maps 0 to 0 and its zeros
+ * add nothing to the clip gradient, so the graph quantizes the unpadded
+ * input and lets the conv pad.  The reference graph gets an L2
+ * quantization loss with alpha 0 on its input quantizers -- the same
+ * numbers, but not zero-pad exact, so it pads, quantizes 34x34-style and
+ * crops.  Outputs, losses, every parameter and gradient (clip values
+ * included) and the quantizers' padded outputs are compared bit for bit,
+ * with 1 and 2 threads. */
+static int s_build_qnet(eq_layers *g, const eq_quant_opts *wq, const eq_quant_opts *fq, eq_err *err)
+{
+    int x = eq_layers_input(g, 2, 9, 7, 8, err);
+    x = eq_layers_conv(g, "c1", x, 16, 3, 1, 1, 1, wq, fq, false, err);
+    x = eq_layers_bn(g, "b1", x, err);
+    x = eq_layers_relu(g, x, err);
+    x = eq_layers_conv(g, "c2", x, 12, 3, 2, 1, 1, wq, fq, false, err);
+    x = eq_layers_bn(g, "b2", x, err);
+    x = eq_layers_relu(g, x, err);
+    x = eq_layers_gap(g, x, err);
+    return eq_layers_linear(g, "fc", x, 5, NULL, NULL, err);
+}
+
+START_TEST(test_quant_zero_pad_exact)
+{
+    eq_err err = {0};
+    eq_quant_opts wq, fq;
+    eq_quant_opts_init(&wq, EQ_QTAG_WT);
+    eq_quant_opts_init(&fq, EQ_QTAG_FM);
+    OK(eq_quant_opts_set(&wq, "method", "lsq", &err));
+    OK(eq_quant_opts_set(&wq, "bit", "2", &err));
+    OK(eq_quant_opts_set(&fq, "method", "lsq", &err));
+    OK(eq_quant_opts_set(&fq, "bit", "2", &err));
+    for (int threads = 1; threads <= 2; threads++) {
+        eq_backend *be = eq_backend_cpu_new(threads, &err);
+        ck_assert_ptr_nonnull(be);
+        eq_layers *net[2];
+        for (int f = 0; f < 2; f++) {
+            net[f] = eq_layers_new(be, &err);
+            ck_assert_ptr_nonnull(net[f]);
+            ck_assert_msg(s_build_qnet(net[f], &wq, &fq, &err) >= 0, "%s", err.msg);
+            OK(eq_layers_finalize(net[f], 11, &err));
+        }
+        const char *conv[2] = {"c1", "c2"};
+        for (int c = 0; c < 2; c++) {
+            eq_quant *q0 = eq_layers_quant(net[0], conv[c], EQ_QTAG_FM);
+            ck_assert(eq_quant_zero_pad_exact(q0));
+            ck_assert(!eq_quant_zero_pad_exact(eq_layers_quant(net[0], conv[c], EQ_QTAG_WT)));
+            eq_quant *q1 = eq_layers_quant(net[1], conv[c], EQ_QTAG_FM);
+            OK(eq_quant_set_option(q1, "quant_loss_enable", "true", &err));
+            OK(eq_quant_set_option(q1, "quant_loss_function", "L2", &err));
+            OK(eq_quant_set_option(q1, "quant_loss_alpha", "0", &err));
+            ck_assert(!eq_quant_zero_pad_exact(q1));
+        }
+        const size_t nx = 2 * 9 * 7 * 8;
+        float *x = eq_backend_alloc(be, nx * 4, &err);
+        int32_t *y = eq_backend_alloc(be, 8, &err);
+        float *xh = malloc(nx * 4);
+        for (size_t i = 0; i < nx; i++) xh[i] = sinf(0.37f * (float)i) + 0.6f * cosf(1.3f * (float)i);
+        int32_t yh[2] = {1, 4};
+        OK(eq_backend_upload(be, x, xh, nx * 4, &err));
+        OK(eq_backend_upload(be, y, yh, 8, &err));
+        float loss[2], *out[2], *qa[2][2];
+        int64_t sh[4], qn[2][2];
+        for (int f = 0; f < 2; f++) {
+            OK(eq_layers_forward(net[f], x, true, &err));
+            OK(s_loss(net[f], be, y, 0.0f, &loss[f], &err));
+            out[f] = eq_layers_output(net[f], NULL, sh);
+            out[f] = memcpy(malloc(10 * 4), out[f], 10 * 4);
+            for (int c = 0; c < 2; c++) {
+                const float *p = eq_layers_quant_output(net[f], conv[c], EQ_QTAG_FM, &qn[f][c]);
+                ck_assert_ptr_nonnull(p);
+                qa[f][c] = memcpy(malloc((size_t)qn[f][c] * 4), p, (size_t)qn[f][c] * 4);
+            }
+            OK(eq_layers_backward(net[f], &err));
+        }
+        ck_assert_mem_eq(out[0], out[1], 10 * 4);
+        ck_assert_mem_eq(&loss[0], &loss[1], 4);
+        for (int c = 0; c < 2; c++) {
+            ck_assert_int_eq(qn[0][c], qn[1][c]);
+            ck_assert_mem_eq(qa[0][c], qa[1][c], (size_t)qn[0][c] * 4);
+        }
+        ck_assert_int_eq(qn[0][0], 2 * 11 * 9 * 8); /* padded, as the quantizer would see it */
+        for (size_t i = 0; i < eq_layers_tensor_count(net[0]); i++) {
+            const eq_model_tensor *t0 = eq_layers_tensor_at(net[0], i), *t1 = eq_layers_tensor_at(net[1], i);
+            ck_assert_str_eq(t0->name, t1->name);
+            size_t bytes = t0->numel * (t0->dtype == EQ_DT_I64 ? 8 : 4);
+            ck_assert_msg(memcmp(t0->data, t1->data, bytes) == 0, "%s differs", t0->name);
+            if (t0->kind == EQ_MT_PARAM)
+                ck_assert_msg(memcmp(t0->grad, t1->grad, bytes) == 0, "%s gradient differs", t0->name);
+        }
+        for (int f = 0; f < 2; f++) {
+            free(out[f]), free(qa[f][0]), free(qa[f][1]);
+            eq_layers_destroy(&net[f]);
+        }
+        free(xh);
+        eq_backend_release(be, x);
+        eq_backend_release(be, y);
+        eq_backend_destroy(&be);
+    }
+}
+END_TEST
+
 START_TEST(test_builder_errors)
 {
     eq_err err = {0};
@@ -597,6 +703,7 @@ static Suite *s_suite(void)
     tcase_set_timeout(g, 60); /* full-width resnets: ~2 s of CPU */
     tcase_add_test(g, test_net_fd);
     tcase_add_test(g, test_fusion_same_bits);
+    tcase_add_test(g, test_quant_zero_pad_exact);
     tcase_add_test(g, test_builder_errors);
     tcase_add_test(g, test_resnet_names_and_init);
     suite_add_tcase(s, g);

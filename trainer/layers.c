@@ -74,6 +74,9 @@ typedef struct s_node {
     eq_quant *qw, *qf, *qo; /* qo: conv output quantizer (the original's `ot`) */
     float *yo, *dyo;        /* with qo: the conv's raw output and its gradient */
     int pad_before;     /* conv: pad explicitly before Qf (conv then runs with pad 0) */
+    int q_unpadded;     /* pad_before, but the last forward's Qf was zero-pad exact: it
+                         * quantized the unpadded input and the conv padded (conv_up) */
+    eq_conv2d_desc conv_up; /* pad_before: the conv on the unpadded input, padding itself */
     int64_t pad;        /* the requested padding */
     int64_t ph, pw_;    /* padded input height/width when pad_before */
     float *wq, *dwq;    /* quantized weight and its gradient */
@@ -342,6 +345,15 @@ int eq_layers_conv(eq_layers *g, const char *name, int in, int64_t k, int64_t r,
     if (eq_conv2d_desc_init(d, err) != EQ_OK) {
         eq_err_prefix(err, "%s: ", name);
         return s_fail(g);
+    }
+    if (nd->pad_before) { /* same output; only the padding moves into the conv */
+        nd->conv_up = *d;
+        nd->conv_up.h = nd->h, nd->conv_up.w = nd->w;
+        nd->conv_up.pad_h = nd->conv_up.pad_w = pad;
+        if (eq_conv2d_desc_init(&nd->conv_up, err) != EQ_OK) {
+            eq_err_prefix(err, "%s: ", name);
+            return s_fail(g);
+        }
     }
     int64_t cin = nd->c;
     nd->h = d->p, nd->w = d->q, nd->c = k;
@@ -881,10 +893,17 @@ static eq_status s_pad(eq_backend *be, const s_node *in, int64_t p, const float 
     return st;
 }
 
-static eq_tensor_desc s_desc_of(const s_node *nd, const s_node *in)
+/* The conv a conv node runs in its last forward (see q_unpadded). */
+static const eq_conv2d_desc *s_conv(const s_node *nd)
+{
+    return nd->q_unpadded ? &nd->conv_up : &nd->conv;
+}
+
+/* The descriptor of Qf's input: padded when `padded`. */
+static eq_tensor_desc s_desc_of(const s_node *nd, const s_node *in, int padded)
 {
     eq_tensor_desc d;
-    int64_t s[4] = {in->n, nd->pad_before ? nd->ph : in->h, nd->pad_before ? nd->pw_ : in->w, in->c};
+    int64_t s[4] = {in->n, padded ? nd->ph : in->h, padded ? nd->pw_ : in->w, in->c};
     if (nd->kind == S_LINEAR) {
         int64_t s2[2] = {in->n, nd->lin_in};
         eq_tensor_desc_init(&d, EQ_DT_F32, EQ_LAYOUT_NC, 2, s2, NULL);
@@ -914,11 +933,17 @@ static eq_status s_quant_fwd(eq_layers *g, s_node *nd, const s_node *in, bool tr
     }
     if (nd->qf) {
         const float *src = in->y;
-        if (nd->pad_before) {
+        /* padding then quantizing is quantizing then padding when the
+         * quantizer maps 0 to 0 and zeros add nothing to its gradients: the
+         * conv pads then (conv_up), and the pad, the crop and the border's
+         * share of Qf go away */
+        nd->q_unpadded = nd->pad_before && eq_quant_zero_pad_exact(nd->qf);
+        int padded = nd->pad_before && !nd->q_unpadded;
+        if (padded) {
             if ((st = s_pad(g->be, in, nd->pad, in->y, nd->xp, 0, err)) != EQ_OK) return st;
             src = nd->xp;
         }
-        eq_tensor_desc xd = s_desc_of(nd, in);
+        eq_tensor_desc xd = s_desc_of(nd, in, padded);
         st = eq_quant_forward(nd->qf, &xd, src, nd->a, train, err);
         if (st != EQ_OK) return eq_err_prefix(err, "quant_activation: ");
         *x = nd->a;
@@ -968,7 +993,7 @@ eq_status eq_layers_forward(eq_layers *g, const float *x, bool train, eq_err *er
         case S_CONV:
             st = s_quant_fwd(g, nd, a, train, &wp, &xp, err);
             if (nd->s2d) wp = nd->fixed_w;
-            if (st == EQ_OK) st = eq_backend_conv2d_fwd(be, &nd->conv, xp, wp, nd->qo ? nd->yo : nd->y, err);
+            if (st == EQ_OK) st = eq_backend_conv2d_fwd(be, s_conv(nd), xp, wp, nd->qo ? nd->yo : nd->y, err);
             if (st == EQ_OK && nd->qo) {
                 int64_t ys[4] = {nd->n, nd->h, nd->w, nd->c};
                 eq_tensor_desc yd;
@@ -1112,10 +1137,11 @@ static eq_status s_quant_bwd(eq_layers *g, s_node *nd, const s_node *in, float *
     if (nd->qf) {
         /* the quantizer's parameter gradients are wanted even when dx is
          * not; unpadded, its input gradient goes straight to dx (no copy) */
-        float *qgx = dx && !nd->pad_before ? dx : nd->da;
-        st = eq_quant_backward(nd->qf, nd->pad_before ? nd->xp : in->y, nd->da, qgx, err);
+        int padded = nd->pad_before && !nd->q_unpadded;
+        float *qgx = dx && !padded ? dx : nd->da;
+        st = eq_quant_backward(nd->qf, padded ? nd->xp : in->y, nd->da, qgx, err);
         if (st != EQ_OK) return eq_err_prefix(err, "quant_activation: ");
-        if (dx && nd->pad_before) st = s_pad(g->be, in, nd->pad, nd->da, dx, 1, err);
+        if (dx && padded) st = s_pad(g->be, in, nd->pad, nd->da, dx, 1, err);
     }
     return st;
 }
@@ -1148,8 +1174,8 @@ eq_status eq_layers_backward(eq_layers *g, eq_err *err)
                     if (st != EQ_OK) eq_err_prefix(err, "quant_output: ");
                     gy = nd->dyo;
                 }
-                if (st == EQ_OK && !nd->s2d) st = eq_backend_conv2d_bwd_filter(be, &nd->conv, xin, gy, dw, err);
-                if (st == EQ_OK && gx) st = eq_backend_conv2d_bwd_data(be, &nd->conv, gy, w, gx, err);
+                if (st == EQ_OK && !nd->s2d) st = eq_backend_conv2d_bwd_filter(be, s_conv(nd), xin, gy, dw, err);
+                if (st == EQ_OK && gx) st = eq_backend_conv2d_bwd_data(be, s_conv(nd), gy, w, gx, err);
             } else {
                 st = eq_backend_linear_bwd_weight(be, nd->n, nd->lin_in, nd->c, xin, nd->dy, dw,
                                                   s_g(g, nd->pb), err);
@@ -1264,7 +1290,16 @@ const float *eq_layers_quant_output(const eq_layers *g, const char *layer, eq_qu
     const float *p = NULL;
     size_t cnt = 0;
     if (tag == EQ_QTAG_WT && nd->qw) p = nd->wq, cnt = g->t[nd->pw].numel;
-    else if (tag == EQ_QTAG_FM && nd->qf) p = nd->a, cnt = nd->a_numel;
+    else if (tag == EQ_QTAG_FM && nd->qf) {
+        p = nd->a, cnt = nd->a_numel;
+        /* quantized unpadded: pad it now (Q(0) = 0), as the quantizer would
+         * have seen it; xp is free then until the next forward */
+        if (nd->q_unpadded) {
+            eq_err e = {0};
+            p = s_pad(g->be, &g->nodes[nd->in0], nd->pad, nd->a, nd->xp, 0, &e) == EQ_OK ? nd->xp : NULL;
+            if (!p) cnt = 0;
+        }
+    }
     else if (tag == EQ_QTAG_OT && nd->qo) p = nd->y, cnt = s_numel(nd);
     if (p && n) *n = (int64_t)cnt;
     return p;

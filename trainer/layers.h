@@ -44,7 +44,11 @@ void eq_layers_destroy(eq_layers **g_p);
 int eq_layers_input(eq_layers *g, int64_t n, int64_t h, int64_t w, int64_t c, eq_err *err);
 /* Conv without bias, "<name>.weight" [k][c/groups][r][r]; wq/fq: quantizer
  * options for the weight and the input (NULL: none), state under
- * "<name>.quant_activation.*" and "<name>.quant_weight.*". */
+ * "<name>.quant_activation.*" and "<name>.quant_weight.*".  Unless
+ * pad_after_quant, the input quantizer sees the zero-padded input (the
+ * original's order); a forward whose quantizer is eq_quant_zero_pad_exact
+ * quantizes the unpadded input and lets the conv pad instead (the same
+ * numbers, less work). */
 int eq_layers_conv(eq_layers *g, const char *name, int in, int64_t k, int64_t r, int64_t stride,
                    int64_t pad, int64_t groups, const eq_quant_opts *wq, const eq_quant_opts *fq,
                    bool pad_after_quant, eq_err *err);
