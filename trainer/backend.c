@@ -5,6 +5,8 @@
  */
 #include "trainer/backend.h"
 
+#include "quant/quant.h"
+
 #include <limits.h>
 #include <math.h>
 #include <stdlib.h>
@@ -894,4 +896,61 @@ eq_status eq_backend_adam_step(eq_backend *be, size_t n, const eq_adam_params *h
     S_NEED(mu, op);
     S_NEED(nu, op);
     return be->iface->adam_step(be->context, n, hp, param, grad, mu, nu, err);
+}
+
+/* The quantizer members: the backend's, else quant/ itself where device
+ * memory is host memory. */
+static eq_status s_quant_ok(eq_backend *be, const void *fn, const char *op, eq_err *err)
+{
+    if (!be || !be->iface) return eq_err_set(err, EQ_ERR_INVALID, "%s: backend is NULL", op);
+    if (!fn && !be->iface->host_memory)
+        return eq_err_set(err, EQ_ERR_UNSUPPORTED,
+                          "%s: the %s backend runs no quantizers (its memory is not host memory, "
+                          "so quant/ cannot run on it directly)",
+                          op, eq_backend_name(be));
+    return EQ_OK;
+}
+
+int eq_backend_host_memory(const eq_backend *be)
+{
+    return be && be->iface && be->iface->host_memory;
+}
+
+int eq_backend_runs_quant(const eq_backend *be)
+{
+    return be && be->iface &&
+           (be->iface->host_memory || (be->iface->quant_forward && be->iface->quant_backward));
+}
+
+eq_status eq_backend_quant_forward(eq_backend *be, struct eq_quant *q, const eq_tensor_desc *xd,
+                                   const float *x, float *y, int train, eq_err *err)
+{
+    static const char *op = "quant_forward";
+    S_CHECK(s_quant_ok(be, be && be->iface ? (const void *)be->iface->quant_forward : NULL, op, err));
+    S_NEED(q, op);
+    S_NEED(xd, op);
+    S_NEED(x, op);
+    S_NEED(y, op);
+    if (x == y) return eq_err_set(err, EQ_ERR_INVALID, "%s: x and y are the same buffer", op);
+    if (be->iface->quant_forward)
+        return be->iface->quant_forward(be->context, q, xd, x, y, train, err);
+    return eq_quant_forward(q, xd, x, y, train, err);
+}
+
+eq_status eq_backend_quant_backward(eq_backend *be, struct eq_quant *q, const float *x,
+                                    const float *gy, float *gx, eq_err *err)
+{
+    static const char *op = "quant_backward";
+    S_CHECK(s_quant_ok(be, be && be->iface ? (const void *)be->iface->quant_backward : NULL, op, err));
+    S_NEED(q, op);
+    S_NEED(x, op);
+    S_NEED(gy, op);
+    S_NEED(gx, op);
+    if (be->iface->quant_backward) return be->iface->quant_backward(be->context, q, x, gy, gx, err);
+    return eq_quant_backward(q, x, gy, gx, err);
+}
+
+void eq_backend_quant_release(eq_backend *be, struct eq_quant *q)
+{
+    if (be && be->iface && be->iface->quant_release && q) be->iface->quant_release(be->context, q);
 }

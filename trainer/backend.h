@@ -47,6 +47,20 @@
  * (trainer/backend.c), so they cost a new backend nothing.  The separate
  * ops stay the reference that the fused ones are tested against.
  *
+ * Quantizers.  quant_forward / quant_backward run a quant/ quantizer
+ * (struct eq_quant: options, parameters, gradients and counters stay in
+ * that host object, where checkpoints and the policy find them) on device
+ * tensors, with the results of eq_quant_forward / eq_quant_backward on
+ * host copies.  They are optional members with a generic default that
+ * calls quant/ on the pointers themselves: right for a backend whose
+ * device memory is host memory (host_memory set: the CPU backend, which
+ * also implements them to run the quantizer on its threads), refused
+ * (EQ_ERR_UNSUPPORTED naming the backend) for any other.  A backend may
+ * keep state per quantizer (the CUDA backend: device buffers, one
+ * eq_cuda_quant per eq_quant); quant_release drops it, and the caller
+ * calls eq_backend_quant_release before eq_quant_destroy (the backend
+ * frees what is left when it is destroyed itself).
+ *
  * Room for what comes next (deliberately not in the table yet, since an
  * unimplemented member would be a stub):
  *  - fused conv epilogues: conv2d_fwd_fused(desc, x, w, epilogue, y, aux) where
@@ -71,6 +85,9 @@
 #include <stdint.h>
 
 #include "core/status.h"
+#include "core/tensor.h"
+
+struct eq_quant; /* quant/quant.h */
 
 /* ---- op descriptors (plain data, validated by the *_init functions) ----- */
 
@@ -160,8 +177,10 @@ typedef struct eq_backend eq_backend;
 typedef struct eq_backend_event eq_backend_event; /* owned by its backend's implementation */
 
 /* Bump when members change meaning or order (out-of-tree backends check it). */
-#define EQ_BACKEND_IFACE_VERSION 3 /* 2: optional clamp_* and scalar_affine_* after add;
-                                     * 3: optional bn_relu_* after bn_bwd */
+#define EQ_BACKEND_IFACE_VERSION 4 /* 2: optional clamp_* and scalar_affine_* after add;
+                                     * 3: optional bn_relu_* after bn_bwd;
+                                     * 4: host_memory after name, optional quant_*
+                                     *    after adam_step */
 
 /* Each member receives the backend's `context`.  Members marked (optional)
  * may be NULL: the eq_backend_* wrapper then answers EQ_ERR_UNSUPPORTED
@@ -170,6 +189,9 @@ typedef struct eq_backend_event eq_backend_event; /* owned by its backend's impl
  * by the wrappers. */
 struct eq_backend_i {
     const char *name; /* "cpu", "cuda" */
+    /* 1 when device pointers are host pointers (alloc returns host memory:
+     * the CPU backend), so host code may read and write them directly. */
+    int host_memory;
 
     /* Release everything the context owns (buffers still allocated are the
      * caller's bug; the CPU backend frees them anyway by not tracking them). */
@@ -328,6 +350,23 @@ struct eq_backend_i {
     /* mu, nu: first and second moment buffers [n] (zero before step 1). */
     eq_status (*adam_step)(void *ctx, size_t n, const eq_adam_params *hp, float *param,
                            const float *grad, float *mu, float *nu, eq_err *err);
+
+    /* -- quantizers (quant/quant.h) on device tensors -- */
+    /* (optional; default: eq_quant_forward(q, xd, x, y, train) on the
+     * pointers when host_memory, else EQ_ERR_UNSUPPORTED) y = Q(x), x and y
+     * contiguous F32 described by xd (host), not aliasing.  q's state (its
+     * counters, LQ-Net basis, ...) changes as eq_quant_forward changes it. */
+    eq_status (*quant_forward)(void *ctx, struct eq_quant *q, const eq_tensor_desc *xd,
+                               const float *x, float *y, int train, eq_err *err);
+    /* (optional; default as quant_forward) Backward of q's last forward
+     * through this member: gx and the gradients of q's parameters (in q's
+     * host arrays, visible to the host when this returns), as
+     * eq_quant_backward.  x is that forward's x; gy and gx may alias. */
+    eq_status (*quant_backward)(void *ctx, struct eq_quant *q, const float *x, const float *gy,
+                                float *gx, eq_err *err);
+    /* (optional; default: nothing to drop) Drop what the backend keeps for
+     * q; q may be used again afterwards (state is made anew). */
+    void (*quant_release)(void *ctx, struct eq_quant *q);
 };
 
 struct eq_backend {
@@ -458,6 +497,23 @@ eq_status eq_backend_xent_fwd(eq_backend *be, const eq_xent_desc *d, const float
 eq_status eq_backend_xent_bwd(eq_backend *be, const eq_xent_desc *d, const float *logits,
                               const int32_t *labels_a, const int32_t *labels_b,
                               const float *lambda, float dloss, float *dlogits, eq_err *err);
+
+/* Quantizers: the backend's member, or (member NULL) quant/ itself on a
+ * host_memory backend; EQ_ERR_UNSUPPORTED naming the backend otherwise.
+ * q, xd, x, y (gy, gx) are required; x and y must differ.  Errors of the
+ * quantizer come back as quant/ words them. */
+eq_status eq_backend_quant_forward(eq_backend *be, struct eq_quant *q, const eq_tensor_desc *xd,
+                                   const float *x, float *y, int train, eq_err *err);
+eq_status eq_backend_quant_backward(eq_backend *be, struct eq_quant *q, const float *x,
+                                    const float *gy, float *gx, eq_err *err);
+/* Drop the backend's state for q (call before eq_quant_destroy; NULL-safe,
+ * a no-op for a quantizer the backend never saw). */
+void eq_backend_quant_release(eq_backend *be, struct eq_quant *q);
+/* 1 when be's device pointers are host pointers (iface host_memory). */
+int eq_backend_host_memory(const eq_backend *be);
+/* 1 when eq_backend_quant_forward/backward can run on be (it has the
+ * members, or host memory for the default). */
+int eq_backend_runs_quant(const eq_backend *be);
 
 /* Hyper-parameters are checked: lr >= 0, momentum/dampening/betas in [0, 1)
  * ([0, 1] for dampening), weight decay >= 0, eps > 0, step >= 1, nesterov

@@ -6,6 +6,8 @@
  */
 #include "trainer/cpu/cpu_internal.h"
 
+#include "quant/quant.h"
+
 #include <cblas.h>
 #include <stdlib.h>
 #include <string.h>
@@ -275,8 +277,30 @@ static eq_status s_event_sync(void *ctx, eq_backend_event *ev, eq_err *err)
     return s_event_check(ev, "event_synchronize", err);
 }
 
+/* Quantizers: quant/ on the tensors themselves (host memory), split over
+ * the backend's pool for the call only (results do not depend on it), so
+ * the eq_quant keeps no pointer into this backend. */
+static eq_status s_quant_fwd(void *ctx, struct eq_quant *q, const eq_tensor_desc *xd,
+                             const float *x, float *y, int train, eq_err *err)
+{
+    eq_quant_set_pool(q, ((eq_cpu *)ctx)->pool);
+    eq_status st = eq_quant_forward(q, xd, x, y, train, err);
+    eq_quant_set_pool(q, NULL);
+    return st;
+}
+
+static eq_status s_quant_bwd(void *ctx, struct eq_quant *q, const float *x, const float *gy,
+                             float *gx, eq_err *err)
+{
+    eq_quant_set_pool(q, ((eq_cpu *)ctx)->pool);
+    eq_status st = eq_quant_backward(q, x, gy, gx, err);
+    eq_quant_set_pool(q, NULL);
+    return st;
+}
+
 static const struct eq_backend_i s_cpu_iface = {
     .name = "cpu",
+    .host_memory = 1,
     .free = s_free,
     .alloc = s_alloc,
     .release = s_release,
@@ -323,6 +347,8 @@ static const struct eq_backend_i s_cpu_iface = {
     .xent_bwd = eq_cpu_xent_bwd,
     .sgd_step = eq_cpu_sgd_step,
     .adam_step = eq_cpu_adam_step,
+    .quant_forward = s_quant_fwd,
+    .quant_backward = s_quant_bwd,
 };
 
 eq_pool *eq_cpu_backend_pool(const eq_backend *be)
