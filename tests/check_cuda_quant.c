@@ -13,6 +13,17 @@
  * pact, dorefa activations) and the host path (dorefa weights, warm-up,
  * bin); each checks which path it took.
  *
+ * The backend's quantizer members (eq_backend_quant_*, 2026-11-28): the
+ * same comparisons through the CUDA backend's members (a device-kernel and
+ * a host-path quantizer, state released and remade, state left for the
+ * backend to free), and a small quantized network (trainer/layers.h: two
+ * quantized convs, one with an output quantizer, BN, ReLU, GAP, a quantized
+ * linear) trained two steps on the CUDA backend against the CPU backend:
+ * every quantizer output equal except at most 0.1 % of its elements, fp32
+ * outputs and gradients within 1e-5 norm-wise (when no level flipped
+ * upstream; a flipped level moves what follows it by a whole step, which
+ * is then printed instead), quantizer state equal.
+ *
  * Without a usable GPU the program prints why and exits 77 (SKIP).
  */
 #include "config.h"
@@ -20,6 +31,7 @@
 #include "core/rng.h"
 #include "quant/quant.h"
 #include "trainer/backend.h"
+#include "trainer/layers.h"
 #include "trainer/cuda/cuda.h"
 #include "trainer/cuda/quant_cuda.h"
 #include "tests/testutil.h"
@@ -27,6 +39,7 @@
 #include <time.h>
 
 static uint64_t g_seed;
+static eq_quant *s_left; /* test_members: a quantizer that outlives its backend */
 
 typedef struct s_case {
     const char *name;
@@ -190,6 +203,201 @@ START_TEST(test_args)
 }
 END_TEST
 
+/* The members on the CUDA backend against quant/ on host copies. */
+START_TEST(test_members)
+{
+    eq_err err = {0};
+    eq_cuda_opts co = {.device = 0};
+    eq_backend *be = eq_backend_cuda_new(&co, &err);
+    ck_assert_msg(be != NULL, "%s", err.msg);
+    ck_assert_int_eq(eq_backend_host_memory(be), 0);
+    ck_assert_int_eq(eq_backend_runs_quant(be), 1);
+    /* lsq fm (device kernels) and bin wt (host path) */
+    const s_case *cs[2] = {&s_cases[0], NULL};
+    static const s_case bin = {"bin wt", EQ_QTAG_WT, EQ_LAYOUT_OIHW, {8, 4, 3, 3}, {"method=bin", "bit=1", NULL}, {0, 0, 0}};
+    cs[1] = &bin;
+    for (int k = 0; k < 2; k++) {
+        const s_case *c = cs[k];
+        eq_tensor_desc xd;
+        ck_assert(eq_tensor_desc_init(&xd, EQ_DT_F32, c->layout, 4, c->shape, &err) == EQ_OK);
+        size_t n = (size_t)eq_tensor_numel(&xd);
+        eq_quant *qh = s_make(c, &xd), *qd = s_make(c, &xd);
+        float *y = malloc(n * 4), *gx = malloc(n * 4), *yd = malloc(n * 4), *gxd = malloc(n * 4);
+        float *dx = eq_backend_alloc(be, n * 4, &err), *dy = eq_backend_alloc(be, n * 4, &err);
+        float *dg = eq_backend_alloc(be, n * 4, &err);
+        ck_assert(y && gx && yd && gxd && dx && dy && dg);
+        for (int step = 0; step < 3; step++) {
+            float *x = s_rand(n, -1.0f, 2.0f, 100 + (uint64_t)step), *gy = s_rand(n, -1, 1, 200 + (uint64_t)step);
+            ck_assert(eq_quant_forward(qh, &xd, x, y, 1, &err) == EQ_OK);
+            ck_assert(eq_quant_backward(qh, x, gy, gx, &err) == EQ_OK);
+            ck_assert(eq_backend_upload(be, dx, x, n * 4, &err) == EQ_OK);
+            ck_assert(eq_backend_upload(be, dg, gy, n * 4, &err) == EQ_OK);
+            ck_assert_msg(eq_backend_quant_forward(be, qd, &xd, dx, dy, 1, &err) == EQ_OK, "%s: %s", c->name, err.msg);
+            ck_assert_msg(eq_backend_quant_backward(be, qd, dx, dg, dg, &err) == EQ_OK, "%s: %s", c->name, err.msg);
+            ck_assert(eq_backend_download(be, yd, dy, n * 4, &err) == EQ_OK);
+            ck_assert(eq_backend_download(be, gxd, dg, n * 4, &err) == EQ_OK);
+            size_t fy = s_diff(y, yd, n), fg = s_diff(gx, gxd, n);
+            ck_assert_msg(fy * 1000 <= n && fg * 1000 <= n, "%s step %d: %zu / %zu of %zu differ (seed %llu)",
+                          c->name, step, fy, fg, n, (unsigned long long)g_seed);
+            for (size_t t = 0; t < eq_quant_tensor_count(qh); t++) {
+                eq_quant_tensor *a = eq_quant_tensor_at(qh, t), *b = eq_quant_tensor_at(qd, t);
+                ck_assert_msg(memcmp(a->data, b->data, (size_t)a->numel * 4) == 0, "%s: state %s", c->name, a->name);
+                if (a->grad)
+                    ck_assert_msg(eq_test_relerr(b->grad, a->grad, (size_t)a->numel) <= 1e-5, "%s: grad %s",
+                                  c->name, a->name);
+            }
+            /* step 1: the state is dropped and remade (same results) */
+            if (step == 1) eq_backend_quant_release(be, qd);
+            free(x);
+            free(gy);
+        }
+        /* backward with no forward since the release */
+        eq_backend_quant_release(be, qd);
+        ck_assert_int_eq(eq_backend_quant_backward(be, qd, dx, dg, dg, &err), EQ_ERR_INVALID);
+        /* the lsq one is forwarded again and left for the backend to free */
+        if (k == 0) ck_assert(eq_backend_quant_forward(be, qd, &xd, dx, dy, 0, &err) == EQ_OK);
+        ck_assert(eq_backend_synchronize(be, &err) == EQ_OK);
+        eq_backend_release(be, dx);
+        eq_backend_release(be, dy);
+        eq_backend_release(be, dg);
+        free(y);
+        free(gx);
+        free(yd);
+        free(gxd);
+        eq_quant_destroy(&qh);
+        if (k == 1) eq_quant_destroy(&qd);
+        else s_left = qd; /* destroyed after the backend */
+    }
+    eq_backend_destroy(&be);
+    eq_quant_destroy(&s_left);
+}
+END_TEST
+
+static void s_qopts(eq_quant_opts *o, eq_quant_tag tag, const char *method, const char *bit)
+{
+    eq_err err = {0};
+    eq_quant_opts_init(o, tag);
+    ck_assert(eq_quant_opts_set(o, "method", method, &err) == EQ_OK);
+    ck_assert(eq_quant_opts_set(o, "bit", bit, &err) == EQ_OK);
+}
+
+/* input [4][8][8][8] -> conv1 (lsq wt/fm, 2 bit) -> bn1 -> relu -> conv2
+ * (dorefa wt: host path; pact fm; lsq output quantizer) -> bn2 -> relu ->
+ * gap -> fc (lsq wt/fm) [4][10] */
+static eq_layers *s_net(eq_backend *be)
+{
+    eq_err err = {0};
+    eq_layers *g = eq_layers_new(be, &err);
+    ck_assert_ptr_nonnull(g);
+    eq_quant_opts w1, f1, w2, f2, o2, wf, ff;
+    s_qopts(&w1, EQ_QTAG_WT, "lsq", "2");
+    s_qopts(&f1, EQ_QTAG_FM, "lsq", "2");
+    s_qopts(&w2, EQ_QTAG_WT, "dorefa", "2");
+    s_qopts(&f2, EQ_QTAG_FM, "pact", "4");
+    s_qopts(&o2, EQ_QTAG_OT, "lsq", "4");
+    s_qopts(&wf, EQ_QTAG_WT, "lsq", "4");
+    s_qopts(&ff, EQ_QTAG_FM, "lsq", "4");
+    int x = eq_layers_input(g, 4, 8, 8, 8, &err);
+    int c1 = eq_layers_conv(g, "conv1", x, 16, 3, 1, 1, 1, &w1, &f1, false, &err);
+    int r1 = eq_layers_relu(g, eq_layers_bn(g, "bn1", c1, &err), &err);
+    int c2 = eq_layers_conv(g, "conv2", r1, 16, 3, 2, 1, 1, &w2, &f2, false, &err);
+    ck_assert_msg(c2 >= 0 && eq_layers_conv_output_quant(g, c2, &o2, &err) == EQ_OK, "%s", err.msg);
+    int r2 = eq_layers_relu(g, eq_layers_bn(g, "bn2", c2, &err), &err);
+    int fc = eq_layers_linear(g, "fc", eq_layers_gap(g, r2, &err), 10, &wf, &ff, &err);
+    ck_assert_msg(fc >= 0, "%s", err.msg);
+    ck_assert_msg(eq_layers_finalize(g, 1234, &err) == EQ_OK, "%s", err.msg);
+    return g;
+}
+
+static float *s_host_copy(eq_backend *be, const void *p, size_t n, int host)
+{
+    float *h = malloc(n * 4 + 4);
+    eq_err err = {0};
+    ck_assert_ptr_nonnull(h);
+    if (host) memcpy(h, p, n * 4);
+    else ck_assert_msg(eq_backend_download(be, h, p, n * 4, &err) == EQ_OK, "%s", err.msg);
+    return h;
+}
+
+START_TEST(test_layers)
+{
+    eq_err err = {0};
+    eq_cuda_opts co = {.device = 0};
+    eq_backend *gpu = eq_backend_cuda_new(&co, &err), *cpu = eq_backend_cpu_new(2, &err);
+    ck_assert(gpu && cpu);
+    eq_layers *gc = s_net(cpu), *gg = s_net(gpu);
+    int64_t xs = 4 * 8 * 8 * 8, os[4];
+    float *dx = eq_backend_alloc(gpu, (size_t)xs * 4, &err), *hx = eq_backend_alloc(cpu, (size_t)xs * 4, &err);
+    ck_assert(dx && hx);
+    static const char *const qn[3] = {"conv1", "conv2", "fc"};
+    for (int step = 0; step < 2; step++) {
+        float *x = s_rand((size_t)xs, -1.0f, 1.0f, 300 + (uint64_t)step);
+        memcpy(hx, x, (size_t)xs * 4);
+        ck_assert(eq_backend_upload(gpu, dx, x, (size_t)xs * 4, &err) == EQ_OK);
+        ck_assert_msg(eq_layers_forward(gc, hx, true, &err) == EQ_OK, "cpu: %s", err.msg);
+        ck_assert_msg(eq_layers_forward(gg, dx, true, &err) == EQ_OK, "cuda: %s", err.msg);
+        /* quantizer outputs: levels equal except a few flips */
+        size_t flips = 0;
+        for (int l = 0; l < 3; l++)
+            for (int tag = 0; tag < EQ_QTAG_COUNT; tag++) {
+                int64_t na = 0, nb = 0;
+                const float *a = eq_layers_quant_output(gc, qn[l], (eq_quant_tag)tag, &na);
+                const float *b = eq_layers_quant_output(gg, qn[l], (eq_quant_tag)tag, &nb);
+                ck_assert_int_eq(na, nb);
+                if (!a) continue;
+                float *hb = s_host_copy(gpu, b, (size_t)nb, 0);
+                size_t f = s_diff(a, hb, (size_t)na);
+                ck_assert_msg(f * 1000 <= (size_t)na, "step %d %s %s: %zu of %lld levels differ (seed %llu)",
+                              step, qn[l], eq_quant_tag_name((eq_quant_tag)tag), f, (long long)na,
+                              (unsigned long long)g_seed);
+                flips += f;
+                free(hb);
+            }
+        /* fp32: the output, then (after the backward) every gradient */
+        float *dyc, *dyg;
+        float *yc = eq_layers_output(gc, &dyc, os), *yg = eq_layers_output(gg, &dyg, os);
+        size_t no = (size_t)(os[0] * os[1] * os[2] * os[3]);
+        float *hy = s_host_copy(gpu, yg, no, 0);
+        double ey = eq_test_relerr(hy, yc, no);
+        free(hy);
+        float *gy = s_rand(no, -1.0f, 1.0f, 400 + (uint64_t)step);
+        memcpy(dyc, gy, no * 4);
+        ck_assert(eq_backend_upload(gpu, dyg, gy, no * 4, &err) == EQ_OK);
+        free(gy);
+        ck_assert_msg(eq_layers_backward(gc, &err) == EQ_OK, "cpu: %s", err.msg);
+        ck_assert_msg(eq_layers_backward(gg, &err) == EQ_OK, "cuda: %s", err.msg);
+        double emax = ey;
+        const char *worst = "output";
+        ck_assert_uint_eq(eq_layers_tensor_count(gc), eq_layers_tensor_count(gg));
+        for (size_t i = 0; i < eq_layers_tensor_count(gc); i++) {
+            const eq_model_tensor *a = eq_layers_tensor_at(gc, i), *b = eq_layers_tensor_at(gg, i);
+            ck_assert_str_eq(a->name, b->name);
+            if (a->dtype != EQ_DT_F32) continue;
+            if (a->quant) /* quantizer state: host memory on both, equal */
+                ck_assert_msg(memcmp(a->data, b->data, a->numel * 4) == 0 || flips,
+                              "step %d: %s differs", step, a->name);
+            if (!a->grad) continue;
+            float *hb = s_host_copy(gpu, b->grad, b->numel, b->quant);
+            double e = eq_test_relerr(hb, a->grad, a->numel);
+            free(hb);
+            if (e > emax) emax = e, worst = a->name;
+        }
+        printf("check_cuda_quant: layers step %d: %zu flipped level(s), worst fp32 relative error %.3g (%s)\n",
+               step, flips, emax, worst);
+        if (!flips)
+            ck_assert_msg(emax <= 1e-5, "step %d: %s: relative error %.3g (seed %llu)", step, worst, emax,
+                          (unsigned long long)g_seed);
+        free(x);
+    }
+    eq_backend_release(gpu, dx);
+    eq_backend_release(cpu, hx);
+    eq_layers_destroy(&gg); /* releases the backend's quantizer state */
+    eq_layers_destroy(&gc);
+    eq_backend_destroy(&gpu);
+    eq_backend_destroy(&cpu);
+}
+END_TEST
+
 int main(void)
 {
     char why[256] = "";
@@ -204,6 +412,9 @@ int main(void)
     TCase *tc = tcase_create("parity");
     tcase_add_loop_test(tc, test_quant, 0, NCASE);
     tcase_add_test(tc, test_args);
+    tcase_add_test(tc, test_members);
+    tcase_add_test(tc, test_layers);
+    tcase_set_timeout(tc, 60);
     suite_add_tcase(su, tc);
     /* no fork: CUDA is initialised in this process already */
     SRunner *sr = srunner_create(su);

@@ -98,6 +98,7 @@ static void s_free(void *ctx)
     cudaSetDevice(cu->device);
     if (cu->stream) cudaStreamSynchronize(cu->stream);
     if (cu->copy_stream) cudaStreamSynchronize(cu->copy_stream);
+    eq_cuda_quants_free(cu); /* quantizers never released (backend.h allows it) */
     eq_cuda_conv_plans_free(cu);
     for (int i = 0; i < EQ_CUDA_PREFETCH_SLOTS; i++) {
         if (cu->pin[i]) cudaFreeHost(cu->pin[i]);
@@ -387,6 +388,7 @@ eq_backend *eq_backend_cuda_new(const eq_cuda_opts *o, eq_err *err)
 #undef S_TRY
     be->iface = &eq_cuda_iface;
     be->context = cu;
+    cu->self = be;
     return be;
 fail:
     (void)st;
@@ -443,4 +445,7 @@ const struct eq_backend_i eq_cuda_iface = {
     .xent_bwd = eq_cuda_xent_bwd,
     .sgd_step = eq_cuda_sgd_step,
     .adam_step = eq_cuda_adam_step,
+    .quant_forward = eq_cuda_quant_fwd,
+    .quant_backward = eq_cuda_quant_bwd,
+    .quant_release = eq_cuda_quant_release,
 };

@@ -36,7 +36,18 @@ typedef struct eq_cuda_conv_plan {
 
 #define EQ_CUDA_PREFETCH_SLOTS 2
 
+struct eq_cuda_quant;  /* quant_cuda.h */
+struct eq_quant;       /* quant/quant.h */
+
+/* The backend's quantizer state: one eq_cuda_quant per eq_quant that went
+ * through quant_forward (quant_cuda.c). */
+typedef struct eq_cuda_qslot {
+    struct eq_quant *q;
+    struct eq_cuda_quant *cq;
+} eq_cuda_qslot;
+
 typedef struct eq_cuda {
+    eq_backend *self;         /* the backend object whose context this is */
     int device;
     int deterministic;
     int tf32;
@@ -61,6 +72,9 @@ typedef struct eq_cuda {
     int pin_next;
     cudaEvent_t last_prefetch;
     int have_prefetch;
+    /* quantizers (quant_cuda.c) */
+    eq_cuda_qslot *quants;
+    size_t nquants, quants_cap;
 } eq_cuda;
 
 /* Error helpers: set err naming the call and op, return the status. */
@@ -173,6 +187,15 @@ eq_status eq_cuda_sgd_step(void *ctx, size_t n, const eq_sgd_params *hp, float *
                            const float *grad, float *buf, eq_err *err);
 eq_status eq_cuda_adam_step(void *ctx, size_t n, const eq_adam_params *hp, float *param,
                             const float *grad, float *mu, float *nu, eq_err *err);
+
+/* quant_cuda.c: the quant_* members over eq_cuda_quant, and freeing every
+ * quantizer's state with the backend. */
+eq_status eq_cuda_quant_fwd(void *ctx, struct eq_quant *q, const eq_tensor_desc *xd,
+                            const float *x, float *y, int train, eq_err *err);
+eq_status eq_cuda_quant_bwd(void *ctx, struct eq_quant *q, const float *x, const float *gy,
+                            float *gx, eq_err *err);
+void eq_cuda_quant_release(void *ctx, struct eq_quant *q);
+void eq_cuda_quants_free(eq_cuda *cu);
 
 extern const struct eq_backend_i eq_cuda_iface;
 

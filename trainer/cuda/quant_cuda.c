@@ -23,6 +23,7 @@ struct eq_cuda_quant {
     eq_backend *be;
     eq_cuda *cu;
     eq_quant *q;
+    int64_t g0;        /* q->g when made (hpar/hpart/hsum are sized by it) */
     s_kind last;       /* path of the last forward (S_HOST: host copies) */
     int have_fwd;
     eq_cuq_geom geom;
@@ -95,6 +96,7 @@ eq_cuda_quant *eq_cuda_quant_new(eq_backend *be, eq_quant *q, eq_err *err)
     cq->be = be;
     cq->cu = be->context;
     cq->q = q;
+    cq->g0 = q->g;
     return cq;
 }
 
@@ -371,4 +373,74 @@ eq_status eq_cuda_quant_backward(eq_cuda_quant *cq, const float *x, const float 
         break;
     }
     return EQ_OK;
+}
+
+/* ---- the backend's quant_* members ------------------------------------------ */
+
+/* The slot of q in cu's table, or -1. */
+static long s_slot(const eq_cuda *cu, const eq_quant *q)
+{
+    for (size_t i = 0; i < cu->nquants; i++)
+        if (cu->quants[i].q == q) return (long)i;
+    return -1;
+}
+
+static void s_drop(eq_cuda *cu, size_t i)
+{
+    eq_cuda_quant_destroy(&cu->quants[i].cq);
+    cu->quants[i] = cu->quants[--cu->nquants];
+}
+
+eq_status eq_cuda_quant_fwd(void *ctx, struct eq_quant *q, const eq_tensor_desc *xd,
+                            const float *x, float *y, int train, eq_err *err)
+{
+    eq_cuda *cu = ctx;
+    long i = s_slot(cu, q);
+    /* a slot whose quantizer has another group count is a stale one (an
+     * eq_quant destroyed without quant_release, its address reused) */
+    if (i >= 0 && cu->quants[i].cq->g0 != q->g) {
+        s_drop(cu, (size_t)i);
+        i = -1;
+    }
+    if (i < 0) {
+        if (cu->nquants == cu->quants_cap) {
+            size_t cap = cu->quants_cap ? 2 * cu->quants_cap : 16;
+            eq_cuda_qslot *a = realloc(cu->quants, cap * sizeof *a);
+            if (!a) return eq_err_set(err, EQ_ERR_NOMEM, "quant_forward: out of memory");
+            cu->quants = a;
+            cu->quants_cap = cap;
+        }
+        eq_cuda_quant *cq = eq_cuda_quant_new(cu->self, q, err);
+        if (!cq) return err ? err->code : EQ_ERR_NOMEM;
+        i = (long)cu->nquants++;
+        cu->quants[i] = (eq_cuda_qslot){q, cq};
+    }
+    return eq_cuda_quant_forward(cu->quants[i].cq, xd, x, y, train, err);
+}
+
+eq_status eq_cuda_quant_bwd(void *ctx, struct eq_quant *q, const float *x, const float *gy,
+                            float *gx, eq_err *err)
+{
+    eq_cuda *cu = ctx;
+    long i = s_slot(cu, q);
+    if (i < 0)
+        return eq_err_set(err, EQ_ERR_INVALID,
+                          "quant_backward: quantizer %s has had no forward on this cuda backend",
+                          eq_quant_tag_name(q->o.tag));
+    return eq_cuda_quant_backward(cu->quants[i].cq, x, gy, gx, err);
+}
+
+void eq_cuda_quant_release(void *ctx, struct eq_quant *q)
+{
+    eq_cuda *cu = ctx;
+    long i = s_slot(cu, q);
+    if (i >= 0) s_drop(cu, (size_t)i);
+}
+
+void eq_cuda_quants_free(eq_cuda *cu)
+{
+    while (cu->nquants) s_drop(cu, cu->nquants - 1);
+    free(cu->quants);
+    cu->quants = NULL;
+    cu->quants_cap = 0;
 }
