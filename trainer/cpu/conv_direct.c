@@ -6,9 +6,13 @@
  *   wp   weight panels per job [KB][ntap][C][16]: output channels in blocks
  *        of 16 (the last one zero-padded), so the micro-kernel loads two
  *        8-lane vectors (one with AVX-512) per (tap, c);
- *   xp   a tile of zero-padded images [tn][phases][Hh][Wh][C] (stride 1:
- *        one phase, [Hp][Wp]) plus S_SLACK pixels of zeros (the last block
- *        of 12 pixels reads up to 11 pixels past the last image);
+ *   scr  per worker, one zero-padded image [phases][Hh][Wh][C] (stride 1:
+ *        one phase, [Hp][Wp]) plus S_SLACK pixels: a task pads just the
+ *        rows its band of outputs reads (and zeroes the S_SLACK pixels
+ *        after them: the last block of 12 pixels reads up to 11 pixels
+ *        past them) and computes the band from there while those rows
+ *        are in its core's L1/L2 (no batch-sized padded copy written to
+ *        memory and read back, no pass and barrier before the compute);
  *   part the filter gradient's per-slice partial sums [nch][R][S][C][KP],
  *        KP = K rounded up to 16.
  */
@@ -27,7 +31,7 @@ int eq_cpu_conv_direct_ok(const eq_conv2d_desc *d)
 
 /* ---- forward (and backward data) ----------------------------------------- */
 
-/* A job: one convolution over the padded tile's flat pixel grid.  The
+/* A job: one convolution over the padded image's flat pixel grid.  The
  * forward is one job; the backward data of a stride-2 convolution is one
  * job per phase of dx (rows and columns of one parity each), each a
  * stride-1 convolution of the padded dy with the taps of that phase. */
@@ -46,11 +50,13 @@ typedef struct s_job {
     int64_t p, q;           /* output grid: p rows of q pixels (flat row width: s_fwd's wh) */
     int64_t y0, yp, yq;     /* grid pixel (i, j) is output element y0 + i*yp + j*yq of an image */
     int64_t rt, tpi;        /* grid rows per task, tasks per image */
+    int64_t rlo, rhi;       /* grid rows [p0, p1) read padded rows [p0 + rlo, p1 + rhi) */
 } s_job;
 
 typedef struct s_fwd {
     const float *x;       /* [N][H][W][C] */
-    float *xp, *y;        /* xp: a tile of padded images; y: [N][..][K] */
+    float *scr, *y;       /* scr: per-worker padded images (scrf floats apart); y: [N][..][K] */
+    int64_t scrf;
     int64_t h, w, c, k, nkb;
     /* Padded image: the input with plh zero rows above and plw zero
      * columns left (and zeros below and right), split into nph x npw
@@ -61,39 +67,45 @@ typedef struct s_fwd {
     int64_t img, yimg;    /* floats per padded image (all phases), per output image */
     int64_t njob, tpimg;  /* jobs, tasks per image (all jobs) */
     s_job job[S_MAXJOB];
-    int64_t n0;           /* first image of the tile */
     int isa;              /* s_isa() */
 } s_fwd;
 
-/* Padded copy of image n0 + i into tile slot i, phase by phase. */
-static void s_pad_image(void *vctx, size_t i)
+/* Rows [r0, r1) of every phase of image n's padded copy into dst (a
+ * whole padded image's layout; other rows untouched), each phase's rows
+ * followed by S_SLACK zero pixels (a later phase's rows may overwrite
+ * them: they only feed outputs that are dropped). */
+static void s_pad_rows(const s_fwd *f, int64_t n, float *dst, int64_t r0, int64_t r1)
 {
-    const s_fwd *f = vctx;
     const int64_t C = f->c, rowf = f->wh * C;
-    const float *src = f->x + (f->n0 + (int64_t)i) * f->h * f->w * C;
-    float *dst = f->xp + (int64_t)i * f->img;
+    const float *src = f->x + n * f->h * f->w * C;
+    r0 = r0 < 0 ? 0 : r0;
+    r1 = s_min(r1, f->hh);
     for (int64_t a = 0; a < f->nph; a++)
-        for (int64_t b = 0; b < f->npw; b++)
-            for (int64_t ii = 0; ii < f->hh; ii++, dst += rowf) {
+        for (int64_t b = 0; b < f->npw; b++) {
+            float *ph = dst + (a * f->npw + b) * f->hh * rowf;
+            for (int64_t ii = r0; ii < r1; ii++) {
+                float *drow = ph + ii * rowf;
                 const int64_t ih = ii * f->sh + a - f->plh;
                 if (ih < 0 || ih >= f->h) {
-                    memset(dst, 0, (size_t)rowf * sizeof *dst);
+                    memset(drow, 0, (size_t)rowf * sizeof *drow);
                     continue;
                 }
                 const float *srow = src + ih * f->w * C;
                 if (f->sw == 1) { /* plw zeros, the row, zeros */
-                    memset(dst, 0, (size_t)(f->plw * C) * sizeof *dst);
-                    memcpy(dst + f->plw * C, srow, (size_t)(f->w * C) * sizeof *dst);
-                    memset(dst + (f->plw + f->w) * C, 0,
-                           (size_t)((f->wh - f->plw - f->w) * C) * sizeof *dst);
+                    memset(drow, 0, (size_t)(f->plw * C) * sizeof *drow);
+                    memcpy(drow + f->plw * C, srow, (size_t)(f->w * C) * sizeof *drow);
+                    memset(drow + (f->plw + f->w) * C, 0,
+                           (size_t)((f->wh - f->plw - f->w) * C) * sizeof *drow);
                     continue;
                 }
                 for (int64_t jj = 0; jj < f->wh; jj++) {
                     const int64_t iw = jj * f->sw + b - f->plw;
-                    if (iw < 0 || iw >= f->w) memset(dst + jj * C, 0, (size_t)C * sizeof *dst);
-                    else memcpy(dst + jj * C, srow + iw * C, (size_t)C * sizeof *dst);
+                    if (iw < 0 || iw >= f->w) memset(drow + jj * C, 0, (size_t)C * sizeof *drow);
+                    else memcpy(drow + jj * C, srow + iw * C, (size_t)C * sizeof *drow);
                 }
             }
+            memset(ph + r1 * rowf, 0, (size_t)(S_SLACK * C) * sizeof *dst);
+        }
 }
 
 /* dst[t][0..kr) = sum over (r, s, c) of xb[(r*Wp + s + t)*C + c] * panel:
@@ -286,10 +298,10 @@ S_TGT512 static void s_fwd_block512(const s_fwd *f, const s_job *jb, const float
 }
 #endif
 
-/* Task i: grid rows [p0, p1) of one job for tile image i / tpimg, as
- * blocks of consecutive flat pixels j = p*wh + q (q >= the job's q:
- * computed, dropped). */
-static void s_fwd_task(void *vctx, size_t i)
+/* Task i: grid rows [p0, p1) of one job for image i / tpimg, padded
+ * into the worker's scratch, as blocks of consecutive flat pixels j =
+ * p*wh + q (q >= the job's q: computed, dropped). */
+static void s_fwd_task(void *vctx, size_t i, int worker)
 {
     const s_fwd *f = vctx;
     const int64_t img = (int64_t)i / f->tpimg;
@@ -298,8 +310,9 @@ static void s_fwd_task(void *vctx, size_t i)
     while (g >= jb->tpi) g -= jb->tpi, jb++;
     const int64_t p0 = g * jb->rt, p1 = s_min(jb->p, p0 + jb->rt), wh = f->wh;
     const int64_t j0 = p0 * wh, jend = (p1 - 1) * wh + jb->q;
-    const float *xi = f->xp + img * f->img;
-    float *yi = f->y + (f->n0 + img) * f->yimg + jb->y0;
+    float *xi = f->scr + worker * f->scrf;
+    s_pad_rows(f, img, xi, p0 + jb->rlo, p1 + jb->rhi);
+    float *yi = f->y + img * f->yimg + jb->y0;
     const int64_t panel = jb->ntap * f->c * S_KB;
     const int nq = f->isa == 2 ? S_NQ512 : S_NQ;
     /* AVX-512 takes two panels (32 channels) at a time while they last */
@@ -346,12 +359,21 @@ static void s_job_shape(const s_fwd *f, s_job *jb)
     }
     jb->nblk = ntap == 0 ? 1 : (ntap + jb->tpb - 1) / jb->tpb * ((c + jb->cpb - 1) / jb->cpb);
     jb->rt = s_min(jb->p, (S_FWD_PIX + f->wh - 1) / f->wh);
+    /* the rows its taps read past a grid row: tap t reads padded row
+     * p + (toff[t] / C mod the phase's hh*wh) / wh of its phase */
+    jb->rlo = ntap > 0 ? INT64_MAX : 0, jb->rhi = 0;
+    for (int64_t t = 0; t < ntap; t++) {
+        const int64_t ro = jb->toff[t] / c % (f->hh * f->wh) / f->wh;
+        jb->rlo = s_min(jb->rlo, ro);
+        jb->rhi = ro > jb->rhi ? ro : jb->rhi;
+    }
     jb->tpi = (jb->p + jb->rt - 1) / jb->rt;
 }
 
 /* Runs f's jobs (set up but for their panels, which are packed here from
  * the OIHW weights: tap t of job j is weight tap wtap[j][t] (r*S + s),
- * flip as s_fwd_run's) over the batch, tile by tile. */
+ * flip as s_fwd_run's) over the batch: tasks of one job's band of rows
+ * of one image, each padding the rows it reads into its worker's scratch. */
 static eq_status s_fwd_exec(eq_cpu *cpu, s_fwd *f, int64_t n, const float *wt, int flip,
                             const int64_t wtap[S_MAXJOB][S_MAXTAP], int64_t rs, const char *op,
                             eq_err *err)
@@ -365,11 +387,9 @@ static eq_status s_fwd_exec(eq_cpu *cpu, s_fwd *f, int64_t n, const float *wt, i
         f->tpimg += f->job[j].tpi;
         nwp += s_round16((size_t)(f->nkb * f->job[j].ntap * c * S_KB));
     }
-    const size_t img = (size_t)f->img;
-    int64_t tile = (int64_t)(S_TILE_BUDGET / (img * sizeof(float)));
-    tile = tile < 1 ? 1 : s_min(tile, n);
-    const size_t nxp = (size_t)tile * img + (size_t)(S_SLACK * c);
-    float *ws = eq_cpu_workspace(cpu, (nwp + nxp) * sizeof(float), op, err);
+    f->scrf = (int64_t)s_round16((size_t)(f->img + S_SLACK * c));
+    const size_t nscr = (size_t)eq_cpu_workers(cpu) * (size_t)f->scrf;
+    float *ws = eq_cpu_workspace(cpu, (nwp + nscr) * sizeof(float), op, err);
     if (!ws) return EQ_ERR_NOMEM;
     /* panels: wp[kb][t][c][jj] = weight of output channel kb*16 + jj */
     memset(ws, 0, nwp * sizeof *ws);
@@ -387,16 +407,8 @@ static eq_status s_fwd_exec(eq_cpu *cpu, s_fwd *f, int64_t n, const float *wt, i
                 }
         wp += s_round16((size_t)(f->nkb * npanel));
     }
-    f->xp = ws + nwp;
-    memset(f->xp + (size_t)tile * img, 0, (size_t)(S_SLACK * c) * sizeof(float));
-    for (int64_t n0 = 0; n0 < n; n0 += tile) {
-        int64_t tn = s_min(tile, n - n0);
-        f->n0 = n0;
-        if (tn < tile) /* the slack follows the last image of a short tile too */
-            memset(f->xp + (size_t)tn * img, 0, (size_t)(S_SLACK * c) * sizeof(float));
-        eq_cpu_for(cpu, (size_t)tn, s_pad_image, f);
-        eq_cpu_for(cpu, (size_t)(tn * f->tpimg), s_fwd_task, f);
-    }
+    f->scr = ws + nwp;
+    eq_cpu_for_worker(cpu, (size_t)(n * f->tpimg), s_fwd_task, f);
     return EQ_OK;
 }
 

@@ -38,6 +38,19 @@ float *eq_cpu_workspace(eq_cpu *cpu, size_t nbytes, const char *op, eq_err *err)
 typedef void (*eq_cpu_fn)(void *ctx, size_t i);
 void eq_cpu_for(eq_cpu *cpu, size_t n, eq_cpu_fn fn, void *ctx);
 
+/* eq_cpu_for that also passes the worker running index i: fn(ctx, i,
+ * worker), worker in [0, eq_cpu_workers(cpu)), to index per-thread
+ * scratch (e.g. slices of the workspace).  Not from inside eq_cpu_for. */
+static inline void eq_cpu_for_worker(eq_cpu *cpu, size_t n, eq_pool_fn fn, void *ctx)
+{
+    eq_pool_for(cpu->pool, n, fn, ctx);
+}
+
+static inline int eq_cpu_workers(const eq_cpu *cpu)
+{
+    return eq_pool_size(cpu->pool);
+}
+
 /* The pool of a CPU backend (not owned; NULL when it runs on one thread or
  * `be` is not the CPU backend), for host-side work between ops such as the
  * quantizers: never call it from inside an op. */
