@@ -27,11 +27,17 @@
  * rounded to float, then + z, then the ReLU select), so fused and separate
  * ops give the same bits.
  *
- * Full 16-channel blocks run on 4-lane vectors (GCC vector extensions: the
+ * Full 16-channel blocks run on 8-lane vectors (GCC vector extensions: the
  * same double operations per element as the scalar tail, so bit-identical;
- * -O2 leaves the scalar loops unvectorised), compiled twice on x86-64 --
- * baseline and AVX2 (no FMA: -ffp-contract=off and no fused operations, so
- * the two give the same bits) -- and picked at run time.
+ * -O2 leaves the scalar loops unvectorised), compiled three times on
+ * x86-64 -- baseline, AVX2 and AVX-512F (no FMA: -ffp-contract=off and no
+ * fused operations, so all give the same bits) -- and picked at run time.
+ * Each pass's loops are instantiated per combination of its flags (residual,
+ * ReLU, dy2, dz) with the vector loops unrolled: with the flags tested in
+ * the loop GCC kept the accumulators in memory, and the passes were bound
+ * by that rather than by memory (AVX-512 and the specialised loops took
+ * the op-level time of ResNet-20's BN shapes from ~15 to ~11 CPU-ms, see
+ * doc/performance.md, session 6).
  */
 #include "trainer/cpu/cpu_internal.h"
 
@@ -41,54 +47,59 @@
 #define S_CB 16
 #define S_SLICE 32768 /* elements per task: 128 KiB of floats, stays in L2 */
 #define S_CHUNK 1024  /* elements per chunk of rows, swept block by block */
-#define S_NV (S_CB / 4) /* vectors per full block */
+#define S_VL 8 /* lanes per vector */
+#define S_NV (S_CB / S_VL) /* vectors per full block */
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define S_X86 1
 #define S_AVX2 __attribute__((target("avx2")))
+#define S_AVX512 __attribute__((target("avx512f")))
 #else
 #define S_X86 0
 #endif
 #define S_BODY static inline __attribute__((always_inline))
+/* The vector loops over a block (S_NV vectors) must be unrolled so that
+ * their accumulators stay in registers. */
+#define S_UNROLL _Pragma("GCC unroll 8")
 
-typedef float s_v4f __attribute__((vector_size(16)));
-typedef int32_t s_v4i __attribute__((vector_size(16)));
-typedef double s_v4d __attribute__((vector_size(32)));
+typedef float s_vf __attribute__((vector_size(4 * S_VL)));
+typedef int32_t s_vi __attribute__((vector_size(4 * S_VL)));
+typedef double s_vd __attribute__((vector_size(8 * S_VL)));
 
-/* Loads and stores as macros: passing 32-byte vectors by value would change
+/* Loads and stores as macros: passing wide vectors by value would change
  * the ABI without AVX (-Wpsabi). */
 #define s_ldf(p)                                    \
     ({                                              \
-        s_v4f v_;                                   \
+        s_vf v_;                                    \
         memcpy(&v_, (p), sizeof v_);                \
         v_;                                         \
     })
 #define s_stf(p, v)                                 \
     do {                                            \
-        s_v4f g_ = (v);                             \
+        s_vf g_ = (v);                              \
         memcpy((p), &g_, sizeof g_);                \
     } while (0)
-#define s_ld(p) __builtin_convertvector(s_ldf(p), s_v4d)
-#define s_st(p, v) s_stf((p), __builtin_convertvector((v), s_v4f))
+#define s_ld(p) __builtin_convertvector(s_ldf(p), s_vd)
+#define s_st(p, v) s_stf((p), __builtin_convertvector((v), s_vf))
 #define s_ldd(p)                                    \
     ({                                              \
-        s_v4d d_;                                   \
+        s_vd d_;                                    \
         memcpy(&d_, (p), sizeof d_);                \
         d_;                                         \
     })
 #define s_std(p, v)                                 \
     do {                                            \
-        s_v4d e_ = (v);                             \
+        s_vd e_ = (v);                              \
         memcpy((p), &e_, sizeof e_);                \
     } while (0)
 /* v where v > 0, else +0 (NaN: 0), as relu_fwd */
-#define s_relu4(v)                                  \
+#define s_relu(v)                                   \
     ({                                              \
-        s_v4f r_ = (v);                             \
-        (s_v4f)((s_v4i)r_ & (r_ > (s_v4f){0}));     \
+        s_vf r_ = (v);                              \
+        (s_vf)((s_vi)r_ & (r_ > (s_vf){0}));        \
     })
 /* g where y > 0, else +0, as relu_bwd */
-#define s_mask4(g, y) ((s_v4f)((s_v4i)(g) & ((y) > (s_v4f){0})))
+#define s_mask(g, y) ((s_vf)((s_vi)(g) & ((y) > (s_vf){0})))
 
 typedef struct s_bn {
     const eq_bn_desc *d;
@@ -101,11 +112,13 @@ typedef struct s_bn {
     double *mean_d;        /* backward: save_mean as double [c] */
 } s_bn;
 
-static int s_avx2(void)
+/* 2: AVX-512F, 1: AVX2, 0: neither */
+static int s_isa(void)
 {
 #if S_X86
     static int have = -1;
-    if (have < 0) have = __builtin_cpu_supports("avx2") ? 1 : 0;
+    if (have < 0)
+        have = __builtin_cpu_supports("avx512f") ? 2 : __builtin_cpu_supports("avx2") ? 1 : 0;
     return have;
 #else
     return 0;
@@ -116,8 +129,10 @@ static int s_avx2(void)
 #if S_X86
 #define S_TASK(name)                                                    \
     static void name##_base(void *c, size_t t) { name(c, t); }          \
-    S_AVX2 static void name##_avx2(void *c, size_t t) { name(c, t); }
-#define S_PICK(name) (s_avx2() ? name##_avx2 : name##_base)
+    S_AVX2 static void name##_avx2(void *c, size_t t) { name(c, t); }   \
+    S_AVX512 static void name##_avx512(void *c, size_t t) { name(c, t); }
+#define S_PICK(name) \
+    (s_isa() == 2 ? name##_avx512 : s_isa() == 1 ? name##_avx2 : name##_base)
 #else
 #define S_TASK(name) \
     static void name##_base(void *c, size_t t) { name(c, t); }
@@ -164,20 +179,20 @@ S_BODY void s_acc_blk(const float *x, int64_t c, int64_t q0, int64_t q1, int64_t
                       const double *ctr, int square, double *acc)
 {
     if (nb == S_CB) {
-        s_v4d v[S_NV], m[S_NV];
-        for (int u = 0; u < S_NV; u++) v[u] = s_ldd(acc + 4 * u);
+        s_vd v[S_NV], m[S_NV];
+        S_UNROLL for (int u = 0; u < S_NV; u++) v[u] = s_ldd(acc + S_VL * u);
         if (square) {
-            for (int u = 0; u < S_NV; u++) m[u] = s_ldd(ctr + 4 * u);
+            S_UNROLL for (int u = 0; u < S_NV; u++) m[u] = s_ldd(ctr + S_VL * u);
             for (int64_t i = q0; i < q1; i++)
-                for (int u = 0; u < S_NV; u++) {
-                    s_v4d e = s_ld(x + i * c + j0 + 4 * u) - m[u];
+                S_UNROLL for (int u = 0; u < S_NV; u++) {
+                    s_vd e = s_ld(x + i * c + j0 + S_VL * u) - m[u];
                     v[u] += e * e;
                 }
         } else {
             for (int64_t i = q0; i < q1; i++)
-                for (int u = 0; u < S_NV; u++) v[u] += s_ld(x + i * c + j0 + 4 * u);
+                S_UNROLL for (int u = 0; u < S_NV; u++) v[u] += s_ld(x + i * c + j0 + S_VL * u);
         }
-        for (int u = 0; u < S_NV; u++) s_std(acc + 4 * u, v[u]);
+        S_UNROLL for (int u = 0; u < S_NV; u++) s_std(acc + S_VL * u, v[u]);
         return;
     }
     for (int64_t j = 0; j < nb; j++) {
@@ -218,40 +233,49 @@ S_BODY void s_fwd_stats(void *vctx, size_t t)
 S_TASK(s_fwd_stats)
 
 /* y = x * a + sh (rounded to float), + z, then ReLU, over the slice's rows */
-S_BODY void s_affine(void *vctx, size_t t)
+S_BODY void s_affine_k(const s_bn *b, size_t t, int has_z, int relu)
 {
-    const s_bn *b = vctx;
     const int64_t c = b->d->c;
     int64_t r0, r1;
     s_slice(b, t, &r0, &r1);
-    const float *z = b->z;
-    const int relu = b->relu;
+    const float *z = has_z ? b->z : NULL, *x = b->x;
+    float *y = b->y;
     S_SWEEP(b, r0, r1, {
         const double *a = b->a + j0, *sh = b->sh + j0;
         if (nb == S_CB) {
-            s_v4d va[S_NV], vs[S_NV];
-            for (int u = 0; u < S_NV; u++) va[u] = s_ldd(a + 4 * u), vs[u] = s_ldd(sh + 4 * u);
+            s_vd va[S_NV], vs[S_NV];
+            S_UNROLL for (int u = 0; u < S_NV; u++) va[u] = s_ldd(a + S_VL * u), vs[u] = s_ldd(sh + S_VL * u);
             for (int64_t i = q0; i < q1; i++) {
                 const size_t o = (size_t)(i * c + j0);
-                for (int u = 0; u < S_NV; u++) {
-                    s_v4f v = __builtin_convertvector(s_ld(b->x + o + 4 * u) * va[u] + vs[u], s_v4f);
-                    if (z) v += s_ldf(z + o + 4 * u);
-                    if (relu) v = s_relu4(v);
-                    s_stf(b->y + o + 4 * u, v);
+                S_UNROLL for (int u = 0; u < S_NV; u++) {
+                    s_vf v = __builtin_convertvector(s_ld(x + o + S_VL * u) * va[u] + vs[u], s_vf);
+                    if (z) v += s_ldf(z + o + S_VL * u);
+                    if (relu) v = s_relu(v);
+                    s_stf(y + o + S_VL * u, v);
                 }
             }
         } else {
             for (int64_t i = q0; i < q1; i++) {
                 const size_t o = (size_t)(i * c + j0);
                 for (int64_t j = 0; j < nb; j++) {
-                    float v = (float)(b->x[o + j] * a[j] + sh[j]);
+                    float v = (float)(x[o + j] * a[j] + sh[j]);
                     if (z) v += z[o + j];
                     if (relu) v = v > 0.0f ? v : 0.0f;
-                    b->y[o + j] = v;
+                    y[o + j] = v;
                 }
             }
         }
     })
+}
+
+/* s_affine_k with its flags as constants, one loop each */
+S_BODY void s_affine(void *vctx, size_t t)
+{
+    const s_bn *b = vctx;
+    if (b->z)
+        b->relu ? s_affine_k(b, t, 1, 1) : s_affine_k(b, t, 1, 0);
+    else
+        b->relu ? s_affine_k(b, t, 0, 1) : s_affine_k(b, t, 0, 0);
 }
 S_TASK(s_affine)
 
@@ -358,85 +382,95 @@ eq_status eq_cpu_bn_relu_fwd_eval(void *ctx, const eq_bn_desc *d, const float *x
  * g = (dy + dy2) where y > 0 for bn_relu_bwd.
  * Pass 1: p1[sl] = sum g, p2[sl] = sum g*(x-mu) per slice; g is stored in
  * dz when wanted. */
-S_BODY void s_bwd_sums(void *vctx, size_t t)
+S_BODY void s_bwd_sums_k(const s_bn *b, size_t t, int has_dy2, int relu, int has_dz)
 {
-    const s_bn *b = vctx;
     const int64_t c = b->d->c;
     int64_t r0, r1;
     s_slice(b, t, &r0, &r1);
-    const float *dy2 = b->dy2, *yin = b->yin;
-    float *dz = b->dz;
-    const int relu = b->relu;
+    const float *dy2 = has_dy2 ? b->dy2 : NULL, *yin = b->yin, *dy = b->dy, *x = b->x;
+    float *dz = has_dz ? b->dz : NULL;
     double *sdy = b->p1 + (int64_t)t * c, *sdyx = b->p2 + (int64_t)t * c;
     for (int64_t j = 0; j < c; j++) sdy[j] = sdyx[j] = 0.0;
     S_SWEEP(b, r0, r1, {
         const double *mu = b->mean_d + j0;
         double *a1 = sdy + j0, *a2 = sdyx + j0;
         if (nb == S_CB) {
-            s_v4d v1[S_NV], v2[S_NV], m[S_NV];
-            for (int u = 0; u < S_NV; u++)
-                m[u] = s_ldd(mu + 4 * u), v1[u] = s_ldd(a1 + 4 * u), v2[u] = s_ldd(a2 + 4 * u);
+            s_vd v1[S_NV], v2[S_NV], m[S_NV];
+            S_UNROLL for (int u = 0; u < S_NV; u++)
+                m[u] = s_ldd(mu + S_VL * u), v1[u] = s_ldd(a1 + S_VL * u), v2[u] = s_ldd(a2 + S_VL * u);
             for (int64_t i = q0; i < q1; i++) {
                 const size_t o = (size_t)(i * c + j0);
-                for (int u = 0; u < S_NV; u++) {
-                    s_v4f gf = s_ldf(b->dy + o + 4 * u);
-                    if (dy2) gf += s_ldf(dy2 + o + 4 * u);
-                    if (relu) gf = s_mask4(gf, s_ldf(yin + o + 4 * u));
-                    if (dz) s_stf(dz + o + 4 * u, gf);
-                    s_v4d g = __builtin_convertvector(gf, s_v4d);
+                S_UNROLL for (int u = 0; u < S_NV; u++) {
+                    s_vf gf = s_ldf(dy + o + S_VL * u);
+                    if (dy2) gf += s_ldf(dy2 + o + S_VL * u);
+                    if (relu) gf = s_mask(gf, s_ldf(yin + o + S_VL * u));
+                    if (dz) s_stf(dz + o + S_VL * u, gf);
+                    s_vd g = __builtin_convertvector(gf, s_vd);
                     v1[u] += g;
-                    v2[u] += g * (s_ld(b->x + o + 4 * u) - m[u]);
+                    v2[u] += g * (s_ld(x + o + S_VL * u) - m[u]);
                 }
             }
-            for (int u = 0; u < S_NV; u++) {
-                s_std(a1 + 4 * u, v1[u]);
-                s_std(a2 + 4 * u, v2[u]);
+            S_UNROLL for (int u = 0; u < S_NV; u++) {
+                s_std(a1 + S_VL * u, v1[u]);
+                s_std(a2 + S_VL * u, v2[u]);
             }
         } else {
             for (int64_t i = q0; i < q1; i++) {
                 const size_t o = (size_t)(i * c + j0);
                 for (int64_t j = 0; j < nb; j++) {
-                    float gf = b->dy[o + j];
+                    float gf = dy[o + j];
                     if (dy2) gf += dy2[o + j];
                     if (relu) gf = yin[o + j] > 0.0f ? gf : 0.0f;
                     if (dz) dz[o + j] = gf;
                     a1[j] += gf;
-                    a2[j] += (double)gf * ((double)b->x[o + j] - mu[j]);
+                    a2[j] += (double)gf * ((double)x[o + j] - mu[j]);
                 }
             }
         }
     })
+}
+
+/* s_bwd_sums_k with its flags as constants (the combinations the ops use:
+ * dy2 and dz only with the ReLU) */
+S_BODY void s_bwd_sums(void *vctx, size_t t)
+{
+    const s_bn *b = vctx;
+    if (!b->relu)
+        s_bwd_sums_k(b, t, 0, 0, 0);
+    else if (b->dy2)
+        b->dz ? s_bwd_sums_k(b, t, 1, 1, 1) : s_bwd_sums_k(b, t, 1, 1, 0);
+    else
+        b->dz ? s_bwd_sums_k(b, t, 0, 1, 1) : s_bwd_sums_k(b, t, 0, 1, 0);
 }
 S_TASK(s_bwd_sums)
 
 /* Pass 2: dx = k1 * (g - mean(g) - (x - mu) * k2), with k1 in b->a,
  * mean(g) in b->sh and k2 in b->mu (set by s_bwd); g from dz when pass 1
  * stored it, else formed again from dy, dy2 and y. */
-S_BODY void s_bwd_dx(void *vctx, size_t t)
+S_BODY void s_bwd_dx_k(const s_bn *b, size_t t, int has_dy2, int relu)
 {
-    const s_bn *b = vctx;
     const int64_t c = b->d->c;
     int64_t r0, r1;
     s_slice(b, t, &r0, &r1);
     const float *gsrc = b->dz ? b->dz : b->dy;
-    const float *dy2 = b->dz ? NULL : b->dy2, *yin = b->dz ? NULL : b->yin;
-    const int relu = b->relu && !b->dz;
+    const float *dy2 = has_dy2 ? b->dy2 : NULL, *yin = b->yin, *x = b->x;
+    float *dx = b->dx;
     S_SWEEP(b, r0, r1, {
         const double *mu = b->mean_d + j0, *k1 = b->a + j0, *mdy = b->sh + j0, *k2 = b->mu + j0;
         if (nb == S_CB) {
-            s_v4d vm[S_NV], v1[S_NV], v2[S_NV], vd[S_NV];
-            for (int u = 0; u < S_NV; u++)
-                vm[u] = s_ldd(mu + 4 * u), v1[u] = s_ldd(k1 + 4 * u), v2[u] = s_ldd(k2 + 4 * u),
-                vd[u] = s_ldd(mdy + 4 * u);
+            s_vd vm[S_NV], v1[S_NV], v2[S_NV], vd[S_NV];
+            S_UNROLL for (int u = 0; u < S_NV; u++)
+                vm[u] = s_ldd(mu + S_VL * u), v1[u] = s_ldd(k1 + S_VL * u), v2[u] = s_ldd(k2 + S_VL * u),
+                vd[u] = s_ldd(mdy + S_VL * u);
             for (int64_t i = q0; i < q1; i++) {
                 const size_t o = (size_t)(i * c + j0);
-                for (int u = 0; u < S_NV; u++) {
-                    s_v4f gf = s_ldf(gsrc + o + 4 * u);
-                    if (dy2) gf += s_ldf(dy2 + o + 4 * u);
-                    if (relu) gf = s_mask4(gf, s_ldf(yin + o + 4 * u));
-                    s_v4d g = __builtin_convertvector(gf, s_v4d);
-                    s_st(b->dx + o + 4 * u,
-                         v1[u] * (g - vd[u] - (s_ld(b->x + o + 4 * u) - vm[u]) * v2[u]));
+                S_UNROLL for (int u = 0; u < S_NV; u++) {
+                    s_vf gf = s_ldf(gsrc + o + S_VL * u);
+                    if (dy2) gf += s_ldf(dy2 + o + S_VL * u);
+                    if (relu) gf = s_mask(gf, s_ldf(yin + o + S_VL * u));
+                    s_vd g = __builtin_convertvector(gf, s_vd);
+                    s_st(dx + o + S_VL * u,
+                         v1[u] * (g - vd[u] - (s_ld(x + o + S_VL * u) - vm[u]) * v2[u]));
                 }
             }
         } else {
@@ -446,12 +480,22 @@ S_BODY void s_bwd_dx(void *vctx, size_t t)
                     float gf = gsrc[o + j];
                     if (dy2) gf += dy2[o + j];
                     if (relu) gf = yin[o + j] > 0.0f ? gf : 0.0f;
-                    b->dx[o + j] = (float)(k1[j] * ((double)gf - mdy[j] -
-                                                    ((double)b->x[o + j] - mu[j]) * k2[j]));
+                    dx[o + j] = (float)(k1[j] * ((double)gf - mdy[j] -
+                                                 ((double)x[o + j] - mu[j]) * k2[j]));
                 }
             }
         }
     })
+}
+
+/* s_bwd_dx_k with its flags as constants: g from dz when pass 1 stored it */
+S_BODY void s_bwd_dx(void *vctx, size_t t)
+{
+    const s_bn *b = vctx;
+    if (!b->relu || b->dz)
+        s_bwd_dx_k(b, t, 0, 0);
+    else
+        b->dy2 ? s_bwd_dx_k(b, t, 1, 1) : s_bwd_dx_k(b, t, 0, 1);
 }
 S_TASK(s_bwd_dx)
 
