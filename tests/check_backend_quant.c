@@ -10,14 +10,24 @@
  * host-memory backend without the members takes the generic default (same
  * bits); a fake "device" backend without host memory is refused with an
  * error naming it; a backend with its own members gets the calls and the
- * release.  Argument errors name the op.
+ * release.  Argument errors name the op.  A quantized ResNet-20 trained
+ * (forward, loss, backward, SGD with momentum) on the CPU backend and on a
+ * "device" table over the same CPU context (host_memory 0, the CPU's
+ * members): the model's code paths for a backend whose memory is not host
+ * memory (quantizer members, quantizer parameters stepped in device copies)
+ * give the same bits; skipped, saying so, while the layer graph still
+ * refuses quantizers on a backend not named cpu.
  */
 #include "config.h"
 
 #include "core/rng.h"
 #include "quant/quant.h"
 #include "trainer/backend.h"
+#include "trainer/model.h"
+#include "trainer/optim.h"
 #include "tests/testutil.h"
+
+#include <math.h>
 
 static float *s_rand(size_t n, float lo, float hi, uint64_t seed, uint64_t stream)
 {
@@ -273,6 +283,88 @@ START_TEST(test_members_and_args)
 }
 END_TEST
 
+/* Two steps of a quantized resnet20 on `be`; *loss: the last loss.  NULL
+ * when the model refuses the backend (message printed). */
+static eq_model *s_train(eq_backend *be, eq_optim **o, float *loss)
+{
+    eq_err err = {0};
+    eq_model_cfg cfg;
+    eq_model_quant_cfg wt, fm;
+    eq_config_section secs[EQ_MODEL_CONFIG_NSECTIONS];
+    eq_model_config_sections(&cfg, &wt, &fm, secs);
+    const char *text = "[model]\narch = resnet20\nkeyword = origin, cbsa, fix_pooling, singleconv, fix, real_skip\n"
+                       "width_alpha = 0.0625\nin_channels = 1\n"
+                       "[quant.wt]\nenable = true\nmethod = lsq\nbit = 2\n"
+                       "[quant.fm]\nenable = true\nmethod = pact\nbit = 2\n";
+    ck_assert(eq_config_parse_buffer(secs, EQ_MODEL_CONFIG_NSECTIONS, "t.cfg", text, strlen(text), NULL, 0,
+                                     &err) == EQ_OK);
+    eq_model *m = eq_model_new(be, &cfg, &wt, &fm, 4, 12, 12, &err);
+    if (!m) {
+        printf("check_backend_quant: the model refuses the %s backend (%s): device path not checked\n",
+               eq_backend_name(be), err.msg);
+        ck_assert_int_eq(err.code, EQ_ERR_UNSUPPORTED);
+        return NULL;
+    }
+    eq_optim_cfg oc;
+    eq_schedule_cfg sc;
+    eq_config_section os[EQ_OPTIM_CONFIG_NSECTIONS];
+    eq_optim_config_sections(&oc, &sc, os);
+    ck_assert(eq_config_defaults(os, EQ_OPTIM_CONFIG_NSECTIONS, &err) == EQ_OK);
+    oc.lr = 0.05;
+    *o = eq_optim_new(m, &oc, &err);
+    ck_assert_msg(*o != NULL, "%s", err.msg);
+    float *x = eq_backend_alloc(be, 4 * 12 * 12 * sizeof(float), &err);
+    int32_t *y = eq_backend_alloc(be, 4 * sizeof(int32_t), &err);
+    ck_assert(x && y);
+    for (size_t i = 0; i < 4 * 12 * 12; i++) x[i] = (float)cos(0.37 * (double)i + (double)(i / 144));
+    for (int i = 0; i < 4; i++) y[i] = i + 1;
+    for (int step = 0; step < 2; step++) {
+        ck_assert_msg(eq_model_forward(m, x, true, &err) == EQ_OK, "%s", err.msg);
+        ck_assert_msg(eq_model_loss(m, y, NULL, NULL, 0.0f, loss, &err) == EQ_OK, "%s", err.msg);
+        ck_assert_msg(eq_model_backward(m, NULL, &err) == EQ_OK, "%s", err.msg);
+        ck_assert_msg(eq_optim_step(*o, oc.lr, &err) == EQ_OK, "%s", err.msg);
+    }
+    eq_backend_release(be, x);
+    eq_backend_release(be, y);
+    return m;
+}
+
+START_TEST(test_fake_device_model)
+{
+    eq_err err = {0};
+    eq_backend *cpu = eq_backend_cpu_new(2, &err);
+    ck_assert_ptr_nonnull(cpu);
+    struct eq_backend_i fi = *cpu->iface; /* the CPU's members, memory declared not host */
+    fi.name = "fakedev";
+    fi.host_memory = 0;
+    eq_backend dev = {&fi, cpu->context};
+    eq_optim *oa = NULL, *ob = NULL;
+    float la = 0, lb = 0;
+    eq_model *ma = s_train(cpu, &oa, &la);
+    ck_assert_ptr_nonnull(ma);
+    eq_model *mb = s_train(&dev, &ob, &lb);
+    if (mb) {
+        ck_assert(memcmp(&la, &lb, sizeof la) == 0);
+        ck_assert_uint_eq(eq_model_tensor_count(ma), eq_model_tensor_count(mb));
+        for (size_t i = 0; i < eq_model_tensor_count(ma); i++) {
+            const eq_model_tensor *a = eq_model_tensor_at(ma, i), *b = eq_model_tensor_at(mb, i);
+            size_t el = a->dtype == EQ_DT_I64 ? 8 : 4;
+            ck_assert_msg(memcmp(a->data, b->data, a->numel * el) == 0, "%s differs", a->name);
+            if (a->grad) ck_assert_msg(memcmp(a->grad, b->grad, a->numel * 4) == 0, "grad of %s differs", a->name);
+        }
+        for (size_t i = 0; i < eq_optim_state_count(oa); i++) {
+            const eq_model_tensor *a = eq_optim_state_at(oa, i), *b = eq_optim_state_at(ob, i);
+            ck_assert_msg(memcmp(a->data, b->data, a->numel * 4) == 0, "%s differs", a->name);
+        }
+        eq_optim_destroy(&ob);
+        eq_model_destroy(&mb);
+    }
+    eq_optim_destroy(&oa);
+    eq_model_destroy(&ma);
+    eq_backend_destroy(&cpu);
+}
+END_TEST
+
 int main(void)
 {
     Suite *su = suite_create("backend_quant");
@@ -282,6 +374,7 @@ int main(void)
     tcase_add_test(tc, test_default_host);
     tcase_add_test(tc, test_default_device);
     tcase_add_test(tc, test_members_and_args);
+    tcase_add_test(tc, test_fake_device_model);
     suite_add_tcase(su, tc);
     return eq_test_run(su);
 }
