@@ -899,6 +899,12 @@ static const eq_conv2d_desc *s_conv(const s_node *nd)
     return nd->q_unpadded ? &nd->conv_up : &nd->conv;
 }
 
+/* 1 when the last forward's Qf saw the explicitly padded input. */
+static int s_qf_padded(const s_node *nd)
+{
+    return nd->pad_before && !nd->q_unpadded;
+}
+
 /* The descriptor of Qf's input: padded when `padded`. */
 static eq_tensor_desc s_desc_of(const s_node *nd, const s_node *in, int padded)
 {
@@ -938,7 +944,7 @@ static eq_status s_quant_fwd(eq_layers *g, s_node *nd, const s_node *in, bool tr
          * conv pads then (conv_up), and the pad, the crop and the border's
          * share of Qf go away */
         nd->q_unpadded = nd->pad_before && eq_quant_zero_pad_exact(nd->qf);
-        int padded = nd->pad_before && !nd->q_unpadded;
+        int padded = s_qf_padded(nd);
         if (padded) {
             if ((st = s_pad(g->be, in, nd->pad, in->y, nd->xp, 0, err)) != EQ_OK) return st;
             src = nd->xp;
@@ -1123,7 +1129,8 @@ static eq_status s_bn_relu_bwd(eq_layers *g, int i, eq_err *err)
 }
 
 /* Backward of a conv/linear node's quantizers, given the GEMM's gradient
- * w.r.t. its (quantized) input in nd->da (when qf) and weight in nd->dwq
+ * w.r.t. its (quantized) input (when qf: in dx when dx is wanted and the
+ * quantizer saw the unpadded input, else in nd->da) and weight in nd->dwq
  * (when qw).  dx: where the gradient w.r.t. the node's input goes (NULL:
  * not needed). */
 static eq_status s_quant_bwd(eq_layers *g, s_node *nd, const s_node *in, float *dx, eq_err *err)
@@ -1136,10 +1143,10 @@ static eq_status s_quant_bwd(eq_layers *g, s_node *nd, const s_node *in, float *
     }
     if (nd->qf) {
         /* the quantizer's parameter gradients are wanted even when dx is
-         * not; unpadded, its input gradient goes straight to dx (no copy) */
-        int padded = nd->pad_before && !nd->q_unpadded;
-        float *qgx = dx && !padded ? dx : nd->da;
-        st = eq_quant_backward(nd->qf, padded ? nd->xp : in->y, nd->da, qgx, err);
+         * not; unpadded, it runs in place in dx */
+        int padded = s_qf_padded(nd);
+        float *qg = dx && !padded ? dx : nd->da;
+        st = eq_quant_backward(nd->qf, padded ? nd->xp : in->y, qg, qg, err);
         if (st != EQ_OK) return eq_err_prefix(err, "quant_activation: ");
         if (dx && padded) st = s_pad(g->be, in, nd->pad, nd->da, dx, 1, err);
     }
@@ -1165,8 +1172,10 @@ eq_status eq_layers_backward(eq_layers *g, eq_err *err)
             const float *xin = nd->qf ? nd->a : a->y;
             const float *w = nd->s2d ? nd->fixed_w : nd->qw ? nd->wq : s_p(g, nd->pw);
             float *dw = nd->qw ? nd->dwq : s_g(g, nd->pw);
-            /* with qf the GEMM's input gradient goes to da, then through Qf */
-            float *gx = nd->qf ? nd->da : dx;
+            /* with qf the GEMM's input gradient goes through Qf: in place in
+             * dx when the input is not padded (the quantizer's gy and gx may
+             * alias; no separate buffer to fill and read back), else in da */
+            float *gx = nd->qf && (!dx || s_qf_padded(nd)) ? nd->da : dx;
             if (nd->kind == S_CONV) {
                 const float *gy = nd->dy;
                 if (nd->qo) { /* through the output quantizer first */
