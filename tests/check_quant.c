@@ -848,6 +848,78 @@ START_TEST(test_backward_in_place)
 }
 END_TEST
 
+/* eq_quant_zero_pad_exact: which quantizers may quantize unpadded and pad
+ * after, and that doing so gives the padded quantization's values and
+ * clip gradient (half-range lsq, one group and per channel). */
+START_TEST(test_zero_pad_exact)
+{
+    const int64_t C = 8, H = 5, W = 6, P[4] = {2, H + 2, W + 2, C}, U[4] = {2, H, W, C};
+    const int64_t np = 2 * (H + 2) * (W + 2) * C, nu = 2 * H * W * C;
+    const char *lsq[] = {"method=lsq", "bit=2", NULL};
+    const char *lsq_c[] = {"method=lsq", "bit=2", "quant_group=8", NULL};
+    const char *full[] = {"method=lsq", "bit=2", "half_range=false", NULL};
+    const char *ste[] = {"method=lsq", "bit=2", "grad_type=STE-scale", NULL};
+    const char *dorefa[] = {"method=dorefa", "bit=2", NULL};
+    const char *pact[] = {"method=pact", "bit=2", NULL};
+    const char *step[] = {"method=lsq-step", "bit=2", NULL};
+    ck_assert(!eq_quant_zero_pad_exact(NULL));
+    const char *const *no[] = {full, ste, dorefa, pact, step};
+    for (size_t i = 0; i < sizeof no / sizeof no[0]; i++) {
+        eq_quant *q = s_make(EQ_QTAG_FM, EQ_LAYOUT_NHWC, 4, U, no[i]);
+        ck_assert_msg(!eq_quant_zero_pad_exact(q), "%s %s", no[i][0], no[i][2] ? no[i][2] : "");
+        eq_quant_destroy(&q);
+    }
+    const int64_t WS[4] = {4, C, 3, 3};
+    eq_quant *w = s_make(EQ_QTAG_WT, EQ_LAYOUT_OIHW, 4, WS, lsq);
+    ck_assert(!eq_quant_zero_pad_exact(w)); /* full range: 0 -> c/3 */
+    eq_quant_destroy(&w);
+    float *xu = malloc(nu * 4), *xp = calloc(np, 4), *yu = malloc(nu * 4), *yp = malloc(np * 4);
+    float *gu = malloc(nu * 4), *gp = malloc(np * 4), *gxu = malloc(nu * 4), *gxp = malloc(np * 4);
+    s_fill(xu, nu, 0.8f, 0.4f);
+    s_fill(gp, np, 1.0f, 0.0f); /* the padded border gets gradients too, as from a conv */
+    for (int64_t n = 0; n < 2; n++)
+        for (int64_t h = 0; h < H; h++) {
+            memcpy(&xp[((n * (H + 2) + h + 1) * (W + 2) + 1) * C], &xu[((n * H + h) * W) * C], (size_t)(W * C) * 4);
+            memcpy(&gu[((n * H + h) * W) * C], &gp[((n * (H + 2) + h + 1) * (W + 2) + 1) * C], (size_t)(W * C) * 4);
+        }
+    const char *const *yes[] = {lsq, lsq_c};
+    for (size_t i = 0; i < 2; i++) {
+        eq_quant *a = s_make(EQ_QTAG_FM, EQ_LAYOUT_NHWC, 4, U, yes[i]);
+        eq_quant *b = s_make(EQ_QTAG_FM, EQ_LAYOUT_NHWC, 4, P, yes[i]);
+        ck_assert(eq_quant_zero_pad_exact(a));
+        s_fwd(a, EQ_LAYOUT_NHWC, 4, U, xu, yu, 1);
+        s_fwd(b, EQ_LAYOUT_NHWC, 4, P, xp, yp, 1);
+        s_bwd(a, xu, gu, gxu);
+        s_bwd(b, xp, gp, gxp);
+        for (int64_t n = 0; n < 2; n++)
+            for (int64_t h = 0; h < H + 2; h++)
+                for (int64_t x = 0; x < W + 2; x++)
+                    for (int64_t c = 0; c < C; c++) {
+                        int64_t pi = ((n * (H + 2) + h) * (W + 2) + x) * C + c;
+                        int in = h >= 1 && h <= H && x >= 1 && x <= W;
+                        int64_t ui = in ? ((n * H + h - 1) * W + x - 1) * C + c : 0;
+                        ck_assert_msg(in ? yp[pi] == yu[ui] : yp[pi] == 0.0f, "%s: y at %lld", yes[i][2] ? "per channel" : "one group", (long long)pi);
+                        if (in) ck_assert(gxp[pi] == gxu[ui]);
+                    }
+        eq_quant_tensor *ca = eq_quant_find(a, "clip_val"), *cb = eq_quant_find(b, "clip_val");
+        for (int64_t k = 0; k < ca->numel; k++)
+            ck_assert_msg(fabsf(ca->grad[k] - cb->grad[k]) <= 1e-6f * fabsf(cb->grad[k]), "clip grad %lld: %g vs %g",
+                          (long long)k, ca->grad[k], cb->grad[k]);
+        ca->data[ca->numel - 1] = 0.0f; /* c = 0: 0/0 is NaN, not 0 */
+        ck_assert(!eq_quant_zero_pad_exact(a));
+        eq_quant_destroy(&a);
+        eq_quant_destroy(&b);
+    }
+    eq_quant *q = s_make(EQ_QTAG_FM, EQ_LAYOUT_NHWC, 4, U, lsq);
+    eq_err err = {0};
+    ck_assert_int_eq(eq_quant_set_option(q, "quant_loss_enable", "true", &err), EQ_OK);
+    ck_assert_int_eq(eq_quant_set_option(q, "quant_loss_function", "L2", &err), EQ_OK);
+    ck_assert(!eq_quant_zero_pad_exact(q)); /* a mean over the elements */
+    eq_quant_destroy(&q);
+    free(xu), free(xp), free(yu), free(yp), free(gu), free(gp), free(gxu), free(gxp);
+}
+END_TEST
+
 /* A thread pool gives bit-identical results (fixed chunking). */
 static void s_thread_case(eq_quant_tag tag, eq_layout lay, const int64_t *S, const char *const *kv,
                           eq_pool *pool)
@@ -1252,6 +1324,7 @@ static Suite *s_suite(void)
     tcase_add_test(tc, test_qtanh);
     tcase_add_test(tc, test_dorefa_wt_argmax);
     tcase_add_test(tc, test_backward_in_place);
+    tcase_add_test(tc, test_zero_pad_exact);
     tcase_add_test(tc, test_runtime_options);
     tcase_add_test(tc, test_quant_loss_fd);
     tcase_add_test(tc, test_ohwi_equals_oihw);
