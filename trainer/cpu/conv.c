@@ -15,6 +15,9 @@
  *   forward      y[:, g]  = col * wr_g^T             (M x Kg)
  *   bwd data     dcol     = dy[:, g] * wr_g          (M x RSC), col2im-added to dx
  *   bwd filter   dwr_g   += dy[:, g]^T * col         (Kg x RSC), unpacked to OIHW
+ * Strided 1x1 kernels (no padding, C and K <= 64: ResNet-20's shortcuts)
+ * run their backward ops in place instead (conv_1x1.h; backward filter
+ * through conv_direct_bf.c's kernel), without im2col or col2im.
  * 1x1 kernels with stride 1 and no padding skip im2col: x itself is the
  * [N*H*W][C] matrix (leading dimension C).  Backward data of other stride-1
  * convolutions (ResNet's 3x3s) runs as the forward convolution of dy with
@@ -42,6 +45,7 @@
  * depend on the thread count, so depthwise results are identical for any
  * thread count.
  */
+#include "trainer/cpu/conv_1x1.h"
 #include "trainer/cpu/conv_direct.h"
 
 #include <string.h>
@@ -480,6 +484,11 @@ eq_status eq_cpu_conv2d_fwd(void *ctx, const eq_conv2d_desc *d, const float *x, 
 {
     if (eq_cpu_conv_direct_ok(d))
         return eq_cpu_conv_direct_fwd(ctx, d, x, w, y, EQ_CPU_DIRECT_AUTO, err);
+    /* Not eq_cpu_conv_1x1_fwd: its outputs differ from im2col + OpenBLAS's
+     * by an ulp in about a quarter of the elements (another summation
+     * order), and the 2-bit LSQ parity test (check_model's resnet20_lsq)
+     * then misses its second-step loss (0.845 vs 0.781): the quantizer
+     * rounds those differences to other levels. */
     return eq_cpu_conv2d_gemm_fwd(ctx, d, x, w, y, err);
 }
 
@@ -488,13 +497,16 @@ eq_status eq_cpu_conv2d_bwd_data(void *ctx, const eq_conv2d_desc *d, const float
 {
     if (eq_cpu_conv_direct_ok(d))
         return eq_cpu_conv_direct_bwd_data(ctx, d, dy, w, dx, EQ_CPU_DIRECT_AUTO, err);
+    if (eq_cpu_conv_1x1_ok(d))
+        return eq_cpu_conv_1x1_bwd_data(ctx, d, dy, w, dx, EQ_CPU_DIRECT_AUTO, err);
     return eq_cpu_conv2d_gemm_bwd_data(ctx, d, dy, w, dx, err);
 }
 
 eq_status eq_cpu_conv2d_bwd_filter(void *ctx, const eq_conv2d_desc *d, const float *x,
                                    const float *dy, float *dw, eq_err *err)
 {
-    if (eq_cpu_conv_direct_ok(d))
+    /* the direct filter kernel reads a strided 1x1's pixels in place too */
+    if (eq_cpu_conv_direct_ok(d) || eq_cpu_conv_1x1_ok(d))
         return eq_cpu_conv_direct_bwd_filter(ctx, d, x, dy, dw, EQ_CPU_DIRECT_AUTO, err);
     return eq_cpu_conv2d_gemm_bwd_filter(ctx, d, x, dy, dw, err);
 }
