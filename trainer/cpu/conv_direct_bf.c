@@ -8,6 +8,8 @@
 #define S_NC 6                         /* filter: input channels per AVX2 register block */
 #define S_NC512 8                      /* filter: input channels per AVX-512 register block */
 #define S_NC512W 16                    /* the same, for K <= 16 */
+#define S_NC3 8                        /* filter, three taps at once: input channels for K <= 16 */
+#define S_NC3W 4                       /* the same, K > 16 (32 output channels per block) */
 #define S_BF_CHUNKS 32                 /* filter: slices of the output rows (at most) */
 #define S_BF_BUDGET ((size_t)16 << 20) /* filter: bytes of slice partials (at least one) */
 #define S_BF_PIX 64                    /* filter: pixels per register-block pass */
@@ -22,6 +24,7 @@ typedef struct s_bf {
     int64_t kp, nkb, rows, nch, sr, rsc;
     int64_t ncb, nunit, ngroup; /* input channels per unit, units, groups per slice */
     int isa;  /* s_isa() */
+    int t3;   /* units hold a kernel row's three taps (s_bf_t3) */
 } s_bf;
 
 /* One register block: acc[i][j] (row stride kp) += sum over the output rows
@@ -178,6 +181,132 @@ S_TGT512 S_INLINE void s_bf_block512_nc(const s_bf *b, const s_bfblk *k, const i
     S_BS512(0) S_BS512(1) S_BS512(2) S_BS512(3) S_BS512(4) S_BS512(5) S_BS512(6) S_BS512(7)
 }
 
+/* AVX-512, the three taps of a kernel row at once (3-wide kernels, stride
+ * 1 in w, pad 1: ResNet's 3x3s): x pixel iw meets dy pixels iw + 1, iw and
+ * iw - 1 through taps s = 0, 1, 2, so each broadcast of x serves three
+ * FMAs with dy vectors kept in registers (the per-tap kernel above loads
+ * one broadcast per FMA, which bound it by loads).  NC (<= 8) input
+ * channels x 16 output channels (NV 1) or NC (<= 4) x 32 (NV 2) per tap:
+ * up to 24 zmm accumulators a<s><i> (vector 0) and b<s><i> (vector 1).
+ * Each element's chain still runs over the rows, then q, in order: the
+ * same bits as the per-tap kernels. */
+#define S_T3L(s, i)                                                                          \
+    __m512 a##s##i = NC > i ? _mm512_loadu_ps(acc + ((s) * C + (i)) * kp) : _mm512_setzero_ps(); \
+    __m512 b##s##i = NV > 1 && NC > i ? _mm512_loadu_ps(acc + ((s) * C + (i)) * kp + S_KB)      \
+                                     : _mm512_setzero_ps()
+#define S_T3S(s, i)                                                                          \
+    if (NC > i) _mm512_storeu_ps(acc + ((s) * C + (i)) * kp, a##s##i);                       \
+    if (NV > 1 && NC > i) _mm512_storeu_ps(acc + ((s) * C + (i)) * kp + S_KB, b##s##i);
+/* taps in `t` (bit s: tap s), x channel i (in xv) */
+#define S_T3F(i, t)                                                                          \
+    if (NC > i) {                                                                            \
+        const __m512 xv = _mm512_set1_ps(xr[i]);                                             \
+        if ((t) & 1) a0##i = _mm512_fmadd_ps(xv, gp0, a0##i);                                \
+        if ((t) & 2) a1##i = _mm512_fmadd_ps(xv, gc0, a1##i);                                \
+        if ((t) & 4) a2##i = _mm512_fmadd_ps(xv, gm0, a2##i);                                \
+        if (NV > 1 && ((t) & 1)) b0##i = _mm512_fmadd_ps(xv, gp1, b0##i);                    \
+        if (NV > 1 && ((t) & 2)) b1##i = _mm512_fmadd_ps(xv, gc1, b1##i);                    \
+        if (NV > 1 && ((t) & 4)) b2##i = _mm512_fmadd_ps(xv, gm1, b2##i);                    \
+    }
+#define S_T3PIX(t)                                                                           \
+    S_T3F(0, t) S_T3F(1, t) S_T3F(2, t) S_T3F(3, t) S_T3F(4, t) S_T3F(5, t) S_T3F(6, t)      \
+    S_T3F(7, t)
+#define S_T3ALL(M) M(0, 0) M(0, 1) M(0, 2) M(0, 3) M(0, 4) M(0, 5) M(0, 6) M(0, 7) \
+    M(1, 0) M(1, 1) M(1, 2) M(1, 3) M(1, 4) M(1, 5) M(1, 6) M(1, 7) \
+    M(2, 0) M(2, 1) M(2, 2) M(2, 3) M(2, 4) M(2, 5) M(2, 6) M(2, 7)
+#define S_T3LS(s, i) S_T3L(s, i);
+
+#define S_T3LD(m, p) (FULL ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(m, p))
+
+/* FULL: all 16 * NV output channels are there (unmasked loads of dy, which
+ * ran the loop ~15 % faster than masked ones) */
+S_TGT512 S_INLINE void s_bf_t3_nc(const s_bf *b, const s_bfblk *k, const int NC, const int NV,
+                                  const int FULL)
+{
+    const eq_conv2d_desc *d = b->d;
+    const int64_t C = d->c, K = d->k, kp = b->kp, W = d->w;
+    float *acc = k->acc;
+    S_T3ALL(S_T3LS)
+    const __mmask16 m0 = k->kr >= S_KB ? (__mmask16)0xffff : (__mmask16)((1u << k->kr) - 1);
+    const __mmask16 m1 = k->kr >= 2 * S_KB  ? (__mmask16)0xffff
+                         : k->kr > S_KB ? (__mmask16)((1u << (k->kr - S_KB)) - 1)
+                                        : (__mmask16)0;
+    for (int64_t row = k->row0; row < k->row1; row++) {
+        int64_t n = row / d->p, p = row % d->p, ih = p * d->stride_h + k->r - d->pad_h;
+        if (ih < 0 || ih >= d->h) continue;
+        const float *xr = b->x + (n * d->h + ih) * W * C + k->cb;
+        const float *dr = b->dy + row * d->q * K + k->k0;
+        /* iw = 0: taps 0 (dy pixel 1) and 1 (dy pixel 0) */
+        __m512 gc0 = S_T3LD(m0, dr), gp0 = S_T3LD(m0, dr + K);
+        __m512 gc1 = NV > 1 ? S_T3LD(m1, dr + S_KB) : gc0;
+        __m512 gp1 = NV > 1 ? S_T3LD(m1, dr + K + S_KB) : gp0;
+        __m512 gm0 = gc0, gm1 = gc1;
+        S_T3PIX(3)
+        xr += C;
+        for (int64_t iw = 1; iw < W - 1; iw++, xr += C) {
+            gm0 = gc0, gc0 = gp0, gm1 = gc1, gc1 = gp1;
+            gp0 = S_T3LD(m0, dr + (iw + 1) * K);
+            if (NV > 1) gp1 = S_T3LD(m1, dr + (iw + 1) * K + S_KB);
+            S_T3PIX(7)
+        }
+        /* iw = W - 1: taps 1 (dy pixel W - 1) and 2 (dy pixel W - 2) */
+        gm0 = gc0, gc0 = gp0, gm1 = gc1, gc1 = gp1;
+        S_T3PIX(6)
+    }
+    S_T3ALL(S_T3S)
+}
+
+/* k->nc channels from k->cb, all three taps of row k->r, output channels
+ * from k->k0 (k->kr left: more than 16 takes 32, and k->nc <= 4). */
+S_TGT512 static void s_bf_t3(const s_bf *b, const s_bfblk *k)
+{
+    if (k->kr > S_KB) {
+        if (k->kr >= 2 * S_KB) {
+            const int full = 1;
+            switch (k->nc) {
+            case 1: s_bf_t3_nc(b, k, 1, 2, full); break;
+            case 2: s_bf_t3_nc(b, k, 2, 2, full); break;
+            case 3: s_bf_t3_nc(b, k, 3, 2, full); break;
+            default: s_bf_t3_nc(b, k, 4, 2, full); break;
+            }
+            return;
+        }
+        const int full = 0;
+        switch (k->nc) {
+        case 1: s_bf_t3_nc(b, k, 1, 2, full); break;
+        case 2: s_bf_t3_nc(b, k, 2, 2, full); break;
+        case 3: s_bf_t3_nc(b, k, 3, 2, full); break;
+        default: s_bf_t3_nc(b, k, 4, 2, full); break;
+        }
+        return;
+    }
+    if (k->kr == S_KB) {
+        const int full = 1;
+        switch (k->nc) {
+        case 1: s_bf_t3_nc(b, k, 1, 1, full); break;
+        case 2: s_bf_t3_nc(b, k, 2, 1, full); break;
+        case 3: s_bf_t3_nc(b, k, 3, 1, full); break;
+        case 4: s_bf_t3_nc(b, k, 4, 1, full); break;
+        case 5: s_bf_t3_nc(b, k, 5, 1, full); break;
+        case 6: s_bf_t3_nc(b, k, 6, 1, full); break;
+        case 7: s_bf_t3_nc(b, k, 7, 1, full); break;
+        default: s_bf_t3_nc(b, k, 8, 1, full); break;
+        }
+        return;
+    }
+    const int full = 0;
+    switch (k->nc) {
+    case 1: s_bf_t3_nc(b, k, 1, 1, full); break;
+    case 2: s_bf_t3_nc(b, k, 2, 1, full); break;
+    case 3: s_bf_t3_nc(b, k, 3, 1, full); break;
+    case 4: s_bf_t3_nc(b, k, 4, 1, full); break;
+    case 5: s_bf_t3_nc(b, k, 5, 1, full); break;
+    case 6: s_bf_t3_nc(b, k, 6, 1, full); break;
+    case 7: s_bf_t3_nc(b, k, 7, 1, full); break;
+    default: s_bf_t3_nc(b, k, 8, 1, full); break;
+    }
+}
+
 #define S_BF512_CASE(nc)                                     \
     case nc:                                                 \
         if (k->kr > S_KB) s_bf_block512_nc(b, k, nc, 1);     \
@@ -232,13 +361,30 @@ static void s_bf_task(void *vctx, size_t i)
     const int64_t u0 = b->nunit * g / b->ngroup, u1 = b->nunit * (g + 1) / b->ngroup;
     const int64_t r0 = b->rows * ch / b->nch, r1 = b->rows * (ch + 1) / b->nch;
     const int64_t ncbk = (d->c + b->ncb - 1) / b->ncb, kstep = b->isa == 2 ? 2 : 1;
+    const int64_t tpu = b->t3 ? d->s : 1; /* taps per unit */
     for (int64_t u = u0; u < u1; u++) {
-        int64_t rs = u / ncbk, cb = (u % ncbk) * b->ncb;
-        memset(part + (rs * d->c + cb) * b->kp, 0,
-               (size_t)(s_min(b->ncb, d->c - cb) * b->kp) * sizeof *part);
+        int64_t rs = u / ncbk * tpu, cb = (u % ncbk) * b->ncb;
+        for (int64_t t = 0; t < tpu; t++)
+            memset(part + ((rs + t) * d->c + cb) * b->kp, 0,
+                   (size_t)(s_min(b->ncb, d->c - cb) * b->kp) * sizeof *part);
     }
     for (int64_t sub = r0; sub < r1; sub += b->sr) {
         s_bfblk k = {.row0 = sub, .row1 = s_min(r1, sub + b->sr)};
+#if S_X86
+        if (b->t3) {
+            for (int64_t u = u0; u < u1; u++) {
+                k.r = u / ncbk, k.s = 0, k.cb = (u % ncbk) * b->ncb;
+                k.nc = (int)s_min(b->ncb, d->c - k.cb);
+                for (int64_t kb = 0; kb < b->nkb; kb += 2) {
+                    k.k0 = kb * S_KB;
+                    k.kr = (int)(d->k - k.k0);
+                    k.acc = part + (k.r * d->s * d->c + k.cb) * b->kp + k.k0;
+                    s_bf_t3(b, &k);
+                }
+            }
+            continue;
+        }
+#endif
         for (int64_t u = u0; u < u1; u++) {
             const int64_t rs = u / ncbk;
             k.r = rs / d->s, k.s = rs % d->s, k.cb = (u % ncbk) * b->ncb;
@@ -310,8 +456,11 @@ eq_status eq_cpu_conv_direct_bwd_filter(eq_cpu *cpu, const eq_conv2d_desc *d, co
     const size_t pbytes = (size_t)(b.rsc * b.kp) * sizeof(float);
     int64_t fit = (int64_t)(S_BF_BUDGET / pbytes);
     b.nch = s_min(s_min(S_BF_CHUNKS, b.rows), fit < 1 ? 1 : fit);
-    b.ncb = b.isa < 2 ? S_NC : d->k <= S_KB ? S_NC512W : S_NC512;
-    b.nunit = d->r * d->s * ((d->c + b.ncb - 1) / b.ncb);
+#if S_X86
+    b.t3 = b.isa == 2 && d->s == 3 && d->stride_w == 1 && d->pad_w == 1 && d->w >= 2;
+#endif
+    b.ncb = b.t3 ? (d->k <= S_KB ? S_NC3 : S_NC3W) : b.isa < 2 ? S_NC : d->k <= S_KB ? S_NC512W : S_NC512;
+    b.nunit = d->r * (b.t3 ? 1 : d->s) * ((d->c + b.ncb - 1) / b.ncb);
     b.ngroup = s_min(b.nunit, (S_BF_CHUNKS + b.nch - 1) / b.nch);
     b.sr = (S_BF_PIX + d->q - 1) / d->q;
     float *ws = eq_cpu_workspace(cpu, (size_t)(b.nch * b.rsc * b.kp) * sizeof(float),
