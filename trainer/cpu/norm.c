@@ -31,7 +31,9 @@
  * same double operations per element as the scalar tail, so bit-identical;
  * -O2 leaves the scalar loops unvectorised), compiled three times on
  * x86-64 -- baseline, AVX2 and AVX-512F (no FMA: -ffp-contract=off and no
- * fused operations, so all give the same bits) -- and picked at run time.
+ * fused operations, so all give the same bits) -- and picked at run time;
+ * the AVX-512F build converts floats to doubles with one instruction
+ * (s_cvt).
  * Each pass's loops are instantiated per combination of its flags (residual,
  * ReLU, dy2, dz) with the vector loops unrolled: with the flags tested in
  * the loop GCC kept the accumulators in memory, and the passes were bound
@@ -79,7 +81,29 @@ typedef double s_vd __attribute__((vector_size(8 * S_VL)));
         s_vf g_ = (v);                              \
         memcpy((p), &g_, sizeof g_);                \
     } while (0)
-#define s_ld(p) __builtin_convertvector(s_ldf(p), s_vd)
+/* floats to doubles; isa (a constant in each build, see S_TASK) 2: one
+ * AVX-512F instruction (GCC 12 splits __builtin_convertvector of 8 floats
+ * into halves and reassembles them) */
+#if S_X86
+#include <immintrin.h>
+S_AVX512 static inline void s_cvt512(const s_vf *f, s_vd *d)
+{
+    *d = (s_vd)_mm512_cvtps_pd((__m256)*f);
+}
+#define s_cvt(v, isa)                                                      \
+    ({                                                                     \
+        s_vf f_ = (v);                                                     \
+        s_vd c_;                                                           \
+        if ((isa) == 2)                                                    \
+            s_cvt512(&f_, &c_);                                            \
+        else                                                               \
+            c_ = __builtin_convertvector(f_, s_vd);                        \
+        c_;                                                                \
+    })
+#else
+#define s_cvt(v, isa) __builtin_convertvector((v), s_vd)
+#endif
+#define s_ld(p, isa) s_cvt(s_ldf(p), isa)
 #define s_st(p, v) s_stf((p), __builtin_convertvector((v), s_vf))
 #define s_ldd(p)                                    \
     ({                                              \
@@ -128,14 +152,14 @@ static int s_isa(void)
 /* A task function compiled for the baseline and (x86-64) for AVX2. */
 #if S_X86
 #define S_TASK(name)                                                    \
-    static void name##_base(void *c, size_t t) { name(c, t); }          \
-    S_AVX2 static void name##_avx2(void *c, size_t t) { name(c, t); }   \
-    S_AVX512 static void name##_avx512(void *c, size_t t) { name(c, t); }
+    static void name##_base(void *c, size_t t) { name(c, t, 0); }         \
+    S_AVX2 static void name##_avx2(void *c, size_t t) { name(c, t, 1); }  \
+    S_AVX512 static void name##_avx512(void *c, size_t t) { name(c, t, 2); }
 #define S_PICK(name) \
     (s_isa() == 2 ? name##_avx512 : s_isa() == 1 ? name##_avx2 : name##_base)
 #else
 #define S_TASK(name) \
-    static void name##_base(void *c, size_t t) { name(c, t); }
+    static void name##_base(void *c, size_t t) { name(c, t, 0); }
 #define S_PICK(name) name##_base
 #endif
 
@@ -176,7 +200,7 @@ static void s_slice(const s_bn *b, size_t t, int64_t *r0, int64_t *r1)
 
 /* acc[0..nb) += sum over rows [q0, q1) of (x - ctr)^(1 or 2), in row order */
 S_BODY void s_acc_blk(const float *x, int64_t c, int64_t q0, int64_t q1, int64_t j0, int64_t nb,
-                      const double *ctr, int square, double *acc)
+                      const double *ctr, int square, double *acc, int isa)
 {
     if (nb == S_CB) {
         s_vd v[S_NV], m[S_NV];
@@ -185,12 +209,12 @@ S_BODY void s_acc_blk(const float *x, int64_t c, int64_t q0, int64_t q1, int64_t
             S_UNROLL for (int u = 0; u < S_NV; u++) m[u] = s_ldd(ctr + S_VL * u);
             for (int64_t i = q0; i < q1; i++)
                 S_UNROLL for (int u = 0; u < S_NV; u++) {
-                    s_vd e = s_ld(x + i * c + j0 + S_VL * u) - m[u];
+                    s_vd e = s_ld(x + i * c + j0 + S_VL * u, isa) - m[u];
                     v[u] += e * e;
                 }
         } else {
             for (int64_t i = q0; i < q1; i++)
-                S_UNROLL for (int u = 0; u < S_NV; u++) v[u] += s_ld(x + i * c + j0 + S_VL * u);
+                S_UNROLL for (int u = 0; u < S_NV; u++) v[u] += s_ld(x + i * c + j0 + S_VL * u, isa);
         }
         S_UNROLL for (int u = 0; u < S_NV; u++) s_std(acc + S_VL * u, v[u]);
         return;
@@ -209,7 +233,7 @@ S_BODY void s_acc_blk(const float *x, int64_t c, int64_t q0, int64_t q1, int64_t
 /* p1[sl] = sum of x over the slice's rows, p2[sl] = sum of (x - slice
  * mean)^2 (the slice, at most S_SLICE elements, is still in cache for the
  * second sweep). */
-S_BODY void s_fwd_stats(void *vctx, size_t t)
+S_BODY void s_fwd_stats(void *vctx, size_t t, int isa)
 {
     const s_bn *b = vctx;
     const int64_t c = b->d->c;
@@ -217,7 +241,7 @@ S_BODY void s_fwd_stats(void *vctx, size_t t)
     s_slice(b, t, &r0, &r1);
     double *sum = b->p1 + (int64_t)t * c, *sq = b->p2 + (int64_t)t * c;
     for (int64_t j = 0; j < c; j++) sum[j] = 0.0;
-    S_SWEEP(b, r0, r1, s_acc_blk(b->x, c, q0, q1, j0, nb, NULL, 0, sum + j0);)
+    S_SWEEP(b, r0, r1, s_acc_blk(b->x, c, q0, q1, j0, nb, NULL, 0, sum + j0, isa);)
     const double inv = 1.0 / (double)(r1 - r0);
     for (int64_t j = 0; j < c; j++) sq[j] = 0.0;
     for (int64_t j0 = 0; j0 < c; j0 += S_CB) {
@@ -226,14 +250,14 @@ S_BODY void s_fwd_stats(void *vctx, size_t t)
         for (int64_t j = 0; j < nb; j++) mu[j] = sum[j0 + j] * inv;
         for (int64_t q0 = r0; q0 < r1; q0 += b->rc) {
             const int64_t q1 = r1 - q0 < b->rc ? r1 : q0 + b->rc;
-            s_acc_blk(b->x, c, q0, q1, j0, nb, mu, 1, sq + j0);
+            s_acc_blk(b->x, c, q0, q1, j0, nb, mu, 1, sq + j0, isa);
         }
     }
 }
 S_TASK(s_fwd_stats)
 
 /* y = x * a + sh (rounded to float), + z, then ReLU, over the slice's rows */
-S_BODY void s_affine_k(const s_bn *b, size_t t, int has_z, int relu)
+S_BODY void s_affine_k(const s_bn *b, size_t t, int has_z, int relu, int isa)
 {
     const int64_t c = b->d->c;
     int64_t r0, r1;
@@ -248,7 +272,7 @@ S_BODY void s_affine_k(const s_bn *b, size_t t, int has_z, int relu)
             for (int64_t i = q0; i < q1; i++) {
                 const size_t o = (size_t)(i * c + j0);
                 S_UNROLL for (int u = 0; u < S_NV; u++) {
-                    s_vf v = __builtin_convertvector(s_ld(x + o + S_VL * u) * va[u] + vs[u], s_vf);
+                    s_vf v = __builtin_convertvector(s_ld(x + o + S_VL * u, isa) * va[u] + vs[u], s_vf);
                     if (z) v += s_ldf(z + o + S_VL * u);
                     if (relu) v = s_relu(v);
                     s_stf(y + o + S_VL * u, v);
@@ -269,13 +293,13 @@ S_BODY void s_affine_k(const s_bn *b, size_t t, int has_z, int relu)
 }
 
 /* s_affine_k with its flags as constants, one loop each */
-S_BODY void s_affine(void *vctx, size_t t)
+S_BODY void s_affine(void *vctx, size_t t, int isa)
 {
     const s_bn *b = vctx;
     if (b->z)
-        b->relu ? s_affine_k(b, t, 1, 1) : s_affine_k(b, t, 1, 0);
+        b->relu ? s_affine_k(b, t, 1, 1, isa) : s_affine_k(b, t, 1, 0, isa);
     else
-        b->relu ? s_affine_k(b, t, 0, 1) : s_affine_k(b, t, 0, 0);
+        b->relu ? s_affine_k(b, t, 0, 1, isa) : s_affine_k(b, t, 0, 0, isa);
 }
 S_TASK(s_affine)
 
@@ -382,7 +406,8 @@ eq_status eq_cpu_bn_relu_fwd_eval(void *ctx, const eq_bn_desc *d, const float *x
  * g = (dy + dy2) where y > 0 for bn_relu_bwd.
  * Pass 1: p1[sl] = sum g, p2[sl] = sum g*(x-mu) per slice; g is stored in
  * dz when wanted. */
-S_BODY void s_bwd_sums_k(const s_bn *b, size_t t, int has_dy2, int relu, int has_dz)
+S_BODY void s_bwd_sums_k(const s_bn *b, size_t t, int has_dy2, int relu, int has_dz,
+                         int isa)
 {
     const int64_t c = b->d->c;
     int64_t r0, r1;
@@ -405,9 +430,9 @@ S_BODY void s_bwd_sums_k(const s_bn *b, size_t t, int has_dy2, int relu, int has
                     if (dy2) gf += s_ldf(dy2 + o + S_VL * u);
                     if (relu) gf = s_mask(gf, s_ldf(yin + o + S_VL * u));
                     if (dz) s_stf(dz + o + S_VL * u, gf);
-                    s_vd g = __builtin_convertvector(gf, s_vd);
+                    s_vd g = s_cvt(gf, isa);
                     v1[u] += g;
-                    v2[u] += g * (s_ld(x + o + S_VL * u) - m[u]);
+                    v2[u] += g * (s_ld(x + o + S_VL * u, isa) - m[u]);
                 }
             }
             S_UNROLL for (int u = 0; u < S_NV; u++) {
@@ -432,22 +457,22 @@ S_BODY void s_bwd_sums_k(const s_bn *b, size_t t, int has_dy2, int relu, int has
 
 /* s_bwd_sums_k with its flags as constants (the combinations the ops use:
  * dy2 and dz only with the ReLU) */
-S_BODY void s_bwd_sums(void *vctx, size_t t)
+S_BODY void s_bwd_sums(void *vctx, size_t t, int isa)
 {
     const s_bn *b = vctx;
     if (!b->relu)
-        s_bwd_sums_k(b, t, 0, 0, 0);
+        s_bwd_sums_k(b, t, 0, 0, 0, isa);
     else if (b->dy2)
-        b->dz ? s_bwd_sums_k(b, t, 1, 1, 1) : s_bwd_sums_k(b, t, 1, 1, 0);
+        b->dz ? s_bwd_sums_k(b, t, 1, 1, 1, isa) : s_bwd_sums_k(b, t, 1, 1, 0, isa);
     else
-        b->dz ? s_bwd_sums_k(b, t, 0, 1, 1) : s_bwd_sums_k(b, t, 0, 1, 0);
+        b->dz ? s_bwd_sums_k(b, t, 0, 1, 1, isa) : s_bwd_sums_k(b, t, 0, 1, 0, isa);
 }
 S_TASK(s_bwd_sums)
 
 /* Pass 2: dx = k1 * (g - mean(g) - (x - mu) * k2), with k1 in b->a,
  * mean(g) in b->sh and k2 in b->mu (set by s_bwd); g from dz when pass 1
  * stored it, else formed again from dy, dy2 and y. */
-S_BODY void s_bwd_dx_k(const s_bn *b, size_t t, int has_dy2, int relu)
+S_BODY void s_bwd_dx_k(const s_bn *b, size_t t, int has_dy2, int relu, int isa)
 {
     const int64_t c = b->d->c;
     int64_t r0, r1;
@@ -468,9 +493,9 @@ S_BODY void s_bwd_dx_k(const s_bn *b, size_t t, int has_dy2, int relu)
                     s_vf gf = s_ldf(gsrc + o + S_VL * u);
                     if (dy2) gf += s_ldf(dy2 + o + S_VL * u);
                     if (relu) gf = s_mask(gf, s_ldf(yin + o + S_VL * u));
-                    s_vd g = __builtin_convertvector(gf, s_vd);
+                    s_vd g = s_cvt(gf, isa);
                     s_st(dx + o + S_VL * u,
-                         v1[u] * (g - vd[u] - (s_ld(x + o + S_VL * u) - vm[u]) * v2[u]));
+                         v1[u] * (g - vd[u] - (s_ld(x + o + S_VL * u, isa) - vm[u]) * v2[u]));
                 }
             }
         } else {
@@ -489,13 +514,13 @@ S_BODY void s_bwd_dx_k(const s_bn *b, size_t t, int has_dy2, int relu)
 }
 
 /* s_bwd_dx_k with its flags as constants: g from dz when pass 1 stored it */
-S_BODY void s_bwd_dx(void *vctx, size_t t)
+S_BODY void s_bwd_dx(void *vctx, size_t t, int isa)
 {
     const s_bn *b = vctx;
     if (!b->relu || b->dz)
-        s_bwd_dx_k(b, t, 0, 0);
+        s_bwd_dx_k(b, t, 0, 0, isa);
     else
-        b->dy2 ? s_bwd_dx_k(b, t, 1, 1) : s_bwd_dx_k(b, t, 0, 1);
+        b->dy2 ? s_bwd_dx_k(b, t, 1, 1, isa) : s_bwd_dx_k(b, t, 0, 1, isa);
 }
 S_TASK(s_bwd_dx)
 
