@@ -13,8 +13,10 @@
  * 3. 1, 2 and 3 threads give the same bits, through the backend's members.
  * 4. Which descriptors the direct kernels take, and that the backend's
  *    conv members run them for those (same bits as calling them directly).
- * 5. A batch split into several padded tiles (one image above the tile
- *    budget), masked stores for K = 3, against the im2col path's tiles.
+ * 5. Large images (many bands of rows per image, each padded into a
+ *    thread's scratch), masked stores for K = 3, against the im2col path.
+ * 6. A workspace left full of NaNs by an earlier op changes nothing: the
+ *    forward and backward data read only the padded rows they write.
  */
 #include "trainer/backend.h"
 #include "trainer/cpu/conv_direct.h"
@@ -350,9 +352,9 @@ START_TEST(test_selection)
 }
 END_TEST
 
-/* One padded image (190+2)^2 x 64 floats is over half the 16 MiB tile
- * budget, so each image is its own tile (and the last tile's slack follows
- * a short tile); K = 3 takes the masked stores and loads. */
+/* Images of 190x190x64 floats: many bands of rows per image for the
+ * forward and backward data, few slices for the backward filter; K = 3
+ * takes the masked stores and loads. */
 START_TEST(test_tiles)
 {
     eq_conv2d_desc d = {.n = 3, .h = 190, .w = 190, .c = 64, .k = 3, .r = 3, .s = 3,
@@ -373,6 +375,42 @@ START_TEST(test_tiles)
     s_free3(dir), s_free3(gemm);
     s_bufs_free(&b);
     eq_backend_destroy(&be);
+}
+END_TEST
+
+/* The forward and backward data pad each task's rows into a per-thread
+ * scratch in the workspace: stale contents there (NaNs) must not reach
+ * the outputs, stride 1 and 2 (several jobs per image), 1 and 2 threads. */
+START_TEST(test_stale_workspace)
+{
+    static const int64_t shapes[2][5] = {{2, 9, 7, 5, 1}, {3, 11, 10, 16, 2}}; /* n h w c stride */
+    for (int i = 0; i < 2; i++)
+        for (int nt = 1; nt <= 2; nt++) {
+            eq_conv2d_desc d = {.n = shapes[i][0], .h = shapes[i][1], .w = shapes[i][2],
+                                .c = shapes[i][3], .k = 19, .r = 3, .s = 3,
+                                .stride_h = shapes[i][4], .stride_w = shapes[i][4],
+                                .pad_h = 1, .pad_w = 1, .dil_h = 1, .dil_w = 1, .groups = 1};
+            eq_err err = {0};
+            OK(eq_conv2d_desc_init(&d, &err));
+            ck_assert(eq_cpu_conv_direct_ok(&d));
+            bufs b;
+            s_bufs(&b, &d);
+            eq_backend *fresh = s_cpu(nt), *stale = s_cpu(nt);
+            eq_cpu *cpu = stale->context;
+            float *ws = eq_cpu_workspace(cpu, (size_t)1 << 22, "test", &err);
+            ck_assert_ptr_nonnull(ws);
+            for (size_t j = 0; j < cpu->ws_bytes / sizeof *ws; j++) ws[j] = NAN;
+            float *a[3], *r[3];
+            s_run(fresh, &d, &b, 0, r);
+            s_run(stale, &d, &b, 0, a);
+            ck_assert_msg(!memcmp(a[0], r[0], b.ny * sizeof(float)), "y differs (shape %d)", i);
+            ck_assert_msg(!memcmp(a[1], r[1], b.nx * sizeof(float)), "dx differs (shape %d)", i);
+            for (size_t j = 0; j < b.ny; j++) ck_assert(isfinite(a[0][j]));
+            s_free3(a), s_free3(r);
+            s_bufs_free(&b);
+            eq_backend_destroy(&fresh);
+            eq_backend_destroy(&stale);
+        }
 }
 END_TEST
 
@@ -429,6 +467,7 @@ static Suite *s_suite(void)
     tcase_add_test(tc, test_threads_bitwise);
     tcase_add_test(tc, test_selection);
     tcase_add_test(tc, test_tiles);
+    tcase_add_test(tc, test_stale_workspace);
     tcase_add_test(tc, test_wide_accuracy);
     suite_add_tcase(s, tc);
     return s;

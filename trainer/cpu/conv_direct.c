@@ -7,10 +7,8 @@
  *        of 16 (the last one zero-padded), so the micro-kernel loads two
  *        8-lane vectors (one with AVX-512) per (tap, c);
  *   scr  per worker, one zero-padded image [phases][Hh][Wh][C] (stride 1:
- *        one phase, [Hp][Wp]) plus S_SLACK pixels: a task pads just the
- *        rows its band of outputs reads (and zeroes the S_SLACK pixels
- *        after them: the last block of 12 pixels reads up to 11 pixels
- *        past them) and computes the band from there while those rows
+ *        one phase, [Hp][Wp]): a task pads just the rows its band of
+ *        outputs reads and computes the band from there while those rows
  *        are in its core's L1/L2 (no batch-sized padded copy written to
  *        memory and read back, no pass and barrier before the compute);
  *   part the filter gradient's per-slice partial sums [nch][R][S][C][KP],
@@ -71,9 +69,7 @@ typedef struct s_fwd {
 } s_fwd;
 
 /* Rows [r0, r1) of every phase of image n's padded copy into dst (a
- * whole padded image's layout; other rows untouched), each phase's rows
- * followed by S_SLACK zero pixels (a later phase's rows may overwrite
- * them: they only feed outputs that are dropped). */
+ * whole padded image's layout; other rows untouched). */
 static void s_pad_rows(const s_fwd *f, int64_t n, float *dst, int64_t r0, int64_t r1)
 {
     const int64_t C = f->c, rowf = f->wh * C;
@@ -104,16 +100,16 @@ static void s_pad_rows(const s_fwd *f, int64_t n, float *dst, int64_t r0, int64_
                     else memcpy(drow + jj * C, srow + iw * C, (size_t)C * sizeof *drow);
                 }
             }
-            memset(ph + r1 * rowf, 0, (size_t)(S_SLACK * C) * sizeof *dst);
         }
 }
 
-/* dst[t][0..kr) = sum over (r, s, c) of xb[(r*Wp + s + t)*C + c] * panel:
+/* dst[t][0..kr) = sum over (r, s, c) of xb[off[t] + (r*Wp + s)*C + c] * panel:
  * per block (s_fwd's tpb, cpb) one fmaf chain in (r, s, c) order from
  * zero, the blocks' sums added in order to a total from zero (one block:
  * the chain is the sum); dst[t] NULL: skipped. */
 static void s_fwd_block_generic(const s_fwd *f, const s_job *jb, const float *xb,
-                                const float *wpk, float *const dst[S_NQ512], int kr)
+                                const int64_t off[S_NQ512], const float *wpk,
+                                float *const dst[S_NQ512], int kr)
 {
     const int64_t C = f->c, RS = jb->ntap;
     for (int t = 0; t < S_NQ; t++) {
@@ -125,7 +121,7 @@ static void s_fwd_block_generic(const s_fwd *f, const s_job *jb, const float *xb
                     const int64_t t1 = s_min(RS, t0 + jb->tpb), c1 = s_min(C, c0 + jb->cpb);
                     float acc = 0.0f;
                     for (int64_t tap = t0; tap < t1; tap++) {
-                        const float *xs = xb + jb->toff[tap] + t * C;
+                        const float *xs = xb + jb->toff[tap] + off[t];
                         const float *ws = wpk + tap * C * S_KB + j;
                         for (int64_t c = c0; c < c1; c++) acc = fmaf(xs[c], ws[c * S_KB], acc);
                     }
@@ -168,8 +164,8 @@ S_TGT S_INLINE void s_store16(float *dst, __m256 lo, __m256 hi, int kr)
  * accumulators, one FMA per (r, s, c) each, the blocks' chains folded into
  * the totals in the same order. */
 S_TGT S_INLINE void s_fwd_block_avx2_b(const s_fwd *f, const s_job *jb, const float *xb,
-                                        const float *wpk, float *const dst[S_NQ], int kr,
-                                        const int BLOCKED)
+                                        const int64_t off[S_NQ512], const float *wpk,
+                                        float *const dst[S_NQ512], int kr, const int BLOCKED)
 {
     const int64_t C = f->c, RS = jb->ntap;
     float tot[S_NQ][S_KB] __attribute__((aligned(32)));
@@ -184,8 +180,8 @@ S_TGT S_INLINE void s_fwd_block_avx2_b(const s_fwd *f, const s_job *jb, const fl
             for (int64_t tap = t0; tap < t1; tap++) {
                 const float *xs = xb + jb->toff[tap];
                 const float *ws = wpk + tap * C * S_KB;
-                const float *x0 = xs, *x1 = xs + C, *x2 = xs + 2 * C, *x3 = xs + 3 * C;
-                const float *x4 = xs + 4 * C, *x5 = xs + 5 * C;
+                const float *x0 = xs + off[0], *x1 = xs + off[1], *x2 = xs + off[2];
+                const float *x3 = xs + off[3], *x4 = xs + off[4], *x5 = xs + off[5];
                 for (int64_t c = c0; c < c1; c++) {
                     __m256 w0 = _mm256_loadu_ps(ws + c * S_KB), w1 = _mm256_loadu_ps(ws + c * S_KB + 8);
                     __m256 b = _mm256_broadcast_ss(x0 + c);
@@ -216,10 +212,11 @@ S_TGT S_INLINE void s_fwd_block_avx2_b(const s_fwd *f, const s_job *jb, const fl
 /* One chain (nblk 1, the thin layers) compiled apart: the blocked loop's
  * bookkeeping cost ~10 % on 16-channel layers. */
 S_TGT static void s_fwd_block_avx2(const s_fwd *f, const s_job *jb, const float *xb,
-                                   const float *wpk, float *const dst[S_NQ], int kr)
+                                   const int64_t off[S_NQ512], const float *wpk,
+                                   float *const dst[S_NQ512], int kr)
 {
-    if (jb->nblk == 1) s_fwd_block_avx2_b(f, jb, xb, wpk, dst, kr, 0);
-    else s_fwd_block_avx2_b(f, jb, xb, wpk, dst, kr, 1);
+    if (jb->nblk == 1) s_fwd_block_avx2_b(f, jb, xb, off, wpk, dst, kr, 0);
+    else s_fwd_block_avx2_b(f, jb, xb, off, wpk, dst, kr, 1);
 }
 
 /* AVX-512: 12 pixels x 16 output channels (KB2 = 0) or 32 (KB2 = 1: two
@@ -227,7 +224,7 @@ S_TGT static void s_fwd_block_avx2(const s_fwd *f, const s_job *jb, const float 
 #define S_A512(t) __m512 a##t = _mm512_setzero_ps(), b##t = a##t
 #define S_F512(t)                                                             \
     do {                                                                      \
-        __m512 v = _mm512_set1_ps(xs[t * C + c]);                             \
+        __m512 v = _mm512_set1_ps(xs[o##t + c]);                              \
         a##t = _mm512_fmadd_ps(v, w0, a##t);                                  \
         if (KB2) b##t = _mm512_fmadd_ps(v, w1, b##t);                         \
     } while (0)
@@ -252,9 +249,16 @@ S_TGT static void s_fwd_block_avx2(const s_fwd *f, const s_job *jb, const float 
     } while (0)
 
 S_TGT512 S_INLINE void s_fwd_block512_kb(const s_fwd *f, const s_job *jb, const float *xb,
-                                         const float *wpk, float *const dst[S_NQ512], int kr,
-                                         const int KB2, const int BLOCKED)
+                                         const int64_t off[S_NQ512], const float *wpk,
+                                         float *const dst[S_NQ512], int kr, const int KB2,
+                                         const int BLOCKED)
 {
+    /* offsets from pixel 0's (one index register less: no spills with KB2) */
+    const int64_t o0 = 0, o1 = off[1] - off[0], o2 = off[2] - off[0], o3 = off[3] - off[0];
+    const int64_t o4 = off[4] - off[0], o5 = off[5] - off[0], o6 = off[6] - off[0];
+    const int64_t o7 = off[7] - off[0], o8 = off[8] - off[0], o9 = off[9] - off[0];
+    const int64_t o10 = off[10] - off[0], o11 = off[11] - off[0];
+    xb += off[0];
     const int64_t C = f->c, RS = jb->ntap, panel = RS * C * S_KB;
     float tot[S_NQ512][2 * S_KB] __attribute__((aligned(64)));
     if (BLOCKED) memset(tot, 0, sizeof tot);
@@ -286,21 +290,23 @@ S_TGT512 S_INLINE void s_fwd_block512_kb(const s_fwd *f, const s_job *jb, const 
 
 /* kr: channels left from this block's first (more than 16: two panels). */
 S_TGT512 static void s_fwd_block512(const s_fwd *f, const s_job *jb, const float *xb,
-                                    const float *wpk, float *const dst[S_NQ512], int kr)
+                                    const int64_t off[S_NQ512], const float *wpk,
+                                    float *const dst[S_NQ512], int kr)
 {
     if (jb->nblk == 1) { /* one chain (see s_fwd_block_avx2) */
-        if (kr > S_KB) s_fwd_block512_kb(f, jb, xb, wpk, dst, kr, 1, 0);
-        else s_fwd_block512_kb(f, jb, xb, wpk, dst, kr, 0, 0);
+        if (kr > S_KB) s_fwd_block512_kb(f, jb, xb, off, wpk, dst, kr, 1, 0);
+        else s_fwd_block512_kb(f, jb, xb, off, wpk, dst, kr, 0, 0);
     } else {
-        if (kr > S_KB) s_fwd_block512_kb(f, jb, xb, wpk, dst, kr, 1, 1);
-        else s_fwd_block512_kb(f, jb, xb, wpk, dst, kr, 0, 1);
+        if (kr > S_KB) s_fwd_block512_kb(f, jb, xb, off, wpk, dst, kr, 1, 1);
+        else s_fwd_block512_kb(f, jb, xb, off, wpk, dst, kr, 0, 1);
     }
 }
 #endif
 
 /* Task i: grid rows [p0, p1) of one job for image i / tpimg, padded
- * into the worker's scratch, as blocks of consecutive flat pixels j =
- * p*wh + q (q >= the job's q: computed, dropped). */
+ * into the worker's scratch, in blocks of nq consecutive output pixels
+ * (p, q) of those rows (the last block's missing ones: its last pixel
+ * again, computed and dropped), each reading padded pixel p*wh + q. */
 static void s_fwd_task(void *vctx, size_t i, int worker)
 {
     const s_fwd *f = vctx;
@@ -308,12 +314,11 @@ static void s_fwd_task(void *vctx, size_t i, int worker)
     int64_t g = (int64_t)i % f->tpimg;
     const s_job *jb = f->job;
     while (g >= jb->tpi) g -= jb->tpi, jb++;
-    const int64_t p0 = g * jb->rt, p1 = s_min(jb->p, p0 + jb->rt), wh = f->wh;
-    const int64_t j0 = p0 * wh, jend = (p1 - 1) * wh + jb->q;
+    const int64_t p0 = g * jb->rt, p1 = s_min(jb->p, p0 + jb->rt), wh = f->wh, C = f->c;
     float *xi = f->scr + worker * f->scrf;
     s_pad_rows(f, img, xi, p0 + jb->rlo, p1 + jb->rhi);
     float *yi = f->y + img * f->yimg + jb->y0;
-    const int64_t panel = jb->ntap * f->c * S_KB;
+    const int64_t panel = jb->ntap * C * S_KB;
     const int nq = f->isa == 2 ? S_NQ512 : S_NQ;
     /* AVX-512 takes two panels (32 channels) at a time while they last */
     const int64_t kstep = f->isa == 2 ? 2 : 1;
@@ -321,23 +326,31 @@ static void s_fwd_task(void *vctx, size_t i, int worker)
         const float *wpk = jb->wp + kb * panel;
         const int kleft = (int)(f->k - kb * S_KB);
         const int kr = kleft < S_KB ? kleft : S_KB;
-        for (int64_t j = j0; j < jend; j += nq) {
+        int64_t p = p0, q = 0; /* the block's first pixel */
+        while (p < p1) {
+            int64_t off[S_NQ512];
             float *dst[S_NQ512];
             for (int t = 0; t < nq; t++) {
-                int64_t jj = j + t, p = jj / wh, q = jj - p * wh;
-                dst[t] = jj < jend && q < jb->q ? yi + p * jb->yp + q * jb->yq + kb * S_KB : NULL;
+                if (p < p1) {
+                    off[t] = (p * wh + q) * C;
+                    dst[t] = yi + p * jb->yp + q * jb->yq + kb * S_KB;
+                    if (++q == jb->q) q = 0, p++;
+                } else {
+                    off[t] = off[t - 1];
+                    dst[t] = NULL;
+                }
             }
 #if S_X86
             if (f->isa == 2) {
-                s_fwd_block512(f, jb, xi + j * f->c, wpk, dst, kleft);
+                s_fwd_block512(f, jb, xi, off, wpk, dst, kleft);
                 continue;
             }
             if (f->isa == 1) {
-                s_fwd_block_avx2(f, jb, xi + j * f->c, wpk, dst, kr);
+                s_fwd_block_avx2(f, jb, xi, off, wpk, dst, kr);
                 continue;
             }
 #endif
-            s_fwd_block_generic(f, jb, xi + j * f->c, wpk, dst, kr);
+            s_fwd_block_generic(f, jb, xi, off, wpk, dst, kr);
         }
     }
 }
@@ -387,7 +400,7 @@ static eq_status s_fwd_exec(eq_cpu *cpu, s_fwd *f, int64_t n, const float *wt, i
         f->tpimg += f->job[j].tpi;
         nwp += s_round16((size_t)(f->nkb * f->job[j].ntap * c * S_KB));
     }
-    f->scrf = (int64_t)s_round16((size_t)(f->img + S_SLACK * c));
+    f->scrf = (int64_t)s_round16((size_t)f->img);
     const size_t nscr = (size_t)eq_cpu_workers(cpu) * (size_t)f->scrf;
     float *ws = eq_cpu_workspace(cpu, (nwp + nscr) * sizeof(float), op, err);
     if (!ws) return EQ_ERR_NOMEM;
