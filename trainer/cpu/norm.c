@@ -136,22 +136,21 @@ typedef struct s_bn {
     double *mean_d;        /* backward: save_mean as double [c] */
 } s_bn;
 
+#if S_X86
 /* 2: AVX-512F, 1: AVX2, 0: neither */
 static int s_isa(void)
 {
-#if S_X86
     static int have = -1;
     if (have < 0)
         have = __builtin_cpu_supports("avx512f") ? 2 : __builtin_cpu_supports("avx2") ? 1 : 0;
     return have;
-#else
-    return 0;
-#endif
 }
+#endif
 
-/* A task function compiled for the baseline and (x86-64) for AVX2. */
+/* A task function compiled for the baseline and (x86-64) for AVX2 and
+ * AVX-512F; the body gets its build's ISA as a constant (0, 1, 2). */
 #if S_X86
-#define S_TASK(name)                                                    \
+#define S_TASK(name)                                                      \
     static void name##_base(void *c, size_t t) { name(c, t, 0); }         \
     S_AVX2 static void name##_avx2(void *c, size_t t) { name(c, t, 1); }  \
     S_AVX512 static void name##_avx512(void *c, size_t t) { name(c, t, 2); }
