@@ -371,7 +371,10 @@ static void s_job_shape(const s_fwd *f, s_job *jb)
         jb->cpb = (c + ns - 1) / ns;
     }
     jb->nblk = ntap == 0 ? 1 : (ntap + jb->tpb - 1) / jb->tpb * ((c + jb->cpb - 1) / jb->cpb);
-    jb->rt = s_min(jb->p, (S_FWD_PIX + f->wh - 1) / f->wh);
+    /* bands of about S_FWD_PIX padded pixels, as equal as whole rows allow */
+    const int64_t rows = s_min(jb->p, (S_FWD_PIX + f->wh - 1) / f->wh); /* p >= 1 */
+    const int64_t nband = (jb->p + rows - 1) / rows;
+    jb->rt = (jb->p + nband - 1) / nband;
     /* the rows its taps read past a grid row: tap t reads padded row
      * p + (toff[t] / C mod the phase's hh*wh) / wh of its phase */
     jb->rlo = ntap > 0 ? INT64_MAX : 0, jb->rhi = 0;

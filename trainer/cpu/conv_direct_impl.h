@@ -27,7 +27,7 @@
 #define S_MAXJOB 4                     /* jobs of one run (stride-2 backward data: 4 phases) */
 #define S_NQ 6                         /* forward: pixels per AVX2 register block */
 #define S_NQ512 12                     /* forward: pixels per AVX-512 register block */
-#define S_FWD_PIX 128                  /* forward: padded pixels per task (at least a row) */
+#define S_FWD_PIX 256                  /* forward: padded pixels per task (at least a row) */
 #define S_CHAIN1 576                   /* forward: most terms summed as one FMA chain */
 #define S_CHAIN 64                     /* forward: terms per chain in longer sums */
 
