@@ -30,7 +30,6 @@
 #include <string.h>
 
 #include "core/rng.h"
-#include "trainer/cpu/cpu_internal.h" /* eq_cpu_backend_pool */
 
 typedef enum s_kind {
     S_INPUT, S_CONV, S_BN, S_RELU, S_PRELU, S_MAXPOOL, S_AVGPOOL, S_ADD, S_GAP, S_LINEAR, S_CLAMP,
@@ -139,6 +138,9 @@ void eq_layers_destroy(eq_layers **g_p)
     for (int i = 0; i < g->nnodes; i++) {
         free(g->nodes[i].name);
         free(g->nodes[i].drop_mask);
+        eq_backend_quant_release(g->be, g->nodes[i].qw); /* the backend's state for them */
+        eq_backend_quant_release(g->be, g->nodes[i].qf);
+        eq_backend_quant_release(g->be, g->nodes[i].qo);
         eq_quant_destroy(&g->nodes[i].qw);
         eq_quant_destroy(&g->nodes[i].qf);
         eq_quant_destroy(&g->nodes[i].qo);
@@ -279,8 +281,6 @@ static eq_quant *s_quant(eq_layers *g, const char *name, const char *sub, const 
         eq_err_prefix(err, "%s.%s: ", name, sub);
         return NULL;
     }
-    /* on the CPU backend's threads (results do not depend on their number) */
-    eq_quant_set_pool(q, eq_cpu_backend_pool(g->be));
     char prefix[200];
     snprintf(prefix, sizeof prefix, "%s.%s", name, sub);
     for (size_t i = 0; i < eq_quant_tensor_count(q); i++) {
@@ -736,9 +736,8 @@ eq_status eq_layers_finalize(eq_layers *g, uint64_t seed, eq_err *err)
     if (g->nnodes < 2) return eq_err_set(err, EQ_ERR_INVALID, "finalize: the graph has no layers");
     int has_quant = 0;
     for (int i = 0; i < g->nnodes; i++) has_quant |= g->nodes[i].qw || g->nodes[i].qf || g->nodes[i].qo;
-    if (has_quant && strcmp(eq_backend_name(g->be), "cpu") != 0)
-        return eq_err_set(err, EQ_ERR_UNSUPPORTED,
-                          "finalize: quantizers run on host memory; backend '%s' is not supported",
+    if (has_quant && !eq_backend_runs_quant(g->be))
+        return eq_err_set(err, EQ_ERR_UNSUPPORTED, "finalize: the %s backend runs no quantizers",
                           eq_backend_name(g->be));
     eq_status pst = s_plan_fusion(g, err);
     if (pst != EQ_OK) return pst;
@@ -933,7 +932,7 @@ static eq_status s_quant_fwd(eq_layers *g, s_node *nd, const s_node *in, bool tr
         int64_t w4[4] = {1, 1, t->shape[0], t->shape[1]};
         st = t->ndim == 4 ? eq_tensor_desc_init(&wd, EQ_DT_F32, EQ_LAYOUT_OIHW, 4, t->shape, err)
                           : eq_tensor_desc_init(&wd, EQ_DT_F32, EQ_LAYOUT_OIHW, 4, w4, err);
-        if (st == EQ_OK) st = eq_quant_forward(nd->qw, &wd, t->data, nd->wq, train, err);
+        if (st == EQ_OK) st = eq_backend_quant_forward(g->be, nd->qw, &wd, t->data, nd->wq, train, err);
         if (st != EQ_OK) return eq_err_prefix(err, "quant_weight: ");
         *w = nd->wq;
     }
@@ -950,7 +949,7 @@ static eq_status s_quant_fwd(eq_layers *g, s_node *nd, const s_node *in, bool tr
             src = nd->xp;
         }
         eq_tensor_desc xd = s_desc_of(nd, in, padded);
-        st = eq_quant_forward(nd->qf, &xd, src, nd->a, train, err);
+        st = eq_backend_quant_forward(g->be, nd->qf, &xd, src, nd->a, train, err);
         if (st != EQ_OK) return eq_err_prefix(err, "quant_activation: ");
         *x = nd->a;
     }
@@ -1004,7 +1003,7 @@ eq_status eq_layers_forward(eq_layers *g, const float *x, bool train, eq_err *er
                 int64_t ys[4] = {nd->n, nd->h, nd->w, nd->c};
                 eq_tensor_desc yd;
                 st = eq_tensor_desc_init(&yd, EQ_DT_F32, EQ_LAYOUT_NHWC, 4, ys, err);
-                if (st == EQ_OK) st = eq_quant_forward(nd->qo, &yd, nd->yo, nd->y, train, err);
+                if (st == EQ_OK) st = eq_backend_quant_forward(be, nd->qo, &yd, nd->yo, nd->y, train, err);
                 if (st != EQ_OK) eq_err_prefix(err, "quant_output: ");
             }
             break;
@@ -1138,7 +1137,7 @@ static eq_status s_quant_bwd(eq_layers *g, s_node *nd, const s_node *in, float *
     eq_status st = EQ_OK;
     if (nd->qw) {
         const eq_model_tensor *t = &g->t[nd->pw];
-        st = eq_quant_backward(nd->qw, t->data, nd->dwq, t->grad, err);
+        st = eq_backend_quant_backward(g->be, nd->qw, t->data, nd->dwq, t->grad, err);
         if (st != EQ_OK) return eq_err_prefix(err, "quant_weight: ");
     }
     if (nd->qf) {
@@ -1146,7 +1145,7 @@ static eq_status s_quant_bwd(eq_layers *g, s_node *nd, const s_node *in, float *
          * not; unpadded, it runs in place in dx */
         int padded = s_qf_padded(nd);
         float *qg = dx && !padded ? dx : nd->da;
-        st = eq_quant_backward(nd->qf, padded ? nd->xp : in->y, qg, qg, err);
+        st = eq_backend_quant_backward(g->be, nd->qf, padded ? nd->xp : in->y, qg, qg, err);
         if (st != EQ_OK) return eq_err_prefix(err, "quant_activation: ");
         if (dx && padded) st = s_pad(g->be, in, nd->pad, nd->da, dx, 1, err);
     }
@@ -1179,7 +1178,7 @@ eq_status eq_layers_backward(eq_layers *g, eq_err *err)
             if (nd->kind == S_CONV) {
                 const float *gy = nd->dy;
                 if (nd->qo) { /* through the output quantizer first */
-                    st = eq_quant_backward(nd->qo, nd->yo, nd->dy, nd->dyo, err);
+                    st = eq_backend_quant_backward(be, nd->qo, nd->yo, nd->dy, nd->dyo, err);
                     if (st != EQ_OK) eq_err_prefix(err, "quant_output: ");
                     gy = nd->dyo;
                 }

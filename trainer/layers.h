@@ -16,9 +16,10 @@
  * Quantized conv (the original's custom_conv, ORIGINAL.md §2.14):
  *     Wq = Qw(W);  a = pad_after_quant ? pad(Qf(x)) : Qf(pad(x));  y = conv(a, Wq)
  * Qw/Qf are eq_quant objects built from the given option records (NULL: no
- * quantizer).  Quantizers run on host memory (quant/quant.h), so a graph
- * with quantizers needs a backend whose device memory is host memory (the
- * CPU backend); finalize refuses others.
+ * quantizer).  Quantizers run through the backend's quantizer members
+ * (eq_backend_quant_*: quant/ itself on the CPU backend, eq_cuda_quant on
+ * CUDA); their state stays in host memory; finalize refuses a backend that
+ * runs no quantizers.
  *
  * Not thread-safe: one thread per graph.
  */

@@ -351,12 +351,6 @@ static const struct eq_backend_i s_cpu_iface = {
     .quant_backward = s_quant_bwd,
 };
 
-eq_pool *eq_cpu_backend_pool(const eq_backend *be)
-{
-    if (!be || be->iface != &s_cpu_iface) return NULL;
-    return ((const eq_cpu *)be->context)->pool;
-}
-
 eq_backend *eq_backend_cpu_new(int nthreads, eq_err *err)
 {
     if (nthreads <= 0) nthreads = eq_cpu_count();

@@ -5,8 +5,6 @@
  * tiles SGEMMs over the backend's pool.  Op files (conv.c, norm.c,
  * ops.c) implement the members of struct eq_backend_i declared below; the
  * wrappers in trainer/backend.c have validated their arguments.
- * trainer/layers.c uses eq_cpu_backend_pool only, to run the quantizers
- * on the backend's threads.
  */
 #ifndef EQ_TRAINER_CPU_INTERNAL_H
 #define EQ_TRAINER_CPU_INTERNAL_H
@@ -50,11 +48,6 @@ static inline int eq_cpu_workers(const eq_cpu *cpu)
 {
     return eq_pool_size(cpu->pool);
 }
-
-/* The pool of a CPU backend (not owned; NULL when it runs on one thread or
- * `be` is not the CPU backend), for host-side work between ops such as the
- * quantizers: never call it from inside an op. */
-eq_pool *eq_cpu_backend_pool(const eq_backend *be);
 
 /* Row-major C = alpha * op(A) * op(B) + beta * C: tiles of C (and, for
  * long reductions, slices of K added in a fixed order) on the backend's
