@@ -116,6 +116,8 @@ typedef struct s_slot {
     double lr_scale; /* lr = lr_t * lr_scale, or lr_const when >= 0 */
     double lr_const;
     int st0, st1; /* state tensor indices (-1: none) */
+    int staged;   /* host-memory parameter on a device backend: stepped in qstage */
+    size_t qoff;  /* its device copy at qstage + qoff, the gradient's after it */
 } s_slot;
 
 struct eq_optim {
@@ -126,6 +128,7 @@ struct eq_optim {
     eq_model_tensor *state;
     size_t nstate;
     float *block;
+    float *qstage; /* device copies of the staged parameters and gradients */
     int64_t steps;
 };
 
@@ -163,6 +166,7 @@ void eq_optim_destroy(eq_optim **o_p)
     eq_optim *o = *o_p;
     for (size_t i = 0; i < o->nstate; i++) free((char *)o->state[i].name);
     if (o->block) eq_backend_release(eq_model_backend(o->m), o->block);
+    if (o->qstage) eq_backend_release(eq_model_backend(o->m), o->qstage);
     free(o->state);
     free(o->slots);
     free(o);
@@ -243,6 +247,22 @@ eq_optim *eq_optim_new(eq_model *m, const eq_optim_cfg *cfg, eq_err *err)
         }
         for (size_t i = 0; i < o->nstate; i++) o->state[i].data = o->block + (uintptr_t)o->state[i].data;
     }
+    /* Quantizer parameters live in host memory (quant/); on a backend whose
+     * memory is not host memory they are stepped in device copies (their
+     * optimiser state is device memory like every other's). */
+    size_t qtotal = 0;
+    for (size_t i = 0; i < o->nslots && !eq_backend_host_memory(eq_model_backend(m)); i++) {
+        s_slot *sl = &o->slots[i];
+        if (!sl->p->quant) continue;
+        sl->staged = 1;
+        sl->qoff = qtotal;
+        qtotal += 2 * ((sl->p->numel + 15) / 16 * 16);
+    }
+    if (qtotal && !(o->qstage = eq_backend_alloc(eq_model_backend(m), qtotal * sizeof(float), err))) {
+        eq_err_prefix(err, "optim: ");
+        eq_optim_destroy(&o);
+        return NULL;
+    }
     return o;
 }
 
@@ -251,23 +271,39 @@ eq_status eq_optim_step(eq_optim *o, double lr, eq_err *err)
     if (!o) return eq_err_set(err, EQ_ERR_INVALID, "optim step: NULL optimiser");
     eq_backend *be = eq_model_backend(o->m);
     const eq_optim_cfg *c = &o->cfg;
+    for (size_t i = 0; i < o->nslots; i++) { /* staged parameters and gradients to the device */
+        const s_slot *sl = &o->slots[i];
+        size_t nb = sl->p->numel * sizeof(float), r = (sl->p->numel + 15) / 16 * 16;
+        eq_status st = EQ_OK;
+        if (sl->staged && (st = eq_backend_upload(be, o->qstage + sl->qoff, sl->p->data, nb, err)) == EQ_OK)
+            st = eq_backend_upload(be, o->qstage + sl->qoff + r, sl->p->grad, nb, err);
+        if (st != EQ_OK) return eq_err_prefix(err, "optim step: %s: ", sl->p->name);
+    }
     for (size_t i = 0; i < o->nslots; i++) {
         const s_slot *sl = &o->slots[i];
+        float *param = sl->staged ? o->qstage + sl->qoff : sl->p->data;
+        const float *grad = sl->staged ? o->qstage + sl->qoff + (sl->p->numel + 15) / 16 * 16 : sl->p->grad;
         double slr = sl->lr_const >= 0 ? sl->lr_const : lr * sl->lr_scale;
         eq_status st;
         if (c->method == 1) {
             eq_adam_params hp = {.lr = (float)slr, .beta1 = (float)c->beta1, .beta2 = (float)c->beta2,
                                  .eps = (float)c->eps, .weight_decay = sl->wd, .step = o->steps + 1};
-            st = eq_backend_adam_step(be, sl->p->numel, &hp, sl->p->data, sl->p->grad,
+            st = eq_backend_adam_step(be, sl->p->numel, &hp, param, grad,
                                       o->state[sl->st0].data, o->state[sl->st1].data, err);
         } else {
             eq_sgd_params hp = {.lr = (float)slr, .momentum = (float)c->momentum,
                                 .dampening = (float)c->dampening, .weight_decay = sl->wd,
                                 .nesterov = c->nesterov, .first = o->steps == 0};
-            st = eq_backend_sgd_step(be, sl->p->numel, &hp, sl->p->data, sl->p->grad,
+            st = eq_backend_sgd_step(be, sl->p->numel, &hp, param, grad,
                                      sl->st0 >= 0 ? o->state[sl->st0].data : NULL, err);
         }
         if (st != EQ_OK) return eq_err_prefix(err, "optim step: %s: ", sl->p->name);
+    }
+    for (size_t i = 0; i < o->nslots; i++) { /* and the stepped parameters back */
+        const s_slot *sl = &o->slots[i];
+        if (sl->staged && eq_backend_download(be, sl->p->data, o->qstage + sl->qoff,
+                                              sl->p->numel * sizeof(float), err) != EQ_OK)
+            return eq_err_prefix(err, "optim step: %s: ", sl->p->name);
     }
     o->steps++;
     return EQ_OK;

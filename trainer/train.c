@@ -891,6 +891,19 @@ static eq_status s_accumulate_one(eq_train *t, size_t i, bool first, bool finish
 {
     const eq_model_tensor *m = eq_model_tensor_at(t->model, i);
     float *a = t->acc + t->acc_off[i];
+    size_t nb = m->numel * sizeof(float);
+    if (m->quant && !eq_backend_host_memory(t->be)) {
+        /* a quantizer's gradient is host memory (quant/): added on the
+         * host, as the backend's add would (one float add per element) */
+        if (first) return finish ? EQ_OK : eq_backend_upload(t->be, a, m->grad, nb, err);
+        float *h = malloc(nb);
+        if (!h) return eq_err_set(err, EQ_ERR_NOMEM, "trainer: out of memory");
+        eq_status st = eq_backend_download(t->be, h, a, nb, err);
+        for (size_t k = 0; st == EQ_OK && k < m->numel; k++) h[k] += m->grad[k];
+        if (st == EQ_OK) st = finish ? (memcpy(m->grad, h, nb), EQ_OK) : eq_backend_upload(t->be, a, h, nb, err);
+        free(h);
+        return st;
+    }
     eq_status st = first ? eq_backend_copy(t->be, a, m->grad, m->numel * sizeof(float), err)
                          : eq_backend_add(t->be, m->numel, a, m->grad, a, err);
     if (st == EQ_OK && finish) st = eq_backend_copy(t->be, m->grad, a, m->numel * sizeof(float), err);
