@@ -9,12 +9,13 @@
  * these when eq_cpu_conv_direct_ok() accepts a descriptor, the tests call
  * them directly to compare them with the im2col path.
  *
- * Forward: the input is copied once into a zero-padded buffer (a tile of
- * whole images, [Hp][Wp][C] each), and every output pixel is computed as
+ * Forward: each task (a band of output rows of one image) copies the
+ * input rows it reads, zero-padded, into its thread's scratch ([Hp][Wp][C]
+ * layout), and every output pixel is computed as
  * sum over (r, s, c) of xpad[p+r][q+s][c] * w[k][c][r][s] by a register-
- * blocked micro-kernel: consecutive pixels of the padded image's flat
- * index (so blocks run across row ends; the S-1 columns past each row's
- * end are computed and dropped) times output channels: 12 pixels x 16 or
+ * blocked micro-kernel: consecutive output pixels of the band (so blocks
+ * run across row ends; the last block's missing pixels are computed and
+ * dropped) times output channels: 12 pixels x 16 or
  * 32 channels in zmm accumulators with AVX-512, 6 x 16 in 12 ymm
  * accumulators with AVX2.  Sums of up to 576 terms (R*S*C: CIFAR ResNet's
  * 3x3s up to 64 channels) run as one FMA chain each; longer ones as chains
@@ -34,7 +35,10 @@
  * slice's pixels in an 8 x 32 (AVX-512) or 6 x 16 (AVX2) register block of
  * input x output channels, reading x in place (every stride-th pixel;
  * taps in the padding are skipped), and adds the slices' partial sums in
- * slice order.  The slices'
+ * slice order.  With AVX-512, 3-wide kernels with stride 1 and pad 1 in w
+ * (ResNet's 3x3s) take a kernel row's three taps at once: x pixel iw meets
+ * dy pixels iw+1, iw, iw-1, so each broadcast of x feeds three FMAs (8 x
+ * 16 or 4 x 32 channels per tap; the same chains, the same bits).  The slices'
  * partials stay within 16 MiB (wider layers get fewer slices, with their
  * taps and channel blocks split over tasks instead).
  *
@@ -86,9 +90,11 @@ int eq_cpu_conv_direct_ok(const eq_conv2d_desc *d);
 enum { EQ_CPU_DIRECT_AUTO = 0, EQ_CPU_DIRECT_GENERIC = 1, EQ_CPU_DIRECT_AVX2 = 2 };
 
 /* The three ops as eq_backend_i's conv members (outputs overwritten), for a
- * descriptor that eq_cpu_conv_direct_ok() accepted.  Scratch memory comes
- * from the backend's workspace: EQ_ERR_NOMEM naming the op if it cannot
- * grow. */
+ * descriptor that eq_cpu_conv_direct_ok() accepted (the backward filter
+ * also takes a 1x1 with no padding and any stride, one group: conv.c runs
+ * strided 1x1s' filter gradient here, see conv_1x1.h).  Scratch memory
+ * comes from the backend's workspace: EQ_ERR_NOMEM naming the op if it
+ * cannot grow. */
 eq_status eq_cpu_conv_direct_fwd(eq_cpu *cpu, const eq_conv2d_desc *d, const float *x,
                                  const float *w, float *y, int kernels, eq_err *err);
 eq_status eq_cpu_conv_direct_bwd_data(eq_cpu *cpu, const eq_conv2d_desc *d, const float *dy,
