@@ -23,6 +23,7 @@
 
 #include "core/log.h"
 #include "trainer/cuda/plugin.h"
+#include "quant/quant_internal.h" /* struct sizes checked against the module */
 
 #ifndef EQ_PKGLIBDIR
 #error "EQ_PKGLIBDIR (the installed module's directory) must be defined by the build"
@@ -82,12 +83,15 @@ static const eq_cuda_plugin *s_try(const char *path, char *why, size_t why_len)
         p->size_err != sizeof(eq_err) || p->size_opts != sizeof(eq_cuda_opts) ||
         p->size_backend != sizeof(struct eq_backend) ||
         p->size_iface != sizeof(struct eq_backend_i) || p->size_comm_iface != sizeof(eq_comm_i) ||
-        p->size_comm_seg != sizeof(eq_comm_seg)) {
+        p->size_comm_seg != sizeof(eq_comm_seg) || p->size_quant != sizeof(struct eq_quant) ||
+        p->size_quant_method != sizeof(eq_quant_method) ||
+        p->size_quant_opts != sizeof(eq_quant_opts)) {
         s_append(why, why_len,
-                 "%s: stale module (built against backend interface %d with a %zu-byte table; "
-                 "this program has %d, %zu bytes): rebuild or reinstall it",
-                 path, p->backend_iface, p->size_iface, EQ_BACKEND_IFACE_VERSION,
-                 sizeof(struct eq_backend_i));
+                 "%s: stale module (built against backend interface %d with a %zu-byte table "
+                 "and a %zu-byte quantizer; this program has %d, %zu and %zu bytes): rebuild or "
+                 "reinstall it",
+                 path, p->backend_iface, p->size_iface, p->size_quant, EQ_BACKEND_IFACE_VERSION,
+                 sizeof(struct eq_backend_i), sizeof(struct eq_quant));
         dlclose(h);
         return NULL;
     }

@@ -5,6 +5,7 @@
 #include "config.h"
 
 #include "trainer/cuda/plugin.h"
+#include "quant/quant_internal.h" /* the struct sizes in the table */
 #ifdef EQ_HAVE_NCCL
 #include "trainer/cuda/nccl.h"
 #endif
@@ -51,6 +52,9 @@ static const eq_cuda_plugin s_table = {
     .size_iface = sizeof(struct eq_backend_i),
     .size_comm_iface = sizeof(eq_comm_i),
     .size_comm_seg = sizeof(eq_comm_seg),
+    .size_quant = sizeof(struct eq_quant),
+    .size_quant_method = sizeof(eq_quant_method),
+    .size_quant_opts = sizeof(eq_quant_opts),
     .set_logv = s_set_logv,
     .device_count = eq_cuda_device_count,
     .backend_new = eq_backend_cuda_new,

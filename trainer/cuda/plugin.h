@@ -26,6 +26,11 @@
  * and nccl_comm_new, whose eq_comm_i table and eq_comm_seg arrays cross
  * the boundary too (their sizes are checked as well).  Both are NULL in a
  * module built without NCCL.
+ *
+ * ABI 3: the backend's quant_* members (backend interface 4) run the
+ * program's eq_quant objects with the module's own copy of quant/, which
+ * reads them by layout (quant/quant_internal.h): the sizes of struct
+ * eq_quant, eq_quant_method and eq_quant_opts are checked too.
  */
 #ifndef EQ_TRAINER_CUDA_PLUGIN_H
 #define EQ_TRAINER_CUDA_PLUGIN_H
@@ -40,7 +45,7 @@
 #include "trainer/cuda/cuda.h"
 #include "trainer/dist.h"
 
-#define EQ_CUDA_PLUGIN_ABI 2
+#define EQ_CUDA_PLUGIN_ABI 3
 #define EQ_CUDA_PLUGIN_FILE "eqcuda.so"
 #define EQ_CUDA_PLUGIN_SYMBOL "eq_cuda_plugin_entry"
 
@@ -57,6 +62,9 @@ typedef struct eq_cuda_plugin {
     size_t size_iface;       /* sizeof(struct eq_backend_i) */
     size_t size_comm_iface;  /* sizeof(eq_comm_i) */
     size_t size_comm_seg;    /* sizeof(eq_comm_seg) */
+    size_t size_quant;       /* sizeof(struct eq_quant) (quant/quant_internal.h) */
+    size_t size_quant_method; /* sizeof(eq_quant_method) */
+    size_t size_quant_opts;  /* sizeof(eq_quant_opts) */
     /* Route the module's log lines to `fn` (the host's eq_logv); call once,
      * before anything else.  Until then the module writes them to stderr. */
     void (*set_logv)(eq_cuda_plugin_logv_fn fn);
