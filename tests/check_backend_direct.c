@@ -50,32 +50,6 @@ static eq_backend *s_cpu(int nthreads)
 }
 
 static uint64_t s_rng = 0x853c49e6748fea9bull;
-static uint64_t s_next(void)
-{
-    s_rng ^= s_rng << 13;
-    s_rng ^= s_rng >> 7;
-    s_rng ^= s_rng << 17;
-    return s_rng;
-}
-
-static int64_t s_uniform(int64_t lo, int64_t hi) /* [lo, hi] */
-{
-    return lo + (int64_t)(s_next() % (uint64_t)(hi - lo + 1));
-}
-
-/* n floats in [-scale, scale), poisoned (NaN) when scale is 0: outputs
- * must be overwritten. */
-static float *s_vec(size_t n, float scale)
-{
-    float *v = malloc(n * sizeof *v + 64);
-    ck_assert_ptr_nonnull(v);
-    for (size_t i = 0; i < n; i++)
-        v[i] = scale == 0.0f ? NAN
-                             : (float)((double)(s_next() >> 11) / 9007199254740992.0 * 2.0 - 1.0) *
-                                   scale;
-    return v;
-}
-
 typedef struct bufs {
     size_t nx, ny, nw;
     float *x, *w, *dy;
@@ -86,9 +60,9 @@ static void s_bufs(bufs *b, const eq_conv2d_desc *d)
     b->nx = (size_t)(d->n * d->h * d->w * d->c);
     b->ny = (size_t)(d->n * d->p * d->q * d->k);
     b->nw = (size_t)(d->k * d->c * d->r * d->s);
-    b->x = s_vec(b->nx, 1.0f);
-    b->w = s_vec(b->nw, 0.3f);
-    b->dy = s_vec(b->ny, 1.0f);
+    b->x = eq_test_vec(&s_rng, b->nx, 1.0f);
+    b->w = eq_test_vec(&s_rng, b->nw, 0.3f);
+    b->dy = eq_test_vec(&s_rng, b->ny, 1.0f);
 }
 
 static void s_bufs_free(bufs *b)
@@ -104,9 +78,9 @@ static void s_run(eq_backend *be, const eq_conv2d_desc *d, const bufs *b, int wh
 {
     eq_err err = {0};
     eq_cpu *cpu = be->context;
-    out[0] = s_vec(b->ny, 0.0f);
-    out[1] = s_vec(b->nx, 0.0f);
-    out[2] = s_vec(b->nw, 0.0f);
+    out[0] = eq_test_vec(&s_rng, b->ny, 0.0f);
+    out[1] = eq_test_vec(&s_rng, b->nx, 0.0f);
+    out[2] = eq_test_vec(&s_rng, b->nw, 0.0f);
     switch (which) {
     case 0:
     case 1:
@@ -183,26 +157,26 @@ static eq_conv2d_desc s_shape(int i)
     eq_err err = {0};
     for (;;) {
         /* every other shape stride 2 (on one axis or both) */
-        d = (eq_conv2d_desc){.n = s_uniform(1, 3), .stride_h = 1 + (i % 2 && s_next() % 3),
-                             .stride_w = 1 + (i % 2 && s_next() % 3), .dil_h = 1, .dil_w = 1,
+        d = (eq_conv2d_desc){.n = eq_test_uniform(&s_rng, 1, 3), .stride_h = 1 + (i % 2 && eq_test_next(&s_rng) % 3),
+                             .stride_w = 1 + (i % 2 && eq_test_next(&s_rng) % 3), .dil_h = 1, .dil_w = 1,
                              .groups = 1};
-        d.r = s_uniform(1, i % 4 == 0 ? 5 : 3);
-        d.s = s_uniform(1, i % 4 == 0 ? 5 : 3);
-        d.pad_h = s_uniform(0, d.r - 1);
-        d.pad_w = s_uniform(0, d.s - 1);
-        d.h = s_uniform(1, 13);
-        d.w = s_uniform(1, 17);
+        d.r = eq_test_uniform(&s_rng, 1, i % 4 == 0 ? 5 : 3);
+        d.s = eq_test_uniform(&s_rng, 1, i % 4 == 0 ? 5 : 3);
+        d.pad_h = eq_test_uniform(&s_rng, 0, d.r - 1);
+        d.pad_w = eq_test_uniform(&s_rng, 0, d.s - 1);
+        d.h = eq_test_uniform(&s_rng, 1, 13);
+        d.w = eq_test_uniform(&s_rng, 1, 17);
         /* mostly thin, some up to the limit, and some at the upper half of
          * the limit on small maps */
-        d.c = i % 5 == 0 ? s_uniform(25, RAND_MAX_CK) : s_uniform(1, 24);
-        d.k = i % 7 == 0 ? s_uniform(33, RAND_MAX_CK) : s_uniform(1, 40);
+        d.c = i % 5 == 0 ? eq_test_uniform(&s_rng, 25, RAND_MAX_CK) : eq_test_uniform(&s_rng, 1, 24);
+        d.k = i % 7 == 0 ? eq_test_uniform(&s_rng, 33, RAND_MAX_CK) : eq_test_uniform(&s_rng, 1, 40);
         if (i % 10 == 3) {
-            d.n = s_uniform(1, 2);
-            d.c = s_uniform(RAND_MAX_CK / 2 + 1, RAND_MAX_CK);
-            d.k = s_uniform(RAND_MAX_CK / 2 + 1, RAND_MAX_CK);
-            d.r = s_uniform(1, 3), d.s = s_uniform(1, 3);
-            d.pad_h = s_uniform(0, d.r - 1), d.pad_w = s_uniform(0, d.s - 1);
-            d.h = s_uniform(1, 5), d.w = s_uniform(1, 6);
+            d.n = eq_test_uniform(&s_rng, 1, 2);
+            d.c = eq_test_uniform(&s_rng, RAND_MAX_CK / 2 + 1, RAND_MAX_CK);
+            d.k = eq_test_uniform(&s_rng, RAND_MAX_CK / 2 + 1, RAND_MAX_CK);
+            d.r = eq_test_uniform(&s_rng, 1, 3), d.s = eq_test_uniform(&s_rng, 1, 3);
+            d.pad_h = eq_test_uniform(&s_rng, 0, d.r - 1), d.pad_w = eq_test_uniform(&s_rng, 0, d.s - 1);
+            d.h = eq_test_uniform(&s_rng, 1, 5), d.w = eq_test_uniform(&s_rng, 1, 6);
         }
         if (d.h + 2 * d.pad_h < d.r || d.w + 2 * d.pad_w < d.s) continue;
         ck_assert_int_eq(eq_conv2d_desc_init(&d, &err), EQ_OK);

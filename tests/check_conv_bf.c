@@ -40,32 +40,6 @@ static eq_backend *s_cpu(int nthreads)
 }
 
 static uint64_t s_rng = 0x2545f4914f6cdd1dull;
-static uint64_t s_next(void)
-{
-    s_rng ^= s_rng << 13;
-    s_rng ^= s_rng >> 7;
-    s_rng ^= s_rng << 17;
-    return s_rng;
-}
-
-static int64_t s_uniform(int64_t lo, int64_t hi) /* [lo, hi] */
-{
-    return lo + (int64_t)(s_next() % (uint64_t)(hi - lo + 1));
-}
-
-/* n floats in [-scale, scale), NaN when scale is 0 (outputs must be
- * overwritten). */
-static float *s_vec(size_t n, float scale)
-{
-    float *v = malloc(n * sizeof *v + 64);
-    ck_assert_ptr_nonnull(v);
-    for (size_t i = 0; i < n; i++)
-        v[i] = scale == 0.0f ? NAN
-                             : (float)((double)(s_next() >> 11) / 9007199254740992.0 * 2.0 - 1.0) *
-                                   scale;
-    return v;
-}
-
 typedef struct bufs {
     size_t n[3]; /* y, dx (x), dw (w) */
     float *x, *w, *dy;
@@ -76,9 +50,9 @@ static void s_bufs(bufs *b, const eq_conv2d_desc *d)
     b->n[0] = (size_t)(d->n * d->p * d->q * d->k);
     b->n[1] = (size_t)(d->n * d->h * d->w * d->c);
     b->n[2] = (size_t)(d->k * d->c * d->r * d->s);
-    b->x = s_vec(b->n[1], 1.0f);
-    b->w = s_vec(b->n[2], 0.3f);
-    b->dy = s_vec(b->n[0], 1.0f);
+    b->x = eq_test_vec(&s_rng, b->n[1], 1.0f);
+    b->w = eq_test_vec(&s_rng, b->n[2], 0.3f);
+    b->dy = eq_test_vec(&s_rng, b->n[0], 1.0f);
 }
 
 static void s_bufs_free(bufs *b)
@@ -93,7 +67,7 @@ static void s_run(eq_backend *be, const eq_conv2d_desc *d, const bufs *b, int wh
 {
     eq_err err = {0};
     eq_cpu *cpu = be->context;
-    for (int i = 0; i < 3; i++) out[i] = s_vec(b->n[i], 0.0f);
+    for (int i = 0; i < 3; i++) out[i] = eq_test_vec(&s_rng, b->n[i], 0.0f);
     switch (which) {
     case 0:
     case 1: {
@@ -137,11 +111,11 @@ START_TEST(test_random_shapes)
 {
     eq_backend *be = s_cpu(2);
     for (int i = 0; i < NSHAPES; i++) {
-        int64_t sh = s_uniform(1, 3), sw = s_uniform(1, 3);
+        int64_t sh = eq_test_uniform(&s_rng, 1, 3), sw = eq_test_uniform(&s_rng, 1, 3);
         if (sh == 1 && sw == 1) sw = 2;
-        eq_conv2d_desc d = s_desc(s_uniform(1, 3), s_uniform(1, 13), s_uniform(1, 19),
-                                  i % 4 == 0 ? s_uniform(33, 64) : s_uniform(1, 32),
-                                  i % 3 == 0 ? s_uniform(33, 64) : s_uniform(1, 40), sh, sw);
+        eq_conv2d_desc d = s_desc(eq_test_uniform(&s_rng, 1, 3), eq_test_uniform(&s_rng, 1, 13), eq_test_uniform(&s_rng, 1, 19),
+                                  i % 4 == 0 ? eq_test_uniform(&s_rng, 33, 64) : eq_test_uniform(&s_rng, 1, 32),
+                                  i % 3 == 0 ? eq_test_uniform(&s_rng, 33, 64) : eq_test_uniform(&s_rng, 1, 40), sh, sw);
         bufs b;
         s_bufs(&b, &d);
         float *mine[3], *gen[3], *gemm[3], *mem[3];

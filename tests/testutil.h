@@ -12,6 +12,7 @@
 
 #include <check.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -55,6 +56,35 @@ static inline double eq_test_relerr(const float *a, const float *ref, size_t n)
         den += (double)ref[i] * (double)ref[i];
     }
     return den > 0.0 ? sqrt(num / den) : sqrt(num);
+}
+
+/* A test's own deterministic random stream (xorshift64; the state is the
+ * caller's, seeded per file): next value, an integer in [lo, hi], and n
+ * floats in [-scale, scale) -- poisoned with NaN when scale is 0, for
+ * outputs that must be overwritten (64 bytes of slack after them). */
+static inline uint64_t eq_test_next(uint64_t *s)
+{
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    return *s;
+}
+
+static inline int64_t eq_test_uniform(uint64_t *s, int64_t lo, int64_t hi)
+{
+    return lo + (int64_t)(eq_test_next(s) % (uint64_t)(hi - lo + 1));
+}
+
+static inline float *eq_test_vec(uint64_t *s, size_t n, float scale)
+{
+    float *v = malloc(n * sizeof *v + 64);
+    ck_assert_ptr_nonnull(v);
+    for (size_t i = 0; i < n; i++)
+        v[i] = scale == 0.0f
+                   ? NAN
+                   : (float)((double)(eq_test_next(s) >> 11) / 9007199254740992.0 * 2.0 - 1.0) *
+                         scale;
+    return v;
 }
 
 /* Read a raw fixture file holding exactly `n` 4-byte elements (F32 or I32,

@@ -84,10 +84,8 @@ S_TGT512 S_INLINE void s_blk512_mb(const s_rg *g, const float *in, int64_t istep
 S_TGT512 static void s_blk512(const s_rg *g, const float *in, int64_t istep, float *out,
                               int64_t ostep, int mb, int64_t n0, int64_t nw)
 {
-    const __mmask16 m0 = nw >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << nw) - 1);
-    const __mmask16 m1 = nw >= 32 ? (__mmask16)0xffff
-                         : nw > 16 ? (__mmask16)((1u << (nw - 16)) - 1)
-                                   : (__mmask16)0;
+    __mmask16 m0, m1;
+    s_mask2(nw, &m0, &m1);
     switch (mb) {
         S_1CASE(1)
         S_1CASE(2)

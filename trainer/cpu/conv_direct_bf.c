@@ -159,10 +159,8 @@ S_TGT512 S_INLINE void s_bf_block512_nc(const s_bf *b, const s_bfblk *k, const i
     S_BL512(5);
     S_BL512(6);
     S_BL512(7);
-    const __mmask16 m0 = k->kr >= S_KB ? (__mmask16)0xffff : (__mmask16)((1u << k->kr) - 1);
-    const __mmask16 m1 = k->kr >= 2 * S_KB  ? (__mmask16)0xffff
-                         : k->kr > S_KB ? (__mmask16)((1u << (k->kr - S_KB)) - 1)
-                                        : (__mmask16)0;
+    __mmask16 m0, m1;
+    s_mask2(k->kr, &m0, &m1);
     const int64_t nq = k->qhi - k->qlo;
     for (int64_t row = k->row0; row < k->row1; row++) {
         int64_t n = row / d->p, p = row % d->p, ih = p * d->stride_h + k->r - d->pad_h;
@@ -227,10 +225,8 @@ S_TGT512 S_INLINE void s_bf_t3_nc(const s_bf *b, const s_bfblk *k, const int NC,
     const int64_t C = d->c, K = d->k, kp = b->kp, W = d->w;
     float *acc = k->acc;
     S_T3ALL(S_T3LS)
-    const __mmask16 m0 = k->kr >= S_KB ? (__mmask16)0xffff : (__mmask16)((1u << k->kr) - 1);
-    const __mmask16 m1 = k->kr >= 2 * S_KB  ? (__mmask16)0xffff
-                         : k->kr > S_KB ? (__mmask16)((1u << (k->kr - S_KB)) - 1)
-                                        : (__mmask16)0;
+    __mmask16 m0, m1;
+    s_mask2(k->kr, &m0, &m1);
     for (int64_t row = k->row0; row < k->row1; row++) {
         int64_t n = row / d->p, p = row % d->p, ih = p * d->stride_h + k->r - d->pad_h;
         if (ih < 0 || ih >= d->h) continue;
@@ -256,55 +252,26 @@ S_TGT512 S_INLINE void s_bf_t3_nc(const s_bf *b, const s_bfblk *k, const int NC,
     S_T3ALL(S_T3S)
 }
 
+/* One switch over k->nc per (NV, FULL), so every call has constant
+ * arguments and s_bf_t3_nc is specialised for it. */
+#define S_T3C(nc, nv, full) \
+    case nc: s_bf_t3_nc(b, k, nc, nv, full); break;
+#define S_T3_NC4(nv, full) \
+    switch (k->nc) { S_T3C(1, nv, full) S_T3C(2, nv, full) S_T3C(3, nv, full) default: S_T3C(4, nv, full) }
+#define S_T3_NC8(nv, full)                                                                   \
+    switch (k->nc) {                                                                         \
+        S_T3C(1, nv, full) S_T3C(2, nv, full) S_T3C(3, nv, full) S_T3C(4, nv, full)          \
+        S_T3C(5, nv, full) S_T3C(6, nv, full) S_T3C(7, nv, full) default: S_T3C(8, nv, full) \
+    }
+
 /* k->nc channels from k->cb, all three taps of row k->r, output channels
  * from k->k0 (k->kr left: more than 16 takes 32, and k->nc <= 4). */
 S_TGT512 static void s_bf_t3(const s_bf *b, const s_bfblk *k)
 {
-    if (k->kr > S_KB) {
-        if (k->kr >= 2 * S_KB) {
-            const int full = 1;
-            switch (k->nc) {
-            case 1: s_bf_t3_nc(b, k, 1, 2, full); break;
-            case 2: s_bf_t3_nc(b, k, 2, 2, full); break;
-            case 3: s_bf_t3_nc(b, k, 3, 2, full); break;
-            default: s_bf_t3_nc(b, k, 4, 2, full); break;
-            }
-            return;
-        }
-        const int full = 0;
-        switch (k->nc) {
-        case 1: s_bf_t3_nc(b, k, 1, 2, full); break;
-        case 2: s_bf_t3_nc(b, k, 2, 2, full); break;
-        case 3: s_bf_t3_nc(b, k, 3, 2, full); break;
-        default: s_bf_t3_nc(b, k, 4, 2, full); break;
-        }
-        return;
-    }
-    if (k->kr == S_KB) {
-        const int full = 1;
-        switch (k->nc) {
-        case 1: s_bf_t3_nc(b, k, 1, 1, full); break;
-        case 2: s_bf_t3_nc(b, k, 2, 1, full); break;
-        case 3: s_bf_t3_nc(b, k, 3, 1, full); break;
-        case 4: s_bf_t3_nc(b, k, 4, 1, full); break;
-        case 5: s_bf_t3_nc(b, k, 5, 1, full); break;
-        case 6: s_bf_t3_nc(b, k, 6, 1, full); break;
-        case 7: s_bf_t3_nc(b, k, 7, 1, full); break;
-        default: s_bf_t3_nc(b, k, 8, 1, full); break;
-        }
-        return;
-    }
-    const int full = 0;
-    switch (k->nc) {
-    case 1: s_bf_t3_nc(b, k, 1, 1, full); break;
-    case 2: s_bf_t3_nc(b, k, 2, 1, full); break;
-    case 3: s_bf_t3_nc(b, k, 3, 1, full); break;
-    case 4: s_bf_t3_nc(b, k, 4, 1, full); break;
-    case 5: s_bf_t3_nc(b, k, 5, 1, full); break;
-    case 6: s_bf_t3_nc(b, k, 6, 1, full); break;
-    case 7: s_bf_t3_nc(b, k, 7, 1, full); break;
-    default: s_bf_t3_nc(b, k, 8, 1, full); break;
-    }
+    if (k->kr >= 2 * S_KB) S_T3_NC4(2, 1)
+    else if (k->kr > S_KB) S_T3_NC4(2, 0)
+    else if (k->kr == S_KB) S_T3_NC8(1, 1)
+    else S_T3_NC8(1, 0)
 }
 
 #define S_BF512_CASE(nc)                                     \

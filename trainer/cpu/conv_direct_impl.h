@@ -61,4 +61,16 @@ static inline int s_isa(int kernels)
 #endif
 }
 
+#if S_X86
+/* Lane masks of n channels over two 16-lane vectors (*m0: channels 0..15,
+ * *m1: 16..31; all lanes past n off). */
+S_TGT512 S_INLINE void s_mask2(int64_t n, __mmask16 *m0, __mmask16 *m1)
+{
+    *m0 = n >= S_KB ? (__mmask16)0xffff : n > 0 ? (__mmask16)((1u << n) - 1) : (__mmask16)0;
+    *m1 = n >= 2 * S_KB ? (__mmask16)0xffff
+          : n > S_KB    ? (__mmask16)((1u << (n - S_KB)) - 1)
+                        : (__mmask16)0;
+}
+#endif
+
 #endif
