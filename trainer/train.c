@@ -202,7 +202,8 @@ struct eq_train {
     int64_t warmup_steps;  /* quantizer warm-up: average its parameters until then */
     /* iter_size > 1: gradients summed here (device), one region per tensor */
     float *acc;
-    size_t *acc_off;       /* per tensor: its region's offset in acc */
+    size_t *acc_off;       /* per tensor: its region's offset in acc (or qacc) */
+    float *qacc;           /* quantizer gradients (host memory, quant/) on a device-memory backend */
     /* progress */
     uint64_t epoch, step, steps;
     double last_loss, img_s, wait_pct;
@@ -231,6 +232,7 @@ void eq_train_destroy(eq_train **self_p)
     eq_bucket_plan_destroy(&t->plan);
     free(t->gparam);
     free(t->acc_off);
+    free(t->qacc);
     eq_feeder_destroy(&t->feeder);
     eq_proto_socket_close(&t->pub);
     eq_proto_socket_close(&t->ctl);
@@ -368,13 +370,17 @@ eq_train *eq_train_new(const eq_experiment *x, const eq_train_opts *o, eq_err *e
         !(t->logits_host = malloc((size_t)(t->B * t->classes) * sizeof(float))))
         goto nomem;
     if (x->train.iter_size > 1) {
-        size_t ng = 0, nt = eq_model_tensor_count(t->model);
+        size_t ng = 0, nq = 0, nt = eq_model_tensor_count(t->model);
         if (!(t->acc_off = eq_calloc_array(nt ? nt : 1, sizeof *t->acc_off))) goto nomem;
         for (size_t i = 0; i < nt; i++) {
-            t->acc_off[i] = ng;
-            if (eq_model_tensor_at(t->model, i)->grad) ng += eq_model_tensor_at(t->model, i)->numel;
+            const eq_model_tensor *m = eq_model_tensor_at(t->model, i);
+            if (!m->grad) continue;
+            size_t *n = m->quant && !eq_backend_host_memory(t->be) ? &nq : &ng;
+            t->acc_off[i] = *n;
+            *n += m->numel;
         }
         if (ng && !(t->acc = eq_backend_alloc(t->be, ng * sizeof(float), err))) goto fail;
+        if (nq && !(t->qacc = eq_calloc_array(nq, sizeof *t->qacc))) goto nomem;
     }
     t->zctx = zmq_ctx_new();
     if (!t->zctx) {
@@ -890,20 +896,17 @@ static eq_status s_pretrained(eq_train *t, const char *path, eq_err *err)
 static eq_status s_accumulate_one(eq_train *t, size_t i, bool first, bool finish, eq_err *err)
 {
     const eq_model_tensor *m = eq_model_tensor_at(t->model, i);
-    float *a = t->acc + t->acc_off[i];
-    size_t nb = m->numel * sizeof(float);
     if (m->quant && !eq_backend_host_memory(t->be)) {
-        /* a quantizer's gradient is host memory (quant/): added on the
-         * host, as the backend's add would (one float add per element) */
-        if (first) return finish ? EQ_OK : eq_backend_upload(t->be, a, m->grad, nb, err);
-        float *h = malloc(nb);
-        if (!h) return eq_err_set(err, EQ_ERR_NOMEM, "trainer: out of memory");
-        eq_status st = eq_backend_download(t->be, h, a, nb, err);
-        for (size_t k = 0; st == EQ_OK && k < m->numel; k++) h[k] += m->grad[k];
-        if (st == EQ_OK) st = finish ? (memcpy(m->grad, h, nb), EQ_OK) : eq_backend_upload(t->be, a, h, nb, err);
-        free(h);
-        return st;
+        /* a quantizer's gradient is host memory (quant/): summed in a host
+         * accumulator, as the backend's add would (one float add each) */
+        float *h = t->qacc + t->acc_off[i];
+        if (first) memcpy(h, m->grad, m->numel * sizeof(float));
+        else
+            for (size_t k = 0; k < m->numel; k++) h[k] += m->grad[k];
+        if (finish) memcpy(m->grad, h, m->numel * sizeof(float));
+        return EQ_OK;
     }
+    float *a = t->acc + t->acc_off[i];
     eq_status st = first ? eq_backend_copy(t->be, a, m->grad, m->numel * sizeof(float), err)
                          : eq_backend_add(t->be, m->numel, a, m->grad, a, err);
     if (st == EQ_OK && finish) st = eq_backend_copy(t->be, m->grad, a, m->numel * sizeof(float), err);
