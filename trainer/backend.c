@@ -10,6 +10,7 @@
 #include <limits.h>
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 /* BLAS takes int dimensions: every matrix side must fit. */
 #define S_DIM_MAX ((int64_t)INT_MAX)
@@ -66,6 +67,9 @@ eq_status eq_conv2d_desc_init(eq_conv2d_desc *d, eq_err *err)
     S_CHECK(s_pos(op, "dil_h", d->dil_h, err));
     S_CHECK(s_pos(op, "dil_w", d->dil_w, err));
     S_CHECK(s_pos(op, "groups", d->groups, err));
+    if (d->prec != EQ_PREC_FP32 && d->prec != EQ_PREC_BF16 && d->prec != EQ_PREC_FP16)
+        return eq_err_set(err, EQ_ERR_INVALID, "%s: prec = %d is not fp32 (0), bf16 (1) or fp16 (2)",
+                          op, d->prec);
     if (d->c % d->groups != 0)
         return eq_err_set(err, EQ_ERR_INVALID, "%s: groups = %lld does not divide c = %lld", op,
                           (long long)d->groups, (long long)d->c);
@@ -896,6 +900,101 @@ eq_status eq_backend_adam_step(eq_backend *be, size_t n, const eq_adam_params *h
     S_NEED(mu, op);
     S_NEED(nu, op);
     return be->iface->adam_step(be->context, n, hp, param, grad, mu, nu, err);
+}
+
+/* ---- precision ---- */
+
+static const char *const S_PREC_NAME[] = {"fp32", "bf16", "fp16"};
+
+const char *eq_precision_name(eq_precision p)
+{
+    return (unsigned)p < 3 ? S_PREC_NAME[p] : "?";
+}
+
+int eq_precision_parse(const char *name)
+{
+    for (int i = 0; name && i < 3; i++)
+        if (strcmp(name, S_PREC_NAME[i]) == 0) return i;
+    return -1;
+}
+
+static float s_f32(uint32_t u)
+{
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+float eq_precision_round(eq_precision p, float x)
+{
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    if (p == EQ_PREC_BF16) {
+        if ((u & 0x7fffffffu) > 0x7f800000u) return s_f32((u | 0x00400000u) & 0xffff0000u);
+        u += 0x7fffu + ((u >> 16) & 1u); /* ties to even; overflow carries into inf */
+        return s_f32(u & 0xffff0000u);
+    }
+    if (p == EQ_PREC_FP16) {
+        uint32_t sign = u & 0x80000000u, a = u ^ sign;
+        if (a > 0x7f800000u) return s_f32((u | 0x00400000u) & 0xffffe000u); /* NaN: 10 bits */
+        if (a >= 0x477ff000u) return s_f32(sign | 0x7f800000u); /* >= 65520: inf */
+        if (a < 0x38800000u) { /* below 2^-14: half subnormals, multiples of 2^-24 */
+            float f = s_f32(a);
+            f = (f + 0.5f) - 0.5f; /* 0.5f's ulp is 2^-24: the add rounds to even there */
+            memcpy(&a, &f, sizeof a);
+            return s_f32(sign | a);
+        }
+        a += 0xfffu + ((a >> 13) & 1u);
+        return s_f32(sign | (a & 0xffffe000u));
+    }
+    return x;
+}
+
+static eq_status s_host_or_member(eq_backend *be, const void *fn, const char *op, eq_err *err)
+{
+    if (!be || !be->iface) return eq_err_set(err, EQ_ERR_INVALID, "%s: backend is NULL", op);
+    if (!fn && !be->iface->host_memory)
+        return eq_err_set(err, EQ_ERR_UNSUPPORTED,
+                          "%s: the %s backend does not implement it (and its memory is not host "
+                          "memory)",
+                          op, eq_backend_name(be));
+    return EQ_OK;
+}
+
+eq_status eq_backend_round_to(eq_backend *be, eq_precision prec, size_t n, const float *x,
+                              float *y, eq_err *err)
+{
+    static const char *op = "round_to";
+    S_CHECK(s_host_or_member(be, be && be->iface ? (const void *)be->iface->round_to : NULL, op, err));
+    if (prec != EQ_PREC_FP32 && prec != EQ_PREC_BF16 && prec != EQ_PREC_FP16)
+        return eq_err_set(err, EQ_ERR_INVALID, "%s: precision %d is not fp32, bf16 or fp16", op,
+                          (int)prec);
+    if (n == 0) return EQ_OK;
+    S_NEED(x, op);
+    S_NEED(y, op);
+    if (be->iface->round_to) return be->iface->round_to(be->context, prec, n, x, y, err);
+    if (prec == EQ_PREC_FP32) {
+        if (x != y) memmove(y, x, n * sizeof(float));
+        return EQ_OK;
+    }
+    for (size_t i = 0; i < n; i++) y[i] = eq_precision_round(prec, x[i]);
+    return EQ_OK;
+}
+
+eq_status eq_backend_nonfinite(eq_backend *be, size_t n, const float *x, int64_t *count,
+                               eq_err *err)
+{
+    static const char *op = "nonfinite";
+    S_CHECK(s_host_or_member(be, be && be->iface ? (const void *)be->iface->nonfinite : NULL, op, err));
+    S_NEED(count, op);
+    *count = 0;
+    if (n == 0) return EQ_OK;
+    S_NEED(x, op);
+    if (be->iface->nonfinite) return be->iface->nonfinite(be->context, n, x, count, err);
+    int64_t c = 0;
+    for (size_t i = 0; i < n; i++) c += !isfinite(x[i]);
+    *count = c;
+    return EQ_OK;
 }
 
 /* The quantizer members: the backend's, else quant/ itself where device

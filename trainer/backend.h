@@ -89,6 +89,30 @@
 
 struct eq_quant; /* quant/quant.h */
 
+/* ---- precision ---------------------------------------------------------- */
+
+/* Mixed precision (the original's apex AMP, PyTorch autocast): the layer
+ * graph keeps fp32 master weights, quantizer math, BN parameters and the
+ * loss in fp32, and stores activations and activation gradients as values
+ * of a narrower type.  Buffers stay `float *`: a value "in bf16/fp16" is a
+ * float exactly representable in that type (eq_backend_round_to makes it
+ * one).  bf16: 8-bit mantissa, fp32's range; fp16: 11-bit mantissa,
+ * largest finite 65504, subnormals below 2^-14 (needs loss scaling). */
+typedef enum eq_precision {
+    EQ_PREC_FP32 = 0,
+    EQ_PREC_BF16 = 1,
+    EQ_PREC_FP16 = 2,
+} eq_precision;
+/* "fp32", "bf16", "fp16"; "?" for anything else. */
+const char *eq_precision_name(eq_precision p);
+/* The inverse of eq_precision_name; -1 for an unknown name (NULL too). */
+int eq_precision_parse(const char *name);
+/* The nearest value of `p` to x, as a float (round to nearest, ties to
+ * even, as a C/CUDA cast does): bf16 keeps the top 16 bits; fp16 rounds to
+ * 11 significant bits with IEEE half subnormals, values >= 65520 in
+ * magnitude become +-inf; NaN stays NaN (quiet), +-inf stays.  fp32: x. */
+float eq_precision_round(eq_precision p, float x);
+
 /* ---- op descriptors (plain data, validated by the *_init functions) ----- */
 
 /* 2-D convolution, no bias (every conv of the ResNet family has none).
@@ -104,6 +128,13 @@ typedef struct eq_conv2d_desc {
     int64_t dil_h, dil_w;
     int64_t groups;
     int64_t p, q;       /* output height, width: set by eq_conv2d_desc_init */
+    /* EQ_PREC_FP32 (0, the default of a zeroed descriptor), or the precision
+     * of mixed-precision training: x, w and dy hold values of that type
+     * (the caller rounded them), so a backend may compute with operands of
+     * that type and fp32 accumulation (tensor cores); the results are
+     * rounded by the caller (eq_backend_round_to), not by the op.  The CPU
+     * backend computes in fp32 either way. */
+    int prec;
 } eq_conv2d_desc;
 
 /* Check every field of a filled descriptor (all > 0 except pads >= 0;
@@ -177,10 +208,12 @@ typedef struct eq_backend eq_backend;
 typedef struct eq_backend_event eq_backend_event; /* owned by its backend's implementation */
 
 /* Bump when members change meaning or order (out-of-tree backends check it). */
-#define EQ_BACKEND_IFACE_VERSION 4 /* 2: optional clamp_* and scalar_affine_* after add;
+#define EQ_BACKEND_IFACE_VERSION 5 /* 2: optional clamp_* and scalar_affine_* after add;
                                      * 3: optional bn_relu_* after bn_bwd;
                                      * 4: host_memory after name, optional quant_*
-                                     *    after adam_step */
+                                     *    after adam_step;
+                                     * 5: optional round_to, nonfinite after
+                                     *    quant_release; eq_conv2d_desc.prec */
 
 /* Each member receives the backend's `context`.  Members marked (optional)
  * may be NULL: the eq_backend_* wrapper then answers EQ_ERR_UNSUPPORTED
@@ -367,6 +400,18 @@ struct eq_backend_i {
     /* (optional; default: nothing to drop) Drop what the backend keeps for
      * q; q may be used again afterwards (state is made anew). */
     void (*quant_release)(void *ctx, struct eq_quant *q);
+
+    /* -- mixed precision -- */
+    /* (optional; default: eq_precision_round per element on the pointers
+     * when host_memory, else EQ_ERR_UNSUPPORTED) y[i] =
+     * eq_precision_round(prec, x[i]), bitwise; y may alias x. */
+    eq_status (*round_to)(void *ctx, eq_precision prec, size_t n, const float *x, float *y,
+                          eq_err *err);
+    /* (optional; default: a loop on the pointers when host_memory, else
+     * EQ_ERR_UNSUPPORTED) *count (host) = the number of elements of x that
+     * are inf or NaN; waits for the work before it (the loss scaler's
+     * found-inf test). */
+    eq_status (*nonfinite)(void *ctx, size_t n, const float *x, int64_t *count, eq_err *err);
 };
 
 struct eq_backend {
@@ -514,6 +559,15 @@ int eq_backend_host_memory(const eq_backend *be);
 /* 1 when eq_backend_quant_forward/backward can run on be (it has the
  * members, or host memory for the default). */
 int eq_backend_runs_quant(const eq_backend *be);
+
+/* Mixed precision: the backend's member, or (member NULL) a host loop on
+ * a host_memory backend; EQ_ERR_UNSUPPORTED naming the backend otherwise.
+ * prec must be a known eq_precision (fp32 copies x to y unless they alias).
+ * count is a host pointer. */
+eq_status eq_backend_round_to(eq_backend *be, eq_precision prec, size_t n, const float *x,
+                              float *y, eq_err *err);
+eq_status eq_backend_nonfinite(eq_backend *be, size_t n, const float *x, int64_t *count,
+                               eq_err *err);
 
 /* Hyper-parameters are checked: lr >= 0, momentum/dampening/betas in [0, 1)
  * ([0, 1] for dampening), weight decay >= 0, eps > 0, step >= 1, nesterov
