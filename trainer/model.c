@@ -704,6 +704,7 @@ struct eq_model {
     eq_layers *g;
     float *dev_loss;
     int have_dlogits;
+    float loss_scale; /* eq_model_set_loss_scale: d loss/d logits is multiplied by it */
     char summary[256];
     /* gradient-ready hook (eq_model_set_grad_hook) */
     size_t ng;              /* tensors with a gradient */
@@ -918,6 +919,7 @@ eq_model *eq_model_new_ot(eq_backend *be, const eq_model_cfg *cfg, const eq_mode
         eq_err_set(err, EQ_ERR_NOMEM, "model: out of memory");
         return NULL;
     }
+    m->loss_scale = 1.0f;
     m->be = be;
     if (!(m->g = b.g = eq_layers_new(be, err))) goto fail;
     int x = eq_layers_input(b.g, batch, h, w, cfg->in_channels, err);
@@ -1005,14 +1007,33 @@ eq_status eq_model_loss(eq_model *m, const int32_t *labels_a, const int32_t *lab
     eq_status st = eq_xent_desc_init(&d, sh[0], sh[3], smoothing, err);
     if (st == EQ_OK) st = eq_backend_xent_fwd(m->be, &d, y, labels_a, labels_b, lambda, m->dev_loss, err);
     if (st == EQ_OK && loss) st = eq_backend_download(m->be, loss, m->dev_loss, sizeof *loss, err);
-    if (st == EQ_OK && loss) { /* policy-enabled quantization losses (0 unless enabled) */
-        double aux = eq_layers_quant_aux_loss(m->g);
-        if (aux != 0.0) *loss = (float)((double)*loss + aux);
-    }
-    if (st == EQ_OK) st = eq_backend_xent_bwd(m->be, &d, y, labels_a, labels_b, lambda, 1.0f, dy, err);
+    /* policy-enabled quantization losses (0 unless enabled) */
+    double aux = st == EQ_OK ? eq_layers_quant_aux_loss(m->g) : 0.0;
+    if (st == EQ_OK && loss && aux != 0.0) *loss = (float)((double)*loss + aux);
+    if (st == EQ_OK && aux != 0.0 && m->loss_scale != 1.0f)
+        st = eq_err_set(err, EQ_ERR_UNSUPPORTED,
+                        "loss scale %g with a quantization loss (quant_loss_enable): that loss's "
+                        "gradient enters inside the quantizers' backward, unscaled",
+                        (double)m->loss_scale);
+    if (st == EQ_OK)
+        st = eq_backend_xent_bwd(m->be, &d, y, labels_a, labels_b, lambda, m->loss_scale, dy, err);
     if (st != EQ_OK) return eq_err_prefix(err, "model loss: ");
     m->have_dlogits = 1;
     return EQ_OK;
+}
+
+eq_status eq_model_set_loss_scale(eq_model *m, float scale, eq_err *err)
+{
+    if (!m) return eq_err_set(err, EQ_ERR_INVALID, "loss scale: model is NULL");
+    if (!(scale > 0.0f) || !isfinite(scale))
+        return eq_err_set(err, EQ_ERR_INVALID, "loss scale %g must be finite and > 0", (double)scale);
+    m->loss_scale = scale;
+    return EQ_OK;
+}
+
+float eq_model_loss_scale(const eq_model *m)
+{
+    return m ? m->loss_scale : 1.0f;
 }
 
 eq_status eq_model_backward(eq_model *m, const float *dlogits, eq_err *err)

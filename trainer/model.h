@@ -145,6 +145,15 @@ const float *eq_model_logits(const eq_model *m, int64_t *batch, int64_t *classes
  * backward through the quantizers, not through d/dlogits. */
 eq_status eq_model_loss(eq_model *m, const int32_t *labels_a, const int32_t *labels_b,
                         const float *lambda, float smoothing, float *loss, eq_err *err);
+/* Loss scaling (mixed precision, PyTorch's GradScaler): later
+ * eq_model_loss calls keep scale * d loss/d logits for the backward, so
+ * every gradient comes out multiplied by scale (the host loss is not
+ * scaled).  scale: finite, > 0; 1 after eq_model_new.  eq_model_loss
+ * refuses a scale other than 1 while a quantization loss is enabled
+ * (quant_loss_enable: its gradient is added inside the quantizer's
+ * backward, where no scale reaches it). */
+eq_status eq_model_set_loss_scale(eq_model *m, float scale, eq_err *err);
+float eq_model_loss_scale(const eq_model *m);
 /* Backward of the last training forward from dlogits (device
  * [batch][classes]; NULL: the gradient eq_model_loss kept).  Writes the
  * grad of every trainable tensor. */
