@@ -62,6 +62,10 @@ typedef struct eq_model_cfg {
     int64_t base;              /* Group-Net branches per BasicBlock (1: none) */
     char order[16];            /* ReShapeResolution shrink: c, b, a characters */
     double dropout;            /* dropout probability on the classifier input (0: none) */
+    /* eq_precision of activations and activation gradients (mixed
+     * precision; backend.h).  Not a [model] key: eq-trainer sets it from
+     * [train] precision.  EQ_PREC_FP32 (0) by default. */
+    int precision;
 } eq_model_cfg;
 
 /* [quant.wt] / [quant.fm] / [quant.ot]: one quantizer per quantized
