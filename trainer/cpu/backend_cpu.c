@@ -349,6 +349,8 @@ static const struct eq_backend_i s_cpu_iface = {
     .adam_step = eq_cpu_adam_step,
     .quant_forward = s_quant_fwd,
     .quant_backward = s_quant_bwd,
+    .round_to = eq_cpu_round_to,
+    .nonfinite = eq_cpu_nonfinite,
 };
 
 eq_backend *eq_backend_cpu_new(int nthreads, eq_err *err)

@@ -130,6 +130,11 @@ eq_status eq_cpu_sgd_step(void *ctx, size_t n, const eq_sgd_params *hp, float *p
 eq_status eq_cpu_adam_step(void *ctx, size_t n, const eq_adam_params *hp, float *param,
                            const float *grad, float *mu, float *nu, eq_err *err);
 
+/* round.c: the mixed-precision members (bitwise eq_precision_round) */
+eq_status eq_cpu_round_to(void *ctx, eq_precision prec, size_t n, const float *x, float *y,
+                          eq_err *err);
+eq_status eq_cpu_nonfinite(void *ctx, size_t n, const float *x, int64_t *count, eq_err *err);
+
 /* pool.c */
 eq_status eq_cpu_maxpool_fwd(void *ctx, const eq_pool2d_desc *d, const float *x, float *y,
                              int32_t *argmax, eq_err *err);
