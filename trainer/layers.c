@@ -82,6 +82,11 @@ typedef struct s_node {
     float *xp;          /* padded input (pad_before) */
     float *a, *da;      /* the conv/linear input after Qf, and its gradient */
     size_t a_numel;
+    /* mixed precision (g->prec != FP32): the GEMM's operands rounded to it */
+    float *wr;          /* conv/linear: the weight (linear: then the bias at br) */
+    float *br;
+    float *xr;          /* x_round: the input after Qf, or the network input */
+    int x_round;        /* the input operand is rounded into xr */
 } s_node;
 
 struct eq_layers {
@@ -103,6 +108,7 @@ struct eq_layers {
     int fwd_ok; /* the last forward completed (quantizer outputs are current) */
     uint64_t seed;      /* finalize's seed (also keys the dropout masks) */
     uint64_t noise_key; /* key of the next training forward's dropout masks */
+    eq_precision prec;  /* eq_layers_set_precision */
 };
 
 static size_t s_numel(const s_node *nd)
@@ -655,6 +661,22 @@ eq_status eq_layers_set_fusion(eq_layers *g, bool on, eq_err *err)
     return EQ_OK;
 }
 
+eq_status eq_layers_set_precision(eq_layers *g, eq_precision p, eq_err *err)
+{
+    if (!g) return eq_err_set(err, EQ_ERR_INVALID, "set_precision: graph is NULL");
+    if (g->finalized) return eq_err_set(err, EQ_ERR_INVALID, "set_precision: the graph is finalized");
+    if (p != EQ_PREC_FP32 && p != EQ_PREC_BF16 && p != EQ_PREC_FP16)
+        return eq_err_set(err, EQ_ERR_INVALID, "set_precision: precision %d is not fp32 (0), bf16 (1) or fp16 (2)",
+                          (int)p);
+    g->prec = p;
+    return EQ_OK;
+}
+
+eq_precision eq_layers_precision(const eq_layers *g)
+{
+    return g ? g->prec : EQ_PREC_FP32;
+}
+
 int eq_layers_shape(const eq_layers *g, int node, int64_t shape[4])
 {
     if (!g || node < 0 || node >= g->nnodes) return -1;
@@ -741,6 +763,12 @@ eq_status eq_layers_finalize(eq_layers *g, uint64_t seed, eq_err *err)
                           eq_backend_name(g->be));
     eq_status pst = s_plan_fusion(g, err);
     if (pst != EQ_OK) return pst;
+    for (int i = 0; i < g->nnodes; i++) { /* mixed precision: the convs' operand hint */
+        s_node *nd = &g->nodes[i];
+        if (nd->kind != S_CONV) continue;
+        nd->conv.prec = (int)g->prec;
+        if (nd->pad_before) nd->conv_up.prec = (int)g->prec;
+    }
     /* F32 model tensors in one block, gradients in another, I64 on the host */
     size_t total = 0, gtotal = 0, ni64 = 0, maxp = 1;
     for (size_t i = 0; i < g->nt; i++) {
@@ -822,6 +850,17 @@ eq_status eq_layers_finalize(eq_layers *g, uint64_t seed, eq_err *err)
                 S_TAKE(nd->da, nd->a_numel);
                 if (nd->a_numel > maxact) maxact = nd->a_numel;
             }
+            if (g->prec != EQ_PREC_FP32 && (nd->kind == S_CONV || nd->kind == S_LINEAR)) {
+                /* rounded operands: the weight (and bias), and an input that
+                 * is not a stored activation (Qf's output, the network's) */
+                if (nd->pw >= 0) {
+                    size_t wn = s_round16(g->t[nd->pw].numel);
+                    S_TAKE(nd->wr, wn + (nd->pb >= 0 ? g->t[nd->pb].numel : 0));
+                    if (pass && nd->pb >= 0) nd->br = nd->wr + wn;
+                }
+                nd->x_round = nd->qf || nd->in0 == 0;
+                if (nd->x_round) S_TAKE(nd->xr, nd->qf ? nd->a_numel : s_numel(&g->nodes[nd->in0]));
+            }
 #undef S_TAKE
         }
         if (pass) {
@@ -865,6 +904,14 @@ static float *s_p(const eq_layers *g, int i)
 static float *s_g(const eq_layers *g, int i)
 {
     return i < 0 ? NULL : g->t[i].grad;
+}
+
+/* Mixed precision: round n values in place to the graph's precision (no
+ * pass at FP32). */
+static eq_status s_rnd(eq_layers *g, float *p, size_t n, eq_err *err)
+{
+    if (g->prec == EQ_PREC_FP32 || !p) return EQ_OK;
+    return eq_backend_round_to(g->be, g->prec, n, p, p, err);
 }
 
 /* xp[n][h+2p][w+2p][c] = zero-padded x[n][h][w][c] (dir 0), or the inverse
@@ -953,6 +1000,27 @@ static eq_status s_quant_fwd(eq_layers *g, s_node *nd, const s_node *in, bool tr
         if (st != EQ_OK) return eq_err_prefix(err, "quant_activation: ");
         *x = nd->a;
     }
+    if (g->prec != EQ_PREC_FP32) {
+        /* mixed precision: the GEMM reads rounded copies of the weight (and
+         * bias) -- the master weight stays fp32, and the quantizers' outputs
+         * stay as they made them (eq_layers_quant_output, policy statistics)
+         * -- and of an input that is no stored activation: Qf's output (fp32
+         * quantizer math) or the network input.  Stored activations hold
+         * values of the precision already. */
+        if (nd->wr) {
+            const eq_model_tensor *t = &g->t[nd->pw];
+            st = eq_backend_round_to(g->be, g->prec, t->numel, *w, nd->wr, err);
+            if (st == EQ_OK && nd->br)
+                st = eq_backend_round_to(g->be, g->prec, g->t[nd->pb].numel, s_p(g, nd->pb), nd->br, err);
+            if (st != EQ_OK) return st;
+            *w = nd->wr;
+        }
+        if (nd->x_round) {
+            size_t xn = nd->qf && s_qf_padded(nd) ? nd->a_numel : s_numel(in);
+            if ((st = eq_backend_round_to(g->be, g->prec, xn, *x, nd->xr, err)) != EQ_OK) return st;
+            *x = nd->xr;
+        }
+    }
     return EQ_OK;
 }
 
@@ -969,6 +1037,33 @@ static eq_status s_bn_relu_fwd(eq_layers *g, s_node *nd, bool train, eq_err *err
                                                 nd->y, bn->save, bn->save + bn->c, err);
     if (st == EQ_OK) (*(int64_t *)g->t[bn->pnbt].data)++;
     return st;
+}
+
+/* Mixed precision: whether node nd's output needs a rounding pass after
+ * its op.  Every stored activation holds values of the graph's precision,
+ * so an op whose output values are some of its input values needs none --
+ * ReLU (x or 0), max pool (one input per window), dropout in eval (a copy),
+ * clamp (x, lo or hi, when the bounds are representable: ReLU6's 0 and 6
+ * are) -- unless it reads the network input, which is fp32.  A fused BN or
+ * add stores nothing (its ReLU rounds the chain's output once); everything
+ * else computes new values (conv, BN, add, pools with sums, GAP, linear,
+ * PReLU, scalar affine, dropout's 1/(1-p) scale, space-to-depth's and
+ * channel repeat's one-hot convs -- exact copies, rounded anyway: cheap,
+ * and right for an fp32 network input) and rounds. */
+static int s_fwd_rounds(const eq_layers *g, const s_node *nd)
+{
+    switch (nd->kind) {
+    case S_INPUT: return 0;
+    case S_BN:
+    case S_ADD: return !nd->fused;
+    case S_RELU: return nd->fbn >= 0 || nd->in0 == 0;
+    case S_MAXPOOL: return nd->in0 == 0;
+    case S_CLAMP:
+        return nd->in0 == 0 || eq_precision_round(g->prec, nd->lo) != nd->lo ||
+               eq_precision_round(g->prec, nd->hi) != nd->hi;
+    case S_DROPOUT: return nd->drop_train || nd->in0 == 0;
+    default: return 1;
+    }
 }
 
 /* What error messages call node nd. */
@@ -1002,7 +1097,8 @@ eq_status eq_layers_forward(eq_layers *g, const float *x, bool train, eq_err *er
             if (st == EQ_OK && nd->qo) {
                 int64_t ys[4] = {nd->n, nd->h, nd->w, nd->c};
                 eq_tensor_desc yd;
-                st = eq_tensor_desc_init(&yd, EQ_DT_F32, EQ_LAYOUT_NHWC, 4, ys, err);
+                st = s_rnd(g, nd->yo, s_numel(nd), err); /* the conv's output, before Qo */
+                if (st == EQ_OK) st = eq_tensor_desc_init(&yd, EQ_DT_F32, EQ_LAYOUT_NHWC, 4, ys, err);
                 if (st == EQ_OK) st = eq_backend_quant_forward(be, nd->qo, &yd, nd->yo, nd->y, train, err);
                 if (st != EQ_OK) eq_err_prefix(err, "quant_output: ");
             }
@@ -1049,11 +1145,13 @@ eq_status eq_layers_forward(eq_layers *g, const float *x, bool train, eq_err *er
         case S_LINEAR:
             st = s_quant_fwd(g, nd, a, train, &wp, &xp, err);
             if (st == EQ_OK)
-                st = eq_backend_linear_fwd(be, nd->n, nd->lin_in, nd->c, xp, wp, s_p(g, nd->pb),
-                                           nd->y, err);
+                st = eq_backend_linear_fwd(be, nd->n, nd->lin_in, nd->c, xp, wp,
+                                           nd->br ? nd->br : s_p(g, nd->pb), nd->y, err);
             break;
         case S_INPUT: break;
         }
+        if (st == EQ_OK && g->prec != EQ_PREC_FP32 && s_fwd_rounds(g, nd))
+            st = s_rnd(g, nd->y, s_numel(nd), err);
         if (st != EQ_OK) s_err_node(g, nd, i, "forward", err);
     }
     g->fwd_ok = st == EQ_OK;
@@ -1085,11 +1183,14 @@ static eq_status s_commit(eq_layers *g, int in, int cur, eq_err *err)
         nd->dy_set = 1;
         return EQ_OK;
     }
-    if (in == cur - 1 && nd->fbn >= 0 && !nd->dy_pend) {
+    /* mixed precision: the sum is stored (rounded), so no pending part
+     * for the fused op to add unrounded */
+    if (in == cur - 1 && nd->fbn >= 0 && !nd->dy_pend && g->prec == EQ_PREC_FP32) {
         nd->dy_pend = 1;
         return EQ_OK;
     }
-    return eq_backend_add(g->be, s_numel(nd), nd->dy, g->tmp, nd->dy, err);
+    eq_status st = eq_backend_add(g->be, s_numel(nd), nd->dy, g->tmp, nd->dy, err);
+    return st == EQ_OK ? s_rnd(g, nd->dy, s_numel(nd), err) : st;
 }
 
 /* A fused ReLU's backward (node i): the BN input's gradient (dx) and the
@@ -1117,11 +1218,17 @@ static eq_status s_bn_relu_bwd(eq_layers *g, int i, eq_err *err)
                                 nd->dy_pend ? g->tmp : NULL, s_p(g, bn->pw), bn->save,
                                 bn->save + bn->c, dx, dz, s_g(g, bn->pw), s_g(g, bn->pb), err);
     nd->dy_pend = 0;
+    /* mixed precision: dx is new values; dz is dy where y > 0, else 0 */
+    if (st == EQ_OK && need_dx) st = s_rnd(g, dx, n, err);
     if (st == EQ_OK && need_dx) st = s_commit(g, xi, i, err);
     if (st == EQ_OK && need_dz) {
         s_node *z = &g->nodes[zi];
-        if (!z_direct) st = z->dy_set ? eq_backend_add(be, n, z->dy, nd->dy, z->dy, err)
-                                      : eq_backend_copy(be, z->dy, nd->dy, n * sizeof(float), err);
+        if (!z_direct && z->dy_set) {
+            st = eq_backend_add(be, n, z->dy, nd->dy, z->dy, err);
+            if (st == EQ_OK) st = s_rnd(g, z->dy, n, err);
+        } else if (!z_direct) {
+            st = eq_backend_copy(be, z->dy, nd->dy, n * sizeof(float), err);
+        }
         z->dy_set = 1;
     }
     return st;
@@ -1158,7 +1265,11 @@ eq_status eq_layers_backward(eq_layers *g, eq_err *err)
     eq_backend *be = g->be;
     for (int i = 0; i < g->nnodes; i++) g->nodes[i].dy_set = g->nodes[i].dy_pend = 0;
     g->nodes[g->nnodes - 1].dy_set = 1;
-    eq_status st = EQ_OK;
+    /* mixed precision: the caller's d/dlogits (scaled by a loss scale) is
+     * an activation gradient too */
+    const s_node *out = &g->nodes[g->nnodes - 1];
+    eq_status st = s_rnd(g, out->dy, s_numel(out), err);
+    if (st != EQ_OK) return eq_err_prefix(err, "backward: output gradient: ");
     for (int i = g->nnodes - 1; i > 0 && st == EQ_OK; i--) {
         s_node *nd = &g->nodes[i];
         if (!nd->dy_set) continue; /* does not reach the output */
@@ -1168,8 +1279,10 @@ eq_status eq_layers_backward(eq_layers *g, eq_err *err)
         switch (nd->kind) {
         case S_CONV:
         case S_LINEAR: {
-            const float *xin = nd->qf ? nd->a : a->y;
-            const float *w = nd->s2d ? nd->fixed_w : nd->qw ? nd->wq : s_p(g, nd->pw);
+            /* the forward's operands (mixed precision: the rounded copies) */
+            const float *xin = nd->x_round ? nd->xr : nd->qf ? nd->a : a->y;
+            const float *w = nd->s2d ? nd->fixed_w : nd->wr ? nd->wr : nd->qw ? nd->wq : s_p(g, nd->pw);
+            size_t xn = nd->qf && s_qf_padded(nd) ? nd->a_numel : s_numel(a);
             float *dw = nd->qw ? nd->dwq : s_g(g, nd->pw);
             /* with qf the GEMM's input gradient goes through Qf: in place in
              * dx when the input is not padded (the quantizer's gy and gx may
@@ -1180,6 +1293,7 @@ eq_status eq_layers_backward(eq_layers *g, eq_err *err)
                 if (nd->qo) { /* through the output quantizer first */
                     st = eq_backend_quant_backward(be, nd->qo, nd->yo, nd->dy, nd->dyo, err);
                     if (st != EQ_OK) eq_err_prefix(err, "quant_output: ");
+                    if (st == EQ_OK) st = s_rnd(g, nd->dyo, s_numel(nd), err); /* the stored yo's */
                     gy = nd->dyo;
                 }
                 if (st == EQ_OK && !nd->s2d) st = eq_backend_conv2d_bwd_filter(be, s_conv(nd), xin, gy, dw, err);
@@ -1189,7 +1303,14 @@ eq_status eq_layers_backward(eq_layers *g, eq_err *err)
                                                   s_g(g, nd->pb), err);
                 if (st == EQ_OK && gx)
                     st = eq_backend_linear_bwd_data(be, nd->n, nd->lin_in, nd->c, nd->dy, w, gx, err);
+                if (st == EQ_OK) st = s_rnd(g, nd->br ? s_g(g, nd->pb) : NULL, (size_t)nd->c, err);
             }
+            /* mixed precision: the gradients of the rounded operands are
+             * rounded (the backward of PyTorch's cast): the weight's (the
+             * fp32 master gradient, or Qw's gy) and, through Qf, the input's
+             * (Qf's gy; the input's own gradient is rounded below) */
+            if (st == EQ_OK && !nd->s2d) st = s_rnd(g, dw, g->t[nd->pw].numel, err);
+            if (st == EQ_OK && gx && nd->qf) st = s_rnd(g, gx, xn, err);
             if (st == EQ_OK) st = s_quant_bwd(g, nd, a, dx, err);
             break;
         }
@@ -1242,10 +1363,12 @@ eq_status eq_layers_backward(eq_layers *g, eq_err *err)
                 if (in->kind == S_INPUT) continue;
                 if (in->dy_set) {
                     st = eq_backend_add(be, s_numel(nd), in->dy, src, in->dy, err);
+                    if (st == EQ_OK) st = s_rnd(g, in->dy, s_numel(nd), err);
                 } else if (own) {
                     float *t = in->dy;
                     in->dy = nd->dy, nd->dy = t, own = 0;
                     src = in->dy;
+                    nd->dy_set = 0; /* passed on (eq_layers_node_buffers) */
                 } else {
                     st = eq_backend_copy(be, in->dy, src, s_numel(nd) * sizeof(float), err);
                 }
@@ -1259,6 +1382,12 @@ eq_status eq_layers_backward(eq_layers *g, eq_err *err)
             break;
         case S_INPUT: break;
         }
+        /* mixed precision: every gradient contribution is stored rounded;
+         * ReLU's, clamp's (dy or 0) and dropout's in eval (a copy) are
+         * some of dy's values already */
+        if (st == EQ_OK && need_dx && g->prec != EQ_PREC_FP32 &&
+            !(nd->kind == S_RELU || nd->kind == S_CLAMP || (nd->kind == S_DROPOUT && !nd->drop_train)))
+            st = s_rnd(g, dx, s_numel(a), err);
         if (st == EQ_OK && need_dx) st = s_commit(g, nd->in0, i, err);
         if (st == EQ_OK && g->grad_fn) g->grad_fn(g->grad_arg, i);
         if (st != EQ_OK) s_err_node(g, nd, i, "backward", err);
@@ -1337,6 +1466,22 @@ int eq_layers_tensor_node(const eq_layers *g, size_t i)
     if (!g || i >= g->nt) return -1;
     int k = g->tnode[i];
     return k > 0 && g->nodes[k].fused ? g->nodes[k].fused : k; /* a fused BN's: its ReLU's backward */
+}
+
+int eq_layers_node_buffers(const eq_layers *g, int node, const float **y, const float **dy,
+                           size_t *n)
+{
+    if (!g || !g->finalized || node < 0 || node >= g->nnodes) return -1;
+    const s_node *nd = &g->nodes[node];
+    if (y) *y = node > 0 ? nd->y : NULL;
+    if (dy) *dy = node > 0 && nd->dy_set ? nd->dy : NULL;
+    if (n) *n = s_numel(nd);
+    return 0;
+}
+
+int eq_layers_node_count(const eq_layers *g)
+{
+    return g ? g->nnodes : 0;
 }
 
 size_t eq_layers_tensor_count(const eq_layers *g)

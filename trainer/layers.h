@@ -120,6 +120,28 @@ int eq_layers_shape(const eq_layers *g, int node, int64_t shape[4]);
  * graph is tested against).  Only before finalize. */
 eq_status eq_layers_set_fusion(eq_layers *g, bool on, eq_err *err);
 
+/* Mixed precision (doc/precision.md; EQ_PREC_FP32 after eq_layers_new:
+ * everything fp32, no extra passes).  With bf16 or fp16 (PyTorch autocast /
+ * apex O1 semantics, emulated on the CPU backend: values rounded with
+ * eq_backend_round_to, arithmetic fp32):
+ *  - every activation a node stores, and every activation gradient (each
+ *    contribution and each sum of contributions, d/dlogits included), holds
+ *    values of that precision; a fused BN -> [add ->] ReLU chain rounds its
+ *    output once (its intermediates are not stored);
+ *  - conv/linear read rounded copies of their weight (and linear's bias;
+ *    the master weights stay fp32) and of an input that is no stored
+ *    activation (the input quantizer's output, the network input); their
+ *    conv descriptors carry `prec`; the gradients of those operands are
+ *    rounded (the cast's backward), then the weight's is the fp32 master
+ *    gradient (or goes through the weight quantizer, in fp32);
+ *  - quantizer math, BN statistics and parameters, PReLU/scalar-affine
+ *    parameters and all other parameter gradients stay fp32.
+ * Quantizer outputs (eq_layers_quant_output) stay unrounded for WT and FM;
+ * OT is the conv node's stored activation, rounded.  Non-finite values
+ * (fp16 overflow) propagate; nothing fails on them.  Only before finalize. */
+eq_status eq_layers_set_precision(eq_layers *g, eq_precision p, eq_err *err);
+eq_precision eq_layers_precision(const eq_layers *g);
+
 /* Allocate and initialise as the original/torchvision do, from `seed`: conv
  * weights kaiming-normal (fan_out, ReLU gain), linear weight and bias
  * U(+-1/sqrt(in)), BN 1/0, running stats 0/1, PReLU 0.25; quantizer state as
@@ -160,6 +182,17 @@ void eq_layers_set_grad_hook(eq_layers *g, eq_layers_grad_fn *fn, void *arg);
  * registered it, or after finalize the fused ReLU that runs a BN's backward;
  * -1 when i is out of range. */
 int eq_layers_tensor_node(const eq_layers *g, size_t i);
+
+/* For tests (mixed precision checks every stored value): node `node`'s
+ * activation and gradient buffers as the last forward and backward left
+ * them (device memory, *n elements each).  *y NULL for the input and for a
+ * node that stores none (a fused BN or add); *dy NULL where the last
+ * backward set none (the input, a fused node, an add that passed its
+ * buffer on to an input, a node that does not reach the output; before
+ * any backward).  Returns 0, or -1 for a bad id or an unfinalized graph. */
+int eq_layers_node_buffers(const eq_layers *g, int node, const float **y, const float **dy,
+                           size_t *n);
+int eq_layers_node_count(const eq_layers *g);
 
 size_t eq_layers_tensor_count(const eq_layers *g);
 const eq_model_tensor *eq_layers_tensor_at(const eq_layers *g, size_t i);

@@ -93,6 +93,7 @@ void eq_model_config_sections_ot(eq_model_cfg *m, eq_model_quant_cfg *wt, eq_mod
 void eq_model_config_sections(eq_model_cfg *m, eq_model_quant_cfg *wt, eq_model_quant_cfg *fm,
                               eq_config_section secs[EQ_MODEL_CONFIG_NSECTIONS])
 {
+    if (m) m->precision = EQ_PREC_FP32; /* no [model] key: the caller sets it after loading */
     secs[0] = (eq_config_section){"model", "the network (doc/models.md)", s_model_keys,
                                   EQ_CONFIG_NKEYS(s_model_keys), m};
     secs[1] = (eq_config_section){"quant.wt", "weight quantizer of every quantized conv/linear",
@@ -922,6 +923,10 @@ eq_model *eq_model_new_ot(eq_backend *be, const eq_model_cfg *cfg, const eq_mode
     m->loss_scale = 1.0f;
     m->be = be;
     if (!(m->g = b.g = eq_layers_new(be, err))) goto fail;
+    if (eq_layers_set_precision(b.g, (eq_precision)cfg->precision, err) != EQ_OK) {
+        eq_err_prefix(err, "model: ");
+        goto fail;
+    }
     int x = eq_layers_input(b.g, batch, h, w, cfg->in_channels, err);
     if (x >= 0 && arch->mobile)
         x = arch->mobile == 1 ? s_build_mobilenet_v1(&b, x) : s_build_mobilenet_v2(&b, x);

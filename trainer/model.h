@@ -63,8 +63,10 @@ typedef struct eq_model_cfg {
     char order[16];            /* ReShapeResolution shrink: c, b, a characters */
     double dropout;            /* dropout probability on the classifier input (0: none) */
     /* eq_precision of activations and activation gradients (mixed
-     * precision; backend.h).  Not a [model] key: eq-trainer sets it from
-     * [train] precision.  EQ_PREC_FP32 (0) by default. */
+     * precision; backend.h, doc/precision.md).  Not a [model] key:
+     * eq-trainer sets it from [train] precision.  EQ_PREC_FP32 (0) by
+     * default: eq_model_config_sections sets it so (set it after that);
+     * eq_model_new refuses a value that is no eq_precision. */
     int precision;
 } eq_model_cfg;
 
