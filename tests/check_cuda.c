@@ -8,7 +8,10 @@
  * bitwise identical run to run, bad labels and argmax are reported at the
  * next synchronisation, events order work, and the batch staging helpers
  * (prefetch, uint8 -> normalised input with mixup) match the trainer's host
- * formula.
+ * formula.  Mixed precision: round_to bitwise equal to eq_precision_round,
+ * nonfinite counts, and the convolutions with desc.prec bf16/fp16 on
+ * representable operands against the CPU backend's fp32 convolution (see
+ * test_conv_prec for the tolerances).
  *
  * Without a usable GPU (cudaGetDeviceCount fails or finds none) the program
  * prints why and exits 77, which automake's harness reports as SKIP.
@@ -138,12 +141,12 @@ static void s_cmp(const char *what, const s_buf *b, double tol)
 /* ---- convolution --------------------------------------------------------- */
 
 static const eq_conv2d_desc s_convs[] = {
-    /* n h w c  k  r s  sh sw ph pw dh dw g */
-    {2, 9, 9, 16, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1, 0, 0},   /* 3x3 */
-    {2, 10, 10, 16, 24, 1, 1, 2, 2, 0, 0, 1, 1, 1, 0, 0}, /* 1x1 stride 2 */
-    {2, 23, 23, 3, 16, 7, 7, 2, 2, 3, 3, 1, 1, 1, 0, 0},  /* stem */
-    {2, 8, 8, 16, 16, 3, 3, 1, 1, 1, 1, 1, 1, 16, 0, 0},  /* depthwise */
-    {1, 11, 9, 8, 12, 3, 3, 1, 2, 2, 1, 2, 1, 4, 0, 0},   /* dilated, grouped, odd */
+    /* n h w c  k  r s  sh sw ph pw dh dw g p q prec */
+    {2, 9, 9, 16, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0},   /* 3x3 */
+    {2, 10, 10, 16, 24, 1, 1, 2, 2, 0, 0, 1, 1, 1, 0, 0, 0}, /* 1x1 stride 2 */
+    {2, 23, 23, 3, 16, 7, 7, 2, 2, 3, 3, 1, 1, 1, 0, 0, 0},  /* stem */
+    {2, 8, 8, 16, 16, 3, 3, 1, 1, 1, 1, 1, 1, 16, 0, 0, 0},  /* depthwise */
+    {1, 11, 9, 8, 12, 3, 3, 1, 2, 2, 1, 2, 1, 4, 0, 0, 0},   /* dilated, grouped, odd */
 };
 #define NCONV ((int)(sizeof s_convs / sizeof s_convs[0]))
 
@@ -170,6 +173,182 @@ START_TEST(test_conv)
     BOTH(eq_backend_conv2d_fwd(g_cpu, &d, x.c, w.c, y.c, &err_),
          eq_backend_conv2d_fwd(g_gpu, &d, x.g, w.g, y.g, &err_));
     s_cmp("conv2d_fwd (cached plan)", &y, TOL);
+    s_buf *all[] = {&x, &w, &dy, &y, &dx, &dw};
+    for (size_t i = 0; i < 6; i++) s_free(all[i]);
+    free(hx);
+    free(hw);
+    free(hdy);
+}
+END_TEST
+
+/* ---- mixed precision ------------------------------------------------------- */
+
+static void s_round_host(eq_precision p, float *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++) v[i] = eq_precision_round(p, v[i]);
+}
+
+static uint32_t s_bits(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
+
+static float s_from_bits(uint32_t u)
+{
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/* round_to on the GPU == eq_precision_round bitwise: random values over
+ * many binades (raw bit patterns too) and the edges (ties in both types,
+ * fp16 subnormals and their ties, 65504 / 65520, bf16's overflow, inf,
+ * quiet/signalling/negative NaNs), out of place and in place. */
+START_TEST(test_round_to)
+{
+    static const uint32_t edge[] = {
+        0x00000000u, 0x80000000u, 0x00000001u, 0x807fffffu, 0x33000000u, 0x33000001u,
+        0x33c00000u, 0x387ff000u, 0x387fffffu, 0x38800000u, 0x477fe000u, 0x477fefffu,
+        0x477ff000u, 0xc77ff000u, 0x47800000u, 0x7f7fffffu, 0x7f7f8000u, 0x7f7f7fffu,
+        0x3f808000u, 0x3f818000u, 0x3f801000u, 0x3f803000u, 0x7f800000u, 0xff800000u,
+        0x7fc00000u, 0x7f800001u, 0xffc00001u, 0x7fbfffffu, 0x7f802000u,
+    };
+    const size_t ne = sizeof edge / sizeof edge[0], n = 300007;
+    float *h = s_rand(n, -1, 1, 90);
+    eq_rng r;
+    eq_rng_init(&r, g_seed, 91);
+    for (size_t i = 0; i < n; i++) {
+        if (i < ne) h[i] = s_from_bits(edge[i]);
+        else if (i % 3 == 0) h[i] = s_from_bits(eq_rng_u32(&r)); /* any pattern */
+        else h[i] = ldexpf(h[i], (int)eq_rng_below(&r, 80) - 40);  /* 2^-40 .. 2^40 */
+    }
+    float *dx = s_up(g_gpu, h, n * 4), *dy = s_up(g_gpu, NULL, n * 4);
+    for (int p = 0; p <= 2; p++) {
+        for (int inplace = 0; inplace < 2; inplace++) {
+            eq_err err = {0};
+            if (inplace) ck_assert(eq_backend_upload(g_gpu, dy, h, n * 4, &err) == EQ_OK);
+            OK(eq_backend_round_to(g_gpu, (eq_precision)p, n, inplace ? dy : dx, dy, &err_));
+            float *g = s_down(g_gpu, dy, n);
+            for (size_t i = 0; i < n; i++) {
+                uint32_t want = s_bits(eq_precision_round((eq_precision)p, h[i]));
+                ck_assert_msg(s_bits(g[i]) == want,
+                              "round_to %s%s: element %zu 0x%08x -> 0x%08x, want 0x%08x (seed %llu)",
+                              eq_precision_name((eq_precision)p), inplace ? " in place" : "", i,
+                              s_bits(h[i]), s_bits(g[i]), want, (unsigned long long)g_seed);
+            }
+            free(g);
+        }
+    }
+    eq_backend_release(g_gpu, dx);
+    eq_backend_release(g_gpu, dy);
+    free(h);
+}
+END_TEST
+
+/* nonfinite: exact counts of inf/NaN placed at random positions, over one
+ * element, one block and many blocks (the reduction's 4096-element blocks
+ * and their tails). */
+START_TEST(test_nonfinite)
+{
+    static const size_t sizes[] = {1, 4096, 4097, 1000003};
+    eq_rng r;
+    eq_rng_init(&r, g_seed, 95);
+    for (size_t t = 0; t < sizeof sizes / sizeof sizes[0]; t++) {
+        size_t n = sizes[t];
+        float *h = s_rand(n, -1e30f, 1e30f, 96 + t);
+        const float bad[] = {INFINITY, -INFINITY, NAN, -NAN, s_from_bits(0x7f800001u)};
+        size_t nbad = n == 1 ? 1 : eq_rng_below(&r, (uint32_t)(n / 50 + 2));
+        for (size_t k = 0; k < nbad; k++) h[eq_rng_below(&r, (uint32_t)n)] = bad[eq_rng_below(&r, 5)];
+        if (n == 4097) h[4096] = NAN; /* the tail block */
+        if (n > 2 && isfinite(h[1])) h[1] = 3.4028235e38f; /* FLT_MAX is finite */
+        int64_t want = 0;
+        for (size_t i = 0; i < n; i++) want += !isfinite(h[i]);
+        float *d = s_up(g_gpu, h, n * 4);
+        int64_t got = -1;
+        OK(eq_backend_nonfinite(g_gpu, n, d, &got, &err_));
+        int64_t ref = -1;
+        OK(eq_backend_nonfinite(g_cpu, n, h, &ref, &err_));
+        ck_assert_msg(got == want && ref == want, "nonfinite n=%zu: gpu %lld, cpu %lld, want %lld",
+                      n, (long long)got, (long long)ref, (long long)want);
+        /* none */
+        float *h0 = s_rand(n, -1, 1, 99);
+        OK(eq_backend_upload(g_gpu, d, h0, n * 4, &err_));
+        OK(eq_backend_nonfinite(g_gpu, n, d, &got, &err_));
+        ck_assert_msg(got == 0, "nonfinite n=%zu of finite values: %lld", n, (long long)got);
+        eq_backend_release(g_gpu, d);
+        free(h);
+        free(h0);
+    }
+}
+END_TEST
+
+/* GPU result g against the CPU's fp32 result c of the same representable
+ * operands.  g comes from a narrow convolution, so it is a value of the
+ * precision (checked bitwise); it differs from c by that rounding (at most
+ * u = 2^-8 bf16, 2^-11 fp16 relative per element) plus the summation order
+ * (fp32 accumulation in another order): norm-wise within u + 1e-5.  After
+ * rounding c too, they are equal except where c lies so close to a
+ * rounding boundary that the summation order decides: at most 0.1 % of
+ * the elements (plus one, for the arrays of a few hundred elements). */
+static void s_cmp_prec(const char *what, eq_precision p, const s_buf *b)
+{
+    float *c = s_down(g_cpu, b->c, b->n), *g = s_down(g_gpu, b->g, b->n);
+    size_t notrep = 0, diff = 0;
+    for (size_t i = 0; i < b->n; i++) {
+        notrep += s_bits(eq_precision_round(p, g[i])) != s_bits(g[i]);
+        diff += s_bits(eq_precision_round(p, c[i])) != s_bits(g[i]);
+    }
+    double u = p == EQ_PREC_BF16 ? 1.0 / 256 : 1.0 / 2048;
+    double e = eq_test_relerr(g, c, b->n);
+    printf("%s %s: relative error %.3g (u %.3g), %zu of %zu differ after rounding\n", what,
+           eq_precision_name(p), e, u, diff, b->n);
+    ck_assert_msg(notrep == 0, "%s %s: %zu results are not %s values (seed %llu)", what,
+                  eq_precision_name(p), notrep, eq_precision_name(p), (unsigned long long)g_seed);
+    ck_assert_msg(e <= u + TOL, "%s %s: relative error %.3g > %.3g (seed %llu)", what,
+                  eq_precision_name(p), e, u + TOL, (unsigned long long)g_seed);
+    ck_assert_msg(diff <= b->n / 1000 + 1, "%s %s: %zu of %zu differ after rounding (seed %llu)",
+                  what, eq_precision_name(p), diff, b->n, (unsigned long long)g_seed);
+    free(c);
+    free(g);
+}
+
+/* _i = shape * 2 + (0 bf16, 1 fp16): the shapes of test_conv plus a larger
+ * 3x3 one (tensor-core tiles, 0.1 % meaningful). */
+static const eq_conv2d_desc s_conv_big = {4, 16, 16, 32, 64, 3, 3, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0};
+
+START_TEST(test_conv_prec)
+{
+    const int shape = _i / 2;
+    const eq_precision p = _i % 2 ? EQ_PREC_FP16 : EQ_PREC_BF16;
+    eq_conv2d_desc d = shape < NCONV ? s_convs[shape] : s_conv_big;
+    d.prec = p;
+    eq_err err = {0};
+    ck_assert_msg(eq_conv2d_desc_init(&d, &err) == EQ_OK, "%s", err.msg);
+    size_t nx = (size_t)(d.n * d.h * d.w * d.c), ny = (size_t)(d.n * d.p * d.q * d.k);
+    size_t nw = (size_t)(d.k * (d.c / d.groups) * d.r * d.s);
+    float *hx = s_rand(nx, -1, 1, 100), *hw = s_rand(nw, -1, 1, 101), *hdy = s_rand(ny, -1, 1, 102);
+    s_round_host(p, hx, nx);
+    s_round_host(p, hw, nw);
+    s_round_host(p, hdy, ny);
+    s_buf x = s_both(hx, nx), w = s_both(hw, nw), dy = s_both(hdy, ny);
+    s_buf y = s_both(NULL, ny), dx = s_both(NULL, nx), dw = s_both(NULL, nw);
+    /* the CPU backend computes in fp32 whatever prec says */
+    BOTH(eq_backend_conv2d_fwd(g_cpu, &d, x.c, w.c, y.c, &err_),
+         eq_backend_conv2d_fwd(g_gpu, &d, x.g, w.g, y.g, &err_));
+    s_cmp_prec("conv2d_fwd", p, &y);
+    BOTH(eq_backend_conv2d_bwd_data(g_cpu, &d, dy.c, w.c, dx.c, &err_),
+         eq_backend_conv2d_bwd_data(g_gpu, &d, dy.g, w.g, dx.g, &err_));
+    s_cmp_prec("conv2d_bwd_data", p, &dx);
+    BOTH(eq_backend_conv2d_bwd_filter(g_cpu, &d, x.c, dy.c, dw.c, &err_),
+         eq_backend_conv2d_bwd_filter(g_gpu, &d, x.g, dy.g, dw.g, &err_));
+    s_cmp_prec("conv2d_bwd_filter", p, &dw);
+    /* an fp32 plan of the same shape is another plan: still fp32 numbers */
+    d.prec = EQ_PREC_FP32;
+    BOTH(eq_backend_conv2d_fwd(g_cpu, &d, x.c, w.c, y.c, &err_),
+         eq_backend_conv2d_fwd(g_gpu, &d, x.g, w.g, y.g, &err_));
+    s_cmp("conv2d_fwd (fp32 after a narrow plan)", &y, TOL);
     s_buf *all[] = {&x, &w, &dy, &y, &dx, &dw};
     for (size_t i = 0; i < 6; i++) s_free(all[i]);
     free(hx);
@@ -579,6 +758,7 @@ END_TEST
 
 /* ---- deterministic mode -------------------------------------------------------------- */
 
+/* _i: the convolutions' precision (fp32, bf16, fp16) */
 START_TEST(test_deterministic)
 {
     eq_err err = {0};
@@ -586,10 +766,14 @@ START_TEST(test_deterministic)
     float *out[2][3];
     eq_conv2d_desc d = s_convs[0];
     d.n = 8;
+    d.prec = _i;
     ck_assert(eq_conv2d_desc_init(&d, &err) == EQ_OK);
     size_t nx = (size_t)(d.n * d.h * d.w * d.c), ny = (size_t)(d.n * d.p * d.q * d.k);
     size_t nw = (size_t)(d.k * d.c * d.r * d.s);
     float *hx = s_rand(nx, -1, 1, 70), *hw = s_rand(nw, -1, 1, 71), *hdy = s_rand(ny, -1, 1, 72);
+    s_round_host((eq_precision)d.prec, hx, nx);
+    s_round_host((eq_precision)d.prec, hw, nw);
+    s_round_host((eq_precision)d.prec, hdy, ny);
     for (int run = 0; run < 2; run++) {
         eq_backend *be = eq_backend_cuda_new(&o, &err);
         ck_assert_msg(be != NULL, "%s", err.msg);
@@ -605,9 +789,13 @@ START_TEST(test_deterministic)
         for (size_t i = 0; i < 6; i++) eq_backend_release(be, all[i]);
         eq_backend_destroy(&be);
     }
-    ck_assert_msg(memcmp(out[0][0], out[1][0], ny * 4) == 0, "conv fwd differs between runs");
-    ck_assert_msg(memcmp(out[0][1], out[1][1], nx * 4) == 0, "conv bwd data differs between runs");
-    ck_assert_msg(memcmp(out[0][2], out[1][2], nw * 4) == 0, "conv bwd filter differs between runs");
+    ck_assert_msg(memcmp(out[0][0], out[1][0], ny * 4) == 0, "conv fwd (%s) differs between runs",
+                  eq_precision_name((eq_precision)d.prec));
+    ck_assert_msg(memcmp(out[0][1], out[1][1], nx * 4) == 0,
+                  "conv bwd data (%s) differs between runs", eq_precision_name((eq_precision)d.prec));
+    ck_assert_msg(memcmp(out[0][2], out[1][2], nw * 4) == 0,
+                  "conv bwd filter (%s) differs between runs",
+                  eq_precision_name((eq_precision)d.prec));
     for (int r = 0; r < 2; r++)
         for (int i = 0; i < 3; i++) free(out[r][i]);
     free(hx);
@@ -717,7 +905,10 @@ int main(void)
     tcase_add_test(tc, test_gap_linear);
     tcase_add_loop_test(tc, test_xent, 0, 2);
     tcase_add_test(tc, test_optim);
-    tcase_add_test(tc, test_deterministic);
+    tcase_add_loop_test(tc, test_deterministic, 0, 3);
+    tcase_add_test(tc, test_round_to);
+    tcase_add_test(tc, test_nonfinite);
+    tcase_add_loop_test(tc, test_conv_prec, 0, 2 * (NCONV + 1));
     tcase_add_test(tc, test_events_prefetch);
     tcase_add_test(tc, test_stage_images);
     suite_add_tcase(su, tc);

@@ -8,10 +8,17 @@
  * from the build tree and gets its answer, and that a bad or stale module
  * named by EQ_CUDA_PLUGIN is refused with an error naming it.  Check runs
  * each test in a child process, so each starts with nothing loaded.
+ *
+ * Also here, because it needs no GPU: the element functions of mixed
+ * precision that the CUDA kernels run (trainer/cuda/prec.h, plain C on the
+ * host) against eq_precision_round (bitwise torch's casts), and their
+ * 16-bit patterns against the compiler's _Float16 where it has one.
  */
 #include "config.h"
 
+#include "trainer/backend.h"
 #include "trainer/backend_select.h"
+#include "trainer/cuda/prec.h"
 #include "tests/testutil.h"
 
 #include <limits.h>
@@ -166,6 +173,92 @@ START_TEST(test_plugin_stale)
 }
 END_TEST
 
+/* ---- mixed precision: prec.h's device code, run on the host ---- */
+
+static uint32_t s_u32(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
+
+static float s_f32(uint32_t u)
+{
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/* One value in both precisions: eq_pr_round == eq_precision_round bitwise,
+ * the 16-bit pattern decodes to it, and (fp16) the pattern is the
+ * compiler's _Float16 conversion (round to nearest even; NaN: any NaN).
+ * Millions of calls: plain ifs, since every passing ck_assert_msg marks its
+ * point through a pipe to the parent. */
+static void s_prec_one(uint32_t u)
+{
+    float x = s_f32(u);
+    for (int p = EQ_PR_BF16; p <= EQ_PR_FP16; p++) {
+        uint32_t ref = s_u32(eq_precision_round((eq_precision)p, x));
+        uint32_t got = s_u32(eq_pr_round(p, x));
+        if (got != ref)
+            ck_abort_msg("prec %d: round(0x%08x) = 0x%08x, eq_precision_round 0x%08x", p, u, got,
+                         ref);
+        uint16_t h = eq_pr_bits16(p, x);
+        uint32_t back = s_u32(eq_pr_from16(p, h));
+        if (back != ref)
+            ck_abort_msg("prec %d: 0x%08x -> bits 0x%04x -> 0x%08x, want 0x%08x", p, u, h, back,
+                         ref);
+    }
+#ifdef __FLT16_MAX__
+    _Float16 c = (_Float16)x;
+    uint16_t hc;
+    memcpy(&hc, &c, sizeof hc);
+    uint16_t h = eq_pr_bits16(EQ_PR_FP16, x);
+    if (isnan(x) ? !((h & 0x7c00u) == 0x7c00u && (h & 0x3ffu) && (hc & 0x3ffu)) : h != hc)
+        ck_abort_msg("fp16 bits of 0x%08x (%.9g): 0x%04x, _Float16 0x%04x", u, (double)x, h, hc);
+#endif
+}
+
+START_TEST(test_prec_elements)
+{
+    /* edges: zeros, fp16 subnormal ties (2^-25, 3*2^-25), the normal
+     * boundary 2^-14, 65504 / 65519.99 / 65520, bf16's overflow into inf,
+     * ties to even in both types, inf, quiet/signalling/negative NaNs */
+    static const uint32_t edge[] = {
+        0x00000000u, 0x80000000u, 0x00000001u, 0x807fffffu, 0x33000000u, 0x33000001u,
+        0x32ffffffu, 0x33c00000u, 0xb3c00000u, 0x387fe000u, 0x387ff000u, 0x387fffffu,
+        0x38800000u, 0x477fe000u, 0x477fefffu, 0x477ff000u, 0xc77ff000u, 0x47800000u,
+        0x7f7fffffu, 0x7f7f8000u, 0x7f7f7fffu, 0xff7fffffu, 0x3f808000u, 0x3f818000u,
+        0x3f800fffu, 0x3f801000u, 0x3f803000u, 0x3f801001u, 0x7f800000u, 0xff800000u,
+        0x7fc00000u, 0x7f800001u, 0xffc00001u, 0x7fbfffffu, 0x7f802000u, 0x7fffe000u,
+        0x3f800000u, 0x3eaaaaabu, 0x00800000u, 0x0000ffffu,
+    };
+    for (size_t i = 0; i < sizeof edge / sizeof edge[0]; i++)
+        for (int32_t d = -3; d <= 3; d++) s_prec_one(edge[i] + (uint32_t)d);
+    /* every 16-bit pattern back and forth: the decoded value encodes to
+     * the same pattern (NaNs: to a NaN; signalling ones become quiet) */
+    for (int p = EQ_PR_BF16; p <= EQ_PR_FP16; p++)
+        for (uint32_t h = 0; h < 65536; h++) {
+            float f = eq_pr_from16(p, (uint16_t)h);
+            s_prec_one(s_u32(f));
+            if (!isnan(f) && eq_pr_bits16(p, f) != h)
+                ck_abort_msg("prec %d: pattern 0x%04x round trip", p, h);
+        }
+    /* 2M random bit patterns, half of them at or next to a rounding tie */
+    uint64_t st = 0x9e3779b97f4a7c15ull;
+    for (int i = 0; i < 2000000; i++) {
+        uint32_t u = (uint32_t)eq_test_next(&st);
+        if (i & 1) { /* exponent within or near fp16's range, low bits at a tie */
+            static const uint32_t tie[] = {0x7fffu, 0x8000u, 0x8001u, 0xfffu, 0x1000u, 0x1001u};
+            uint32_t t = tie[eq_test_next(&st) % 6];
+            u = (u & 0x807fffffu) | (uint32_t)(100 + eq_test_next(&st) % 46) << 23;
+            u = (u & (t >= 0x7fffu ? 0xffff0000u : 0xffffe000u)) | t;
+        }
+        s_prec_one(u);
+    }
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("backend_select");
@@ -176,6 +269,10 @@ int main(void)
     tcase_add_test(tc, test_plugin_not_elf);
     tcase_add_test(tc, test_plugin_stale);
     suite_add_tcase(s, tc);
+    TCase *tp = tcase_create("precision");
+    tcase_set_timeout(tp, 30);
+    tcase_add_test(tp, test_prec_elements);
+    suite_add_tcase(s, tp);
     /* loading the module maps ~1 GB of CUDA libraries: well under a second
      * when they are in the page cache, but 5-10 s on a loaded machine after
      * they left it (measured here at load 11) */

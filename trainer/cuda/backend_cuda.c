@@ -448,4 +448,6 @@ const struct eq_backend_i eq_cuda_iface = {
     .quant_forward = eq_cuda_quant_fwd,
     .quant_backward = eq_cuda_quant_bwd,
     .quant_release = eq_cuda_quant_release,
+    .round_to = eq_cuda_round_to,
+    .nonfinite = eq_cuda_nonfinite,
 };

@@ -32,6 +32,10 @@ typedef struct eq_cuda_conv_plan {
     cudnnConvolutionDescriptor_t cd;
     int algo;        /* cudnnConvolution{Fwd,BwdData,BwdFilter}Algo_t */
     size_t ws_bytes; /* that algorithm's workspace */
+    /* d.prec bf16/fp16: the descriptors are of that type (tensor cores,
+     * fp32 accumulation) unless cuDNN refused them for this direction and
+     * shape: then fp32 (fallback set), the result rounded to d.prec. */
+    int fallback;
 } eq_cuda_conv_plan;
 
 #define EQ_CUDA_PREFETCH_SLOTS 2
@@ -187,6 +191,9 @@ eq_status eq_cuda_sgd_step(void *ctx, size_t n, const eq_sgd_params *hp, float *
                            const float *grad, float *buf, eq_err *err);
 eq_status eq_cuda_adam_step(void *ctx, size_t n, const eq_adam_params *hp, float *param,
                             const float *grad, float *mu, float *nu, eq_err *err);
+eq_status eq_cuda_round_to(void *ctx, eq_precision prec, size_t n, const float *x, float *y,
+                           eq_err *err);
+eq_status eq_cuda_nonfinite(void *ctx, size_t n, const float *x, int64_t *count, eq_err *err);
 
 /* quant_cuda.c: the quant_* members over eq_cuda_quant, and freeing every
  * quantizer's state with the backend. */

@@ -4,6 +4,7 @@
  * rounded operations, as in the CPU backend (-ffp-contract=off).
  */
 #include "trainer/cuda/kernels.h"
+#include "trainer/cuda/prec.h"
 
 #include <math.h>
 
@@ -894,5 +895,119 @@ extern "C" cudaError_t eq_cuk_saff_bwd(cudaStream_t s, size_t n, const float *x,
     }
     /* dx after the sums: dx may alias dy */
     if (dx && n) k_saff_dx<<<s_blocks(n), S_T, 0, s>>>(n, dy, scale, dx);
+    return cudaGetLastError();
+}
+
+/* ---- mixed precision (prec.h's element functions) ------------------------------- */
+
+__global__ void k_round(int p, size_t n, const float *x, float *y)
+{
+    S_FOR(i, n) y[i] = eq_pr_round(p, x[i]);
+}
+
+__global__ void k_to16(int p, size_t n, const float *x, uint16_t *y)
+{
+    S_FOR(i, n) y[i] = eq_pr_bits16(p, x[i]);
+}
+
+__global__ void k_from16(int p, size_t n, const uint16_t *x, float *y)
+{
+    S_FOR(i, n) y[i] = eq_pr_from16(p, x[i]);
+}
+
+/* k_oihw_krsc's index map, converting on the way: OIHW float -> KRSC 16-bit
+ * (to_krsc), or KRSC 16-bit -> OIHW float. */
+__global__ void k_oihw_krsc16(int p, int64_t k, int64_t c, int64_t r, int64_t sd, const float *src,
+                              uint16_t *dst, const uint16_t *src16, float *dstf, int to_krsc)
+{
+    S_FOR(i, (size_t)(k * c * r * sd))
+    {
+        int64_t ss = (int64_t)i % sd, rr = ((int64_t)i / sd) % r, cc = ((int64_t)i / (sd * r)) % c,
+                kk = (int64_t)i / (sd * r * c);
+        int64_t j = ((kk * r + rr) * sd + ss) * c + cc;
+        if (to_krsc)
+            dst[j] = eq_pr_bits16(p, src[i]);
+        else
+            dstf[i] = eq_pr_from16(p, src16[j]);
+    }
+}
+
+extern "C" cudaError_t eq_cuk_round(cudaStream_t s, int prec, size_t n, const float *x, float *y)
+{
+    if (n) k_round<<<s_blocks(n), S_T, 0, s>>>(prec, n, x, y);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t eq_cuk_to16(cudaStream_t s, int prec, size_t n, const float *x, void *y)
+{
+    if (n) k_to16<<<s_blocks(n), S_T, 0, s>>>(prec, n, x, (uint16_t *)y);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t eq_cuk_from16(cudaStream_t s, int prec, size_t n, const void *x, float *y)
+{
+    if (n) k_from16<<<s_blocks(n), S_T, 0, s>>>(prec, n, (const uint16_t *)x, y);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t eq_cuk_oihw_to_krsc16(cudaStream_t s, int prec, int64_t k, int64_t c,
+                                             int64_t r, int64_t sdim, const float *src, void *dst)
+{
+    k_oihw_krsc16<<<s_blocks((size_t)(k * c * r * sdim)), S_T, 0, s>>>(
+        prec, k, c, r, sdim, src, (uint16_t *)dst, NULL, NULL, 1);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t eq_cuk_krsc16_to_oihw(cudaStream_t s, int prec, int64_t k, int64_t c,
+                                             int64_t r, int64_t sdim, const void *src, float *dst)
+{
+    k_oihw_krsc16<<<s_blocks((size_t)(k * c * r * sdim)), S_T, 0, s>>>(
+        prec, k, c, r, sdim, NULL, NULL, (const uint16_t *)src, dst, 0);
+    return cudaGetLastError();
+}
+
+/* Non-finite count: fixed blocks of S_SUMB elements (as k_saff_partial),
+ * each counted by S_T threads and tree-added in shared memory; the final
+ * kernel adds the block counts in order.  An exponent of all ones is inf
+ * or NaN (an integer test: no float compare to be optimised away). */
+__global__ void k_nonfinite_partial(size_t n, const float *x, unsigned long long *part)
+{
+    __shared__ unsigned long long sc[S_T];
+    size_t lo = (size_t)blockIdx.x * S_SUMB, hi = lo + S_SUMB < n ? lo + S_SUMB : n;
+    unsigned long long c = 0;
+    for (size_t i = lo + threadIdx.x; i < hi; i += S_T)
+        c += (eq_pr_u32(x[i]) & 0x7f800000u) == 0x7f800000u;
+    sc[threadIdx.x] = c;
+    __syncthreads();
+    for (int w = S_T / 2; w > 0; w /= 2) {
+        if ((int)threadIdx.x < w) sc[threadIdx.x] += sc[threadIdx.x + w];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) part[blockIdx.x] = sc[0];
+}
+
+__global__ void k_nonfinite_final(size_t nb, const unsigned long long *part, long long *out)
+{
+    if (blockIdx.x != 0 || threadIdx.x != 0) return;
+    unsigned long long c = 0;
+    for (size_t i = 0; i < nb; i++) c += part[i];
+    *out = (long long)c;
+}
+
+extern "C" size_t eq_cuk_nonfinite_scratch(size_t n)
+{
+    size_t nb = (n + S_SUMB - 1) / S_SUMB;
+    return (nb + 1) * sizeof(unsigned long long);
+}
+
+extern "C" cudaError_t eq_cuk_nonfinite(cudaStream_t s, size_t n, const float *x, void *scratch,
+                                        long long **count)
+{
+    size_t nb = (n + S_SUMB - 1) / S_SUMB;
+    unsigned long long *part = (unsigned long long *)scratch;
+    long long *out = (long long *)(part + nb);
+    *count = out;
+    if (nb) k_nonfinite_partial<<<(unsigned)nb, S_T, 0, s>>>(n, x, part);
+    k_nonfinite_final<<<1, 1, 0, s>>>(nb, part, out);
     return cudaGetLastError();
 }

@@ -135,6 +135,26 @@ cudaError_t eq_cuk_u8_input(cudaStream_t s, int64_t n, int64_t per_image, int64_
                             const float *shift_host, const int32_t *partner, const float *lam,
                             float *dst);
 
+/* Mixed precision (prec.h; prec is eq_precision's value: 1 bf16, 2 fp16).
+ * round: y[i] = eq_precision_round(prec, x[i]) bitwise (y may alias x).
+ * to16/from16: float <-> the narrow type's 16-bit patterns (to16 rounds
+ * as round does, so representable values convert losslessly).  The
+ * weight layouts of the convolutions' narrow path: OIHW float -> KRSC
+ * 16-bit and back (as eq_cuk_oihw_to_krsc / krsc_to_oihw). */
+cudaError_t eq_cuk_round(cudaStream_t s, int prec, size_t n, const float *x, float *y);
+cudaError_t eq_cuk_to16(cudaStream_t s, int prec, size_t n, const float *x, void *y);
+cudaError_t eq_cuk_from16(cudaStream_t s, int prec, size_t n, const void *x, float *y);
+cudaError_t eq_cuk_oihw_to_krsc16(cudaStream_t s, int prec, int64_t k, int64_t c, int64_t r,
+                                  int64_t sdim, const float *src, void *dst);
+cudaError_t eq_cuk_krsc16_to_oihw(cudaStream_t s, int prec, int64_t k, int64_t c, int64_t r,
+                                  int64_t sdim, const void *src, float *dst);
+/* Count the inf/NaN elements of x into a device long long inside scratch
+ * (eq_cuk_nonfinite_scratch(n) bytes), *count set to its address: fixed
+ * blocks, counts added in a fixed order (deterministic, no atomics). */
+size_t eq_cuk_nonfinite_scratch(size_t n);
+cudaError_t eq_cuk_nonfinite(cudaStream_t s, size_t n, const float *x, void *scratch,
+                             long long **count);
+
 #ifdef __cplusplus
 }
 #endif

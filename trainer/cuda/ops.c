@@ -1,7 +1,7 @@
 /*
  * trainer/cuda/ops.c -- the CUDA backend's op members other than
  * convolutions: batch norm, elementwise, pooling, linear (cuBLAS), loss and
- * optimiser steps.  Each translates the validated arguments into launches
+ * optimiser steps, mixed precision's round_to and nonfinite.  Each translates the validated arguments into launches
  * of kernels.h on the compute stream, with scratch from the workspace.
  */
 #include "trainer/cuda/cuda_internal.h"
@@ -324,5 +324,39 @@ eq_status eq_cuda_adam_step(void *ctx, size_t n, const eq_adam_params *hp, float
     float c2s = (float)sqrt(1.0 - pow((double)hp->beta2, t));
     EQ_K("adam_step", eq_cuk_adam(cu->stream, n, hp->beta1, hp->beta2, hp->eps, hp->weight_decay,
                                   c1, c2s, param, grad, mu, nu));
+    return EQ_OK;
+}
+
+/* ---- mixed precision ---- */
+
+eq_status eq_cuda_round_to(void *ctx, eq_precision prec, size_t n, const float *x, float *y,
+                           eq_err *err)
+{
+    eq_cuda *cu = ctx;
+    if (prec == EQ_PREC_FP32) {
+        if (x != y)
+            EQ_CU("round_to", cudaMemcpyAsync(y, x, n * sizeof(float), cudaMemcpyDeviceToDevice,
+                                              cu->stream));
+        return EQ_OK;
+    }
+    EQ_K("round_to", eq_cuk_round(cu->stream, (int)prec, n, x, y));
+    return EQ_OK;
+}
+
+/* The count is reduced on the device (deterministic, kernels.h) and
+ * downloaded: the host waits for the stream, as a download does. */
+eq_status eq_cuda_nonfinite(void *ctx, size_t n, const float *x, int64_t *count, eq_err *err)
+{
+    static const char *op = "nonfinite";
+    eq_cuda *cu = ctx;
+    void *ws = eq_cuda_workspace(cu, eq_cuk_nonfinite_scratch(n), op, err);
+    if (!ws) return EQ_ERR_NOMEM;
+    long long *dcount = NULL, hcount = 0;
+    EQ_K(op, eq_cuk_nonfinite(cu->stream, n, x, ws, &dcount));
+    EQ_CU(op, cudaMemcpyAsync(&hcount, dcount, sizeof hcount, cudaMemcpyDeviceToHost, cu->stream));
+    EQ_CU(op, cudaStreamSynchronize(cu->stream));
+    eq_status st = eq_cuda_check_flags(cu, op, err);
+    if (st) return st;
+    *count = (int64_t)hcount;
     return EQ_OK;
 }
