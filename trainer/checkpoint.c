@@ -194,6 +194,10 @@ eq_status eq_checkpoint_save(const char *path, eq_model *m, const eq_optim *o, c
          run->rng[2], run->rng[3]);
     META("metric", "%.17g", run->metric);
     META("summary", "%.120s", eq_model_summary(m));
+    if (run->loss_scale > 0) {
+        META("loss_scale", "%.17g", (double)run->loss_scale);
+        META("loss_scale_growth_tracker", "%" PRId64, run->loss_scale_growth_tracker);
+    }
 #undef META
     if (st == EQ_OK && run->config) st = eq_st_writer_meta(w, "config", run->config, err);
     if (st == EQ_OK) st = eq_st_writer_save(w, path, err);
@@ -252,6 +256,19 @@ eq_status eq_checkpoint_load(const char *path, eq_model *m, eq_optim *o, eq_ckpt
         }
         const char *mv = eq_st_meta_get(f, "metric");
         r.metric = mv ? strtod(mv, NULL) : NAN;
+    }
+    if (st == EQ_OK && eq_st_meta_get(f, "loss_scale")) { /* absent: no loss scaling, or an older file */
+        const char *sv = eq_st_meta_get(f, "loss_scale");
+        char *end = NULL;
+        double d = strtod(sv, &end);
+        r.loss_scale = (float)d;
+        if (end == sv || *end || !(r.loss_scale > 0) || !isfinite(r.loss_scale))
+            st = eq_err_set(err, EQ_ERR_CORRUPT, "%s: metadata 'loss_scale' is '%s', not a positive finite float",
+                            path, sv);
+        if (st == EQ_OK)
+            st = s_meta_i64(f, path, "loss_scale_growth_tracker", &r.loss_scale_growth_tracker, err);
+        if (st == EQ_OK && r.loss_scale_growth_tracker < 0)
+            st = eq_err_set(err, EQ_ERR_CORRUPT, "%s: metadata 'loss_scale_growth_tracker' is negative", path);
     }
     if (st == EQ_OK && o && osteps < 0)
         st = eq_err_set(err, EQ_ERR_NOTFOUND, "%s: the checkpoint has no optimiser state", path);

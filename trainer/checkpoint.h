@@ -9,7 +9,10 @@
  *   optim.<param>.<key>    optimiser state (momentum_buffer, exp_avg, exp_avg_sq)
  *   __metadata__           "format" = "eq-checkpoint", "format_version" = "1",
  *                          "epoch", "step", "optim_steps", "rng", "metric",
- *                          "config" (the run's config text), "arch"
+ *                          "config" (the run's config text), "arch";
+ *                          with loss scaling also "loss_scale" (%.17g of
+ *                          the float: reads back exactly) and
+ *                          "loss_scale_growth_tracker"
  * Loading checks every name, dtype and shape and names the offending
  * tensor; nothing is modified unless the whole file matches (validation
  * runs before the first copy).
@@ -37,6 +40,11 @@ typedef struct eq_ckpt_run {
     uint64_t rng[4];     /* the trainer's RNG state (opaque words) */
     double metric;       /* the eval metric of this checkpoint (NAN: none) */
     const char *config;  /* save: config text (may be NULL); load: not set */
+    /* the loss scaler (trainer/scaler.h): save writes them when loss_scale
+     * > 0; load gives 0 and 0 for a file without them (older, or a run
+     * without loss scaling) */
+    float loss_scale;
+    int64_t loss_scale_growth_tracker;
 } eq_ckpt_run;
 
 /* Write model (+ optimiser when o != NULL) and run state to `path`

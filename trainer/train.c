@@ -4,6 +4,7 @@
 #include "trainer/train.h"
 
 #include <errno.h>
+#include <float.h>
 #include <inttypes.h>
 #include <math.h>
 #include <signal.h>
@@ -23,10 +24,12 @@
 #include "trainer/dist.h"
 #include "trainer/feeder.h"
 #include "trainer/policy.h"
+#include "trainer/scaler.h"
 
 /* ================================================================ config */
 
 static const char *const s_backend_names[] = { "cpu", "cuda", NULL };
+static const char *const s_precision_names[] = { "fp32", "bf16", "fp16", NULL }; /* eq_precision order */
 
 static const eq_config_key s_train_keys[] = {
     EQ_CONFIG_STRING_KEY(eq_train_cfg, name, "run", "job name in predictions and metrics (letters, digits, _ . - :)"),
@@ -66,6 +69,21 @@ static const eq_config_key s_train_keys[] = {
     EQ_CONFIG_STRING_KEY(eq_train_cfg, policy, "",
                          "policy file: quantizer changes at start-up and at given epochs (doc/config.md "
                          "\"Policy files\"); relative to the working directory; empty = none"),
+    EQ_CONFIG_ENUM_KEY(eq_train_cfg, precision, "fp32", s_precision_names,
+                       "activations and their gradients stored as fp32, bf16 or fp16 values, weights and "
+                       "optimiser in fp32 (the original's --fp16 --opt_level O1 is fp16); meaningful on a GPU, "
+                       "an emulation on the CPU backend (values rounded as on a GPU, fp32 arithmetic: slower)"),
+    EQ_CONFIG_STRING_KEY(eq_train_cfg, loss_scale, "auto",
+                         "loss scaling (PyTorch GradScaler): dynamic, none, or a fixed positive scale; auto = "
+                         "dynamic for precision fp16, none otherwise. A step with an inf/NaN gradient is skipped"),
+    EQ_CONFIG_FLOAT_KEY(eq_train_cfg, loss_scale_init, "65536", 0, 3.4028234663852886e38,
+                        "dynamic loss scale: the initial scale (GradScaler init_scale), > 0"),
+    EQ_CONFIG_FLOAT_KEY(eq_train_cfg, loss_scale_growth_factor, "2", 1, 1e6,
+                        "dynamic loss scale: multiplied by this after growth_interval steps without inf/NaN, > 1"),
+    EQ_CONFIG_FLOAT_KEY(eq_train_cfg, loss_scale_backoff_factor, "0.5", 0, 1,
+                        "dynamic loss scale: multiplied by this on a step with an inf/NaN gradient, in (0, 1)"),
+    EQ_CONFIG_INT_KEY(eq_train_cfg, loss_scale_growth_interval, "2000", 1, INT32_MAX,
+                      "dynamic loss scale: successful steps (optimiser updates) before the scale grows"),
 };
 
 /* The trainer's defaults where they differ from the owning module's: the
@@ -123,6 +141,41 @@ void eq_experiment_sections(eq_experiment *x, eq_config_section secs[EQ_EXPERIME
     s_keys_built = true;
 }
 
+/* [train] loss_scale and its parameters: the mode and static value, and
+ * the ranges the key table cannot say (open intervals). */
+static eq_status s_loss_scale_cfg(eq_train_cfg *c, const char *path, eq_err *err)
+{
+    const char *v = c->loss_scale;
+    if (!strcmp(v, "auto"))
+        c->loss_scale_mode = c->precision == EQ_PREC_FP16 ? EQ_LOSS_SCALE_DYNAMIC : EQ_LOSS_SCALE_NONE;
+    else if (!strcmp(v, "dynamic"))
+        c->loss_scale_mode = EQ_LOSS_SCALE_DYNAMIC;
+    else if (!strcmp(v, "none"))
+        c->loss_scale_mode = EQ_LOSS_SCALE_NONE;
+    else {
+        char *end = NULL;
+        errno = 0;
+        double d = strtod(v, &end);
+        if (end == v || *end || errno || !(d > 0) || !isfinite((float)d) || !((float)d > 0))
+            return eq_err_set(err, EQ_ERR_INVALID,
+                              "%s: [train] loss_scale = '%s': expected auto, dynamic, none or a positive number "
+                              "(finite and > 0 as a float)",
+                              path, v);
+        c->loss_scale_mode = EQ_LOSS_SCALE_STATIC;
+        c->loss_scale_value = d;
+    }
+    if (!(c->loss_scale_init > 0) || !((float)c->loss_scale_init > 0))
+        return eq_err_set(err, EQ_ERR_INVALID, "%s: [train] loss_scale_init = %g: must be > 0 (as a float)", path,
+                          c->loss_scale_init);
+    if (!(c->loss_scale_growth_factor > 1))
+        return eq_err_set(err, EQ_ERR_INVALID, "%s: [train] loss_scale_growth_factor = %g: must be > 1", path,
+                          c->loss_scale_growth_factor);
+    if (!(c->loss_scale_backoff_factor > 0 && c->loss_scale_backoff_factor < 1))
+        return eq_err_set(err, EQ_ERR_INVALID, "%s: [train] loss_scale_backoff_factor = %g: must be in (0, 1)", path,
+                          c->loss_scale_backoff_factor);
+    return EQ_OK;
+}
+
 eq_status eq_experiment_load(eq_experiment *x, const char *path, const char *const *sets, size_t nsets,
                              char **text_out, eq_err *err)
 {
@@ -145,6 +198,8 @@ eq_status eq_experiment_load(eq_experiment *x, const char *path, const char *con
             return eq_err_set(err, EQ_ERR_INVALID, "%s: [train] name '%s': only letters, digits and _ . - :", path,
                               x->train.name);
     if (!x->train.name[0]) return eq_err_set(err, EQ_ERR_INVALID, "%s: [train] name is empty", path);
+    if ((st = s_loss_scale_cfg(&x->train, path, err))) return st;
+    x->model.precision = x->train.precision;
     if (text_out) return eq_config_dump(secs, EQ_EXPERIMENT_NSECTIONS, text_out, NULL, err);
     return EQ_OK;
 }
@@ -204,6 +259,12 @@ struct eq_train {
     float *acc;
     size_t *acc_off;       /* per tensor: its region's offset in acc (or qacc) */
     float *qacc;           /* quantizer gradients (host memory, quant/) on a device-memory backend */
+    /* loss scaling ([train] loss_scale; trainer/scaler.h) */
+    bool scaling;          /* a scaler runs (loss_scale not none) */
+    eq_scaler scaler;
+    float *dev_inv;        /* the unscale's device scalar */
+    bool scaler_agree;     /* several ranks: some gradient is not all-reduced, agree on inf/NaN explicitly */
+    uint64_t epoch_skipped; /* optimiser steps skipped this epoch */
     /* progress */
     uint64_t epoch, step, steps;
     double last_loss, img_s, wait_pct;
@@ -248,6 +309,7 @@ void eq_train_destroy(eq_train **self_p)
         eq_backend_release(t->be, t->yb_dev);
         eq_backend_release(t->be, t->lam_dev);
         eq_backend_release(t->be, t->acc);
+        eq_backend_release(t->be, t->dev_inv);
     }
     free(t->yb_host);
     free(t->lam_host);
@@ -349,7 +411,23 @@ eq_train *eq_train_new(const eq_experiment *x, const eq_train_opts *o, eq_err *e
     if (eq_backend_open(s_backend_names[x->train.backend], x->train.backend == 0 ? (int)x->train.threads : device,
                         &t->be, err))
         goto fail;
-    if (!(t->model = eq_model_new_ot(t->be, &x->model, &x->wt, &x->fm, &x->ot, t->B, t->H, t->W, err))) goto fail;
+    /* [train] precision: the model's (eq_experiment_load sets it too) */
+    t->x.model.precision = x->train.precision;
+    if (x->train.precision != EQ_PREC_FP32 && x->train.backend == 0 && t->rank == 0)
+        eq_info("precision %s on the cpu backend is an emulation: activations and their gradients are rounded to "
+                "%s values as on a GPU, the arithmetic stays fp32 (a reference for GPU runs: slower, not faster)",
+                eq_precision_name((eq_precision)x->train.precision), eq_precision_name((eq_precision)x->train.precision));
+    if (!(t->model = eq_model_new_ot(t->be, &t->x.model, &x->wt, &x->fm, &x->ot, t->B, t->H, t->W, err))) goto fail;
+    if (x->train.loss_scale_mode != EQ_LOSS_SCALE_NONE) {
+        bool dyn = x->train.loss_scale_mode == EQ_LOSS_SCALE_DYNAMIC;
+        if (eq_scaler_init(&t->scaler, dyn, dyn ? x->train.loss_scale_init : x->train.loss_scale_value,
+                           x->train.loss_scale_growth_factor, x->train.loss_scale_backoff_factor,
+                           x->train.loss_scale_growth_interval, err)) {
+            eq_err_prefix(err, "[train] loss_scale: ");
+            goto fail;
+        }
+        t->scaling = true;
+    }
     if (!(t->optim = eq_optim_new(t->model, &x->optim, err))) goto fail;
     {
         const eq_model_quant_cfg *qc[EQ_QTAG_COUNT] = { x->wt.enable ? &x->wt : NULL, x->fm.enable ? &x->fm : NULL,
@@ -456,10 +534,12 @@ static void s_ctl_answer(eq_train *t, void *router, const void *id, size_t idlen
                  "{\"role\":\"trainer\",\"pid\":%ld,\"job\":\"%s\",\"rank\":%d,\"world\":%d,\"epoch\":%" PRIu64
                  ",\"step\":%" PRIu64 ",\"steps\":%" PRIu64
                  ",\"loss\":%.6g,\"img_s\":%.1f,\"wait_pct\":%.2f,\"loaders\":%u,\"loaders_alive\":%u"
-                 ",\"batches\":%" PRIu64 ",\"reissued\":%" PRIu64 ",\"late_dropped\":%" PRIu64 "}",
+                 ",\"batches\":%" PRIu64 ",\"reissued\":%" PRIu64 ",\"late_dropped\":%" PRIu64
+                 ",\"precision\":\"%s\",\"loss_scale\":%.9g,\"skipped_steps\":%" PRIu64 "}",
                  (long)getpid(), t->x.train.name, t->rank, t->world, t->epoch, t->step, t->steps,
                  isfinite(t->last_loss) ? t->last_loss : -1.0, t->img_s, t->wait_pct, fs.loaders, fs.loaders_alive,
-                 fs.batches, fs.reissued, fs.late_dropped);
+                 fs.batches, fs.reissued, fs.late_dropped, eq_precision_name((eq_precision)t->x.train.precision),
+                 t->scaling ? (double)t->scaler.scale : 1.0, t->epoch_skipped);
     } else if (len == 4 && !memcmp(c, "stop", 4)) {
         snprintf(reply, sizeof reply, "{\"ok\":true}");
         eq_train_stop(t);
@@ -627,7 +707,9 @@ static eq_status s_stage(eq_train *t, const eq_feeder_batch *b, eq_err *err)
 static eq_status s_checkpoint(eq_train *t, uint64_t epoch, uint64_t step, const char *tag, eq_err *err)
 {
     char path[1200];
-    eq_ckpt_run run = { .epoch = (int64_t)epoch, .step = (int64_t)step, .metric = NAN, .config = t->config_text };
+    eq_ckpt_run run = { .epoch = (int64_t)epoch, .step = (int64_t)step, .metric = NAN, .config = t->config_text,
+                        .loss_scale = t->scaling ? t->scaler.scale : 0.0f,
+                        .loss_scale_growth_tracker = t->scaling ? t->scaler.growth_tracker : 0 };
     snprintf(path, sizeof path, "%s/last.safetensors", t->x.train.out_dir);
     eq_status st = eq_checkpoint_save(path, t->model, t->optim, &run, err);
     if (st) return st;
@@ -766,6 +848,16 @@ static eq_status s_dist_setup(eq_train *t, eq_err *err)
     free(w);
     if (st) return st;
     if ((st = s_grad_buckets(t, err))) return st;
+    /* The loss scaler's inf/NaN test reads the averaged gradients: the same
+     * on every rank when every gradient is in a bucket (the usual case);
+     * otherwise the ranks agree on it explicitly each update. */
+    for (size_t i = 0; i < eq_model_tensor_count(t->model); i++) {
+        const eq_model_tensor *m = eq_model_tensor_at(t->model, i);
+        if (m->grad && m->numel && t->gparam[i] == SIZE_MAX) t->scaler_agree = true;
+    }
+    if (t->scaling && t->scaler_agree)
+        eq_info("rank %d of %d: some gradients are not all-reduced: the ranks agree on the loss scaler's inf/NaN "
+                "test explicitly", t->rank, t->world);
     eq_comm_seg cs = { t->ctlv, 2 };
     if ((t->b_ctl = eq_comm_bucket_new(t->comm, &cs, 1, EQ_COMM_SUM, err)) < 0) return err ? err->code : EQ_ERR_INTERNAL;
     if ((t->b_bn = s_bucket_of(t, EQ_MT_BUFFER, false, EQ_COMM_BCAST, err)) < -1 ||
@@ -993,6 +1085,43 @@ static eq_status s_backward(eq_train *t, bool first, bool last, eq_err *err)
     return st;
 }
 
+/* Loss scaling, at the end of an iter_size window (the gradients are
+ * final: accumulated and all-reduced): test every gradient for inf/NaN;
+ * none: unscale them (the optimiser steps); some: *skip, no optimiser step.
+ * Then the scale's update (trainer/scaler.h). */
+static eq_status s_scaler_step(eq_train *t, uint64_t e, uint64_t s, bool *skip, eq_err *err)
+{
+    int64_t n = 0;
+    eq_status st = eq_scaler_nonfinite(t->model, &n, err);
+    if (st) return st;
+    bool found = n > 0;
+    if (t->comm && t->scaler_agree) {
+        t->ctlv[0] = found ? 1.0f : 0.0f;
+        t->ctlv[1] = 0.0f;
+        if ((st = eq_comm_run(t->comm, t->b_ctl, err))) return st;
+        found = t->ctlv[0] > 0;
+    }
+    if (!found && (st = eq_scaler_unscale(&t->scaler, t->model, &t->dev_inv, err))) return st;
+    float old = t->scaler.scale;
+    eq_scaler_update(&t->scaler, found);
+    *skip = found;
+    if (!found) return EQ_OK;
+    t->epoch_skipped++;
+    if (t->rank == 0)
+        eq_warn("epoch %" PRIu64 " step %" PRIu64 ": %" PRId64 " inf/NaN gradient values at loss scale %g: optimiser "
+                "step skipped; loss scale now %g",
+                e, s, n, (double)old, (double)t->scaler.scale);
+    if (!(t->scaler.scale >= FLT_MIN)) {
+        t->diverged = true;
+        s_publish(t, "done", 0, 0, 0, EQ_ERR_INVALID);
+        return eq_err_set(err, EQ_ERR_INVALID,
+                          "epoch %" PRIu64 " step %" PRIu64 ": the loss scale fell to %g: the gradients are inf/NaN "
+                          "at any scale; stopped without a checkpoint of this step",
+                          e, s, (double)t->scaler.scale);
+    }
+    return EQ_OK;
+}
+
 /* Val pass of `epoch`: predictions to eq-eval. */
 static eq_status s_validate(eq_train *t, uint64_t epoch, eq_err *err)
 {
@@ -1184,6 +1313,17 @@ static eq_status s_run(eq_train *t, eq_err *err)
         if ((st = eq_checkpoint_load(t->resume, t->model, t->optim, &run, NULL, err))) return st;
         e0 = (uint64_t)run.epoch;
         s0 = (uint64_t)run.step;
+        if (t->scaling && t->scaler.dynamic) { /* a static scale is the config's */
+            if (run.loss_scale > 0) {
+                t->scaler.scale = run.loss_scale;
+                t->scaler.growth_tracker = run.loss_scale_growth_tracker;
+                eq_info("loss scale %g, growth tracker %" PRId64 " from %s", (double)run.loss_scale,
+                        run.loss_scale_growth_tracker, t->resume);
+            } else {
+                eq_info("%s holds no loss scale: starting at loss_scale_init %g", t->resume,
+                        (double)t->scaler.scale);
+            }
+        }
     }
     if (t->evaluate) {
         /* The epoch whose end the weights are (a checkpoint at an epoch end
@@ -1237,6 +1377,7 @@ static eq_status s_run(eq_train *t, eq_err *err)
         double win_t0 = eq_clock_sec(), loss_sum = 0, epoch_loss = 0;
         t->bwd_s = t->wait_s = 0;
         t->comm_n = 0;
+        t->epoch_skipped = 0;
         eq_feeder_stats fs0;
         eq_feeder_stats_get(t->feeder, &fs0);
         uint64_t win_n = 0, epoch_n = 0, epoch_mixed = 0;
@@ -1264,6 +1405,7 @@ static eq_status s_run(eq_train *t, eq_err *err)
             double lr;
             /* dropout masks from the run's position: a resumed run draws the same */
             eq_model_set_noise_key(t->model, eq_rng_mix(eq_rng_mix(e, s), (uint64_t)t->rank));
+            if (t->scaling && (st = eq_model_set_loss_scale(t->model, t->scaler.scale, err))) return st;
             if ((st = eq_model_forward(t->model, t->x_dev, true, err)) ||
                 (st = eq_model_loss(t->model, t->y_dev, t->mixed ? t->yb_dev : NULL, t->mixed ? t->lam_dev : NULL,
                                     (float)x->train.smoothing, &loss, err)))
@@ -1283,7 +1425,12 @@ static eq_status s_run(eq_train *t, eq_err *err)
             if ((st = s_backward(t, wfirst, wlast, err)) ||
                 (st = eq_schedule_lr(&x->sched, x->optim.lr, (int64_t)e, (int64_t)s, (int64_t)steps, &lr, err)))
                 return st;
-            if (wlast && ((st = eq_optim_step(t->optim, lr, err)) || (st = s_sync_state(t, err)))) return st;
+            if (wlast) {
+                bool skip = false;
+                if ((t->scaling && (st = s_scaler_step(t, e, s, &skip, err))) ||
+                    (!skip && (st = eq_optim_step(t->optim, lr, err))) || (st = s_sync_state(t, err)))
+                    return st;
+            }
             t->last_loss = loss;
             loss_sum += loss;
             epoch_loss += loss;
@@ -1309,8 +1456,12 @@ static eq_status s_run(eq_train *t, eq_err *err)
                 if (t->jsonl) {
                     fprintf(t->jsonl,
                             "{\"wall_ms\":%" PRIu64 ",\"kind\":\"train\",\"epoch\":%" PRIu64 ",\"step\":%" PRIu64
-                            ",\"steps\":%" PRIu64 ",\"loss\":%.6g,\"lr\":%.6g,\"img_s\":%.1f,\"wait_pct\":%.2f}\n",
+                            ",\"steps\":%" PRIu64 ",\"loss\":%.6g,\"lr\":%.6g,\"img_s\":%.1f,\"wait_pct\":%.2f",
                             eq_wall_ms(), e, s + 1, steps, mean, lr, t->img_s, t->wait_pct);
+                    if (t->scaling)
+                        fprintf(t->jsonl, ",\"loss_scale\":%.9g,\"skipped\":%" PRIu64, (double)t->scaler.scale,
+                                t->epoch_skipped);
+                    fputs("}\n", t->jsonl);
                     fflush(t->jsonl);
                 }
                 t->step = s + 1;
@@ -1330,6 +1481,10 @@ static eq_status s_run(eq_train *t, eq_err *err)
         eq_info("epoch %" PRIu64 " done: mean loss %.4f, %" PRIu64 " batches so far, %" PRIu64
                 " requests re-issued, %" PRIu64 " late replies dropped, %" PRIu64 " of %" PRIu64 " batches mixed here",
                 e, mean, fs.batches, fs.reissued, fs.late_dropped, epoch_mixed, epoch_n);
+        if (t->scaling)
+            eq_info("epoch %" PRIu64 " loss scaling: %" PRIu64 " optimiser step(s) skipped (inf/NaN gradients), "
+                    "loss scale %g",
+                    e, t->epoch_skipped, (double)t->scaler.scale);
         if (t->comm_n) /* how much of the all-reduce the backward hid (wall clock) */
             eq_info("epoch %" PRIu64 " gradient all-reduce (%s): backward %.1f ms, then waited %.1f ms per update",
                     e, t->x.train.overlap ? "overlapping the backward" : "after the backward",
@@ -1337,8 +1492,12 @@ static eq_status s_run(eq_train *t, eq_err *err)
         if (t->jsonl) {
             fprintf(t->jsonl,
                     "{\"wall_ms\":%" PRIu64 ",\"kind\":\"epoch\",\"epoch\":%" PRIu64 ",\"steps\":%" PRIu64
-                    ",\"loss\":%.6g,\"samples\":%" PRIu64 ",\"mixed\":%" PRIu64 ",\"elapsed_s\":%.3f}\n",
+                    ",\"loss\":%.6g,\"samples\":%" PRIu64 ",\"mixed\":%" PRIu64 ",\"elapsed_s\":%.3f",
                     eq_wall_ms(), e, epoch_n, mean, epoch_n * G, epoch_mixed, eq_clock_sec() - t->t_start);
+            if (t->scaling)
+                fprintf(t->jsonl, ",\"loss_scale\":%.9g,\"skipped\":%" PRIu64, (double)t->scaler.scale,
+                        t->epoch_skipped);
+            fputs("}\n", t->jsonl);
             fflush(t->jsonl);
         }
         if ((st = s_quant_metrics(t, e, err))) return st;

@@ -58,6 +58,24 @@
  * gradients of I consecutive steps are summed (the loss is not divided) and
  * the optimiser steps after the last of them, with the lr of that step.
  *
+ * Mixed precision ([train] precision, the original's --fp16 --opt_level O1):
+ * the model's activations and activation gradients are stored as bf16/fp16
+ * values (model.h; on the CPU backend an emulation: values rounded as on a
+ * GPU, fp32 arithmetic).  Loss scaling ([train] loss_scale, trainer/
+ * scaler.h, PyTorch's GradScaler): the loss's backward is seeded with the
+ * scale; at the end of each iter_size window, after the all-reduce, every
+ * gradient the optimiser uses is tested for inf/NaN.  Any: the optimiser
+ * step is skipped (parameters, momentum, Adam's state and step count keep
+ * their values; BN running statistics and quantizer buffers moved with the
+ * forward, as in PyTorch) and a dynamic scale backs off; none: the
+ * gradients are multiplied by 1/scale (exact for powers of two) and the
+ * optimiser steps.  Skipped steps are logged (warn), counted per epoch
+ * (epoch log line, metrics.jsonl "skipped", control "status"), and the
+ * scale and growth tracker are kept in checkpoints.  With several ranks the
+ * gradients are averaged before the test, so every rank finds the same and
+ * skips the same steps.  A NaN/inf loss still stops the run (the loss is
+ * not scaled: a smaller scale would not help).
+ *
  * Several ranks (eq_train_opts.world > 1, trainer/dist.h): rank r of W
  * trains on positions [r*G/W, (r+1)*G/W) of every global step (G must be a
  * multiple of W), so the model's batch is G/W.  Rank 0 binds the control
@@ -112,7 +130,16 @@ typedef struct eq_train_cfg {
     int backend;            /* 0 cpu, 1 cuda (trainer/backend_select.h) */
     int64_t device;         /* cuda: device ordinal */
     char policy[1024];      /* policy file (trainer/policy.h); "" = none */
+    int precision;          /* eq_precision (backend.h): fp32, bf16, fp16 -> [model] precision */
+    char loss_scale[32];    /* auto, dynamic, none, or a positive number */
+    double loss_scale_init, loss_scale_growth_factor, loss_scale_backoff_factor;
+    int64_t loss_scale_growth_interval;
+    /* set by eq_experiment_load from loss_scale (auto: dynamic for fp16) */
+    int loss_scale_mode;    /* EQ_LOSS_SCALE_NONE, _DYNAMIC, _STATIC */
+    double loss_scale_value; /* _STATIC: the scale */
 } eq_train_cfg;
+
+enum { EQ_LOSS_SCALE_NONE = 0, EQ_LOSS_SCALE_DYNAMIC = 1, EQ_LOSS_SCALE_STATIC = 2 };
 
 typedef struct eq_experiment {
     eq_loader_cfg loader;

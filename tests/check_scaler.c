@@ -1,0 +1,750 @@
+/*
+ * tests/check_scaler.c -- loss scaling (trainer/scaler.h) and [train]
+ * precision / loss_scale in eq-trainer: the update rule against
+ * trajectories derived by hand from torch's _amp_update_scale_ (growth
+ * after the interval, backoff, growth to inf refused, non-power factors in
+ * double), parameter errors, the inf/NaN count and the in-place unscale
+ * over a model's gradients (quantizer parameters included, -0 kept); the
+ * [train] keys and their errors; then the real programs on a tiny
+ * synthetic set (CPU backend): a static power-of-two scale and a dynamic
+ * scale that never overflows give the bits of no scaling; a huge initial
+ * scale overflows, skips exactly the steps an in-process reference finds
+ * (parameters and optimiser state unchanged, then backs off until a step
+ * succeeds); checkpoint/resume carries the scale and growth tracker, and a
+ * checkpoint without them resumes at loss_scale_init.
+ */
+#include <fcntl.h>
+#include <float.h>
+#include <math.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <zmq.h>
+
+#include "core/safetensors.h"
+#include "loader/loader.h"
+#include "testutil.h"
+#include "trainer/backend.h"
+#include "trainer/feeder.h"
+#include "trainer/scaler.h"
+#include "trainer/train.h"
+
+/* ---- the update rule ---------------------------------------------------------- */
+
+static void s_step(eq_scaler *s, bool inf, float scale, int64_t tracker)
+{
+    eq_scaler_update(s, inf);
+    ck_assert_msg(s->scale == scale && s->growth_tracker == tracker,
+                  "after found_inf=%d: scale %.9g tracker %lld, expected %.9g %lld", inf, (double)s->scale,
+                  (long long)s->growth_tracker, (double)scale, (long long)tracker);
+}
+
+START_TEST(test_update_rule)
+{
+    eq_scaler s;
+    eq_err e = { 0 };
+    /* GradScaler(init_scale=65536, growth_factor=2, backoff_factor=0.5,
+     * growth_interval=3): the tracker counts successful steps and resets
+     * when the scale changes */
+    ck_assert_msg(eq_scaler_init(&s, true, 65536, 2, 0.5, 3, &e) == EQ_OK, "%s", e.msg);
+    ck_assert(s.scale == 65536.0f && s.growth_tracker == 0);
+    ck_assert(eq_scaler_inv_scale(&s) == 1.0f / 65536.0f);
+    s_step(&s, false, 65536, 1);
+    s_step(&s, false, 65536, 2);
+    s_step(&s, false, 131072, 0); /* the 3rd success: grows */
+    s_step(&s, true, 65536, 0);   /* backoff, tracker reset */
+    s_step(&s, false, 65536, 1);
+    s_step(&s, false, 65536, 2);
+    s_step(&s, true, 32768, 0);   /* an inf just before the interval: no growth */
+    s_step(&s, true, 16384, 0);
+    s_step(&s, false, 16384, 1);
+    s_step(&s, false, 16384, 2);
+    s_step(&s, false, 32768, 0);
+    ck_assert_uint_eq(s.updates, 11);
+    ck_assert_uint_eq(s.skipped, 3);
+    ck_assert_uint_eq(s.grown, 2);
+    ck_assert_uint_eq(s.backoffs, 3);
+    /* growth to inf refused: 2^127 * 2 is not a float; the tracker resets */
+    ck_assert(eq_scaler_init(&s, true, ldexp(1, 127), 2, 0.5, 1, &e) == EQ_OK);
+    s_step(&s, false, ldexpf(1, 127), 0);
+    s_step(&s, false, ldexpf(1, 127), 0);
+    ck_assert_uint_eq(s.grown, 0);
+    s_step(&s, true, ldexpf(1, 126), 0);
+    s_step(&s, false, ldexpf(1, 127), 0);
+    /* factors that are not powers of two: float * double in double, then
+     * rounded to float (as the CUDA kernel's float = float * double) */
+    ck_assert(eq_scaler_init(&s, true, 1000, 1.7, 0.3, 2, &e) == EQ_OK);
+    s_step(&s, true, (float)(1000.0 * 0.3), 0);
+    float v = (float)(1000.0 * 0.3);
+    s_step(&s, false, v, 1);
+    s_step(&s, false, (float)((double)v * 1.7), 0);
+    v = (float)((double)v * 1.7);
+    ck_assert(eq_scaler_inv_scale(&s) == (float)(1.0 / (double)v));
+    /* growth_interval 1: every success grows */
+    ck_assert(eq_scaler_init(&s, true, 1, 2, 0.5, 1, &e) == EQ_OK);
+    s_step(&s, false, 2, 0);
+    s_step(&s, false, 4, 0);
+    /* a static scale never changes; skips are still counted */
+    ck_assert(eq_scaler_init(&s, false, 1024, 0, 0, 0, &e) == EQ_OK);
+    s_step(&s, true, 1024, 0);
+    s_step(&s, false, 1024, 0);
+    ck_assert_uint_eq(s.skipped, 1);
+    ck_assert(eq_scaler_inv_scale(&s) == 1.0f / 1024.0f);
+}
+END_TEST
+
+START_TEST(test_init_errors)
+{
+    eq_scaler s;
+    eq_err e = { 0 };
+    ck_assert_int_eq(eq_scaler_init(&s, true, 0, 2, 0.5, 10, &e), EQ_ERR_INVALID);
+    ck_assert_ptr_nonnull(strstr(e.msg, "loss scale 0"));
+    ck_assert_int_eq(eq_scaler_init(&s, false, 1e39, 2, 0.5, 10, &e), EQ_ERR_INVALID); /* inf as a float */
+    ck_assert_int_eq(eq_scaler_init(&s, true, NAN, 2, 0.5, 10, &e), EQ_ERR_INVALID);
+    ck_assert_int_eq(eq_scaler_init(&s, true, 8, 1, 0.5, 10, &e), EQ_ERR_INVALID);
+    ck_assert_ptr_nonnull(strstr(e.msg, "growth_factor 1"));
+    ck_assert_int_eq(eq_scaler_init(&s, true, 8, 2, 1, 10, &e), EQ_ERR_INVALID);
+    ck_assert_ptr_nonnull(strstr(e.msg, "backoff_factor 1"));
+    ck_assert_int_eq(eq_scaler_init(&s, true, 8, 2, 0, 10, &e), EQ_ERR_INVALID);
+    ck_assert_int_eq(eq_scaler_init(&s, true, 8, 2, 0.5, 0, &e), EQ_ERR_INVALID);
+    ck_assert_ptr_nonnull(strstr(e.msg, "growth_interval 0"));
+    ck_assert_int_eq(eq_scaler_init(NULL, true, 8, 2, 0.5, 1, &e), EQ_ERR_INVALID);
+}
+END_TEST
+
+/* ---- the count and the unscale over a model's gradients ------------------------ */
+
+/* A small quantized model (LSQ 4-bit weights and activations, so quantizer
+ * parameters have gradients) with random gradients. */
+static eq_model *s_model(eq_backend *be, eq_experiment *x)
+{
+    eq_err e = { 0 };
+    char *dir = eq_test_scratch("scaler-model");
+    char cfg[4200];
+    snprintf(cfg, sizeof cfg, "%s/m.cfg", dir);
+    FILE *f = fopen(cfg, "w");
+    ck_assert_ptr_nonnull(f);
+    fprintf(f, "[data]\nheight = 8\nwidth = 8\nchannels = 3\n[model]\nnum_classes = 4\nin_channels = 3\n"
+               "[train]\nmean = 0.5, 0.5, 0.5\nstd = 0.25, 0.25, 0.25\n");
+    fclose(f);
+    ck_assert_msg(eq_experiment_load(x, cfg, NULL, 0, NULL, &e) == EQ_OK, "%s", e.msg);
+    eq_test_scratch_rm(dir);
+    eq_model *m = eq_model_new(be, &x->model, &x->wt, &x->fm, 2, 8, 8, &e);
+    ck_assert_msg(m != NULL, "%s", e.msg);
+    uint64_t seed = 11;
+    size_t nq = 0;
+    for (size_t i = 0; i < eq_model_tensor_count(m); i++) {
+        const eq_model_tensor *t = eq_model_tensor_at(m, i);
+        if (!t->grad) continue;
+        nq += t->quant;
+        for (size_t k = 0; k < t->numel; k++) t->grad[k] = (float)eq_test_uniform(&seed, -3, 3);
+    }
+    ck_assert_uint_gt(nq, 2);
+    return m;
+}
+
+START_TEST(test_model_ops)
+{
+    eq_err e = { 0 };
+    eq_backend *be = eq_backend_cpu_new(1, &e);
+    ck_assert_msg(be != NULL, "%s", e.msg);
+    eq_experiment x;
+    eq_model *m = s_model(be, &x);
+    int64_t n = -1;
+    ck_assert_msg(eq_scaler_nonfinite(m, &n, &e) == EQ_OK, "%s", e.msg);
+    ck_assert_int_eq(n, 0);
+    /* inf in a conv weight's gradient, NaN and -inf in quantizer parameters' */
+    const eq_model_tensor *w = NULL, *q1 = NULL, *q2 = NULL;
+    for (size_t i = 0; i < eq_model_tensor_count(m); i++) {
+        const eq_model_tensor *t = eq_model_tensor_at(m, i);
+        if (!t->grad) continue;
+        if (t->quant) {
+            if (!q1) q1 = t;
+            else q2 = t;
+        } else if (!w && t->ndim == 4) {
+            w = t;
+        }
+    }
+    ck_assert(w && q1 && q2);
+    float keep[3] = { w->grad[3], q1->grad[0], q2->grad[0] };
+    w->grad[3] = INFINITY;
+    q1->grad[0] = NAN;
+    q2->grad[0] = -INFINITY;
+    ck_assert_msg(eq_scaler_nonfinite(m, &n, &e) == EQ_OK, "%s", e.msg);
+    ck_assert_int_eq(n, 3);
+    w->grad[3] = keep[0];
+    q1->grad[0] = keep[1];
+    q2->grad[0] = keep[2];
+    /* the unscale: g * (float)(1/scale), every gradient, -0 stays -0 */
+    w->grad[0] = -0.0f;
+    size_t total = 0;
+    for (size_t i = 0; i < eq_model_tensor_count(m); i++) total += eq_model_tensor_at(m, i)->grad ? eq_model_tensor_at(m, i)->numel : 0;
+    float *before = malloc(total * sizeof *before);
+    ck_assert_ptr_nonnull(before);
+    size_t off = 0;
+    for (size_t i = 0; i < eq_model_tensor_count(m); i++) {
+        const eq_model_tensor *t = eq_model_tensor_at(m, i);
+        if (!t->grad) continue;
+        memcpy(before + off, t->grad, t->numel * sizeof(float));
+        off += t->numel;
+    }
+    eq_scaler s;
+    ck_assert(eq_scaler_init(&s, false, 3.0, 0, 0, 0, &e) == EQ_OK); /* not a power of two: rounding shows */
+    float inv = eq_scaler_inv_scale(&s), *dev = NULL;
+    ck_assert(inv == (float)(1.0 / 3.0));
+    ck_assert_msg(eq_scaler_unscale(&s, m, &dev, &e) == EQ_OK, "%s", e.msg);
+    off = 0;
+    for (size_t i = 0; i < eq_model_tensor_count(m); i++) {
+        const eq_model_tensor *t = eq_model_tensor_at(m, i);
+        if (!t->grad) continue;
+        for (size_t k = 0; k < t->numel; k++) {
+            float want = before[off + k] * inv;
+            ck_assert_msg(!memcmp(&want, &t->grad[k], 4), "%s[%zu]: %.9g, expected %.9g", t->name, k,
+                          (double)t->grad[k], (double)want);
+        }
+        off += t->numel;
+    }
+    ck_assert(signbit(w->grad[0]) && w->grad[0] == 0.0f);
+    /* scale 1: nothing to do */
+    ck_assert(eq_scaler_init(&s, false, 1.0, 0, 0, 0, &e) == EQ_OK);
+    float g0 = w->grad[1];
+    ck_assert(eq_scaler_unscale(&s, m, &dev, &e) == EQ_OK);
+    ck_assert(w->grad[1] == g0);
+    ck_assert_int_eq(eq_scaler_nonfinite(NULL, &n, &e), EQ_ERR_INVALID);
+    eq_backend_release(be, dev);
+    free(before);
+    eq_model_destroy(&m);
+    eq_backend_destroy(&be);
+}
+END_TEST
+
+/* ---- [train] keys ------------------------------------------------------------------ */
+
+static eq_status s_load(const char *cfg, const char *const *sets, size_t n, eq_experiment *x, eq_err *e)
+{
+    return eq_experiment_load(x, cfg, sets, n, NULL, e);
+}
+
+START_TEST(test_config)
+{
+    char *dir = eq_test_scratch("scaler-cfg");
+    char cfg[4200];
+    snprintf(cfg, sizeof cfg, "%s/c.cfg", dir);
+    FILE *f = fopen(cfg, "w");
+    ck_assert_ptr_nonnull(f);
+    fprintf(f, "[data]\nheight = 8\nwidth = 8\n");
+    fclose(f);
+    eq_experiment x;
+    eq_err e = { 0 };
+    ck_assert_msg(s_load(cfg, NULL, 0, &x, &e) == EQ_OK, "%s", e.msg);
+    ck_assert_int_eq(x.train.precision, EQ_PREC_FP32);
+    ck_assert_int_eq(x.model.precision, EQ_PREC_FP32);
+    ck_assert_int_eq(x.train.loss_scale_mode, EQ_LOSS_SCALE_NONE); /* auto, fp32 */
+    ck_assert(x.train.loss_scale_init == 65536 && x.train.loss_scale_growth_factor == 2 &&
+              x.train.loss_scale_backoff_factor == 0.5 && x.train.loss_scale_growth_interval == 2000);
+    const char *fp16[] = { "train.precision=fp16" };
+    ck_assert_msg(s_load(cfg, fp16, 1, &x, &e) == EQ_OK, "%s", e.msg);
+    ck_assert_int_eq(x.train.precision, EQ_PREC_FP16);
+    ck_assert_int_eq(x.model.precision, EQ_PREC_FP16);
+    ck_assert_int_eq(x.train.loss_scale_mode, EQ_LOSS_SCALE_DYNAMIC);
+    const char *bf16[] = { "train.precision=bf16" };
+    ck_assert_msg(s_load(cfg, bf16, 1, &x, &e) == EQ_OK, "%s", e.msg);
+    ck_assert_int_eq(x.model.precision, EQ_PREC_BF16);
+    ck_assert_int_eq(x.train.loss_scale_mode, EQ_LOSS_SCALE_NONE);
+    const char *fp16none[] = { "train.precision=fp16", "train.loss_scale=none" };
+    ck_assert(s_load(cfg, fp16none, 2, &x, &e) == EQ_OK);
+    ck_assert_int_eq(x.train.loss_scale_mode, EQ_LOSS_SCALE_NONE);
+    const char *dyn[] = { "train.loss_scale=dynamic", "train.loss_scale_init=1024",
+                          "train.loss_scale_growth_interval=5" };
+    ck_assert(s_load(cfg, dyn, 3, &x, &e) == EQ_OK);
+    ck_assert_int_eq(x.train.loss_scale_mode, EQ_LOSS_SCALE_DYNAMIC);
+    ck_assert(x.train.loss_scale_init == 1024 && x.train.loss_scale_growth_interval == 5);
+    const char *stat[] = { "train.loss_scale=128" };
+    ck_assert(s_load(cfg, stat, 1, &x, &e) == EQ_OK);
+    ck_assert_int_eq(x.train.loss_scale_mode, EQ_LOSS_SCALE_STATIC);
+    ck_assert(x.train.loss_scale_value == 128);
+    /* errors name the key and the value */
+    static const struct {
+        const char *set, *want1, *want2;
+    } bad[] = {
+        { "train.loss_scale=big", "loss_scale", "big" },
+        { "train.loss_scale=-4", "loss_scale", "-4" },
+        { "train.loss_scale=0", "loss_scale", "'0'" },
+        { "train.loss_scale=1e39", "loss_scale", "1e39" },
+        { "train.loss_scale=nan", "loss_scale", "nan" },
+        { "train.loss_scale_backoff_factor=1", "loss_scale_backoff_factor", "(0, 1)" },
+        { "train.loss_scale_backoff_factor=0", "loss_scale_backoff_factor", "(0, 1)" },
+        { "train.loss_scale_backoff_factor=1.5", "loss_scale_backoff_factor", "1.5" },
+        { "train.loss_scale_growth_factor=1", "loss_scale_growth_factor", "> 1" },
+        { "train.loss_scale_growth_factor=0.5", "loss_scale_growth_factor", "0.5" },
+        { "train.loss_scale_init=0", "loss_scale_init", "> 0" },
+        { "train.loss_scale_init=1e40", "loss_scale_init", "1e40" },
+        { "train.loss_scale_growth_interval=0", "loss_scale_growth_interval", "0" },
+        { "train.precision=fp8", "precision", "fp8" },
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        const char *sets[1] = { bad[i].set };
+        ck_assert_msg(s_load(cfg, sets, 1, &x, &e) == EQ_ERR_INVALID, "%s accepted", bad[i].set);
+        ck_assert_msg(strstr(e.msg, bad[i].want1) && strstr(e.msg, bad[i].want2), "%s: '%s' does not say %s and %s",
+                      bad[i].set, e.msg, bad[i].want1, bad[i].want2);
+    }
+    eq_test_scratch_rm(dir);
+}
+END_TEST
+
+/* ---- the real programs ---------------------------------------------------------------- */
+
+/* Start `argv` (argv[0] relative to $EQ_BUILDDIR) with output to `log`. */
+static pid_t s_spawn(char *const argv[], const char *log)
+{
+    const char *bd = getenv("EQ_BUILDDIR");
+    char prog[4096];
+    snprintf(prog, sizeof prog, "%s/%s", bd && *bd ? bd : ".", argv[0]);
+    ck_assert_msg(access(prog, X_OK) == 0, "%s not built", prog);
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        if (fd >= 0) {
+            dup2(fd, 1);
+            dup2(fd, 2);
+        }
+        execv(prog, argv);
+        _exit(127);
+    }
+    return pid;
+}
+
+static int s_wait(pid_t pid, int ms)
+{
+    for (int t = 0; t < ms; t += 20) {
+        int st;
+        pid_t p = waitpid(pid, &st, WNOHANG);
+        if (p == pid) return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+        usleep(20000);
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    return -1;
+}
+
+static void s_cat(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) return;
+    char line[1024];
+    fprintf(stderr, "--- %s\n", path);
+    while (fgets(line, sizeof line, f)) fputs(line, stderr);
+    fclose(f);
+}
+
+/* A tiny synthetic ImageFolder (4 classes x 16, 12x12x3), an experiment on
+ * it (the default one -- LSQ 4-bit, weight decay, SGDR -- at width 2, batch
+ * 16: 4 steps per epoch) and an eq-loader serving it. */
+typedef struct s_env {
+    char *dir;
+    char cfg[4200], ld_ep[4300];
+    pid_t loader;
+} s_env;
+
+static void s_env_up(s_env *v, const char *name)
+{
+    eq_err e = { 0 };
+    char path[4200], dsarg[4300], ld_ctl[4300], logp[4300];
+    v->dir = eq_test_scratch(name);
+    snprintf(path, sizeof path, "%s/ds", v->dir);
+    eq_synth_cfg sc = { .classes = 4, .train_per_class = 16, .val_per_class = 2, .mean_pixels = 600, .seed = 9,
+                        .nthreads = 1 };
+    ck_assert_msg(eq_synth_imagefolder(path, &sc, &e) == EQ_OK, "%s", e.msg);
+    snprintf(v->cfg, sizeof v->cfg, "%s/tiny.cfg", v->dir);
+    FILE *f = fopen(v->cfg, "w");
+    ck_assert_ptr_nonnull(f);
+    fprintf(f,
+            "[loader]\nthreads = 1\ndatasets = tiny=%s\n[data]\ndataset = tiny\nheight = 12\nwidth = 12\nchannels = 3\n"
+            "global_batch = 16\naug_train = center\naug_val = center\n[model]\nnum_classes = 4\nin_channels = 3\n"
+            "width_alpha = 0.125\n[train]\nname = amp\nmean = 0.5, 0.5, 0.5\nstd = 0.25, 0.25, 0.25\nthreads = 1\n"
+            "eval_every = 0\ntimeout_ms = 20000\n",
+            path);
+    fclose(f);
+    snprintf(v->ld_ep, sizeof v->ld_ep, "ipc://%s/loader", v->dir);
+    snprintf(ld_ctl, sizeof ld_ctl, "ipc://%s/loader.ctl", v->dir);
+    snprintf(dsarg, sizeof dsarg, "tiny=%s", path);
+    char *lav[] = { "eq-loader", "--bind", v->ld_ep, "--control", ld_ctl, "--threads", "1", "--dataset", dsarg, NULL };
+    snprintf(logp, sizeof logp, "%s/loader.log", v->dir);
+    v->loader = s_spawn(lav, logp);
+}
+
+static void s_env_down(s_env *v)
+{
+    kill(v->loader, SIGTERM);
+    s_wait(v->loader, 10000);
+    eq_test_scratch_rm(v->dir);
+}
+
+/* eq-trainer on v with out_dir dir/tag, the `sets` (NULL-ended) and
+ * optionally --resume; its exit status (the log is printed when it is not
+ * `expect`). */
+static int s_train(s_env *v, const char *tag, const char *const *sets, const char *resume, int expect)
+{
+    char out[4300], logp[4300];
+    snprintf(out, sizeof out, "train.out_dir=%s/%s", v->dir, tag);
+    snprintf(logp, sizeof logp, "%s/%s.log", v->dir, tag);
+    char *a[48];
+    int k = 0;
+    a[k++] = "eq-trainer", a[k++] = "--config", a[k++] = v->cfg, a[k++] = "--set", a[k++] = out;
+    for (int i = 0; sets && sets[i]; i++) a[k++] = "--set", a[k++] = (char *)sets[i];
+    if (resume) a[k++] = "--resume", a[k++] = (char *)resume;
+    a[k++] = "--loaders", a[k++] = v->ld_ep, a[k] = NULL;
+    int rc = s_wait(s_spawn(a, logp), 90000);
+    if (rc != expect) s_cat(logp);
+    ck_assert_msg(rc == expect, "eq-trainer %s: exit %d, expected %d", tag, rc, expect);
+    return rc;
+}
+
+/* How many lines of dir/tag.log contain `pat`. */
+static int s_log_count(s_env *v, const char *tag, const char *pat)
+{
+    char path[4300], line[2048];
+    snprintf(path, sizeof path, "%s/%s.log", v->dir, tag);
+    FILE *f = fopen(path, "r");
+    int n = 0;
+    while (f && fgets(line, sizeof line, f)) n += strstr(line, pat) != NULL;
+    if (f) fclose(f);
+    return n;
+}
+
+/* How many lines of `path` contain `pat`. */
+static int s_file_count(const char *path, const char *pat)
+{
+    char line[4096];
+    FILE *f = fopen(path, "r");
+    int n = 0;
+    while (f && fgets(line, sizeof line, f)) n += strstr(line, pat) != NULL;
+    if (f) fclose(f);
+    return n;
+}
+
+/* Two ranks of v with out_dir dir/tag and `sets`; logs dir/tag.rankR.log;
+ * both must exit 0. */
+static void s_two_ranks(s_env *v, const char *tag, const char *const *sets)
+{
+    char out[4300], ctl[4300], ring[2][4300], logp[2][4300];
+    snprintf(out, sizeof out, "train.out_dir=%s/%s", v->dir, tag);
+    snprintf(ctl, sizeof ctl, "ipc://%s/%s.ctl", v->dir, tag);
+    pid_t p[2];
+    for (int r = 0; r < 2; r++) {
+        snprintf(ring[r], sizeof ring[r], "ipc://%s/%s.ring%d", v->dir, tag, r);
+        snprintf(logp[r], sizeof logp[r], "%s/%s.rank%d.log", v->dir, tag, r);
+        char *a[48];
+        int k = 0;
+        a[k++] = "eq-trainer", a[k++] = "--config", a[k++] = v->cfg, a[k++] = "--set", a[k++] = out;
+        for (int i = 0; sets[i]; i++) a[k++] = "--set", a[k++] = (char *)sets[i];
+        a[k++] = "--loaders", a[k++] = v->ld_ep, a[k++] = r ? "--rendezvous" : "--control", a[k++] = ctl;
+        a[k++] = "--rank", a[k++] = r ? "1" : "0", a[k++] = "--world", a[k++] = "2", a[k++] = "--dist-bind";
+        a[k++] = ring[r], a[k] = NULL;
+        p[r] = s_spawn(a, logp[r]);
+    }
+    int rc0 = s_wait(p[0], 90000), rc1 = s_wait(p[1], 10000);
+    if (rc0 || rc1) {
+        s_cat(logp[0]);
+        s_cat(logp[1]);
+    }
+    ck_assert_msg(rc0 == 0 && rc1 == 0, "two ranks (%s): exit %d and %d", tag, rc0, rc1);
+}
+
+static eq_st_file *s_ckpt(s_env *v, const char *tag, const char *file)
+{
+    char p[4400];
+    eq_err e = { 0 };
+    snprintf(p, sizeof p, "%s/%s/%s", v->dir, tag, file);
+    eq_st_file *f = eq_st_open(p, NULL, &e);
+    ck_assert_msg(f != NULL, "%s", e.msg);
+    return f;
+}
+
+/* Every tensor of tag a's last checkpoint has the bits of tag b's. */
+static void s_same_bits(s_env *v, const char *a, const char *b)
+{
+    eq_st_file *fa = s_ckpt(v, a, "last.safetensors"), *fb = s_ckpt(v, b, "last.safetensors");
+    ck_assert_uint_eq(eq_st_count(fa), eq_st_count(fb));
+    ck_assert_uint_gt(eq_st_count(fa), 50);
+    for (size_t i = 0; i < eq_st_count(fa); i++) {
+        const char *nm = eq_st_name(fa, i);
+        long j = eq_st_find(fb, nm);
+        ck_assert_msg(j >= 0, "%s missing from %s", nm, b);
+        size_t na, nb;
+        const void *da = eq_st_data(fa, i, &na), *db = eq_st_data(fb, (size_t)j, &nb);
+        ck_assert_uint_eq(na, nb);
+        ck_assert_msg(!memcmp(da, db, na), "%s: %s and %s differ", nm, a, b);
+    }
+    fprintf(stderr, "%s and %s: %zu tensors, the same bits\n", a, b, eq_st_count(fa));
+    eq_st_close(&fa);
+    eq_st_close(&fb);
+}
+
+static const char *s_meta(eq_st_file *f, const char *key)
+{
+    const char *v = eq_st_meta_get(f, key);
+    return v ? v : "(absent)";
+}
+
+START_TEST(test_static_scale_same_bits)
+{
+    s_env v;
+    s_env_up(&v, "scaler-static");
+    const char *none[] = { "train.loss_scale=none", NULL };
+    const char *s1024[] = { "train.loss_scale=1024", NULL };
+    const char *big[] = { "train.loss_scale=1099511627776", NULL }; /* 2^40 */
+    const char *dyn[] = { "train.loss_scale=dynamic", "train.loss_scale_growth_interval=2", NULL };
+    const char *none2[] = { "train.loss_scale=none", "train.iter_size=2", NULL };
+    const char *dyn2[] = { "train.loss_scale=dynamic", "train.iter_size=2", NULL };
+    s_train(&v, "none", none, NULL, 0);
+    s_train(&v, "s1024", s1024, NULL, 0);
+    s_train(&v, "big", big, NULL, 0);
+    s_train(&v, "dyn", dyn, NULL, 0);
+    s_train(&v, "none2", none2, NULL, 0);
+    s_train(&v, "dyn2", dyn2, NULL, 0);
+    s_same_bits(&v, "none", "s1024");
+    s_same_bits(&v, "none", "big");
+    s_same_bits(&v, "none", "dyn");
+    s_same_bits(&v, "none2", "dyn2");
+    /* dyn grew twice in its 4 steps (interval 2) and skipped nothing */
+    eq_st_file *f = s_ckpt(&v, "dyn", "last.safetensors");
+    ck_assert_str_eq(s_meta(f, "loss_scale"), "262144");
+    ck_assert_str_eq(s_meta(f, "loss_scale_growth_tracker"), "0");
+    eq_st_close(&f);
+    ck_assert_int_eq(s_log_count(&v, "dyn", "optimiser step skipped"), 0);
+    ck_assert_int_eq(s_log_count(&v, "dyn", "0 optimiser step(s) skipped (inf/NaN gradients), loss scale 262144"), 1);
+    /* no scaling: no scaler metadata */
+    f = s_ckpt(&v, "none", "last.safetensors");
+    ck_assert_ptr_null(eq_st_meta_get(f, "loss_scale"));
+    eq_st_close(&f);
+    s_env_down(&v);
+}
+END_TEST
+
+/* What the trainer should do with a dynamic scale starting at `init`
+ * (backoff 0.5, no growth): the steps it skips before the first one whose
+ * gradients are finite, found in this process -- the same batches from the
+ * loader, forward/loss/backward on the initial weights (a skipped step
+ * changes no parameter) and the inf/NaN count. */
+static int s_expected_skips(s_env *v, double init, int max)
+{
+    eq_err e = { 0 };
+    eq_experiment x;
+    ck_assert_msg(eq_experiment_load(&x, v->cfg, NULL, 0, NULL, &e) == EQ_OK, "%s", e.msg);
+    eq_backend *be = eq_backend_cpu_new(1, &e);
+    ck_assert_msg(be != NULL, "%s", e.msg);
+    eq_model *m = eq_model_new_ot(be, &x.model, &x.wt, &x.fm, &x.ot, 16, 12, 12, &e);
+    ck_assert_msg(m != NULL, "%s", e.msg);
+    void *z = zmq_ctx_new();
+    const char *lds[1] = { v->ld_ep };
+    eq_feeder_cfg fc = { .loaders = lds, .nloaders = 1, .timeout_ms = 20000, .name = "scaler-ref" };
+    eq_feeder *fd = eq_feeder_new(z, &fc, &e);
+    ck_assert_msg(fd != NULL, "%s", e.msg);
+    eq_msg job;
+    eq_msg_job_ok ok;
+    int ji;
+    ck_assert_msg(eq_loader_data_job(&x.data, "train", &job, &e) == EQ_OK, "%s", e.msg);
+    ck_assert_msg(eq_feeder_add_job(fd, &job, &ok, &ji, &e) == EQ_OK, "%s", e.msg);
+    float *xin = malloc(16 * 12 * 12 * 3 * sizeof(float)), lam[16];
+    int32_t ya[16], yb[16];
+    ck_assert_ptr_nonnull(xin);
+    float scale = (float)init;
+    int skips = -1;
+    for (int g = 0; g < max && skips < 0; g++) {
+        int ep = g / 4, s = g % 4; /* 4 steps per epoch */
+        if (s == 0)
+            ck_assert_msg(eq_feeder_pass(fd, ji, (uint64_t)ep, 0, 4, 0, 16, UINT64_MAX, &e) == EQ_OK, "%s", e.msg);
+        eq_feeder_batch b;
+        bool mixed;
+        ck_assert_msg(eq_feeder_next(fd, &b, &e) == EQ_OK, "%s", e.msg);
+        ck_assert_msg(eq_train_stage(&b, 16, 4, x.train.mean, x.train.std, xin, ya, yb, lam, &mixed, &e) == EQ_OK,
+                      "%s", e.msg);
+        float loss;
+        int64_t n;
+        eq_model_set_noise_key(m, eq_rng_mix(eq_rng_mix((uint64_t)ep, (uint64_t)s), 0));
+        ck_assert_msg(eq_model_set_loss_scale(m, scale, &e) == EQ_OK, "%s", e.msg);
+        ck_assert_msg(eq_model_forward(m, xin, true, &e) == EQ_OK, "%s", e.msg);
+        ck_assert_msg(eq_model_loss(m, ya, NULL, NULL, 0, &loss, &e) == EQ_OK, "%s", e.msg);
+        ck_assert_msg(eq_model_backward(m, NULL, &e) == EQ_OK, "%s", e.msg);
+        ck_assert_msg(eq_scaler_nonfinite(m, &n, &e) == EQ_OK, "%s", e.msg);
+        fprintf(stderr, "reference epoch %d step %d: scale %g, %lld inf/NaN gradient values\n", ep, s, (double)scale,
+                (long long)n);
+        if (n == 0) skips = g;
+        scale = (float)((double)scale * 0.5);
+    }
+    free(xin);
+    eq_feeder_destroy(&fd);
+    zmq_ctx_term(z);
+    eq_model_destroy(&m);
+    eq_backend_destroy(&be);
+    return skips;
+}
+
+/* The model's initial parameters (the trainer builds the same). */
+static void s_initial_params(s_env *v, const char *tag, int64_t optim_steps)
+{
+    eq_err e = { 0 };
+    eq_experiment x;
+    ck_assert_msg(eq_experiment_load(&x, v->cfg, NULL, 0, NULL, &e) == EQ_OK, "%s", e.msg);
+    eq_backend *be = eq_backend_cpu_new(1, &e);
+    eq_model *m = eq_model_new_ot(be, &x.model, &x.wt, &x.fm, &x.ot, 16, 12, 12, &e);
+    ck_assert_msg(m != NULL, "%s", e.msg);
+    eq_st_file *f = s_ckpt(v, tag, "last.safetensors");
+    size_t nparam = 0, nopt = 0;
+    for (size_t i = 0; i < eq_model_tensor_count(m); i++) {
+        const eq_model_tensor *t = eq_model_tensor_at(m, i);
+        if (t->kind != EQ_MT_PARAM || t->quant) continue; /* LSQ's step sizes initialise on the first forward */
+        long j = eq_st_find(f, t->name);
+        ck_assert_int_ge(j, 0);
+        ck_assert_msg(!memcmp(eq_st_data(f, (size_t)j, NULL), t->data, t->numel * 4), "%s moved on a skipped step",
+                      t->name);
+        nparam++;
+    }
+    for (size_t i = 0; i < eq_st_count(f); i++) {
+        if (strncmp(eq_st_name(f, i), "optim.", 6)) continue;
+        size_t nb;
+        const float *d = eq_st_data(f, i, &nb);
+        for (size_t k = 0; k < nb / 4; k++) ck_assert_msg(d[k] == 0.0f, "%s is not zero", eq_st_name(f, i));
+        nopt++;
+    }
+    char want[32];
+    snprintf(want, sizeof want, "%lld", (long long)optim_steps);
+    ck_assert_str_eq(s_meta(f, "optim_steps"), want);
+    ck_assert_uint_gt(nparam, 10);
+    ck_assert_uint_gt(nopt, 10);
+    eq_st_close(&f);
+    eq_model_destroy(&m);
+    eq_backend_destroy(&be);
+}
+
+START_TEST(test_dynamic_overflow)
+{
+    s_env v;
+    s_env_up(&v, "scaler-overflow");
+    /* 2^127: fp32's largest power of two; the backward overflows */
+    const double init = ldexp(1, 127);
+    int K = s_expected_skips(&v, init, 60);
+    fprintf(stderr, "reference: %d skipped steps from 2^127\n", K);
+    ck_assert_msg(K >= 1, "the reference found no step to skip from 2^127");
+    /* the trainer over the epochs (of 4 steps) that hold step K, no growth */
+    char ep[64];
+    snprintf(ep, sizeof ep, "schedule.epochs=%d", K / 4 + 1);
+    const char *run[] = { "train.loss_scale=dynamic", "train.loss_scale_init=1.7014118346046923e38",
+                          "train.loss_scale_growth_interval=1000", ep, NULL };
+    s_train(&v, "dyn", run, NULL, 0);
+    ck_assert_int_eq(s_log_count(&v, "dyn", "optimiser step skipped"), K);
+    char pat[128];
+    for (int s = 0; s < K; s++) {
+        snprintf(pat, sizeof pat, "epoch %d step %d: ", s / 4, s % 4);
+        ck_assert_msg(s_log_count(&v, "dyn", pat) == 1, "step %d was not skipped", s);
+    }
+    /* the scale after K backoffs, in the checkpoint */
+    eq_st_file *f = s_ckpt(&v, "dyn", "last.safetensors");
+    char want[64];
+    snprintf(want, sizeof want, "%.17g", ldexp(1, 127 - K));
+    ck_assert_str_eq(s_meta(f, "loss_scale"), want);
+    eq_st_close(&f);
+    /* metrics.jsonl: the epoch lines carry the skips and the scale */
+    char mpath[4400];
+    snprintf(mpath, sizeof mpath, "%s/dyn/metrics.jsonl", v.dir);
+    snprintf(pat, sizeof pat, "\"kind\":\"epoch\",\"epoch\":0,");
+    ck_assert_int_eq(s_file_count(mpath, pat), 1);
+    snprintf(pat, sizeof pat, "\"skipped\":%d}", K < 4 ? K : 4);
+    ck_assert_int_ge(s_file_count(mpath, pat), 1);
+    /* the skipped steps alone: parameters and optimiser state untouched */
+    char ep2[64];
+    const char *only[] = { "train.loss_scale=dynamic", "train.loss_scale_init=1.7014118346046923e38",
+                           "train.loss_scale_growth_interval=1000", ep2, NULL };
+    if (K % 4 == 0) {
+        snprintf(ep2, sizeof ep2, "schedule.epochs=%d", K / 4);
+    } else if (K < 4) {
+        snprintf(ep2, sizeof ep2, "train.max_steps=%d", K);
+    } else {
+        fprintf(stderr, "%d skipped steps: not a whole number of epochs, the parameters are not checked\n", K);
+        s_env_down(&v);
+        return;
+    }
+    s_train(&v, "skipped", only, NULL, 0);
+    s_initial_params(&v, "skipped", 0);
+    snprintf(pat, sizeof pat, "%d optimiser step(s) skipped (inf/NaN gradients)", K < 4 ? K : 4);
+    ck_assert_int_eq(s_log_count(&v, "skipped", pat), K < 4 ? 1 : K / 4);
+    /* two ranks: the gradients are averaged before the test, so both ranks
+     * find the same inf/NaN and skip the same steps (a rank that stepped
+     * alone would leave the ranks' weights apart; here both report the
+     * same counts and finish) */
+    s_two_ranks(&v, "dp", run);
+    for (int r = 0; r < 2; r++) {
+        char tag[16];
+        snprintf(tag, sizeof tag, "dp.rank%d", r);
+        snprintf(pat, sizeof pat, "epoch 0 loss scaling: %d optimiser step(s) skipped", K < 4 ? K : 4);
+        ck_assert_msg(s_log_count(&v, tag, pat) == 1, "rank %d: no '%s'", r, pat);
+    }
+    s_env_down(&v);
+}
+END_TEST
+
+START_TEST(test_resume)
+{
+    s_env v;
+    s_env_up(&v, "scaler-resume");
+    /* two epochs of 4 steps, growth every 3 successes: after epoch 0 the
+     * scale grew once and the tracker is 1; resumed from there the second
+     * epoch ends with the bits and the scaler state of the uninterrupted run */
+    const char *dyn[] = { "train.loss_scale=dynamic", "train.loss_scale_init=256", "train.loss_scale_growth_interval=3",
+                          "schedule.epochs=2", NULL };
+    s_train(&v, "full", dyn, NULL, 0);
+    eq_st_file *f = s_ckpt(&v, "full", "epoch0.safetensors");
+    ck_assert_str_eq(s_meta(f, "loss_scale"), "512");
+    ck_assert_str_eq(s_meta(f, "loss_scale_growth_tracker"), "1");
+    eq_st_close(&f);
+    f = s_ckpt(&v, "full", "last.safetensors");
+    ck_assert_str_eq(s_meta(f, "loss_scale"), "1024"); /* grew after the 3rd and 6th step */
+    ck_assert_str_eq(s_meta(f, "loss_scale_growth_tracker"), "2");
+    eq_st_close(&f);
+    char from[4400];
+    snprintf(from, sizeof from, "%s/full/epoch0.safetensors", v.dir);
+    s_train(&v, "resumed", dyn, from, 0);
+    ck_assert_int_eq(s_log_count(&v, "resumed", "loss scale 512, growth tracker 1 from"), 1);
+    s_same_bits(&v, "full", "resumed");
+    f = s_ckpt(&v, "resumed", "last.safetensors");
+    ck_assert_str_eq(s_meta(f, "loss_scale"), "1024");
+    ck_assert_str_eq(s_meta(f, "loss_scale_growth_tracker"), "2");
+    eq_st_close(&f);
+    /* a checkpoint without scaler state (a run without loss scaling, as an
+     * older checkpoint): loss_scale_init, tracker 0 -> grows after steps 3
+     * of the resumed epoch only */
+    const char *none[] = { "train.loss_scale=none", "schedule.epochs=2", NULL };
+    s_train(&v, "plain", none, NULL, 0);
+    snprintf(from, sizeof from, "%s/plain/epoch0.safetensors", v.dir);
+    s_train(&v, "fromplain", dyn, from, 0);
+    ck_assert_int_eq(s_log_count(&v, "fromplain", "holds no loss scale: starting at loss_scale_init 256"), 1);
+    f = s_ckpt(&v, "fromplain", "last.safetensors");
+    ck_assert_str_eq(s_meta(f, "loss_scale"), "512");
+    ck_assert_str_eq(s_meta(f, "loss_scale_growth_tracker"), "1");
+    eq_st_close(&f);
+    s_same_bits(&v, "plain", "fromplain"); /* fp32, powers of two: the same weights */
+    s_env_down(&v);
+}
+END_TEST
+
+static Suite *s_suite(void)
+{
+    Suite *s = suite_create("scaler");
+    TCase *tc = tcase_create("unit");
+    tcase_set_timeout(tc, 20);
+    tcase_add_test(tc, test_update_rule);
+    tcase_add_test(tc, test_init_errors);
+    tcase_add_test(tc, test_model_ops);
+    tcase_add_test(tc, test_config);
+    suite_add_tcase(s, tc);
+    TCase *tp = tcase_create("programs");
+    tcase_set_timeout(tp, 240);
+    tcase_add_test(tp, test_static_scale_same_bits);
+    tcase_add_test(tp, test_dynamic_overflow);
+    tcase_add_test(tp, test_resume);
+    suite_add_tcase(s, tp);
+    return s;
+}
+
+int main(void) { return eq_test_run(s_suite()); }
