@@ -285,22 +285,32 @@ START_TEST(test_nonfinite)
 END_TEST
 
 /* GPU result g against the CPU's fp32 result c of the same representable
- * operands.  g comes from a narrow convolution, so it is a value of the
+ * operands.  g comes from a 16-bit convolution, so it is a value of the
  * precision (checked bitwise); it differs from c by that rounding (at most
  * u = 2^-8 bf16, 2^-11 fp16 relative per element) plus the summation order
- * (fp32 accumulation in another order): norm-wise within u + 1e-5.  After
- * rounding c too, they are equal except where c lies so close to a
- * rounding boundary that the summation order decides: at most 0.1 % of
- * the elements (plus one, for the arrays of a few hundred elements). */
+ * (fp32 accumulation in another order): norm-wise within u + 1e-5 (1e-5
+ * alone cannot hold: the output's rounding is u-sized).  After rounding c
+ * too, they are equal except where c lies so close to a rounding boundary
+ * that the summation order decides: each such g is the neighbour of
+ * round(c) with c within 1/64 of their spacing of the midpoint (the orders
+ * differ by about 1e-6 relative, 2^-8 ulp of fp16 at most), and there are
+ * at most 0.1 % of them for bf16 (plus one, for arrays of a few hundred).
+ * fp16's grid is 8x finer, so a 300-term sum lands that close to a
+ * midpoint in about 0.1 % of the elements by itself: 0.5 % (plus one). */
 static void s_cmp_prec(const char *what, eq_precision p, const s_buf *b)
 {
     float *c = s_down(g_cpu, b->c, b->n), *g = s_down(g_gpu, b->g, b->n);
-    size_t notrep = 0, diff = 0;
+    size_t notrep = 0, diff = 0, far = 0, far_i = 0;
     for (size_t i = 0; i < b->n; i++) {
+        float r = eq_precision_round(p, c[i]);
         notrep += s_bits(eq_precision_round(p, g[i])) != s_bits(g[i]);
-        diff += s_bits(eq_precision_round(p, c[i])) != s_bits(g[i]);
+        if (s_bits(r) == s_bits(g[i])) continue;
+        diff++;
+        double mid = 0.5 * ((double)r + (double)g[i]);
+        if (!(fabs((double)c[i] - mid) <= fabs((double)g[i] - (double)r) / 64)) far_i = i, far++;
     }
     double u = p == EQ_PREC_BF16 ? 1.0 / 256 : 1.0 / 2048;
+    size_t allowed = (p == EQ_PREC_BF16 ? b->n / 1000 : b->n / 200) + 1;
     double e = eq_test_relerr(g, c, b->n);
     printf("%s %s: relative error %.3g (u %.3g), %zu of %zu differ after rounding\n", what,
            eq_precision_name(p), e, u, diff, b->n);
@@ -308,8 +318,13 @@ static void s_cmp_prec(const char *what, eq_precision p, const s_buf *b)
                   eq_precision_name(p), notrep, eq_precision_name(p), (unsigned long long)g_seed);
     ck_assert_msg(e <= u + TOL, "%s %s: relative error %.3g > %.3g (seed %llu)", what,
                   eq_precision_name(p), e, u + TOL, (unsigned long long)g_seed);
-    ck_assert_msg(diff <= b->n / 1000 + 1, "%s %s: %zu of %zu differ after rounding (seed %llu)",
-                  what, eq_precision_name(p), diff, b->n, (unsigned long long)g_seed);
+    ck_assert_msg(far == 0,
+                  "%s %s: %zu results differ from the rounded fp32 result away from a rounding "
+                  "midpoint, e.g. [%zu]: %.9g vs fp32 %.9g (seed %llu)",
+                  what, eq_precision_name(p), far, far_i, (double)g[far_i], (double)c[far_i],
+                  (unsigned long long)g_seed);
+    ck_assert_msg(diff <= allowed, "%s %s: %zu of %zu differ after rounding, > %zu (seed %llu)",
+                  what, eq_precision_name(p), diff, b->n, allowed, (unsigned long long)g_seed);
     free(c);
     free(g);
 }
