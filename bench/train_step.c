@@ -6,7 +6,7 @@
  *
  *   bench/train_step [--model resnet20|resnet18] [--batch N] [--size S]
  *                    [--threads T] [--iters N] [--no-quant] [--no-torch]
- *                    [--python PATH] [--script PATH]
+ *                    [--precision fp32|bf16|fp16] [--python PATH] [--script PATH]
  *
  * resnet20: the original's CIFAR ResNet-20 (width_alpha 0.25 = 16/32/64
  * channels; origin, cbsa, fix_pooling, singleconv, fix, real_skip, which is
@@ -15,6 +15,13 @@
  * batch 16, 1000 classes.  eq also runs the network with 2-bit LSQ weights
  * and activations (every block conv) to show the fake-quantization
  * overhead (PyTorch has no equivalent module, so no ratio there).
+ *
+ * --precision bf16|fp16 adds eq's mixed-precision step (doc/precision.md;
+ * on the CPU backend an emulation: activations and gradients rounded, the
+ * arithmetic fp32, so it costs time instead of saving it) with its overhead
+ * over the fp32 step, and for bf16 PyTorch's CPU autocast step
+ * (torch.autocast("cpu", dtype=torch.bfloat16), real bf16 kernels) in each
+ * memory format as its peer; PyTorch 1.13's CPU autocast has no fp16.
  *
  * Times are the best of --iters steps after one warm-up step (the least
  * disturbed on a shared machine), for both sides; eq also prints cpu_ms,
@@ -63,8 +70,8 @@ static double s_cpu_sec(void)
  * *cpu_best: the least CPU time (all threads) one step used, which a busy
  * machine disturbs less than the wall time. */
 static double s_run(const char *arch, const char *kw, double alpha, int64_t classes, int quant,
-                    int threads, int64_t n, int64_t s, int iters, const float *x, const int32_t *y,
-                    double *cpu_best)
+                    int prec, int threads, int64_t n, int64_t s, int iters, const float *x,
+                    const int32_t *y, double *cpu_best)
 {
     *cpu_best = -1;
     eq_err err = {0};
@@ -91,6 +98,7 @@ static double s_run(const char *arch, const char *kw, double alpha, int64_t clas
     }
     mc.width_alpha = alpha;
     mc.num_classes = classes;
+    mc.precision = prec; /* after eq_model_config_sections, which resets it */
     if (quant) {
         wt.enable = fm.enable = true;
         snprintf(wt.method, sizeof wt.method, "lsq");
@@ -114,7 +122,9 @@ static double s_run(const char *arch, const char *kw, double alpha, int64_t clas
         if (it > 0 && (*cpu_best < 0 || dc < *cpu_best)) *cpu_best = dc;
     }
 out:
-    if (best < 0) fprintf(stderr, "train_step: %s%s: %s\n", arch, quant ? " (lsq)" : "", err.msg);
+    if (best < 0)
+        fprintf(stderr, "train_step: %s%s %s: %s\n", arch, quant ? " (lsq)" : "",
+                eq_precision_name((eq_precision)prec), err.msg);
     eq_optim_destroy(&o);
     eq_model_destroy(&m);
     eq_backend_destroy(&be);
@@ -125,14 +135,14 @@ static void s_usage(FILE *f)
 {
     fprintf(f, "usage: bench/train_step [--model resnet20|resnet18] [--batch N] [--size S]\n"
                "                        [--threads T] [--iters N] [--no-quant] [--no-torch]\n"
-               "                        [--python PATH] [--script PATH]\n");
+               "                        [--precision fp32|bf16|fp16] [--python PATH] [--script PATH]\n");
 }
 
 int main(int argc, char **argv)
 {
     const char *model = "resnet20", *python = "/usr/bin/python3";
     const char *script = EQ_BENCH_DIR "/train_step.py";
-    int threads = 2, iters = 3, torch = 1, quant = 1;
+    int threads = 2, iters = 3, torch = 1, quant = 1, prec = EQ_PREC_FP32;
     int64_t batch = 0, size = 0;
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},  {"batch", required_argument, 0, 'b'},
@@ -140,6 +150,7 @@ int main(int argc, char **argv)
         {"iters", required_argument, 0, 'i'},  {"no-quant", no_argument, 0, 'Q'},
         {"no-torch", no_argument, 0, 'T'},     {"python", required_argument, 0, 'p'},
         {"script", required_argument, 0, 'S'}, {"help", no_argument, 0, 'h'},
+        {"precision", required_argument, 0, 'P'},
         {0, 0, 0, 0}};
     int c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -153,6 +164,12 @@ int main(int argc, char **argv)
         case 'T': torch = 0; break;
         case 'p': python = optarg; break;
         case 'S': script = optarg; break;
+        case 'P':
+            if ((prec = eq_precision_parse(optarg)) < 0) {
+                fprintf(stderr, "train_step: --precision %s: expected fp32, bf16 or fp16\n", optarg);
+                return 2;
+            }
+            break;
         case 'h': s_usage(stdout); return 0;
         default: s_usage(stderr); return 2;
         }
@@ -190,14 +207,26 @@ int main(int argc, char **argv)
     printf("model %s %lldx%lld batch %lld threads %d (best of %d steps: forward, loss, backward, "
            "SGD)\n", model, (long long)size, (long long)size, (long long)batch, threads, iters);
     double c_fp, c_q;
-    double t_fp = s_run(arch, kw, alpha, classes, 0, threads, batch, size, iters, x, y, &c_fp);
+    double t_fp = s_run(arch, kw, alpha, classes, 0, EQ_PREC_FP32, threads, batch, size, iters, x, y, &c_fp);
     double rss = s_peak_rss_mb();
     if (t_fp < 0) return 1;
     double ips = (double)batch / t_fp;
     printf("%-22s step_ms=%9.1f images/s=%8.1f peak_rss_mb=%.0f cpu_ms=%.1f\n", "eq fp32",
            t_fp * 1e3, ips, rss, c_fp * 1e3);
+    double ips_p = 0;
+    if (prec != EQ_PREC_FP32) {
+        double c_p, t_p = s_run(arch, kw, alpha, classes, 0, prec, threads, batch, size, iters, x, y, &c_p);
+        if (t_p < 0) return 1;
+        char label[32];
+        snprintf(label, sizeof label, "eq %s (emulated)", eq_precision_name((eq_precision)prec));
+        ips_p = (double)batch / t_p;
+        printf("%-22s step_ms=%9.1f images/s=%8.1f rounding overhead %+.1f%% of the fp32 step "
+               "cpu_ms=%.1f (%+.1f%%)\n",
+               label, t_p * 1e3, ips_p, 100.0 * (t_p - t_fp) / t_fp, c_p * 1e3,
+               100.0 * (c_p - c_fp) / c_fp);
+    }
     if (quant) {
-        double t_q = s_run(arch, kw, alpha, classes, 1, threads, batch, size, iters, x, y, &c_q);
+        double t_q = s_run(arch, kw, alpha, classes, 1, EQ_PREC_FP32, threads, batch, size, iters, x, y, &c_q);
         if (t_q < 0) return 1;
         printf("%-22s step_ms=%9.1f images/s=%8.1f fake-quant overhead %+.1f%% of the step "
                "cpu_ms=%.1f (%+.1f%%)\n",
@@ -219,8 +248,9 @@ int main(int argc, char **argv)
         return 1;
     }
     char cmd[8192];
-    snprintf(cmd, sizeof cmd, "'%s' '%s' --model %s --batch %lld --size %lld --threads %d --iters %d --input '%s' 2>&1",
-             python, script, model, (long long)batch, (long long)size, threads, iters, path);
+    snprintf(cmd, sizeof cmd, "'%s' '%s' --model %s --batch %lld --size %lld --threads %d --iters %d --precision %s --input '%s' 2>&1",
+             python, script, model, (long long)batch, (long long)size, threads, iters,
+             eq_precision_name((eq_precision)prec), path);
     FILE *p = popen(cmd, "r");
     if (!p) {
         perror("popen");
@@ -228,7 +258,7 @@ int main(int argc, char **argv)
         return 1;
     }
     char line[512];
-    double best_torch = 0;
+    double best_torch = 0, best_torch_p = 0; /* fp32; autocast (format "<fmt>+bf16") */
     while (fgets(line, sizeof line, p)) {
         char fmt[32];
         double ms, tips, trss, tcpu = -1;
@@ -238,7 +268,11 @@ int main(int argc, char **argv)
             snprintf(label, sizeof label, "torch %s", fmt);
             printf("%-22s step_ms=%9.1f images/s=%8.1f peak_rss_mb=%.0f cpu_ms=%.1f\n", label, ms,
                    tips, trss, tcpu);
-            if (tips > best_torch) best_torch = tips;
+            if (strchr(fmt, '+')) {
+                if (tips > best_torch_p) best_torch_p = tips;
+            } else if (tips > best_torch) {
+                best_torch = tips;
+            }
         } else {
             fputs(line, stdout);
         }
@@ -247,6 +281,9 @@ int main(int argc, char **argv)
     unlink(path);
     if (best_torch > 0)
         printf("ratio eq/torch (images/s, vs torch's faster format): %.2f\n", ips / best_torch);
+    if (best_torch_p > 0 && ips_p > 0)
+        printf("ratio eq %s/torch autocast (images/s, vs its faster format): %.2f\n",
+               eq_precision_name((eq_precision)prec), ips_p / best_torch_p);
     else
         printf("torch: not available (exit %d; is python3-torch installed?)\n", rc);
 done:

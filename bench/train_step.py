@@ -6,7 +6,10 @@ memory format:
     torch <format> step_ms=<best> images/s=<from best> peak_rss_mb=<process peak>
 (best of --iters after one warm-up step, as bench/train_step reports its own).
 --input holds the batch as bench/train_step wrote it: float32 NHWC images,
-then int32 labels."""
+then int32 labels.  --precision bf16 adds the step under
+torch.autocast("cpu", dtype=torch.bfloat16) in each format, printed as
+"torch <format>+bf16"; fp16 has no CPU autocast in PyTorch 1.13 (a note
+is printed instead)."""
 import argparse
 import resource
 import time
@@ -25,6 +28,7 @@ ap.add_argument("--size", type=int, required=True)
 ap.add_argument("--threads", type=int, required=True)
 ap.add_argument("--iters", type=int, default=3)
 ap.add_argument("--input", required=True)
+ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
 a = ap.parse_args()
 torch.set_num_threads(a.threads)
 torch.manual_seed(0)
@@ -61,7 +65,12 @@ raw = np.fromfile(a.input, dtype=np.uint8)
 x = torch.from_numpy(raw[: n * s * s * 3 * 4].view(np.float32).reshape(n, s, s, 3).copy())
 y = torch.from_numpy(raw[n * s * s * 3 * 4:].view(np.int32).astype(np.int64))
 x = x.permute(0, 3, 1, 2).contiguous()
-for fmt in ("nchw", "channels_last"):
+runs = [(f, False) for f in ("nchw", "channels_last")]
+if a.precision == "bf16":
+    runs += [(f, True) for f in ("nchw", "channels_last")]
+elif a.precision == "fp16":
+    print("torch: no fp16 autocast on the CPU in PyTorch %s: no peer row" % torch.__version__, flush=True)
+for fmt, amp in runs:
     mf = torch.channels_last if fmt == "channels_last" else torch.contiguous_format
     model = ResNet20() if a.model == "resnet20" else torchvision.models.resnet18(num_classes=1000)
     model = model.to(memory_format=mf).train()
@@ -71,7 +80,9 @@ for fmt in ("nchw", "channels_last"):
     for it in range(a.iters + 1):
         t0, c0 = time.perf_counter(), time.process_time()
         opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(xf), y)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            logits = model(xf)
+        loss = F.cross_entropy(logits.float(), y)
         loss.backward()
         opt.step()
         dt, dc = time.perf_counter() - t0, time.process_time() - c0
@@ -81,4 +92,4 @@ for fmt in ("nchw", "channels_last"):
     best = min(times)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     print("torch %s step_ms=%.1f images/s=%.1f peak_rss_mb=%.0f cpu_ms=%.1f"
-          % (fmt, best * 1e3, n / best, rss, min(cpus) * 1e3), flush=True)
+          % (fmt + ("+bf16" if amp else ""), best * 1e3, n / best, rss, min(cpus) * 1e3), flush=True)
