@@ -10,8 +10,12 @@
  * scale that never overflows give the bits of no scaling; a huge initial
  * scale overflows, skips exactly the steps an in-process reference finds
  * (parameters and optimiser state unchanged, then backs off until a step
- * succeeds); checkpoint/resume carries the scale and growth tracker, and a
- * checkpoint without them resumes at loss_scale_init.
+ * succeeds; two ranks skip the same steps); checkpoint/resume carries the
+ * scale and growth tracker, and a checkpoint without them resumes at
+ * loss_scale_init; precision fp16 (the layer graph's rounding, emulated on
+ * the CPU) overflows at 65536 where fp32 does not, backs off and trains,
+ * and bf16 without scaling trains.  EQ_SCALER_KEEP=1 keeps the programs'
+ * scratch folders (logs, checkpoints).
  */
 #include <fcntl.h>
 #include <float.h>
@@ -377,7 +381,10 @@ static void s_env_down(s_env *v)
 {
     kill(v->loader, SIGTERM);
     s_wait(v->loader, 10000);
-    eq_test_scratch_rm(v->dir);
+    if (getenv("EQ_SCALER_KEEP")) /* logs and checkpoints for a look */
+        fprintf(stderr, "kept %s\n", v->dir);
+    else
+        eq_test_scratch_rm(v->dir);
 }
 
 /* eq-trainer on v with out_dir dir/tag, the `sets` (NULL-ended) and
@@ -728,6 +735,91 @@ START_TEST(test_resume)
 }
 END_TEST
 
+/* The number in the last "N optimiser step(s) skipped" line of tag's log
+ * (-1: none). */
+static int s_skipped(s_env *v, const char *tag)
+{
+    char path[4300], line[2048];
+    snprintf(path, sizeof path, "%s/%s.log", v->dir, tag);
+    FILE *f = fopen(path, "r");
+    int n = -1;
+    while (f && fgets(line, sizeof line, f)) {
+        char *p = strstr(line, " optimiser step(s) skipped");
+        if (!p) continue;
+        while (p > line && p[-1] >= '0' && p[-1] <= '9') p--;
+        n = atoi(p);
+    }
+    if (f) fclose(f);
+    return n;
+}
+
+/* Did training move fc.weight away from tag b's (bitwise)? */
+static bool s_differ(s_env *v, const char *a, const char *b, const char *name)
+{
+    eq_st_file *fa = s_ckpt(v, a, "last.safetensors"), *fb = s_ckpt(v, b, "last.safetensors");
+    long i = eq_st_find(fa, name), j = eq_st_find(fb, name);
+    ck_assert(i >= 0 && j >= 0);
+    size_t na, nb;
+    const float *da = eq_st_data(fa, (size_t)i, &na), *db = eq_st_data(fb, (size_t)j, &nb);
+    ck_assert_uint_eq(na, nb);
+    bool differ = memcmp(da, db, na) != 0;
+    for (size_t k = 0; k < na / 4; k++) ck_assert_msg(isfinite(da[k]) && isfinite(db[k]), "%s[%zu] not finite", name, k);
+    eq_st_close(&fa);
+    eq_st_close(&fb);
+    return differ;
+}
+
+/* fp16 and bf16 through the layer graph (an emulation on the CPU backend):
+ * the default fp16 run (dynamic from 65536) overflows where fp32 from the
+ * same scale does not (fp16's range ends at 65504), backs off until steps
+ * succeed and trains; a bf16 run (no scaling by default) trains.  Both end
+ * with finite losses and weights that differ from fp32's. */
+START_TEST(test_fp16_bf16)
+{
+    s_env v;
+    s_env_up(&v, "scaler-fp16");
+    const char *f32[] = { "schedule.epochs=2", "train.loss_scale=dynamic", NULL };
+    const char *f16[] = { "schedule.epochs=2", "train.precision=fp16", NULL };
+    const char *b16[] = { "schedule.epochs=2", "train.precision=bf16", NULL };
+    const char *plain[] = { "schedule.epochs=2", NULL };
+    s_train(&v, "fp32", f32, NULL, 0);
+    s_train(&v, "plain", plain, NULL, 0);
+    s_train(&v, "fp16", f16, NULL, 0);
+    s_train(&v, "bf16", b16, NULL, 0);
+    /* fp32 from 65536: nothing overflows, the bits of no scaling */
+    ck_assert_int_eq(s_log_count(&v, "fp32", "optimiser step skipped"), 0);
+    s_same_bits(&v, "fp32", "plain");
+    /* fp16 from 65536: overflows, backs off, then steps */
+    int sk = s_log_count(&v, "fp16", "optimiser step skipped");
+    eq_st_file *f = s_ckpt(&v, "fp16", "last.safetensors");
+    const char *ls = s_meta(f, "loss_scale");
+    fprintf(stderr, "fp16 from 65536: %d of 8 steps skipped, loss scale %s at the end\n", sk, ls);
+    ck_assert_msg(sk >= 1 && sk < 8, "fp16 from 65536: %d of 8 steps skipped", sk);
+    ck_assert_msg(strtod(ls, NULL) < 65536.0 && strtod(ls, NULL) >= 1.0, "fp16: loss scale %s at the end", ls);
+    char want[64];
+    snprintf(want, sizeof want, "%d", 8 - sk); /* the optimiser stepped on the other steps */
+    ck_assert_str_eq(s_meta(f, "optim_steps"), want);
+    eq_st_close(&f);
+    ck_assert_int_eq(s_log_count(&v, "fp16", "precision fp16 on the cpu backend is an emulation"), 1);
+    ck_assert_int_eq(s_log_count(&v, "fp16", "inf/NaN gradient values at loss scale 65536: optimiser step skipped; "
+                                             "loss scale now 32768"),
+                     1);
+    ck_assert_msg(s_differ(&v, "fp16", "plain", "fc.weight"), "fp16: the weights of fp32");
+    /* bf16: no scaling by default, trains, rounds */
+    f = s_ckpt(&v, "bf16", "last.safetensors");
+    ck_assert_ptr_null(eq_st_meta_get(f, "loss_scale"));
+    ck_assert_str_eq(s_meta(f, "optim_steps"), "8");
+    eq_st_close(&f);
+    ck_assert_int_eq(s_skipped(&v, "bf16"), -1);
+    ck_assert_int_eq(s_log_count(&v, "bf16", "precision bf16 on the cpu backend is an emulation"), 1);
+    ck_assert_msg(s_differ(&v, "bf16", "plain", "fc.weight"), "bf16: the weights of fp32 (nothing rounded?)");
+    /* every run's losses are finite (a NaN/inf loss would have stopped it) */
+    const char *tags[] = { "fp16", "bf16" };
+    for (int i = 0; i < 2; i++) ck_assert_int_ge(s_log_count(&v, tags[i], "epoch 1 done: mean loss "), 1);
+    s_env_down(&v);
+}
+END_TEST
+
 static Suite *s_suite(void)
 {
     Suite *s = suite_create("scaler");
@@ -743,6 +835,7 @@ static Suite *s_suite(void)
     tcase_add_test(tp, test_static_scale_same_bits);
     tcase_add_test(tp, test_dynamic_overflow);
     tcase_add_test(tp, test_resume);
+    tcase_add_test(tp, test_fp16_bf16);
     suite_add_tcase(s, tp);
     return s;
 }

@@ -8,7 +8,8 @@
 # exits 2; a loader that cannot start makes the run fail with 1; Ctrl-C
 # (SIGINT) stops everything with exit 3 and a checkpoint; with two loaders,
 # one killed by SIGKILL mid-run, training goes on and every val sample is
-# counted once.  Every wait is bounded.
+# counted once; precision fp16 (dynamic loss scaling) trains and reports
+# its scale; a bad loss_scale exits 2.  Every wait is bounded.
 set -u
 
 B=${EQ_BUILDDIR:-.}
@@ -343,6 +344,29 @@ else
     cat "$T/run9c.out" "$T/run9c.err"
     dump "$T/out9c/logs/trainer.log"
 fi
+
+# 10. Mixed precision through `eqctl run` (an emulation on the CPU
+# backend): fp16 with its default dynamic loss scaling trains two epochs to
+# finite losses; the epoch lines carry the scale and the skipped steps; a
+# bad loss_scale is refused before anything starts, naming key and value.
+timeout 120 "$CTL" run "$T/tiny.cfg" --set schedule.epochs=2 --set train.precision=fp16 \
+    --set "train.out_dir=$T/out10" >"$T/run10.out" 2>"$T/run10.err"
+rc=$?
+M10=$T/out10/metrics.jsonl
+ne=$(grep '"kind":"epoch"' "$M10" 2>/dev/null | grep -c '"loss_scale":[0-9][^,]*,"skipped":[0-9]')
+if [ $rc -eq 0 ] && [ "$ne" -eq 2 ] && ! grep '"kind":"epoch"' "$M10" | grep -q '"loss":\(nan\|inf\|-inf\)' &&
+    grep -q "precision fp16 on the cpu backend is an emulation" "$T/out10/logs/trainer.log"; then
+    ok "precision fp16: 2 epochs, loss scale and skipped steps in metrics.jsonl ($(grep '"kind":"epoch"' "$M10" |
+        tail -n 1 | grep -o '"loss_scale":[^}]*'))"
+else
+    bad "precision fp16: exit $rc, $ne epoch lines with a loss scale"
+    cat "$T/run10.out" "$T/run10.err"
+    dump "$T/out10/logs/trainer.log" "$M10"
+fi
+timeout 20 "$CTL" run "$T/tiny.cfg" --set train.loss_scale=huge >"$T/run10b.out" 2>&1
+rc=$?
+[ $rc -eq 2 ] && grep -q "loss_scale = 'huge'" "$T/run10b.out" && ok "bad loss_scale: exit 2 naming it" ||
+    bad "bad loss_scale: exit $rc: $(cat "$T/run10b.out")"
 
 # No process of ours is left behind.
 sleep 0.2
