@@ -333,10 +333,15 @@ static void s_cmp_prec(const char *what, eq_precision p, const s_buf *b)
  * 3x3 one (tensor-core tiles, 0.1 % meaningful). */
 static const eq_conv2d_desc s_conv_big = {4, 16, 16, 32, 64, 3, 3, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0};
 
+/* ... and _i >= 2 * (NCONV + 1): the big shape through the fp32 fallback
+ * (forced: eq_cuda_conv_force_fallback), whose results must pass the same
+ * checks (an fp32 convolution rounded by the round_to kernel). */
 START_TEST(test_conv_prec)
 {
-    const int shape = _i / 2;
+    const int fallback = _i >= 2 * (NCONV + 1);
+    const int shape = fallback ? NCONV : _i / 2;
     const eq_precision p = _i % 2 ? EQ_PREC_FP16 : EQ_PREC_BF16;
+    if (fallback) eq_cuda_conv_force_fallback(g_gpu, 1);
     eq_conv2d_desc d = shape < NCONV ? s_convs[shape] : s_conv_big;
     d.prec = p;
     eq_err err = {0};
@@ -923,7 +928,7 @@ int main(void)
     tcase_add_loop_test(tc, test_deterministic, 0, 3);
     tcase_add_test(tc, test_round_to);
     tcase_add_test(tc, test_nonfinite);
-    tcase_add_loop_test(tc, test_conv_prec, 0, 2 * (NCONV + 1));
+    tcase_add_loop_test(tc, test_conv_prec, 0, 2 * (NCONV + 2));
     tcase_add_test(tc, test_events_prefetch);
     tcase_add_test(tc, test_stage_images);
     suite_add_tcase(su, tc);

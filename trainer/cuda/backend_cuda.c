@@ -261,6 +261,12 @@ void *eq_cuda_stream(eq_backend *be)
     return cu ? (void *)cu->stream : NULL;
 }
 
+void eq_cuda_conv_force_fallback(eq_backend *be, int on)
+{
+    eq_cuda *cu = s_ctx(be);
+    if (cu) cu->conv_no16 = on != 0;
+}
+
 eq_status eq_cuda_prefetch(eq_backend *be, void *dst, const void *host_src, size_t nbytes,
                            eq_err *err)
 {

@@ -256,8 +256,11 @@ static eq_status s_plan(eq_cuda *cu, int dir, const eq_conv2d_desc *d, eq_cuda_c
     eq_status st;
     if (d->prec != EQ_PREC_FP32) {
         eq_err e16 = {0};
-        st = s_plan_make(cu, p, d->prec == EQ_PREC_BF16 ? CUDNN_DATA_BFLOAT16 : CUDNN_DATA_HALF,
-                         &e16);
+        if (cu->conv_no16)
+            st = eq_err_set(&e16, EQ_ERR_UNSUPPORTED, "16-bit plans disabled by the test hook");
+        else
+            st = s_plan_make(cu, p,
+                             d->prec == EQ_PREC_BF16 ? CUDNN_DATA_BFLOAT16 : CUDNN_DATA_HALF, &e16);
         if (st == EQ_OK) goto done;
         (void)cudaGetLastError(); /* whatever the refused attempt left for the next launch */
         /* once per (direction, shape, prec): the plan is cached */

@@ -55,6 +55,12 @@ eq_backend *eq_backend_cuda_new(const eq_cuda_opts *o, eq_err *err);
  * not a CUDA backend. */
 void *eq_cuda_stream(eq_backend *be);
 
+/* Tests only (not in the module's table): with on != 0, every bf16/fp16
+ * convolution plan `be` makes from now on takes the fp32 fallback, as if
+ * cuDNN had refused the 16-bit plan (conv.c), so a GPU whose cuDNN accepts
+ * everything still runs that path.  Ignored for a non-CUDA backend. */
+void eq_cuda_conv_force_fallback(eq_backend *be, int on);
+
 /* Batch prefetch: copy `nbytes` of host memory into the device buffer
  * `dst` on the backend's copy stream, through one of two pinned staging
  * buffers (the host buffer may be reused as soon as this returns; it waits

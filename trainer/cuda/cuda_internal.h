@@ -55,6 +55,7 @@ typedef struct eq_cuda {
     int device;
     int deterministic;
     int tf32;
+    int conv_no16;            /* eq_cuda_conv_force_fallback (tests) */
     cudaStream_t stream;      /* compute */
     cudaStream_t copy_stream; /* H2D of the next batch (eq_cuda_prefetch) */
     cublasHandle_t blas;
