@@ -6,7 +6,8 @@
  *    eq_precision_round and isfinite, bit for bit: random bit patterns,
  *    random values around fp16's limits and subnormals, and edge values
  *    (ties, 65504/65520, NaN payloads, fp32 denormals), 1 and 3 threads,
- *    unaligned lengths, in place.
+ *    each kernel width the CPU has (4-lane, AVX2, AVX-512F), unaligned
+ *    lengths, in place.
  * 2. A small graph (conv, BN, ReLU, a residual add, a strided conv, an
  *    LSQ-quantized conv, max and average pooling, GAP, linear) in bf16 and
  *    fp16, fused and unfused: every stored activation and activation
@@ -21,6 +22,7 @@
  *    gradients (eq_backend_nonfinite > 0) and no error.
  */
 #include "core/config.h"
+#include "trainer/cpu/cpu_internal.h" /* eq_cpu_round_isa */
 #include "trainer/layers.h"
 #include "trainer/model.h"
 #include "tests/testutil.h"
@@ -106,6 +108,7 @@ static size_t s_first_diff(eq_precision p, const float *x, const float *y, size_
 START_TEST(test_round_members)
 {
     static const int threads[2] = {1, 3};
+    eq_cpu_round_isa(_i); /* 0 4-lane, 1 AVX2, 2 AVX-512F (capped at the CPU's) */
     eq_err err = {0};
     uint64_t seed = 0x616d70726f756e64ull;
     const size_t n = (size_t)3 * (1 << 17) + 7; /* 24 chunks and a tail */
@@ -126,8 +129,8 @@ START_TEST(test_round_members)
                 /* one assertion per array: Check reports every assertion
                  * to its parent process */
                 size_t bad = s_first_diff((eq_precision)p, x + off, y + off, m);
-                ck_assert_msg(bad == m, "%s, %d threads: x = 0x%08x -> 0x%08x, want 0x%08x",
-                              eq_precision_name(p), threads[t], s_bits(x[off + bad]), s_bits(y[off + bad]),
+                ck_assert_msg(bad == m, "%s, %d threads, isa %d: x = 0x%08x -> 0x%08x, want 0x%08x",
+                              eq_precision_name(p), threads[t], _i, s_bits(x[off + bad]), s_bits(y[off + bad]),
                               s_bits(eq_precision_round((eq_precision)p, x[off + bad])));
                 ck_assert_uint_eq(s_bits(y[off + m]), 0x5a5a5a5au); /* nothing past the end */
             }
@@ -157,6 +160,7 @@ START_TEST(test_round_members)
         eq_backend_destroy(&be);
     }
     free(x), free(y), free(z);
+    eq_cpu_round_isa(-1);
 }
 END_TEST
 
@@ -506,7 +510,7 @@ static Suite *s_suite(void)
     Suite *s = suite_create("amp");
     TCase *r = tcase_create("round");
     tcase_set_timeout(r, 30); /* ~0.3 s of CPU */
-    tcase_add_test(r, test_round_members);
+    tcase_add_loop_test(r, test_round_members, 0, 3);
     suite_add_tcase(s, r);
     TCase *g = tcase_create("graph");
     tcase_set_timeout(g, 30);

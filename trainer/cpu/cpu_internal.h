@@ -134,6 +134,10 @@ eq_status eq_cpu_adam_step(void *ctx, size_t n, const eq_adam_params *hp, float 
 eq_status eq_cpu_round_to(void *ctx, eq_precision prec, size_t n, const float *x, float *y,
                           eq_err *err);
 eq_status eq_cpu_nonfinite(void *ctx, size_t n, const float *x, int64_t *count, eq_err *err);
+/* For tests: the widest kernels round_to/nonfinite may use from now on (0
+ * generic 4-lane, 1 AVX2, 2 AVX-512F; -1: the CPU's best, the default).
+ * Not thread-safe against running members. */
+void eq_cpu_round_isa(int max);
 
 /* pool.c */
 eq_status eq_cpu_maxpool_fwd(void *ctx, const eq_pool2d_desc *d, const float *x, float *y,
