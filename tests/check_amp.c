@@ -297,6 +297,74 @@ START_TEST(test_graph_representable)
 }
 END_TEST
 
+/* The other node kinds: space-to-depth on the network input, a conv whose
+ * LSQ input quantizer sees the unpadded input (the conv pads), one whose
+ * full-range quantizer sees the padded input, an output quantizer, PReLU,
+ * clamp, scalar affine, channel repeat, dropout in training, a linear with
+ * an input quantizer. */
+static eq_layers *s_net2(eq_backend *be, int prec, eq_err *err)
+{
+    eq_layers *g = eq_layers_new(be, err);
+    if (!g || eq_layers_set_precision(g, (eq_precision)prec, err) != EQ_OK) goto fail;
+    eq_quant_opts wq = s_lsq(EQ_QTAG_WT), fq = s_lsq(EQ_QTAG_FM), ffull = s_lsq(EQ_QTAG_FM), oq = s_lsq(EQ_QTAG_OT);
+    ffull.half_range = 0;
+    int x = eq_layers_input(g, GN, GH, GH, 4, err);
+    x = eq_layers_space_to_depth(g, x, 2, err);
+    int qa = x = eq_layers_conv(g, "qa", x, 8, 3, 1, 1, 1, &wq, &fq, false, err);
+    if (x >= 0 && eq_layers_conv_output_quant(g, qa, &oq, err) != EQ_OK) goto fail;
+    x = eq_layers_prelu(g, "pr", x, err);
+    x = eq_layers_clamp(g, x, 0.0f, 0.3f, err); /* 0.3: not representable, rounded */
+    x = eq_layers_conv(g, "qb", x, 8, 3, 1, 1, 1, NULL, &ffull, false, err);
+    x = eq_layers_scalar_affine(g, "sa", "scale", "bias", x, err);
+    x = eq_layers_channel_repeat(g, x, 2, err);
+    x = eq_layers_dropout(g, x, 0.3, err);
+    x = eq_layers_gap(g, x, err);
+    x = eq_layers_linear(g, "fc2", x, GCLS, NULL, &fq, err);
+    if (x < 0 || eq_layers_finalize(g, 11, err) != EQ_OK) goto fail;
+    return g;
+fail:
+    eq_layers_destroy(&g);
+    return NULL;
+}
+
+START_TEST(test_graph2_representable)
+{
+    eq_err err = {0};
+    eq_backend *be = eq_backend_cpu_new(2, &err);
+    uint64_t seed = 0x6772617068ull;
+    float *x = eq_test_vec(&seed, (size_t)GN * GH * GH * 4, 2.0f);
+    for (int p = EQ_PREC_BF16; p <= EQ_PREC_FP16; p++) {
+        eq_layers *g = s_net2(be, p, &err);
+        ck_assert_msg(g != NULL, "%s", err.msg);
+        s_step(g, be, x, S_LABELS, 1.0f, NULL);
+        int ngrad = 0;
+        for (int i = 1; i < eq_layers_node_count(g); i++) {
+            const float *y, *dy;
+            size_t n, bad = 0;
+            ck_assert_int_eq(eq_layers_node_buffers(g, i, &y, &dy, &n), 0);
+            ck_assert_msg(y && s_representable(p, y, n, &bad), "%s: node %d y[%zu] = %.9g",
+                          eq_precision_name(p), i, bad, y ? (double)y[bad] : 0.0);
+            ck_assert_msg(!dy || s_representable(p, dy, n, &bad), "%s: node %d dy[%zu] = %.9g",
+                          eq_precision_name(p), i, bad, (double)dy[bad]);
+            ngrad += dy != NULL;
+        }
+        ck_assert_int_eq(ngrad, eq_layers_node_count(g) - 1); /* every node but the input */
+        int64_t nq = 0;
+        ck_assert_ptr_nonnull(eq_layers_quant_output(g, "qa", EQ_QTAG_OT, &nq));
+        for (size_t i = 0; i < eq_layers_tensor_count(g); i++) {
+            const eq_model_tensor *t = eq_layers_tensor_at(g, i);
+            int64_t nf = -1;
+            if (!t->grad) continue;
+            OK(eq_backend_nonfinite(be, t->numel, t->grad, &nf, &err));
+            ck_assert_msg(nf == 0, "%s: %s", eq_precision_name(p), t->name);
+        }
+        eq_layers_destroy(&g);
+    }
+    free(x);
+    eq_backend_destroy(&be);
+}
+END_TEST
+
 START_TEST(test_graph_fp32_bitwise)
 {
     eq_err err = {0};
@@ -515,6 +583,7 @@ static Suite *s_suite(void)
     TCase *g = tcase_create("graph");
     tcase_set_timeout(g, 30);
     tcase_add_test(g, test_graph_representable);
+    tcase_add_test(g, test_graph2_representable);
     tcase_add_test(g, test_graph_fp32_bitwise);
     tcase_add_loop_test(g, test_torch, 0, 3);
     tcase_add_test(g, test_loss_scale_fp16);
