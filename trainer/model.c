@@ -962,10 +962,12 @@ eq_model *eq_model_new_ot(eq_backend *be, const eq_model_cfg *cfg, const eq_mode
         const eq_model_tensor *t = eq_layers_tensor_at(b.g, i);
         if (t->kind == EQ_MT_PARAM) np += t->numel;
     }
-    snprintf(m->summary, sizeof m->summary, "%s: %zu parameters in %zu tensors, input %lldx%lldx%lldx%lld%s%s%s",
+    snprintf(m->summary, sizeof m->summary, "%s: %zu parameters in %zu tensors, input %lldx%lldx%lldx%lld%s%s%s%s%s",
              cfg->arch, np, nt, (long long)batch, (long long)h, (long long)w,
              (long long)cfg->in_channels, b.has_wq ? ", wt quantized" : "",
-             b.has_fq ? ", fm quantized" : "", b.has_oq ? ", ot quantized" : "");
+             b.has_fq ? ", fm quantized" : "", b.has_oq ? ", ot quantized" : "",
+             cfg->precision != EQ_PREC_FP32 ? ", activations " : "",
+             cfg->precision != EQ_PREC_FP32 ? eq_precision_name((eq_precision)cfg->precision) : "");
     return m;
 fail:
     eq_model_destroy(&m);
