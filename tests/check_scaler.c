@@ -718,6 +718,16 @@ START_TEST(test_resume)
     ck_assert_str_eq(s_meta(f, "loss_scale"), "1024");
     ck_assert_str_eq(s_meta(f, "loss_scale_growth_tracker"), "2");
     eq_st_close(&f);
+    /* resumed with a growth_interval (1) at or below the saved tracker (1):
+     * grows at the next success, then at every one: 512 -> 8192 */
+    const char *dyn1[] = { "train.loss_scale=dynamic", "train.loss_scale_init=256", "train.loss_scale_growth_interval=1",
+                           "schedule.epochs=2", NULL };
+    snprintf(from, sizeof from, "%s/full/epoch0.safetensors", v.dir);
+    s_train(&v, "interval1", dyn1, from, 0);
+    f = s_ckpt(&v, "interval1", "last.safetensors");
+    ck_assert_str_eq(s_meta(f, "loss_scale"), "8192");
+    ck_assert_str_eq(s_meta(f, "loss_scale_growth_tracker"), "0");
+    eq_st_close(&f);
     /* a checkpoint without scaler state (a run without loss scaling, as an
      * older checkpoint): loss_scale_init, tracker 0 -> grows after steps 3
      * of the resumed epoch only */

@@ -1317,6 +1317,10 @@ static eq_status s_run(eq_train *t, eq_err *err)
             if (run.loss_scale > 0) {
                 t->scaler.scale = run.loss_scale;
                 t->scaler.growth_tracker = run.loss_scale_growth_tracker;
+                /* a shorter growth_interval than the saved run's: grow at the next success (the rule
+                 * compares tracker + 1 == interval) */
+                if (t->scaler.growth_tracker >= t->scaler.growth_interval)
+                    t->scaler.growth_tracker = t->scaler.growth_interval - 1;
                 eq_info("loss scale %g, growth tracker %" PRId64 " from %s", (double)run.loss_scale,
                         run.loss_scale_growth_tracker, t->resume);
             } else {
