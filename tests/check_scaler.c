@@ -4,7 +4,9 @@
  * trajectories derived by hand from torch's _amp_update_scale_ (growth
  * after the interval, backoff, growth to inf refused, non-power factors in
  * double), parameter errors, the inf/NaN count and the in-place unscale
- * over a model's gradients (quantizer parameters included, -0 kept); the
+ * over a model's gradients (quantizer parameters included, -0 kept), also
+ * on a fake device backend (the device branch: nonfinite member,
+ * scalar_affine_fwd with a device scalar); the
  * [train] keys and their errors; then the real programs on a tiny
  * synthetic set (CPU backend): a static power-of-two scale and a dynamic
  * scale that never overflows give the bits of no scaling; a huge initial
@@ -218,6 +220,79 @@ START_TEST(test_model_ops)
     free(before);
     eq_model_destroy(&m);
     eq_backend_destroy(&be);
+}
+END_TEST
+
+/* The same on a backend whose memory is not host memory (the CPU's members
+ * under another name, as tests/check_backend_quant.c's fake device): model
+ * gradients take the device path (the backend's nonfinite member, the
+ * unscale by scalar_affine_fwd with a device scalar), quantizer parameters'
+ * the host loop; the results are the host's (a -0 through scalar_affine
+ * may come back +0). */
+START_TEST(test_model_ops_device)
+{
+    eq_err e = { 0 };
+    eq_backend *cpu = eq_backend_cpu_new(1, &e);
+    ck_assert_msg(cpu != NULL, "%s", e.msg);
+    struct eq_backend_i fi = *cpu->iface;
+    fi.name = "fakedev";
+    fi.host_memory = 0;
+    eq_backend be = { &fi, cpu->context };
+    ck_assert_int_eq(eq_backend_host_memory(&be), 0);
+    eq_experiment x;
+    eq_model *m = s_model(&be, &x);
+    const eq_model_tensor *w = NULL, *q = NULL;
+    size_t total = 0;
+    for (size_t i = 0; i < eq_model_tensor_count(m); i++) {
+        const eq_model_tensor *t = eq_model_tensor_at(m, i);
+        if (!t->grad) continue;
+        total += t->numel;
+        if (t->quant && !q) q = t;
+        if (!t->quant && !w && t->ndim == 4) w = t;
+    }
+    ck_assert(w && q);
+    int64_t n = -1;
+    float kw = w->grad[5], kq = q->grad[0];
+    w->grad[5] = NAN;
+    q->grad[0] = INFINITY;
+    ck_assert_msg(eq_scaler_nonfinite(m, &n, &e) == EQ_OK, "%s", e.msg);
+    ck_assert_int_eq(n, 2);
+    w->grad[5] = kw;
+    q->grad[0] = kq;
+    w->grad[0] = -0.0f;
+    float *before = malloc(total * sizeof *before), *dev = NULL;
+    ck_assert_ptr_nonnull(before);
+    size_t off = 0;
+    for (size_t i = 0; i < eq_model_tensor_count(m); i++) {
+        const eq_model_tensor *t = eq_model_tensor_at(m, i);
+        if (!t->grad) continue;
+        memcpy(before + off, t->grad, t->numel * sizeof(float));
+        off += t->numel;
+    }
+    eq_scaler s;
+    ck_assert(eq_scaler_init(&s, true, 1024, 2, 0.5, 10, &e) == EQ_OK);
+    ck_assert_msg(eq_scaler_unscale(&s, m, &dev, &e) == EQ_OK, "%s", e.msg);
+    ck_assert_ptr_nonnull(dev); /* the device scalar was made */
+    float inv = eq_scaler_inv_scale(&s);
+    ck_assert(inv == 1.0f / 1024.0f);
+    off = 0;
+    for (size_t i = 0; i < eq_model_tensor_count(m); i++) {
+        const eq_model_tensor *t = eq_model_tensor_at(m, i);
+        if (!t->grad) continue;
+        for (size_t k = 0; k < t->numel; k++) {
+            float want = before[off + k] * inv;
+            if (want == 0.0f && !t->quant)
+                ck_assert_msg(t->grad[k] == 0.0f, "%s[%zu]", t->name, k);
+            else
+                ck_assert_msg(!memcmp(&want, &t->grad[k], 4), "%s[%zu]: %.9g, expected %.9g", t->name, k,
+                              (double)t->grad[k], (double)want);
+        }
+        off += t->numel;
+    }
+    eq_backend_release(&be, dev);
+    free(before);
+    eq_model_destroy(&m);
+    eq_backend_destroy(&cpu);
 }
 END_TEST
 
@@ -838,6 +913,7 @@ static Suite *s_suite(void)
     tcase_add_test(tc, test_update_rule);
     tcase_add_test(tc, test_init_errors);
     tcase_add_test(tc, test_model_ops);
+    tcase_add_test(tc, test_model_ops_device);
     tcase_add_test(tc, test_config);
     suite_add_tcase(s, tc);
     TCase *tp = tcase_create("programs");
