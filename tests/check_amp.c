@@ -16,7 +16,7 @@
  *    gradients are bitwise the default graph's.
  * 3. Against PyTorch (tests/fixtures/trainer/amp/gen_amp.py): the same net
  *    with eq's rounding points written as explicit casts in torch (tight),
- *    and under torch.autocast("cpu", bfloat16) (loose, 1e-2).
+ *    unfused and fused, and under torch.autocast("cpu", bfloat16) (loose).
  * 4. fp16 loss scaling through eq_model_set_loss_scale: power-of-two scales
  *    scale every gradient exactly; an overflowing scale gives non-finite
  *    gradients (eq_backend_nonfinite > 0) and no error.
@@ -405,7 +405,7 @@ END_TEST
 
 /* ---- 3. against PyTorch ---------------------------------------------------- */
 
-static char s_fx[64]; /* fixture set: emul_bf16, emul_fp16, autocast_bf16 */
+static char s_fx[64]; /* fixture set, one of S_FIXTURES */
 
 static float *s_load(const char *rel, size_t n)
 {
@@ -414,13 +414,16 @@ static float *s_load(const char *rel, size_t n)
     return eq_test_read_words(path, n);
 }
 
-static const char *const S_FIXTURES[3] = {"emul_bf16", "emul_fp16", "autocast_bf16"};
+/* emul_*: eq's rounding points as explicit casts in torch, for the unfused
+ * graph and (_fused) the default one; autocast_bf16: torch.autocast. */
+static const char *const S_FIXTURES[5] = {"emul_bf16", "emul_fp16", "autocast_bf16", "emul_bf16_fused",
+                                          "emul_fp16_fused"};
 
 START_TEST(test_torch)
 {
     eq_err err = {0};
     snprintf(s_fx, sizeof s_fx, "%s", S_FIXTURES[_i]);
-    const int prec = _i == 1 ? EQ_PREC_FP16 : EQ_PREC_BF16;
+    const int prec = _i == 1 || _i == 4 ? EQ_PREC_FP16 : EQ_PREC_BF16, fuse = _i >= 3;
     /* explicit casts: only summation order differs (an fp32 result near a
      * rounding boundary flips now and then, see gen_amp.py; measured: loss
      * and logits bitwise, gradients <= 1.1e-4 bf16, 2.2e-7 fp16).
@@ -433,9 +436,9 @@ START_TEST(test_torch)
     const double tol = verbose ? 1e30 : _i == 2 ? 1e-2 : prec == EQ_PREC_BF16 ? 2e-3 : 4e-4;
     const double gtol = verbose ? 1e30 : _i == 2 ? 2e-2 : tol;
     eq_backend *be = eq_backend_cpu_new(2, &err);
-    /* gen_amp.py runs the unfused graph's rounding points: BN, add and
-     * ReLU each store their output */
-    eq_layers *g = s_net(be, prec, 0, &err);
+    /* unfused: BN, add and ReLU each store (round) their output; fused:
+     * each BN -> [add ->] ReLU chain rounds once */
+    eq_layers *g = s_net(be, prec, fuse, &err);
     ck_assert_msg(g != NULL, "%s", err.msg);
     for (size_t i = 0; i < eq_layers_tensor_count(g); i++) {
         const eq_model_tensor *t = eq_layers_tensor_at(g, i);
@@ -586,7 +589,7 @@ static Suite *s_suite(void)
     tcase_add_test(g, test_graph_representable);
     tcase_add_test(g, test_graph2_representable);
     tcase_add_test(g, test_graph_fp32_bitwise);
-    tcase_add_loop_test(g, test_torch, 0, 3);
+    tcase_add_loop_test(g, test_torch, 0, 5);
     tcase_add_test(g, test_loss_scale_fp16);
     suite_add_tcase(s, g);
     return s;
