@@ -7,7 +7,12 @@
  *    (origin,cbsa,fix,real_skip...), a Bi-Real ResNet-20 with PReLU on one
  *    input channel, a pre-activation ResNet-18 (preBN,bacs): weights loaded
  *    by PyTorch name from safetensors, then logits, loss, every gradient
- *    and the BN running statistics within 1e-4 relative (norm-wise).
+ *    and the BN running statistics within 1e-4 relative (norm-wise); then
+ *    three SGD steps.  The 2-bit LSQ ResNet-20 is also compared layer by
+ *    layer (each quantized conv's activation levels against PyTorch's) and
+ *    its steps are teacher-forced (each starts from PyTorch's state), so a
+ *    level that another float32 summation order rounds the other way is
+ *    told from a bug and does not compound (s_levels).
  * 2. torchvision names and shapes of torch-resnet18/50 at full width.
  * 3. Quantized conv: the layer equals conv(Qf(pad(x)), Qw(W)) computed from
  *    the quantizers directly, for padding before and after quantization;
@@ -98,6 +103,92 @@ static const float *s_get(const eq_st_file *f, const char *name, size_t numel)
     return p;
 }
 
+/* Every F32 model tensor equals the fixture's `prefix` + name (quantizer
+ * state: prefix + "quant." + name) within TOL. */
+static void s_cmp_state(const eq_model *m, const eq_st_file *f, const char *fixture, const char *prefix,
+                        const char *when)
+{
+    for (size_t i = 0; i < eq_model_tensor_count(m); i++) {
+        const eq_model_tensor *t = eq_model_tensor_at(m, i);
+        char name[512];
+        snprintf(name, sizeof name, "%s%s%s", prefix, t->quant ? "quant." : "", t->name);
+        if (t->dtype != EQ_DT_F32) continue;
+        double e = eq_test_relerr(t->data, s_get(f, name, t->numel), t->numel);
+        ck_assert_msg(e < TOL, "%s: %s %s: rel err %g", fixture, name, when, e);
+    }
+}
+
+/* Layer by layer, the quantized activations of the last forward against
+ * the fixture's levels<step>.<layer> (gen_models.py: the float64 level of
+ * each element of the quantizer's input, flagged when that value lies
+ * within LEVEL_NEAR = 1e-3 of the boundary to the next level up or down).
+ * An element whose level differs is a flip; a flip to the flagged
+ * neighbour is explained (float32 rounding: any summation order that is
+ * not PyTorch's float64 one may do it), any other fails the test.  Layers
+ * come in forward order (the fixture's, which is also the names' order);
+ * after the first layer with a flip the rest are not compared: a flipped
+ * input moves the later layers' values by far more than rounding, and
+ * their levels with them.  Returns the number of explained flips; the
+ * caller then skips the values downstream of them too. */
+static size_t s_levels(const eq_model *m, const eq_st_file *f, const char *fixture, int step,
+                       size_t *nlayers)
+{
+    char pre[32];
+    int pl = snprintf(pre, sizeof pre, "levels%d.", step);
+    size_t flips = 0, total = 0;
+    const char *last = "";
+    *nlayers = 0;
+    for (size_t i = 0; i < eq_st_count(f); i++) {
+        const char *nm = eq_st_name(f, i);
+        if (strncmp(nm, pre, (size_t)pl) != 0) continue;
+        const char *layer = nm + pl;
+        ck_assert_msg(*nlayers == 0 || strcmp(layer, last) > 0, "%s: %s: levels out of forward order",
+                      fixture, nm);
+        last = layer;
+        ++*nlayers;
+        size_t nb = 0;
+        const uint8_t *code = eq_st_data(f, i, &nb);
+        ck_assert_int_eq(eq_st_desc(f, i)->dtype, EQ_DT_U8);
+        total += nb;
+        if (flips) continue; /* downstream of a flip */
+        int64_t n = 0;
+        const float *q = eq_model_quant_output(m, layer, EQ_QTAG_FM, &n);
+        ck_assert_msg(q != NULL && (size_t)n == nb, "%s: %s: %lld quantized inputs, fixture %zu", fixture,
+                      nm, (long long)n, nb);
+        char cn[512];
+        snprintf(cn, sizeof cn, "%s.quant_activation.clip_val", layer);
+        const eq_model_tensor *ct = eq_model_tensor_find(m, cn);
+        snprintf(cn, sizeof cn, "%s.quant_activation.level_num", layer);
+        const eq_model_tensor *lt = eq_model_tensor_find(m, cn);
+        ck_assert_msg(ct && lt, "%s: %s: no clip_val / level_num", fixture, layer);
+        const double c = fabs((double)*(const float *)ct->data);
+        const double lv = (double)*(const float *)lt->data - 1.0;
+        size_t lf = 0;
+        for (size_t e = 0; e < nb; e++) {
+            const int want = code[e] & 0x0f;
+            const int got = (int)lrint((double)q[e] / c * lv);
+            if (got == want) continue;
+            const bool explained = (got == want + 1 && (code[e] & 0x10)) || (got == want - 1 && (code[e] & 0x20));
+            ck_assert_msg(explained,
+                          "%s: step %d %s: element %zu at level %d, PyTorch's %d (code 0x%02x): a flip "
+                          "that float32 rounding does not explain",
+                          fixture, step, layer, e, got, want, code[e]);
+            lf++;
+        }
+        if (lf)
+            fprintf(stderr, "%s: step %d %s: %zu of %zu quantizer levels flipped, each explained (the "
+                            "float64 value within 1e-3 of the boundary); this step's later layers and "
+                            "values not compared\n",
+                    fixture, step, layer, lf, nb);
+        flips += lf;
+    }
+    /* a bounded fraction: more than 1 in 10^4 of the step's quantized
+     * inputs is not rounding any more */
+    ck_assert_msg(flips * 10000 <= total, "%s: step %d: %zu of %zu levels flipped", fixture, step, flips,
+                  total);
+    return flips;
+}
+
 static void s_parity(const char *fixture)
 {
     eq_err err = {0};
@@ -125,16 +216,17 @@ static void s_parity(const char *fixture)
     long yi = eq_st_find(f, "y");
     const int32_t *y = eq_st_data(f, (size_t)yi, NULL);
     OK(eq_model_forward(m, x, true, &err));
+    size_t nlayers = 0, flips = s_levels(m, f, fixture, 0, &nlayers), flipped_steps = flips > 0;
     int64_t bn, k;
     const float *logits = eq_model_logits(m, &bn, &k);
     ck_assert_int_eq(bn, n);
     double e = eq_test_relerr(logits, s_get(f, "logits", (size_t)(n * k)), (size_t)(n * k));
-    ck_assert_msg(e < TOL, "%s: logits rel err %g", fixture, e);
+    ck_assert_msg(flips || e < TOL, "%s: logits rel err %g", fixture, e);
     float loss;
     OK(eq_model_loss(m, y, NULL, NULL, 0.0f, &loss, &err));
     const float *ref_loss = s_get(f, "loss", 1);
-    ck_assert_msg(fabs(loss - ref_loss[0]) <= TOL * fabs(ref_loss[0]), "%s: loss %g vs %g", fixture,
-                  loss, ref_loss[0]);
+    ck_assert_msg(flips || fabs(loss - ref_loss[0]) <= TOL * fabs(ref_loss[0]), "%s: loss %g vs %g",
+                  fixture, loss, ref_loss[0]);
     OK(eq_model_backward(m, NULL, &err));
     size_t ngrad = 0, nstats = 0;
     for (size_t i = 0; i < eq_model_tensor_count(m); i++) {
@@ -144,12 +236,12 @@ static void s_parity(const char *fixture)
         if (t->kind == EQ_MT_PARAM) {
             snprintf(name, sizeof name, "grad.%s%s", qp, t->name);
             e = eq_test_relerr(t->grad, s_get(f, name, t->numel), t->numel);
-            ck_assert_msg(e < TOL, "%s: %s rel err %g", fixture, name, e);
+            ck_assert_msg(flips || e < TOL, "%s: %s rel err %g", fixture, name, e);
             ngrad++;
         } else if (t->dtype == EQ_DT_F32) {
             snprintf(name, sizeof name, "stats.%s%s", qp, t->name);
             e = eq_test_relerr(t->data, s_get(f, name, t->numel), t->numel);
-            ck_assert_msg(e < TOL, "%s: %s rel err %g", fixture, name, e);
+            ck_assert_msg(flips || e < TOL, "%s: %s rel err %g", fixture, name, e);
             nstats++;
         } else {
             snprintf(name, sizeof name, "stats.%s", t->name);
@@ -161,7 +253,13 @@ static void s_parity(const char *fixture)
     ck_assert_uint_gt(ngrad, 10);
     ck_assert_uint_gt(nstats, 4);
     long li = eq_st_find(f, "steps.loss");
-    if (li >= 0) { /* SGD steps against torch.optim.SGD with the original's decay groups */
+    if (li >= 0) {
+        /* SGD steps against torch.optim.SGD with the original's decay
+         * groups.  Where the fixture has tf<s>.* (teacher forcing), step s
+         * starts from PyTorch's state instead of eq's own: each step is
+         * compared on its own (loss, then the state it leaves against the
+         * next step's start), so that a flipped quantizer level, which
+         * changes the gradients, cannot compound over the steps. */
         const eq_tensor_desc *ld = eq_st_desc(f, (size_t)li);
         const float *ref = s_get(f, "steps.loss", (size_t)ld->shape[0]);
         eq_optim_cfg oc;
@@ -172,23 +270,38 @@ static void s_parity(const char *fixture)
         eq_optim *o = eq_optim_new(m, &oc, &err);
         ck_assert_msg(o != NULL, "%s", err.msg);
         OK(eq_optim_step(o, oc.lr, &err));
+        size_t forced = 0;
         for (int64_t s = 1; s < ld->shape[0]; s++) {
+            char pre[32];
+            snprintf(pre, sizeof pre, "tf%d.", (int)s);
+            char probe[512];
+            snprintf(probe, sizeof probe, "%s%s", pre, eq_model_tensor_at(m, 0)->name);
+            if (eq_st_find(f, probe) >= 0) {
+                char when[64];
+                snprintf(when, sizeof when, "after step %d", (int)s - 1);
+                if (!flips) s_cmp_state(m, f, fixture, pre, when);
+                OK(eq_checkpoint_load_tensors(m, f, pre, false, false, &missing, &err));
+                forced++;
+            } else {
+                ck_assert_uint_eq(nlayers, 0); /* free-running steps compound flips */
+            }
             OK(eq_model_forward(m, x, true, &err));
+            flips = s_levels(m, f, fixture, (int)s, &nlayers);
+            flipped_steps += flips > 0;
             OK(eq_model_loss(m, y, NULL, NULL, 0.0f, &loss, &err));
-            ck_assert_msg(fabs(loss - ref[s]) <= TOL * fabs(ref[s]), "step %d: loss %g vs %g", (int)s, loss, ref[s]);
+            ck_assert_msg(flips || fabs(loss - ref[s]) <= TOL * fabs(ref[s]), "%s: step %d: loss %g vs %g",
+                          fixture, (int)s, loss, ref[s]);
             OK(eq_model_backward(m, NULL, &err));
             OK(eq_optim_step(o, oc.lr, &err));
         }
-        for (size_t i = 0; i < eq_model_tensor_count(m); i++) {
-            const eq_model_tensor *t = eq_model_tensor_at(m, i);
-            char name[512];
-            snprintf(name, sizeof name, "steps.%s%s", t->quant ? "quant." : "", t->name);
-            if (t->dtype != EQ_DT_F32) continue;
-            e = eq_test_relerr(t->data, s_get(f, name, t->numel), t->numel);
-            ck_assert_msg(e < TOL, "%s: %s after SGD: rel err %g", fixture, name, e);
-        }
+        if (!flips) s_cmp_state(m, f, fixture, "steps.", "after SGD");
+        /* explained flips skip at most one step of three */
+        ck_assert_msg(flipped_steps * 3 <= (size_t)ld->shape[0], "%s: levels flipped in %zu of %d steps",
+                      fixture, flipped_steps, (int)ld->shape[0]);
+        if (forced) ck_assert_uint_eq(forced, (size_t)ld->shape[0] - 1);
         eq_optim_destroy(&o);
     }
+    ck_assert_msg(flipped_steps == 0 || li >= 0, "%s: levels flipped in its only step", fixture);
     eq_model_destroy(&m);
     ck_assert_ptr_null(m);
     eq_backend_destroy(&be);
