@@ -14,10 +14,12 @@
  *                           tf32 lets cuDNN/cuBLAS use TF32 tensor cores;
  *   eq step bf16            the same with eq_model_cfg.precision = bf16 (the
  *                           issue's target row, against torch amp_bf16): the
- *                           layer graph rounds activations and gradients to
- *                           bf16 and its convolutions run bf16 tensor cores;
- *                           where the graph does not honour the setting yet,
- *                           it is the tf32 step again;
+ *                           layer graph (layers.c, doc/precision.md) rounds
+ *                           activations and gradients to bf16 through the
+ *                           backend's round_to and its convolutions run bf16
+ *                           tensor cores (desc.prec); BN, the classifier
+ *                           (TF32 cuBLAS on rounded operands), loss and SGD
+ *                           stay fp32;
  *   eq convs fwd+bwd (tf32 / bf16)
  *                           every convolution of the step alone (forward,
  *                           backward data except the stem, backward filter),
@@ -351,9 +353,8 @@ int main(int argc, char **argv)
     if (e_quant > 0 && e_tf32 > 0)
         printf("%-34s %10.1f %%\n", "  quantizers / eq tf32 step", 100.0 * e_quant / e_tf32);
     printf("ratio = images/s over torch amp bf16; the issue's target: eq step bf16 >= 1.2.\n"
-           "eq bf16 keeps fp32 storage (each bf16 conv converts its operands and result in its\n"
-           "workspace); the step row is bf16 only where the layer graph honours\n"
-           "eq_model_cfg.precision (else it repeats the tf32 step).\n");
+           "eq bf16 keeps fp32 storage: each bf16 conv converts its operands and result in its\n"
+           "workspace, and the graph rounds every activation and gradient in a pass of its own.\n");
     if (e_fp32 < 0 && e_tf32 < 0) printf("eq cannot run the whole step on CUDA (see the errors above); the convs row times what exists.\n");
     return 0;
 }
