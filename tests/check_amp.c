@@ -13,7 +13,10 @@
  *    fp16, fused and unfused: every stored activation and activation
  *    gradient, the rounded weight gradients and the logits hold values of
  *    the precision; with precision FP32 set explicitly, outputs and
- *    gradients are bitwise the default graph's.
+ *    gradients are bitwise the default graph's.  A second graph covers the
+ *    other node kinds (space-to-depth, padded and unpadded input
+ *    quantizers, an output quantizer, PReLU, clamp, scalar affine, channel
+ *    repeat, dropout, a quantized linear).
  * 3. Against PyTorch (tests/fixtures/trainer/amp/gen_amp.py): the same net
  *    with eq's rounding points written as explicit casts in torch (tight),
  *    unfused and fused, and under torch.autocast("cpu", bfloat16) (loose).
