@@ -398,6 +398,124 @@ START_TEST(test_layers)
 }
 END_TEST
 
+/* ---- mixed precision through the graph (#9) ---- */
+
+/* input [4][8][8][16] -> conv1 3x3 32 -> bn1 -> relu -> conv2 3x3 32 -> bn2
+ * (+ down: conv 1x1 32 of the input) -> add -> relu -> gap -> fc [4][10],
+ * activations in `p` (eq_layers_set_precision), no quantizers. */
+static eq_layers *s_amp_net(eq_backend *be, eq_precision p)
+{
+    eq_err err = {0};
+    eq_layers *g = eq_layers_new(be, &err);
+    ck_assert_ptr_nonnull(g);
+    int x = eq_layers_input(g, 4, 8, 8, 16, &err);
+    int c1 = eq_layers_conv(g, "conv1", x, 32, 3, 1, 1, 1, NULL, NULL, false, &err);
+    int r1 = eq_layers_relu(g, eq_layers_bn(g, "bn1", c1, &err), &err);
+    int c2 = eq_layers_conv(g, "conv2", r1, 32, 3, 1, 1, 1, NULL, NULL, false, &err);
+    int b2 = eq_layers_bn(g, "bn2", c2, &err);
+    int dn = eq_layers_conv(g, "down", x, 32, 1, 1, 0, 1, NULL, NULL, false, &err);
+    int r2 = eq_layers_relu(g, eq_layers_add(g, b2, dn, &err), &err);
+    int fc = eq_layers_linear(g, "fc", eq_layers_gap(g, r2, &err), 10, NULL, NULL, &err);
+    ck_assert_msg(fc >= 0, "%s", err.msg);
+    ck_assert_msg(eq_layers_set_precision(g, p, &err) == EQ_OK, "%s", err.msg);
+    ck_assert_msg(eq_layers_finalize(g, 4321, &err) == EQ_OK, "%s", err.msg);
+    return g;
+}
+
+static size_t s_not_representable(eq_precision p, const float *h, size_t n)
+{
+    size_t bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        float r = eq_precision_round(p, h[i]);
+        bad += memcmp(&r, &h[i], 4) != 0;
+    }
+    return bad;
+}
+
+/* The graph in bf16 and fp16 on the CUDA backend (round_to, 16-bit
+ * convolutions) against the same graph on the CPU backend, one training
+ * step: every activation and gradient the GPU graph stores is a value of
+ * the precision (exact), and the output and every parameter gradient are
+ * within 4u norm-wise of the CPU's (u = 2^-8 bf16, 2^-11 fp16: the two
+ * differ only where a sum in another order rounds to the other neighbour,
+ * a small fraction of elements, so the bound is loose; it catches layout
+ * or conversion errors, which are O(1)).  The errors are printed for
+ * calibration. */
+START_TEST(test_layers_amp)
+{
+    const eq_precision p = _i ? EQ_PREC_FP16 : EQ_PREC_BF16;
+    const double u = p == EQ_PREC_BF16 ? 1.0 / 256 : 1.0 / 2048;
+    eq_err err = {0};
+    eq_cuda_opts co = {.device = 0};
+    eq_backend *gpu = eq_backend_cuda_new(&co, &err), *cpu = eq_backend_cpu_new(2, &err);
+    ck_assert(gpu && cpu);
+    eq_layers *gc = s_amp_net(cpu, p), *gg = s_amp_net(gpu, p);
+    int64_t xs = 4 * 8 * 8 * 16, os[4];
+    float *dx = eq_backend_alloc(gpu, (size_t)xs * 4, &err), *hx = eq_backend_alloc(cpu, (size_t)xs * 4, &err);
+    ck_assert(dx && hx);
+    float *x = s_rand((size_t)xs, -1.0f, 1.0f, 500);
+    memcpy(hx, x, (size_t)xs * 4);
+    ck_assert(eq_backend_upload(gpu, dx, x, (size_t)xs * 4, &err) == EQ_OK);
+    ck_assert_msg(eq_layers_forward(gc, hx, true, &err) == EQ_OK, "cpu: %s", err.msg);
+    ck_assert_msg(eq_layers_forward(gg, dx, true, &err) == EQ_OK, "cuda: %s", err.msg);
+    float *dyc, *dyg;
+    float *yc = eq_layers_output(gc, &dyc, os), *yg = eq_layers_output(gg, &dyg, os);
+    size_t no = (size_t)(os[0] * os[1] * os[2] * os[3]);
+    float *hy = s_host_copy(gpu, yg, no, 0);
+    double ey = eq_test_relerr(hy, yc, no);
+    free(hy);
+    float *gy = s_rand(no, -1.0f, 1.0f, 501);
+    for (size_t i = 0; i < no; i++) gy[i] = eq_precision_round(p, gy[i]);
+    memcpy(dyc, gy, no * 4);
+    ck_assert(eq_backend_upload(gpu, dyg, gy, no * 4, &err) == EQ_OK);
+    free(gy);
+    ck_assert_msg(eq_layers_backward(gc, &err) == EQ_OK, "cpu: %s", err.msg);
+    ck_assert_msg(eq_layers_backward(gg, &err) == EQ_OK, "cuda: %s", err.msg);
+    /* every stored activation and gradient of the GPU graph */
+    int nbuf = 0;
+    for (int i = 1; i < eq_layers_node_count(gg); i++) {
+        const float *y, *dy;
+        size_t n;
+        ck_assert_int_eq(eq_layers_node_buffers(gg, i, &y, &dy, &n), 0);
+        const float *b[2] = {y, dy};
+        for (int k = 0; k < 2; k++) {
+            if (!b[k]) continue;
+            float *h = s_host_copy(gpu, b[k], n, 0);
+            size_t bad = s_not_representable(p, h, n);
+            ck_assert_msg(bad == 0, "%s: node %d %s: %zu of %zu values not %s (seed %llu)",
+                          eq_precision_name(p), i, k ? "dy" : "y", bad, n, eq_precision_name(p),
+                          (unsigned long long)g_seed);
+            free(h);
+            nbuf++;
+        }
+    }
+    ck_assert_int_ge(nbuf, 8);
+    double emax = ey;
+    const char *worst = "output";
+    ck_assert_uint_eq(eq_layers_tensor_count(gc), eq_layers_tensor_count(gg));
+    for (size_t i = 0; i < eq_layers_tensor_count(gc); i++) {
+        const eq_model_tensor *a = eq_layers_tensor_at(gc, i), *b = eq_layers_tensor_at(gg, i);
+        ck_assert_str_eq(a->name, b->name);
+        if (a->dtype != EQ_DT_F32 || !a->grad) continue;
+        float *hb = s_host_copy(gpu, b->grad, b->numel, 0);
+        double e = eq_test_relerr(hb, a->grad, a->numel);
+        free(hb);
+        if (e > emax) emax = e, worst = a->name;
+    }
+    printf("check_cuda_quant: %s graph: output relative error %.3g, worst %.3g (%s), u %.3g\n",
+           eq_precision_name(p), ey, emax, worst, u);
+    ck_assert_msg(emax <= 4 * u, "%s graph: %s: relative error %.3g > 4u (seed %llu)",
+                  eq_precision_name(p), worst, emax, (unsigned long long)g_seed);
+    free(x);
+    eq_backend_release(gpu, dx);
+    eq_backend_release(cpu, hx);
+    eq_layers_destroy(&gg);
+    eq_layers_destroy(&gc);
+    eq_backend_destroy(&gpu);
+    eq_backend_destroy(&cpu);
+}
+END_TEST
+
 int main(void)
 {
     char why[256] = "";
@@ -414,6 +532,7 @@ int main(void)
     tcase_add_test(tc, test_args);
     tcase_add_test(tc, test_members);
     tcase_add_test(tc, test_layers);
+    tcase_add_loop_test(tc, test_layers_amp, 0, 2);
     tcase_set_timeout(tc, 60);
     suite_add_tcase(su, tc);
     /* no fork: CUDA is initialised in this process already */
