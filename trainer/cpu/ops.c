@@ -165,6 +165,7 @@ typedef struct s_saff {
     size_t n;
     const float *x, *dy;
     float a, b;
+    int nobias; /* forward without a bias: y = x * a (-0 stays -0) */
     float *y;
     double *part; /* [chunks][2]: sum(dy*x), sum(dy) */
 } s_saff;
@@ -173,13 +174,17 @@ static void s_saff_chunk(void *vctx, size_t i)
 {
     const s_saff *e = vctx;
     S_CHUNK_BOUNDS(e, i, lo, hi);
-    for (size_t k = lo; k < hi; k++) e->y[k] = e->x[k] * e->a + e->b;
+    if (e->nobias) /* x * a alone: -0 stays -0 (torch's x * scale) */
+        for (size_t k = lo; k < hi; k++) e->y[k] = e->x[k] * e->a;
+    else
+        for (size_t k = lo; k < hi; k++) e->y[k] = e->x[k] * e->a + e->b;
 }
 
 eq_status eq_cpu_scalar_affine_fwd(void *ctx, size_t n, const float *x, const float *scale,
                                    const float *bias, float *y, eq_err *err)
 {
-    s_saff e = {.n = n, .x = x, .a = scale ? scale[0] : 1.0f, .b = bias ? bias[0] : 0.0f, .y = y};
+    s_saff e = {.n = n, .x = x, .a = scale ? scale[0] : 1.0f, .b = bias ? bias[0] : 0.0f, .y = y,
+                .nobias = !bias};
     eq_cpu_for(ctx, s_chunks(n), s_saff_chunk, &e);
     return EQ_OK;
 }

@@ -821,7 +821,12 @@ extern "C" cudaError_t eq_cuk_clamp_bwd(cudaStream_t s, size_t n, float lo, floa
 __global__ void k_saff_fwd(size_t n, const float *x, const float *scale, const float *bias, float *y)
 {
     const float a = scale ? scale[0] : 1.0f, b = bias ? bias[0] : 0.0f;
-    S_FOR(i, n) y[i] = x[i] * a + b;
+    /* no bias: x * a alone, so -0 stays -0 (torch's x * scale; the loss
+     * scaler's unscale of gradients, trainer/scaler.c) */
+    if (bias)
+        S_FOR(i, n) y[i] = x[i] * a + b;
+    else
+        S_FOR(i, n) y[i] = x[i] * a;
 }
 
 /* Fixed blocks of S_SUMB elements, tree-reduced in shared memory; the
