@@ -8,8 +8,10 @@
  *        8-lane vectors (one with AVX-512) per (tap, c);
  *   scr  per worker, one zero-padded image [phases][Hh][Wh][C] (stride 1:
  *        one phase, [Hp][Wp]): a task pads just the rows its band of
- *        outputs reads and computes the band from there while those rows
- *        are in its core's L1/L2 (no batch-sized padded copy written to
+ *        outputs reads (only those its worker's scratch lacks when the
+ *        worker's previous task was on the same image: s_fwd's held) and
+ *        computes the band from there while those rows are in its core's
+ *        L1/L2 (no batch-sized padded copy written to
  *        memory and read back, no pass and barrier before the compute);
  *   part the filter gradient's per-slice partial sums [nch][R][S][C][KP],
  *        KP = K rounded up to 16.
@@ -64,6 +66,11 @@ typedef struct s_fwd {
     int64_t plh, plw, sh, sw, nph, npw, hh, wh;
     int64_t img, yimg;    /* floats per padded image (all phases), per output image */
     int64_t njob, tpimg;  /* jobs, tasks per image (all jobs) */
+    /* per worker: {image, r0, r1}, the rows [r0, r1) of that image's padded
+     * copy its scratch holds (image -1: none).  Every job pads the same
+     * image layout, so a worker's next task on that image (another band,
+     * or the backward data's next phase job) pads only the rows it lacks. */
+    int64_t *held;
     s_job job[S_MAXJOB];
     int isa;              /* s_isa() */
 } s_fwd;
@@ -316,7 +323,15 @@ static void s_fwd_task(void *vctx, size_t i, int worker)
     while (g >= jb->tpi) g -= jb->tpi, jb++;
     const int64_t p0 = g * jb->rt, p1 = s_min(jb->p, p0 + jb->rt), wh = f->wh, C = f->c;
     float *xi = f->scr + worker * f->scrf;
-    s_pad_rows(f, img, xi, p0 + jb->rlo, p1 + jb->rhi);
+    int64_t *held = f->held + 3 * worker;
+    const int64_t r0 = p0 + jb->rlo < 0 ? 0 : p0 + jb->rlo, r1 = s_min(p1 + jb->rhi, f->hh);
+    if (held[0] != img || r1 < held[1] || r0 > held[2]) { /* other image, or a gap */
+        s_pad_rows(f, img, xi, r0, r1);
+        held[0] = img, held[1] = r0, held[2] = r1;
+    } else {
+        if (r0 < held[1]) s_pad_rows(f, img, xi, r0, held[1]), held[1] = r0;
+        if (r1 > held[2]) s_pad_rows(f, img, xi, held[2], r1), held[2] = r1;
+    }
     float *yi = f->y + img * f->yimg + jb->y0;
     const int64_t panel = jb->ntap * C * S_KB;
     const int nq = f->isa == 2 ? S_NQ512 : S_NQ;
@@ -404,9 +419,13 @@ static eq_status s_fwd_exec(eq_cpu *cpu, s_fwd *f, int64_t n, const float *wt, i
         nwp += s_round16((size_t)(f->nkb * f->job[j].ntap * c * S_KB));
     }
     f->scrf = (int64_t)s_round16((size_t)f->img);
-    const size_t nscr = (size_t)eq_cpu_workers(cpu) * (size_t)f->scrf;
-    float *ws = eq_cpu_workspace(cpu, (nwp + nscr) * sizeof(float), op, err);
+    const int nw = eq_cpu_workers(cpu);
+    const size_t nscr = (size_t)nw * (size_t)f->scrf;
+    float *ws = eq_cpu_workspace(cpu, (nwp + nscr) * sizeof(float) + (size_t)(3 * nw) * sizeof(int64_t),
+                                 op, err);
     if (!ws) return EQ_ERR_NOMEM;
+    f->held = (int64_t *)(ws + nwp + nscr); /* nwp, nscr: multiples of 16 floats */
+    for (int w = 0; w < nw; w++) f->held[3 * w] = -1;
     /* panels: wp[kb][t][c][jj] = weight of output channel kb*16 + jj */
     memset(ws, 0, nwp * sizeof *ws);
     float *wp = ws;
