@@ -14,11 +14,10 @@
  * fmaf() kernel runs the same chains (same bits).  The backward filter
  * runs conv_direct_bf.c's direct kernel (which reads x every stride-th
  * pixel in place).  Internal to the CPU backend; conv.c dispatches the
- * backward ops here.  The backend's forward stays on im2col + OpenBLAS:
- * this forward's chains round differently from OpenBLAS's in about a
- * quarter of the outputs (an ulp), which moved check_model's 2-bit LSQ
- * ResNet-20 parity test off its second-step loss; the forward kernel is
- * kept, tested, for when that test's sensitivity is dealt with.
+ * forward and backward data here.  This forward's chains round
+ * differently from OpenBLAS's in about a quarter of the outputs (an ulp);
+ * check_model's 2-bit LSQ ResNet-20 parity test tells the quantizer levels
+ * that this flips from a bug (layer by layer, one step at a time).
  */
 #ifndef EQ_TRAINER_CPU_CONV_1X1_H
 #define EQ_TRAINER_CPU_CONV_1X1_H
