@@ -30,6 +30,7 @@
 #include "loader/loader.h"
 #include "testutil.h"
 #include "trainer/backend.h"
+#include "trainer/checkpoint.h"
 #include "trainer/feeder.h"
 #include "trainer/scaler.h"
 #include "trainer/train.h"
@@ -114,6 +115,13 @@ START_TEST(test_init_errors)
     ck_assert_int_eq(eq_scaler_init(&s, true, 8, 2, 0.5, 0, &e), EQ_ERR_INVALID);
     ck_assert_ptr_nonnull(strstr(e.msg, "growth_interval 0"));
     ck_assert_int_eq(eq_scaler_init(NULL, true, 8, 2, 0.5, 1, &e), EQ_ERR_INVALID);
+    /* below FLT_MIN the unscale factor (float)(1/scale) is inf: a zero
+     * gradient would become NaN; FLT_MIN itself unscales by 2^126 */
+    ck_assert_int_eq(eq_scaler_init(&s, false, 1e-40, 2, 0.5, 10, &e), EQ_ERR_INVALID);
+    ck_assert_ptr_nonnull(strstr(e.msg, "loss scale 1e-40"));
+    ck_assert_int_eq(eq_scaler_init(&s, true, 1e-45, 2, 0.5, 10, &e), EQ_ERR_INVALID);
+    ck_assert_int_eq(eq_scaler_init(&s, false, FLT_MIN, 2, 0.5, 10, &e), EQ_OK);
+    ck_assert(isfinite(eq_scaler_inv_scale(&s)) && eq_scaler_inv_scale(&s) == 0x1p126f);
 }
 END_TEST
 
@@ -298,6 +306,106 @@ END_TEST
 
 /* ---- [train] keys ------------------------------------------------------------------ */
 
+/* ---- the scaler's checkpoint metadata --------------------------------------------- */
+
+/* Copy src to dst with the first `from` of its safetensors header replaced
+ * by `to` padded with spaces to the same length (JSON whitespace). */
+static void s_patch_file(const char *src, const char *dst, const char *from, const char *to)
+{
+    size_t n = 0;
+    FILE *f = fopen(src, "rb");
+    ck_assert_ptr_nonnull(f);
+    fseek(f, 0, SEEK_END);
+    n = (size_t)ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *b = malloc(n + 1);
+    ck_assert_ptr_nonnull(b);
+    ck_assert_uint_eq(fread(b, 1, n, f), n);
+    fclose(f);
+    b[n] = 0;
+    uint64_t hl = 0;
+    memcpy(&hl, b, 8); /* little-endian header length */
+    ck_assert_uint_le(8 + hl, n);
+    char *hit = NULL;
+    for (size_t i = 8; i + strlen(from) <= 8 + hl && !hit; i++)
+        if (!memcmp(b + i, from, strlen(from))) hit = b + i;
+    ck_assert_msg(hit != NULL, "'%s' not in %s's header", from, src);
+    ck_assert_uint_le(strlen(to), strlen(from));
+    memset(hit, ' ', strlen(from));
+    memcpy(hit, to, strlen(to));
+    f = fopen(dst, "wb");
+    ck_assert_ptr_nonnull(f);
+    ck_assert_uint_eq(fwrite(b, 1, n, f), n);
+    fclose(f);
+    free(b);
+}
+
+/* Odd or corrupt loss-scaler metadata in a checkpoint is refused as
+ * corrupt, naming the key, and changes nothing in the model: a scale that
+ * is no float, NaN, inf, 0, negative or below FLT_MIN (its inverse, the
+ * unscale factor, would be inf and turn zero gradients into NaN), a
+ * tracker that is negative, beyond int64 or missing, a tracker without a
+ * scale.  A file with both, well formed, gives them back. */
+START_TEST(test_ckpt_meta)
+{
+    eq_err e = { 0 };
+    eq_backend *be = eq_backend_cpu_new(1, &e);
+    ck_assert_msg(be != NULL, "%s", e.msg);
+    eq_experiment x;
+    eq_model *m = s_model(be, &x);
+    char *dir = eq_test_scratch("scaler-ckpt");
+    char good[4200], bad[4200];
+    snprintf(good, sizeof good, "%s/good.safetensors", dir);
+    snprintf(bad, sizeof bad, "%s/bad.safetensors", dir);
+    eq_ckpt_run run = { .epoch = 1, .step = 0, .metric = NAN, .loss_scale = 1572864.0f,
+                        .loss_scale_growth_tracker = 1234567890123456789 };
+    ck_assert_msg(eq_checkpoint_save(good, m, NULL, &run, &e) == EQ_OK, "%s", e.msg);
+    eq_ckpt_run got;
+    ck_assert_msg(eq_checkpoint_load(good, m, NULL, &got, NULL, &e) == EQ_OK, "%s", e.msg);
+    ck_assert(got.loss_scale == 1572864.0f && got.loss_scale_growth_tracker == 1234567890123456789);
+    /* a weight to watch: a failed load must leave it alone */
+    const eq_model_tensor *w = NULL;
+    for (size_t i = 0; i < eq_model_tensor_count(m) && !w; i++)
+        if (eq_model_tensor_at(m, i)->ndim == 4) w = eq_model_tensor_at(m, i);
+    ck_assert_ptr_nonnull(w);
+    static const struct {
+        const char *from, *to, *want;
+    } cases[] = {
+        { "\"1572864\"", "\"1e-40\"", "'loss_scale' is '1e-40'" }, /* subnormal: 1/scale is inf */
+        { "\"1572864\"", "\"1e-45\"", "'loss_scale' is '1e-45'" },
+        { "\"1572864\"", "\"nan\"", "'loss_scale' is 'nan'" },
+        { "\"1572864\"", "\"inf\"", "'loss_scale' is 'inf'" },
+        { "\"1572864\"", "\"1e39\"", "'loss_scale' is '1e39'" },
+        { "\"1572864\"", "\"0\"", "'loss_scale' is '0'" },
+        { "\"1572864\"", "\"-1024\"", "'loss_scale' is '-1024'" },
+        { "\"1572864\"", "\"big\"", "'loss_scale' is 'big'" },
+        { "\"1572864\"", "\"\"", "'loss_scale' is ''" },
+        { "\"1234567890123456789\"", "\"-1\"", "'loss_scale_growth_tracker' is negative" },
+        { "\"1234567890123456789\"", "\"9999999999999999999\"", "'loss_scale_growth_tracker' is not an integer" },
+        { "\"1234567890123456789\"", "\"x\"", "'loss_scale_growth_tracker' is not an integer" },
+        { "\"loss_scale_growth_tracker\"", "\"loss_scale_growth_trackeX\"", "'loss_scale_growth_tracker' is missing" },
+        { "\"loss_scale\":", "\"loss_scalX\":", "'loss_scale_growth_tracker' without 'loss_scale'" },
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        s_patch_file(good, bad, cases[c].from, cases[c].to);
+        ((float *)w->data)[0] = 12345.0f;
+        e = (eq_err){ 0 };
+        eq_status st = eq_checkpoint_load(bad, m, NULL, &got, NULL, &e);
+        ck_assert_msg(st == EQ_ERR_CORRUPT, "%s -> %s: status %d (%s)", cases[c].from, cases[c].to, (int)st, e.msg);
+        ck_assert_msg(strstr(e.msg, cases[c].want) && strstr(e.msg, "bad.safetensors"), "%s: '%s' does not say '%s'",
+                      cases[c].to, e.msg, cases[c].want);
+        ck_assert_msg(((const float *)w->data)[0] == 12345.0f, "%s: the model changed", cases[c].to);
+    }
+    /* a small normal scale is a scale */
+    s_patch_file(good, bad, "\"1572864\"", "\"0x1p-99\"");
+    ck_assert_msg(eq_checkpoint_load(bad, m, NULL, &got, NULL, &e) == EQ_OK, "%s", e.msg);
+    ck_assert(got.loss_scale == 0x1p-99f);
+    eq_test_scratch_rm(dir);
+    eq_model_destroy(&m);
+    eq_backend_destroy(&be);
+}
+END_TEST
+
 static eq_status s_load(const char *cfg, const char *const *sets, size_t n, eq_experiment *x, eq_err *e)
 {
     return eq_experiment_load(x, cfg, sets, n, NULL, e);
@@ -355,7 +463,9 @@ START_TEST(test_config)
         { "train.loss_scale_backoff_factor=1.5", "loss_scale_backoff_factor", "1.5" },
         { "train.loss_scale_growth_factor=1", "loss_scale_growth_factor", "> 1" },
         { "train.loss_scale_growth_factor=0.5", "loss_scale_growth_factor", "0.5" },
-        { "train.loss_scale_init=0", "loss_scale_init", "> 0" },
+        { "train.loss_scale_init=0", "loss_scale_init", ">= 1.17549e-38" },
+        { "train.loss_scale_init=1e-40", "loss_scale_init", "1e-40" }, /* 1/scale: inf as a float */
+        { "train.loss_scale=1e-40", "loss_scale", "1e-40" },
         { "train.loss_scale_init=1e40", "loss_scale_init", "1e40" },
         { "train.loss_scale_growth_interval=0", "loss_scale_growth_interval", "0" },
         { "train.precision=fp8", "precision", "fp8" },
@@ -803,6 +913,15 @@ START_TEST(test_resume)
     ck_assert_str_eq(s_meta(f, "loss_scale"), "8192");
     ck_assert_str_eq(s_meta(f, "loss_scale_growth_tracker"), "0");
     eq_st_close(&f);
+    /* resumed without loss scaling: the saved scale is not used, and the log says so */
+    const char *nosc[] = { "train.loss_scale=none", "schedule.epochs=2", NULL };
+    s_train(&v, "tonone", nosc, from, 0);
+    ck_assert_int_eq(s_log_count(&v, "tonone", "holds loss scale 512 (growth tracker 1), not used: [train] "
+                                               "loss_scale is none (precision fp32)"),
+                     1);
+    f = s_ckpt(&v, "tonone", "last.safetensors");
+    ck_assert_str_eq(s_meta(f, "loss_scale"), "(absent)");
+    eq_st_close(&f);
     /* a checkpoint without scaler state (a run without loss scaling, as an
      * older checkpoint): loss_scale_init, tracker 0 -> grows after steps 3
      * of the resumed epoch only */
@@ -915,6 +1034,7 @@ static Suite *s_suite(void)
     tcase_add_test(tc, test_model_ops);
     tcase_add_test(tc, test_model_ops_device);
     tcase_add_test(tc, test_config);
+    tcase_add_test(tc, test_ckpt_meta);
     suite_add_tcase(s, tc);
     TCase *tp = tcase_create("programs");
     tcase_set_timeout(tp, 240);

@@ -6,6 +6,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -257,14 +258,19 @@ eq_status eq_checkpoint_load(const char *path, eq_model *m, eq_optim *o, eq_ckpt
         const char *mv = eq_st_meta_get(f, "metric");
         r.metric = mv ? strtod(mv, NULL) : NAN;
     }
+    if (st == EQ_OK && !eq_st_meta_get(f, "loss_scale") && eq_st_meta_get(f, "loss_scale_growth_tracker"))
+        st = eq_err_set(err, EQ_ERR_CORRUPT, "%s: metadata 'loss_scale_growth_tracker' without 'loss_scale'", path);
     if (st == EQ_OK && eq_st_meta_get(f, "loss_scale")) { /* absent: no loss scaling, or an older file */
         const char *sv = eq_st_meta_get(f, "loss_scale");
         char *end = NULL;
         double d = strtod(sv, &end);
         r.loss_scale = (float)d;
-        if (end == sv || *end || !(r.loss_scale > 0) || !isfinite(r.loss_scale))
-            st = eq_err_set(err, EQ_ERR_CORRUPT, "%s: metadata 'loss_scale' is '%s', not a positive finite float",
-                            path, sv);
+        /* a scale below FLT_MIN has an inf inverse (the unscale); no run saves one */
+        if (end == sv || *end || !(r.loss_scale >= FLT_MIN) || !isfinite(r.loss_scale))
+            st = eq_err_set(err, EQ_ERR_CORRUPT,
+                            "%s: metadata 'loss_scale' is '%s', not a finite float >= %g (fp32's smallest normal "
+                            "value)",
+                            path, sv, (double)FLT_MIN);
         if (st == EQ_OK)
             st = s_meta_i64(f, path, "loss_scale_growth_tracker", &r.loss_scale_growth_tracker, err);
         if (st == EQ_OK && r.loss_scale_growth_tracker < 0)

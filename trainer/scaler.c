@@ -3,6 +3,7 @@
  */
 #include "trainer/scaler.h"
 
+#include <float.h>
 #include <math.h>
 #include <string.h>
 
@@ -12,8 +13,12 @@ eq_status eq_scaler_init(eq_scaler *s, bool dynamic, double init, double growth_
     if (!s) return eq_err_set(err, EQ_ERR_INVALID, "loss scaler: NULL argument");
     memset(s, 0, sizeof *s);
     float f = (float)init;
-    if (!(init > 0) || !isfinite(f) || !(f > 0))
-        return eq_err_set(err, EQ_ERR_INVALID, "loss scale %g must be finite and > 0 (as a float)", init);
+    /* below FLT_MIN the unscale factor (float)(1/scale) can be inf, which
+     * would turn every zero gradient into NaN */
+    if (!(init > 0) || !isfinite(f) || !(f >= FLT_MIN))
+        return eq_err_set(err, EQ_ERR_INVALID,
+                          "loss scale %g must be finite and >= %g (fp32's smallest normal value) as a float", init,
+                          (double)FLT_MIN);
     if (dynamic) {
         if (!(growth_factor > 1.0) || !isfinite(growth_factor))
             return eq_err_set(err, EQ_ERR_INVALID, "loss scale growth_factor %g must be finite and > 1",

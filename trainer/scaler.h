@@ -53,7 +53,8 @@ typedef struct eq_scaler {
     uint64_t updates, skipped, grown, backoffs;
 } eq_scaler;
 
-/* Check the parameters (init finite > 0, growth_factor > 1 and finite,
+/* Check the parameters (init finite and >= FLT_MIN as a float, so that
+ * 1/scale is finite, growth_factor > 1 and finite,
  * backoff_factor in (0, 1), growth_interval >= 1; a static scaler checks
  * init only) and start at scale (float)init, tracker 0, counts 0.
  * EQ_ERR_INVALID names the parameter and its value. */

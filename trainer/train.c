@@ -74,10 +74,12 @@ static const eq_config_key s_train_keys[] = {
                        "optimiser in fp32 (the original's --fp16 --opt_level O1 is fp16); meaningful on a GPU, "
                        "an emulation on the CPU backend (values rounded as on a GPU, fp32 arithmetic: slower)"),
     EQ_CONFIG_STRING_KEY(eq_train_cfg, loss_scale, "auto",
-                         "loss scaling (PyTorch GradScaler): dynamic, none, or a fixed positive scale; auto = "
-                         "dynamic for precision fp16, none otherwise. A step with an inf/NaN gradient is skipped"),
+                         "loss scaling (PyTorch GradScaler): dynamic, none, or a fixed scale (>= 1.17549e-38, fp32's "
+                         "smallest normal value); auto = dynamic for precision fp16, none otherwise. A step with an "
+                         "inf/NaN gradient is skipped"),
     EQ_CONFIG_FLOAT_KEY(eq_train_cfg, loss_scale_init, "65536", 0, 3.4028234663852886e38,
-                        "dynamic loss scale: the initial scale (GradScaler init_scale), > 0"),
+                        "dynamic loss scale: the initial scale (GradScaler init_scale), >= 1.17549e-38 (fp32's "
+                        "smallest normal value)"),
     EQ_CONFIG_FLOAT_KEY(eq_train_cfg, loss_scale_growth_factor, "2", 1, 1e6,
                         "dynamic loss scale: multiplied by this after growth_interval steps without inf/NaN, > 1"),
     EQ_CONFIG_FLOAT_KEY(eq_train_cfg, loss_scale_backoff_factor, "0.5", 0, 1,
@@ -156,17 +158,19 @@ static eq_status s_loss_scale_cfg(eq_train_cfg *c, const char *path, eq_err *err
         char *end = NULL;
         errno = 0;
         double d = strtod(v, &end);
-        if (end == v || *end || errno || !(d > 0) || !isfinite((float)d) || !((float)d > 0))
+        if (end == v || *end || errno || !(d > 0) || !isfinite((float)d) || !((float)d >= FLT_MIN))
             return eq_err_set(err, EQ_ERR_INVALID,
                               "%s: [train] loss_scale = '%s': expected auto, dynamic, none or a positive number "
-                              "(finite and > 0 as a float)",
-                              path, v);
+                              "(finite and >= %g, fp32's smallest normal value, as a float)",
+                              path, v, (double)FLT_MIN);
         c->loss_scale_mode = EQ_LOSS_SCALE_STATIC;
         c->loss_scale_value = d;
     }
-    if (!(c->loss_scale_init > 0) || !((float)c->loss_scale_init > 0))
-        return eq_err_set(err, EQ_ERR_INVALID, "%s: [train] loss_scale_init = %g: must be > 0 (as a float)", path,
-                          c->loss_scale_init);
+    /* below FLT_MIN the unscale factor 1/scale is inf as a float */
+    if (!((float)c->loss_scale_init >= FLT_MIN))
+        return eq_err_set(err, EQ_ERR_INVALID,
+                          "%s: [train] loss_scale_init = %g: must be >= %g (fp32's smallest normal value) as a float",
+                          path, c->loss_scale_init, (double)FLT_MIN);
     if (!(c->loss_scale_growth_factor > 1))
         return eq_err_set(err, EQ_ERR_INVALID, "%s: [train] loss_scale_growth_factor = %g: must be > 1", path,
                           c->loss_scale_growth_factor);
@@ -1327,6 +1331,11 @@ static eq_status s_run(eq_train *t, eq_err *err)
                 eq_info("%s holds no loss scale: starting at loss_scale_init %g", t->resume,
                         (double)t->scaler.scale);
             }
+        } else if (run.loss_scale > 0) { /* the saved run scaled; this one does not, or statically */
+            eq_info("%s holds loss scale %g (growth tracker %" PRId64 "), not used: [train] loss_scale is %s "
+                    "(precision %s)",
+                    t->resume, (double)run.loss_scale, run.loss_scale_growth_tracker,
+                    t->scaling ? "a static scale" : "none", eq_precision_name((eq_precision)x->train.precision));
         }
     }
     if (t->evaluate) {
