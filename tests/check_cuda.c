@@ -731,6 +731,26 @@ START_TEST(test_xent)
     float l;
     ck_assert_int_eq(eq_backend_download(g_gpu, &l, loss.g, 4, &e2), EQ_ERR_INVALID);
     ck_assert_msg(strstr(e2.msg, "row 3") && strstr(e2.msg, "label"), "%s", e2.msg);
+    /* several bad rows flagged by concurrent threads: the message names one
+     * of them with that row's own label (row and label are stored together) */
+    int32_t *hl2 = malloc((size_t)n * sizeof *hl2);
+    ck_assert_ptr_nonnull(hl2);
+    memcpy(hl2, la, (size_t)n * sizeof *hl2);
+    for (int64_t i = 1; i < n; i += 2) hl2[i] = i % 4 == 1 ? (int32_t)(k + 100 * i) : (int32_t)(-7 - i);
+    ck_assert(eq_backend_upload(g_gpu, a.g, hl2, (size_t)n * 4, &e2) == EQ_OK);
+    for (int fwd = 1; fwd >= 0; fwd--) {
+        eq_status st2 = fwd ? eq_backend_xent_fwd(g_gpu, &d, z.g, a.g, NULL, NULL, loss.g, &e2)
+                            : eq_backend_xent_bwd(g_gpu, &d, z.g, a.g, NULL, NULL, 0.5f, dz.g, &e2);
+        ck_assert(st2 == EQ_OK);
+        ck_assert_int_eq(eq_backend_synchronize(g_gpu, &e2), EQ_ERR_INVALID);
+        const char *rp = strstr(e2.msg, "row ");
+        long row = -1, lab = 0;
+        ck_assert_msg(rp && sscanf(rp, "row %ld has label %ld", &row, &lab) == 2, "%s", e2.msg);
+        ck_assert_msg(row >= 1 && row < n && row % 2 == 1 && lab == hl2[row],
+                      "xent_%s: %s (row %ld's label is %d)", fwd ? "fwd" : "bwd", e2.msg, row,
+                      row >= 0 && row < n ? hl2[row] : 0);
+    }
+    free(hl2);
     s_buf *all[] = {&z, &a, &b, &lam, &loss, &dz};
     for (size_t i = 0; i < 6; i++) s_free(all[i]);
     free(hz);

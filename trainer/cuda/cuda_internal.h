@@ -64,9 +64,11 @@ typedef struct eq_cuda {
     size_t ws_bytes;
     eq_cuda_conv_plan *plans;
     size_t nplans, plans_cap;
-    /* Error flags written by kernels (pinned, mapped): [0] first bad label
-     * row + 1 of a loss kernel, [1] its label value, [2] first bad argmax
-     * index + 1 of maxpool_bwd.  Checked after every stream wait. */
+    /* Error flags written by kernels (pinned, mapped, 8-byte aligned):
+     * [0] a bad label's row + 1 (some bad row, not necessarily the first)
+     * of a loss kernel and [1] that row's label, written together as one
+     * 64-bit store; [2] a bad argmax index + 1 of maxpool_bwd.  Checked
+     * after every stream wait. */
     int32_t *hflag;
     int32_t *dflag;
     /* prefetch: pinned staging slots and the events of their copies */

@@ -578,11 +578,17 @@ __device__ static int s_label_ok(int32_t l, int64_t k)
     return l >= 0 && l < k;
 }
 
+/* flag[0] = row + 1 and flag[1] = label in one aligned 64-bit store (the
+ * flags are page-aligned pinned memory; little-endian, flag[0] the low
+ * word): two threads flagging different rows at once could otherwise leave
+ * one row with the other row's label, and the error would name a label the
+ * row does not have.  Which bad row wins is unspecified. */
 __device__ static void s_flag_label(int32_t *flag, int64_t row, int32_t label)
 {
     if (flag[0] == 0) {
-        flag[0] = (int32_t)(row + 1);
-        flag[1] = label;
+        unsigned long long v = (unsigned long long)(uint32_t)(int32_t)(row + 1) |
+                               ((unsigned long long)(uint32_t)label << 32);
+        *(volatile unsigned long long *)flag = v;
     }
 }
 
