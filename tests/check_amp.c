@@ -23,6 +23,10 @@
  * 4. fp16 loss scaling through eq_model_set_loss_scale: power-of-two scales
  *    scale every gradient exactly; an overflowing scale gives non-finite
  *    gradients (eq_backend_nonfinite > 0) and no error.
+ * 5. The model zoo's other graphs (Bi-Real, Group-Net, TResNet stem,
+ *    ReShapeResolution, Fixup, preBN + DCHR, MobileNet v1/v2), one training
+ *    step and one eval forward each in bf16 and fp16: every stored value
+ *    representable, every gradient finite.
  */
 #include "core/config.h"
 #include "trainer/cpu/cpu_internal.h" /* eq_cpu_round_isa */
@@ -580,6 +584,125 @@ START_TEST(test_loss_scale_fp16)
 }
 END_TEST
 
+/* ---- 5. every architecture and keyword family -------------------------------- */
+
+/* The model zoo's other graphs in bf16 and fp16, one training step (scale
+ * 1) and one eval forward each: Bi-Real's layer-wise shortcuts with PReLU,
+ * Group-Net's branches, the TResNet space-to-depth stem, ReShapeResolution,
+ * Fixup's scalar affines (no BN), pre-activation with DCHR channel copies,
+ * MobileNet v1/v2's depthwise convs (quantized, with dropout; fp16 at loss
+ * scale 2^-8, see below): every
+ * activation and activation gradient each node stores, and the eval
+ * forward's, holds values of the precision; every gradient is finite. */
+static const struct {
+    const char *arch, *kw;
+    int64_t base, hw;
+    bool quant;
+    double dropout;
+} S_ZOO[] = {
+    {"resnet20", "origin,cbsa,fix_pooling,singleconv,fix,real_skip", 1, 8, true, 0.0},
+    {"resnet20", "cbsa,singleconv,real_skip,PReLU", 1, 8, true, 0.0}, /* Bi-Real */
+    {"resnet20", "cabs,fix,group-net,singleconv", 2, 8, true, 0.0},
+    {"resnet20", "origin,cbsa,TResNetStem", 1, 16, true, 0.0},
+    {"resnet20", "origin,cbsa,ReShapeResolution", 1, 8, true, 0.0},
+    {"resnet20", "origin,cbsa,fix,fixup,bias,singleconv", 1, 8, false, 0.0},
+    {"resnet20", "origin,preBN,bacs,DCHR", 1, 8, true, 0.0},
+    {"mobilenet-v1", "cifar10", 1, 16, true, 0.0},
+    {"mobilenet-v2", "cifar10", 1, 16, true, 0.25},
+};
+
+static void s_kwlist(eq_model_cfg *c, const char *list)
+{
+    c->nkeyword = 0;
+    while (*list) {
+        const char *e = strchr(list, ',');
+        size_t len = e ? (size_t)(e - list) : strlen(list);
+        snprintf(c->keyword[c->nkeyword++], sizeof c->keyword[0], "%.*s", (int)len, list);
+        list = e ? e + 1 : list + len;
+    }
+}
+
+/* Every node's stored y (and dy when `grads`) holds values of p. */
+static void s_nodes_representable(eq_model *m, eq_precision p, bool grads, const char *what)
+{
+    const eq_layers *g = eq_model_layers(m);
+    ck_assert_ptr_nonnull(g);
+    ck_assert_int_eq(eq_layers_precision(g), p);
+    int ny = 0;
+    for (int i = 1; i < eq_layers_node_count(g); i++) {
+        const float *y, *dy;
+        size_t n, bad = 0;
+        ck_assert_int_eq(eq_layers_node_buffers(g, i, &y, grads ? &dy : NULL, &n), 0);
+        ck_assert_msg(!y || s_representable(p, y, n, &bad), "%s %s: node %d y[%zu] = %.9g", what,
+                      eq_precision_name(p), i, bad, (double)y[bad]);
+        ck_assert_msg(!grads || !dy || s_representable(p, dy, n, &bad), "%s %s: node %d dy[%zu] = %.9g", what,
+                      eq_precision_name(p), i, bad, (double)dy[bad]);
+        ny += y != NULL;
+    }
+    ck_assert_int_gt(ny, 3);
+}
+
+START_TEST(test_zoo)
+{
+    eq_err err = {0};
+    eq_backend *be = eq_backend_cpu_new(2, &err);
+    int z = _i / 2;
+    eq_precision p = _i % 2 ? EQ_PREC_FP16 : EQ_PREC_BF16;
+    eq_model_cfg cfg;
+    eq_model_quant_cfg wt, fm;
+    eq_config_section secs[EQ_MODEL_CONFIG_NSECTIONS];
+    eq_model_config_sections(&cfg, &wt, &fm, secs);
+    OK(eq_config_defaults(secs, EQ_MODEL_CONFIG_NSECTIONS, &err));
+    snprintf(cfg.arch, sizeof cfg.arch, "%s", S_ZOO[z].arch);
+    s_kwlist(&cfg, S_ZOO[z].kw);
+    cfg.width_alpha = 0.125;
+    cfg.num_classes = 10;
+    cfg.base = S_ZOO[z].base;
+    cfg.dropout = S_ZOO[z].dropout;
+    cfg.seed = 3;
+    cfg.precision = p;
+    wt.enable = fm.enable = S_ZOO[z].quant;
+    snprintf(wt.method, sizeof wt.method, "lsq");
+    snprintf(fm.method, sizeof fm.method, "lsq");
+    wt.bit = fm.bit = 3;
+    int64_t hw = S_ZOO[z].hw;
+    char what[160];
+    snprintf(what, sizeof what, "%s [%s]", S_ZOO[z].arch, S_ZOO[z].kw);
+    eq_model *m = eq_model_new(be, &cfg, &wt, &fm, GN, hw, hw, &err);
+    ck_assert_msg(m != NULL, "%s: %s", what, err.msg);
+    uint64_t seed = 0x7a6f6fu + (uint64_t)z;
+    float *x = eq_test_vec(&seed, (size_t)(GN * hw * hw * 3), 2.0f);
+    float loss;
+    /* fp16: these nets on a batch of 2 have activation gradients up to
+     * 1.6e5 (MobileNet v2, measured in bf16) and a stem weight gradient
+     * beyond fp16's 65504 at 2^-4: scale by 2^-8, as the dynamic scaler
+     * would after enough back-offs */
+    OK(eq_model_set_loss_scale(m, p == EQ_PREC_FP16 ? 0x1p-8f : 1.0f, &err));
+    OK(eq_model_forward(m, x, true, &err));
+    OK(eq_model_loss(m, S_LABELS, NULL, NULL, 0.1f, &loss, &err));
+    OK(eq_model_backward(m, NULL, &err));
+    ck_assert_msg(isfinite(loss), "%s: loss %g", what, (double)loss);
+    s_nodes_representable(m, p, true, what);
+    for (size_t i = 0; i < eq_model_tensor_count(m); i++) {
+        const eq_model_tensor *t = eq_model_tensor_at(m, i);
+        int64_t nf = -1;
+        if (!t->grad || !t->numel) continue;
+        OK(eq_backend_nonfinite(be, t->numel, t->grad, &nf, &err));
+        ck_assert_msg(nf == 0, "%s %s: %s has %lld non-finite gradients", what, eq_precision_name(p), t->name,
+                      (long long)nf);
+    }
+    OK(eq_model_forward(m, x, false, &err)); /* eval */
+    s_nodes_representable(m, p, false, what);
+    int64_t nb, nc;
+    const float *logits = eq_model_logits(m, &nb, &nc);
+    ck_assert_ptr_nonnull(logits);
+    ck_assert(s_representable(p, logits, (size_t)(nb * nc), NULL));
+    free(x);
+    eq_model_destroy(&m);
+    eq_backend_destroy(&be);
+}
+END_TEST
+
 static Suite *s_suite(void)
 {
     Suite *s = suite_create("amp");
@@ -594,6 +717,7 @@ static Suite *s_suite(void)
     tcase_add_test(g, test_graph_fp32_bitwise);
     tcase_add_loop_test(g, test_torch, 0, 5);
     tcase_add_test(g, test_loss_scale_fp16);
+    tcase_add_loop_test(g, test_zoo, 0, 2 * (int)(sizeof S_ZOO / sizeof S_ZOO[0]));
     suite_add_tcase(s, g);
     return s;
 }

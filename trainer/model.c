@@ -1139,3 +1139,8 @@ const char *eq_model_summary(const eq_model *m)
 {
     return m ? m->summary : "";
 }
+
+struct eq_layers *eq_model_layers(const eq_model *m)
+{
+    return m ? m->g : NULL;
+}

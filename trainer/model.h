@@ -230,5 +230,9 @@ const float *eq_model_quant_output(const eq_model *m, const char *layer, eq_quan
 
 /* A one-line summary: "torch-resnet18: 11689512 parameters, 62 tensors, ...". */
 const char *eq_model_summary(const eq_model *m);
+/* The model's layer graph (trainer/layers.h; for tests: node buffers,
+ * precision).  Owned by the model. */
+struct eq_layers;
+struct eq_layers *eq_model_layers(const eq_model *m);
 
 #endif
