@@ -915,6 +915,28 @@ START_TEST(test_stage_images)
                      EQ_ERR_INVALID);
     ck_assert_int_eq(eq_cuda_stage_images(g_gpu, n, per, c, du, scale, shift, dp, NULL, dx, &err),
                      EQ_ERR_INVALID);
+    /* partners outside [0, n) (device data, not checked on the host): not
+     * read; the next synchronisation names one such image, and the images
+     * with a valid partner are still blended */
+    for (int bad = 0; bad < 2; bad++) {
+        int32_t p2[5] = {0, 2, bad ? -1 : (int32_t)n, 4, 0};
+        ck_assert(eq_backend_upload(g_gpu, dp, p2, sizeof p2, &err) == EQ_OK);
+        ck_assert(eq_cuda_stage_images(g_gpu, n, per, c, du, scale, shift, dp, dl, dx, &err) == EQ_OK);
+        ck_assert_int_eq(eq_backend_synchronize(g_gpu, &err), EQ_ERR_INVALID);
+        ck_assert_msg(strstr(err.msg, "partner of image 2"), "%s", err.msg);
+        ck_assert_msg(eq_backend_synchronize(g_gpu, &err) == EQ_OK, "flag not cleared: %s", err.msg);
+        float *got = s_down(g_gpu, dx, (size_t)(n * per));
+        for (int64_t k = 0; k < per; k++) {
+            int64_t ch = k % c;
+            float v2 = (float)u[2 * per + k] * scale[ch] + shift[ch];
+            float v1 = (float)u[1 * per + k] * scale[ch] + shift[ch];
+            float vb = (float)u[2 * per + k] * scale[ch] + shift[ch];
+            ck_assert_msg(got[2 * per + k] == v2, "image 2 (bad partner) byte %lld: %g != %g",
+                          (long long)k, (double)got[2 * per + k], (double)v2);
+            ck_assert(got[1 * per + k] == lam[1] * v1 + (1.0f - lam[1]) * vb);
+        }
+        free(got);
+    }
     eq_backend_release(g_gpu, du);
     eq_backend_release(g_gpu, dp);
     eq_backend_release(g_gpu, dl);

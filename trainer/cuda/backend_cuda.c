@@ -88,6 +88,14 @@ eq_status eq_cuda_check_flags(eq_cuda *cu, const char *op, eq_err *err)
                           "kernel at this synchronisation)",
                           op, (int)idx);
     }
+    if (f[3] != 0) {
+        int32_t img = f[3] - 1;
+        f[3] = 0;
+        return eq_err_set(err, EQ_ERR_INVALID,
+                          "%s: stage_images: the mixup partner of image %d is outside [0, n) "
+                          "(reported by the staging kernel at this synchronisation)",
+                          op, (int)img);
+    }
     return EQ_OK;
 }
 
@@ -322,7 +330,8 @@ eq_status eq_cuda_stage_images(eq_backend *be, int64_t n, int64_t per_image, int
         return eq_err_set(err, EQ_ERR_INVALID, "%s: NULL buffer", op);
     if ((partner == NULL) != (lambda == NULL))
         return eq_err_set(err, EQ_ERR_INVALID, "%s: mixup needs both partner and lambda", op);
-    EQ_K(op, eq_cuk_u8_input(cu->stream, n, per_image, c, src, scale, shift, partner, lambda, dst));
+    EQ_K(op, eq_cuk_u8_input(cu->stream, n, per_image, c, src, scale, shift, partner, lambda, dst,
+                             cu->dflag));
     return EQ_OK;
 }
 

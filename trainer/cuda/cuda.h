@@ -78,7 +78,9 @@ eq_status eq_cuda_prefetch_wait(eq_backend *be, eq_err *err);
  * with scale = 1/(255*std), shift = -mean/std (host arrays of c floats);
  * with partner/lambda (device, n each; both or neither) image i becomes
  * lambda[i]*v_i + (1 - lambda[i])*v_partner[i] (mixup).  Partners must be
- * in [0, n) (the trainer checks them on the host). */
+ * in [0, n) (the trainer checks them on the host); one outside is not read
+ * (that image is staged unblended) and the next download/synchronize
+ * fails with EQ_ERR_INVALID naming the image. */
 eq_status eq_cuda_stage_images(eq_backend *be, int64_t n, int64_t per_image, int64_t c,
                                const uint8_t *src, const float *scale, const float *shift,
                                const int32_t *partner, const float *lambda, float *dst,

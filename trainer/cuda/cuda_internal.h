@@ -67,8 +67,9 @@ typedef struct eq_cuda {
     /* Error flags written by kernels (pinned, mapped, 8-byte aligned):
      * [0] a bad label's row + 1 (some bad row, not necessarily the first)
      * of a loss kernel and [1] that row's label, written together as one
-     * 64-bit store; [2] a bad argmax index + 1 of maxpool_bwd.  Checked
-     * after every stream wait. */
+     * 64-bit store; [2] a bad argmax index + 1 of maxpool_bwd; [3] an
+     * image + 1 whose mixup partner is outside [0, n) (stage_images).
+     * Checked after every stream wait. */
     int32_t *hflag;
     int32_t *dflag;
     /* prefetch: pinned staging slots and the events of their copies */

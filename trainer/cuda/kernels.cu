@@ -761,15 +761,20 @@ struct s_norm16 {
     float scale[16], shift[16];
 };
 
+/* A partner outside [0, n) would read past src (an illegal address, which
+ * ends the CUDA context): it sets flag[3] = image + 1 instead and that
+ * image is staged unblended. */
 __global__ void k_u8_input(int64_t n, int64_t per, int64_t c, const uint8_t *src, s_norm16 nm,
-                           const int32_t *partner, const float *lam, float *dst)
+                           const int32_t *partner, const float *lam, float *dst, int32_t *flag)
 {
     S_FOR(i, (size_t)(n * per))
     {
         int64_t img = (int64_t)(i / (size_t)per), k = (int64_t)(i % (size_t)per);
         int64_t ch = k % c;
         float va = (float)src[i] * nm.scale[ch] + nm.shift[ch];
-        if (partner) {
+        if (partner && (partner[img] < 0 || partner[img] >= n)) {
+            if (k == 0) flag[3] = (int32_t)(img < 0x7ffffffe ? img + 1 : 0x7fffffff);
+        } else if (partner) {
             float l = lam[img];
             float vb = (float)src[(int64_t)partner[img] * per + k] * nm.scale[ch] + nm.shift[ch];
             va = l * va + (1.0f - l) * vb;
@@ -781,7 +786,7 @@ __global__ void k_u8_input(int64_t n, int64_t per, int64_t c, const uint8_t *src
 extern "C" cudaError_t eq_cuk_u8_input(cudaStream_t s, int64_t n, int64_t per_image, int64_t c,
                                        const uint8_t *src, const float *scale_host,
                                        const float *shift_host, const int32_t *partner,
-                                       const float *lam, float *dst)
+                                       const float *lam, float *dst, int32_t *flag)
 {
     if (c < 1 || c > 16) return cudaErrorInvalidValue;
     s_norm16 nm;
@@ -790,7 +795,7 @@ extern "C" cudaError_t eq_cuk_u8_input(cudaStream_t s, int64_t n, int64_t per_im
         nm.shift[j] = j < c ? shift_host[j] : 0.0f;
     }
     k_u8_input<<<s_blocks((size_t)(n * per_image)), S_T, 0, s>>>(n, per_image, c, src, nm, partner,
-                                                                 lam, dst);
+                                                                 lam, dst, flag);
     return cudaGetLastError();
 }
 

@@ -69,8 +69,9 @@ cudaError_t eq_cuk_bn_bwd(cudaStream_t s, int64_t m, int64_t c, const float *x, 
                           const float *invstd, float *dx, float *dz, float *dgamma, float *dbeta,
                           void *scratch);
 
-/* Pooling.  maxpool_bwd sets flag[2] = (first bad index + 1) when an
- * argmax is outside the input (and skips it). */
+/* Pooling.  maxpool_bwd sets flag[2] = (bad index + 1) when an argmax is
+ * outside the input (and skips it); with several, one of them (threads
+ * race; not necessarily the first). */
 cudaError_t eq_cuk_maxpool_fwd(cudaStream_t s, const eq_cuk_pool *p, const float *x, float *y,
                                int32_t *argmax);
 cudaError_t eq_cuk_maxpool_bwd(cudaStream_t s, const eq_cuk_pool *p, const int32_t *argmax,
@@ -129,11 +130,13 @@ cudaError_t eq_cuk_krsc_to_oihw(cudaStream_t s, int64_t k, int64_t c, int64_t r,
 /* uint8 NHWC images -> fp32 input, as eq-trainer's host staging:
  * v = (float)u * scale[ch] + shift[ch] (ch = index % c; scale/shift host
  * arrays of c <= 16 values, passed by value); with partner/lam (both set)
- * image i becomes lam[i] * v_i + (1 - lam[i]) * v_partner[i] (mixup). */
+ * image i becomes lam[i] * v_i + (1 - lam[i]) * v_partner[i] (mixup).  A
+ * partner outside [0, n) sets flag[3] = (image + 1) (one such image) and
+ * that image is staged unblended. */
 cudaError_t eq_cuk_u8_input(cudaStream_t s, int64_t n, int64_t per_image, int64_t c,
                             const uint8_t *src, const float *scale_host,
                             const float *shift_host, const int32_t *partner, const float *lam,
-                            float *dst);
+                            float *dst, int32_t *flag);
 
 /* Mixed precision (prec.h; prec is eq_precision's value: 1 bf16, 2 fp16).
  * round: y[i] = eq_precision_round(prec, x[i]) bitwise (y may alias x).
