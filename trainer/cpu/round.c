@@ -78,7 +78,9 @@ typedef struct s_round {
                 memcpy(&u, x + k, sizeof u);                                                     \
                 s_vi##SUF a = u & 0x7fffffff, sign = u & (int32_t)0x80000000u;                   \
                 s_vi##SUF nan = a > 0x7f800000, ovf = a >= 0x477ff000, sub = a < 0x38800000;     \
-                s_vi##SUF norm = (a + 0xfff + ((a >> 13) & 1)) & (int32_t)0xffffe000u;           \
+                /* unsigned: a NaN's a + 0xfff overflows int32 (its lane is not selected) */     \
+                s_vi##SUF norm = (s_vi##SUF)(((s_vu##SUF)a + 0xfffu + (((s_vu##SUF)a >> 13) & 1u)) & \
+                                             0xffffe000u);                                       \
                 s_vi##SUF subn = (s_vi##SUF)(((s_vf##SUF)a + 0.5f) - 0.5f);                      \
                 s_vi##SUF r = (ovf & 0x7f800000) | (~ovf & norm);                                \
                 r = sign | ((sub & subn) | (~sub & r));                                          \
