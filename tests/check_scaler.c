@@ -231,6 +231,51 @@ START_TEST(test_model_ops)
 }
 END_TEST
 
+/* A loss scale other than 1 with a quantization loss is refused by the
+ * loss (that loss's gradient enters inside the quantizers' backward,
+ * where no scale reaches it), naming it; at scale 1 the same step runs. */
+START_TEST(test_quant_loss_refused)
+{
+    eq_err e = { 0 };
+    eq_backend *be = eq_backend_cpu_new(1, &e);
+    ck_assert_msg(be != NULL, "%s", e.msg);
+    eq_experiment x;
+    eq_model *m = s_model(be, &x);
+    struct eq_quant *q = NULL;
+    for (size_t i = 0; i < eq_model_tensor_count(m) && !q; i++) {
+        const eq_model_tensor *t = eq_model_tensor_at(m, i);
+        const char *dot = strstr(t->name, ".quant_weight.");
+        if (!t->quant || !dot) continue;
+        char layer[256];
+        snprintf(layer, sizeof layer, "%.*s", (int)(dot - t->name), t->name);
+        q = eq_model_quant(m, layer, EQ_QTAG_WT);
+    }
+    ck_assert_ptr_nonnull(q);
+    ck_assert_msg(eq_quant_set_option(q, "quant_loss_enable", "true", &e) == EQ_OK, "%s", e.msg);
+    ck_assert_msg(eq_quant_set_option(q, "quant_loss_function", "L2", &e) == EQ_OK, "%s", e.msg);
+    ck_assert_msg(eq_quant_set_option(q, "quant_loss_alpha", "0.5", &e) == EQ_OK, "%s", e.msg);
+    uint64_t seed = 21;
+    float *in = eq_test_vec(&seed, 2 * 8 * 8 * 3, 1.0f);
+    const int32_t y[2] = { 1, 3 };
+    float loss;
+    /* the quantizer's first training forward is its warm-up (iteration 0 <= stable 0): no loss yet */
+    ck_assert_msg(eq_model_forward(m, in, true, &e) == EQ_OK, "%s", e.msg);
+    ck_assert(eq_model_set_loss_scale(m, 1024.0f, &e) == EQ_OK);
+    ck_assert_msg(eq_model_forward(m, in, true, &e) == EQ_OK, "%s", e.msg);
+    ck_assert_int_eq(eq_model_loss(m, y, NULL, NULL, 0.0f, &loss, &e), EQ_ERR_UNSUPPORTED);
+    ck_assert_msg(strstr(e.msg, "loss scale 1024") && strstr(e.msg, "quant_loss_enable") &&
+                      strstr(e.msg, "loss_scale = none"),
+                  "%s", e.msg);
+    ck_assert(eq_model_set_loss_scale(m, 1.0f, &e) == EQ_OK);
+    ck_assert_msg(eq_model_forward(m, in, true, &e) == EQ_OK, "%s", e.msg);
+    ck_assert_msg(eq_model_loss(m, y, NULL, NULL, 0.0f, &loss, &e) == EQ_OK, "%s", e.msg);
+    ck_assert_msg(eq_model_backward(m, NULL, &e) == EQ_OK, "%s", e.msg);
+    free(in);
+    eq_model_destroy(&m);
+    eq_backend_destroy(&be);
+}
+END_TEST
+
 /* The same on a backend whose memory is not host memory (the CPU's members
  * under another name, as tests/check_backend_quant.c's fake device): model
  * gradients take the device path (the backend's nonfinite member, the
@@ -867,7 +912,7 @@ START_TEST(test_dynamic_overflow)
      * same counts and finish) */
     s_two_ranks(&v, "dp", run);
     for (int r = 0; r < 2; r++) {
-        char tag[16];
+        char tag[24];
         snprintf(tag, sizeof tag, "dp.rank%d", r);
         snprintf(pat, sizeof pat, "epoch 0 loss scaling: %d optimiser step(s) skipped", K < 4 ? K : 4);
         ck_assert_msg(s_log_count(&v, tag, pat) == 1, "rank %d: no '%s'", r, pat);
@@ -1032,6 +1077,7 @@ static Suite *s_suite(void)
     tcase_add_test(tc, test_update_rule);
     tcase_add_test(tc, test_init_errors);
     tcase_add_test(tc, test_model_ops);
+    tcase_add_test(tc, test_quant_loss_refused);
     tcase_add_test(tc, test_model_ops_device);
     tcase_add_test(tc, test_config);
     tcase_add_test(tc, test_ckpt_meta);

@@ -1020,7 +1020,8 @@ eq_status eq_model_loss(eq_model *m, const int32_t *labels_a, const int32_t *lab
     if (st == EQ_OK && aux != 0.0 && m->loss_scale != 1.0f)
         st = eq_err_set(err, EQ_ERR_UNSUPPORTED,
                         "loss scale %g with a quantization loss (quant_loss_enable): that loss's "
-                        "gradient enters inside the quantizers' backward, unscaled",
+                        "gradient enters inside the quantizers' backward, unscaled; train it with "
+                        "[train] loss_scale = none (precision bf16 or fp32 need none)",
                         (double)m->loss_scale);
     if (st == EQ_OK)
         st = eq_backend_xent_bwd(m->be, &d, y, labels_a, labels_b, lambda, m->loss_scale, dy, err);
