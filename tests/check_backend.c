@@ -605,6 +605,42 @@ START_TEST(test_relu_parity)
 }
 END_TEST
 
+/* NaN goes through ReLU as through torch.relu (relu(NaN) = NaN; its
+ * backward, threshold_backward, zeroes only where y <= 0, so dy passes at a
+ * NaN), in the vector body and the scalar tail, and through the fused
+ * bn_relu's ReLU: a NaN activation stays visible instead of becoming 0. */
+START_TEST(test_relu_nan)
+{
+    eq_backend *be = s_cpu(1);
+    eq_err err = {0};
+    const float nan = NAN;
+    const float x[7] = {-1.0f, nan, 2.0f, 0.0f, 3.0f, nan, -4.0f};
+    const float dy[7] = {1, 2, 3, 4, 5, 6, 7};
+    const float dx_ref[7] = {0, 2, 3, 0, 5, 6, 0};
+    float y[7], dx[7];
+    OK(eq_backend_relu_fwd(be, 7, x, y, &err));
+    OK(eq_backend_relu_bwd(be, 7, y, dy, dx, &err));
+    for (int i = 0; i < 7; i++) {
+        if (isnan(x[i])) ck_assert(isnan(y[i]));
+        else ck_assert_float_eq(y[i], x[i] > 0 ? x[i] : 0.0f);
+        ck_assert_float_eq(dx[i], dx_ref[i]);
+    }
+    /* fused: one channel of an [8][2] batch holds a NaN; its outputs are NaN,
+     * the other channel's are finite */
+    float bx[16], by[16], rm[2] = {0, 0}, rv[2] = {1, 1}, sm[2], si[2];
+    for (int i = 0; i < 16; i++) bx[i] = (float)((i * 7) % 5) - 2.0f;
+    bx[4] = nan; /* row 2, channel 0 */
+    eq_bn_desc d;
+    OK(eq_bn_desc_init(&d, 8, 2, 1e-5f, 0.1f, &err));
+    OK(eq_backend_bn_relu_fwd_train(be, &d, bx, NULL, NULL, NULL, rm, rv, by, sm, si, &err));
+    for (int i = 0; i < 16; i++) {
+        if (i % 2 == 0) ck_assert_msg(isnan(by[i]), "channel 0 row %d: %g", i / 2, (double)by[i]);
+        else ck_assert(isfinite(by[i]));
+    }
+    eq_backend_destroy(&be);
+}
+END_TEST
+
 /* Hardtanh / ReLU6: the values PyTorch gives (F.hardtanh and
  * hardtanh_backward, whose mask is lo < x < hi: no gradient at the bounds). */
 START_TEST(test_clamp)
@@ -1371,6 +1407,7 @@ static Suite *s_suite(void)
     tcase_add_loop_test(tc, test_bn_parity, 0, 2);
     tcase_add_loop_test(tc, test_bn_relu_fused, 0, NFUSE);
     tcase_add_test(tc, test_relu_parity);
+    tcase_add_test(tc, test_relu_nan);
     tcase_add_test(tc, test_clamp);
     tcase_add_test(tc, test_scalar_affine);
     tcase_add_loop_test(tc, test_prelu_parity, 0, 2);

@@ -307,8 +307,10 @@ struct eq_backend_i {
                              float *dz, float *dgamma, float *dbeta, eq_err *err);
 
     /* -- elementwise; n elements; outputs may alias inputs -- */
+    /* y = x where x > 0 or NaN (as torch.relu), else +0. */
     eq_status (*relu_fwd)(void *ctx, size_t n, const float *x, float *y, eq_err *err);
-    /* dx = dy where y > 0, else 0 (y is the forward output). */
+    /* dx = 0 where y <= 0, else dy (torch's threshold_backward; y is the
+     * forward output, dy passes at a NaN). */
     eq_status (*relu_bwd)(void *ctx, size_t n, const float *y, const float *dy, float *dx,
                           eq_err *err);
     /* x: [M][C]; slope: [nslope] with nslope 1 or C (torch.nn.PReLU). */

@@ -116,14 +116,14 @@ S_AVX512 static inline void s_cvt512(const s_vf *f, s_vd *d)
         s_vd e_ = (v);                              \
         memcpy((p), &e_, sizeof e_);                \
     } while (0)
-/* v where v > 0, else +0 (NaN: 0), as relu_fwd */
+/* +0 where v <= 0, else v (NaN stays NaN, as torch.relu), as relu_fwd */
 #define s_relu(v)                                   \
     ({                                              \
         s_vf r_ = (v);                              \
-        (s_vf)((s_vi)r_ & (r_ > (s_vf){0}));        \
+        (s_vf)((s_vi)r_ & ~(r_ <= (s_vf){0}));     \
     })
-/* g where y > 0, else +0, as relu_bwd */
-#define s_mask(g, y) ((s_vf)((s_vi)(g) & ((y) > (s_vf){0})))
+/* +0 where y <= 0, else g (torch's threshold_backward), as relu_bwd */
+#define s_mask(g, y) ((s_vf)((s_vi)(g) & ~((y) <= (s_vf){0})))
 
 typedef struct s_bn {
     const eq_bn_desc *d;
@@ -283,7 +283,7 @@ S_BODY void s_affine_k(const s_bn *b, size_t t, int has_z, int relu, int isa)
                 for (int64_t j = 0; j < nb; j++) {
                     float v = (float)(x[o + j] * a[j] + sh[j]);
                     if (z) v += z[o + j];
-                    if (relu) v = v > 0.0f ? v : 0.0f;
+                    if (relu) v = v <= 0.0f ? 0.0f : v;
                     y[o + j] = v;
                 }
             }
@@ -444,7 +444,7 @@ S_BODY void s_bwd_sums_k(const s_bn *b, size_t t, int has_dy2, int relu, int has
                 for (int64_t j = 0; j < nb; j++) {
                     float gf = dy[o + j];
                     if (dy2) gf += dy2[o + j];
-                    if (relu) gf = yin[o + j] > 0.0f ? gf : 0.0f;
+                    if (relu) gf = yin[o + j] <= 0.0f ? 0.0f : gf;
                     if (dz) dz[o + j] = gf;
                     a1[j] += gf;
                     a2[j] += (double)gf * ((double)x[o + j] - mu[j]);
@@ -503,7 +503,7 @@ S_BODY void s_bwd_dx_k(const s_bn *b, size_t t, int has_dy2, int relu, int isa)
                 for (int64_t j = 0; j < nb; j++) {
                     float gf = gsrc[o + j];
                     if (dy2) gf += dy2[o + j];
-                    if (relu) gf = yin[o + j] > 0.0f ? gf : 0.0f;
+                    if (relu) gf = yin[o + j] <= 0.0f ? 0.0f : gf;
                     dx[o + j] = (float)(k1[j] * ((double)gf - mdy[j] -
                                                  ((double)x[o + j] - mu[j]) * k2[j]));
                 }

@@ -61,9 +61,9 @@ static void s_relu_chunk(void *vctx, size_t i)
     size_t k = lo;
     for (; k + 4 <= hi; k += 4) {
         s_v4f v = s_ld4(x + k);
-        s_st4(y + k, (s_v4f)((s_v4i)v & (v > zero)));
+        s_st4(y + k, (s_v4f)((s_v4i)v & ~(v <= zero))); /* NaN kept, as torch */
     }
-    for (; k < hi; k++) y[k] = x[k] > 0.0f ? x[k] : 0.0f;
+    for (; k < hi; k++) y[k] = x[k] <= 0.0f ? 0.0f : x[k];
 }
 
 eq_status eq_cpu_relu_fwd(void *ctx, size_t n, const float *x, float *y, eq_err *err)
@@ -84,9 +84,9 @@ static void s_relu_bwd_chunk(void *vctx, size_t i)
     size_t k = lo;
     for (; k + 4 <= hi; k += 4) {
         s_v4f v = s_ld4(y + k), g = s_ld4(dy + k);
-        s_st4(dx + k, (s_v4f)((s_v4i)g & (v > zero)));
+        s_st4(dx + k, (s_v4f)((s_v4i)g & ~(v <= zero)));
     }
-    for (; k < hi; k++) dx[k] = y[k] > 0.0f ? dy[k] : 0.0f;
+    for (; k < hi; k++) dx[k] = y[k] <= 0.0f ? 0.0f : dy[k];
 }
 
 eq_status eq_cpu_relu_bwd(void *ctx, size_t n, const float *y, const float *dy, float *dx,

@@ -24,12 +24,12 @@ static unsigned s_blocks(size_t n)
 
 __global__ void k_relu_fwd(size_t n, const float *x, float *y)
 {
-    S_FOR(i, n) y[i] = x[i] > 0.0f ? x[i] : 0.0f;
+    S_FOR(i, n) y[i] = x[i] <= 0.0f ? 0.0f : x[i]; /* NaN kept, as torch */
 }
 
 __global__ void k_relu_bwd(size_t n, const float *y, const float *dy, float *dx)
 {
-    S_FOR(i, n) dx[i] = y[i] > 0.0f ? dy[i] : 0.0f;
+    S_FOR(i, n) dx[i] = y[i] <= 0.0f ? 0.0f : dy[i];
 }
 
 __global__ void k_add(size_t n, const float *a, const float *b, float *y)
@@ -102,7 +102,7 @@ extern "C" cudaError_t eq_cuk_prelu_fwd(cudaStream_t s, int64_t m, int64_t c, in
 __device__ static inline float s_bn_g(size_t i, const float *dy, const float *dy2, const float *y)
 {
     float g = dy2 ? dy[i] + dy2[i] : dy[i];
-    return y && !(y[i] > 0.0f) ? 0.0f : g;
+    return y && y[i] <= 0.0f ? 0.0f : g;
 }
 
 static int64_t s_nrb(int64_t m)
@@ -227,7 +227,7 @@ __global__ void k_affine(size_t n, int64_t c, const float *x, const double *a, c
         float v = (float)((double)x[i] * a[ch] + sh[ch]);
         if (relu) {
             if (z) v = v + z[i];
-            v = v > 0.0f ? v : 0.0f;
+            v = v <= 0.0f ? 0.0f : v;
         }
         y[i] = v;
     }
