@@ -178,7 +178,7 @@ static const char *s_fail_msg(const s_child *c, char *buf, size_t cap)
     s_status_str(c->status, st, sizeof st);
     s_last_error(c->log, why, sizeof why);
     const char *nan = WIFEXITED(c->status) && WEXITSTATUS(c->status) == 4 && !strncmp(c->what, "eq-trainer", 10)
-                          ? " (the loss became NaN or infinite)"
+                          ? " (training diverged: a non-finite loss, or the loss scale fell too low)"
                           : "";
     snprintf(buf, cap, "%s %s%s%s%s", c->what, st, nan, why[0] ? ": " : "", why);
     return buf;
@@ -496,7 +496,7 @@ int eq_ctl_run_main(int argc, char **argv)
     double t0 = eq_clock_sec();
     bool tty = isatty(2);
     const char *failed = NULL; /* which part failed, for the summary */
-    char failed_buf[512];
+    char failed_buf[640];
 
     /* Outputs and the socket directory. */
     snprintf(r->log_dir, sizeof r->log_dir, "%s/logs", x.train.out_dir);

@@ -187,7 +187,7 @@ timeout 120 "$CTL" run "$T/tiny.cfg" --ranks 2 --set optim.lr=100 --set schedule
 rc=$?
 s0=$(grep -o "loss is [NaifIt]* at epoch [0-9]* step [0-9]*" "$T/nan/logs/trainer.log")
 s1=$(grep -o "loss is [NaifIt]* at epoch [0-9]* step [0-9]*" "$T/nan/logs/trainer1.log")
-if [ $rc -eq 1 ] && grep -q "exit 4 (the loss became NaN or infinite)" "$T/r4.out" && [ -n "$s0" ] && [ "$s0" = "$s1" ]; then
+if [ $rc -eq 1 ] && grep -q "exit 4 (training diverged: a non-finite loss" "$T/r4.out" && [ -n "$s0" ] && [ "$s0" = "$s1" ]; then
     ok "NaN loss: both ranks stop with exit 4 at the same step ($s0), the run fails saying so"
 else
     bad "NaN loss: exit $rc, rank 0 '$s0', rank 1 '$s1'"

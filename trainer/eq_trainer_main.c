@@ -81,7 +81,8 @@ static void s_usage(FILE *f)
                "  --log-json             log JSON lines\n"
                "  --help\n"
                "Exit status: 0 done, 1 failed, 2 bad usage or config, 3 stopped (checkpoint written),\n"
-               "4 the loss became NaN or infinite.\n");
+               "4 training diverged (the loss became NaN or infinite, or the fp16 loss scale fell below\n"
+               "  2^-126).\n");
 }
 
 int main(int argc, char **argv)

@@ -1428,11 +1428,20 @@ static eq_status s_run(eq_train *t, eq_err *err)
             if (!isfinite(loss)) {
                 t->diverged = true;
                 s_publish(t, "done", 0, 0, 0, EQ_ERR_INVALID);
+                char last[1100];
+                struct stat lst;
+                snprintf(last, sizeof last, "%s/last.safetensors", x->train.out_dir);
+                bool have_last = stat(last, &lst) == 0;
                 return eq_err_set(err, EQ_ERR_INVALID,
                                   "loss is %s at epoch %" PRIu64 " step %" PRIu64
-                                  "%s: stopped without a checkpoint of this step; the last good one is %s/last.safetensors",
+                                  "%s: stopped without a checkpoint of this step; %s%s%s",
                                   isnan(loss) ? "NaN" : "infinite", e, s, t->world > 1 ? " (mean over the ranks)" : "",
-                                  x->train.out_dir);
+                                  have_last ? "the last good one is " : "no checkpoint was written before it",
+                                  have_last ? last : "",
+                                  x->train.precision == EQ_PREC_FP16
+                                      ? " (precision fp16: an activation beyond 65504 overflows the forward, which "
+                                        "loss scaling cannot help; bf16 has fp32's range)"
+                                      : "");
             }
             bool wfirst = I == 1 || s % I == 0 || s == first, wlast = I == 1 || s % I == I - 1;
             if ((st = s_backward(t, wfirst, wlast, err)) ||
