@@ -269,6 +269,7 @@ struct eq_train {
     float *dev_inv;        /* the unscale's device scalar */
     bool scaler_agree;     /* several ranks: some gradient is not all-reduced, agree on inf/NaN explicitly */
     uint64_t epoch_skipped; /* optimiser steps skipped this epoch */
+    uint64_t epoch_updates; /* optimiser updates (taken or skipped) this epoch */
     /* progress */
     uint64_t epoch, step, steps;
     double last_loss, img_s, wait_pct;
@@ -1098,6 +1099,7 @@ static eq_status s_scaler_step(eq_train *t, uint64_t e, uint64_t s, bool *skip, 
     int64_t n = 0;
     eq_status st = eq_scaler_nonfinite(t->model, &n, err);
     if (st) return st;
+    t->epoch_updates++;
     bool found = n > 0;
     if (t->comm && t->scaler_agree) {
         t->ctlv[0] = found ? 1.0f : 0.0f;
@@ -1390,7 +1392,7 @@ static eq_status s_run(eq_train *t, eq_err *err)
         double win_t0 = eq_clock_sec(), loss_sum = 0, epoch_loss = 0;
         t->bwd_s = t->wait_s = 0;
         t->comm_n = 0;
-        t->epoch_skipped = 0;
+        t->epoch_skipped = t->epoch_updates = 0;
         eq_feeder_stats fs0;
         eq_feeder_stats_get(t->feeder, &fs0);
         uint64_t win_n = 0, epoch_n = 0, epoch_mixed = 0;
@@ -1507,6 +1509,11 @@ static eq_status s_run(eq_train *t, eq_err *err)
             eq_info("epoch %" PRIu64 " loss scaling: %" PRIu64 " optimiser step(s) skipped (inf/NaN gradients), "
                     "loss scale %g",
                     e, t->epoch_skipped, (double)t->scaler.scale);
+        if (t->scaling && t->rank == 0 && t->epoch_updates > 0 && t->epoch_skipped == t->epoch_updates)
+            eq_warn("epoch %" PRIu64 ": every optimiser step (%" PRIu64 ") was skipped for inf/NaN gradients: the "
+                    "model did not train this epoch%s",
+                    e, t->epoch_updates,
+                    t->scaler.dynamic ? "" : " (a fixed [train] loss_scale: try loss_scale = dynamic)");
         if (t->comm_n) /* how much of the all-reduce the backward hid (wall clock) */
             eq_info("epoch %" PRIu64 " gradient all-reduce (%s): backward %.1f ms, then waited %.1f ms per update",
                     e, t->x.train.overlap ? "overlapping the backward" : "after the backward",
