@@ -10,7 +10,7 @@
  * each test in a child process, so each starts with nothing loaded.
  *
  * Also here, because it needs no GPU: the element functions of mixed
- * precision that the CUDA kernels run (trainer/cuda/prec.h, plain C on the
+ * precision that the CUDA kernels run (trainer/prec.h, plain C on the
  * host) against eq_precision_round (bitwise torch's casts), and their
  * 16-bit patterns against the compiler's _Float16 where it has one.
  */
@@ -18,7 +18,7 @@
 
 #include "trainer/backend.h"
 #include "trainer/backend_select.h"
-#include "trainer/cuda/prec.h"
+#include "trainer/prec.h"
 #include "tests/testutil.h"
 
 #include <limits.h>

@@ -6,6 +6,7 @@
 #include "trainer/backend.h"
 
 #include "quant/quant.h"
+#include "trainer/prec.h"
 
 #include <limits.h>
 #include <math.h>
@@ -918,36 +919,11 @@ int eq_precision_parse(const char *name)
     return -1;
 }
 
-static float s_f32(uint32_t u)
-{
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
+_Static_assert(EQ_PR_BF16 == EQ_PREC_BF16 && EQ_PR_FP16 == EQ_PREC_FP16, "prec.h's codes are eq_precision's");
 
 float eq_precision_round(eq_precision p, float x)
 {
-    uint32_t u;
-    memcpy(&u, &x, sizeof u);
-    if (p == EQ_PREC_BF16) {
-        if ((u & 0x7fffffffu) > 0x7f800000u) return s_f32((u | 0x00400000u) & 0xffff0000u);
-        u += 0x7fffu + ((u >> 16) & 1u); /* ties to even; overflow carries into inf */
-        return s_f32(u & 0xffff0000u);
-    }
-    if (p == EQ_PREC_FP16) {
-        uint32_t sign = u & 0x80000000u, a = u ^ sign;
-        if (a > 0x7f800000u) return s_f32((u | 0x00400000u) & 0xffffe000u); /* NaN: 10 bits */
-        if (a >= 0x477ff000u) return s_f32(sign | 0x7f800000u); /* >= 65520: inf */
-        if (a < 0x38800000u) { /* below 2^-14: half subnormals, multiples of 2^-24 */
-            float f = s_f32(a);
-            f = (f + 0.5f) - 0.5f; /* 0.5f's ulp is 2^-24: the add rounds to even there */
-            memcpy(&a, &f, sizeof a);
-            return s_f32(sign | a);
-        }
-        a += 0xfffu + ((a >> 13) & 1u);
-        return s_f32(sign | (a & 0xffffe000u));
-    }
-    return x;
+    return eq_pr_round((int)p, x); /* trainer/prec.h: the one implementation, also the CUDA kernels' */
 }
 
 static eq_status s_host_or_member(eq_backend *be, const void *fn, const char *op, eq_err *err)

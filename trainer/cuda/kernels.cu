@@ -4,7 +4,7 @@
  * rounded operations, as in the CPU backend (-ffp-contract=off).
  */
 #include "trainer/cuda/kernels.h"
-#include "trainer/cuda/prec.h"
+#include "trainer/prec.h"
 
 #include <math.h>
 

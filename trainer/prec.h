@@ -1,11 +1,12 @@
 /*
- * trainer/cuda/prec.h -- mixed precision's element functions, shared by
- * the CUDA kernels (kernels.cu: round_to, the conversions of the
- * convolutions' bf16/fp16 path) and the host (tests/check_cuda_select runs
- * this very code on the CPU against eq_precision_round, so its bit patterns
- * are checked without a GPU).
+ * trainer/prec.h -- mixed precision's element functions, the one
+ * implementation of the rounding: trainer/backend.c's eq_precision_round
+ * (which the CPU backend's round_to is tested against, bitwise) calls
+ * eq_pr_round, and the CUDA kernels (kernels.cu: round_to, the conversions
+ * of the convolutions' bf16/fp16 path) compile the same code for the device
+ * (tests/check_cuda_select also runs the 16-bit conversions on the host).
  *
- * eq_pr_round is eq_precision_round (trainer/backend.c) step for step: the
+ * eq_pr_round is eq_precision_round (trainer/backend.c) itself: the
  * same integer arithmetic for bf16 and fp16 normals, the same float trick
  * for fp16 subnormals ((f + 0.5f) - 0.5f: 0.5f's ulp is 2^-24, half's
  * subnormal spacing, so the add rounds to even there; IEEE round to
@@ -20,8 +21,8 @@
  * eq_pr_round(p, x) bitwise for every x.  C and CUDA C++ alike; p is
  * eq_precision's value (1 bf16, 2 fp16; anything else: fp32, x itself).
  */
-#ifndef EQ_TRAINER_CUDA_PREC_H
-#define EQ_TRAINER_CUDA_PREC_H
+#ifndef EQ_TRAINER_PREC_H
+#define EQ_TRAINER_PREC_H
 
 #include <stdint.h>
 #ifndef __CUDA_ARCH__
