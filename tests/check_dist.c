@@ -632,51 +632,6 @@ END_TEST
 
 /* ---- the real programs: two ranks equal one rank with iter_size 2 ------------ */
 
-/* Start `argv` (argv[0] relative to $EQ_BUILDDIR) with output to `log`. */
-static pid_t s_spawn(char *const argv[], const char *log)
-{
-    const char *bd = getenv("EQ_BUILDDIR");
-    char prog[4096];
-    snprintf(prog, sizeof prog, "%s/%s", bd && *bd ? bd : ".", argv[0]);
-    ck_assert_msg(access(prog, X_OK) == 0, "%s not built", prog);
-    pid_t pid = fork();
-    ck_assert_int_ge(pid, 0);
-    if (pid == 0) {
-        int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        if (fd >= 0) {
-            dup2(fd, 1);
-            dup2(fd, 2);
-        }
-        execv(prog, argv);
-        _exit(127);
-    }
-    return pid;
-}
-
-/* Wait for pid at most ms; kill it after that.  Returns the exit status
- * (-1: killed). */
-static int s_wait(pid_t pid, int ms)
-{
-    for (int t = 0; t < ms; t += 20) {
-        int st;
-        pid_t p = waitpid(pid, &st, WNOHANG);
-        if (p == pid) return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-        usleep(20000);
-    }
-    kill(pid, SIGKILL);
-    waitpid(pid, NULL, 0);
-    return -1;
-}
-
-static void s_cat(const char *path)
-{
-    FILE *f = fopen(path, "r");
-    if (!f) return;
-    char line[1024];
-    fprintf(stderr, "--- %s\n", path);
-    while (fgets(line, sizeof line, f)) fputs(line, stderr);
-    fclose(f);
-}
 
 /* Tensors that must agree: parameters and quantizer state except the
  * counters and BN running statistics (the one-rank run makes two forwards
@@ -720,7 +675,7 @@ START_TEST(test_ranks_equal_iter_size)
     snprintf(ld_ctl, sizeof ld_ctl, "ipc://%s/loader.ctl", dir); /* not the default TCP port: tests run in parallel */
     char *lav[] = { "eq-loader", "--bind", ld_ep, "--control", ld_ctl, "--threads", "1", "--dataset", dsarg, NULL };
     snprintf(logp, sizeof logp, "%s/loader.log", dir);
-    pid_t ld = s_spawn(lav, logp);
+    pid_t ld = eq_test_spawn(lav, logp);
     /* two ranks, global batch 16: each rank 8 samples per step */
     char r0[4300], r1[4300], ring0[4300], ring1[4300];
     snprintf(ring0, sizeof ring0, "ipc://%s/ring0", dir);
@@ -731,12 +686,12 @@ START_TEST(test_ranks_equal_iter_size)
                    "1", "--world", "2", "--dist-bind", ring1, NULL };
     snprintf(r0, sizeof r0, "%s/rank0.log", dir);
     snprintf(r1, sizeof r1, "%s/rank1.log", dir);
-    pid_t p0 = s_spawn(a0, r0), p1 = s_spawn(a1, r1);
-    int rc0 = s_wait(p0, 60000), rc1 = s_wait(p1, 10000);
+    pid_t p0 = eq_test_spawn(a0, r0), p1 = eq_test_spawn(a1, r1);
+    int rc0 = eq_test_wait(p0, 60000), rc1 = eq_test_wait(p1, 10000);
     if (rc0 || rc1) {
-        s_cat(r0);
-        s_cat(r1);
-        s_cat(logp);
+        eq_test_cat(r0);
+        eq_test_cat(r1);
+        eq_test_cat(logp);
     }
     ck_assert_msg(rc0 == 0 && rc1 == 0, "two ranks: exit %d and %d", rc0, rc1);
     /* one rank, global batch 8, two steps per update, half the lr: the same
@@ -745,11 +700,11 @@ START_TEST(test_ranks_equal_iter_size)
                    "train.iter_size=2", "--set", "optim.lr=0.05", "--loaders", ld_ep, NULL };
     char r2[4300];
     snprintf(r2, sizeof r2, "%s/one.log", dir);
-    int rc2 = s_wait(s_spawn(a2, r2), 60000);
-    if (rc2) s_cat(r2);
+    int rc2 = eq_test_wait(eq_test_spawn(a2, r2), 60000);
+    if (rc2) eq_test_cat(r2);
     ck_assert_msg(rc2 == 0, "one rank with iter_size 2: exit %d", rc2);
     kill(ld, SIGTERM);
-    s_wait(ld, 10000);
+    eq_test_wait(ld, 10000);
     /* compare */
     snprintf(path, sizeof path, "%s/two/last.safetensors", dir);
     eq_st_file *fa = eq_st_open(path, NULL, &e);
@@ -821,11 +776,11 @@ static void s_two_ranks(const char *dir, const char *cfg, const char *ld_ep, con
     }
     snprintf(r0, sizeof r0, "%s/%s.rank0.log", dir, tag);
     snprintf(r1, sizeof r1, "%s/%s.rank1.log", dir, tag);
-    pid_t p0 = s_spawn(a[0], r0), p1 = s_spawn(a[1], r1);
-    int rc0 = s_wait(p0, 60000), rc1 = s_wait(p1, 10000);
+    pid_t p0 = eq_test_spawn(a[0], r0), p1 = eq_test_spawn(a[1], r1);
+    int rc0 = eq_test_wait(p0, 60000), rc1 = eq_test_wait(p1, 10000);
     if (rc0 || rc1) {
-        s_cat(r0);
-        s_cat(r1);
+        eq_test_cat(r0);
+        eq_test_cat(r1);
     }
     ck_assert_msg(rc0 == 0 && rc1 == 0, "two ranks (%s): exit %d and %d", tag, rc0, rc1);
 }
@@ -902,7 +857,7 @@ START_TEST(test_overlap_same_bits)
     snprintf(dsarg, sizeof dsarg, "tiny=%s", path);
     char *lav[] = { "eq-loader", "--bind", ld_ep, "--control", ld_ctl, "--threads", "1", "--dataset", dsarg, NULL };
     snprintf(logp, sizeof logp, "%s/loader.log", dir);
-    pid_t ld = s_spawn(lav, logp);
+    pid_t ld = eq_test_spawn(lav, logp);
     const char *off[] = { "train.overlap=false", NULL }, *on[] = { "train.overlap=true", NULL };
     const char *off2[] = { "train.overlap=false", "train.iter_size=2", NULL },
                *on2[] = { "train.overlap=true", "train.iter_size=2", NULL };
@@ -911,7 +866,7 @@ START_TEST(test_overlap_same_bits)
     s_two_ranks(dir, cfg, ld_ep, "off2", off2);
     s_two_ranks(dir, cfg, ld_ep, "on2", on2);
     kill(ld, SIGTERM);
-    s_wait(ld, 10000);
+    eq_test_wait(ld, 10000);
     int nb = s_buckets(dir, "on", "overlapping the backward");
     ck_assert_msg(nb > 4, "overlap: %d gradient buckets", nb);
     ck_assert_int_eq(s_buckets(dir, "off", "after the backward"), nb);

@@ -6,11 +6,17 @@
  * eq_test_srcdir(): the top source directory ($EQ_SRCDIR, set by make check),
  * for reading fixtures committed under tests/.
  * eq_test_run(): run a suite with Check's defaults and return the exit code.
+ * eq_test_spawn()/eq_test_wait()/eq_test_cat(): run a built program of the
+ * tree with its output in a log, wait with a deadline, show the log.
  */
 #ifndef EQ_TESTUTIL_H
 #define EQ_TESTUTIL_H
 
 #include <check.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/types.h>
+#include <sys/wait.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -103,6 +109,54 @@ static inline void *eq_test_read_words(const char *path, size_t n)
     ck_assert_uint_eq(fread(p, 4, n, f), n);
     fclose(f);
     return p;
+}
+
+/* Processes, for tests that run the built programs: start `argv` (argv[0]
+ * relative to $EQ_BUILDDIR) with its stdout and stderr in `log`. */
+static inline pid_t eq_test_spawn(char *const argv[], const char *log)
+{
+    const char *bd = getenv("EQ_BUILDDIR");
+    char prog[4096];
+    snprintf(prog, sizeof prog, "%s/%s", bd && *bd ? bd : ".", argv[0]);
+    ck_assert_msg(access(prog, X_OK) == 0, "%s not built", prog);
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        if (fd >= 0) {
+            dup2(fd, 1);
+            dup2(fd, 2);
+        }
+        execv(prog, argv);
+        _exit(127);
+    }
+    return pid;
+}
+
+/* Wait for pid at most ms; kill it after that.  Returns the exit status
+ * (-1: killed). */
+static inline int eq_test_wait(pid_t pid, int ms)
+{
+    for (int t = 0; t < ms; t += 20) {
+        int st;
+        pid_t p = waitpid(pid, &st, WNOHANG);
+        if (p == pid) return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+        usleep(20000);
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    return -1;
+}
+
+/* Copy a log file to stderr (after a failure). */
+static inline void eq_test_cat(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) return;
+    char line[1024];
+    fprintf(stderr, "--- %s\n", path);
+    while (fgets(line, sizeof line, f)) fputs(line, stderr);
+    fclose(f);
 }
 
 static inline int eq_test_run(Suite *s)
