@@ -4,6 +4,7 @@
  * rounded operations, as in the CPU backend (-ffp-contract=off).
  */
 #include "trainer/cuda/kernels.h"
+#include "trainer/cuda/launch.h"
 #include "trainer/prec.h"
 
 #include <math.h>
@@ -59,20 +60,20 @@ __global__ void k_prelu_bwd_dx(size_t n, int64_t c, int64_t nslope, const float 
 
 extern "C" cudaError_t eq_cuk_relu_fwd(cudaStream_t s, size_t n, const float *x, float *y)
 {
-    k_relu_fwd<<<s_blocks(n), S_T, 0, s>>>(n, x, y);
+    EQ_LAUNCH(k_relu_fwd, s_blocks(n), S_T, 0, s)(n, x, y);
     return cudaGetLastError();
 }
 
 extern "C" cudaError_t eq_cuk_relu_bwd(cudaStream_t s, size_t n, const float *y, const float *dy,
                                        float *dx)
 {
-    k_relu_bwd<<<s_blocks(n), S_T, 0, s>>>(n, y, dy, dx);
+    EQ_LAUNCH(k_relu_bwd, s_blocks(n), S_T, 0, s)(n, y, dy, dx);
     return cudaGetLastError();
 }
 
 extern "C" cudaError_t eq_cuk_add(cudaStream_t s, size_t n, const float *a, const float *b, float *y)
 {
-    k_add<<<s_blocks(n), S_T, 0, s>>>(n, a, b, y);
+    EQ_LAUNCH(k_add, s_blocks(n), S_T, 0, s)(n, a, b, y);
     return cudaGetLastError();
 }
 
@@ -80,7 +81,7 @@ extern "C" cudaError_t eq_cuk_prelu_fwd(cudaStream_t s, int64_t m, int64_t c, in
                                         const float *x, const float *slope, float *y)
 {
     size_t n = (size_t)(m * c);
-    k_prelu_fwd<<<s_blocks(n), S_T, 0, s>>>(n, c, nslope, x, slope, y);
+    EQ_LAUNCH(k_prelu_fwd, s_blocks(n), S_T, 0, s)(n, c, nslope, x, slope, y);
     return cudaGetLastError();
 }
 
@@ -174,9 +175,9 @@ static cudaError_t s_colsum(cudaStream_t s, int mode, int64_t m, int64_t c, cons
 {
     int64_t nrb = s_nrb(m);
     dim3 grid((unsigned)((c + S_CX - 1) / S_CX), (unsigned)nrb), block(S_CX, S_RY);
-    k_colsum_partial<<<grid, block, 0, s>>>(mode, m, c, nrb, x, dy, dy2, y, mu_d, mu_f, partial);
-    k_colsum_final<<<(unsigned)((c + 127) / 128), 128, 0, s>>>(mode == 2 ? 2 : 1, c, nrb, partial,
-                                                                out);
+    EQ_LAUNCH(k_colsum_partial, grid, block, 0, s)(mode, m, c, nrb, x, dy, dy2, y, mu_d, mu_f, partial);
+    EQ_LAUNCH(k_colsum_final, (unsigned)((c + 127) / 128), 128, 0, s)
+    (mode == 2 ? 2 : 1, c, nrb, partial, out);
     return cudaGetLastError();
 }
 
@@ -203,8 +204,8 @@ extern "C" cudaError_t eq_cuk_prelu_bwd(cudaStream_t s, int64_t m, int64_t c, in
     double *acc = partial + s_nrb(m) * c;
     cudaError_t e = s_colsum(s, 3, m, c, x, dy, NULL, NULL, NULL, NULL, partial, acc);
     if (e != cudaSuccess) return e;
-    k_prelu_bwd_dx<<<s_blocks(n), S_T, 0, s>>>(n, c, nslope, x, slope, dy, dx);
-    k_prelu_dslope<<<(unsigned)((c + 127) / 128), 128, 0, s>>>(c, nslope, acc, dslope);
+    EQ_LAUNCH(k_prelu_bwd_dx, s_blocks(n), S_T, 0, s)(n, c, nslope, x, slope, dy, dx);
+    EQ_LAUNCH(k_prelu_dslope, (unsigned)((c + 127) / 128), 128, 0, s)(c, nslope, acc, dslope);
     return cudaGetLastError();
 }
 
@@ -268,13 +269,13 @@ extern "C" cudaError_t eq_cuk_bn_fwd_train(cudaStream_t s, int64_t m, int64_t c,
     unsigned cb = (unsigned)((c + 127) / 128);
     cudaError_t e = s_colsum(s, 0, m, c, x, NULL, NULL, NULL, NULL, NULL, partial, mean);
     if (e != cudaSuccess) return e;
-    k_bn_mean<<<cb, 128, 0, s>>>(m, c, mean);
+    EQ_LAUNCH(k_bn_mean, cb, 128, 0, s)(m, c, mean);
     e = s_colsum(s, 1, m, c, x, NULL, NULL, NULL, mean, NULL, partial, sq);
     if (e != cudaSuccess) return e;
-    k_bn_train_finalize<<<cb, 128, 0, s>>>(m, c, eps, momentum, mean, sq, gamma, beta, rmean, rvar,
-                                           save_mean, save_invstd, a, sh);
+    EQ_LAUNCH(k_bn_train_finalize, cb, 128, 0, s)
+    (m, c, eps, momentum, mean, sq, gamma, beta, rmean, rvar, save_mean, save_invstd, a, sh);
     size_t n = (size_t)(m * c);
-    k_affine<<<s_blocks(n), S_T, 0, s>>>(n, c, x, a, sh, z, relu, y);
+    EQ_LAUNCH(k_affine, s_blocks(n), S_T, 0, s)(n, c, x, a, sh, z, relu, y);
     return cudaGetLastError();
 }
 
@@ -294,10 +295,10 @@ extern "C" cudaError_t eq_cuk_bn_fwd_eval(cudaStream_t s, int64_t m, int64_t c, 
                                           void *scratch)
 {
     double *a = (double *)scratch, *sh = a + c;
-    k_bn_eval_coef<<<(unsigned)((c + 127) / 128), 128, 0, s>>>(c, eps, gamma, beta, rmean, rvar, a,
-                                                               sh);
+    EQ_LAUNCH(k_bn_eval_coef, (unsigned)((c + 127) / 128), 128, 0, s)
+    (c, eps, gamma, beta, rmean, rvar, a, sh);
     size_t n = (size_t)(m * c);
-    k_affine<<<s_blocks(n), S_T, 0, s>>>(n, c, x, a, sh, z, relu, y);
+    EQ_LAUNCH(k_affine, s_blocks(n), S_T, 0, s)(n, c, x, a, sh, z, relu, y);
     return cudaGetLastError();
 }
 
@@ -340,10 +341,10 @@ extern "C" cudaError_t eq_cuk_bn_bwd(cudaStream_t s, int64_t m, int64_t c, const
     double *sums = partial + 2 * s_nrb(m) * c, *k = sums + 2 * c; /* 2c + 3c */
     cudaError_t e = s_colsum(s, 2, m, c, x, dy, dy2, y, NULL, mean, partial, sums);
     if (e != cudaSuccess) return e;
-    k_bn_bwd_finalize<<<(unsigned)((c + 127) / 128), 128, 0, s>>>(m, c, sums, gamma, invstd, dgamma,
-                                                                  dbeta, k);
+    EQ_LAUNCH(k_bn_bwd_finalize, (unsigned)((c + 127) / 128), 128, 0, s)
+    (m, c, sums, gamma, invstd, dgamma, dbeta, k);
     size_t n = (size_t)(m * c);
-    k_bn_bwd_dx<<<s_blocks(n), S_T, 0, s>>>(n, c, x, dy, dy2, y, mean, k, dx, dz);
+    EQ_LAUNCH(k_bn_bwd_dx, s_blocks(n), S_T, 0, s)(n, c, x, dy, dy2, y, mean, k, dx, dz);
     return cudaGetLastError();
 }
 
@@ -477,7 +478,7 @@ __global__ void k_avgpool_bwd(const eq_cuk_pool d, const float *dy, float *dx)
 extern "C" cudaError_t eq_cuk_maxpool_fwd(cudaStream_t s, const eq_cuk_pool *p, const float *x,
                                           float *y, int32_t *argmax)
 {
-    k_maxpool_fwd<<<s_blocks((size_t)(p->n * p->p * p->q * p->c)), S_T, 0, s>>>(*p, x, y, argmax);
+    EQ_LAUNCH(k_maxpool_fwd, s_blocks((size_t)(p->n * p->p * p->q * p->c)), S_T, 0, s)(*p, x, y, argmax);
     return cudaGetLastError();
 }
 
@@ -486,22 +487,22 @@ extern "C" cudaError_t eq_cuk_maxpool_bwd(cudaStream_t s, const eq_cuk_pool *p,
                                           int32_t *flag)
 {
     size_t nout = (size_t)(p->n * p->p * p->q * p->c);
-    k_argmax_check<<<s_blocks(nout), S_T, 0, s>>>(nout, p->h * p->w, argmax, flag);
-    k_maxpool_bwd<<<s_blocks((size_t)(p->n * p->h * p->w * p->c)), S_T, 0, s>>>(*p, argmax, dy, dx);
+    EQ_LAUNCH(k_argmax_check, s_blocks(nout), S_T, 0, s)(nout, p->h * p->w, argmax, flag);
+    EQ_LAUNCH(k_maxpool_bwd, s_blocks((size_t)(p->n * p->h * p->w * p->c)), S_T, 0, s)(*p, argmax, dy, dx);
     return cudaGetLastError();
 }
 
 extern "C" cudaError_t eq_cuk_avgpool_fwd(cudaStream_t s, const eq_cuk_pool *p, const float *x,
                                           float *y)
 {
-    k_avgpool_fwd<<<s_blocks((size_t)(p->n * p->p * p->q * p->c)), S_T, 0, s>>>(*p, x, y);
+    EQ_LAUNCH(k_avgpool_fwd, s_blocks((size_t)(p->n * p->p * p->q * p->c)), S_T, 0, s)(*p, x, y);
     return cudaGetLastError();
 }
 
 extern "C" cudaError_t eq_cuk_avgpool_bwd(cudaStream_t s, const eq_cuk_pool *p, const float *dy,
                                           float *dx)
 {
-    k_avgpool_bwd<<<s_blocks((size_t)(p->n * p->h * p->w * p->c)), S_T, 0, s>>>(*p, dy, dx);
+    EQ_LAUNCH(k_avgpool_bwd, s_blocks((size_t)(p->n * p->h * p->w * p->c)), S_T, 0, s)(*p, dy, dx);
     return cudaGetLastError();
 }
 
@@ -530,14 +531,14 @@ __global__ void k_gap_bwd(int64_t n, int64_t hw, int64_t c, const float *dy, flo
 extern "C" cudaError_t eq_cuk_gap_fwd(cudaStream_t s, int64_t n, int64_t hw, int64_t c,
                                       const float *x, float *y)
 {
-    k_gap_fwd<<<s_blocks((size_t)(n * c)), S_T, 0, s>>>(n, hw, c, x, y);
+    EQ_LAUNCH(k_gap_fwd, s_blocks((size_t)(n * c)), S_T, 0, s)(n, hw, c, x, y);
     return cudaGetLastError();
 }
 
 extern "C" cudaError_t eq_cuk_gap_bwd(cudaStream_t s, int64_t n, int64_t hw, int64_t c,
                                       const float *dy, float *dx)
 {
-    k_gap_bwd<<<s_blocks((size_t)(n * hw * c)), S_T, 0, s>>>(n, hw, c, dy, dx);
+    EQ_LAUNCH(k_gap_bwd, s_blocks((size_t)(n * hw * c)), S_T, 0, s)(n, hw, c, dy, dx);
     return cudaGetLastError();
 }
 
@@ -560,14 +561,14 @@ __global__ void k_bias_grad(int64_t n, int64_t out, const float *dy, float *db)
 extern "C" cudaError_t eq_cuk_bias_add(cudaStream_t s, int64_t n, int64_t out, const float *b,
                                        float *y)
 {
-    k_bias_add<<<s_blocks((size_t)(n * out)), S_T, 0, s>>>(n, out, b, y);
+    EQ_LAUNCH(k_bias_add, s_blocks((size_t)(n * out)), S_T, 0, s)(n, out, b, y);
     return cudaGetLastError();
 }
 
 extern "C" cudaError_t eq_cuk_bias_grad(cudaStream_t s, int64_t n, int64_t out, const float *dy,
                                         float *db)
 {
-    k_bias_grad<<<(unsigned)((out + 127) / 128), 128, 0, s>>>(n, out, dy, db);
+    EQ_LAUNCH(k_bias_grad, (unsigned)((out + 127) / 128), 128, 0, s)(n, out, dy, db);
     return cudaGetLastError();
 }
 
@@ -656,9 +657,9 @@ extern "C" cudaError_t eq_cuk_xent_fwd(cudaStream_t s, int64_t n, int64_t k, flo
                                        const float *lam, float *loss, double *scratch,
                                        int32_t *flag)
 {
-    k_xent_rows<<<(unsigned)((n + 127) / 128), 128, 0, s>>>(n, k, smoothing, logits, la, lb, lam,
-                                                            NULL, scratch, flag);
-    k_xent_total<<<1, 1, 0, s>>>(n, scratch, loss);
+    EQ_LAUNCH(k_xent_rows, (unsigned)((n + 127) / 128), 128, 0, s)
+    (n, k, smoothing, logits, la, lb, lam, NULL, scratch, flag);
+    EQ_LAUNCH(k_xent_total, 1, 1, 0, s)(n, scratch, loss);
     return cudaGetLastError();
 }
 
@@ -667,10 +668,10 @@ extern "C" cudaError_t eq_cuk_xent_bwd(cudaStream_t s, int64_t n, int64_t k, flo
                                        const float *lam, float dloss, float *dlogits,
                                        double *scratch, int32_t *flag)
 {
-    k_xent_rows<<<(unsigned)((n + 127) / 128), 128, 0, s>>>(n, k, smoothing, logits, la, lb, lam,
-                                                            scratch, NULL, flag);
-    k_xent_grad<<<s_blocks((size_t)(n * k)), S_T, 0, s>>>(n, k, smoothing, logits, la, lb, lam,
-                                                          dloss, scratch, dlogits);
+    EQ_LAUNCH(k_xent_rows, (unsigned)((n + 127) / 128), 128, 0, s)
+    (n, k, smoothing, logits, la, lb, lam, scratch, NULL, flag);
+    EQ_LAUNCH(k_xent_grad, s_blocks((size_t)(n * k)), S_T, 0, s)
+    (n, k, smoothing, logits, la, lb, lam, dloss, scratch, dlogits);
     return cudaGetLastError();
 }
 
@@ -713,7 +714,7 @@ extern "C" cudaError_t eq_cuk_sgd(cudaStream_t s, size_t n, float lr, float mome
                                   float dampening, float wd, int nesterov, int first, float *p,
                                   const float *g, float *buf)
 {
-    k_sgd<<<s_blocks(n), S_T, 0, s>>>(n, lr, momentum, dampening, wd, nesterov, first, p, g, buf);
+    EQ_LAUNCH(k_sgd, s_blocks(n), S_T, 0, s)(n, lr, momentum, dampening, wd, nesterov, first, p, g, buf);
     return cudaGetLastError();
 }
 
@@ -721,7 +722,7 @@ extern "C" cudaError_t eq_cuk_adam(cudaStream_t s, size_t n, float beta1, float 
                                    float wd, float c1, float c2s, float *p, const float *g,
                                    float *mu, float *nu)
 {
-    k_adam<<<s_blocks(n), S_T, 0, s>>>(n, beta1, beta2, eps, wd, c1, c2s, p, g, mu, nu);
+    EQ_LAUNCH(k_adam, s_blocks(n), S_T, 0, s)(n, beta1, beta2, eps, wd, c1, c2s, p, g, mu, nu);
     return cudaGetLastError();
 }
 
@@ -746,14 +747,14 @@ __global__ void k_oihw_krsc(int64_t k, int64_t c, int64_t r, int64_t sd, const f
 extern "C" cudaError_t eq_cuk_oihw_to_krsc(cudaStream_t s, int64_t k, int64_t c, int64_t r,
                                            int64_t sdim, const float *src, float *dst)
 {
-    k_oihw_krsc<<<s_blocks((size_t)(k * c * r * sdim)), S_T, 0, s>>>(k, c, r, sdim, src, dst, 1);
+    EQ_LAUNCH(k_oihw_krsc, s_blocks((size_t)(k * c * r * sdim)), S_T, 0, s)(k, c, r, sdim, src, dst, 1);
     return cudaGetLastError();
 }
 
 extern "C" cudaError_t eq_cuk_krsc_to_oihw(cudaStream_t s, int64_t k, int64_t c, int64_t r,
                                            int64_t sdim, const float *src, float *dst)
 {
-    k_oihw_krsc<<<s_blocks((size_t)(k * c * r * sdim)), S_T, 0, s>>>(k, c, r, sdim, src, dst, 0);
+    EQ_LAUNCH(k_oihw_krsc, s_blocks((size_t)(k * c * r * sdim)), S_T, 0, s)(k, c, r, sdim, src, dst, 0);
     return cudaGetLastError();
 }
 
@@ -794,8 +795,8 @@ extern "C" cudaError_t eq_cuk_u8_input(cudaStream_t s, int64_t n, int64_t per_im
         nm.scale[j] = j < c ? scale_host[j] : 0.0f;
         nm.shift[j] = j < c ? shift_host[j] : 0.0f;
     }
-    k_u8_input<<<s_blocks((size_t)(n * per_image)), S_T, 0, s>>>(n, per_image, c, src, nm, partner,
-                                                                 lam, dst, flag);
+    EQ_LAUNCH(k_u8_input, s_blocks((size_t)(n * per_image)), S_T, 0, s)
+    (n, per_image, c, src, nm, partner, lam, dst, flag);
     return cudaGetLastError();
 }
 
@@ -818,14 +819,14 @@ __global__ void k_clamp_bwd(size_t n, float lo, float hi, const float *y, const 
 extern "C" cudaError_t eq_cuk_clamp_fwd(cudaStream_t s, size_t n, float lo, float hi,
                                         const float *x, float *y)
 {
-    k_clamp_fwd<<<s_blocks(n), S_T, 0, s>>>(n, lo, hi, x, y);
+    EQ_LAUNCH(k_clamp_fwd, s_blocks(n), S_T, 0, s)(n, lo, hi, x, y);
     return cudaGetLastError();
 }
 
 extern "C" cudaError_t eq_cuk_clamp_bwd(cudaStream_t s, size_t n, float lo, float hi,
                                         const float *y, const float *dy, float *dx)
 {
-    k_clamp_bwd<<<s_blocks(n), S_T, 0, s>>>(n, lo, hi, y, dy, dx);
+    EQ_LAUNCH(k_clamp_bwd, s_blocks(n), S_T, 0, s)(n, lo, hi, y, dy, dx);
     return cudaGetLastError();
 }
 
@@ -896,7 +897,7 @@ extern "C" size_t eq_cuk_saff_scratch(size_t n)
 extern "C" cudaError_t eq_cuk_saff_fwd(cudaStream_t s, size_t n, const float *x, const float *scale,
                                        const float *bias, float *y)
 {
-    k_saff_fwd<<<s_blocks(n), S_T, 0, s>>>(n, x, scale, bias, y);
+    EQ_LAUNCH(k_saff_fwd, s_blocks(n), S_T, 0, s)(n, x, scale, bias, y);
     return cudaGetLastError();
 }
 
@@ -906,11 +907,12 @@ extern "C" cudaError_t eq_cuk_saff_bwd(cudaStream_t s, size_t n, const float *x,
 {
     size_t nb = (n + S_SUMB - 1) / S_SUMB;
     if (dscale || dbias) {
-        if (nb) k_saff_partial<<<(unsigned)nb, S_T, 0, s>>>(n, dscale ? x : NULL, dy, (double *)scratch);
-        k_saff_final<<<1, 1, 0, s>>>(nb, (const double *)scratch, dscale, dbias);
+        if (nb)
+            EQ_LAUNCH(k_saff_partial, (unsigned)nb, S_T, 0, s)(n, dscale ? x : NULL, dy, (double *)scratch);
+        EQ_LAUNCH(k_saff_final, 1, 1, 0, s)(nb, (const double *)scratch, dscale, dbias);
     }
     /* dx after the sums: dx may alias dy */
-    if (dx && n) k_saff_dx<<<s_blocks(n), S_T, 0, s>>>(n, dy, scale, dx);
+    if (dx && n) EQ_LAUNCH(k_saff_dx, s_blocks(n), S_T, 0, s)(n, dy, scale, dx);
     return cudaGetLastError();
 }
 
@@ -950,26 +952,26 @@ __global__ void k_oihw_krsc16(int p, int64_t k, int64_t c, int64_t r, int64_t sd
 
 extern "C" cudaError_t eq_cuk_round(cudaStream_t s, int prec, size_t n, const float *x, float *y)
 {
-    if (n) k_round<<<s_blocks(n), S_T, 0, s>>>(prec, n, x, y);
+    if (n) EQ_LAUNCH(k_round, s_blocks(n), S_T, 0, s)(prec, n, x, y);
     return cudaGetLastError();
 }
 
 extern "C" cudaError_t eq_cuk_to16(cudaStream_t s, int prec, size_t n, const float *x, void *y)
 {
-    if (n) k_to16<<<s_blocks(n), S_T, 0, s>>>(prec, n, x, (uint16_t *)y);
+    if (n) EQ_LAUNCH(k_to16, s_blocks(n), S_T, 0, s)(prec, n, x, (uint16_t *)y);
     return cudaGetLastError();
 }
 
 extern "C" cudaError_t eq_cuk_from16(cudaStream_t s, int prec, size_t n, const void *x, float *y)
 {
-    if (n) k_from16<<<s_blocks(n), S_T, 0, s>>>(prec, n, (const uint16_t *)x, y);
+    if (n) EQ_LAUNCH(k_from16, s_blocks(n), S_T, 0, s)(prec, n, (const uint16_t *)x, y);
     return cudaGetLastError();
 }
 
 extern "C" cudaError_t eq_cuk_oihw_to_krsc16(cudaStream_t s, int prec, int64_t k, int64_t c,
                                              int64_t r, int64_t sdim, const float *src, void *dst)
 {
-    k_oihw_krsc16<<<s_blocks((size_t)(k * c * r * sdim)), S_T, 0, s>>>(
+    EQ_LAUNCH(k_oihw_krsc16, s_blocks((size_t)(k * c * r * sdim)), S_T, 0, s)(
         prec, k, c, r, sdim, src, (uint16_t *)dst, NULL, NULL, 1);
     return cudaGetLastError();
 }
@@ -977,7 +979,7 @@ extern "C" cudaError_t eq_cuk_oihw_to_krsc16(cudaStream_t s, int prec, int64_t k
 extern "C" cudaError_t eq_cuk_krsc16_to_oihw(cudaStream_t s, int prec, int64_t k, int64_t c,
                                              int64_t r, int64_t sdim, const void *src, float *dst)
 {
-    k_oihw_krsc16<<<s_blocks((size_t)(k * c * r * sdim)), S_T, 0, s>>>(
+    EQ_LAUNCH(k_oihw_krsc16, s_blocks((size_t)(k * c * r * sdim)), S_T, 0, s)(
         prec, k, c, r, sdim, NULL, NULL, (const uint16_t *)src, dst, 0);
     return cudaGetLastError();
 }
@@ -1023,7 +1025,7 @@ extern "C" cudaError_t eq_cuk_nonfinite(cudaStream_t s, size_t n, const float *x
     unsigned long long *part = (unsigned long long *)scratch;
     long long *out = (long long *)(part + nb);
     *count = out;
-    if (nb) k_nonfinite_partial<<<(unsigned)nb, S_T, 0, s>>>(n, x, part);
-    k_nonfinite_final<<<1, 1, 0, s>>>(nb, part, out);
+    if (nb) EQ_LAUNCH(k_nonfinite_partial, (unsigned)nb, S_T, 0, s)(n, x, part);
+    EQ_LAUNCH(k_nonfinite_final, 1, 1, 0, s)(nb, part, out);
     return cudaGetLastError();
 }

@@ -4,6 +4,7 @@
  * the same order (--fmad=false; s_round is eq_qround's own formula).
  */
 #include "trainer/cuda/quant_kernels.h"
+#include "trainer/cuda/launch.h"
 
 #define S_T 256
 
@@ -182,14 +183,14 @@ extern "C" cudaError_t eq_cuq_group_sum(cudaStream_t st, const eq_cuq_geom *g, c
 {
     int64_t ns = eq_cuq_slices(g);
     dim3 grid((unsigned)(g->period / g->block), (unsigned)ns);
-    k_group_sum<<<grid, S_RT, 0, st>>>(*g, ns, t, partial);
+    EQ_LAUNCH(k_group_sum, grid, S_RT, 0, st)(*g, ns, t, partial);
     return cudaGetLastError();
 }
 
 extern "C" cudaError_t eq_cuq_lsq_fwd(cudaStream_t s, const eq_cuq_geom *g, int half, float n,
                                       const float *cl, const float *x, float *y)
 {
-    k_lsq_fwd<<<s_blocks(g->n), S_T, 0, s>>>(*g, half, n, cl, x, y);
+    EQ_LAUNCH(k_lsq_fwd, s_blocks(g->n), S_T, 0, s)(*g, half, n, cl, x, y);
     return cudaGetLastError();
 }
 
@@ -197,14 +198,14 @@ extern "C" cudaError_t eq_cuq_lsq_bwd(cudaStream_t s, const eq_cuq_geom *g, int 
                                       const float *cl, const float *x, const float *gy, float *gx,
                                       float *t)
 {
-    k_lsq_bwd<<<s_blocks(g->n), S_T, 0, s>>>(*g, half, n, cl, x, gy, gx, t);
+    EQ_LAUNCH(k_lsq_bwd, s_blocks(g->n), S_T, 0, s)(*g, half, n, cl, x, gy, gx, t);
     return cudaGetLastError();
 }
 
 extern "C" cudaError_t eq_cuq_step_fwd(cudaStream_t s, const eq_cuq_geom *g, float qn, float qp,
                                        const float *st, const float *x, float *y)
 {
-    k_step_fwd<<<s_blocks(g->n), S_T, 0, s>>>(*g, qn, qp, st, x, y);
+    EQ_LAUNCH(k_step_fwd, s_blocks(g->n), S_T, 0, s)(*g, qn, qp, st, x, y);
     return cudaGetLastError();
 }
 
@@ -212,34 +213,34 @@ extern "C" cudaError_t eq_cuq_step_bwd(cudaStream_t s, const eq_cuq_geom *g, flo
                                        const float *st, const float *x, const float *gy, float *gx,
                                        float *t)
 {
-    k_step_bwd<<<s_blocks(g->n), S_T, 0, s>>>(*g, qn, qp, st, x, gy, gx, t);
+    EQ_LAUNCH(k_step_bwd, s_blocks(g->n), S_T, 0, s)(*g, qn, qp, st, x, gy, gx, t);
     return cudaGetLastError();
 }
 
 extern "C" cudaError_t eq_cuq_pact_fwd(cudaStream_t s, int64_t n, float a, float sc, const float *x,
                                        float *y)
 {
-    k_pact_fwd<<<s_blocks(n), S_T, 0, s>>>(n, a, sc, x, y);
+    EQ_LAUNCH(k_pact_fwd, s_blocks(n), S_T, 0, s)(n, a, sc, x, y);
     return cudaGetLastError();
 }
 
 extern "C" cudaError_t eq_cuq_pact_bwd(cudaStream_t s, int64_t n, float a, const float *x,
                                        const float *gy, float *gx, float *t)
 {
-    k_pact_bwd<<<s_blocks(n), S_T, 0, s>>>(n, a, x, gy, gx, t);
+    EQ_LAUNCH(k_pact_bwd, s_blocks(n), S_T, 0, s)(n, a, x, gy, gx, t);
     return cudaGetLastError();
 }
 
 extern "C" cudaError_t eq_cuq_dorefa_fm_fwd(cudaStream_t s, int64_t n, float c, float sc,
                                             const float *x, float *y)
 {
-    k_dorefa_fm_fwd<<<s_blocks(n), S_T, 0, s>>>(n, c, sc, x, y);
+    EQ_LAUNCH(k_dorefa_fm_fwd, s_blocks(n), S_T, 0, s)(n, c, sc, x, y);
     return cudaGetLastError();
 }
 
 extern "C" cudaError_t eq_cuq_dorefa_fm_bwd(cudaStream_t s, int64_t n, float c, const float *x,
                                             const float *gy, float *gx)
 {
-    k_dorefa_fm_bwd<<<s_blocks(n), S_T, 0, s>>>(n, c, x, gy, gx);
+    EQ_LAUNCH(k_dorefa_fm_bwd, s_blocks(n), S_T, 0, s)(n, c, x, gy, gx);
     return cudaGetLastError();
 }
