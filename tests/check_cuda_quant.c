@@ -182,11 +182,16 @@ START_TEST(test_args)
     eq_backend *cpu = eq_backend_cpu_new(1, &err);
     eq_quant_opts o;
     eq_quant_opts_init(&o, EQ_QTAG_FM);
+    /* a real quantizer: eq_quant_new refuses the defaults (32 bits: "more
+     * than 2^24 levels"), which this test used until the CPU emulation ran
+     * it (it had never run: no GPU) */
+    ck_assert(eq_quant_opts_set(&o, "method", "lsq", &err) == EQ_OK);
+    ck_assert(eq_quant_opts_set(&o, "bit", "2", &err) == EQ_OK);
     eq_tensor_desc xd;
     int64_t shape[2] = {2, 3};
     ck_assert(eq_tensor_desc_init(&xd, EQ_DT_F32, EQ_LAYOUT_NC, 2, shape, &err) == EQ_OK);
     eq_quant *q = eq_quant_new(&o, &xd, &err);
-    ck_assert_ptr_nonnull(q);
+    ck_assert_msg(q != NULL, "%s", err.msg);
     ck_assert_ptr_null(eq_cuda_quant_new(cpu, q, &err)); /* not a cuda backend */
     ck_assert_int_eq(err.code, EQ_ERR_INVALID);
     eq_cuda_opts co = {.device = 0};
