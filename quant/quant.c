@@ -288,6 +288,16 @@ eq_status eq_quant_set_option(eq_quant *q, const char *key, const char *value, e
 bool eq_quant_enabled(const eq_quant *q) { return q->enabled != 0; }
 double eq_quant_aux_loss(const eq_quant *q) { return q->ql_active ? q->ql_value : 0.0; }
 
+eq_status eq_quant_set_loss_scale(eq_quant *q, float scale, eq_err *err)
+{
+    if (!q) return eq_err_set(err, EQ_ERR_INVALID, "eq_quant_set_loss_scale: NULL quantizer");
+    if (!(scale >= FLT_MIN) || !isfinite(scale))
+        return eq_err_set(err, EQ_ERR_INVALID, "quantizer %s: loss scale %g must be finite and >= %g",
+                          eq_quant_tag_name(q->o.tag), (double)scale, (double)FLT_MIN);
+    q->ql_grad_scale = scale;
+    return EQ_OK;
+}
+
 /* ---- helpers for methods ------------------------------------------------ */
 
 eq_quant_tensor *eq_quant_add_tensor(eq_quant *q, const char *name, int ndim,
@@ -424,6 +434,7 @@ eq_quant *eq_quant_new(const eq_quant_opts *o, const eq_tensor_desc *xd, eq_err 
     q->o = *o;
     q->m = m;
     q->enabled = 1;
+    q->ql_grad_scale = 1.0;
     q->layout = xd->layout;
     q->shape0 = *xd;
 
@@ -814,7 +825,11 @@ static void s_qloss_grad(eq_quant *q, const float *xf, const float *gy, float *g
 {
     int64_t n = q->n;
     int xg = s_ql_xgamma(q), fn = q->ql_fn;
-    double al = q->ql_alpha;
+    /* The task loss's gradient arrives multiplied by the loss scale
+     * (eq_quant_set_loss_scale), so this loss's is too: the sum stays the
+     * scaled gradient of the total loss (bitwise 2^k times the unscaled one
+     * for a power-of-two scale, barring overflow). */
+    double al = q->ql_alpha * q->ql_grad_scale;
     float c = 0, c1 = 0, c2 = 0;
     if (fn == S_QL_L2) c = (float)(2.0 * al / (double)n);
     else if (fn == S_QL_L1) c = (float)(al / (double)n);

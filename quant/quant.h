@@ -227,6 +227,15 @@ bool eq_quant_enabled(const eq_quant *q);
  * forward past the warm-up with the quantizer enabled.  (The original adds
  * it to the task loss through a global buffer.) */
 double eq_quant_aux_loss(const eq_quant *q);
+/* Mixed-precision loss scaling: the gradient reaching the quantizer's
+ * backward is the loss's times `scale` (dynamic or static loss scaling,
+ * apex/GradScaler), so the quantization loss's own gradient, added inside
+ * the backward, is multiplied by `scale` too (the original scales the sum
+ * of task and quantization loss before its backward).  eq_quant_aux_loss
+ * stays unscaled.  1 by default; scale must be finite and >= FLT_MIN
+ * (EQ_ERR_INVALID naming the quantizer).  Takes effect from the next
+ * backward. */
+eq_status eq_quant_set_loss_scale(eq_quant *q, float scale, eq_err *err);
 
 /* Number of parameter groups (clip values / scales) in use. */
 int64_t eq_quant_groups(const eq_quant *q);

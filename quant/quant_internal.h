@@ -80,6 +80,7 @@ struct eq_quant {
     int ql_enable;        /* quantization loss (§2.15) */
     int ql_fn;            /* S_QL_*: 0 none, 1 L2, 2 L1, 3 QDL */
     double ql_alpha;
+    double ql_grad_scale; /* eq_quant_set_loss_scale: the loss gradient's factor (1) */
     /* per call, run-time options */
     int bypass;           /* the last forward ran disabled */
     int restored;         /* the last forward applied adaptive_restore */

@@ -231,47 +231,80 @@ START_TEST(test_model_ops)
 }
 END_TEST
 
-/* A loss scale other than 1 with a quantization loss is refused by the
- * loss (that loss's gradient enters inside the quantizers' backward,
- * where no scale reaches it), naming it; at scale 1 the same step runs. */
-START_TEST(test_quant_loss_refused)
+/* The quantization loss a policy enables adds its gradient inside the
+ * quantizer's backward; with a loss scale it must be scaled too, so that
+ * the total loss's gradient is: two identical models, one step each at
+ * scale 1 and 1024 with an L2 quantization loss on a weight quantizer and
+ * a QDL loss on an input quantizer -- the same host loss, every gradient
+ * (weights, BN, quantizer parameters) exactly 1024 times the unscaled one
+ * (a power of two scales exactly).  Without the quantizer's share of the
+ * scale, the quantized layers' gradients would differ. */
+static struct eq_quant *s_quant_of(eq_model *m, const char *what, eq_quant_tag tag)
+{
+    for (size_t i = 0; i < eq_model_tensor_count(m); i++) {
+        const eq_model_tensor *t = eq_model_tensor_at(m, i);
+        const char *dot = strstr(t->name, what);
+        if (!t->quant || !dot) continue;
+        char layer[256];
+        snprintf(layer, sizeof layer, "%.*s", (int)(dot - t->name), t->name);
+        struct eq_quant *q = eq_model_quant(m, layer, tag);
+        if (q) return q;
+    }
+    return NULL;
+}
+
+START_TEST(test_quant_loss_scaled)
 {
     eq_err e = { 0 };
     eq_backend *be = eq_backend_cpu_new(1, &e);
     ck_assert_msg(be != NULL, "%s", e.msg);
-    eq_experiment x;
-    eq_model *m = s_model(be, &x);
-    struct eq_quant *q = NULL;
-    for (size_t i = 0; i < eq_model_tensor_count(m) && !q; i++) {
-        const eq_model_tensor *t = eq_model_tensor_at(m, i);
-        const char *dot = strstr(t->name, ".quant_weight.");
-        if (!t->quant || !dot) continue;
-        char layer[256];
-        snprintf(layer, sizeof layer, "%.*s", (int)(dot - t->name), t->name);
-        q = eq_model_quant(m, layer, EQ_QTAG_WT);
-    }
-    ck_assert_ptr_nonnull(q);
-    ck_assert_msg(eq_quant_set_option(q, "quant_loss_enable", "true", &e) == EQ_OK, "%s", e.msg);
-    ck_assert_msg(eq_quant_set_option(q, "quant_loss_function", "L2", &e) == EQ_OK, "%s", e.msg);
-    ck_assert_msg(eq_quant_set_option(q, "quant_loss_alpha", "0.5", &e) == EQ_OK, "%s", e.msg);
+    eq_experiment x[2];
+    eq_model *m[2] = { s_model(be, &x[0]), s_model(be, &x[1]) };
     uint64_t seed = 21;
     float *in = eq_test_vec(&seed, 2 * 8 * 8 * 3, 1.0f);
     const int32_t y[2] = { 1, 3 };
-    float loss;
-    /* the quantizer's first training forward is its warm-up (iteration 0 <= stable 0): no loss yet */
-    ck_assert_msg(eq_model_forward(m, in, true, &e) == EQ_OK, "%s", e.msg);
-    ck_assert(eq_model_set_loss_scale(m, 1024.0f, &e) == EQ_OK);
-    ck_assert_msg(eq_model_forward(m, in, true, &e) == EQ_OK, "%s", e.msg);
-    ck_assert_int_eq(eq_model_loss(m, y, NULL, NULL, 0.0f, &loss, &e), EQ_ERR_UNSUPPORTED);
-    ck_assert_msg(strstr(e.msg, "loss scale 1024") && strstr(e.msg, "quant_loss_enable") &&
-                      strstr(e.msg, "loss_scale = none"),
-                  "%s", e.msg);
-    ck_assert(eq_model_set_loss_scale(m, 1.0f, &e) == EQ_OK);
-    ck_assert_msg(eq_model_forward(m, in, true, &e) == EQ_OK, "%s", e.msg);
-    ck_assert_msg(eq_model_loss(m, y, NULL, NULL, 0.0f, &loss, &e) == EQ_OK, "%s", e.msg);
-    ck_assert_msg(eq_model_backward(m, NULL, &e) == EQ_OK, "%s", e.msg);
+    float loss[2];
+    for (int r = 0; r < 2; r++) {
+        struct eq_quant *qw = s_quant_of(m[r], ".quant_weight.", EQ_QTAG_WT);
+        struct eq_quant *qf = s_quant_of(m[r], ".quant_activation.", EQ_QTAG_FM);
+        ck_assert(qw && qf);
+        ck_assert_msg(eq_quant_set_option(qw, "quant_loss_enable", "true", &e) == EQ_OK, "%s", e.msg);
+        ck_assert_msg(eq_quant_set_option(qw, "quant_loss_function", "L2", &e) == EQ_OK, "%s", e.msg);
+        ck_assert_msg(eq_quant_set_option(qw, "quant_loss_alpha", "0.5", &e) == EQ_OK, "%s", e.msg);
+        ck_assert_msg(eq_quant_set_option(qf, "quant_loss_enable", "true", &e) == EQ_OK, "%s", e.msg);
+        ck_assert_msg(eq_quant_set_option(qf, "quant_loss_function", "QDL", &e) == EQ_OK, "%s", e.msg);
+        ck_assert_msg(eq_quant_set_option(qf, "quant_loss_alpha", "3", &e) == EQ_OK, "%s", e.msg);
+        /* the quantizers' first training forward is their warm-up (iteration 0 <= stable 0): no loss yet */
+        ck_assert_msg(eq_model_forward(m[r], in, true, &e) == EQ_OK, "%s", e.msg);
+        ck_assert(eq_model_set_loss_scale(m[r], r ? 1024.0f : 1.0f, &e) == EQ_OK);
+        ck_assert_msg(eq_model_forward(m[r], in, true, &e) == EQ_OK, "%s", e.msg);
+        ck_assert(eq_quant_aux_loss(qw) > 0.0 && eq_quant_aux_loss(qf) > 0.0);
+        ck_assert_msg(eq_model_loss(m[r], y, NULL, NULL, 0.0f, &loss[r], &e) == EQ_OK, "%s", e.msg);
+        ck_assert_msg(eq_model_backward(m[r], NULL, &e) == EQ_OK, "%s", e.msg);
+    }
+    ck_assert(!memcmp(&loss[0], &loss[1], sizeof(float)));
+    size_t nq = 0, nz = 0;
+    for (size_t i = 0; i < eq_model_tensor_count(m[0]); i++) {
+        const eq_model_tensor *a = eq_model_tensor_at(m[0], i), *b = eq_model_tensor_at(m[1], i);
+        ck_assert_str_eq(a->name, b->name);
+        if (!a->grad) continue;
+        nq += a->quant;
+        for (size_t k = 0; k < a->numel; k++) {
+            float want = a->grad[k] * 1024.0f;
+            nz += a->grad[k] != 0.0f;
+            ck_assert_msg(!memcmp(&want, &b->grad[k], 4), "%s[%zu]: %.9g at scale 1024, %.9g at 1", a->name, k,
+                          (double)b->grad[k], (double)a->grad[k]);
+        }
+    }
+    ck_assert_uint_gt(nq, 2);
+    ck_assert_uint_gt(nz, 100);
+    /* a scale below FLT_MIN is refused by the quantizer too, naming it */
+    struct eq_quant *qw = s_quant_of(m[0], ".quant_weight.", EQ_QTAG_WT);
+    ck_assert_int_eq(eq_quant_set_loss_scale(qw, 1e-39f, &e), EQ_ERR_INVALID);
+    ck_assert_msg(strstr(e.msg, "loss scale") != NULL, "%s", e.msg);
     free(in);
-    eq_model_destroy(&m);
+    eq_model_destroy(&m[0]);
+    eq_model_destroy(&m[1]);
     eq_backend_destroy(&be);
 }
 END_TEST
@@ -678,6 +711,8 @@ static const char *s_meta(eq_st_file *f, const char *key)
     return v ? v : "(absent)";
 }
 
+static bool s_differ(s_env *v, const char *a, const char *b, const char *name);
+
 START_TEST(test_static_scale_same_bits)
 {
     s_env v;
@@ -698,6 +733,23 @@ START_TEST(test_static_scale_same_bits)
     s_same_bits(&v, "none", "big");
     s_same_bits(&v, "none", "dyn");
     s_same_bits(&v, "none2", "dyn2");
+    /* with quantization losses (a policy from the start): still the bits of
+     * no scaling, and not the bits of no quantization loss */
+    char pol[4300], polset[4400];
+    snprintf(pol, sizeof pol, "%s/ql.policy", v.dir);
+    FILE *pf = fopen(pol, "w");
+    ck_assert_ptr_nonnull(pf);
+    fprintf(pf, "on init:\nby_index: all\nby_tag: wt\nquant_loss_enable: True\nquant_loss_function: L2\n"
+                "quant_loss_alpha: 0.5\nby_index: all\nby_tag: fm\nquant_loss_enable: True\n"
+                "quant_loss_function: L1\nquant_loss_alpha: 2\n");
+    fclose(pf);
+    snprintf(polset, sizeof polset, "train.policy=%s", pol);
+    const char *qnone[] = { "train.loss_scale=none", polset, NULL };
+    const char *qdyn[] = { "train.loss_scale=dynamic", "train.loss_scale_growth_interval=2", polset, NULL };
+    s_train(&v, "qnone", qnone, NULL, 0);
+    s_train(&v, "qdyn", qdyn, NULL, 0);
+    s_same_bits(&v, "qnone", "qdyn");
+    ck_assert_msg(s_differ(&v, "qnone", "none", "fc.weight"), "the quantization loss changed nothing");
     /* dyn grew twice in its 4 steps (interval 2) and skipped nothing */
     eq_st_file *f = s_ckpt(&v, "dyn", "last.safetensors");
     ck_assert_str_eq(s_meta(f, "loss_scale"), "262144");
@@ -1031,7 +1083,7 @@ static Suite *s_suite(void)
     tcase_add_test(tc, test_update_rule);
     tcase_add_test(tc, test_init_errors);
     tcase_add_test(tc, test_model_ops);
-    tcase_add_test(tc, test_quant_loss_refused);
+    tcase_add_test(tc, test_quant_loss_scaled);
     tcase_add_test(tc, test_model_ops_device);
     tcase_add_test(tc, test_config);
     tcase_add_test(tc, test_ckpt_meta);

@@ -1442,6 +1442,19 @@ const float *eq_layers_quant_output(const eq_layers *g, const char *layer, eq_qu
     return p;
 }
 
+eq_status eq_layers_set_quant_loss_scale(eq_layers *g, float scale, eq_err *err)
+{
+    for (int i = 1; g && i < g->nnodes; i++) {
+        s_node *nd = &g->nodes[i];
+        eq_quant *q[3] = {nd->qw, nd->qf, nd->qo};
+        for (int k = 0; k < 3; k++) {
+            eq_status st = q[k] ? eq_quant_set_loss_scale(q[k], scale, err) : EQ_OK;
+            if (st) return st;
+        }
+    }
+    return EQ_OK;
+}
+
 double eq_layers_quant_aux_loss(const eq_layers *g)
 {
     double sum = 0;

@@ -170,6 +170,9 @@ const float *eq_layers_quant_output(const eq_layers *g, const char *layer, eq_qu
  * (weight, input, output): the policy-enabled quantization losses of the
  * last forward (0 unless a training forward with quant_loss_enable). */
 double eq_layers_quant_aux_loss(const eq_layers *g);
+/* eq_quant_set_loss_scale on every quantizer of the graph (the model's
+ * loss scale: their quantization losses' gradients scale with it). */
+eq_status eq_layers_set_quant_loss_scale(eq_layers *g, float scale, eq_err *err);
 
 /* Gradient-ready hook (data-parallel overlap, trainer/model.h): during
  * eq_layers_backward, fn(arg, node) runs right after node `node` has

@@ -1017,12 +1017,6 @@ eq_status eq_model_loss(eq_model *m, const int32_t *labels_a, const int32_t *lab
     /* policy-enabled quantization losses (0 unless enabled) */
     double aux = st == EQ_OK ? eq_layers_quant_aux_loss(m->g) : 0.0;
     if (st == EQ_OK && loss && aux != 0.0) *loss = (float)((double)*loss + aux);
-    if (st == EQ_OK && aux != 0.0 && m->loss_scale != 1.0f)
-        st = eq_err_set(err, EQ_ERR_UNSUPPORTED,
-                        "loss scale %g with a quantization loss (quant_loss_enable): that loss's "
-                        "gradient enters inside the quantizers' backward, unscaled; train it with "
-                        "[train] loss_scale = none (precision bf16 or fp32 need none)",
-                        (double)m->loss_scale);
     if (st == EQ_OK)
         st = eq_backend_xent_bwd(m->be, &d, y, labels_a, labels_b, lambda, m->loss_scale, dy, err);
     if (st != EQ_OK) return eq_err_prefix(err, "model loss: ");
@@ -1035,6 +1029,9 @@ eq_status eq_model_set_loss_scale(eq_model *m, float scale, eq_err *err)
     if (!m) return eq_err_set(err, EQ_ERR_INVALID, "loss scale: model is NULL");
     if (!(scale > 0.0f) || !isfinite(scale))
         return eq_err_set(err, EQ_ERR_INVALID, "loss scale %g must be finite and > 0", (double)scale);
+    /* every call: cheap, and right for quantizers made since the last one */
+    eq_status st = eq_layers_set_quant_loss_scale(m->g, scale, err);
+    if (st) return eq_err_prefix(err, "loss scale: ");
     m->loss_scale = scale;
     return EQ_OK;
 }

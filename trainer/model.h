@@ -154,10 +154,11 @@ eq_status eq_model_loss(eq_model *m, const int32_t *labels_a, const int32_t *lab
 /* Loss scaling (mixed precision, PyTorch's GradScaler): later
  * eq_model_loss calls keep scale * d loss/d logits for the backward, so
  * every gradient comes out multiplied by scale (the host loss is not
- * scaled).  scale: finite, > 0; 1 after eq_model_new.  eq_model_loss
- * refuses a scale other than 1 while a quantization loss is enabled
- * (quant_loss_enable: its gradient is added inside the quantizer's
- * backward, where no scale reaches it). */
+ * scaled).  scale: finite, > 0; 1 after eq_model_new.  The quantization
+ * losses a policy enables (quant_loss_enable) add their gradients inside
+ * the quantizers' backward: each quantizer gets the scale too
+ * (eq_quant_set_loss_scale), so the total loss's gradient is scaled, as
+ * the original's apex scales task + quantization loss. */
 eq_status eq_model_set_loss_scale(eq_model *m, float scale, eq_err *err);
 float eq_model_loss_scale(const eq_model *m);
 /* Backward of the last training forward from dlogits (device
