@@ -973,6 +973,80 @@ eq_status eq_backend_nonfinite(eq_backend *be, size_t n, const float *x, int64_t
     return EQ_OK;
 }
 
+/* ---- input pipeline -------------------------------------------------------- */
+
+eq_status eq_backend_stage_images(eq_backend *be, int64_t n, int64_t per_image, int64_t c,
+                                  const uint8_t *src, const float *scale, const float *shift,
+                                  const int32_t *partner, const float *lambda, float *dst,
+                                  eq_err *err)
+{
+    static const char *op = "stage_images";
+    S_CHECK(s_host_or_member(be, be && be->iface ? (const void *)be->iface->stage_images : NULL, op,
+                             err));
+    if (n < 0 || per_image < 1 || c < 1 || c > 16 || per_image % c != 0)
+        return eq_err_set(err, EQ_ERR_INVALID,
+                          "%s: n = %lld, per_image = %lld, c = %lld (need n >= 0, per_image >= 1, "
+                          "c in [1, 16] dividing per_image)",
+                          op, (long long)n, (long long)per_image, (long long)c);
+    if (n == 0) return EQ_OK;
+    int64_t f[3] = {n, per_image, (int64_t)sizeof(float)};
+    if (!s_prod_ok(INT64_MAX, 3, f))
+        return eq_err_set(err, EQ_ERR_INVALID, "%s: n = %lld images of %lld bytes overflow", op,
+                          (long long)n, (long long)per_image);
+    S_NEED(src, op);
+    S_NEED(scale, op);
+    S_NEED(shift, op);
+    S_NEED(dst, op);
+    if ((partner == NULL) != (lambda == NULL))
+        return eq_err_set(err, EQ_ERR_INVALID,
+                          "%s: mixup needs both partner and lambda (got %s and %s)", op,
+                          partner ? "partner" : "no partner", lambda ? "lambda" : "no lambda");
+    if (be->iface->stage_images)
+        return be->iface->stage_images(be->context, n, per_image, c, src, scale, shift, partner,
+                                       lambda, dst, err);
+    /* host memory: eq_train_stage's loops (trainer/train.c) */
+    for (int64_t i = 0; partner && i < n; i++)
+        if (partner[i] < 0 || partner[i] >= n)
+            return eq_err_set(err, EQ_ERR_INVALID,
+                              "%s: the mixup partner of image %lld is %d, outside [0, %lld)", op,
+                              (long long)i, (int)partner[i], (long long)n);
+    const size_t per = (size_t)per_image, C = (size_t)c;
+    for (size_t i = 0; i < (size_t)n; i++) {
+        const uint8_t *a = src + i * per;
+        float *d = dst + i * per;
+        if (!partner) {
+            for (size_t k = 0; k < per; k++) d[k] = (float)a[k] * scale[k % C] + shift[k % C];
+            continue;
+        }
+        const uint8_t *b = src + (size_t)partner[i] * per;
+        const float lam = lambda[i];
+        for (size_t k = 0; k < per; k++) {
+            size_t ch = k % C;
+            float va = (float)a[k] * scale[ch] + shift[ch], vb = (float)b[k] * scale[ch] + shift[ch];
+            d[k] = lam * va + (1.0f - lam) * vb;
+        }
+    }
+    return EQ_OK;
+}
+
+eq_status eq_backend_upload_async(eq_backend *be, void *dst, const void *host_src, size_t nbytes,
+                                  eq_err *err)
+{
+    static const char *op = "upload_async";
+    if (!be || !be->iface) return eq_err_set(err, EQ_ERR_INVALID, "%s: backend is NULL", op);
+    if (!be->iface->upload_async) return eq_backend_upload(be, dst, host_src, nbytes, err);
+    if (nbytes == 0) return EQ_OK;
+    S_NEED(dst, op);
+    S_NEED(host_src, op);
+    return be->iface->upload_async(be->context, dst, host_src, nbytes, err);
+}
+
+eq_status eq_backend_upload_wait(eq_backend *be, eq_err *err)
+{
+    if (!be || !be->iface) return eq_err_set(err, EQ_ERR_INVALID, "upload_wait: backend is NULL");
+    return be->iface->upload_wait ? be->iface->upload_wait(be->context, err) : EQ_OK;
+}
+
 /* The quantizer members: the backend's, else quant/ itself where device
  * memory is host memory. */
 static eq_status s_quant_ok(eq_backend *be, const void *fn, const char *op, eq_err *err)

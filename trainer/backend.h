@@ -28,8 +28,8 @@
  * [K][R][S][C/groups] into its workspace on every call: O(weights), small
  * next to the O(N*P*Q*K*R*S*C/groups) GEMM).  Letters: N batch, H/W input
  * height/width, C input channels, K output channels, R/S kernel height/width,
- * P/Q output height/width, G groups.  Data type: fp32 everywhere in this
- * version.
+ * P/Q output height/width, G groups.  Data type: fp32 everywhere (int32
+ * labels and indices) but the uint8 images stage_images reads.
  *
  * Streams and synchronisation.  A backend executes ops on one compute stream
  * in issue order; an op may return before its results exist (CUDA).  The
@@ -60,6 +60,19 @@
  * eq_cuda_quant per eq_quant); quant_release drops it, and the caller
  * calls eq_backend_quant_release before eq_quant_destroy (the backend
  * frees what is left when it is destroyed itself).
+ *
+ * Input pipeline.  The trainer overlaps the next batch's data wait and
+ * host-to-device copy with the current step: the raw uint8 images and
+ * the labels go to the device with upload_async (on CUDA: through pinned
+ * staging buffers on a copy stream) into one of two buffers, and
+ * upload_wait + stage_images turn them into the network's fp32 input on
+ * the device at the next step's start.  upload_async's copy is ordered
+ * after every op issued on the compute stream before it, so a buffer
+ * whose readers were all issued earlier may be refilled; a buffer an op
+ * issued later still reads may not (hence two: trainer/train.c, "the
+ * input pipeline").  The defaults make this the plain synchronous path on
+ * any backend (upload, nothing to wait for; stage_images as a host loop
+ * where memory is host memory).
  *
  * Room for what comes next (deliberately not in the table yet, since an
  * unimplemented member would be a stub):
@@ -208,12 +221,14 @@ typedef struct eq_backend eq_backend;
 typedef struct eq_backend_event eq_backend_event; /* owned by its backend's implementation */
 
 /* Bump when members change meaning or order (out-of-tree backends check it). */
-#define EQ_BACKEND_IFACE_VERSION 5 /* 2: optional clamp_* and scalar_affine_* after add;
+#define EQ_BACKEND_IFACE_VERSION 6 /* 2: optional clamp_* and scalar_affine_* after add;
                                      * 3: optional bn_relu_* after bn_bwd;
                                      * 4: host_memory after name, optional quant_*
                                      *    after adam_step;
                                      * 5: optional round_to, nonfinite after
-                                     *    quant_release; eq_conv2d_desc.prec */
+                                     *    quant_release; eq_conv2d_desc.prec
+                                     * 6: optional stage_images, upload_async,
+                                     *    upload_wait after nonfinite */
 
 /* Each member receives the backend's `context`.  Members marked (optional)
  * may be NULL: the eq_backend_* wrapper then answers EQ_ERR_UNSUPPORTED
@@ -414,6 +429,36 @@ struct eq_backend_i {
      * are inf or NaN; waits for the work before it (the loss scaler's
      * found-inf test). */
     eq_status (*nonfinite)(void *ctx, size_t n, const float *x, int64_t *count, eq_err *err);
+
+    /* -- input pipeline (see "Input pipeline" above) -- */
+    /* (optional; default: a host loop on the pointers when host_memory,
+     * else EQ_ERR_UNSUPPORTED) uint8 NHWC images to the fp32 network
+     * input: src [n][per_image] bytes with c channels innermost (c in
+     * [1, 16], dividing per_image), dst [n][per_image] floats,
+     *     v = (float)src[i][k] * scale[k % c] + shift[k % c]
+     * (scale, shift: HOST arrays of c floats), in fp32 without contraction
+     * (eq-trainer passes scale = (float)(1/(255 std)), shift =
+     * (float)(-mean/std), so dst is bitwise eq_train_stage's).  With
+     * partner and lambda (device, n each; both or neither: mixup) image i
+     * becomes lambda[i] * v_i + (1 - lambda[i]) * v_partner[i], computed as
+     * written.  A partner outside [0, n) is EQ_ERR_INVALID naming the
+     * image (a backend that cannot check on the host stages that image
+     * unblended and reports it at the next download/synchronize). */
+    eq_status (*stage_images)(void *ctx, int64_t n, int64_t per_image, int64_t c,
+                              const uint8_t *src, const float *scale, const float *shift,
+                              const int32_t *partner, const float *lambda, float *dst,
+                              eq_err *err);
+    /* (optional; default: upload, synchronous) Start copying nbytes of
+     * host memory to dst and return; the caller may reuse host_src as soon
+     * as this returns.  Ordering: the copy starts after every op issued on
+     * the compute stream before this call (so it may overwrite what those
+     * ops read), and the compute stream sees the data only after a later
+     * upload_wait.  Ops issued between the two must not touch dst. */
+    eq_status (*upload_async)(void *ctx, void *dst, const void *host_src, size_t nbytes,
+                              eq_err *err);
+    /* (optional; default: nothing to wait for) Order the compute stream
+     * after every upload_async issued so far; the host does not block. */
+    eq_status (*upload_wait)(void *ctx, eq_err *err);
 };
 
 struct eq_backend {
@@ -570,6 +615,20 @@ eq_status eq_backend_round_to(eq_backend *be, eq_precision prec, size_t n, const
                               float *y, eq_err *err);
 eq_status eq_backend_nonfinite(eq_backend *be, size_t n, const float *x, int64_t *count,
                                eq_err *err);
+
+/* Input pipeline: the backend's members, or their defaults (stage_images:
+ * a host loop on a host_memory backend, EQ_ERR_UNSUPPORTED naming the
+ * backend otherwise; upload_async: eq_backend_upload; upload_wait:
+ * nothing).  stage_images needs n >= 0 (0: nothing to do), per_image >= 1,
+ * c in [1, 16] dividing per_image, src, scale, shift, dst, and partner
+ * and lambda both or neither; scale/shift are host arrays of c floats. */
+eq_status eq_backend_stage_images(eq_backend *be, int64_t n, int64_t per_image, int64_t c,
+                                  const uint8_t *src, const float *scale, const float *shift,
+                                  const int32_t *partner, const float *lambda, float *dst,
+                                  eq_err *err);
+eq_status eq_backend_upload_async(eq_backend *be, void *dst, const void *host_src, size_t nbytes,
+                                  eq_err *err);
+eq_status eq_backend_upload_wait(eq_backend *be, eq_err *err);
 
 /* Hyper-parameters are checked: lr >= 0, momentum/dampening/betas in [0, 1)
  * ([0, 1] for dampening), weight decay >= 0, eps > 0, step >= 1, nesterov

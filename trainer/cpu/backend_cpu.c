@@ -298,6 +298,59 @@ static eq_status s_quant_bwd(void *ctx, struct eq_quant *q, const float *x, cons
     return st;
 }
 
+/* Input staging (backend.h stage_images): one image per index of the
+ * pool, each element exactly as eq_train_stage computes it (the same
+ * expressions, -ffp-contract=off), so the result does not depend on the
+ * thread count and is bitwise the host reference's. */
+typedef struct s_stage {
+    size_t per, c;
+    const uint8_t *src;
+    const float *scale, *shift;
+    const int32_t *partner;
+    const float *lambda;
+    float *dst;
+} s_stage;
+
+static void s_stage_one(void *vctx, size_t i)
+{
+    const s_stage *g = vctx;
+    const size_t per = g->per, C = g->c;
+    const uint8_t *a = g->src + i * per;
+    float *d = g->dst + i * per;
+    const float *scale = g->scale, *shift = g->shift;
+    if (!g->partner) {
+        if (C == 1) {
+            const float sc = scale[0], sh = shift[0];
+            for (size_t k = 0; k < per; k++) d[k] = (float)a[k] * sc + sh;
+        } else {
+            for (size_t k = 0; k < per; k++) d[k] = (float)a[k] * scale[k % C] + shift[k % C];
+        }
+        return;
+    }
+    const uint8_t *b = g->src + (size_t)g->partner[i] * per;
+    const float lam = g->lambda[i];
+    for (size_t k = 0; k < per; k++) {
+        size_t ch = k % C;
+        float va = (float)a[k] * scale[ch] + shift[ch], vb = (float)b[k] * scale[ch] + shift[ch];
+        d[k] = lam * va + (1.0f - lam) * vb;
+    }
+}
+
+static eq_status s_stage_images(void *ctx, int64_t n, int64_t per_image, int64_t c,
+                                const uint8_t *src, const float *scale, const float *shift,
+                                const int32_t *partner, const float *lambda, float *dst,
+                                eq_err *err)
+{
+    for (int64_t i = 0; partner && i < n; i++)
+        if (partner[i] < 0 || partner[i] >= n)
+            return eq_err_set(err, EQ_ERR_INVALID,
+                              "stage_images: the mixup partner of image %lld is %d, outside [0, %lld)",
+                              (long long)i, (int)partner[i], (long long)n);
+    s_stage g = {(size_t)per_image, (size_t)c, src, scale, shift, partner, lambda, dst};
+    eq_cpu_for(ctx, (size_t)n, s_stage_one, &g);
+    return EQ_OK;
+}
+
 static const struct eq_backend_i s_cpu_iface = {
     .name = "cpu",
     .host_memory = 1,
@@ -351,6 +404,8 @@ static const struct eq_backend_i s_cpu_iface = {
     .quant_backward = s_quant_bwd,
     .round_to = eq_cpu_round_to,
     .nonfinite = eq_cpu_nonfinite,
+    .stage_images = s_stage_images,
+    /* upload_async, upload_wait: the defaults (every op is synchronous) */
 };
 
 eq_backend *eq_backend_cpu_new(int nthreads, eq_err *err)

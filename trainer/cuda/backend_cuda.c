@@ -335,6 +335,49 @@ eq_status eq_cuda_stage_images(eq_backend *be, int64_t n, int64_t per_image, int
     return EQ_OK;
 }
 
+/* ---- the input pipeline's members (backend.h, interface 6) ------------------ */
+
+/* upload_async: the copy must not start before the compute-stream ops
+ * issued so far (they may still read dst: the trainer refills a batch
+ * buffer once the step that read it has been issued, not finished), so
+ * the copy stream waits for an event recorded on the compute stream now;
+ * then eq_cuda_prefetch stages host_src in one of its two pinned buffers
+ * (the host may reuse host_src on return) and queues the copy on the copy
+ * stream.  A pinned buffer is reused every second call: the call waits on
+ * the host for the copy issued two calls before to have left it (the
+ * trainer makes two calls per batch, images and labels, so that is the
+ * previous batch's copy, issued a step earlier).  The event is made per
+ * call and destroyed at once: cudaStreamWaitEvent captures the record it
+ * waits for, and CUDA frees a destroyed event when it completes. */
+static eq_status s_upload_async(void *ctx, void *dst, const void *src, size_t nbytes, eq_err *err)
+{
+    static const char *op = "upload_async";
+    eq_cuda *cu = ctx;
+    cudaEvent_t ev;
+    EQ_CU(op, cudaEventCreateWithFlags(&ev, cudaEventDisableTiming));
+    cudaError_t e = cudaEventRecord(ev, cu->stream);
+    if (e == cudaSuccess) e = cudaStreamWaitEvent(cu->copy_stream, ev, 0);
+    cudaEventDestroy(ev);
+    if (e != cudaSuccess) return eq_cuda_fail(err, op, "cudaEventRecord/cudaStreamWaitEvent", e);
+    return eq_cuda_prefetch(cu->self, dst, src, nbytes, err);
+}
+
+/* upload_wait: the compute stream waits for the last prefetch's event (the
+ * copy stream is in order, so for all of them); the host does not block. */
+static eq_status s_upload_wait(void *ctx, eq_err *err)
+{
+    return eq_cuda_prefetch_wait(((eq_cuda *)ctx)->self, err);
+}
+
+static eq_status s_stage_images(void *ctx, int64_t n, int64_t per_image, int64_t c,
+                                const uint8_t *src, const float *scale, const float *shift,
+                                const int32_t *partner, const float *lambda, float *dst,
+                                eq_err *err)
+{
+    return eq_cuda_stage_images(((eq_cuda *)ctx)->self, n, per_image, c, src, scale, shift, partner,
+                                lambda, dst, err);
+}
+
 eq_backend *eq_backend_cuda_new(const eq_cuda_opts *o, eq_err *err)
 {
     static const char *op = "open";
@@ -465,4 +508,7 @@ const struct eq_backend_i eq_cuda_iface = {
     .quant_release = eq_cuda_quant_release,
     .round_to = eq_cuda_round_to,
     .nonfinite = eq_cuda_nonfinite,
+    .stage_images = s_stage_images,
+    .upload_async = s_upload_async,
+    .upload_wait = s_upload_wait,
 };

@@ -16,7 +16,10 @@
  *   - batch norm: own two-pass kernels with fixed-order reductions (no
  *     atomics), matching the CPU backend's formulas;
  *   - linear layers: cuBLAS SGEMM (TF32 disabled: fp32 numbers);
- *   - pooling, elementwise ops, loss, optimiser steps: own kernels.
+ *   - pooling, elementwise ops, loss, optimiser steps: own kernels;
+ *   - the input pipeline (interface 6): upload_async is eq_cuda_prefetch
+ *     after a wait for the compute stream's work so far, upload_wait is
+ *     eq_cuda_prefetch_wait, stage_images is eq_cuda_stage_images.
  * Deterministic mode (eq_cuda_opts.deterministic) restricts cuDNN to
  * algorithms documented as deterministic (CUDNN_DETERMINISTIC), picks them
  * by a fixed preference order instead of timing, and uses cuBLAS's
