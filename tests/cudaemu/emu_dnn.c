@@ -66,7 +66,8 @@
  * ALGO_3 with a workspace), ALGO_1 (deterministic, tensor cores, a
  * workspace); the others NOT_SUPPORTED.  Non-deterministic algorithms
  * really are: they rotate the order of their reduction on every call, so
- * results differ in the last bits from run to run.  Find* reports every
+ * results differ in the last bits from run to run (a process-wide count
+ * picks the order, so two handles doing the same work differ too).  Find* reports every
  * algorithm (requestedAlgoCount permitting), supported ones sorted by a
  * synthetic time (a non-deterministic one and a workspace-using one are the
  * fastest, so a deterministic caller must skip and a caller must honour
@@ -1198,7 +1199,13 @@ static cudnnStatus_t s_run(cudnnHandle_t h, int dir, const void *alpha, const vo
 
     const int tf32 = pr.dt == CUDNN_DATA_FLOAT && a->tc && s_tc_allowed(&pr);
     const int flip = cd->mode == CUDNN_CONVOLUTION;
-    const int rot = a->det ? 0 : (int)((h->st.calls * 2654435761ULL) >> 7 & 0x7fffffff);
+    /* a non-deterministic algorithm's reduction order: a process-wide
+     * count, so two handles running the same sequence differ too, as
+     * atomics on a GPU would */
+    static unsigned long long s_nondet;
+    const int rot = a->det ? 0
+                           : (int)((__atomic_fetch_add(&s_nondet, 1, __ATOMIC_RELAXED) + 1) *
+                                       2654435761ULL >> 7 & 0x7fffffff);
     const size_t nx = (size_t)pr.n * pr.h * pr.w * pr.c, ny = (size_t)pr.n * pr.p * pr.q * pr.k;
     const size_t nw = (size_t)pr.k * pr.r * pr.s * pr.cg;
     float *X = malloc(nx * sizeof *X), *Y = malloc(ny * sizeof *Y), *W = malloc(nw * sizeof *W);
