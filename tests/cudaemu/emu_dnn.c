@@ -69,10 +69,13 @@
  * results differ in the last bits from run to run (a process-wide count
  * picks the order, so two handles doing the same work differ too).  Find* reports every
  * algorithm (requestedAlgoCount permitting), supported ones sorted by a
- * synthetic time (a non-deterministic one and a workspace-using one are the
- * fastest, so a deterministic caller must skip and a caller must honour
- * the workspace), unsupported ones last with time -1; _v7 reports the same
- * entries in a fixed heuristic order with time -1 (no timing).  mathType
+ * synthetic time, unsupported ones last with time -1; the tensor-core
+ * algorithm is the fastest in every direction, whatever the math type (it
+ * needs a workspace, so a caller must honour it, and a caller that finds
+ * under FMA_MATH and runs under another math type gets TF32); _v7 reports
+ * the same entries in a fixed heuristic order with time -1 (no timing),
+ * a non-deterministic algorithm first in both backward directions (a
+ * deterministic caller must skip it).  mathType
  * in a result is TENSOR_OP_MATH for a tensor-core algorithm where the
  * descriptor's math type permits tensor cores, else the descriptor's math
  * type (DEFAULT_MATH where the descriptor says TENSOR_OP).
@@ -597,19 +600,19 @@ typedef struct s_algo {
 
 /* In _v7's heuristic order; every other enumerant is NOT_SUPPORTED. */
 static const s_algo s_fwd_algos[] = {
-    {CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM, 1, 1, 0.5f},
+    {CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM, 1, 1, 0.35f},
     {CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM, 1, 0, 1.0f},
     {CUDNN_CONVOLUTION_FWD_ALGO_GEMM, 1, 0, 0.45f},
     {CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED, 1, 0, 0.4f},
 };
 static const s_algo s_bwd_data_algos[] = {
     {CUDNN_CONVOLUTION_BWD_DATA_ALGO_0, 0, 0, 0.4f},
-    {CUDNN_CONVOLUTION_BWD_DATA_ALGO_1, 1, 1, 0.6f},
+    {CUDNN_CONVOLUTION_BWD_DATA_ALGO_1, 1, 1, 0.35f},
 };
 static const s_algo s_bwd_filter_algos[] = {
     {CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0, 0, 0, 0.4f},
     {CUDNN_CONVOLUTION_BWD_FILTER_ALGO_3, 0, 0, 0.45f},
-    {CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1, 1, 1, 0.6f},
+    {CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1, 1, 1, 0.35f},
 };
 static const int s_algo_count[3] = {CUDNN_CONVOLUTION_FWD_ALGO_COUNT,
                                     CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT,
