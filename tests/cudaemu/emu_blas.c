@@ -2,15 +2,15 @@
  * tests/cudaemu/emu_blas.c -- cuBLAS's handle and cublasSgemm on the host,
  * over OpenBLAS (cblas_sgemm, column-major), for the CUDA emulation.
  *
- * What the emulation takes from cuBLAS's documentation (cuBLAS Library
- * User Guide, cublas<t>gemm and the helper functions), and what it chose:
- *  - cublas<t>gemm returns CUBLAS_STATUS_INVALID_VALUE "if m < 0 or n < 0
- *    or k < 0, or if transa or transb != CUBLAS_OP_N, CUBLAS_OP_C,
- *    CUBLAS_OP_T, or if lda < max(1, m) if transa == CUBLAS_OP_N and
- *    lda < max(1, k) otherwise, or if ldb < max(1, k) if transb ==
- *    CUBLAS_OP_N and ldb < max(1, n) otherwise, or if ldc < max(1, m), or
- *    if alpha or beta == NULL, or C == NULL if C needs to be scaled";
- *    CUBLAS_STATUS_NOT_INITIALIZED for a handle that is not one.
+ * What the emulation takes from cuBLAS's documentation (the cuBLAS
+ * Library User Guide's cublas<t>gemm, as we remember it: not re-read this
+ * session; types and values from the 13.1 headers installed here), and
+ * what it chose:
+ *  - cublas<t>gemm returns CUBLAS_STATUS_INVALID_VALUE if m, n or k < 0,
+ *    if transa or transb is not N, T or C, if lda < max(1, m) (transa N)
+ *    or max(1, k) (otherwise), if ldb < max(1, k) (transb N) or
+ *    max(1, n) (otherwise), if ldc < max(1, m), or if alpha or beta is
+ *    NULL; CUBLAS_STATUS_NOT_INITIALIZED for a handle that is not one.
  *  - beta == 0: C is not read (it may hold NaN); OpenBLAS does the same.
  *  - Math modes: CUBLAS_TF32_TENSOR_OP_MATH lets single-precision routines
  *    use TF32 tensor cores, so the emulation rounds A and B to TF32 (10

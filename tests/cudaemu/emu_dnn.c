@@ -3,21 +3,30 @@
  * for the CUDA emulation (tests/cudaemu/cudnn.h declares what is here).
  *
  * An emulation checks eq's use of the API against our reading of cuDNN's
- * documentation (the cuDNN API reference, cudnn_ops / cudnn_cnn libraries,
- * and the comments of the 9.19 headers); it cannot show what the real
- * library accepts or how fast it is.  Behaviour, and what was chosen where
- * the documentation is silent:
+ * documentation; it cannot show what the real library accepts or how fast
+ * it is.  Sources: the 9.19 headers installed here (every type, enum value
+ * and signature; the header comments that bwd data ALGO_0 and bwd filter
+ * ALGO_0/ALGO_3 are non-deterministic and bwd filter WINOGRAD is not
+ * implemented); the cudnn_cnn library page of the API reference (the perf
+ * structs: status, time in ms, memory = workspace bytes, determinism,
+ * mathType); chainer/chainer#3922 (too small a workspace: BAD_PARAM).  The
+ * statuses of the setters and of cudnnConvolutionForward's problem checks,
+ * the configuration table, the scaling rule for beta == 0 and the math
+ * types' meaning are from memory of the API reference, not re-read this
+ * session (only page openings were reachable): treat them as our
+ * understanding, marked "(choice)" where we know the documentation is
+ * silent.  Behaviour:
  *
  * Descriptors.  cudnnSetTensor4dDescriptor(format, type, n, c, h, w): NCHW
  * or NHWC strides, the dimensions given in n, c, h, w order whatever the
  * format; BAD_PARAM for a negative dimension or an invalid format/type
- * enumerant, NOT_SUPPORTED above 2^31-1 elements ("2 Giga-elements").
+ * enumerant, NOT_SUPPORTED above 2^31-1 elements.
  * Filters: CUDNN_TENSOR_NCHW means KCRS, CUDNN_TENSOR_NHWC means KRSC.
  * Convolution: BAD_PARAM for a negative pad, a non-positive stride or
  * dilation, an invalid mode; group count >= 1; math type an enumerant.
  * A zero dimension is accepted by the setters (the documentation names
  * only negative ones) and refused with BAD_PARAM by every function that
- * computes with the descriptor (our choice).  NCHW_VECT_C: NOT_SUPPORTED
+ * computes with the descriptor (choice).  NCHW_VECT_C: NOT_SUPPORTED
  * (not emulated).
  *
  * The problem (every Find/_v7/GetWorkspaceSize/convolution call checks it,
@@ -44,19 +53,19 @@
  * beta * y_old (alpha, beta host floats, as cuDNN takes them for float
  * compute) is computed in float and rounded to nearest even into the
  * output type (fp16: subnormals, overflow to inf; NaN stays NaN).  beta ==
- * 0: y is not read (cuDNN: "the output is not read and may contain
- * uninitialized data, including NaN").  CUDNN_CONVOLUTION flips the kernel;
+ * 0: y is not read (it may hold NaN).  CUDNN_CONVOLUTION flips the kernel;
  * CUDNN_CROSS_CORRELATION does not.  TF32: with float data, a math type
  * other than CUDNN_FMA_MATH permits tensor cores (cuDNN: DEFAULT_MATH
  * permits TF32 on A100 and later), and an algorithm the emulation marks as
  * a tensor-core one (fwd IMPLICIT_PRECOMP_GEMM, bwd data ALGO_1, bwd filter
  * ALGO_1) then rounds both operands of its products to TF32 (10 explicit
  * mantissa bits, nearest even), so TF32 slipping into an fp32 plan is
- * visible at 1e-5.  (ALLOW_CONVERSION, which on a GPU may convert fp32 to
- * fp16, is treated like TENSOR_OP: unsure, eq does not set it.)
+ * visible at 1e-5 (choice: which kernels a GPU runs is not documented).
+ * (ALLOW_CONVERSION, which on a GPU may convert fp32 to fp16, is treated
+ * like TENSOR_OP: unsure, eq does not set it.)
  *
  * Algorithms (which cuDNN runs for which shape is not documented in full;
- * this table is ours): fwd IMPLICIT_GEMM (no workspace), IMPLICIT_PRECOMP_
+ * this table is a choice): fwd IMPLICIT_GEMM (no workspace), IMPLICIT_PRECOMP_
  * GEMM (tensor cores, a small index workspace), GEMM (an im2col workspace
  * of one image), WINOGRAD_NONFUSED (3x3, stride 1, dilation 1, groups 1;
  * a transform workspace); DIRECT, FFT, FFT_TILING, WINOGRAD: NOT_SUPPORTED.
@@ -82,8 +91,8 @@
  *
  * Workspace.  cudnnGet*WorkspaceSize and Find's `memory` agree.  A
  * convolution with workSpaceSizeInBytes below what the algorithm needs,
- * or a NULL workSpace when it needs some, is CUDNN_STATUS_BAD_PARAM (the
- * API reference lists no status for it; BAD_PARAM is what cuDNN returned
+ * or a NULL workSpace when it needs some, is CUDNN_STATUS_BAD_PARAM (we
+ * know of no documented status for it; BAD_PARAM is what cuDNN 7 returned
  * for too small a workspace in chainer/chainer#3922).  The emulation
  * writes a NaN pattern over the bytes it needs before it reads the
  * operands, as a real algorithm may use all of them, so operands placed
