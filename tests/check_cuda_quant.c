@@ -358,6 +358,21 @@ START_TEST(test_layers)
                 flips += f;
                 free(hb);
             }
+        /* ReLU masks: an activation within rounding of 0 may be 0 on one
+         * backend and positive on the other; its gradient then passes on
+         * one only, as with a flipped level (the CPU emulation showed it:
+         * conv1.weight off by 0.7 % with no level flipped).  Counted as
+         * flips: an exact 0 on one side only, in any stored activation. */
+        for (int nd = 0; nd < eq_layers_node_count(gc); nd++) {
+            const float *ya = NULL, *yb = NULL, *dn = NULL;
+            size_t n1 = 0, n2 = 0;
+            if (eq_layers_node_buffers(gc, nd, &ya, &dn, &n1) != 0 ||
+                eq_layers_node_buffers(gg, nd, &yb, &dn, &n2) != 0 || !ya || !yb || n1 != n2)
+                continue;
+            float *hb = s_host_copy(gpu, yb, n2, 0);
+            for (size_t i = 0; i < n1; i++) flips += (ya[i] == 0.0f) != (hb[i] == 0.0f);
+            free(hb);
+        }
         /* fp32: the output, then (after the backward) every gradient */
         float *dyc, *dyg;
         float *yc = eq_layers_output(gc, &dyc, os), *yg = eq_layers_output(gg, &dyg, os);
@@ -371,8 +386,15 @@ START_TEST(test_layers)
         free(gy);
         ck_assert_msg(eq_layers_backward(gc, &err) == EQ_OK, "cpu: %s", err.msg);
         ck_assert_msg(eq_layers_backward(gg, &err) == EQ_OK, "cuda: %s", err.msg);
-        double emax = ey;
-        const char *worst = "output";
+        /* A quantizer parameter's gradient is one sum over a whole layer
+         * of terms whose upstream gradient differs from the CPU's in the
+         * last bits (another convolution summation order); where the terms
+         * cancel, the sum's relative error grows without bound: up to
+         * 1.4e-4 in 12 runs of the CPU emulation (which failed this check
+         * at 1e-5 in 2 of them).  Those sums get 1e-3 (a wrong kernel is
+         * off by O(1)), everything else 1e-5. */
+        double emax = ey, qmax = 0.0;
+        const char *worst = "output", *qworst = "";
         ck_assert_uint_eq(eq_layers_tensor_count(gc), eq_layers_tensor_count(gg));
         for (size_t i = 0; i < eq_layers_tensor_count(gc); i++) {
             const eq_model_tensor *a = eq_layers_tensor_at(gc, i), *b = eq_layers_tensor_at(gg, i);
@@ -385,13 +407,21 @@ START_TEST(test_layers)
             float *hb = s_host_copy(gpu, b->grad, b->numel, b->quant);
             double e = eq_test_relerr(hb, a->grad, a->numel);
             free(hb);
-            if (e > emax) emax = e, worst = a->name;
+            if (a->quant) {
+                if (e > qmax) qmax = e, qworst = a->name;
+            } else if (e > emax) {
+                emax = e, worst = a->name;
+            }
         }
-        printf("check_cuda_quant: layers step %d: %zu flipped level(s), worst fp32 relative error %.3g (%s)\n",
-               step, flips, emax, worst);
-        if (!flips)
+        printf("check_cuda_quant: layers step %d: %zu flipped level(s), worst fp32 relative error %.3g (%s), "
+               "quantizer parameter gradients %.3g (%s)\n",
+               step, flips, emax, worst, qmax, qworst);
+        if (!flips) {
             ck_assert_msg(emax <= 1e-5, "step %d: %s: relative error %.3g (seed %llu)", step, worst, emax,
                           (unsigned long long)g_seed);
+            ck_assert_msg(qmax <= 1e-3, "step %d: %s: relative error %.3g (seed %llu)", step, qworst, qmax,
+                          (unsigned long long)g_seed);
+        }
         free(x);
     }
     eq_backend_release(gpu, dx);
@@ -542,7 +572,14 @@ int main(void)
     suite_add_tcase(su, tc);
     /* no fork: CUDA is initialised in this process already */
     SRunner *sr = srunner_create(su);
+#ifdef EQ_CUDA_EMU
+    /* The CPU emulation (tests/cudaemu) has no driver state a fork breaks:
+     * each test in its own process, under the timeout (a fault, sticky for
+     * the process as for a CUDA context, stays in its test). */
+    srunner_set_fork_status(sr, CK_FORK);
+#else
     srunner_set_fork_status(sr, CK_NOFORK);
+#endif
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);
