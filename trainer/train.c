@@ -210,6 +210,14 @@ eq_status eq_experiment_load(eq_experiment *x, const char *path, const char *con
 
 /* ================================================================== loop */
 
+/* A batch fetched into one of the pipeline's two device slots. */
+typedef struct s_slot {
+    uint64_t epoch, step;
+    uint32_t offset, count;
+    bool mixed; /* mixup/CutMix labels: the loss takes yb and lambda */
+    bool blend; /* mixup: the images are blended while staged */
+} s_slot;
+
 struct eq_train {
     eq_experiment x;
     char *config_text;
@@ -224,11 +232,15 @@ struct eq_train {
     void *pub, *ctl, *eval;
     char pub_ep[256], ctl_ep[256];
     FILE *jsonl;
-    float *x_dev, *x_host;
-    int32_t *y_dev, *y_host;
-    int32_t *yb_dev, *yb_host; /* mixup/cutmix: the partners' labels */
-    float *lam_dev, *lam_host; /* ... and each sample's own weight */
-    bool mixed;                /* the staged batch is mixed */
+    bool be_borrowed;          /* eq_train_opts.backend: the caller's, not destroyed here */
+    float *x_dev;              /* the network input [B][H][W][C], staged on the device */
+    /* the input pipeline ("The input pipeline" above s_fetch): two slots */
+    uint8_t *slot_dev[2];      /* device: images [B][H][W][C] uint8, then at lab_off the label block */
+    int32_t *lab_host[2];      /* host: the label block: ya, yb, partner [B] int32, lambda [B] float */
+    s_slot slot[2];            /* what the host keeps of each slot's batch */
+    size_t lab_off;            /* the label block's offset in a device slot */
+    int next_slot;             /* the slot the next fetch fills */
+    float scale[16], shift[16]; /* staging: v = u * scale[c] + shift[c] (eq_train_stage's) */
     float *logits_host;
     int64_t G, H, W, C, classes;
     int train_job, val_job;
@@ -310,17 +322,14 @@ void eq_train_destroy(eq_train **self_p)
     eq_model_destroy(&t->model);
     if (t->be) {
         eq_backend_release(t->be, t->x_dev);
-        eq_backend_release(t->be, t->y_dev);
-        eq_backend_release(t->be, t->yb_dev);
-        eq_backend_release(t->be, t->lam_dev);
+        eq_backend_release(t->be, t->slot_dev[0]);
+        eq_backend_release(t->be, t->slot_dev[1]);
         eq_backend_release(t->be, t->acc);
         eq_backend_release(t->be, t->dev_inv);
     }
-    free(t->yb_host);
-    free(t->lam_host);
-    eq_backend_destroy(&t->be);
-    free(t->x_host);
-    free(t->y_host);
+    free(t->lab_host[0]);
+    free(t->lab_host[1]);
+    if (!t->be_borrowed) eq_backend_destroy(&t->be);
     free(t->logits_host);
     free(t->config_text);
     free(t->resume);
@@ -409,13 +418,17 @@ eq_train *eq_train_new(const eq_experiment *x, const eq_train_opts *o, eq_err *e
         goto fail;
     }
     int device = (int)x->train.device;
-    if (x->train.backend == 1 && t->world > 1) { /* one GPU per rank: rank r takes (device + r) mod #GPUs */
+    if (x->train.backend == 1 && t->world > 1 && !o->backend) { /* one GPU per rank: (device + r) mod #GPUs */
         int ndev = eq_backend_cuda_devices(NULL, 0);
         if (ndev > 0) device = (int)((x->train.device + t->rank) % ndev); /* else eq_backend_open says why */
     }
-    if (eq_backend_open(s_backend_names[x->train.backend], x->train.backend == 0 ? (int)x->train.threads : device,
-                        &t->be, err))
+    if (o->backend) {
+        t->be = o->backend;
+        t->be_borrowed = true;
+    } else if (eq_backend_open(s_backend_names[x->train.backend],
+                               x->train.backend == 0 ? (int)x->train.threads : device, &t->be, err)) {
         goto fail;
+    }
     /* [train] precision: the model's (eq_experiment_load sets it too) */
     t->x.model.precision = x->train.precision;
     if (x->train.precision != EQ_PREC_FP32 && x->train.backend == 0 && t->rank == 0)
@@ -444,14 +457,17 @@ eq_train *eq_train_new(const eq_experiment *x, const eq_train_opts *o, eq_err *e
         goto fail;
     size_t xn = (size_t)(t->B * t->H * t->W * t->C);
     if (!(t->x_dev = eq_backend_alloc(t->be, xn * sizeof(float), err))) goto fail;
-    if (!(t->y_dev = eq_backend_alloc(t->be, (size_t)t->B * sizeof(int32_t), err))) goto fail;
-    if (!(t->yb_dev = eq_backend_alloc(t->be, (size_t)t->B * sizeof(int32_t), err))) goto fail;
-    if (!(t->lam_dev = eq_backend_alloc(t->be, (size_t)t->B * sizeof(float), err))) goto fail;
-    if (!(t->yb_host = calloc((size_t)t->B, sizeof(int32_t))) || !(t->lam_host = calloc((size_t)t->B, sizeof(float))))
-        goto nomem;
-    if (!(t->x_host = malloc(xn * sizeof(float))) || !(t->y_host = malloc((size_t)t->B * sizeof(int32_t))) ||
-        !(t->logits_host = malloc((size_t)(t->B * t->classes) * sizeof(float))))
-        goto nomem;
+    t->lab_off = (xn + 63) / 64 * 64;
+    for (int k = 0; k < 2; k++) {
+        if (!(t->slot_dev[k] = eq_backend_alloc(t->be, t->lab_off + 4 * (size_t)t->B * sizeof(int32_t), err)))
+            goto fail;
+        if (!(t->lab_host[k] = calloc(4 * (size_t)t->B, sizeof(int32_t)))) goto nomem;
+    }
+    for (int64_t c = 0; c < t->C; c++) { /* eq_train_stage's */
+        t->scale[c] = (float)(1.0 / (255.0 * x->train.std[c]));
+        t->shift[c] = (float)(-x->train.mean[c] / x->train.std[c]);
+    }
+    if (!(t->logits_host = malloc((size_t)(t->B * t->classes) * sizeof(float)))) goto nomem;
     if (x->train.iter_size > 1) {
         size_t ng = 0, nq = 0, nt = eq_model_tensor_count(t->model);
         if (!(t->acc_off = eq_calloc_array(nt ? nt : 1, sizeof *t->acc_off))) goto nomem;
@@ -616,29 +632,14 @@ static void s_control(eq_train *t)
     }
 }
 
-eq_status eq_train_stage(const eq_feeder_batch *b, int64_t rows, int64_t classes, const double *mean,
-                         const double *std, float *dst, int32_t *ya, int32_t *yb, float *lam, bool *mixed,
-                         eq_err *err)
+/* The labels of batch b, checked: ya[rows] (0 past b->count); with a mix
+ * plan *mixed, yb[i] the partner's label, lam[i] the sample's own weight
+ * (0 and 1 past b->count) and, when partner is not NULL, partner[i] the
+ * partner's position (0 past b->count); *blend for mixup (the images are
+ * blended; CutMix's arrive pasted).  eq_train_stage's errors. */
+static eq_status s_labels(const eq_feeder_batch *b, int64_t rows, int64_t classes, int32_t *ya, int32_t *yb,
+                          float *lam, int32_t *partner, bool *mixed, bool *blend, eq_err *err)
 {
-    if (b->count > rows || b->c < 1 || b->c > 16)
-        return eq_err_set(err, EQ_ERR_PROTO, "batch of %u samples with %u channels for %" PRId64 " rows", b->count, b->c,
-                          rows);
-    const size_t C = b->c, per = (size_t)b->h * b->w * C, n = (size_t)b->count * per;
-    float scale[16], shift[16];
-    for (size_t c = 0; c < C; c++) {
-        scale[c] = (float)(1.0 / (255.0 * std[c]));
-        shift[c] = (float)(-mean[c] / std[c]);
-    }
-    const uint8_t *src = b->images;
-    if (C == 1) {
-        for (size_t i = 0; i < n; i++) dst[i] = (float)src[i] * scale[0] + shift[0];
-    } else {
-        for (size_t i = 0; i < n; i++) {
-            size_t c = i % C;
-            dst[i] = (float)src[i] * scale[c] + shift[c];
-        }
-    }
-    memset(dst + n, 0, ((size_t)rows * per - n) * sizeof(float));
     for (uint32_t i = 0; i < b->count; i++) {
         int64_t y;
         if (b->labels_i64) {
@@ -658,54 +659,156 @@ eq_status eq_train_stage(const eq_feeder_batch *b, int64_t rows, int64_t classes
     for (int64_t i = b->count; i < rows; i++) ya[i] = 0;
     /* Mixup/CutMix from the plan in the BATCH (DESIGN.md): the partner's
      * label and the sample's own weight for the loss; for mixup also the
-     * image blend, done here in fp32 from the uint8 bytes (CutMix images
-     * arrive pasted). */
+     * image blend, done in fp32 from the uint8 bytes while staging. */
     *mixed = b->mix && b->mix[0] && b->mix_index && b->mix_lambda;
-    if (*mixed) {
-        bool blend = !strcmp(b->mix, "mixup");
-        for (uint32_t i = 0; i < b->count; i++) {
-            int32_t j;
-            float lam_i;
-            memcpy(&j, (const uint8_t *)b->mix_index + 4 * (size_t)i, 4);
-            memcpy(&lam_i, (const uint8_t *)b->mix_lambda + 4 * (size_t)i, 4);
-            if (j < 0 || (uint32_t)j >= b->count || !(lam_i >= 0.0f && lam_i <= 1.0f))
-                return eq_err_set(err, EQ_ERR_PROTO,
-                                  "epoch %" PRIu64 " step %" PRIu64 ": sample %u: mix partner %d or lambda %g invalid",
-                                  b->epoch, b->step, i, j, (double)lam_i);
-            yb[i] = ya[j];
-            lam[i] = lam_i;
-            if (!blend) continue;
-            const uint8_t *a = src + (size_t)i * per, *p = src + (size_t)j * per;
-            float *d = dst + (size_t)i * per;
-            for (size_t k = 0; k < per; k++) {
-                size_t c = k % C;
-                float va = (float)a[k] * scale[c] + shift[c], vb = (float)p[k] * scale[c] + shift[c];
-                d[k] = lam_i * va + (1.0f - lam_i) * vb;
-            }
+    *blend = *mixed && !strcmp(b->mix, "mixup");
+    if (!*mixed) return EQ_OK;
+    for (uint32_t i = 0; i < b->count; i++) {
+        int32_t j;
+        float lam_i;
+        memcpy(&j, (const uint8_t *)b->mix_index + 4 * (size_t)i, 4);
+        memcpy(&lam_i, (const uint8_t *)b->mix_lambda + 4 * (size_t)i, 4);
+        if (j < 0 || (uint32_t)j >= b->count || !(lam_i >= 0.0f && lam_i <= 1.0f))
+            return eq_err_set(err, EQ_ERR_PROTO,
+                              "epoch %" PRIu64 " step %" PRIu64 ": sample %u: mix partner %d or lambda %g invalid",
+                              b->epoch, b->step, i, j, (double)lam_i);
+        yb[i] = ya[j];
+        lam[i] = lam_i;
+        if (partner) partner[i] = j;
+    }
+    for (int64_t i = b->count; i < rows; i++) {
+        yb[i] = 0;
+        lam[i] = 1.0f;
+        if (partner) partner[i] = 0;
+    }
+    return EQ_OK;
+}
+
+eq_status eq_train_stage(const eq_feeder_batch *b, int64_t rows, int64_t classes, const double *mean,
+                         const double *std, float *dst, int32_t *ya, int32_t *yb, float *lam, bool *mixed,
+                         eq_err *err)
+{
+    if (b->count > rows || b->c < 1 || b->c > 16)
+        return eq_err_set(err, EQ_ERR_PROTO, "batch of %u samples with %u channels for %" PRId64 " rows", b->count, b->c,
+                          rows);
+    bool blend;
+    eq_status st = s_labels(b, rows, classes, ya, yb, lam, NULL, mixed, &blend, err);
+    if (st) return st;
+    const size_t C = b->c, per = (size_t)b->h * b->w * C, n = (size_t)b->count * per;
+    float scale[16], shift[16];
+    for (size_t c = 0; c < C; c++) {
+        scale[c] = (float)(1.0 / (255.0 * std[c]));
+        shift[c] = (float)(-mean[c] / std[c]);
+    }
+    const uint8_t *src = b->images;
+    if (C == 1) {
+        for (size_t i = 0; i < n; i++) dst[i] = (float)src[i] * scale[0] + shift[0];
+    } else {
+        for (size_t i = 0; i < n; i++) {
+            size_t c = i % C;
+            dst[i] = (float)src[i] * scale[c] + shift[c];
         }
-        for (int64_t i = b->count; i < rows; i++) {
-            yb[i] = 0;
-            lam[i] = 1.0f;
+    }
+    memset(dst + n, 0, ((size_t)rows * per - n) * sizeof(float));
+    for (uint32_t i = 0; blend && i < b->count; i++) {
+        int32_t j;
+        memcpy(&j, (const uint8_t *)b->mix_index + 4 * (size_t)i, 4); /* checked by s_labels */
+        const float lam_i = lam[i];
+        const uint8_t *a = src + (size_t)i * per, *p = src + (size_t)j * per;
+        float *d = dst + (size_t)i * per;
+        for (size_t k = 0; k < per; k++) {
+            size_t c = k % C;
+            float va = (float)a[k] * scale[c] + shift[c], vb = (float)p[k] * scale[c] + shift[c];
+            d[k] = lam_i * va + (1.0f - lam_i) * vb;
         }
     }
     return EQ_OK;
 }
 
-/* Stage batch b on the device (eq_train_stage into the host buffers, then
- * upload). */
-static eq_status s_stage(eq_train *t, const eq_feeder_batch *b, eq_err *err)
+/* ---------------------------------------------------------------- the input pipeline
+ *
+ * A batch goes to the device in two halves.  s_fetch, on the host: the
+ * feeder's next batch (the data wait), its checks (labels, mix partners
+ * and lambdas: eq_train_stage's errors, naming epoch, step and sample),
+ * then eq_backend_upload_async of the raw uint8 images and of the label
+ * block (ya, yb, partner, lambda) into a device slot.  s_stage, on the
+ * device: eq_backend_upload_wait, then eq_backend_stage_images from the
+ * slot into x_dev (eq_train_stage's arithmetic; the rows past a short
+ * batch zeroed).  The loss reads the labels straight from the slot.
+ *
+ * The loops fetch batch s+1 right after step s's forward is queued and
+ * before the host waits on anything of step s (the loss download), so on
+ * an asynchronous backend the data wait and the copy overlap the step.
+ *
+ * Two slots, each fetch filling the one the previous fetch did not: batch
+ * s+1 must not land in step s's slot, whose labels step s's loss still
+ * reads after the fetch (xent_fwd and xent_bwd, issued later).  Batch s+2
+ * refills step s's slot during step s+1, after every op of step s was
+ * issued, and upload_async orders its copy after every compute-stream op
+ * issued before it (trainer/backend.h; on CUDA an event recorded on the
+ * compute stream that the copy stream waits for), so the copy cannot
+ * overtake step s's last read on a GPU either.  upload_wait at the next
+ * stage orders the compute stream after the copy.  On the CPU backend
+ * every op is synchronous (upload_async is a plain copy): the same
+ * results, bitwise, as staging on the host. */
+
+/* The next batch of the current pass into the next slot (*k, set on
+ * success): checks, then the asynchronous uploads.  `train`: a training
+ * batch must be full.  EQ_ERR_NOTFOUND at the pass's end. */
+static eq_status s_fetch(eq_train *t, bool train, int *k, eq_err *err)
 {
-    if (b->h != t->H || b->w != t->W || b->c != t->C)
-        return eq_err_set(err, EQ_ERR_PROTO, "batch of %ux%ux%u images, the model wants %" PRId64 "x%" PRId64 "x%" PRId64,
-                          b->h, b->w, b->c, t->H, t->W, t->C);
-    eq_status st = eq_train_stage(b, t->B, t->classes, t->x.train.mean, t->x.train.std, t->x_host, t->y_host,
-                                  t->yb_host, t->lam_host, &t->mixed, err);
+    eq_feeder_batch b;
+    eq_status st = eq_feeder_next(t->feeder, &b, err);
     if (st) return st;
+    if (train && b.count != t->B)
+        return eq_err_set(err, EQ_ERR_PROTO, "epoch %" PRIu64 " step %" PRIu64 ": %u samples, expected %" PRId64,
+                          b.epoch, b.step, b.count, t->B);
+    if (b.h != t->H || b.w != t->W || b.c != t->C)
+        return eq_err_set(err, EQ_ERR_PROTO, "batch of %ux%ux%u images, the model wants %" PRId64 "x%" PRId64 "x%" PRId64,
+                          b.h, b.w, b.c, t->H, t->W, t->C);
+    if (b.count > t->B || b.c < 1 || b.c > 16)
+        return eq_err_set(err, EQ_ERR_PROTO, "batch of %u samples with %u channels for %" PRId64 " rows", b.count, b.c,
+                          t->B);
+    int j = t->next_slot;
+    int32_t *lab = t->lab_host[j];
+    size_t B = (size_t)t->B;
+    s_slot *sl = &t->slot[j];
+    if ((st = s_labels(&b, t->B, t->classes, lab, lab + B, (float *)(lab + 3 * B), lab + 2 * B, &sl->mixed,
+                       &sl->blend, err)))
+        return st;
     size_t per = (size_t)(t->H * t->W * t->C);
-    st = eq_backend_upload(t->be, t->x_dev, t->x_host, (size_t)t->B * per * sizeof(float), err);
-    if (!st) st = eq_backend_upload(t->be, t->y_dev, t->y_host, (size_t)t->B * sizeof(int32_t), err);
-    if (!st && t->mixed) st = eq_backend_upload(t->be, t->yb_dev, t->yb_host, (size_t)t->B * sizeof(int32_t), err);
-    if (!st && t->mixed) st = eq_backend_upload(t->be, t->lam_dev, t->lam_host, (size_t)t->B * sizeof(float), err);
+    if ((st = eq_backend_upload_async(t->be, t->slot_dev[j], b.images, (size_t)b.count * per, err)) ||
+        (st = eq_backend_upload_async(t->be, t->slot_dev[j] + t->lab_off, lab,
+                                      (sl->mixed ? 4 : 1) * B * sizeof(int32_t), err)))
+        return st;
+    sl->epoch = b.epoch;
+    sl->step = b.step;
+    sl->offset = b.offset;
+    sl->count = b.count;
+    t->next_slot = j ^ 1;
+    *k = j;
+    return EQ_OK;
+}
+
+/* Slot k's labels on the device: ya, yb, partner [B] int32, lambda [B] float. */
+static int32_t *s_lab_dev(eq_train *t, int k, int which)
+{
+    return (int32_t *)(t->slot_dev[k] + t->lab_off) + (size_t)which * (size_t)t->B;
+}
+
+/* Stage slot k's batch into x_dev on the device (after its upload). */
+static eq_status s_stage(eq_train *t, int k, eq_err *err)
+{
+    const s_slot *sl = &t->slot[k];
+    size_t per = (size_t)(t->H * t->W * t->C);
+    eq_status st = eq_backend_upload_wait(t->be, err);
+    if (st == EQ_OK)
+        st = eq_backend_stage_images(t->be, sl->count, (int64_t)per, t->C, t->slot_dev[k], t->scale, t->shift,
+                                     sl->blend ? s_lab_dev(t, k, 2) : NULL,
+                                     sl->blend ? (const float *)s_lab_dev(t, k, 3) : NULL, t->x_dev, err);
+    if (st == EQ_OK && sl->count < t->B)
+        st = eq_backend_zero(t->be, t->x_dev + (size_t)sl->count * per, ((size_t)t->B - sl->count) * per * sizeof(float),
+                             err);
     return st;
 }
 
@@ -1151,16 +1254,24 @@ static eq_status s_validate(eq_train *t, uint64_t epoch, eq_err *err)
     }
     double t0 = eq_clock_sec();
     uint64_t seen = 0;
+    /* pipelined as the train pass (s_fetch): the next batch is fetched
+     * and uploaded after this one's forward is queued, before its logits
+     * are downloaded; an error of the next fetch is reported once this
+     * batch's predictions are sent */
+    int ks = -1, kn = -1;
+    eq_err ferr = { 0 };
+    eq_status fst = mine ? s_fetch(t, false, &ks, &ferr) : EQ_ERR_NOTFOUND;
     while (mine) {
-        eq_feeder_batch b;
-        st = eq_feeder_next(t->feeder, &b, err);
-        if (st == EQ_ERR_NOTFOUND) {
-            st = EQ_OK;
+        if (fst == EQ_ERR_NOTFOUND) break;
+        if (fst) {
+            if (err) *err = ferr;
+            st = fst;
             break;
         }
-        if (st) break;
-        if ((st = s_stage(t, &b, err))) break;
+        const s_slot b = t->slot[ks];
+        if ((st = s_stage(t, ks, err))) break;
         if ((st = eq_model_forward(t->model, t->x_dev, false, err))) break;
+        fst = s_fetch(t, false, &kn, &ferr);
         int64_t nb, nc;
         const float *logits = eq_model_logits(t->model, &nb, &nc);
         if ((st = eq_backend_download(t->be, t->logits_host, logits, (size_t)(nb * nc) * sizeof(float), err))) break;
@@ -1185,7 +1296,7 @@ static eq_status s_validate(eq_train *t, uint64_t epoch, eq_err *err)
             eq_proto_add_frame(&m, "labels", EQ_DT_I32, 1, s1, NULL);
             eq_proto_add_frame(&m, "topk", EQ_DT_I32, 2, s2, NULL);
             eq_proto_payload pl[3] = { { ids, (size_t)b.count * 8, NULL, NULL },
-                                       { t->y_host, (size_t)b.count * 4, NULL, NULL },
+                                       { t->lab_host[ks], (size_t)b.count * 4, NULL, NULL },
                                        { topk, (size_t)b.count * (size_t)k * 4, NULL, NULL } };
             if ((st = eq_proto_send(t->eval, NULL, &m, pl, 3, 0, err))) break;
         }
@@ -1193,6 +1304,7 @@ static eq_status s_validate(eq_train *t, uint64_t epoch, eq_err *err)
             st = eq_err_set(err, EQ_ERR_INTERRUPTED, "stopped during the val pass");
             break;
         }
+        ks = kn;
     }
     free(topk);
     free(ids);
@@ -1397,10 +1509,16 @@ static eq_status s_run(eq_train *t, eq_err *err)
         eq_feeder_stats_get(t->feeder, &fs0);
         uint64_t win_n = 0, epoch_n = 0, epoch_mixed = 0;
         bool stop_all = false;
+        /* The input pipeline (s_fetch): step s's batch was fetched into
+         * slot ks during step s - 1 (the pass's first one here), with its
+         * outcome in fst/ferr. */
+        int ks = -1;
+        eq_err ferr = { 0 };
+        eq_status fst = s_fetch(t, true, &ks, &ferr);
         for (uint64_t s = first; s < steps; s++) {
             t->step = s;
-            eq_feeder_batch b;
-            st = stop_all ? EQ_ERR_INTERRUPTED : eq_feeder_next(t->feeder, &b, err);
+            st = stop_all ? EQ_ERR_INTERRUPTED : fst;
+            if (!stop_all && fst && err) *err = ferr;
             if (st == EQ_ERR_INTERRUPTED || (st == EQ_OK && t->stop && !t->comm)) {
                 if (st == EQ_OK) s_control(t); /* answer a pending stop */
                 eq_warn("stopping: %s at epoch %" PRIu64 " step %" PRIu64, t->rank ? "no checkpoint (rank 0 writes it)"
@@ -1411,19 +1529,22 @@ static eq_status s_run(eq_train *t, eq_err *err)
                 return eq_err_set(err, EQ_ERR_INTERRUPTED, "stopped at epoch %" PRIu64 " step %" PRIu64, e, s);
             }
             if (st) return st;
-            if (b.count != t->B)
-                return eq_err_set(err, EQ_ERR_PROTO, "epoch %" PRIu64 " step %" PRIu64 ": %u samples, expected %" PRId64,
-                                  e, s, b.count, t->B);
-            if ((st = s_stage(t, &b, err))) return st;
-            epoch_mixed += t->mixed;
+            int k = ks;
+            const bool mixed = t->slot[k].mixed;
+            if ((st = s_stage(t, k, err))) return st;
+            epoch_mixed += mixed;
             float loss;
             double lr;
             /* dropout masks from the run's position: a resumed run draws the same */
             eq_model_set_noise_key(t->model, eq_rng_mix(eq_rng_mix(e, s), (uint64_t)t->rank));
             if (t->scaling && (st = eq_model_set_loss_scale(t->model, t->scaler.scale, err))) return st;
-            if ((st = eq_model_forward(t->model, t->x_dev, true, err)) ||
-                (st = eq_model_loss(t->model, t->y_dev, t->mixed ? t->yb_dev : NULL, t->mixed ? t->lam_dev : NULL,
-                                    (float)x->train.smoothing, &loss, err)))
+            if ((st = eq_model_forward(t->model, t->x_dev, true, err))) return st;
+            /* The next batch while this step computes: its wait and upload
+             * come before the loss download, the step's first host wait. */
+            if (s + 1 < steps) fst = s_fetch(t, true, &ks, &ferr);
+            if ((st = eq_model_loss(t->model, s_lab_dev(t, k, 0), mixed ? s_lab_dev(t, k, 1) : NULL,
+                                    mixed ? (const float *)s_lab_dev(t, k, 3) : NULL, (float)x->train.smoothing,
+                                    &loss, err)))
                 return st;
             /* Every rank learns the mean loss and whether any rank stops. */
             if ((st = s_agree(t, &loss, &stop_all, err))) return st;

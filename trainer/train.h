@@ -17,10 +17,12 @@
  * The loop (one rank):
  *   for each epoch e (from the resume point):
  *     train pass: steps [s0, S) with S = floor(train size / G) (or
- *       max_steps); each step: uint8 NHWC -> fp32 (x/255 - mean)/std,
- *       forward, loss (a NaN/inf loss stops the run naming the step; the
- *       last good checkpoint is kept), backward, lr from the schedule,
- *       optimiser step; progress every log_every steps;
+ *       max_steps); each step: uint8 NHWC -> fp32 (x/255 - mean)/std on
+ *       the device (eq_backend_stage_images), forward, the next batch's
+ *       fetch and asynchronous upload (the input pipeline, below), loss
+ *       (a NaN/inf loss stops the run naming the step; the last good
+ *       checkpoint is kept), backward, lr from the schedule, optimiser
+ *       step; progress every log_every steps;
  *     val pass (every eval_every epochs): forward in eval mode on every val
  *       sample (positions [0, N) of the unshuffled val order, the last batch
  *       padded), top-k indices sent to eq-eval as PRED with the samples'
@@ -29,6 +31,16 @@
  *   A stop (eq_train_stop, from SIGTERM/SIGINT or the control socket)
  *   finishes the current step, writes a checkpoint that resumes at the next
  *   step, and returns EQ_ERR_INTERRUPTED.
+ *
+ * The input pipeline: step s's batch is fetched from the feeder (the data
+ * wait), checked on the host (labels, mix partners, lambdas) and its raw
+ * uint8 images and labels uploaded with eq_backend_upload_async into one
+ * of two device slots while step s - 1 computes: after its forward is
+ * queued, before its loss is downloaded.  On an asynchronous backend
+ * (CUDA: pinned staging buffers, a copy stream) the wait and the copy
+ * overlap compute; on the CPU backend the results are bitwise those of
+ * host staging.  The val pass is pipelined the same way.  trainer/train.c
+ * ("the input pipeline") says why two slots are safe.
  *
  * Resume: eq_train_opts.resume names a checkpoint; training continues at
  * its (epoch, step) with exactly the batches the uninterrupted run would
@@ -179,6 +191,11 @@ typedef struct eq_train_opts {
     int rank, world;        /* this rank of `world` (0 and 0 mean 0 of 1) */
     const char *rendezvous; /* ranks > 0: rank 0's control endpoint */
     const char *dist_bind;  /* this rank's collective endpoint; NULL: tcp://127.0.0.1:* */
+    /* Tests only (tests/check_pipeline.c: a fake asynchronous backend):
+     * train on this backend instead of opening [train] backend/threads/
+     * device.  The caller owns it and destroys it after eq_train_destroy.
+     * NULL: open the configured one (every program). */
+    struct eq_backend *backend;
 } eq_train_opts;
 
 typedef struct eq_train eq_train;
@@ -201,8 +218,8 @@ bool eq_train_diverged(const eq_train *self);
 /* Ask the loop to stop after the current step.  Async-signal-safe. */
 void eq_train_stop(eq_train *self);
 
-/* Convert a batch to the model's input on the host (what each step does
- * before uploading): dst [rows][h][w][c] fp32 (x/255 - mean[c]) / std[c],
+/* Convert a batch to the model's input on the host (the reference for
+ * eq_backend_stage_images, which the steps use on the device): dst [rows][h][w][c] fp32 (x/255 - mean[c]) / std[c],
  * rows past b->count zero; ya[rows] the labels (0 past b->count).  With a
  * mix plan (b->mix non-empty) *mixed is true, yb[i] is the partner's label,
  * lam[i] the sample's own weight (1 past b->count), and for "mixup"
