@@ -22,11 +22,22 @@
  *  - Streams are synchronous: the product is done when the call returns.
  */
 #include "tests/cudaemu/cublas_v2.h"
+#include "tests/cudaemu/cudaemu.h"
 
 #include <cblas.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* The CUDA runtime emulation's hooks, weak (see emu_dnn.c): operand
+ * ranges checked (a fault is the runtime's, recorded for later calls; the
+ * call does nothing and returns SUCCESS), a dead stream is
+ * CUBLAS_STATUS_EXECUTION_FAILED (choice), the product runs between
+ * device_enter/leave. */
+#pragma weak eq_cudaemu_device_range
+#pragma weak eq_cudaemu_stream_valid
+#pragma weak eq_cudaemu_device_enter
+#pragma weak eq_cudaemu_device_leave
 
 #define S_TAG 0xb1a5c0deU
 
@@ -203,6 +214,11 @@ static float *s_tf32_copy(const float *x, int rows, int cols, int ld)
     return c;
 }
 
+static cublasStatus_t s_gemm(cublasHandle_t handle, cublasOperation_t transa,
+                             cublasOperation_t transb, int m, int n, int k, const float *alpha,
+                             const float *A, int lda, const float *B, int ldb, const float *beta,
+                             float *C, int ldc);
+
 static int s_max1(int a)
 {
     return a > 1 ? a : 1;
@@ -229,6 +245,33 @@ cublasStatus_t cublasSgemm_v2(cublasHandle_t handle, cublasOperation_t transa,
     if (!C) return CUBLAS_STATUS_INVALID_VALUE;
     /* A and B are only read when they contribute */
     if (k > 0 && *alpha != 0.0f && (!A || !B)) return CUBLAS_STATUS_INVALID_VALUE;
+    if (eq_cudaemu_stream_valid && eq_cudaemu_stream_valid(handle->stream) != 0)
+        return CUBLAS_STATUS_EXECUTION_FAILED;
+    if (eq_cudaemu_device_range) {
+        /* the extents read and written: (cols - 1) * ld + rows elements */
+        const int reads = k > 0 && *alpha != 0.0f;
+        const size_t ea = (size_t)((transa == CUBLAS_OP_N ? k : m) - 1) * (size_t)lda +
+                          (size_t)(transa == CUBLAS_OP_N ? m : k);
+        const size_t eb = (size_t)((transb == CUBLAS_OP_N ? n : k) - 1) * (size_t)ldb +
+                          (size_t)(transb == CUBLAS_OP_N ? k : n);
+        const size_t ec = (size_t)(n - 1) * (size_t)ldc + (size_t)m;
+        if ((reads && eq_cudaemu_device_range(A, ea * sizeof(float), "cublasSgemm A")) ||
+            (reads && eq_cudaemu_device_range(B, eb * sizeof(float), "cublasSgemm B")) ||
+            eq_cudaemu_device_range(C, ec * sizeof(float), "cublasSgemm C"))
+            return CUBLAS_STATUS_SUCCESS; /* the fault is the runtime's now */
+    }
+    if (eq_cudaemu_device_enter) eq_cudaemu_device_enter();
+    cublasStatus_t st = s_gemm(handle, transa, transb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
+    if (eq_cudaemu_device_leave) eq_cudaemu_device_leave();
+    return st;
+}
+
+/* The product itself (arguments checked). */
+static cublasStatus_t s_gemm(cublasHandle_t handle, cublasOperation_t transa,
+                             cublasOperation_t transb, int m, int n, int k, const float *alpha,
+                             const float *A, int lda, const float *B, int ldb, const float *beta,
+                             float *C, int ldc)
+{
     const enum CBLAS_TRANSPOSE ta = transa == CUBLAS_OP_N ? CblasNoTrans : CblasTrans;
     const enum CBLAS_TRANSPOSE tb = transb == CUBLAS_OP_N ? CblasNoTrans : CblasTrans;
     int base = (int)handle->math & ~(int)CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION;

@@ -100,12 +100,48 @@
  * (BAD_PARAM, with a line on stderr), since a GPU would silently corrupt it.
  */
 #include "tests/cudaemu/cudnn.h"
+#include "tests/cudaemu/cudaemu.h"
 
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* The CUDA runtime emulation's hooks (tests/cudaemu/cudaemu.h), weak: a
+ * program without tests/cudaemu/runtime.cc (check_cudaemu_dnn) has none,
+ * and the emulation then treats every pointer as device memory.  With the
+ * runtime, every operand range is checked first (outside one device
+ * allocation: the runtime records an illegal-address fault that later
+ * runtime calls return, as an asynchronous GPU fault would, and the call
+ * does nothing and returns SUCCESS, as the launch would have), a handle's
+ * stream must be live (else CUDNN_STATUS_EXECUTION_FAILED_CUDART, the
+ * launch failing: choice), and the work runs between device_enter/leave
+ * (EQ_CUDA_EMU_PROTECT=1 makes device memory inaccessible outside). */
+#pragma weak eq_cudaemu_device_range
+#pragma weak eq_cudaemu_stream_valid
+#pragma weak eq_cudaemu_device_enter
+#pragma weak eq_cudaemu_device_leave
+
+static int s_range(const void *p, size_t n, const char *who)
+{
+    return eq_cudaemu_device_range ? eq_cudaemu_device_range(p, n, who) : 0;
+}
+
+static int s_stream_ok(cudaStream_t s)
+{
+    return eq_cudaemu_stream_valid ? eq_cudaemu_stream_valid(s) == 0 : 1;
+}
+
+static void s_enter(void)
+{
+    if (eq_cudaemu_device_enter) eq_cudaemu_device_enter();
+}
+
+static void s_leave(void)
+{
+    if (eq_cudaemu_device_leave) eq_cudaemu_device_leave();
+}
 
 #define S_HTAG 0xd11e0001U
 #define S_TTAG 0xd11e0002U
@@ -1206,8 +1242,18 @@ static cudnnStatus_t s_run(cudnnHandle_t h, int dir, const void *alpha, const vo
                 name[dir], out, out_bytes, need, ws);
         return CUDNN_STATUS_BAD_PARAM;
     }
-    /* the algorithm may use every byte it asked for */
-    if (need) memset(ws, 0xff, need);
+    if (!s_stream_ok(h->stream)) return CUDNN_STATUS_EXECUTION_FAILED_CUDART;
+    {
+        char who[4][64];
+        snprintf(who[0], sizeof who[0], "%s x", name[dir]);
+        snprintf(who[1], sizeof who[1], "%s w", name[dir]);
+        snprintf(who[2], sizeof who[2], "%s y", name[dir]);
+        snprintf(who[3], sizeof who[3], "%s workSpace", name[dir]);
+        /* x is dx and y is dy for bwd data, w is dw for bwd filter */
+        if (s_range(x, s_tensor_bytes(xd), who[0]) || s_range(w, s_filter_bytes(wd), who[1]) ||
+            s_range(y, s_tensor_bytes(yd), who[2]) || s_range(ws, need, who[3]))
+            return CUDNN_STATUS_SUCCESS; /* the fault is the runtime's now */
+    }
 
     const int tf32 = pr.dt == CUDNN_DATA_FLOAT && a->tc && s_tc_allowed(&pr);
     const int flip = cd->mode == CUDNN_CONVOLUTION;
@@ -1228,6 +1274,9 @@ static cudnnStatus_t s_run(cudnnHandle_t h, int dir, const void *alpha, const vo
         return CUDNN_STATUS_ALLOC_FAILED;
     }
     const float fa = *(const float *)alpha, fb = *(const float *)beta;
+    s_enter();
+    /* the algorithm may use every byte it asked for */
+    if (need) memset(ws, 0xff, need);
     if (dir == S_FWD) {
         s_load_t(xd, x, X, tf32);
         s_load_f(wd, w, flip, W, tf32);
@@ -1245,6 +1294,7 @@ static cudnnStatus_t s_run(cudnnHandle_t h, int dir, const void *alpha, const vo
         s_bwd_filter(&pr, X, Y, W, rows > 1 ? rot % rows : 0);
         s_store_f(wd, out, flip, W, fa, fb);
     }
+    s_leave();
     free(X);
     free(Y);
     free(W);
