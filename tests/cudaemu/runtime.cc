@@ -54,6 +54,13 @@
 #include <set>
 #include <vector>
 
+#if defined(__has_include)
+#if __has_include(<valgrind/valgrind.h>)
+#include <valgrind/valgrind.h> /* the fibers' stacks, made known to valgrind */
+#define S_VALGRIND 1
+#endif
+#endif
+
 #if !defined(__x86_64__) || defined(EQ_CUDA_EMU_UCONTEXT)
 #define S_UCONTEXT 1
 #include <ucontext.h>
@@ -856,7 +863,12 @@ bool s_stacks()
                    -1, 0);
     if (m == MAP_FAILED) return false;
     g_s.stacks = (char *)m;
-    for (int i = 0; i < S_MAXT; i++) mprotect(s_stack(i) - g_s.pg, g_s.pg, PROT_NONE); /* guard */
+    for (int i = 0; i < S_MAXT; i++) {
+        mprotect(s_stack(i) - g_s.pg, g_s.pg, PROT_NONE); /* guard */
+#ifdef S_VALGRIND
+        (void)VALGRIND_STACK_REGISTER(s_stack(i), s_stack(i) + S_STACK);
+#endif
+    }
     return true;
 }
 
