@@ -21,7 +21,7 @@
  *    needs are really overwritten), Find's sorted results and _v7's order,
  *    determinism flags that hold (non-deterministic algorithms vary from
  *    run to run), TF32 only where the math type permits it, the
- *    EQ_CUDNN_EMU_REFUSE_16BIT switch;
+ *    EQ_CUDNN_EMU_REFUSE_16BIT and EQ_CUDNN_EMU_BROKEN_ALGOS switches;
  *  - cublasSgemm against a naive loop in double for all four transpose
  *    combinations with leading dimensions larger than the rows, the
  *    INVALID_VALUE rules for leading dimensions, sizes and operations,
@@ -1000,6 +1000,38 @@ START_TEST(test_refuse_16bit)
 }
 END_TEST
 
+/* EQ_CUDNN_EMU_BROKEN_ALGOS: listed algorithms stay SUCCESS in Find/_v7
+ * but fail in GetWorkspaceSize and when run. */
+START_TEST(test_broken_algos)
+{
+    s_ops o;
+    s_ops_make(&o, &s_shapes[0], EQ_PREC_FP32);
+    s_dnn t;
+    s_dnn_make(&t, &o.d, CUDNN_DATA_FLOAT, L_NHWC_KRSC, CUDNN_CROSS_CORRELATION, CUDNN_FMA_MATH);
+    s_dev v;
+    s_dev_make(&v, &o, L_NHWC_KRSC);
+    setenv("EQ_CUDNN_EMU_BROKEN_ALGOS", "0:1,2:3", 1);
+    s_perf pf[16];
+    int n, seen = 0;
+    size_t ws;
+    DNN(s_query(&t, 0, 1, 16, pf, &n));
+    for (int i = 0; i < n; i++)
+        if (pf[i].algo == 1) seen = pf[i].status == CUDNN_STATUS_SUCCESS;
+    ck_assert(seen);
+    DNN_IS(CUDNN_STATUS_NOT_SUPPORTED, s_ws(&t, 0, 1, &ws));
+    DNN_IS(CUDNN_STATUS_NOT_SUPPORTED, s_exec(&t, &v, 0, 1, 1.0f, 0.0f, NULL, 1 << 20));
+    DNN_IS(CUDNN_STATUS_NOT_SUPPORTED, s_ws(&t, 2, 3, &ws));
+    DNN(s_ws(&t, 0, 2, &ws));
+    DNN(s_ws(&t, 2, 1, &ws));
+    DNN(s_ws(&t, 1, 1, &ws));
+    unsetenv("EQ_CUDNN_EMU_BROKEN_ALGOS");
+    DNN(s_ws(&t, 0, 1, &ws));
+    s_dev_free(&v);
+    s_dnn_free(&t);
+    s_ops_free(&o);
+}
+END_TEST
+
 /* The CPU's speed matters for the emulated check_cuda: its larger shape
  * in well under a second per call. */
 START_TEST(test_speed)
@@ -1156,6 +1188,7 @@ int main(void)
     tcase_add_test(tc, test_find);
     tcase_add_test(tc, test_determinism_tf32);
     tcase_add_test(tc, test_refuse_16bit);
+    tcase_add_test(tc, test_broken_algos);
     tcase_add_test(tc, test_speed);
     suite_add_tcase(su, tc);
     TCase *tb = tcase_create("blas");

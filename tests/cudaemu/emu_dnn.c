@@ -70,10 +70,11 @@
  * of one image), WINOGRAD_NONFUSED (3x3, stride 1, dilation 1, groups 1;
  * a transform workspace); DIRECT, FFT, FFT_TILING, WINOGRAD: NOT_SUPPORTED.
  * bwd data ALGO_0 (CUDNN_NON_DETERMINISTIC, as the header says; no
- * workspace), ALGO_1 (deterministic, tensor cores, a workspace); the
- * others NOT_SUPPORTED.  bwd filter ALGO_0 and ALGO_3 (non-deterministic,
- * ALGO_3 with a workspace), ALGO_1 (deterministic, tensor cores, a
- * workspace); the others NOT_SUPPORTED.  Non-deterministic algorithms
+ * workspace), ALGO_1 (deterministic, tensor cores, a workspace),
+ * WINOGRAD_NONFUSED (as fwd's); the others NOT_SUPPORTED.  bwd filter
+ * ALGO_0 and ALGO_3 (non-deterministic, ALGO_3 with a workspace), ALGO_1
+ * (deterministic, tensor cores, a workspace), WINOGRAD_NONFUSED (as
+ * fwd's); the others NOT_SUPPORTED.  Non-deterministic algorithms
  * really are: they rotate the order of their reduction on every call, so
  * results differ in the last bits from run to run (a process-wide count
  * picks the order, so two handles doing the same work differ too).  Find* reports every
@@ -653,11 +654,13 @@ static const s_algo s_fwd_algos[] = {
 static const s_algo s_bwd_data_algos[] = {
     {CUDNN_CONVOLUTION_BWD_DATA_ALGO_0, 0, 0, 0.4f},
     {CUDNN_CONVOLUTION_BWD_DATA_ALGO_1, 1, 1, 0.35f},
+    {CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD_NONFUSED, 1, 0, 0.5f},
 };
 static const s_algo s_bwd_filter_algos[] = {
     {CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0, 0, 0, 0.4f},
     {CUDNN_CONVOLUTION_BWD_FILTER_ALGO_3, 0, 0, 0.45f},
     {CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1, 1, 1, 0.35f},
+    {CUDNN_CONVOLUTION_BWD_FILTER_ALGO_WINOGRAD_NONFUSED, 1, 0, 0.5f},
 };
 static const int s_algo_count[3] = {CUDNN_CONVOLUTION_FWD_ALGO_COUNT,
                                     CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT,
@@ -686,6 +689,21 @@ static const s_algo *s_find_algo(int dir, int algo)
     return NULL;
 }
 
+/* WINOGRAD_NONFUSED's shapes (3x3, stride 1, dilation 1, one group) and
+ * its workspace: 4x4 transformed tiles of input, filter and output. */
+static int s_winograd(const s_prob *pr, size_t el, size_t *ws)
+{
+    const struct cudnnConvolutionStruct *cd = pr->cd;
+    if (pr->r != 3 || pr->s != 3 || cd->u != 1 || cd->v != 1 || cd->dh != 1 || cd->dw != 1 ||
+        pr->g != 1)
+        return 0;
+    *ws = 16 * el *
+          ((size_t)pr->n * (size_t)((pr->p + 1) / 2) * (size_t)((pr->q + 1) / 2) *
+               (size_t)(pr->c + pr->k) +
+           (size_t)pr->c * (size_t)pr->k);
+    return 1;
+}
+
 /* Whether the algorithm runs this problem; its workspace in bytes. */
 static int s_algo_ws(int dir, const s_algo *a, const s_prob *pr, size_t *ws)
 {
@@ -693,7 +711,6 @@ static int s_algo_ws(int dir, const s_algo *a, const s_prob *pr, size_t *ws)
     if (!a || pr->refuse_algos) return 0;
     const size_t el = (size_t)s_el_size(pr->dt);
     const size_t crs = (size_t)pr->cg * (size_t)pr->r * (size_t)pr->s;
-    const struct cudnnConvolutionStruct *cd = pr->cd;
     if (dir == S_FWD) {
         switch (a->algo) {
         case CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM: return 1;
@@ -703,24 +720,19 @@ static int s_algo_ws(int dir, const s_algo *a, const s_prob *pr, size_t *ws)
         case CUDNN_CONVOLUTION_FWD_ALGO_GEMM: /* im2col of one image, all groups */
             *ws = crs * (size_t)pr->g * (size_t)pr->p * (size_t)pr->q * el;
             return 1;
-        case CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED:
-            if (pr->r != 3 || pr->s != 3 || cd->u != 1 || cd->v != 1 || cd->dh != 1 ||
-                cd->dw != 1 || pr->g != 1)
-                return 0;
-            /* 4x4 transformed tiles of input, filter and output */
-            *ws = 16 * el *
-                  ((size_t)pr->n * (size_t)((pr->p + 1) / 2) * (size_t)((pr->q + 1) / 2) *
-                       (size_t)(pr->c + pr->k) +
-                   (size_t)pr->c * (size_t)pr->k);
-            return 1;
+        case CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED: return s_winograd(pr, el, ws);
         }
         return 0;
     }
     if (dir == S_BWD_DATA) {
+        if (a->algo == CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD_NONFUSED)
+            return s_winograd(pr, el, ws);
         if (a->algo == CUDNN_CONVOLUTION_BWD_DATA_ALGO_1)
             *ws = (size_t)pr->k * crs * el; /* the transposed filter */
         return 1;
     }
+    if (a->algo == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_WINOGRAD_NONFUSED)
+        return s_winograd(pr, el, ws);
     if (a->algo == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1)
         *ws = (size_t)pr->k * crs * sizeof(float); /* an fp32 accumulator */
     else if (a->algo == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_3)
@@ -906,6 +918,29 @@ cudnnStatus_t cudnnFindConvolutionBackwardFilterAlgorithm(
 S_QUERY_FN(find, S_BWD_FILTER, 1, cudnnConvolutionBwdFilterAlgoPerf_t, xDesc, dwDesc, convDesc,
            dyDesc)
 
+/* EQ_CUDNN_EMU_BROKEN_ALGOS="dir:algo,...": algorithms that Find and _v7
+ * still report as SUCCESS but whose GetWorkspaceSize and execution return
+ * CUDNN_STATUS_NOT_SUPPORTED (dir 0 fwd, 1 bwd data, 2 bwd filter), as an
+ * algorithm recommended by Find failed to run for some NHWC fp16 shapes
+ * (NVIDIA developer forum, "Algorithm recommended by
+ * cudnnFindConvolutionForwardAlgorithm fails to run when output channels
+ * are not a multiple of 8", cuDNN 7.0.5): tests whether a caller tries
+ * the next candidate. */
+static int s_broken(int dir, int algo)
+{
+    const char *e = getenv("EQ_CUDNN_EMU_BROKEN_ALGOS");
+    while (e && *e) {
+        char *end;
+        long d = strtol(e, &end, 10);
+        if (*end != ':') return 0;
+        long a = strtol(end + 1, &end, 10);
+        if (d == dir && a == algo) return 1;
+        if (*end != ',') return 0;
+        e = end + 1;
+    }
+    return 0;
+}
+
 static cudnnStatus_t s_ws_size(cudnnHandle_t h, int dir, const struct cudnnTensorStruct *xd,
                                const struct cudnnFilterStruct *wd,
                                const struct cudnnConvolutionStruct *cd,
@@ -916,7 +951,8 @@ static cudnnStatus_t s_ws_size(cudnnHandle_t h, int dir, const struct cudnnTenso
     cudnnStatus_t st = s_problem(xd, wd, cd, yd, &pr);
     if (st) return st;
     if (algo < 0 || algo >= s_algo_count[dir]) return CUDNN_STATUS_BAD_PARAM;
-    if (!s_algo_ws(dir, s_find_algo(dir, algo), &pr, size)) return CUDNN_STATUS_NOT_SUPPORTED;
+    if (!s_algo_ws(dir, s_find_algo(dir, algo), &pr, size) || s_broken(dir, algo))
+        return CUDNN_STATUS_NOT_SUPPORTED;
     return CUDNN_STATUS_SUCCESS;
 }
 
@@ -1232,7 +1268,7 @@ static cudnnStatus_t s_run(cudnnHandle_t h, int dir, const void *alpha, const vo
     if (algo < 0 || algo >= s_algo_count[dir]) return CUDNN_STATUS_BAD_PARAM;
     const s_algo *a = s_find_algo(dir, algo);
     size_t need;
-    if (!s_algo_ws(dir, a, &pr, &need)) return CUDNN_STATUS_NOT_SUPPORTED;
+    if (!s_algo_ws(dir, a, &pr, &need) || s_broken(dir, algo)) return CUDNN_STATUS_NOT_SUPPORTED;
     if (ws_bytes < need || (need && !ws)) return CUDNN_STATUS_BAD_PARAM;
     size_t out_bytes = dir == S_FWD ? s_tensor_bytes(yd)
                        : dir == S_BWD_DATA ? s_tensor_bytes(xd) : s_filter_bytes(wd);
