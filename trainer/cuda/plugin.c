@@ -6,7 +6,7 @@
 
 #include "trainer/cuda/plugin.h"
 #include "quant/quant_internal.h" /* the struct sizes in the table */
-#ifdef EQ_HAVE_NCCL
+#if defined(EQ_HAVE_NCCL) && !defined(EQ_CUDA_EMU) /* the emulated module has no NCCL */
 #include "trainer/cuda/nccl.h"
 #endif
 
@@ -58,7 +58,7 @@ static const eq_cuda_plugin s_table = {
     .set_logv = s_set_logv,
     .device_count = eq_cuda_device_count,
     .backend_new = eq_backend_cuda_new,
-#ifdef EQ_HAVE_NCCL
+#if defined(EQ_HAVE_NCCL) && !defined(EQ_CUDA_EMU) /* the emulated module has no NCCL */
     .nccl_unique_id = eq_nccl_unique_id,
     .nccl_comm_new = eq_nccl_comm_new,
 #endif
