@@ -78,8 +78,8 @@ static int s_narrow(const eq_cuda_conv_plan *p)
 }
 
 /* Pick from perf results (in cuDNN's order: fastest first for Find,
- * heuristic order for _v7). */
-static int s_pick(const eq_cuda *cu, const s_perf *pf, int n, int narrow)
+ * heuristic order for _v7), the first acceptable one at or after from. */
+static int s_pick(const eq_cuda *cu, const s_perf *pf, int n, int narrow, int from)
 {
     /* skip algorithms whose workspace would take more than half of the
      * free device memory (Find reports what it could allocate itself) */
@@ -88,7 +88,7 @@ static int s_pick(const eq_cuda *cu, const s_perf *pf, int n, int narrow)
         (void)cudaGetLastError();
         fr = (size_t)-1;
     }
-    for (int i = 0; i < n; i++) {
+    for (int i = from; i < n; i++) {
         if (pf[i].status != CUDNN_STATUS_SUCCESS) continue;
         if (pf[i].memory > cu->ws_bytes && pf[i].memory - cu->ws_bytes > fr / 2) continue;
         if (cu->deterministic && pf[i].determinism != CUDNN_DETERMINISTIC) continue;
@@ -148,7 +148,37 @@ static eq_status s_choose(eq_cuda *cu, eq_cuda_conv_plan *p, eq_err *err)
             pf[i] = (s_perf){(int)r[i].algo, r[i].status, r[i].memory, r[i].determinism, r[i].mathType};
     }
     const int narrow = s_narrow(p);
-    int i = s_pick(cu, pf, n, narrow);
+    /* A result can report SUCCESS and its algorithm still refuse these
+     * descriptors in cudnnGet*WorkspaceSize (_v7's list is not run; Find's
+     * has been seen to do it too): take the next acceptable one then. */
+    cudnnStatus_t refused = CUDNN_STATUS_SUCCESS;
+    int i = s_pick(cu, pf, n, narrow, 0);
+    for (; i >= 0; i = s_pick(cu, pf, n, narrow, i + 1)) {
+        p->algo = pf[i].algo;
+        /* CUDNN_DEFAULT_MATH permits TF32 on Ampere and later: keep FMA math
+         * for fp32 operands unless TF32 was asked for; 16-bit operands take
+         * the algorithm's own math type (tensor cores, fp32 accumulation) */
+        S_DNN(cudnnSetConvolutionMathType(p->cd, narrow || cu->tf32 ? pf[i].math : CUDNN_FMA_MATH));
+        /* the size the chosen algorithm needs with these descriptors */
+        cudnnStatus_t ws_st;
+        if (dir == 0)
+            ws_st = cudnnGetConvolutionForwardWorkspaceSize(cu->dnn, p->xd, p->wd, p->cd, p->yd,
+                                                         (cudnnConvolutionFwdAlgo_t)p->algo,
+                                                         &p->ws_bytes);
+        else if (dir == 1)
+            ws_st = cudnnGetConvolutionBackwardDataWorkspaceSize(cu->dnn, p->wd, p->yd, p->cd, p->xd,
+                                                              (cudnnConvolutionBwdDataAlgo_t)p->algo,
+                                                              &p->ws_bytes);
+        else
+            ws_st = cudnnGetConvolutionBackwardFilterWorkspaceSize(cu->dnn, p->xd, p->yd, p->cd, p->wd,
+                                                                (cudnnConvolutionBwdFilterAlgo_t)p->algo,
+                                                                &p->ws_bytes);
+        if (ws_st == CUDNN_STATUS_SUCCESS) break;
+        refused = ws_st;
+    }
+    if (i < 0 && refused != CUDNN_STATUS_SUCCESS)
+        return eq_cudnn_fail(err, s_dir_name[dir],
+                             "cudnnGetConvolution*WorkspaceSize (every acceptable algorithm)", refused);
     if (i < 0)
         return eq_err_set(err, EQ_ERR_UNSUPPORTED,
                           "cuda backend: %s: cuDNN offers no %salgorithm for %s n=%lld h=%lld "
@@ -158,24 +188,6 @@ static eq_status s_choose(eq_cuda *cu, eq_cuda_conv_plan *p, eq_err *err)
                           (long long)p->d.n, (long long)p->d.h, (long long)p->d.w,
                           (long long)p->d.c, (long long)p->d.k, (long long)p->d.r,
                           (long long)p->d.s, (long long)p->d.groups, n);
-    p->algo = pf[i].algo;
-    /* CUDNN_DEFAULT_MATH permits TF32 on Ampere and later: keep FMA math
-     * for fp32 operands unless TF32 was asked for; 16-bit operands take
-     * the algorithm's own math type (tensor cores, fp32 accumulation) */
-    S_DNN(cudnnSetConvolutionMathType(p->cd, narrow || cu->tf32 ? pf[i].math : CUDNN_FMA_MATH));
-    /* the size the chosen algorithm needs with these descriptors */
-    if (dir == 0)
-        S_DNN(cudnnGetConvolutionForwardWorkspaceSize(cu->dnn, p->xd, p->wd, p->cd, p->yd,
-                                                      (cudnnConvolutionFwdAlgo_t)p->algo,
-                                                      &p->ws_bytes));
-    else if (dir == 1)
-        S_DNN(cudnnGetConvolutionBackwardDataWorkspaceSize(cu->dnn, p->wd, p->yd, p->cd, p->xd,
-                                                           (cudnnConvolutionBwdDataAlgo_t)p->algo,
-                                                           &p->ws_bytes));
-    else
-        S_DNN(cudnnGetConvolutionBackwardFilterWorkspaceSize(cu->dnn, p->xd, p->yd, p->cd, p->wd,
-                                                             (cudnnConvolutionBwdFilterAlgo_t)p->algo,
-                                                             &p->ws_bytes));
     return EQ_OK;
 fail:
     return st;
