@@ -5,7 +5,7 @@
  *
  * - stage_images on the CPU backend (its pooled member) and through the
  *   wrapper's host default are bitwise eq_train_stage, the host reference:
- *   1 and 3 channels, 1 and 3 threads, mixup and not, a partial batch (7 of
+ *   1, 3 and 4 channels, 1 and 3 threads, mixup and not, a partial batch (7 of
  *   10 rows); the wrappers' argument errors.
  * - A fake asynchronous backend: the CPU backend's table whose
  *   upload_async keeps the data aside and fills the destination with
@@ -159,14 +159,16 @@ START_TEST(test_stage_cpu)
     eq_err e = { 0 };
     const int64_t rows = 10, h = 5, w = 4;
     const uint32_t count = 7; /* a partial batch */
-    for (int C = 1; C <= 3; C += 2)
+    static const int chans[3] = { 1, 3, 4 }; /* the CPU member's three loops */
+    for (int ci = 0; ci < 3; ci++)
         for (int threads = 1; threads <= 3; threads += 2)
             for (int mix = 0; mix < 2; mix++) {
+                const int C = chans[ci];
                 const size_t per = (size_t)(h * w * C), n = count * per;
                 uint8_t *img = malloc(n);
                 int32_t lab[16], partner[16];
                 float lamv[16];
-                double mean[3], std[3];
+                double mean[4], std[4];
                 ck_assert_ptr_nonnull(img);
                 for (size_t i = 0; i < n; i++) img[i] = (uint8_t)eq_test_next(&s_seed);
                 img[0] = 0, img[1] = 255; /* the ends of the range */
@@ -192,7 +194,7 @@ START_TEST(test_stage_cpu)
                 ck_assert_msg(eq_train_stage(&b, rows, 6, mean, std, ref, ya, yb, lam, &mixed, &e) == EQ_OK, "%s",
                               e.msg);
                 ck_assert(mixed == (mix != 0));
-                float scale[3], shift[3]; /* as eq-trainer computes them */
+                float scale[4], shift[4]; /* as eq-trainer computes them */
                 for (int c = 0; c < C; c++) {
                     scale[c] = (float)(1.0 / (255.0 * std[c]));
                     shift[c] = (float)(-mean[c] / std[c]);

@@ -314,26 +314,36 @@ typedef struct s_stage {
 static void s_stage_one(void *vctx, size_t i)
 {
     const s_stage *g = vctx;
-    const size_t per = g->per, C = g->c;
+    const size_t per = g->per, C = g->c; /* C divides per */
     const uint8_t *a = g->src + i * per;
     float *d = g->dst + i * per;
     const float *scale = g->scale, *shift = g->shift;
     if (!g->partner) {
+        /* pixel by pixel, channels innermost (no k % C per element) */
         if (C == 1) {
             const float sc = scale[0], sh = shift[0];
             for (size_t k = 0; k < per; k++) d[k] = (float)a[k] * sc + sh;
+        } else if (C == 3) {
+            const float s0 = scale[0], s1 = scale[1], s2 = scale[2];
+            const float h0 = shift[0], h1 = shift[1], h2 = shift[2];
+            for (size_t k = 0; k < per; k += 3) {
+                d[k] = (float)a[k] * s0 + h0;
+                d[k + 1] = (float)a[k + 1] * s1 + h1;
+                d[k + 2] = (float)a[k + 2] * s2 + h2;
+            }
         } else {
-            for (size_t k = 0; k < per; k++) d[k] = (float)a[k] * scale[k % C] + shift[k % C];
+            for (size_t k = 0; k < per; k += C)
+                for (size_t ch = 0; ch < C; ch++) d[k + ch] = (float)a[k + ch] * scale[ch] + shift[ch];
         }
         return;
     }
     const uint8_t *b = g->src + (size_t)g->partner[i] * per;
-    const float lam = g->lambda[i];
-    for (size_t k = 0; k < per; k++) {
-        size_t ch = k % C;
-        float va = (float)a[k] * scale[ch] + shift[ch], vb = (float)b[k] * scale[ch] + shift[ch];
-        d[k] = lam * va + (1.0f - lam) * vb;
-    }
+    const float lam = g->lambda[i], mu = 1.0f - lam;
+    for (size_t k = 0; k < per; k += C)
+        for (size_t ch = 0; ch < C; ch++) {
+            float va = (float)a[k + ch] * scale[ch] + shift[ch], vb = (float)b[k + ch] * scale[ch] + shift[ch];
+            d[k + ch] = lam * va + mu * vb;
+        }
 }
 
 static eq_status s_stage_images(void *ctx, int64_t n, int64_t per_image, int64_t c,
