@@ -29,6 +29,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <functional>
 #include <type_traits>
 
 #include "cuda_runtime_api.h"
@@ -55,11 +56,13 @@ extern uint3 eq_emu_threadIdx, eq_emu_blockIdx;
 extern dim3 eq_emu_blockDim, eq_emu_gridDim;
 extern const char eq_emu_notptr;
 void eq_emu_syncthreads(void);
-/* Runs body(ctx) as every thread of grid x block on `stream`; ptrs[i] is
- * argument i when it is a pointer, &eq_emu_notptr else.  Errors as the
- * runtime reports them: cudaGetLastError() afterwards. */
+/* Queues body(ctx) as every thread of grid x block on `stream` (run when
+ * the stream's work runs; drop(ctx) afterwards, or at once if the launch
+ * fails); ptrs[i] is argument i when it is a pointer, &eq_emu_notptr else.
+ * Errors as the runtime reports them: cudaGetLastError() afterwards. */
 void eq_emu_launch(const char *kernel, dim3 grid, dim3 block, size_t shmem, cudaStream_t stream,
-                   const void *const *ptrs, int nargs, void (*body)(void *), void *ctx);
+                   const void *const *ptrs, int nargs, void (*body)(void *), void *ctx,
+                   void (*drop)(void *));
 }
 
 #define threadIdx eq_emu_threadIdx
@@ -88,9 +91,12 @@ template <typename... P> struct eq_emu_launcher {
     {
         const void *ptrs[sizeof...(P) + 1] = {eq_emu_ptrarg(p)..., nullptr};
         void (*kern)(P...) = k;
-        auto body = [&]() { kern(p...); };
-        eq_emu_launch(name, grid, block, shmem, stream, ptrs, (int)sizeof...(P),
-                      [](void *c) { (*static_cast<decltype(body) *>(c))(); }, &body);
+        /* the arguments by value: the launch may run after this returns */
+        auto *body = new std::function<void()>([=]() { kern(p...); });
+        eq_emu_launch(
+            name, grid, block, shmem, stream, ptrs, (int)sizeof...(P),
+            [](void *c) { (*static_cast<std::function<void()> *>(c))(); }, body,
+            [](void *c) { delete static_cast<std::function<void()> *>(c); });
     }
 };
 

@@ -26,8 +26,18 @@
  *    seeded random order each phase (EQ_CUDA_EMU_SEED), so a missing
  *    barrier changes results; a divergent barrier (some threads returned while
  *    others wait) is a launch failure;
- *  - streams and events execute at call time, in issue order (one valid
- *    schedule of the real streams); events are complete once recorded;
+ *  - work on a created stream is queued and runs when the host waits for
+ *    it (cudaStreamSynchronize, cudaEventSynchronize on a later record,
+ *    cudaDeviceSynchronize, cudaFree/cudaFreeHost) or when a stream that
+ *    waits on one of its events gets there, in issue order: one valid
+ *    schedule of the real streams, and the latest one, so host code that
+ *    reads a kernel's result in pinned memory before waiting, or rewrites
+ *    a pinned buffer a queued copy still reads, sees the difference
+ *    (EQ_CUDA_EMU_DEFER=0: everything at call time).  A pageable host side
+ *    of a copy is read or written at the call, as the runtime stages it;
+ *    the legacy default stream runs at call time after the blocking
+ *    streams; the emulated cuDNN/cuBLAS run at call time after all queued
+ *    work (eq_cudaemu_device_enter);
  *  - faults (illegal address, launch failure) are sticky, as a real CUDA
  *    context's: every later call returns them; the reason goes to stderr
  *    (EQ_CUDA_EMU_ABORT=1 aborts there instead, for a debugger);
@@ -49,7 +59,11 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <deque>
+#include <functional>
 #include <map>
+#include <memory>
+#include <string>
 #include <mutex>
 #include <set>
 #include <vector>
@@ -72,6 +86,22 @@
 
 /* ---- state --------------------------------------------------------------- */
 
+/* A stream: its queued work (EQ_CUDA_EMU_DEFER, the default) runs when the
+ * host waits for it (or for something after it), in issue order; issued
+ * and executed count its operations, so an event is (stream, issued at
+ * the record). */
+struct CUstream_st {
+    unsigned flags;
+    uint64_t id;
+    std::deque<std::function<void()>> q;
+    unsigned long long issued, executed;
+};
+struct CUevent_st {
+    unsigned flags;
+    uint64_t stream; /* id of the stream of the last record; 0: none */
+    unsigned long long target;
+};
+
 namespace {
 
 enum { A_DEVICE = 1, A_PINNED = 2 };
@@ -85,7 +115,10 @@ struct Alloc {
 struct State {
     std::recursive_mutex mu;
     std::map<uintptr_t, Alloc> allocs;
-    std::set<const void *> streams, events;
+    std::set<const void *> events;
+    std::map<uint64_t, struct CUstream_st *> streams; /* live streams by id */
+    uint64_t next_stream = 1;
+    int defer = 1;
     size_t device_bytes = 0;
     cudaError_t sticky = cudaSuccess;
     int ndev = -1;
@@ -121,6 +154,8 @@ void s_init_env()
     s.abort_on_fault = e && *e && strcmp(e, "0") != 0;
     e = getenv("EQ_CUDA_EMU_PROTECT");
     s.protect = e && *e && strcmp(e, "0") != 0;
+    e = getenv("EQ_CUDA_EMU_DEFER");
+    s.defer = !(e && *e && strcmp(e, "0") == 0);
     e = getenv("EQ_CUDA_EMU_SEED");
     if (e && *e) s.seed = strtoull(e, NULL, 0);
 }
@@ -226,10 +261,59 @@ struct Device {
     }
 };
 
+bool s_legacy(cudaStream_t sm)
+{
+    return sm == NULL || sm == cudaStreamLegacy || sm == cudaStreamPerThread;
+}
+
 bool s_stream_ok(cudaStream_t sm)
 {
-    return sm == NULL || sm == cudaStreamLegacy || sm == cudaStreamPerThread ||
-           st().streams.count(sm) != 0;
+    return s_legacy(sm) || (sm->id && st().streams.count(sm->id) && st().streams[sm->id] == sm);
+}
+
+/* Run stream `id`'s queued work up to its operation `target` (all: ~0).
+ * Work after a fault is dropped, as a faulted context runs nothing. */
+void s_drain_until(uint64_t id, unsigned long long target)
+{
+    auto it = st().streams.find(id);
+    if (it == st().streams.end()) return; /* destroyed: its work ran then */
+    CUstream_st *sm = it->second;
+    while (sm->executed < target && !sm->q.empty()) {
+        std::function<void()> fn = std::move(sm->q.front());
+        sm->q.pop_front();
+        if (st().sticky == cudaSuccess) fn();
+        sm->executed++;
+    }
+}
+
+void s_drain(cudaStream_t sm)
+{
+    if (!s_legacy(sm)) s_drain_until(sm->id, ~0ull);
+}
+
+/* every stream (device-wide synchronisation), or the blocking ones (what
+ * the legacy default stream waits for) */
+void s_drain_all(bool blocking_only)
+{
+    std::vector<uint64_t> ids;
+    for (auto &kv : st().streams)
+        if (!blocking_only || !(kv.second->flags & cudaStreamNonBlocking)) ids.push_back(kv.first);
+    for (uint64_t id : ids) s_drain_until(id, ~0ull);
+}
+
+/* Issue fn on sm: queued on a created stream when deferring; on the
+ * legacy default stream (after the blocking streams' work) or without
+ * deferral, run now. */
+void s_submit(cudaStream_t sm, std::function<void()> fn)
+{
+    if (!st().defer || s_legacy(sm)) {
+        if (s_legacy(sm)) s_drain_all(true);
+        if (!s_legacy(sm)) s_drain(sm);
+        if (st().sticky == cudaSuccess) fn();
+        return;
+    }
+    sm->q.push_back(std::move(fn));
+    sm->issued++;
 }
 
 } // namespace
@@ -334,7 +418,8 @@ extern "C" cudaError_t cudaGetDevice(int *device)
 extern "C" cudaError_t cudaDeviceSynchronize(void)
 {
     S_ENTER();
-    return cudaSuccess;
+    s_drain_all(false);
+    return s_ret(st().sticky);
 }
 
 #define S_TOTAL ((size_t)80 << 30) /* an H100's 80 GiB */
@@ -394,7 +479,9 @@ extern "C" cudaError_t cudaMalloc(void **p, size_t size)
 
 extern "C" cudaError_t cudaFree(void *p)
 {
-    S_ENTER(); /* (synchronises the device: all work is done already) */
+    S_ENTER();
+    s_drain_all(false); /* cudaFree synchronises the device */
+    if (st().sticky != cudaSuccess) return s_ret(st().sticky);
     if (!p) return cudaSuccess;
     auto it = st().allocs.find((uintptr_t)p);
     if (it == st().allocs.end() || it->second.kind != A_DEVICE)
@@ -428,6 +515,8 @@ extern "C" cudaError_t cudaMallocHost(void **p, size_t size)
 extern "C" cudaError_t cudaFreeHost(void *p)
 {
     S_ENTER();
+    s_drain_all(false); /* as cudaFree: queued copies may still read it */
+    if (st().sticky != cudaSuccess) return s_ret(st().sticky);
     if (!p) return cudaSuccess;
     auto it = st().allocs.find((uintptr_t)p);
     if (it == st().allocs.end() || it->second.kind != A_PINNED)
@@ -494,8 +583,33 @@ cudaError_t s_copy(const char *fn, void *dst, const void *src, size_t n, cudaMem
     if (d < s + n && s < d + n)
         return s_misuse(cudaErrorInvalidValue, "%s(%s, %zu bytes): %p and %p overlap", fn,
                         s_kind_name(kind), n, dst, src);
-    Device dv;
-    memcpy(dst, src, n);
+    /* A pageable host side is copied at the call (the runtime stages a
+     * source before it returns; a pageable destination is written before
+     * it returns, after the stream's earlier work); pinned memory and
+     * device memory are read and written when the stream runs the copy. */
+    bool src_pageable = !src_dev && !s_find(src, n, NULL);
+    bool dst_pageable = !dst_dev && !s_find(dst, n, NULL);
+    if (dst_pageable) {
+        if (!s_legacy(sm)) s_drain(sm);
+        else s_drain_all(true);
+        if (st().sticky != cudaSuccess) return s_ret(st().sticky);
+        Device dv;
+        memcpy(dst, src, n);
+        return cudaSuccess;
+    }
+    if (src_pageable) {
+        auto buf = std::make_shared<std::vector<unsigned char>>((const unsigned char *)src,
+                                                                (const unsigned char *)src + n);
+        s_submit(sm, [dst, buf, n]() {
+            Device dv;
+            memcpy(dst, buf->data(), n);
+        });
+        return cudaSuccess;
+    }
+    s_submit(sm, [dst, src, n]() {
+        Device dv;
+        memcpy(dst, src, n);
+    });
     return cudaSuccess;
 }
 
@@ -508,8 +622,10 @@ cudaError_t s_set(const char *fn, void *p, int v, size_t n, cudaStream_t sm)
     if (!s_dev_range(p, n))
         return s_misuse(cudaErrorInvalidValue, "%s(%p, %zu bytes): not (wholly) inside a device allocation",
                         fn, p, n);
-    Device dv;
-    memset(p, v, n);
+    s_submit(sm, [p, v, n]() {
+        Device dv;
+        memset(p, v, n);
+    });
     return cudaSuccess;
 }
 
@@ -542,20 +658,12 @@ extern "C" cudaError_t cudaMemsetAsync(void *p, int v, size_t n, cudaStream_t sm
 
 /* ---- streams and events ------------------------------------------------------------ */
 
-struct CUstream_st {
-    unsigned flags;
-};
-struct CUevent_st {
-    unsigned flags;
-    int recorded;
-};
-
 extern "C" cudaError_t cudaStreamCreateWithFlags(cudaStream_t *p, unsigned int flags)
 {
     S_ENTER();
     if (!p || (flags & ~1u)) return s_ret(cudaErrorInvalidValue);
-    cudaStream_t sm = new CUstream_st{flags};
-    st().streams.insert(sm);
+    cudaStream_t sm = new CUstream_st{flags, st().next_stream++, {}, 0, 0};
+    st().streams[sm->id] = sm;
     *p = sm;
     return cudaSuccess;
 }
@@ -568,10 +676,12 @@ extern "C" cudaError_t cudaStreamCreate(cudaStream_t *p)
 extern "C" cudaError_t cudaStreamDestroy(cudaStream_t sm)
 {
     S_ENTER();
-    if (!st().streams.count(sm))
+    if (s_legacy(sm) || !s_stream_ok(sm))
         return s_misuse(cudaErrorInvalidResourceHandle, "cudaStreamDestroy(%p): not a live stream",
                         (void *)sm);
-    st().streams.erase(sm);
+    s_drain(sm); /* queued work still completes */
+    st().streams.erase(sm->id);
+    sm->id = 0;
     delete sm;
     return cudaSuccess;
 }
@@ -582,19 +692,27 @@ extern "C" cudaError_t cudaStreamSynchronize(cudaStream_t sm)
     if (!s_stream_ok(sm))
         return s_misuse(cudaErrorInvalidResourceHandle, "cudaStreamSynchronize(%p): not a live stream",
                         (void *)sm);
-    return cudaSuccess;
+    if (s_legacy(sm))
+        s_drain_all(true);
+    else
+        s_drain(sm);
+    return s_ret(st().sticky);
 }
 
 extern "C" cudaError_t cudaStreamQuery(cudaStream_t sm)
 {
-    return cudaStreamSynchronize(sm);
+    S_ENTER();
+    if (!s_stream_ok(sm))
+        return s_misuse(cudaErrorInvalidResourceHandle, "cudaStreamQuery(%p): not a live stream",
+                        (void *)sm);
+    return !s_legacy(sm) && !sm->q.empty() ? cudaErrorNotReady : cudaSuccess;
 }
 
 extern "C" cudaError_t cudaEventCreateWithFlags(cudaEvent_t *p, unsigned int flags)
 {
     S_ENTER();
     if (!p || (flags & ~0x0fu)) return s_ret(cudaErrorInvalidValue);
-    cudaEvent_t ev = new CUevent_st{flags, 0};
+    cudaEvent_t ev = new CUevent_st{flags, 0, 0};
     st().events.insert(ev);
     *p = ev;
     return cudaSuccess;
@@ -613,7 +731,7 @@ extern "C" cudaError_t cudaEventDestroy(cudaEvent_t ev)
 {
     S_ENTER();
     S_EVENT("cudaEventDestroy", ev);
-    st().events.erase(ev);
+    st().events.erase(ev); /* waits already issued captured the record */
     delete ev;
     return cudaSuccess;
 }
@@ -625,7 +743,13 @@ extern "C" cudaError_t cudaEventRecord(cudaEvent_t ev, cudaStream_t sm)
     if (!s_stream_ok(sm))
         return s_misuse(cudaErrorInvalidResourceHandle, "cudaEventRecord: stream %p is not a live stream",
                         (void *)sm);
-    ev->recorded = 1;
+    if (s_legacy(sm) || !st().defer) {
+        if (s_legacy(sm)) s_drain_all(true);
+        ev->stream = 0; /* complete */
+    } else {
+        ev->stream = sm->id;
+        ev->target = sm->issued;
+    }
     return cudaSuccess;
 }
 
@@ -633,12 +757,18 @@ extern "C" cudaError_t cudaEventSynchronize(cudaEvent_t ev)
 {
     S_ENTER();
     S_EVENT("cudaEventSynchronize", ev);
-    return cudaSuccess;
+    if (ev->stream) s_drain_until(ev->stream, ev->target);
+    return s_ret(st().sticky);
 }
 
 extern "C" cudaError_t cudaEventQuery(cudaEvent_t ev)
 {
-    return cudaEventSynchronize(ev);
+    S_ENTER();
+    S_EVENT("cudaEventQuery", ev);
+    if (!ev->stream) return cudaSuccess;
+    auto it = st().streams.find(ev->stream);
+    return it == st().streams.end() || it->second->executed >= ev->target ? cudaSuccess
+                                                                          : cudaErrorNotReady;
 }
 
 extern "C" cudaError_t cudaStreamWaitEvent(cudaStream_t sm, cudaEvent_t ev, unsigned int flags)
@@ -649,6 +779,13 @@ extern "C" cudaError_t cudaStreamWaitEvent(cudaStream_t sm, cudaEvent_t ev, unsi
         return s_misuse(cudaErrorInvalidResourceHandle, "cudaStreamWaitEvent: stream %p is not a live stream",
                         (void *)sm);
     if (flags & ~1u) return s_ret(cudaErrorInvalidValue);
+    if (!ev->stream) return cudaSuccess;
+    uint64_t id = ev->stream;
+    unsigned long long target = ev->target;
+    /* when sm reaches this point, the recorded work of the other stream
+     * runs first (the event may be destroyed meanwhile: the record is
+     * captured here, as CUDA does) */
+    s_submit(sm, [id, target]() { s_drain_until(id, target); });
     return cudaSuccess;
 }
 
@@ -685,6 +822,7 @@ extern "C" void eq_cudaemu_device_enter(void)
     st().mu.lock();
     s_init_env();
     State &s = st();
+    s_drain_all(false); /* the library's work runs now: after everything issued */
     if (s.protect && s.enter_depth++ == 0) s_protect_all(PROT_READ | PROT_WRITE);
 }
 
@@ -922,11 +1060,19 @@ bool s_block(const char *kernel, dim3 b, uint64_t *rng, std::vector<int> &order)
 
 extern "C" void eq_emu_launch(const char *kernel, dim3 grid, dim3 block, size_t shmem,
                               cudaStream_t sm, const void *const *ptrs, int nargs,
-                              void (*body)(void *), void *ctx)
+                              void (*body)(void *), void *ctx, void (*drop)(void *))
 {
     Lock lock_;
     s_init_env();
     State &s = st();
+    struct Drop { /* ctx is dropped unless the queued launch owns it */
+        void (*fn)(void *);
+        void *c;
+        ~Drop()
+        {
+            if (c) fn(c);
+        }
+    } dr{drop, ctx};
     if (s.sticky != cudaSuccess) {
         t_last = s.sticky;
         return;
@@ -972,18 +1118,24 @@ extern "C" void eq_emu_launch(const char *kernel, dim3 grid, dim3 block, size_t 
         s_ret(cudaErrorMemoryAllocation);
         return;
     }
-    uint64_t rng = s.seed ^ (s.launches * 0xd1342543de82ef95ull);
-    s.launches++;
-    std::vector<int> order(nt);
-    Device dv;
-    g_s.body = body;
-    g_s.ctx = ctx;
-    eq_emu_gridDim = grid;
-    eq_emu_blockDim = block;
-    for (unsigned z = 0; z < grid.z; z++)
-        for (unsigned y = 0; y < grid.y; y++)
-            for (unsigned x = 0; x < grid.x; x++) {
-                eq_emu_blockIdx = uint3{x, y, z};
-                if (!s_block(kernel, block, &rng, order)) return;
-            }
+    dr.c = NULL;
+    std::string name = kernel;
+    std::shared_ptr<void> own(ctx, drop);
+    s_submit(sm, [name, grid, block, body, own]() {
+        State &s2 = st();
+        uint64_t rng = s2.seed ^ (s2.launches * 0xd1342543de82ef95ull);
+        s2.launches++;
+        std::vector<int> order((size_t)block.x * block.y * block.z);
+        Device dv;
+        g_s.body = body;
+        g_s.ctx = own.get();
+        eq_emu_gridDim = grid;
+        eq_emu_blockDim = block;
+        for (unsigned z = 0; z < grid.z; z++)
+            for (unsigned y = 0; y < grid.y; y++)
+                for (unsigned x = 0; x < grid.x; x++) {
+                    eq_emu_blockIdx = uint3{x, y, z};
+                    if (!s_block(name.c_str(), block, &rng, order)) return;
+                }
+    });
 }

@@ -197,6 +197,52 @@ START_TEST(test_copies)
 }
 END_TEST
 
+__global__ void k_set(int *p, int v)
+{
+    p[threadIdx.x] = v;
+}
+
+/* Work on a created stream runs when the host waits for it: a kernel's
+ * store to mapped pinned memory is not visible before, a copy from pinned
+ * memory reads it when the stream runs it, and a stream waiting on an
+ * event of another runs that stream's recorded work first. */
+START_TEST(test_deferred)
+{
+    cudaStream_t a, b;
+    ck_assert_int_eq(cudaStreamCreateWithFlags(&a, cudaStreamNonBlocking), cudaSuccess);
+    ck_assert_int_eq(cudaStreamCreateWithFlags(&b, cudaStreamNonBlocking), cudaSuccess);
+    int *h = NULL, *d = s_dev(4), out[4];
+    ck_assert_int_eq(cudaHostAlloc((void **)&h, 4 * sizeof(int), cudaHostAllocMapped), cudaSuccess);
+    h[0] = 1;
+    EQ_LAUNCH(k_set, 1, 1, 0, a)(h, 7);
+    ck_assert_int_eq(cudaGetLastError(), cudaSuccess);
+    ck_assert_int_eq(h[0], 1); /* not yet */
+    ck_assert_int_eq(cudaStreamQuery(a), cudaErrorNotReady);
+    ck_assert_int_eq(cudaStreamSynchronize(a), cudaSuccess);
+    ck_assert_int_eq(h[0], 7);
+    /* a copy from pinned memory reads it when it runs */
+    h[1] = 5;
+    ck_assert_int_eq(cudaMemcpyAsync(d, h + 1, sizeof(int), cudaMemcpyHostToDevice, a), cudaSuccess);
+    h[1] = 6; /* a race on a GPU: the emulation shows the late value */
+    cudaEvent_t ev;
+    ck_assert_int_eq(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming), cudaSuccess);
+    ck_assert_int_eq(cudaEventRecord(ev, a), cudaSuccess);
+    EQ_LAUNCH(k_set, 1, 1, 0, a)(d + 1, 9); /* after the record */
+    ck_assert_int_eq(cudaStreamWaitEvent(b, ev, 0), cudaSuccess);
+    ck_assert_int_eq(cudaEventDestroy(ev), cudaSuccess); /* the wait keeps the record */
+    ck_assert_int_eq(cudaMemcpyAsync(d + 2, d, sizeof(int), cudaMemcpyDeviceToDevice, b), cudaSuccess);
+    ck_assert_int_eq(cudaStreamSynchronize(b), cudaSuccess);
+    ck_assert_int_eq(cudaStreamQuery(a), cudaErrorNotReady); /* k_set(d + 1) not run yet */
+    ck_assert_int_eq(cudaMemcpy(out, d, 3 * sizeof(int), cudaMemcpyDeviceToHost), cudaSuccess);
+    ck_assert_int_eq(out[0], 6);
+    ck_assert_int_eq(out[2], 6);
+    ck_assert_int_eq(out[1], -1); /* (fresh device memory) */
+    ck_assert_int_eq(cudaFree(d), cudaSuccess); /* synchronises the device */
+    ck_assert_int_eq(cudaStreamQuery(a), cudaSuccess);
+    ck_assert_int_eq(cudaFreeHost(h), cudaSuccess);
+}
+END_TEST
+
 START_TEST(test_no_device)
 {
     setenv("EQ_CUDA_EMU_DEVICES", "0", 1);
@@ -230,6 +276,7 @@ int main(void)
     tcase_add_test(tc, test_host_pointer);
     tcase_add_test(tc, test_pinned);
     tcase_add_test(tc, test_copies);
+    tcase_add_test(tc, test_deferred);
     tcase_add_test(tc, test_no_device);
     tcase_add_test_raise_signal(tc, test_protect, SIGSEGV);
     suite_add_tcase(su, tc);
