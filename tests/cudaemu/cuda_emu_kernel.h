@@ -12,8 +12,8 @@
  * divergent barrier, reported as a launch failure), and the order in which
  * a block's threads run between barriers is a seeded permutation, so a
  * missing barrier changes results.  __shared__ variables are static
- * storage: right while one block runs at a time (they keep the previous
- * block's values, where a GPU's would be undefined).  Kernel arguments that
+ * storage, right while one block runs at a time, refilled with 0xff bytes
+ * before every block (undefined on a GPU).  Kernel arguments that
  * are pointers must point into device or pinned host memory (a host
  * pointer passed to a kernel is an illegal address on a GPU).  Nothing of
  * this shows real concurrency, warp behaviour, the memory model or speed.
@@ -38,7 +38,10 @@
 #define __device__
 #define __host__
 #define __forceinline__ inline __attribute__((always_inline))
-#define __shared__ static
+/* All __shared__ variables in one section, which the scheduler fills
+ * with 0xff bytes (NaN as float) before every block: a thread that reads
+ * shared memory no thread of its block wrote sees garbage, as on a GPU. */
+#define __shared__ static __attribute__((section("eqemu_shared")))
 
 struct uint3 {
     unsigned x, y, z;

@@ -25,7 +25,9 @@
  *    __syncthreads() or its return, the threads of a block resumed in a
  *    seeded random order each phase (EQ_CUDA_EMU_SEED), so a missing
  *    barrier changes results; a divergent barrier (some threads returned while
- *    others wait) is a launch failure;
+ *    others wait) is a launch failure; __shared__ memory is refilled with
+ *    0xff bytes before every block, so a read of shared memory no thread
+ *    wrote shows;
  *  - work on a created stream is queued and runs when the host waits for
  *    it (cudaStreamSynchronize, cudaEventSynchronize on a later record,
  *    cudaDeviceSynchronize, cudaFree/cudaFreeHost) or when a stream that
@@ -1010,10 +1012,21 @@ bool s_stacks()
     return true;
 }
 
+} // namespace
+
+/* the __shared__ variables of every kernel linked with this runtime
+ * (cuda_emu_kernel.h puts them in this section; the linker defines these) */
+extern "C" char __start_eqemu_shared[] __attribute__((weak));
+extern "C" char __stop_eqemu_shared[] __attribute__((weak));
+
+namespace {
+
 /* Runs one block; false after a divergent barrier (fault recorded). */
 bool s_block(const char *kernel, dim3 b, uint64_t *rng, std::vector<int> &order)
 {
     const int nt = (int)(b.x * b.y * b.z);
+    uintptr_t sh0 = (uintptr_t)__start_eqemu_shared, sh1 = (uintptr_t)__stop_eqemu_shared;
+    if (sh0 && sh1 > sh0) memset(__start_eqemu_shared, 0xff, (size_t)(sh1 - sh0));
     for (int t = 0; t < nt; t++) {
         Fiber *f = &g_s.fib[t];
         f->state = F_RUN;

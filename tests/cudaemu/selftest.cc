@@ -81,6 +81,28 @@ START_TEST(test_barrier)
 }
 END_TEST
 
+__global__ void k_uninit(int *out)
+{
+    __shared__ int sh[4];
+    if (blockIdx.x == 0) sh[threadIdx.x] = 5; /* block 1 never writes it */
+    __syncthreads();
+    out[blockIdx.x * 4 + threadIdx.x] = sh[threadIdx.x];
+}
+
+/* shared memory no thread of the block wrote reads as 0xff bytes, not as
+ * what the previous block left */
+START_TEST(test_shared_uninit)
+{
+    int *d = s_dev(8), h[8];
+    EQ_LAUNCH(k_uninit, 2, 4, 0, 0)(d);
+    ck_assert_int_eq(cudaMemcpy(h, d, sizeof h, cudaMemcpyDeviceToHost), cudaSuccess);
+    for (int t = 0; t < 4; t++) {
+        ck_assert_int_eq(h[t], 5);
+        ck_assert_int_eq(h[4 + t], -1);
+    }
+}
+END_TEST
+
 START_TEST(test_tree)
 {
     enum { NB = 7 };
@@ -270,6 +292,7 @@ int main(void)
     TCase *tc = tcase_create("emulation");
     tcase_add_test(tc, test_barrier);
     tcase_add_test(tc, test_tree);
+    tcase_add_test(tc, test_shared_uninit);
     tcase_add_test(tc, test_divergent);
     tcase_add_test(tc, test_cover);
     tcase_add_test(tc, test_config);
