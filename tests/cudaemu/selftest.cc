@@ -10,6 +10,7 @@
 
 #include <check.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -288,6 +289,7 @@ END_TEST
 
 int main(void)
 {
+    fprintf(stderr, "check_cudaemu: the cudaemu lines below are the errors these tests provoke\n");
     Suite *su = suite_create("cudaemu");
     TCase *tc = tcase_create("emulation");
     tcase_add_test(tc, test_barrier);
