@@ -11,11 +11,14 @@
  *     high-water mark (cuDNN algorithm workspaces, reduction scratch);
  *   - convolutions: cuDNN 9 (legacy API), NHWC tensors and OIHW filters
  *     (PyTorch's layout, transposed once per call to KRSC in the workspace
- *     when cuDNN wants NHWC filters), algorithms chosen per shape by
- *     cudnnFind*AlgorithmEx on first use and cached;
+ *     when cuDNN wants NHWC filters), algorithms chosen per shape on
+ *     first use and cached: cudnnFind*Algorithm (timed runs on buffers
+ *     cuDNN allocates itself), or in deterministic mode the
+ *     cudnnGet*Algorithm_v7 heuristic order;
  *   - batch norm: own two-pass kernels with fixed-order reductions (no
  *     atomics), matching the CPU backend's formulas;
- *   - linear layers: cuBLAS SGEMM (TF32 disabled: fp32 numbers);
+ *   - linear layers: cuBLAS SGEMM (pedantic fp32 math; TF32 only with
+ *     eq_cuda_opts.tf32);
  *   - pooling, elementwise ops, loss, optimiser steps: own kernels;
  *   - the input pipeline (interface 6): upload_async is eq_cuda_prefetch
  *     after a wait for the compute stream's work so far, upload_wait is
