@@ -30,6 +30,7 @@
 #include "core/safetensors.h"
 #include "loader/loader.h"
 #include "testutil.h"
+#include "tinyjob.h"
 #include "trainer/backend.h"
 #include "trainer/train.h"
 
@@ -318,49 +319,21 @@ END_TEST
 
 /* A tiny synthetic ImageFolder (4 classes x 16 train, 7 val: a val pass of
  * 16 + 12), mixup, 2 epochs of 4 steps of 16, an eq-loader serving it. */
-typedef struct s_env {
-    char *dir;
-    char cfg[4200], ld_ep[4300];
-    pid_t loader;
-} s_env;
+typedef eq_tinyjob s_env;
 
 static void s_env_up(s_env *v, const char *name)
 {
-    eq_err e = { 0 };
-    char path[4200], dsarg[4300], ld_ctl[4300], logp[4300];
     eq_log_set_level(EQ_LOG_WARN);
-    v->dir = eq_test_scratch(name);
-    snprintf(path, sizeof path, "%s/ds", v->dir);
     eq_synth_cfg sc = { .classes = 4, .train_per_class = 16, .val_per_class = 7, .mean_pixels = 600, .seed = 5,
                         .nthreads = 1 };
-    ck_assert_msg(eq_synth_imagefolder(path, &sc, &e) == EQ_OK, "%s", e.msg);
-    snprintf(v->cfg, sizeof v->cfg, "%s/tiny.cfg", v->dir);
-    FILE *f = fopen(v->cfg, "w");
-    ck_assert_ptr_nonnull(f);
-    fprintf(f,
+    eq_tinyjob_up(v, name, &sc,
             "[loader]\nthreads = 1\ndatasets = tiny=%s\n[data]\ndataset = tiny\nheight = 12\nwidth = 12\nchannels = 3\n"
             "global_batch = 16\naug_train = center\naug_val = center\nmixup_alpha = 0.4\n[model]\nnum_classes = 4\n"
             "in_channels = 3\nwidth_alpha = 0.125\n[schedule]\nepochs = 2\n[train]\nname = pipe\n"
-            "mean = 0.5, 0.45, 0.4\nstd = 0.25, 0.2, 0.3\nthreads = 1\neval_every = 1\ntimeout_ms = 20000\n",
-            path);
-    fclose(f);
-    snprintf(v->ld_ep, sizeof v->ld_ep, "ipc://%s/loader", v->dir);
-    snprintf(ld_ctl, sizeof ld_ctl, "ipc://%s/loader.ctl", v->dir);
-    snprintf(dsarg, sizeof dsarg, "tiny=%s", path);
-    char *lav[] = { "eq-loader", "--bind", v->ld_ep, "--control", ld_ctl, "--threads", "1", "--dataset", dsarg, NULL };
-    snprintf(logp, sizeof logp, "%s/loader.log", v->dir);
-    v->loader = eq_test_spawn(lav, logp);
+            "mean = 0.5, 0.45, 0.4\nstd = 0.25, 0.2, 0.3\nthreads = 1\neval_every = 1\ntimeout_ms = 20000\n");
 }
 
-static void s_env_down(s_env *v)
-{
-    kill(v->loader, SIGTERM);
-    eq_test_wait(v->loader, 10000);
-    if (getenv("EQ_PIPELINE_KEEP"))
-        fprintf(stderr, "kept %s\n", v->dir);
-    else
-        eq_test_scratch_rm(v->dir);
-}
+static void s_env_down(s_env *v) { eq_tinyjob_down(v, "EQ_PIPELINE_KEEP"); }
 
 /* eq_train in this process with out_dir dir/tag, on `be` (NULL: the
  * configured CPU backend), optionally resuming; its status. */
@@ -388,42 +361,10 @@ static eq_status s_train(s_env *v, const char *tag, eq_backend *be, const char *
     return st;
 }
 
-static eq_st_file *s_ckpt(s_env *v, const char *tag)
-{
-    char p[4400];
-    eq_err e = { 0 };
-    snprintf(p, sizeof p, "%s/%s/last.safetensors", v->dir, tag);
-    eq_st_file *f = eq_st_open(p, NULL, &e);
-    ck_assert_msg(f != NULL, "%s", e.msg);
-    return f;
-}
-
-/* Every tensor of tag a's last checkpoint has the bits of tag b's. */
-static void s_same_bits(s_env *v, const char *a, const char *b)
-{
-    eq_st_file *fa = s_ckpt(v, a), *fb = s_ckpt(v, b);
-    ck_assert_uint_eq(eq_st_count(fa), eq_st_count(fb));
-    ck_assert_uint_gt(eq_st_count(fa), 50);
-    ck_assert_str_eq(eq_st_meta_get(fa, "epoch"), eq_st_meta_get(fb, "epoch"));
-    ck_assert_str_eq(eq_st_meta_get(fa, "step"), eq_st_meta_get(fb, "step"));
-    for (size_t i = 0; i < eq_st_count(fa); i++) {
-        const char *nm = eq_st_name(fa, i);
-        long j = eq_st_find(fb, nm);
-        ck_assert_msg(j >= 0, "%s missing from %s", nm, b);
-        size_t na, nb;
-        const void *da = eq_st_data(fa, i, &na), *db = eq_st_data(fb, (size_t)j, &nb);
-        ck_assert_uint_eq(na, nb);
-        ck_assert_msg(!memcmp(da, db, na), "%s: %s and %s differ", nm, a, b);
-    }
-    fprintf(stderr, "%s and %s: %zu tensors, the same bits\n", a, b, eq_st_count(fa));
-    eq_st_close(&fa);
-    eq_st_close(&fb);
-}
-
 /* The checkpoint of tag resumes at (epoch, step). */
 static void s_resumes_at(s_env *v, const char *tag, const char *epoch, const char *step)
 {
-    eq_st_file *f = s_ckpt(v, tag);
+    eq_st_file *f = eq_tinyjob_ckpt(v, tag, "last.safetensors");
     ck_assert_str_eq(eq_st_meta_get(f, "epoch"), epoch);
     ck_assert_str_eq(eq_st_meta_get(f, "step"), step);
     eq_st_close(&f);
@@ -442,7 +383,7 @@ START_TEST(test_fake_same_bits)
     ck_assert_int_eq(g.waits, 12);
     ck_assert_int_eq(g.np, 0);
     ck_assert_msg(g.early == 0, "%ld reads of a buffer with an upload pending", g.early);
-    s_same_bits(&v, "plain", "fake");
+    eq_tinyjob_same_bits(&v, "plain", "fake", 1);
     eq_backend_destroy(&cpu);
     s_env_down(&v);
 }
@@ -466,7 +407,7 @@ START_TEST(test_stop_resume)
     s_resumes_at(&v, "a", "0", "2");
     g.stop_at_upload = 0;
     ck_assert_int_eq(s_train(&v, "a", &g.be, "a"), EQ_OK);
-    s_same_bits(&v, "whole", "a");
+    eq_tinyjob_same_bits(&v, "whole", "a", 1);
     g.stages = 0;
     g.stop_at_stage = 8; /* stages: epoch 0 steps 0-3, val 2; epoch 1 steps 0, 1 */
     ck_assert_int_eq(s_train(&v, "b", &g.be, NULL), EQ_ERR_INTERRUPTED);
@@ -475,7 +416,7 @@ START_TEST(test_stop_resume)
     s_resumes_at(&v, "b", "1", "2");
     g.stop_at_stage = 0;
     ck_assert_int_eq(s_train(&v, "b", &g.be, "b"), EQ_OK);
-    s_same_bits(&v, "whole", "b");
+    eq_tinyjob_same_bits(&v, "whole", "b", 1);
     ck_assert_msg(g.early == 0, "%ld reads of a buffer with an upload pending", g.early);
     eq_backend_destroy(&cpu);
     s_env_down(&v);

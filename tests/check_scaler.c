@@ -29,6 +29,7 @@
 #include "core/safetensors.h"
 #include "loader/loader.h"
 #include "testutil.h"
+#include "tinyjob.h"
 #include "trainer/backend.h"
 #include "trainer/checkpoint.h"
 #include "trainer/feeder.h"
@@ -561,48 +562,21 @@ END_TEST
 /* A tiny synthetic ImageFolder (4 classes x 16, 12x12x3), an experiment on
  * it (the default one -- LSQ 4-bit, weight decay, SGDR -- at width 2, batch
  * 16: 4 steps per epoch) and an eq-loader serving it. */
-typedef struct s_env {
-    char *dir;
-    char cfg[4200], ld_ep[4300];
-    pid_t loader;
-} s_env;
+typedef eq_tinyjob s_env;
 
 static void s_env_up(s_env *v, const char *name)
 {
-    eq_err e = { 0 };
-    char path[4200], dsarg[4300], ld_ctl[4300], logp[4300];
-    v->dir = eq_test_scratch(name);
-    snprintf(path, sizeof path, "%s/ds", v->dir);
     eq_synth_cfg sc = { .classes = 4, .train_per_class = 16, .val_per_class = 2, .mean_pixels = 600, .seed = 9,
                         .nthreads = 1 };
-    ck_assert_msg(eq_synth_imagefolder(path, &sc, &e) == EQ_OK, "%s", e.msg);
-    snprintf(v->cfg, sizeof v->cfg, "%s/tiny.cfg", v->dir);
-    FILE *f = fopen(v->cfg, "w");
-    ck_assert_ptr_nonnull(f);
-    fprintf(f,
+    eq_tinyjob_up(v, name, &sc,
             "[loader]\nthreads = 1\ndatasets = tiny=%s\n[data]\ndataset = tiny\nheight = 12\nwidth = 12\nchannels = 3\n"
             "global_batch = 16\naug_train = center\naug_val = center\n[model]\nnum_classes = 4\nin_channels = 3\n"
             "width_alpha = 0.125\n[train]\nname = amp\nmean = 0.5, 0.5, 0.5\nstd = 0.25, 0.25, 0.25\nthreads = 1\n"
-            "eval_every = 0\ntimeout_ms = 20000\n",
-            path);
-    fclose(f);
-    snprintf(v->ld_ep, sizeof v->ld_ep, "ipc://%s/loader", v->dir);
-    snprintf(ld_ctl, sizeof ld_ctl, "ipc://%s/loader.ctl", v->dir);
-    snprintf(dsarg, sizeof dsarg, "tiny=%s", path);
-    char *lav[] = { "eq-loader", "--bind", v->ld_ep, "--control", ld_ctl, "--threads", "1", "--dataset", dsarg, NULL };
-    snprintf(logp, sizeof logp, "%s/loader.log", v->dir);
-    v->loader = eq_test_spawn(lav, logp);
+            "eval_every = 0\ntimeout_ms = 20000\n");
 }
 
-static void s_env_down(s_env *v)
-{
-    kill(v->loader, SIGTERM);
-    eq_test_wait(v->loader, 10000);
-    if (getenv("EQ_SCALER_KEEP")) /* logs and checkpoints for a look */
-        fprintf(stderr, "kept %s\n", v->dir);
-    else
-        eq_test_scratch_rm(v->dir);
-}
+/* EQ_SCALER_KEEP: keep logs and checkpoints for a look */
+static void s_env_down(s_env *v) { eq_tinyjob_down(v, "EQ_SCALER_KEEP"); }
 
 /* eq-trainer on v with out_dir dir/tag, the `sets` (NULL-ended) and
  * optionally --resume; its exit status (the log is printed when it is not
@@ -675,36 +649,6 @@ static void s_two_ranks(s_env *v, const char *tag, const char *const *sets)
     ck_assert_msg(rc0 == 0 && rc1 == 0, "two ranks (%s): exit %d and %d", tag, rc0, rc1);
 }
 
-static eq_st_file *s_ckpt(s_env *v, const char *tag, const char *file)
-{
-    char p[4400];
-    eq_err e = { 0 };
-    snprintf(p, sizeof p, "%s/%s/%s", v->dir, tag, file);
-    eq_st_file *f = eq_st_open(p, NULL, &e);
-    ck_assert_msg(f != NULL, "%s", e.msg);
-    return f;
-}
-
-/* Every tensor of tag a's last checkpoint has the bits of tag b's. */
-static void s_same_bits(s_env *v, const char *a, const char *b)
-{
-    eq_st_file *fa = s_ckpt(v, a, "last.safetensors"), *fb = s_ckpt(v, b, "last.safetensors");
-    ck_assert_uint_eq(eq_st_count(fa), eq_st_count(fb));
-    ck_assert_uint_gt(eq_st_count(fa), 50);
-    for (size_t i = 0; i < eq_st_count(fa); i++) {
-        const char *nm = eq_st_name(fa, i);
-        long j = eq_st_find(fb, nm);
-        ck_assert_msg(j >= 0, "%s missing from %s", nm, b);
-        size_t na, nb;
-        const void *da = eq_st_data(fa, i, &na), *db = eq_st_data(fb, (size_t)j, &nb);
-        ck_assert_uint_eq(na, nb);
-        ck_assert_msg(!memcmp(da, db, na), "%s: %s and %s differ", nm, a, b);
-    }
-    fprintf(stderr, "%s and %s: %zu tensors, the same bits\n", a, b, eq_st_count(fa));
-    eq_st_close(&fa);
-    eq_st_close(&fb);
-}
-
 static const char *s_meta(eq_st_file *f, const char *key)
 {
     const char *v = eq_st_meta_get(f, key);
@@ -729,10 +673,10 @@ START_TEST(test_static_scale_same_bits)
     s_train(&v, "dyn", dyn, NULL, 0);
     s_train(&v, "none2", none2, NULL, 0);
     s_train(&v, "dyn2", dyn2, NULL, 0);
-    s_same_bits(&v, "none", "s1024");
-    s_same_bits(&v, "none", "big");
-    s_same_bits(&v, "none", "dyn");
-    s_same_bits(&v, "none2", "dyn2");
+    eq_tinyjob_same_bits(&v, "none", "s1024", 0);
+    eq_tinyjob_same_bits(&v, "none", "big", 0);
+    eq_tinyjob_same_bits(&v, "none", "dyn", 0);
+    eq_tinyjob_same_bits(&v, "none2", "dyn2", 0);
     /* with quantization losses (a policy from the start): still the bits of
      * no scaling, and not the bits of no quantization loss */
     char pol[4300], polset[4400];
@@ -748,17 +692,17 @@ START_TEST(test_static_scale_same_bits)
     const char *qdyn[] = { "train.loss_scale=dynamic", "train.loss_scale_growth_interval=2", polset, NULL };
     s_train(&v, "qnone", qnone, NULL, 0);
     s_train(&v, "qdyn", qdyn, NULL, 0);
-    s_same_bits(&v, "qnone", "qdyn");
+    eq_tinyjob_same_bits(&v, "qnone", "qdyn", 0);
     ck_assert_msg(s_differ(&v, "qnone", "none", "fc.weight"), "the quantization loss changed nothing");
     /* dyn grew twice in its 4 steps (interval 2) and skipped nothing */
-    eq_st_file *f = s_ckpt(&v, "dyn", "last.safetensors");
+    eq_st_file *f = eq_tinyjob_ckpt(&v, "dyn", "last.safetensors");
     ck_assert_str_eq(s_meta(f, "loss_scale"), "262144");
     ck_assert_str_eq(s_meta(f, "loss_scale_growth_tracker"), "0");
     eq_st_close(&f);
     ck_assert_int_eq(s_log_count(&v, "dyn", "optimiser step skipped"), 0);
     ck_assert_int_eq(s_log_count(&v, "dyn", "0 optimiser step(s) skipped (inf/NaN gradients), loss scale 262144"), 1);
     /* no scaling: no scaler metadata */
-    f = s_ckpt(&v, "none", "last.safetensors");
+    f = eq_tinyjob_ckpt(&v, "none", "last.safetensors");
     ck_assert_ptr_null(eq_st_meta_get(f, "loss_scale"));
     eq_st_close(&f);
     s_env_down(&v);
@@ -833,7 +777,7 @@ static void s_initial_params(s_env *v, const char *tag, int64_t optim_steps)
     eq_backend *be = eq_backend_cpu_new(1, &e);
     eq_model *m = eq_model_new_ot(be, &x.model, &x.wt, &x.fm, &x.ot, 16, 12, 12, &e);
     ck_assert_msg(m != NULL, "%s", e.msg);
-    eq_st_file *f = s_ckpt(v, tag, "last.safetensors");
+    eq_st_file *f = eq_tinyjob_ckpt(v, tag, "last.safetensors");
     size_t nparam = 0, nopt = 0;
     for (size_t i = 0; i < eq_model_tensor_count(m); i++) {
         const eq_model_tensor *t = eq_model_tensor_at(m, i);
@@ -883,7 +827,7 @@ START_TEST(test_dynamic_overflow)
         ck_assert_msg(s_log_count(&v, "dyn", pat) == 1, "step %d was not skipped", s);
     }
     /* the scale after K backoffs, in the checkpoint */
-    eq_st_file *f = s_ckpt(&v, "dyn", "last.safetensors");
+    eq_st_file *f = eq_tinyjob_ckpt(&v, "dyn", "last.safetensors");
     char want[64];
     snprintf(want, sizeof want, "%.17g", ldexp(1, 127 - K));
     ck_assert_str_eq(s_meta(f, "loss_scale"), want);
@@ -937,11 +881,11 @@ START_TEST(test_resume)
     const char *dyn[] = { "train.loss_scale=dynamic", "train.loss_scale_init=256", "train.loss_scale_growth_interval=3",
                           "schedule.epochs=2", NULL };
     s_train(&v, "full", dyn, NULL, 0);
-    eq_st_file *f = s_ckpt(&v, "full", "epoch0.safetensors");
+    eq_st_file *f = eq_tinyjob_ckpt(&v, "full", "epoch0.safetensors");
     ck_assert_str_eq(s_meta(f, "loss_scale"), "512");
     ck_assert_str_eq(s_meta(f, "loss_scale_growth_tracker"), "1");
     eq_st_close(&f);
-    f = s_ckpt(&v, "full", "last.safetensors");
+    f = eq_tinyjob_ckpt(&v, "full", "last.safetensors");
     ck_assert_str_eq(s_meta(f, "loss_scale"), "1024"); /* grew after the 3rd and 6th step */
     ck_assert_str_eq(s_meta(f, "loss_scale_growth_tracker"), "2");
     eq_st_close(&f);
@@ -949,8 +893,8 @@ START_TEST(test_resume)
     snprintf(from, sizeof from, "%s/full/epoch0.safetensors", v.dir);
     s_train(&v, "resumed", dyn, from, 0);
     ck_assert_int_eq(s_log_count(&v, "resumed", "loss scale 512, growth tracker 1 from"), 1);
-    s_same_bits(&v, "full", "resumed");
-    f = s_ckpt(&v, "resumed", "last.safetensors");
+    eq_tinyjob_same_bits(&v, "full", "resumed", 0);
+    f = eq_tinyjob_ckpt(&v, "resumed", "last.safetensors");
     ck_assert_str_eq(s_meta(f, "loss_scale"), "1024");
     ck_assert_str_eq(s_meta(f, "loss_scale_growth_tracker"), "2");
     eq_st_close(&f);
@@ -960,7 +904,7 @@ START_TEST(test_resume)
                            "schedule.epochs=2", NULL };
     snprintf(from, sizeof from, "%s/full/epoch0.safetensors", v.dir);
     s_train(&v, "interval1", dyn1, from, 0);
-    f = s_ckpt(&v, "interval1", "last.safetensors");
+    f = eq_tinyjob_ckpt(&v, "interval1", "last.safetensors");
     ck_assert_str_eq(s_meta(f, "loss_scale"), "8192");
     ck_assert_str_eq(s_meta(f, "loss_scale_growth_tracker"), "0");
     eq_st_close(&f);
@@ -970,7 +914,7 @@ START_TEST(test_resume)
     ck_assert_int_eq(s_log_count(&v, "tonone", "holds loss scale 512 (growth tracker 1), not used: [train] "
                                                "loss_scale is none (precision fp32)"),
                      1);
-    f = s_ckpt(&v, "tonone", "last.safetensors");
+    f = eq_tinyjob_ckpt(&v, "tonone", "last.safetensors");
     ck_assert_str_eq(s_meta(f, "loss_scale"), "(absent)");
     eq_st_close(&f);
     /* a checkpoint without scaler state (a run without loss scaling, as an
@@ -981,11 +925,11 @@ START_TEST(test_resume)
     snprintf(from, sizeof from, "%s/plain/epoch0.safetensors", v.dir);
     s_train(&v, "fromplain", dyn, from, 0);
     ck_assert_int_eq(s_log_count(&v, "fromplain", "holds no loss scale: starting at loss_scale_init 256"), 1);
-    f = s_ckpt(&v, "fromplain", "last.safetensors");
+    f = eq_tinyjob_ckpt(&v, "fromplain", "last.safetensors");
     ck_assert_str_eq(s_meta(f, "loss_scale"), "512");
     ck_assert_str_eq(s_meta(f, "loss_scale_growth_tracker"), "1");
     eq_st_close(&f);
-    s_same_bits(&v, "plain", "fromplain"); /* fp32, powers of two: the same weights */
+    eq_tinyjob_same_bits(&v, "plain", "fromplain", 0); /* fp32, powers of two: the same weights */
     s_env_down(&v);
 }
 END_TEST
@@ -1011,7 +955,7 @@ static int s_skipped(s_env *v, const char *tag)
 /* Did training move fc.weight away from tag b's (bitwise)? */
 static bool s_differ(s_env *v, const char *a, const char *b, const char *name)
 {
-    eq_st_file *fa = s_ckpt(v, a, "last.safetensors"), *fb = s_ckpt(v, b, "last.safetensors");
+    eq_st_file *fa = eq_tinyjob_ckpt(v, a, "last.safetensors"), *fb = eq_tinyjob_ckpt(v, b, "last.safetensors");
     long i = eq_st_find(fa, name), j = eq_st_find(fb, name);
     ck_assert(i >= 0 && j >= 0);
     size_t na, nb;
@@ -1043,10 +987,10 @@ START_TEST(test_fp16_bf16)
     s_train(&v, "bf16", b16, NULL, 0);
     /* fp32 from 65536: nothing overflows, the bits of no scaling */
     ck_assert_int_eq(s_log_count(&v, "fp32", "optimiser step skipped"), 0);
-    s_same_bits(&v, "fp32", "plain");
+    eq_tinyjob_same_bits(&v, "fp32", "plain", 0);
     /* fp16 from 65536: overflows, backs off, then steps */
     int sk = s_log_count(&v, "fp16", "optimiser step skipped");
-    eq_st_file *f = s_ckpt(&v, "fp16", "last.safetensors");
+    eq_st_file *f = eq_tinyjob_ckpt(&v, "fp16", "last.safetensors");
     const char *ls = s_meta(f, "loss_scale");
     fprintf(stderr, "fp16 from 65536: %d of 8 steps skipped, loss scale %s at the end\n", sk, ls);
     ck_assert_msg(sk >= 1 && sk < 8, "fp16 from 65536: %d of 8 steps skipped", sk);
@@ -1061,7 +1005,7 @@ START_TEST(test_fp16_bf16)
                      1);
     ck_assert_msg(s_differ(&v, "fp16", "plain", "fc.weight"), "fp16: the weights of fp32");
     /* bf16: no scaling by default, trains, rounds */
-    f = s_ckpt(&v, "bf16", "last.safetensors");
+    f = eq_tinyjob_ckpt(&v, "bf16", "last.safetensors");
     ck_assert_ptr_null(eq_st_meta_get(f, "loss_scale"));
     ck_assert_str_eq(s_meta(f, "optim_steps"), "8");
     eq_st_close(&f);
