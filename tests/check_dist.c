@@ -21,6 +21,7 @@
 #include "loader/loader.h"
 #include "proto/proto_zmq.h"
 #include "testutil.h"
+#include "tinyjob.h"
 #include "trainer/backend.h"
 #include "trainer/cuda/bucket.h"
 #include "trainer/dist.h"
@@ -785,33 +786,6 @@ static void s_two_ranks(const char *dir, const char *cfg, const char *ld_ep, con
     ck_assert_msg(rc0 == 0 && rc1 == 0, "two ranks (%s): exit %d and %d", tag, rc0, rc1);
 }
 
-/* Every tensor of dir/a/last.safetensors has the bits of dir/b's. */
-static void s_same_bits(const char *dir, const char *a, const char *b)
-{
-    char pa[4300], pb[4300];
-    eq_err e = { 0 };
-    snprintf(pa, sizeof pa, "%s/%s/last.safetensors", dir, a);
-    snprintf(pb, sizeof pb, "%s/%s/last.safetensors", dir, b);
-    eq_st_file *fa = eq_st_open(pa, NULL, &e);
-    ck_assert_msg(fa != NULL, "%s", e.msg);
-    eq_st_file *fb = eq_st_open(pb, NULL, &e);
-    ck_assert_msg(fb != NULL, "%s", e.msg);
-    ck_assert_uint_eq(eq_st_count(fa), eq_st_count(fb));
-    ck_assert_uint_gt(eq_st_count(fa), 50);
-    for (size_t i = 0; i < eq_st_count(fa); i++) {
-        const char *nm = eq_st_name(fa, i);
-        long j = eq_st_find(fb, nm);
-        ck_assert_msg(j >= 0, "%s missing from %s", nm, pb);
-        size_t na, nb;
-        const void *da = eq_st_data(fa, i, &na), *db = eq_st_data(fb, (size_t)j, &nb);
-        ck_assert_uint_eq(na, nb);
-        ck_assert_msg(!memcmp(da, db, na), "%s: %s and %s differ", nm, a, b);
-    }
-    fprintf(stderr, "%s and %s: %zu tensors, the same bits\n", a, b, eq_st_count(fa));
-    eq_st_close(&fa);
-    eq_st_close(&fb);
-}
-
 /* The number of gradient buckets a rank's log reports with `how`
  * ("overlapping the backward", "after the backward"); -1 if none. */
 static int s_buckets(const char *dir, const char *tag, const char *how)
@@ -870,8 +844,8 @@ START_TEST(test_overlap_same_bits)
     int nb = s_buckets(dir, "on", "overlapping the backward");
     ck_assert_msg(nb > 4, "overlap: %d gradient buckets", nb);
     ck_assert_int_eq(s_buckets(dir, "off", "after the backward"), nb);
-    s_same_bits(dir, "off", "on");
-    s_same_bits(dir, "off2", "on2");
+    eq_test_same_bits(dir, "off", "on", 0);
+    eq_test_same_bits(dir, "off2", "on2", 0);
     eq_test_scratch_rm(dir);
 }
 END_TEST

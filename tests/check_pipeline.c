@@ -383,7 +383,7 @@ START_TEST(test_fake_same_bits)
     ck_assert_int_eq(g.waits, 12);
     ck_assert_int_eq(g.np, 0);
     ck_assert_msg(g.early == 0, "%ld reads of a buffer with an upload pending", g.early);
-    eq_tinyjob_same_bits(&v, "plain", "fake", 1);
+    eq_test_same_bits(v.dir, "plain", "fake", 1);
     eq_backend_destroy(&cpu);
     s_env_down(&v);
 }
@@ -407,7 +407,7 @@ START_TEST(test_stop_resume)
     s_resumes_at(&v, "a", "0", "2");
     g.stop_at_upload = 0;
     ck_assert_int_eq(s_train(&v, "a", &g.be, "a"), EQ_OK);
-    eq_tinyjob_same_bits(&v, "whole", "a", 1);
+    eq_test_same_bits(v.dir, "whole", "a", 1);
     g.stages = 0;
     g.stop_at_stage = 8; /* stages: epoch 0 steps 0-3, val 2; epoch 1 steps 0, 1 */
     ck_assert_int_eq(s_train(&v, "b", &g.be, NULL), EQ_ERR_INTERRUPTED);
@@ -416,7 +416,7 @@ START_TEST(test_stop_resume)
     s_resumes_at(&v, "b", "1", "2");
     g.stop_at_stage = 0;
     ck_assert_int_eq(s_train(&v, "b", &g.be, "b"), EQ_OK);
-    eq_tinyjob_same_bits(&v, "whole", "b", 1);
+    eq_test_same_bits(v.dir, "whole", "b", 1);
     ck_assert_msg(g.early == 0, "%ld reads of a buffer with an upload pending", g.early);
     eq_backend_destroy(&cpu);
     s_env_down(&v);

@@ -673,10 +673,10 @@ START_TEST(test_static_scale_same_bits)
     s_train(&v, "dyn", dyn, NULL, 0);
     s_train(&v, "none2", none2, NULL, 0);
     s_train(&v, "dyn2", dyn2, NULL, 0);
-    eq_tinyjob_same_bits(&v, "none", "s1024", 0);
-    eq_tinyjob_same_bits(&v, "none", "big", 0);
-    eq_tinyjob_same_bits(&v, "none", "dyn", 0);
-    eq_tinyjob_same_bits(&v, "none2", "dyn2", 0);
+    eq_test_same_bits(v.dir, "none", "s1024", 0);
+    eq_test_same_bits(v.dir, "none", "big", 0);
+    eq_test_same_bits(v.dir, "none", "dyn", 0);
+    eq_test_same_bits(v.dir, "none2", "dyn2", 0);
     /* with quantization losses (a policy from the start): still the bits of
      * no scaling, and not the bits of no quantization loss */
     char pol[4300], polset[4400];
@@ -692,7 +692,7 @@ START_TEST(test_static_scale_same_bits)
     const char *qdyn[] = { "train.loss_scale=dynamic", "train.loss_scale_growth_interval=2", polset, NULL };
     s_train(&v, "qnone", qnone, NULL, 0);
     s_train(&v, "qdyn", qdyn, NULL, 0);
-    eq_tinyjob_same_bits(&v, "qnone", "qdyn", 0);
+    eq_test_same_bits(v.dir, "qnone", "qdyn", 0);
     ck_assert_msg(s_differ(&v, "qnone", "none", "fc.weight"), "the quantization loss changed nothing");
     /* dyn grew twice in its 4 steps (interval 2) and skipped nothing */
     eq_st_file *f = eq_tinyjob_ckpt(&v, "dyn", "last.safetensors");
@@ -893,7 +893,7 @@ START_TEST(test_resume)
     snprintf(from, sizeof from, "%s/full/epoch0.safetensors", v.dir);
     s_train(&v, "resumed", dyn, from, 0);
     ck_assert_int_eq(s_log_count(&v, "resumed", "loss scale 512, growth tracker 1 from"), 1);
-    eq_tinyjob_same_bits(&v, "full", "resumed", 0);
+    eq_test_same_bits(v.dir, "full", "resumed", 0);
     f = eq_tinyjob_ckpt(&v, "resumed", "last.safetensors");
     ck_assert_str_eq(s_meta(f, "loss_scale"), "1024");
     ck_assert_str_eq(s_meta(f, "loss_scale_growth_tracker"), "2");
@@ -929,7 +929,7 @@ START_TEST(test_resume)
     ck_assert_str_eq(s_meta(f, "loss_scale"), "512");
     ck_assert_str_eq(s_meta(f, "loss_scale_growth_tracker"), "1");
     eq_st_close(&f);
-    eq_tinyjob_same_bits(&v, "plain", "fromplain", 0); /* fp32, powers of two: the same weights */
+    eq_test_same_bits(v.dir, "plain", "fromplain", 0); /* fp32, powers of two: the same weights */
     s_env_down(&v);
 }
 END_TEST
@@ -987,7 +987,7 @@ START_TEST(test_fp16_bf16)
     s_train(&v, "bf16", b16, NULL, 0);
     /* fp32 from 65536: nothing overflows, the bits of no scaling */
     ck_assert_int_eq(s_log_count(&v, "fp32", "optimiser step skipped"), 0);
-    eq_tinyjob_same_bits(&v, "fp32", "plain", 0);
+    eq_test_same_bits(v.dir, "fp32", "plain", 0);
     /* fp16 from 65536: overflows, backs off, then steps */
     int sk = s_log_count(&v, "fp16", "optimiser step skipped");
     eq_st_file *f = eq_tinyjob_ckpt(&v, "fp16", "last.safetensors");

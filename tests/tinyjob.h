@@ -2,8 +2,9 @@
  * tests/tinyjob.h -- a tiny training job for tests that run eq-trainer:
  * a synthetic ImageFolder (eq_synth_imagefolder), a config on it and an
  * eq-loader serving it, in a scratch directory; and the comparison of two
- * runs' checkpoints bit for bit.  Used by check_scaler and check_pipeline
- * (link the loader and safetensors libraries; include after testutil.h).
+ * runs' checkpoints bit for bit.  Used by check_scaler, check_pipeline and
+ * check_dist (link the loader and safetensors libraries; include after
+ * testutil.h).
  */
 #ifndef EQ_TESTS_TINYJOB_H
 #define EQ_TESTS_TINYJOB_H
@@ -59,22 +60,27 @@ static inline void eq_tinyjob_down(eq_tinyjob *v, const char *keep_var)
 }
 
 /* dir/tag/file, opened (the test fails if it cannot be). */
-static inline eq_st_file *eq_tinyjob_ckpt(const eq_tinyjob *v, const char *tag, const char *file)
+static inline eq_st_file *eq_test_ckpt(const char *dir, const char *tag, const char *file)
 {
     char p[4400];
     eq_err e = { 0 };
-    snprintf(p, sizeof p, "%s/%s/%s", v->dir, tag, file);
+    snprintf(p, sizeof p, "%s/%s/%s", dir, tag, file);
     eq_st_file *f = eq_st_open(p, NULL, &e);
     ck_assert_msg(f != NULL, "%s", e.msg);
     return f;
 }
-
-/* Every tensor of run a's last checkpoint has the bits of run b's (and
- * there are more than 50); with `position`, also the same epoch and step
- * in the metadata. */
-static inline void eq_tinyjob_same_bits(const eq_tinyjob *v, const char *a, const char *b, int position)
+/* The same in v's directory. */
+static inline eq_st_file *eq_tinyjob_ckpt(const eq_tinyjob *v, const char *tag, const char *file)
 {
-    eq_st_file *fa = eq_tinyjob_ckpt(v, a, "last.safetensors"), *fb = eq_tinyjob_ckpt(v, b, "last.safetensors");
+    return eq_test_ckpt(v->dir, tag, file);
+}
+
+/* Every tensor of run a's last checkpoint (dir/a/last.safetensors) has the
+ * bits of run b's (and there are more than 50); with `position`, also the
+ * same epoch and step in the metadata. */
+static inline void eq_test_same_bits(const char *dir, const char *a, const char *b, int position)
+{
+    eq_st_file *fa = eq_test_ckpt(dir, a, "last.safetensors"), *fb = eq_test_ckpt(dir, b, "last.safetensors");
     ck_assert_uint_eq(eq_st_count(fa), eq_st_count(fb));
     ck_assert_uint_gt(eq_st_count(fa), 50);
     if (position) {
