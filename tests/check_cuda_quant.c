@@ -324,6 +324,27 @@ static float *s_host_copy(eq_backend *be, const void *p, size_t n, int host)
     return h;
 }
 
+/* Elements that are exactly 0 on one backend only, over every node's
+ * stored activation (grads 0) or gradient (grads 1): a ReLU or straight-
+ * through-estimator mask that differs, as a flipped level does. */
+static size_t s_zero_mismatch(eq_backend *gpu, const eq_layers *gc, const eq_layers *gg, int grads)
+{
+    size_t count = 0;
+    for (int nd = 0; nd < eq_layers_node_count(gc); nd++) {
+        const float *y[2] = {NULL, NULL}, *d[2] = {NULL, NULL};
+        size_t n[2] = {0, 0};
+        if (eq_layers_node_buffers(gc, nd, &y[0], &d[0], &n[0]) != 0 ||
+            eq_layers_node_buffers(gg, nd, &y[1], &d[1], &n[1]) != 0)
+            continue;
+        const float *a = grads ? d[0] : y[0], *b = grads ? d[1] : y[1];
+        if (!a || !b || n[0] != n[1]) continue;
+        float *hb = s_host_copy(gpu, b, n[1], 0);
+        for (size_t i = 0; i < n[0]; i++) count += (a[i] == 0.0f) != (hb[i] == 0.0f);
+        free(hb);
+    }
+    return count;
+}
+
 START_TEST(test_layers)
 {
     eq_err err = {0};
@@ -368,16 +389,7 @@ START_TEST(test_layers)
          * one only, as with a flipped level (the CPU emulation showed it:
          * conv1.weight off by 0.7 % with no level flipped).  Counted as
          * flips: an exact 0 on one side only, in any stored activation. */
-        for (int nd = 0; nd < eq_layers_node_count(gc); nd++) {
-            const float *ya = NULL, *yb = NULL, *dn = NULL;
-            size_t n1 = 0, n2 = 0;
-            if (eq_layers_node_buffers(gc, nd, &ya, &dn, &n1) != 0 ||
-                eq_layers_node_buffers(gg, nd, &yb, &dn, &n2) != 0 || !ya || !yb || n1 != n2)
-                continue;
-            float *hb = s_host_copy(gpu, yb, n2, 0);
-            for (size_t i = 0; i < n1; i++) flips += (ya[i] == 0.0f) != (hb[i] == 0.0f);
-            free(hb);
-        }
+        flips += s_zero_mismatch(gpu, gc, gg, 0);
         /* fp32: the output, then (after the backward) every gradient */
         float *dyc, *dyg;
         float *yc = eq_layers_output(gc, &dyc, os), *yg = eq_layers_output(gg, &dyg, os);
@@ -397,16 +409,7 @@ START_TEST(test_layers)
          * either way, so no forward flip) can be in on one backend only
          * (the emulation showed it: bn1.bias off by 0.15 % with no flip).
          * Counted as flips: a gradient exactly 0 on one side only. */
-        for (int nd = 0; nd < eq_layers_node_count(gc); nd++) {
-            const float *ya = NULL, *da = NULL, *db = NULL;
-            size_t n1 = 0, n2 = 0;
-            if (eq_layers_node_buffers(gc, nd, &ya, &da, &n1) != 0 ||
-                eq_layers_node_buffers(gg, nd, &ya, &db, &n2) != 0 || !da || !db || n1 != n2)
-                continue;
-            float *hb = s_host_copy(gpu, db, n2, 0);
-            for (size_t i = 0; i < n1; i++) flips += (da[i] == 0.0f) != (hb[i] == 0.0f);
-            free(hb);
-        }
+        flips += s_zero_mismatch(gpu, gc, gg, 1);
         /* A quantizer parameter's gradient is one sum over a whole layer
          * of terms whose upstream gradient differs from the CPU's in the
          * last bits (another convolution summation order); where the terms
@@ -579,21 +582,7 @@ START_TEST(test_layers_amp)
     /* ReLU masks (as test_layers): an activation or gradient exactly 0 on
      * one backend only passes or stops a gradient on one side; then the
      * gradients are printed, not bounded (conv2.weight 0.016 = 33u seen) */
-    size_t masks = 0;
-    for (int i = 1; i < eq_layers_node_count(gg); i++) {
-        const float *yc2, *dc2, *yg2, *dg2;
-        size_t n1, n2;
-        if (eq_layers_node_buffers(gc, i, &yc2, &dc2, &n1) != 0 ||
-            eq_layers_node_buffers(gg, i, &yg2, &dg2, &n2) != 0 || n1 != n2)
-            continue;
-        const float *cc[2] = {yc2, dc2}, *gg2[2] = {yg2, dg2};
-        for (int k = 0; k < 2; k++) {
-            if (!cc[k] || !gg2[k]) continue;
-            float *h = s_host_copy(gpu, gg2[k], n2, 0);
-            for (size_t j = 0; j < n1; j++) masks += (cc[k][j] == 0.0f) != (h[j] == 0.0f);
-            free(h);
-        }
-    }
+    size_t masks = s_zero_mismatch(gpu, gc, gg, 0) + s_zero_mismatch(gpu, gc, gg, 1);
     printf("check_cuda_quant: %s graph: %zu mask(s) differ\n", eq_precision_name(p), masks);
     if (!masks) {
         ck_assert_msg(emax <= 4 * u, "%s graph: %s: relative error %.3g > 4u (seed %llu)",

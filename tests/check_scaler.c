@@ -157,6 +157,39 @@ static eq_model *s_model(eq_backend *be, eq_experiment *x)
     return m;
 }
 
+/* Every gradient of m, in tensor order (caller frees). */
+static float *s_grads(const eq_model *m)
+{
+    size_t total = 0, off = 0;
+    for (size_t i = 0; i < eq_model_tensor_count(m); i++)
+        total += eq_model_tensor_at(m, i)->grad ? eq_model_tensor_at(m, i)->numel : 0;
+    float *g = malloc(total * sizeof *g);
+    ck_assert_ptr_nonnull(g);
+    for (size_t i = 0; i < eq_model_tensor_count(m); i++) {
+        const eq_model_tensor *t = eq_model_tensor_at(m, i);
+        if (!t->grad) continue;
+        memcpy(g + off, t->grad, t->numel * sizeof(float));
+        off += t->numel;
+    }
+    return g;
+}
+
+/* Every gradient of m is bitwise before[] * inv (s_grads' order; -0 too). */
+static void s_grads_scaled(const eq_model *m, const float *before, float inv)
+{
+    size_t off = 0;
+    for (size_t i = 0; i < eq_model_tensor_count(m); i++) {
+        const eq_model_tensor *t = eq_model_tensor_at(m, i);
+        if (!t->grad) continue;
+        for (size_t k = 0; k < t->numel; k++) {
+            float want = before[off + k] * inv;
+            ck_assert_msg(!memcmp(&want, &t->grad[k], 4), "%s[%zu]: %.9g, expected %.9g", t->name, k,
+                          (double)t->grad[k], (double)want);
+        }
+        off += t->numel;
+    }
+}
+
 START_TEST(test_model_ops)
 {
     eq_err e = { 0 };
@@ -191,33 +224,13 @@ START_TEST(test_model_ops)
     q2->grad[0] = keep[2];
     /* the unscale: g * (float)(1/scale), every gradient, -0 stays -0 */
     w->grad[0] = -0.0f;
-    size_t total = 0;
-    for (size_t i = 0; i < eq_model_tensor_count(m); i++) total += eq_model_tensor_at(m, i)->grad ? eq_model_tensor_at(m, i)->numel : 0;
-    float *before = malloc(total * sizeof *before);
-    ck_assert_ptr_nonnull(before);
-    size_t off = 0;
-    for (size_t i = 0; i < eq_model_tensor_count(m); i++) {
-        const eq_model_tensor *t = eq_model_tensor_at(m, i);
-        if (!t->grad) continue;
-        memcpy(before + off, t->grad, t->numel * sizeof(float));
-        off += t->numel;
-    }
+    float *before = s_grads(m);
     eq_scaler s;
     ck_assert(eq_scaler_init(&s, false, 3.0, 0, 0, 0, &e) == EQ_OK); /* not a power of two: rounding shows */
     float inv = eq_scaler_inv_scale(&s), *dev = NULL;
     ck_assert(inv == (float)(1.0 / 3.0));
     ck_assert_msg(eq_scaler_unscale(&s, m, &dev, &e) == EQ_OK, "%s", e.msg);
-    off = 0;
-    for (size_t i = 0; i < eq_model_tensor_count(m); i++) {
-        const eq_model_tensor *t = eq_model_tensor_at(m, i);
-        if (!t->grad) continue;
-        for (size_t k = 0; k < t->numel; k++) {
-            float want = before[off + k] * inv;
-            ck_assert_msg(!memcmp(&want, &t->grad[k], 4), "%s[%zu]: %.9g, expected %.9g", t->name, k,
-                          (double)t->grad[k], (double)want);
-        }
-        off += t->numel;
-    }
+    s_grads_scaled(m, before, inv);
     ck_assert(signbit(w->grad[0]) && w->grad[0] == 0.0f);
     /* scale 1: nothing to do */
     ck_assert(eq_scaler_init(&s, false, 1.0, 0, 0, 0, &e) == EQ_OK);
@@ -329,11 +342,9 @@ START_TEST(test_model_ops_device)
     eq_experiment x;
     eq_model *m = s_model(&be, &x);
     const eq_model_tensor *w = NULL, *q = NULL;
-    size_t total = 0;
     for (size_t i = 0; i < eq_model_tensor_count(m); i++) {
         const eq_model_tensor *t = eq_model_tensor_at(m, i);
         if (!t->grad) continue;
-        total += t->numel;
         if (t->quant && !q) q = t;
         if (!t->quant && !w && t->ndim == 4) w = t;
     }
@@ -347,32 +358,14 @@ START_TEST(test_model_ops_device)
     w->grad[5] = kw;
     q->grad[0] = kq;
     w->grad[0] = -0.0f;
-    float *before = malloc(total * sizeof *before), *dev = NULL;
-    ck_assert_ptr_nonnull(before);
-    size_t off = 0;
-    for (size_t i = 0; i < eq_model_tensor_count(m); i++) {
-        const eq_model_tensor *t = eq_model_tensor_at(m, i);
-        if (!t->grad) continue;
-        memcpy(before + off, t->grad, t->numel * sizeof(float));
-        off += t->numel;
-    }
+    float *before = s_grads(m), *dev = NULL;
     eq_scaler s;
     ck_assert(eq_scaler_init(&s, true, 1024, 2, 0.5, 10, &e) == EQ_OK);
     ck_assert_msg(eq_scaler_unscale(&s, m, &dev, &e) == EQ_OK, "%s", e.msg);
     ck_assert_ptr_nonnull(dev); /* the device scalar was made */
     float inv = eq_scaler_inv_scale(&s);
     ck_assert(inv == 1.0f / 1024.0f);
-    off = 0;
-    for (size_t i = 0; i < eq_model_tensor_count(m); i++) {
-        const eq_model_tensor *t = eq_model_tensor_at(m, i);
-        if (!t->grad) continue;
-        for (size_t k = 0; k < t->numel; k++) {
-            float want = before[off + k] * inv;
-            ck_assert_msg(!memcmp(&want, &t->grad[k], 4), "%s[%zu]: %.9g, expected %.9g", t->name, k,
-                          (double)t->grad[k], (double)want);
-        }
-        off += t->numel;
-    }
+    s_grads_scaled(m, before, inv);
     eq_backend_release(&be, dev);
     free(before);
     eq_model_destroy(&m);

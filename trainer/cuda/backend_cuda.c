@@ -113,6 +113,7 @@ static void s_free(void *ctx)
         if (cu->pin_done[i]) cudaEventDestroy(cu->pin_done[i]);
     }
     if (cu->last_prefetch) cudaEventDestroy(cu->last_prefetch);
+    if (cu->compute_mark) cudaEventDestroy(cu->compute_mark);
     if (cu->ws) cudaFree(cu->ws);
     if (cu->hflag) cudaFreeHost(cu->hflag);
     if (cu->blas) cublasDestroy(cu->blas);
@@ -346,19 +347,16 @@ eq_status eq_cuda_stage_images(eq_backend *be, int64_t n, int64_t per_image, int
  * stream.  A pinned buffer is reused every second call: the call waits on
  * the host for the copy issued two calls before to have left it (the
  * trainer makes two calls per batch, images and labels, so that is the
- * previous batch's copy, issued a step earlier).  The event is made per
- * call and destroyed at once: cudaStreamWaitEvent captures the record it
- * waits for, and CUDA frees a destroyed event when it completes. */
+ * previous batch's copy, issued a step earlier).  One event serves every
+ * call (made with the backend): cudaStreamWaitEvent captures the record it
+ * waits for, so recording the event again later does not change what an
+ * earlier wait waits for. */
 static eq_status s_upload_async(void *ctx, void *dst, const void *src, size_t nbytes, eq_err *err)
 {
     static const char *op = "upload_async";
     eq_cuda *cu = ctx;
-    cudaEvent_t ev;
-    EQ_CU(op, cudaEventCreateWithFlags(&ev, cudaEventDisableTiming));
-    cudaError_t e = cudaEventRecord(ev, cu->stream);
-    if (e == cudaSuccess) e = cudaStreamWaitEvent(cu->copy_stream, ev, 0);
-    cudaEventDestroy(ev);
-    if (e != cudaSuccess) return eq_cuda_fail(err, op, "cudaEventRecord/cudaStreamWaitEvent", e);
+    EQ_CU(op, cudaEventRecord(cu->compute_mark, cu->stream));
+    EQ_CU(op, cudaStreamWaitEvent(cu->copy_stream, cu->compute_mark, 0));
     return eq_cuda_prefetch(cu->self, dst, src, nbytes, err);
 }
 
@@ -427,7 +425,8 @@ eq_backend *eq_backend_cuda_new(const eq_cuda_opts *o, eq_err *err)
         for (int i = 0; i < EQ_CUDA_PREFETCH_SLOTS; i++)
             if ((e = cudaEventCreateWithFlags(&cu->pin_done[i], cudaEventDisableTiming)) != cudaSuccess)
                 S_TRY(eq_cuda_fail(err, op, "cudaEventCreate", e));
-        if ((e = cudaEventCreateWithFlags(&cu->last_prefetch, cudaEventDisableTiming)) != cudaSuccess)
+        if ((e = cudaEventCreateWithFlags(&cu->last_prefetch, cudaEventDisableTiming)) != cudaSuccess ||
+            (e = cudaEventCreateWithFlags(&cu->compute_mark, cudaEventDisableTiming)) != cudaSuccess)
             S_TRY(eq_cuda_fail(err, op, "cudaEventCreate", e));
         if ((bs = cublasCreate(&cu->blas)) != CUBLAS_STATUS_SUCCESS) S_TRY(eq_cublas_fail(err, op, "cublasCreate", bs));
         if ((bs = cublasSetStream(cu->blas, cu->stream)) != CUBLAS_STATUS_SUCCESS)

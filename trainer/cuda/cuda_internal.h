@@ -79,6 +79,7 @@ typedef struct eq_cuda {
     int pin_used[EQ_CUDA_PREFETCH_SLOTS];
     int pin_next;
     cudaEvent_t last_prefetch;
+    cudaEvent_t compute_mark; /* upload_async: the compute stream's work so far, for the copy stream */
     int have_prefetch;
     /* quantizers (quant_cuda.c) */
     eq_cuda_qslot *quants;
