@@ -37,6 +37,14 @@ void eq_cudaemu_device_enter(void);
 void eq_cudaemu_device_leave(void);
 /* Launches executed and threads run so far (tests). */
 unsigned long long eq_cudaemu_launches(void);
+/* Host waits so far (runtime.cc's top says which calls count). */
+typedef struct eq_cudaemu_waits {
+    unsigned long long calls;   /* calls that block the host on a GPU */
+    unsigned long long blocked; /* of those, the ones that found queued work to wait for */
+    unsigned long long drained; /* of those, the ones that left a stream they ran empty (its GPU work stops) */
+    unsigned long long stream_sync, event_sync, device_sync, memcpy, memcpy_async, free; /* calls by kind */
+} eq_cudaemu_waits;
+void eq_cudaemu_waits_get(eq_cudaemu_waits *w);
 
 #ifdef __cplusplus
 }

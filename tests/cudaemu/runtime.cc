@@ -45,7 +45,17 @@
  *    (EQ_CUDA_EMU_ABORT=1 aborts there instead, for a debugger);
  *  - EQ_CUDA_EMU_PROTECT=1 makes device memory inaccessible to the host
  *    outside emulated device work (mprotect), so host code that
- *    dereferences a device pointer crashes.
+ *    dereferences a device pointer crashes;
+ *  - host waits are counted (eq_cudaemu_waits_get; EQ_CUDA_EMU_WAITS=FILE
+ *    appends the counts to FILE at exit): every call that blocks the host
+ *    until device work is done on a GPU (cudaStreamSynchronize,
+ *    cudaEventSynchronize, cudaDeviceSynchronize, cudaMemcpy other than
+ *    device to device, cudaMemcpyAsync into pageable host memory,
+ *    cudaFree, cudaFreeHost), how many of them found queued work to wait
+ *    for ("blocked") and how many of those left a stream they ran work of
+ *    with nothing queued ("drained": that stream's GPU work stops until
+ *    the host issues more; a wait for an event with work queued behind it
+ *    is blocked but not drained).
  * What it cannot show: concurrency between threads, blocks or streams,
  * the memory model, warp-level behaviour, tensor cores, timing.
  */
@@ -129,6 +139,8 @@ struct State {
     int enter_depth = 0;
     uint64_t seed = 0x9e3779b97f4a7c15ull;
     unsigned long long launches = 0;
+    eq_cudaemu_waits waits = {};
+    std::string waits_file; /* EQ_CUDA_EMU_WAITS */
 };
 
 State &st()
@@ -145,6 +157,23 @@ struct Lock {
     Lock() : g(st().mu) {}
 };
 
+void s_waits_at_exit()
+{
+    State &s = st();
+    FILE *f = fopen(s.waits_file.c_str(), "a");
+    if (!f) {
+        fprintf(stderr, "cudaemu: EQ_CUDA_EMU_WAITS=%s: %s\n", s.waits_file.c_str(), strerror(errno));
+        return;
+    }
+    const eq_cudaemu_waits &w = s.waits;
+    fprintf(f,
+            "cudaemu_waits pid=%ld calls=%llu blocked=%llu drained=%llu stream_sync=%llu event_sync=%llu "
+            "device_sync=%llu memcpy=%llu memcpy_async=%llu free=%llu defer=%d\n",
+            (long)getpid(), w.calls, w.blocked, w.drained, w.stream_sync, w.event_sync, w.device_sync,
+            w.memcpy, w.memcpy_async, w.free, s.defer);
+    fclose(f);
+}
+
 void s_init_env()
 {
     State &s = st();
@@ -160,6 +189,11 @@ void s_init_env()
     s.defer = !(e && *e && strcmp(e, "0") == 0);
     e = getenv("EQ_CUDA_EMU_SEED");
     if (e && *e) s.seed = strtoull(e, NULL, 0);
+    e = getenv("EQ_CUDA_EMU_WAITS");
+    if (e && *e) {
+        s.waits_file = e;
+        atexit(s_waits_at_exit);
+    }
 }
 
 cudaError_t s_ret(cudaError_t e)
@@ -303,6 +337,34 @@ void s_drain_all(bool blocking_only)
     for (uint64_t id : ids) s_drain_until(id, ~0ull);
 }
 
+/* Counts one host wait (see the top): construct before the call's
+ * draining, with the counter of its kind.  Blocked: the call ran queued
+ * work; drained: a stream it ran work of has nothing queued after it (that
+ * engine idles until the host issues more). */
+struct Wait {
+    std::map<uint64_t, unsigned long long> before; /* stream id: executed */
+    Wait(unsigned long long eq_cudaemu_waits::*kind)
+    {
+        for (auto &kv : st().streams) before[kv.first] = kv.second->executed;
+        eq_cudaemu_waits &w = st().waits;
+        w.calls++;
+        w.*kind += 1;
+    }
+    ~Wait()
+    {
+        bool ran = false, idle = false;
+        for (auto &kv : before) {
+            auto it = st().streams.find(kv.first);
+            if (it == st().streams.end() || it->second->executed == kv.second) continue;
+            ran = true;
+            if (it->second->q.empty()) idle = true;
+        }
+        eq_cudaemu_waits &w = st().waits;
+        w.blocked += ran;
+        w.drained += idle;
+    }
+};
+
 /* Issue fn on sm: queued on a created stream when deferring; on the
  * legacy default stream (after the blocking streams' work) or without
  * deferral, run now. */
@@ -420,6 +482,7 @@ extern "C" cudaError_t cudaGetDevice(int *device)
 extern "C" cudaError_t cudaDeviceSynchronize(void)
 {
     S_ENTER();
+    Wait w_(&eq_cudaemu_waits::device_sync);
     s_drain_all(false);
     return s_ret(st().sticky);
 }
@@ -482,6 +545,7 @@ extern "C" cudaError_t cudaMalloc(void **p, size_t size)
 extern "C" cudaError_t cudaFree(void *p)
 {
     S_ENTER();
+    Wait w_(&eq_cudaemu_waits::free);
     s_drain_all(false); /* cudaFree synchronises the device */
     if (st().sticky != cudaSuccess) return s_ret(st().sticky);
     if (!p) return cudaSuccess;
@@ -517,6 +581,7 @@ extern "C" cudaError_t cudaMallocHost(void **p, size_t size)
 extern "C" cudaError_t cudaFreeHost(void *p)
 {
     S_ENTER();
+    Wait w_(&eq_cudaemu_waits::free);
     s_drain_all(false); /* as cudaFree: queued copies may still read it */
     if (st().sticky != cudaSuccess) return s_ret(st().sticky);
     if (!p) return cudaSuccess;
@@ -592,6 +657,8 @@ cudaError_t s_copy(const char *fn, void *dst, const void *src, size_t n, cudaMem
     bool src_pageable = !src_dev && !s_find(src, n, NULL);
     bool dst_pageable = !dst_dev && !s_find(dst, n, NULL);
     if (dst_pageable) {
+        /* the host waits for the copy (cudaMemcpy counts its own) */
+        std::unique_ptr<Wait> w_(sm ? new Wait(&eq_cudaemu_waits::memcpy_async) : nullptr);
         if (!s_legacy(sm)) s_drain(sm);
         else s_drain_all(true);
         if (st().sticky != cudaSuccess) return s_ret(st().sticky);
@@ -636,6 +703,14 @@ cudaError_t s_set(const char *fn, void *p, int v, size_t n, cudaStream_t sm)
 extern "C" cudaError_t cudaMemcpy(void *dst, const void *src, size_t n, enum cudaMemcpyKind kind)
 {
     S_ENTER();
+    /* synchronous for the host unless device to device (the legacy stream
+     * runs it after the blocking streams' work) */
+    bool d2d = kind == cudaMemcpyDeviceToDevice ||
+               (kind == cudaMemcpyDefault && s_find(src, n, NULL) && s_find(dst, n, NULL));
+    if (n && dst && src && !d2d) {
+        Wait w_(&eq_cudaemu_waits::memcpy);
+        return s_copy("cudaMemcpy", dst, src, n, kind, NULL);
+    }
     return s_copy("cudaMemcpy", dst, src, n, kind, NULL);
 }
 
@@ -694,6 +769,7 @@ extern "C" cudaError_t cudaStreamSynchronize(cudaStream_t sm)
     if (!s_stream_ok(sm))
         return s_misuse(cudaErrorInvalidResourceHandle, "cudaStreamSynchronize(%p): not a live stream",
                         (void *)sm);
+    Wait w_(&eq_cudaemu_waits::stream_sync);
     if (s_legacy(sm))
         s_drain_all(true);
     else
@@ -759,6 +835,7 @@ extern "C" cudaError_t cudaEventSynchronize(cudaEvent_t ev)
 {
     S_ENTER();
     S_EVENT("cudaEventSynchronize", ev);
+    Wait w_(&eq_cudaemu_waits::event_sync);
     if (ev->stream) s_drain_until(ev->stream, ev->target);
     return s_ret(st().sticky);
 }
@@ -839,6 +916,13 @@ extern "C" unsigned long long eq_cudaemu_launches(void)
 {
     Lock lock_;
     return st().launches;
+}
+
+extern "C" void eq_cudaemu_waits_get(eq_cudaemu_waits *w)
+{
+    Lock lock_;
+    s_init_env();
+    *w = st().waits;
 }
 
 /* ---- kernel execution ----------------------------------------------------------------- */

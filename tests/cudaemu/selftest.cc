@@ -8,6 +8,8 @@
  */
 #include <cuda_runtime.h>
 
+#include "cudaemu.h"
+
 #include <check.h>
 #include <signal.h>
 #include <stdio.h>
@@ -266,6 +268,56 @@ START_TEST(test_deferred)
 }
 END_TEST
 
+/* the host-wait counts (eq_cudaemu_waits_get, EQ_CUDA_EMU_WAITS) */
+START_TEST(test_waits)
+{
+    eq_cudaemu_waits w0, w;
+    eq_cudaemu_waits_get(&w0);
+    cudaStream_t a; /* blocking: the legacy stream's cudaMemcpy waits for it */
+    ck_assert_int_eq(cudaStreamCreate(&a), cudaSuccess);
+    int *d = s_dev(4), *h = NULL, out[4];
+    ck_assert_int_eq(cudaHostAlloc((void **)&h, 4 * sizeof(int), 0), cudaSuccess);
+    ck_assert_int_eq(cudaStreamSynchronize(a), cudaSuccess); /* nothing queued: a call, not blocked */
+    eq_cudaemu_waits_get(&w);
+    ck_assert_uint_eq(w.calls - w0.calls, 1);
+    ck_assert_uint_eq(w.blocked - w0.blocked, 0);
+    /* an event wait with work queued behind the event: blocked, not drained */
+    cudaEvent_t ev;
+    ck_assert_int_eq(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming), cudaSuccess);
+    EQ_LAUNCH(k_set, 1, 1, 0, a)(d, 7);
+    ck_assert_int_eq(cudaMemcpyAsync(h, d, sizeof(int), cudaMemcpyDeviceToHost, a), cudaSuccess); /* pinned: no wait */
+    ck_assert_int_eq(cudaEventRecord(ev, a), cudaSuccess);
+    EQ_LAUNCH(k_set, 1, 1, 0, a)(d + 1, 8);
+    ck_assert_int_eq(cudaEventSynchronize(ev), cudaSuccess);
+    ck_assert_int_eq(h[0], 7);
+    eq_cudaemu_waits_get(&w);
+    ck_assert_uint_eq(w.calls - w0.calls, 2);
+    ck_assert_uint_eq(w.event_sync - w0.event_sync, 1);
+    ck_assert_uint_eq(w.blocked - w0.blocked, 1);
+    ck_assert_uint_eq(w.drained - w0.drained, 0);
+    /* a download into pageable memory waits for everything before it */
+    ck_assert_int_eq(cudaMemcpyAsync(out, d + 1, sizeof(int), cudaMemcpyDeviceToHost, a), cudaSuccess);
+    ck_assert_int_eq(out[0], 8);
+    eq_cudaemu_waits_get(&w);
+    ck_assert_uint_eq(w.memcpy_async - w0.memcpy_async, 1);
+    ck_assert_uint_eq(w.drained - w0.drained, 1);
+    /* cudaMemcpy to the host, and device to device (not a wait) */
+    EQ_LAUNCH(k_set, 1, 1, 0, a)(d + 2, 9);
+    ck_assert_int_eq(cudaMemcpy(d + 3, d + 2, sizeof(int), cudaMemcpyDeviceToDevice), cudaSuccess);
+    ck_assert_int_eq(cudaMemcpy(out, d + 3, sizeof(int), cudaMemcpyDeviceToHost), cudaSuccess);
+    ck_assert_int_eq(out[0], 9);
+    eq_cudaemu_waits_get(&w);
+    ck_assert_uint_eq(w.memcpy - w0.memcpy, 1); /* the D2H one */
+    ck_assert_uint_eq(w.calls - w0.calls, 4);
+    ck_assert_int_eq(cudaEventDestroy(ev), cudaSuccess);
+    ck_assert_int_eq(cudaFree(d), cudaSuccess);
+    ck_assert_int_eq(cudaFreeHost(h), cudaSuccess);
+    eq_cudaemu_waits_get(&w);
+    ck_assert_uint_eq(w.free - w0.free, 2);
+    ck_assert_uint_eq(w.calls - w0.calls, 6);
+}
+END_TEST
+
 START_TEST(test_no_device)
 {
     setenv("EQ_CUDA_EMU_DEVICES", "0", 1);
@@ -302,6 +354,7 @@ int main(void)
     tcase_add_test(tc, test_pinned);
     tcase_add_test(tc, test_copies);
     tcase_add_test(tc, test_deferred);
+    tcase_add_test(tc, test_waits);
     tcase_add_test(tc, test_no_device);
     tcase_add_test_raise_signal(tc, test_protect, SIGSEGV);
     suite_add_tcase(su, tc);
