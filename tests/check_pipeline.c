@@ -1,7 +1,7 @@
 /*
  * tests/check_pipeline.c -- eq-trainer's input pipeline (trainer/train.c,
  * "the input pipeline"; backend interface 6: stage_images, upload_async,
- * upload_wait).
+ * upload_wait) and its asynchronous loss (interface 7: download_async).
  *
  * - stage_images on the CPU backend (its pooled member) and through the
  *   wrapper's host default are bitwise eq_train_stage, the host reference:
@@ -18,12 +18,21 @@
  *   such read: a missing upload_wait or a slot refilled while its step
  *   still reads it changes the weights (or poisons a label).  The fake is
  *   shown to catch both on its own (test_fake_detects).
+ * - The loss (backend interface 7: download_async): the fake's
+ *   download_async fills the host destination with NaN bytes and lands
+ *   the value only at event_synchronize of its event, so a loss read
+ *   before the trainer waits for it stops the run ("loss is NaN"); the
+ *   fake run's reported losses are the plain run's, one download per step
+ *   and none left pending.  A NaN landed for epoch 1 step 1 stops the run
+ *   naming that step, and its last checkpoint is bitwise the plain run's
+ *   epoch 0 one (nothing saved after the step).
  * - A stop signalled while the next batch is already fetched and uploaded
  *   (from upload_async), and one signalled before that fetch (from
  *   stage_images), each checkpoint at the following step; resuming from
  *   there ends with bitwise the uninterrupted run's checkpoint, so no batch
  *   was lost or seen twice.
  */
+#include <math.h>
 #include <zmq.h>
 
 #include "core/log.h"
@@ -54,6 +63,15 @@ static struct {
     s_pending p[S_MAX_PENDING];
     int np;
     long uploads, waits, stages, early; /* early: reads of a buffer with a pending upload */
+    /* download_async: pending until event_synchronize of its event */
+    struct {
+        eq_backend_event *ev;
+        void *dst;
+        size_t n;
+        uint8_t data[EQ_BACKEND_DOWNLOAD_ASYNC_MAX];
+    } d[S_MAX_PENDING];
+    int nd;
+    long dl_async, dl_landed, dl_nan_at; /* dl_nan_at: 1-based download that lands a NaN; 0: none */
     eq_train *train;                    /* eq_train_stop target */
     long stop_at_upload, stop_at_stage; /* 1-based call numbers; 0: never */
 } g;
@@ -122,6 +140,38 @@ static eq_status s_fake_xent_bwd(void *ctx, const eq_xent_desc *d, const float *
     return g.cpu->xent_bwd(ctx, d, logits, la, lb, lam, dloss, dlogits, err);
 }
 
+static eq_status s_fake_download_async(void *ctx, void *dst, const void *src, size_t n, eq_backend_event *ev,
+                                       eq_err *err)
+{
+    (void)ctx;
+    if (g.nd == S_MAX_PENDING) return eq_err_set(err, EQ_ERR_LIMIT, "fake: too many pending downloads");
+    g.d[g.nd].ev = ev;
+    g.d[g.nd].dst = dst;
+    g.d[g.nd].n = n;
+    memcpy(g.d[g.nd].data, src, n); /* the CPU ran every op issued before */
+    if (++g.dl_async == g.dl_nan_at && n == sizeof(float)) {
+        float nan = NAN;
+        memcpy(g.d[g.nd].data, &nan, sizeof nan);
+    }
+    g.nd++;
+    memset(dst, 0xff, n); /* NaN until the event is waited for */
+    return EQ_OK;
+}
+
+static eq_status s_fake_event_sync(void *ctx, eq_backend_event *ev, eq_err *err)
+{
+    int k = 0;
+    for (int i = 0; i < g.nd; i++)
+        if (g.d[i].ev == ev) {
+            memcpy(g.d[i].dst, g.d[i].data, g.d[i].n);
+            g.dl_landed++;
+        } else {
+            g.d[k++] = g.d[i];
+        }
+    g.nd = k;
+    return g.cpu->event_synchronize(ctx, ev, err);
+}
+
 /* Forget the uploads an interrupted run left pending (their buffers were
  * freed with the trainer); their count. */
 static int s_fake_drop(void)
@@ -149,6 +199,8 @@ static eq_backend *s_fake_new(void)
     g.fi.stage_images = s_fake_stage;
     g.fi.xent_fwd = s_fake_xent_fwd;
     g.fi.xent_bwd = s_fake_xent_bwd;
+    g.fi.download_async = s_fake_download_async;
+    g.fi.event_synchronize = s_fake_event_sync;
     g.be = (eq_backend){ &g.fi, cpu->context };
     return cpu;
 }
@@ -270,6 +322,24 @@ START_TEST(test_stage_errors)
     ck_assert_int_eq(eq_backend_upload_async(be, NULL, src, 5, &e), EQ_ERR_INVALID);
     ck_assert_int_eq(eq_backend_upload_async(be, out, src, 0, &e), EQ_OK);
     ck_assert_int_eq(eq_backend_upload_wait(NULL, &e), EQ_ERR_INVALID);
+    /* download_async's default: download (the bytes are there at once),
+     * then event_record; its argument checks */
+    ck_assert_ptr_null(be->iface->download_async);
+    float *dv = eq_backend_alloc(be, 4 * sizeof(float), &e), v4[4] = { 1.5f, -2, 3, 4 }, h4[4] = { 0 };
+    eq_backend_event *ev = eq_backend_event_new(be, &e);
+    ck_assert(dv && ev);
+    ck_assert_int_eq(eq_backend_upload(be, dv, v4, sizeof v4, &e), EQ_OK);
+    ck_assert_int_eq(eq_backend_download_async(be, h4, dv, sizeof h4, ev, &e), EQ_OK);
+    ck_assert_int_eq(eq_backend_event_synchronize(be, ev, &e), EQ_OK);
+    ck_assert(!memcmp(h4, v4, sizeof v4));
+    ck_assert_int_eq(eq_backend_download_async(be, h4, dv, 0, ev, &e), EQ_ERR_INVALID);
+    ck_assert_int_eq(eq_backend_download_async(be, h4, dv, EQ_BACKEND_DOWNLOAD_ASYNC_MAX + 1, ev, &e), EQ_ERR_INVALID);
+    ck_assert_msg(strstr(e.msg, "download_async") && strstr(e.msg, "257 bytes"), "%s", e.msg);
+    ck_assert_int_eq(eq_backend_download_async(be, h4, dv, 4, NULL, &e), EQ_ERR_INVALID);
+    ck_assert_int_eq(eq_backend_download_async(be, NULL, dv, 4, ev, &e), EQ_ERR_INVALID);
+    ck_assert_int_eq(eq_backend_download_async(NULL, h4, dv, 4, ev, &e), EQ_ERR_INVALID);
+    eq_backend_event_destroy(be, &ev);
+    eq_backend_release(be, dv);
     eq_backend_destroy(&be);
 }
 END_TEST
@@ -361,6 +431,61 @@ static eq_status s_train(s_env *v, const char *tag, eq_backend *be, const char *
     return st;
 }
 
+/* s_train without resuming, keeping the error. */
+static eq_status s_train_err(s_env *v, const char *tag, eq_backend *be, eq_err *e)
+{
+    char out[4300];
+    snprintf(out, sizeof out, "train.out_dir=%s/%s", v->dir, tag);
+    const char *sets[1] = { out };
+    eq_experiment x;
+    char *text = NULL;
+    ck_assert_msg(eq_experiment_load(&x, v->cfg, sets, 1, &text, e) == EQ_OK, "%s", e->msg);
+    const char *lds[1] = { v->ld_ep };
+    eq_train_opts o = { .loaders = lds, .nloaders = 1, .config_text = text, .backend = be };
+    eq_train *t = eq_train_new(&x, &o, e);
+    ck_assert_msg(t != NULL, "%s", e->msg);
+    eq_status st = eq_train_run(t, e);
+    eq_train_destroy(&t);
+    free(text);
+    return st;
+}
+
+/* The "loss" values of tag's metrics.jsonl, in order, as printed. */
+static void s_losses(s_env *v, const char *tag, char *out, size_t cap)
+{
+    char p[4400], line[4096];
+    snprintf(p, sizeof p, "%s/%s/metrics.jsonl", v->dir, tag);
+    FILE *f = fopen(p, "r");
+    ck_assert_msg(f != NULL, "%s", p);
+    size_t used = 0;
+    out[0] = 0;
+    while (fgets(line, sizeof line, f)) {
+        const char *l = strstr(line, "\"loss\":");
+        if (!l || (!strstr(line, "\"kind\":\"train\"") && !strstr(line, "\"kind\":\"epoch\""))) continue;
+        l += 7;
+        size_t k = strcspn(l, ",}");
+        ck_assert_uint_lt(used + k + 2, cap);
+        memcpy(out + used, l, k);
+        used += k;
+        out[used++] = ' ';
+        out[used] = 0;
+    }
+    fclose(f);
+}
+
+/* Runs a and b reported the same losses (at least four). */
+static void s_same_losses(s_env *v, const char *a, const char *b)
+{
+    char la[2048], lb[2048];
+    s_losses(v, a, la, sizeof la);
+    s_losses(v, b, lb, sizeof lb);
+    int n = 0;
+    for (const char *c = la; *c; c++) n += *c == ' ';
+    ck_assert_msg(n >= 4, "losses of %s: '%s'", a, la);
+    ck_assert_msg(!strcmp(la, lb), "losses of %s '%s', of %s '%s'", a, la, b, lb);
+    fprintf(stderr, "%s and %s: losses %s\n", a, b, la);
+}
+
 /* The checkpoint of tag resumes at (epoch, step). */
 static void s_resumes_at(s_env *v, const char *tag, const char *epoch, const char *step)
 {
@@ -384,6 +509,43 @@ START_TEST(test_fake_same_bits)
     ck_assert_int_eq(g.np, 0);
     ck_assert_msg(g.early == 0, "%ld reads of a buffer with an upload pending", g.early);
     eq_test_same_bits(v.dir, "plain", "fake", 1);
+    /* one asynchronous loss download per step, each waited for */
+    ck_assert_int_eq(g.dl_async, 8);
+    ck_assert_int_eq(g.dl_landed, 8);
+    ck_assert_int_eq(g.nd, 0);
+    s_same_losses(&v, "plain", "fake");
+    eq_backend_destroy(&cpu);
+    s_env_down(&v);
+}
+END_TEST
+
+/* A NaN loss at epoch 1 step 1 (the fake's sixth download) stops the run
+ * naming that step, with no checkpoint after it: last.safetensors is the
+ * epoch 0 checkpoint, bitwise the plain run's. */
+START_TEST(test_loss_nan)
+{
+    s_env v;
+    s_env_up(&v, "pipe-nan");
+    ck_assert_int_eq(s_train(&v, "plain", NULL, NULL), EQ_OK);
+    eq_backend *cpu = s_fake_new();
+    g.dl_nan_at = 6;
+    eq_err e = { 0 };
+    ck_assert_int_eq(s_train_err(&v, "nan", &g.be, &e), EQ_ERR_INVALID);
+    ck_assert_msg(strstr(e.msg, "loss is NaN at epoch 1 step 1"), "%s", e.msg);
+    ck_assert_int_eq(g.dl_landed, 6);
+    s_resumes_at(&v, "nan", "1", "0");
+    eq_st_file *fa = eq_tinyjob_ckpt(&v, "plain", "epoch0.safetensors"), *fb = eq_tinyjob_ckpt(&v, "nan", "last.safetensors");
+    ck_assert_uint_eq(eq_st_count(fa), eq_st_count(fb));
+    ck_assert_uint_gt(eq_st_count(fa), 50);
+    for (size_t i = 0; i < eq_st_count(fa); i++) {
+        long j = eq_st_find(fb, eq_st_name(fa, i));
+        ck_assert_int_ge(j, 0);
+        size_t na, nb;
+        const void *da = eq_st_data(fa, i, &na), *db = eq_st_data(fb, (size_t)j, &nb);
+        ck_assert_msg(na == nb && !memcmp(da, db, na), "%s differs", eq_st_name(fa, i));
+    }
+    eq_st_close(&fa);
+    eq_st_close(&fb);
     eq_backend_destroy(&cpu);
     s_env_down(&v);
 }
@@ -404,6 +566,7 @@ START_TEST(test_stop_resume)
     ck_assert_int_eq(s_train(&v, "a", &g.be, NULL), EQ_ERR_INTERRUPTED);
     ck_assert_int_eq(g.stages, 2); /* steps 0 and 1 ran, step 2 did not */
     ck_assert_int_eq(s_fake_drop(), 2); /* step 2's batch had been uploaded */
+    ck_assert_int_eq(g.nd, 0);          /* step 1's loss was waited for before the checkpoint */
     s_resumes_at(&v, "a", "0", "2");
     g.stop_at_upload = 0;
     ck_assert_int_eq(s_train(&v, "a", &g.be, "a"), EQ_OK);
@@ -412,6 +575,7 @@ START_TEST(test_stop_resume)
     g.stop_at_stage = 8; /* stages: epoch 0 steps 0-3, val 2; epoch 1 steps 0, 1 */
     ck_assert_int_eq(s_train(&v, "b", &g.be, NULL), EQ_ERR_INTERRUPTED);
     ck_assert_int_eq(g.stages, 8);
+    ck_assert_int_eq(g.nd, 0);
     s_fake_drop();
     s_resumes_at(&v, "b", "1", "2");
     g.stop_at_stage = 0;
@@ -436,6 +600,7 @@ static Suite *s_suite(void)
     tcase_set_timeout(tp, 240);
     tcase_add_test(tp, test_fake_same_bits);
     tcase_add_test(tp, test_stop_resume);
+    tcase_add_test(tp, test_loss_nan);
     suite_add_tcase(s, tp);
     return s;
 }

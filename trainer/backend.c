@@ -1047,6 +1047,23 @@ eq_status eq_backend_upload_wait(eq_backend *be, eq_err *err)
     return be->iface->upload_wait ? be->iface->upload_wait(be->context, err) : EQ_OK;
 }
 
+eq_status eq_backend_download_async(eq_backend *be, void *host_dst, const void *src, size_t nbytes,
+                                    eq_backend_event *ev, eq_err *err)
+{
+    static const char *op = "download_async";
+    if (!be || !be->iface) return eq_err_set(err, EQ_ERR_INVALID, "%s: backend is NULL", op);
+    S_NEED(host_dst, op);
+    S_NEED(src, op);
+    S_NEED(ev, op);
+    if (nbytes == 0 || nbytes > EQ_BACKEND_DOWNLOAD_ASYNC_MAX)
+        return eq_err_set(err, EQ_ERR_INVALID, "%s: %zu bytes (1 to %d allowed)", op, nbytes,
+                          EQ_BACKEND_DOWNLOAD_ASYNC_MAX);
+    if (be->iface->download_async)
+        return be->iface->download_async(be->context, host_dst, src, nbytes, ev, err);
+    eq_status st = eq_backend_download(be, host_dst, src, nbytes, err);
+    return st ? st : eq_backend_event_record(be, ev, err);
+}
+
 /* The quantizer members: the backend's, else quant/ itself where device
  * memory is host memory. */
 static eq_status s_quant_ok(eq_backend *be, const void *fn, const char *op, eq_err *err)

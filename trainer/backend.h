@@ -37,7 +37,10 @@
  * stream) or eq_backend_synchronize.  Events mark points in the stream:
  * eq_backend_event_record after the last op that writes a gradient bucket,
  * eq_backend_event_wait to order later work after it, and
- * eq_backend_event_synchronize to block the host.  The CPU backend runs
+ * eq_backend_event_synchronize to block the host.  download_async (a few
+ * bytes, e.g. the loss) queues a download and records an event behind it,
+ * so the host can issue more work and later wait for that point only
+ * (event_synchronize), not for everything issued since.  The CPU backend runs
  * every op synchronously, so for it events are complete as soon as they are
  * recorded and synchronize returns at once.
  *
@@ -221,14 +224,16 @@ typedef struct eq_backend eq_backend;
 typedef struct eq_backend_event eq_backend_event; /* owned by its backend's implementation */
 
 /* Bump when members change meaning or order (out-of-tree backends check it). */
-#define EQ_BACKEND_IFACE_VERSION 6 /* 2: optional clamp_* and scalar_affine_* after add;
+#define EQ_BACKEND_IFACE_VERSION 7 /* 2: optional clamp_* and scalar_affine_* after add;
                                      * 3: optional bn_relu_* after bn_bwd;
                                      * 4: host_memory after name, optional quant_*
                                      *    after adam_step;
                                      * 5: optional round_to, nonfinite after
                                      *    quant_release; eq_conv2d_desc.prec
                                      * 6: optional stage_images, upload_async,
-                                     *    upload_wait after nonfinite */
+                                     *    upload_wait after nonfinite
+                                     * 7: optional download_async after
+                                     *    upload_wait */
 
 /* Each member receives the backend's `context`.  Members marked (optional)
  * may be NULL: the eq_backend_* wrapper then answers EQ_ERR_UNSUPPORTED
@@ -459,7 +464,21 @@ struct eq_backend_i {
     /* (optional; default: nothing to wait for) Order the compute stream
      * after every upload_async issued so far; the host does not block. */
     eq_status (*upload_wait)(void *ctx, eq_err *err);
+
+    /* (optional; default: download, which waits, then event_record) Queue
+     * a copy of nbytes (at most EQ_BACKEND_DOWNLOAD_ASYNC_MAX) from device
+     * src to host_dst after every op issued so far, record ev after it and
+     * return without waiting.  host_dst holds the bytes once
+     * event_synchronize(ev) has returned (EQ_OK), not before: the caller
+     * must neither read nor free host_dst until then.  A later
+     * event_record or download_async of ev before that synchronize is
+     * allowed (the synchronize then also waits for the later record; a
+     * second download_async first completes the pending one, waiting). */
+    eq_status (*download_async)(void *ctx, void *host_dst, const void *src, size_t nbytes,
+                                eq_backend_event *ev, eq_err *err);
 };
+
+#define EQ_BACKEND_DOWNLOAD_ASYNC_MAX 256 /* bytes */
 
 struct eq_backend {
     const struct eq_backend_i *iface;
@@ -629,6 +648,10 @@ eq_status eq_backend_stage_images(eq_backend *be, int64_t n, int64_t per_image, 
 eq_status eq_backend_upload_async(eq_backend *be, void *dst, const void *host_src, size_t nbytes,
                                   eq_err *err);
 eq_status eq_backend_upload_wait(eq_backend *be, eq_err *err);
+/* The member, or its default: download (waits) then event_record.  nbytes
+ * in [1, EQ_BACKEND_DOWNLOAD_ASYNC_MAX]; host_dst, src and ev needed. */
+eq_status eq_backend_download_async(eq_backend *be, void *host_dst, const void *src, size_t nbytes,
+                                    eq_backend_event *ev, eq_err *err);
 
 /* Hyper-parameters are checked: lr >= 0, momentum/dampening/betas in [0, 1)
  * ([0, 1] for dampening), weight decay >= 0, eps > 0, step >= 1, nesterov

@@ -705,6 +705,11 @@ struct eq_model {
     eq_layers *g;
     float *dev_loss;
     int have_dlogits;
+    /* eq_model_loss_async: the loss on its way to the host */
+    eq_backend_event *loss_ev; /* made on first use */
+    float loss_host;           /* download_async's destination */
+    double loss_aux;           /* the quantization losses of that forward */
+    int loss_pending;
     float loss_scale; /* eq_model_set_loss_scale: d loss/d logits is multiplied by it */
     char summary[256];
     /* gradient-ready hook (eq_model_set_grad_hook) */
@@ -979,6 +984,7 @@ void eq_model_destroy(eq_model **m_p)
     if (!m_p || !*m_p) return;
     eq_model *m = *m_p;
     if (m->dev_loss) eq_backend_release(m->be, m->dev_loss);
+    eq_backend_event_destroy(m->be, &m->loss_ev);
     free(m->gorder);
     free(m->grange);
     free(m->gdone);
@@ -1003,10 +1009,11 @@ const float *eq_model_logits(const eq_model *m, int64_t *batch, int64_t *classes
     return y;
 }
 
-eq_status eq_model_loss(eq_model *m, const int32_t *labels_a, const int32_t *labels_b,
-                        const float *lambda, float smoothing, float *loss, eq_err *err)
+/* The loss: synchronously into *loss (non-NULL), asynchronously
+ * (async: into m->loss_host behind m->loss_ev), or not at all. */
+static eq_status s_loss(eq_model *m, const int32_t *labels_a, const int32_t *labels_b, const float *lambda,
+                        float smoothing, float *loss, bool async, eq_err *err)
 {
-    if (!m) return eq_err_set(err, EQ_ERR_INVALID, "model loss: model is NULL");
     int64_t sh[4];
     float *dy = NULL;
     const float *y = eq_layers_output(m->g, &dy, sh);
@@ -1014,14 +1021,56 @@ eq_status eq_model_loss(eq_model *m, const int32_t *labels_a, const int32_t *lab
     eq_status st = eq_xent_desc_init(&d, sh[0], sh[3], smoothing, err);
     if (st == EQ_OK) st = eq_backend_xent_fwd(m->be, &d, y, labels_a, labels_b, lambda, m->dev_loss, err);
     if (st == EQ_OK && loss) st = eq_backend_download(m->be, loss, m->dev_loss, sizeof *loss, err);
-    /* policy-enabled quantization losses (0 unless enabled) */
+    if (st == EQ_OK && async && !m->loss_ev && !(m->loss_ev = eq_backend_event_new(m->be, err))) st = EQ_ERR_NOMEM;
+    if (st == EQ_OK && async)
+        st = eq_backend_download_async(m->be, &m->loss_host, m->dev_loss, sizeof m->loss_host, m->loss_ev, err);
+    /* policy-enabled quantization losses (0 unless enabled): host values
+     * of this forward, read now */
     double aux = st == EQ_OK ? eq_layers_quant_aux_loss(m->g) : 0.0;
     if (st == EQ_OK && loss && aux != 0.0) *loss = (float)((double)*loss + aux);
+    if (st == EQ_OK && async) {
+        m->loss_aux = aux;
+        m->loss_pending = 1;
+    }
     if (st == EQ_OK)
         st = eq_backend_xent_bwd(m->be, &d, y, labels_a, labels_b, lambda, m->loss_scale, dy, err);
     if (st != EQ_OK) return eq_err_prefix(err, "model loss: ");
     m->have_dlogits = 1;
     return EQ_OK;
+}
+
+eq_status eq_model_loss(eq_model *m, const int32_t *labels_a, const int32_t *labels_b,
+                        const float *lambda, float smoothing, float *loss, eq_err *err)
+{
+    if (!m) return eq_err_set(err, EQ_ERR_INVALID, "model loss: model is NULL");
+    return s_loss(m, labels_a, labels_b, lambda, smoothing, loss, false, err);
+}
+
+eq_status eq_model_loss_async(eq_model *m, const int32_t *labels_a, const int32_t *labels_b,
+                              const float *lambda, float smoothing, eq_err *err)
+{
+    if (!m) return eq_err_set(err, EQ_ERR_INVALID, "model loss: model is NULL");
+    if (m->loss_pending)
+        return eq_err_set(err, EQ_ERR_INVALID, "model loss: the previous loss was not fetched (eq_model_loss_fetch)");
+    return s_loss(m, labels_a, labels_b, lambda, smoothing, NULL, true, err);
+}
+
+eq_status eq_model_loss_fetch(eq_model *m, float *loss, eq_err *err)
+{
+    if (!m || !loss) return eq_err_set(err, EQ_ERR_INVALID, "model loss fetch: %s is NULL", m ? "loss" : "model");
+    if (!m->loss_pending)
+        return eq_err_set(err, EQ_ERR_INVALID, "model loss fetch: no eq_model_loss_async since the last fetch");
+    m->loss_pending = 0;
+    eq_status st = eq_backend_event_synchronize(m->be, m->loss_ev, err);
+    if (st != EQ_OK) return eq_err_prefix(err, "model loss: ");
+    /* the arithmetic of eq_model_loss: the same float */
+    *loss = m->loss_aux != 0.0 ? (float)((double)m->loss_host + m->loss_aux) : m->loss_host;
+    return EQ_OK;
+}
+
+bool eq_model_loss_pending(const eq_model *m)
+{
+    return m && m->loss_pending;
 }
 
 eq_status eq_model_set_loss_scale(eq_model *m, float scale, eq_err *err)

@@ -151,6 +151,17 @@ const float *eq_model_logits(const eq_model *m, int64_t *batch, int64_t *classes
  * backward through the quantizers, not through d/dlogits. */
 eq_status eq_model_loss(eq_model *m, const int32_t *labels_a, const int32_t *labels_b,
                         const float *lambda, float smoothing, float *loss, eq_err *err);
+/* eq_model_loss without the host wait: the loss is downloaded
+ * asynchronously (eq_backend_download_async), so the caller can issue the
+ * backward and the optimiser first; eq_model_loss_fetch waits for the loss
+ * only (not for what was issued after it) and returns the same float
+ * eq_model_loss would have.  One loss at a time: a second
+ * eq_model_loss_async before the fetch is EQ_ERR_INVALID, as is a fetch
+ * with none pending. */
+eq_status eq_model_loss_async(eq_model *m, const int32_t *labels_a, const int32_t *labels_b,
+                              const float *lambda, float smoothing, eq_err *err);
+eq_status eq_model_loss_fetch(eq_model *m, float *loss, eq_err *err);
+bool eq_model_loss_pending(const eq_model *m);
 /* Loss scaling (mixed precision, PyTorch's GradScaler): later
  * eq_model_loss calls keep scale * d loss/d logits for the backward, so
  * every gradient comes out multiplied by scale (the host loss is not

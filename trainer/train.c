@@ -737,7 +737,7 @@ eq_status eq_train_stage(const eq_feeder_batch *b, int64_t rows, int64_t classes
  * batch zeroed).  The loss reads the labels straight from the slot.
  *
  * The loops fetch batch s+1 right after step s's forward is queued and
- * before the host waits on anything of step s (the loss download), so on
+ * before the host waits on anything of step s, so on
  * an asynchronous backend the data wait and the copy overlap the step.
  *
  * Two slots, each fetch filling the one the previous fetch did not: batch
@@ -1540,12 +1540,30 @@ static eq_status s_run(eq_train *t, eq_err *err)
             if (t->scaling && (st = eq_model_set_loss_scale(t->model, t->scaler.scale, err))) return st;
             if ((st = eq_model_forward(t->model, t->x_dev, true, err))) return st;
             /* The next batch while this step computes: its wait and upload
-             * come before the loss download, the step's first host wait. */
+             * come before any host wait of the step. */
             if (s + 1 < steps) fst = s_fetch(t, true, &ks, &ferr);
-            if ((st = eq_model_loss(t->model, s_lab_dev(t, k, 0), mixed ? s_lab_dev(t, k, 1) : NULL,
-                                    mixed ? (const float *)s_lab_dev(t, k, 3) : NULL, (float)x->train.smoothing,
-                                    &loss, err)))
+            /* The loss goes to the host asynchronously: the host issues the
+             * backward and the optimiser before it waits for it (only for
+             * the loss, not for them; doc/gpu.md, "Host waits"). */
+            if ((st = eq_model_loss_async(t->model, s_lab_dev(t, k, 0), mixed ? s_lab_dev(t, k, 1) : NULL,
+                                          mixed ? (const float *)s_lab_dev(t, k, 3) : NULL,
+                                          (float)x->train.smoothing, err)))
                 return st;
+            bool wfirst = I == 1 || s % I == 0 || s == first, wlast = I == 1 || s % I == I - 1;
+            if ((st = s_backward(t, wfirst, wlast, err)) ||
+                (st = eq_schedule_lr(&x->sched, x->optim.lr, (int64_t)e, (int64_t)s, (int64_t)steps, &lr, err)))
+                return st;
+            if (wlast) {
+                bool skip = false;
+                if ((t->scaling && (st = s_scaler_step(t, e, s, &skip, err))) ||
+                    (!skip && (st = eq_optim_step(t->optim, lr, err))) || (st = s_sync_state(t, err)))
+                    return st;
+            }
+            /* This step's loss, before anything that reports or saves it:
+             * a non-finite one stops the run here, with no checkpoint
+             * written after the step (the optimiser's update of this step,
+             * already issued, is never saved). */
+            if ((st = eq_model_loss_fetch(t->model, &loss, err))) return st;
             /* Every rank learns the mean loss and whether any rank stops. */
             if ((st = s_agree(t, &loss, &stop_all, err))) return st;
             if (!isfinite(loss)) {
@@ -1565,16 +1583,6 @@ static eq_status s_run(eq_train *t, eq_err *err)
                                       ? " (precision fp16: an activation beyond 65504 overflows the forward, which "
                                         "loss scaling cannot help; bf16 has fp32's range)"
                                       : "");
-            }
-            bool wfirst = I == 1 || s % I == 0 || s == first, wlast = I == 1 || s % I == I - 1;
-            if ((st = s_backward(t, wfirst, wlast, err)) ||
-                (st = eq_schedule_lr(&x->sched, x->optim.lr, (int64_t)e, (int64_t)s, (int64_t)steps, &lr, err)))
-                return st;
-            if (wlast) {
-                bool skip = false;
-                if ((t->scaling && (st = s_scaler_step(t, e, s, &skip, err))) ||
-                    (!skip && (st = eq_optim_step(t->optim, lr, err))) || (st = s_sync_state(t, err)))
-                    return st;
             }
             t->last_loss = loss;
             loss_sum += loss;

@@ -14,6 +14,12 @@
 struct eq_backend_event {
     uint32_t tag; /* S_EVENT_TAG while alive */
     cudaEvent_t ev;
+    /* download_async: the copy lands in pin (pinned, made on first use),
+     * and event_synchronize moves it to host_dst */
+    void *pin;
+    void *host_dst;
+    size_t n;
+    int pending;
 };
 
 eq_status eq_cuda_fail(eq_err *err, const char *op, const char *call, cudaError_t e)
@@ -217,6 +223,7 @@ static void s_event_free(void *ctx, eq_backend_event *ev)
     (void)ctx;
     if (!ev) return;
     EQ_ASSERT(ev->tag == S_EVENT_TAG);
+    if (ev->pin) cudaFreeHost(ev->pin); /* waits for a copy still queued */
     cudaEventDestroy(ev->ev);
     ev->tag = 0xdeadbeefU;
     free(ev);
@@ -253,7 +260,34 @@ static eq_status s_event_sync(void *ctx, eq_backend_event *ev, eq_err *err)
     eq_status st = s_event_check(ev, "event_synchronize", err);
     if (st) return st;
     EQ_CU("event_synchronize", cudaEventSynchronize(ev->ev));
+    if (ev->pending) { /* a download_async before the record waited for */
+        memcpy(ev->host_dst, ev->pin, ev->n);
+        ev->pending = 0;
+    }
     return eq_cuda_check_flags(cu, "event_synchronize", err);
+}
+
+/* download_async (interface 7): the copy goes to the event's pinned
+ * buffer on the compute stream, the event is recorded behind it, and
+ * event_synchronize copies the bytes to host_dst after waiting for that
+ * point only: the host does not wait for the work issued after this call
+ * (a copy into pageable memory would make cudaMemcpyAsync wait for the
+ * stream). */
+static eq_status s_download_async(void *ctx, void *host_dst, const void *src, size_t nbytes,
+                                  eq_backend_event *ev, eq_err *err)
+{
+    static const char *op = "download_async";
+    eq_cuda *cu = ctx;
+    eq_status st = s_event_check(ev, op, err);
+    if (st) return st;
+    if (ev->pending && (st = s_event_sync(ctx, ev, err))) return st;
+    if (!ev->pin) EQ_CU(op, cudaHostAlloc(&ev->pin, EQ_BACKEND_DOWNLOAD_ASYNC_MAX, cudaHostAllocDefault));
+    EQ_CU(op, cudaMemcpyAsync(ev->pin, src, nbytes, cudaMemcpyDeviceToHost, cu->stream));
+    EQ_CU(op, cudaEventRecord(ev->ev, cu->stream));
+    ev->host_dst = host_dst;
+    ev->n = nbytes;
+    ev->pending = 1;
+    return EQ_OK;
 }
 
 /* ---- public ----------------------------------------------------------------- */
@@ -510,4 +544,5 @@ const struct eq_backend_i eq_cuda_iface = {
     .stage_images = s_stage_images,
     .upload_async = s_upload_async,
     .upload_wait = s_upload_wait,
+    .download_async = s_download_async,
 };
