@@ -1153,10 +1153,11 @@ eq_status eq_proto_decode_header(eq_msg *m, const void *hdr, size_t len, const e
     s_dec d = { .lim = lim, .tn = "header", .err = err };
     if (len > lim->max_header_bytes)
         return eq_err_set(err, EQ_ERR_LIMIT, "header: %zu bytes, at most %zu", len, lim->max_header_bytes);
+    if (len == 0) return eq_err_set(err, EQ_ERR_PARSE, "header: empty frame (expected a MessagePack map)");
     eq_mp_reader_init(&d.r, hdr, len);
     eq_mp_item top;
     eq_mp_rc rc = eq_mp_next(&d.r, &top);
-    if (rc) return s_mp_fail(&d, rc, "header");
+    if (rc) return s_mp_fail(&d, rc, "top-level map");
     if (top.kind != EQ_MP_MAP)
         return eq_err_set(err, EQ_ERR_PARSE, "header: not a MessagePack map (got %s)", eq_mp_kind_name(top.kind));
     if (top.v.n > lim->max_map_len)

@@ -575,7 +575,10 @@ START_TEST(test_bad_envelope)
 {
     const uint8_t arr[] = { 0x91, 0x01 };
     s_expect_fail(arr, sizeof arr, NULL, EQ_ERR_PARSE, "not a MessagePack map");
-    s_expect_fail(arr, 0, NULL, EQ_ERR_PARSE, "truncated");
+    s_expect_fail(arr, 0, NULL, EQ_ERR_PARSE, "header: empty frame (expected a MessagePack map)");
+    /* the section is named once ("header: header: ..." before) */
+    const uint8_t map16[] = { 0xde, 0xff, 0xff };
+    s_expect_fail(map16, sizeof map16, NULL, EQ_ERR_PARSE, "header: top-level map: truncated");
     const uint8_t c1[] = { 0xc1 };
     s_expect_fail(c1, 1, NULL, EQ_ERR_PARSE, "0xc1");
     const uint8_t trail[] = { 0x80, 0x00 };
