@@ -973,8 +973,17 @@ static void s_batch_req(eq_loader_server *s, const eq_proto_recvd *r)
             return;
         }
     }
+    if (bytes > s->max_inflight) {
+        /* Never servable: LIMIT would make a requester retry for ever. */
+        snprintf(msg, sizeof msg,
+                 "BATCH_REQ: count %u asks for %" PRIu64 " bytes, more than this loader's whole budget of %" PRIu64
+                 " bytes in flight (--max-inflight-mb): ask for fewer samples",
+                 q->count, bytes, s->max_inflight);
+        s_send_error(s, &r->from, &r->msg, EQ_ERR_INVALID, msg);
+        return;
+    }
     uint64_t inflight = __atomic_load_n(&s->st.inflight_bytes, __ATOMIC_RELAXED);
-    if (bytes > s->max_inflight || inflight + bytes > s->max_inflight) {
+    if (inflight + bytes > s->max_inflight) {
         snprintf(msg, sizeof msg,
                  "BATCH_REQ: loader busy: %" PRIu64 " bytes in flight + %" PRIu64 " asked > budget %" PRIu64
                  "; retry later or ask for fewer samples",

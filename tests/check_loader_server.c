@@ -622,6 +622,7 @@ START_TEST(test_bad_requests)
     /* unknown job: NOTFOUND, the trainer re-sends the JOB */
     s_send(&f, &m);
     s_expect_error(&f, r, EQ_ERR_NOTFOUND, "unknown job '0123456789abcdef'", 5);
+    int served_extra = 0;
     /* a JOB naming a dataset the loader does not declare */
     s_tiny_job(&m, "train", "rrc");
     snprintf(m.u.job.dataset, sizeof m.u.job.dataset, "imagenet");
@@ -656,6 +657,30 @@ START_TEST(test_bad_requests)
     eq_proto_make_error(&m, true, 10, EQ_ERR_IO, "hi");
     s_send(&f, &m);
     s_expect_error(&f, r, EQ_ERR_PROTO, "does not accept", 10);
+    /* A request larger than the whole budget can never be served: INVALID,
+     * not LIMIT (the feeder retries LIMIT for ever).  40x40 samples: 16 x
+     * (1600 + 4) bytes > 6401; one sample fits. */
+    {
+        eq_loader_data_cfg dc;
+        s_job_defaults(&m, &dc);
+        snprintf(dc.dataset, sizeof dc.dataset, "tiny");
+        dc.height = dc.width = 40;
+        dc.global_batch = 16;
+        eq_err je = {0};
+        ck_assert_int_eq(eq_loader_data_job(&dc, "train", &m, &je), EQ_OK);
+        m.has_req = true;
+        m.req = 13;
+        s_send(&f, &m);
+        s_recv(&f, r, EQ_MSG_JOB_OK);
+        char big[EQ_PROTO_ID_CAP];
+        snprintf(big, sizeof big, "%s", r->msg.u.job_ok.job);
+        s_breq(&f, big, 0, 0, 0, 16, 14);
+        s_expect_error(&f, r, EQ_ERR_INVALID, "more than this loader's whole budget of 6401 bytes", 14);
+        s_breq(&f, big, 0, 0, 0, 1, 15);
+        s_recv(&f, r, EQ_MSG_BATCH);
+        ck_assert_uint_eq(r->msg.req, 15);
+        served_extra = 1;
+    }
 
     char id[EQ_PROTO_ID_CAP];
     s_job_ok(&f, "train", "rrc", id, r);
@@ -717,8 +742,8 @@ START_TEST(test_bad_requests)
     free(s_fetch(&f, id, 0, 1, 0, 16, &sz, NULL));
     served++;
     eq_loader_stats st;
-    s_settle(&f, (uint64_t)served + 1, &st);
-    ck_assert_uint_eq(st.batches_sent, (uint64_t)served + 1);
+    s_settle(&f, (uint64_t)(served + served_extra) + 1, &st);
+    ck_assert_uint_eq(st.batches_sent, (uint64_t)(served + served_extra) + 1);
     ck_assert_uint_ge(st.errors_sent, 10);
     ck_assert_uint_eq(st.inflight_bytes, 0);
     eq_proto_recvd_close(r);
