@@ -10,7 +10,16 @@
 # equal the CPU's as printed (6 digits) and all six agree within 1e-3; the
 # default quantized model trains on the emulated backend (exit 0, six
 # finite losses) and its first loss, a forward pass from the same initial
-# weights, equals the CPU's.  An emulation is not a GPU run.
+# weights, equals the CPU's.  Host waits (doc/gpu.md, "Host waits per
+# step"): the emulated runtime counts them (EQ_CUDA_EMU_WAITS); the same
+# jobs on a set twice as large (12 steps instead of 6) give the waits of
+# six steady-state steps, and the "drained" waits per step (the host waits
+# until the compute stream has nothing left to do) must not exceed
+# today's: 0 full precision and bf16, 65 fp16 (the loss scaler's inf/NaN
+# test, per tensor), 37 quantized (each quantizer backward's parameter
+# gradient sums, the optimiser's per-tensor downloads of the quantizer
+# parameters); the quantized count must stay above 0 (the counter works).
+# An emulation is not a GPU run.
 set -u
 
 B=${EQ_BUILDDIR:-.}
@@ -80,7 +89,7 @@ run() {
     sets=""
     for a in "$@"; do sets="$sets --set $a"; done
     # shellcheck disable=SC2086
-    EQ_CUDA_PLUGIN=$MOD timeout 300 "$CTL" run "$T/$c" --set train.backend="$be" \
+    EQ_CUDA_EMU_WAITS="$T/$o.waits" EQ_CUDA_PLUGIN=$MOD timeout 300 "$CTL" run "$T/$c" --set train.backend="$be" \
         --set train.out_dir="$T/$o" $sets >"$T/$o.out" 2>&1
     rc=$?
     if [ $rc -ne 0 ]; then
@@ -146,6 +155,40 @@ if [ -f "$T/fp16_cuda/logs/trainer.log" ] && [ -f "$T/fp16_cpu/logs/trainer.log"
         grep -q '"loss_scale"' "$T/fp16_cuda/metrics.jsonl" &&
         ok "fp16: loss scaling on the emulated backend skips the CPU's $(sc fp16_cpu) step(s)" ||
         bad "fp16: $(sc fp16_cuda) skipped steps on cuda, $(sc fp16_cpu) on cpu"
+fi
+
+# Host waits per steady-state step: 12-step runs minus the 6-step ones.
+# wcount FILE KEY: KEY's value in the one line the emulated runtime wrote
+wcount() { sed -n "s/.* $2=\([0-9]*\).*/\1/p" "$1"; }
+if "$CTL" dataset synth "$T/ds2" --classes 4 --per-class 48 --val-per-class 8 --mean-pixels 1024 --seed 3 \
+    >"$T/synth2.out" 2>&1; then
+    sed "s|tiny=$T/ds\$|tiny=$T/ds2|" "$T/q.cfg" >"$T/q2.cfg"
+    sed "s|tiny=$T/ds\$|tiny=$T/ds2|" "$T/fp.cfg" >"$T/fp2.cfg"
+    # mode, config, run of 6 steps, limit, extra settings
+    for w in "fp fp fp_cuda 0" "bf16 fp bf16_cuda 0 train.precision=bf16" \
+        "fp16 fp fp16_cuda 65 train.precision=fp16 train.loss_scale_init=524288" "q q q_cuda 37"; do
+        # shellcheck disable=SC2086
+        set -- $w
+        m=$1 c=$2 r6=$3 lim=$4
+        shift 4
+        [ -f "$T/$r6.waits" ] || { bad "$m: no host-wait counts from the 6-step run ($T/$r6.waits)"; continue; }
+        run "${c}2.cfg" cuda "${m}_12" "$@" || continue
+        f6=$T/$r6.waits f12=$T/${m}_12.waits
+        if [ "$(wc -l <"$f6")" -ne 1 ] || [ "$(wc -l <"$f12")" -ne 1 ] || ! grep -q "defer=1" "$f12"; then
+            bad "$m: host-wait counts: $(cat "$f6" "$f12")"
+            continue
+        fi
+        d=$(( $(wcount "$f12" drained) - $(wcount "$f6" drained) ))
+        c6=$(( $(wcount "$f12" calls) - $(wcount "$f6" calls) ))
+        echo "$m: per 6 steady-state steps: $c6 host waits, $d drained the compute stream"
+        if [ "$d" -le $((6 * lim)) ] && { [ "$m" != q ] || [ "$d" -ge 6 ]; }; then
+            ok "$m: drained host waits per step $(awk -v d="$d" 'BEGIN { print d / 6 }') <= $lim"
+        else
+            bad "$m: drained host waits per step $(awk -v d="$d" 'BEGIN { print d / 6 }'), limit $lim"
+        fi
+    done
+else
+    bad "eqctl dataset synth (48 per class)"
 fi
 
 echo "$passes passed, $fails failed"
