@@ -708,6 +708,24 @@ eq_dataset *eq_dataset_open_imagefolder(const char *root, const char *split, int
         eq_err_set(err, EQ_ERR_NOTFOUND, "%s: %zu class folders but no image files", base, ncls);
         goto fail;
     }
+    /* torchvision's ImageFolder refuses a class without a file (its label
+     * would exist with no sample: usually an incomplete copy). */
+    size_t nempty = 0;
+    char names[512] = "";
+    for (size_t c = 0; c < ncls; c++) {
+        if (lists[c].n) continue;
+        size_t l = strlen(names);
+        if (nempty < 8 && l < sizeof names)
+            snprintf(names + l, sizeof names - l, "%s'%s'", nempty ? ", " : "", classes[c]);
+        nempty++;
+    }
+    if (nempty) {
+        eq_err_set(err, EQ_ERR_NOTFOUND,
+                   "%s: %zu class folder%s without image files: %s%s (torchvision's ImageFolder refuses this "
+                   "too; add images or remove the folder)",
+                   base, nempty, nempty > 1 ? "s" : "", names, nempty > 8 ? ", ..." : "");
+        goto fail;
+    }
     ds->n = total;
     ds->labels = malloc(total * sizeof *ds->labels);
     ds->path_off = malloc(total * sizeof *ds->path_off);

@@ -302,14 +302,21 @@ START_TEST(test_imagefolder_walk)
         s_write(p, files[i], i + 1);
     }
     eq_err e = {0};
+    /* a class folder without an image file is refused, as torchvision's
+     * ImageFolder does ("Found no valid file for the classes empty") */
+    ck_assert_ptr_null(eq_dataset_open_imagefolder(dir, "train", 2, &e));
+    ck_assert_int_eq(e.code, EQ_ERR_NOTFOUND);
+    ck_assert_msg(strstr(e.msg, "1 class folder without image files: 'empty'") && strstr(e.msg, "/train"), "%s",
+                  e.msg);
+    snprintf(p, sizeof p, "%s/train/empty", dir);
+    ck_assert_int_eq(rmdir(p), 0);
     eq_dataset *ds = eq_dataset_open_imagefolder(dir, "train", 1, &e);
     ck_assert_msg(ds != NULL, "%s", e.msg);
-    /* classes: B < a < b < empty (strcmp); hidden folders skipped */
-    ck_assert_uint_eq(eq_dataset_num_classes(ds), 4);
+    /* classes: B < a < b (strcmp); hidden folders skipped */
+    ck_assert_uint_eq(eq_dataset_num_classes(ds), 3);
     ck_assert_str_eq(eq_dataset_class_name(ds, 0), "B");
     ck_assert_str_eq(eq_dataset_class_name(ds, 1), "a");
     ck_assert_str_eq(eq_dataset_class_name(ds, 2), "b");
-    ck_assert_str_eq(eq_dataset_class_name(ds, 3), "empty");
     /* torchvision order: sorted(os.walk()) then sorted(fnames) */
     const char *want[] = {"B/q.Png", "a/a b.jpg", "a/x.jpeg", "a/sub/y.png", "a/sub2/a.jpg",
                           "b/a.JPEG", "b/z.jpg"};
@@ -337,8 +344,8 @@ START_TEST(test_imagefolder_walk)
     ck_assert_msg(dx != NULL, "%s", e.msg);
     ck_assert(eq_dataset_fingerprint(dx).hash == f1.hash);
     ck_assert_uint_eq(eq_dataset_size(dx), 7);
-    ck_assert_uint_eq(eq_dataset_num_classes(dx), 4);
-    ck_assert_str_eq(eq_dataset_class_name(dx, 3), "empty");
+    ck_assert_uint_eq(eq_dataset_num_classes(dx), 3);
+    ck_assert_str_eq(eq_dataset_class_name(dx, 2), "b");
     ck_assert_str_eq(eq_dataset_root(dx), eq_dataset_root(ds));
     for (size_t i = 0; i < 7; i++) {
         uint64_t s1, s2;
@@ -382,6 +389,7 @@ START_TEST(test_imagefolder_walk)
     ck_assert_int_eq(e.code, EQ_ERR_NOTFOUND);
     ck_assert_ptr_nonnull(strstr(e.msg, "/val"));
     snprintf(p, sizeof p, "%s/train/empty", dir);
+    s_mkdir(p);
     ck_assert_ptr_null(eq_dataset_open_imagefolder(p, NULL, 1, &e));
     ck_assert_int_eq(e.code, EQ_ERR_NOTFOUND);
     eq_test_scratch_rm(dir);
