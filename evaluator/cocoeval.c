@@ -308,6 +308,13 @@ void eq_coco_res_step(eq_coco *res, size_t i, eq_coco_res_ctx *x)
         r->has |= EQ_COCO_F_AREA | EQ_COCO_F_ISCROWD;
         r->bad &= ~(S_BAD_AREA | S_BAD_ISCROWD);
     } else if (x->branch == S_RES_MASK) {
+        if (r->seg_kind == S_SEG_INVALID) {
+            /* say what is wrong with it, not only what it should be */
+            x->have_err = 1;
+            eq_err_set(err, EQ_ERR_INVALID, "%s: 'segmentation': %s (the first result is a mask, so every "
+                       "result needs a compressed RLE)", S_AT, r->seg_why);
+            return;
+        }
         if (r->seg_kind != EQ_COCO_SEG_STRING) {
             x->have_err = 1;
             eq_err_set(err, EQ_ERR_INVALID,

@@ -619,6 +619,21 @@ START_TEST(test_errors)
                    "[{\"image_id\": 1, \"category_id\": 1, \"score\": 1, \"segmentation\": "
                    "[[0, 0, 0, 5, 5, 5]]}]",
                    EQ_COCO_SEGM, "must be a compressed RLE");
+    /* a mask result that is an RLE but a broken one: the reason is named
+     * (it used to say only "must be a compressed RLE") */
+    s_expect_error(GT_OK,
+                   "[{\"image_id\": 1, \"category_id\": 1, \"score\": 1, \"segmentation\": "
+                   "{\"size\": [10, 10], \"counts\": \"\\u0001\\u0002\"}}]",
+                   EQ_COCO_SEGM, "result[0] (line 1, column 2): 'segmentation': the compressed RLE 'counts' "
+                   "string is malformed");
+    s_expect_error(GT_OK,
+                   "[{\"image_id\": 1, \"category_id\": 1, \"score\": 1, \"segmentation\": "
+                   "{\"size\": [-10, 10], \"counts\": \"9\"}}]",
+                   EQ_COCO_SEGM, "'segmentation': an RLE 'size' must be [height, width]");
+    s_expect_error(GT_OK,
+                   "[{\"image_id\": 1, \"category_id\": 1, \"score\": 1, \"segmentation\": "
+                   "{\"size\": [10, 10]}}]",
+                   EQ_COCO_SEGM, "'segmentation': an RLE object needs 'size' and 'counts'");
     /* Q8: a first polygon of 4 values is read as a box and fails */
     s_expect_error("{" IMG1 ", " CAT1 ", \"annotations\": [{\"id\": 1, \"image_id\": 1, "
                    "\"category_id\": 1, \"area\": 1, \"iscrowd\": 0, \"segmentation\": "
