@@ -53,6 +53,16 @@ static void s_on_signal(int sig)
     s_stop_flag = 1;
 }
 
+/* Loopback, ipc or inproc: the same rule as eq-loader's (loader/server.c). */
+static int s_loopback(const char *ep)
+{
+    if (!strncmp(ep, "inproc://", 9) || !strncmp(ep, "ipc://", 6)) return 1;
+    static const char *const ok[] = { "tcp://127.", "tcp://localhost:", "tcp://[::1]:", "tcp://lo:", NULL };
+    for (int i = 0; ok[i]; i++)
+        if (!strncmp(ep, ok[i], strlen(ok[i]))) return 1;
+    return 0;
+}
+
 static void s_usage(FILE *f)
 {
     fprintf(f, "usage: eq-eval serve [options]\n"
@@ -62,6 +72,7 @@ static void s_usage(FILE *f)
                "  --pub ENDPOINT      METRICS publisher to bind (default tcp://127.0.0.1:5561; \"\" none)\n"
                "  --control ENDPOINT  control socket: status, stop (default tcp://127.0.0.1:5562; \"\" none)\n"
                "  --metrics FILE      append one JSON line per evaluated epoch\n"
+               "  --insecure          allow binding a non-loopback address (there is no CURVE here)\n"
                "  --log-level LEVEL   debug, info, warn, error (default info)\n"
                "  --help\n");
 }
@@ -143,7 +154,7 @@ static void s_pass_close(s_pass *p)
  * used one is evicted (and reported as incomplete) when the table is full. */
 static s_pass *s_pass_get(s_daemon *d, const eq_msg_pred *pr, eq_err *err)
 {
-    s_pass *free_slot = NULL, *oldest = NULL;
+    s_pass *free_slot = NULL, *oldest = NULL, *failed = NULL;
     for (int i = 0; i < S_MAX_PASSES; i++) {
         s_pass *p = &d->pass[i];
         if (!p->acc) {
@@ -160,7 +171,15 @@ static s_pass *s_pass_get(s_daemon *d, const eq_msg_pred *pr, eq_err *err)
             }
             return p;
         }
+        if (p->failed && (!failed || p->last_ms < failed->last_ms)) failed = p;
         if (!oldest || p->last_ms < oldest->last_ms) oldest = p;
+    }
+    if (!free_slot && failed) {
+        /* A failed pass was reported when it failed and is kept only to
+         * ignore the rest of its messages: it goes first, and silently. */
+        eq_debug("%s epoch %" PRIu64 ": failed pass forgotten (too many open passes)", failed->job, failed->epoch);
+        s_pass_close(failed);
+        free_slot = failed;
     }
     if (!free_slot) {
         eq_warn("%s epoch %" PRIu64 ": evicted before completion (too many open passes)", oldest->job, oldest->epoch);
@@ -278,12 +297,14 @@ int eq_eval_serve_main(int argc, char **argv)
                                        { "control", required_argument, 0, 'c' },
                                        { "metrics", required_argument, 0, 'm' },
                                        { "log-level", required_argument, 0, 'l' },
+                                       { "insecure", no_argument, 0, 'i' },
                                        { "help", no_argument, 0, 'h' },
                                        { 0, 0, 0, 0 } };
     const char *pull_ep = "tcp://127.0.0.1:5560", *pub_ep = "tcp://127.0.0.1:5561",
                *ctl_ep = "tcp://127.0.0.1:5562", *metrics = NULL;
-    int c;
+    int c, insecure = 0;
     eq_log_set_role("eval", -1);
+    s_stop_flag = 0; /* callable more than once in a process (tests) */
     optind = 1;
     while ((c = getopt_long(argc, argv, "", o, NULL)) != -1) {
         switch (c) {
@@ -291,6 +312,7 @@ int eq_eval_serve_main(int argc, char **argv)
         case 'b': pub_ep = optarg; break;
         case 'c': ctl_ep = optarg; break;
         case 'm': metrics = optarg; break;
+        case 'i': insecure = 1; break;
         case 'l': {
             eq_log_level lv;
             if (eq_log_level_parse(optarg, &lv)) {
@@ -308,6 +330,16 @@ int eq_eval_serve_main(int argc, char **argv)
         s_usage(stderr);
         return 2;
     }
+    /* As eq-loader: anyone who reaches the control socket can stop the
+     * daemon, and anyone who reaches the PULL socket can spoil a pass. */
+    const char *eps[3] = { pull_ep, pub_ep, ctl_ep }, *const flag[3] = { "--pull", "--pub", "--control" };
+    for (int i = 0; i < 3 && !insecure; i++)
+        if (*eps[i] && !s_loopback(eps[i])) {
+            eq_error("refusing to bind %s %s (not loopback): eq-eval serve has no CURVE keys; give --insecure to "
+                     "bind it anyway",
+                     flag[i], eps[i]);
+            return 1;
+        }
     s_daemon d;
     memset(&d, 0, sizeof d);
     int rc = 1;

@@ -1,8 +1,12 @@
 /* tests/check_classify.c -- Top-1/Top-5 and the exact sample accounting of
  * evaluator/classify.h: counts against a hand-computed case, duplicates,
  * out-of-range ids, missing samples, finals, and that a refused call
- * counts nothing. */
+ * counts nothing; the eq-eval serve daemon over ipc: failed passes are
+ * reported once, and public binds are refused. */
+#include <pthread.h>
+
 #include "evaluator/classify.h"
+#include "proto/proto_zmq.h"
 #include "tests/testutil.h"
 
 START_TEST(test_topk_counts)
@@ -90,6 +94,136 @@ START_TEST(test_accounting_errors)
 }
 END_TEST
 
+/* ---- eq-eval serve ------------------------------------------------------ */
+
+typedef struct s_srv {
+    char *argv[12];
+    int argc, rc;
+} s_srv;
+
+static void *s_serve(void *arg)
+{
+    s_srv *v = arg;
+    v->rc = eq_eval_serve_main(v->argc, v->argv);
+    return NULL;
+}
+
+/* One PRED of `n` ids starting at `id0` (label 1, predicted 1). */
+static void s_pred(void *push, const char *job, uint64_t epoch, uint32_t rank, uint32_t world, int64_t id0,
+                   uint32_t n, uint32_t final)
+{
+    eq_msg m;
+    eq_proto_msg_init(&m, EQ_MSG_PRED);
+    snprintf(m.u.pred.job, sizeof m.u.pred.job, "%s", job);
+    m.u.pred.epoch = epoch;
+    m.u.pred.total = 4;
+    m.u.pred.rank = rank;
+    m.u.pred.world = world;
+    m.u.pred.count = n;
+    m.u.pred.final = final;
+    int64_t ids[4], s1[1] = { n }, s2[2] = { n, 1 };
+    int32_t lab[4] = { 1, 1, 1, 1 };
+    for (uint32_t i = 0; i < n; i++) ids[i] = id0 + (int64_t)i;
+    eq_proto_add_frame(&m, "ids", EQ_DT_I64, 1, s1, NULL);
+    eq_proto_add_frame(&m, "labels", EQ_DT_I32, 1, s1, NULL);
+    eq_proto_add_frame(&m, "topk", EQ_DT_I32, 2, s2, NULL);
+    eq_proto_payload pl[3] = { { ids, n * 8u, NULL, NULL }, { lab, n * 4u, NULL, NULL }, { lab, n * 4u, NULL, NULL } };
+    eq_err e = { 0 };
+    ck_assert_msg(eq_proto_send(push, NULL, &m, pl, 3, 0, &e) == EQ_OK, "%s", e.msg);
+}
+
+/* Reproduction: 17 passes that each fail (a duplicated id) while a two-rank
+ * pass waits for its second rank.  The table holds 16 passes: eq-eval used
+ * to evict the oldest (the live pass, reported as "2 of 4 samples missing")
+ * and to report every evicted failed pass a second time ("4 of 4 samples
+ * missing").  Now failed passes go first and silently: 17 error lines, and
+ * the live pass completes. */
+START_TEST(test_serve_failed_passes_reported_once)
+{
+    char *dir = eq_test_scratch("evs");
+    char pull[4200], ctl[4200], jsonl[4200];
+    snprintf(pull, sizeof pull, "ipc://%s/pull", dir);
+    snprintf(ctl, sizeof ctl, "ipc://%s/ctl", dir);
+    snprintf(jsonl, sizeof jsonl, "%s/eval.jsonl", dir);
+    s_srv v = { .argv = { "serve", "--pull", pull, "--pub", "", "--control", ctl, "--metrics", jsonl,
+                          "--log-level", "error", NULL },
+                .argc = 11 };
+    pthread_t th;
+    ck_assert_int_eq(pthread_create(&th, NULL, s_serve, &v), 0);
+    void *ctx = zmq_ctx_new();
+    eq_proto_sockopts o;
+    eq_proto_sockopts_default(&o, NULL);
+    o.rcvtimeo_ms = 5000;
+    eq_err e = { 0 };
+    void *push = eq_proto_socket(ctx, ZMQ_PUSH, &o, &e);
+    ck_assert_ptr_nonnull(push);
+    ck_assert_int_eq(eq_proto_connect(push, pull, &e), EQ_OK);
+    s_pred(push, "live", 0, 0, 2, 0, 2, 1);
+    for (int k = 0; k < 17; k++) {
+        char job[16];
+        snprintf(job, sizeof job, "bad%d", k);
+        s_pred(push, job, 0, 0, 1, 0, 2, 0);
+        s_pred(push, job, 0, 0, 1, 1, 2, 1); /* id 1 again */
+    }
+    s_pred(push, "live", 0, 1, 2, 2, 2, 1);
+    /* status until all 36 messages are in, then stop */
+    void *d = eq_proto_socket(ctx, ZMQ_DEALER, &o, &e);
+    ck_assert_ptr_nonnull(d);
+    ck_assert_int_eq(eq_proto_connect(d, ctl, &e), EQ_OK);
+    char buf[1024];
+    for (int tries = 0;; tries++) {
+        ck_assert_int_lt(tries, 200);
+        ck_assert_int_eq(zmq_send(d, "status", 6, 0), 6);
+        int n = zmq_recv(d, buf, sizeof buf - 1, 0);
+        ck_assert_int_gt(n, 0);
+        buf[n] = 0;
+        if (strstr(buf, "\"received\":36,")) break;
+        usleep(10000);
+    }
+    ck_assert_msg(strstr(buf, "\"reported\":1,\"errors\":17,"), "%s", buf);
+    ck_assert_int_eq(zmq_send(d, "stop", 4, 0), 4);
+    ck_assert_int_gt(zmq_recv(d, buf, sizeof buf - 1, 0), 0);
+    pthread_join(th, NULL);
+    ck_assert_int_eq(v.rc, 1); /* accounting errors were reported */
+    eq_proto_socket_close(&d);
+    eq_proto_socket_close(&push);
+    zmq_ctx_term(ctx);
+    FILE *f = fopen(jsonl, "r");
+    ck_assert_ptr_nonnull(f);
+    char line[1024];
+    int ok = 0, dup = 0, other = 0;
+    while (fgets(line, sizeof line, f)) {
+        if (strstr(line, "\"job\":\"live\"") && strstr(line, "\"top1\":100.0000") && strstr(line, "\"samples\":4"))
+            ok++;
+        else if (strstr(line, "sample 1 from rank 0: duplicated"))
+            dup++;
+        else
+            other++;
+    }
+    fclose(f);
+    ck_assert_int_eq(ok, 1);
+    ck_assert_int_eq(dup, 17);
+    ck_assert_int_eq(other, 0);
+    eq_test_scratch_rm(dir);
+}
+END_TEST
+
+START_TEST(test_serve_refuses_public_bind)
+{
+    char *dir = eq_test_scratch("evp");
+    char ctl[4200];
+    snprintf(ctl, sizeof ctl, "ipc://%s/ctl", dir);
+    /* a control socket anyone could "stop", without --insecure: refused
+     * before anything is bound */
+    char *av[] = { "serve", "--pull", "tcp://0.0.0.0:*", "--pub", "", "--control", ctl, "--log-level", "error", NULL };
+    ck_assert_int_eq(eq_eval_serve_main(9, av), 1);
+    char *av2[] = { "serve", "--pull", "ipc://x", "--pub", "", "--control", "tcp://0.0.0.0:*", "--log-level", "error",
+                    NULL };
+    ck_assert_int_eq(eq_eval_serve_main(9, av2), 1);
+    eq_test_scratch_rm(dir);
+}
+END_TEST
+
 static Suite *s_suite(void)
 {
     Suite *s = suite_create("classify");
@@ -97,6 +231,9 @@ static Suite *s_suite(void)
     tcase_add_test(tc, test_topk_counts);
     tcase_add_test(tc, test_narrow_topk);
     tcase_add_test(tc, test_accounting_errors);
+    tcase_add_test(tc, test_serve_failed_passes_reported_once);
+    tcase_add_test(tc, test_serve_refuses_public_bind);
+    tcase_set_timeout(tc, 20);
     suite_add_tcase(s, tc);
     return s;
 }
