@@ -313,6 +313,14 @@ static int s_coco(int argc, char **argv)
         rc = 2;
         goto out;
     }
+    if (md && nmd < 3 && p.iou_type != EQ_COCO_KEYPOINTS) {
+        /* a usage error (status 2, as documented), said before the files
+         * are read rather than after */
+        fprintf(stderr, "eq-eval: --max-dets: the %s summary uses three caps (e.g. 1,10,100); %zu given\n",
+                eq_coco_iou_name(p.iou_type), nmd);
+        rc = 2;
+        goto out;
+    }
     {
         eq_err err;
         eq_err_clear(&err);

@@ -809,6 +809,11 @@ START_TEST(test_cli)
     snprintf(cmd, sizeof cmd, "'%s' coco --gt '%s' --dt '%s' --max-dets 1,x 2>/dev/null", bin, gt,
              dt);
     ck_assert_int_eq(s_run(cmd, out, 1 << 16), 2);
+    /* fewer than three caps for bbox/segm: a usage error (doc/eq-eval.md),
+     * not status 1 after reading both files */
+    snprintf(cmd, sizeof cmd, "'%s' coco --gt '%s' --dt '%s' --max-dets 1,10 2>&1", bin, gt, dt);
+    ck_assert_int_eq(s_run(cmd, out, 1 << 16), 2);
+    ck_assert_msg(strstr(out, "--max-dets: the bbox summary uses three caps"), "%s", out);
     eq_json_doc_destroy(&exp);
     free(empty);
     free(gt);
