@@ -780,7 +780,7 @@ eq_cocoidx *eq_cocoidx_open(const char *json_path, const char *cache_path, int *
             if (x)
                 eq_info("coco: %s is older than %s: rebuilding it", cache_path, json_path);
             else
-                eq_warn("coco: ignoring the index cache: %s", e.msg);
+                eq_warn("coco: ignoring the index cache (rebuilding it from %s): %s", json_path, e.msg);
             eq_cocoidx_destroy(&x);
         }
     }
