@@ -438,6 +438,11 @@ static eq_status s_image(const eq_det *d, eq_decoder *dec, const eq_cocoidx_img 
     eq_img_format fmt;
     uint32_t W, H, num;
     if (eq_decode_info(dec, w->file, len, &fmt, &W, &H, err) != EQ_OK) return eq_err_prefix(err, "%s: ", path);
+    if (W != im->width || H != im->height)
+        /* the boxes and masks are in the annotated frame: stretching the
+         * file to it would misplace them (detectron2: SizeMismatchError) */
+        return eq_err_set(err, EQ_ERR_CORRUPT, "%s: the file is %ux%u but the annotations say %ux%u (width x height)",
+                          path, W, H, im->width, im->height);
     eq_box b = {0, 0, (int32_t)H, (int32_t)W};
     eq_resize_geom g;
     eq_crop_geometry(W, H, b, s->w, s->h, fmt == EQ_IMG_JPEG ? d->cfg.dct_scale : EQ_DCT_OFF, &num, &g);

@@ -400,6 +400,18 @@ START_TEST(hand_geometry)
     ck_assert_int_eq(eq_det_make(d, dec, 0, 2, &s, &e), EQ_OK); /* image 3: zero-width box */
     ck_assert_uint_eq(s.n, 0);
     ck_assert_uint_eq(s.dropped, 1);
+    /* image 4 (annotated 50x60): a file of another size is replaced, not
+     * stretched under boxes that no longer fit it; the right size is not */
+    snprintf(p, sizeof p, "%s/sub", dir);
+    ck_assert_int_eq(mkdir(p, 0777), 0);
+    snprintf(p, sizeof p, "%s/sub/d.jpg", dir);
+    s_write_jpeg(p, 60, 50);
+    ck_assert_int_eq(eq_det_make(d, dec, 0, 3, &s, &e), EQ_OK);
+    ck_assert_int_eq(s.image_id, 4);
+    ck_assert_uint_eq(s.replaced, 1);
+    s_write_jpeg(p, 50, 60);
+    ck_assert_int_eq(eq_det_make(d, dec, 0, 3, &s, &e), EQ_OK);
+    ck_assert_uint_eq(s.replaced, 0);
     /* min_box drops small boxes too */
     eq_det_destroy(&d);
     c.min_box = 16;
