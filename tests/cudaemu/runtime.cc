@@ -304,7 +304,11 @@ bool s_legacy(cudaStream_t sm)
 
 bool s_stream_ok(cudaStream_t sm)
 {
-    return s_legacy(sm) || (sm->id && st().streams.count(sm->id) && st().streams[sm->id] == sm);
+    /* by address: a destroyed stream's memory is freed, so it is not read */
+    if (s_legacy(sm)) return true;
+    for (auto &kv : st().streams)
+        if (kv.second == sm) return true;
+    return false;
 }
 
 /* Run stream `id`'s queued work up to its operation `target` (all: ~0).
