@@ -33,7 +33,7 @@
 #define S_CHUNK 4           /* samples a worker takes at a time */
 #define S_DRAIN_MS 5000     /* stop: time to finish the requests in hand */
 #define S_CTL_MAX 4096      /* largest control command */
-#define S_MAX_WAITERS 16    /* peers waiting for the same job to open */
+#define S_MAX_WAITERS 65536 /* peers waiting for the same job to open (every rank of a big run) */
 
 typedef struct s_decl {
     char name[EQ_PROTO_NAME_CAP];
@@ -100,12 +100,12 @@ typedef struct s_pending {
     struct s_pending *qnext; /* s->open_head (under mu) */
     char id[EQ_PROTO_ID_CAP];
     eq_msg msg;
-    struct {
+    struct s_waiter {
         eq_proto_peer peer;
         bool has_req;
         uint64_t req;
-    } waiters[S_MAX_WAITERS];
-    int nwait;
+    } *waiters;     /* grown as peers ask (malloc'd) */
+    int nwait, capwait;
     s_job *job; /* result, or NULL and err */
     eq_err err;
 } s_pending;
@@ -609,6 +609,7 @@ void eq_loader_server_destroy(eq_loader_server **self_p)
     for (s_pending *p = s->pending, *nx; p; p = nx) {
         nx = p->next;
         s_job_free(p->job);
+        free(p->waiters);
         free(p);
     }
     eq_proto_socket_close(&s->data);
@@ -889,9 +890,18 @@ static void s_on_job(eq_loader_server *s, const eq_proto_recvd *r)
         pthread_cond_signal(&s->open_cv);
         pthread_mutex_unlock(&s->mu);
     }
-    if (p->nwait == S_MAX_WAITERS) {
-        s_send_error(s, &r->from, &r->msg, EQ_ERR_LIMIT, "JOB: this job is being opened; retry later");
-        return;
+    /* Every rank of a run sends the same JOB at start-up, while a big
+     * ImageFolder is still being walked: a JOB error is fatal to a trainer,
+     * so the list grows (it held 16 before: the 17th rank failed). */
+    if (p->nwait == p->capwait) {
+        int nc = p->capwait ? 2 * p->capwait : 16;
+        struct s_waiter *nw = nc <= S_MAX_WAITERS ? realloc(p->waiters, (size_t)nc * sizeof *nw) : NULL;
+        if (!nw) {
+            s_send_error(s, &r->from, &r->msg, EQ_ERR_LIMIT, "JOB: this job is being opened; retry later");
+            return;
+        }
+        p->waiters = nw;
+        p->capwait = nc;
     }
     p->waiters[p->nwait].peer = r->from;
     p->waiters[p->nwait].has_req = r->msg.has_req;
@@ -927,6 +937,7 @@ static void s_job_opened(eq_loader_server *s, s_pending *p)
             s_send_error_req(s, &p->waiters[i].peer, p->waiters[i].has_req, p->waiters[i].req,
                              p->err.code ? p->err.code : EQ_ERR_INTERNAL, p->err.msg);
     }
+    free(p->waiters);
     free(p);
 }
 

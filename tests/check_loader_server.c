@@ -752,6 +752,38 @@ START_TEST(test_bad_requests)
 }
 END_TEST
 
+/* Every rank of a run sends the same JOB at start-up, while the dataset is
+ * still being opened: each gets JOB_OK (the 17th and later got ERROR limit,
+ * which a trainer takes as fatal). 64 JOBs in one burst; most arrive while
+ * the split is being opened. */
+START_TEST(test_many_waiters)
+{
+    s_fixture f;
+    s_start(&f, "inproc://data", 1, 0);
+    eq_proto_recvd *r = malloc(sizeof *r);
+    eq_proto_recvd_init(r);
+    eq_msg m;
+    s_tiny_job(&m, "train", "rrc");
+    m.has_req = true;
+    enum { N = 64 };
+    for (int i = 0; i < N; i++) {
+        m.req = 1000 + (uint64_t)i;
+        s_send(&f, &m);
+    }
+    uint64_t seen = 0;
+    for (int i = 0; i < N; i++) {
+        s_recv(&f, r, EQ_MSG_JOB_OK);
+        ck_assert_uint_ge(r->msg.req, 1000);
+        ck_assert_uint_lt(r->msg.req, 1000 + N);
+        seen |= 1ull << (r->msg.req - 1000);
+    }
+    ck_assert(seen == ~0ull);
+    eq_proto_recvd_close(r);
+    free(r);
+    s_finish(&f);
+}
+END_TEST
+
 static char *s_ctl(void *ctx, const char *ep, const char *cmd, int nframes)
 {
     void *d = zmq_socket(ctx, ZMQ_DEALER);
@@ -1132,6 +1164,7 @@ static Suite *s_suite(void)
     tcase_add_test(tc, test_threads_identical);
     tcase_add_test(tc, test_many_in_flight);
     tcase_add_test(tc, test_bad_requests);
+    tcase_add_test(tc, test_many_waiters);
     tcase_add_test(tc, test_fingerprint_differs);
     tcase_add_test(tc, test_mixed_batches);
     tcase_add_test(tc, test_control);
