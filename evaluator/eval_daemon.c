@@ -97,6 +97,16 @@ static void s_publish(s_daemon *d, const s_pass *p, const eq_classify_result *r,
     if (eq_proto_send(d->pub, NULL, &m, NULL, 0, ZMQ_DONTWAIT, &e) != EQ_OK) eq_warn("publish: %s", e.msg);
 }
 
+/* The JSONL file: a failed write (disk full, a FIFO whose reader went) is
+ * logged, never fatal. */
+static void s_flush(s_daemon *d)
+{
+    if (fflush(d->jsonl) != 0 || ferror(d->jsonl)) {
+        eq_warn("--metrics: write failed: %s", strerror(errno));
+        clearerr(d->jsonl);
+    }
+}
+
 static void s_json_str(FILE *f, const char *s)
 {
     fputc('"', f);
@@ -139,7 +149,7 @@ static void s_report(s_daemon *d, s_pass *p)
             s_json_str(d->jsonl, e.msg);
             fputs("}\n", d->jsonl);
         }
-        fflush(d->jsonl);
+        s_flush(d);
     }
     s_publish(d, p, st == EQ_OK ? &r : NULL, st);
 }
@@ -241,7 +251,7 @@ static void s_on_pred(s_daemon *d, eq_proto_recvd *rv)
             fprintf(d->jsonl, ",\"epoch\":%" PRIu64 ",\"error\":", p->epoch);
             s_json_str(d->jsonl, e.msg);
             fputs("}\n", d->jsonl);
-            fflush(d->jsonl);
+            s_flush(d);
         }
         s_publish(d, p, NULL, st);
         p->failed = true;
@@ -366,6 +376,10 @@ int eq_eval_serve_main(int argc, char **argv)
     sa.sa_handler = s_on_signal;
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
+    /* a --metrics FIFO or a log pipe whose reader went must not kill the
+     * daemon (write errors are reported instead), as in eq-loader */
+    sa.sa_handler = SIG_IGN;
+    sigaction(SIGPIPE, &sa, NULL);
     eq_info("serving on %s, pub on %s, control on %s (pid %ld)", pull_real, *pub_real ? pub_real : "-",
             *ctl_real ? ctl_real : "-", (long)getpid());
     eq_proto_recvd rv;

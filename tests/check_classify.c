@@ -4,6 +4,7 @@
  * counts nothing; the eq-eval serve daemon over ipc: failed passes are
  * reported once, and public binds are refused. */
 #include <pthread.h>
+#include <signal.h>
 
 #include "evaluator/classify.h"
 #include "proto/proto_zmq.h"
@@ -181,6 +182,11 @@ START_TEST(test_serve_failed_passes_reported_once)
         usleep(10000);
     }
     ck_assert_msg(strstr(buf, "\"reported\":1,\"errors\":17,"), "%s", buf);
+    /* SIGPIPE (a --metrics FIFO or log pipe whose reader went) is ignored
+     * while serving: it used to end the process (status 141) */
+    ck_assert_int_eq(raise(SIGPIPE), 0);
+    ck_assert_int_eq(zmq_send(d, "status", 6, 0), 6);
+    ck_assert_int_gt(zmq_recv(d, buf, sizeof buf - 1, 0), 0);
     ck_assert_int_eq(zmq_send(d, "stop", 4, 0), 4);
     ck_assert_int_gt(zmq_recv(d, buf, sizeof buf - 1, 0), 0);
     pthread_join(th, NULL);
