@@ -239,6 +239,10 @@ START_TEST(test_members)
             ck_assert(eq_backend_upload(be, dg, gy, n * 4, &err) == EQ_OK);
             ck_assert_msg(eq_backend_quant_forward(be, qd, &xd, dx, dy, 1, &err) == EQ_OK, "%s: %s", c->name, err.msg);
             ck_assert_msg(eq_backend_quant_backward(be, qd, dx, dg, dg, &err) == EQ_OK, "%s: %s", c->name, err.msg);
+            /* the parameter gradients are the host's once quant_grads_wait
+             * returns (interface 7; the test above fails without it) */
+            ck_assert(eq_backend_quant_grads_deferred(be));
+            ck_assert_msg(eq_backend_quant_grads_wait(be, &err) == EQ_OK, "%s: %s", c->name, err.msg);
             ck_assert(eq_backend_download(be, yd, dy, n * 4, &err) == EQ_OK);
             ck_assert(eq_backend_download(be, gxd, dg, n * 4, &err) == EQ_OK);
             size_t fy = s_diff(y, yd, n), fg = s_diff(gx, gxd, n);

@@ -26,6 +26,12 @@
  *   and none left pending.  A NaN landed for epoch 1 step 1 stops the run
  *   naming that step, and its last checkpoint is bitwise the plain run's
  *   epoch 0 one (nothing saved after the step).
+ * - Deferred quantizer parameter gradients (interface 7: quant_grads_wait):
+ *   with the member set, a quantized model's gradient hook reports the
+ *   layers' tensors during the backward but every quantizer's only after
+ *   eq_layers_backward has called quant_grads_wait, in
+ *   eq_model_grad_order's order, and the gradients are bitwise the plain
+ *   CPU backend's.
  * - A stop signalled while the next batch is already fetched and uploaded
  *   (from upload_async), and one signalled before that fetch (from
  *   stage_images), each checkpoint at the following step; resuming from
@@ -41,6 +47,7 @@
 #include "testutil.h"
 #include "tinyjob.h"
 #include "trainer/backend.h"
+#include "trainer/model.h"
 #include "trainer/train.h"
 
 static uint64_t s_seed = 0x9e3779b97f4a7c15ull;
@@ -72,6 +79,7 @@ static struct {
     } d[S_MAX_PENDING];
     int nd;
     long dl_async, dl_landed, dl_nan_at; /* dl_nan_at: 1-based download that lands a NaN; 0: none */
+    long qwaits;                         /* quant_grads_wait calls */
     eq_train *train;                    /* eq_train_stop target */
     long stop_at_upload, stop_at_stage; /* 1-based call numbers; 0: never */
 } g;
@@ -170,6 +178,14 @@ static eq_status s_fake_event_sync(void *ctx, eq_backend_event *ev, eq_err *err)
         }
     g.nd = k;
     return g.cpu->event_synchronize(ctx, ev, err);
+}
+
+static eq_status s_fake_qwait(void *ctx, eq_err *err)
+{
+    (void)ctx;
+    (void)err;
+    g.qwaits++;
+    return EQ_OK;
 }
 
 /* Forget the uploads an interrupted run left pending (their buffers were
@@ -587,6 +603,100 @@ START_TEST(test_stop_resume)
 }
 END_TEST
 
+/* The gradient hook's reports: tensor, and quant_grads_wait calls so far. */
+typedef struct {
+    size_t n, got[1024];
+    long qw[1024];
+} s_reports;
+
+static void s_report(void *arg, size_t i)
+{
+    s_reports *r = arg;
+    ck_assert_uint_lt(r->n, 1024);
+    r->qw[r->n] = g.qwaits;
+    r->got[r->n++] = i;
+}
+
+START_TEST(test_quant_grads_deferred)
+{
+    char *dir = eq_test_scratch("pipe-qdefer");
+    char cfg[4200];
+    snprintf(cfg, sizeof cfg, "%s/m.cfg", dir);
+    FILE *f = fopen(cfg, "w");
+    ck_assert_ptr_nonnull(f);
+    fprintf(f, "[data]\nchannels = 3\n[model]\nnum_classes = 4\nin_channels = 3\nwidth_alpha = 0.125\n"
+               "[train]\nmean = 0.5, 0.5, 0.5\nstd = 0.25, 0.25, 0.25\n");
+    fclose(f);
+    eq_experiment x;
+    eq_err e = { 0 };
+    ck_assert_msg(eq_experiment_load(&x, cfg, NULL, 0, NULL, &e) == EQ_OK, "%s", e.msg);
+    eq_backend *cpu = s_fake_new(), *plain = eq_backend_cpu_new(1, &e);
+    ck_assert_ptr_nonnull(plain);
+    g.fi.quant_grads_wait = s_fake_qwait;
+    ck_assert(eq_backend_quant_grads_deferred(&g.be) && !eq_backend_quant_grads_deferred(plain));
+    const int64_t N = 4, H = 12;
+    eq_model *md = eq_model_new_ot(&g.be, &x.model, &x.wt, &x.fm, &x.ot, N, H, H, &e);
+    ck_assert_msg(md != NULL, "%s", e.msg);
+    eq_model *mp = eq_model_new_ot(plain, &x.model, &x.wt, &x.fm, &x.ot, N, H, H, &e);
+    ck_assert_msg(mp != NULL, "%s", e.msg);
+    size_t nt = eq_model_tensor_count(md), ng = eq_model_grad_order(md, NULL, 0), nq = 0;
+    ck_assert_uint_eq(ng, eq_model_grad_order(mp, NULL, 0));
+    ck_assert_uint_le(ng, 1024);
+    size_t *order = calloc(ng, sizeof *order);
+    ck_assert_uint_eq(eq_model_grad_order(md, order, ng), ng);
+    for (size_t i = 0; i < nt; i++) { /* the same initial values */
+        const eq_model_tensor *a = eq_model_tensor_at(md, i), *b = eq_model_tensor_at(mp, i);
+        ck_assert_str_eq(a->name, b->name);
+        size_t nb = a->numel * (a->dtype == EQ_DT_I64 ? 8 : 4);
+        memcpy(a->data, b->data, nb);
+        nq += a->grad && a->quant;
+    }
+    ck_assert_uint_gt(nq, 10);
+    s_reports *r = calloc(1, sizeof *r);
+    ck_assert_ptr_nonnull(r);
+    eq_model_set_grad_hook(md, s_report, r);
+    size_t xn = (size_t)(N * H * H * 3);
+    float *xin = eq_test_vec(&s_seed, xn, 1.0f);
+    int32_t labels[4] = { 0, 1, 2, 3 };
+    float loss[2];
+    eq_model *ms[2] = { md, mp };
+    for (int k = 0; k < 2; k++) {
+        ck_assert_msg(eq_model_forward(ms[k], xin, true, &e) == EQ_OK, "%s", e.msg);
+        ck_assert_msg(eq_model_loss(ms[k], labels, NULL, NULL, 0, &loss[k], &e) == EQ_OK, "%s", e.msg);
+        ck_assert_msg(eq_model_backward(ms[k], NULL, &e) == EQ_OK, "%s", e.msg);
+    }
+    ck_assert_int_eq(g.qwaits, 1); /* once, at the backward's end */
+    /* every tensor once, in eq_model_grad_order's order; the quantizers'
+     * after the wait, the others before it (the overlap is kept) */
+    ck_assert_uint_eq(r->n, ng);
+    size_t early = 0;
+    for (size_t j = 0; j < ng; j++) {
+        ck_assert_uint_eq(r->got[j], order[j]);
+        const eq_model_tensor *t = eq_model_tensor_at(md, r->got[j]);
+        if (t->quant) ck_assert_msg(r->qw[j] == 1, "%s reported before quant_grads_wait", t->name);
+        early += r->qw[j] == 0;
+        if (j > 0 && r->qw[j - 1] == 1) ck_assert_int_eq(r->qw[j], 1);
+    }
+    ck_assert_uint_gt(early, ng / 2);
+    /* the same numbers as the plain backend */
+    ck_assert(memcmp(&loss[0], &loss[1], sizeof(float)) == 0);
+    for (size_t i = 0; i < nt; i++) {
+        const eq_model_tensor *a = eq_model_tensor_at(md, i), *b = eq_model_tensor_at(mp, i);
+        if (a->grad) ck_assert_msg(!memcmp(a->grad, b->grad, a->numel * 4), "%s: gradients differ", a->name);
+    }
+    fprintf(stderr, "deferred quantizer gradients: %zu of %zu tensors reported during the backward, %zu quantizer "
+            "tensors after its one quant_grads_wait\n", early, ng, nq);
+    eq_model_destroy(&md);
+    eq_model_destroy(&mp);
+    eq_backend_destroy(&plain);
+    eq_backend_destroy(&cpu);
+    free(order);
+    free(r);
+    free(xin);
+    eq_test_scratch_rm(dir);
+}
+END_TEST
+
 static Suite *s_suite(void)
 {
     Suite *s = suite_create("pipeline");
@@ -595,6 +705,7 @@ static Suite *s_suite(void)
     tcase_add_test(tc, test_stage_cpu);
     tcase_add_test(tc, test_stage_errors);
     tcase_add_test(tc, test_fake_detects);
+    tcase_add_test(tc, test_quant_grads_deferred);
     suite_add_tcase(s, tc);
     TCase *tp = tcase_create("trainer");
     tcase_set_timeout(tp, 240);

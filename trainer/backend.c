@@ -1120,3 +1120,14 @@ void eq_backend_quant_release(eq_backend *be, struct eq_quant *q)
 {
     if (be && be->iface && be->iface->quant_release && q) be->iface->quant_release(be->context, q);
 }
+
+eq_status eq_backend_quant_grads_wait(eq_backend *be, eq_err *err)
+{
+    if (!be || !be->iface) return eq_err_set(err, EQ_ERR_INVALID, "quant_grads_wait: backend is NULL");
+    return be->iface->quant_grads_wait ? be->iface->quant_grads_wait(be->context, err) : EQ_OK;
+}
+
+int eq_backend_quant_grads_deferred(const eq_backend *be)
+{
+    return be && be->iface && be->iface->quant_grads_wait;
+}

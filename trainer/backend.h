@@ -232,8 +232,8 @@ typedef struct eq_backend_event eq_backend_event; /* owned by its backend's impl
                                      *    quant_release; eq_conv2d_desc.prec
                                      * 6: optional stage_images, upload_async,
                                      *    upload_wait after nonfinite
-                                     * 7: optional download_async after
-                                     *    upload_wait */
+                                     * 7: optional download_async,
+                                     *    quant_grads_wait after upload_wait */
 
 /* Each member receives the backend's `context`.  Members marked (optional)
  * may be NULL: the eq_backend_* wrapper then answers EQ_ERR_UNSUPPORTED
@@ -415,8 +415,10 @@ struct eq_backend_i {
                                const float *x, float *y, int train, eq_err *err);
     /* (optional; default as quant_forward) Backward of q's last forward
      * through this member: gx and the gradients of q's parameters (in q's
-     * host arrays, visible to the host when this returns), as
-     * eq_quant_backward.  x is that forward's x; gy and gx may alias. */
+     * host arrays), as eq_quant_backward.  x is that forward's x; gy and
+     * gx may alias.  The parameter gradients are visible to the host when
+     * this returns, or, on a backend with quant_grads_wait (interface 7),
+     * once quant_grads_wait has returned: not before. */
     eq_status (*quant_backward)(void *ctx, struct eq_quant *q, const float *x, const float *gy,
                                 float *gx, eq_err *err);
     /* (optional; default: nothing to drop) Drop what the backend keeps for
@@ -476,6 +478,13 @@ struct eq_backend_i {
      * second download_async first completes the pending one, waiting). */
     eq_status (*download_async)(void *ctx, void *host_dst, const void *src, size_t nbytes,
                                 eq_backend_event *ev, eq_err *err);
+    /* (optional; default: nothing to wait for) The parameter gradients of
+     * every quant_backward issued so far are in their quantizers' host
+     * arrays when this returns: a backend with this member may return from
+     * quant_backward before they are (CUDA: summed on the device and
+     * copied asynchronously) and waits here once for all of them, for the
+     * last of those copies only. */
+    eq_status (*quant_grads_wait)(void *ctx, eq_err *err);
 };
 
 #define EQ_BACKEND_DOWNLOAD_ASYNC_MAX 256 /* bytes */
@@ -620,6 +629,13 @@ eq_status eq_backend_quant_backward(eq_backend *be, struct eq_quant *q, const fl
 /* Drop the backend's state for q (call before eq_quant_destroy; NULL-safe,
  * a no-op for a quantizer the backend never saw). */
 void eq_backend_quant_release(eq_backend *be, struct eq_quant *q);
+/* The member, or nothing (EQ_OK) on a backend without it.  Every reader of
+ * a quantizer's parameter gradients after quant_backward calls it first
+ * (eq_layers_backward does, at its end). */
+eq_status eq_backend_quant_grads_wait(eq_backend *be, eq_err *err);
+/* Whether quant_backward may leave parameter gradients for
+ * eq_backend_quant_grads_wait (the backend has the member). */
+int eq_backend_quant_grads_deferred(const eq_backend *be);
 /* 1 when be's device pointers are host pointers (iface host_memory). */
 int eq_backend_host_memory(const eq_backend *be);
 /* 1 when eq_backend_quant_forward/backward can run on be (it has the

@@ -1392,6 +1392,11 @@ eq_status eq_layers_backward(eq_layers *g, eq_err *err)
         if (st == EQ_OK && g->grad_fn) g->grad_fn(g->grad_arg, i);
         if (st != EQ_OK) s_err_node(g, nd, i, "backward", err);
     }
+    /* the quantizers' parameter gradients, on a backend that leaves them
+     * pending (CUDA): one wait for all, with the rest of the backward
+     * still queued */
+    if (st == EQ_OK && (st = eq_backend_quant_grads_wait(be, err)) != EQ_OK)
+        eq_err_prefix(err, "backward: quantizer parameter gradients: ");
     return st;
 }
 

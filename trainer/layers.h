@@ -151,7 +151,11 @@ eq_status eq_layers_finalize(eq_layers *g, uint64_t seed, eq_err *err);
 eq_status eq_layers_forward(eq_layers *g, const float *x, bool train, eq_err *err);
 /* Output node: activation, its gradient buffer, and its shape. */
 float *eq_layers_output(const eq_layers *g, float **dy, int64_t shape[4]);
-/* Backward from the output gradient (its dy buffer, filled by the caller). */
+/* Backward from the output gradient (its dy buffer, filled by the caller).
+ * Every gradient is written when it returns, the quantizers' parameter
+ * gradients (host arrays) included: on a backend that defers them
+ * (eq_backend_quant_grads_deferred) it ends with
+ * eq_backend_quant_grads_wait. */
 eq_status eq_layers_backward(eq_layers *g, eq_err *err);
 
 /* The quantizer of the conv/linear node named `layer` for `tag` (EQ_QTAG_WT:
@@ -178,7 +182,10 @@ eq_status eq_layers_set_quant_loss_scale(eq_layers *g, float scale, eq_err *err)
  * eq_layers_backward, fn(arg, node) runs right after node `node` has
  * written the gradients of its tensors (those with eq_layers_tensor_node
  * == node), nodes in decreasing order; a node that does not reach the
- * output, or one whose backward failed, is not reported.  fn NULL: none. */
+ * output, or one whose backward failed, is not reported.  fn NULL: none.
+ * On a backend that defers quantizer parameter gradients
+ * (eq_backend_quant_grads_deferred) those are not written yet at fn: only
+ * when eq_layers_backward returns. */
 typedef void eq_layers_grad_fn(void *arg, int node);
 void eq_layers_set_grad_hook(eq_layers *g, eq_layers_grad_fn *fn, void *arg);
 /* The node whose backward writes tensor i's gradient: the node that

@@ -1114,12 +1114,16 @@ eq_status eq_model_backward(eq_model *m, const float *dlogits, eq_err *err)
     return st;
 }
 
-/* eq_layers_grad_fn: node `node` finished; report its tensors. */
+/* eq_layers_grad_fn: node `node` finished; report its tensors (a
+ * quantizer's, on a backend that defers their gradients, only once
+ * eq_layers_backward has waited for them: with "the rest"). */
 static void s_node_done(void *arg, int node)
 {
     eq_model *m = arg;
     if (node < 0 || node >= m->nnodes) return;
+    bool defer = eq_backend_quant_grads_deferred(m->be);
     for (size_t j = m->grange[2 * node]; j < m->grange[2 * node + 1]; j++) {
+        if (defer && eq_layers_tensor_at(m->g, m->gorder[j])->quant) continue;
         m->gdone[m->gorder[j]] = 1;
         m->grad_fn(m->grad_arg, m->gorder[j]);
     }
@@ -1136,8 +1140,24 @@ void eq_model_set_grad_hook(eq_model *m, eq_model_grad_fn *fn, void *arg)
 size_t eq_model_grad_order(const eq_model *m, size_t *order, size_t cap)
 {
     if (!m) return 0;
-    for (size_t j = 0; j < m->ng && j < cap && order; j++) order[j] = m->gorder[j];
-    return m->ng;
+    if (!eq_backend_quant_grads_deferred(m->be)) {
+        for (size_t j = 0; j < m->ng && j < cap && order; j++) order[j] = m->gorder[j];
+        return m->ng;
+    }
+    /* as s_node_done and eq_model_backward report them: the layers'
+     * tensors but the quantizers', then the rest (quantizers' and late
+     * ones) in gorder's order */
+    size_t n = 0;
+    for (int pass = 0; pass < 2; pass++)
+        for (size_t j = 0; j < m->ng; j++) {
+            size_t i = m->gorder[j];
+            bool early = eq_layers_tensor_node(m->g, i) >= 0 && !eq_layers_tensor_at(m->g, i)->quant;
+            if (early == (pass == 0)) {
+                if (order && n < cap) order[n] = i;
+                n++;
+            }
+        }
+    return n;
 }
 
 size_t eq_model_tensor_count(const eq_model *m)

@@ -187,8 +187,11 @@ eq_status eq_model_backward(eq_model *m, const float *dlogits, eq_err *err);
  * network alone (eq_model_grad_order's, those late tensors moved to the
  * end), so it is the same on every rank.  fn runs on the
  * backward's thread, between two layers; on a backend with a compute
- * stream (CUDA) "final" means queued on that stream.  After a failed
- * backward some tensors were not reported.  fn NULL: no hook. */
+ * stream (CUDA) "final" means queued on that stream.  On a backend that
+ * defers quantizer parameter gradients (eq_backend_quant_grads_deferred:
+ * CUDA) the quantizers' tensors are reported with the late ones, after
+ * the backward has waited for them (eq_model_grad_order follows).  After
+ * a failed backward some tensors were not reported.  fn NULL: no hook. */
 typedef void eq_model_grad_fn(void *arg, size_t tensor);
 void eq_model_set_grad_hook(eq_model *m, eq_model_grad_fn *fn, void *arg);
 /* The order of the hook's reports: the indices of the tensors with a grad,

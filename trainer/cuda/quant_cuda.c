@@ -7,6 +7,16 @@
  * files have, and mirrors eq_quant_forward's bookkeeping (grouping, the
  * dorefa-family iteration counter and warm-up) so both paths leave the
  * object in the same state.
+ *
+ * Parameter gradients: the backward sums its per-element terms per group
+ * on the device (dpart) and queues their copy to pinned host memory
+ * (hpart), recording sums_ev behind it; the per-group host sums and the
+ * gradient formula run once the copy is done.  eq_cuda_quant_backward
+ * waits for it at once; the backend member (eq_cuda_quant_bwd) leaves it
+ * pending, and eq_cuda_quant_grads_wait (quant_grads_wait) waits once, for
+ * the last pending copy, and finishes every pending quantizer: one host
+ * wait per training step instead of one per quantizer, with the rest of
+ * the backward still queued behind it.
  */
 #include "trainer/cuda/cuda_internal.h"
 #include "trainer/cuda/quant_cuda.h"
@@ -36,9 +46,16 @@ struct eq_cuda_quant {
     int64_t dt_cap;
     double *dpart;
     int64_t dpart_cap;
-    /* host: parameter values, partial sums, and the host path's copies */
+    /* host: parameter values, partial sums (pinned), and the host path's copies */
     float *hpar;
     double *hpart, *hsum;
+    /* a backward's parameter gradients on their way (see the top) */
+    cudaEvent_t sums_ev; /* behind the copy to hpart; made on first use */
+    int grad_pending;
+    unsigned long long pseq; /* issue order of pending backwards (s_seq) */
+    s_kind pkind;
+    eq_cuq_geom pgeom; /* the geometry the sums were taken over */
+    double pf;         /* LSQ: gradient scale; STEP: 1/sqrt(npg qp) */
     float *hx, *hy, *hg;
     int64_t h_cap;
 };
@@ -82,15 +99,21 @@ eq_cuda_quant *eq_cuda_quant_new(eq_backend *be, eq_quant *q, eq_err *err)
     }
     eq_cuda_quant *cq = calloc(1, sizeof *cq);
     if (cq) cq->hpar = calloc((size_t)q->g + 1, sizeof(float));
-    if (cq && cq->hpar) cq->hpart = calloc(((size_t)q->g + 1) * 256, sizeof(double));
+    /* pinned: the partial sums' copy does not make the host wait */
+    if (cq && cq->hpar &&
+        cudaHostAlloc((void **)&cq->hpart, ((size_t)q->g + 1) * 256 * sizeof(double), cudaHostAllocDefault) !=
+            cudaSuccess) {
+        (void)cudaGetLastError();
+        cq->hpart = NULL;
+    }
     if (cq && cq->hpart) cq->hsum = calloc((size_t)q->g + 1, sizeof(double));
     if (!cq || !cq->hpar || !cq->hpart || !cq->hsum) {
         if (cq) {
             free(cq->hpar);
-            free(cq->hpart);
+            if (cq->hpart) cudaFreeHost(cq->hpart);
         }
         free(cq);
-        eq_err_set(err, EQ_ERR_NOMEM, "cuda quantizer: out of memory");
+        eq_err_set(err, EQ_ERR_NOMEM, "cuda quantizer: out of (pinned) host memory");
         return NULL;
     }
     cq->be = be;
@@ -108,8 +131,9 @@ void eq_cuda_quant_destroy(eq_cuda_quant **cq_p)
     if (cq->dpar) cudaFree(cq->dpar);
     if (cq->dt) cudaFree(cq->dt);
     if (cq->dpart) cudaFree(cq->dpart);
+    if (cq->sums_ev) cudaEventDestroy(cq->sums_ev);
     free(cq->hpar);
-    free(cq->hpart);
+    cudaFreeHost(cq->hpart);
     free(cq->hsum);
     free(cq->hx);
     free(cq->hy);
@@ -267,29 +291,78 @@ eq_status eq_cuda_quant_forward(eq_cuda_quant *cq, const eq_tensor_desc *xd, con
     return EQ_OK;
 }
 
-/* Sum the t terms per group into sums[k] (waits for the stream). */
-static eq_status s_group_sums(eq_cuda_quant *cq, double *sums, eq_err *err)
+static unsigned long long s_seq; /* issue order of the backwards (atomic) */
+
+/* Sum the t terms per group of geom on the device and queue the copy of
+ * the partial sums to hpart, sums_ev behind it; no wait. */
+static eq_status s_sums_start(eq_cuda_quant *cq, const eq_cuq_geom *geom, eq_err *err)
 {
     static const char *op = "quant_backward";
     eq_cuda *cu = cq->cu;
-    int64_t ng = cq->geom.period / cq->geom.block, ns = eq_cuq_slices(&cq->geom);
+    int64_t ng = geom->period / geom->block, ns = eq_cuq_slices(geom);
     eq_status st = s_grow_dev((void **)&cq->dpart, &cq->dpart_cap, ng * ns, sizeof(double),
                               "partial sums", err);
     if (st) return st;
-    EQ_K(op, eq_cuq_group_sum(cu->stream, &cq->geom, cq->dt, cq->dpart));
+    if (!cq->sums_ev) EQ_CU(op, cudaEventCreateWithFlags(&cq->sums_ev, cudaEventDisableTiming));
+    EQ_K(op, eq_cuq_group_sum(cu->stream, geom, cq->dt, cq->dpart));
     EQ_CU(op, cudaMemcpyAsync(cq->hpart, cq->dpart, (size_t)(ng * ns) * sizeof(double),
                               cudaMemcpyDeviceToHost, cu->stream));
-    EQ_CU(op, cudaStreamSynchronize(cu->stream));
+    EQ_CU(op, cudaEventRecord(cq->sums_ev, cu->stream));
+    return EQ_OK;
+}
+
+/* The pending backward's parameter gradients from hpart (its copy done):
+ * the per-group sums in slice order, then each method's formula. */
+static void s_grads_finish(eq_cuda_quant *cq)
+{
+    eq_quant *q = cq->q;
+    const eq_cuq_geom *geom = &cq->pgeom;
+    int64_t ng = geom->period / geom->block, ns = eq_cuq_slices(geom);
+    double *sums = cq->hsum;
     for (int64_t k = 0; k < ng; k++) {
         double a = 0.0;
         for (int64_t s = 0; s < ns; s++) a += cq->hpart[k * ns + s];
         sums[k] = a;
     }
-    return eq_cuda_check_flags(cu, op, err);
+    const int64_t g = q->g;
+    switch (cq->pkind) {
+    case S_LSQ: {
+        eq_quant_tensor *t = q->clip;
+        for (int64_t k = 0; k < t->numel; k++) {
+            double tot = 0;
+            if (t->numel == 1)
+                for (int64_t j = 0; j < g; j++) tot += sums[j];
+            else
+                tot = sums[k];
+            t->grad[k] = (float)(cq->pf * eq_qsign(t->data[k]) * tot);
+        }
+        break;
+    }
+    case S_STEP: {
+        eq_quant_tensor *s = eq_quant_find(q, "step_size");
+        for (int64_t k = 0; k < s->numel; k++) {
+            double tot = 0;
+            if (s->numel == 1)
+                for (int64_t j = 0; j < g; j++) tot += sums[j];
+            else
+                tot = sums[k];
+            s->grad[k] = (float)(cq->pf * tot);
+        }
+        break;
+    }
+    case S_PACT:
+        q->clip->grad[0] = (float)sums[0];
+        break;
+    default:
+        break;
+    }
+    cq->grad_pending = 0;
 }
 
-eq_status eq_cuda_quant_backward(eq_cuda_quant *cq, const float *x, const float *gy, float *gx,
-                                 eq_err *err)
+/* The backward; `defer`: leave the parameter gradients pending (see the
+ * top), else wait for them. */
+static eq_status s_backward(eq_cuda_quant *cq, const float *x, const float *gy, float *gx, int defer,
+                            eq_err *err)
 {
     static const char *op = "quant_backward";
     if (!cq || !x || !gy || !gx) return eq_err_set(err, EQ_ERR_INVALID, "%s: NULL argument", op);
@@ -300,6 +373,9 @@ eq_status eq_cuda_quant_backward(eq_cuda_quant *cq, const float *x, const float 
     eq_cuda *cu = cq->cu;
     const int64_t n = cq->geom.n;
     eq_status st;
+    /* a backward still pending is superseded: its gradients would be
+     * overwritten (the copy of this one's sums is queued after its) */
+    cq->grad_pending = 0;
     if (cq->last == S_HOST) {
         int64_t hn = q->n;
         if ((st = eq_backend_download(cq->be, cq->hg, gy, (size_t)hn * sizeof(float), err))) return st;
@@ -316,25 +392,15 @@ eq_status eq_cuda_quant_backward(eq_cuda_quant *cq, const float *x, const float 
     if ((st = s_grow_dev((void **)&cq->dt, &cq->dt_cap, n, sizeof(float), "gradient terms", err)))
         return st;
     const int64_t g = q->g;
-    double *sums = cq->hsum;
     const float steps = (float)eq_quant_steps(q);
+    cq->pgeom = cq->geom;
     /* t goes first into dt (x, gy and gx may not alias dt; gy and gx may
      * alias each other: each element reads gy before writing gx) */
     switch (cq->last) {
     case S_LSQ: {
         int half = q->o.tag != EQ_QTAG_WT && q->o.half_range;
         EQ_K(op, eq_cuq_lsq_bwd(cu->stream, &cq->geom, half, steps, cq->dpar, x, gy, gx, cq->dt));
-        if ((st = s_group_sums(cq, sums, err))) return st;
-        float fe = (float)eq_quant_gs_factor(q, eq_quant_grad_factor(q));
-        eq_quant_tensor *t = q->clip;
-        for (int64_t k = 0; k < t->numel; k++) {
-            double tot = 0;
-            if (t->numel == 1)
-                for (int64_t j = 0; j < g; j++) tot += sums[j];
-            else
-                tot = sums[k];
-            t->grad[k] = (float)((double)fe * eq_qsign(t->data[k]) * tot);
-        }
+        cq->pf = (double)(float)eq_quant_gs_factor(q, eq_quant_grad_factor(q));
         break;
     }
     case S_STEP: {
@@ -342,37 +408,34 @@ eq_status eq_cuda_quant_backward(eq_cuda_quant *cq, const float *x, const float 
         float qn = q->o.half_range ? 0.0f : (float)-(L / 2);
         float qp = q->o.half_range ? (float)(L - 1) : (float)(L - 1 - L / 2);
         EQ_K(op, eq_cuq_step_bwd(cu->stream, &cq->geom, qn, qp, cq->dpar, x, gy, gx, cq->dt));
-        if ((st = s_group_sums(cq, sums, err))) return st;
-        eq_quant_tensor *s = eq_quant_find(q, "step_size");
         double npg = (double)n / (double)g / (double)cq->batch;
-        double gs = 1.0 / sqrt(npg * (double)qp);
-        for (int64_t k = 0; k < s->numel; k++) {
-            double tot = 0;
-            if (s->numel == 1)
-                for (int64_t j = 0; j < g; j++) tot += sums[j];
-            else
-                tot = sums[k];
-            s->grad[k] = (float)(gs * tot);
-        }
+        cq->pf = 1.0 / sqrt(npg * (double)qp);
         break;
     }
     case S_PACT: {
         float a = q->clip->data[0];
         EQ_K(op, eq_cuq_pact_bwd(cu->stream, n, a, x, gy, gx, cq->dt));
         /* PACT's alpha is one parameter over the whole tensor */
-        eq_cuq_geom one = {n, n, 1, 1};
-        eq_cuq_geom keep = cq->geom;
-        cq->geom = one;
-        st = s_group_sums(cq, sums, err);
-        cq->geom = keep;
-        if (st) return st;
-        q->clip->grad[0] = (float)sums[0];
+        cq->pgeom = (eq_cuq_geom){n, n, 1, 1};
         break;
     }
     default:
-        break;
+        return EQ_OK;
     }
-    return EQ_OK;
+    cq->pkind = cq->last;
+    if ((st = s_sums_start(cq, &cq->pgeom, err))) return st;
+    cq->grad_pending = 1;
+    cq->pseq = __atomic_add_fetch(&s_seq, 1, __ATOMIC_RELAXED);
+    if (defer) return EQ_OK;
+    EQ_CU(op, cudaEventSynchronize(cq->sums_ev));
+    s_grads_finish(cq);
+    return eq_cuda_check_flags(cu, op, err);
+}
+
+eq_status eq_cuda_quant_backward(eq_cuda_quant *cq, const float *x, const float *gy, float *gx,
+                                 eq_err *err)
+{
+    return s_backward(cq, x, gy, gx, 0, err);
 }
 
 /* ---- the backend's quant_* members ------------------------------------------ */
@@ -427,7 +490,25 @@ eq_status eq_cuda_quant_bwd(void *ctx, struct eq_quant *q, const float *x, const
         return eq_err_set(err, EQ_ERR_INVALID,
                           "quant_backward: quantizer %s has had no forward on this cuda backend",
                           eq_quant_tag_name(q->o.tag));
-    return eq_cuda_quant_backward(cu->quants[i].cq, x, gy, gx, err);
+    return s_backward(cu->quants[i].cq, x, gy, gx, 1, err);
+}
+
+/* quant_grads_wait (interface 7): wait for the last pending backward's
+ * copy (the stream is in order: every earlier one is done too), then
+ * finish them all. */
+eq_status eq_cuda_quant_grads_wait(void *ctx, eq_err *err)
+{
+    eq_cuda *cu = ctx;
+    eq_cuda_quant *last = NULL;
+    for (size_t i = 0; i < cu->nquants; i++) {
+        eq_cuda_quant *cq = cu->quants[i].cq;
+        if (cq->grad_pending && (!last || cq->pseq > last->pseq)) last = cq;
+    }
+    if (!last) return EQ_OK;
+    EQ_CU("quant_grads_wait", cudaEventSynchronize(last->sums_ev));
+    for (size_t i = 0; i < cu->nquants; i++)
+        if (cu->quants[i].cq->grad_pending) s_grads_finish(cu->quants[i].cq);
+    return eq_cuda_check_flags(cu, "quant_grads_wait", err);
 }
 
 void eq_cuda_quant_release(void *ctx, struct eq_quant *q)
