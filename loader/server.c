@@ -743,6 +743,18 @@ static int s_evict(eq_loader_server *s)
     return 0;
 }
 
+/* A job whose epoch has no step (last=drop with G larger than the split)
+ * is refused at JOB time, naming why, instead of every BATCH_REQ saying
+ * "step 0 >= 0 steps per epoch". */
+static eq_status s_job_has_steps(const s_job *j, uint64_t n, eq_err *err)
+{
+    if (s_job_steps(j) > 0) return EQ_OK;
+    return eq_err_set(err, EQ_ERR_INVALID,
+                      "JOB: global_batch %u is larger than the %" PRIu64 " samples of '%s' split '%s' and last is "
+                      "'drop': an epoch has no step (use a smaller global batch, or last 'wrap' or 'partial')",
+                      j->job.global_batch, n, j->job.dataset, j->job.split);
+}
+
 static eq_status s_make_job(eq_loader_server *s, const eq_msg *m, const char *id, s_job **out, eq_err *err)
 {
     const eq_msg_job *jm = &m->u.job;
@@ -781,6 +793,7 @@ static eq_status s_make_job(eq_loader_server *s, const eq_msg *m, const char *id
         j->job = *jm;
         j->decl = d;
         eq_loader_det_fingerprint(&j->dcfg, j->fingerprint, sizeof j->fingerprint);
+        if ((st = s_job_has_steps(j, eq_det_size(j->det), err))) goto fail;
         *out = j;
         return EQ_OK;
     }
@@ -810,6 +823,7 @@ static eq_status s_make_job(eq_loader_server *s, const eq_msg *m, const char *id
     j->job = *jm;
     j->decl = d;
     eq_loader_pipeline_fingerprint(&j->cfg, j->fingerprint, sizeof j->fingerprint);
+    if ((st = s_job_has_steps(j, eq_dataset_size(j->ds), err))) goto fail;
     *out = j;
     return EQ_OK;
 fail:

@@ -657,6 +657,20 @@ START_TEST(test_bad_requests)
     eq_proto_make_error(&m, true, 10, EQ_ERR_IO, "hi");
     s_send(&f, &m);
     s_expect_error(&f, r, EQ_ERR_PROTO, "does not accept", 10);
+    /* G larger than the split with last=drop: no step in an epoch; refused
+     * at JOB time (it was JOB_OK, then every BATCH_REQ "step 0 >= 0") */
+    s_tiny_job(&m, "train", "rrc");
+    m.u.job.global_batch = S_N + 1;
+    m.u.job.last = EQ_PROTO_LAST_DROP;
+    m.has_req = true;
+    m.req = 12;
+    s_send(&f, &m);
+    s_expect_error(&f, r, EQ_ERR_INVALID,
+                   "global_batch 101 is larger than the 100 samples of 'tiny' split 'train' and last is 'drop'", 12);
+    m.u.job.last = EQ_PROTO_LAST_WRAP; /* wrap fills the one step */
+    m.req = 16;
+    s_send(&f, &m);
+    s_recv(&f, r, EQ_MSG_JOB_OK);
     /* A request larger than the whole budget can never be served: INVALID,
      * not LIMIT (the feeder retries LIMIT for ever).  40x40 samples: 16 x
      * (1600 + 4) bytes > 6401; one sample fits. */
