@@ -296,6 +296,7 @@ int main(int argc, char **argv)
 {
     const char *only = "all", *python = "/usr/bin/python3", *script = EQ_BENCH_DIR "/allreduce.py";
     int iters = 10, rounds = 2, torch = 1;
+    setvbuf(stdout, NULL, _IOLBF, 0); /* progress shows through a pipe (tee) */
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},  {"iters", required_argument, 0, 'i'},
         {"rounds", required_argument, 0, 'r'}, {"no-torch", no_argument, 0, 'n'},

@@ -230,6 +230,7 @@ int main(int argc, char **argv)
     const char *fmnist = EQ_FASHION_MNIST_DIR;
     double seconds = 2.0;
     int rounds = 3, torch = 1;
+    setvbuf(stdout, NULL, _IOLBF, 0); /* progress shows through a pipe (tee) */
     static const struct option opts[] = {
         {"set", required_argument, 0, 'S'},     {"seconds", required_argument, 0, 'x'},
         {"rounds", required_argument, 0, 'r'},  {"fmnist", required_argument, 0, 'f'},

@@ -24,7 +24,9 @@
  * reads them): a formulation that differs by more than 1e-5 (the values
  * are within about +-3, so that is tens of ulps) fails the run.
  *
- * Times: R rounds alternating eq and PyTorch, each the best of N calls;
+ * Times: R rounds (default 2) alternating eq and PyTorch, each the best
+ * of N calls after one warm-up (default: about 10 M pixels' worth, at
+ * least 3);
  * each side's best over all rounds, in wall time and in process CPU time
  * (all threads; a busy machine disturbs it less).  "ratio" is PyTorch's
  * fastest formulation's time over eq's (> 1: eq is faster), in CPU time
@@ -206,9 +208,9 @@ static int s_bench(const shape *S, int threads, int rounds, int iters, int torch
     eq_err err = {0};
     const int64_t per = S->h * S->w * S->c, n = S->n;
     const size_t nb = (size_t)(n * per);
-    if (iters <= 0) { /* about 40 M pixels per round, at least 5 calls */
-        iters = (int)(40000000 / nb);
-        if (iters < 5) iters = 5;
+    if (iters <= 0) { /* about 10 M pixels per round, at least 3 calls */
+        iters = (int)(10000000 / nb);
+        if (iters < 3) iters = 3;
     }
     eq_backend *be = eq_backend_cpu_new(threads, &err);
     if (!be) {
@@ -347,7 +349,8 @@ out:
 int main(int argc, char **argv)
 {
     const char *only = "all", *python = "/usr/bin/python3", *script = EQ_BENCH_DIR "/stage.py";
-    int threads = 2, rounds = 3, iters = 0, torch = 1;
+    int threads = 2, rounds = 2, iters = 0, torch = 1;
+    setvbuf(stdout, NULL, _IOLBF, 0); /* progress shows through a pipe (tee) */
     static const struct option opts[] = {
         {"shape", required_argument, 0, 'S'},   {"threads", required_argument, 0, 't'},
         {"rounds", required_argument, 0, 'r'},  {"iters", required_argument, 0, 'i'},
