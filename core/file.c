@@ -93,6 +93,9 @@ struct eq_file_atomic {
 
 static atomic_uint s_tmp_counter;
 
+/* What a failed atomic write did not do (the point of writing atomically). */
+#define S_KEPT "the previous file, if any, is unchanged"
+
 eq_file_atomic *eq_file_atomic_open(const char *path, eq_err *err)
 {
     eq_file_atomic *a = calloc(1, sizeof *a);
@@ -111,7 +114,7 @@ eq_file_atomic *eq_file_atomic_open(const char *path, eq_err *err)
         if (a->fd >= 0) break;
         int e = errno;
         if (e == EEXIST && tries < 100) continue;
-        eq_err_set(err, s_errno_code(e), "%s: create: %s", a->tmp, strerror(e));
+        eq_err_set(err, s_errno_code(e), "%s: not written: create %s: %s", path, a->tmp, strerror(e));
         free(a->tmp);
         free(a->path);
         free(a);
@@ -130,7 +133,8 @@ eq_status eq_file_atomic_write(eq_file_atomic *a, const void *data, size_t len, 
             if (errno == EINTR) continue;
             int e = errno;
             a->failed = 1;
-            return eq_err_set(err, EQ_ERR_IO, "%s: write: %s", a->tmp, strerror(e));
+            return eq_err_set(err, EQ_ERR_IO, "%s: not written: write to %s: %s (%s)", a->path, a->tmp, strerror(e),
+                              S_KEPT);
         }
         p += w;
         len -= (size_t)w;
@@ -161,20 +165,21 @@ eq_status eq_file_atomic_commit(eq_file_atomic **a_p, eq_err *err)
     eq_file_atomic *a = *a_p;
     eq_status rc = EQ_OK;
     if (a->failed) {
-        rc = eq_err_set(err, EQ_ERR_IO, "%s: not written: an earlier write failed", a->path);
+        rc = eq_err_set(err, EQ_ERR_IO, "%s: not written: an earlier write failed (%s)", a->path, S_KEPT);
     } else if (fsync(a->fd) != 0) {
         int e = errno;
-        rc = eq_err_set(err, EQ_ERR_IO, "%s: fsync: %s", a->tmp, strerror(e));
+        rc = eq_err_set(err, EQ_ERR_IO, "%s: not written: fsync %s: %s (%s)", a->path, a->tmp, strerror(e), S_KEPT);
     }
     int c = close(a->fd);
     a->fd = -1;
     if (rc == EQ_OK && c != 0) {
         int e = errno;
-        rc = eq_err_set(err, EQ_ERR_IO, "%s: close: %s", a->tmp, strerror(e));
+        rc = eq_err_set(err, EQ_ERR_IO, "%s: not written: close %s: %s (%s)", a->path, a->tmp, strerror(e), S_KEPT);
     }
     if (rc == EQ_OK && rename(a->tmp, a->path) != 0) {
         int e = errno;
-        rc = eq_err_set(err, EQ_ERR_IO, "%s: rename from %s: %s", a->path, a->tmp, strerror(e));
+        rc = eq_err_set(err, EQ_ERR_IO, "%s: not written: rename from %s: %s (%s)", a->path, a->tmp, strerror(e),
+                        S_KEPT);
     }
     if (rc != EQ_OK) {
         unlink(a->tmp);

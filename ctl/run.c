@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -24,6 +25,8 @@
 #include "core/json.h"
 #include "core/log.h"
 #include "proto/proto_zmq.h"
+#include "trainer/checkpoint.h"
+#include "trainer/policy.h"
 #include "trainer/train.h"
 
 #define S_MAX_LOADERS 16
@@ -93,6 +96,7 @@ static pid_t s_spawn(const char *prog, char *const argv[], const char *log, char
         snprintf(errbuf, cap, "%s: %s", log, strerror(errno));
         return -1;
     }
+    pid_t parent = getpid();
     pid_t pid = fork();
     if (pid < 0) {
         snprintf(errbuf, cap, "fork: %s", strerror(errno));
@@ -103,6 +107,12 @@ static pid_t s_spawn(const char *prog, char *const argv[], const char *log, char
         /* Own process group: a terminal's Ctrl-C reaches eqctl only, which
          * then stops the parts in order. */
         setpgid(0, 0);
+        /* eqctl killed (SIGKILL, a crash): every part gets the SIGTERM that
+         * eqctl would have sent (the trainer checkpoints), rather than a
+         * trainer training on for hours and daemons serving nobody.  The
+         * signal is armed after the fork: a parent that died in between is
+         * caught by the getppid test. */
+        if (prctl(PR_SET_PDEATHSIG, SIGTERM) != 0 || getppid() != parent) _exit(127);
         dup2(fd, 1);
         dup2(fd, 2);
         int nul = open("/dev/null", O_RDONLY);
@@ -460,6 +470,38 @@ int eq_ctl_run_main(int argc, char **argv)
         fprintf(stderr, "eqctl run: --evaluate needs the weights: --resume CKPT or --pretrained FILE\n");
         return 2;
     }
+    /* Refuse what the trainer would refuse only after every part started:
+     * a checkpoint that is not one, or has nothing left to train, and a
+     * policy file that does not parse. */
+    if (resume) {
+        eq_ckpt_run cr;
+        if (eq_checkpoint_peek(resume, &cr, &e) != EQ_OK) {
+            fprintf(stderr, "eqctl run: --resume: %s\n", e.msg);
+            return 2;
+        }
+        if (!evaluate && cr.epoch >= x.sched.epochs) {
+            fprintf(stderr,
+                    "eqctl run: --resume %s: the checkpoint is at epoch %" PRId64 " step %" PRId64
+                    " and [schedule] epochs = %" PRId64 ": nothing left to train (raise schedule.epochs, or "
+                    "--evaluate to evaluate it)\n",
+                    resume, cr.epoch, cr.step, (int64_t)x.sched.epochs);
+            return 2;
+        }
+    }
+    if (x.train.policy[0]) {
+        eq_policy *pol = eq_policy_load(x.train.policy, &e);
+        if (!pol) {
+            fprintf(stderr, "eqctl run: [train] policy: %s\n", e.msg);
+            return 2;
+        }
+        int64_t lt = eq_policy_last_trigger(pol);
+        if (lt >= x.sched.epochs)
+            fprintf(stderr,
+                    "eqctl run: warning: %s: trigger epoch %" PRId64 " is past the last epoch (%" PRId64
+                    " of [schedule] epochs = %" PRId64 ", counted from 0): its rules never run in this run\n",
+                    x.train.policy, lt, (int64_t)x.sched.epochs - 1, (int64_t)x.sched.epochs);
+        eq_policy_destroy(&pol);
+    }
     /* Ranks share the CPUs: split "one thread per CPU" between them. */
     char threads_set[64] = "";
     if (nranks > 1 && x.train.threads == 0) {
@@ -489,7 +531,7 @@ int eq_ctl_run_main(int argc, char **argv)
         free(r);
         return 1;
     }
-    int rc = 1;
+    int rc = 1, lock_fd = -1;
     void *ctx = zmq_ctx_new();
     void *sub_t = NULL, *sub_e = NULL;
     char errbuf[600] = "";
@@ -509,7 +551,37 @@ int eq_ctl_run_main(int argc, char **argv)
                 mkdir(cmd, 0777);
                 *p = '/';
             }
-        mkdir(cmd, 0777);
+        if (mkdir(cmd, 0777) != 0 && errno != EEXIST) {
+            fprintf(stderr, "eqctl run: [train] out_dir = %s: cannot create it: %s\n", x.train.out_dir,
+                    strerror(errno));
+            rc = 2;
+            goto out;
+        }
+        /* One run per output directory: a second would truncate the
+         * first's logs and interleave checkpoints and metrics.  A POSIX
+         * lock dies with its process, however it ends. */
+        char lockp[1300];
+        snprintf(lockp, sizeof lockp, "%s/.eqctl-run.lock", x.train.out_dir);
+        lock_fd = open(lockp, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+        if (lock_fd < 0) {
+            fprintf(stderr, "eqctl run: [train] out_dir: %s: %s\n", lockp, strerror(errno));
+            rc = 2;
+            goto out;
+        }
+        struct flock fl = { .l_type = F_WRLCK, .l_whence = SEEK_SET };
+        if (fcntl(lock_fd, F_SETLK, &fl) != 0) {
+            int le = errno;
+            struct flock who = { .l_type = F_WRLCK, .l_whence = SEEK_SET };
+            if ((le == EAGAIN || le == EACCES) && fcntl(lock_fd, F_GETLK, &who) == 0 && who.l_type != F_UNLCK)
+                fprintf(stderr, "eqctl run: [train] out_dir %s is in use by another eqctl run (pid %ld); "
+                        "wait for it, stop it, or set another train.out_dir\n", x.train.out_dir, (long)who.l_pid);
+            else
+                fprintf(stderr, "eqctl run: [train] out_dir: lock %s: %s\n", lockp, strerror(le));
+            close(lock_fd);
+            lock_fd = -1;
+            rc = 2;
+            goto out;
+        }
         if (mkdir(r->log_dir, 0777) && errno != EEXIST) {
             fprintf(stderr, "eqctl run: mkdir %s: %s\n", r->log_dir, strerror(errno));
             goto out;
@@ -807,6 +879,7 @@ spawn_fail:
     for (int i = 0; i < r->nch; i++) s_stop_child(r, i, 5000);
     rc = 1;
 out:
+    if (lock_fd >= 0) close(lock_fd);
     eq_proto_socket_close(&sub_t);
     eq_proto_socket_close(&sub_e);
     zmq_ctx_term(ctx);

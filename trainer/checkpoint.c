@@ -3,6 +3,7 @@
  */
 #include "trainer/checkpoint.h"
 
+#include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
 #include <inttypes.h>
@@ -209,8 +210,12 @@ eq_status eq_checkpoint_save(const char *path, eq_model *m, const eq_optim *o, c
 
 /* ---- load ------------------------------------------------------------------ */
 
-static eq_status s_meta_i64(const eq_st_file *f, const char *path, const char *key, int64_t *out,
-                            eq_err *err)
+/* No run gets near 2^40 epochs or steps (epoch * steps stays far from
+ * overflowing). */
+#define S_RUN_MAX ((int64_t)1 << 40)
+
+static eq_status s_meta_i64(const eq_st_file *f, const char *path, const char *key, int64_t min, int64_t max,
+                            int64_t *out, eq_err *err)
 {
     const char *v = eq_st_meta_get(f, key);
     char *end = NULL;
@@ -218,31 +223,39 @@ static eq_status s_meta_i64(const eq_st_file *f, const char *path, const char *k
     long long x = v ? strtoll(v, &end, 10) : 0;
     if (!v || errno || end == v || *end)
         return eq_err_set(err, EQ_ERR_CORRUPT, "%s: metadata '%s' is %s", path, key,
-                          v ? "not an integer" : "missing");
+                          !v ? "missing" : errno == ERANGE ? "not an integer (out of range)" : "not an integer");
+    if (x < min)
+        return min == 0 ? eq_err_set(err, EQ_ERR_CORRUPT, "%s: metadata '%s' is negative (%lld)", path, key, x)
+                        : eq_err_set(err, EQ_ERR_CORRUPT, "%s: metadata '%s' is %lld, below %" PRId64, path, key, x,
+                                     min);
+    if (x > max)
+        return eq_err_set(err, EQ_ERR_CORRUPT, "%s: metadata '%s' is %lld, beyond %" PRId64 " (no run gets there)",
+                          path, key, x, max);
     *out = x;
     return EQ_OK;
 }
 
-eq_status eq_checkpoint_load(const char *path, eq_model *m, eq_optim *o, eq_ckpt_run *run,
-                             char **config_out, eq_err *err)
+/* The format and run state of an open checkpoint: everything but the
+ * tensors, validated (a corrupt value is EQ_ERR_CORRUPT naming the key). */
+static eq_status s_read_run(const eq_st_file *f, const char *path, eq_ckpt_run *rp, int64_t *osteps_out,
+                            eq_err *err)
 {
-    if (!path || !m) return eq_err_set(err, EQ_ERR_INVALID, "checkpoint load: NULL argument");
-    if (config_out) *config_out = NULL;
-    eq_st_file *f = eq_st_open(path, NULL, err);
-    if (!f) return eq_err_prefix(err, "checkpoint load: ");
     eq_status st = EQ_OK;
     const char *fmt = eq_st_meta_get(f, "format"), *ver = eq_st_meta_get(f, "format_version");
     if (!fmt || strcmp(fmt, EQ_CKPT_FORMAT) != 0)
         st = eq_err_set(err, EQ_ERR_VERSION, "%s: not an eq checkpoint (metadata format is %s%s%s)", path,
                         fmt ? "'" : "", fmt ? fmt : "missing", fmt ? "'" : "");
-    else if (!ver || atoi(ver) != EQ_CKPT_FORMAT_VERSION)
+    char want[16];
+    snprintf(want, sizeof want, "%d", EQ_CKPT_FORMAT_VERSION);
+    if (st == EQ_OK && (!ver || strcmp(ver, want) != 0))
         st = eq_err_set(err, EQ_ERR_VERSION, "%s: checkpoint format version %s, this build reads %d", path,
                         ver ? ver : "(missing)", EQ_CKPT_FORMAT_VERSION);
     eq_ckpt_run r = {0};
     int64_t osteps = -1;
-    if (st == EQ_OK) st = s_meta_i64(f, path, "epoch", &r.epoch, err);
-    if (st == EQ_OK) st = s_meta_i64(f, path, "step", &r.step, err);
-    if (st == EQ_OK) st = s_meta_i64(f, path, "optim_steps", &osteps, err);
+    /* bounded so that epoch * steps and the like cannot overflow */
+    if (st == EQ_OK) st = s_meta_i64(f, path, "epoch", 0, S_RUN_MAX, &r.epoch, err);
+    if (st == EQ_OK) st = s_meta_i64(f, path, "step", 0, S_RUN_MAX, &r.step, err);
+    if (st == EQ_OK) st = s_meta_i64(f, path, "optim_steps", -1, S_RUN_MAX, &osteps, err);
     if (st == EQ_OK) {
         const char *rv = eq_st_meta_get(f, "rng");
         if (!rv || strlen(rv) != 64)
@@ -253,7 +266,8 @@ eq_status eq_checkpoint_load(const char *path, eq_model *m, eq_optim *o, eq_ckpt
             part[16] = 0;
             char *end = NULL;
             r.rng[k] = strtoull(part, &end, 16);
-            if (*end) st = eq_err_set(err, EQ_ERR_CORRUPT, "%s: metadata 'rng' is not hex", path);
+            if (*end || !isxdigit((unsigned char)part[0]))
+                st = eq_err_set(err, EQ_ERR_CORRUPT, "%s: metadata 'rng' is not hex", path);
         }
         const char *mv = eq_st_meta_get(f, "metric");
         r.metric = mv ? strtod(mv, NULL) : NAN;
@@ -272,10 +286,63 @@ eq_status eq_checkpoint_load(const char *path, eq_model *m, eq_optim *o, eq_ckpt
                             "value)",
                             path, sv, (double)FLT_MIN);
         if (st == EQ_OK)
-            st = s_meta_i64(f, path, "loss_scale_growth_tracker", &r.loss_scale_growth_tracker, err);
-        if (st == EQ_OK && r.loss_scale_growth_tracker < 0)
-            st = eq_err_set(err, EQ_ERR_CORRUPT, "%s: metadata 'loss_scale_growth_tracker' is negative", path);
+            st = s_meta_i64(f, path, "loss_scale_growth_tracker", 0, INT64_MAX, &r.loss_scale_growth_tracker, err);
     }
+    if (st == EQ_OK) {
+        *rp = r;
+        *osteps_out = osteps;
+    }
+    return st;
+}
+
+eq_status eq_checkpoint_peek(const char *path, eq_ckpt_run *run, eq_err *err)
+{
+    if (!path || !run) return eq_err_set(err, EQ_ERR_INVALID, "checkpoint peek: NULL argument");
+    eq_st_file *f = eq_st_open(path, NULL, err);
+    if (!f) return eq_err_prefix(err, "checkpoint: ");
+    int64_t osteps;
+    eq_status st = s_read_run(f, path, run, &osteps, err);
+    eq_st_close(&f);
+    return st;
+}
+
+/* The first non-finite value of an F32 tensor of the file, or -1. */
+static int64_t s_nonfinite(const eq_st_file *f, long idx)
+{
+    const eq_tensor_desc *d = eq_st_desc(f, (size_t)idx);
+    if (d->dtype != EQ_DT_F32) return -1;
+    size_t nb = 0;
+    const unsigned char *p = eq_st_data(f, (size_t)idx, &nb);
+    for (size_t i = 0; i + 4 <= nb; i += 4) {
+        float v;
+        memcpy(&v, p + i, 4);
+        if (!isfinite(v)) return (int64_t)(i / 4);
+    }
+    return -1;
+}
+
+/* No run saves a NaN or an infinity (a non-finite loss stops it before
+ * the checkpoint): such a value is damage, refused before training. */
+static eq_status s_check_finite(const eq_st_file *f, long idx, const char *name, eq_err *err)
+{
+    int64_t at = s_nonfinite(f, idx);
+    if (at < 0) return EQ_OK;
+    float v;
+    memcpy(&v, (const unsigned char *)eq_st_data(f, (size_t)idx, NULL) + 4 * at, 4);
+    return eq_err_set(err, EQ_ERR_CORRUPT, "tensor '%s': element %" PRId64 " is %s (no run saves a non-finite value)",
+                      name, at, isnan(v) ? "NaN" : v > 0 ? "inf" : "-inf");
+}
+
+eq_status eq_checkpoint_load(const char *path, eq_model *m, eq_optim *o, eq_ckpt_run *run,
+                             char **config_out, eq_err *err)
+{
+    if (!path || !m) return eq_err_set(err, EQ_ERR_INVALID, "checkpoint load: NULL argument");
+    if (config_out) *config_out = NULL;
+    eq_st_file *f = eq_st_open(path, NULL, err);
+    if (!f) return eq_err_prefix(err, "checkpoint load: ");
+    eq_ckpt_run r = {0};
+    int64_t osteps = -1;
+    eq_status st = s_read_run(f, path, &r, &osteps, err);
     if (st == EQ_OK && o && osteps < 0)
         st = eq_err_set(err, EQ_ERR_NOTFOUND, "%s: the checkpoint has no optimiser state", path);
     /* every tensor of the file must belong to the model or the optimiser */
@@ -301,6 +368,7 @@ eq_status eq_checkpoint_load(const char *path, eq_model *m, eq_optim *o, eq_ckpt
         long idx = eq_st_find(f, name);
         st = idx < 0 ? eq_err_set(err, EQ_ERR_NOTFOUND, "tensor '%s' is missing from the file", name)
                      : s_match(f, idx, t, name, err);
+        if (st == EQ_OK) st = s_check_finite(f, idx, name, err);
     }
     for (size_t i = 0; st == EQ_OK && o && i < eq_optim_state_count(o); i++) {
         const eq_model_tensor *t = eq_optim_state_at(o, i);
@@ -308,6 +376,7 @@ eq_status eq_checkpoint_load(const char *path, eq_model *m, eq_optim *o, eq_ckpt
         long idx = eq_st_find(f, name);
         st = idx < 0 ? eq_err_set(err, EQ_ERR_NOTFOUND, "tensor '%s' is missing from the file", name)
                      : s_match(f, idx, t, name, err);
+        if (st == EQ_OK) st = s_check_finite(f, idx, name, err);
     }
     if (st == EQ_OK) st = s_load_set(be, f, "", s_model_at, m, eq_model_tensor_count(m), false, NULL, err);
     if (st == EQ_OK && o)

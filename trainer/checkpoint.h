@@ -13,8 +13,9 @@
  *                          with loss scaling also "loss_scale" (%.17g of
  *                          the float: reads back exactly) and
  *                          "loss_scale_growth_tracker"
- * Loading checks every name, dtype and shape and names the offending
- * tensor; nothing is modified unless the whole file matches (validation
+ * Loading checks every name, dtype and shape, that the float tensors hold
+ * no NaN or infinity, and that the run metadata is in range (epoch, step
+ * >= 0), and names the offending tensor or key; nothing is modified unless the whole file matches (validation
  * runs before the first copy).
  *
  * Thread safety: functions touch only their arguments.
@@ -63,6 +64,11 @@ eq_status eq_checkpoint_save(const char *path, eq_model *m, const eq_optim *o, c
 eq_status eq_checkpoint_load(const char *path, eq_model *m, eq_optim *o, eq_ckpt_run *run,
                              char **config_out, eq_err *err);
 
+/* The run state of the checkpoint at `path` (format, version and every
+ * run metadata value validated as eq_checkpoint_load does; no tensor is
+ * read), so that a program can refuse a checkpoint before it starts
+ * anything: run->config is not set.  Errors name the file and the key. */
+eq_status eq_checkpoint_peek(const char *path, eq_ckpt_run *run, eq_err *err);
 /* Copy the tensors named `prefix` + <model tensor name> (quantizer state:
  * prefix + "quant." + name) from an open file into the model.  Validates
  * all of them before copying.  allow_missing: model tensors absent from the

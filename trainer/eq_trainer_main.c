@@ -13,6 +13,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <getopt.h>
+#include <inttypes.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,6 +21,7 @@
 #include <unistd.h>
 
 #include "core/log.h"
+#include "trainer/checkpoint.h"
 #include "trainer/dist.h"
 #include "trainer/feeder.h"
 #include "trainer/train.h"
@@ -230,6 +232,25 @@ int main(int argc, char **argv)
         return 2;
     }
     to.config_text = text;
+    /* A checkpoint that cannot be resumed is refused now, not after the
+     * loaders answered (a corrupt file, or nothing left to train). */
+    if (to.resume) {
+        eq_ckpt_run cr;
+        if (eq_checkpoint_peek(to.resume, &cr, &e) != EQ_OK) {
+            fprintf(stderr, "eq-trainer: --resume: %s\n", e.msg);
+            free(text);
+            return 1;
+        }
+        if (!to.evaluate && cr.epoch >= x.sched.epochs) {
+            fprintf(stderr,
+                    "eq-trainer: --resume %s: the checkpoint is at epoch %" PRId64 " step %" PRId64
+                    " and [schedule] epochs = %" PRId64 ": nothing left to train (raise schedule.epochs, or "
+                    "--evaluate to evaluate it)\n",
+                    to.resume, cr.epoch, cr.step, (int64_t)x.sched.epochs);
+            free(text);
+            return 2;
+        }
+    }
     s_train = eq_train_new(&x, &to, &e);
     free(text);
     if (!s_train) {

@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +22,9 @@
 
 #define S_CAP EQ_FEEDER_MAX_INFLIGHT
 #define S_BUSY_BACKOFF_MS 50
+/* While no loader answers: a warning after 5 s, then every 30 s. */
+#define S_NOTE_FIRST_MS 5000
+#define S_NOTE_EVERY_MS 30000
 
 typedef struct s_loader {
     char ep[256];
@@ -77,6 +81,7 @@ struct eq_feeder {
     size_t npool;
     eq_proto_recvd *delivered; /* handed out by the last next(): closed on the next call */
     uint64_t last_reply_ms;
+    uint64_t next_note_ms; /* eq_feeder_next: when to say again that no loader answers */
     volatile sig_atomic_t interrupted;
     eq_feeder_stats st;
 };
@@ -475,6 +480,32 @@ static eq_status s_pump(eq_feeder *f, eq_err *err)
     return EQ_OK;
 }
 
+/* "no loader has <what> for N s (ep, ...); giving up after M s": the
+ * trainer waiting on loaders is never silent. */
+#if defined(__GNUC__)
+__attribute__((format(printf, 3, 4)))
+#endif
+static void s_note_silent(const eq_feeder *f, uint64_t ms, const char *what_fmt, ...)
+{
+    char what[160], eps[300] = "";
+    va_list ap;
+    va_start(ap, what_fmt);
+    vsnprintf(what, sizeof what, what_fmt, ap);
+    va_end(ap);
+    size_t n = 0, shown = 0;
+    for (size_t i = 0; i < f->nld && n < sizeof eps; i++) {
+        if (f->ld[i].removed) continue;
+        if (shown == 3) {
+            snprintf(eps + n, sizeof eps - n, ", ...");
+            break;
+        }
+        n += (size_t)snprintf(eps + n, sizeof eps - n, "%s%s", shown ? ", " : "", f->ld[i].ep);
+        shown++;
+    }
+    eq_warn("no loader has %s for %.0f s (%s); is an eq-loader serving there? giving up after %.0f s", what,
+            (double)ms / 1000.0, eps, (double)f->cfg.give_up_ms / 1000.0);
+}
+
 /* ------------------------------------------------------------------ API */
 
 eq_status eq_feeder_add_job(eq_feeder *f, const eq_msg *job, eq_msg_job_ok *ok, int *job_index, eq_err *err)
@@ -493,7 +524,7 @@ eq_status eq_feeder_add_job(eq_feeder *f, const eq_msg *job, eq_msg_job_ok *ok, 
         live++;
         if ((st = s_send_job(f, i, j, err))) return st;
     }
-    uint64_t t0 = eq_clock_ms();
+    uint64_t t0 = eq_clock_ms(), next_note = t0 + S_NOTE_FIRST_MS;
     for (;;) {
         size_t answered = 0, good = 0;
         for (size_t i = 0; i < f->nld; i++) {
@@ -508,6 +539,10 @@ eq_status eq_feeder_add_job(eq_feeder *f, const eq_msg *job, eq_msg_job_ok *ok, 
             return eq_err_set(err, EQ_ERR_TIMEOUT, "no loader answered the %s job in %u ms (%s%s)",
                               job->u.job.split, f->cfg.give_up_ms, f->ld[0].ep, f->nld > 1 ? ", ..." : "");
         if (f->interrupted) return eq_err_set(err, EQ_ERR_INTERRUPTED, "feeder: interrupted");
+        if (good == 0 && now >= next_note) { /* say why nothing happens */
+            s_note_silent(f, now - t0, "answered the %s job", job->u.job.split);
+            next_note = now + S_NOTE_EVERY_MS;
+        }
         if ((st = s_poll(f, 100, err))) return st;
         if (answered == live && good == 0)
             return eq_err_set(err, EQ_ERR_INVALID, "every loader refused the %s job", job->u.job.split);
@@ -536,6 +571,7 @@ eq_status eq_feeder_pass(eq_feeder *f, int job_index, uint64_t epoch, uint64_t f
     f->count = count;
     f->limit = limit;
     f->last_reply_ms = eq_clock_ms();
+    f->next_note_ms = 0;
     return s_pump(f, err);
 }
 
@@ -558,6 +594,11 @@ eq_status eq_feeder_next(eq_feeder *f, eq_feeder_batch *out, eq_err *err)
         if (s->ready && s->step == f->next_deliver) break;
         if (f->interrupted) return eq_err_set(err, EQ_ERR_INTERRUPTED, "feeder: interrupted");
         uint64_t now = eq_clock_ms();
+        if (now - f->last_reply_ms >= S_NOTE_FIRST_MS && now >= f->next_note_ms) {
+            s_note_silent(f, now - f->last_reply_ms, "sent anything (waiting for epoch %" PRIu64 " step %" PRIu64 ")",
+                          f->epoch, f->next_deliver);
+            f->next_note_ms = now + S_NOTE_EVERY_MS;
+        }
         if (now - f->last_reply_ms > f->cfg.give_up_ms)
             return eq_err_set(err, EQ_ERR_TIMEOUT,
                               "no loader answered for %u ms (waiting for epoch %" PRIu64 " step %" PRIu64 ")",

@@ -949,10 +949,21 @@ eq_policy *eq_policy_parse(const char *text, const char *name, eq_err *err)
                     }
                 q = qe ? qe + 1 : NULL;
             }
-            if (rest)
-                eq_warn("%s:%d: a line without ':' ends the policy (the original's rule); %zu more non-blank "
-                        "line(s) ignored",
-                        p->name, line, rest);
+            /* A forgotten ':' ("by_index all") would otherwise drop the
+             * rest silently: always say which line ended the policy. */
+            char shown[64];
+            size_t k = 0;
+            for (const char *c = l; *c && k + 5 < sizeof shown; c++) {
+                unsigned char u = (unsigned char)*c;
+                if (u < 0x20 || u >= 0x7f)
+                    k += (size_t)snprintf(shown + k, sizeof shown - k, "\\x%02x", u);
+                else
+                    shown[k++] = (char)u;
+            }
+            shown[k] = 0;
+            eq_warn("%s:%d: '%s%s' has no ':' and ends the policy (the original's rule); %zu more non-blank "
+                    "line(s) ignored",
+                    p->name, line, shown, l[0] && strlen(l) > k ? "..." : "", rest);
             break;
         }
         *colon = 0;
@@ -1112,6 +1123,14 @@ eq_policy *eq_policy_load(const char *path, eq_err *err)
 size_t eq_policy_rule_count(const eq_policy *p, eq_policy_section s)
 {
     return p && (unsigned)s < EQ_POLICY_NSECTIONS ? p->nrules[s] : 0;
+}
+
+int64_t eq_policy_last_trigger(const eq_policy *p)
+{
+    int64_t last = -1;
+    for (size_t i = 0; p && i < p->ntrig; i++)
+        if (p->trig[i] > last) last = p->trig[i];
+    return last;
 }
 
 bool eq_policy_triggers(const eq_policy *p, int64_t epoch)

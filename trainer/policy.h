@@ -139,6 +139,8 @@ void eq_policy_destroy(eq_policy **p_p);
 
 /* Rules in a section. */
 size_t eq_policy_rule_count(const eq_policy *p, eq_policy_section s);
+/* The epoch section's last trigger epoch, -1 when it has none. */
+int64_t eq_policy_last_trigger(const eq_policy *p);
 /* Whether `epoch` is one of the epoch section's triggers. */
 bool eq_policy_triggers(const eq_policy *p, int64_t epoch);
 
