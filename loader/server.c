@@ -1423,7 +1423,7 @@ static void s_on_ctl(eq_loader_server *s)
         else {
             char safe[sizeof cmd];
             size_t k = 0;
-            for (; k < cmdlen && cmd[k]; k++) safe[k] = (cmd[k] >= 0x20 && cmd[k] < 0x7f) ? cmd[k] : '?';
+            for (; k < cmdlen; k++) safe[k] = (cmd[k] >= 0x20 && cmd[k] < 0x7f) ? cmd[k] : '?'; /* NUL too */
             safe[k] = 0;
             snprintf(why, sizeof why, "unknown command '%s' (expected status or stop)", safe);
         }

@@ -845,6 +845,20 @@ START_TEST(test_control)
     ck_assert_ptr_nonnull(strstr(js, "\"ok\":false"));
     ck_assert_ptr_nonnull(strstr(js, "unknown command 'reboot'"));
     free(js);
+    {
+        /* a NUL inside: the whole command is shown ("status" before) */
+        void *d = zmq_socket(f.ctx, ZMQ_DEALER);
+        int t = 3000, z = 0;
+        zmq_setsockopt(d, ZMQ_RCVTIMEO, &t, sizeof t);
+        zmq_setsockopt(d, ZMQ_LINGER, &z, sizeof z);
+        ck_assert_int_eq(zmq_connect(d, "inproc://ctl"), 0);
+        ck_assert_int_eq(zmq_send(d, "status\0junk", 11, 0), 11);
+        js = calloc(1, 4097);
+        ck_assert_int_gt(zmq_recv(d, js, 4096, 0), 0);
+        zmq_close(d);
+        ck_assert_msg(strstr(js, "unknown command 'status?junk'"), "%s", js);
+    }
+    free(js);
     js = s_ctl(f.ctx, "inproc://ctl", "status", 2);
     ck_assert_ptr_nonnull(strstr(js, "expected one frame"));
     free(js);
