@@ -89,7 +89,12 @@ static int s_bindir(char *out, size_t cap)
     return 0;
 }
 
-static pid_t s_spawn(const char *prog, char *const argv[], const char *log, char *errbuf, size_t cap)
+/* block_stop: start the program with SIGINT and SIGTERM blocked (the mask
+ * survives exec), for eq-trainer, which unblocks them once its handler is
+ * in place: a stop sent while it starts (Ctrl-C right after eqctl run)
+ * then stops it cleanly instead of killing it. */
+static pid_t s_spawn(const char *prog, char *const argv[], const char *log, bool block_stop, char *errbuf,
+                     size_t cap)
 {
     int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) {
@@ -119,6 +124,13 @@ static pid_t s_spawn(const char *prog, char *const argv[], const char *log, char
         if (nul >= 0) dup2(nul, 0);
         signal(SIGINT, SIG_DFL);
         signal(SIGTERM, SIG_DFL);
+        if (block_stop) {
+            sigset_t ss;
+            sigemptyset(&ss);
+            sigaddset(&ss, SIGINT);
+            sigaddset(&ss, SIGTERM);
+            sigprocmask(SIG_BLOCK, &ss, NULL);
+        }
         execv(prog, argv);
         fprintf(stderr, "eqctl run: cannot run %s: %s\n", prog, strerror(errno));
         _exit(127);
@@ -641,7 +653,7 @@ int eq_ctl_run_main(int argc, char **argv)
         snprintf(ch->label, sizeof ch->label, "eq-loader %ld", i);
         ch->what = ch->label;
         snprintf(ch->log, sizeof ch->log, "%s", logp);
-        if ((ch->pid = s_spawn(prog[0], av, logp, errbuf, sizeof errbuf)) < 0) goto spawn_fail;
+        if ((ch->pid = s_spawn(prog[0], av, logp, false, errbuf, sizeof errbuf)) < 0) goto spawn_fail;
         r->nch++;
         snprintf(loaders_arg + strlen(loaders_arg), sizeof loaders_arg - strlen(loaders_arg), "%s%s", i ? "," : "",
                  ep_ld[i]);
@@ -660,7 +672,7 @@ int eq_ctl_run_main(int argc, char **argv)
         snprintf(ch->label, sizeof ch->label, "eq-eval");
         ch->what = ch->label;
         snprintf(ch->log, sizeof ch->log, "%s", logp);
-        if ((ch->pid = s_spawn(prog[1], av, logp, errbuf, sizeof errbuf)) < 0) goto spawn_fail;
+        if ((ch->pid = s_spawn(prog[1], av, logp, false, errbuf, sizeof errbuf)) < 0) goto spawn_fail;
         r->evaluator = r->nch++;
     }
     /* Trainer ranks: rank 0 binds the control socket (where the others
@@ -720,7 +732,7 @@ int eq_ctl_run_main(int argc, char **argv)
             snprintf(ch->label, sizeof ch->label, "eq-trainer");
         ch->what = ch->label;
         snprintf(ch->log, sizeof ch->log, "%s", logp);
-        if ((ch->pid = s_spawn(prog[2], av, logp, errbuf, sizeof errbuf)) < 0) goto spawn_fail;
+        if ((ch->pid = s_spawn(prog[2], av, logp, true, errbuf, sizeof errbuf)) < 0) goto spawn_fail;
         if (rk == 0) r->trainer = r->nch;
         r->tr[r->ntr++] = r->nch++;
     }

@@ -13,6 +13,8 @@
 #    naming the first's pid, the first's logs are not truncated;
 #  - eqctl killed with SIGKILL: every part gets SIGTERM (the trainer writes
 #    its checkpoint) instead of training on with no one watching;
+#  - SIGTERM to eqctl while the trainer is still starting: exit 3, not
+#    "eq-trainer killed by signal 15";
 #  - a policy file that does not parse: exit 2 before anything starts; a
 #    trigger epoch past the schedule is warned about;
 #  - an eq-trainer whose loaders do not answer says so after 5 s;
@@ -193,6 +195,26 @@ else
     dump "$T/out3/logs/trainer.log"
 fi
 rm -rf "$(grep -o '/tmp/eqctl-run-[A-Za-z0-9]*' "$T/out3/logs/trainer.log" 2>/dev/null | head -n 1)"
+
+# 4b. SIGTERM to eqctl right after it started the parts: the trainer, still
+# loading, stops cleanly (exit 3) instead of dying of the signal
+# ("eq-trainer killed by signal 15" used to fail the run).
+"$CTL" run "$T/tiny.cfg" --set schedule.epochs=1000 --set "train.out_dir=$T/out4" >"$T/r4.out" 2>"$T/r4.err" &
+RUNPID=$!
+wait_grep "$T/r4.err" 100 "eq-trainer rank(s) started"
+kill -TERM "$RUNPID"
+i=0
+while [ $i -lt 600 ] && kill -0 "$RUNPID" 2>/dev/null; do
+    sleep 0.1
+    i=$((i + 1))
+done
+wait "$RUNPID"
+rc=$?
+RUNPID=""
+[ $rc -eq 3 ] && grep -q "interrupted after" "$T/r4.out" && ! grep -q "killed by signal" "$T/r4.out" &&
+    ok "SIGTERM at start-up: exit 3, the trainer stopped cleanly" ||
+    bad "SIGTERM at start-up: exit $rc: $(cat "$T/r4.out" "$T/r4.err")"
+rm -rf "$(grep -o '/tmp/eqctl-run-[A-Za-z0-9]*' "$T/out4/logs/trainer.log" 2>/dev/null | head -n 1)"
 
 # 5. Policy files: a syntax error stops eqctl run before anything starts;
 # a trigger past the schedule's last epoch is warned about; a line without

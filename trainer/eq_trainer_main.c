@@ -30,10 +30,15 @@
 
 static eq_train *s_train; /* for the signal handler only */
 
+static volatile sig_atomic_t s_stop_early; /* a signal before s_train existed */
+
 static void s_on_signal(int sig)
 {
     (void)sig;
-    if (s_train) eq_train_stop(s_train);
+    if (s_train)
+        eq_train_stop(s_train);
+    else
+        s_stop_early = 1;
 }
 
 /* Whether --set `arg` sets [train] policy (the key as core/config.c reads
@@ -112,6 +117,21 @@ int main(int argc, char **argv)
     char *loaders_arg = NULL;
     eq_train_opts to = { 0 };
     int c;
+    /* SIGINT/SIGTERM stop cleanly (exit 3) from the start, also while the
+     * config is read and the model built (eqctl run's Ctrl-C at start-up
+     * used to kill the trainer: "killed by signal 15"). */
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = s_on_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    /* eqctl run starts the trainer with both blocked, so that one sent
+     * before this point waits for the handler instead of killing it. */
+    sigset_t stopsigs;
+    sigemptyset(&stopsigs);
+    sigaddset(&stopsigs, SIGINT);
+    sigaddset(&stopsigs, SIGTERM);
+    sigprocmask(SIG_UNBLOCK, &stopsigs, NULL);
     eq_log_set_role("trainer", 0);
     long rank = 0, world = 1;
     while ((c = getopt_long(argc, argv, "e", o, NULL)) != -1) {
@@ -257,11 +277,7 @@ int main(int argc, char **argv)
         eq_error("%s", e.msg);
         return 1;
     }
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = s_on_signal;
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
+    if (s_stop_early) eq_train_stop(s_train); /* stops at the first chance (exit 3) */
     eq_info("started (pid %ld): %zu loader(s), eval %s, pub on %s, control on %s", (long)getpid(), neps,
             to.eval ? to.eval : "-", *eq_train_pub_endpoint(s_train) ? eq_train_pub_endpoint(s_train) : "-",
             *eq_train_control_endpoint(s_train) ? eq_train_control_endpoint(s_train) : "-");
