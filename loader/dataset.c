@@ -81,7 +81,10 @@ eq_status eq_read_file(const char *path, uint8_t **buf, size_t *cap, size_t *len
                        eq_err *err)
 {
     *len = 0;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: opening a FIFO (or a device) in place of an image must
+     * not block a worker for ever; it is refused below as not a regular
+     * file.  (No effect on regular files.) */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0)
         return eq_err_set(err, errno == ENOENT ? EQ_ERR_NOTFOUND : EQ_ERR_IO, "%s: %s", path,
                           strerror(errno));
@@ -619,7 +622,7 @@ static void s_walk_one(void *ctx, size_t i, int worker)
         cl->failed = 1;
         return;
     }
-    qsort_r(cl->e, cl->n, sizeof *cl->e, s_entry_cmp, cl->str);
+    if (cl->n > 1) qsort_r(cl->e, cl->n, sizeof *cl->e, s_entry_cmp, cl->str); /* e: NULL when empty */
 }
 
 static int s_strptr_cmp(const void *a, const void *b)

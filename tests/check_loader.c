@@ -396,6 +396,25 @@ START_TEST(test_imagefolder_walk)
 }
 END_TEST
 
+/* A FIFO where an image should be (a COCO file_name, or an ImageFolder
+ * file replaced after the walk): refused at once as not a regular file.
+ * open() used to block the worker for ever, and with it the loader's stop. */
+START_TEST(test_read_file_fifo)
+{
+    char *dir = eq_test_scratch("fifo");
+    char p[4200];
+    snprintf(p, sizeof p, "%s/img.jpg", dir);
+    ck_assert_int_eq(mkfifo(p, 0600), 0);
+    uint8_t *buf = NULL;
+    size_t cap = 0, len = 0;
+    eq_err e = {0};
+    ck_assert_int_eq(eq_read_file(p, &buf, &cap, &len, 1u << 20, &e), EQ_ERR_IO);
+    ck_assert_msg(strstr(e.msg, "img.jpg: not a regular file"), "%s", e.msg);
+    free(buf);
+    eq_test_scratch_rm(dir);
+}
+END_TEST
+
 START_TEST(test_flat_labels)
 {
     char *dir = eq_test_scratch("flat");
@@ -2015,6 +2034,7 @@ static Suite *s_suite(void)
     tcase_add_test(t, test_fashion_mnist_default);
     tcase_add_test(t, test_cifar);
     tcase_add_test(t, test_imagefolder_walk);
+    tcase_add_test(t, test_read_file_fifo);
     tcase_add_test(t, test_flat_labels);
     suite_add_tcase(s, t);
     t = tcase_create("transforms");
