@@ -141,11 +141,16 @@ static eq_status s_add_set(eq_st_writer *w, eq_backend *be, const char *prefix,
                            size_t n, char *host, size_t *off, eq_err *err)
 {
     char name[512];
+    /* Where device memory is host memory (the CPU backend, synchronised by
+     * the caller) the writer reads the tensors in place: a copy into a
+     * fresh buffer cost a page fault per 4 KiB on every save (bench/ckpt:
+     * ~1 s of CPU for ResNet-18 + momentum, against torch.save's 0.1 s). */
+    const int direct = eq_backend_host_memory(be);
     for (size_t i = 0; i < n; i++) {
         const eq_model_tensor *t = at(owner, i);
         size_t nb = t->numel * s_esize(t->dtype);
         const void *src = t->data;
-        if (!t->quant && t->dtype == EQ_DT_F32) {
+        if (!direct && !t->quant && t->dtype == EQ_DT_F32) {
             eq_status st = eq_backend_download(be, host + *off, t->data, nb, err);
             if (st != EQ_OK) return eq_err_prefix(err, "checkpoint: '%s': ", t->name);
             src = host + *off;
@@ -171,11 +176,13 @@ eq_status eq_checkpoint_save(const char *path, eq_model *m, const eq_optim *o, c
     if (!path || !m || !run) return eq_err_set(err, EQ_ERR_INVALID, "checkpoint save: NULL argument");
     eq_backend *be = eq_model_backend(m);
     size_t nm = eq_model_tensor_count(m), no = o ? eq_optim_state_count(o) : 0;
-    size_t bytes = s_bytes(s_model_at, m, nm) + (o ? s_bytes(s_optim_at, o, no) : 0);
+    const int direct = eq_backend_host_memory(be);
+    size_t bytes = direct ? 0 : s_bytes(s_model_at, m, nm) + (o ? s_bytes(s_optim_at, o, no) : 0);
     char *host = malloc(bytes ? bytes : 1);
     eq_st_writer *w = eq_st_writer_new();
     eq_status st = EQ_OK;
     if (!host || !w) st = eq_err_set(err, EQ_ERR_NOMEM, "checkpoint save: out of memory");
+    if (st == EQ_OK && direct) st = eq_backend_synchronize(be, err);
     size_t off = 0;
     if (st == EQ_OK) st = s_add_set(w, be, "", s_model_at, m, nm, host, &off, err);
     if (st == EQ_OK && o) st = s_add_set(w, be, "optim.", s_optim_at, o, no, host, &off, err);

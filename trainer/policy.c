@@ -1247,7 +1247,7 @@ eq_status eq_policy_check(const eq_policy *p, const eq_qlayers *t, eq_err *err)
     for (size_t i = 0; i < t->n; i++)
         for (int tag = 0; tag < EQ_QTAG_COUNT; tag++)
             lv[i * EQ_QTAG_COUNT + (size_t)tag] = t->l[i].q[tag] ? (int)*t->l[i].q[tag]->level_num : 0;
-    memcpy(tr, p->trig, p->ntrig * sizeof *tr);
+    if (p->ntrig) memcpy(tr, p->trig, p->ntrig * sizeof *tr); /* p->trig is NULL without triggers */
     qsort(tr, p->ntrig, sizeof *tr, s_cmp_i64);
     st = s_sim_levels(p, EQ_POLICY_INIT, 0, t, lv, err);
     for (size_t k = 0; st == EQ_OK && k < p->ntrig; k++)
