@@ -914,6 +914,11 @@ static eq_status s_set(s_ctx *c, const char *arg, eq_err *err)
     if (!eq || !dot || dot == lhs || dot == lhs + ln - 1 || !s_valid_name(lhs, ln, true))
         return eq_err_set(err, EQ_ERR_PARSE, "--set %s: syntax error (expected --set section.key=value)",
                           src);
+    /* "parsed exactly as in a file": a file's value cannot hold a line
+     * break (out_dir = "a<LF>b" made a directory with a newline in it) */
+    if (strpbrk(eq + 1, "\n\r"))
+        return eq_err_set(err, EQ_ERR_PARSE, "--set %s: line break in the value (expected one line; quote it and "
+                          "write \\n for a newline in a string)", src);
     size_t sec = s_find_section(c, lhs, (size_t)(dot - lhs), what);
     if (sec == SIZE_MAX) return eq_err_set(err, EQ_ERR_INVALID, "--set %s: %s", src, what);
     const eq_config_section *s = &c->secs[sec];

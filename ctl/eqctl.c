@@ -1514,7 +1514,15 @@ int main(int argc, char **argv)
         optind = 1;
         return s_cmds[i].fn(argc - words, argv + words);
     }
-    fprintf(stderr, "eqctl: unknown command '%s'%s%s\n", argv[1], argc > 2 ? " " : "", argc > 2 ? argv[2] : "");
+    /* "eqctl loader frob": name the two words when the first begins a
+     * two-word command, and the first alone otherwise */
+    bool two = false;
+    for (size_t i = 0; i < S_NCMDS && argc > 2; i++) {
+        const char *sp = strchr(s_cmds[i].name, ' ');
+        two |= sp && !strncmp(argv[1], s_cmds[i].name, (size_t)(sp - s_cmds[i].name)) &&
+               !argv[1][sp - s_cmds[i].name];
+    }
+    fprintf(stderr, "eqctl: unknown command '%s%s%s'\n", argv[1], two ? " " : "", two ? argv[2] : "");
     s_help(0, NULL);
     return 2;
 }

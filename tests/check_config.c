@@ -413,6 +413,14 @@ static const err_case s_errs[] = {
     {D, "optim.l r=1", EQ_ERR_PARSE, "--set optim.l r=1: syntax error (expected --set section.key=value)"},
     {D, "quant.wt.bits=0", EQ_ERR_INVALID,
      "--set quant.wt.bits=0: [quant.wt] bits: 0 is out of range (expected int in [1, 8])"},
+    /* a file's value cannot hold a line break, so a --set's cannot either
+     * (eqctl run --set "train.out_dir=a<LF>b" made such a directory) */
+    {D, "data.path=/a\nb", EQ_ERR_PARSE,
+     "--set data.path=/a\\x0ab: line break in the value (expected one line; quote it and write \\n for a "
+     "newline in a string)"},
+    {D, "data.path=\"/a\r\"", EQ_ERR_PARSE,
+     "--set data.path=\"/a\\x0d\": line break in the value (expected one line; quote it and write \\n for a "
+     "newline in a string)"},
 };
 
 START_TEST(test_error_messages)

@@ -66,4 +66,15 @@ if "$CTL" bench loader --root "$T/nope-ds" --pipeline val --seconds 1 > "$T/benc
     echo "FAIL: bench loader accepted a missing root"; fail=1
 elif grep -q "nope-ds" "$T/bench-miss.log"; then echo "ok: bench loader names the missing root"
 else echo "FAIL: bench loader error does not name the root"; cat "$T/bench-miss.log"; fail=1; fi
+# an unknown subcommand of a two-word command names both words, exit 2;
+# an unreachable control endpoint is a bounded, named failure (exit 1)
+"$CTL" loader frob a b > "$T/frob.log" 2>&1
+rc=$?
+if [ $rc -eq 2 ] && grep -q "unknown command 'loader frob'" "$T/frob.log"; then echo "ok: unknown subcommand named"
+else echo "FAIL: eqctl loader frob: exit $rc: $(head -n 1 "$T/frob.log")"; fail=1; fi
+timeout 20 "$CTL" status "ipc://$T/nobody" --timeout-ms 500 > "$T/nobody.log" 2>&1
+rc=$?
+if [ $rc -eq 1 ] && grep -q "ipc://$T/nobody: no answer within 500 ms" "$T/nobody.log"; then
+    echo "ok: an unreachable endpoint times out, named"
+else echo "FAIL: eqctl status of nobody: exit $rc: $(cat "$T/nobody.log")"; fail=1; fi
 exit $fail
