@@ -5,6 +5,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
 
 /* Record a zmq failure: EAGAIN -> timeout, EINTR -> interrupted, else net. */
 static eq_status s_zerr(eq_err *err, const char *what)
@@ -65,8 +69,40 @@ void eq_proto_socket_close(void **sock)
     *sock = NULL;
 }
 
+/* libzmq binds ipc://PATH by unlinking whatever PATH is first: a regular
+ * file is destroyed, and another process serving PATH silently loses its
+ * endpoint.  Refuse both, as a tcp port in use is refused; a stale socket
+ * (nobody listening) is left for libzmq to replace. */
+static eq_status s_ipc_check(const char *endpoint, eq_err *err)
+{
+    const char *path = endpoint + 6;
+    if (!*path || !strcmp(path, "*") || path[0] == '@') return EQ_OK; /* wildcard, abstract */
+    struct stat st;
+    if (lstat(path, &st) != 0) return EQ_OK;
+    if (!S_ISSOCK(st.st_mode))
+        return eq_err_set(err, EQ_ERR_NET, "bind %s: %s exists and is not a socket (binding would delete it)",
+                          endpoint, path);
+    struct sockaddr_un a;
+    if (strlen(path) >= sizeof a.sun_path) return EQ_OK; /* libzmq reports it */
+    memset(&a, 0, sizeof a);
+    a.sun_family = AF_UNIX;
+    memcpy(a.sun_path, path, strlen(path));
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return EQ_OK;
+    int in_use = connect(fd, (struct sockaddr *)&a, sizeof a) == 0;
+    close(fd);
+    if (in_use)
+        return eq_err_set(err, EQ_ERR_NET, "bind %s: address already in use (another process is serving it)",
+                          endpoint);
+    return EQ_OK;
+}
+
 eq_status eq_proto_bind(void *sock, const char *endpoint, char *endpoint_out, size_t cap, eq_err *err)
 {
+    if (!strncmp(endpoint, "ipc://", 6)) {
+        eq_status st = s_ipc_check(endpoint, err);
+        if (st) return st;
+    }
     if (zmq_bind(sock, endpoint)) {
         int e = zmq_errno();
         return eq_err_set(err, EQ_ERR_NET, "bind %s: %s", endpoint, zmq_strerror(e));

@@ -2,7 +2,10 @@
  * tcp on 127.0.0.1 only), zero-copy payloads, ROUTER envelopes, errors on
  * the wire, CURVE key files and the ZAP allow-list. */
 #include <stdatomic.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
 #include <time.h>
 
 #include "proto/proto_zmq.h"
@@ -373,6 +376,56 @@ START_TEST(test_curve_allow_list)
 }
 END_TEST
 
+/* ipc://PATH: libzmq unlinks PATH before binding.  A regular file there
+ * used to be deleted, and a second daemon on a served path silently took
+ * the endpoint over; both are refused now, a stale socket is replaced. */
+START_TEST(test_ipc_bind_in_use)
+{
+    char *dir = eq_test_scratch("ipc");
+    char path[4200], ep[4300];
+    void *ctx = zmq_ctx_new();
+    eq_err e = {0};
+    eq_proto_sockopts o;
+    eq_proto_sockopts_default(&o, NULL);
+    void *a = eq_proto_socket(ctx, ZMQ_ROUTER, &o, &e), *b = eq_proto_socket(ctx, ZMQ_ROUTER, &o, &e);
+    ck_assert(a && b);
+    /* a regular file: refused and kept */
+    snprintf(path, sizeof path, "%s/notes.txt", dir);
+    FILE *f = fopen(path, "w");
+    ck_assert_ptr_nonnull(f);
+    fputs("keep me", f);
+    fclose(f);
+    snprintf(ep, sizeof ep, "ipc://%s", path);
+    ck_assert_int_eq(eq_proto_bind(a, ep, NULL, 0, &e), EQ_ERR_NET);
+    ck_assert_msg(strstr(e.msg, "exists and is not a socket"), "%s", e.msg);
+    struct stat st;
+    ck_assert_int_eq(stat(path, &st), 0);
+    ck_assert(S_ISREG(st.st_mode) && st.st_size == 7);
+    /* served by a: b is refused, naming the endpoint */
+    snprintf(path, sizeof path, "%s/d.sock", dir);
+    snprintf(ep, sizeof ep, "ipc://%s", path);
+    ck_assert_int_eq(eq_proto_bind(a, ep, NULL, 0, &e), EQ_OK);
+    ck_assert_int_eq(eq_proto_bind(b, ep, NULL, 0, &e), EQ_ERR_NET);
+    ck_assert_msg(strstr(e.msg, ep) && strstr(e.msg, "already in use"), "%s", e.msg);
+    /* a stale socket file (its server gone without unlinking): replaced */
+    snprintf(path, sizeof path, "%s/stale.sock", dir);
+    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    struct sockaddr_un sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sun_family = AF_UNIX;
+    ck_assert_uint_lt(strlen(path), sizeof sa.sun_path);
+    memcpy(sa.sun_path, path, strlen(path));
+    ck_assert_int_eq(bind(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    close(fd);
+    snprintf(ep, sizeof ep, "ipc://%s", path);
+    ck_assert_msg(eq_proto_bind(b, ep, NULL, 0, &e) == EQ_OK, "%s", e.msg);
+    eq_proto_socket_close(&a);
+    eq_proto_socket_close(&b);
+    zmq_ctx_term(ctx);
+    eq_test_scratch_rm(dir);
+}
+END_TEST
+
 static Suite *s_suite(void)
 {
     Suite *s = suite_create("proto_zmq");
@@ -381,6 +434,7 @@ static Suite *s_suite(void)
     tcase_add_test(tc, test_batch_inproc);
     tcase_add_test(tc, test_batch_tcp);
     tcase_add_test(tc, test_bad_on_wire);
+    tcase_add_test(tc, test_ipc_bind_in_use);
     suite_add_tcase(s, tc);
     tc = tcase_create("curve");
     tcase_set_timeout(tc, 10);
