@@ -162,7 +162,7 @@ static void s_pass_close(s_pass *p)
 
 /* The pass for (job, epoch), opened on its first PRED; the least recently
  * used one is evicted (and reported as incomplete) when the table is full. */
-static s_pass *s_pass_get(s_daemon *d, const eq_msg_pred *pr, eq_err *err)
+static s_pass *s_pass_get(s_daemon *d, const eq_msg_pred *pr, int *conflict, eq_err *err)
 {
     s_pass *free_slot = NULL, *oldest = NULL, *failed = NULL;
     for (int i = 0; i < S_MAX_PASSES; i++) {
@@ -174,10 +174,10 @@ static s_pass *s_pass_get(s_daemon *d, const eq_msg_pred *pr, eq_err *err)
         if (!strcmp(p->job, pr->job) && p->epoch == pr->epoch) {
             if (p->total != pr->total || p->world != pr->world) {
                 eq_err_set(err, EQ_ERR_INVALID,
-                           "%s epoch %" PRIu64 ": rank %u says total %" PRIu64 " world %u, earlier messages said %" PRIu64
-                           " and %u",
-                           pr->job, pr->epoch, pr->rank, pr->total, pr->world, p->total, p->world);
-                return NULL;
+                           "rank %u says total %" PRIu64 " world %u, earlier messages said %" PRIu64
+                           " and %u (two runs with one name, or ranks that disagree)",
+                           pr->rank, pr->total, pr->world, p->total, p->world);
+                *conflict = 1; /* the pass cannot be counted: it fails, reported */
             }
             return p;
         }
@@ -210,7 +210,8 @@ static void s_on_pred(s_daemon *d, eq_proto_recvd *rv)
 {
     const eq_msg_pred *pr = &rv->msg.u.pred;
     eq_err e = { 0 };
-    s_pass *p = s_pass_get(d, pr, &e);
+    int conflict = 0;
+    s_pass *p = s_pass_get(d, pr, &conflict, &e);
     if (!p) {
         d->errors++;
         eq_error("PRED: %s", e.msg);
@@ -223,8 +224,8 @@ static void s_on_pred(s_daemon *d, eq_proto_recvd *rv)
     /* Frames may be unaligned (proto_zmq.h): copy them. */
     int64_t *ids = NULL;
     int32_t *labels = NULL, *topk = NULL;
-    eq_status st = EQ_OK;
-    if (n) {
+    eq_status st = conflict ? EQ_ERR_INVALID : EQ_OK;
+    if (n && !conflict) {
         ids = malloc(n * sizeof *ids);
         labels = malloc(n * sizeof *labels);
         topk = malloc(n * (size_t)width * sizeof *topk);

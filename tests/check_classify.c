@@ -167,7 +167,12 @@ START_TEST(test_serve_failed_passes_reported_once)
         s_pred(push, job, 0, 0, 1, 1, 2, 1); /* id 1 again */
     }
     s_pred(push, "live", 0, 1, 2, 2, 2, 1);
-    /* status until all 36 messages are in, then stop */
+    /* a PRED that disagrees on world: the pass fails, reported once like
+     * any accounting error (it was only logged, and the pass waited on) */
+    s_pred(push, "conf", 0, 0, 2, 0, 2, 1);
+    s_pred(push, "conf", 0, 1, 3, 2, 2, 1);
+    s_pred(push, "conf", 0, 1, 2, 2, 2, 1); /* ignored: the pass failed */
+    /* status until all 39 messages are in, then stop */
     void *d = eq_proto_socket(ctx, ZMQ_DEALER, &o, &e);
     ck_assert_ptr_nonnull(d);
     ck_assert_int_eq(eq_proto_connect(d, ctl, &e), EQ_OK);
@@ -178,10 +183,10 @@ START_TEST(test_serve_failed_passes_reported_once)
         int n = zmq_recv(d, buf, sizeof buf - 1, 0);
         ck_assert_int_gt(n, 0);
         buf[n] = 0;
-        if (strstr(buf, "\"received\":36,")) break;
+        if (strstr(buf, "\"received\":39,")) break;
         usleep(10000);
     }
-    ck_assert_msg(strstr(buf, "\"reported\":1,\"errors\":17,"), "%s", buf);
+    ck_assert_msg(strstr(buf, "\"reported\":1,\"errors\":18,"), "%s", buf);
     /* SIGPIPE (a --metrics FIFO or log pipe whose reader went) is ignored
      * while serving: it used to end the process (status 141) */
     ck_assert_int_eq(raise(SIGPIPE), 0);
@@ -197,18 +202,21 @@ START_TEST(test_serve_failed_passes_reported_once)
     FILE *f = fopen(jsonl, "r");
     ck_assert_ptr_nonnull(f);
     char line[1024];
-    int ok = 0, dup = 0, other = 0;
+    int ok = 0, dup = 0, conf = 0, other = 0;
     while (fgets(line, sizeof line, f)) {
         if (strstr(line, "\"job\":\"live\"") && strstr(line, "\"top1\":100.0000") && strstr(line, "\"samples\":4"))
             ok++;
         else if (strstr(line, "sample 1 from rank 0: duplicated"))
             dup++;
+        else if (strstr(line, "\"job\":\"conf\"") && strstr(line, "rank 1 says total 4 world 3, earlier messages said 4 and 2"))
+            conf++;
         else
             other++;
     }
     fclose(f);
     ck_assert_int_eq(ok, 1);
     ck_assert_int_eq(dup, 17);
+    ck_assert_int_eq(conf, 1);
     ck_assert_int_eq(other, 0);
     eq_test_scratch_rm(dir);
 }
