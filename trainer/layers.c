@@ -98,6 +98,7 @@ struct eq_layers {
     int *tnode;           /* per tensor: the node that registered it */
     size_t nt, tcap;
     float *pdata, *pgrad; /* parameters + F32 buffers; gradients */
+    size_t npgrad;        /* floats in pgrad (each tensor's padded to 16, the padding zero) */
     int64_t *i64;         /* num_batches_tracked counters (host) */
     float *tmp;
     void *block;
@@ -786,6 +787,11 @@ eq_status eq_layers_finalize(eq_layers *g, uint64_t seed, eq_err *err)
         return eq_err_prefix(err, "finalize: parameters: "); /* none: a parameter-free graph */
     if (gtotal && !(g->pgrad = eq_backend_alloc(g->be, gtotal * sizeof(float), err)))
         return eq_err_prefix(err, "finalize: gradients: ");
+    /* zero: the padding between tensors stays so, so that one pass over
+     * the block (eq_layers_grad_block) sees the tensors' values only */
+    if (gtotal && eq_backend_zero(g->be, g->pgrad, gtotal * sizeof(float), err) != EQ_OK)
+        return eq_err_prefix(err, "finalize: gradients: ");
+    g->npgrad = gtotal;
     if (!(g->i64 = calloc(ni64 ? ni64 : 1, sizeof *g->i64)))
         return eq_err_set(err, EQ_ERR_NOMEM, "finalize: out of memory");
     size_t off = 0, goff = 0, ioff = 0;
@@ -1458,6 +1464,12 @@ eq_status eq_layers_set_quant_loss_scale(eq_layers *g, float scale, eq_err *err)
         }
     }
     return EQ_OK;
+}
+
+float *eq_layers_grad_block(const eq_layers *g, size_t *n)
+{
+    if (n) *n = g ? g->npgrad : 0;
+    return g ? g->pgrad : NULL;
 }
 
 double eq_layers_quant_aux_loss(const eq_layers *g)

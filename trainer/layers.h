@@ -151,6 +151,12 @@ eq_status eq_layers_finalize(eq_layers *g, uint64_t seed, eq_err *err);
 eq_status eq_layers_forward(eq_layers *g, const float *x, bool train, eq_err *err);
 /* Output node: activation, its gradient buffer, and its shape. */
 float *eq_layers_output(const eq_layers *g, float **dy, int64_t shape[4]);
+/* The gradients of every tensor but the quantizers' (those are host
+ * arrays of quant/), as one backend block of *n floats: each tensor's
+ * gradient at a multiple of 16 floats, the padding between them zero
+ * (nothing writes it), so a reduction over the block (inf/NaN count,
+ * norm) sees the tensors' values only.  NULL, *n = 0: no such tensor. */
+float *eq_layers_grad_block(const eq_layers *g, size_t *n);
 /* Backward from the output gradient (its dy buffer, filled by the caller).
  * Every gradient is written when it returns, the quantizers' parameter
  * gradients (host arrays) included: on a backend that defers them

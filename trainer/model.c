@@ -1137,6 +1137,25 @@ void eq_model_set_grad_hook(eq_model *m, eq_model_grad_fn *fn, void *arg)
     eq_layers_set_grad_hook(m->g, fn ? s_node_done : NULL, m);
 }
 
+eq_status eq_model_grads_nonfinite(eq_model *m, int64_t *count, eq_err *err)
+{
+    if (!m || !count) return eq_err_set(err, EQ_ERR_INVALID, "gradients: NULL argument");
+    size_t n = 0;
+    const float *blk = eq_layers_grad_block(m->g, &n);
+    int64_t total = 0;
+    if (n) {
+        eq_status st = eq_backend_nonfinite(m->be, n, blk, &total, err);
+        if (st) return eq_err_prefix(err, "gradients: ");
+    }
+    for (size_t i = 0; i < eq_layers_tensor_count(m->g); i++) {
+        const eq_model_tensor *t = eq_layers_tensor_at(m->g, i);
+        if (!t->quant || !t->grad) continue;
+        for (size_t k = 0; k < t->numel; k++) total += !isfinite(t->grad[k]);
+    }
+    *count = total;
+    return EQ_OK;
+}
+
 size_t eq_model_grad_order(const eq_model *m, size_t *order, size_t cap)
 {
     if (!m) return 0;

@@ -172,6 +172,10 @@ bool eq_model_loss_pending(const eq_model *m);
  * the original's apex scales task + quantization loss. */
 eq_status eq_model_set_loss_scale(eq_model *m, float scale, eq_err *err);
 float eq_model_loss_scale(const eq_model *m);
+/* *count = the inf/NaN values among every gradient of m (the loss
+ * scaler's found-inf test): one backend nonfinite over the layer graph's
+ * gradient block (one host wait) plus the quantizers' host gradients. */
+eq_status eq_model_grads_nonfinite(eq_model *m, int64_t *count, eq_err *err);
 /* Backward of the last training forward from dlogits (device
  * [batch][classes]; NULL: the gradient eq_model_loss kept).  Writes the
  * grad of every trainable tensor. */

@@ -1200,7 +1200,9 @@ static eq_status s_backward(eq_train *t, bool first, bool last, eq_err *err)
 static eq_status s_scaler_step(eq_train *t, uint64_t e, uint64_t s, bool *skip, eq_err *err)
 {
     int64_t n = 0;
-    eq_status st = eq_scaler_nonfinite(t->model, &n, err);
+    /* eq_scaler_nonfinite's count in one wait (it waits per tensor) */
+    eq_status st = eq_model_grads_nonfinite(t->model, &n, err);
+    if (st) eq_err_prefix(err, "loss scaler: ");
     if (st) return st;
     t->epoch_updates++;
     bool found = n > 0;
