@@ -339,7 +339,12 @@ static void *s_worker_main(void *arg)
                 r->rep[i] = (uint8_t)rep;
             }
         }
-        if (__atomic_add_fetch(&r->done, take, __ATOMIC_ACQ_REL) == r->n) {
+        /* r->n is read before the add: once this worker's samples count as
+         * done, the one that finishes the request hands it to the main
+         * thread, which may free it (ThreadSanitizer: read of r->n at this
+         * line racing with free in s_req_free). */
+        const uint32_t n = r->n;
+        if (__atomic_add_fetch(&r->done, take, __ATOMIC_ACQ_REL) == n) {
             if (r->mix_index && !__atomic_load_n(&r->expired, __ATOMIC_RELAXED)) s_mix_req(r, dec);
             if (r->dsamples && !__atomic_load_n(&r->expired, __ATOMIC_RELAXED) && !r->det_err.code) s_det_req(r);
             /* Hand the finished request to the main thread. */

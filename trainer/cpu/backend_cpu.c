@@ -344,6 +344,14 @@ __attribute__((optimize("tree-vectorize"))) static void s_stage_one(void *vctx, 
     }
     const uint8_t *b = g->src + (size_t)g->partner[i] * per;
     const float lam = g->lambda[i], mu = 1.0f - lam;
+    if (C == 1) { /* the same expressions, one flat loop (vectorized) */
+        const float sc = scale[0], sh = shift[0];
+        for (size_t k = 0; k < per; k++) {
+            float va = (float)a[k] * sc + sh, vb = (float)b[k] * sc + sh;
+            d[k] = lam * va + mu * vb;
+        }
+        return;
+    }
     for (size_t k = 0; k < per; k += C)
         for (size_t ch = 0; ch < C; ch++) {
             float va = (float)a[k + ch] * scale[ch] + shift[ch], vb = (float)b[k + ch] * scale[ch] + shift[ch];
