@@ -77,22 +77,10 @@ static bool s_host_grad(eq_backend *be, const eq_model_tensor *t)
 eq_status eq_scaler_nonfinite(eq_model *m, int64_t *count, eq_err *err)
 {
     if (!m || !count) return eq_err_set(err, EQ_ERR_INVALID, "loss scaler: NULL argument");
-    eq_backend *be = eq_model_backend(m);
-    int64_t total = 0;
-    for (size_t i = 0; i < eq_model_tensor_count(m); i++) {
-        const eq_model_tensor *t = eq_model_tensor_at(m, i);
-        if (!t->grad || !t->numel) continue;
-        int64_t c = 0;
-        if (t->quant && !eq_backend_host_memory(be)) {
-            for (size_t k = 0; k < t->numel; k++) c += !isfinite(t->grad[k]);
-        } else {
-            eq_status st = eq_backend_nonfinite(be, t->numel, t->grad, &c, err);
-            if (st) return eq_err_prefix(err, "loss scaler: %s: ", t->name);
-        }
-        total += c;
-    }
-    *count = total;
-    return EQ_OK;
+    /* one backend call over the layer graph's gradient block (one host
+     * wait, where a call per tensor waited per tensor) */
+    eq_status st = eq_model_grads_nonfinite(m, count, err);
+    return st ? eq_err_prefix(err, "loss scaler: ") : EQ_OK;
 }
 
 eq_status eq_scaler_unscale(const eq_scaler *s, eq_model *m, float **dev_inv, eq_err *err)

@@ -290,10 +290,6 @@ static eq_status s_download_async(void *ctx, void *host_dst, const void *src, si
     return EQ_OK;
 }
 
-/* quant_grads_wait (interface 7), in quant_cuda.c beside the other quant
- * members (declared here: cuda_internal.h declares those) */
-eq_status eq_cuda_quant_grads_wait(void *ctx, eq_err *err);
-
 /* ---- public ----------------------------------------------------------------- */
 
 static eq_cuda *s_ctx(eq_backend *be)

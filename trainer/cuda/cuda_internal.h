@@ -207,6 +207,9 @@ eq_status eq_cuda_quant_fwd(void *ctx, struct eq_quant *q, const eq_tensor_desc 
 eq_status eq_cuda_quant_bwd(void *ctx, struct eq_quant *q, const float *x, const float *gy,
                             float *gx, eq_err *err);
 void eq_cuda_quant_release(void *ctx, struct eq_quant *q);
+/* quant_grads_wait (backend.h, interface 7): the pending quantizer
+ * backwards' parameter gradients to their eq_quant (one wait). */
+eq_status eq_cuda_quant_grads_wait(void *ctx, eq_err *err);
 void eq_cuda_quants_free(eq_cuda *cu);
 
 extern const struct eq_backend_i eq_cuda_iface;

@@ -24,7 +24,9 @@
  * slow, and eq_cuda_quant_on_device() tells which path the last forward
  * took so a caller can see it.  Parameter values are read from the eq_quant
  * at every forward, and their gradients are written back to it by every
- * backward (one small download, which waits for the stream).
+ * backward (their sums copied to pinned memory; eq_cuda_quant_backward
+ * waits for that copy, the backend's quant_backward member leaves it for
+ * quant_grads_wait: eq_cuda_quant_grads_wait, one wait per backward).
  *
  * Thread safety: as the backend (one thread at a time).
  */
