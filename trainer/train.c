@@ -1476,6 +1476,13 @@ static eq_status s_run(eq_train *t, eq_err *err)
             e0++;
             s0 = 0;
         }
+        /* Nothing to train: say so, rather than exit 0 without an epoch
+         * or an evaluation (eqctl run would wait for one). */
+        if (e0 >= epochs)
+            return eq_err_set(err, EQ_ERR_INVALID,
+                              "%s resumes at epoch %" PRIu64 " step %" PRIu64 " and [schedule] epochs = %" PRIu64
+                              ": nothing left to train (raise schedule.epochs, or --evaluate to evaluate it)",
+                              t->resume, e0, s0, epochs);
         eq_info("resumed from %s at epoch %" PRIu64 " step %" PRIu64, t->resume, e0, s0);
         /* What the trigger epochs before this point set: the options again
          * (the checkpoint holds the tensors they changed). */
@@ -1530,7 +1537,22 @@ static eq_status s_run(eq_train *t, eq_err *err)
                 s_publish(t, "done", t->last_loss, 0, 0, EQ_ERR_INTERRUPTED);
                 return eq_err_set(err, EQ_ERR_INTERRUPTED, "stopped at epoch %" PRIu64 " step %" PRIu64, e, s);
             }
-            if (st) return st;
+            if (st) {
+                /* The data failed (no loader answered for give_up_ms, a
+                 * loader's error, a bad batch): steps [first, s) are done;
+                 * keep them rather than fall back to the last epoch end. */
+                if (s > first && t->rank == 0) {
+                    eq_err ce = { 0 };
+                    if (s_checkpoint(t, e, s, NULL, &ce) == EQ_OK)
+                        eq_warn("the data failed at epoch %" PRIu64 " step %" PRIu64 ": checkpoint written first "
+                                "(--resume %s/last.safetensors continues there)",
+                                e, s, x->train.out_dir);
+                    else
+                        eq_error("the data failed at epoch %" PRIu64 " step %" PRIu64 ", and so did the checkpoint: %s",
+                                 e, s, ce.msg);
+                }
+                return st;
+            }
             int k = ks;
             const bool mixed = t->slot[k].mixed;
             if ((st = s_stage(t, k, err))) return st;
