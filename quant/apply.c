@@ -90,11 +90,15 @@ eq_status eq_quant_apply_file(eq_quant_tag tag, const char *in_path, const char 
         st = eq_err_set(err, EQ_ERR_NOMEM, "out of memory for %lld elements", (long long)n);
         goto out;
     }
-    const float *xsrc = eq_st_data(in, (size_t)xi, NULL);
-    if (transpose)
-        s_to_nhwc(xsrc, x, shp);
-    else
+    /* The file's F32 data need not be 4-byte aligned (a valid file may put
+     * a U8 tensor of odd size first): read it bytewise, transpose the copy. */
+    const void *xsrc = eq_st_data(in, (size_t)xi, NULL);
+    if (transpose) {
+        memcpy(tmp, xsrc, (size_t)n * sizeof(float));
+        s_to_nhwc(tmp, x, shp);
+    } else {
         memcpy(x, xsrc, (size_t)n * sizeof(float));
+    }
     long gi = eq_st_find(in, "grad");
     if (gi >= 0) {
         const eq_tensor_desc *gd = eq_st_desc(in, (size_t)gi);
@@ -110,11 +114,13 @@ eq_status eq_quant_apply_file(eq_quant_tag tag, const char *in_path, const char 
             st = eq_err_set(err, EQ_ERR_NOMEM, "out of memory");
             goto out;
         }
-        const float *gsrc = eq_st_data(in, (size_t)gi, NULL);
-        if (transpose)
-            s_to_nhwc(gsrc, g, shp);
-        else
+        const void *gsrc = eq_st_data(in, (size_t)gi, NULL);
+        if (transpose) {
+            memcpy(tmp, gsrc, (size_t)n * sizeof(float));
+            s_to_nhwc(tmp, g, shp);
+        } else {
             memcpy(g, gsrc, (size_t)n * sizeof(float));
+        }
     }
 
     q = eq_quant_new(&o, &xd, err);
