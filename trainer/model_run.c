@@ -102,13 +102,15 @@ eq_status eq_model_run(const eq_model_run_args *a, eq_err *err)
             goto done;
         }
     }
-    /* NCHW -> NHWC */
-    const float *xs = eq_st_data(in, (size_t)xi, NULL);
+    /* NCHW -> NHWC; the file's data need not be aligned (a valid
+     * safetensors file may put a 1-byte U8 tensor first): bytewise reads */
+    const unsigned char *xs = eq_st_data(in, (size_t)xi, NULL);
     size_t nx = (size_t)(N * C * H * W);
     if (!(x = malloc(nx * sizeof *x))) goto nomem;
     for (int64_t n = 0; n < N; n++)
         for (int64_t ch = 0; ch < C; ch++)
-            for (int64_t i = 0; i < H * W; i++) x[(n * H * W + i) * C + ch] = xs[(n * C + ch) * H * W + i];
+            for (int64_t i = 0; i < H * W; i++)
+                memcpy(&x[(n * H * W + i) * C + ch], xs + (size_t)((n * C + ch) * H * W + i) * sizeof *x, sizeof *x);
     float *xdev = eq_backend_alloc(be, nx * sizeof *x, err);
     if (!xdev) goto fail;
     st = eq_backend_upload(be, xdev, x, nx * sizeof *x, err);
@@ -137,9 +139,16 @@ eq_status eq_model_run(const eq_model_run_args *a, eq_err *err)
         }
         int32_t *yh = malloc((size_t)N * sizeof *yh);
         if (!yh) goto nomem;
-        const void *yv = eq_st_data(in, (size_t)yi, NULL);
-        for (int64_t i = 0; i < N; i++)
-            yh[i] = yd->dtype == EQ_DT_I32 ? ((const int32_t *)yv)[i] : (int32_t)((const int64_t *)yv)[i];
+        const unsigned char *yv = eq_st_data(in, (size_t)yi, NULL);
+        for (int64_t i = 0; i < N; i++) {
+            if (yd->dtype == EQ_DT_I32) {
+                memcpy(&yh[i], yv + (size_t)i * 4, 4);
+            } else {
+                int64_t v;
+                memcpy(&v, yv + (size_t)i * 8, 8);
+                yh[i] = (int32_t)v;
+            }
+        }
         y = eq_backend_alloc(be, (size_t)N * sizeof *y, err);
         st = y ? eq_backend_upload(be, y, yh, (size_t)N * sizeof *y, err) : EQ_ERR_NOMEM;
         free(yh);
