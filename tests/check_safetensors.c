@@ -1,11 +1,13 @@
 /* tests/check_safetensors.c -- core/safetensors: the reference fixture
  * (tests/fixtures/safetensors/make_fixtures.py: bytes as the Rust
  * reference writes them, values from PyTorch), byte-identical writing,
- * and one test per class of corrupt file. */
+ * one test per class of corrupt file, the mapped and the read opening, and
+ * the vectorised NaN/inf locator. */
 #include "core/file.h"
 #include "core/safetensors.h"
 #include "tests/testutil.h"
 
+#include <float.h>
 #include <inttypes.h>
 #include <math.h>
 #include <stdint.h>
@@ -545,6 +547,117 @@ START_TEST(test_open_errors)
 }
 END_TEST
 
+/* Is `path` mapped into this process (/proc/self/maps)? */
+static int mapped(const char *path)
+{
+    FILE *m = fopen("/proc/self/maps", "r");
+    ck_assert_ptr_nonnull(m);
+    char line[8192];
+    int found = 0;
+    size_t pl = strlen(path);
+    while (!found && fgets(line, sizeof line, m)) {
+        size_t n = strlen(line);
+        while (n && line[n - 1] == '\n') line[--n] = 0;
+        found = n >= pl && strcmp(line + n - pl, path) == 0;
+    }
+    fclose(m);
+    return found;
+}
+
+/* eq_st_open maps a file whose data starts on an 8-byte boundary (the
+ * reference's padding) and reads any other; both give the same tensors,
+ * and the mapping goes with eq_st_close. */
+START_TEST(test_open_mapped_or_read)
+{
+    eq_err err = { 0 };
+    char *dir = eq_test_scratch("stm");
+    char *ref = fixture("ref.safetensors"), *bytes;
+    size_t len;
+    ck_assert_int_eq(eq_file_read(ref, 0, &bytes, &len, &err), EQ_OK);
+    uint64_t hlen = 0;
+    for (int i = 7; i >= 0; i--) hlen = (hlen << 8) | (unsigned char)bytes[i];
+    ck_assert_uint_eq((8 + hlen) % 8, 0);
+    char pa[4200], pb[4200];
+    snprintf(pa, sizeof pa, "%s/aligned.safetensors", dir);
+    snprintf(pb, sizeof pb, "%s/odd.safetensors", dir);
+    ck_assert_int_eq(eq_file_write_atomic(pa, bytes, len, &err), EQ_OK);
+    /* the same file with one more space in the header: data at 8 + hlen + 1 */
+    char *odd = malloc(len + 1);
+    ck_assert_ptr_nonnull(odd);
+    for (int i = 0; i < 8; i++) odd[i] = (char)((hlen + 1) >> (8 * i));
+    memcpy(odd + 8, bytes + 8, hlen);
+    odd[8 + hlen] = ' ';
+    memcpy(odd + 9 + hlen, bytes + 8 + hlen, len - 8 - hlen);
+    ck_assert_int_eq(eq_file_write_atomic(pb, odd, len + 1, &err), EQ_OK);
+    eq_st_file *a = eq_st_open(pa, NULL, &err);
+    ck_assert_msg(a != NULL, "%s", err.msg);
+    ck_assert_msg(mapped(pa), "%s is not mapped", pa);
+    eq_st_file *b = eq_st_open(pb, NULL, &err);
+    ck_assert_msg(b != NULL, "%s", err.msg);
+    ck_assert_msg(!mapped(pb), "%s is mapped (its data is off an 8-byte boundary)", pb);
+    ck_assert_uint_eq(eq_st_count(a), eq_st_count(b));
+    ck_assert_uint_gt(eq_st_count(a), 0);
+    for (size_t i = 0; i < eq_st_count(a); i++) {
+        size_t na, nb;
+        const unsigned char *da = eq_st_data(a, i, &na), *db = eq_st_data(b, i, &nb);
+        ck_assert_str_eq(eq_st_name(a, i), eq_st_name(b, i));
+        ck_assert_uint_eq(na, nb);
+        ck_assert_int_eq(memcmp(da, db, na), 0);
+        /* tensor 0 starts the buffer (file order, tiled from 0) */
+        size_t off = (size_t)(da - (const unsigned char *)eq_st_data(a, 0, NULL));
+        ck_assert_int_eq(memcmp(da, bytes + 8 + hlen + off, na), 0);
+        /* both keep a tensor's alignment inside the buffer, up to 8 bytes */
+        ck_assert_uint_eq((uintptr_t)da % 8, off % 8);
+        ck_assert_uint_eq((uintptr_t)db % 8, off % 8);
+    }
+    eq_st_close(&a);
+    ck_assert_msg(!mapped(pa), "%s still mapped after eq_st_close", pa);
+    eq_st_close(&b);
+    free(odd);
+    free(bytes);
+    free(ref);
+    eq_test_scratch_rm(dir);
+}
+END_TEST
+
+/* eq_st_first_nonfinite_f32 against isfinite element by element: NaN
+ * (quiet, signalling, negative), +-inf at block edges and in the tail, at
+ * an odd address; the largest finite value and denormals pass. */
+START_TEST(test_first_nonfinite)
+{
+    uint64_t seed = 0x5eedf1417eULL;
+    const size_t n = 3 * 1024 + 77;
+    float *v = eq_test_vec(&seed, n, 1e3f);
+    unsigned char *raw = malloc(4 * n + 1);
+    ck_assert_ptr_nonnull(raw);
+    unsigned char *p = raw + 1; /* unaligned */
+    v[5] = FLT_MAX;
+    v[6] = -FLT_MAX;
+    v[7] = 1e-45f; /* denormal */
+    v[8] = -0.0f;
+    memcpy(p, v, 4 * n);
+    ck_assert_int_eq(eq_st_first_nonfinite_f32(p, n), -1);
+    ck_assert_int_eq(eq_st_first_nonfinite_f32(p, 0), -1);
+    const uint32_t bad[] = { 0x7fc00000u, 0xffc00000u, 0x7f800001u, 0x7fffffffu, 0x7f800000u, 0xff800000u };
+    const size_t at[] = { 0, 1, 1023, 1024, 2047, 2048, 3071, 3072, 3100, n - 1 };
+    for (size_t b = 0; b < sizeof bad / sizeof *bad; b++)
+        for (size_t k = 0; k < sizeof at / sizeof *at; k++) {
+            memcpy(p, v, 4 * n);
+            memcpy(p + 4 * at[k], &bad[b], 4);
+            if (at[k] + 700 < n) memcpy(p + 4 * (at[k] + 700), &bad[b], 4); /* a later one is not reported */
+            float x;
+            memcpy(&x, &bad[b], 4);
+            ck_assert(!isfinite(x));
+            ck_assert_msg(eq_st_first_nonfinite_f32(p, n) == (int64_t)at[k], "0x%08x at %zu: got %" PRId64,
+                          bad[b], at[k], eq_st_first_nonfinite_f32(p, n));
+            /* a count that stops before it does not see it */
+            ck_assert_int_eq(eq_st_first_nonfinite_f32(p, at[k]), -1);
+        }
+    free(raw);
+    free(v);
+}
+END_TEST
+
 static Suite *st_suite(void)
 {
     Suite *s = suite_create("safetensors");
@@ -555,6 +668,8 @@ static Suite *st_suite(void)
     tcase_add_test(tc, test_corrupt);
     tcase_add_test(tc, test_valid_edge_cases);
     tcase_add_test(tc, test_open_errors);
+    tcase_add_test(tc, test_open_mapped_or_read);
+    tcase_add_test(tc, test_first_nonfinite);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -320,12 +320,7 @@ static int64_t s_nonfinite(const eq_st_file *f, long idx)
     if (d->dtype != EQ_DT_F32) return -1;
     size_t nb = 0;
     const unsigned char *p = eq_st_data(f, (size_t)idx, &nb);
-    for (size_t i = 0; i + 4 <= nb; i += 4) {
-        float v;
-        memcpy(&v, p + i, 4);
-        if (!isfinite(v)) return (int64_t)(i / 4);
-    }
-    return -1;
+    return eq_st_first_nonfinite_f32(p, nb / 4); /* vectorised (core/safetensors.h) */
 }
 
 /* No run saves a NaN or an infinity (a non-finite loss stops it before
