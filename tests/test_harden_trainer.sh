@@ -1,6 +1,6 @@
 #!/bin/sh
 # tests/test_harden_trainer.sh -- eq-trainer and `eqctl run` against a
-# hostile or careless user, with real processes and files (about 15 s):
+# hostile or careless user, with real processes and files (about 25 s):
 #
 #  - --resume of a checkpoint with nothing left to train (epoch >= [schedule]
 #    epochs): exit 2 at once naming it (it used to train nothing, exit 0, and
@@ -18,6 +18,12 @@
 #  - a policy file that does not parse: exit 2 before anything starts; a
 #    trigger epoch past the schedule is warned about;
 #  - an eq-trainer whose loaders do not answer says so after 5 s;
+#  - --evaluate with --eval where no eq-eval listens: exit 1 naming the
+#    endpoint after [train] eval_timeout (the predictions used to be
+#    dropped silently, exit 0);
+#  - [train] loader_timeout: eq-trainer gives up after it, naming the key;
+#  - SIGTERM during the val pass: exit 3 saying the evaluation is lost and
+#    the epoch-end checkpoint kept;
 #  - (as root, where tmpfs can be mounted) a full disk during a checkpoint:
 #    the run fails naming last.safetensors, the previous one is intact.
 # Every wait is bounded.
@@ -263,6 +269,65 @@ else
     echo "skip: full disk (cannot mount a tmpfs here)"
 fi
 MNT=""
+
+# 8-10 need a loader of their own (eq-trainer run by hand, no eqctl).
+"$B/eq-loader" --bind "ipc://$T/l8" --control "" --dataset "tiny=$T/ds" --threads 1 >"$T/l8.log" 2>&1 &
+LPID8=$!
+# 8. --evaluate with --eval where no eq-eval listens: the predictions used
+# to go into the pending connection's pipe, "sent to eq-eval", exit 0, and
+# the linger dropped them.  Now: exit 1 naming the endpoint and the wait.
+t0=$(date +%s)
+timeout 30 "$B/eq-trainer" --config "$T/tiny.cfg" --loaders "ipc://$T/l8" --eval "ipc://$T/noeval" --evaluate \
+    --resume "$GOOD" --set train.eval_timeout=1 --set "train.out_dir=$T/out8" >"$T/r8.out" 2>&1
+rc=$?
+t1=$(date +%s)
+[ $rc -eq 1 ] && [ $((t1 - t0)) -lt 15 ] &&
+    grep -q "eq-eval at ipc://$T/noeval took no predictions of epoch 0 in 1 s" "$T/r8.out" &&
+    ! grep -q "sent to eq-eval" "$T/r8.out" && ok "--evaluate without an eq-eval: exit 1 naming the endpoint" ||
+    bad "--evaluate without eq-eval: exit $rc after $((t1 - t0)) s: $(cat "$T/r8.out")"
+# 9. [train] loader_timeout: the give-up time without any loader reply
+# (was a fixed 120 s); range-checked.
+t0=$(date +%s)
+timeout 30 "$B/eq-trainer" --config "$T/tiny.cfg" --loaders "ipc://$T/none" --set train.loader_timeout=1 \
+    --set "train.out_dir=$T/out9" >"$T/r9.out" 2>&1
+rc=$?
+t1=$(date +%s)
+[ $rc -eq 1 ] && [ $((t1 - t0)) -lt 15 ] &&
+    grep -q "no loader answered the train job in 1 s (ipc://$T/none; \[train\] loader_timeout)" "$T/r9.out" &&
+    ok "loader_timeout = 1: gave up after $((t1 - t0)) s naming the key" ||
+    bad "loader_timeout: exit $rc after $((t1 - t0)) s: $(cat "$T/r9.out")"
+timeout 30 "$B/eq-trainer" --config "$T/tiny.cfg" --loaders "ipc://$T/none" --set train.loader_timeout=0 \
+    >"$T/r9b.out" 2>&1
+rc=$?
+[ $rc -eq 2 ] && grep -q "loader_timeout: 0 is out of range" "$T/r9b.out" && ok "loader_timeout = 0: exit 2" ||
+    bad "loader_timeout = 0: exit $rc: $(cat "$T/r9b.out")"
+# 10. SIGTERM during the val pass (here: waiting for an eq-eval that is not
+# there): exit 3 saying the epoch's evaluation is lost and its checkpoint
+# kept (it used to say only "feeder: interrupted").
+"$B/eq-trainer" --config "$T/tiny.cfg" --loaders "ipc://$T/l8" --eval "ipc://$T/noeval" --set train.max_steps=2 \
+    --set "train.out_dir=$T/out10" >"$T/r10.out" 2>&1 &
+PID10=$!
+if wait_grep "$T/r10.out" 300 "eq-eval at ipc://$T/noeval has taken no predictions for 5 s"; then
+    kill -TERM $PID10
+    i=0
+    while [ $i -lt 100 ] && kill -0 $PID10 2>/dev/null; do
+        sleep 0.1
+        i=$((i + 1))
+    done
+    kill -KILL $PID10 2>/dev/null
+    wait $PID10
+    rc=$?
+    [ $rc -eq 3 ] && [ -s "$T/out10/epoch0.safetensors" ] &&
+        grep -q "stopped during the val pass of epoch 0, after 0 of 32 samples: its evaluation is not reported; the epoch-end checkpoint is kept" "$T/r10.out" &&
+        ok "SIGTERM during the val pass: exit 3, evaluation lost and checkpoint kept, said so" ||
+        bad "SIGTERM during the val pass: exit $rc: $(cat "$T/r10.out")"
+else
+    bad "the val pass did not wait for eq-eval: $(cat "$T/r10.out")"
+    kill -KILL $PID10 2>/dev/null
+    wait $PID10 2>/dev/null
+fi
+kill -TERM $LPID8 2>/dev/null
+wait $LPID8 2>/dev/null
 
 sleep 0.2
 if pgrep -f "$T/" >/dev/null 2>&1; then bad "processes left: $(pgrep -af "$T/")"; else ok "no process left"; fi

@@ -536,8 +536,9 @@ eq_status eq_feeder_add_job(eq_feeder *f, const eq_msg *job, eq_msg_job_ok *ok, 
         uint64_t now = eq_clock_ms();
         if (good > 0 && now - t0 > f->cfg.timeout_ms) break; /* slow ones join later */
         if (now - t0 > f->cfg.give_up_ms)
-            return eq_err_set(err, EQ_ERR_TIMEOUT, "no loader answered the %s job in %u ms (%s%s)",
-                              job->u.job.split, f->cfg.give_up_ms, f->ld[0].ep, f->nld > 1 ? ", ..." : "");
+            return eq_err_set(err, EQ_ERR_TIMEOUT, "no loader answered the %s job in %.0f s (%s%s; [train] loader_timeout)",
+                              job->u.job.split, (double)f->cfg.give_up_ms / 1000.0, f->ld[0].ep,
+                              f->nld > 1 ? ", ..." : "");
         if (f->interrupted) return eq_err_set(err, EQ_ERR_INTERRUPTED, "feeder: interrupted");
         if (good == 0 && now >= next_note) { /* say why nothing happens */
             s_note_silent(f, now - t0, "answered the %s job", job->u.job.split);
@@ -601,8 +602,9 @@ eq_status eq_feeder_next(eq_feeder *f, eq_feeder_batch *out, eq_err *err)
         }
         if (now - f->last_reply_ms > f->cfg.give_up_ms)
             return eq_err_set(err, EQ_ERR_TIMEOUT,
-                              "no loader answered for %u ms (waiting for epoch %" PRIu64 " step %" PRIu64 ")",
-                              f->cfg.give_up_ms, f->epoch, f->next_deliver);
+                              "no loader answered for %.0f s (waiting for epoch %" PRIu64 " step %" PRIu64
+                              "; [train] loader_timeout)",
+                              (double)f->cfg.give_up_ms / 1000.0, f->epoch, f->next_deliver);
         if ((st = s_poll(f, 100, err))) return st;
     }
     f->st.wait_s += eq_clock_sec() - t0;

@@ -50,7 +50,8 @@ typedef struct eq_feeder_cfg {
     uint32_t inflight;    /* requests outstanding over all loaders; 0: 4 per loader */
     uint32_t credit;      /* per loader; 0: inflight */
     uint32_t timeout_ms;  /* deadline of a request before it is issued again; 0: 30000 */
-    uint32_t give_up_ms;  /* no reply from any loader for this long: EQ_ERR_TIMEOUT; 0: 120000 */
+    uint32_t give_up_ms;  /* no reply from any loader for this long: EQ_ERR_TIMEOUT; 0: 120000
+                           * (eq-trainer: [train] loader_timeout) */
     const char *name;     /* HELLO name ("trainer:rank0"); NULL: "trainer" */
 } eq_feeder_cfg;
 

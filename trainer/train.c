@@ -49,6 +49,12 @@ static const eq_config_key s_train_keys[] = {
                       "batch requests in flight over all loaders; 0 = 4 per loader"),
     EQ_CONFIG_INT_KEY(eq_train_cfg, timeout_ms, "30000", 100, 3600000,
                       "a batch request unanswered this long is asked again (elsewhere)"),
+    EQ_CONFIG_INT_KEY(eq_train_cfg, loader_timeout, "120", 1, 86400,
+                      "seconds without any reply from any loader (a job being opened, a batch) before the run "
+                      "fails; raise it for a large ImageFolder on a slow filesystem"),
+    EQ_CONFIG_INT_KEY(eq_train_cfg, eval_timeout, "30", 1, 86400,
+                      "seconds the val pass waits for eq-eval (--eval) to be connected and take predictions "
+                      "before the run fails naming the endpoint (eq-eval may start after the trainer)"),
     EQ_CONFIG_FLOAT_KEY(eq_train_cfg, smoothing, "0", 0, 1, "label smoothing of the cross-entropy"),
     EQ_CONFIG_INT_KEY(eq_train_cfg, iter_size, "1", 1, 1000000,
                       "gradient accumulation: sum the gradients of N steps (loss not divided), then one optimiser step"),
@@ -231,6 +237,7 @@ struct eq_train {
     eq_feeder *feeder;
     void *pub, *ctl, *eval;
     char pub_ep[256], ctl_ep[256];
+    char eval_ep[256]; /* --eval, for messages */
     FILE *jsonl;
     bool be_borrowed;          /* eq_train_opts.backend: the caller's, not destroyed here */
     float *x_dev;              /* the network input [B][H][W][C], staged on the device */
@@ -489,7 +496,8 @@ eq_train *eq_train_new(const eq_experiment *x, const eq_train_opts *o, eq_err *e
     char fname[EQ_PROTO_NAME_CAP];
     snprintf(fname, sizeof fname, "trainer:%d:%ld", t->rank, (long)getpid());
     eq_feeder_cfg fc = { .loaders = o->loaders, .nloaders = o->nloaders, .inflight = (uint32_t)x->train.inflight,
-                         .timeout_ms = (uint32_t)x->train.timeout_ms, .name = fname };
+                         .timeout_ms = (uint32_t)x->train.timeout_ms,
+                         .give_up_ms = (uint32_t)(x->train.loader_timeout * 1000), .name = fname };
     if (!(t->feeder = eq_feeder_new(t->zctx, &fc, err))) goto fail;
     eq_proto_sockopts so;
     eq_proto_sockopts_default(&so, NULL);
@@ -505,10 +513,19 @@ eq_train *eq_train_new(const eq_experiment *x, const eq_train_opts *o, eq_err *e
             goto fail;
     }
     if (o->eval && *o->eval) {
-        eq_proto_sockopts eo = so;
-        eo.sndtimeo_ms = 30000; /* eq-eval slow or absent: fail instead of hanging forever */
-        if (!(t->eval = eq_proto_socket(t->zctx, ZMQ_PUSH, &eo, err)) || eq_proto_connect(t->eval, o->eval, err))
+        /* ZMQ_IMMEDIATE: a PRED is queued only to a completed connection.
+         * Without it, with no eq-eval listening, it went into the pipe of
+         * the pending connection, the pass "succeeded" and the linger
+         * dropped everything at exit (exit 0, no result, no error).  Now
+         * s_send_pred waits for POLLOUT, at most eval_timeout s. */
+        int one = 1;
+        snprintf(t->eval_ep, sizeof t->eval_ep, "%s", o->eval);
+        if (!(t->eval = eq_proto_socket(t->zctx, ZMQ_PUSH, &so, err))) goto fail;
+        if (zmq_setsockopt(t->eval, ZMQ_IMMEDIATE, &one, sizeof one)) {
+            eq_err_set(err, EQ_ERR_NET, "eval socket: ZMQ_IMMEDIATE: %s", zmq_strerror(zmq_errno()));
             goto fail;
+        }
+        if (eq_proto_connect(t->eval, o->eval, err)) goto fail;
     }
     return t;
 nomem:
@@ -1233,6 +1250,51 @@ static eq_status s_scaler_step(eq_train *t, uint64_t e, uint64_t s, bool *skip, 
     return EQ_OK;
 }
 
+/* Send one PRED of the val pass of `epoch` to eq-eval.  The eval socket
+ * has ZMQ_IMMEDIATE, so POLLOUT means a connected eq-eval with room in its
+ * queue: wait for it in 100 ms slices (a stop ends the wait, one rank;
+ * control commands are answered), warn after 5 s and every 30 s, fail
+ * after [train] eval_timeout naming the endpoint.  eq-eval may start after
+ * the trainer (eqctl run starts them together): it only has to be there by
+ * the first val batch. */
+static eq_status s_send_pred(eq_train *t, uint64_t epoch, const eq_msg *m, eq_proto_payload *pl, size_t npl,
+                             eq_err *err)
+{
+    const uint64_t limit_ms = (uint64_t)t->x.train.eval_timeout * 1000;
+    uint64_t t0 = eq_clock_ms(), next_note = t0 + 5000;
+    for (;;) {
+        zmq_pollitem_t it = { t->eval, 0, ZMQ_POLLOUT, 0 };
+        int n = zmq_poll(&it, 1, 100);
+        if (n < 0 && zmq_errno() != EINTR)
+            return eq_err_set(err, EQ_ERR_NET, "eq-eval at %s: poll: %s", t->eval_ep, zmq_strerror(zmq_errno()));
+        if (n > 0 && (it.revents & ZMQ_POLLOUT)) {
+            eq_err e = { 0 };
+            eq_status st = eq_proto_send(t->eval, NULL, m, pl, npl, ZMQ_DONTWAIT, &e);
+            if (st == EQ_OK) return EQ_OK;
+            /* EAGAIN: the connection went away since the poll; wait again (PRED
+             * payloads have no free_fn: eq_proto_send copied them, a retry is safe) */
+            if (st != EQ_ERR_TIMEOUT)
+                return eq_err_set(err, st, "eq-eval at %s: %s", t->eval_ep, e.msg);
+        }
+        if (t->stop && t->world <= 1)
+            return eq_err_set(err, EQ_ERR_INTERRUPTED, "stopped while waiting for eq-eval at %s", t->eval_ep);
+        s_control(t);
+        uint64_t now = eq_clock_ms();
+        if (now - t0 >= limit_ms)
+            return eq_err_set(err, EQ_ERR_TIMEOUT,
+                              "eq-eval at %s took no predictions of epoch %" PRIu64 " in %" PRId64
+                              " s (not listening, or not reading; [train] eval_timeout): the epoch's "
+                              "evaluation is lost",
+                              t->eval_ep, epoch, t->x.train.eval_timeout);
+        if (now >= next_note) {
+            eq_warn("eq-eval at %s has taken no predictions for %.0f s (not connected or not reading); "
+                    "giving up after %" PRId64 " s",
+                    t->eval_ep, (double)(now - t0) / 1000.0, t->x.train.eval_timeout);
+            next_note = now + 30000;
+        }
+    }
+}
+
 /* Val pass of `epoch`: predictions to eq-eval. */
 static eq_status s_validate(eq_train *t, uint64_t epoch, eq_err *err)
 {
@@ -1255,7 +1317,7 @@ static eq_status s_validate(eq_train *t, uint64_t epoch, eq_err *err)
         return eq_err_set(err, EQ_ERR_NOMEM, "val: out of memory");
     }
     double t0 = eq_clock_sec();
-    uint64_t seen = 0;
+    uint64_t seen = 0, passed = 0; /* samples forwarded; of those, done (predictions sent) */
     /* pipelined as the train pass (s_fetch): the next batch is fetched
      * and uploaded after this one's forward is queued, before its logits
      * are downloaded; an error of the next fetch is reported once this
@@ -1300,16 +1362,30 @@ static eq_status s_validate(eq_train *t, uint64_t epoch, eq_err *err)
             eq_proto_payload pl[3] = { { ids, (size_t)b.count * 8, NULL, NULL },
                                        { t->lab_host[ks], (size_t)b.count * 4, NULL, NULL },
                                        { topk, (size_t)b.count * (size_t)k * 4, NULL, NULL } };
-            if ((st = eq_proto_send(t->eval, NULL, &m, pl, 3, 0, err))) break;
+            if ((st = s_send_pred(t, epoch, &m, pl, 3, err))) break;
         }
+        passed = seen;
         if (t->stop && t->world <= 1) { /* several ranks finish the pass and stop together */
-            st = eq_err_set(err, EQ_ERR_INTERRUPTED, "stopped during the val pass");
+            st = EQ_ERR_INTERRUPTED; /* the message is set below */
             break;
         }
         ks = kn;
     }
     free(topk);
     free(ids);
+    if (st == EQ_ERR_INTERRUPTED) { /* SIGTERM/SIGINT or a control stop: say what is lost and what is kept */
+        if (t->evaluate)
+            st = eq_err_set(err, EQ_ERR_INTERRUPTED,
+                            "stopped during the val pass of epoch %" PRIu64 " (--evaluate), after %" PRIu64
+                            " of %" PRIu64 " samples: no evaluation is reported",
+                            epoch, passed, mine);
+        else
+            st = eq_err_set(err, EQ_ERR_INTERRUPTED,
+                            "stopped during the val pass of epoch %" PRIu64 ", after %" PRIu64 " of %" PRIu64
+                            " samples: its evaluation is not reported; the epoch-end checkpoint is kept "
+                            "(--evaluate --resume %s/epoch%" PRIu64 ".safetensors evaluates it)",
+                            epoch, passed, mine, t->x.train.out_dir, epoch);
+    }
     if (st == EQ_OK && seen != mine)
         st = eq_err_set(err, EQ_ERR_INTERNAL, "val pass of epoch %" PRIu64 ": %" PRIu64 " samples, expected %" PRIu64,
                         epoch, seen, mine);
@@ -1329,7 +1405,7 @@ static eq_status s_validate(eq_train *t, uint64_t epoch, eq_err *err)
         eq_proto_add_frame(&m, "labels", EQ_DT_I32, 1, s1, NULL);
         eq_proto_add_frame(&m, "topk", EQ_DT_I32, 2, s2, NULL);
         eq_proto_payload pl[3] = { { NULL, 0, NULL, NULL }, { NULL, 0, NULL, NULL }, { NULL, 0, NULL, NULL } };
-        st = eq_proto_send(t->eval, NULL, &m, pl, 3, 0, err);
+        st = s_send_pred(t, epoch, &m, pl, 3, err);
     }
     if (st == EQ_OK)
         eq_info("epoch %" PRIu64 ": val predictions for %" PRIu64 " of %" PRIu64 " samples sent to eq-eval in %.1f s",

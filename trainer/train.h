@@ -133,6 +133,8 @@ typedef struct eq_train_cfg {
     size_t nmean, nstd;
     int64_t inflight;       /* batch requests in flight over all loaders */
     int64_t timeout_ms;     /* request deadline before asking again */
+    int64_t loader_timeout; /* s without any loader reply before the run fails */
+    int64_t eval_timeout;   /* s a PRED waits for eq-eval to connect or take it before the run fails */
     double smoothing;       /* label smoothing */
     int64_t iter_size;      /* gradient accumulation steps */
     int64_t ranks;          /* trainer ranks `eqctl run` starts (eq-trainer: --world) */
