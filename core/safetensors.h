@@ -31,7 +31,11 @@ typedef struct eq_st_limits {
     uint64_t max_file_bytes;   /* 0: no limit */
 } eq_st_limits;
 
-/* Open and validate a file (limits may be NULL).  Caller owns the result. */
+/* Open and validate a file (limits may be NULL).  Caller owns the result.
+ * A regular file whose data starts on an 8-byte boundary (all that the
+ * reference and eq write) is mapped read-only rather than read (no copy of
+ * the file); it must then not be truncated in place while open (eq only
+ * replaces such files by rename): see s_map in safetensors.c. */
 eq_st_file *eq_st_open(const char *path, const eq_st_limits *limits, eq_err *err);
 /* Validate a file image in memory (copied; `bytes` may be freed after). */
 eq_st_file *eq_st_parse(const void *bytes, size_t len, const eq_st_limits *limits, eq_err *err);
