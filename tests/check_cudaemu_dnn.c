@@ -588,8 +588,14 @@ START_TEST(test_conv_16bit)
         }
         ck_assert_msg(bad == 0, "%s %s shape %d: %zu of %zu elements differ from the rounded fp32 "
                       "result away from a midpoint", eq_precision_name(prec), s_dir_name[dir], shape, bad, nr);
-        /* check_cuda's bounds: 0.1 % + 1 (bf16), 0.5 % + 1 (fp16) */
-        ck_assert_msg(near <= (prec == EQ_PREC_BF16 ? nr / 1000 : nr / 200) + 1,
+        /* check_cuda's rates, 0.1 % (bf16) and 0.5 % (fp16), plus 4: the
+         * count is Poisson-like with a mean of about 0.1-0.15 % of the
+         * elements in fp16 (measured over 15 seeds: e.g. 6.1 of 4608,
+         * 47 of 18432, 0.27 of 384), so with "+ 1" a small output (144 or
+         * 384 elements, mean 0.2-0.5) exceeded it in ~2 % of runs (CI:
+         * "2 near-midpoint differences of 144"); P(count > rate + 4) is
+         * below 1e-4 there */
+        ck_assert_msg(near <= (prec == EQ_PREC_BF16 ? nr / 1000 : nr / 200) + 4,
                       "%s %s: %zu near-midpoint differences of %zu", eq_precision_name(prec),
                       s_dir_name[dir], near, nr);
         free(got);
