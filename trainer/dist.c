@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <zmq.h>
 
 #include "core/clock.h"
@@ -431,12 +432,16 @@ typedef struct s_bucket {
     eq_err err;
 } s_bucket;
 
-/* The header of a ring message (frame 0; frame 1 is the floats). */
+/* The header of a ring message (frame 0; frame 1 is the floats).  A chunk
+ * goes as pieces of at most S_PIECE floats, one message each (piece: its
+ * index), so that a rank adds piece i while piece i+1 is on the way. */
 typedef struct s_hdr {
-    uint32_t magic, seq, bucket, phase, chunk, pad;
+    uint32_t magic, seq, bucket, phase, chunk, piece;
     uint64_t n;
 } s_hdr;
 #define S_MAGIC 0x47524245u /* "EBRG" */
+#define S_PIECE ((size_t)1 << 18) /* floats per message: 1 MiB */
+#define S_ZC_MIN ((size_t)1024)   /* pieces from this many floats go without a copy */
 
 struct eq_comm_ring {
     void *zctx;
@@ -447,9 +452,14 @@ struct eq_comm_ring {
     char left_ep[EQ_DIST_EP_CAP];
     s_bucket bk[EQ_COMM_MAX_BUCKETS];
     int nbk;
-    float *buf, *tmp;
+    float *buf, *tmp; /* buf: the packed bucket; tmp: S_PIECE floats for a misaligned piece */
     size_t cap;
     uint32_t seq;
+    /* Messages sent straight from buf (zmq_msg_init_data): buf must not
+     * change or go before ZeroMQ released them (nfreed == nsent). */
+    pthread_mutex_t smu;
+    pthread_cond_t scv;
+    uint64_t nsent, nfreed;
     /* the thread */
     pthread_t th;
     bool running;
@@ -473,10 +483,17 @@ eq_comm_ring *eq_comm_ring_listen(void *zctx, const char *bind_ep, int timeout_m
     r->timeout_ms = timeout_ms > 0 ? timeout_ms : 60000;
     pthread_mutex_init(&r->mu, NULL);
     pthread_cond_init(&r->cv, NULL);
+    pthread_mutex_init(&r->smu, NULL);
+    pthread_cond_init(&r->scv, NULL);
     eq_proto_sockopts so;
     eq_proto_sockopts_default(&so, NULL);
     so.maxmsgsize = -1; /* gradient chunks; the peers are the job's own ranks */
     so.rcvhwm = so.sndhwm = 0;
+    if (!(r->tmp = eq_malloc_array(S_PIECE, sizeof(float)))) {
+        eq_err_set(err, EQ_ERR_NOMEM, "ring: out of memory");
+        eq_comm_ring_destroy(&r);
+        return NULL;
+    }
     if (!(r->pull = eq_proto_socket(zctx, ZMQ_PULL, &so, err)) ||
         eq_proto_bind(r->pull, bind_ep, r->ep, sizeof r->ep, err)) {
         eq_err_prefix(err, "ring: ");
@@ -487,6 +504,38 @@ eq_comm_ring *eq_comm_ring_listen(void *zctx, const char *bind_ep, int timeout_m
 }
 
 const char *eq_comm_ring_endpoint(const eq_comm_ring *r) { return r->ep; }
+
+/* ZeroMQ's I/O thread is done with a message sent from r->buf. */
+static void s_ring_freed(void *data, void *hint)
+{
+    (void)data;
+    eq_comm_ring *r = hint;
+    pthread_mutex_lock(&r->smu);
+    r->nfreed++;
+    pthread_cond_broadcast(&r->scv);
+    pthread_mutex_unlock(&r->smu);
+}
+
+/* Wait until ZeroMQ released every message sent from r->buf, at most
+ * timeout_ms.  True when released. */
+static bool s_ring_released(eq_comm_ring *r, int timeout_ms)
+{
+    uint64_t t0 = eq_clock_ms();
+    pthread_mutex_lock(&r->smu);
+    while (r->nfreed != r->nsent && eq_clock_ms() - t0 <= (uint64_t)timeout_ms) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += S_POLL_MS * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&r->scv, &r->smu, &ts);
+    }
+    bool done = r->nfreed == r->nsent;
+    pthread_mutex_unlock(&r->smu);
+    return done;
+}
 
 void eq_comm_ring_destroy(eq_comm_ring **r_p)
 {
@@ -501,12 +550,19 @@ void eq_comm_ring_destroy(eq_comm_ring **r_p)
     }
     eq_proto_socket_close(&r->pull);
     eq_proto_socket_close(&r->push);
+    /* A closed socket's pending messages go within its linger (1 s). */
+    bool released = s_ring_released(r, 5000);
+    if (!released) eq_warn("ring: rank %d: ZeroMQ kept messages from the ring's buffer: not freed", r->rank);
     for (int i = 0; i < r->nbk; i++) free(r->bk[i].segs);
-    free(r->buf);
+    if (released) {
+        free(r->buf);
+        pthread_mutex_destroy(&r->smu);
+        pthread_cond_destroy(&r->scv);
+    }
     free(r->tmp);
     pthread_mutex_destroy(&r->mu);
     pthread_cond_destroy(&r->cv);
-    free(r);
+    if (released) free(r);
     *r_p = NULL;
 }
 
@@ -518,19 +574,53 @@ static bool s_quitting(eq_comm_ring *r)
     return q;
 }
 
-static eq_status s_ring_send(eq_comm_ring *r, const s_hdr *h, const float *data, size_t n, eq_err *err)
+static eq_status s_ring_send_err(eq_comm_ring *r, eq_err *err)
 {
-    if (zmq_send(r->push, h, sizeof *h, ZMQ_SNDMORE) < 0 || zmq_send(r->push, data, n * sizeof(float), 0) < 0)
-        return zmq_errno() == EAGAIN
-                   ? eq_err_set(err, EQ_ERR_TIMEOUT, "ring: rank %d could not send to rank %d for %d ms: is that rank alive?",
-                                r->rank, (r->rank + 1) % r->world, r->timeout_ms)
-                   : eq_err_set(err, EQ_ERR_NET, "ring: rank %d: send to rank %d: %s", r->rank,
-                                (r->rank + 1) % r->world, zmq_strerror(zmq_errno()));
+    return zmq_errno() == EAGAIN
+               ? eq_err_set(err, EQ_ERR_TIMEOUT, "ring: rank %d could not send to rank %d for %d ms: is that rank alive?",
+                            r->rank, (r->rank + 1) % r->world, r->timeout_ms)
+               : eq_err_set(err, EQ_ERR_NET, "ring: rank %d: send to rank %d: %s", r->rank, (r->rank + 1) % r->world,
+                            zmq_strerror(zmq_errno()));
+}
+
+/* Send one piece: the header, then either fwd (a received message passed
+ * on as it is; consumed in any case) or h->n floats at data: straight from
+ * r->buf for S_ZC_MIN floats or more (data must stay as it is until
+ * ZeroMQ released it, s_ring_released), else copied. */
+static eq_status s_ring_send(eq_comm_ring *r, const s_hdr *h, const float *data, zmq_msg_t *fwd, eq_err *err)
+{
+    if (zmq_send(r->push, h, sizeof *h, ZMQ_SNDMORE) < 0) {
+        if (fwd) zmq_msg_close(fwd);
+        return s_ring_send_err(r, err);
+    }
+    if (fwd) {
+        if (zmq_msg_send(fwd, r->push, 0) < 0) {
+            eq_status st = s_ring_send_err(r, err);
+            zmq_msg_close(fwd);
+            return st;
+        }
+        return EQ_OK;
+    }
+    size_t bytes = (size_t)h->n * sizeof(float);
+    if (h->n < S_ZC_MIN)
+        return zmq_send(r->push, data, bytes, 0) < 0 ? s_ring_send_err(r, err) : EQ_OK;
+    zmq_msg_t m;
+    if (zmq_msg_init_data(&m, (void *)data, bytes, s_ring_freed, r))
+        return eq_err_set(err, EQ_ERR_NOMEM, "ring: rank %d: out of memory for a message", r->rank);
+    pthread_mutex_lock(&r->smu);
+    r->nsent++; /* s_ring_freed counts it back, also when it is closed unsent */
+    pthread_mutex_unlock(&r->smu);
+    if (zmq_msg_send(&m, r->push, 0) < 0) {
+        eq_status st = s_ring_send_err(r, err);
+        zmq_msg_close(&m);
+        return st;
+    }
     return EQ_OK;
 }
 
-/* Receive the message for (seq, bucket, phase, chunk) of n floats into r->tmp. */
-static eq_status s_ring_recv(eq_comm_ring *r, const s_hdr *want, eq_err *err)
+/* Receive the piece (seq, bucket, phase, chunk, piece) of want->n floats:
+ * on EQ_OK *data is its floats (the caller closes or forwards it). */
+static eq_status s_ring_recv(eq_comm_ring *r, const s_hdr *want, zmq_msg_t *data, eq_err *err)
 {
     int left = (r->rank + r->world - 1) % r->world;
     uint64_t t0 = eq_clock_ms();
@@ -562,67 +652,172 @@ static eq_status s_ring_recv(eq_comm_ring *r, const s_hdr *want, eq_err *err)
     } else {
         memcpy(&h, zmq_msg_data(&f[0]), sizeof h);
         if (h.magic != S_MAGIC || h.seq != want->seq || h.bucket != want->bucket || h.phase != want->phase ||
-            h.chunk != want->chunk || h.n != want->n)
+            h.chunk != want->chunk || h.piece != want->piece || h.n != want->n)
             st = eq_err_set(err, EQ_ERR_PROTO,
-                            "ring: rank %d got (collective %u, bucket %u, step %u, chunk %u, %" PRIu64
-                            " floats) from rank %d, expected (%u, %u, %u, %u, %" PRIu64
+                            "ring: rank %d got (collective %u, bucket %u, step %u, chunk %u, piece %u, %" PRIu64
+                            " floats) from rank %d, expected (%u, %u, %u, %u, %u, %" PRIu64
                             "): the ranks started different buckets",
-                            r->rank, h.seq, h.bucket, h.phase, h.chunk, h.n, left, want->seq, want->bucket,
-                            want->phase, want->chunk, want->n);
+                            r->rank, h.seq, h.bucket, h.phase, h.chunk, h.piece, h.n, left, want->seq, want->bucket,
+                            want->phase, want->chunk, want->piece, want->n);
         else if (zmq_msg_size(&f[1]) != want->n * sizeof(float))
             st = eq_err_set(err, EQ_ERR_PROTO, "ring: rank %d: %zu bytes of data from rank %d, expected %" PRIu64,
                             r->rank, zmq_msg_size(&f[1]), left, want->n * sizeof(float));
-        else if (want->n)
-            memcpy(r->tmp, zmq_msg_data(&f[1]), want->n * sizeof(float));
     }
-    s_close_all(f, 2);
+    zmq_msg_close(&f[0]);
+    if (st)
+        zmq_msg_close(&f[1]);
+    else
+        *data = f[1];
     return st;
+}
+
+/* The floats of a received piece of n floats, aligned (r->tmp if the
+ * message's are not). */
+static const float *s_ring_floats(eq_comm_ring *r, zmq_msg_t *m, size_t n)
+{
+    const void *p = zmq_msg_data(m);
+    if (!((uintptr_t)p % _Alignof(float))) return p;
+    memcpy(r->tmp, p, n * sizeof(float));
+    return r->tmp;
+}
+
+/* The bucket's floats [lo, lo + n) are final (the sum): into its segments,
+ * divided by div when div != 0 (an average). */
+static void s_unpack(const s_bucket *B, size_t lo, const float *src, size_t n, float div)
+{
+    size_t off = 0;
+    for (size_t i = 0; i < B->nsegs && n; off += B->segs[i].n, i++) {
+        size_t sn = B->segs[i].n;
+        if (lo >= off + sn) continue;
+        size_t a = lo - off, m = sn - a < n ? sn - a : n;
+        float *d = B->segs[i].data + a;
+        if (div != 0.0f)
+            for (size_t j = 0; j < m; j++) d[j] = src[j] / div;
+        else
+            memcpy(d, src, m * sizeof(float));
+        src += m;
+        lo += m;
+        n -= m;
+    }
+}
+
+/* The bucket's floats [lo, lo + n) into dst (zeros when zero). */
+static void s_pack(const s_bucket *B, size_t lo, float *dst, size_t n, bool zero)
+{
+    size_t off = 0;
+    for (size_t i = 0; i < B->nsegs && n; off += B->segs[i].n, i++) {
+        size_t sn = B->segs[i].n;
+        if (lo >= off + sn) continue;
+        size_t a = lo - off, m = sn - a < n ? sn - a : n;
+        if (zero)
+            memset(dst, 0, m * sizeof(float));
+        else
+            memcpy(dst, B->segs[i].data + a, m * sizeof(float));
+        dst += m;
+        lo += m;
+        n -= m;
+    }
+}
+
+/* A reduce-scatter step on the bucket's floats [lo, lo + n): x = own + the
+ * left's partial sum src (own: the bucket's values, zeros when zero; no
+ * rank's own values were added to this chunk before).  When final (the
+ * chunk holds every rank's sum now) also into the bucket's segments,
+ * divided by div when div != 0. */
+static void s_reduce(const s_bucket *B, size_t lo, const float *src, float *x, size_t n, bool zero, bool final,
+                     float div)
+{
+    size_t off = 0;
+    for (size_t i = 0; i < B->nsegs && n; off += B->segs[i].n, i++) {
+        size_t sn = B->segs[i].n;
+        if (lo >= off + sn) continue;
+        size_t a = lo - off, m = sn - a < n ? sn - a : n;
+        float *d = B->segs[i].data + a;
+        if (zero)
+            for (size_t j = 0; j < m; j++) x[j] = 0.0f + src[j];
+        else
+            for (size_t j = 0; j < m; j++) x[j] = d[j] + src[j];
+        if (final && div != 0.0f)
+            for (size_t j = 0; j < m; j++) d[j] = x[j] / div;
+        else if (final)
+            memcpy(d, x, m * sizeof(float));
+        src += m;
+        x += m;
+        lo += m;
+        n -= m;
+    }
 }
 
 /* First element of chunk c of W over n (n < 2^56: no overflow). */
 static size_t s_lo(size_t n, int c, int W) { return (size_t)((uint64_t)n * (uint64_t)c / (uint64_t)W); }
 
-/* The collective of bucket b on r->buf (packed). */
+/* Pieces of a chunk of len floats (an empty chunk still goes, as one empty piece). */
+static size_t s_npieces(size_t len) { return len ? (len + S_PIECE - 1) / S_PIECE : 1; }
+
+/* The collective of bucket b: the classic ring, reduce-scatter then
+ * all-gather, W - 1 steps each.  In step p, a rank sends chunk
+ * (me - p) mod W and receives chunk (me - p - 1) mod W from its left;
+ * each chunk goes as pieces of S_PIECE floats, and each piece received is
+ * added (reduce-scatter) or stored (all-gather) and passed on as piece of
+ * step p + 1 at once, while the next is on the way.  The sums are those of
+ * the whole-chunk ring, in the same order: element-wise, own value + the
+ * left's partial sum, so every rank ends with the same bits.  Copies: own
+ * chunk into r->buf (the others are added from the bucket's segments into
+ * r->buf), each piece added straight from the received message, a chunk's
+ * final values written into the segments as they become final (divided
+ * for an average), all-gather pieces passed on as the received message. */
 static eq_status s_ring_allreduce(eq_comm_ring *r, int b, eq_err *err)
 {
     s_bucket *B = &r->bk[b];
     const int W = r->world, me = r->rank;
+    if (W == 1) return EQ_OK; /* the sum of one: the bucket as it is */
     size_t n = B->n;
     float *buf = r->buf;
-    size_t off = 0;
-    for (size_t i = 0; i < B->nsegs; i++) {
-        if (B->op == EQ_COMM_BCAST && me != 0)
-            memset(buf + off, 0, B->segs[i].n * sizeof(float));
-        else if (B->segs[i].n)
-            memcpy(buf + off, B->segs[i].data, B->segs[i].n * sizeof(float));
-        off += B->segs[i].n;
-    }
+    const float div = B->op == EQ_COMM_AVG ? (float)W : 0.0f;
+    /* buf is about to change: the previous collective's messages must be out */
+    if (!s_ring_released(r, r->timeout_ms))
+        return eq_err_set(err, EQ_ERR_TIMEOUT, "ring: rank %d: rank %d took no data for %d ms: is that rank alive?",
+                          me, (me + 1) % W, r->timeout_ms);
+    const bool zero = B->op == EQ_COMM_BCAST && me != 0; /* a broadcast: only rank 0's values count */
     uint32_t seq = r->seq++;
     eq_status st;
-    /* reduce-scatter: after step k, chunk (me-k-1) holds k+2 ranks' sum */
-    for (int k = 0; k < W - 1; k++) {
-        int cs = ((me - k) % W + W) % W, cr = ((me - k - 1) % W + W) % W;
-        size_t slo = s_lo(n, cs, W), shi = s_lo(n, cs + 1, W), rlo = s_lo(n, cr, W), rhi = s_lo(n, cr + 1, W);
-        s_hdr hs = { S_MAGIC, seq, (uint32_t)b, (uint32_t)k, (uint32_t)cs, 0, shi - slo };
-        s_hdr hr = { S_MAGIC, seq, (uint32_t)b, (uint32_t)k, (uint32_t)cr, 0, rhi - rlo };
-        if ((st = s_ring_send(r, &hs, buf + slo, shi - slo, err)) || (st = s_ring_recv(r, &hr, err))) return st;
-        for (size_t i = 0; i < rhi - rlo; i++) buf[rlo + i] += r->tmp[i];
+    /* step 0: own chunk, packed into buf and sent from there (nothing
+     * writes it again in this collective) */
+    {
+        size_t lo = s_lo(n, me, W), len = s_lo(n, me + 1, W) - lo, np = s_npieces(len);
+        s_pack(B, lo, buf + lo, len, zero);
+        for (size_t i = 0; i < np; i++) {
+            size_t a = i * S_PIECE, m = len - a < S_PIECE ? len - a : S_PIECE;
+            s_hdr h = { S_MAGIC, seq, (uint32_t)b, 0, (uint32_t)me, (uint32_t)i, m };
+            if ((st = s_ring_send(r, &h, buf + lo + a, NULL, err))) return st;
+        }
     }
-    /* all-gather: chunk (me+1) is complete here; pass the complete ones on */
-    for (int k = 0; k < W - 1; k++) {
-        int cs = ((me + 1 - k) % W + W) % W, cr = ((me - k) % W + W) % W;
-        size_t slo = s_lo(n, cs, W), shi = s_lo(n, cs + 1, W), rlo = s_lo(n, cr, W), rhi = s_lo(n, cr + 1, W);
-        s_hdr hs = { S_MAGIC, seq, (uint32_t)b, (uint32_t)(W - 1 + k), (uint32_t)cs, 0, shi - slo };
-        s_hdr hr = { S_MAGIC, seq, (uint32_t)b, (uint32_t)(W - 1 + k), (uint32_t)cr, 0, rhi - rlo };
-        if ((st = s_ring_send(r, &hs, buf + slo, shi - slo, err)) || (st = s_ring_recv(r, &hr, err))) return st;
-        if (rhi > rlo) memcpy(buf + rlo, r->tmp, (rhi - rlo) * sizeof(float));
-    }
-    if (B->op == EQ_COMM_AVG && W > 1)
-        for (size_t i = 0; i < n; i++) buf[i] /= (float)W;
-    off = 0;
-    for (size_t i = 0; i < B->nsegs; i++) {
-        if (B->segs[i].n) memcpy(B->segs[i].data, buf + off, B->segs[i].n * sizeof(float));
-        off += B->segs[i].n;
+    for (int p = 0; p < 2 * W - 2; p++) {
+        int cr = ((me - p - 1) % W + W) % W;
+        size_t lo = s_lo(n, cr, W), len = s_lo(n, cr + 1, W) - lo, np = s_npieces(len);
+        for (size_t i = 0; i < np; i++) {
+            size_t a = i * S_PIECE, m = len - a < S_PIECE ? len - a : S_PIECE;
+            s_hdr hr = { S_MAGIC, seq, (uint32_t)b, (uint32_t)p, (uint32_t)cr, (uint32_t)i, m };
+            s_hdr hs = { S_MAGIC, seq, (uint32_t)b, (uint32_t)(p + 1), (uint32_t)cr, (uint32_t)i, m };
+            zmq_msg_t d;
+            if ((st = s_ring_recv(r, &hr, &d, err))) return st;
+            const float *src = s_ring_floats(r, &d, m);
+            float *x = buf + lo + a;
+            if (p < W - 1) {
+                /* reduce-scatter: own partial sum + the left's */
+                s_reduce(B, lo + a, src, x, m, zero, p == W - 2, div);
+                zmq_msg_close(&d);
+                if (p < 2 * W - 3 && (st = s_ring_send(r, &hs, x, NULL, err))) return st;
+            } else {
+                /* all-gather: a complete chunk, passed on as it came */
+                s_unpack(B, lo + a, src, m, div);
+                if (p < 2 * W - 3) {
+                    if ((st = s_ring_send(r, &hs, NULL, &d, err))) return st;
+                } else {
+                    zmq_msg_close(&d);
+                }
+            }
+        }
     }
     return EQ_OK;
 }
@@ -671,17 +866,16 @@ static int s_ring_bucket_new(void *ctx, const eq_comm_seg *segs, size_t nsegs, e
     s_bucket *B = &r->bk[id];
     B->segs = eq_malloc_array(nsegs, sizeof *segs);
     bool ok = B->segs != NULL;
+    bool held = false;
     if (ok && n > r->cap) {
-        float *nb = eq_malloc_array(n, sizeof(float)), *nt = eq_malloc_array(n / (size_t)r->world + 1, sizeof(float));
-        if (nb && nt) {
+        float *nb = eq_malloc_array(n, sizeof(float));
+        /* ZeroMQ may still be sending from the old buffer */
+        if (nb && !(held = !s_ring_released(r, r->timeout_ms))) {
             free(r->buf);
-            free(r->tmp);
             r->buf = nb;
-            r->tmp = nt;
             r->cap = n;
         } else {
             free(nb);
-            free(nt);
             ok = false;
         }
     }
@@ -697,6 +891,11 @@ static int s_ring_bucket_new(void *ctx, const eq_comm_seg *segs, size_t nsegs, e
         B->segs = NULL;
     }
     pthread_mutex_unlock(&r->mu);
+    if (held) {
+        eq_err_set(err, EQ_ERR_TIMEOUT, "ring: rank %d: rank %d took no data for %d ms: is that rank alive?", r->rank,
+                   (r->rank + 1) % r->world, r->timeout_ms);
+        return -1;
+    }
     if (!ok) {
         eq_err_set(err, EQ_ERR_NOMEM, "ring: out of memory for a bucket of %zu floats", n);
         return -1;
