@@ -193,7 +193,7 @@ if pgrep -f "$T/out3|$T/ds" >/dev/null 2>&1; then
     bad "parts left running 30 s after eqctl was killed: $(pgrep -af "$T/out3|$T/ds")"
     pkill -KILL -f "$T/out3|$T/ds"
 elif [ -n "$TPID" ] && [ -s "$T/out3/last.safetensors" ] &&
-    grep -q "stopping: checkpoint at epoch\|WARN .*interrupted" "$T/out3/logs/trainer.log"; then
+    grep -q "stopping: checkpoint at epoch\|WARN .*interrupted\|stopped during the val pass" "$T/out3/logs/trainer.log"; then
     # (a SIGTERM during the val pass stops there: the epoch's checkpoint is written)
     ok "eqctl killed: loaders, eq-eval and the trainer got SIGTERM and exited, a checkpoint is there"
 else
