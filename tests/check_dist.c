@@ -174,6 +174,62 @@ END_TEST
 START_TEST(test_allreduce_4) { s_check_reduce(4); }
 END_TEST
 
+/* Buckets larger than the ring's 1 MiB pieces (2^18 floats): each chunk
+ * goes as several pieces, pipelined, and the all-gather forwards received
+ * messages.  The values are small integers so every sum is exact in any
+ * order and the expected result needs no reference ring (the sizes above
+ * check the order, bitwise across ranks; these the pieces' bookkeeping:
+ * an element added twice, dropped or taken from the wrong piece shows). */
+#define S_BIG_N ((size_t)1300021) /* 2 ranks: 2.5 pieces per chunk; 3: 1.7 */
+
+static float s_ival(int r, size_t i) { return (float)((int)((i * 7919u + (size_t)r * 104729u) % 2001u) - 1000); }
+
+static void s_body_pieces(s_job *j, int rank, eq_comm *c)
+{
+    float **out = j->arg;
+    eq_err e = { 0 };
+    for (int op = 0; op < 3; op++) {
+        float *x = malloc(S_BIG_N * sizeof *x);
+        ck_assert_ptr_nonnull(x);
+        for (size_t i = 0; i < S_BIG_N; i++) x[i] = s_ival(rank, i);
+        out[rank * 3 + op] = x;
+        /* two segments, the split off the piece grid */
+        size_t a = S_BIG_N / 3 + 17;
+        eq_comm_seg segs[2] = { { x, a }, { x + a, S_BIG_N - a } };
+        int id = eq_comm_bucket_new(c, segs, 2, (eq_comm_op)op, &e);
+        ck_assert_msg(id >= 0, "bucket: %s", e.msg);
+        ck_assert_msg(eq_comm_run(c, id, &e) == EQ_OK, "run: %s", e.msg);
+    }
+}
+
+START_TEST(test_allreduce_pieces)
+{
+    const int W = 2 + _i; /* 2 and 3 ranks */
+    float *out[EQ_DIST_MAX_WORLD * 3] = { 0 };
+    s_job j = { .world = W, .body = s_body_pieces, .arg = out, .timeout_ms = 20000 };
+    s_run_ranks(&j);
+    size_t bad = 0;
+    for (size_t i = 0; i < S_BIG_N; i++) {
+        float sum = 0;
+        for (int r = 0; r < W; r++) sum += s_ival(r, i);
+        const float want[3] = { sum, sum / (float)W, s_ival(0, i) };
+        for (int op = 0; op < 3; op++)
+            for (int r = 0; r < W; r++) {
+                float got = out[r * 3 + op][i];
+                /* AVG: the sum is exact, so only the division rounds */
+                if (op == 1 ? fabsf(got - want[1]) > 1e-6f * (1 + fabsf(want[1])) : got != want[op]) {
+                    if (bad++ < 5)
+                        fprintf(stderr, "W=%d op=%d rank %d element %zu: %.9g, expected %.9g\n", W, op, r, i,
+                                (double)got, (double)want[op]);
+                }
+            }
+    }
+    ck_assert_msg(bad == 0, "W=%d: %zu wrong elements in buckets of %zu floats (several pieces per chunk)", W, bad,
+                  S_BIG_N);
+    for (int k = 0; k < W * 3; k++) free(out[k]);
+}
+END_TEST
+
 /* ---- errors -------------------------------------------------------------------- */
 
 typedef struct s_errs {
@@ -859,6 +915,7 @@ static Suite *s_suite(void)
     tcase_add_test(tc, test_allreduce_2);
     tcase_add_test(tc, test_allreduce_3);
     tcase_add_test(tc, test_allreduce_4);
+    tcase_add_loop_test(tc, test_allreduce_pieces, 0, 2);
     tcase_add_test(tc, test_mismatch);
     tcase_add_test(tc, test_silent_peer);
     tcase_add_test(tc, test_dp_gradients);
