@@ -53,16 +53,6 @@ static void s_on_signal(int sig)
     s_stop_flag = 1;
 }
 
-/* Loopback, ipc or inproc: the same rule as eq-loader's (loader/server.c). */
-static int s_loopback(const char *ep)
-{
-    if (!strncmp(ep, "inproc://", 9) || !strncmp(ep, "ipc://", 6)) return 1;
-    static const char *const ok[] = { "tcp://127.", "tcp://localhost:", "tcp://[::1]:", "tcp://lo:", NULL };
-    for (int i = 0; ok[i]; i++)
-        if (!strncmp(ep, ok[i], strlen(ok[i]))) return 1;
-    return 0;
-}
-
 static void s_usage(FILE *f)
 {
     fprintf(f, "usage: eq-eval serve [options]\n"
@@ -345,7 +335,7 @@ int eq_eval_serve_main(int argc, char **argv)
      * daemon, and anyone who reaches the PULL socket can spoil a pass. */
     const char *eps[3] = { pull_ep, pub_ep, ctl_ep }, *const flag[3] = { "--pull", "--pub", "--control" };
     for (int i = 0; i < 3 && !insecure; i++)
-        if (*eps[i] && !s_loopback(eps[i])) {
+        if (*eps[i] && !eq_proto_endpoint_local(eps[i])) {
             eq_error("refusing to bind %s %s (not loopback): eq-eval serve has no CURVE keys; give --insecure to "
                      "bind it anyway",
                      flag[i], eps[i]);

@@ -164,15 +164,6 @@ struct eq_loader_server {
 #define S_ADD(s, field, v) __atomic_fetch_add(&(s)->st.field, (v), __ATOMIC_RELAXED)
 #define S_SET(s, field, v) __atomic_store_n(&(s)->st.field, (v), __ATOMIC_RELAXED)
 
-static int s_loopback(const char *ep)
-{
-    if (!strncmp(ep, "inproc://", 9) || !strncmp(ep, "ipc://", 6)) return 1;
-    static const char *const ok[] = {"tcp://127.", "tcp://localhost:", "tcp://[::1]:", "tcp://lo:", NULL};
-    for (int i = 0; ok[i]; i++)
-        if (!strncmp(ep, ok[i], strlen(ok[i]))) return 1;
-    return 0;
-}
-
 static int s_valid_name(const char *n)
 {
     if (!*n || *n == '.') return 0;
@@ -469,7 +460,7 @@ eq_loader_server *eq_loader_server_new(void *zctx, const eq_loader_server_cfg *c
     }
     const char *ctl = cfg->control && *cfg->control ? cfg->control : NULL;
     if (!cfg->curve_secret && !cfg->insecure) {
-        const char *bad = !s_loopback(cfg->bind) ? cfg->bind : ctl && !s_loopback(ctl) ? ctl : NULL;
+        const char *bad = !eq_proto_endpoint_local(cfg->bind) ? cfg->bind : ctl && !eq_proto_endpoint_local(ctl) ? ctl : NULL;
         if (bad) {
             eq_err_set(err, EQ_ERR_INVALID,
                        "loader: refusing to bind %s (not loopback) without CURVE keys: give --curve-secret and "

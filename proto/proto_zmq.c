@@ -97,6 +97,15 @@ static eq_status s_ipc_check(const char *endpoint, eq_err *err)
     return EQ_OK;
 }
 
+int eq_proto_endpoint_local(const char *ep)
+{
+    if (!strncmp(ep, "inproc://", 9) || !strncmp(ep, "ipc://", 6)) return 1;
+    static const char *const ok[] = { "tcp://127.", "tcp://localhost:", "tcp://[::1]:", "tcp://lo:", NULL };
+    for (int i = 0; ok[i]; i++)
+        if (!strncmp(ep, ok[i], strlen(ok[i]))) return 1;
+    return 0;
+}
+
 eq_status eq_proto_bind(void *sock, const char *endpoint, char *endpoint_out, size_t cap, eq_err *err)
 {
     if (!strncmp(endpoint, "ipc://", 6)) {

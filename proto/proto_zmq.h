@@ -46,6 +46,10 @@ void eq_proto_socket_close(void **sock);
  * `cap` bytes) receives ZMQ_LAST_ENDPOINT (the real port for "tcp://...:*"). */
 eq_status eq_proto_bind(void *sock, const char *endpoint, char *endpoint_out, size_t cap, eq_err *err);
 eq_status eq_proto_connect(void *sock, const char *endpoint, eq_err *err);
+/* 1 when `endpoint` is reachable from this host only (inproc://, ipc://,
+ * tcp://127.x, localhost, [::1], lo): the rule by which eq-loader and
+ * eq-eval serve refuse a public bind without CURVE keys or --insecure. */
+int eq_proto_endpoint_local(const char *endpoint);
 
 /* ---- send ------------------------------------------------------------------ */
 

@@ -524,12 +524,7 @@ static bool s_ring_released(eq_comm_ring *r, int timeout_ms)
     pthread_mutex_lock(&r->smu);
     while (r->nfreed != r->nsent && eq_clock_ms() - t0 <= (uint64_t)timeout_ms) {
         struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += S_POLL_MS * 1000000L;
-        if (ts.tv_nsec >= 1000000000L) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000L;
-        }
+        eq_clock_deadline(&ts, S_POLL_MS);
         pthread_cond_timedwait(&r->scv, &r->smu, &ts);
     }
     bool done = r->nfreed == r->nsent;

@@ -124,12 +124,7 @@ static void *s_watchdog(void *arg)
     pthread_mutex_lock(&c->mu);
     while (!c->quit) {
         struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += EQ_COLL_WATCH_MS * 1000000L;
-        if (ts.tv_nsec >= 1000000000L) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000L;
-        }
+        eq_clock_deadline(&ts, EQ_COLL_WATCH_MS);
         pthread_cond_timedwait(&c->cv, &c->mu, &ts);
         if (c->quit || c->aborted) continue;
         for (int b = 0; b < c->nbk && !c->aborted; b++) {
