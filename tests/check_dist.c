@@ -599,16 +599,9 @@ static void s_hook(void *arg, size_t i)
 START_TEST(test_grad_hook)
 {
     char *dir = eq_test_scratch("dist-hook");
-    char cfg[4200];
-    snprintf(cfg, sizeof cfg, "%s/m.cfg", dir);
-    FILE *f = fopen(cfg, "w");
-    ck_assert_ptr_nonnull(f);
-    fprintf(f, "[data]\nchannels = 3\n[model]\nnum_classes = 4\nin_channels = 3\nwidth_alpha = 0.125\n"
-               "[train]\nmean = 0.5, 0.5, 0.5\nstd = 0.25, 0.25, 0.25\n");
-    fclose(f);
     eq_experiment x;
+    eq_tinyjob_experiment(dir, &x);
     eq_err e = { 0 };
-    ck_assert_msg(eq_experiment_load(&x, cfg, NULL, 0, NULL, &e) == EQ_OK, "%s", e.msg);
     eq_backend *be = eq_backend_cpu_new(1, &e);
     ck_assert_ptr_nonnull(be);
     const int64_t N = 4, H = 12;

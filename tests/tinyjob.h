@@ -16,6 +16,7 @@
 
 #include "core/safetensors.h"
 #include "loader/loader.h"
+#include "trainer/train.h"
 
 typedef struct eq_tinyjob {
     char *dir;                 /* the scratch directory */
@@ -57,6 +58,22 @@ static inline void eq_tinyjob_down(eq_tinyjob *v, const char *keep_var)
         fprintf(stderr, "kept %s\n", v->dir);
     else
         eq_test_scratch_rm(v->dir);
+}
+
+/* The tiny model's experiment (ResNet-20 at width 1/8, 4 classes, 3
+ * channels) loaded from dir/m.cfg, which this writes: for tests that
+ * build the model in process, without a loader. */
+static inline void eq_tinyjob_experiment(const char *dir, eq_experiment *x)
+{
+    char cfg[4200];
+    snprintf(cfg, sizeof cfg, "%s/m.cfg", dir);
+    FILE *f = fopen(cfg, "w");
+    ck_assert_ptr_nonnull(f);
+    fprintf(f, "[data]\nchannels = 3\n[model]\nnum_classes = 4\nin_channels = 3\nwidth_alpha = 0.125\n"
+               "[train]\nmean = 0.5, 0.5, 0.5\nstd = 0.25, 0.25, 0.25\n");
+    fclose(f);
+    eq_err e = { 0 };
+    ck_assert_msg(eq_experiment_load(x, cfg, NULL, 0, NULL, &e) == EQ_OK, "%s", e.msg);
 }
 
 /* dir/tag/file, opened (the test fails if it cannot be). */
